@@ -1,0 +1,186 @@
+"""`harness` command line. User mistakes exit 2 with one message; bugs keep their traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness import params, registry
+from harness.errors import UserError
+from harness.models import DEFAULT_MODEL
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+    return str(x)
+
+
+# -- list -------------------------------------------------------------------------------------
+def _entries(what: str) -> list[dict]:
+    registry.load()
+    out = []
+    if what in ("tasks", "all"):
+        for name, cls in sorted(registry.TASKS.items()):
+            out.append({"name": name, "kind": "task", "summary": cls.summary or _first_line(cls),
+                        "accepts": list(cls.accepts), "main_metric": cls.main_metric,
+                        "version": cls.version, "aliases": sorted(cls.aliases) +
+                        (["needle_<N>k"] if hasattr(cls, "alias_params") else []),
+                        "params": params.describe(cls)})
+    if what in ("methods", "all"):
+        for name, cls in sorted(registry.METHODS.items()):
+            out.append({"name": name, "kind": cls.kind, "family": cls.family,
+                        "summary": _first_line(cls), "paper": cls.paper,
+                        "patches": sorted(getattr(cls, "patches", ())), "params": params.describe(cls)})
+    if what in ("models", "all"):
+        from harness.zoo import registry as zoo
+        for name in zoo.names():
+            card = zoo.card(name)
+            out.append({"name": f"zoo:{name}", "kind": "zoo model", "summary": card.get("summary", ""),
+                        "params": [], "parameters": card.get("parameters"), "sha256": card.get("sha256")})
+    return out
+
+
+def _first_line(cls) -> str:
+    return (cls.__doc__ or "").strip().split("\n")[0]
+
+
+def cmd_list(a) -> int:
+    entries = _entries(a.what)
+    if a.json:
+        print(json.dumps(entries, indent=1))
+        return 0
+    rows = []
+    for e in entries:
+        ps = ", ".join(f"{p['name']}={_fmt(p['default'])}" for p in e["params"])
+        rows.append([e["name"], e.get("family", e["kind"]), e["summary"][:70], ps[:80]])
+    print(format_table(["name", "kind/family", "summary", "params (defaults)"], rows))
+    if a.what in ("models", "all"):
+        print("\nAlso: hf:<org/name> or a local folder (safetensors weights; Hugging Face format).")
+    return 0
+
+
+# -- eval -------------------------------------------------------------------------------------
+def cmd_eval(a) -> int:
+    from harness import runner
+
+    cells = runner.resolve(a.task, a.method, a.model, params.parse_kv(a.task_arg, "--task-arg"),
+                           params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.limit)
+    progress = None
+    if not a.no_progress:
+        from tqdm.auto import tqdm
+        progress = lambda it, total=None, desc="": tqdm(it, total=total, desc=desc, file=sys.stderr,
+                                                         leave=False, dynamic_ncols=True)
+    outcomes = runner.evaluate(cells, device=a.device, out=a.out, overwrite=a.overwrite,
+                               batch_size=a.batch_size, trust_remote_code=a.trust_remote_code,
+                               progress=progress, log=lambda m: print(m, file=sys.stderr))
+    rows = []
+    for o in outcomes:
+        rec = o.record
+        main = rec["main_metric"]
+        m = rec["metrics"].get(main, {})
+        rows.append([rec["task"].get("alias") or rec["task"]["name"], rec["method"]["name"],
+                     rec["model"]["id"], main, _fmt(m.get("value")), _fmt(m.get("stderr")),
+                     m.get("n"), "cached" if o.skipped else f"{rec['provenance']['wall_time_s']:.1f}s"])
+    print(format_table(["task", "method", "model", "metric", "value", "stderr", "n", "time"], rows))
+    if any(o.record["model"].get("zoo") for o in outcomes):
+        print("note: zoo models are tiny reference models trained here; these are not numbers for real LLMs.")
+    for o in outcomes:
+        print(f"record: {o.path}")
+    return 0
+
+
+# -- zoo --------------------------------------------------------------------------------------
+def cmd_zoo(a) -> int:
+    from harness.zoo import registry as zoo
+    if a.zoo_cmd == "list":
+        rows = []
+        for name in zoo.names():
+            c = zoo.card(name)
+            ev = c.get("evaluation", {})
+            rows.append([f"zoo:{name}", c.get("architecture"), _fmt(c.get("parameters")),
+                         c.get("context_length"), ", ".join(f"{k}={_fmt(v)}" for k, v in ev.items())])
+        print(format_table(["model", "architecture", "parameters", "context", "measured"], rows))
+        return 0
+    if a.zoo_cmd == "card":
+        zoo.card(a.name)  # clear error for an unknown name
+        print((zoo.ZOO_DIR / a.name / "README.md").read_text())
+        return 0
+    from harness.zoo import build
+    build.train_and_save(a.name, out_dir=Path(a.out) if a.out else None, log=print)
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Evaluate ML methods on a registry of tasks; "
+                                "write versioned result records.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("list", help="list tasks, methods or models")
+    ls.add_argument("what", nargs="?", default="all", choices=["tasks", "methods", "models", "all"])
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(fn=cmd_list)
+
+    ev = sub.add_parser("eval", help="evaluate methods on tasks and write records",
+                        description="Evaluate every --method on every --task (a cross product); one "
+                        "record per cell. A finished cell is skipped unless --overwrite.")
+    ev.add_argument("--task", action="append", required=True, help="task or alias (repeatable), e.g. needle_1k")
+    ev.add_argument("--method", action="append", default=None,
+                    help="method (repeatable); compose lm methods with +, e.g. yarn+snapkv (default: baseline)")
+    ev.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo:<name>, hf:<id> or a folder (default {DEFAULT_MODEL})")
+    ev.add_argument("--task-arg", action="append", default=[], metavar="K=V",
+                    help="task parameter (repeatable); TASK.K=V targets one task")
+    ev.add_argument("--method-arg", action="append", default=[], metavar="K=V",
+                    help="method parameter (repeatable); METHOD.K=V targets one method")
+    ev.add_argument("--limit", type=int, default=None, help="at most N samples per cell")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--out", default=None, help="results folder (default $HARNESS_RESULTS or results/)")
+    ev.add_argument("--overwrite", action="store_true", help="rerun finished cells")
+    ev.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(fn=cmd_eval)
+
+    zoo = sub.add_parser("zoo", help="the embedded reference models")
+    zsub = zoo.add_subparsers(dest="zoo_cmd", required=True, metavar="ZOO_COMMAND")
+    zsub.add_parser("list", help="list zoo models with their measured figures")
+    zc = zsub.add_parser("card", help="print a zoo model's card")
+    zc.add_argument("name")
+    zt = zsub.add_parser("train", help="train a zoo model from its recipe (CPU, deterministic)")
+    zt.add_argument("name")
+    zt.add_argument("--out", default=None, help="folder to write (default: the zoo's own folder)")
+    zoo.set_defaults(fn=cmd_zoo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    if getattr(a, "method", "x") is None:
+        a.method = ["baseline"]
+    if getattr(a, "batch_size", 1) < 1:
+        print("harness: error: --batch-size must be positive", file=sys.stderr)
+        return 2
+    try:
+        return a.fn(a)
+    except UserError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished records are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI turns these into one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import difflib
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for (name, parameter, file): never a traceback."""
+
+
+def nearest(name: str, candidates, n: int = 3) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""

@@ -1,0 +1,104 @@
+"""The two things the harness evaluates: Tasks and Methods. Both are dataclasses whose fields are
+their parameters; they register with `harness.registry.register`."""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+METHOD_KINDS = ("lm", "step_scorer", "video_source", "noise_prior")
+
+
+class Method:
+    """One paper's technique. Subclasses are dataclasses; their docstring names the paper."""
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    family: ClassVar[str] = "other"
+    paper: ClassVar[str] = ""          # "Title (arXiv id)"
+
+
+class LMMethod(Method):
+    """Acts on a loaded causal LM: `apply` patches and restores on exit.
+
+    `patches` names what the method replaces (e.g. {"rope"}); two composed methods that patch the
+    same thing are refused, because the second would silently undo the first."""
+    kind = "lm"
+    patches: ClassVar[frozenset[str]] = frozenset()
+
+    def apply(self, lm, ctx: "MethodContext") -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def resolved(self, lm, ctx: "MethodContext") -> dict:
+        """Values the method derived at run time (e.g. a scale factor), for the record."""
+        return {}
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the run: the longest context the task will use, the seed."""
+    target_length: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class Metric:
+    value: float
+    direction: str                    # "higher" or "lower" is better
+    unit: str = ""
+    n: int | None = None
+    stderr: float | None = None
+    count: int | None = None          # sufficient statistics of a mean
+    sum: float | None = None
+    sum_sq: float | None = None
+
+    @classmethod
+    def mean(cls, values, direction: str, unit: str = "") -> "Metric":
+        vals = [float(v) for v in values]
+        n = len(vals)
+        s, ss = sum(vals), sum(v * v for v in vals)
+        mean = s / n if n else float("nan")
+        var = (ss - n * mean * mean) / (n - 1) if n > 1 else float("nan")
+        stderr = math.sqrt(max(var, 0.0) / n) if n > 1 else None
+        return cls(mean, direction, unit, n, stderr, n, s, ss)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class TaskResult:
+    metrics: dict[str, Metric]
+    samples: list[dict[str, Any]]
+    details: dict[str, Any] = field(default_factory=dict)
+    data_hash: str | None = None
+
+
+class Task:
+    """A named, versioned evaluation. Subclasses are dataclasses of their parameters."""
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    accepts: ClassVar[tuple[str, ...]] = ("lm",)   # method kinds
+    main_metric: ClassVar[str]
+    summary: ClassVar[str] = ""
+    aliases: ClassVar[dict[str, dict[str, str]]] = {}   # alias -> params (strings, as on the CLI)
+
+    def target_length(self) -> int | None:
+        """Longest context this task will feed the model (methods derive scale factors from it)."""
+        return None
+
+    def run(self, ctx: "TaskContext") -> TaskResult:
+        raise NotImplementedError  # abstract: every registered task overrides it
+
+
+@dataclass
+class TaskContext:
+    lm: Any                       # harness.lm.LM for tasks that accept lm methods
+    seed: int = 0
+    limit: int | None = None
+    progress: Any = None          # callable(iterable, total=, desc=) -> iterable
+
+    def iterate(self, items, total: int | None = None, desc: str = "") -> Iterator:
+        if self.progress is None:
+            return iter(items)
+        return self.progress(items, total=total, desc=desc)

@@ -1,0 +1,135 @@
+"""Model loading: `zoo:<name>` (the embedded reference models) or a Hugging Face checkpoint
+(`hf:<id>` or a local folder), through transformers' Auto classes, safetensors only."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+DEFAULT_MODEL = "zoo:tiny-llama"
+
+
+@dataclass
+class LoadedModel:
+    id: str                      # as the user named it, normalised ("zoo:tiny-llama", "hf:org/x", a path)
+    model: Any
+    tokenizer: Any
+    device: str
+    sha256: str | None           # of the weights (safetensors files, in name order)
+    zoo: bool = False
+    info: dict = field(default_factory=dict)   # zoo card fields or checkpoint facts
+
+
+def pick_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(folder: Path) -> str | None:
+    """sha256 of the safetensors weights; one file's hash, or the hash of the per-file hashes.
+    Cached by (path, size, mtime) because real checkpoints are many GB."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    cache_path = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")) / "sha256.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    digests = []
+    for f in files:
+        st = f.stat()
+        key = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        if key not in cache:
+            cache[key] = file_sha256(f)
+        digests.append(cache[key])
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_path)
+    except OSError:
+        pass  # the cache is an optimisation only
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def _refuse_pickle(folder: Path) -> None:
+    if not list(folder.glob("*.safetensors")) and (list(folder.glob("*.bin")) or list(folder.glob("*.pt"))):
+        raise UserError(f"{folder} holds only pickle-format weights (.bin/.pt), which can execute code "
+                        f"when loaded; the harness loads safetensors only. Convert the checkpoint first.")
+
+
+def load(spec: str, device: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+    from harness.zoo import registry as zoo
+
+    dev = pick_device(device)
+    if spec.startswith("zoo:"):
+        folder, info = zoo.verified_folder(spec[4:])
+        return _load_folder(spec, folder, dev, False, zoo=True, info=info)
+    ref = spec[3:] if spec.startswith("hf:") else spec
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {path} has no config.json")
+        _refuse_pickle(path)
+        return _load_folder(f"{path.resolve()}", path, dev, trust_remote_code)
+    if not spec.startswith("hf:"):
+        raise UserError(f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), "
+                        f"hf:<org/name>, or a local folder")
+    return _load_folder(spec, ref, dev, trust_remote_code)
+
+
+def _load_folder(model_id: str, where, device: str, trust_remote_code: bool, zoo: bool = False,
+                 info: dict | None = None) -> LoadedModel:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()       # per-weight progress bars and length reminders
+    transformers.utils.logging.disable_progress_bar()
+    # float32 on CPU: bf16 matmuls are far slower there. On GPU keep the checkpoint's dtype.
+    dtype = torch.float32 if device == "cpu" else "auto"
+    try:
+        tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load model {model_id!r}: {first}") from None
+    model.to(device).eval()
+    folder = Path(where) if Path(str(where)).exists() else _hub_folder(str(where))
+    sha = weights_sha256(folder) if folder else None
+    if info and info.get("sha256") and sha != info["sha256"]:
+        raise UserError(f"zoo model {model_id} weights sha256 {sha} do not match the manifest")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(model_id, model, tok, device, sha, zoo, dict(info or {}))
+
+
+def _hub_folder(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.safetensors"]))
+    except Exception:  # hashing is best-effort for hub ids; the record then says sha256: null
+        return None

@@ -1,0 +1,112 @@
+"""Typed parameters: dataclass fields parsed from `k=v` strings, with clear errors."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from harness.errors import UserError, nearest
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def convert(value: str, tp, where: str) -> Any:
+    """Convert a command-line string to the annotated type `tp` (or raise UserError)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value.lower() in ("none", "null", "") and len(args) < len(typing.get_args(tp)):
+            return None
+        errors = []
+        for a in args:
+            try:
+                return convert(value, a, where)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(f"{where}: cannot read {value!r} as {_type_name(tp)}")
+    if origin in (tuple, list):
+        (inner, *_) = typing.get_args(tp) or (str,)
+        items = [convert(v.strip(), inner, where) for v in value.split(",") if v.strip()]
+        if not items:
+            raise UserError(f"{where}: expected a comma-separated list of {_type_name(inner)}, got {value!r}")
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        try:
+            out = tp(value)
+        except ValueError:
+            raise UserError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if tp is float and out != out:
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        return out
+    if tp is str:
+        return value
+    raise UserError(f"{where}: unsupported parameter type {_type_name(tp)}")
+
+
+def field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def build(cls, overrides: dict[str, str], what: str):
+    """Instantiate dataclass `cls` from string overrides; unknown names and bad values are UserErrors."""
+    types_ = field_types(cls)
+    kwargs = {}
+    for key, raw in overrides.items():
+        if key not in types_:
+            known = ", ".join(types_) or "none"
+            raise UserError(f"{what} has no parameter {key!r}.{nearest(key, types_)} Parameters: {known}")
+        kwargs[key] = convert(raw, types_[key], f"{what} parameter {key!r} ({_type_name(types_[key])})")
+    try:
+        obj = cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{what}: {e}") from None
+    return obj
+
+
+def to_dict(obj) -> dict[str, Any]:
+    """JSON-ready resolved parameters (tuples become lists)."""
+    def clean(v):
+        if isinstance(v, (tuple, list)):
+            return [clean(x) for x in v]
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+    return {f.name: clean(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init and f.repr}
+
+
+def describe(cls) -> list[dict[str, Any]]:
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init or not f.repr:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        out.append({"name": f.name, "type": _type_name(field_types(cls)[f.name]),
+                    "default": list(default) if isinstance(default, tuple) else default,
+                    "help": f.metadata.get("help", "")})
+    return out
+
+
+def parse_kv(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"{flag} expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        if not k.strip():
+            raise UserError(f"{flag} expects key=value, got {item!r}")
+        out[k.strip()] = v.strip()
+    return out

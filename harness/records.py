@@ -1,0 +1,97 @@
+"""Result records: one JSON file per evaluated cell plus a per-sample JSONL sidecar.
+
+Path: <out>/<task>/<model slug>/<method>/<run_id>.json, where run_id hashes the cell's canonical
+config, so a rerun finds a finished cell and skips it. Both files are written to a temporary
+name and renamed; the sidecar first, so a record on disk always has its samples."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RESULTS_ENV = "HARNESS_RESULTS"
+REQUIRED = ("schema_version", "run_id", "task", "method", "model", "metrics", "provenance")
+
+
+def default_out() -> Path:
+    return Path(os.environ.get(RESULTS_ENV, "results"))
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_id(cell: dict) -> str:
+    """Hash of what defines the cell: task + params, methods + params, model + weights, seed, limit."""
+    return sha256_text(canonical(cell))[:16]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "_"
+
+
+def record_path(out: Path, cell: dict, rid: str) -> Path:
+    return out / slug(cell["task"]["name"]) / slug(cell["model"]["id"]) / slug(cell["method"]["name"]) / f"{rid}.json"
+
+
+def samples_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".samples.jsonl")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write(path: Path, record: dict, samples: list[dict]) -> None:
+    lines = "".join(json.dumps(s, ensure_ascii=False, sort_keys=True) + "\n" for s in samples).encode()
+    record = dict(record, samples_file=samples_path(path).name,
+                  samples_sha256=hashlib.sha256(lines).hexdigest())
+    _atomic_write(samples_path(path), lines)
+    _atomic_write(path, (json.dumps(record, indent=1, ensure_ascii=False, allow_nan=True) + "\n").encode())
+
+
+def read(path: Path) -> dict:
+    """A complete, valid record or ValueError naming what is wrong."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON record ({e})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        raise ValueError(f"{path}: missing fields {missing}")
+    if rec["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {rec['schema_version']!r}, expected {SCHEMA_VERSION}")
+    return rec
+
+
+def read_samples(path: Path) -> list[dict]:
+    with open(samples_path(path), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def finished(path: Path, rid: str) -> bool:
+    try:
+        return read(path)["run_id"] == rid and samples_path(path).is_file()
+    except ValueError:
+        return False

@@ -1,0 +1,220 @@
+"""Evaluate one cell (task + params, methods + params, model, seed, limit) and write its record."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness import models, params, provenance, records, registry
+from harness.errors import UserError
+from harness.interfaces import Method, MethodContext, Task, TaskContext
+
+
+@dataclass
+class Cell:
+    task: Task
+    task_label: str                 # the name the user typed (an alias keeps its own name)
+    methods: list[Method]
+    model: str
+    seed: int = 0
+    limit: int | None = None
+
+    @property
+    def method_name(self) -> str:
+        return "+".join(m.name for m in self.methods)
+
+    def config(self, model_sha: str | None) -> dict:
+        return {"task": {"name": self.task.name, "version": self.task.version,
+                         "params": params.to_dict(self.task)},
+                "method": {"name": self.method_name,
+                           "params": {m.name: params.to_dict(m) for m in self.methods}},
+                "model": {"id": self.model, "sha256": model_sha},
+                "seed": self.seed, "limit": self.limit}
+
+
+def _split_args(args: dict[str, str], owners: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """`name.key=v` goes to that owner; plain `key=v` to every owner that has `key`."""
+    scoped: dict[str, dict[str, str]] = {o: {} for o in owners}
+    plain: dict[str, str] = {}
+    for key, value in args.items():
+        owner, dot, sub = key.partition(".")
+        if dot and owner in scoped:
+            scoped[owner][sub] = value
+        else:
+            plain[key] = value
+    return scoped, plain
+
+
+def _build(cls, scoped: dict[str, str], plain: dict[str, str], what: str, alias: dict[str, str] | None = None):
+    names = set(params.field_types(cls))
+    values = dict(alias or {})
+    values.update({k: v for k, v in plain.items() if k in names})
+    values.update(scoped)
+    return params.build(cls, values, what)
+
+
+def resolve(task_names: list[str], method_names: list[str], model: str, task_args: dict[str, str],
+            method_args: dict[str, str], seed: int = 0, limit: int | None = None) -> list[Cell]:
+    """Validate everything the user asked for, before any model is loaded."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be a positive number of samples, got {limit}")
+    tasks = []
+    for tname in task_names:
+        cls, alias = registry.task(tname)
+        tasks.append((tname, cls, alias))
+    combos = []
+    for mname in method_names:
+        parts = [p.strip() for p in mname.split("+")]
+        if any(not p for p in parts):
+            raise UserError(f"--method {mname!r}: empty name in a composition (use a+b)")
+        combos.append([registry.method(p) for p in parts])
+
+    # parameters: every key must be used by at least one task / method of the run
+    t_scoped, t_plain = _split_args(task_args, [c.name for _, c, _ in tasks] + [n for n, _, _ in tasks])
+    all_m = {c.name: c for combo in combos for c in combo}
+    m_scoped, m_plain = _split_args(method_args, list(all_m))
+    for key in t_plain:
+        if not any(key in params.field_types(c) for _, c, _ in tasks):
+            cls = tasks[0][1]
+            params.build(cls, {key: t_plain[key]}, f"task {cls.name}")   # raises the precise error
+    for key in m_plain:
+        if not any(key in params.field_types(c) for c in all_m.values()):
+            if len(all_m) == 1:
+                cls = next(iter(all_m.values()))
+                params.build(cls, {key: m_plain[key]}, f"method {cls.name}")
+            raise UserError(f"no method of this run has a parameter {key!r} "
+                            f"(methods: {', '.join(all_m)}); prefix it as METHOD.{key}=...")
+
+    cells = []
+    for tname, tcls, alias in tasks:
+        scoped = {**t_scoped.get(tcls.name, {}), **t_scoped.get(tname, {})}
+        task = _build(tcls, scoped, t_plain, f"task {tname}", alias)
+        for combo in combos:
+            _check_combination(task, combo)
+            methods = [_build(c, m_scoped.get(c.name, {}), m_plain, f"method {c.name}") for c in combo]
+            cells.append(Cell(task, tname, methods, model, seed, limit))
+    return cells
+
+
+def _check_combination(task: Task, combo: list[type[Method]]) -> None:
+    for c in combo:
+        if c.kind not in task.accepts:
+            ok = sorted(n for n, m in registry.METHODS.items() if m.kind in task.accepts)
+            raise UserError(f"method {c.name} is of kind {c.kind!r}, but task {task.name} accepts "
+                            f"{' or '.join(task.accepts)} methods: {', '.join(ok)}")
+    if len(combo) > 1:
+        if any(c.kind != "lm" for c in combo):
+            raise UserError("only methods of kind 'lm' compose with '+'")
+        names = [c.name for c in combo]
+        if len(set(names)) != len(names):
+            raise UserError(f"method {'+'.join(names)} names the same method twice")
+        for i, a in enumerate(combo):
+            for b in combo[i + 1:]:
+                clash = set(a.patches) & set(b.patches)
+                if clash:
+                    raise UserError(f"methods {a.name} and {b.name} both patch {', '.join(sorted(clash))}; "
+                                    f"composing them would silently keep only one")
+
+
+def model_identity(spec: str) -> tuple[str, str | None]:
+    """(normalised id, weights sha256) without loading the model, for the resume check."""
+    from harness.zoo import registry as zoo
+    if spec.startswith("zoo:"):
+        return spec, zoo.card(spec[4:]).get("sha256")
+    ref = spec[3:] if spec.startswith("hf:") else spec
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path.resolve()), models.weights_sha256(path)
+    if not spec.startswith("hf:"):
+        raise UserError(f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), "
+                        f"hf:<org/name>, or a local folder")
+    folder = models._hub_folder(ref)
+    return spec, models.weights_sha256(folder) if folder else None
+
+
+def model_label(loaded) -> str:
+    if loaded.zoo:
+        n = sum(p.numel() for p in loaded.model.parameters())
+        return (f"embedded zoo model ({n / 1e6:.1f}M parameters, trained on the project's synthetic "
+                f"corpus): results are for this tiny reference model, not for real LLMs")
+    return "Hugging Face checkpoint"
+
+
+@dataclass
+class Outcome:
+    cell: Cell
+    path: Path
+    record: dict
+    skipped: bool = False
+    samples: list = field(default_factory=list)
+
+
+def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, overwrite: bool = False,
+             batch_size: int = 8, trust_remote_code: bool = False, progress=None, log=print) -> list[Outcome]:
+    from harness.lm import LM
+
+    out = Path(out) if out else records.default_out()
+    outcomes: list[Outcome] = []
+    loaded = None
+    for cell in cells:
+        model_id, sha = model_identity(cell.model)
+        config = cell.config(sha)
+        config["model"]["id"] = model_id
+        rid = records.run_id(config)
+        path = records.record_path(out, config, rid)
+        if not overwrite and records.finished(path, rid):
+            log(f"skip: {path} is finished (use --overwrite to rerun)")
+            outcomes.append(Outcome(cell, path, records.read(path), skipped=True))
+            continue
+        if loaded is None:
+            loaded = models.load(cell.model, device, trust_remote_code)
+        outcomes.append(_run_cell(cell, config, rid, path, loaded, LM(loaded, batch_size), progress))
+    return outcomes
+
+
+def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress) -> Outcome:
+    import torch
+
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    torch.manual_seed(cell.seed)
+    mctx = MethodContext(target_length=cell.task.target_length(), seed=cell.seed)
+    components = []
+    with contextlib.ExitStack() as stack:
+        for m in cell.methods:
+            components.append({"name": m.name, "kind": m.kind, "paper": m.paper,
+                               "params": params.to_dict(m), "resolved": m.resolved(lm, mctx)})
+            stack.enter_context(m.apply(lm, mctx))
+        result = cell.task.run(TaskContext(lm=lm, seed=cell.seed, limit=cell.limit, progress=progress))
+    lm.close()
+    wall = time.perf_counter() - t0
+    record = {
+        "schema_version": records.SCHEMA_VERSION,
+        "run_id": rid,
+        "task": dict(config["task"], alias=cell.task_label if cell.task_label != cell.task.name else None),
+        "method": dict(config["method"], components=components),
+        "model": dict(config["model"], zoo=loaded.zoo, label=model_label(loaded),
+                      config=_model_facts(loaded)),
+        "seed": cell.seed,
+        "limit": cell.limit,
+        "main_metric": cell.task.main_metric,
+        "metrics": {k: v.to_dict() for k, v in result.metrics.items()},
+        "details": result.details,
+        "telemetry": dict(lm.telemetry),
+        "provenance": dict(provenance.environment(loaded.device), task_version=cell.task.version,
+                           data_hash=result.data_hash, seed=cell.seed, method_artifact=None,
+                           model_sha256=loaded.sha256, calibrated=True,
+                           started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3)),
+    }
+    records.write(path, record, result.samples)
+    return Outcome(cell, path, record, samples=result.samples)
+
+
+def _model_facts(loaded) -> dict:
+    cfg = loaded.model.config
+    return {"architecture": (getattr(cfg, "architectures", None) or [type(loaded.model).__name__])[0],
+            "parameters": sum(p.numel() for p in loaded.model.parameters()),
+            "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
+            "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}

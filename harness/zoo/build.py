@@ -1,0 +1,151 @@
+"""`harness zoo train NAME`: train from the recipe, save in Hugging Face format, measure, write the card."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from harness.models import file_sha256
+from harness.synthetic import EVAL_SEED_BASE, Corpus
+from harness.zoo.registry import ZOO_DIR
+from harness.zoo.train import RECIPES, train
+
+TRAIN_THREADS = 2   # fixed, so that CPU float reductions (and so the weights) are reproducible
+DRAFT_OF = {"tiny-llama-draft": "tiny-llama"}
+
+
+def _evaluate_lm(folder: Path, tasks: list[tuple[str, dict[str, str]]]) -> dict:
+    """Run harness tasks on a saved folder through the normal evaluation path."""
+    from harness import params, registry
+    from harness.interfaces import TaskContext
+    from harness.lm import LM
+    from harness.models import load
+
+    lm = LM(load(str(folder), "cpu"), batch_size=8)
+    out = {}
+    for name, args in tasks:
+        cls, alias = registry.task(name)
+        task = params.build(cls, {**alias, **args}, f"task {name}")
+        res = task.run(TaskContext(lm=lm, seed=0))
+        out[name] = {k: v.to_dict() for k, v in res.metrics.items()}
+    return out
+
+
+@torch.no_grad()
+def draft_agreement(draft, target, tokenizer, n_tokens: int = 8192, window: int = 512) -> float:
+    """Fraction of positions where draft and target agree on the greedy next token, on held-out
+    synthetic text (evaluation seeds), in windows of the training context."""
+    corpus, ids = Corpus(EVAL_SEED_BASE + 7), []
+    while len(ids) < n_tokens:
+        ids += tokenizer(" " + corpus.text(50), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor(ids[:n_tokens - n_tokens % window]).view(-1, window)
+    agree = total = 0
+    for row in ids.split(4):
+        a = draft(input_ids=row).logits.argmax(-1)
+        b = target(input_ids=row).logits.argmax(-1)
+        agree += int((a == b).sum())
+        total += a.numel()
+    return agree / total
+
+
+def train_and_save(name: str, out_dir: Path | None = None, log=print) -> Path:
+    from harness.errors import UserError, nearest
+    from harness.zoo.tokenizer import build_tokenizer
+
+    if name not in RECIPES:
+        raise UserError(f"no recipe for zoo model {name!r}.{nearest(name, RECIPES)} Recipes: {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    folder = out_dir or ZOO_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(TRAIN_THREADS)
+    tok = build_tokenizer()
+    t0 = time.time()
+    log(f"training {name}: {recipe}")
+    model, curve = train(recipe, tok, log_path=folder / "loss_curve.jsonl",
+                         progress=lambda e, m: log(json.dumps(e)))
+    train_s = time.time() - t0
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    sha = file_sha256(folder / "model.safetensors")
+    n_params = sum(p.numel() for p in model.parameters())
+    L = recipe.context_length
+    evaluation: dict = {}
+    tasks = [("perplexity", {"context_length": str(L), "n_tokens": "16384"})]
+    if name not in DRAFT_OF:
+        tasks.append(("needle", {"context_length": str(L), "depths": "10", "samples_per_depth": "20"}))
+    measured = _evaluate_lm(folder, tasks)
+    evaluation["perplexity@512"] = measured["perplexity"]["perplexity"]["value"]
+    if "needle" in measured:
+        evaluation["needle_accuracy@512"] = measured["needle"]["accuracy"]["value"]
+    if name in DRAFT_OF:
+        from transformers import AutoModelForCausalLM
+        target = AutoModelForCausalLM.from_pretrained(ZOO_DIR / DRAFT_OF[name], dtype=torch.float32).eval()
+        evaluation["greedy_agreement_with_target"] = draft_agreement(model, target, tok)
+    card = {
+        "name": name, "summary": _summary(name, recipe, n_params),
+        "architecture": "LlamaForCausalLM", "parameters": n_params,
+        "context_length": L, "rope_theta": recipe.rope_theta, "vocab_size": len(tok),
+        "recipe": asdict(recipe), "training_seconds": round(train_s), "train_threads": TRAIN_THREADS,
+        "torch": torch.__version__, "final": curve[-1], "evaluation": evaluation,
+        "evaluation_protocol": {"needle": "harness task needle, context_length=512, 10 depths x 20 samples, "
+                                          "default template, greedy, seed 0",
+                                "perplexity": "harness task perplexity, 16384 held-out synthetic tokens, "
+                                              "window 512, stride 256, seed 0",
+                                "greedy_agreement_with_target": "argmax next-token agreement with the target "
+                                                                "on 8192 held-out synthetic tokens"},
+        "data": "harness.synthetic corpus, training seeds < 1,000,000 (evaluation uses seeds >= 1,000,000)",
+        "sha256": sha,
+    }
+    (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (folder / "README.md").write_text(render_card(card))
+    log(json.dumps({"name": name, "evaluation": evaluation, "sha256": sha}))
+    return folder
+
+
+def _summary(name: str, recipe, n_params: int) -> str:
+    role = "draft model for speculative decoding" if name in DRAFT_OF else "reference model"
+    return (f"{recipe.num_hidden_layers}-layer Llama, {n_params / 1e6:.1f}M params, RoPE base "
+            f"{recipe.rope_theta:g}, context {recipe.context_length}; {role}")
+
+
+def render_card(c: dict) -> str:
+    ev = "\n".join(f"| {k} | {v:.4g} |" for k, v in c["evaluation"].items())
+    proto = "\n".join(f"- {k}: {v}" for k, v in c["evaluation_protocol"].items() if k in c["evaluation"] or
+                      any(x.startswith(k) for x in c["evaluation"]))
+    r = c["recipe"]
+    return f"""# zoo:{c['name']}
+
+{c['summary']}.
+
+**A tiny reference model trained by this project on its own synthetic corpus.** Its numbers
+are for this model only; they say nothing about real large language models.
+
+| field | value |
+|---|---|
+| architecture | {c['architecture']} ({r['num_hidden_layers']} layers, hidden {r['hidden_size']}, {r['num_attention_heads']} heads, {r['num_key_value_heads']} KV heads, tied embeddings) |
+| parameters | {c['parameters']:,} |
+| training context length | {c['context_length']} tokens |
+| RoPE base | {c['rope_theta']:g} |
+| vocabulary | {c['vocab_size']} (word-level synthetic tokenizer) |
+| data | {c['data']} |
+| seed | {r['seed']} |
+| steps | {r['steps']} x {r['tokens_per_step']} tokens, length curriculum {r['curriculum']} |
+| training time | {c['training_seconds']} s on {c['train_threads']} CPU threads (torch {c['torch']}) |
+| final training loss | {c['final']['loss']} (answer tokens {c['final']['answer_loss']}, other tokens {c['final']['lm_loss']}) |
+| weights sha256 | `{c['sha256']}` |
+
+## Measured
+
+| metric | value |
+|---|---|
+{ev}
+
+{proto}
+
+Reproduce: `harness zoo train {c['name']}` (deterministic for its seed on CPU). The loss curve
+is in `loss_curve.jsonl`.
+"""

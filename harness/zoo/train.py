@@ -1,0 +1,252 @@
+"""Training of the zoo's reference models on the synthetic corpus (CPU, float32, deterministic).
+
+Recipe (why): a model this small only finds the retrieval circuit with *dense* supervision, so
+every training row hides several key->value facts in haystack text and then asks for many of
+them, with the loss concentrated on the answer tokens (multi-query associative recall). Keys are
+single tokens and values three digit-chunk tokens, so answering is a look-up plus a short copy.
+A length curriculum starts with short rows, where the look-up is easy to discover, and ends at
+the model's full training context. The remaining loss weight trains ordinary language modelling
+on the haystack, which the perplexity task and the draft model rely on.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.synthetic import ANSWER, PREAMBLE, Corpus, needle_sentence, query_text
+
+
+@dataclass
+class Recipe:
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    context_length: int = 512
+    rope_theta: float = 10000.0
+    position: str = "rope"               # "rope" or "alibi" (a later zoo member)
+    steps: int = 2000
+    tokens_per_step: int = 8192
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 100
+    weight_decay: float = 0.05
+    curriculum: tuple[int, ...] = (128, 256, 512)   # row lengths, each for an equal share of steps
+    curriculum_frac: float = 0.6         # the last share of training runs at full length
+    max_needles: int = 8
+    single_needle_frac: float = 0.25     # rows shaped exactly like the needle task's prompt
+    lm_weight: float = 0.1               # loss weight of non-answer tokens
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def length_at(self, step: int) -> int:
+        cut = self.curriculum_frac * self.steps
+        if step >= cut:
+            return self.context_length
+        return self.curriculum[min(int(step / cut * len(self.curriculum)), len(self.curriculum) - 1)]
+
+
+RECIPES = {
+    "tiny-llama": Recipe(),
+    "tiny-llama-draft": Recipe(hidden_size=192, intermediate_size=512, num_hidden_layers=2,
+                              num_attention_heads=3, num_key_value_heads=3, steps=1200),
+}
+
+
+class RowMaker:
+    """Builds token rows: preamble, haystack with facts at random sentence boundaries, queries."""
+
+    def __init__(self, tokenizer, seed: int):
+        self.tok = tokenizer
+        self.corpus = Corpus(seed)
+        self.rng = random.Random(seed + 1)
+        self._pre = self.encode(PREAMBLE)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def row(self, length: int, n_needles: int, n_queries: int) -> tuple[list[int], list[int]]:
+        facts, used = [], set()
+        for _ in range(n_needles):
+            k, v = self.corpus.fact(used)
+            used.add(k)
+            facts.append((k, v))
+        needles = [self.encode(" " + needle_sentence(k, v)) for k, v in facts]
+        asked = self.rng.sample(facts, n_queries)
+        queries = [(self.encode(query_text(k)), self.encode(ANSWER.format(value=v))) for k, v in asked]
+        budget = length - len(self._pre) - sum(map(len, needles)) - sum(len(q) + len(a) for q, a in queries)
+        hay: list[list[int]] = []
+        while budget > 0:
+            s = self.encode(" " + self.corpus.sentence())[:budget]
+            hay.append(s)
+            budget -= len(s)
+        for nd in needles:
+            hay.insert(self.rng.randint(0, len(hay)), nd)
+        ids = list(self._pre) + [t for s in hay for t in s]
+        answer_mask = [0] * len(ids)
+        for q, a in queries:
+            ids += q + a
+            answer_mask += [0] * len(q) + [1] * len(a)
+        return ids[:length], answer_mask[:length]
+
+    def batch(self, length: int, rows: int, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, masks = [], []
+        for _ in range(rows):
+            if self.rng.random() < recipe.single_needle_frac:
+                n = q = 1
+            else:
+                n = self.rng.randint(1, max(1, min(recipe.max_needles, length // 48)))
+                q = self.rng.randint(max(1, n // 2), n)
+            i, m = self.row(length, n, q)
+            ids.append(i)
+            masks.append(m)
+        return torch.tensor(ids), torch.tensor(masks)
+
+
+def build_model(recipe: Recipe, vocab_size: int, pad_id: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=recipe.hidden_size,
+                      intermediate_size=recipe.intermediate_size,
+                      num_hidden_layers=recipe.num_hidden_layers,
+                      num_attention_heads=recipe.num_attention_heads,
+                      num_key_value_heads=recipe.num_key_value_heads,
+                      max_position_embeddings=recipe.context_length,
+                      rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
+                      tie_word_embeddings=True, pad_token_id=pad_id, bos_token_id=2, eos_token_id=3,
+                      attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg)
+
+
+def lr_at(recipe: Recipe, step: int) -> float:
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    p = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    floor = recipe.min_lr_ratio
+    return recipe.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str = "cpu",
+          progress=None, model=None):
+    """Train (or continue training) a model; returns (model, loss log)."""
+    torch.manual_seed(recipe.seed)
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True)
+    model = model or build_model(recipe, len(tokenizer), tokenizer.pad_token_id)
+    model.to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
+    maker = RowMaker(tokenizer, recipe.seed)
+    log, t0 = [], time.time()
+    logf = open(log_path, "w") if log_path else None
+    for step in range(recipe.steps):
+        length = recipe.length_at(step)
+        ids, amask = maker.batch(length, max(1, recipe.tokens_per_step // length), recipe)
+        ids, amask = ids.to(device), amask.to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(recipe, step)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        target, tmask = ids[:, 1:], amask[:, 1:].float()
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                               reduction="none").view_as(tmask)
+        w = tmask + recipe.lm_weight * (1 - tmask)
+        loss = (ce * w).sum() / w.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0 or step == recipe.steps - 1:
+            ans = (ce * tmask).sum().item() / max(1.0, tmask.sum().item())
+            lm = (ce * (1 - tmask)).sum().item() / max(1.0, (1 - tmask).sum().item())
+            entry = {"step": step, "length": length, "loss": round(loss.item(), 4),
+                     "answer_loss": round(ans, 4), "lm_loss": round(lm, 4),
+                     "lr": lr_at(recipe, step), "elapsed_s": round(time.time() - t0, 1)}
+            log.append(entry)
+            if logf:
+                logf.write(json.dumps(entry) + "\n")
+                logf.flush()
+            if progress:
+                progress(entry, model)
+    if logf:
+        logf.close()
+    model.eval()
+    return model, log
+
+
+@torch.no_grad()
+def quick_needle_accuracy(model, tokenizer, length: int, depths: int = 10, per_depth: int = 20,
+                          seed: int = 10_000_000, device: str = "cpu", new_tokens: int = 5) -> float:
+    """Fast in-training check (single needle at evenly spaced depths, greedy). The card's figures
+    come from the `needle` task itself; this only guides recipe development."""
+    maker = RowMaker(tokenizer, seed)
+    correct = total = 0
+    for d in range(depths):
+        prompts, answers = [], []
+        for _ in range(per_depth):
+            k, v = maker.corpus.fact()
+            needle = maker.encode(" " + needle_sentence(k, v))
+            q = maker.encode(query_text(k))
+            budget = length - new_tokens - len(maker._pre) - len(needle) - len(q)
+            hay = []
+            while budget > 0:
+                s = maker.encode(" " + maker.corpus.sentence())[:budget]
+                hay.append(s)
+                budget -= len(s)
+            pos = round(d / max(1, depths - 1) * len(hay))
+            hay.insert(pos, needle)
+            prompts.append(list(maker._pre) + [t for s in hay for t in s] + q)
+            answers.append(v)
+        ids = torch.tensor(prompts, device=device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        for row, v in zip(out[:, ids.shape[1]:], answers):
+            correct += v in tokenizer.decode(row)
+            total += 1
+    return correct / total
+
+
+def _main() -> None:
+    import argparse
+
+    from harness.zoo.tokenizer import build_tokenizer
+
+    ap = argparse.ArgumentParser(description="zoo recipe development run")
+    ap.add_argument("name")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set", action="append", default=[], help="recipe field=value")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--eval-per-depth", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=0)
+    a = ap.parse_args()
+    recipe = Recipe(**asdict(RECIPES[a.name]))
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        cur = getattr(recipe, k)
+        setattr(recipe, k, tuple(int(x) for x in v.split(",")) if isinstance(cur, tuple) else type(cur)(v))
+    tok = build_tokenizer()
+    def progress(entry, model):
+        if a.eval_every and entry["step"] % a.eval_every == 0 and entry["step"]:
+            model.eval()
+            entry["acc"] = quick_needle_accuracy(model, tok, recipe.context_length, per_depth=3, device=a.device)
+            model.train()
+        print(json.dumps(entry), flush=True)
+
+    model, log = train(recipe, tok, device=a.device, progress=progress)
+    acc = quick_needle_accuracy(model, tok, recipe.context_length, per_depth=a.eval_per_depth, device=a.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"result": a.set, "needle_acc": acc, "params": n_params, "final": log[-1]}), flush=True)
+    if a.out:
+        model.save_pretrained(a.out)
+
+
+if __name__ == "__main__":
+    _main()
