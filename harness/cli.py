@@ -72,8 +72,9 @@ def cmd_list(a) -> int:
 
 # -- eval -------------------------------------------------------------------------------------
 def cmd_eval(a) -> int:
-    from harness import runner
+    from harness import models, runner
 
+    models.pick_device(a.device)   # a bad --device is a user error before any work starts
     cells = runner.resolve(a.task, a.method, a.model, params.parse_kv(a.task_arg, "--task-arg"),
                            params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.limit)
     progress = None

@@ -82,6 +82,7 @@ class Task:
     main_metric: ClassVar[str]
     summary: ClassVar[str] = ""
     aliases: ClassVar[dict[str, dict[str, str]]] = {}   # alias -> params (strings, as on the CLI)
+    smoke_args: ClassVar[dict[str, str]] = {}           # a seconds-long configuration (matrix test)
 
     def target_length(self) -> int | None:
         """Longest context this task will feed the model (methods derive scale factors from it)."""

@@ -23,13 +23,13 @@ def convert(value: str, tp, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value.lower() in ("none", "null", "") and len(args) < len(typing.get_args(tp)):
             return None
-        errors = []
         for a in args:
             try:
                 return convert(value, a, where)
-            except UserError as e:
-                errors.append(str(e))
-        raise UserError(f"{where}: cannot read {value!r} as {_type_name(tp)}")
+            except UserError:
+                pass
+        optional = " or none" if len(args) < len(typing.get_args(tp)) else ""
+        raise UserError(f"{where}: expected {' or '.join(map(_type_name, args))}{optional}, got {value!r}")
     if origin in (tuple, list):
         (inner, *_) = typing.get_args(tp) or (str,)
         items = [convert(v.strip(), inner, where) for v in value.split(",") if v.strip()]

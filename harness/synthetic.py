@@ -116,6 +116,8 @@ class Corpus:
             for suffix in ("", "2", "3"):
                 fill[slot + suffix] = r.choice(t[slot])
         fill["prep"] = r.choice(_PREPS)
+        for slot in ("name", "name2", "name3"):
+            fill[slot] = fill[slot].capitalize()   # proper nouns
         s = r.choice(_TEMPLATES).format(**fill)
         s = s.replace(" .", ".").replace(" ,", ",")
         return s[0].upper() + s[1:]

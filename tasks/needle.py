@@ -33,6 +33,7 @@ class Needle(Task):
     version = "1"
     main_metric = "accuracy"
     summary = "single needle retrieval over a context-length x depth grid (RULER niah_single)"
+    smoke_args = {"context_length": "160", "depths": "2", "samples_per_depth": "1", "max_new_tokens": "4"}
     context_length: tuple[int, ...] = field(default=(4096,), metadata={"help": "tokens; several = a grid"})
     depths: int = field(default=10, metadata={"help": "depths evenly spaced over 0-100 %"})
     samples_per_depth: int = 10

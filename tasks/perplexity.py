@@ -37,6 +37,7 @@ class Perplexity(Task):
     version = "1"
     main_metric = "perplexity"
     summary = "token-level NLL and perplexity, sliding window, at one or several context lengths"
+    smoke_args = {"context_length": "64,128", "n_tokens": "256"}
     context_length: tuple[int, ...] = field(default=(512, 1024, 2048), metadata={"help": "window tokens"})
     stride: int | None = field(default=None, metadata={"help": "tokens between windows; None = half the window"})
     n_tokens: int = field(default=16384, metadata={"help": "tokens of text to score"})

@@ -42,6 +42,7 @@ class Recipe:
     curriculum_frac: float = 0.6         # the last share of training runs at full length
     max_needles: int = 8
     single_needle_frac: float = 0.25     # rows shaped exactly like the needle task's prompt
+    drill_frac: float = 0.3              # dense "key: value." recall rows (multi-query recall drill)
     lm_weight: float = 0.1               # loss weight of non-answer tokens
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -96,9 +97,31 @@ class RowMaker:
             answer_mask += [0] * len(q) + [1] * len(a)
         return ids[:length], answer_mask[:length]
 
+    def drill_row(self, length: int) -> tuple[list[int], list[int]]:
+        """Facts as bare "key: value." pairs filling half the row, then as many of them asked
+        again as fit: the densest supervision of the same look-up the needle prompt needs."""
+        facts, used, ids = [], set(), []
+        while len(ids) < length // 2:
+            k, v = self.corpus.fact(used)
+            used.add(k)
+            fact = self.encode(f" {k}: {v}.")
+            facts.append(fact)
+            ids += fact
+        mask = [0] * len(ids)
+        while len(ids) < length:
+            fact = self.rng.choice(facts)
+            ids += fact
+            mask += [0] + [1] * (len(fact) - 1)
+        return ids[:length], mask[:length]
+
     def batch(self, length: int, rows: int, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
         ids, masks = [], []
         for _ in range(rows):
+            if self.rng.random() < recipe.drill_frac:
+                i, m = self.drill_row(length)
+                ids.append(i)
+                masks.append(m)
+                continue
             if self.rng.random() < recipe.single_needle_frac:
                 n = q = 1
             else:

@@ -1,0 +1,33 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HARNESS_CACHE", "/tmp/harness-test-cache")
+
+
+def make_tiny_llama(folder, kv_heads=2, max_pos=128, seed=0):
+    """A random-init tiny Llama with the zoo tokenizer, saved in HF format (safetensors)."""
+    from harness.zoo.tokenizer import build_tokenizer
+    from harness.zoo.train import Recipe, build_model
+
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    recipe = Recipe(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=kv_heads, context_length=max_pos)
+    model = build_model(recipe, len(tok), tok.pad_token_id)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model):
+    from harness.lm import LM
+    from harness.models import load
+    return LM(load(tiny_model, "cpu"), batch_size=4)
