@@ -118,7 +118,8 @@ def cmd_zoo(a) -> int:
         print((zoo.ZOO_DIR / a.name / "README.md").read_text())
         return 0
     from harness.zoo import build
-    build.train_and_save(a.name, out_dir=Path(a.out) if a.out else None, log=print)
+    build.train_and_save(a.name, out_dir=Path(a.out) if a.out else None, log=print,
+                         overrides=params.parse_kv(a.set, "--set"))
     return 0
 
 
@@ -162,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     zt = zsub.add_parser("train", help="train a zoo model from its recipe (CPU, deterministic)")
     zt.add_argument("name")
     zt.add_argument("--out", default=None, help="folder to write (default: the zoo's own folder)")
+    zt.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a recipe field (recorded in the card), e.g. steps=100")
     zoo.set_defaults(fn=cmd_zoo)
     return p
 

@@ -12,17 +12,16 @@ from harness.synthetic import EVAL_SEED_BASE, Corpus
 
 
 def windows(n_tokens: int, length: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, n_scored): each window scores only the tokens no earlier window scored, as in
-    transformers' perplexity guide; the first token of the text has no context and is not scored."""
-    out, prev_end = [], 0
-    for begin in range(0, n_tokens, stride):
-        end = min(begin + length, n_tokens)
-        scored = end - max(prev_end, 1)
-        if scored > 0:
-            out.append((begin, end, scored))
-        prev_end = end
-        if end == n_tokens:
-            break
+    """(begin, end, n_scored) windows of at most `length` tokens. The first window scores all its
+    tokens but the first; each later one scores the next `stride` tokens with the preceding
+    `length - stride` as context (as transformers' perplexity guide does). Every token but the
+    text's first is scored exactly once, always with at least one token of context."""
+    end = min(length, n_tokens)
+    out = [(0, end, end - 1)] if end > 1 else []
+    while end < n_tokens:
+        new_end = min(end + stride, n_tokens)
+        out.append((max(0, new_end - length), new_end, new_end - end))
+        end = new_end
     return out
 
 
@@ -39,15 +38,15 @@ class Perplexity(Task):
     summary = "token-level NLL and perplexity, sliding window, at one or several context lengths"
     smoke_args = {"context_length": "64,128", "n_tokens": "256"}
     context_length: tuple[int, ...] = field(default=(512, 1024, 2048), metadata={"help": "window tokens"})
-    stride: int | None = field(default=None, metadata={"help": "tokens between windows; None = half the window"})
+    stride: int | None = field(default=None, metadata={"help": "new tokens per window (< window); None = half"})
     n_tokens: int = field(default=16384, metadata={"help": "tokens of text to score"})
     path: str | None = field(default=None, metadata={"help": "local UTF-8 text; None = synthetic"})
 
     def __post_init__(self):
         if any(n < 2 for n in self.context_length) or self.n_tokens < 2:
             raise ValueError("context_length and n_tokens must be at least 2")
-        if self.stride is not None and not 1 <= self.stride <= min(self.context_length):
-            raise ValueError("stride must be between 1 and the smallest context_length")
+        if self.stride is not None and not 1 <= self.stride < min(self.context_length):
+            raise ValueError("stride must be at least 1 and below the smallest context_length")
 
     def target_length(self) -> int:
         return max(self.context_length)

@@ -51,13 +51,22 @@ def draft_agreement(draft, target, tokenizer, n_tokens: int = 8192, window: int 
     return agree / total
 
 
-def train_and_save(name: str, out_dir: Path | None = None, log=print) -> Path:
+def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides: dict | None = None) -> Path:
+    """Train `name` from its recipe (with optional field overrides, recorded in the card)."""
+    import dataclasses
+
+    from harness import params
     from harness.errors import UserError, nearest
     from harness.zoo.tokenizer import build_tokenizer
 
     if name not in RECIPES:
         raise UserError(f"no recipe for zoo model {name!r}.{nearest(name, RECIPES)} Recipes: {', '.join(RECIPES)}")
-    recipe = RECIPES[name]
+    fields = params.field_types(type(RECIPES[name]))
+    for key in overrides or {}:
+        if key not in fields or key == "extra":
+            raise UserError(f"recipe has no field {key!r}.{nearest(key, fields)}")
+    recipe = dataclasses.replace(RECIPES[name], **{k: params.convert(v, fields[k], f"recipe field {k!r}")
+                                                   for k, v in (overrides or {}).items()})
     folder = out_dir or ZOO_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(TRAIN_THREADS)

@@ -32,17 +32,17 @@ class Recipe:
     context_length: int = 512
     rope_theta: float = 10000.0
     position: str = "rope"               # "rope" or "alibi" (a later zoo member)
-    steps: int = 2000
+    steps: int = 2500
     tokens_per_step: int = 8192
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup: int = 100
     weight_decay: float = 0.05
-    curriculum: tuple[int, ...] = (128, 256, 512)   # row lengths, each for an equal share of steps
+    curriculum: tuple[int, ...] = (64, 128, 256, 512)   # row lengths, each for an equal share of steps
     curriculum_frac: float = 0.6         # the last share of training runs at full length
     max_needles: int = 8
     single_needle_frac: float = 0.25     # rows shaped exactly like the needle task's prompt
-    drill_frac: float = 0.3              # dense "key: value." recall rows (multi-query recall drill)
+    drill_frac: float = 0.5              # dense "key: value." recall rows (multi-query recall drill)
     lm_weight: float = 0.1               # loss weight of non-answer tokens
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -57,7 +57,7 @@ class Recipe:
 RECIPES = {
     "tiny-llama": Recipe(),
     "tiny-llama-draft": Recipe(hidden_size=192, intermediate_size=512, num_hidden_layers=2,
-                              num_attention_heads=3, num_key_value_heads=3, steps=1200),
+                              num_attention_heads=3, num_key_value_heads=3, steps=1000),
 }
 
 

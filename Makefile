@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+HARNESS = $(VENV)/bin/harness
+# torch 2.13.0 is the CPU build available offline on these machines; the pin in pyproject
+# admits it, so installing the project afterwards pulls no second (CUDA) build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test install bench clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(HARNESS) eval --task needle --task-arg context_length=512 \
+	    --method baseline --out out/demo
+	$(HARNESS) eval --task needle_1k --method baseline --method pi --method ntk \
+	    --method dynamic_ntk --method yarn --out out/demo
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf out .pytest_cache
