@@ -43,6 +43,7 @@ class Recipe:
     max_needles: int = 8
     single_needle_frac: float = 0.25     # rows shaped exactly like the needle task's prompt
     drill_frac: float = 0.5              # dense "key: value." recall rows (multi-query recall drill)
+    copy_frac: float = 0.0               # rows of a random token span repeated (induction warm-up)
     lm_weight: float = 0.1               # loss weight of non-answer tokens
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -114,9 +115,25 @@ class RowMaker:
             mask += [0] + [1] * (len(fact) - 1)
         return ids[:length], mask[:length]
 
+    def copy_row(self, length: int) -> tuple[list[int], list[int]]:
+        """A random span of word, key and digit tokens, then the same span again: every token of
+        the repeat is predictable only by looking back, the densest signal for an induction head."""
+        span = [self.rng.randrange(30, len(self.tok))   # ids below 30: specials, punctuation, digits
+                for _ in range(self.rng.randint(8, max(9, length // 2)))]
+        ids, mask = [], []
+        while len(ids) < length:
+            ids += span
+            mask += [0] * len(span) if not mask else [0] + [1] * (len(span) - 1)
+        return ids[:length], mask[:length]
+
     def batch(self, length: int, rows: int, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
         ids, masks = [], []
         for _ in range(rows):
+            if self.rng.random() < recipe.copy_frac:
+                i, m = self.copy_row(length)
+                ids.append(i)
+                masks.append(m)
+                continue
             if self.rng.random() < recipe.drill_frac:
                 i, m = self.drill_row(length)
                 ids.append(i)
