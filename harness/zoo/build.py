@@ -11,7 +11,7 @@ import torch
 from harness.models import file_sha256
 from harness.synthetic import EVAL_SEED_BASE, Corpus
 from harness.zoo.registry import ZOO_DIR
-from harness.zoo.train import RECIPES, train
+from harness.zoo.train import RECIPES, quick_needle_accuracy, train
 
 TRAIN_THREADS = 2   # fixed, so that CPU float reductions (and so the weights) are reproducible
 DRAFT_OF = {"tiny-llama-draft": "tiny-llama"}
@@ -73,8 +73,14 @@ def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides:
     tok = build_tokenizer()
     t0 = time.time()
     log(f"training {name}: {recipe}")
-    model, curve = train(recipe, tok, log_path=folder / "loss_curve.jsonl",
-                         progress=lambda e, m: log(json.dumps(e)))
+    def progress(entry, model):
+        if entry["step"] % 500 == 0 and entry["step"]:   # a cheap retrieval probe, for the log only
+            model.eval()
+            entry["probe_needle_acc"] = quick_needle_accuracy(model, tok, recipe.context_length, per_depth=2)
+            model.train()
+        log(json.dumps(entry))
+
+    model, curve = train(recipe, tok, log_path=folder / "loss_curve.jsonl", progress=progress)
     train_s = time.time() - t0
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
