@@ -111,6 +111,15 @@ def test_cross_product_and_scoped_args(capsys, tiny_model, tmp_path):
     assert yarn["method"]["components"][0]["resolved"]["scale"] == 3.0
 
 
+def test_composition_runs_and_records_components(capsys, tiny_model, tmp_path):
+    code, out, _ = run(capsys, *eval_args(tiny_model, tmp_path, "--method", "baseline+yarn"))
+    assert code == 0
+    (path,) = list(tmp_path.rglob("*.json"))
+    rec = json.loads(path.read_text())
+    assert [c["name"] for c in rec["method"]["components"]] == ["baseline", "yarn"]
+    assert path.parent.name == "baseline+yarn"
+
+
 def test_list_json_has_required_fields(capsys):
     code, out, _ = run(capsys, "list", "--json")
     assert code == 0

@@ -64,3 +64,12 @@ def test_perplexity_equals_direct_computation(tiny_lm):
     assert res.metrics["nll@64"].n == 255
     assert math.isclose(res.metrics["perplexity@64"].value, math.exp(total / 255), rel_tol=1e-4)
     assert res.metrics["perplexity"].value == res.metrics["perplexity@64"].value
+
+
+def test_sampled_generation_is_reproducible_for_a_seed(tiny_lm):
+    prompts = [tiny_lm.encode(" The cost saim tulskited over the wal.")] * 3
+    a = tiny_lm.generate(prompts, max_new_tokens=8, temperature=1.0, seed=3)
+    b = tiny_lm.generate(prompts, max_new_tokens=8, temperature=1.0, seed=3)
+    c = tiny_lm.generate(prompts, max_new_tokens=8, temperature=1.0, seed=4)
+    assert a == b and a != c
+    assert len({tuple(x) for x in a}) > 1        # rows of one batch are sampled independently

@@ -1,0 +1,73 @@
+"""Registration rules and third-party discovery through entry points."""
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+
+from harness import registry
+from harness.interfaces import LMMethod, Task
+
+
+def test_register_requires_dataclass_and_valid_name():
+    with pytest.raises(TypeError, match="@dataclass"):
+        @registry.register
+        class NotDataclass(LMMethod):
+            name = "x"
+    with pytest.raises(TypeError, match="lowercase"):
+        @registry.register
+        @dataclass
+        class BadName(LMMethod):
+            name = "Bad-Name"
+
+
+def test_duplicate_name_is_refused():
+    registry.load()
+    with pytest.raises(TypeError, match="duplicate"):
+        @registry.register
+        @dataclass
+        class AnotherYarn(LMMethod):
+            name = "yarn"
+
+
+def test_entry_point_plugins_are_loaded(monkeypatch):
+    module = types.ModuleType("fake_harness_plugin")
+    exec("""
+from dataclasses import dataclass
+from harness.interfaces import LMMethod
+from harness.registry import register
+
+@register
+@dataclass
+class PluginMethod(LMMethod):
+    '''A method shipped by a third-party package.'''
+    name = "plugin_method_for_test"
+""", module.__dict__)
+
+    class EP:
+        def load(self):
+            sys.modules["fake_harness_plugin"] = module
+            return module
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [EP()] if group == "harness.plugins" else [])
+    monkeypatch.setattr(registry, "_loaded", False)
+    try:
+        registry.load()
+        assert registry.method("plugin_method_for_test").__name__ == "PluginMethod"
+    finally:
+        registry.METHODS.pop("plugin_method_for_test", None)
+        sys.modules.pop("fake_harness_plugin", None)
+
+
+def test_every_method_documents_its_paper():
+    registry.load()
+    for name, cls in registry.METHODS.items():
+        assert (cls.__doc__ or "").strip(), name
+        if name != "baseline":
+            assert cls.paper, name
+
+
+def test_task_classes_declare_metrics_and_version():
+    registry.load()
+    for cls in registry.TASKS.values():
+        assert issubclass(cls, Task) and cls.version and cls.main_metric
