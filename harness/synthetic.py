@@ -30,6 +30,19 @@ QUESTION = "\nWhat is the special magic number for {key} mentioned in the provid
 ANSWER_PREFIX = "\nAnswer: the special magic number for {key}:"
 ANSWER = " {value}."
 
+# The passkey-retrieval prompt of the PI and LongLoRA papers (LongLoRA's passkey_retrivial.py),
+# whose filler is also RULER's "noise" haystack.
+PASSKEY_TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+                "them. I will quiz you about the important information there.")
+PASSKEY_GARBAGE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+PASSKEY_INFO = "The pass key is {key}. Remember it. {key} is the pass key."
+PASSKEY_QUESTION = "What is the pass key? The pass key is"
+# RULER's variable-tracking template words (variable names come from the key lexicon)
+VT_WORDS = ("Memorize and track the chain(s) of variable assignment hidden in the following text. "
+            "VAR = Question: Find all variables that are assigned the value in the text above. Answer: "
+            "According to the chain(s) of variable assignment in the text above, variables are "
+            "assigned the value, they are: What are all the special magic numbers for mentioned")
+
 _FUNCTION_WORDS = ("the a an of in on at with from to by near under over and but while when "
                    "because after before then every each some many few this that these those "
                    "it they he she we was were is are has had will can could would").split()
@@ -138,6 +151,13 @@ class Corpus:
 
 def needle_sentence(key: str, value: str) -> str:
     return NEEDLE.format(key=key, value=value)
+
+
+def passkey_prompt(key: str, garbage_before: int, garbage_after: int) -> str:
+    """The PI/LongLoRA passkey prompt: the pass key line between repeats of the filler."""
+    return "\n".join([PASSKEY_TASK, " ".join([PASSKEY_GARBAGE] * garbage_before),
+                      PASSKEY_INFO.format(key=key), " ".join([PASSKEY_GARBAGE] * garbage_after),
+                      PASSKEY_QUESTION])
 
 
 def query_text(key: str) -> str:

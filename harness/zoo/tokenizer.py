@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.synthetic import _FUNCTION_WORDS, ANSWER_PREFIX, LEXICON, NEEDLE, PREAMBLE, QUESTION
+from harness.synthetic import (_FUNCTION_WORDS, ANSWER_PREFIX, LEXICON, NEEDLE, PASSKEY_GARBAGE,
+                               PASSKEY_INFO, PASSKEY_QUESTION, PASSKEY_TASK, PREAMBLE, QUESTION, VT_WORDS)
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
-_PUNCT = list(".,:;?!'\"()-\n▁")
+_PUNCT = list(".,:;?!'\"()-=\n▁") + ["s"]
 _SPLIT = r"▁?[A-Za-z]+:?|▁?\d{1,3}|[\s\S]"
 
 
 def vocabulary() -> list[str]:
-    template = " ".join([PREAMBLE, NEEDLE, QUESTION, ANSWER_PREFIX]).replace("{key}", " ")
-    framing = {w.strip(".,:?!\n") for w in template.split()} | set(_FUNCTION_WORDS)
+    template = " ".join([PREAMBLE, NEEDLE, QUESTION, ANSWER_PREFIX, PASSKEY_TASK, PASSKEY_GARBAGE,
+                         PASSKEY_INFO, PASSKEY_QUESTION, VT_WORDS]).replace("{key}", " ")
+    framing = {w.strip(".,:?!\n").replace("(s)", "") for w in template.split()} | set(_FUNCTION_WORDS)
     framing.discard("")
     vocab = SPECIALS + _PUNCT + [str(i) for i in range(10)]
     digits = [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)] + [f"{i:03d}" for i in range(1000)]

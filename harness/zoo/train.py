@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from harness.synthetic import ANSWER, PREAMBLE, Corpus, needle_sentence, query_text
+from harness.synthetic import (ANSWER, PASSKEY_GARBAGE, PREAMBLE, Corpus, needle_sentence,
+                               passkey_prompt, query_text)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Recipe:
     single_needle_frac: float = 0.25     # rows shaped exactly like the needle task's prompt
     drill_frac: float = 0.4              # dense "key: value." recall rows (multi-query recall drill)
     copy_frac: float = 0.25              # rows of a random token span repeated (induction warm-up)
+    passkey_frac: float = 0.05           # rows in the PI/LongLoRA passkey format
     lm_weight: float = 0.1               # loss weight of non-answer tokens
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -126,11 +128,29 @@ class RowMaker:
             mask += [0] * len(span) if not mask else [0] + [1] * (len(span) - 1)
         return ids[:length], mask[:length]
 
+    def passkey_row(self, length: int) -> tuple[list[int], list[int]]:
+        """The passkey prompt with as many filler repeats as fit, the key (1..50000) answered."""
+        key = str(self.rng.randint(1, 50000))
+        answer = self.encode(f" {key}.")
+        per_repeat = len(self.encode(" " + PASSKEY_GARBAGE))
+        repeats = max(0, (length - len(self.encode(passkey_prompt(key, 0, 0))) - len(answer)) // per_repeat)
+        before = self.rng.randint(0, repeats)
+        ids = self.encode(passkey_prompt(key, before, repeats - before)) + answer
+        mask = [0] * (len(ids) - len(answer)) + [1] * len(answer)
+        while len(ids) < length:
+            ids += self.encode(" " + self.corpus.sentence())
+        return ids[:length], (mask + [0] * length)[:length]
+
     def batch(self, length: int, rows: int, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
         ids, masks = [], []
         for _ in range(rows):
+            special = None
             if self.rng.random() < recipe.copy_frac:
-                i, m = self.copy_row(length)
+                special = self.copy_row
+            elif self.rng.random() < recipe.passkey_frac:
+                special = self.passkey_row
+            if special:
+                i, m = special(length)
                 ids.append(i)
                 masks.append(m)
                 continue
