@@ -42,7 +42,7 @@ def main() -> None:
     from harness.interfaces import Task
     from harness.lm import LM
     from harness.models import load
-    from harness.tasks.needle import _sample_seed
+    from harness.synthetic import sample_seed
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="zoo:tiny-llama")
@@ -57,7 +57,7 @@ def main() -> None:
     lm = LM(loaded, batch_size=a.batch_size)
     cls, _ = registry.task("needle")
     task: Task = params.build(cls, {"context_length": str(a.context)}, "needle")
-    prompts = [task.build(lm, L, d, _sample_seed(0, L, d, r))["ids"] for L, d, r in task.samples_plan(0)]
+    prompts = [task.build(lm, L, d, sample_seed(0, L, d, r))["ids"] for L, d, r in task.samples_plan(0)]
     print(f"{len(prompts)} prompts of {len(prompts[0])} tokens, batch {a.batch_size}, "
           f"{task.max_new_tokens} new tokens, {torch.get_num_threads()} threads, model {a.model}")
     direct(folder, prompts[:8], a.batch_size, task.max_new_tokens)           # warm-up

@@ -13,6 +13,7 @@ few million parameters learn the look-up (an induction-style copy); with RULER's
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -147,6 +148,12 @@ class Corpus:
             key = self.rng.choice(LEXICON.keys)
             if not exclude or key not in exclude:
                 return key, str(self.rng.randint(1_000_000, 9_999_999))
+
+
+def sample_seed(*parts) -> int:
+    """A stable evaluation seed (>= EVAL_SEED_BASE) for one sample, from the run seed and its coordinates."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return EVAL_SEED_BASE + int.from_bytes(digest[:6], "big")
 
 
 def needle_sentence(key: str, value: str) -> str:

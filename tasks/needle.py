@@ -9,17 +9,12 @@ from dataclasses import dataclass, field
 from harness import data
 from harness.interfaces import Metric, Task, TaskResult
 from harness.registry import register
-from harness.synthetic import EVAL_SEED_BASE, PREAMBLE, Corpus, needle_sentence, query_text
+from harness.synthetic import PREAMBLE, Corpus, needle_sentence, query_text, sample_seed
 
 
 def depth_grid(n: int) -> list[float]:
     """n depths evenly from 0 to 100 % (a single depth is the middle)."""
     return [50.0] if n == 1 else [100.0 * i / (n - 1) for i in range(n)]
-
-
-def _sample_seed(*parts) -> int:
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return EVAL_SEED_BASE + int.from_bytes(digest[:6], "big")
 
 
 @register
@@ -109,7 +104,7 @@ class Needle(Task):
         rows = []
         batches = [plan[i:i + lm.batch_size] for i in range(0, len(plan), lm.batch_size)]
         for batch in ctx.iterate(batches, total=len(batches), desc=f"needle ({len(plan)} samples)"):
-            built = [self.build(lm, L, d, _sample_seed(ctx.seed, L, d, r)) for L, d, r in batch]
+            built = [self.build(lm, L, d, sample_seed(ctx.seed, L, d, r)) for L, d, r in batch]
             outputs = lm.generate([b["ids"] for b in built], self.max_new_tokens)
             for (L, d, r), b, out in zip(batch, built, outputs):
                 pred = lm.decode(out)

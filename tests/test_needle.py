@@ -2,8 +2,8 @@
 import pytest
 
 from harness import registry
-from harness.synthetic import EVAL_SEED_BASE, PREAMBLE
-from harness.tasks.needle import Needle, _sample_seed, depth_grid
+from harness.synthetic import EVAL_SEED_BASE, PREAMBLE, sample_seed
+from harness.tasks.needle import Needle, depth_grid
 
 
 def test_depth_grid():
@@ -20,8 +20,8 @@ def test_alias_resolves_to_context_length():
 
 
 def test_sample_seeds_are_evaluation_seeds():
-    assert _sample_seed(0, 512, 0.0, 0) >= EVAL_SEED_BASE
-    assert _sample_seed(0, 512, 0.0, 0) != _sample_seed(1, 512, 0.0, 0)
+    assert sample_seed(0, 512, 0.0, 0) >= EVAL_SEED_BASE
+    assert sample_seed(0, 512, 0.0, 0) != sample_seed(1, 512, 0.0, 0)
 
 
 def test_build_is_deterministic_and_fits_budget(tiny_lm):

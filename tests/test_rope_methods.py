@@ -122,3 +122,21 @@ def test_patched_model_equals_transformers_model_with_that_rope_type(method, rop
 def test_rope_shape_reads_config(tiny_lm):
     shape = rope_shape(tiny_lm.model.config)
     assert shape == RopeShape(10000.0, 16, 128)
+
+
+@pytest.mark.parametrize("factor,original", [(8.0, 8192), (4.0, 512), (2.0, 2048)])
+def test_llama3_equals_transformers_llama3(factor, original):
+    from harness.methods.rope.llama3 import Llama3
+    cfg = hf_config({"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": original}, max_pos=original)
+    ref, att = ROPE_INIT_FUNCTIONS["llama3"](cfg, None)
+    shape = RopeShape(10000.0, 64, original)
+    inv, scale = Llama3().freq_fn(shape, factor)(1)
+    torch.testing.assert_close(inv, ref)
+    assert scale == att == 1.0
+    # independent check of the three bands
+    base = np_inv_freq(10000.0, 64)
+    wavelen = 2 * math.pi / base
+    hi, lo = wavelen < original / 4, wavelen > original / 1
+    np.testing.assert_allclose(inv.numpy()[hi], base[hi], rtol=1e-6)
+    np.testing.assert_allclose(inv.numpy()[lo], base[lo] / factor, rtol=1e-6)
