@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from harness import data
+from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
 from harness.registry import register
 from harness.synthetic import PREAMBLE, Corpus, needle_sentence, query_text, sample_seed
@@ -71,10 +72,14 @@ class Needle(Task):
         budget = length - self.max_new_tokens - len(lm.prompt_prefix())
         fixed = len(lm.encode(PREAMBLE + " " + needle + query))
         hay, used = [], 0
-        while used < budget - fixed:
-            s = next_sentence()
-            hay.append(s)
-            used += len(lm.encode(" " + s))
+        while used < budget - fixed:   # tokenized a chunk at a time: one tokenizer call, not one per sentence
+            chunk = [next_sentence() for _ in range(32)]
+            counts = lm.tokenizer([" " + x for x in chunk], add_special_tokens=False)["input_ids"]
+            for sentence, ids in zip(chunk, counts):
+                if used >= budget - fixed:
+                    break
+                hay.append(sentence)
+                used += len(ids)
         while True:   # sentence-wise counts are exact for the zoo tokenizer, close for BPE ones
             at = round(depth / 100 * len(hay))
             before = PREAMBLE + "".join(" " + s for s in hay[:at])
@@ -84,7 +89,7 @@ class Needle(Task):
                 break
             hay.pop()
         if len(ids) > budget:
-            raise ValueError(f"context_length {length} is too short for the needle and question")
+            raise UserError(f"context_length {length} is too short for the needle and question")
         hay_start = len(lm.encode(PREAMBLE))
         needle_at = len(lm.encode(before)) - hay_start
         hay_tokens = len(lm.encode(PREAMBLE + "".join(" " + s for s in hay))) - hay_start

@@ -6,6 +6,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
 from harness.registry import register
 from harness.synthetic import PASSKEY_GARBAGE, passkey_prompt, sample_seed
@@ -56,7 +57,7 @@ class Passkey(Task):
                 break
             repeats -= 1
         if len(ids) > budget:
-            raise ValueError(f"context_length {length} is too short for the passkey prompt")
+            raise UserError(f"context_length {length} is too short for the passkey prompt")
         return {"ids": ids, "key": key, "depth": 100.0 * before / max(1, repeats), "repeats": repeats}
 
     def run(self, ctx) -> TaskResult:
