@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.errors import UserError
+from harness.interfaces import LMMethod
+from harness.registry import register
+from harness.methods.rope._attention import AttentionInputs, attention_override, rotate, softmax_attend
+from harness.methods.rope._common import rope_shape
+
+QUERY_CHUNK = 1024   # queries per block: logits are never materialised for the whole L x L at once
+
+
+@register
+@dataclass
+class SelfExtend(LMMethod):
+    """SelfExtend — Jin et al. 2024, "LLM Maybe LongLM: Self-Extend LLM Context Window Without
+    Tuning" (arXiv:2401.01325); rule from datamllab/LongLM `self_extend_patch/Llama.py`.
+
+    Two rotations of every query-key pair: neighbour positions (the usual ones) and grouped
+    positions — key ⌊p_k/G⌋, query ⌊p_q/G⌋ + W − ⌊W/G⌋. A pair at relative distance < W uses
+    the neighbour logit, otherwise the grouped one; both merge before one softmax. Keys are
+    cached before rotation, so decoding with the KV cache is exact.
+
+    group_size: G; None = the smallest G with W + (N − W)/G ≤ L/2 for the task's longest context
+    N and the model's original L (the lower end of the paper's rule ½L…⅔L > W + (N − W)/G).
+    window_size: W; None = L/4 (1024 for a 4k Llama-2, inside the README's 512–1536 range).
+    """
+    name = "selfextend"
+    family = "rope"
+    paper = "LLM Maybe LongLM: Self-Extend LLM Context Window Without Tuning (arXiv:2401.01325)"
+    patches = frozenset({"attention", "kv_cache"})
+    group_size: int | None = field(default=None, metadata={"help": "G; None = derived from the task length"})
+    window_size: int | None = field(default=None, metadata={"help": "W (neighbour window); None = L/4"})
+
+    def __post_init__(self):
+        if (self.group_size is not None and self.group_size < 1) or (self.window_size is not None and self.window_size < 1):
+            raise ValueError("group_size and window_size must be positive")
+
+    def sizes(self, lm, ctx) -> tuple[int, int]:
+        try:
+            L = rope_shape(lm.model.config).original_max
+        except ValueError as e:
+            raise UserError(f"method selfextend: {e}") from None
+        W = self.window_size or max(1, L // 4)
+        if self.group_size:
+            return self.group_size, W
+        N = ctx.target_length or L
+        if N <= L:
+            return 1, W
+        if L // 2 <= W:
+            raise UserError(f"selfextend: window_size {W} leaves no room for groups within L/2 = {L // 2}")
+        return max(1, math.ceil((N - W) / (L // 2 - W))), W
+
+    def resolved(self, lm, ctx) -> dict:
+        G, W = self.sizes(lm, ctx)
+        return {"group_size": G, "window_size": W}
+
+    def apply(self, lm, ctx):
+        G, W = self.sizes(lm, ctx)
+        return attention_override(lm.model, lambda a: self.attend(a, G, W))
+
+    @staticmethod
+    def attend(a: AttentionInputs, G: int, W: int) -> torch.Tensor:
+        k_near = rotate(a.k, *a.rope(a.k_pos))
+        k_group = rotate(a.k, *a.rope(a.k_pos // G))
+        outs = []
+        for s in range(0, a.q.shape[2], QUERY_CHUNK):
+            q, qp = a.q[:, :, s:s + QUERY_CHUNK], a.q_pos[:, s:s + QUERY_CHUNK]
+            near = rotate(q, *a.rope(qp)) @ k_near.transpose(2, 3)
+            group = rotate(q, *a.rope(qp // G + W - W // G)) @ k_group.transpose(2, 3)
+            distance = (qp[:, :, None] - a.k_pos[:, None, :]).unsqueeze(1)
+            logits = torch.where(distance < W, near, group) * a.scaling
+            outs.append(softmax_attend(logits, a.allowed[:, :, s:s + QUERY_CHUNK], a.v))
+        return torch.cat(outs, dim=2)

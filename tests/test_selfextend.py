@@ -1,0 +1,92 @@
+"""SelfExtend against a slow loop over query-key pairs applying the paper's rule, against the
+unmodified model where the rule is the identity, and under the KV cache."""
+import math
+
+import pytest
+import torch
+
+from harness.interfaces import MethodContext
+from harness.methods.rope._attention import AttentionInputs
+from harness.methods.rope.selfextend import SelfExtend
+
+
+def rope_at(pos, dim, base=10000.0):
+    inv = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    ang = pos * inv
+    return torch.cat([ang, ang]).cos(), torch.cat([ang, ang]).sin()
+
+
+def rot1(x, pos):
+    cos, sin = rope_at(pos, x.shape[-1])
+    x1, x2 = x[: x.shape[-1] // 2], x[x.shape[-1] // 2:]
+    return x * cos + torch.cat([-x2, x1]) * sin
+
+
+def slow_selfextend(q, k, v, G, W, scaling):
+    """One head, positions 0..L-1, a loop over (i, j) pairs: the paper's rule written out."""
+    L = q.shape[0]
+    out = torch.zeros_like(v)
+    for i in range(L):
+        logits = []
+        for j in range(i + 1):
+            if i - j < W:
+                logits.append(rot1(q[i], i) @ rot1(k[j], j))
+            else:
+                logits.append(rot1(q[i], i // G + W - W // G) @ rot1(k[j], j // G))
+        p = torch.softmax(torch.stack(logits) * scaling, 0)
+        out[i] = p @ v[: i + 1]
+    return out
+
+
+def test_attend_equals_slow_loop():
+    torch.manual_seed(0)
+    L, d, G, W = 37, 16, 3, 8
+    q, k, v = (torch.randn(L, d, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(L)[None]
+
+    def rope(p):
+        cs = [rope_at(float(x), d) for x in p[0]]
+        return torch.stack([c for c, _ in cs])[None], torch.stack([s for _, s in cs])[None]
+    inputs = AttentionInputs(q[None, None], k[None, None], v[None, None], pos, pos,
+                             torch.ones(L, L, dtype=torch.bool).tril()[None, None], 1 / math.sqrt(d), rope)
+    got = SelfExtend.attend(inputs, G, W)[0, 0]
+    expected = slow_selfextend(q, k, v, G, W, 1 / math.sqrt(d))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)   # softmax runs in float32
+
+
+def test_group_size_one_is_the_plain_model(tiny_lm):
+    ids = torch.randint(30, 2000, (2, 50))
+    with torch.no_grad():
+        plain = tiny_lm.model(input_ids=ids).logits
+        with SelfExtend(group_size=1, window_size=4).apply(tiny_lm, MethodContext()):
+            same = tiny_lm.model(input_ids=ids).logits
+        with SelfExtend(group_size=4, window_size=8).apply(tiny_lm, MethodContext()):
+            other = tiny_lm.model(input_ids=ids).logits
+        restored = tiny_lm.model(input_ids=ids).logits
+    torch.testing.assert_close(same, plain, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(other, plain, atol=1e-3)
+    torch.testing.assert_close(restored, plain)
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_generation_with_cache_equals_full_recomputation(tiny_lm, padding):
+    prompts = [tiny_lm.encode(" The cost saim tulskited over the wal. Hina tulskited a dool.") * 3]
+    if padding:
+        prompts.append(prompts[0][5:])
+    method = SelfExtend(group_size=3, window_size=10)
+    with method.apply(tiny_lm, MethodContext()):
+        cached = tiny_lm.generate(prompts, max_new_tokens=8)
+        for prompt, got in zip(prompts, cached):
+            seq = list(prompt)
+            with torch.no_grad():
+                for _ in range(8):
+                    logits = tiny_lm.model(input_ids=torch.tensor([seq]), use_cache=False).logits
+                    seq.append(int(logits[0, -1].argmax()))
+            assert got == seq[len(prompt):]
+
+
+def test_defaults_follow_the_coverage_rule(tiny_lm):
+    G, W = SelfExtend().sizes(tiny_lm, MethodContext(target_length=1024))
+    L = 128
+    assert W == L // 4 and W + (1024 - W) / G <= L / 2 and W + (1024 - W) / (G - 1) > L / 2
+    assert SelfExtend().sizes(tiny_lm, MethodContext(target_length=100)) == (1, 32)
