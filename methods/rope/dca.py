@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.errors import UserError
+from harness.interfaces import LMMethod
+from harness.registry import register
+from harness.methods.rope._attention import AttentionInputs, attention_override, rotate, softmax_attend
+from harness.methods.rope._common import rope_shape
+
+QUERY_CHUNK = 1024
+
+
+@register
+@dataclass
+class DCA(LMMethod):
+    """Dual Chunk Attention (ChunkLlama) — An et al. 2024, "Training-Free Long-Context Scaling of
+    Large Language Models" (arXiv:2402.17463); mappings from HKUNLP/ChunkLlama
+    `chunkllama_attn_replace.py`.
+
+    Positions are cut into chunks of c = chunk_size − local_window tokens; a key sits at p_k mod c.
+    A query attends to keys of its own chunk at p_q mod c (intra-chunk), to the previous chunk at
+    min(p_q mod c + c, chunk_size) (successive-chunk), and to every older chunk at the constant
+    chunk_size (inter-chunk), so no relative distance exceeds chunk_size < L. The official code
+    merges the three flash-attention partials by their log-sum-exp; here the three logit blocks
+    share one softmax, which is the same computation. No attention-temperature term (the paper's
+    results do not use one).
+
+    chunk_size: None = 3L/4 (3072 for a 4k Llama-2). local_window: None = L/8 (512 there).
+    """
+    name = "dca"
+    family = "rope"
+    paper = "Training-Free Long-Context Scaling of Large Language Models (arXiv:2402.17463)"
+    patches = frozenset({"attention", "kv_cache"})
+    chunk_size: int | None = field(default=None, metadata={"help": "None = 3/4 of the original context"})
+    local_window: int | None = field(default=None, metadata={"help": "None = 1/8 of the original context"})
+
+    def sizes(self, lm) -> tuple[int, int]:
+        try:
+            L = rope_shape(lm.model.config).original_max
+        except ValueError as e:
+            raise UserError(f"method dca: {e}") from None
+        size = self.chunk_size or 3 * L // 4
+        local = self.local_window if self.local_window is not None else L // 8
+        if not 0 <= local < size:
+            raise UserError(f"dca: local_window ({local}) must be below chunk_size ({size})")
+        return size, local
+
+    def resolved(self, lm, ctx) -> dict:
+        size, local = self.sizes(lm)
+        return {"chunk_size": size, "local_window": local, "chunk_len": size - local}
+
+    def apply(self, lm, ctx):
+        size, local = self.sizes(lm)
+        return attention_override(lm.model, lambda a: self.attend(a, size, size - local))
+
+    @staticmethod
+    def attend(a: AttentionInputs, chunk_size: int, c: int) -> torch.Tensor:
+        k = rotate(a.k, *a.rope(a.k_pos % c))
+        k_chunk = (a.k_pos // c)[:, None, :]
+        outs = []
+        for s in range(0, a.q.shape[2], QUERY_CHUNK):
+            q, qp = a.q[:, :, s:s + QUERY_CHUNK], a.q_pos[:, s:s + QUERY_CHUNK]
+            intra = rotate(q, *a.rope(qp % c)) @ k.transpose(2, 3)
+            succ = rotate(q, *a.rope((qp % c + c).clamp(max=chunk_size))) @ k.transpose(2, 3)
+            inter = rotate(q, *a.rope(torch.full_like(qp, chunk_size))) @ k.transpose(2, 3)
+            gap = ((qp // c)[:, :, None] - k_chunk).unsqueeze(1)
+            logits = torch.where(gap == 0, intra, torch.where(gap == 1, succ, inter)) * a.scaling
+            outs.append(softmax_attend(logits, a.allowed[:, :, s:s + QUERY_CHUNK], a.v))
+        return torch.cat(outs, dim=2)
