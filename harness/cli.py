@@ -101,6 +101,20 @@ def cmd_eval(a) -> int:
     return 0
 
 
+# -- fit --------------------------------------------------------------------------------------
+def cmd_fit(a) -> int:
+    from harness import models, runner
+
+    models.pick_device(a.device)
+    key, payload = runner.fit(a.method, a.model, a.task, params.parse_kv(a.task_arg, "--task-arg"),
+                              params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.device, a.overwrite,
+                              a.trust_remote_code, log=lambda m: print(m, file=sys.stderr))
+    summary = {k: v for k, v in payload.items() if k not in ("provenance", "trace")}
+    print(json.dumps(summary, indent=1))
+    print(f"artifact: {key}")
+    return 0
+
+
 # -- zoo --------------------------------------------------------------------------------------
 def cmd_zoo(a) -> int:
     from harness.zoo import registry as zoo
@@ -154,6 +168,20 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(fn=cmd_eval)
+
+    ft = sub.add_parser("fit", help="run a method's fit stage (training or search) and cache its artifact",
+                        description="Methods that must be trained or searched first (e.g. longrope without "
+                        "given factors) store their artifact content-addressed; eval then reuses it.")
+    ft.add_argument("--method", required=True)
+    ft.add_argument("--model", default=DEFAULT_MODEL)
+    ft.add_argument("--task", default=None, help="task whose longest context is the target length")
+    ft.add_argument("--task-arg", action="append", default=[], metavar="K=V")
+    ft.add_argument("--method-arg", action="append", default=[], metavar="K=V")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--device", default="auto")
+    ft.add_argument("--overwrite", action="store_true", help="refit even if the artifact exists")
+    ft.add_argument("--trust-remote-code", action="store_true")
+    ft.set_defaults(fn=cmd_fit)
 
     zoo = sub.add_parser("zoo", help="the embedded reference models")
     zsub = zoo.add_subparsers(dest="zoo_cmd", required=True, metavar="ZOO_COMMAND")

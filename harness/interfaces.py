@@ -11,11 +11,34 @@ METHOD_KINDS = ("lm", "step_scorer", "video_source", "noise_prior")
 
 
 class Method:
-    """One paper's technique. Subclasses are dataclasses; their docstring names the paper."""
+    """One paper's technique. Subclasses are dataclasses; their docstring names the paper.
+
+    Methods that must be trained or searched first override the fit hooks: `needs_fit` says
+    whether this configuration needs an artifact, `fit` produces it (`harness fit`), and
+    `use_artifact` takes it back before evaluation (see harness.artifacts)."""
     name: ClassVar[str]
     kind: ClassVar[str]
     family: ClassVar[str] = "other"
     paper: ClassVar[str] = ""          # "Title (arXiv id)"
+    fit_version: ClassVar[str] = "1"   # bump when the fit code changes what it produces
+    smoke_args: ClassVar[dict[str, str]] = {}   # a seconds-long configuration (matrix test)
+
+    def needs_fit(self, lm, ctx: "MethodContext") -> bool:
+        return False
+
+    def fit_params(self, lm, ctx: "MethodContext") -> dict:
+        """Everything that shapes the artifact besides model and data (part of its key)."""
+        return {}
+
+    def fit_data_hash(self, lm, ctx: "MethodContext") -> str:
+        return ""
+
+    def fit(self, lm, ctx: "MethodContext", log=print) -> tuple[dict, Any]:
+        """Returns (JSON-ready payload, write_files(folder) callable or None)."""
+        raise TypeError(f"method {self.name} has no fit stage")
+
+    def use_artifact(self, payload: dict, folder) -> None:
+        raise TypeError(f"method {self.name} has no fit stage")
 
 
 class LMMethod(Method):
@@ -89,7 +112,7 @@ class Task:
         return None
 
     def run(self, ctx: "TaskContext") -> TaskResult:
-        raise NotImplementedError  # abstract: every registered task overrides it
+        raise TypeError(f"task {self.name} does not define run()")
 
 
 @dataclass

@@ -182,13 +182,16 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
     torch.manual_seed(cell.seed)
     mctx = MethodContext(target_length=cell.task.target_length(), seed=cell.seed)
     components = []
-    with contextlib.ExitStack() as stack:
-        for m in cell.methods:
-            components.append({"name": m.name, "kind": m.kind, "paper": m.paper,
-                               "params": params.to_dict(m), "resolved": m.resolved(lm, mctx)})
-            stack.enter_context(m.apply(lm, mctx))
-        result = cell.task.run(TaskContext(lm=lm, seed=cell.seed, limit=cell.limit, progress=progress))
-    lm.close()
+    try:
+        with contextlib.ExitStack() as stack:
+            for m in cell.methods:
+                artifact = attach_artifact(m, lm, mctx, loaded.sha256, cell.model)
+                components.append({"name": m.name, "kind": m.kind, "paper": m.paper, "artifact": artifact,
+                                   "params": params.to_dict(m), "resolved": m.resolved(lm, mctx)})
+                stack.enter_context(m.apply(lm, mctx))
+            result = cell.task.run(TaskContext(lm=lm, seed=cell.seed, limit=cell.limit, progress=progress))
+    finally:
+        lm.close()
     wall = time.perf_counter() - t0
     record = {
         "schema_version": records.SCHEMA_VERSION,
@@ -204,12 +207,28 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
         "details": result.details,
         "telemetry": dict(lm.telemetry),
         "provenance": dict(provenance.environment(loaded.device), task_version=cell.task.version,
-                           data_hash=result.data_hash, seed=cell.seed, method_artifact=None,
+                           data_hash=result.data_hash, seed=cell.seed,
+                           method_artifact=[c["artifact"] for c in components if c["artifact"]] or None,
                            model_sha256=loaded.sha256, calibrated=True,
                            started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3)),
     }
     records.write(path, record, result.samples)
     return Outcome(cell, path, record, samples=result.samples)
+
+
+def attach_artifact(method: Method, lm, mctx: MethodContext, model_sha: str | None, model: str) -> str | None:
+    """Give a method that needs a fit stage its cached artifact; its key goes in the record."""
+    from harness import artifacts
+    if not method.needs_fit(lm, mctx):
+        return None
+    key = artifacts.key_for(method, lm, mctx, model_sha)
+    payload = artifacts.load(key)
+    if payload is None:
+        raise UserError(f"method {method.name} needs its fit stage for this model and configuration: run "
+                        f"`harness fit --method {method.name} --model {model}` with the same --method-arg "
+                        f"(and --task) first (artifact {key} not found in {artifacts.root()})")
+    method.use_artifact(payload, artifacts.folder(key))
+    return key
 
 
 def _model_facts(loaded) -> dict:
@@ -218,3 +237,40 @@ def _model_facts(loaded) -> dict:
             "parameters": sum(p.numel() for p in loaded.model.parameters()),
             "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
             "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}
+
+
+def fit(method_name: str, model: str, task_name: str | None, task_args: dict[str, str],
+        method_args: dict[str, str], seed: int = 0, device: str = "auto", overwrite: bool = False,
+        trust_remote_code: bool = False, log=print) -> tuple[str, dict]:
+    """Run a method's fit stage (the task, when given, supplies the target context length)."""
+    from harness import artifacts
+    from harness.lm import LM
+
+    if "+" in method_name:
+        raise UserError("fit one method at a time (no '+' compositions)")
+    cls = registry.method(method_name)
+    method = params.build(cls, method_args, f"method {method_name}")
+    target = None
+    if task_name:
+        tcls, alias = registry.task(task_name)
+        target = _build(tcls, {}, task_args, f"task {task_name}", alias).target_length()
+    elif task_args:
+        raise UserError("--task-arg needs --task")
+    loaded = models.load(model, device, trust_remote_code)
+    lm = LM(loaded)
+    mctx = MethodContext(target_length=target, seed=seed)
+    if not method.needs_fit(lm, mctx):
+        raise UserError(f"method {method_name} with these parameters has no fit stage to run")
+    key = artifacts.key_for(method, lm, mctx, loaded.sha256)
+    existing = artifacts.load(key)
+    if existing is not None and not overwrite:
+        log(f"artifact {key} exists in {artifacts.folder(key)} (use --overwrite to refit)")
+        return key, existing
+    t0 = time.perf_counter()
+    payload, write_files = method.fit(lm, mctx, log=log)
+    payload = dict(payload, method=method_name, model=loaded.id, model_sha256=loaded.sha256,
+                   fit_params=method.fit_params(lm, mctx), data_hash=method.fit_data_hash(lm, mctx),
+                   fit_seconds=round(time.perf_counter() - t0, 1), provenance=provenance.environment(loaded.device))
+    artifacts.save(key, payload, write_files)
+    lm.close()
+    return key, payload

@@ -2,6 +2,8 @@
 import pytest
 
 from harness import records, registry, runner
+from harness.errors import UserError
+from harness.interfaces import Method
 
 registry.load()
 CELLS = [(t, m) for t, tc in sorted(registry.TASKS.items()) for m, mc in sorted(registry.METHODS.items())
@@ -16,9 +18,17 @@ def test_registry_is_populated():
 
 
 @pytest.mark.parametrize("task,method", CELLS)
-def test_cell_writes_valid_record(task, method, tiny_model, tmp_path):
-    tcls = registry.TASKS[task]
-    cells = runner.resolve([task], [method], tiny_model, dict(tcls.smoke_args), {}, seed=0, limit=3)
+def test_cell_writes_valid_record(task, method, tiny_model, tmp_path, monkeypatch):
+    tcls, mcls = registry.TASKS[task], registry.METHODS[method]
+    monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
+    if mcls.fit is not Method.fit:      # a method with a fit stage: fit its smoke configuration first
+        try:
+            runner.fit(method, tiny_model, task, dict(tcls.smoke_args), dict(mcls.smoke_args), device="cpu",
+                       log=lambda m: None)
+        except UserError as e:
+            assert "no fit stage to run" in str(e)
+    cells = runner.resolve([task], [method], tiny_model, dict(tcls.smoke_args), dict(mcls.smoke_args),
+                           seed=0, limit=3)
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
     rec = records.read(out.path)
     assert rec["task"]["name"] == task and rec["method"]["name"] == method

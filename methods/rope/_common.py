@@ -77,8 +77,10 @@ def _rotary_modules(model):
 
 
 @contextlib.contextmanager
-def rope_override(model, freq_fn: FreqFn):
-    """Route every rotary embedding of `model` through `freq_fn(seq_len)`; restore on exit."""
+def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] | None = None):
+    """Route every rotary embedding of `model` through `freq_fn(seq_len)`; restore on exit.
+    keep_first=(n, inv_freq): positions below n rotate with inv_freq instead (LongRoPE's
+    un-interpolated start tokens)."""
     modules = _rotary_modules(model)
     if not modules:
         raise ValueError("the model has no rotary embedding module: RoPE methods need a RoPE model")
@@ -93,6 +95,10 @@ def rope_override(model, freq_fn: FreqFn):
             inv, scaling = cache[seq_len]
             inv = inv.to(x.device)[None, :, None].expand(position_ids.shape[0], -1, 1)
             freqs = (inv @ position_ids[:, None, :].float()).transpose(1, 2)
+            if keep_first and keep_first[0] > 0:
+                first = keep_first[1].to(x.device)[None, :, None].expand(position_ids.shape[0], -1, 1)
+                first = (first @ position_ids[:, None, :].float()).transpose(1, 2)
+                freqs = torch.where((position_ids < keep_first[0])[..., None], first, freqs)
             emb = torch.cat((freqs, freqs), dim=-1)
             return (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
         return forward
@@ -116,7 +122,7 @@ class RopeMethod:
     factor_field = "factor"
 
     def freq_fn(self, shape: RopeShape, s: float) -> FreqFn:
-        raise NotImplementedError  # abstract: each RoPE method defines its frequencies
+        raise TypeError(f"{type(self).__name__} must define freq_fn")
 
     def original_max(self, shape: RopeShape) -> int:
         return shape.original_max
