@@ -35,7 +35,7 @@ def _entries(what: str) -> list[dict]:
             out.append({"name": name, "kind": "task", "summary": cls.summary or _first_line(cls),
                         "accepts": list(cls.accepts), "main_metric": cls.main_metric,
                         "version": cls.version, "aliases": sorted(cls.aliases) +
-                        (["needle_<N>k"] if hasattr(cls, "alias_params") else []),
+                        ([f"{cls.length_alias}_<N>k"] if cls.length_alias else []),
                         "params": params.describe(cls)})
     if what in ("methods", "all"):
         for name, cls in sorted(registry.METHODS.items()):

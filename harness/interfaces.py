@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
@@ -106,6 +107,13 @@ class Task:
     summary: ClassVar[str] = ""
     aliases: ClassVar[dict[str, dict[str, str]]] = {}   # alias -> params (strings, as on the CLI)
     smoke_args: ClassVar[dict[str, str]] = {}           # a seconds-long configuration (matrix test)
+    length_alias: ClassVar[str | None] = None           # "needle": needle_<N>k = context_length N*1024
+
+    @classmethod
+    def alias_params(cls, name: str) -> dict[str, str] | None:
+        """Parameters a pattern alias stands for (None: `name` is not one of this task's aliases)."""
+        m = re.fullmatch(rf"{cls.length_alias}_(\d+)k", name) if cls.length_alias else None
+        return {"context_length": str(int(m.group(1)) * 1024)} if m and int(m.group(1)) > 0 else None
 
     def target_length(self) -> int | None:
         """Longest context this task will feed the model (methods derive scale factors from it)."""

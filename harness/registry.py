@@ -66,8 +66,7 @@ def aliases() -> dict[str, tuple[str, dict[str, str]]]:
 def _alias_pattern(name: str):
     """Pattern aliases such as needle_<N>k are declared by a task's `alias_params` classmethod."""
     for cls in TASKS.values():
-        resolver = getattr(cls, "alias_params", None)
-        params = resolver(name) if resolver else None
+        params = cls.alias_params(name)
         if params is not None:
             return cls.name, params
     return None

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from dataclasses import dataclass, field
 
 from harness import data
@@ -28,6 +27,7 @@ class Needle(Task):
     name = "needle"
     version = "1"
     main_metric = "accuracy"
+    length_alias = "needle"
     summary = "single needle retrieval over a context-length x depth grid (RULER niah_single)"
     smoke_args = {"context_length": "160", "depths": "2", "samples_per_depth": "1", "max_new_tokens": "4"}
     context_length: tuple[int, ...] = field(default=(4096,), metadata={"help": "tokens; several = a grid"})
@@ -41,11 +41,6 @@ class Needle(Task):
             raise ValueError("context_length must be at least 64 tokens")
         if self.depths < 1 or self.samples_per_depth < 1 or self.max_new_tokens < 1:
             raise ValueError("depths, samples_per_depth and max_new_tokens must be positive")
-
-    @classmethod
-    def alias_params(cls, name: str):
-        m = re.fullmatch(r"needle_(\d+)k", name)
-        return {"context_length": str(int(m.group(1)) * 1024)} if m and int(m.group(1)) > 0 else None
 
     def target_length(self) -> int:
         return max(self.context_length)

@@ -23,6 +23,7 @@ class Passkey(Task):
     name = "passkey"
     version = "1"
     main_metric = "accuracy"
+    length_alias = "passkey"
     summary = "passkey retrieval in filler text (PI / LongLoRA papers)"
     smoke_args = {"context_length": "160", "samples": "2", "max_new_tokens": "4"}
     context_length: tuple[int, ...] = field(default=(4096,), metadata={"help": "tokens; several = a curve"})
@@ -34,11 +35,6 @@ class Passkey(Task):
             raise ValueError("context_length must be at least 96 tokens")
         if self.samples < 1 or self.max_new_tokens < 1:
             raise ValueError("samples and max_new_tokens must be positive")
-
-    @classmethod
-    def alias_params(cls, name: str):
-        m = re.fullmatch(r"passkey_(\d+)k", name)
-        return {"context_length": str(int(m.group(1)) * 1024)} if m and int(m.group(1)) > 0 else None
 
     def target_length(self) -> int:
         return max(self.context_length)

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from harness.patching import patched_forwards
+
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Apply RoPE (rotate-half convention, as Llama) to x [b, h, L, d] with cos/sin [b, L, r];
@@ -100,10 +102,5 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor])
             return m.o_proj(out), None
         return forward
 
-    for m in modules:
-        m.forward = make_forward(m)
-    try:
+    with patched_forwards(modules, make_forward):
         yield
-    finally:
-        for m in modules:
-            del m.forward

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from harness.patching import patched_forwards
+
 
 @dataclass(frozen=True)
 class RopeShape:
@@ -103,13 +105,8 @@ def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] |
             return (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
         return forward
 
-    for m in modules:
-        m.forward = make_forward(m)
-    try:
+    with patched_forwards(modules, make_forward):
         yield
-    finally:
-        for m in modules:
-            del m.forward   # the instance attribute shadowed the class's forward
 
 
 class RopeMethod:
