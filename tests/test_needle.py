@@ -2,6 +2,7 @@
 import pytest
 
 from harness import registry
+from harness.interfaces import TaskContext
 from harness.synthetic import EVAL_SEED_BASE, PREAMBLE, sample_seed
 from harness.tasks.needle import Needle, depth_grid
 
@@ -32,7 +33,8 @@ def test_build_is_deterministic_and_fits_budget(tiny_lm):
     assert a == b and a["ids"] != c["ids"]
     assert 300 - 8 - 12 <= len(a["ids"]) <= 300 - 8   # within one sentence of the budget
     text = tiny_lm.decode(a["ids"])
-    assert text.startswith(PREAMBLE) and a["value"] in text and a["key"] in text.split("\n")[-1]
+    (value,) = a["refs"]
+    assert text.startswith(PREAMBLE) and f": {value}." in text and text.endswith(":")
 
 
 @pytest.mark.parametrize("depth", [0.0, 25.0, 50.0, 75.0, 100.0])
@@ -52,10 +54,37 @@ def test_file_haystack(tiny_lm, tmp_path):
     f = tmp_path / "hay.txt"
     f.write_text("The grass is green. The sky is blue! Is the sun yellow? " * 40)
     task = Needle(context_length=(200,), haystack=str(f))
-    from harness.interfaces import TaskContext
     res = task.run(TaskContext(lm=tiny_lm, limit=3))
     assert len(res.samples) == 3 and res.metrics["accuracy"].n == 3
     assert {"grid"} <= set(res.details)
+
+
+@pytest.mark.parametrize("variant,refs", [("multikey", 1), ("multivalue", 4), ("multiquery", 4), ("vt", 5)])
+def test_variants_insert_all_statements_and_ask_for_their_references(tiny_lm, variant, refs):
+    task = Needle(context_length=(500,), variant=variant)
+    s = task.build(tiny_lm, 500, 30.0, seed=EVAL_SEED_BASE + 3)
+    text = tiny_lm.decode(s["ids"])
+    assert len(s["refs"]) == refs and len(s["ids"]) <= 500 - task.max_new_tokens
+    if variant == "vt":
+        names = s["refs"]
+        chain = [text.index(f"VAR {b} = VAR {a}.") for a, b in zip(names, names[1:])]
+        assert text.index(f"VAR {names[0]} = ") < chain[0] and chain == sorted(chain)   # in order
+        assert text.startswith("Memorize and track") and "variables are assigned the value" in text
+    else:
+        assert text.count("Remember the special magic number for") == 4
+        for ref in s["refs"]:
+            assert f": {ref}." in text
+        if variant == "multivalue":
+            assert len({line.split(":")[0] for line in text.split("Remember")[1:]}) == 1   # one key
+    assert abs(s["needle_token"] / s["haystack_tokens"] - 0.30) < 0.1
+
+
+def test_string_match_all_scores_fractions(tiny_lm):
+    task = Needle(context_length=(300,), variant="multiquery", max_new_tokens=4)
+    res = task.run(TaskContext(lm=tiny_lm, limit=2))
+    for row in res.samples:
+        expected = sum(r.lower() in row["prediction"].lower() for r in row["references"]) / 4
+        assert row["score"] == expected
 
 
 def test_limit_covers_depths_first(tiny_lm):
