@@ -115,6 +115,27 @@ def cmd_fit(a) -> int:
     return 0
 
 
+# -- gate -------------------------------------------------------------------------------------
+def cmd_gate(a) -> int:
+    from harness import gate
+
+    findings, summary = gate.compare(a.baseline, a.current, gate.load_rules(a.rules))
+    bad = [f for f in findings if f.regressed]
+    print(f"gate: {summary['matched']} matching cells, {len(findings)} metrics compared; "
+          f"{summary['only_baseline']} cells only in the baseline, {summary['only_current']} only in current")
+    if bad:
+        rows = [[f.task, f.method, f.metric, _fmt(f.baseline), _fmt(f.current), _fmt(f.tolerance),
+                 _fmt(f.p_value), len(f.changed), f.path] for f in bad]
+        print(format_table(["task", "method", "metric", "baseline", "current", "tolerance", "p", "changed", "record"], rows))
+        for f in bad:
+            for sid, x, y in f.changed[:10]:
+                print(f"  {f.task}/{f.method} sample {sid}: {x} -> {y}")
+        print(f"gate: {len(bad)} regression(s)")
+        return 1
+    print("gate: all metrics hold")
+    return 0
+
+
 # -- zoo --------------------------------------------------------------------------------------
 def cmd_zoo(a) -> int:
     from harness.zoo import registry as zoo
@@ -182,6 +203,14 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--overwrite", action="store_true", help="refit even if the artifact exists")
     ft.add_argument("--trust-remote-code", action="store_true")
     ft.set_defaults(fn=cmd_fit)
+
+    gt = sub.add_parser("gate", help="compare current records with baseline records (CI regression gate)",
+                        description="Exit 0 when every matching cell holds, 1 on a regression (beyond the "
+                        "tolerance and significant in a paired per-sample test), 2 on bad input.")
+    gt.add_argument("--baseline", required=True, help="folder of baseline records")
+    gt.add_argument("--current", required=True, help="folder of current records")
+    gt.add_argument("--rules", default=None, help="YAML/JSON: {default: {abs, rel}, metrics: {name: {abs, rel}}, alpha}")
+    gt.set_defaults(fn=cmd_gate)
 
     zoo = sub.add_parser("zoo", help="the embedded reference models")
     zsub = zoo.add_subparsers(dest="zoo_cmd", required=True, metavar="ZOO_COMMAND")

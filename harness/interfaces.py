@@ -75,16 +75,17 @@ class Metric:
     count: int | None = None          # sufficient statistics of a mean
     sum: float | None = None
     sum_sq: float | None = None
+    sample_field: str | None = None   # the per-sample field this metric is the mean of (paired tests)
 
     @classmethod
-    def mean(cls, values, direction: str, unit: str = "") -> "Metric":
+    def mean(cls, values, direction: str, unit: str = "", sample_field: str | None = None) -> "Metric":
         vals = [float(v) for v in values]
         n = len(vals)
         s, ss = sum(vals), sum(v * v for v in vals)
         mean = s / n if n else float("nan")
         var = (ss - n * mean * mean) / (n - 1) if n > 1 else float("nan")
         stderr = math.sqrt(max(var, 0.0) / n) if n > 1 else None
-        return cls(mean, direction, unit, n, stderr, n, s, ss)
+        return cls(mean, direction, unit, n, stderr, n, s, ss, sample_field)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

@@ -171,7 +171,7 @@ class Needle(Task):
                              "prompt_tokens": len(b["ids"]), "needle_token": b["needle_token"],
                              "haystack_tokens": b["haystack_tokens"], "references": b["refs"],
                              "prediction": pred, "score": score})
-        metrics = {"accuracy": Metric.mean([r["score"] for r in rows], "higher", "fraction")}
+        metrics = {"accuracy": Metric.mean([r["score"] for r in rows], "higher", "fraction", "score")}
         if len(self.context_length) > 1:
             for L in self.context_length:
                 metrics[f"accuracy@{L}"] = Metric.mean([r["score"] for r in rows if r["context_length"] == L],

@@ -70,7 +70,7 @@ class Passkey(Task):
                              "input_hash": hashlib.sha256(str(b["ids"]).encode()).hexdigest()[:16],
                              "prompt_tokens": len(b["ids"]), "target": b["key"], "prediction": pred,
                              "correct": correct})
-        metrics = {"accuracy": Metric.mean([r["correct"] for r in rows], "higher", "fraction")}
+        metrics = {"accuracy": Metric.mean([r["correct"] for r in rows], "higher", "fraction", "correct")}
         if len(self.context_length) > 1:
             for L in self.context_length:
                 metrics[f"accuracy@{L}"] = Metric.mean([r["correct"] for r in rows if r["context_length"] == L],

@@ -1,0 +1,76 @@
+"""The regression gate: tolerance in the metric's direction, paired tests, exit codes."""
+import json
+import math
+import shutil
+
+import pytest
+
+from harness import records
+from harness.cli import main
+from harness.gate import bootstrap_p, mcnemar_p
+
+
+def write(folder, rid, scores, direction="higher", value=None, sample_field="score"):
+    rec = {"schema_version": records.SCHEMA_VERSION, "run_id": rid,
+           "task": {"name": "needle", "params": {}}, "method": {"name": "yarn", "params": {}},
+           "model": {"id": "zoo:x"}, "provenance": {},
+           "metrics": {"accuracy": {"value": value if value is not None else sum(scores) / len(scores),
+                                    "direction": direction, "n": len(scores), "sample_field": sample_field}}}
+    records.write(folder / "needle" / f"{rid}.json", rec, [{"id": f"s{i}", "score": s} for i, s in enumerate(scores)])
+
+
+def test_mcnemar_exact():
+    assert mcnemar_p([1] * 10, [1] * 10) == 1.0
+    # 8 discordant pairs all one way: p = 2 * (1/2)^8
+    assert math.isclose(mcnemar_p([1] * 8 + [0] * 2, [0] * 8 + [0] * 2), 2 / 256)
+    assert mcnemar_p([1, 0], [0, 1]) == 1.0
+
+
+def test_bootstrap_detects_a_real_shift():
+    a = [0.1 * i for i in range(50)]
+    assert bootstrap_p(a, [x - 1.0 for x in a]) < 0.01
+    assert bootstrap_p(a, list(a)) == 1.0
+
+
+def test_gate_on_itself_passes_and_a_planted_regression_fails(tmp_path, capsys):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    write(base, "r1", [1] * 40)
+    write(base, "r2", [1, 0] * 20)
+    assert main(["gate", "--baseline", str(base), "--current", str(base)]) == 0
+    shutil.copytree(base, cur)
+    write(cur, "r1", [0] * 30 + [1] * 10)            # accuracy 1.0 -> 0.25 on the same samples
+    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 1
+    out = capsys.readouterr().out
+    assert "1 regression" in out and "sample s0: 1 -> 0" in out
+
+
+def test_noise_within_the_paired_test_does_not_fail(tmp_path, capsys):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    write(base, "r1", [1, 0] * 20)
+    write(cur, "r1", [0, 1] * 19 + [0, 0])            # one net sample lost among 40 discordant swaps
+    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 0
+
+
+def test_tolerance_and_direction(tmp_path):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"metrics": {"accuracy": {"abs": 0.5}}}))
+    write(base, "r1", [1] * 40)
+    write(cur, "r1", [0] * 15 + [1] * 25)             # 0.375 worse: within abs 0.5
+    assert main(["gate", "--baseline", str(base), "--current", str(cur), "--rules", str(rules)]) == 0
+    write(base, "r2", [1.0], direction="lower", value=3.0, sample_field=None)
+    write(cur, "r2", [1.0], direction="lower", value=2.0, sample_field=None)  # lower is better: improved
+    assert main(["gate", "--baseline", str(base), "--current", str(cur), "--rules", str(rules)]) == 0
+    write(cur, "r2", [1.0], direction="lower", value=4.0, sample_field=None)  # without per-sample
+    # values the tolerance alone decides: 1.0 worse than the baseline is beyond abs 0.5
+    assert main(["gate", "--baseline", str(base), "--current", str(cur), "--rules", str(rules)]) == 1
+
+
+@pytest.mark.parametrize("content", [b"{broken", b"\x00\xff", b'{"schema_version": 7}'])
+def test_bad_input_exits_2_naming_the_file(tmp_path, capsys, content):
+    base = tmp_path / "base"
+    write(base, "r1", [1, 1])
+    (base / "needle" / "evil.json").write_bytes(content)
+    assert main(["gate", "--baseline", str(base), "--current", str(base)]) == 2
+    assert "evil.json" in capsys.readouterr().err
+    assert main(["gate", "--baseline", str(tmp_path / "nope"), "--current", str(base)]) == 2
