@@ -23,6 +23,7 @@ class Method:
     paper: ClassVar[str] = ""          # "Title (arXiv id)"
     fit_version: ClassVar[str] = "1"   # bump when the fit code changes what it produces
     smoke_args: ClassVar[dict[str, str]] = {}   # a seconds-long configuration (matrix test)
+    smoke_model_config: ClassVar[dict] = {}      # config fields the matrix test's tiny model needs
 
     def needs_fit(self, lm, ctx: "MethodContext") -> bool:
         return False

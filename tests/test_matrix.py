@@ -18,8 +18,9 @@ def test_registry_is_populated():
 
 
 @pytest.mark.parametrize("task,method", CELLS)
-def test_cell_writes_valid_record(task, method, tiny_model, tmp_path, monkeypatch):
+def test_cell_writes_valid_record(task, method, tiny_model_with, tmp_path, monkeypatch):
     tcls, mcls = registry.TASKS[task], registry.METHODS[method]
+    tiny_model = tiny_model_with(**mcls.smoke_model_config)
     monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
     if mcls.fit is not Method.fit:      # a method with a fit stage: fit its smoke configuration first
         try:
