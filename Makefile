@@ -6,7 +6,7 @@ HARNESS = $(VENV)/bin/harness
 # admits it, so installing the project afterwards pulls no second (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench reference clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,16 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The committed reference records in results/ (zoo:tiny-llama, long-context family).
+LC_METHODS = --method baseline --method pi --method ntk --method dynamic_ntk --method yarn \
+             --method llama3 --method selfextend --method dca --method longrope
+LENGTHS    = context_length=512,1024,2048
+reference: install
+	$(HARNESS) fit --method longrope --task needle --task-arg $(LENGTHS)   # one artifact serves every 2048-token task
+	$(HARNESS) eval --task needle --task-arg $(LENGTHS) $(LC_METHODS) --out results
+	$(HARNESS) eval --task passkey --task-arg $(LENGTHS) $(LC_METHODS) --out results
+	$(HARNESS) eval --task perplexity --task-arg $(LENGTHS) $(LC_METHODS) --out results
 
 bench: install
 	$(PY) benchmarks/overhead.py
