@@ -21,14 +21,15 @@ def test_registry_is_populated():
 def test_cell_writes_valid_record(task, method, tiny_model_with, tmp_path, monkeypatch):
     tcls, mcls = registry.TASKS[task], registry.METHODS[method]
     tiny_model = tiny_model_with(**mcls.smoke_model_config)
+    method_args = {k: v.replace("{model}", tiny_model) for k, v in mcls.smoke_args.items()}
     monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
     if mcls.fit is not Method.fit:      # a method with a fit stage: fit its smoke configuration first
         try:
-            runner.fit(method, tiny_model, task, dict(tcls.smoke_args), dict(mcls.smoke_args), device="cpu",
+            runner.fit(method, tiny_model, task, dict(tcls.smoke_args), method_args, device="cpu",
                        log=lambda m: None)
         except UserError as e:
             assert "no fit stage to run" in str(e)
-    cells = runner.resolve([task], [method], tiny_model, dict(tcls.smoke_args), dict(mcls.smoke_args),
+    cells = runner.resolve([task], [method], tiny_model, dict(tcls.smoke_args), method_args,
                            seed=0, limit=3)
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
     rec = records.read(out.path)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness import models
+from harness.errors import UserError
+from harness.interfaces import LMMethod
+from harness.registry import register
+from harness.methods.spec._common import CachedModel, decoding_loop, probs, verify_chain
+
+
+@register
+@dataclass
+class SpS(LMMethod):
+    """Speculative sampling — Leviathan et al. 2023, "Fast Inference from Transformers via
+    Speculative Decoding" (arXiv:2211.17192); Chen et al. 2023 (arXiv:2302.01318).
+
+    The draft proposes γ tokens; the target scores them in one forward; draft token i is accepted
+    with probability min(1, p_i/q_i), the first rejection is replaced by a sample of
+    norm(max(0, p_i − q_i)), and a bonus token is drawn from p when all γ pass. The output is
+    distributed exactly as the target's; at temperature 0 it is the target's greedy output.
+
+    draft: the draft model (same tokenizer). gamma: draft tokens per step (4, as in Chen et al.).
+    """
+    name = "sps"
+    family = "spec"
+    paper = "Fast Inference from Transformers via Speculative Decoding (arXiv:2211.17192)"
+    patches = frozenset({"decoding"})
+    smoke_args = {"draft": "{model}"}     # the matrix test drafts with the model under test
+    draft: str = field(default="zoo:tiny-llama-draft", metadata={"help": "draft model (same tokenizer)"})
+    gamma: int = 4
+
+    def __post_init__(self):
+        if self.gamma < 1:
+            raise ValueError("gamma must be at least 1")
+
+    def apply(self, lm, ctx):
+        drafter = models.load(self.draft, lm.device).model
+        if drafter.config.vocab_size != lm.model.config.vocab_size:
+            raise UserError(f"sps: draft {self.draft} has a vocabulary of {drafter.config.vocab_size}, "
+                            f"the target {lm.model.config.vocab_size}; they must share a tokenizer")
+        eos, tel = lm.tokenizer.eos_token_id, lm.telemetry
+
+        def generate_one(prompt, max_new, temperature, gen):
+            target, draft, seq = CachedModel(lm.model), CachedModel(drafter), list(prompt)
+            seq.append(int(probs(target.step(seq)[-1], temperature).multinomial(1, generator=gen)))
+            tel["target_forwards"] += 1
+            while len(seq) - len(prompt) < max_new and seq[-1] != eos:
+                q_logits = draft.step(seq[draft.length:])[-1]     # catch the draft up to seq
+                tel["draft_forwards"] += 1
+                chain, q = [], []
+                n_draft = min(self.gamma, max_new - (len(seq) - len(prompt)))
+                for k in range(n_draft):
+                    q.append(probs(q_logits, temperature))
+                    chain.append(int(q[-1].multinomial(1, generator=gen)))
+                    if k + 1 < n_draft:
+                        q_logits = draft.step([chain[-1]])[-1]
+                        tel["draft_forwards"] += 1
+                base = target.length                               # seq[-1] is not cached yet
+                p = probs(target.step(seq[base:] + chain), temperature)
+                tel["target_forwards"] += 1
+                new, accepted = verify_chain(p, torch.stack(q), chain, gen)
+                tel["draft_tokens"] += len(chain)
+                tel["accepted_draft_tokens"] += accepted
+                tel["spec_steps"] += 1
+                for i in range(accepted):
+                    tel[f"accepted_at_{i + 1}"] += 1
+                target.crop(base + 1 + accepted)
+                draft.crop(min(draft.length, base + 1 + accepted))
+                for token in new:
+                    seq.append(token)
+                    if token == eos or len(seq) - len(prompt) >= max_new:
+                        break
+            return seq[len(prompt):][:max_new]
+        return decoding_loop(lm, generate_one)
+
