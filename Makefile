@@ -29,12 +29,12 @@ test: install
 # The committed reference records in results/ (zoo:tiny-llama, long-context family).
 LC_METHODS = --method baseline --method pi --method ntk --method dynamic_ntk --method yarn \
              --method llama3 --method selfextend --method dca --method longrope
-LENGTHS    = context_length=512,1024,2048
+LENGTHS    = context_length=512,1024,2048 --task-arg samples_per_depth=5
 reference: install
-	$(HARNESS) fit --method longrope --task needle --task-arg $(LENGTHS)   # one artifact serves every 2048-token task
+	$(HARNESS) fit --method longrope --task needle --task-arg context_length=512,1024,2048   # one artifact for every 2048-token task
 	$(HARNESS) eval --task needle --task-arg $(LENGTHS) $(LC_METHODS) --out results
-	$(HARNESS) eval --task passkey --task-arg $(LENGTHS) $(LC_METHODS) --out results
-	$(HARNESS) eval --task perplexity --task-arg $(LENGTHS) $(LC_METHODS) --out results
+	$(HARNESS) eval --task passkey --task-arg context_length=512,1024,2048 $(LC_METHODS) --out results
+	$(HARNESS) eval --task perplexity --task-arg context_length=512,1024,2048 $(LC_METHODS) --out results
 
 bench: install
 	$(PY) benchmarks/overhead.py
