@@ -62,7 +62,7 @@ def cmd_list(a) -> int:
         return 0
     rows = []
     for e in entries:
-        ps = ", ".join(f"{p['name']}={_fmt(p['default'])}" for p in e["params"])
+        ps = ", ".join(f"{p['name']}={'None' if p['default'] is None else _fmt(p['default'])}" for p in e["params"])
         rows.append([e["name"], e.get("family", e["kind"]), e["summary"][:70], ps[:80]])
     print(format_table(["name", "kind/family", "summary", "params (defaults)"], rows))
     if a.what in ("models", "all"):
