@@ -60,7 +60,7 @@ class Recipe:
 RECIPES = {
     "tiny-llama": Recipe(),
     "tiny-llama-draft": Recipe(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=4, steps=1500),
+                              num_attention_heads=4, num_key_value_heads=4, steps=1000),
 }
 
 
