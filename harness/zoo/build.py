@@ -85,8 +85,15 @@ def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
+    return write_card(name, folder, recipe, curve, train_s, log)
+
+
+def write_card(name: str, folder: Path, recipe, curve: list[dict], train_s: float, log=print) -> Path:
+    """Measure a saved zoo model through the harness's own tasks and write card.json + README.md."""
+    from harness.zoo.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
     sha = file_sha256(folder / "model.safetensors")
-    n_params = sum(p.numel() for p in model.parameters())
     L = recipe.context_length
     evaluation: dict = {}
     tasks = [("perplexity", {"context_length": str(L), "n_tokens": "16384"})]
@@ -96,8 +103,10 @@ def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides:
     evaluation["perplexity@512"] = measured["perplexity"]["perplexity"]["value"]
     if "needle" in measured:
         evaluation["needle_accuracy@512"] = measured["needle"]["accuracy"]["value"]
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    n_params = sum(p.numel() for p in model.parameters())
     if name in DRAFT_OF:
-        from transformers import AutoModelForCausalLM
         target = AutoModelForCausalLM.from_pretrained(ZOO_DIR / DRAFT_OF[name], dtype=torch.float32).eval()
         evaluation["greedy_agreement_with_target"] = draft_agreement(model, target, tok)
     card = {
