@@ -21,8 +21,11 @@ def direct(folder: str, prompts: list[list[int]], batch: int, new_tokens: int) -
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         for i in range(0, len(prompts), batch):
-            ids = torch.tensor(prompts[i:i + batch])
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+            chunk = prompts[i:i + batch]
+            width = max(map(len, chunk))        # left padding, as any batched generate needs
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
                            do_sample=False, pad_token_id=tok.pad_token_id)
     return time.perf_counter() - t0
 

@@ -46,7 +46,9 @@ class LM:
 
     def prompt_prefix(self) -> list[int]:
         """Special tokens the tokenizer puts before a text (BOS for Llama tokenizers, none for the zoo)."""
-        return self.tokenizer("", add_special_tokens=True)["input_ids"]
+        if not hasattr(self, "_prefix"):
+            self._prefix = self.tokenizer("", add_special_tokens=True)["input_ids"]
+        return list(self._prefix)
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

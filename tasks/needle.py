@@ -145,8 +145,9 @@ class Needle(Task):
         if len(ids) > budget:
             raise UserError(f"context_length {length} is too short for the needles and question")
         hay_start = len(lm.encode(preamble))
+        hay_tokens = len(ids) - len(lm.prompt_prefix()) - hay_start - len(lm.encode(query))
         return {"ids": ids, "refs": refs, "needle_token": len(lm.encode(before)) - hay_start,
-                "haystack_tokens": len(lm.encode(preamble + "".join(" " + x for x in parts))) - hay_start}
+                "haystack_tokens": hay_tokens}   # statements included; exact for the zoo tokenizer
 
     def samples_plan(self, seed: int) -> list[tuple[int, float, int]]:
         """(length, depth, repetition), repetition-major so that --limit still covers the grid."""

@@ -72,5 +72,5 @@ def test_draft_agreement_matches_card():
     draft = models.load("zoo:tiny-llama-draft", "cpu")
     target = models.load("zoo:tiny-llama", "cpu")
     card = zoo.card("tiny-llama-draft")["evaluation"]["greedy_agreement_with_target"]
-    got = draft_agreement(draft.model, target.model, draft.tokenizer, n_tokens=2048)
-    assert abs(got - card) <= 0.05
+    got = draft_agreement(draft.model, target.model, draft.tokenizer)   # the card's protocol
+    assert abs(got - card) <= 0.01
