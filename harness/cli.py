@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from harness import params, registry
-from harness.errors import UserError
+from harness.errors import NoEffect, UserError
 from harness.models import DEFAULT_MODEL
 
 
@@ -37,11 +37,13 @@ def _entries(what: str) -> list[dict]:
                         "version": cls.version, "aliases": sorted(cls.aliases) +
                         ([f"{cls.length_alias}_<N>k"] if cls.length_alias else []),
                         "params": params.describe(cls)})
+        out += _families("task")
     if what in ("methods", "all"):
         for name, cls in sorted(registry.METHODS.items()):
             out.append({"name": name, "kind": cls.kind, "family": cls.family,
                         "summary": _first_line(cls), "paper": cls.paper,
                         "patches": sorted(getattr(cls, "patches", ())), "params": params.describe(cls)})
+        out += _families("method")
     if what in ("models", "all"):
         from harness.zoo import registry as zoo
         for name in zoo.names():
@@ -49,6 +51,11 @@ def _entries(what: str) -> list[dict]:
             out.append({"name": f"zoo:{name}", "kind": "zoo model", "summary": card.get("summary", ""),
                         "params": [], "parameters": card.get("parameters"), "sha256": card.get("sha256")})
     return out
+
+
+def _families(table: str) -> list[dict]:
+    return [{"name": f"{p}:<name>", "kind": f.kind or table, "family": f"{p} (bridge)", "summary": f.summary,
+             "params": []} for p, f in sorted(registry.FAMILIES.items()) if f.table == table]
 
 
 def _first_line(cls) -> str:
@@ -175,7 +182,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", action="append", required=True, help="task or alias (repeatable), e.g. needle_1k")
     ev.add_argument("--method", action="append", default=None,
                     help="method (repeatable); compose lm methods with +, e.g. yarn+snapkv (default: baseline)")
-    ev.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo:<name>, hf:<id> or a folder (default {DEFAULT_MODEL})")
+    ev.add_argument("--model", default=None, help=f"zoo:<name>, hf:<id> or a folder (default {DEFAULT_MODEL}; "
+                                                  f"tasks that need no LM default to none)")
     ev.add_argument("--task-arg", action="append", default=[], metavar="K=V",
                     help="task parameter (repeatable); TASK.K=V targets one task")
     ev.add_argument("--method-arg", action="append", default=[], metavar="K=V",
@@ -238,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
+    except NoEffect as e:
+        print(f"harness: failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("harness: interrupted; finished records are kept", file=sys.stderr)
         return 130

@@ -11,3 +11,7 @@ class UserError(Exception):
 def nearest(name: str, candidates, n: int = 3) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class NoEffect(Exception):
+    """A method's own effect check failed after a run: the cell wrote no record (exit 1)."""

@@ -42,6 +42,17 @@ class Method:
     def use_artifact(self, payload: dict, folder) -> None:
         raise TypeError(f"method {self.name} has no fit stage")
 
+    def resolved(self, lm, ctx: "MethodContext") -> dict:
+        """Values the method derived at run time (e.g. a scale factor), for the record."""
+        return {}
+
+    def check_effect(self, lm, ctx: "MethodContext", result: "TaskResult") -> str | None:
+        """After the task ran: None when the method demonstrably acted (its patch ran, its cache
+        holds the budgeted length, it proposed draft tokens, ...), else the reason it did not.
+        The runner fails the cell on a reason, so a silent no-op never becomes a number. Every
+        registered method must override this (tests/test_matrix.py checks it)."""
+        return f"method {self.name} declares no check of its own effect"
+
 
 class LMMethod(Method):
     """Acts on a loaded causal LM: `apply` patches and restores on exit.
@@ -53,10 +64,6 @@ class LMMethod(Method):
 
     def apply(self, lm, ctx: "MethodContext") -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
-
-    def resolved(self, lm, ctx: "MethodContext") -> dict:
-        """Values the method derived at run time (e.g. a scale factor), for the record."""
-        return {}
 
 
 @dataclass
@@ -110,6 +117,8 @@ class Task:
     aliases: ClassVar[dict[str, dict[str, str]]] = {}   # alias -> params (strings, as on the CLI)
     smoke_args: ClassVar[dict[str, str]] = {}           # a seconds-long configuration (matrix test)
     length_alias: ClassVar[str | None] = None           # "needle": needle_<N>k = context_length N*1024
+    generates: ClassVar[bool] = True    # False: scores text only, so decoding methods have nothing to act on
+    needs_lm: ClassVar[bool] = True     # False: no model is loaded (ctx.lm is None); methods arrive in ctx.methods
 
     @classmethod
     def alias_params(cls, name: str) -> dict[str, str] | None:
@@ -131,6 +140,8 @@ class TaskContext:
     seed: int = 0
     limit: int | None = None
     progress: Any = None          # callable(iterable, total=, desc=) -> iterable
+    methods: list = field(default_factory=list)   # the cell's methods (tasks of non-lm kinds call them)
+    model: str | None = None      # the --model the user gave (tasks that load their own models)
 
     def iterate(self, items, total: int | None = None, desc: str = "") -> Iterator:
         if self.progress is None:

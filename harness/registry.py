@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-from dataclasses import is_dataclass
+from dataclasses import dataclass, is_dataclass
+from typing import Callable
 from importlib.metadata import entry_points
 
 from harness.errors import UserError, nearest
@@ -13,6 +14,36 @@ from harness.interfaces import METHOD_KINDS, Method, Task
 
 TASKS: dict[str, type[Task]] = {}
 METHODS: dict[str, type[Method]] = {}
+FAMILIES: dict[str, "Family"] = {}     # "lm_eval" -> tasks named lm_eval:<x>, "kvpress" -> methods
+
+
+@dataclass
+class Family:
+    """Tasks or methods named `prefix:<rest>` that a bridge builds on demand (an lm-eval task, a
+    kvpress press). `build(rest)` returns the class, or raises UserError with the nearest names."""
+    prefix: str
+    table: str                                  # "task" or "method"
+    build: Callable[[str], type]
+    summary: str
+    kind: str = ""                              # method kind, for `harness list`
+
+
+def register_family(prefix: str, table: str, build: Callable[[str], type], summary: str, kind: str = "") -> None:
+    if table not in ("task", "method"):
+        raise TypeError(f"family {prefix!r}: table must be 'task' or 'method'")
+    if not re.fullmatch(r"[a-z0-9_]+", prefix):
+        raise TypeError(f"family prefix {prefix!r} must be lowercase letters, digits, _")
+    FAMILIES[prefix] = Family(prefix, table, build, summary, kind)
+
+
+def _from_family(name: str, table: str):
+    prefix, colon, rest = name.partition(":")
+    fam = FAMILIES.get(prefix) if colon else None
+    if fam is None or fam.table != table:
+        return None
+    if not rest:
+        raise UserError(f"{name!r}: name a {table} after '{prefix}:' ({fam.summary})")
+    return fam.build(rest)
 _loaded = False
 
 
@@ -77,10 +108,13 @@ def task(name: str) -> tuple[type[Task], dict[str, str]]:
     load()
     if name in TASKS:
         return TASKS[name], {}
+    built = _from_family(name, "task")
+    if built is not None:
+        return built, {}
     found = aliases().get(name) or _alias_pattern(name)
     if found:
         return TASKS[found[0]], dict(found[1])
-    choices = list(TASKS) + list(aliases())
+    choices = list(TASKS) + list(aliases()) + [f"{p}:" for p, f in FAMILIES.items() if f.table == "task"]
     raise UserError(f"unknown task {name!r}.{nearest(name, choices)} "
                     f"Run `harness list tasks` to see all.")
 
@@ -89,5 +123,8 @@ def method(name: str) -> type[Method]:
     load()
     if name in METHODS:
         return METHODS[name]
+    built = _from_family(name, "method")
+    if built is not None:
+        return built
     raise UserError(f"unknown method {name!r}.{nearest(name, METHODS)} "
                     f"Run `harness list methods` to see all.")

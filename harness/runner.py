@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness import models, params, provenance, records, registry
-from harness.errors import UserError
+from harness.errors import NoEffect, UserError
 from harness.interfaces import Method, MethodContext, Task, TaskContext
 
 
@@ -55,7 +55,7 @@ def _build(cls, scoped: dict[str, str], plain: dict[str, str], what: str, alias:
     return params.build(cls, values, what)
 
 
-def resolve(task_names: list[str], method_names: list[str], model: str, task_args: dict[str, str],
+def resolve(task_names: list[str], method_names: list[str], model: str | None, task_args: dict[str, str],
             method_args: dict[str, str], seed: int = 0, limit: int | None = None) -> list[Cell]:
     """Validate everything the user asked for, before any model is loaded."""
     if limit is not None and limit < 1:
@@ -94,7 +94,8 @@ def resolve(task_names: list[str], method_names: list[str], model: str, task_arg
         for combo in combos:
             _check_combination(task, combo)
             methods = [_build(c, m_scoped.get(c.name, {}), m_plain, f"method {c.name}") for c in combo]
-            cells.append(Cell(task, tname, methods, model, seed, limit))
+            cell_model = model or (models.DEFAULT_MODEL if task.needs_lm else "none")
+            cells.append(Cell(task, tname, methods, cell_model, seed, limit))
     return cells
 
 
@@ -104,6 +105,9 @@ def _check_combination(task: Task, combo: list[type[Method]]) -> None:
             ok = sorted(n for n, m in registry.METHODS.items() if m.kind in task.accepts)
             raise UserError(f"method {c.name} is of kind {c.kind!r}, but task {task.name} accepts "
                             f"{' or '.join(task.accepts)} methods: {', '.join(ok)}")
+        if "decoding" in getattr(c, "patches", ()) and not task.generates:
+            raise UserError(f"method {c.name} changes decoding, but task {task.name} only scores text "
+                            f"(it never generates), so {c.name} would do nothing")
     if len(combo) > 1:
         if any(c.kind != "lm" for c in combo):
             raise UserError("only methods of kind 'lm' compose with '+'")
@@ -121,6 +125,8 @@ def _check_combination(task: Task, combo: list[type[Method]]) -> None:
 def model_identity(spec: str) -> tuple[str, str | None]:
     """(normalised id, weights sha256) without loading the model, for the resume check."""
     from harness.zoo import registry as zoo
+    if spec == "none":
+        return spec, None
     if spec.startswith("zoo:"):
         return spec, zoo.card(spec[4:]).get("sha256")
     ref = spec[3:] if spec.startswith("hf:") else spec
@@ -168,6 +174,9 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
             log(f"skip: {path} is finished (use --overwrite to rerun)")
             outcomes.append(Outcome(cell, path, records.read(path), skipped=True))
             continue
+        if not cell.task.needs_lm:
+            outcomes.append(_run_cell(cell, config, rid, path, None, None, progress))
+            continue
         if loaded is None:
             loaded = models.load(cell.model, device, trust_remote_code)
         outcomes.append(_run_cell(cell, config, rid, path, loaded, LM(loaded, batch_size), progress))
@@ -185,31 +194,41 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
     try:
         with contextlib.ExitStack() as stack:
             for m in cell.methods:
-                artifact = attach_artifact(m, lm, mctx, loaded.sha256, cell.model)
+                artifact = attach_artifact(m, lm, mctx, loaded.sha256 if loaded else None, cell.model)
                 components.append({"name": m.name, "kind": m.kind, "paper": m.paper, "artifact": artifact,
                                    "params": params.to_dict(m), "resolved": m.resolved(lm, mctx)})
-                stack.enter_context(m.apply(lm, mctx))
-            result = cell.task.run(TaskContext(lm=lm, seed=cell.seed, limit=cell.limit, progress=progress))
+                if lm is not None:
+                    stack.enter_context(m.apply(lm, mctx))
+            result = cell.task.run(TaskContext(lm=lm, seed=cell.seed, limit=cell.limit, progress=progress,
+                                               methods=cell.methods, model=cell.model))
+            for m in cell.methods:      # inside the methods' contexts: their state is still there
+                reason = m.check_effect(lm, mctx, result)
+                if reason:
+                    raise NoEffect(f"{cell.method_name} on {cell.task_label}: {reason}; no record written")
     finally:
-        lm.close()
+        if lm is not None:
+            lm.close()
     wall = time.perf_counter() - t0
+    device = loaded.device if loaded else "cpu"
+    model = (dict(config["model"], zoo=loaded.zoo, label=model_label(loaded), config=_model_facts(loaded))
+             if loaded else dict(config["model"], zoo=False, label="no model"))
     record = {
         "schema_version": records.SCHEMA_VERSION,
         "run_id": rid,
         "task": dict(config["task"], alias=cell.task_label if cell.task_label != cell.task.name else None),
         "method": dict(config["method"], components=components),
-        "model": dict(config["model"], zoo=loaded.zoo, label=model_label(loaded),
-                      config=_model_facts(loaded)),
+        "model": model,
         "seed": cell.seed,
         "limit": cell.limit,
         "main_metric": cell.task.main_metric,
         "metrics": {k: v.to_dict() for k, v in result.metrics.items()},
         "details": result.details,
-        "telemetry": dict(lm.telemetry),
-        "provenance": dict(provenance.environment(loaded.device), task_version=cell.task.version,
+        "telemetry": dict(lm.telemetry) if lm is not None else {},
+        "provenance": dict(provenance.environment(device), task_version=cell.task.version,
                            data_hash=result.data_hash, seed=cell.seed,
                            method_artifact=[c["artifact"] for c in components if c["artifact"]] or None,
-                           model_sha256=loaded.sha256, calibrated=True,
+                           model_sha256=loaded.sha256 if loaded else None,
+                           calibrated=result.details.get("calibrated", True),
                            started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3)),
     }
     records.write(path, record, result.samples)

@@ -33,6 +33,7 @@ class Perplexity(Task):
     rest of the window as context. Default text: the synthetic corpus with evaluation seeds
     (disjoint from the zoo's training seeds); `path=FILE` scores any local UTF-8 text."""
     name = "perplexity"
+    generates = False
     version = "1"
     main_metric = "perplexity"
     summary = "token-level NLL and perplexity, sliding window, at one or several context lengths"

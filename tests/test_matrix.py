@@ -7,7 +7,12 @@ from harness.interfaces import Method
 
 registry.load()
 CELLS = [(t, m) for t, tc in sorted(registry.TASKS.items()) for m, mc in sorted(registry.METHODS.items())
-         if mc.kind in tc.accepts]
+         if mc.kind in tc.accepts and (tc.generates or "decoding" not in getattr(mc, "patches", ()))]
+
+
+def test_decoding_methods_refused_on_scoring_tasks():
+    with pytest.raises(UserError, match="never generates"):
+        runner.resolve(["perplexity"], ["sps"], None, {}, {})
 
 
 def test_registry_is_populated():
@@ -29,8 +34,8 @@ def test_cell_writes_valid_record(task, method, tiny_model_with, tmp_path, monke
                        log=lambda m: None)
         except UserError as e:
             assert "no fit stage to run" in str(e)
-    cells = runner.resolve([task], [method], tiny_model, dict(tcls.smoke_args), method_args,
-                           seed=0, limit=3)
+    cells = runner.resolve([task], [method], tiny_model if tcls.needs_lm else None, dict(tcls.smoke_args),
+                           method_args, seed=0, limit=3)
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
     rec = records.read(out.path)
     assert rec["task"]["name"] == task and rec["method"]["name"] == method
@@ -44,4 +49,13 @@ def test_cell_writes_valid_record(task, method, tiny_model_with, tmp_path, monke
     for key in ("harness_version", "git_commit", "python", "torch", "transformers", "device", "threads",
                 "model_sha256", "task_version", "data_hash", "seed", "started", "wall_time_s"):
         assert key in prov
-    assert prov["model_sha256"] and len(prov["model_sha256"]) == 64
+    if tcls.needs_lm:
+        assert prov["model_sha256"] and len(prov["model_sha256"]) == 64
+    else:
+        assert rec["model"]["id"] == "none" and prov["model_sha256"] is None
+
+
+@pytest.mark.parametrize("method", sorted(registry.METHODS))
+def test_every_method_declares_an_effect_check(method):
+    cls = registry.METHODS[method]
+    assert cls.check_effect is not Method.check_effect, f"{method} must override check_effect"

@@ -71,3 +71,29 @@ def test_task_classes_declare_metrics_and_version():
     registry.load()
     for cls in registry.TASKS.values():
         assert issubclass(cls, Task) and cls.version and cls.main_metric
+
+
+def test_prefix_family_builds_tasks_on_demand(monkeypatch):
+    from dataclasses import dataclass
+    from harness.interfaces import Task
+    from harness.errors import UserError
+
+    def build(rest):
+        if rest != "known":
+            raise UserError(f"no such thing {rest!r}")
+
+        @dataclass
+        class Built(Task):
+            name = f"fake_bridge:{rest}"
+            main_metric = "m"
+        return Built
+
+    monkeypatch.setitem(registry.FAMILIES, "fake_bridge", registry.Family("fake_bridge", "task", build, "test"))
+    cls, alias = registry.task("fake_bridge:known")
+    assert cls.name == "fake_bridge:known" and alias == {}
+    with pytest.raises(UserError, match="no such thing"):
+        registry.task("fake_bridge:other")
+    with pytest.raises(UserError, match="name a task"):
+        registry.task("fake_bridge:")
+    with pytest.raises(UserError, match="unknown method"):
+        registry.method("fake_bridge:known")      # a task family does not make methods

@@ -66,8 +66,9 @@ def _rotary_module(model):
 
 
 @contextlib.contextmanager
-def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor]):
-    """Replace every attention layer's forward; `attend` returns the output [b, h, Lq, d]."""
+def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor], counter=None):
+    """Replace every attention layer's forward; `attend` returns the output [b, h, Lq, d].
+    counter: telemetry that counts the patched calls (the methods' effect check)."""
     modules = _attention_modules(model)
     if not modules:
         raise ValueError("no Llama-style attention layers (q_proj/k_proj/v_proj/o_proj) found")
@@ -102,5 +103,15 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor])
             return m.o_proj(out), None
         return forward
 
-    with patched_forwards(modules, make_forward):
+    with patched_forwards(modules, make_forward, counter, ATTENTION_CALLS):
         yield
+
+
+ATTENTION_CALLS = "patched_calls.attention"
+
+
+class AttentionMethod:
+    """Mixin for methods that replace attention: the effect check is that the patch ran."""
+
+    def check_effect(self, lm, ctx, result) -> str | None:
+        return None if lm.telemetry[ATTENTION_CALLS] else "the patched attention was never called"

@@ -72,6 +72,7 @@ def linear_ramp(low: float, high: float, n: int) -> torch.Tensor:
 
 
 FreqFn = Callable[[int], tuple[torch.Tensor, float]]
+ROPE_CALLS = "patched_calls.rope"        # telemetry key: calls of the patched rotary embedding
 
 
 def _rotary_modules(model):
@@ -79,10 +80,11 @@ def _rotary_modules(model):
 
 
 @contextlib.contextmanager
-def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] | None = None):
+def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] | None = None,
+                  counter=None):
     """Route every rotary embedding of `model` through `freq_fn(seq_len)`; restore on exit.
     keep_first=(n, inv_freq): positions below n rotate with inv_freq instead (LongRoPE's
-    un-interpolated start tokens)."""
+    un-interpolated start tokens). counter: telemetry that counts the patched calls."""
     modules = _rotary_modules(model)
     if not modules:
         raise ValueError("the model has no rotary embedding module: RoPE methods need a RoPE model")
@@ -105,7 +107,7 @@ def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] |
             return (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
         return forward
 
-    with patched_forwards(modules, make_forward):
+    with patched_forwards(modules, make_forward, counter, ROPE_CALLS):
         yield
 
 
@@ -140,4 +142,16 @@ class RopeMethod:
 
     def apply(self, lm, ctx):
         shape, s = self.resolve(lm, ctx)
-        return rope_override(lm.model, self.freq_fn(shape, s))
+        return rope_override(lm.model, self.freq_fn(shape, s), counter=lm.telemetry)
+
+    def check_effect(self, lm, ctx, result) -> str | None:
+        """The patched rotary embedding ran, and at a scale above 1 its frequencies (or attention
+        scale) differ from the model's own at the task's longest context."""
+        if lm.telemetry[ROPE_CALLS] == 0:
+            return "the patched rotary embedding was never called"
+        shape, s = self.resolve(lm, ctx)
+        if s > 1 and ctx.target_length:
+            inv, scaling = self.freq_fn(shape, s)(ctx.target_length)
+            if scaling == 1.0 and torch.allclose(inv, inv_freq(shape.base, shape.dim)):
+                return f"scale {s:g} left the RoPE frequencies unchanged at {ctx.target_length} tokens"
+        return None

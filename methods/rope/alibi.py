@@ -8,7 +8,7 @@ import torch
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._attention import AttentionInputs, attention_override, softmax_attend
+from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, softmax_attend
 
 ALIBI_CONFIG_FLAG = "harness_position_encoding"   # config.json field of models pretrained with ALiBi
 
@@ -34,7 +34,7 @@ def alibi_attend(a: AttentionInputs) -> torch.Tensor:
 
 @register
 @dataclass
-class ALiBi(LMMethod):
+class ALiBi(AttentionMethod, LMMethod):
     """ALiBi — Press et al. 2022, "Train Short, Test Long: Attention with Linear Biases Enables
     Input Length Extrapolation" (arXiv:2108.12409).
 
@@ -53,4 +53,4 @@ class ALiBi(LMMethod):
         if getattr(lm.model.config, ALIBI_CONFIG_FLAG, None) != "alibi":
             raise UserError(f"method alibi needs a model pretrained with ALiBi (config "
                             f"{ALIBI_CONFIG_FLAG}='alibi'); {lm.loaded.id} uses RoPE")
-        return attention_override(lm.model, alibi_attend)
+        return attention_override(lm.model, alibi_attend, counter=lm.telemetry)

@@ -7,7 +7,7 @@ import torch
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._attention import AttentionInputs, attention_override, rotate, softmax_attend
+from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
 from harness.methods.rope._common import rope_shape
 
 QUERY_CHUNK = 1024
@@ -15,7 +15,7 @@ QUERY_CHUNK = 1024
 
 @register
 @dataclass
-class DCA(LMMethod):
+class DCA(AttentionMethod, LMMethod):
     """Dual Chunk Attention (ChunkLlama) — An et al. 2024, "Training-Free Long-Context Scaling of
     Large Language Models" (arXiv:2402.17463); mappings from HKUNLP/ChunkLlama
     `chunkllama_attn_replace.py`.
@@ -54,7 +54,7 @@ class DCA(LMMethod):
 
     def apply(self, lm, ctx):
         size, local = self.sizes(lm)
-        return attention_override(lm.model, lambda a: self.attend(a, size, size - local))
+        return attention_override(lm.model, lambda a: self.attend(a, size, size - local), counter=lm.telemetry)
 
     @staticmethod
     def attend(a: AttentionInputs, chunk_size: int, c: int) -> torch.Tensor:

@@ -90,7 +90,8 @@ class LongRoPE(RopeMethod, LMMethod):
     def apply(self, lm, ctx):
         shape, s = self.resolve(lm, ctx)
         _, n = self.factors(shape, s)
-        return rope_override(lm.model, self.freq_fn(shape, s), keep_first=(n, inv_freq(shape.base, shape.dim)))
+        return rope_override(lm.model, self.freq_fn(shape, s), keep_first=(n, inv_freq(shape.base, shape.dim)),
+                             counter=lm.telemetry)
 
     def resolved(self, lm, ctx) -> dict:
         out = super().resolved(lm, ctx)

@@ -8,7 +8,7 @@ import torch
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._attention import AttentionInputs, attention_override, rotate, softmax_attend
+from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
 from harness.methods.rope._common import rope_shape
 
 QUERY_CHUNK = 1024   # queries per block: logits are never materialised for the whole L x L at once
@@ -16,7 +16,7 @@ QUERY_CHUNK = 1024   # queries per block: logits are never materialised for the 
 
 @register
 @dataclass
-class SelfExtend(LMMethod):
+class SelfExtend(AttentionMethod, LMMethod):
     """SelfExtend — Jin et al. 2024, "LLM Maybe LongLM: Self-Extend LLM Context Window Without
     Tuning" (arXiv:2401.01325); rule from datamllab/LongLM `self_extend_patch/Llama.py`.
 
@@ -61,7 +61,7 @@ class SelfExtend(LMMethod):
 
     def apply(self, lm, ctx):
         G, W = self.sizes(lm, ctx)
-        return attention_override(lm.model, lambda a: self.attend(a, G, W))
+        return attention_override(lm.model, lambda a: self.attend(a, G, W), counter=lm.telemetry)
 
     @staticmethod
     def attend(a: AttentionInputs, G: int, W: int) -> torch.Tensor:

@@ -32,3 +32,6 @@ class Autoregressive(LMMethod):
                 logits = target.step([token])[-1]
                 lm.telemetry["target_forwards"] += 1
         return decoding_loop(lm, generate_one)
+
+    def check_effect(self, lm, ctx, result):
+        return None if lm.telemetry["target_forwards"] else "the cached decoding loop never ran"

@@ -76,3 +76,5 @@ class SpS(LMMethod):
             return seq[len(prompt):][:max_new]
         return decoding_loop(lm, generate_one)
 
+    def check_effect(self, lm, ctx, result):
+        return None if lm.telemetry["draft_tokens"] else "the draft model proposed no tokens"
