@@ -160,8 +160,9 @@ def cmd_zoo(a) -> int:
         print((zoo.ZOO_DIR / a.name / "README.md").read_text())
         return 0
     from harness.zoo import build
+    from harness import models
     build.train_and_save(a.name, out_dir=Path(a.out) if a.out else None, log=print,
-                         overrides=params.parse_kv(a.set, "--set"))
+                         overrides=params.parse_kv(a.set, "--set"), device=models.pick_device(a.device))
     return 0
 
 
@@ -228,6 +229,7 @@ def parser() -> argparse.ArgumentParser:
     zt = zsub.add_parser("train", help="train a zoo model from its recipe (CPU, deterministic)")
     zt.add_argument("name")
     zt.add_argument("--out", default=None, help="folder to write (default: the zoo's own folder)")
+    zt.add_argument("--device", default="cpu", help="cpu (bit-reproducible, the default), cuda or auto")
     zt.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a recipe field (recorded in the card), e.g. steps=100")
     zoo.set_defaults(fn=cmd_zoo)

@@ -1,6 +1,7 @@
 """What ran: versions, code commit, machine. Recorded in every record's `provenance`."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -21,6 +22,9 @@ def git_state() -> dict:
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
+    if commit is None and os.environ.get("HARNESS_GIT_COMMIT"):
+        # a copy of the tree without .git (e.g. shipped to a GPU machine): the sender names the commit
+        commit, dirty = os.environ["HARNESS_GIT_COMMIT"], None
     return {"git_commit": commit, "git_dirty": dirty}
 
 
@@ -34,3 +38,21 @@ def environment(device: str) -> dict:
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def reset_peak_memory(device: str) -> None:
+    import torch
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def peak_memory(device: str) -> dict:
+    """Peak memory of the cell: GPU bytes allocated by PyTorch since the cell started; on CPU the
+    process's peak resident set so far (an upper bound for the cell: it includes earlier cells)."""
+    import resource
+
+    import torch
+    out = {"max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device.startswith("cuda"):
+        out["peak_gpu_mem_bytes"] = torch.cuda.max_memory_allocated(torch.device(device))
+    return out

@@ -179,14 +179,27 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
             continue
         if loaded is None:
             loaded = models.load(cell.model, device, trust_remote_code)
+        _check_position_encoding(loaded, cell)
         outcomes.append(_run_cell(cell, config, rid, path, loaded, LM(loaded, batch_size), progress))
     return outcomes
+
+
+def _check_position_encoding(loaded, cell: Cell) -> None:
+    """A model pretrained with ALiBi runs only under the alibi method: loaded plainly, the Llama class
+    would rotate its queries and keys with a RoPE it never saw, and the numbers would mean nothing."""
+    from harness.methods.rope.alibi import ALIBI_CONFIG_FLAG
+    if getattr(loaded.model.config, ALIBI_CONFIG_FLAG, None) == "alibi" and \
+            not any(m.name == "alibi" for m in cell.methods):
+        raise UserError(f"{cell.model} was pretrained with ALiBi position biases: evaluate it with "
+                        f"--method alibi (method {cell.method_name} would run it with RoPE)")
 
 
 def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress) -> Outcome:
     import torch
 
     started = datetime.now(timezone.utc)
+    device = loaded.device if loaded else "cpu"
+    provenance.reset_peak_memory(device)
     t0 = time.perf_counter()
     torch.manual_seed(cell.seed)
     mctx = MethodContext(target_length=cell.task.target_length(), seed=cell.seed)
@@ -209,7 +222,6 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
         if lm is not None:
             lm.close()
     wall = time.perf_counter() - t0
-    device = loaded.device if loaded else "cpu"
     model = (dict(config["model"], zoo=loaded.zoo, label=model_label(loaded), config=_model_facts(loaded))
              if loaded else dict(config["model"], zoo=False, label="no model"))
     record = {
@@ -229,7 +241,8 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
                            method_artifact=[c["artifact"] for c in components if c["artifact"]] or None,
                            model_sha256=loaded.sha256 if loaded else None,
                            calibrated=result.details.get("calibrated", True),
-                           started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3)),
+                           started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3),
+                           **provenance.peak_memory(device)),
     }
     records.write(path, record, result.samples)
     return Outcome(cell, path, record, samples=result.samples)

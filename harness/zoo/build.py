@@ -17,20 +17,23 @@ TRAIN_THREADS = 2   # fixed, so that CPU float reductions (and so the weights) a
 DRAFT_OF = {"tiny-llama-draft": "tiny-llama"}
 
 
-def _evaluate_lm(folder: Path, tasks: list[tuple[str, dict[str, str]]]) -> dict:
+def _evaluate_lm(folder: Path, tasks: list[tuple[str, dict[str, str]]], device: str = "cpu") -> dict:
     """Run harness tasks on a saved folder through the normal evaluation path."""
     from harness import params, registry
     from harness.interfaces import TaskContext
     from harness.lm import LM
     from harness.models import load
 
-    lm = LM(load(str(folder), "cpu"), batch_size=8)
+    from harness.zoo.train import position_encoding
+
+    lm = LM(load(str(folder), device), batch_size=8)
     out = {}
-    for name, args in tasks:
-        cls, alias = registry.task(name)
-        task = params.build(cls, {**alias, **args}, f"task {name}")
-        res = task.run(TaskContext(lm=lm, seed=0))
-        out[name] = {k: v.to_dict() for k, v in res.metrics.items()}
+    with position_encoding(lm.model):
+        for name, args in tasks:
+            cls, alias = registry.task(name)
+            task = params.build(cls, {**alias, **args}, f"task {name}")
+            res = task.run(TaskContext(lm=lm, seed=0))
+            out[name] = {k: v.to_dict() for k, v in res.metrics.items()}
     return out
 
 
@@ -51,8 +54,10 @@ def draft_agreement(draft, target, tokenizer, n_tokens: int = 8192, window: int 
     return agree / total
 
 
-def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides: dict | None = None) -> Path:
-    """Train `name` from its recipe (with optional field overrides, recorded in the card)."""
+def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides: dict | None = None,
+                   device: str = "cpu") -> Path:
+    """Train `name` from its recipe (with optional field overrides, recorded in the card). On a GPU
+    the run is fast but not bit-reproducible on CPU; the card records the device."""
     import dataclasses
 
     from harness import params
@@ -80,15 +85,17 @@ def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides:
             model.train()
         log(json.dumps(entry))
 
-    model, curve = train(recipe, tok, log_path=folder / "loss_curve.jsonl", progress=progress)
+    model, curve = train(recipe, tok, log_path=folder / "loss_curve.jsonl", progress=progress, device=device)
     train_s = time.time() - t0
+    model.to("cpu")
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
-    return write_card(name, folder, recipe, curve, train_s, log)
+    return write_card(name, folder, recipe, curve, train_s, log, device)
 
 
-def write_card(name: str, folder: Path, recipe, curve: list[dict], train_s: float, log=print) -> Path:
+def write_card(name: str, folder: Path, recipe, curve: list[dict], train_s: float, log=print,
+               device: str = "cpu") -> Path:
     """Measure a saved zoo model through the harness's own tasks and write card.json + README.md."""
     from harness.zoo.tokenizer import build_tokenizer
 
@@ -99,7 +106,7 @@ def write_card(name: str, folder: Path, recipe, curve: list[dict], train_s: floa
     tasks = [("perplexity", {"context_length": str(L), "n_tokens": "16384"})]
     if name not in DRAFT_OF:
         tasks.append(("needle", {"context_length": str(L), "depths": "10", "samples_per_depth": "20"}))
-    measured = _evaluate_lm(folder, tasks)
+    measured = _evaluate_lm(folder, tasks, device)
     evaluation["perplexity@512"] = measured["perplexity"]["perplexity"]["value"]
     if "needle" in measured:
         evaluation["needle_accuracy@512"] = measured["needle"]["accuracy"]["value"]
@@ -114,6 +121,7 @@ def write_card(name: str, folder: Path, recipe, curve: list[dict], train_s: floa
         "architecture": "LlamaForCausalLM", "parameters": n_params,
         "context_length": L, "rope_theta": recipe.rope_theta, "vocab_size": len(tok),
         "recipe": asdict(recipe), "training_seconds": round(train_s), "train_threads": TRAIN_THREADS,
+        "train_device": _device_name(device), "position_encoding": recipe.position,
         "torch": torch.__version__, "final": curve[-1], "evaluation": evaluation,
         "evaluation_protocol": {"needle": "harness task needle, context_length=512, 10 depths x 20 samples, "
                                           "default template, greedy, seed 0",
@@ -130,10 +138,18 @@ def write_card(name: str, folder: Path, recipe, curve: list[dict], train_s: floa
     return folder
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return device
+
+
 def _summary(name: str, recipe, n_params: int) -> str:
     role = "draft model for speculative decoding" if name in DRAFT_OF else "reference model"
-    return (f"{recipe.num_hidden_layers}-layer Llama, {n_params / 1e6:.1f}M params, RoPE base "
-            f"{recipe.rope_theta:g}, context {recipe.context_length}; {role}")
+    position = ("ALiBi biases (evaluate with --method alibi)" if recipe.position == "alibi"
+                else f"RoPE base {recipe.rope_theta:g}")
+    return (f"{recipe.num_hidden_layers}-layer Llama, {n_params / 1e6:.1f}M params, {position}, "
+            f"context {recipe.context_length}; {role}")
 
 
 def render_card(c: dict) -> str:

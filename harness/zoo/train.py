@@ -10,6 +10,7 @@ on the haystack, which the perplexity task and the draft model rely on.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -32,7 +33,7 @@ class Recipe:
     num_key_value_heads: int = 4
     context_length: int = 512
     rope_theta: float = 10000.0
-    position: str = "rope"               # "rope" or "alibi" (a later zoo member)
+    position: str = "rope"               # "rope" or "alibi" (linear biases, no rotation; tiny-llama-alibi)
     steps: int = 4000
     tokens_per_step: int = 8192
     lr: float = 2e-3
@@ -61,6 +62,8 @@ RECIPES = {
     "tiny-llama": Recipe(),
     "tiny-llama-draft": Recipe(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=4, steps=1000),
+    # trained exactly like tiny-llama, but with ALiBi biases instead of RoPE (the alibi method's model)
+    "tiny-llama-alibi": Recipe(position="alibi"),
 }
 
 
@@ -182,7 +185,23 @@ def build_model(recipe: Recipe, vocab_size: int, pad_id: int):
                       rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
                       tie_word_embeddings=True, pad_token_id=pad_id, bos_token_id=2, eos_token_id=3,
                       attn_implementation="sdpa")
-    return LlamaForCausalLM(cfg)
+    if recipe.position not in ("rope", "alibi"):
+        raise ValueError(f"recipe position must be 'rope' or 'alibi', got {recipe.position!r}")
+    model = LlamaForCausalLM(cfg)
+    if recipe.position == "alibi":
+        from harness.methods.rope.alibi import ALIBI_CONFIG_FLAG
+        setattr(model.config, ALIBI_CONFIG_FLAG, "alibi")   # saved in config.json; the alibi method checks it
+    return model
+
+
+def position_encoding(model):
+    """The attention a model was built for: ALiBi models train and run with the alibi override
+    (their rotary module exists in the Llama class but is never used); RoPE models as they are."""
+    from harness.methods.rope.alibi import ALIBI_CONFIG_FLAG, alibi_attend
+    from harness.methods.rope._attention import attention_override
+    if getattr(model.config, ALIBI_CONFIG_FLAG, None) == "alibi":
+        return attention_override(model, alibi_attend)
+    return contextlib.nullcontext()
 
 
 def lr_at(recipe: Recipe, step: int) -> float:
@@ -210,6 +229,15 @@ def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str =
     maker = RowMaker(tokenizer, recipe.seed)
     log, t0 = [], time.time()
     logf = open(log_path, "w") if log_path else None
+    with position_encoding(model):
+        _train_loop(model, recipe, maker, opt, device, log, logf, t0, progress)
+    if logf:
+        logf.close()
+    model.eval()
+    return model, log
+
+
+def _train_loop(model, recipe, maker, opt, device, log, logf, t0, progress) -> None:
     for step in range(recipe.steps):
         length = recipe.length_at(step)
         ids, amask = maker.batch(length, max(1, recipe.tokens_per_step // length), recipe)
@@ -238,10 +266,6 @@ def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str =
                 logf.flush()
             if progress:
                 progress(entry, model)
-    if logf:
-        logf.close()
-    model.eval()
-    return model, log
 
 
 @torch.no_grad()
