@@ -74,3 +74,23 @@ def test_draft_agreement_matches_card():
     card = zoo.card("tiny-llama-draft")["evaluation"]["greedy_agreement_with_target"]
     got = draft_agreement(draft.model, target.model, draft.tokenizer)   # the card's protocol
     assert abs(got - card) <= 0.01
+
+
+def test_parallel_batches_are_seeded_per_step():
+    """data_workers > 0 builds step s from its own seed (below the evaluation seeds), so the pool
+    gives the same batches as building each step alone, in order."""
+    from harness.synthetic import EVAL_SEED_BASE
+    from harness.zoo import train as T
+    from harness.zoo.tokenizer import build_tokenizer
+
+    recipe = T.Recipe(steps=3, tokens_per_step=256, curriculum=(64,), data_workers=2)
+    tok = build_tokenizer()
+    with T._batches(recipe, tok) as batches:
+        pooled = list(batches)
+    T._WORKER_TOKENIZER = tok
+    alone = [T._one_batch((recipe, s)) for s in range(3)]
+    assert len(pooled) == 3
+    for (ids, mask), (ids2, mask2) in zip(pooled, alone):
+        assert torch.equal(ids, torch.from_numpy(ids2)) and torch.equal(mask, torch.from_numpy(mask2))
+    assert not torch.equal(pooled[0][0], pooled[1][0])
+    assert all(T.step_seed(recipe, s) < EVAL_SEED_BASE for s in range(10_000))

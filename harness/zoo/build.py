@@ -81,7 +81,8 @@ def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides:
     def progress(entry, model):
         if entry["step"] % 500 == 0 and entry["step"]:   # a cheap retrieval probe, for the log only
             model.eval()
-            entry["probe_needle_acc"] = quick_needle_accuracy(model, tok, recipe.context_length, per_depth=2)
+            entry["probe_needle_acc"] = quick_needle_accuracy(model, tok, recipe.context_length, per_depth=2,
+                                                              device=device)
             model.train()
         log(json.dumps(entry))
 

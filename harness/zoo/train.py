@@ -49,6 +49,7 @@ class Recipe:
     passkey_frac: float = 0.05           # rows in the PI/LongLoRA passkey format
     lm_weight: float = 0.1               # loss weight of non-answer tokens
     seed: int = 0
+    data_workers: int = 0                # >0: batches built in parallel processes, seeded per step
     extra: dict = field(default_factory=dict)
 
     def length_at(self, step: int) -> int:
@@ -226,21 +227,59 @@ def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str =
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
-    maker = RowMaker(tokenizer, recipe.seed)
     log, t0 = [], time.time()
     logf = open(log_path, "w") if log_path else None
-    with position_encoding(model):
-        _train_loop(model, recipe, maker, opt, device, log, logf, t0, progress)
+    with position_encoding(model), _batches(recipe, tokenizer) as batches:
+        _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress)
     if logf:
         logf.close()
     model.eval()
     return model, log
 
 
-def _train_loop(model, recipe, maker, opt, device, log, logf, t0, progress) -> None:
-    for step in range(recipe.steps):
-        length = recipe.length_at(step)
-        ids, amask = maker.batch(length, max(1, recipe.tokens_per_step // length), recipe)
+def step_seed(recipe: Recipe, step: int) -> int:
+    """Data seed of one step when batches are built in parallel; always below EVAL_SEED_BASE, so no
+    training row shares a generator seed with an evaluation sample."""
+    from harness.synthetic import EVAL_SEED_BASE
+    return (recipe.seed * 7919 + step + 1) % EVAL_SEED_BASE
+
+
+def _one_batch(args):
+    recipe, step = args
+    length = recipe.length_at(step)
+    maker = RowMaker(_WORKER_TOKENIZER, step_seed(recipe, step))
+    ids, amask = maker.batch(length, max(1, recipe.tokens_per_step // length), recipe)
+    return ids.numpy(), amask.numpy()
+
+
+def _init_worker():
+    global _WORKER_TOKENIZER
+    from harness.zoo.tokenizer import build_tokenizer
+    _WORKER_TOKENIZER = build_tokenizer()
+
+
+_WORKER_TOKENIZER = None
+
+
+@contextlib.contextmanager
+def _batches(recipe: Recipe, tokenizer):
+    """One (ids, answer mask) batch per step. Building rows is Python-bound (~0.4 s a step), so a
+    GPU waits on it: with data_workers > 0 a process pool builds them ahead, each step from its own
+    seed (deterministic, but a different data stream from the sequential default)."""
+    if recipe.data_workers <= 0:
+        maker = RowMaker(tokenizer, recipe.seed)
+        yield (maker.batch(recipe.length_at(s), max(1, recipe.tokens_per_step // recipe.length_at(s)), recipe)
+               for s in range(recipe.steps))
+        return
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(recipe.data_workers, initializer=_init_worker) as pool:
+        it = pool.imap(_one_batch, ((recipe, s) for s in range(recipe.steps)), chunksize=4)
+        yield ((torch.from_numpy(i), torch.from_numpy(m)) for i, m in it)
+
+
+def _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress) -> None:
+    for step, (ids, amask) in enumerate(batches):
+        length = ids.shape[1]
         ids, amask = ids.to(device), amask.to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(recipe, step)
