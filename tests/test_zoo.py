@@ -9,10 +9,10 @@ from harness import models
 from harness.errors import UserError
 from harness.zoo import registry as zoo
 
-NAMES = ["tiny-llama", "tiny-llama-draft"]
+NAMES = ["tiny-llama", "tiny-llama-draft", "tiny-llama-alibi"]
 
 
-def test_zoo_lists_both_models():
+def test_zoo_lists_all_models():
     assert set(NAMES) <= set(zoo.names())
 
 
@@ -64,6 +64,21 @@ def test_needle_at_training_length():
     lm = LM(models.load("zoo:tiny-llama", "cpu"))
     res = Needle(context_length=(512,)).run(TaskContext(lm=lm, limit=20))
     assert res.metrics["accuracy"].n == 20
+    assert res.metrics["accuracy"].value >= 0.9
+
+
+def test_alibi_model_retrieves_under_the_alibi_method():
+    """tiny-llama-alibi (trained on a GPU) retrieves at 512 tokens on CPU through the alibi method,
+    and its card says how it was trained."""
+    from harness.interfaces import MethodContext, TaskContext
+    from harness.lm import LM
+    from harness.methods.rope.alibi import ALiBi
+    from harness.tasks.needle import Needle
+    card = zoo.card("tiny-llama-alibi")
+    assert card["position_encoding"] == "alibi" and card["train_device"].startswith("cuda")
+    lm = LM(models.load("zoo:tiny-llama-alibi", "cpu"))
+    with ALiBi().apply(lm, MethodContext()):
+        res = Needle(context_length=(512,)).run(TaskContext(lm=lm, limit=20))
     assert res.metrics["accuracy"].value >= 0.9
 
 
