@@ -58,7 +58,11 @@ def dca_rule(chunk_size, c):
     (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7)),
     (lambda a: DCA.attend(a, 12, 12), dca_rule(12, 12)),
 ])
-def test_attend_equals_slow_loop(attend, rule):
+@pytest.mark.parametrize("chunk", [1024, 5, 16])
+def test_attend_equals_slow_loop(attend, rule, chunk, monkeypatch):
+    """Small query blocks exercise the far-prefix split (keys every query of a block treats alike)."""
+    from harness.methods.rope import _attention
+    monkeypatch.setattr(_attention, "QUERY_CHUNK", chunk)
     torch.manual_seed(0)
     L, d = 37, 16
     q, k, v = (torch.randn(L, d, dtype=torch.float64) for _ in range(3))
@@ -72,6 +76,10 @@ def test_attend_equals_slow_loop(attend, rule):
     got = attend(inputs)[0, 0]
     expected = slow_attention(q, k, v, rule, 1 / math.sqrt(d))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)   # softmax runs in float32
+    # the last 10 queries against all 37 keys (a multi-token step after a cached prefix)
+    tail = AttentionInputs(q[None, None, 27:], k[None, None], v[None, None], pos[:, 27:], pos,
+                           torch.ones(L, L, dtype=torch.bool).tril()[None, None, 27:], 1 / math.sqrt(d), rope)
+    torch.testing.assert_close(attend(tail)[0, 0], expected[27:], rtol=1e-5, atol=1e-6)
 
 
 def test_dca_within_one_chunk_is_the_plain_model(tiny_lm):
@@ -123,3 +131,66 @@ def test_defaults_follow_the_coverage_rule(tiny_lm):
     L = 128
     assert W == L // 4 and W + (1024 - W) / G <= L / 2 and W + (1024 - W) / (G - 1) > L / 2
     assert SelfExtend().sizes(tiny_lm, MethodContext(target_length=100)) == (1, 32)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_attention_lse_matches_explicit(device):
+    """The fused kernels' output and log-sum-exp equal the explicit softmax, padding included
+    (a query whose keys are all masked gets zeros and -inf)."""
+    from harness.methods.rope._attention import attend_lse
+    torch.manual_seed(1)
+    q, k, v = torch.randn(2, 4, 40, 16, device=device), torch.randn(2, 4, 70, 16, device=device), \
+        torch.randn(2, 4, 70, 16, device=device)
+    allowed = torch.ones(2, 1, 40, 70, dtype=torch.bool, device=device)
+    allowed[1, :, :, :9] = False                       # left padding in the second row
+    allowed[1, :, 3] = False                           # a query that may see nothing
+    with torch.no_grad():
+        out, lse = attend_lse(q, k, v, 0.25, allowed)
+    logits = (q @ k.transpose(2, 3) * 0.25).masked_fill(~allowed, float("-inf"))
+    expected = torch.nan_to_num(torch.softmax(logits, -1)) @ v
+    ok = allowed.any(-1).expand(2, 4, 40)
+    torch.testing.assert_close(out[ok], expected[ok], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lse[ok], torch.logsumexp(logits, -1)[ok], rtol=1e-4, atol=1e-5)
+
+
+def test_merging_partials_equals_one_softmax():
+    from harness.methods.rope._attention import attend_lse, merge_partials
+    torch.manual_seed(2)
+    q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 8)
+    allowed = torch.ones(1, 1, 5, 12, dtype=torch.bool)
+    allowed[..., 0, 4:] = False                        # query 0 sees only the first part
+    with torch.enable_grad():                          # the explicit reference path
+        whole, _ = attend_lse(q, k, v, 0.3, allowed)
+        parts = [attend_lse(q, k[:, :, :4], v[:, :, :4], 0.3, allowed[..., :4]),
+                 attend_lse(q, k[:, :, 4:], v[:, :, 4:], 0.3, allowed[..., 4:])]
+    torch.testing.assert_close(merge_partials(parts), whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["selfextend", "dca"])
+def test_float32_blocks_use_the_fused_path_exactly(method, monkeypatch):
+    """float32 with small query blocks: the far prefix goes through the fused kernel; the result
+    still equals the float64 slow loop."""
+    from harness.methods.rope import _attention
+    monkeypatch.setattr(_attention, "QUERY_CHUNK", 6)
+    attend, rule = ((lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8)) if method == "selfextend"
+                    else (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7)))
+    torch.manual_seed(0)
+    L, d = 37, 16
+    q, k, v = (torch.randn(L, d, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(L)[None]
+
+    def rope(p):
+        cs = [rope_at(float(x), d) for x in p[0]]
+        return torch.stack([c for c, _ in cs])[None].float(), torch.stack([s for _, s in cs])[None].float()
+    inputs = AttentionInputs(q[None, None].float(), k[None, None].float(), v[None, None].float(), pos, pos,
+                             torch.ones(L, L, dtype=torch.bool).tril()[None, None], 1 / math.sqrt(d), rope)
+    calls = []
+    real = _attention._fused_lse
+    monkeypatch.setattr(_attention, "_fused_lse", lambda *x: calls.append(1) or real(*x))
+    with torch.no_grad():
+        got = attend(inputs)[0, 0]
+    assert calls, "the far prefix should have used the fused kernel"
+    torch.testing.assert_close(got.double(), slow_attention(q, k, v, rule, 1 / math.sqrt(d)), rtol=1e-4, atol=1e-5)

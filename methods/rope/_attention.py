@@ -41,8 +41,98 @@ class AttentionInputs:
 
 
 def softmax_attend(logits: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    probs = torch.softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
-    return torch.nan_to_num(probs).to(v.dtype) @ v      # a fully masked (padding) row gives zeros
+    """Masked softmax then values. Works in place on `logits` (callers hand over a fresh tensor):
+    at long context every copy of a logits block costs as much as the matmul that made it."""
+    if logits.requires_grad:     # training (the zoo's ALiBi model): autograd needs the originals
+        probs = torch.softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
+        return torch.nan_to_num(probs).to(v.dtype) @ v
+    logits = logits.float()
+    logits.masked_fill_(~allowed, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return probs.nan_to_num_().to(v.dtype) @ v      # a fully masked (padding) row gives zeros
+
+
+QUERY_CHUNK = 512    # queries per block: logits are never materialised for the whole L x L at once
+
+
+def attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
+               allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and its log-sum-exp per query (to merge partial attentions exactly).
+    PyTorch's fused kernels return the LSE and never build a logits matrix: the flash kernel on
+    CPU, the memory-efficient one on CUDA (both private aten ops, so any failure falls back). The
+    explicit computation is the reference (tests/test_position_remapping.py) and the autograd path."""
+    if not torch.is_grad_enabled() and q.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        try:
+            return _fused_lse(q, k, v, scaling, allowed)
+        except (RuntimeError, AttributeError):      # an op missing or refusing these shapes
+            pass
+    logits = ((q @ k.transpose(2, 3)) * scaling).float().masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)
+    return torch.nan_to_num(torch.softmax(logits, dim=-1)).to(v.dtype) @ v, lse
+
+
+def _fused_lse(q, k, v, scaling, allowed):
+    bias = None
+    if not bool(allowed.all()):     # padding: an additive mask (causality never cuts a far prefix)
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=bias, scale=scaling)
+        return out, lse
+    if q.device.type == "cuda":
+        if bias is not None:
+            bias = bias.expand(q.shape[0], q.shape[1], -1, -1)
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, bias, True, 0.0, False, scale=scaling)[:2]
+        return out, lse[..., :q.shape[2]].float()    # the kernel pads the LSE to a multiple of 32
+    raise RuntimeError(f"no fused attention with log-sum-exp on {q.device.type}")
+
+
+def merge_partials(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Combine attentions over disjoint key sets, given each one's output and log-sum-exp: the
+    result equals one softmax over the union (a query no key may see gets zeros)."""
+    lse = torch.stack([p[1] for p in parts])                      # [n, b, h, Lq]
+    top = lse.max(dim=0).values.nan_to_num(neginf=0.0)
+    w = torch.exp(lse - top)                                      # exp(-inf) = 0 for empty parts
+    total = w.sum(dim=0).clamp_min(torch.finfo(w.dtype).tiny)
+    out = sum(wi[..., None] * o.float() for wi, (o, _) in zip(w, parts))
+    return (out / total[..., None]).to(parts[0][0].dtype)
+
+
+def banded_attend(a: AttentionInputs, is_far: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  far_qk: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+                  band_logits: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor],
+                  chunk: int | None = None) -> torch.Tensor:
+    """Softmax attention in query blocks for methods whose rule depends on the query-key distance.
+
+    For a block, the keys split into a *far* prefix, where every query of the block applies one
+    rotation rule (SelfExtend's grouped positions, DCA's inter-chunk one), and a band up to the
+    block's causal limit where the method applies its full rule. `is_far(q_min_pos [b, 1],
+    k_pos [b, Lk])` marks far keys; `far_qk(q, q_pos, b0)` returns the rotated queries and keys
+    [0, b0) of the far rule, attended by a fused kernel; `band_logits(q, q_pos, b0, ke)` returns
+    the unscaled logits against keys [b0, ke), a small explicit block. The two partial softmaxes
+    merge exactly by their log-sum-exp (as the official DCA merges its flash partials), keys past
+    the causal limit are skipped, and no L x L matrix ever exists."""
+    chunk = chunk or QUERY_CHUNK
+    lq, lk = a.q.shape[2], a.k.shape[2]
+    past = lk - lq                      # query i sits at key index past + i
+    outs = []
+    for s in range(0, lq, chunk):
+        e = min(s + chunk, lq)
+        q, qp, ke = a.q[:, :, s:e], a.q_pos[:, s:e], past + e
+        far = is_far(qp.min(dim=1, keepdim=True).values, a.k_pos[:, :ke])
+        b0 = int(far.int().cumprod(dim=1).sum(dim=1).min())     # the far prefix common to every row
+        allowed = a.allowed[:, :, s:e]
+        logits = band_logits(q, qp, b0, ke).mul_(a.scaling).float()
+        logits.masked_fill_(~allowed[..., b0:ke], float("-inf"))
+        parts = [(torch.nan_to_num(torch.softmax(logits, dim=-1)).to(a.v.dtype) @ a.v[:, :, b0:ke],
+                  torch.logsumexp(logits, dim=-1))]
+        if b0:
+            qf, kf = far_qk(q, qp, b0)
+            parts.append(attend_lse(qf, kf, a.v[:, :, :b0], a.scaling, allowed[..., :b0]))
+        outs.append(merge_partials(parts) if len(parts) > 1 else parts[0][0])
+    return torch.cat(outs, dim=2)
 
 
 def _allowed(attention_mask, b: int, lq: int, lk: int, past: int, device) -> torch.Tensor:

@@ -7,10 +7,8 @@ import torch
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
+from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, banded_attend, rotate
 from harness.methods.rope._common import rope_shape
-
-QUERY_CHUNK = 1024
 
 
 @register
@@ -58,15 +56,16 @@ class DCA(AttentionMethod, LMMethod):
 
     @staticmethod
     def attend(a: AttentionInputs, chunk_size: int, c: int) -> torch.Tensor:
-        k = rotate(a.k, *a.rope(a.k_pos % c))
-        k_chunk = (a.k_pos // c)[:, None, :]
-        outs = []
-        for s in range(0, a.q.shape[2], QUERY_CHUNK):
-            q, qp = a.q[:, :, s:s + QUERY_CHUNK], a.q_pos[:, s:s + QUERY_CHUNK]
-            intra = rotate(q, *a.rope(qp % c)) @ k.transpose(2, 3)
-            succ = rotate(q, *a.rope((qp % c + c).clamp(max=chunk_size))) @ k.transpose(2, 3)
-            inter = rotate(q, *a.rope(torch.full_like(qp, chunk_size))) @ k.transpose(2, 3)
-            gap = ((qp // c)[:, :, None] - k_chunk).unsqueeze(1)
-            logits = torch.where(gap == 0, intra, torch.where(gap == 1, succ, inter)) * a.scaling
-            outs.append(softmax_attend(logits, a.allowed[:, :, s:s + QUERY_CHUNK], a.v))
-        return torch.cat(outs, dim=2)
+        k = rotate(a.k, *a.rope(a.k_pos % c))          # a key always sits at p_k mod c
+
+        def far_qk(q, qp, b0):           # two or more chunks back: the constant inter-chunk position
+            return rotate(q, *a.rope(torch.full_like(qp, chunk_size))), k[:, :, :b0]
+
+        def band_logits(q, qp, b0, ke):
+            kb = k[:, :, b0:ke].transpose(2, 3)
+            intra = rotate(q, *a.rope(qp % c)) @ kb
+            succ = rotate(q, *a.rope((qp % c + c).clamp(max=chunk_size))) @ kb
+            inter = rotate(q, *a.rope(torch.full_like(qp, chunk_size))) @ kb
+            gap = ((qp // c)[:, :, None] - (a.k_pos[:, b0:ke] // c)[:, None, :]).unsqueeze(1)
+            return torch.where(gap == 0, intra, torch.where(gap == 1, succ, inter))
+        return banded_attend(a, lambda q_min, kp: q_min // c - kp // c >= 2, far_qk, band_logits)

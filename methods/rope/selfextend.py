@@ -8,10 +8,8 @@ import torch
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
+from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, banded_attend, rotate
 from harness.methods.rope._common import rope_shape
-
-QUERY_CHUNK = 1024   # queries per block: logits are never materialised for the whole L x L at once
 
 
 @register
@@ -67,12 +65,13 @@ class SelfExtend(AttentionMethod, LMMethod):
     def attend(a: AttentionInputs, G: int, W: int) -> torch.Tensor:
         k_near = rotate(a.k, *a.rope(a.k_pos))
         k_group = rotate(a.k, *a.rope(a.k_pos // G))
-        outs = []
-        for s in range(0, a.q.shape[2], QUERY_CHUNK):
-            q, qp = a.q[:, :, s:s + QUERY_CHUNK], a.q_pos[:, s:s + QUERY_CHUNK]
-            near = rotate(q, *a.rope(qp)) @ k_near.transpose(2, 3)
-            group = rotate(q, *a.rope(qp // G + W - W // G)) @ k_group.transpose(2, 3)
-            distance = (qp[:, :, None] - a.k_pos[:, None, :]).unsqueeze(1)
-            logits = torch.where(distance < W, near, group) * a.scaling
-            outs.append(softmax_attend(logits, a.allowed[:, :, s:s + QUERY_CHUNK], a.v))
-        return torch.cat(outs, dim=2)
+
+        def far_qk(q, qp, b0):           # every pair here is at least W apart: grouped positions
+            return rotate(q, *a.rope(qp // G + W - W // G)), k_group[:, :, :b0]
+
+        def band_logits(q, qp, b0, ke):
+            near = rotate(q, *a.rope(qp)) @ k_near[:, :, b0:ke].transpose(2, 3)
+            group = rotate(q, *a.rope(qp // G + W - W // G)) @ k_group[:, :, b0:ke].transpose(2, 3)
+            distance = (qp[:, :, None] - a.k_pos[:, None, b0:ke]).unsqueeze(1)
+            return torch.where(distance < W, near, group)
+        return banded_attend(a, lambda q_min, kp: q_min - kp >= W, far_qk, band_logits)
