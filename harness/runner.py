@@ -229,7 +229,8 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
                            method_artifact=[c["artifact"] for c in components if c["artifact"]] or None,
                            model_sha256=loaded.sha256 if loaded else None,
                            calibrated=result.details.get("calibrated", True),
-                           started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3)),
+                           started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3),
+                           **result.provenance),
     }
     records.write(path, record, result.samples)
     return Outcome(cell, path, record, samples=result.samples)
