@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 from lm_eval.api.registry import register_model
 
-from harness.errors import NoEffect, UserError
+from harness.errors import NoEffect, UserError, nearest
 from harness.interfaces import MethodContext, TaskResult
 from harness.tasks.lm_eval._adapter import HarnessAdapter
 
@@ -73,10 +73,12 @@ def build_methods(method: str, args: dict) -> list:
     runner._check_combination(SimpleNamespace(name="lm-eval", accepts=("lm",), generates=True), combo)
     strings = {k: _arg_string(v) for k, v in args.items()}
     scoped, plain = runner._split_args(strings, [c.name for c in combo])
+    known = {k for c in combo for k in params.field_types(c)}
     for key in plain:
-        if not any(key in params.field_types(c) for c in combo):
-            raise UserError(f"model_args {key!r} is neither a harness model argument ({', '.join(ADAPTER_ARGS)}) "
-                            f"nor a parameter of {method}")
+        if key not in known:
+            raise UserError(f"model_args {key!r} is neither a harness model argument nor a parameter of "
+                            f"{method}.{nearest(key, list(known) + list(ADAPTER_ARGS))} Model arguments: "
+                            f"{', '.join(ADAPTER_ARGS)}; {method}: {', '.join(sorted(known)) or 'none'}")
     return [runner._build(c, scoped.get(c.name, {}), plain, f"method {c.name}") for c in combo]
 
 

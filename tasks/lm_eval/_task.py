@@ -180,7 +180,8 @@ def to_task_result(out: dict, plan: "_catalog.Plan") -> tuple[TaskResult, str]:
             if values and all(_number(v) for v in values) and \
                     abs(sum(values) / len(values) - value) <= 1e-9 * max(1.0, abs(value)):
                 m = Metric.mean(values, direction, sample_field=name)   # a mean: keep sufficient stats
-                m.stderr = stderr
+                # lm-eval's stderr of a mean is the same sample-stddev formula; it skips it at bootstrap_iters=0
+                m.stderr = stderr if stderr is not None else m.stderr
             else:
                 n = (n_samples.get(task) or {}).get("effective")
                 m = Metric(float(value), direction, n=n, stderr=stderr)
