@@ -100,6 +100,9 @@ class LMEvalTask(Task):
                                   system_instruction=self.system_instruction,
                                   random_seed=seeds[0], numpy_random_seed=seeds[1],
                                   torch_random_seed=seeds[2], fewshot_random_seed=seeds[3])
+        except ImportError as e:        # a task's own dependency (RULER: wonderwords, nltk)
+            raise UserError(f"lm-eval task {self.lm_eval_task!r} needs a package that is not installed: "
+                            f"{str(e).splitlines()[0] if str(e) else e!r}") from None
         except (FileNotFoundError, ConnectionError) as e:
             raise UserError(f"lm-eval task {self.lm_eval_task!r} could not load its data offline "
                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the harness "

@@ -9,9 +9,12 @@ import importlib.util
 from harness.errors import UserError
 from harness.registry import register_family
 
-SUMMARY = ("any lm-evaluation-harness task or group, run by lm-eval's evaluator with the methods "
-           "applied; local task YAML: --task-arg include_path=FOLDER; options: num_fewshot, limit, "
-           "max_length, max_gen_toks, metadata (JSON), gen_kwargs, bootstrap_iters")
+SUMMARY = ("any lm-evaluation-harness task, group or tag (e.g. lm_eval:hellaswag, lm_eval:niah_single_1), "
+           "run by lm-eval's evaluator on the model with the methods applied. Local task files: "
+           "--task-arg include_path=FOLDER of lm-eval task YAML (dataset_path: json with data_files reads a "
+           "local JSONL; its paths are relative to the working directory). Task args: num_fewshot, limit, "
+           "max_length, max_gen_toks, metadata='{JSON}' (e.g. RULER's max_seq_lengths), gen_kwargs=k=v,..., "
+           "bootstrap_iters, apply_chat_template, system_instruction. Offline: HF_DATASETS_OFFLINE=1 unless set.")
 INSTALL = "pip install 'harness-eval[lmeval]'  (lm_eval==0.4.13)"
 _built: dict[str, type] = {}
 
