@@ -180,6 +180,8 @@ def to_task_result(out: dict, plan: "_catalog.Plan") -> tuple[TaskResult, str]:
             stderr = float(stderr) if _number(stderr) else None
             name = metric_key(prefix(task), metric, filt)
             values = per_field.get(name)
+            if values and all(v == -1 for v in values):
+                continue    # RULER's mark of a context length it did not run (lm-eval prints -1)
             if values and all(_number(v) for v in values) and \
                     abs(sum(values) / len(values) - value) <= 1e-9 * max(1.0, abs(value)):
                 m = Metric.mean(values, direction, sample_field=name)   # a mean: keep sufficient stats
