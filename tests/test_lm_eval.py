@@ -292,3 +292,20 @@ def test_results_translation_skips_lengths_ruler_did_not_run():
     assert main == "1024" and set(result.metrics) == {"1024"}
     assert result.metrics["1024"].value == 0.5 and result.metrics["1024"].count == 2
     assert [r["id"] for r in result.samples] == ["doc0", "doc1"]
+
+
+def test_bridge_goes_offline_unless_told_otherwise(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+    from harness.tasks.lm_eval.family import go_offline
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    registry.task("lm_eval:harness_needle_mc")          # building the task class goes offline
+    assert datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE
+    assert os.environ["HF_DATASETS_OFFLINE"] == "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")            # the user's say wins
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    go_offline()
+    assert not huggingface_hub.constants.HF_HUB_OFFLINE

@@ -6,7 +6,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -71,9 +70,8 @@ class LMEvalTask(Task):
         return self.max_length
 
     def run(self, ctx) -> TaskResult:
-        # the harness has no hub access: datasets and hub lookups stay local unless the user says otherwise
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from harness.tasks.lm_eval.family import go_offline
+        go_offline()
         import lm_eval
         from lm_eval import simple_evaluate
         from lm_eval.tasks._factory import TaskFactory
