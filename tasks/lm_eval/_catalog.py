@@ -65,8 +65,8 @@ def plan(name: str, include_path: str | None) -> Plan:
         return _walk_plan(name, tm, include_path, full=True)
     except KeyError as e:
         missing = e.args[0]
-        where = f" (searched lm-eval {_version()} and {include_path})" if include_path else \
-            f" (lm-eval {_version()}; local task YAML: --task-arg include_path=FOLDER)"
+        where = f" (searched lm-eval {lm_eval_version()} and {include_path})" if include_path else \
+            f" (lm-eval {lm_eval_version()}; local task YAML: --task-arg include_path=FOLDER)"
         if missing == name:
             raise UserError(f"unknown lm-eval task {name!r}{where}.{nearest(name, tm.all_tasks)}") from None
         raise UserError(f"lm-eval task {name!r} refers to unknown task {missing!r}{where}") from None
@@ -126,6 +126,6 @@ def _version_of(cfg: dict):
     return (cfg.get("metadata") or {}).get("version")
 
 
-def _version() -> str:
+def lm_eval_version() -> str:
     import lm_eval
     return lm_eval.__version__

@@ -61,7 +61,7 @@ class LMEvalTask(Task):
         self.generates = self._plan.generates       # decoding methods are refused where nothing generates
         versions = ",".join(f"{leaf.name}={leaf.version}" for leaf in self._plan.leaves)
         label = versions if len(versions) <= 80 else hashlib.sha256(versions.encode()).hexdigest()[:12]
-        self.version = f"lm_eval {_catalog._version()}; {label}"
+        self.version = f"lm_eval {_catalog.lm_eval_version()}; {label}"
 
     def target_length(self) -> int | None:
         lengths = self._meta.get("max_seq_lengths")
