@@ -72,6 +72,9 @@ def cmd_list(a) -> int:
         ps = ", ".join(f"{p['name']}={'None' if p['default'] is None else _fmt(p['default'])}" for p in e["params"])
         rows.append([e["name"], e.get("family", e["kind"]), e["summary"][:70], ps[:80]])
     print(format_table(["name", "kind/family", "summary", "params (defaults)"], rows))
+    for e in entries:       # bridge families: the table cuts summaries, and these explain how to name one
+        if e.get("family", "").endswith("(bridge)"):
+            print(f"\n{e['name']}: {e['summary']}")
     if a.what in ("models", "all"):
         print("\nAlso: hf:<org/name> or a local folder (safetensors weights; Hugging Face format).")
     return 0

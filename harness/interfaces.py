@@ -105,6 +105,7 @@ class TaskResult:
     samples: list[dict[str, Any]]
     details: dict[str, Any] = field(default_factory=dict)
     data_hash: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)   # extra provenance (a bridged library's version)
 
 
 class Task:

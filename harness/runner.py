@@ -242,7 +242,7 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
                            model_sha256=loaded.sha256 if loaded else None,
                            calibrated=result.details.get("calibrated", True),
                            started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3),
-                           **provenance.peak_memory(device)),
+                           **provenance.peak_memory(device), **result.provenance),
     }
     records.write(path, record, result.samples)
     return Outcome(cell, path, record, samples=result.samples)
