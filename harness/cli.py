@@ -146,6 +146,21 @@ def cmd_gate(a) -> int:
     return 0
 
 
+# -- report -----------------------------------------------------------------------------------
+def cmd_report(a) -> int:
+    from harness import records, report
+
+    results = Path(a.results) if a.results else records.default_out()
+    recs = report.load(results, a.task, a.model)
+    models = sorted(report.recs_models(recs))
+    print(f"{a.task} on {', '.join(models)} ({len(recs)} records in {results})")
+    print(report.markdown(a.task, recs, a.metric))
+    if a.heatmaps:
+        path = report.heatmaps(recs, Path(a.heatmaps), f"{a.task}: accuracy by depth x length ({', '.join(models)})")
+        print(f"heatmaps: {path}")
+    return 0
+
+
 # -- zoo --------------------------------------------------------------------------------------
 def cmd_zoo(a) -> int:
     from harness.zoo import registry as zoo
@@ -223,6 +238,16 @@ def parser() -> argparse.ArgumentParser:
     gt.add_argument("--current", required=True, help="folder of current records")
     gt.add_argument("--rules", default=None, help="YAML/JSON: {default: {abs, rel}, metrics: {name: {abs, rel}}, alpha}")
     gt.set_defaults(fn=cmd_gate)
+
+    rp = sub.add_parser("report", help="Markdown table (method x context length) of a task's records",
+                        description="Read the records of one task and print a method x length table of its "
+                        "per-length metric; --heatmaps writes the needle depth x length grids as a PNG.")
+    rp.add_argument("--task", required=True, help="task name, e.g. needle, passkey, perplexity")
+    rp.add_argument("--model", default=None, help="only records of this model id (e.g. zoo:tiny-llama)")
+    rp.add_argument("--metric", default=None, help="metric name (default: accuracy or perplexity)")
+    rp.add_argument("--results", default=None, help="results folder (default $HARNESS_RESULTS or results/)")
+    rp.add_argument("--heatmaps", default=None, metavar="PNG", help="write needle heatmaps to this file")
+    rp.set_defaults(fn=cmd_report)
 
     zoo = sub.add_parser("zoo", help="the embedded reference models")
     zsub = zoo.add_subparsers(dest="zoo_cmd", required=True, metavar="ZOO_COMMAND")

@@ -1,0 +1,127 @@
+"""`harness report`: tables (and needle heatmaps) of a task's records across methods and context
+lengths, in Markdown for READMEs and papers. A pure reader of records; nothing is rerun.
+
+One row per method, one column per context length. The value at a length comes from the record's
+per-length metric (`accuracy@4096`, `perplexity@4096`) or, for needle, from its depth x length
+grid; when several records cover the same (method, length), the one with more samples wins."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from harness import records
+from harness.errors import UserError
+
+METRIC_AT = {"needle": "accuracy", "passkey": "accuracy", "perplexity": "perplexity"}
+
+
+def load(results: Path, task: str, model: str | None) -> list[dict]:
+    folder = Path(results) / task
+    if not folder.is_dir():
+        raise UserError(f"no records for task {task!r} under {results}")
+    out, skipped = [], 0
+    for path in sorted(folder.glob("*/*/*.json")):
+        try:
+            rec = records.read(path)
+        except ValueError:
+            skipped += 1
+            continue
+        if model is None or rec["model"]["id"] == model:
+            out.append(rec)
+    if not out:
+        raise UserError(f"no readable records for task {task!r}" + (f" and model {model}" if model else "")
+                        + f" under {results} ({skipped} unreadable)")
+    return out
+
+
+def per_length(rec: dict, metric: str) -> dict[int, tuple[float, int]]:
+    """{length: (value, n)} of one record."""
+    grid = rec.get("details", {}).get("grid")
+    if grid and metric == "accuracy":
+        acc: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
+        for cell in grid:
+            acc[cell["context_length"]][0] += cell["accuracy"] * cell["n"]
+            acc[cell["context_length"]][1] += cell["n"]
+        return {L: (s / n, n) for L, (s, n) in acc.items() if n}
+    out = {}
+    for key, m in rec["metrics"].items():
+        name, at, length = key.partition("@")
+        if at and name == metric and length.isdigit():
+            out[int(length)] = (m["value"], m.get("n") or 0)
+    if not out and metric in rec["metrics"]:
+        lengths = rec["task"]["params"].get("context_length") or []
+        if len(lengths) == 1:
+            m = rec["metrics"][metric]
+            out[lengths[0]] = (m["value"], m.get("n") or 0)
+    return out
+
+
+def table(recs: list[dict], metric: str) -> tuple[list[int], dict[str, dict[int, float]]]:
+    best: dict[tuple[str, str, int], tuple[float, int]] = {}
+    for rec in recs:
+        label = rec["method"]["name"] + ("" if len(recs_models(recs)) == 1 else f" ({rec['model']['id']})")
+        for L, (value, n) in per_length(rec, metric).items():
+            key = (label, rec["model"]["id"], L)
+            if key not in best or n > best[key][1]:
+                best[key] = (value, n)
+    rows: dict[str, dict[int, float]] = defaultdict(dict)
+    for (label, _, L), (value, _) in best.items():
+        rows[label][L] = value
+    lengths = sorted({L for r in rows.values() for L in r})
+    return lengths, dict(sorted(rows.items()))
+
+
+def recs_models(recs: list[dict]) -> set[str]:
+    return {r["model"]["id"] for r in recs}
+
+
+def markdown(task: str, recs: list[dict], metric: str | None = None) -> str:
+    metric = metric or METRIC_AT.get(task) or recs[0]["main_metric"]
+    lengths, rows = table(recs, metric)
+    if not lengths:
+        raise UserError(f"records of {task} have no per-length {metric!r} values")
+    fmt = (lambda v: f"{v:.3g}" if v >= 100 else f"{v:.2f}") if metric == "perplexity" else (lambda v: f"{v:.2f}")
+    head = [f"{L // 1024}k" if L % 1024 == 0 else str(L) for L in lengths]
+    lines = [f"| method | {' | '.join(head)} |", "|---|" + "---|" * len(lengths)]
+    for label, vals in rows.items():
+        lines.append(f"| {label} | " + " | ".join(fmt(vals[L]) if L in vals else "–" for L in lengths) + " |")
+    return "\n".join(lines)
+
+
+def heatmaps(recs: list[dict], path: Path, title: str) -> Path:
+    """One depth x length panel per method (needle grids), saved as a PNG."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("heatmaps need matplotlib: pip install 'harness-eval[plots]'") from None
+    cells: dict[str, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+    for rec in recs:
+        for c in rec.get("details", {}).get("grid", []):
+            acc = cells[rec["method"]["name"]][(round(c["depth"], 1), c["context_length"])]
+            acc[0] += c["accuracy"] * c["n"]
+            acc[1] += c["n"]
+    if not cells:
+        raise UserError("no needle grids (details.grid) in these records")
+    methods = sorted(cells)
+    cols = min(4, len(methods))
+    rows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, methods):
+        depths = sorted({d for d, _ in cells[name]})
+        lengths = sorted({L for _, L in cells[name]})
+        grid = [[(cells[name][(d, L)][0] / cells[name][(d, L)][1]) if cells[name][(d, L)][1] else float("nan")
+                 for L in lengths] for d in depths]
+        ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(len(lengths)), [f"{L // 1024}k" if L >= 1024 else str(L) for L in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d:.0f}%" for d in depths], fontsize=6)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

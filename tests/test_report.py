@@ -1,0 +1,51 @@
+"""`harness report`: the method x length table is the records' own numbers, regrouped."""
+import pytest
+
+from harness import cli, report, runner
+
+
+@pytest.fixture(scope="module")
+def needle_records(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    cells = runner.resolve(["needle", "perplexity"], ["baseline", "pi"], tiny_model,
+                           {"needle.context_length": "96,128", "depths": "2", "samples_per_depth": "2",
+                            "perplexity.context_length": "64,96", "n_tokens": "300"}, {"pi.factor": "2"})
+    runner.evaluate(cells, device="cpu", out=out)
+    return out
+
+
+def test_table_regroups_the_grid_by_length(needle_records):
+    recs = report.load(needle_records, "needle", None)
+    lengths, rows = report.table(recs, "accuracy")
+    assert lengths == [96, 128] and set(rows) == {"baseline", "pi"}
+    for rec in recs:
+        for L in lengths:
+            cells = [c for c in rec["details"]["grid"] if c["context_length"] == L]
+            expected = sum(c["accuracy"] * c["n"] for c in cells) / sum(c["n"] for c in cells)
+            assert rows[rec["method"]["name"]][L] == pytest.approx(expected)
+
+
+def test_perplexity_columns_come_from_per_length_metrics(needle_records):
+    recs = report.load(needle_records, "perplexity", None)
+    text = report.markdown("perplexity", recs)
+    assert text.splitlines()[0] == "| method | 64 | 96 |"
+    pi = next(r for r in recs if r["method"]["name"] == "pi")
+    assert f"{pi['metrics']['perplexity@96']['value']:.2f}" in text or \
+        f"{pi['metrics']['perplexity@96']['value']:.3g}" in text
+
+
+def test_heatmap_png_and_cli(needle_records, tmp_path, capsys):
+    png = tmp_path / "h.png"
+    assert cli.main(["report", "--task", "needle", "--results", str(needle_records), "--heatmaps", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| baseline |" in capsys.readouterr().out
+    assert cli.main(["report", "--task", "passkey", "--results", str(needle_records)]) == 2
+
+
+def test_unreadable_records_are_skipped(needle_records, tmp_path):
+    import shutil
+    copy = tmp_path / "r"
+    shutil.copytree(needle_records, copy)
+    next(copy.glob("needle/*/*/*.json")).write_text("{truncated")
+    recs = report.load(copy, "needle", None)
+    assert len(recs) == 1
