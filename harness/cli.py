@@ -94,6 +94,7 @@ def cmd_eval(a) -> int:
                                                          leave=False, dynamic_ncols=True)
     outcomes = runner.evaluate(cells, device=a.device, out=a.out, overwrite=a.overwrite,
                                batch_size=a.batch_size, trust_remote_code=a.trust_remote_code,
+                               allow_pickle=a.allow_pickle,
                                progress=progress, log=lambda m: print(m, file=sys.stderr))
     rows = []
     for o in outcomes:
@@ -118,7 +119,7 @@ def cmd_fit(a) -> int:
     models.pick_device(a.device)
     key, payload = runner.fit(a.method, a.model, a.task, params.parse_kv(a.task_arg, "--task-arg"),
                               params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.device, a.overwrite,
-                              a.trust_remote_code, log=lambda m: print(m, file=sys.stderr))
+                              a.trust_remote_code, log=lambda m: print(m, file=sys.stderr), allow_pickle=a.allow_pickle)
     summary = {k: v for k, v in payload.items() if k not in ("provenance", "trace")}
     print(json.dumps(summary, indent=1))
     print(f"artifact: {key}")
@@ -214,6 +215,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="results folder (default $HARNESS_RESULTS or results/)")
     ev.add_argument("--overwrite", action="store_true", help="rerun finished cells")
     ev.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code")
+    ev.add_argument("--allow-pickle", action="store_true",
+                    help="load .bin/.pt (pickle) weights, which can run code when loaded; off by default")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(fn=cmd_eval)
 
@@ -229,6 +232,7 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--device", default="auto")
     ft.add_argument("--overwrite", action="store_true", help="refit even if the artifact exists")
     ft.add_argument("--trust-remote-code", action="store_true")
+    ft.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt (pickle) weights (see eval)")
     ft.set_defaults(fn=cmd_fit)
 
     gt = sub.add_parser("gate", help="compare current records with baseline records (CI regression gate)",

@@ -45,9 +45,10 @@ def file_sha256(path: Path) -> str:
 
 
 def weights_sha256(folder: Path) -> str | None:
-    """sha256 of the safetensors weights; one file's hash, or the hash of the per-file hashes.
+    """sha256 of the safetensors weights (of the pickle files for a checkpoint loaded with
+    --allow-pickle); one file's hash, or the hash of the per-file hashes.
     Cached by (path, size, mtime) because real checkpoints are many GB."""
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted(folder.glob("*.safetensors")) or sorted(list(folder.glob("*.bin")) + list(folder.glob("*.pt")))
     if not files:
         return None
     cache_path = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")) / "sha256.json"
@@ -74,13 +75,18 @@ def weights_sha256(folder: Path) -> str | None:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def _refuse_pickle(folder: Path) -> None:
-    if not list(folder.glob("*.safetensors")) and (list(folder.glob("*.bin")) or list(folder.glob("*.pt"))):
+def _pickle_only(folder: Path) -> bool:
+    return not list(folder.glob("*.safetensors")) and bool(list(folder.glob("*.bin")) or list(folder.glob("*.pt")))
+
+
+def _refuse_pickle(folder: Path, allow_pickle: bool) -> None:
+    if _pickle_only(folder) and not allow_pickle:
         raise UserError(f"{folder} holds only pickle-format weights (.bin/.pt), which can execute code "
-                        f"when loaded; the harness loads safetensors only. Convert the checkpoint first.")
+                        f"when loaded; the harness loads safetensors only. Convert the checkpoint, or pass "
+                        f"--allow-pickle if you trust its source.")
 
 
-def load(spec: str, device: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+def load(spec: str, device: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
     from harness.zoo import registry as zoo
 
     dev = pick_device(device)
@@ -92,8 +98,8 @@ def load(spec: str, device: str = "auto", trust_remote_code: bool = False) -> Lo
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"model folder {path} has no config.json")
-        _refuse_pickle(path)
-        return _load_folder(f"{path.resolve()}", path, dev, trust_remote_code)
+        _refuse_pickle(path, allow_pickle)
+        return _load_folder(f"{path.resolve()}", path, dev, trust_remote_code, pickle=_pickle_only(path))
     if not spec.startswith("hf:"):
         raise UserError(f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), "
                         f"hf:<org/name>, or a local folder")
@@ -101,7 +107,7 @@ def load(spec: str, device: str = "auto", trust_remote_code: bool = False) -> Lo
 
 
 def _load_folder(model_id: str, where, device: str, trust_remote_code: bool, zoo: bool = False,
-                 info: dict | None = None) -> LoadedModel:
+                 info: dict | None = None, pickle: bool = False) -> LoadedModel:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,7 +118,7 @@ def _load_folder(model_id: str, where, device: str, trust_remote_code: bool, zoo
     dtype = torch.float32 if device == "cpu" else "auto"
     try:
         tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, use_safetensors=True,
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, use_safetensors=not pickle,
                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -124,7 +130,8 @@ def _load_folder(model_id: str, where, device: str, trust_remote_code: bool, zoo
         raise UserError(f"zoo model {model_id} weights sha256 {sha} do not match the manifest")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return LoadedModel(model_id, model, tok, device, sha, zoo, dict(info or {}))
+    info = dict(info or {}, weights_format="pickle (--allow-pickle)" if pickle else "safetensors")
+    return LoadedModel(model_id, model, tok, device, sha, zoo, info)
 
 
 def _hub_folder(repo_id: str) -> Path | None:

@@ -158,7 +158,8 @@ class Outcome:
 
 
 def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, overwrite: bool = False,
-             batch_size: int = 8, trust_remote_code: bool = False, progress=None, log=print) -> list[Outcome]:
+             batch_size: int = 8, trust_remote_code: bool = False, progress=None, log=print,
+             allow_pickle: bool = False) -> list[Outcome]:
     from harness.lm import LM
 
     out = Path(out) if out else records.default_out()
@@ -178,7 +179,7 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
             outcomes.append(_run_cell(cell, config, rid, path, None, None, progress))
             continue
         if loaded is None:
-            loaded = models.load(cell.model, device, trust_remote_code)
+            loaded = models.load(cell.model, device, trust_remote_code, allow_pickle)
         _check_position_encoding(loaded, cell)
         outcomes.append(_run_cell(cell, config, rid, path, loaded, LM(loaded, batch_size), progress))
     return outcomes
@@ -268,12 +269,13 @@ def _model_facts(loaded) -> dict:
     return {"architecture": (getattr(cfg, "architectures", None) or [type(loaded.model).__name__])[0],
             "parameters": sum(p.numel() for p in loaded.model.parameters()),
             "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
+            "weights_format": loaded.info.get("weights_format", "safetensors"),
             "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}
 
 
 def fit(method_name: str, model: str, task_name: str | None, task_args: dict[str, str],
         method_args: dict[str, str], seed: int = 0, device: str = "auto", overwrite: bool = False,
-        trust_remote_code: bool = False, log=print) -> tuple[str, dict]:
+        trust_remote_code: bool = False, log=print, allow_pickle: bool = False) -> tuple[str, dict]:
     """Run a method's fit stage (the task, when given, supplies the target context length)."""
     from harness import artifacts
     from harness.lm import LM
@@ -288,7 +290,7 @@ def fit(method_name: str, model: str, task_name: str | None, task_args: dict[str
         target = _build(tcls, {}, task_args, f"task {task_name}", alias).target_length()
     elif task_args:
         raise UserError("--task-arg needs --task")
-    loaded = models.load(model, device, trust_remote_code)
+    loaded = models.load(model, device, trust_remote_code, allow_pickle)
     lm = LM(loaded)
     mctx = MethodContext(target_length=target, seed=seed)
     if not method.needs_fit(lm, mctx):

@@ -1,6 +1,7 @@
 """CLI behaviour: user errors exit 2 with one clear message; resume; list."""
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,24 @@ def test_list_json_has_required_fields(capsys):
     assert yarn["paper"] and any(p["name"] == "beta_fast" and p["default"] == 32.0 for p in yarn["params"])
     code, out, _ = run(capsys, "list", "methods")
     assert code == 0 and "dynamic_ntk" in out and "rope" in out
+
+
+def test_pickle_weights_load_only_with_explicit_opt_in(capsys, tiny_model, tmp_path):
+    """A real .bin checkpoint: refused by default (exit 2, nothing written); --allow-pickle loads it
+    and the record says which format ran."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    assert list(folder.glob("*.bin")) and not list(folder.glob("*.safetensors"))
+    code, _, err = run(capsys, *eval_args(str(folder), tmp_path / "o"))
+    assert code == 2 and "--allow-pickle" in err and not (tmp_path / "o").exists()
+    code, out, _ = run(capsys, *eval_args(str(folder), tmp_path / "o", "--allow-pickle"))
+    assert code == 0
+    rec = json.loads(Path(out.split("record: ")[-1].strip()).read_text())
+    assert rec["model"]["config"]["weights_format"].startswith("pickle")
+    assert rec["provenance"]["model_sha256"]          # the pickle file's hash
