@@ -98,7 +98,7 @@ class LongHeads(AttentionMethod, LMMethod):
                 continue
             base = a.k_pos[b][valid][0]
             t_q = a.q_pos[b] - base                      # positions relative to the row's first token
-            live = a.allowed[b, 0].any(-1)               # padding queries keep a zero output
+            live = valid[a.k.shape[2] - a.q.shape[2]:]  # the queries' own tokens; padding ones stay zero
             out[b][:, live] = self._row(a, b, valid, queries[b][:, valid], t_q[live], a.q[b][:, live], w, k)
         return out
 
