@@ -11,8 +11,10 @@ allows with CUBLAS_WORKSPACE_CONFIG set).
 Learning rate: the papers use 2e-5 on Llama-2, whose pre-training peak was 3e-4; the zoo models
 were pre-trained at 2e-3, so the same ratio gives 2e-5 · 2e-3 / 3e-4 ≈ 1.3e-4 (this project's
 scaling, since 2e-5 barely moves a 2.6M-parameter model in a CPU-sized number of steps).
-Steps and rows per step default to what finishes within 30 minutes on 2 CPU threads (the papers:
-1000 steps (PI, LongLoRA) or 400 (YaRN) at 64 rows per step)."""
+Steps and rows per step default to what finishes within 30 CPU minutes for zoo:tiny-llama at 2048
+tokens: 250 steps of one row, measured at 5.8 CPU-seconds a step for LongLoRA and 3.7 for the full
+fine-tunes (2 threads), i.e. about 24 and 15 CPU minutes (the papers: 1000 steps (PI, LongLoRA)
+or 400 (YaRN) of 64 rows each, on GPUs)."""
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +38,7 @@ SWAPS = "patched_calls.finetuned_weights"    # telemetry: forwards run with the 
 class FinetuneFields:
     """The fine-tuning parameters every fitted long-context method shares."""
     fit_length: int = field(default=2048, metadata={"help": "tokens per training row (the target context)"})
-    steps: int = field(default=150, metadata={"help": "optimiser steps"})
+    steps: int = field(default=250, metadata={"help": "optimiser steps"})
     rows_per_step: int = field(default=1, metadata={"help": "training rows per step"})
     lr: float = field(default=1.3e-4, metadata={"help": "peak learning rate (papers' 2e-5, rescaled)"})
     warmup: int = field(default=20, metadata={"help": "linear warm-up steps"})
@@ -70,8 +72,9 @@ def train(lm, ctx, cfg: FinetuneFields, trainable: dict[str, torch.Tensor], patc
     torch.manual_seed(ctx.seed)
     if str(device).startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    old_det = torch.are_deterministic_algorithms_enabled()
+    old_det, old_fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=str(device) != "cpu")
+    torch.utils.deterministic.fill_uninitialized_memory = False    # NaN-filling costs ~40 % of a step (zoo notes)
     frozen = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -108,6 +111,7 @@ def train(lm, ctx, cfg: FinetuneFields, trainable: dict[str, torch.Tensor], patc
         for p, flag in frozen.items():
             p.requires_grad_(flag)
         torch.use_deterministic_algorithms(old_det)
+        torch.utils.deterministic.fill_uninitialized_memory = old_fill
         with torch.no_grad():
             for n, value in original.items():
                 own[n].copy_(value)
@@ -180,7 +184,7 @@ class FinetunedRope(FinetuneFields):
     def fit_data_hash(self, lm, ctx) -> str:
         return self.finetune_data_hash(lm, ctx)
 
-    def training_setup(self, lm, shape, s):
+    def training_setup(self, lm, ctx, shape, s):
         """(trainable tensors by name, callable -> the context managers training runs in).
         Default: the whole model, under the method's RoPE scaling (the PI and YaRN papers)."""
         from harness.methods.rope._common import rope_override
@@ -194,7 +198,7 @@ class FinetunedRope(FinetuneFields):
         if s <= 1:
             raise UserError(f"{self.name}: fit_length {self.fit_length} is not beyond the model's original "
                             f"{shape.original_max} tokens, so there is nothing to extend")
-        trainable, patches = self.training_setup(lm, shape, s)
+        trainable, patches = self.training_setup(lm, ctx, shape, s)
         history, trained = train(lm, ctx, self, trainable, patches, log)
         seconds = history[-1]["elapsed_s"] if history else 0.0
         return ({"scale": s, "fit_length": self.fit_length, "loss_first": history[0]["loss"],

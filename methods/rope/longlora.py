@@ -102,9 +102,9 @@ class LongLoRA(FinetunedRope, PI):
                              f"{self.fit_length} into equal groups of at least 2 tokens")
         return g
 
-    def training_setup(self, lm, shape, s):
+    def training_setup(self, lm, ctx, shape, s):
         from harness.methods.rope._common import rope_override
-        factors = lora_factors(lm, self.lora_rank, seed=1234)
+        factors = lora_factors(lm, self.lora_rank, seed=ctx.seed)
         own = dict(lm.model.named_parameters())
         trainable = dict(factors)
         trainable.update({n: p for n, p in own.items() if "embed" in n or "norm" in n})
