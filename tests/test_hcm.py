@@ -122,7 +122,8 @@ def test_prefill_equals_slow_rule(model4, n_tokens, W, calibrated):
     M, T, P, S = 40, 40, 4, 3
     ids = torch.randint(30, 2000, (n_tokens,), generator=torch.Generator().manual_seed(n_tokens)).tolist()
     bias = torch.randn(4, M, generator=torch.Generator().manual_seed(1)) if calibrated else None
-    kv, pos, logits = homer_prefill(model4, ids, M, T, W, P, S, bias)
+    kv, pos, logits, per = homer_prefill(model4, ids, M, T, W, P, S, bias)
+    assert per == 1
     root, slow_logits = slow_homer(model4, ids, M, T, W, P, S, bias)
     assert pos.tolist() == [t["pos"] for t in root]
     assert len(pos) < n_tokens

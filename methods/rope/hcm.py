@@ -54,7 +54,8 @@ def attention_block(layer, rotary, h, pos):
 def homer_prefill(model, ids: list[int], max_chunk_len: int, target_len: int, warmup: int, P: int, S: int,
                   bias: torch.Tensor | None):
     """HOMER's hierarchical merge of one prompt (prefix = first P tokens, suffix = last S).
-    Returns (per-layer (keys, values), positions of the kept tokens, last-token logits)."""
+    Returns (per-layer (keys, values), positions of the kept tokens, last-token logits, layers
+    per tree level above the leaves)."""
     layers, rotary = model.model.layers, _rotary_module(model)
     device = model.model.embed_tokens.weight.device
     prefix, context, suffix = ids[:P], ids[P:len(ids) - S], ids[len(ids) - S:]
@@ -121,7 +122,7 @@ def homer_prefill(model, ids: list[int], max_chunk_len: int, target_len: int, wa
 
     root = tree(0, count, height, min(target_len, len(ids)))
     logits = model.lm_head(model.model.norm(root.h[:, -1:]))[0, -1]
-    return root.kv, root.pos, logits
+    return root.kv, root.pos, logits, per
 
 
 @register
@@ -214,9 +215,11 @@ class HCM(LMMethod):
         bias = self.calibrate(lm, s["max_chunk_len"])
 
         def prefill(ids):
-            kv, pos, logits = homer_prefill(lm.model, ids, s["max_chunk_len"], s["target_len"], s["layers_warmup"],
-                                            s["prefix_len"], s["suffix_len"], bias)
+            kv, pos, logits, per = homer_prefill(lm.model, ids, s["max_chunk_len"], s["target_len"],
+                                                 s["layers_warmup"], s["prefix_len"], s["suffix_len"], bias)
             lm.telemetry[PROMPTS] += 1
+            lm.telemetry["hcm.prompts_with_unpruned_levels"] += per == 0 and len(ids) > s["max_chunk_len"]
+            lm.telemetry["hcm.kept_tokens"] += len(pos)
             lm.telemetry[PRUNED] += len(ids) - len(pos)
             from transformers import DynamicCache
             cache = DynamicCache()
