@@ -72,7 +72,8 @@ def train(lm, ctx, cfg: FinetuneFields, trainable: dict[str, torch.Tensor], patc
     torch.manual_seed(ctx.seed)
     if str(device).startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    old_det, old_fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=str(device) != "cpu")
     torch.utils.deterministic.fill_uninitialized_memory = False    # NaN-filling costs ~40 % of a step (zoo notes)
     frozen = {p: p.requires_grad for p in model.parameters()}
@@ -82,7 +83,7 @@ def train(lm, ctx, cfg: FinetuneFields, trainable: dict[str, torch.Tensor], patc
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     maker, recipe = RowMaker(lm.tokenizer, FIT_TEXT_SEED + ctx.seed), Recipe()
-    history, t0 = [], time.perf_counter()
+    history, recent, t0 = [], [], time.perf_counter()
     model.train()
     try:
         with contextlib.ExitStack() as stack:
@@ -99,9 +100,11 @@ def train(lm, ctx, cfg: FinetuneFields, trainable: dict[str, torch.Tensor], patc
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
-                if step % 10 == 0 or step == cfg.steps - 1:
-                    entry = {"step": step, "loss": round(loss.item(), 4),
+                recent.append(loss.item())
+                if step % 10 == 0 or step == cfg.steps - 1:   # mean over the steps since the last entry
+                    entry = {"step": step, "loss": round(sum(recent) / len(recent), 4),
                              "elapsed_s": round(time.perf_counter() - t0, 1)}
+                    recent = []
                     history.append(entry)
                     log(f"fine-tune step {step + 1}/{cfg.steps}: loss {entry['loss']:.4f} "
                         f"({entry['elapsed_s']:.0f} s)")
@@ -203,7 +206,7 @@ class FinetunedRope(FinetuneFields):
         seconds = history[-1]["elapsed_s"] if history else 0.0
         return ({"scale": s, "fit_length": self.fit_length, "loss_first": history[0]["loss"],
                  "loss_last": history[-1]["loss"], "loss_history": history,
-                 "seconds_per_step": round(seconds / max(1, self.steps - 1), 3),
+                 "seconds_per_step": round(seconds / self.steps, 3),
                  "trained_tensors": len(trained)}, writer(trained))
 
     def use_artifact(self, payload, folder) -> None:
