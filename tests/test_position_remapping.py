@@ -9,6 +9,7 @@ import torch
 from harness.interfaces import MethodContext
 from harness.methods.rope._attention import AttentionInputs
 from harness.methods.rope.dca import DCA
+from harness.methods.rope.longheads import LongHeads
 from harness.methods.rope.selfextend import SelfExtend
 
 
@@ -106,7 +107,8 @@ def test_group_size_one_is_the_plain_model(tiny_lm):
 
 
 @pytest.mark.parametrize("padding", [False, True])
-@pytest.mark.parametrize("method", [SelfExtend(group_size=3, window_size=10), DCA(chunk_size=24, local_window=4)])
+@pytest.mark.parametrize("method", [SelfExtend(group_size=3, window_size=10), DCA(chunk_size=24, local_window=4),
+                                    LongHeads(chunk_size=4, atten_length=20)])   # 5 chunks of 4; prompts ~50
 def test_generation_with_cache_equals_full_recomputation(tiny_lm, padding, method):
     prompts = [tiny_lm.encode(" The cost saim tulskited over the wal. Hina tulskited a dool.") * 3]
     if padding:

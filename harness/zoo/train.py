@@ -213,6 +213,17 @@ def lr_at(recipe: Recipe, step: int) -> float:
     return recipe.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def weighted_loss(model, ids, amask, lm_weight: float):
+    """Next-token cross-entropy, answer tokens at weight 1 and the rest at lm_weight.
+    Returns (loss, per-token ce, answer mask of the targets)."""
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    target, tmask = ids[:, 1:], amask[:, 1:].float()
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                           reduction="none").view_as(tmask)
+    w = tmask + lm_weight * (1 - tmask)
+    return (ce * w).sum() / w.sum(), ce, tmask
+
+
 def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str = "cpu",
           progress=None, model=None):
     """Train (or continue training) a model; returns (model, loss log)."""
@@ -283,12 +294,7 @@ def _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress) ->
         ids, amask = ids.to(device), amask.to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(recipe, step)
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        target, tmask = ids[:, 1:], amask[:, 1:].float()
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                               reduction="none").view_as(tmask)
-        w = tmask + recipe.lm_weight * (1 - tmask)
-        loss = (ce * w).sum() / w.sum()
+        loss, ce, tmask = weighted_loss(model, ids, amask, recipe.lm_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -38,6 +38,7 @@ class AttentionInputs:
     allowed: torch.Tensor      # [b, 1, Lq, Lk] bool: causal and padding mask
     scaling: float
     rope: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]   # positions [b, L] -> cos, sin
+    layer: int = 0             # the attention layer's index (methods that keep per-layer state)
 
 
 def softmax_attend(logits: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -188,7 +189,7 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
             inputs = AttentionInputs(
                 q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), q_pos, k_pos,
                 _allowed(attention_mask, b, lq, lk, past, hidden_states.device), m.scaling,
-                lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)))
+                lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)), m.layer_idx)
             out = attend(inputs).transpose(1, 2).reshape(b, lq, -1)
             return m.o_proj(out), None
         return forward

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.errors import UserError
+from harness.interfaces import LMMethod
+from harness.registry import register
+from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
+from harness.methods.rope._common import rope_shape
+
+GATHER_BUDGET = 1 << 24   # elements of gathered keys per query block (bounds memory at any length)
+SELECTED = "longheads.selective_queries"   # telemetry: queries that attended through chunk selection
+
+
+@register
+@dataclass
+class LongHeads(AttentionMethod, LMMethod):
+    """LongHeads — Lu et al. 2024, "LongHeads: Multi-Head Attention is Secretly a Long Context
+    Processor" (arXiv:2402.10685); rule from LuLuLuyi/LongHeads `modeling_longheads/modeling_llama.py`.
+
+    The context is cut into chunks of w tokens. A query within the first L tokens (L = the trained
+    window, `atten_length`) attends normally. Beyond it, every head picks k = L/w chunks for every
+    query on its own: the first chunk, the previous chunk and the query's own chunk always, plus the
+    k − 3 other past chunks whose representation scores highest against the head's (un-rotated)
+    query. The picked chunks are laid side by side in their original order and rotated at positions
+    0 … k·w − 1, the query at (k − 1)·w + (p mod w), so no distance exceeds L − 1.
+    A chunk's representation: its tokens attend to each other without a causal mask at positions
+    p mod w; the mean of those outputs is a query that attends over the chunk's keys, and the
+    keys weighted by that softmax are the representation (official code).
+
+    The official prefill omits the query's own key (its selected keys stop one short), while its
+    decoding step includes it; here every query includes itself, the one rule for prefill and
+    decoding, so generation with the KV cache equals full recomputation. Raw queries and keys are
+    cached (the representation of a chunk completed during decoding needs its queries), chunk
+    representations are cached per layer as chunks complete.
+
+    chunk_size: w; None = L/16 (256 for a 4k Llama-2, the official `window_size`).
+    atten_length: L; None = the model's original context (4096 for Llama-2, as officially).
+    """
+    name = "longheads"
+    family = "rope"
+    paper = "LongHeads: Multi-Head Attention is Secretly a Long Context Processor (arXiv:2402.10685)"
+    patches = frozenset({"attention", "kv_cache"})
+    chunk_size: int | None = field(default=None, metadata={"help": "w; None = 1/16 of the original context"})
+    atten_length: int | None = field(default=None, metadata={"help": "attention window L; None = the original context"})
+
+    def __post_init__(self):
+        self._queries: dict[int, torch.Tensor] = {}             # layer -> raw queries [b, h, Lk, d]
+        self._reps: dict[tuple[int, int], torch.Tensor] = {}    # (layer, row) -> [h, chunks, d]
+        self._counter = None
+
+    def sizes(self, lm) -> tuple[int, int]:
+        try:
+            original = rope_shape(lm.model.config).original_max
+        except ValueError as e:
+            raise UserError(f"method longheads: {e}") from None
+        L = self.atten_length or original
+        w = self.chunk_size or max(1, L // 16)
+        if L % w or L // w < 3:
+            raise UserError(f"longheads: atten_length {L} must be a multiple of chunk_size {w} with at least "
+                            f"3 chunks (first, previous, current)")
+        return w, L // w
+
+    def resolved(self, lm, ctx) -> dict:
+        w, k = self.sizes(lm)
+        return {"chunk_size": w, "chunks_per_head": k, "atten_length": w * k}
+
+    def apply(self, lm, ctx):
+        w, k = self.sizes(lm)
+        self._queries.clear()
+        self._reps.clear()
+        self._counter = lm.telemetry
+        return attention_override(lm.model, lambda a: self.attend(a, w, k), counter=lm.telemetry)
+
+    def check_effect(self, lm, ctx, result) -> str | None:
+        reason = super().check_effect(lm, ctx, result)
+        w, k = self.sizes(lm)
+        if reason is None and (ctx.target_length or 0) > w * k and not lm.telemetry[SELECTED]:
+            return f"no query went beyond the {w * k}-token window, so no chunk was ever selected"
+        return reason
+
+    # -- the rule ------------------------------------------------------------------------------
+    def attend(self, a: AttentionInputs, w: int, k: int) -> torch.Tensor:
+        fresh = a.q.shape[2] == a.k.shape[2]
+        if fresh:
+            self._queries[a.layer] = a.q
+            for key in [key for key in self._reps if key[0] == a.layer]:
+                del self._reps[key]
+        else:
+            self._queries[a.layer] = torch.cat([self._queries[a.layer], a.q], dim=2)
+        queries = self._queries[a.layer]
+        out = torch.zeros_like(a.q)
+        for b in range(a.q.shape[0]):
+            valid = a.allowed[b, 0, -1]                  # the row's real (non-padding) keys
+            if not valid.any():
+                continue
+            base = a.k_pos[b][valid][0]
+            t_q = a.q_pos[b] - base                      # positions relative to the row's first token
+            live = valid[a.k.shape[2] - a.q.shape[2]:]  # the queries' own tokens; padding ones stay zero
+            out[b][:, live] = self._row(a, b, valid, queries[b][:, valid], t_q[live], a.q[b][:, live], w, k)
+        return out
+
+    def _row(self, a, b, valid, q_all, t, q, w, k):
+        K, V = a.k[b][:, valid], a.v[b][:, valid]         # [h, n, d], positions 0 .. n-1
+        n, L = K.shape[1], w * k
+        out = torch.empty_like(q)
+        near = t < L
+        if near.any():                                   # inside the trained window: plain attention
+            tn = t[near]
+            m = int(tn.max()) + 1                        # these queries see only the first m keys
+            kr = rotate(K[None, :, :m], *a.rope(torch.arange(m, device=K.device)[None]))
+            qr = rotate(q[:, near][None], *a.rope(tn[None]))
+            allowed = (torch.arange(m, device=K.device)[None, :] <= tn[:, None])[None, None]
+            out[:, near] = softmax_attend(qr @ kr.transpose(2, 3) * a.scaling, allowed, V[None, :, :m])[0]
+        far = ~near
+        if far.any():
+            if self._counter is not None and a.layer == 0:
+                self._counter[SELECTED] += int(far.sum())
+            reps = self._chunk_reps(a, b, q_all, K, V, w)
+            out[:, far] = self._selective(a, q[:, far], t[far], K, V, reps, w, k)
+        return out
+
+    def _chunk_reps(self, a, b, q_all, K, V, w) -> torch.Tensor:
+        """Representations of every complete chunk [h, chunks, d], computed once per chunk."""
+        h, n, d = K.shape
+        done = self._reps.get((a.layer, b))
+        have = 0 if done is None else done.shape[1]
+        total = n // w
+        if total > have:
+            sl = slice(have * w, total * w)
+            local = torch.arange(w, device=K.device).repeat(total - have)[None]
+            cos, sin = a.rope(local)
+            qc = rotate(q_all[:, sl][None], cos, sin)[0].view(h, -1, w, d)
+            kc = rotate(K[:, sl][None], cos, sin)[0].view(h, -1, w, d)
+            vc = V[:, sl].view(h, -1, w, d)
+            inner = torch.softmax((qc @ kc.transpose(-1, -2)).float() * d ** -0.5, -1).to(vc.dtype) @ vc
+            summary = inner.mean(-2, keepdim=True)                       # [h, g, 1, d]
+            weights = torch.softmax((summary @ kc.transpose(-1, -2)).float() * d ** -0.5, -1).to(kc.dtype)
+            new = (weights @ kc)[:, :, 0]
+            done = new if done is None else torch.cat([done, new], dim=1)
+            self._reps[(a.layer, b)] = done
+        return done
+
+    @staticmethod
+    def _selective(a, q, t, K, V, reps, w, k):
+        h, n, d = K.shape
+        chunks = -(-n // w)
+        pad = chunks * w - n
+        Kc = torch.nn.functional.pad(K, (0, 0, 0, pad)).view(h, chunks, w, d)
+        Vc = torch.nn.functional.pad(V, (0, 0, 0, pad)).view(h, chunks, w, d)
+        span = torch.arange(k * w, device=K.device)
+        cos_k, sin_k = a.rope(span[None])
+        heads = torch.arange(h, device=K.device)[:, None, None]
+        block = max(1, GATHER_BUDGET // (h * k * w * d))
+        outs = []
+        for s in range(0, q.shape[1], block):
+            qb, tb = q[:, s:s + block], t[s:s + block]
+            cur = tb // w
+            g = torch.arange(reps.shape[1], device=K.device)
+            score = torch.einsum("hqd,hgd->hqg", qb, reps)
+            candidate = (g[None, :] >= 1) & (g[None, :] <= cur[:, None] - 2)
+            score = score.masked_fill(~candidate[None], float("-inf"))
+            top = score.topk(k - 3, dim=-1).indices
+            fixed = torch.stack([torch.zeros_like(cur), cur - 1, cur], -1)[None].expand(h, -1, -1)
+            picked = torch.cat([fixed[..., :1], top, fixed[..., 1:]], -1).sort(-1).values   # [h, q, k]
+            keys = rotate(Kc[heads, picked].flatten(2, 3), cos_k, sin_k)                    # [h, q, k*w, d]
+            vals = Vc[heads, picked].flatten(2, 3)
+            q_at = (k - 1) * w + tb % w
+            qr = rotate(qb[None], *a.rope(q_at[None]))[0]
+            logits = torch.einsum("hqd,hqsd->hqs", qr, keys) * a.scaling
+            allowed = span[None, None, :] <= q_at[None, :, None]
+            probs = torch.softmax(logits.float().masked_fill(~allowed, float("-inf")), -1).to(vals.dtype)
+            outs.append(torch.einsum("hqs,hqsd->hqd", probs, vals))
+        return torch.cat(outs, dim=1)

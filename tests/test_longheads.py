@@ -1,0 +1,94 @@
+"""LongHeads against a slow per-head, per-query loop applying the paper's rule (chunk
+representations, top-k chunk choice with the first / previous / current chunk kept, positions
+re-laid inside the window), step by step under the KV cache, and on the tiny model. Generation
+with the KV cache against full recomputation: tests/test_position_remapping.py."""
+import math
+
+import pytest
+import torch
+
+from harness.interfaces import MethodContext
+from harness.methods.rope._attention import AttentionInputs
+from harness.methods.rope.longheads import LongHeads
+from tests.test_position_remapping import rope_at, rot1
+
+
+def slow_longheads(q, k, v, w, n_chunks, scaling):
+    """q, k, v: [h, N, d] float64, positions 0..N-1; a plain loop over heads and queries."""
+    h, N, d = q.shape
+    L = w * n_chunks
+    out = torch.zeros_like(v)
+    for head in range(h):
+        reps = {}
+        for g in range(N // w):
+            toks = range(g * w, g * w + w)
+            ql = [rot1(q[head, m], m % w) for m in toks]
+            kl = [rot1(k[head, m], m % w) for m in toks]
+            outs = []
+            for qm in ql:
+                a = torch.softmax(torch.stack([qm @ kj for kj in kl]) / math.sqrt(d), 0)
+                outs.append(sum(a[j] * v[head, g * w + j] for j in range(w)))
+            summary = sum(outs) / w
+            a = torch.softmax(torch.stack([summary @ kj for kj in kl]) / math.sqrt(d), 0)
+            reps[g] = sum(a[j] * kl[j] for j in range(w))
+        for i in range(N):
+            if i < L:
+                pairs = [(i, j, j) for j in range(i + 1)]
+            else:
+                cur = i // w
+                others = sorted(range(1, cur - 1), key=lambda g: float(q[head, i] @ reps[g]), reverse=True)
+                chosen = sorted({0, cur - 1, cur, *others[:n_chunks - 3]})
+                pairs = [((n_chunks - 1) * w + i % w, c * w + o, slot * w + o)
+                         for slot, c in enumerate(chosen) for o in range(w) if c * w + o <= i]
+                pairs = [(qp, j, kp) for qp, j, kp in pairs]
+            qpos = i if i < L else (n_chunks - 1) * w + i % w
+            logits = torch.stack([rot1(q[head, i], qpos) @ rot1(k[head, j], kp) for _, j, kp in pairs])
+            p = torch.softmax(logits * scaling, 0)
+            out[head, i] = sum(p[n] * v[head, j] for n, (_, j, _) in enumerate(pairs))
+    return out
+
+
+def inputs(q, k, v, q_pos, k_pos):
+    d = q.shape[-1]
+
+    def rope(p):
+        cs = [rope_at(float(x), d) for x in p[0]]
+        return torch.stack([c for c, _ in cs])[None], torch.stack([s for _, s in cs])[None]
+    allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]
+    return AttentionInputs(q[None], k[None], v[None], q_pos[None], k_pos[None], allowed, 1 / math.sqrt(d), rope)
+
+
+@pytest.mark.parametrize("w,n_chunks", [(4, 4), (3, 5)])
+def test_attend_equals_slow_loop_and_decoding_steps(w, n_chunks):
+    torch.manual_seed(0)
+    h, N, d = 2, 47, 8
+    q, k, v = (torch.randn(h, N, d, dtype=torch.float64) for _ in range(3))
+    expected = slow_longheads(q, k, v, w, n_chunks, 1 / math.sqrt(d))
+    method = LongHeads()
+    pos = torch.arange(N)
+    full = method.attend(inputs(q, k, v, pos, pos), w, n_chunks)[0]
+    torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-6)   # softmax runs in float32
+    start = 20                                                           # prefill, then one token a step
+    got = [method.attend(inputs(q[:, :start], k[:, :start], v[:, :start], pos[:start], pos[:start]), w, n_chunks)[0]]
+    for i in range(start, N):
+        got.append(method.attend(inputs(q[:, i:i + 1], k[:, :i + 1], v[:, :i + 1], pos[i:i + 1], pos[:i + 1]),
+                                 w, n_chunks)[0])
+    torch.testing.assert_close(torch.cat(got, dim=1), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_within_the_window_is_the_plain_model(tiny_lm):
+    ids = torch.randint(30, 2000, (2, 60))
+    with torch.no_grad():
+        plain = tiny_lm.model(input_ids=ids).logits
+        with LongHeads(chunk_size=8).apply(tiny_lm, MethodContext()):       # window 128 > 60
+            same = tiny_lm.model(input_ids=ids).logits
+        with LongHeads(chunk_size=4, atten_length=16).apply(tiny_lm, MethodContext()):
+            other = tiny_lm.model(input_ids=ids).logits
+    torch.testing.assert_close(same, plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(other[:, :16], plain[:, :16], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(other[:, 20:], plain[:, 20:], atol=1e-3)
+
+
+def test_defaults_follow_the_official_ratio(tiny_lm):
+    assert LongHeads().resolved(tiny_lm, MethodContext()) == {"chunk_size": 8, "chunks_per_head": 16,
+                                                              "atten_length": 128}
