@@ -19,7 +19,7 @@ import time
 
 import torch
 
-METHODS = ["baseline", "pi", "ntk", "dynamic_ntk", "yarn", "llama3", "selfextend", "dca"]
+METHODS = ["baseline", "pi", "ntk", "dynamic_ntk", "yarn", "llama3", "selfextend", "dca", "longheads"]
 
 
 def _sync(device: str) -> None:
