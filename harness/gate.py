@@ -88,6 +88,14 @@ def bootstrap_p(a: list[float], b: list[float], resamples: int = 10000, seed: in
     return float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
 
 
+def paired_test(a: list[float], b: list[float]) -> tuple[str, float]:
+    """(test name, two-sided p) for paired per-sample values: exact McNemar when every value is
+    0/1, a paired bootstrap of the mean difference otherwise."""
+    if set(a) | set(b) <= {0, 1}:
+        return "McNemar (exact)", mcnemar_p(a, b)
+    return "paired bootstrap", bootstrap_p(a, b)
+
+
 def _paired(base_path: Path, cur_path: Path, field_name: str):
     try:
         a = {s["id"]: s.get(field_name) for s in records.read_samples(base_path)}
@@ -115,8 +123,7 @@ def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], di
             pairs = _paired(bp, cp, bm["sample_field"]) if bm.get("sample_field") else None
             if pairs:
                 ids, a, b = pairs
-                binary = set(a) | set(b) <= {0, 1}
-                p = mcnemar_p(a, b) if binary else bootstrap_p(a, b)
+                p = paired_test(a, b)[1]
                 changed = [(i, x, y) for i, x, y in zip(ids, a, b) if x != y]
             regressed = worse > tolerance + 1e-12 and (p is None or p < rules["alpha"])
             findings.append(Finding(str(cp), crec["task"]["name"], crec["method"]["name"], name, bv, cv,

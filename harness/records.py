@@ -75,6 +75,11 @@ def read(path: Path) -> dict:
         rec = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable JSON record ({e})") from None
+    return validate(rec, path)
+
+
+def validate(rec, path) -> dict:
+    """The record itself when it has this schema version's required fields, else ValueError."""
     if not isinstance(rec, dict):
         raise ValueError(f"{path}: not a JSON object")
     missing = [k for k in REQUIRED if k not in rec]
