@@ -78,9 +78,10 @@ def board_block(board) -> None:
         st.caption(md(tables.ZOO_NOTE))
     if not board.table["calibrated"].all():
         st.caption(md("uncalibrated: some scorers ran with random-init or proxy weights (calibrated = false)"))
-    st.dataframe(board.table, hide_index=True, column_config={
-        "value": st.column_config.NumberColumn(board.metric, format="%.4f"),
-        "stderr": st.column_config.NumberColumn("stderr", format="%.4f")})
+    # a static table (escaped text, no canvas) so the ranking is plain, searchable page text
+    shown = board.table.assign(value=board.table["value"].map(board.fmt),
+                               stderr=board.table["stderr"].map(board.fmt)).set_index("rank")
+    st.table(shown.rename(columns={"value": board.metric}))
 
 
 def view_overview(runs, schema) -> None:

@@ -133,17 +133,17 @@ def kv_pareto(runs: list[Run], schema: Schema):
         return None, ("no kept_fraction with a quality field (needle_accuracy, ppl_ratio, kl_vs_dense) "
                       "in details tables or metrics")
     df = pd.DataFrame(rows)
-    front = []
+    df["on_front"] = False
     for (method, q), g in df.groupby(["method", "quality metric"]):
-        higher = schema.metric(q).direction == "higher"
-        for kept, value in _pareto(list(zip(g["kept_fraction"], g["quality"])), higher):
-            front.append({"method": method, "quality metric": q, "kept_fraction": kept, "quality": value})
-    base = alt.Chart(df).mark_point(filled=True, size=60).encode(
+        front = set(_pareto(list(zip(g["kept_fraction"], g["quality"])), schema.metric(q).direction == "higher"))
+        df.loc[g.index, "on_front"] = [(k, v) in front for k, v in zip(g["kept_fraction"], g["quality"])]
+    base = alt.Chart()
+    points = base.mark_point(filled=True, size=60).encode(
         x=alt.X("kept_fraction:Q", title="kept fraction of the KV cache"), y=alt.Y("quality:Q"),
         color="method:N", tooltip=["method", "quality metric", "budget", "kept_fraction", "quality"])
-    line = alt.Chart(pd.DataFrame(front)).mark_line().encode(
+    line = base.transform_filter("datum.on_front").mark_line().encode(   # each method's Pareto front
         x="kept_fraction:Q", y="quality:Q", color="method:N", order="kept_fraction:Q")
-    chart = alt.layer(base, line).properties(width=300, height=220).facet(
+    chart = alt.layer(points, line, data=df).properties(width=300, height=220).facet(
         facet=alt.Facet("quality metric:N", title=None), columns=2)
     return chart, None
 
@@ -185,6 +185,8 @@ def _vbench_scores(run: Run) -> dict[str, float]:
         return {k: v for k, v in scores.items() if v is not None}
     if run.task.startswith("vbench_") and run.main_value is not None:
         return {run.task.removeprefix("vbench_"): run.main_value}
+    if run.task != "vbench":
+        return {}
     return {k: v for k, m in rec["metrics"].items()
             if k not in ("total", "quality", "semantic") and (v := _num(m.get("value"))) is not None}
 

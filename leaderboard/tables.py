@@ -58,6 +58,10 @@ class Board:
     metric_display: str
     direction: str
     table: pd.DataFrame
+    info: object = None          # the metric's schema entry (formats values)
+
+    def fmt(self, value) -> str:
+        return self.info.fmt(value) if self.info is not None and value == value else ""
 
 
 def overview(runs: list[Run], schema: Schema) -> list[Board]:
@@ -70,7 +74,7 @@ def overview(runs: list[Run], schema: Schema) -> list[Board]:
         info = schema.metric(main, rs[0].metric(main))
         boards.append(Board(bench, rs[0].task, model, rs[0].zoo, rs[0].model_label, main,
                             info.display + (f" ({info.unit})" if info.unit else ""), info.direction,
-                            ranked(rs)))
+                            ranked(rs), info))
     return boards
 
 
