@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import sys
 import time
 import traceback
@@ -184,8 +185,13 @@ def run_cell(spec: Spec) -> dict:
 def _reason(e: BaseException) -> str:
     if isinstance(e, (UserError, NoEffect)):
         return str(e)
-    tb = traceback.extract_tb(e.__traceback__)
-    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    remote = str(e.__cause__ or "")           # a pool worker's traceback travels as text
+    frames = re.findall(r'File "([^"]+)", line (\d+)', remote)
+    if frames:
+        where = f" at {Path(frames[-1][0]).name}:{frames[-1][1]}"
+    else:
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
     return f"{e.__class__.__name__}: {e}{where}"
 
 
@@ -223,7 +229,9 @@ def visible_devices() -> list[str]:
         return []
 
 
-def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str], log) -> None:
+def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str], log, fn=None) -> None:
+    """Run specs on a spawned process pool; `fn` (default: the cell function) must be importable."""
+    fn = fn or _local_cell
     import multiprocessing as mp
     ctx = mp.get_context("spawn")            # no forked torch / CUDA state in the workers
     todo = list(specs)
@@ -233,7 +241,7 @@ def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str],
             queue.put(devices[i % len(devices)] if devices else None)
         broken = False
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
-            running = {pool.submit(_local_cell, s): s for s in todo}
+            running = {pool.submit(fn, s): s for s in todo}
             todo = []
             while running:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -254,7 +262,7 @@ def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str],
                             if broken:
                                 todo.append(spec)
                             else:
-                                running[pool.submit(_local_cell, spec)] = spec
+                                running[pool.submit(fn, spec)] = spec
                         continue
                     spec.reasons.append(res["status"])
                     dev = f" on device {res['device']}" if res.get("device") is not None else ""
@@ -265,7 +273,9 @@ def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str],
 
 # -- slurm: the same cell function as submitit job arrays ---------------------------------------
 def run_slurm(specs: list[Spec], retries: int, folder: Path, cluster: str | None, max_parallel: int,
-              slurm: dict, log) -> None:
+              slurm: dict, log, fn=None) -> None:
+    """Submit specs as job arrays (at most max_parallel running); `fn` defaults to the cell function."""
+    fn = fn or run_cell
     try:
         import submitit
     except ImportError:
@@ -286,7 +296,7 @@ def run_slurm(specs: list[Spec], retries: int, folder: Path, cluster: str | None
     executor.update_parameters(**params)
     todo = list(specs)
     while todo:
-        jobs = executor.map_array(run_cell, todo)
+        jobs = executor.map_array(fn, todo)
         log(f"submitted {len(jobs)} job(s) as an array (at most {max_parallel} at once): "
             f"{jobs[0].job_id.split('_')[0] if jobs else ''}")
         again = []
@@ -305,9 +315,10 @@ def run_slurm(specs: list[Spec], retries: int, folder: Path, cluster: str | None
 
 
 def _slurm_reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    tail = [line for line in text if line.strip()][-1:] or [e.__class__.__name__]
-    return f"{e.__class__.__name__}: {tail[0][:300]}"
+    """The job's own exception line from submitit's error (its text holds the job's traceback)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line)]
+    return f"{e.__class__.__name__}: {(raised or lines or [''])[-1][:300]}"
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -373,7 +384,8 @@ def sweep(grid_path, executor: str = "local", workers: int = 1, retries: int = 1
     return summary
 
 
-def print_summary(summary: dict, file=sys.stdout) -> None:
+def print_summary(summary: dict, file=None) -> None:
+    file = file or sys.stdout
     print(f"sweep: {summary['cells']} cells: {summary['done']} done, {summary['skipped']} skipped "
           f"(finished before), {summary['failed']} failed", file=file)
     for f in summary["failures"]:

@@ -117,7 +117,9 @@ def _candidates(root: Path):
     for dirpath, dirnames, filenames in os.walk(root):         # os.walk never descends into links
         base = Path(dirpath)
         for d in list(dirnames):
-            if (base / d).is_symlink():
+            if d == ".sweep":                                  # harness sweep's own logs (Slurm jobs)
+                dirnames.remove(d)
+            elif (base / d).is_symlink():
                 dirnames.remove(d)
                 yield base / d, str((base / d).relative_to(root)), "symlink: not followed"
         for name in filenames:
