@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,13 +59,26 @@ def collect(folder: str) -> dict[str, tuple[Path, dict]]:
     if not root.is_dir():
         raise UserError(f"gate: {folder} is not a folder")
     found = {}
-    for p in sorted(root.rglob("*.json")):
+    for p in _record_files(root):
         try:
-            rec = records.read(p)
-        except ValueError as e:
-            raise UserError(f"gate: {e}") from None
+            rec = records.read_untrusted(p)
+        except records.BadRecord as e:
+            raise UserError(f"gate: {p}: {e}") from None
         found[rec["run_id"]] = (p, rec)
     return found
+
+
+def _record_files(root: Path) -> list[Path]:
+    """*.json under root, never through a symlinked folder (refused: it may point anywhere)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                raise UserError(f"gate: {os.path.join(dirpath, d)}: symlink: not followed")
+            if d == ".sweep":                             # harness sweep's own job logs
+                dirnames.remove(d)
+        found += [Path(dirpath) / f for f in filenames if f.endswith(".json")]
+    return sorted(found)
 
 
 def mcnemar_p(a: list[float], b: list[float]) -> float:

@@ -90,6 +90,50 @@ def validate(rec, path) -> dict:
     return rec
 
 
+MAX_RECORD_BYTES = 16 * 2**20      # a record is kilobytes; per-sample rows live in the sidecar
+
+
+class BadRecord(ValueError):
+    """A file that is not a valid record; `kind` names why (symlink, too large, binary, ...)."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+def read_untrusted(path: Path, name: str | None = None) -> dict:
+    """A record from a folder others may write to: symlinks are refused (never followed), a file
+    over MAX_RECORD_BYTES is refused unread, then it is decoded, parsed and validated. Raises
+    BadRecord naming the problem; `name` is how the file is named in messages."""
+    path, name = Path(path), name or str(path)
+    try:
+        st = path.lstat()
+    except OSError as e:
+        raise BadRecord("unreadable", e.strerror or str(e)) from None
+    if path.is_symlink():
+        raise BadRecord("symlink", "not followed")
+    if st.st_size > MAX_RECORD_BYTES:
+        raise BadRecord("too large", f"{st.st_size} bytes (limit {MAX_RECORD_BYTES})")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECORD_BYTES + 1)
+    except OSError as e:
+        raise BadRecord("unreadable", e.strerror or str(e)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRecord("binary", "not UTF-8 text") from None
+    try:
+        rec = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise BadRecord("not JSON", f"{e.__class__.__name__} (truncated or malformed)") from None
+    try:
+        return validate(rec, name)
+    except ValueError as e:
+        reason = str(e).removeprefix(f"{name}: ")
+        raise BadRecord("schema version" if "schema_version" in reason else "not a record", reason) from None
+
+
 def read_samples(path: Path) -> list[dict]:
     with open(samples_path(path), encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

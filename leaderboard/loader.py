@@ -16,7 +16,7 @@ from pathlib import Path
 from harness import records
 from harness.leaderboard.schema import Schema
 
-MAX_RECORD_BYTES = 16 * 2**20      # a record is kilobytes; per-sample rows live in the sidecar
+MAX_RECORD_BYTES = records.MAX_RECORD_BYTES
 MAX_SAMPLES_BYTES = 256 * 2**20
 SIDECAR = ".samples.jsonl"
 
@@ -82,32 +82,9 @@ def _shape_error(rec: dict) -> str | None:
 def parse_file(path: Path, rel: str) -> tuple[dict | None, str | None]:
     """(record, None) or (None, reason) for one candidate file; reads at most MAX_RECORD_BYTES."""
     try:
-        st = path.lstat()
-    except OSError as e:
-        return None, f"unreadable: {e.strerror}"
-    if path.is_symlink():
-        return None, "symlink: not followed"
-    if st.st_size > MAX_RECORD_BYTES:
-        return None, f"too large: {st.st_size} bytes (limit {MAX_RECORD_BYTES})"
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_RECORD_BYTES + 1)
-    except OSError as e:
-        return None, f"unreadable: {e.strerror}"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "binary: not UTF-8 text"
-    try:
-        rec = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        return None, f"not JSON: {e.__class__.__name__} (truncated or malformed)"
-    try:
-        records.validate(rec, rel)
-    except ValueError as e:
-        reason = str(e).removeprefix(f"{rel}: ")
-        kind = "schema version" if "schema_version" in reason else "not a record"
-        return None, f"{kind}: {reason}"
+        rec = records.read_untrusted(path, rel)
+    except records.BadRecord as e:
+        return None, str(e)
     problem = _shape_error(rec)
     return (None, f"malformed record: {problem}") if problem else (rec, None)
 
