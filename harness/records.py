@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,16 +102,17 @@ class BadRecord(ValueError):
         self.kind = kind
 
 
-def read_untrusted(path: Path, name: str | None = None) -> dict:
+def read_untrusted(path, name: str | None = None, st: os.stat_result | None = None) -> dict:
     """A record from a folder others may write to: symlinks are refused (never followed), a file
     over MAX_RECORD_BYTES is refused unread, then it is decoded, parsed and validated. Raises
-    BadRecord naming the problem; `name` is how the file is named in messages."""
-    path, name = Path(path), name or str(path)
+    BadRecord naming the problem; `name` is how the file is named in messages; `st` its lstat
+    when the caller has it (a folder scan does)."""
+    name = name or str(path)
     try:
-        st = path.lstat()
+        st = st or os.lstat(path)
     except OSError as e:
         raise BadRecord("unreadable", e.strerror or str(e)) from None
-    if path.is_symlink():
+    if stat.S_ISLNK(st.st_mode):
         raise BadRecord("symlink", "not followed")
     if st.st_size > MAX_RECORD_BYTES:
         raise BadRecord("too large", f"{st.st_size} bytes (limit {MAX_RECORD_BYTES})")

@@ -79,37 +79,39 @@ def _shape_error(rec: dict) -> str | None:
     return None
 
 
-def parse_file(path: Path, rel: str) -> tuple[dict | None, str | None]:
+def parse_file(path, rel: str, st=None) -> tuple[dict | None, str | None]:
     """(record, None) or (None, reason) for one candidate file; reads at most MAX_RECORD_BYTES."""
     try:
-        rec = records.read_untrusted(path, rel)
+        rec = records.read_untrusted(path, rel, st)
     except records.BadRecord as e:
         return None, str(e)
     problem = _shape_error(rec)
     return (None, f"malformed record: {problem}") if problem else (rec, None)
 
 
-def _candidates(root: Path):
-    """(path, relative path, reason-or-None) for every entry under root, symlinked folders included."""
-    for dirpath, dirnames, filenames in os.walk(root):         # os.walk never descends into links
-        base = Path(dirpath)
-        for d in list(dirnames):
-            if d == ".sweep":                                  # harness sweep's own logs (Slurm jobs)
-                dirnames.remove(d)
-            elif (base / d).is_symlink():
-                dirnames.remove(d)
-                yield base / d, str((base / d).relative_to(root)), "symlink: not followed"
-        for name in filenames:
-            p = base / name
-            rel = str(p.relative_to(root))
-            if name.endswith(SIDECAR):
-                continue                                      # read on demand with its record
-            if name.startswith(".") and name.endswith(".tmp"):
-                yield p, rel, "temporary file: an interrupted write (ignored)"
-            elif not name.endswith(".json"):
-                yield p, rel, "foreign file: not a record"
-            else:
-                yield p, rel, None
+def _candidates(root: str, prefix: str = ""):
+    """(path, relative path, lstat, reason-or-None) for every entry under root; symlinks (files
+    or folders) are reported, never followed. os.scandir keeps this to one lstat per entry."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        yield root, prefix or ".", None, f"unreadable: {e.strerror}"
+        return
+    for entry in entries:
+        rel = prefix + entry.name
+        if entry.is_symlink():
+            yield entry.path, rel, None, "symlink: not followed"
+        elif entry.is_dir(follow_symlinks=False):
+            if entry.name != ".sweep":                      # harness sweep's own logs (Slurm jobs)
+                yield from _candidates(entry.path, rel + "/")
+        elif entry.name.endswith(SIDECAR):
+            continue                                        # read on demand with its record
+        elif entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            yield entry.path, rel, None, "temporary file: an interrupted write (ignored)"
+        elif not entry.name.endswith(".json"):
+            yield entry.path, rel, None, "foreign file: not a record"
+        else:
+            yield entry.path, rel, entry.stat(follow_symlinks=False), None
 
 
 _FAMILY_CACHE: dict[str, str] = {}
@@ -182,19 +184,23 @@ def load(root, schema: Schema | None = None) -> Results:
         res.skipped.append((str(root), "missing: not a folder"))
         return res
     good: list[tuple[str, dict]] = []
-    for path, rel, reason in _candidates(root):
+    for path, rel, st, reason in _candidates(str(root)):
         if reason is None:
-            rec, reason = parse_file(path, rel)
+            rec, reason = parse_file(path, rel, st)
             if rec is not None:
                 good.append((rel, rec))
                 continue
         res.skipped.append((rel, reason))
     labels = _bench_labels([rec for _, rec in good])
+    infos: dict = {}
     for (rel, rec), bench in zip(good, labels):
         task = rec["task"]["name"]
         main = schema.main_metric(task, rec)
         m = rec["metrics"].get(main, {}) if main else {}
-        info = schema.metric(main, m) if main else None
+        key = (main, m.get("direction"), m.get("unit"))
+        if main and key not in infos:
+            infos[key] = schema.metric(main, m)
+        info = infos.get(key) if main else None
         prov = rec["provenance"]
         model = rec["model"]
         res.runs.append(Run(
