@@ -4,7 +4,8 @@
 
 Writes needle-shaped records (per-cell grid in details, four metrics, provenance) for 20 task
 variants x 50 methods x 10 seeds into a temporary folder, then times, median of repeats:
-  - floor:    reading and json-parsing the same files with nothing else (what any reader pays)
+  - floor:    reading and parsing the same files with nothing else (what any reader pays; orjson
+              when installed, as the loader)
   - load:     harness.leaderboard.loader.load (walk, size/symlink checks, parse, validate, index)
   - tables:   the overview's tables (ranking per task variant, mean win rate per family)
   - render:   the Streamlit app's overview page end to end under AppTest (cold cache: load included)
@@ -64,7 +65,7 @@ def floor(root: Path) -> int:
     for dirpath, _, files in os.walk(root):
         for f in files:
             with open(os.path.join(dirpath, f), "rb") as fh:
-                json.loads(fh.read())
+                records._fast_loads(fh.read())        # the same parser the loader uses
             count += 1
     return count
 

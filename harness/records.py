@@ -91,6 +91,11 @@ def validate(rec, path) -> dict:
     return rec
 
 
+try:                               # orjson parses ~3x faster (the leaderboard reads 10,000s of records)
+    from orjson import loads as _fast_loads
+except ImportError:
+    _fast_loads = json.loads
+
 MAX_RECORD_BYTES = 16 * 2**20      # a record is kilobytes; per-sample rows live in the sidecar
 
 
@@ -126,9 +131,12 @@ def read_untrusted(path, name: str | None = None, st: os.stat_result | None = No
     except UnicodeDecodeError:
         raise BadRecord("binary", "not UTF-8 text") from None
     try:
-        rec = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise BadRecord("not JSON", f"{e.__class__.__name__} (truncated or malformed)") from None
+        rec = _fast_loads(data)
+    except ValueError:             # also NaN, which records may hold and orjson refuses
+        try:
+            rec = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise BadRecord("not JSON", f"{e.__class__.__name__} (truncated or malformed)") from None
     try:
         return validate(rec, name)
     except ValueError as e:
