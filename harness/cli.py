@@ -161,9 +161,8 @@ def cmd_sweep(a) -> int:
 
 # -- leaderboard --------------------------------------------------------------------------------
 def cmd_leaderboard(a) -> int:
-    import os
-    import subprocess
     import importlib.util
+    import os
 
     if importlib.util.find_spec("streamlit") is None:
         raise UserError("the leaderboard needs streamlit: pip install 'harness-eval[leaderboard]'")
@@ -179,7 +178,8 @@ def cmd_leaderboard(a) -> int:
            "--server.fileWatcherType", "none"]
     env = dict(os.environ, HARNESS_RESULTS=str(results.resolve()))
     print(f"leaderboard: http://{a.address}:{a.port} (records from {results}); Ctrl-C stops it", file=sys.stderr)
-    return subprocess.call(cmd, env=env)
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)     # become the server: signals reach it, no orphan on stop
 
 
 # -- zoo --------------------------------------------------------------------------------------

@@ -278,3 +278,9 @@ def test_app_compare_view(app_results):
     at.selectbox(key="cmp_b").set_value(ib).run()
     text = "\n".join(t.value for t in at.text)
     assert "McNemar (exact)" in text and "paired on 150 shared samples" in text and "significant at 0.05" in text
+
+
+def test_leaderboard_command_refuses_a_missing_results_folder(tmp_path, capsys):
+    from harness.cli import main
+    assert main(["leaderboard", "--results", str(tmp_path / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err

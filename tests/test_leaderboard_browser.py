@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -110,12 +111,24 @@ class CDP:
         path.write_bytes(base64.b64decode(data))
 
 
+def _stop_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def browser_app():
     chromium = _chromium()
     port = _free_port()
     app = subprocess.Popen([sys.executable, "-m", "harness.cli", "leaderboard", "--results", str(ROOT / "results"),
-                            "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
     profile = tempfile.mkdtemp(prefix="board-chromium-")
     browser = None
     try:
@@ -124,7 +137,7 @@ def browser_app():
                                     "--disable-dev-shm-usage", "--no-first-run", "--remote-debugging-port=0",
                                     "--remote-debugging-address=127.0.0.1", f"--user-data-dir={profile}",
                                     "--window-size=1400,1200", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         port_file = Path(profile) / "DevToolsActivePort"
         end = time.time() + 60
         while not (port_file.is_file() and port_file.read_text().strip()) and time.time() < end:
@@ -138,13 +151,9 @@ def browser_app():
             cdp.call("Page.enable")
             yield cdp, f"http://127.0.0.1:{port}"
     finally:
-        for proc in (browser, app):
+        for proc in (browser, app):             # each with every process it started
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                _stop_group(proc)
         shutil.rmtree(profile, ignore_errors=True)
 
 
