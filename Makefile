@@ -6,7 +6,7 @@ HARNESS = $(VENV)/bin/harness
 # admits it, so installing the project afterwards pulls no second (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install bench reference reference-long clean
+.PHONY: demo test test-slow gate install bench bench-leaderboard reference reference-long leaderboard clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,8 +23,23 @@ demo: install
 	$(HARNESS) eval --task needle_1k --method baseline --method pi --method ntk \
 	    --method dynamic_ntk --method yarn --out out/demo
 
+# `make test`: the suite without the tests marked slow; `make test-slow`: those (sweep crash safety,
+# the Slurm path); .ci/run runs both and then the regression gate.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+# CI regression gate: re-evaluate the cells of grids/ci_gate.yaml on CPU into a temporary folder
+# and compare them with the committed baseline (ci/baseline/, made by the same grid).
+gate: install
+	rm -rf out/gate
+	$(HARNESS) sweep grids/ci_gate.yaml --device cpu --out out/gate
+	$(HARNESS) gate --baseline ci/baseline --current out/gate
+
+leaderboard: install
+	$(HARNESS) leaderboard --results results
 
 # The committed reference records in results/ (zoo:tiny-llama, long-context family).
 LC_METHODS = --method baseline --method pi --method ntk --method dynamic_ntk --method yarn \
@@ -53,6 +68,9 @@ reference-long: install
 
 bench: install
 	$(PY) benchmarks/overhead.py
+
+bench-leaderboard: install
+	$(PY) benchmarks/leaderboard_load.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -162,6 +162,45 @@ def cmd_report(a) -> int:
     return 0
 
 
+# -- sweep ------------------------------------------------------------------------------------
+def cmd_sweep(a) -> int:
+    from harness import sweep
+
+    devices = [d for d in a.devices.split(",") if d.strip()] if a.devices is not None else None
+    slurm = {"partition": a.slurm_partition, "timeout_min": a.timeout_min, "cpus_per_task": a.cpus_per_task,
+             "gpus_per_node": a.gpus_per_node, "mem_gb": a.mem_gb}
+    summary = sweep.sweep(a.grid, a.executor, a.workers, a.retries, a.out, a.device, devices, a.cluster,
+                          a.max_parallel, slurm, a.threads, a.dry_run, log=lambda m: print(m, file=sys.stderr))
+    sweep.print_summary(summary)
+    if a.summary:
+        from harness.records import _atomic_write
+        _atomic_write(Path(a.summary), (json.dumps(summary, indent=1) + "\n").encode())
+    return 1 if summary["failed"] else 0
+
+
+# -- leaderboard --------------------------------------------------------------------------------
+def cmd_leaderboard(a) -> int:
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise UserError("the leaderboard needs streamlit: pip install 'harness-eval[leaderboard]'")
+    results = Path(a.results) if a.results else Path(os.environ.get("HARNESS_RESULTS", "results"))
+    if not results.is_dir():
+        raise UserError(f"--results {results}: not a folder")
+    app = Path(__file__).resolve().parent / "leaderboard" / "app.py"
+    if not app.is_file():                      # an editable install maps harness.leaderboard elsewhere
+        from harness import leaderboard
+        app = Path(leaderboard.__file__).resolve().parent / "app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(a.port),
+           "--server.address", a.address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    env = dict(os.environ, HARNESS_RESULTS=str(results.resolve()))
+    print(f"leaderboard: http://{a.address}:{a.port} (records from {results}); Ctrl-C stops it", file=sys.stderr)
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)     # become the server: signals reach it, no orphan on stop
+
+
 # -- zoo --------------------------------------------------------------------------------------
 def cmd_zoo(a) -> int:
     from harness.zoo import registry as zoo
@@ -252,6 +291,41 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--results", default=None, help="results folder (default $HARNESS_RESULTS or results/)")
     rp.add_argument("--heatmaps", default=None, metavar="PNG", help="write needle heatmaps to this file")
     rp.set_defaults(fn=cmd_report)
+
+    sw = sub.add_parser("sweep", help="run a grid of cells (methods x tasks x models x params x seeds)",
+                        description="Expand GRID.yaml into cells (see harness/sweep.py for the format) and run "
+                        "them: locally on a process pool (one device per worker via CUDA_VISIBLE_DEVICES) or "
+                        "as Slurm job arrays through submitit. Finished cells are skipped, failures retried; "
+                        "a summary of done / skipped / failed ends the run. Exit 0: nothing failed; 1: some "
+                        "cells failed; 2: a bad grid file.")
+    sw.add_argument("grid", help="grid YAML file")
+    sw.add_argument("--executor", choices=["local", "slurm"], default="local")
+    sw.add_argument("--workers", type=int, default=1, help="local: processes in the pool")
+    sw.add_argument("--retries", type=int, default=1, help="extra attempts for a failed cell")
+    sw.add_argument("--out", default=None, help="results folder (default: the grid's `out`, else $HARNESS_RESULTS)")
+    sw.add_argument("--device", default="auto", help="device inside each cell (auto, cpu, cuda)")
+    sw.add_argument("--devices", default=None, help="local: GPU ids to pin workers to, e.g. 0,1 "
+                                                   "(default: all visible GPUs)")
+    sw.add_argument("--threads", type=int, default=None, help="torch threads per cell")
+    sw.add_argument("--cluster", default="auto", choices=["auto", "slurm", "local", "debug"],
+                    help="slurm: submitit's backend (local runs the same job arrays without Slurm)")
+    sw.add_argument("--max-parallel", type=int, default=8, help="slurm: array concurrency cap")
+    sw.add_argument("--slurm-partition", default=None)
+    sw.add_argument("--timeout-min", type=int, default=60, help="slurm: time limit per job")
+    sw.add_argument("--cpus-per-task", type=int, default=None)
+    sw.add_argument("--gpus-per-node", type=int, default=None)
+    sw.add_argument("--mem-gb", type=int, default=None)
+    sw.add_argument("--dry-run", action="store_true", help="list the cells (run or skip) and stop")
+    sw.add_argument("--summary", default=None, help="also write the summary as JSON to this file")
+    sw.set_defaults(fn=cmd_sweep)
+
+    lb = sub.add_parser("leaderboard", help="serve the Streamlit leaderboard of a results folder",
+                        description="A read-only web app over the records: overview ranked by each task's "
+                        "main metric, per-task plots, run detail with samples, paired comparison of two runs.")
+    lb.add_argument("--results", default=None, help="results folder (default $HARNESS_RESULTS or results/)")
+    lb.add_argument("--port", type=int, default=8501)
+    lb.add_argument("--address", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    lb.set_defaults(fn=cmd_leaderboard)
 
     zoo = sub.add_parser("zoo", help="the embedded reference models")
     zsub = zoo.add_subparsers(dest="zoo_cmd", required=True, metavar="ZOO_COMMAND")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,13 +59,26 @@ def collect(folder: str) -> dict[str, tuple[Path, dict]]:
     if not root.is_dir():
         raise UserError(f"gate: {folder} is not a folder")
     found = {}
-    for p in sorted(root.rglob("*.json")):
+    for p in _record_files(root):
         try:
-            rec = records.read(p)
-        except ValueError as e:
-            raise UserError(f"gate: {e}") from None
+            rec = records.read_untrusted(p)
+        except records.BadRecord as e:
+            raise UserError(f"gate: {p}: {e}") from None
         found[rec["run_id"]] = (p, rec)
     return found
+
+
+def _record_files(root: Path) -> list[Path]:
+    """*.json under root, never through a symlinked folder (refused: it may point anywhere)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                raise UserError(f"gate: {os.path.join(dirpath, d)}: symlink: not followed")
+            if d == ".sweep":                             # harness sweep's own job logs
+                dirnames.remove(d)
+        found += [Path(dirpath) / f for f in filenames if f.endswith(".json")]
+    return sorted(found)
 
 
 def mcnemar_p(a: list[float], b: list[float]) -> float:
@@ -86,6 +100,14 @@ def bootstrap_p(a: list[float], b: list[float], resamples: int = 10000, seed: in
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
     return float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
+
+
+def paired_test(a: list[float], b: list[float]) -> tuple[str, float]:
+    """(test name, two-sided p) for paired per-sample values: exact McNemar when every value is
+    0/1, a paired bootstrap of the mean difference otherwise."""
+    if set(a) | set(b) <= {0, 1}:
+        return "McNemar (exact)", mcnemar_p(a, b)
+    return "paired bootstrap", bootstrap_p(a, b)
 
 
 def _paired(base_path: Path, cur_path: Path, field_name: str):
@@ -115,8 +137,7 @@ def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], di
             pairs = _paired(bp, cp, bm["sample_field"]) if bm.get("sample_field") else None
             if pairs:
                 ids, a, b = pairs
-                binary = set(a) | set(b) <= {0, 1}
-                p = mcnemar_p(a, b) if binary else bootstrap_p(a, b)
+                p = paired_test(a, b)[1]
                 changed = [(i, x, y) for i, x, y in zip(ids, a, b) if x != y]
             regressed = worse > tolerance + 1e-12 and (p is None or p < rules["alpha"])
             findings.append(Finding(str(cp), crec["task"]["name"], crec["method"]["name"], name, bv, cv,

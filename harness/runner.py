@@ -148,6 +148,15 @@ def model_label(loaded) -> str:
     return "Hugging Face checkpoint"
 
 
+def locate(cell: Cell, out: Path) -> tuple[dict, str, Path]:
+    """The cell's canonical config, run id and record path (no model is loaded)."""
+    model_id, sha = model_identity(cell.model)
+    config = cell.config(sha)
+    config["model"]["id"] = model_id
+    rid = records.run_id(config)
+    return config, rid, records.record_path(Path(out), config, rid)
+
+
 @dataclass
 class Outcome:
     cell: Cell
@@ -166,11 +175,7 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
     outcomes: list[Outcome] = []
     loaded = None
     for cell in cells:
-        model_id, sha = model_identity(cell.model)
-        config = cell.config(sha)
-        config["model"]["id"] = model_id
-        rid = records.run_id(config)
-        path = records.record_path(out, config, rid)
+        config, rid, path = locate(cell, out)
         if not overwrite and records.finished(path, rid):
             log(f"skip: {path} is finished (use --overwrite to rerun)")
             outcomes.append(Outcome(cell, path, records.read(path), skipped=True))
@@ -209,8 +214,9 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
         with contextlib.ExitStack() as stack:
             for m in cell.methods:
                 artifact = attach_artifact(m, lm, mctx, loaded.sha256 if loaded else None, cell.model)
-                components.append({"name": m.name, "kind": m.kind, "paper": m.paper, "artifact": artifact,
-                                   "params": params.to_dict(m), "resolved": m.resolved(lm, mctx)})
+                components.append({"name": m.name, "kind": m.kind, "family": m.family, "paper": m.paper,
+                                   "artifact": artifact, "params": params.to_dict(m),
+                                   "resolved": m.resolved(lm, mctx)})
                 if lm is not None:
                     stack.enter_context(m.apply(lm, mctx))
             result = cell.task.run(TaskContext(lm=lm, seed=cell.seed, limit=cell.limit, progress=progress,

@@ -1,7 +1,9 @@
 """The regression gate: tolerance in the metric's direction, paired tests, exit codes."""
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +76,49 @@ def test_bad_input_exits_2_naming_the_file(tmp_path, capsys, content):
     assert main(["gate", "--baseline", str(base), "--current", str(base)]) == 2
     assert "evil.json" in capsys.readouterr().err
     assert main(["gate", "--baseline", str(tmp_path / "nope"), "--current", str(base)]) == 2
+
+
+# -- the committed reference records (issue 6 "Done when") and hostile files (issue 9, item 3) ----
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def test_committed_results_against_themselves_pass(capsys):
+    assert main(["gate", "--baseline", str(RESULTS), "--current", str(RESULTS)]) == 0
+    n = len(list(RESULTS.rglob("*.json")))
+    assert f"gate: {n} matching cells" in capsys.readouterr().out
+
+
+def test_a_planted_regression_in_the_committed_results_fails(tmp_path, capsys):
+    cur = tmp_path / "cur"
+    shutil.copytree(RESULTS, cur)
+    path = next((cur / "needle").rglob("yarn/*.json"))
+    rec, samples = records.read(path), records.read_samples(path)
+    hit = [s for s in samples if s["score"] == 1.0][:30]
+    for s in hit:                                   # 30 correct needles now missed
+        s["score"] = 0.0
+    m = rec["metrics"]["accuracy"]
+    m["value"] = sum(s["score"] for s in samples) / len(samples)
+    records.write(path, rec, samples)
+    assert main(["gate", "--baseline", str(RESULTS), "--current", str(cur)]) == 1
+    out = capsys.readouterr().out
+    assert "1 regression" in out and "yarn" in out and f"sample {hit[0]['id']}: 1.0 -> 0.0" in out
+
+
+@pytest.mark.parametrize("make,problem", [
+    (lambda d, good: (d / "t.json").write_text(good[: len(good) // 3]), "not JSON"),
+    (lambda d, good: (d / "v.json").write_text(good.replace('"schema_version": 1', '"schema_version": 7')), "schema_version 7"),
+    (lambda d, good: (d / "b.json").write_bytes(bytes(range(256)) * 8), "binary"),
+    (lambda d, good: open(d / "h.json", "wb").truncate(records.MAX_RECORD_BYTES + 1), "too large"),
+    (lambda d, good: os.symlink("/etc/hostname", d / "s.json"), "symlink"),
+    (lambda d, good: os.symlink("/etc", d / "linked"), "symlink"),
+])
+def test_hostile_files_exit_2_naming_the_file(tmp_path, capsys, make, problem):
+    cur = tmp_path / "cur"
+    shutil.copytree(RESULTS / "passkey", cur / "passkey")
+    good = next(cur.rglob("*.json")).read_text()
+    bad_dir = cur / "passkey" / "junk"
+    bad_dir.mkdir()
+    make(bad_dir, good)
+    assert main(["gate", "--baseline", str(RESULTS), "--current", str(cur)]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and str(bad_dir) in err and "Traceback" not in err

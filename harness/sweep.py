@@ -1,0 +1,392 @@
+"""`harness sweep GRID.yaml`: expand a grid file into cells and run them on a local process pool or
+as Slurm job arrays (submitit). Both executors call the same cell function, `run_cell`, which
+resolves and evaluates one cell through the runner, so a sweep cell and an `eval` cell write the
+same record to the same path. Finished cells are skipped before anything is submitted; failures
+are retried; the run ends with a done / skipped / failed summary.
+
+Grid file (YAML):
+
+    out: results                 # results folder (--out overrides)
+    models: [zoo:tiny-llama]     # defaults for every block: models, seeds, limit, task_args, method_args
+    fit:                         # fit stages to run first, once (as `harness fit`)
+      - {method: longrope, task: needle, task_args: {context_length: [512, 1024, 2048]}}
+    runs:                        # blocks: tasks x methods x models x seeds x grid
+      - tasks: [needle]
+        methods: [baseline, yarn]
+        task_args: {context_length: [512, 1024], samples_per_depth: 5}   # as --task-arg (a list = one list value)
+        grid: {method.yarn.factor: [2, 4], task.depths: [5, 10]}         # crossed: one cell per combination
+        seeds: [0, 1]
+
+Within a block, task_args / method_args follow `harness eval`: `key` goes to every task or method
+that has it, `name.key` to one."""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import NoEffect, UserError
+
+BLOCK_KEYS = {"tasks", "methods", "models", "seeds", "limit", "task_args", "method_args", "grid"}
+TOP_KEYS = BLOCK_KEYS - {"tasks", "methods", "grid"} | {"out", "fit", "runs"}
+FIT_KEYS = {"method", "task", "model", "task_args", "method_args", "seed"}
+
+
+def _err(path, where: str, msg: str) -> UserError:
+    return UserError(f"grid {path}: {where}: {msg}")
+
+
+def _value(v) -> str:
+    """A YAML value as the CLI's K=V text: a list becomes one comma-separated list value."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return ",".join(_value(x) for x in v)
+    if v is None:
+        return "none"
+    return str(v)
+
+
+def _names(block: dict, key: str, path, where: str) -> list:
+    v = block.get(key)
+    if isinstance(v, (str, int)) and not isinstance(v, bool):
+        return [v]
+    if not isinstance(v, list) or not v:
+        raise _err(path, where, f"'{key}' must be a non-empty list")
+    if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+        raise _err(path, where, f"'{key}' must list names (strings)" if key != "seeds" else "seeds must be integers")
+    return v
+
+
+def _args(block: dict, key: str, path, where: str) -> dict[str, str]:
+    v = block.get(key) or {}
+    if not isinstance(v, dict):
+        raise _err(path, where, f"'{key}' must be a mapping of parameter: value")
+    return {str(k): _value(x) for k, x in v.items()}
+
+
+def load_grid(path) -> dict:
+    import yaml
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"grid {path}: cannot read ({e.__class__.__name__}: {e})") from None
+    try:
+        grid = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"grid {path}:{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(grid, dict):
+        raise UserError(f"grid {path}: expected a mapping with a 'runs' list")
+    unknown = set(grid) - TOP_KEYS
+    if unknown:
+        raise UserError(f"grid {path}: unknown key(s) {sorted(unknown)} (allowed: {sorted(TOP_KEYS)})")
+    if not isinstance(grid.get("runs"), list) or not grid["runs"]:
+        raise UserError(f"grid {path}: 'runs' must be a non-empty list of blocks")
+    return grid
+
+
+@dataclass
+class Spec:
+    """Everything one cell needs, as plain data (it is pickled to workers and Slurm jobs)."""
+    tasks: list
+    methods: list
+    model: str | None
+    task_args: dict
+    method_args: dict
+    seed: int
+    limit: int | None
+    index: int              # which cell of resolve(tasks, methods, ...) this is
+    out: str
+    device: str = "auto"
+    batch_size: int = 8
+    threads: int | None = None
+    label: str = ""
+    path: str = ""
+    attempts: int = 0
+    reasons: list = field(default_factory=list)
+
+
+def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8) -> list[Spec]:
+    """All cells of the grid, validated (names, kinds, parameters) before anything runs."""
+    from harness import runner
+    specs = []
+    for b, block in enumerate(grid["runs"]):
+        where = f"runs[{b}]"
+        if not isinstance(block, dict):
+            raise _err(path, where, "a block must be a mapping")
+        unknown = set(block) - BLOCK_KEYS
+        if unknown:
+            raise _err(path, where, f"unknown key(s) {sorted(unknown)} (allowed: {sorted(BLOCK_KEYS)})")
+        merged = {k: grid[k] for k in ("models", "seeds", "limit") if k in grid}
+        merged.update(block)
+        tasks = [str(t) for t in _names(merged, "tasks", path, where)]
+        methods = [str(m) for m in _names(merged, "methods", path, where)]
+        models = [str(m) for m in _names(merged, "models", path, where)] if "models" in merged else [None]
+        seeds = _names(merged, "seeds", path, where) if "seeds" in merged else [0]
+        if not all(isinstance(s, int) for s in seeds):
+            raise _err(path, where, "seeds must be integers")
+        limit = merged.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+            raise _err(path, where, f"limit must be an integer, got {limit!r}")
+        base_t = {**_args(grid, "task_args", path, "task_args"), **_args(block, "task_args", path, where)}
+        base_m = {**_args(grid, "method_args", path, "method_args"), **_args(block, "method_args", path, where)}
+        axes = block.get("grid") or {}
+        if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
+            raise _err(path, where, "'grid' must map task.KEY / method.KEY to non-empty lists of values")
+        for key in axes:
+            if not str(key).startswith(("task.", "method.")):
+                raise _err(path, where, f"grid key {key!r} must start with task. or method.")
+        for model, seed, combo in itertools.product(models, seeds, itertools.product(*axes.values())):
+            t_args, m_args = dict(base_t), dict(base_m)
+            for key, value in zip(axes, combo):
+                side, _, name = str(key).partition(".")
+                (t_args if side == "task" else m_args)[name] = _value(value)
+            try:
+                cells = runner.resolve(tasks, methods, model, t_args, m_args, seed, limit)
+            except UserError as e:
+                raise _err(path, where, str(e)) from None
+            for i, cell in enumerate(cells):
+                _, rid, rec_path = runner.locate(cell, Path(out))
+                label = f"{cell.task_label} / {cell.method_name} / {cell.model} / seed {seed}"
+                if axes:
+                    label += " / " + ", ".join(f"{k}={_value(v)}" for k, v in zip(axes, combo))
+                specs.append(Spec(tasks, methods, model, t_args, m_args, seed, limit, i, str(out), device,
+                                  batch_size, label=label, path=str(rec_path)))
+    seen, unique = set(), []
+    for s in specs:                      # the same cell named twice by two blocks runs once
+        if s.path not in seen:
+            seen.add(s.path)
+            unique.append(s)
+    return unique
+
+
+def run_cell(spec: Spec) -> dict:
+    """The one cell function both executors run: resolve, evaluate (skips a finished record)."""
+    from harness import runner
+    if spec.threads:
+        import torch
+        torch.set_num_threads(spec.threads)
+    cells = runner.resolve(spec.tasks, spec.methods, spec.model, spec.task_args, spec.method_args,
+                           spec.seed, spec.limit)
+    outcome = runner.evaluate([cells[spec.index]], device=spec.device, out=Path(spec.out),
+                              batch_size=spec.batch_size, log=lambda m: None)[0]
+    return {"status": "skipped" if outcome.skipped else "done", "path": str(outcome.path)}
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, (UserError, NoEffect)):
+        return str(e)
+    remote = str(e.__cause__ or "")           # a pool worker's traceback travels as text
+    frames = re.findall(r'File "([^"]+)", line (\d+)', remote)
+    if frames:
+        where = f" at {Path(frames[-1][0]).name}:{frames[-1][1]}"
+    else:
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    return f"{e.__class__.__name__}: {e}{where}"
+
+
+def _retryable(e: BaseException) -> bool:
+    return not isinstance(e, UserError)       # a user mistake fails the same way every time
+
+
+# -- local: a process pool, one device per worker ----------------------------------------------
+_DEVICE = None
+
+
+def _init_worker(queue) -> None:
+    """Pin this worker to one device before anything touches CUDA (HELM's MultiGPURunner way)."""
+    global _DEVICE
+    try:
+        _DEVICE = queue.get_nowait()
+    except Exception:
+        _DEVICE = None
+    if _DEVICE is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(_DEVICE)
+
+
+def _local_cell(spec: Spec) -> dict:
+    return dict(run_cell(spec), device=_DEVICE)
+
+
+def visible_devices() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d for d in env.split(",") if d.strip()]
+    try:
+        import torch
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str], log, fn=None) -> None:
+    """Run specs on a spawned process pool; `fn` (default: the cell function) must be importable."""
+    fn = fn or _local_cell
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")            # no forked torch / CUDA state in the workers
+    todo = list(specs)
+    while todo:
+        queue = ctx.Queue()
+        for i in range(workers):
+            queue.put(devices[i % len(devices)] if devices else None)
+        broken = False
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
+            running = {pool.submit(fn, s): s for s in todo}
+            todo = []
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    spec = running.pop(fut)
+                    spec.attempts += 1
+                    try:
+                        res = fut.result()
+                    except BrokenProcessPool as e:    # a worker died (OOM, kill): rebuild the pool
+                        broken = True
+                        spec.reasons.append(f"worker process died ({e})")
+                        if spec.attempts <= retries:
+                            todo.append(spec)
+                        continue
+                    except BaseException as e:
+                        spec.reasons.append(_reason(e))
+                        if spec.attempts <= retries and _retryable(e):
+                            if broken:
+                                todo.append(spec)
+                            else:
+                                running[pool.submit(fn, spec)] = spec
+                        continue
+                    spec.reasons.append(res["status"])
+                    dev = f" on device {res['device']}" if res.get("device") is not None else ""
+                    log(f"{res['status']}: {spec.label}{dev}")
+        if not broken:
+            break
+
+
+# -- slurm: the same cell function as submitit job arrays ---------------------------------------
+def run_slurm(specs: list[Spec], retries: int, folder: Path, cluster: str | None, max_parallel: int,
+              slurm: dict, log, fn=None) -> None:
+    """Submit specs as job arrays (at most max_parallel running); `fn` defaults to the cell function."""
+    fn = fn or run_cell
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--executor slurm needs submitit: pip install 'harness-eval[slurm]'") from None
+    if cluster in (None, "auto", "slurm"):
+        import shutil
+        if shutil.which("sbatch") is None:
+            raise UserError("--executor slurm: no sbatch on PATH (no Slurm here); use --cluster local to run "
+                            "the same job arrays with submitit's local executor, or --executor local")
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=None if cluster in (None, "auto") else cluster)
+    params = {"timeout_min": slurm.get("timeout_min", 60), "name": "harness-sweep",
+              "slurm_array_parallelism": max_parallel}
+    for key in ("cpus_per_task", "gpus_per_node", "mem_gb"):
+        if slurm.get(key) is not None:
+            params[key] = slurm[key]
+    if slurm.get("partition"):
+        params["slurm_partition"] = slurm["partition"]
+    executor.update_parameters(**params)
+    todo = list(specs)
+    while todo:
+        jobs = executor.map_array(fn, todo)
+        log(f"submitted {len(jobs)} job(s) as an array (at most {max_parallel} at once): "
+            f"{jobs[0].job_id.split('_')[0] if jobs else ''}")
+        again = []
+        for job, spec in zip(jobs, todo):
+            spec.attempts += 1
+            try:
+                res = job.result()
+            except Exception as e:
+                spec.reasons.append(_slurm_reason(e))
+                if spec.attempts <= retries:
+                    again.append(spec)
+                continue
+            spec.reasons.append(res["status"])
+            log(f"{res['status']}: {spec.label} (job {job.job_id})")
+        todo = again
+
+
+def _slurm_reason(e: BaseException) -> str:
+    """The job's own exception line from submitit's error (its text holds the job's traceback)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line)]
+    return f"{e.__class__.__name__}: {(raised or lines or [''])[-1][:300]}"
+
+
+# -- the command ----------------------------------------------------------------------------------
+def summarize(specs: list[Spec], skipped: list[Spec]) -> dict:
+    done = [s for s in specs if s.reasons and s.reasons[-1] in ("done", "skipped")]
+    failed = [s for s in specs if not (s.reasons and s.reasons[-1] in ("done", "skipped"))]
+    return {"cells": len(specs) + len(skipped), "done": len(done), "skipped": len(skipped),
+            "failed": len(failed),
+            "failures": [{"cell": s.label, "attempts": s.attempts, "reason": s.reasons[-1] if s.reasons else
+                          "not run", "record": s.path} for s in failed],
+            "done_records": sorted(s.path for s in done)}
+
+
+def sweep(grid_path, executor: str = "local", workers: int = 1, retries: int = 1, out: str | None = None,
+          device: str = "auto", devices: list[str] | None = None, cluster: str | None = None,
+          max_parallel: int = 8, slurm: dict | None = None, threads: int | None = None,
+          dry_run: bool = False, log=print) -> dict:
+    from harness import records, runner
+    grid = load_grid(grid_path)
+    out = out or grid.get("out") or str(records.default_out())
+    if not isinstance(out, str):
+        raise UserError(f"grid {grid_path}: 'out' must be a folder path")
+    if workers < 1 or retries < 0 or max_parallel < 1:
+        raise UserError("--workers and --max-parallel must be positive, --retries at least 0")
+    specs = expand(grid, grid_path, out, device)
+    fits = grid.get("fit") or []
+    if not isinstance(fits, list) or not all(isinstance(f, dict) and set(f) <= FIT_KEYS and "method" in f
+                                             for f in fits):
+        raise UserError(f"grid {grid_path}: 'fit' must be a list of {{method, task, model, task_args, "
+                        f"method_args, seed}} mappings")
+    finished = [records.finished(Path(s.path), Path(s.path).stem) for s in specs]
+    pending = [s for s, f in zip(specs, finished) if not f]
+    skipped = [s for s, f in zip(specs, finished) if f]
+    log(f"sweep {grid_path}: {len(specs)} cells, {len(skipped)} finished (skipped), {len(pending)} to run "
+        f"({executor}, out {out})")
+    if dry_run:
+        for s, f in zip(specs, finished):
+            log(f"{'skip' if f else 'run '}  {s.label}  -> {s.path}")
+        return summarize([], skipped) | {"cells": len(specs), "failed": 0}
+    if pending:
+        default_model = (grid.get("models") or [None])[0] if isinstance(grid.get("models"), list) else None
+        for f in fits:
+            runner.fit(f["method"], f.get("model") or default_model or "zoo:tiny-llama", f.get("task"),
+                       {k: _value(v) for k, v in (f.get("task_args") or {}).items()},
+                       {k: _value(v) for k, v in (f.get("method_args") or {}).items()},
+                       f.get("seed", 0), device, log=lambda m: None)
+    t0 = time.perf_counter()
+    if executor == "local":
+        for s in pending:
+            s.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        devs = devices if devices is not None else visible_devices()
+        if pending:
+            run_local(pending, workers, retries, devs, log)
+    elif executor == "slurm":
+        for s in pending:
+            s.threads = threads or (slurm or {}).get("cpus_per_task")
+        if pending:
+            run_slurm(pending, retries, Path(out) / ".sweep" / "slurm", cluster, max_parallel, slurm or {}, log)
+    else:
+        raise UserError(f"--executor {executor!r}: use local or slurm")
+    summary = summarize(pending, skipped)
+    summary["wall_s"] = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def print_summary(summary: dict, file=None) -> None:
+    file = file or sys.stdout
+    print(f"sweep: {summary['cells']} cells: {summary['done']} done, {summary['skipped']} skipped "
+          f"(finished before), {summary['failed']} failed", file=file)
+    for f in summary["failures"]:
+        print(f"  failed after {f['attempts']} attempt(s): {f['cell']}: {f['reason']}", file=file)

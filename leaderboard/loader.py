@@ -1,0 +1,247 @@
+"""Read a results folder into runs for the leaderboard. A pure reader: nothing is written.
+
+Every file that is not a valid record is skipped and counted with its reason — a symlink (never
+followed: a link can point anywhere on the machine), a file over the size limit (never read), a
+temporary file of an interrupted write, binary junk, truncated JSON, another schema version or a
+record whose fields have the wrong shape — so a hostile or half-written folder never breaks the app."""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import records
+from harness.leaderboard.schema import Schema
+
+MAX_RECORD_BYTES = records.MAX_RECORD_BYTES
+MAX_SAMPLES_BYTES = 256 * 2**20
+SIDECAR = ".samples.jsonl"
+
+
+@dataclass
+class Run:
+    """One valid record and the fields the views sort and filter on."""
+    path: str                       # relative to the results folder
+    record: dict
+    run_id: str
+    task: str
+    bench: str                      # task label + the params that distinguish its variants
+    method: str
+    family: str
+    model: str
+    zoo: bool
+    model_label: str
+    calibrated: bool
+    seed: object
+    main_metric: str | None
+    main_value: float | None
+    main_stderr: float | None
+    direction: str
+    started: str
+
+    def metric(self, name: str) -> dict:
+        m = self.record["metrics"].get(name)
+        return m if isinstance(m, dict) else {}
+
+
+@dataclass
+class Results:
+    root: Path
+    runs: list[Run] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (relative path, reason)
+
+    def skip_counts(self) -> Counter:
+        return Counter(reason.split(":")[0] for _, reason in self.skipped)
+
+    def by_id(self, run_id: str) -> Run | None:
+        return next((r for r in self.runs if r.run_id == run_id), None)
+
+
+def _num(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _shape_error(rec: dict) -> str | None:
+    """Checks beyond records.validate that the views rely on (names are strings, metrics dicts)."""
+    for key in ("task", "method", "model"):
+        if not isinstance(rec[key], dict) or not isinstance(rec[key].get("name" if key != "model" else "id"), str):
+            return f"field {key!r} has no name"
+    if not isinstance(rec["metrics"], dict) or not all(isinstance(v, dict) for v in rec["metrics"].values()):
+        return "metrics is not a mapping of metric objects"
+    if not isinstance(rec["run_id"], str) or not isinstance(rec["provenance"], dict):
+        return "run_id or provenance has the wrong type"
+    for key in ("details", "telemetry"):
+        if rec.get(key) is not None and not isinstance(rec[key], dict):
+            return f"{key} is not a mapping"
+    return None
+
+
+def parse_file(path, rel: str, st=None) -> tuple[dict | None, str | None]:
+    """(record, None) or (None, reason) for one candidate file; reads at most MAX_RECORD_BYTES."""
+    try:
+        rec = records.read_untrusted(path, rel, st)
+    except records.BadRecord as e:
+        return None, str(e)
+    problem = _shape_error(rec)
+    return (None, f"malformed record: {problem}") if problem else (rec, None)
+
+
+def _candidates(root: str, prefix: str = ""):
+    """(path, relative path, lstat, reason-or-None) for every entry under root; symlinks (files
+    or folders) are reported, never followed. os.scandir keeps this to one lstat per entry."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        yield root, prefix or ".", None, f"unreadable: {e.strerror}"
+        return
+    for entry in entries:
+        rel = prefix + entry.name
+        if entry.is_symlink():
+            yield entry.path, rel, None, "symlink: not followed"
+        elif entry.is_dir(follow_symlinks=False):
+            if entry.name != ".sweep":                      # harness sweep's own logs (Slurm jobs)
+                yield from _candidates(entry.path, rel + "/")
+        elif entry.name.endswith(SIDECAR):
+            continue                                        # read on demand with its record
+        elif entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            yield entry.path, rel, None, "temporary file: an interrupted write (ignored)"
+        elif not entry.name.endswith(".json"):
+            yield entry.path, rel, None, "foreign file: not a record"
+        else:
+            yield entry.path, rel, entry.stat(follow_symlinks=False), None
+
+
+_FAMILY_CACHE: dict[str, str] = {}
+
+
+def method_family(component: dict) -> str:
+    """A component's family: the record's own field, else the registry's (older records)."""
+    fam = component.get("family")
+    if isinstance(fam, str) and fam:
+        return fam
+    name = str(component.get("name", ""))
+    if ":" in name:
+        return name.split(":")[0]
+    if name not in _FAMILY_CACHE:
+        try:
+            from harness import registry
+            registry.load()
+            _FAMILY_CACHE[name] = getattr(registry.METHODS.get(name), "family", "other")
+        except Exception:          # a broken plugin must not take the leaderboard down
+            _FAMILY_CACHE[name] = "other"
+    return _FAMILY_CACHE[name]
+
+
+def record_family(rec: dict) -> str:
+    comps = [c for c in (rec["method"].get("components") or []) if isinstance(c, dict)]
+    if not comps:
+        comps = [{"name": n} for n in str(rec["method"]["name"]).split("+")]
+    fams = sorted({method_family(c) for c in comps} - {"baseline"})
+    return "+".join(fams) or "baseline"
+
+
+def _variant_key(rec: dict) -> str:
+    return records.canonical([rec["task"].get("params"), rec.get("limit")])
+
+
+def _bench_labels(recs: list[dict]) -> list[str]:
+    """'needle' when a task has one parameter set here, else 'needle [context_length=512]' naming
+    only the parameters that differ between its variants."""
+    variants: dict[str, dict[str, dict]] = {}
+    for rec in recs:
+        task = rec["task"]["name"]
+        params = rec["task"].get("params") if isinstance(rec["task"].get("params"), dict) else {}
+        variants.setdefault(task, {})[_variant_key(rec)] = dict(params, limit=rec.get("limit"))
+    labels = []
+    for rec in recs:
+        task = rec["task"]["name"]
+        vs = variants[task]
+        if len(vs) == 1:
+            labels.append(task)
+            continue
+        mine = vs[_variant_key(rec)]
+        keys = sorted({k for v in vs.values() for k in v
+                       if len({records.canonical(w.get(k)) for w in vs.values()}) > 1})
+        shown = ", ".join(f"{k}={_short(mine.get(k))}" for k in keys)
+        labels.append(f"{task} [{shown}]")
+    return labels
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def load(root, schema: Schema | None = None) -> Results:
+    """Every record under root (and every skipped file with its reason). The cyclic garbage
+    collector is paused meanwhile: parsing 10,000 records allocates millions of containers that
+    all stay alive, and its passes over them cost more than the parsing itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(root, schema)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load(root, schema: Schema | None) -> Results:
+    schema = schema or Schema.load()
+    root = Path(root)
+    res = Results(root=root)
+    if not root.is_dir():
+        res.skipped.append((str(root), "missing: not a folder"))
+        return res
+    good: list[tuple[str, dict]] = []
+    for path, rel, st, reason in _candidates(str(root)):
+        if reason is None:
+            rec, reason = parse_file(path, rel, st)
+            if rec is not None:
+                good.append((rel, rec))
+                continue
+        res.skipped.append((rel, reason))
+    labels = _bench_labels([rec for _, rec in good])
+    infos: dict = {}
+    for (rel, rec), bench in zip(good, labels):
+        task = rec["task"]["name"]
+        main = schema.main_metric(task, rec)
+        m = rec["metrics"].get(main, {}) if main else {}
+        key = (main, m.get("direction"), m.get("unit"))
+        if main and key not in infos:
+            infos[key] = schema.metric(main, m)
+        info = infos.get(key) if main else None
+        prov = rec["provenance"]
+        model = rec["model"]
+        res.runs.append(Run(
+            path=rel, record=rec, run_id=rec["run_id"], task=task, bench=bench,
+            method=str(rec["method"]["name"]), family=record_family(rec), model=model["id"],
+            zoo=bool(model.get("zoo")) or str(model["id"]).startswith("zoo:"),
+            model_label=str(model.get("label") or ""), calibrated=prov.get("calibrated", True) is not False,
+            seed=rec.get("seed"), main_metric=main, main_value=_num(m.get("value")),
+            main_stderr=_num(m.get("stderr")), direction=info.direction if info else "higher",
+            started=str(prov.get("started") or "")))
+    res.runs.sort(key=lambda r: (r.bench, r.model, r.method, str(r.seed), r.run_id))
+    return res
+
+
+def load_samples(root, run: Run) -> tuple[list[dict], str | None]:
+    """The run's per-sample rows, or ([], reason) when the sidecar is missing or unreadable."""
+    path = Path(root) / run.path
+    side = records.samples_path(path)
+    try:
+        if side.is_symlink():
+            return [], f"{side.name}: a symlink (not followed)"
+        size = side.stat().st_size
+        if size > MAX_SAMPLES_BYTES:
+            return [], f"{side.name}: {size} bytes, over the {MAX_SAMPLES_BYTES}-byte limit"
+        rows = records.read_samples(path)
+    except FileNotFoundError:
+        return [], f"{side.name}: missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [], f"{side.name}: unreadable ({e.__class__.__name__})"
+    return [r for r in rows if isinstance(r, dict)], None
