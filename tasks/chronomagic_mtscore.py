@@ -41,7 +41,7 @@ class ChronoMagicMTScore(Task):
     needs_lm = False
     main_metric = "mtscore"
     summary = "ChronoMagic MTScore from InternVideo2 features computed elsewhere (exact aggregation)"
-    smoke_args = {}
+    smoke_args = {"features": "{mtscore_features}"}    # the matrix test writes stand-in features
     features: str = field(default="", metadata={"help": ".npz with ids, video_feats [N,D], text_feats [10,D]"})
 
     def run(self, ctx) -> TaskResult:

@@ -105,7 +105,7 @@ class VBench(Task):
         t2v = [d for d in raw if d in NORMALIZE]
         weights = sum(WEIGHT[d] for d in t2v) or 1.0
         metrics["available_score"] = Metric(sum(normalized(d, raw[d]) for d in t2v) / weights if t2v else float("nan"),
-                                            "higher", "weighted mean of normalised dimensions present")
+                                            "higher", "weighted mean of normalised dimensions present", n=len(t2v))
         metrics["coverage"] = Metric(len(t2v) / len(NORMALIZE), "higher", "fraction of the 16 T2V dimensions")
         if not rows:
             rows = [{"id": dim, "raw": raw[dim], "source": source[dim]} for dim in sorted(raw)]

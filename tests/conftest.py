@@ -48,3 +48,28 @@ def tiny_lm(tiny_model):
     from harness.lm import LM
     from harness.models import load
     return LM(load(tiny_model, "cpu"), batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def synthetic_video_folder(tmp_path_factory):
+    """A folder of small synthetic videos in VBench naming (`<prompt>-<index>.mp4`), one per motion."""
+    from harness.synthetic_video import PROMPT, synthetic_video
+    from harness.video import write_video
+    folder = tmp_path_factory.mktemp("videos")
+    for motion in ("static", "pan_left", "zoom_in"):
+        write_video(folder / f"{PROMPT[motion]}-0.mp4", synthetic_video(motion, frames=16, size=48, seed=1))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def mtscore_features(tmp_path_factory, synthetic_video_folder):
+    """Random stand-ins for InternVideo2 features of the smoke sources' videos (plumbing only)."""
+    import os
+
+    import numpy as np
+    from harness.synthetic_video import MOTIONS
+    ids = [f"{m}-0" for m in MOTIONS] + sorted(os.listdir(synthetic_video_folder))
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("mtscore") / "features.npz"
+    np.savez(path, ids=np.array(ids), video_feats=rng.normal(size=(len(ids), 8)), text_feats=rng.normal(size=(10, 8)))
+    return str(path)

@@ -40,7 +40,7 @@ class SyntheticVideos(VideoSource):
     export: a folder to also write them to in VBench naming, with the prompt suite (full_info.json)."""
     name = "synthetic_videos"
     paper = "VBench: Comprehensive Benchmark Suite for Video Generative Models (arXiv:2311.17982)"
-    smoke_args = {"per_motion": "1", "frames": "8", "size": "48"}
+    smoke_args = {"per_motion": "1", "frames": "16", "size": "48"}
     motions: tuple[str, ...] = field(default=MOTIONS, metadata={"help": f"any of {', '.join(MOTIONS)}"})
     per_motion: int = field(default=2, metadata={"help": "videos per motion (different seeds)"})
     frames: int = 16
