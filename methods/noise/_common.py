@@ -44,12 +44,20 @@ class NoisePrior(Method):
         self._last = {"requested": tuple(shape), "shape": tuple(x.shape), "lag1": lag1_corr(x)}
         return x
 
-    def check_effect(self, lm, ctx, result):
+    def drawn_reason(self) -> str | None:
+        """Why the last draw does not count: none was made, or its shape is not the requested one."""
         last = getattr(self, "_last", None)
         if last is None:
             return "the task never drew noise from this prior"
         if last["shape"] != last["requested"]:
             return f"noise of shape {last['shape']} for a requested {last['requested']}"
+        return None
+
+    def check_effect(self, lm, ctx, result):
+        reason = self.drawn_reason()
+        if reason:
+            return reason
+        last = self._last
         expected = self.expected_corr(last["shape"][0])
         if self.requires_effect_corr and expected is not None:
             want = float(expected.diagonal(1).mean())
@@ -135,11 +143,9 @@ class WarpPrior(NoisePrior):
         return out
 
     def check_effect(self, lm, ctx, result):
-        last = getattr(self, "_last", None)
-        if last is None:
-            return "the task never drew noise from this prior"
-        if last["shape"] != last["requested"]:
-            return f"noise of shape {last['shape']} for a requested {last['requested']}"
+        reason = self.drawn_reason()
+        if reason:
+            return reason
         if not self._moved:
             return "the prior was never given a nonzero flow to warp along"
         # probe: a one-pixel shift must move the noise by exactly one pixel (every warp is exact there)
