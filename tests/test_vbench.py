@@ -162,3 +162,19 @@ def test_vbench_with_proxies_is_marked_uncalibrated(tmp_path):
     rec = run("vbench", {"motions": "static,pan_left", "per_motion": "1"}, {"proxies": "true"}, tmp_path)
     assert rec["provenance"]["calibrated"] is False
     assert rec["details"]["sources"]["dynamic_degree"] == "computed (PROXY)"
+
+
+def test_official_adapter_runs_the_package_in_another_interpreter(tmp_path, fake_vbench_python, synthetic_video_folder):
+    """The adapter hands a VBench-named folder to the other environment's vbench and reads its
+    `<name>_eval_results.json` back; with a stand-in package computing flickering, the value equals
+    this project's own temporal_flickering on the same files."""
+    args = {"python": fake_vbench_python, "dimension": "temporal_flickering"}
+    cells = runner.resolve(["vbench_official"], ["video_folder"], None, args, {"path": synthetic_video_folder})
+    (out,) = runner.evaluate(cells, out=tmp_path)
+    ours = runner.evaluate(runner.resolve(["vbench_temporal_flickering"], ["video_folder"], None,
+                                          {"static_filter": "false"}, {"path": synthetic_video_folder}), out=tmp_path)
+    assert out.record["metrics"]["score"]["value"] == pytest.approx(ours[0].record["metrics"]["temporal_flickering"]["value"])
+    assert out.record["details"]["backend"] == "official vbench 0.0-fake"
+    with pytest.raises(UserError, match="HARNESS_VBENCH_PYTHON"):
+        runner.evaluate(runner.resolve(["vbench_official"], ["video_folder"], None, {"python": "/nonexistent"},
+                                       {"path": synthetic_video_folder}), out=tmp_path)
