@@ -108,3 +108,12 @@ def fake_vbench_python(tmp_path_factory):
     script.write_text(f'#!/bin/sh\nPYTHONPATH="{root}:$PYTHONPATH" exec "{sys.executable}" "$@"\n')
     script.chmod(0o755)
     return str(script)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Backbone convolutions on a shared 2-core machine run several times faster on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,14 +14,9 @@ from harness.tasks._frechet import frechet_distance, stats
 from harness.tasks.chronomagic_chscore import MAXIMA, WEIGHTS, chscore
 from harness.tasks.chronomagic_mtscore import metamorphic_score
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # I3D / ViT convolutions on a shared machine
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """I3D convolutions on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 def scipy_fd(a, b):
