@@ -178,3 +178,12 @@ def test_official_adapter_runs_the_package_in_another_interpreter(tmp_path, fake
     with pytest.raises(UserError, match="HARNESS_VBENCH_PYTHON"):
         runner.evaluate(runner.resolve(["vbench_official"], ["video_folder"], None, {"python": "/nonexistent"},
                                        {"path": synthetic_video_folder}), out=tmp_path)
+
+
+def test_a_source_whose_videos_were_never_read_fails_its_effect_check(tmp_path):
+    from harness.errors import NoEffect
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(HAND))
+    cells = runner.resolve(["vbench"], ["synthetic_videos"], None, {"scores": str(path), "compute": "false"}, {})
+    with pytest.raises(NoEffect, match="no readable video"):
+        runner.evaluate(cells, out=tmp_path / "out")
