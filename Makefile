@@ -53,3 +53,5 @@ reference-video: install
 	$(HARNESS) eval $(VIDEO_TASKS) --method synthetic_videos --out results --no-progress
 	$(HARNESS) eval --task vbench --task-arg proxies=true --method synthetic_videos --out results --no-progress
 	$(HARNESS) eval --task chronomagic_chscore --task-arg tracker=lk --method synthetic_videos --out results --no-progress
+	$(HARNESS) eval --task vbench_temporal_flickering --method synthetic_videos --method-arg motions=static \
+	    --method-arg flicker=0.02 --out results --no-progress
