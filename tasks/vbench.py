@@ -57,7 +57,7 @@ class VBench(Task):
     needs_lm = False
     main_metric = "available_score"
     summary = "VBench aggregate: normalisation, Quality / Semantic / Total, I2V (exact)"
-    smoke_args = {}
+    smoke_args = {"proxies": "true"}
     scores: str = field(default="", metadata={"help": "JSON of raw dimension values (VBench eval_results format)"})
     compute: bool = field(default=True, metadata={"help": "compute temporal_flickering on the cell's videos"})
     proxies: bool = field(default=False, metadata={"help": "also compute the dynamic degree / smoothness proxies"})

@@ -24,7 +24,7 @@ class VBenchCameraMotionProxy(VideoTask):
     version = "1"
     main_metric = "camera_motion"
     summary = "VBench-I2V camera motion, PROXY (Lucas-Kanade tracks instead of CoTracker2)"
-    smoke_args = {}
+    smoke_args = {"grid": "10"}
     calibrated = False
     grid: int = field(default=10, metadata={"help": "grid points per side (VBench: 10)"})
 

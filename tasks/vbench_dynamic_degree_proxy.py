@@ -1,7 +1,7 @@
 """VBench dynamic degree with OpenCV flow in place of RAFT (a proxy)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from harness.registry import register
 from harness.tasks._vbench import VideoTask, dynamic_rule, flow_magnitude, top_mean
@@ -19,12 +19,13 @@ class VBenchDynamicDegreeProxy(VideoTask):
     version = "1"
     main_metric = "dynamic_degree"
     summary = "VBench dynamic degree, PROXY (Farneback flow instead of RAFT)"
-    smoke_args = {}
+    smoke_args = {"target_fps": "8"}
     unit = "fraction dynamic"
     calibrated = False
+    target_fps: float = field(default=8.0, metadata={"help": "subsample every round(fps/target_fps) frames (VBench: 8)"})
 
     def score(self, ref, frames):
-        step = max(1, round(ref.fps / 8))
+        step = max(1, round(ref.fps / self.target_fps))
         f = frames[::step]
         mags = [top_mean(flow_magnitude(f[i], f[i + 1]), 0.05) for i in range(len(f) - 1)]
         dynamic = dynamic_rule(mags, f.shape[1], f.shape[2], len(f))

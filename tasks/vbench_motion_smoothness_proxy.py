@@ -1,7 +1,7 @@
 """VBench motion smoothness with flow-based interpolation in place of AMT-S (a proxy)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from harness.registry import register
 from harness.tasks._vbench import VideoTask, motion_smoothness
@@ -18,8 +18,9 @@ class VBenchMotionSmoothnessProxy(VideoTask):
     version = "1"
     main_metric = "motion_smoothness"
     summary = "VBench motion smoothness, PROXY (Farneback interpolation instead of AMT-S)"
-    smoke_args = {}
+    smoke_args = {"num_frames": "9"}
     calibrated = False
+    num_frames: int | None = field(default=None, metadata={"help": "frames sampled 'middle'; None = all (VBench)"})
 
     def score(self, ref, frames):
         if len(frames) < 3:

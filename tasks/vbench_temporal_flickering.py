@@ -20,7 +20,7 @@ class VBenchTemporalFlickering(VideoTask):
     version = "1"
     main_metric = "temporal_flickering"
     summary = "VBench temporal flickering (exact; static filter on classical flow)"
-    smoke_args = {}
+    smoke_args = {"static_filter": "false"}
     static_filter: bool = field(default=True, metadata={"help": "score only videos the static filter keeps"})
 
     def score(self, ref, frames):
