@@ -52,7 +52,7 @@ class FVD(Task):
     needs_lm = False
     main_metric = "fvd"
     summary = "Fréchet Video Distance (I3D in plain PyTorch; local weights, else --allow-uncalibrated)"
-    smoke_args = {"reference": "same", "resolution": "64", "allow_uncalibrated": "true"}
+    smoke_args = {"reference": "same", "resolution": "32", "allow_uncalibrated": "true"}
     reference: str = field(default="synthetic", metadata={"help": "folder of real videos, 'synthetic' or 'same'"})
     num_frames: int = field(default=16, metadata={"help": "consecutive frames per clip (protocol: 16)"})
     resolution: int = field(default=224, metadata={"help": "square input size (protocol: 224)"})
@@ -110,8 +110,8 @@ class FVD(Task):
 
     def reference_refs(self, ctx):
         from harness import registry
-        if self.reference == "same":
-            return collect(ctx)
+        if self.reference == "same":         # the generated set itself, limit included: FVD ~ 0
+            return collect(ctx, ctx.limit)
         if self.reference == "synthetic":
             src = registry.method("synthetic_videos")(frames=max(16, self.num_frames))
             return src.videos(type(ctx)(lm=None, seed=ctx.seed + 1))

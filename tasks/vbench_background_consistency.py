@@ -19,7 +19,7 @@ class VBenchBackgroundConsistency(ConsistencyTask):
     version = "1"
     main_metric = "background_consistency"
     summary = "VBench background consistency (CLIP ViT-B/32 visual tower in plain PyTorch; local weights)"
-    smoke_args = {"allow_uncalibrated": "true", "num_frames": "3"}
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "2"}
 
     def build(self):
         return self.backbone([CLIP_B32_FILE], lambda p: load_into(ClipVisual(**CLIP_B32), p[0], "visual.", self.name)

@@ -22,7 +22,7 @@ class VBenchSubjectConsistency(ConsistencyTask):
     version = "1"
     main_metric = "subject_consistency"
     summary = "VBench subject consistency (DINO ViT-B/16 in plain PyTorch; local weights)"
-    smoke_args = {"allow_uncalibrated": "true", "num_frames": "3"}
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "2"}
 
     def build(self):
         return self.backbone([DINO_FILE], lambda p: load_into(DinoViT(), p[0], "", self.name) if p else DinoViT())
