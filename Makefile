@@ -6,7 +6,7 @@ HARNESS = $(VENV)/bin/harness
 # admits it, so installing the project afterwards pulls no second (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-slow gate install bench bench-leaderboard reference reference-long leaderboard clean
+.PHONY: demo test test-slow gate install bench bench-leaderboard reference reference-long reference-video leaderboard clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -74,3 +74,17 @@ bench-leaderboard: install
 
 clean:
 	rm -rf out .pytest_cache
+
+# Video reference records (no model, no weights): every noise prior under noise_prior, and the
+# built-in synthetic videos under every weight-free video dimension (proxies labelled as such).
+NOISE_PRIORS = independent fixed pyoco_mixed pyoco_progressive videofusion freenoise integral_noise \
+               bilinear_warp nearest_warp analytic_init
+VIDEO_TASKS  = --task vbench_temporal_flickering --task vbench_dynamic_degree_proxy \
+               --task vbench_motion_smoothness_proxy --task vbench_camera_motion_proxy --task vbench
+reference-video: install
+	$(HARNESS) eval --task noise_prior $(foreach m,$(NOISE_PRIORS),--method $(m)) --out results --no-progress
+	$(HARNESS) eval $(VIDEO_TASKS) --method synthetic_videos --out results --no-progress
+	$(HARNESS) eval --task vbench --task-arg proxies=true --method synthetic_videos --out results --no-progress
+	$(HARNESS) eval --task chronomagic_chscore --task-arg tracker=lk --method synthetic_videos --out results --no-progress
+	$(HARNESS) eval --task vbench_temporal_flickering --method synthetic_videos --method-arg motions=static \
+	    --method-arg flicker=0.02 --out results --no-progress

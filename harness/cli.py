@@ -85,7 +85,12 @@ def cmd_eval(a) -> int:
     from harness import models, runner
 
     models.pick_device(a.device)   # a bad --device is a user error before any work starts
-    cells = runner.resolve(a.task, a.method, a.model, params.parse_kv(a.task_arg, "--task-arg"),
+    task_args = params.parse_kv(a.task_arg, "--task-arg")
+    if a.allow_uncalibrated:       # tasks whose backbone weights are missing may then run random-init
+        if not any("allow_uncalibrated" in params.field_types(registry.task(t)[0]) for t in a.task):
+            raise UserError("--allow-uncalibrated: none of these tasks loads backbone weights")
+        task_args.setdefault("allow_uncalibrated", "true")
+    cells = runner.resolve(a.task, a.method, a.model, task_args,
                            params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.limit)
     progress = None
     if not a.no_progress:
@@ -257,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--allow-pickle", action="store_true",
                     help="load .bin/.pt (pickle) weights, which can run code when loaded; off by default")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument("--allow-uncalibrated", action="store_true",
+                    help="tasks whose backbone weights are missing run a random-init network "
+                         "(numbers only check the plumbing; the record says calibrated: false)")
     ev.set_defaults(fn=cmd_eval)
 
     ft = sub.add_parser("fit", help="run a method's fit stage (training or search) and cache its artifact",

@@ -48,3 +48,72 @@ def tiny_lm(tiny_model):
     from harness.lm import LM
     from harness.models import load
     return LM(load(tiny_model, "cpu"), batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def synthetic_video_folder(tmp_path_factory):
+    """A folder of small synthetic videos in VBench naming (`<prompt>-<index>.mp4`), one per motion."""
+    from harness.synthetic_video import PROMPT, synthetic_video
+    from harness.video import write_video
+    folder = tmp_path_factory.mktemp("videos")
+    for motion in ("static", "pan_left", "zoom_in"):
+        write_video(folder / f"{PROMPT[motion]}-0.mp4", synthetic_video(motion, frames=16, size=48, seed=1))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def mtscore_features(tmp_path_factory, synthetic_video_folder):
+    """Random stand-ins for InternVideo2 features of the smoke sources' videos (plumbing only)."""
+    import os
+
+    import numpy as np
+    from harness.synthetic_video import MOTIONS
+    ids = [f"{m}-0" for m in MOTIONS] + sorted(os.listdir(synthetic_video_folder))
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("mtscore") / "features.npz"
+    np.savez(path, ids=np.array(ids), video_feats=rng.normal(size=(len(ids), 8)), text_feats=rng.normal(size=(10, 8)))
+    return str(path)
+
+
+FAKE_VBENCH = '''
+"""A stand-in for the official vbench package (its documented API), computing temporal_flickering."""
+import json, os
+__version__ = "0.0-fake"
+
+class VBench:
+    def __init__(self, device, full_info, output_path):
+        self.out = output_path
+
+    def evaluate(self, videos_path, name, dimension_list, mode="vbench_standard"):
+        from harness.tasks._vbench import flicker_score
+        from harness.video import read_video
+        assert mode == "custom_input" and dimension_list == ["temporal_flickering"]
+        per = [{"video_path": os.path.join(videos_path, f), "video_results": flicker_score(read_video(os.path.join(videos_path, f)))}
+               for f in sorted(os.listdir(videos_path)) if f.endswith(".mp4")]
+        os.makedirs(self.out, exist_ok=True)
+        value = sum(p["video_results"] for p in per) / len(per)
+        with open(os.path.join(self.out, name + "_eval_results.json"), "w") as f:
+            json.dump({"temporal_flickering": [value, per]}, f)
+'''
+
+
+@pytest.fixture(scope="session")
+def fake_vbench_python(tmp_path_factory):
+    """An 'interpreter of another environment' whose vbench package is the stand-in above."""
+    import sys
+    root = tmp_path_factory.mktemp("fake-vbench-env")
+    (root / "vbench").mkdir()
+    (root / "vbench" / "__init__.py").write_text(FAKE_VBENCH)
+    script = root / "python"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH="{root}:$PYTHONPATH" exec "{sys.executable}" "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Backbone convolutions on a shared 2-core machine run several times faster on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,18 +23,25 @@ def test_registry_is_populated():
 
 
 @pytest.mark.parametrize("task,method", CELLS)
-def test_cell_writes_valid_record(task, method, tiny_model_with, tmp_path, monkeypatch):
+def test_cell_writes_valid_record(task, method, tiny_model_with, tmp_path, monkeypatch, request):
     tcls, mcls = registry.TASKS[task], registry.METHODS[method]
     tiny_model = tiny_model_with(**mcls.smoke_model_config)
     method_args = {k: v.replace("{model}", tiny_model) for k, v in mcls.smoke_args.items()}
+    task_args = dict(tcls.smoke_args)
+    for holder, fixture in (("{videos}", "synthetic_video_folder"), ("{mtscore_features}", "mtscore_features"),
+                            ("{fake_vbench_python}", "fake_vbench_python")):
+        if any(holder in v for v in list(method_args.values()) + list(task_args.values())):
+            value = request.getfixturevalue(fixture)       # video files the smoke configuration reads
+            method_args = {k: v.replace(holder, value) for k, v in method_args.items()}
+            task_args = {k: v.replace(holder, value) for k, v in task_args.items()}
     monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
     if mcls.fit is not Method.fit:      # a method with a fit stage: fit its smoke configuration first
         try:
-            runner.fit(method, tiny_model, task, dict(tcls.smoke_args), method_args, device="cpu",
+            runner.fit(method, tiny_model, task, task_args, method_args, device="cpu",
                        log=lambda m: None)
         except UserError as e:
             assert "no fit stage to run" in str(e)
-    cells = runner.resolve([task], [method], tiny_model if tcls.needs_lm else None, dict(tcls.smoke_args),
+    cells = runner.resolve([task], [method], tiny_model if tcls.needs_lm else None, task_args,
                            method_args, seed=0, limit=3)
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
     rec = records.read(out.path)

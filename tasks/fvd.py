@@ -1,0 +1,137 @@
+"""Fréchet Video Distance on I3D features (and content-debiased FVD on VideoMAE features)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from harness.errors import UserError
+from harness.interfaces import Metric, Task, TaskResult
+from harness.registry import register
+from harness.tasks._frechet import frechet_distance, stats
+from harness.tasks._weights import locate
+from harness.video import collect, load_all
+
+I3D_FILE = "i3d_pretrained_400.pt"
+VIDEOMAE_FILE = "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
+I3D_SOURCE = ("it is the PyTorch I3D state dict used by VideoGPT/TATS (InceptionI3d(400) layout); the "
+              "TF-hub I3D that the original FVD used has different weights, so values are comparable only "
+              "between runs of the same file")
+
+
+def preprocess(frames: np.ndarray, num_frames: int, resolution: int) -> torch.Tensor:
+    """The first `num_frames` consecutive frames, squashed (no crop) to resolution² with bilinear
+    resizing, scaled to [-1, 1] (google-research frechet_video_distance.py). [3, T, R, R]."""
+    x = torch.from_numpy(frames[:num_frames]).float().permute(0, 3, 1, 2)          # T, 3, H, W
+    x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return (2 * x / 255 - 1).permute(1, 0, 2, 3)
+
+
+@register
+@dataclass
+class FVD(Task):
+    """Fréchet Video Distance — Unterthiner et al. 2018 (arXiv:1812.01717): fit Gaussians to I3D
+    features of real and generated clips, FD = ||mu_r - mu_g||² + Tr(S_r + S_g - 2 (S_r S_g)^{1/2}),
+    in float64 with the symmetric eigen-decomposition square root. Protocol pinned to the reference
+    code: 16 consecutive frames, squashed to 224², values in [-1, 1], the 400 Kinetics logits
+    (averaged over time) as features, unbiased covariance (StyleGAN-V). I3D is written here in plain
+    PyTorch and loads `i3d_pretrained_400.pt` from the weights folder (sha256 recorded); without it
+    only --allow-uncalibrated runs (random init, calibrated: false — numbers only check plumbing).
+
+    The generated set is the cell's video source; `reference` is a folder of real videos,
+    "synthetic" (the built-in synthetic videos, another seed) or "same" (the source itself:
+    FVD ~ 0). FVD is biased upward for small sets (the literature uses 2048 clips; fewer than 400
+    leaves the covariance rank-deficient). features=videomae (content-debiased FVD, Ge et al. 2024,
+    arXiv:2404.12391) needs VideoMAE-v2 ViT-g weights and a ViT-g this project does not implement:
+    it refuses with that message."""
+    name = "fvd"
+    version = "1"
+    accepts = ("video_source",)
+    needs_lm = False
+    main_metric = "fvd"
+    summary = "Fréchet Video Distance (I3D in plain PyTorch; local weights, else --allow-uncalibrated)"
+    smoke_args = {"reference": "same", "resolution": "32", "allow_uncalibrated": "true"}
+    reference: str = field(default="synthetic", metadata={"help": "folder of real videos, 'synthetic' or 'same'"})
+    num_frames: int = field(default=16, metadata={"help": "consecutive frames per clip (protocol: 16)"})
+    resolution: int = field(default=224, metadata={"help": "square input size (protocol: 224)"})
+    features: str = field(default="i3d", metadata={"help": "i3d or videomae (content-debiased FVD)"})
+    biased_cov: bool = field(default=False, metadata={"help": "covariance ÷N (cd-fvd) instead of ÷(N-1)"})
+    batch_size: int = 4
+    weights_dir: str = field(default="", metadata={"help": "folder with the weights (default $HARNESS_VIDEO_WEIGHTS)"})
+    weights_sha256: str = field(default="", metadata={"help": "expected sha256 of the weights file"})
+    allow_uncalibrated: bool = field(default=False, metadata={"help": "random-init network when weights are missing"})
+
+    def __post_init__(self):
+        if self.features not in ("i3d", "videomae"):
+            raise ValueError("features must be i3d or videomae")
+        if self.num_frames < 9 or self.resolution < 32:
+            raise ValueError("num_frames must be at least 9 and resolution at least 32")
+
+    def network(self):
+        if self.features == "videomae":
+            locate(self.name, self.weights_dir, VIDEOMAE_FILE, self.weights_sha256, False,
+                   "get it from the content-debiased-fvd project (VideoMAE-v2 ViT-g, SSv2 fine-tuned)")
+            raise UserError("fvd features=videomae: the VideoMAE-v2 ViT-g network is not implemented in this "
+                            "project; run the cd-fvd package in its own environment")
+        from harness.tasks._i3d import InceptionI3d
+        torch.manual_seed(0)
+        net = InceptionI3d(400)
+        path, facts = locate(self.name, self.weights_dir, I3D_FILE, self.weights_sha256, self.allow_uncalibrated,
+                             I3D_SOURCE)
+        if path is None:    # variance-preserving random init, so uncalibrated features still vary
+            for m in net.modules():
+                if isinstance(m, torch.nn.Conv3d):
+                    torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise UserError(f"fvd: {path} does not match the InceptionI3d(400) layout "
+                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return net.eval(), facts
+
+    def features_of(self, net, loaded, ctx) -> tuple[np.ndarray, list[dict]]:
+        clips, rows = [], []
+        for ref, frames in loaded:
+            if len(frames) < self.num_frames:
+                rows.append({"id": ref.id, "error": f"{len(frames)} frames < {self.num_frames}"})
+                continue
+            clips.append(preprocess(frames, self.num_frames, self.resolution))
+            rows.append({"id": ref.id, "input_hash": hashlib.sha256(frames[:self.num_frames].tobytes()).hexdigest()[:16]})
+        if len(clips) < 2:
+            raise UserError(f"fvd needs at least 2 clips of {self.num_frames} frames per set, got {len(clips)}")
+        out = []
+        with torch.no_grad():
+            for i in ctx.iterate(range(0, len(clips), self.batch_size), desc="fvd features"):
+                out.append(net(torch.stack(clips[i:i + self.batch_size])).double().numpy())
+        return np.concatenate(out), rows
+
+    def reference_refs(self, ctx):
+        from harness import registry
+        if self.reference == "same":         # the generated set itself, limit included: FVD ~ 0
+            return collect(ctx, ctx.limit)
+        if self.reference == "synthetic":
+            src = registry.method("synthetic_videos")(frames=max(16, self.num_frames))
+            return src.videos(type(ctx)(lm=None, seed=ctx.seed + 1))
+        folder = registry.method("video_folder")(path=self.reference)
+        return folder.videos(ctx)
+
+    def run(self, ctx) -> TaskResult:
+        net, facts = self.network()
+        gen_loaded, gen_err = load_all(collect(ctx, ctx.limit), ctx, None, desc="generated videos")
+        ref_loaded, ref_err = load_all(self.reference_refs(ctx), type(ctx)(lm=None, seed=ctx.seed), None)
+        g, g_rows = self.features_of(net, gen_loaded, ctx)
+        r, _ = self.features_of(net, ref_loaded, ctx)
+        value = frechet_distance(*stats(r, self.biased_cov), *stats(g, self.biased_cov))
+        for row, f in zip([x for x in g_rows if "error" not in x], g):
+            row["feature_norm"] = float(np.linalg.norm(f))
+        metrics = {"fvd": Metric(value, "lower", f"FD of {self.features} features", n=len(g)),
+                   "n_reference": Metric(float(len(r)), "higher", "clips")}
+        standard = self.num_frames == 16 and self.resolution == 224
+        details = dict(facts, protocol="16 frames, 224², [-1, 1]" if standard else "NON-STANDARD protocol",
+                       unreadable=gen_err + ref_err, reference=self.reference,
+                       note="FVD is biased upward for small sets; compare only at equal set sizes")
+        data_hash = hashlib.sha256("".join(x.get("input_hash", "") for x in g_rows).encode()).hexdigest()
+        return TaskResult(metrics, g_rows, details, data_hash)

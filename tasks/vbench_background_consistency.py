@@ -1,0 +1,29 @@
+"""VBench background consistency (CLIP ViT-B/32 features)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.registry import register
+from harness.tasks._backbones import CLIP_B32, ClipVisual, ConsistencyTask, clip_transform, load_into
+
+CLIP_B32_FILE = ("ViT-B-32.pt", "OpenAI's CLIP ViT-B/32 release (the file clip.load('ViT-B/32') caches)")
+
+
+@register
+@dataclass
+class VBenchBackgroundConsistency(ConsistencyTask):
+    """VBench background_consistency (vbench/background_consistency.py): the subject-consistency
+    formula on CLIP ViT-B/32 image features (clip_transform(224): bicubic resize, centre crop, CLIP
+    normalisation); frame-weighted. Needs ViT-B-32.pt; --allow-uncalibrated runs a random-init tower."""
+    name = "vbench_background_consistency"
+    version = "1"
+    main_metric = "background_consistency"
+    summary = "VBench background consistency (CLIP ViT-B/32 visual tower in plain PyTorch; local weights)"
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "2"}
+
+    def build(self):
+        return self.backbone([CLIP_B32_FILE], lambda p: load_into(ClipVisual(**CLIP_B32), p[0], "visual.", self.name)
+                             if p else ClipVisual(**CLIP_B32))
+
+    def transform(self, frames):
+        return clip_transform(frames)

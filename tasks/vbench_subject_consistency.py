@@ -1,0 +1,31 @@
+"""VBench subject consistency (DINO ViT-B/16 features)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.registry import register
+from harness.tasks._backbones import ConsistencyTask, DinoViT, dino_transform, load_into
+
+DINO_FILE = ("dino_vitbase16_pretrain.pth", "the DINO ViT-B/16 checkpoint released with facebookresearch/dino "
+             "(the file VBench's --load_ckpt_from_local uses)")
+
+
+@register
+@dataclass
+class VBenchSubjectConsistency(ConsistencyTask):
+    """VBench subject_consistency (vbench/subject_consistency.py): DINO ViT-B/16 features of every
+    frame (short side resized to 224, no crop, ImageNet normalisation), L2-normalised; frame i >= 1
+    scores (max(0, cos(f_i-1, f_i)) + max(0, cos(f_0, f_i)))/2; the dimension is frame-weighted
+    (`subject_consistency`), `per_video` the mean of the per-video means. Needs
+    dino_vitbase16_pretrain.pth; --allow-uncalibrated runs a random-init ViT."""
+    name = "vbench_subject_consistency"
+    version = "1"
+    main_metric = "subject_consistency"
+    summary = "VBench subject consistency (DINO ViT-B/16 in plain PyTorch; local weights)"
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "2"}
+
+    def build(self):
+        return self.backbone([DINO_FILE], lambda p: load_into(DinoViT(), p[0], "", self.name) if p else DinoViT())
+
+    def transform(self, frames):
+        return dino_transform(frames)
