@@ -66,6 +66,27 @@ class LMMethod(Method):
         return contextlib.nullcontext()
 
 
+class StepScorer(Method):
+    """PRM / ORM / verifier (kind step_scorer): scores the steps of candidate solutions.
+
+    `score(problem, solutions)` gets a problem's text and its solutions (each a list of step
+    strings) and returns one list of step scores per solution; `aggregate` turns a solution's step
+    scores into one solution score (higher = better); `vote_weight` maps that score to a
+    non-negative weight for weighted majority voting. A method with selection "vote" scores
+    nothing and picks by answer counts (majority voting)."""
+    kind = "step_scorer"
+    selection: ClassVar[str] = "argmax"     # or "vote"
+
+    def score(self, problem: str, solutions: list[list[str]]) -> list[list[float]]:
+        raise TypeError(f"method {self.name} does not define score()")
+
+    def aggregate(self, step_scores: list[float]) -> float:
+        raise TypeError(f"method {self.name} does not define aggregate()")
+
+    def vote_weight(self, score: float) -> float:
+        return score
+
+
 @dataclass
 class MethodContext:
     """What a method may know about the run: the longest context the task will use, the seed."""
