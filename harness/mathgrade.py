@@ -131,8 +131,9 @@ def math_verify_version() -> str | None:
 class Grader:
     """Equivalence with a cache; math-verify runs in one persistent worker, killed on timeout."""
 
-    def __init__(self, timeout_s: float = 5.0, use_math_verify: bool = True):
+    def __init__(self, timeout_s: float = 5.0, use_math_verify: bool = True, worker=None):
         self.timeout_s = timeout_s
+        self._worker = worker or _mv_worker     # a module-level function(conn) (tests swap it)
         self.use_math_verify = use_math_verify and math_verify_version() is not None
         self._cache: dict[tuple[str, str], bool] = {}
         self._proc = None
@@ -169,7 +170,7 @@ class Grader:
         if self._proc is None or not self._proc.is_alive():
             ctx = mp.get_context("spawn")
             self._conn, child = ctx.Pipe()
-            self._proc = ctx.Process(target=_mv_worker, args=(child,), daemon=True)
+            self._proc = ctx.Process(target=self._worker, args=(child,), daemon=True)
             self._proc.start()
         self.math_verify_calls += 1
         self._conn.send((gold, pred))

@@ -82,11 +82,11 @@ def vote(classes, class_correct, weights, idx: np.ndarray) -> np.ndarray:
     """Per trial (row of idx): correctness of the class with the largest total weight among the
     subset's valid answers (classes >= 0); ties average the tied classes' correctness."""
     classes = np.asarray(classes)
-    k = int(classes.max()) + 1 if len(classes) and classes.max() >= 0 else 0
-    if k == 0:
+    cc = np.asarray(class_correct, dtype=float)
+    k = len(cc)
+    if k == 0 or not (classes >= 0).any():
         return np.zeros(idx.shape[0])
     w = np.asarray(weights, dtype=float)
-    cc = np.asarray(class_correct, dtype=float)
     sub_cls, sub_w = classes[idx], w[idx]
     totals = np.zeros((idx.shape[0], k))
     rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])

@@ -144,7 +144,7 @@ class MathPrmBon(Task):
                 raise RuntimeError(f"{method.name} returned {len(steps)} score lists for {m} solutions")
             scores = [float(method.aggregate(st)) for st in steps]
             weights = [float(method.vote_weight(x)) for x in scores]
-            if any(w < 0 or not math.isfinite(w) for w in weights):
+            if any(c >= 0 and (w < 0 or not math.isfinite(w)) for w, c in zip(weights, classes)):
                 raise RuntimeError(f"{method.name}: vote weights must be finite and non-negative")
             scoring["solutions"] += m
             scoring["finite"] += sum(math.isfinite(x) for x in scores)
