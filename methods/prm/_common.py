@@ -55,3 +55,34 @@ class PRMScorer(StepScorer):
 
     def check_effect(self, lm, ctx, result) -> str | None:
         return scoring_effect(self.name, result)
+
+
+def batched_logits(model, sequences: list[list[int]], pad_id: int, batch_size: int):
+    """Yield (index, logits[len, ...]) per sequence: right-padded batches of similar length, so a
+    causal model's logits at real positions equal those of an unpadded forward."""
+    import torch
+
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(sequences[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+            mask[row, :len(sequences[i])] = 1
+        with torch.no_grad():
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        for row, i in enumerate(chunk):
+            yield i, logits[row, :len(sequences[i])].float().cpu() if logits.dim() == 3 else logits[row].float().cpu()
+
+
+def token_id(tokenizer, text: str, what: str) -> int:
+    """The single token `text` encodes to (its last token when the tokenizer adds a prefix space)."""
+    from harness.errors import UserError
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if not ids:
+        raise UserError(f"{what} {text!r} encodes to no token with this tokenizer")
+    return ids[-1]
