@@ -187,19 +187,29 @@ class Policy:
         text = f"{pre}{cue[0].upper()}{cue[1:]}: {v} {SYMBOL[kind]} {x} = {result}."
         return Step(text, result, err)
 
+    def next_step(self, prob: Problem, prefix: list[Step], rng: random.Random) -> Step | None:
+        """The next step after `prefix` (the last one states the answer); None: the policy stops
+        without an answer (truncation)."""
+        i = len(prefix)
+        if rng.random() < self.truncate:
+            return None
+        s = self.step(prob, i, prefix[-1].value if prefix else prob.start, rng)
+        if i == len(prob.ops) - 1:
+            s = Step(s.text + f" The answer is \\boxed{{{s.value}}}.", s.value, s.error)
+        return s
+
     def complete(self, prob: Problem, prefix: list[Step], rng: random.Random) -> list[Step]:
         """Continue a partial solution to the end (prefix steps are kept as written)."""
         steps = list(prefix)
-        v = steps[-1].value if steps else prob.start
-        for i in range(len(steps), len(prob.ops)):
-            if rng.random() < self.truncate:
+        while len(steps) < len(prob.ops):
+            s = self.next_step(prob, steps, rng)
+            if s is None:
                 return steps                       # stopped without an answer
-            s = self.step(prob, i, v, rng)
-            v = s.value
-            if i == len(prob.ops) - 1:
-                s = Step(s.text + f" The answer is \\boxed{{{v}}}.", v, s.error)
             steps.append(s)
         return steps
+
+    def finished(self, prob: Problem, steps: list[Step]) -> bool:
+        return len(steps) == len(prob.ops)
 
     def sample(self, prob: Problem, seed: int) -> list[Step]:
         return self.complete(prob, [], random.Random(seed))

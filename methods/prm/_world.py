@@ -8,15 +8,23 @@ final prefix of a finished solution is its own correctness). From q̂: Math-Shep
 estimation HE = 1[q̂ > 0] and soft estimation SE = q̂; PAV's Best-of-K prover value
 Q^μ = 1 − (1 − q̂)^K; PQM's step labels = HE; the ORM's label = the final correctness.
 
-Network: a character-level causal Transformer (bytes, a marker token after the problem and after
-each step, learned positions); heads read at the markers, so the score of step k depends only on
-the problem and steps 1..k (what PRM-guided search needs)."""
+Network: a small causal Transformer (d 32, 2 layers by default) over words (hashed), digits and
+punctuation, with a marker token after the problem and after each step; heads read at the markers,
+so the score of step k depends only on what precedes it (what PRM-guided search needs). By default
+it reads the steps only (`read_problem=false`): the steps quote their cues, and on this shared
+2-core machine the problem text doubled the cost; errors that misquote the problem (half of the
+misreads) are then invisible to it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import random
+import re
+import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,22 +32,52 @@ from torch import nn
 from harness import mathworld
 from harness.errors import UserError
 from harness.methods.prm._common import PRMScorer
-from harness.records import canonical
+from harness.records import canonical, sha256_text
 
-PAD, STEP, PROBLEM_END, VOCAB = 0, 129, 130, 131
+PAD, STEP, PROBLEM_END, WORD_BUCKETS = 0, 1, 2, 1024
+_CHARS = "0123456789" + "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum())
+VOCAB = 3 + len(_CHARS) + WORD_BUCKETS
+_TOKEN = re.compile(r"\d|[A-Za-z]+|\S")
+
+
+def tokens(text: str) -> list[int]:
+    """Digits and punctuation one id each; words hashed (crc32) into WORD_BUCKETS ids. Numbers are
+    digit sequences, so the network can learn digit-wise arithmetic checks."""
+    out = []
+    for t in _TOKEN.findall(text):
+        i = _CHARS.find(t) if len(t) == 1 else -1
+        out.append(3 + i if i >= 0 else 3 + len(_CHARS) + zlib.crc32(t.lower().encode()) % WORD_BUCKETS)
+    return out
 
 
 def encode(problem: str, steps: list[str], max_len: int) -> tuple[list[int], list[int]]:
-    """Byte ids and the marker positions [after the problem, after step 1, ...]. A problem too long
-    to fit is cut from its start; steps are never cut."""
+    """Token ids and the marker positions [after the problem, after step 1, ...]. A problem too
+    long to fit is cut from its start; steps are never cut."""
     body = []
     for s in steps:
-        body += [min(b, 127) + 1 for b in s.encode("utf-8", "replace")] + [STEP]
-    head = [min(b, 127) + 1 for b in problem.encode("utf-8", "replace")][-(max_len - 1 - len(body)):] if len(body) < max_len - 1 else None
-    if head is None:
-        raise UserError(f"a solution of {len(body)} bytes does not fit the PRM's max_len {max_len}")
-    ids = head + [PROBLEM_END] + body
+        body += tokens(s) + [STEP]
+    if len(body) >= max_len - 1:
+        raise UserError(f"a solution of {len(body)} tokens does not fit the PRM's max_len {max_len}")
+    ids = tokens(problem)[-(max_len - 1 - len(body)):] + [PROBLEM_END] + body
     return ids, [i for i, t in enumerate(ids) if t in (STEP, PROBLEM_END)]
+
+
+class _Block(nn.Module):
+    """Pre-norm causal self-attention + MLP (right padding: real positions never see the pads)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.n1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.n2(x))
 
 
 class StepNet(nn.Module):
@@ -47,16 +85,15 @@ class StepNet(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(VOCAB, d_model, padding_idx=PAD)
         self.pos = nn.Embedding(max_len, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, batch_first=True, norm_first=True)
-        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.blocks = nn.ModuleList(_Block(d_model, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, outputs)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = ids.shape[1]
-        x = self.tok(ids) + self.pos(torch.arange(t, device=ids.device))
-        causal = torch.triu(torch.ones((t, t), dtype=torch.bool, device=ids.device), diagonal=1)
-        return self.head(self.norm(self.body(x, mask=causal, src_key_padding_mask=ids == PAD)))
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
 
 
 @dataclass
@@ -111,29 +148,33 @@ class WorldPRM(PRMScorer):
     """Base of the PRMs trained on the synthetic world (see the module docstring); subclasses set
     `outputs`, `loss` and `read`."""
     outputs = 1
-    problems: int = field(default=400, metadata={"help": "training problems (training-side seeds)"})
+    problems: int = field(default=200, metadata={"help": "training problems (training-side seeds)"})
     samples: int = field(default=8, metadata={"help": "policy samples per training problem"})
     rollouts: int = field(default=8, metadata={"help": "Monte Carlo completions per prefix"})
-    epochs: int = 8
-    lr: float = 2e-3
-    batch: int = 32
-    d_model: int = 64
+    epochs: int = 4
+    lr: float = 3e-3
+    batch: int = 64
+    d_model: int = 32
     layers: int = 2
     heads: int = 4
-    max_len: int = 1024
+    max_len: int = 512
+    read_problem: bool = field(default=False, metadata={
+        "help": "feed the problem text too (2x the tokens); off: the steps, which quote their cues, only"})
 
     def __post_init__(self):
         super().__post_init__()
         if min(self.problems, self.samples, self.rollouts, self.epochs, self.batch, self.d_model, self.layers) < 1:
             raise ValueError("problems, samples, rollouts, epochs, batch, d_model and layers must be positive")
         self._net: StepNet | None = None
+        self._key: str | None = None       # the artifact key (scores are cached under it)
 
     # -- fit hooks ------------------------------------------------------------------------------
     def needs_fit(self, lm, ctx) -> bool:
         return True
 
     def fit_params(self, lm, ctx) -> dict:
-        keep = ("problems", "samples", "rollouts", "epochs", "lr", "batch", "d_model", "layers", "heads", "max_len")
+        keep = ("problems", "samples", "rollouts", "epochs", "lr", "batch", "d_model", "layers", "heads", "max_len",
+                "read_problem")
         return dict({k: getattr(self, k) for k in keep}, **self.label_params(), seed=ctx.seed)
 
     def label_params(self) -> dict:
@@ -162,7 +203,7 @@ class WorldPRM(PRMScorer):
             f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}")
         net = self._net_new()
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.01)
-        encoded = [encode(t.problem, t.steps, self.max_len) for t in data]
+        encoded = [encode(t.problem if self.read_problem else "", t.steps, self.max_len) for t in data]
         trace = []
         for epoch in range(self.epochs):
             order = list(range(len(data)))
@@ -190,22 +231,35 @@ class WorldPRM(PRMScorer):
 
     def use_artifact(self, payload, folder) -> None:
         from safetensors.torch import load_file
+        self._key = payload.get("key")
         net = self._net_new()
         net.load_state_dict(load_file(str(folder / "prm.safetensors")))
         self._net = net.eval()
 
     # -- scoring --------------------------------------------------------------------------------
     def outputs_at_markers(self, problem: str, solutions: list[list[str]]) -> list[torch.Tensor]:
-        """Per solution: the head outputs [K + 1, outputs] at the problem end and every step end."""
+        """Per solution: the head outputs [K + 1, outputs] at the problem end and every step end.
+        Cached on disk by (artifact, problem, solutions), so evaluating the other aggregations of
+        the same fitted PRM does not run the network again."""
         if self._net is None:
             raise UserError(f"{self.name} has no trained network: run `harness fit --method {self.name}` first")
-        enc = [encode(problem, steps, self.max_len) for steps in solutions]
+        path = _cache_dir() / f"{self.name}-{sha256_text(canonical([self._key, problem, solutions]))[:24]}.json"
+        try:
+            return [torch.tensor(o) for o in json.loads(path.read_text())]
+        except (OSError, ValueError):
+            pass
+        enc = [encode(problem if self.read_problem else "", steps, self.max_len) for steps in solutions]
         out = []
         with torch.no_grad():
             for b in range(0, len(enc), 64):
                 chunk = enc[b:b + 64]
                 res = self._net(_pad([e[0] for e in chunk]))
                 out += [res[r, e[1]] for r, e in enumerate(chunk)]
+        if self._key:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps([o.tolist() for o in out]))
+            os.replace(tmp, path)
         return out
 
     def score(self, problem: str, solutions: list[list[str]]) -> list[list[float]]:
@@ -217,6 +271,10 @@ class WorldPRM(PRMScorer):
 
     def loss(self, out: torch.Tensor, traj: Trajectory) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")) / "prm-scores"
 
 
 def _pad(seqs: list[list[int]]) -> torch.Tensor:
