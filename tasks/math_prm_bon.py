@@ -33,7 +33,8 @@ class MathPrmBon(Task):
 
     Metrics per N: accuracy@N — the exact expectation over uniform N-subsets of the correctness of
     the method's pick (argmax of the aggregated score, ties averaged; a "vote" method picks by
-    majority, by Monte Carlo); majority@N and weighted_majority@N (scores summed per answer class)
+    majority, by Monte Carlo; a "search" method — PRM-guided beam search — runs once per N with a
+    budget of N and is graded on its answer); majority@N and weighted_majority@N (scores summed per answer class)
     by Monte Carlo over `trials` seeded subsets, the same subsets for every method; pass@N exact.
     `accuracy` (main) is accuracy@N at the largest N. Solutions without an answer occupy a slot
     and are wrong when picked; they never vote. Problem-level bootstrap intervals (`bootstrap`
@@ -101,7 +102,7 @@ class MathPrmBon(Task):
         grader = Grader(self.grader_timeout, self.math_verify)
         vote = method.selection == "vote"
         names = [f"{m}@{n}" for n in grid for m in ("accuracy", "majority", "pass")
-                 + (() if vote else ("weighted_majority",))]
+                 + (() if method.selection != "argmax" else ("weighted_majority",))]
         per_problem: dict[str, list[float]] = {k: [] for k in names}
         trial_sums = {k: np.zeros(self.trials) for k in names
                       if k.startswith(("majority", "weighted")) or (vote and k.startswith("accuracy"))}
@@ -138,7 +139,7 @@ class MathPrmBon(Task):
         k = max(classes) + 1 if classes else 0
         class_correct = [float(np.mean([c for c, cl in zip(correct, classes) if cl == j])) for j in range(k)]
         scores = weights = None
-        if not vote and m:
+        if method.selection == "argmax" and m:
             steps = method.score(p["problem"], [s["steps"] for s in pool])
             if len(steps) != m:
                 raise RuntimeError(f"{method.name} returned {len(steps)} score lists for {m} solutions")
@@ -163,6 +164,10 @@ class MathPrmBon(Task):
             if vote:
                 values["accuracy"] = maj
                 scoring["votes"] += int(idx.size) if m else 0
+            elif method.selection == "search":     # the method generates: one search per N
+                found = method.search(p, n, bon.subset_seed(seed, p["id"], n))
+                values["accuracy"] = float(grader.equivalent(p["answer"], found) if p.get("answer") is not None else 0.0)
+                row.setdefault("search_answers", {})[str(n)] = found
             else:
                 values["accuracy"] = bon.expected_argmax(scores, correct, n) if m else 0.0
                 values["weighted_majority"] = bon.vote(classes, class_correct, weights, idx) if m else np.zeros(self.trials)

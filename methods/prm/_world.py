@@ -237,15 +237,17 @@ class WorldPRM(PRMScorer):
         self._net = net.eval()
 
     # -- scoring --------------------------------------------------------------------------------
-    def outputs_at_markers(self, problem: str, solutions: list[list[str]]) -> list[torch.Tensor]:
+    def outputs_at_markers(self, problem: str, solutions: list[list[str]], cache: bool = True) -> list[torch.Tensor]:
         """Per solution: the head outputs [K + 1, outputs] at the problem end and every step end.
         Cached on disk by (artifact, problem, solutions), so evaluating the other aggregations of
         the same fitted PRM does not run the network again."""
         if self._net is None:
             raise UserError(f"{self.name} has no trained network: run `harness fit --method {self.name}` first")
         path = _cache_dir() / f"{self.name}-{sha256_text(canonical([self._key, problem, solutions]))[:24]}.json"
+        cache = cache and self._key is not None
         try:
-            return [torch.tensor(o) for o in json.loads(path.read_text())]
+            if cache:
+                return [torch.tensor(o) for o in json.loads(path.read_text())]
         except (OSError, ValueError):
             pass
         enc = [encode(problem if self.read_problem else "", steps, self.max_len) for steps in solutions]
@@ -255,7 +257,7 @@ class WorldPRM(PRMScorer):
                 chunk = enc[b:b + 64]
                 res = self._net(_pad([e[0] for e in chunk]))
                 out += [res[r, e[1]] for r, e in enumerate(chunk)]
-        if self._key:
+        if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps([o.tolist() for o in out]))
@@ -283,6 +285,9 @@ def _pad(seqs: list[list[int]]) -> torch.Tensor:
 
 
 def soft_bce(logits: torch.Tensor, targets: list[float]) -> torch.Tensor:
+    """Mean BCE with (soft) targets; 0 for a solution without steps (the policy stopped at once)."""
+    if not targets:
+        return logits.sum() * 0
     return nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(targets, dtype=logits.dtype))
 
 
