@@ -16,7 +16,7 @@ scaled by a per-problem difficulty drawn log-normally, so some problems are hard
 arithmetic slip (result off by ±1, ±2, ±10 or two digits swapped), wrong operation (the cue's
 symbol replaced), misread operand (±1 or another number of the problem; the quoted cue keeps the
 true number half the time), carry error (the previous result copied wrong), a wrong algebra
-solution, and a truncated solution without an answer (1 %). After an error the policy continues
+solution, and giving up (1 % per step: a last step without an answer). After an error the policy continues
 correctly from what it wrote, so errors propagate; two errors rarely cancel (a right answer with a
 flawed process). `complete(prefix)` continues a partial solution: the Monte Carlo completer for
 Math-Shepherd / PAV labels and the proposal distribution of PRM-guided beam search.
@@ -30,6 +30,7 @@ import random
 from dataclasses import dataclass, field
 
 EVAL_SEED_BASE = 1_000_000
+STOP_TEXT = "I am not sure how to finish this."
 NAMES = ["Ava", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Juno", "Kai", "Lena", "Milo", "Nia"]
 ITEMS = ["apples", "marbles", "stamps", "coins", "shells", "cards", "pencils", "beads", "stickers", "books"]
 SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "alg": "+"}
@@ -187,12 +188,12 @@ class Policy:
         text = f"{pre}{cue[0].upper()}{cue[1:]}: {v} {SYMBOL[kind]} {x} = {result}."
         return Step(text, result, err)
 
-    def next_step(self, prob: Problem, prefix: list[Step], rng: random.Random) -> Step | None:
-        """The next step after `prefix` (the last one states the answer); None: the policy stops
-        without an answer (truncation)."""
+    def next_step(self, prob: Problem, prefix: list[Step], rng: random.Random) -> Step:
+        """The next step after `prefix` (the last one states the answer). With probability
+        `truncate` the policy gives up instead: a final step without an answer."""
         i = len(prefix)
         if rng.random() < self.truncate:
-            return None
+            return Step(STOP_TEXT, None, "stopped")
         s = self.step(prob, i, prefix[-1].value if prefix else prob.start, rng)
         if i == len(prob.ops) - 1:
             s = Step(s.text + f" The answer is \\boxed{{{s.value}}}.", s.value, s.error)
@@ -201,22 +202,21 @@ class Policy:
     def complete(self, prob: Problem, prefix: list[Step], rng: random.Random) -> list[Step]:
         """Continue a partial solution to the end (prefix steps are kept as written)."""
         steps = list(prefix)
-        while len(steps) < len(prob.ops):
-            s = self.next_step(prob, steps, rng)
-            if s is None:
-                return steps                       # stopped without an answer
-            steps.append(s)
+        while not finished(prob, steps):
+            steps.append(self.next_step(prob, steps, rng))
         return steps
-
-    def finished(self, prob: Problem, steps: list[Step]) -> bool:
-        return len(steps) == len(prob.ops)
 
     def sample(self, prob: Problem, seed: int) -> list[Step]:
         return self.complete(prob, [], random.Random(seed))
 
 
+def finished(prob: Problem, steps: list[Step]) -> bool:
+    """All operations done, or the policy gave up."""
+    return len(steps) == len(prob.ops) or bool(steps and steps[-1].value is None)
+
+
 def final_answer(prob: Problem, steps: list[Step]) -> str | None:
-    return str(steps[-1].value) if len(steps) == len(prob.ops) and steps else None
+    return str(steps[-1].value) if len(steps) == len(prob.ops) and steps[-1].value is not None else None
 
 
 def solution_record(prob: Problem, steps: list[Step], idx: int) -> dict:

@@ -87,3 +87,45 @@ def test_fit_then_eval_uses_the_artifact(tmp_path, monkeypatch):
     assert out.record["provenance"]["method_artifact"] == [key]
     m = PAV(**{k: int(v) for k, v in args.items()})
     assert m.needs_fit(None, None)
+
+
+class _CheckerPRM:
+    """A stand-in PRM for the search test that verifies each step's text: the cue's operation and
+    number, the carried amount and the arithmetic ("a op b = c")."""
+    CUES = {"buys": "+", "gives": "-", "times": "*", "shares": "/", "gets": "+"}
+
+    def outputs_at_markers(self, problem, solutions, cache=True):
+        import re
+        outs = []
+        for steps in solutions:
+            rows, prev = [[0.0]], int(re.search(r"has (\d+)", problem).group(1))
+            for s in steps:
+                m = re.search(r"(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)\.", s)
+                if m is None:                       # the policy gave up
+                    rows.append([-5.0])
+                    continue
+                a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+                true = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b else a}[op]
+                cue = next(v for k, v in self.CUES.items() if k in s)
+                y = re.search(r"(\d+)y \+ (\d+) = (\d+)", s)
+                want_b = (int(y.group(3)) - int(y.group(2))) // int(y.group(1)) if y else int(re.search(r"(\d+)", s).group(1))
+                ok = c == true and op == cue and a == prev and b == want_b
+                rows.append([5.0 if ok else -5.0])
+                prev = c
+            outs.append(torch.tensor(rows))
+        return outs
+
+    def read(self, out):
+        return torch.sigmoid(out[1:, 0]).tolist()
+
+
+def test_beam_search_with_a_step_checker_beats_single_samples():
+    from harness.methods.prm.beam_search import BeamSearch
+    bs = BeamSearch(prm_args="problems=1", agg="min")
+    bs.inner = _CheckerPRM()
+    probs, sols = mathworld.pools(12, 1, mathworld.EVAL_SEED_BASE)
+    hits = sum(bs.search(p, 16, 0) == p["answer"] for p in probs)
+    single = sum(s["answer"] == p["answer"] for p, s in zip(probs, sols))
+    assert bs.searches == 12 and hits > single and hits >= 9
+    with pytest.raises(Exception, match="synthetic world only"):
+        bs.search({"id": "x1", "problem": "2+2?"}, 4, 0)

@@ -4,7 +4,7 @@ construction, the network and the fit stage. The per-method files choose targets
 Data (anchors-prm §4): the world's policy samples `samples` solutions for each of `problems`
 training-side problems; at every prefix (the problem alone, then after each step) `rollouts`
 Monte Carlo completions by the same policy give q̂ = the fraction reaching the gold answer (the
-final prefix of a finished solution is its own correctness). From q̂: Math-Shepherd hard
+final prefix of a finished solution, or of one the policy gave up, is its own correctness). From q̂: Math-Shepherd hard
 estimation HE = 1[q̂ > 0] and soft estimation SE = q̂; PAV's Best-of-K prover value
 Q^μ = 1 − (1 − q̂)^K; PQM's step labels = HE; the ORM's label = the final correctness.
 
@@ -110,7 +110,7 @@ def mc_values(prob, steps, policy, rollouts: int, rng: random.Random, completer=
     gold = str(prob.answer)
     out = []
     for k in range(len(steps) + 1):
-        if k == len(steps) and k == len(prob.ops):
+        if k == len(steps) and mathworld.finished(prob, steps):
             out.append(float(mathworld.final_answer(prob, steps) == gold))
             continue
         hits = sum(mathworld.final_answer(prob, completer(prob, steps[:k], rng)) == gold for _ in range(rollouts))

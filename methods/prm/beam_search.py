@@ -19,8 +19,8 @@ class BeamSearch(PRMScorer):
     A decoding method for the synthetic world (it needs the world's policy to propose steps): with
     budget N, N partial solutions each get one next step from the policy; the PRM scores every
     prefix (aggregation `agg`, "last" as in search-and-learn); the top N / M survive and are
-    duplicated M times (M = `beam_width`, 4), until every beam has finished (a beam the policy
-    stops without an answer finishes there). The answer is that of the highest-scored finished
+    duplicated M times (M = `beam_width`, 4), until every beam has finished (answered, or the
+    policy gave up). The answer is that of the highest-scored finished
     beam. N policy steps per depth: the same generation budget as best-of-N with N samples.
 
     prm: a PRM trained on the world (math_shepherd, pav, pqm, orm), prm_args its parameters
@@ -81,17 +81,13 @@ class BeamSearch(PRMScorer):
         beams: list[list[mathworld.Step]] = [[] for _ in range(n)]
         done: list[tuple[float, list[mathworld.Step]]] = []
         while beams:
-            grown, finished = [], []
-            for b in beams:
-                s = policy.next_step(prob, b, rng)
-                (finished if s is None else grown).append(b if s is None else b + [s])
-            cands = grown + finished
+            cands = [b + [policy.next_step(prob, b, rng)] for b in beams]
             outs = self.inner.outputs_at_markers(problem["problem"], [[s.text for s in c] for c in cands], cache=False)
             scored = [(aggregate(self.inner.read(o), self.agg), i) for i, o in enumerate(outs)]
             live = []
             for sc, i in sorted(scored, key=lambda t: -t[0]):
                 c = cands[i]
-                if i >= len(grown) or policy.finished(prob, c):
+                if mathworld.finished(prob, c):
                     done.append((sc, c))
                 elif len(live) < max(1, budget // m):
                     live.append(c)
