@@ -6,7 +6,7 @@ HARNESS = $(VENV)/bin/harness
 # admits it, so installing the project afterwards pulls no second (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install bench reference clean
+.PHONY: demo test install bench reference prm-reference clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,21 @@ reference: install
 	$(HARNESS) eval --task needle --task-arg $(LENGTHS) $(LC_METHODS) --out results
 	$(HARNESS) eval --task passkey --task-arg context_length=512,1024,2048 $(LC_METHODS) --out results
 	$(HARNESS) eval --task perplexity --task-arg context_length=512,1024,2048 $(LC_METHODS) --out results
+
+# The committed math_prm_bon curves (synthetic math world, 200 problems x 64 samples): fit the
+# world PRMs, evaluate every scorer and aggregation, draw the plot.
+PRM_AGGS   = min product last mean
+PRM_FITTED = "math_shepherd --method-arg estimation=hard" "math_shepherd --method-arg estimation=soft" pav pqm
+prm-reference: install
+	for m in $(PRM_FITTED) orm; do nice -n 10 $(HARNESS) fit --method $$m || exit 1; done
+	nice -n 10 $(HARNESS) eval --task math_prm_bon --method majority --out results
+	for m in $(PRM_FITTED); do for a in $(PRM_AGGS); do \
+	    nice -n 10 $(HARNESS) eval --task math_prm_bon --method $$m --method-arg agg=$$a --out results || exit 1; done; done
+	nice -n 10 $(HARNESS) eval --task math_prm_bon --method orm --out results
+	nice -n 10 $(HARNESS) fit --method beam_search --method-arg prm_args=estimation=soft
+	nice -n 10 $(HARNESS) eval --task math_prm_bon --method beam_search --method-arg prm_args=estimation=soft \
+	    --task-arg n_max=16 --out results
+	$(PY) -m pip install -q "matplotlib==3.11.2" && $(PY) scripts/prm_curves.py results --png results/math_prm_bon/curves.png
 
 bench: install
 	$(PY) benchmarks/overhead.py
