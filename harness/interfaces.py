@@ -80,6 +80,11 @@ class StepScorer(Method):
     def score(self, problem: str, solutions: list[list[str]]) -> list[list[float]]:
         raise TypeError(f"method {self.name} does not define score()")
 
+    def score_records(self, problem: dict, solutions: list[dict]) -> list[list[float]]:
+        """What the task calls: the problem and solution records (a method that reads fields other
+        than the text, such as precomputed scores, overrides this)."""
+        return self.score(problem["problem"], [s["steps"] for s in solutions])
+
     def aggregate(self, step_scores: list[float]) -> float:
         raise TypeError(f"method {self.name} does not define aggregate()")
 

@@ -76,7 +76,9 @@ class MathPrmBon(Task):
             probs, sols = mathworld.pools(self.world_problems, self.world_samples, base)
             pools: dict[str, list[dict]] = {}
             for s in sols:
-                pools.setdefault(s["problem_id"], []).append(dict(s, correct=None, scores={}))
+                # the world's hidden step labels, as precomputed scores: a perfect process verifier
+                oracle = [0.0 if e else 1.0 for e in s["step_errors"]]
+                pools.setdefault(s["problem_id"], []).append(dict(s, correct=None, scores={"oracle_steps": oracle}))
             world = {"generator": "harness.mathworld", "policy": "stochastic program (not an LM)",
                      "policy_version": mathworld.Policy().version, "base_seed": base}
             return probs, pools, world
@@ -140,7 +142,7 @@ class MathPrmBon(Task):
         class_correct = [float(np.mean([c for c, cl in zip(correct, classes) if cl == j])) for j in range(k)]
         scores = weights = None
         if method.selection == "argmax" and m:
-            steps = method.score(p["problem"], [s["steps"] for s in pool])
+            steps = method.score_records(p, pool)
             if len(steps) != m:
                 raise RuntimeError(f"{method.name} returned {len(steps)} score lists for {m} solutions")
             scores = [float(method.aggregate(st)) for st in steps]

@@ -208,3 +208,20 @@ def test_bad_task_arguments():
         cells = runner.resolve(["math_prm_bon"], ["majority"], None,
                                {"problems": "/nonexistent.jsonl", "solutions": "/nonexistent2.jsonl"}, {})
         runner.evaluate(cells, device="cpu", out="/tmp/unused-prm-out")
+
+
+def test_precomputed_scores_from_a_prm800k_dump(tmp_path):
+    from harness.methods.prm.precomputed import Precomputed
+    probs = _write(tmp_path / "p.jsonl", [{"id": "a", "problem": "P1", "answer": "\\frac{1}{2}"}])
+    rows = [{"problem": "P1", "given_answer": ans, "prm_score": sc, "steps": ["s"]}
+            for ans, sc in [("0.5", 0.9), ("1/3", 0.8), ("2", 0.1), ("\\frac12", 0.2)]]
+    sols = _write(tmp_path / "s.jsonl", rows)
+    task = MathPrmBon(problems=probs, solutions=sols, format="prm800k", trials=20, bootstrap=10)
+    res = _run(task, Precomputed(key="prm800k_prm"))
+    correct = [1, 0, 0, 1]                              # 0.5 and \frac12 equal the gold 1/2
+    assert res.samples[0]["correct"] == correct
+    for n in (1, 2, 4):
+        assert res.metrics[f"accuracy@{n}"].value == pytest.approx(brute_argmax([0.9, 0.8, 0.1, 0.2], correct, n))
+    assert res.metrics["majority@4"].value == 1.0       # the class {0.5, \frac12} has two votes
+    with pytest.raises(UserError, match="no scores"):
+        _run(task, Precomputed(key="missing"))
