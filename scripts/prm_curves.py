@@ -16,7 +16,7 @@ from pathlib import Path
 def label(rec: dict) -> str:
     name = rec["method"]["name"]
     p = rec["method"]["params"].get(name, {})
-    bits = [f"{k}={p[k]}" for k in ("estimation", "prm", "agg") if k in p and p[k] not in (None, "")]
+    bits = [f"{k}={p[k]}" for k in ("key", "estimation", "prm", "prm_args", "agg") if k in p and p[k] not in (None, "")]
     return name + (f" ({', '.join(bits)})" if bits else "")
 
 
@@ -36,15 +36,18 @@ def curve(rec: dict, metric: str) -> tuple[list[int], list[float]]:
 
 def table(recs: list[dict]) -> str:
     grid = max((r["details"]["grid"] for r in recs), key=len)
-    head = "| method | " + " | ".join(f"N={n}" for n in grid) + f" | 95% CI at N={grid[-1]} |"
-    lines = [head, "|" + "---|" * (len(grid) + 2)]
+    head = ("| method | " + " | ".join(f"N={n}" for n in grid) + f" | 95% CI at N={grid[-1]} |"
+            + f" weighted majority at N={grid[-1]} |")
+    lines = [head, "|" + "---|" * (len(grid) + 3)]
     base = next(r for r in recs if r["details"]["grid"] == grid)
     for name, metric, rec in ([("oracle pass@N", "pass", base), ("majority@N", "majority", base)]
                               + [(label(r), "accuracy", r) for r in sorted(recs, key=label)]):
         vals = {n: rec["metrics"].get(f"{metric}@{n}", {}).get("value") for n in grid}
         ci = rec["details"]["intervals"].get(f"{metric}@{rec['details']['grid'][-1]}")
         cells = [f"{vals[n]:.3f}" if vals[n] is not None else "—" for n in grid]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci[0]:.3f}–{ci[1]:.3f} |")
+        wm = rec["metrics"].get(f"weighted_majority@{rec['details']['grid'][-1]}") if metric == "accuracy" else None
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci[0]:.3f}–{ci[1]:.3f} | "
+                     + (f"{wm['value']:.3f}" if wm else "—") + " |")
     return "\n".join(lines)
 
 
@@ -53,7 +56,8 @@ def plot(recs: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(12, 6))
+    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i % 20) for i in range(40)])
     base = max(recs, key=lambda r: len(r["details"]["grid"]))
     for metric, style in (("pass", "k:"), ("majority", "k--")):
         ax.plot(*curve(base, metric), style, label=f"{metric}@N", linewidth=2)
@@ -65,7 +69,7 @@ def plot(recs: list[dict], out: Path) -> None:
     ax.set_ylabel("accuracy")
     n = base["metrics"]["accuracy"]["n"]
     ax.set_title(f"math_prm_bon, synthetic math world ({n} problems; stochastic-program policy, not an LLM)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
