@@ -100,7 +100,7 @@ class MathPrmBon(Task):
         sizes = [len(pools.get(p["id"], [])) for p in probs]
         grid = bon.n_grid(max(sizes)) if max(sizes) else [1]
         if self.n_max:
-            grid = [n for n in grid if n < self.n_max] + [min(self.n_max, grid[-1])]
+            grid = sorted({n for n in grid if n < self.n_max} | {min(self.n_max, grid[-1])})
         grader = Grader(self.grader_timeout, self.math_verify)
         vote = method.selection == "vote"
         names = [f"{m}@{n}" for n in grid for m in ("accuracy", "majority", "pass")

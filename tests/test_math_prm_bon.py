@@ -181,6 +181,10 @@ def test_task_metrics_with_reference_scorers():
     lo, hi = res.details["intervals"]["accuracy@8"]
     assert lo <= m["accuracy@8"] <= hi
     assert len(_run(task, Constant(), limit=3).samples) == 3
+    assert _run(MathPrmBon(world_problems=3, world_samples=8, n_max=16, trials=5, bootstrap=5),
+                Constant()).details["grid"] == [1, 2, 4, 8]
+    assert _run(MathPrmBon(world_problems=3, world_samples=8, n_max=3, trials=5, bootstrap=5),
+                Constant()).details["grid"] == [1, 2, 3]
 
 
 def test_majority_cell_writes_record(tmp_path):
