@@ -167,8 +167,12 @@ def load_pqm(path: str, problems: list[dict]) -> dict[str, list[dict]]:
     if len(items) != len(problems):
         raise UserError(f"solutions (pqm): {path}: {len(items)} questions but {len(problems)} problems (paired by order)")
     pools = {}
-    for p, item in zip(problems, items):
+    for k, (p, item) in enumerate(zip(problems, items)):
+        if not isinstance(item, dict) or not isinstance(item.get("responses", []), list):
+            raise UserError(f"solutions (pqm): {path}: question {k}: expected {{question, responses: [...]}}")
         for r in item.get("responses", []):
+            if isinstance(r, dict) and not isinstance(r.get("text"), str):
+                raise UserError(f"solutions (pqm): {path}: question {k}: a response has no 'text'")
             t = r["text"] if isinstance(r, dict) else str(r)
             pools.setdefault(p["id"], []).append(_solution(p["id"], split_steps(t, "step_k"), t))
     return pools
