@@ -24,7 +24,8 @@ class PAV(WorldPRM):
     after each step): Q^π = q̂ (the policy's success rate) and the Best-of-K prover's
     Q^μ = 1 − (1 − q̂)^K. Step score = Q^π(k) + α·A^μ(k) with the advantage
     A^μ(k) = Q^μ(k) − Q^μ(k−1). K = 4 (the paper's best range); α = 1 is this project's choice
-    (the paper tunes it). Vote weight: the score clipped at 0."""
+    (the paper tunes it). Vote weight: the score's range [−α, 1 + α] mapped affinely onto [0, 1]
+    (clipping at 0 instead zeroed whole answer classes)."""
     name = "pav"
     paper = "Rewarding Progress: Scaling Automated Process Verifiers for LLM Reasoning (arXiv:2410.08146)"
     smoke_args = SMOKE
@@ -48,4 +49,5 @@ class PAV(WorldPRM):
         return pav_steps(p[:, 0].tolist(), p[:, 1].tolist(), self.alpha)
 
     def vote_weight(self, score: float) -> float:
-        return max(score, 0.0)
+        # Q^π ∈ [0, 1] and A^μ ∈ [-1, 1]: map the range [-α, 1 + α] affinely onto [0, 1]
+        return min(1.0, max(0.0, (score + self.alpha) / (1 + 2 * self.alpha)))
