@@ -14,9 +14,16 @@ from pathlib import Path
 
 
 def label(rec: dict) -> str:
+    """The method and the parameters it was given that differ from its defaults (agg always)."""
+    from harness import params, registry
     name = rec["method"]["name"]
     p = rec["method"]["params"].get(name, {})
-    bits = [f"{k}={p[k]}" for k in ("key", "estimation", "prm", "prm_args", "agg") if k in p and p[k] not in (None, "")]
+    try:
+        defaults = params.to_dict(registry.method(name)(**({"model": "x"} if "model" in p else {})))
+    except Exception:
+        defaults = {}
+    bits = [f"{k}={v}" for k, v in p.items() if k in ("agg", "estimation") or (k in defaults and defaults[k] != v)]
+    bits.sort(key=lambda b: b.startswith("agg="))
     return name + (f" ({', '.join(bits)})" if bits else "")
 
 
