@@ -39,6 +39,7 @@ reference: install
 # The committed math_prm_bon curves (synthetic math world, 200 problems x 64 samples): fit the
 # world PRMs, evaluate every scorer and aggregation, draw the plot.
 PRM_AGGS   = min product last mean
+PRM_BIG    = --method-arg estimation=soft --method-arg read_problem=true --method-arg epochs=8
 PRM_FITTED = "math_shepherd --method-arg estimation=hard" "math_shepherd --method-arg estimation=soft" pav pqm
 prm-reference: install
 	for m in $(PRM_FITTED) orm; do nice -n 10 $(HARNESS) fit --method $$m || exit 1; done
@@ -46,6 +47,10 @@ prm-reference: install
 	for m in $(PRM_FITTED); do for a in $(PRM_AGGS); do \
 	    nice -n 10 $(HARNESS) eval --task math_prm_bon --method $$m --method-arg agg=$$a --out results || exit 1; done; done
 	nice -n 10 $(HARNESS) eval --task math_prm_bon --method orm --out results
+	nice -n 10 $(HARNESS) eval --task math_prm_bon --method precomputed --method-arg key=oracle_steps --method-arg agg=min --out results
+	nice -n 10 $(HARNESS) fit --method math_shepherd $(PRM_BIG)
+	for a in min last; do nice -n 10 $(HARNESS) eval --task math_prm_bon --method math_shepherd $(PRM_BIG) \
+	    --method-arg agg=$$a --out results || exit 1; done
 	nice -n 10 $(HARNESS) fit --method beam_search --method-arg prm_args=estimation=soft
 	nice -n 10 $(HARNESS) eval --task math_prm_bon --method beam_search --method-arg prm_args=estimation=soft \
 	    --task-arg n_max=16 --out results
