@@ -73,9 +73,10 @@ class StepScorer(Method):
     strings) and returns one list of step scores per solution; `aggregate` turns a solution's step
     scores into one solution score (higher = better); `vote_weight` maps that score to a
     non-negative weight for weighted majority voting. A method with selection "vote" scores
-    nothing and picks by answer counts (majority voting)."""
+    nothing and picks by answer counts (majority voting); one with selection "search" generates
+    its own solution with a budget of N (`search`, e.g. PRM-guided beam search)."""
     kind = "step_scorer"
-    selection: ClassVar[str] = "argmax"     # or "vote"
+    selection: ClassVar[str] = "argmax"     # "argmax", "vote" or "search"
 
     def score(self, problem: str, solutions: list[list[str]]) -> list[list[float]]:
         raise TypeError(f"method {self.name} does not define score()")
@@ -90,6 +91,10 @@ class StepScorer(Method):
 
     def vote_weight(self, score: float) -> float:
         return score
+
+    def search(self, problem: dict, n: int, seed: int) -> str | None:
+        """selection "search": the final answer found with budget n (None: no answer)."""
+        raise TypeError(f"method {self.name} does not define search()")
 
 
 @dataclass
