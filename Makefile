@@ -6,7 +6,7 @@ HARNESS = $(VENV)/bin/harness
 # admits it, so installing the project afterwards pulls no second (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-slow gate install bench bench-leaderboard reference reference-long reference-video leaderboard clean
+.PHONY: demo test test-slow gate install bench bench-leaderboard reference reference-long reference-video prm-reference leaderboard clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -65,6 +65,26 @@ reference-long: install
 	    --task-arg context_length=512,1024,2048,4096,8192 $$( [ $$t = needle ] && echo --task-arg samples_per_depth=5 ) \
 	    --device $(DEVICE) --out results; done
 	$(HARNESS) report --task needle --model zoo:tiny-llama --heatmaps docs/needle_heatmaps_tiny_llama.png
+
+# The committed math_prm_bon curves (synthetic math world, 200 problems x 64 samples): fit the
+# world PRMs, evaluate every scorer and aggregation, draw the plot.
+PRM_AGGS   = min product last mean
+PRM_BIG    = --method-arg estimation=soft --method-arg read_problem=true --method-arg epochs=8
+PRM_FITTED = "math_shepherd --method-arg estimation=hard" "math_shepherd --method-arg estimation=soft" pav pqm
+prm-reference: install
+	for m in $(PRM_FITTED) orm; do nice -n 10 $(HARNESS) fit --method $$m || exit 1; done
+	nice -n 10 $(HARNESS) eval --task math_prm_bon --method majority --out results
+	for m in $(PRM_FITTED); do for a in $(PRM_AGGS); do \
+	    nice -n 10 $(HARNESS) eval --task math_prm_bon --method $$m --method-arg agg=$$a --out results || exit 1; done; done
+	nice -n 10 $(HARNESS) eval --task math_prm_bon --method orm --out results
+	nice -n 10 $(HARNESS) eval --task math_prm_bon --method precomputed --method-arg key=oracle_steps --method-arg agg=min --out results
+	nice -n 10 $(HARNESS) fit --method math_shepherd $(PRM_BIG)
+	for a in min last; do nice -n 10 $(HARNESS) eval --task math_prm_bon --method math_shepherd $(PRM_BIG) \
+	    --method-arg agg=$$a --out results || exit 1; done
+	nice -n 10 $(HARNESS) fit --method beam_search --method-arg prm_args=estimation=soft
+	nice -n 10 $(HARNESS) eval --task math_prm_bon --method beam_search --method-arg prm_args=estimation=soft \
+	    --task-arg n_max=16 --out results
+	$(PY) scripts/prm_curves.py results --png results/math_prm_bon/curves.png
 
 bench: install
 	$(PY) benchmarks/overhead.py

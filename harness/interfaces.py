@@ -66,6 +66,37 @@ class LMMethod(Method):
         return contextlib.nullcontext()
 
 
+class StepScorer(Method):
+    """PRM / ORM / verifier (kind step_scorer): scores the steps of candidate solutions.
+
+    `score(problem, solutions)` gets a problem's text and its solutions (each a list of step
+    strings) and returns one list of step scores per solution; `aggregate` turns a solution's step
+    scores into one solution score (higher = better); `vote_weight` maps that score to a
+    non-negative weight for weighted majority voting. A method with selection "vote" scores
+    nothing and picks by answer counts (majority voting); one with selection "search" generates
+    its own solution with a budget of N (`search`, e.g. PRM-guided beam search)."""
+    kind = "step_scorer"
+    selection: ClassVar[str] = "argmax"     # "argmax", "vote" or "search"
+
+    def score(self, problem: str, solutions: list[list[str]]) -> list[list[float]]:
+        raise TypeError(f"method {self.name} does not define score()")
+
+    def score_records(self, problem: dict, solutions: list[dict]) -> list[list[float]]:
+        """What the task calls: the problem and solution records (a method that reads fields other
+        than the text, such as precomputed scores, overrides this)."""
+        return self.score(problem["problem"], [s["steps"] for s in solutions])
+
+    def aggregate(self, step_scores: list[float]) -> float:
+        raise TypeError(f"method {self.name} does not define aggregate()")
+
+    def vote_weight(self, score: float) -> float:
+        return score
+
+    def search(self, problem: dict, n: int, seed: int) -> str | None:
+        """selection "search": the final answer found with budget n (None: no answer)."""
+        raise TypeError(f"method {self.name} does not define search()")
+
+
 @dataclass
 class MethodContext:
     """What a method may know about the run: the longest context the task will use, the seed."""

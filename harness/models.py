@@ -86,31 +86,44 @@ def _refuse_pickle(folder: Path, allow_pickle: bool) -> None:
                         f"--allow-pickle if you trust its source.")
 
 
-def load(spec: str, device: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
+HEADS = ("causal_lm", "token_classification", "sequence_classification", "base")
+
+
+def load(spec: str, device: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False,
+         head: str = "causal_lm") -> LoadedModel:
+    """`head` picks the transformers Auto class: causal_lm (default), token_classification or
+    sequence_classification (reward and process-reward models), base (AutoModel, e.g. a PRM whose
+    remote code defines its own head)."""
     from harness.zoo import registry as zoo
 
     dev = pick_device(device)
     if spec.startswith("zoo:"):
         folder, info = zoo.verified_folder(spec[4:])
-        return _load_folder(spec, folder, dev, False, zoo=True, info=info)
+        return _load_folder(spec, folder, dev, False, zoo=True, info=info, head=head)
     ref = spec[3:] if spec.startswith("hf:") else spec
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"model folder {path} has no config.json")
         _refuse_pickle(path, allow_pickle)
-        return _load_folder(f"{path.resolve()}", path, dev, trust_remote_code, pickle=_pickle_only(path))
+        return _load_folder(f"{path.resolve()}", path, dev, trust_remote_code, pickle=_pickle_only(path), head=head)
     if not spec.startswith("hf:"):
         raise UserError(f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), "
                         f"hf:<org/name>, or a local folder")
-    return _load_folder(spec, ref, dev, trust_remote_code)
+    return _load_folder(spec, ref, dev, trust_remote_code, head=head)
 
 
 def _load_folder(model_id: str, where, device: str, trust_remote_code: bool, zoo: bool = False,
-                 info: dict | None = None, pickle: bool = False) -> LoadedModel:
+                 info: dict | None = None, pickle: bool = False, head: str = "causal_lm") -> LoadedModel:
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    if head not in HEADS:
+        raise UserError(f"model head must be one of {', '.join(HEADS)}, got {head!r}")
+    auto = getattr(transformers, {"causal_lm": "AutoModelForCausalLM", "base": "AutoModel",
+                                  "token_classification": "AutoModelForTokenClassification",
+                                  "sequence_classification": "AutoModelForSequenceClassification"}[head])
 
     transformers.logging.set_verbosity_error()       # per-weight progress bars and length reminders
     transformers.utils.logging.disable_progress_bar()
@@ -118,8 +131,8 @@ def _load_folder(model_id: str, where, device: str, trust_remote_code: bool, zoo
     dtype = torch.float32 if device == "cpu" else "auto"
     try:
         tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, use_safetensors=not pickle,
-                                                     trust_remote_code=trust_remote_code)
+        model = auto.from_pretrained(str(where), dtype=dtype, use_safetensors=not pickle,
+                                     trust_remote_code=trust_remote_code)
     except (OSError, ValueError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load model {model_id!r}: {first}") from None

@@ -296,21 +296,25 @@ def fit(method_name: str, model: str, task_name: str | None, task_args: dict[str
         target = _build(tcls, {}, task_args, f"task {task_name}", alias).target_length()
     elif task_args:
         raise UserError("--task-arg needs --task")
-    loaded = models.load(model, device, trust_remote_code, allow_pickle)
-    lm = LM(loaded)
+    if cls.kind == "lm":
+        loaded = models.load(model, device, trust_remote_code, allow_pickle)
+        lm, model_id, sha, dev = LM(loaded), loaded.id, loaded.sha256, loaded.device
+    else:   # other kinds train their own models (a PRM): no LM, as in their tasks' evaluation
+        lm, model_id, sha, dev = None, "none", None, models.pick_device(device)
     mctx = MethodContext(target_length=target, seed=seed)
     if not method.needs_fit(lm, mctx):
         raise UserError(f"method {method_name} with these parameters has no fit stage to run")
-    key = artifacts.key_for(method, lm, mctx, loaded.sha256)
+    key = artifacts.key_for(method, lm, mctx, sha)
     existing = artifacts.load(key)
     if existing is not None and not overwrite:
         log(f"artifact {key} exists in {artifacts.folder(key)} (use --overwrite to refit)")
         return key, existing
     t0 = time.perf_counter()
     payload, write_files = method.fit(lm, mctx, log=log)
-    payload = dict(payload, method=method_name, model=loaded.id, model_sha256=loaded.sha256,
+    payload = dict(payload, method=method_name, model=model_id, model_sha256=sha,
                    fit_params=method.fit_params(lm, mctx), data_hash=method.fit_data_hash(lm, mctx),
-                   fit_seconds=round(time.perf_counter() - t0, 1), provenance=provenance.environment(loaded.device))
+                   fit_seconds=round(time.perf_counter() - t0, 1), provenance=provenance.environment(dev))
     artifacts.save(key, payload, write_files)
-    lm.close()
+    if lm is not None:
+        lm.close()
     return key, payload

@@ -1,0 +1,296 @@
+"""PRMs trained on the synthetic math world (harness.mathworld): shared data collection, label
+construction, the network and the fit stage. The per-method files choose targets, loss and read-out.
+
+Data (anchors-prm §4): the world's policy samples `samples` solutions for each of `problems`
+training-side problems; at every prefix (the problem alone, then after each step) `rollouts`
+Monte Carlo completions by the same policy give q̂ = the fraction reaching the gold answer (the
+final prefix of a finished solution, or of one the policy gave up, is its own correctness). From q̂: Math-Shepherd hard
+estimation HE = 1[q̂ > 0] and soft estimation SE = q̂; PAV's Best-of-K prover value
+Q^μ = 1 − (1 − q̂)^K; PQM's step labels = HE; the ORM's label = the final correctness.
+
+Network: a small causal Transformer (d 32, 2 layers by default) over words (hashed), digits and
+punctuation, with a marker token after the problem and after each step; heads read at the markers,
+so the score of step k depends only on what precedes it (what PRM-guided search needs). By default
+it reads the steps only (`read_problem=false`): the steps quote their cues, and on this shared
+2-core machine the problem text doubled the cost; errors that misquote the problem (half of the
+misreads) are then invisible to it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness import mathworld
+from harness.errors import UserError
+from harness.methods.prm._common import PRMScorer
+from harness.records import canonical, sha256_text
+
+PAD, STEP, PROBLEM_END, WORD_BUCKETS = 0, 1, 2, 1024
+_CHARS = "0123456789" + "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum())
+VOCAB = 3 + len(_CHARS) + WORD_BUCKETS
+_TOKEN = re.compile(r"\d|[A-Za-z]+|\S")
+
+
+def tokens(text: str) -> list[int]:
+    """Digits and punctuation one id each; words hashed (crc32) into WORD_BUCKETS ids. Numbers are
+    digit sequences, so the network can learn digit-wise arithmetic checks."""
+    out = []
+    for t in _TOKEN.findall(text):
+        i = _CHARS.find(t) if len(t) == 1 else -1
+        out.append(3 + i if i >= 0 else 3 + len(_CHARS) + zlib.crc32(t.lower().encode()) % WORD_BUCKETS)
+    return out
+
+
+def encode(problem: str, steps: list[str], max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids and the marker positions [after the problem, after step 1, ...]. A problem too
+    long to fit is cut from its start; steps are never cut."""
+    body = []
+    for s in steps:
+        body += tokens(s) + [STEP]
+    if len(body) >= max_len - 1:
+        raise UserError(f"a solution of {len(body)} tokens does not fit the PRM's max_len {max_len}")
+    ids = tokens(problem)[-(max_len - 1 - len(body)):] + [PROBLEM_END] + body
+    return ids, [i for i, t in enumerate(ids) if t in (STEP, PROBLEM_END)]
+
+
+class _Block(nn.Module):
+    """Pre-norm causal self-attention + MLP (right padding: real positions never see the pads)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.n1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.n2(x))
+
+
+class StepNet(nn.Module):
+    def __init__(self, d_model: int, layers: int, heads: int, max_len: int, outputs: int):
+        super().__init__()
+        self.tok = nn.Embedding(VOCAB, d_model, padding_idx=PAD)
+        self.pos = nn.Embedding(max_len, d_model)
+        self.blocks = nn.ModuleList(_Block(d_model, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, outputs)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+@dataclass
+class Trajectory:
+    problem: str
+    steps: list[str]
+    q: list[float]        # q̂ at every prefix: [problem only, after step 1, ..., after step K]
+    correct: bool
+
+
+def mc_values(prob, steps, policy, rollouts: int, rng: random.Random, completer=None) -> list[float]:
+    """q̂ per prefix by `rollouts` completions (completer(prob, prefix, rng) -> finished steps)."""
+    completer = completer or policy.complete
+    gold = str(prob.answer)
+    out = []
+    for k in range(len(steps) + 1):
+        if k == len(steps) and mathworld.finished(prob, steps):
+            out.append(float(mathworld.final_answer(prob, steps) == gold))
+            continue
+        hits = sum(mathworld.final_answer(prob, completer(prob, steps[:k], rng)) == gold for _ in range(rollouts))
+        out.append(hits / rollouts)
+    return out
+
+
+def hard(q: list[float]) -> list[float]:
+    return [1.0 if v > 0 else 0.0 for v in q]
+
+
+def best_of_k(q: list[float], k: int) -> list[float]:
+    return [1 - (1 - v) ** k for v in q]
+
+
+def pqm_loss(qs: torch.Tensor, labels: list[float], zeta: float) -> torch.Tensor:
+    """PQM's comparative loss for one trajectory (anchors §4.4): every correct step must outrank
+    the earlier correct steps and the anchor Q_0 = 0, every wrong step sits ζ below; plus the anchor
+    term when there are wrong steps. Mean over the counted terms."""
+    correct = [i for i, y in enumerate(labels) if y >= 0.5]
+    wrong = [i for i, y in enumerate(labels) if y < 0.5]
+    zero = qs.new_zeros(())
+    wrong_mass = torch.logsumexp(qs[wrong] + zeta, 0) if wrong else None
+    terms = []
+    for j, t in enumerate(correct):
+        parts = [qs[t], zero] + [qs[c] for c in correct[:j]] + ([wrong_mass] if wrong else [])
+        terms.append(torch.logsumexp(torch.stack(parts), 0) - qs[t])
+    if wrong:
+        terms.append(torch.logsumexp(torch.stack([zero, wrong_mass]), 0))
+    return torch.stack(terms).mean() if terms else qs.sum() * 0
+
+
+@dataclass
+class WorldPRM(PRMScorer):
+    """Base of the PRMs trained on the synthetic world (see the module docstring); subclasses set
+    `outputs`, `loss` and `read`."""
+    outputs = 1
+    problems: int = field(default=200, metadata={"help": "training problems (training-side seeds)"})
+    samples: int = field(default=8, metadata={"help": "policy samples per training problem"})
+    rollouts: int = field(default=8, metadata={"help": "Monte Carlo completions per prefix"})
+    epochs: int = 4
+    lr: float = 3e-3
+    batch: int = 64
+    d_model: int = 32
+    layers: int = 2
+    heads: int = 4
+    max_len: int = 512
+    read_problem: bool = field(default=False, metadata={
+        "help": "feed the problem text too (2x the tokens); off: the steps, which quote their cues, only"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if min(self.problems, self.samples, self.rollouts, self.epochs, self.batch, self.d_model, self.layers) < 1:
+            raise ValueError("problems, samples, rollouts, epochs, batch, d_model and layers must be positive")
+        self._net: StepNet | None = None
+        self._key: str | None = None       # the artifact key (scores are cached under it)
+
+    # -- fit hooks ------------------------------------------------------------------------------
+    def needs_fit(self, lm, ctx) -> bool:
+        return True
+
+    def fit_params(self, lm, ctx) -> dict:
+        keep = ("problems", "samples", "rollouts", "epochs", "lr", "batch", "d_model", "layers", "heads", "max_len",
+                "read_problem")
+        return dict({k: getattr(self, k) for k in keep}, **self.label_params(), seed=ctx.seed)
+
+    def label_params(self) -> dict:
+        return {}
+
+    def fit_data_hash(self, lm, ctx) -> str:
+        policy = mathworld.Policy()
+        return hashlib.sha256(canonical({"world": "harness.mathworld", "policy": policy.__dict__,
+                                         "problem_seeds": [0, self.problems]}).encode()).hexdigest()
+
+    def _net_new(self) -> StepNet:
+        return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs)
+
+    def fit(self, lm, ctx, log=print):
+        torch.manual_seed(ctx.seed)
+        policy, rng = mathworld.Policy(), random.Random(ctx.seed)
+        data = []
+        for i in range(self.problems):
+            prob = mathworld.problem(i)
+            for j in range(self.samples):
+                steps = policy.sample(prob, mathworld.sample_seed(prob, j, salt=1 + ctx.seed))
+                q = mc_values(prob, steps, policy, self.rollouts, rng)
+                data.append(Trajectory(prob.text, [s.text for s in steps], q,
+                                       mathworld.final_answer(prob, steps) == str(prob.answer)))
+        log(f"{self.name}: {len(data)} trajectories, {sum(len(t.steps) for t in data)} steps, "
+            f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}")
+        net = self._net_new()
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.01)
+        encoded = [encode(t.problem if self.read_problem else "", t.steps, self.max_len) for t in data]
+        trace = []
+        for epoch in range(self.epochs):
+            order = list(range(len(data)))
+            rng.shuffle(order)
+            total = 0.0
+            for b in range(0, len(order), self.batch):
+                chunk = order[b:b + self.batch]
+                out = net(_pad([encoded[i][0] for i in chunk]))
+                loss = torch.stack([self.loss(out[r, encoded[i][1]], data[i]) for r, i in enumerate(chunk)]).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(chunk)
+            trace.append(total / len(order))
+            log(f"{self.name}: epoch {epoch + 1}/{self.epochs} loss {trace[-1]:.4f}")
+        self._net = net.eval()
+        state = {k: v.contiguous() for k, v in net.state_dict().items()}
+
+        def write(folder):
+            from safetensors.torch import save_file
+            save_file(state, str(folder / "prm.safetensors"))
+        return {"trajectories": len(data), "loss_trace": trace,
+                "policy_accuracy": sum(t.correct for t in data) / len(data),
+                "parameters": sum(p.numel() for p in net.parameters())}, write
+
+    def use_artifact(self, payload, folder) -> None:
+        from safetensors.torch import load_file
+        self._key = payload.get("key")
+        net = self._net_new()
+        net.load_state_dict(load_file(str(folder / "prm.safetensors")))
+        self._net = net.eval()
+
+    # -- scoring --------------------------------------------------------------------------------
+    def outputs_at_markers(self, problem: str, solutions: list[list[str]], cache: bool = True) -> list[torch.Tensor]:
+        """Per solution: the head outputs [K + 1, outputs] at the problem end and every step end.
+        Cached on disk by (artifact, problem, solutions), so evaluating the other aggregations of
+        the same fitted PRM does not run the network again."""
+        if self._net is None:
+            raise UserError(f"{self.name} has no trained network: run `harness fit --method {self.name}` first")
+        path = _cache_dir() / f"{self.name}-{sha256_text(canonical([self._key, problem, solutions]))[:24]}.json"
+        cache = cache and self._key is not None
+        try:
+            if cache:
+                return [torch.tensor(o) for o in json.loads(path.read_text())]
+        except (OSError, ValueError):
+            pass
+        enc = [encode(problem if self.read_problem else "", steps, self.max_len) for steps in solutions]
+        out = []
+        with torch.no_grad():
+            for b in range(0, len(enc), 64):
+                chunk = enc[b:b + 64]
+                res = self._net(_pad([e[0] for e in chunk]))
+                out += [res[r, e[1]] for r, e in enumerate(chunk)]
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps([o.tolist() for o in out]))
+            os.replace(tmp, path)
+        return out
+
+    def score(self, problem: str, solutions: list[list[str]]) -> list[list[float]]:
+        return [self.read(o) for o in self.outputs_at_markers(problem, solutions)]
+
+    def read(self, out: torch.Tensor) -> list[float]:
+        """Step scores from the outputs at [problem end, step 1, ..., step K]."""
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor, traj: Trajectory) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")) / "prm-scores"
+
+
+def _pad(seqs: list[list[int]]) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [PAD] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+def soft_bce(logits: torch.Tensor, targets: list[float]) -> torch.Tensor:
+    """Mean BCE with (soft) targets; 0 for a solution without steps (the policy stopped at once)."""
+    if not targets:
+        return logits.sum() * 0
+    return nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(targets, dtype=logits.dtype))
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x > -50 else 0.0
+

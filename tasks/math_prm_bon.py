@@ -1,0 +1,188 @@
+"""MATH best-of-N with process/outcome reward models: a pool of sampled solutions per problem, a
+step_scorer method scores them, and the task reports accuracy@N, majority@N, weighted_majority@N
+and the oracle pass@N for N = 1, 2, 4, ... up to the pool size."""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness import mathworld
+from harness.errors import UserError
+from harness.interfaces import Metric, Task, TaskResult
+from harness.mathgrade import Grader
+from harness.records import canonical, sha256_text
+from harness.registry import register
+from harness.tasks import _bon_metrics as bon
+from harness.tasks import _prm_formats as formats
+
+
+@register
+@dataclass
+class MathPrmBon(Task):
+    """Best-of-N selection on MATH-style problems (protocol: anchors-prm §1.9).
+
+    Input: `problems` and `solutions` files (format `harness`, see the README, or an importer:
+    prm800k, rlhflow, pqm, sal), or "synthetic" for the project's synthetic math world
+    (harness.mathworld: `world_problems` problems, `world_samples` policy samples each, evaluation
+    seeds). Answers are graded against the gold answer by harness.mathgrade (math-verify behind a
+    process timeout, conservative fallbacks); a problem without a gold answer uses the solutions'
+    given labels. Answer classes for voting are grader-equivalence classes, not raw strings.
+
+    Metrics per N: accuracy@N — the exact expectation over uniform N-subsets of the correctness of
+    the method's pick (argmax of the aggregated score, ties averaged; a "vote" method picks by
+    majority, by Monte Carlo; a "search" method — PRM-guided beam search — runs once per N with a
+    budget of N and is graded on its answer); majority@N and weighted_majority@N (scores summed per answer class)
+    by Monte Carlo over `trials` seeded subsets, the same subsets for every method; pass@N exact.
+    `accuracy` (main) is accuracy@N at the largest N. Solutions without an answer occupy a slot
+    and are wrong when picked; they never vote. Problem-level bootstrap intervals (`bootstrap`
+    resamples) and the Monte Carlo trial std go to details."""
+    name = "math_prm_bon"
+    version = "1"
+    accepts = ("step_scorer",)
+    main_metric = "accuracy"
+    needs_lm = False
+    generates = False
+    summary = "best-of-N reranking of sampled MATH solutions by PRMs/ORMs: accuracy@N, majority@N, pass@N"
+    smoke_args = {"world_problems": "6", "world_samples": "8", "trials": "8", "bootstrap": "20"}
+    problems: str = field(default="synthetic", metadata={"help": "problems JSONL, or 'synthetic'"})
+    solutions: str = field(default="synthetic", metadata={"help": "solutions file, or 'synthetic'"})
+    format: str = field(default="harness", metadata={"help": "harness, prm800k, rlhflow, pqm or sal"})
+    step_sep: str = field(default="\\n\\n", metadata={"help": "step separator for rlhflow dumps (escapes allowed)"})
+    world_problems: int = field(default=200, metadata={"help": "synthetic world: problems"})
+    world_samples: int = field(default=64, metadata={"help": "synthetic world: policy samples per problem"})
+    n_max: int | None = field(default=None, metadata={"help": "largest N (None: the pool size)"})
+    trials: int = field(default=200, metadata={"help": "Monte Carlo subsets per N for the voting metrics"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples over problems"})
+    grader_timeout: float = field(default=5.0, metadata={"help": "seconds per math-verify comparison"})
+    math_verify: bool = field(default=True, metadata={"help": "use math-verify after the exact checks"})
+
+    def __post_init__(self):
+        if self.format not in formats.FORMATS:
+            raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}")
+        if (self.problems == "synthetic") != (self.solutions == "synthetic") and self.format == "harness":
+            raise ValueError("problems and solutions are both 'synthetic' or both files")
+        if min(self.world_problems, self.world_samples, self.trials) < 1 or self.bootstrap < 0:
+            raise ValueError("world_problems, world_samples and trials must be positive")
+        if self.n_max is not None and self.n_max < 1:
+            raise ValueError("n_max must be positive")
+
+    # -- data ----------------------------------------------------------------------------------
+    def load(self, seed: int) -> tuple[list[dict], dict[str, list[dict]], dict]:
+        if self.solutions == "synthetic":
+            base = mathworld.EVAL_SEED_BASE + 100_000 * seed
+            probs, sols = mathworld.pools(self.world_problems, self.world_samples, base)
+            pools: dict[str, list[dict]] = {}
+            for s in sols:
+                # the world's hidden step labels, as precomputed scores: a perfect process verifier
+                oracle = [0.0 if e else 1.0 for e in s["step_errors"]]
+                pools.setdefault(s["problem_id"], []).append(dict(s, correct=None, scores={"oracle_steps": oracle}))
+            world = {"generator": "harness.mathworld", "policy": "stochastic program (not an LM)",
+                     "policy_version": mathworld.Policy().version, "base_seed": base}
+            return probs, pools, world
+        sep = self.step_sep.encode().decode("unicode_escape")
+        probs, pools = formats.load(self.format, None if self.problems == "synthetic" else self.problems,
+                                    self.solutions, sep)
+        return probs, pools, {}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def run(self, ctx) -> TaskResult:
+        if len(ctx.methods) != 1:
+            raise UserError("math_prm_bon evaluates one step_scorer method per cell")
+        method = ctx.methods[0]
+        probs, pools, world = self.load(ctx.seed)
+        if ctx.limit:
+            probs = probs[:ctx.limit]
+        if not probs:
+            raise UserError("math_prm_bon: no problems to evaluate")
+        sizes = [len(pools.get(p["id"], [])) for p in probs]
+        grid = bon.n_grid(max(sizes)) if max(sizes) else [1]
+        if self.n_max:
+            grid = sorted({n for n in grid if n < self.n_max} | {min(self.n_max, grid[-1])})
+        grader = Grader(self.grader_timeout, self.math_verify)
+        vote = method.selection == "vote"
+        names = [f"{m}@{n}" for n in grid for m in ("accuracy", "majority", "pass")
+                 + (() if method.selection != "argmax" else ("weighted_majority",))]
+        per_problem: dict[str, list[float]] = {k: [] for k in names}
+        trial_sums = {k: np.zeros(self.trials) for k in names
+                      if k.startswith(("majority", "weighted")) or (vote and k.startswith("accuracy"))}
+        samples, scoring = [], {"solutions": 0, "finite": 0, "problems": 0, "varied_answers": 0,
+                                "varied_scores": 0, "votes": 0}
+        try:
+            for p in ctx.iterate(probs, total=len(probs), desc="math_prm_bon"):
+                pool = pools.get(p["id"], [])
+                row = self._problem(p, pool, method, vote, grid, grader, ctx.seed, scoring, per_problem, trial_sums)
+                samples.append(row)
+        finally:
+            grader.close()
+        metrics = {k: Metric.mean(v, "higher", "fraction", sample_field=k) for k, v in per_problem.items()}
+        metrics["accuracy"] = Metric.mean(per_problem[f"accuracy@{grid[-1]}"], "higher", "fraction",
+                                          sample_field=f"accuracy@{grid[-1]}")
+        details = {
+            "grid": grid, "selection": method.selection, "grader": grader.info(),
+            "pool_sizes": {"min": min(sizes), "max": max(sizes), "mean": sum(sizes) / len(sizes)},
+            "intervals": {k: bon.bootstrap_interval(v, self.bootstrap, ctx.seed) for k, v in per_problem.items()},
+            "interval_level": 0.95,
+            "trial_std": {k: float(v.std() / len(probs)) for k, v in trial_sums.items()},
+            "scoring": scoring, "world": world, "calibrated": True,
+        }
+        return TaskResult(metrics, samples, details, self._hash(probs, pools))
+
+    def _problem(self, p, pool, method, vote, grid, grader, seed, scoring, per_problem, trial_sums) -> dict:
+        m = len(pool)
+        answers = [s["answer"] for s in pool]
+        classes = grader.classes(answers)
+        if p.get("answer") is not None:
+            correct = [grader.equivalent(p["answer"], a) for a in answers]
+        else:
+            correct = [bool(s.get("correct")) for s in pool]
+        k = max(classes) + 1 if classes else 0
+        class_correct = [float(np.mean([c for c, cl in zip(correct, classes) if cl == j])) for j in range(k)]
+        scores = weights = None
+        if method.selection == "argmax" and m:
+            steps = method.score_records(p, pool)
+            if len(steps) != m:
+                raise RuntimeError(f"{method.name} returned {len(steps)} score lists for {m} solutions")
+            scores = [float(method.aggregate(st)) for st in steps]
+            weights = [float(method.vote_weight(x)) for x in scores]
+            if any(c >= 0 and (w < 0 or not math.isfinite(w)) for w, c in zip(weights, classes)):
+                raise RuntimeError(f"{method.name}: vote weights must be finite and non-negative")
+            scoring["solutions"] += m
+            scoring["finite"] += sum(math.isfinite(x) for x in scores)
+            scoring["varied_scores"] += len(set(scores)) > 1
+        scoring["problems"] += 1
+        scoring["varied_answers"] += len(set(classes)) > 1
+        row = {"id": p["id"], "input_hash": sha256_text(p["problem"])[:16], "gold": p.get("answer"),
+               "n": m, "answer_classes": k, "correct": [int(c) for c in correct]}
+        if scores is not None:
+            best = int(np.argmax(scores))
+            row.update(prediction=answers[best], scores=[round(x, 6) for x in scores])
+        for n in grid:
+            idx = bon.subsets(m, n, self.trials, bon.subset_seed(seed, p["id"], n)) if m else None
+            maj = bon.vote(classes, class_correct, [1.0] * m, idx) if m else np.zeros(self.trials)
+            values = {"majority": maj, "pass": bon.pass_at(sum(correct), m, n)}
+            if vote:
+                values["accuracy"] = maj
+                scoring["votes"] += int(idx.size) if m else 0
+            elif method.selection == "search":     # the method generates: one search per N
+                found = method.search(p, n, bon.subset_seed(seed, p["id"], n))
+                values["accuracy"] = float(grader.equivalent(p["answer"], found) if p.get("answer") is not None else 0.0)
+                row.setdefault("search_answers", {})[str(n)] = found
+            else:
+                values["accuracy"] = bon.expected_argmax(scores, correct, n) if m else 0.0
+                values["weighted_majority"] = bon.vote(classes, class_correct, weights, idx) if m else np.zeros(self.trials)
+            for name, v in values.items():
+                key = f"{name}@{n}"
+                if isinstance(v, np.ndarray):
+                    trial_sums[key] += v
+                    v = float(v.mean())
+                per_problem[key].append(v)
+                row[key] = round(v, 6)
+        return row
+
+    def _hash(self, probs, pools) -> str:
+        content = [[p["id"], p["problem"], p.get("answer"), [[s["steps"], s["answer"]] for s in pools.get(p["id"], [])]]
+                   for p in probs]
+        return hashlib.sha256(canonical(content).encode()).hexdigest()

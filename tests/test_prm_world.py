@@ -1,0 +1,131 @@
+"""The synthetic-world PRMs: Monte Carlo labels (HE/SE, Best-of-K, PAV advantages) with a stub
+completer, PQM's loss against its formula written out with scalars, the causal read-out, and a
+fit → eval round trip through the artifact store."""
+import math
+import random
+
+import pytest
+import torch
+
+from harness import mathworld, runner
+from harness.methods.prm import _world
+from harness.methods.prm.pav import PAV, pav_steps
+
+
+def test_mc_values_hard_and_soft_with_a_stub_completer():
+    prob = mathworld.problem(3)
+    policy = mathworld.Policy()
+    gold = str(prob.answer)
+    steps = policy.sample(prob, 11)
+    # the stub reaches the gold answer on every 4th call whatever the prefix: q = 1/4 per prefix
+    calls = {"n": 0}
+
+    def completer(p, prefix, rng):
+        calls["n"] += 1
+        done = list(prefix) + [mathworld.Step("x", None)] * (len(p.ops) - len(prefix))
+        value = int(gold) if calls["n"] % 4 == 0 else int(gold) + 1
+        return done[:-1] + [mathworld.Step("x", value)]
+
+    q = _world.mc_values(prob, steps, policy, 8, random.Random(0), completer)
+    finished = len(steps) == len(prob.ops)
+    inner = q[:-1] if finished else q
+    assert inner == [0.25] * len(inner)
+    if finished:
+        assert q[-1] == float(mathworld.final_answer(prob, steps) == gold)
+    assert _world.hard([0.0, 0.25, 1.0]) == [0.0, 1.0, 1.0]
+    assert _world.best_of_k([0.25, 0.0, 1.0], 4) == pytest.approx([1 - 0.75 ** 4, 0.0, 1.0])
+
+
+def test_mc_values_of_the_real_policy_are_bounded_and_final_is_exact():
+    prob, policy = mathworld.problem(5), mathworld.Policy()
+    steps = policy.sample(prob, 2)
+    q = _world.mc_values(prob, steps, policy, 6, random.Random(1))
+    assert len(q) == len(steps) + 1 and all(0 <= v <= 1 for v in q)
+
+
+def test_pav_effective_reward():
+    assert pav_steps([0.5, 0.6, 0.2], [0.7, 0.9, 0.4], 2.0) == pytest.approx([0.6 + 2 * 0.2, 0.2 + 2 * (-0.5)])
+
+
+def _pqm_by_formula(q, labels, zeta):
+    """anchors-prm §4.4 term by term with math.exp."""
+    C = [i for i, y in enumerate(labels) if y == 1]
+    W = [i for i, y in enumerate(labels) if y == 0]
+    terms = []
+    for t in C:
+        den = math.exp(q[t]) + math.exp(0) + sum(math.exp(q[c]) for c in C if c < t) + sum(math.exp(q[w] + zeta) for w in W)
+        terms.append(-math.log(math.exp(q[t]) / den))
+    if W:
+        terms.append(-math.log(math.exp(0) / (math.exp(0) + sum(math.exp(q[w] + zeta) for w in W))))
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("labels", [[1, 1, 0, 0], [1, 0, 1, 1], [0, 0], [1, 1, 1]])
+def test_pqm_loss_matches_formula(labels):
+    q = [0.3, -1.2, 2.0, 0.7][:len(labels)]
+    got = _world.pqm_loss(torch.tensor(q), labels, 4.0)
+    assert float(got) == pytest.approx(_pqm_by_formula(q, labels, 4.0), rel=1e-6)
+
+
+def test_scores_are_causal_in_the_steps():
+    net = _world.StepNet(16, 1, 2, 256, 1).eval()
+    a_ids, a_pos = _world.encode("P?", ["s1", "s2", "s3"], 256)
+    b_ids, b_pos = _world.encode("P?", ["s1", "s2", "zz"], 256)
+    with torch.no_grad():
+        a, b = net(torch.tensor([a_ids]))[0, a_pos], net(torch.tensor([b_ids]))[0, b_pos]
+    assert torch.allclose(a[:3], b[:3], atol=1e-5) and not torch.allclose(a[3], b[3])
+
+
+def test_fit_then_eval_uses_the_artifact(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "art"))
+    args = {"problems": "4", "samples": "2", "rollouts": "2", "epochs": "2", "d_model": "16", "layers": "1"}
+    key, payload = runner.fit("pav", "none", None, {}, args, log=lambda m: None)
+    assert payload["trajectories"] == 8 and len(payload["loss_trace"]) == 2 and payload["model"] == "none"
+    cells = runner.resolve(["math_prm_bon"], ["pav"], None, {"world_problems": "3", "world_samples": "4",
+                                                             "trials": "5", "bootstrap": "5"}, args)
+    (out,) = runner.evaluate(cells, device="cpu", out=tmp_path / "out")
+    assert out.record["provenance"]["method_artifact"] == [key]
+    m = PAV(**{k: int(v) for k, v in args.items()})
+    assert m.needs_fit(None, None)
+
+
+class _CheckerPRM:
+    """A stand-in PRM for the search test that verifies each step's text: the cue's operation and
+    number, the carried amount and the arithmetic ("a op b = c")."""
+    CUES = {"buys": "+", "gives": "-", "times": "*", "shares": "/", "gets": "+"}
+
+    def outputs_at_markers(self, problem, solutions, cache=True):
+        import re
+        outs = []
+        for steps in solutions:
+            rows, prev = [[0.0]], int(re.search(r"has (\d+)", problem).group(1))
+            for s in steps:
+                m = re.search(r"(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)\.", s)
+                if m is None:                       # the policy gave up
+                    rows.append([-5.0])
+                    continue
+                a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+                true = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b else a}[op]
+                cue = next(v for k, v in self.CUES.items() if k in s)
+                y = re.search(r"(\d+)y \+ (\d+) = (\d+)", s)
+                want_b = (int(y.group(3)) - int(y.group(2))) // int(y.group(1)) if y else int(re.search(r"(\d+)", s).group(1))
+                ok = c == true and op == cue and a == prev and b == want_b
+                rows.append([5.0 if ok else -5.0])
+                prev = c
+            outs.append(torch.tensor(rows))
+        return outs
+
+    def read(self, out):
+        return torch.sigmoid(out[1:, 0]).tolist()
+
+
+def test_beam_search_with_a_step_checker_beats_single_samples():
+    from harness.methods.prm.beam_search import BeamSearch
+    bs = BeamSearch(prm_args="problems=1", agg="min")
+    bs.inner = _CheckerPRM()
+    probs, sols = mathworld.pools(12, 1, mathworld.EVAL_SEED_BASE)
+    hits = sum(bs.search(p, 16, 0) == p["answer"] for p in probs)
+    single = sum(s["answer"] == p["answer"] for p, s in zip(probs, sols))
+    assert bs.searches == 12 and hits > single and hits >= 9
+    with pytest.raises(Exception, match="synthetic world only"):
+        bs.search({"id": "x1", "problem": "2+2?"}, 4, 0)
