@@ -68,6 +68,7 @@ class LayerCache:
         self._score = None
         self.n = 0
         self.state: dict = {}
+        self.slots: dict[str, tuple[torch.Tensor, object]] = {}   # name -> ([1, H_kv, n, ...], fill of new slots)
         self.queries: torch.Tensor | None = None    # the last `query_window` queries (after RoPE)
 
     k = property(lambda self: self._k[:, :, :self.n])
@@ -87,7 +88,29 @@ class LayerCache:
         self._pos[:, :, self.n:self.n + c] = pos
         if self._score is not None:
             self._score[:, :, self.n:self.n + c] = 0
+        for name, (t, fill) in self.slots.items():
+            new = torch.full((*t.shape[:2], c, *t.shape[3:]), fill, dtype=t.dtype, device=t.device)
+            self.slots[name] = (torch.cat([t, new], dim=2), fill)
         self.n += c
+
+    def slot(self, name: str, fill=0, dtype=torch.float32, trailing: tuple = ()) -> torch.Tensor:
+        """A per-slot tensor [1, H_kv, n, *trailing] that moves with its token (created with `fill`)."""
+        if name not in self.slots:
+            self.slots[name] = (torch.full((*self._k.shape[:2], self.n, *trailing), fill, dtype=dtype,
+                                           device=self._k.device), fill)
+        return self.slots[name][0]
+
+    def set_slot(self, name: str, t: torch.Tensor) -> None:
+        self.slots[name] = (t, self.slots[name][1])
+
+    @property
+    def valid(self) -> torch.Tensor | None:
+        """Bool [1, H_kv, n] where heads keep different counts (masked slots hold nothing)."""
+        return self.slots["valid"][0] if "valid" in self.slots else None
+
+    def kept(self) -> float:
+        """Tokens held per head (mean over heads)."""
+        return self.n if self.valid is None else float(self.valid.sum()) / self.valid.shape[1]
 
     def add_score(self, s: torch.Tensor) -> None:
         """Add a per-token statistic [1, H_kv, n] to the running score (created at zero)."""
@@ -108,6 +131,9 @@ class LayerCache:
         self._pos[:, :, :m] = self.pos.gather(2, idx)
         if self._score is not None:
             self._score[:, :, :m] = self.score.gather(2, idx)
+        for name, (t, fill) in self.slots.items():
+            ix = idx.view(*idx.shape, *([1] * (t.dim() - 3))).expand(*idx.shape, *t.shape[3:])
+            self.slots[name] = (t.gather(2, ix), fill)
         self.n = m
 
     def replace(self, k=None, v=None) -> None:
@@ -119,6 +145,7 @@ class LayerCache:
 
     def held_bytes(self) -> int:
         ts = [self._k, self._v, self._pos] + ([self._score] if self._score is not None else [])
+        ts += [t for t, _ in self.slots.values()]
         return sum(t.numel() * t.element_size() for t in ts)
 
 
@@ -206,13 +233,13 @@ class KVMethod(LMMethod):
     def compress_decode(self, lc: LayerCache, run: "Run") -> None:
         pass
 
-    def project_kv(self, module, hidden: torch.Tensor):
+    def project_kv(self, module, hidden: torch.Tensor, run: "Run"):
         """Key and value projections (before RoPE): [b, c, H_kv*d] each."""
         return module.k_proj(hidden), module.v_proj(hidden)
 
     def layer_bytes(self, lc: LayerCache, run: "Run") -> float:
         """Bytes this layer's cache would hold (fp16 elements for an uncompressed slot)."""
-        return 2 * lc.n * lc.k.shape[1] * lc.k.shape[-1] * REFERENCE_BYTES
+        return 2 * lc.kept() * lc.k.shape[1] * lc.k.shape[-1] * REFERENCE_BYTES
 
     def prepare(self, lm) -> None:
         """Called once on apply (e.g. a weight SVD)."""
@@ -251,8 +278,11 @@ class Run:
         self.next_pos = 0           # original position of the next token
         self.protect = protect      # leading tokens a quantizer must leave lossless (IntactKV)
         self.step = 0               # decoding steps so far
+        self.max_new = 0            # decoding steps this call will take (Keyformer's temperature schedule)
+        self.tokens: list[int] = [] # token ids fed so far (FastGen's special / punctuation tokens)
         self.policy_s = 0.0
         self.scaling = 1.0
+        self.query_pos: torch.Tensor | None = None   # original positions of the queries `observe` sees
 
     def positions(self, c: int) -> torch.Tensor:
         if self.method.positions == "cache" and self.layers:
@@ -286,6 +316,9 @@ class Run:
         mask = None
         if c > 1:   # the chunk's queries see the whole cache and the chunk causally
             mask = torch.arange(lc.n, device=q.device)[None, :] <= torch.arange(n0, n0 + c, device=q.device)[:, None]
+        if lc.valid is not None:
+            v = lc.valid.repeat_interleave(q.shape[1] // lc.k.shape[1], dim=1)[:, :, None, :]
+            mask = v if mask is None else mask & v
         return F.scaled_dot_product_attention(q, lc.k, lc.v, attn_mask=mask, scale=scaling,
                                               enable_gqa=q.shape[1] != lc.k.shape[1])
 
@@ -301,8 +334,11 @@ class Run:
             cs = qs.shape[2]
             logits = (qs.reshape(b, hkv, g, cs, d) @ keys_t).float() * scaling
             allowed = torch.arange(n, device=q.device)[None, :] <= torch.arange(n0 + s, n0 + s + cs, device=q.device)[:, None]
+            if lc.valid is not None:
+                allowed = allowed & lc.valid[:, :, None, None, :]
             logits = logits.masked_fill(~allowed, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
+            self.query_pos = torch.arange(self.next_pos + s, self.next_pos + s + cs, device=q.device)
             t0 = time.perf_counter()
             self.method.observe(lc, probs, logits, self)
             self.policy_s += time.perf_counter() - t0
@@ -319,7 +355,7 @@ class Run:
             lc.queries = None
 
     def kept_tokens(self) -> float:
-        return sum(lc.n for lc in self.layers.values()) / max(1, len(self.layers))
+        return sum(lc.kept() for lc in self.layers.values()) / max(1, len(self.layers))
 
     def bytes(self) -> float:
         return sum(self.method.layer_bytes(lc, self) for lc in self.layers.values())
@@ -349,7 +385,7 @@ def _attention_forward(engine: _Engine, method: KVMethod, m):
         b, c = hidden_states.shape[:2]
         shape = (b, c, -1, m.head_dim)
         q = m.q_proj(hidden_states).view(shape).transpose(1, 2)
-        k, v = method.project_kv(m, hidden_states)
+        k, v = method.project_kv(m, hidden_states, run)
         k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
         cos, sin = position_embeddings
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
@@ -382,6 +418,7 @@ class Driver:
     def _forward(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
         dev = self.lm.device
         pos = run.positions(len(ids)).to(dev)
+        run.tokens += ids
         out = self.lm.model(input_ids=torch.tensor([ids], device=dev), position_ids=pos[None], use_cache=False,
                             logits_to_keep=0 if all_logits else 1)
         run.next_pos += len(ids)
@@ -391,12 +428,15 @@ class Driver:
         hints = self.lm.hints
         budget = float(hints.get("kv_budget", self.method.budget))
         protect = int(getattr(self.lm, "kv_protect_prefix", 0) or 0)
-        return Run(self.method, budget, self.generator, self.inv_freq, protect)
+        run = Run(self.method, budget, self.generator, self.inv_freq, protect)
+        run.tokenizer = self.lm.tokenizer
+        return run
 
     def prefill(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
         """Prefill the context in chunks and compress it; returns its logits (all or the last)."""
         t0 = time.perf_counter()
         self.engine.run = run
+        run.n_context = len(ids)
         try:
             outs = [self._forward(run, ids[s:s + PREFILL_CHUNK], all_logits) for s in range(0, len(ids), PREFILL_CHUNK)]
             peak = run.held_bytes()
@@ -418,6 +458,8 @@ class Driver:
             t["kv.compressed_bytes"] += nbytes
             t["kv.compressed_dense_bytes"] += dense
         t["kv.peak_cache_bytes"] = max(t["kv.peak_cache_bytes"], peak)
+        if run.protect and not run.dense:
+            t["kv.protected_tokens"] += min(run.protect, n)
         t["kv.prefill_s"] += time.perf_counter() - t0
         return torch.cat(outs) if all_logits else outs[-1]
 
@@ -444,6 +486,7 @@ class Driver:
             raise UserError(f"kv: {question} question tokens leave no context in a {len(prompt)}-token prompt")
         run = self.start()
         cut = len(prompt) - question
+        run.max_new = question + max_new
         logits = self.prefill(run, prompt[:cut], all_logits=False)[-1]
         if question:
             logits = self.decode(run, prompt[cut:])[-1]
@@ -460,6 +503,7 @@ class Driver:
         n_dec = max(0, min(n_dec, len(seq) - 1))
         run = self.start()
         cut = len(seq) - n_dec
+        run.max_new = n_dec
         logits = [self.prefill(run, seq[:cut], all_logits=True)]
         for tok in seq[cut:]:
             logits.append(self.decode(run, [tok]))
