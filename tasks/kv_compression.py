@@ -18,6 +18,7 @@ from harness.tasks.perplexity import Perplexity
 
 DENSE = 1.0
 TOLERANCE = 0.02      # |kept fraction - budget| allowed on every sample
+SINGLE = ("bits", "native")   # budget units of methods that run once, at their own setting
 
 
 def label(budget: float) -> str:
@@ -42,8 +43,9 @@ class KVCompression(Task):
       tensors held on CPU.
 
     The kept length is asserted on every call: within 0.02 of the budget for token budgets, of the
-    byte fraction for byte budgets (svd_kv); quantizers (budget fixed by their bits) run once, at
-    their own setting, and must hold fewer bytes than dense. A call where a policy ran but kept
+    byte fraction for byte budgets (svd_kv), at most the budget for capped adaptive ones (fastgen);
+    quantizers (budget fixed by their bits) and presses without a ratio run once, at their own
+    setting ("native"), and must hold fewer bytes (or tokens) than dense. A call where a policy ran but kept
     the wrong amount fails the run. Without a KV policy (e.g. `baseline`), only the dense row runs.
     Metric names carry the budget (`needle_accuracy@0.1`, `@dense`); unsuffixed ones are the mean
     over the budgets. `details.pareto` is the quality-vs-kept-fraction table."""
@@ -80,7 +82,7 @@ class KVCompression(Task):
         """Run fn() under the budget's hints; return its result and the call's telemetry, after
         checking the kept length."""
         hints = {"kv_question_tokens": question}
-        if unit != "bits" or budget == DENSE:   # a quantizer's own row keeps its bits
+        if unit not in SINGLE or budget == DENSE:   # a quantizer's own row keeps its bits
             hints["kv_budget"] = budget
         if decode is not None:
             hints["kv_decode_tokens"] = decode
@@ -116,6 +118,10 @@ class KVCompression(Task):
             ok, what = s["kept_fraction"] == 1.0 and s["kv_bytes_fraction"] == 1.0, "the whole dense cache"
         elif unit == "bits":
             ok, what = s["kept_fraction"] == 1.0 and s["kv_bytes_fraction"] < 1.0, "every token in fewer bytes"
+        elif unit == "native":
+            ok, what = min(s["kept_fraction"], s["kv_bytes_fraction"]) < 1.0, "fewer tokens or bytes than dense"
+        elif unit == "cap":
+            ok, what = 0 < s["kept_fraction"] <= budget + TOLERANCE, f"at most {budget:g} of the context"
         elif unit == "bytes":
             ok, what = abs(s["kv_bytes_fraction"] - budget) <= TOLERANCE, f"{budget:g} of the dense bytes"
         else:
@@ -130,9 +136,9 @@ class KVCompression(Task):
         lm = ctx.lm
         unit = next((getattr(m, "budget_unit") for m in ctx.methods if hasattr(m, "budget_unit")), "tokens")
         probe = self.call(lm, unit, DENSE, lambda: lm.generate([lm.encode(" probe text") or [0]], 1))
-        budgets = [DENSE] + ([] if not probe["policy"] else [0.0] if unit == "bits" else list(self.budgets))
+        budgets = [DENSE] + ([] if not probe["policy"] else [0.0] if unit in SINGLE else list(self.budgets))
         # quantizers run once at their own bit width, labelled "native" (budget 0.0 = the method's own)
-        names = {b: "native" if unit == "bits" and b == 0.0 else label(b) for b in budgets}
+        names = {b: "native" if unit in SINGLE and b == 0.0 else label(b) for b in budgets}
         n_needle = min(self.needle_samples, ctx.limit or self.needle_samples)
         n_text = min(self.ppl_samples, ctx.limit or self.ppl_samples)
         rows, per = [], {names[b]: {} for b in budgets}

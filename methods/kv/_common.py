@@ -432,17 +432,30 @@ class Driver:
         run.tokenizer = self.lm.tokenizer
         return run
 
-    def prefill(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
-        """Prefill the context in chunks and compress it; returns its logits (all or the last)."""
-        t0 = time.perf_counter()
+    def prefill_forward(self, run: Run, ids: list[int], all_logits: bool) -> tuple[torch.Tensor, int]:
+        """Prefill in chunks, then compress; returns (logits, cache bytes held before compressing)."""
         self.engine.run = run
-        run.n_context = len(ids)
         try:
             outs = [self._forward(run, ids[s:s + PREFILL_CHUNK], all_logits) for s in range(0, len(ids), PREFILL_CHUNK)]
             peak = run.held_bytes()
             run.compress_prefill()
         finally:
             self.engine.run = None
+        return (torch.cat(outs) if all_logits else outs[-1]), peak
+
+    def decode_forward(self, run: Run, ids: list[int]) -> torch.Tensor:
+        self.engine.run = run
+        try:
+            return self._forward(run, ids, True)
+        finally:
+            self.engine.run = None
+
+    @torch.no_grad()
+    def prefill(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
+        """Prefill the context and compress it (recorded in telemetry); its logits (all or the last)."""
+        t0 = time.perf_counter()
+        run.n_context = len(ids)
+        logits, peak = self.prefill_forward(run, ids, all_logits)
         run.phase = "decode"
         t = self.lm.telemetry
         n, kept, nbytes, dense = len(ids), run.kept_tokens(), run.bytes(), run.dense_bytes()
@@ -461,16 +474,13 @@ class Driver:
         if run.protect and not run.dense:
             t["kv.protected_tokens"] += min(run.protect, n)
         t["kv.prefill_s"] += time.perf_counter() - t0
-        return torch.cat(outs) if all_logits else outs[-1]
+        return logits
 
+    @torch.no_grad()
     def decode(self, run: Run, ids: list[int]) -> torch.Tensor:
         """Feed tokens after the compressed context (compressing as the method does); all logits."""
         t0 = time.perf_counter()
-        self.engine.run = run
-        try:
-            out = self._forward(run, ids, True)
-        finally:
-            self.engine.run = None
+        out = self.decode_forward(run, ids)
         run.step += 1
         t = self.lm.telemetry
         t["kv.decode_s"] += time.perf_counter() - t0
@@ -511,12 +521,14 @@ class Driver:
 
 
 @contextlib.contextmanager
-def kv_loop(lm, method: KVMethod):
-    """Patch attention and route the LM's batch hooks through the Driver (restored on exit)."""
-    driver = Driver(lm, method)
+def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
+    """Route the LM's batch hooks through the driver and (for this module's engine) patch the
+    attention layers; both restored on exit."""
+    patch = driver is None
+    driver = driver or Driver(lm, method)
     method.prepare(lm)
-    modules = _attention_modules(lm.model)
-    if not modules:
+    modules = _attention_modules(lm.model) if patch else []
+    if patch and not modules:
         raise UserError(f"{method.name}: no Llama-style attention layers (q_proj/k_proj/v_proj/o_proj) found")
 
     @torch.no_grad()
