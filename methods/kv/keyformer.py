@@ -12,7 +12,7 @@ from harness.methods.kv.h2o import evict_heavy_recent
 def gumbel_probs(logits: torch.Tensor, tau: float, generator) -> torch.Tensor:
     """softmax((x + ζ)/τ) with ζ ~ Gumbel(0, 1) (torch's gumbel_softmax, hard=False, seeded)."""
     u = torch.rand(logits.shape, generator=generator).to(logits.device).clamp_(1e-20, 1.0)
-    zeta = -torch.log(-torch.log(u).clamp(min=1e-20))
+    zeta = -torch.log((-torch.log(u)).clamp(min=1e-20))
     return torch.softmax((logits + zeta) / tau, dim=-1)
 
 

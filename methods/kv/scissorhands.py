@@ -40,8 +40,8 @@ class Scissorhands(KVMethod):
         visible = torch.isfinite(logits).sum(-1, keepdim=True).clamp(min=1)
         hits = (probs >= 1.0 / visible).sum(dim=2)                 # [1, H_kv, c, n]
         w = self.history_window
-        first = max(run.n_context - w if run.phase == "prefill" else -1, int(run.query_pos[-1]) - w)
-        sel = run.query_pos > first                                 # queries inside the history window
+        first = max(run.n_context - w if run.phase == "prefill" else 0, int(run.query_pos[-1]) - w + 1)
+        sel = run.query_pos >= first                                # queries inside the history window
         if sel.any():
             ring = lc.slot("history", 0, torch.uint8, (w,))
             ring[:, :, :, run.query_pos[sel] % w] = hits[:, :, sel].transpose(2, 3).to(torch.uint8)
