@@ -356,3 +356,13 @@ def test_matches_kvpress_press(tiny_lm, ids, ours, press):
             ours_k = lc.k[0, h][lc.k[0, h, :, 0].argsort()]
             theirs = layer.keys[0, h][layer.keys[0, h, :, 0].argsort()]
             assert torch.allclose(ours_k, theirs, atol=1e-4)
+
+
+def test_kvpress_bridge_runs_the_task(tiny_model, tmp_path):
+    pytest.importorskip("kvpress", reason="optional extra kvpress not installed")
+    from harness import records, runner
+    args = dict(registry.TASKS["kv_compression"].smoke_args, budgets="0.25,0.5")
+    cells = runner.resolve(["kv_compression"], ["kvpress:SnapKVPress"], tiny_model, args, {}, limit=1)
+    (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
+    m = records.read(out.path)["metrics"]
+    assert abs(m["kept_fraction@0.25"]["value"] - 0.25) <= 0.02 and abs(m["kept_fraction@0.5"]["value"] - 0.5) <= 0.02

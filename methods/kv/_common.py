@@ -471,7 +471,7 @@ class Driver:
             t["kv.compressed_bytes"] += nbytes
             t["kv.compressed_dense_bytes"] += dense
         t["kv.peak_cache_bytes"] = max(t["kv.peak_cache_bytes"], peak)
-        if run.protect and not run.dense:
+        if run.protect and not run.dense and self.method.budget_unit == "bits":   # quantizers honour it
             t["kv.protected_tokens"] += min(run.protect, n)
         t["kv.prefill_s"] += time.perf_counter() - t0
         return logits
@@ -524,6 +524,9 @@ class Driver:
 def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
     """Route the LM's batch hooks through the driver and (for this module's engine) patch the
     attention layers; both restored on exit."""
+    if getattr(lm, "kv_driver", None) is not None:
+        raise UserError(f"{method.name}: the KV cache is already managed by {lm.kv_driver.method.name}; "
+                        f"compose one kv cache policy (modifiers such as intactkv go after it: kivi+intactkv)")
     patch = driver is None
     driver = driver or Driver(lm, method)
     method.prepare(lm)
@@ -553,11 +556,12 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
         return out
 
     lm._generate_batch, lm._forward_logits = generate_batch, forward_logits
+    lm.kv_driver = driver
     try:
         with patched_forwards(modules, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, PATCHED):
             yield driver
     finally:
-        del lm._generate_batch, lm._forward_logits
+        del lm._generate_batch, lm._forward_logits, lm.kv_driver
 
 
 def quantize(x: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
