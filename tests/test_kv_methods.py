@@ -366,3 +366,21 @@ def test_kvpress_bridge_runs_the_task(tiny_model, tmp_path):
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
     m = records.read(out.path)["metrics"]
     assert abs(m["kept_fraction@0.25"]["value"] - 0.25) <= 0.02 and abs(m["kept_fraction@0.5"]["value"] - 0.5) <= 0.02
+
+
+@pytest.mark.parametrize("rope", [None, "yarn"])
+def test_rerotation_is_exact_under_the_models_current_rope(tiny_lm, rope):
+    """rerotate(RoPE_p(k), δ) == RoPE_{p+δ}(k), also when a RoPE-scaling method patched the rotary."""
+    rotary = _common._rotary_module(tiny_lm.model)
+    ctx = method(rope, factor=4).apply(tiny_lm, MethodContext(target_length=2048)) if rope else None
+    with ctx if ctx is not None else torch.no_grad():
+        inv = _common.effective_inv_freq(rotary)
+        k = torch.randn(1, 2, 5, rotary.inv_freq.shape[0] * 2)
+        p, delta = torch.tensor([[3, 50, 7, 100, 9]]), torch.tensor([[-3, -40, 0, 11, -2]])
+        cos, sin = rotary(k, p)
+        rot, _ = apply_rotary_pos_emb(k, k, cos, sin)
+        cos2, sin2 = rotary(k, p + delta)
+        expect, _ = apply_rotary_pos_emb(k, k, cos2, sin2)
+        assert torch.allclose(_common.rerotate(rot, delta.expand(1, 2, 5), inv), expect, atol=1e-4)
+        if rope:
+            assert not torch.allclose(inv, rotary.inv_freq.float())

@@ -166,6 +166,15 @@ def rerotate(k: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> to
     return rotate(k.reshape(b * h, 1, n, -1), cos.reshape(b * h, n, -1), sin.reshape(b * h, n, -1)).reshape(k.shape)
 
 
+def effective_inv_freq(rotary) -> torch.Tensor:
+    """The frequencies the rotary module applies now (a RoPE-scaling method composed before the kv
+    method, e.g. yarn+streaming_llm, may have patched it): the angle at position 1, read back from
+    its cos/sin (the attention factor cancels in atan2)."""
+    x = rotary.inv_freq.new_zeros(1, 1, 1).float()
+    cos, sin = rotary(x, torch.ones(1, 1, dtype=torch.long, device=x.device))
+    return torch.atan2(sin, cos)[0, 0, :cos.shape[-1] // 2].float()
+
+
 def group_sum(x: torch.Tensor) -> torch.Tensor:
     """[b, H_kv, g, c, n] -> [b, H_kv, n]: summed over a KV head's query heads and the queries."""
     return x.sum(dim=(2, 3))
@@ -412,7 +421,7 @@ class Driver:
 
     def __init__(self, lm, method: KVMethod):
         self.lm, self.method, self.engine = lm, method, _Engine()
-        self.inv_freq = _rotary_module(lm.model).inv_freq.detach().float()
+        self.rotary = _rotary_module(lm.model)
         self.generator = torch.Generator().manual_seed(0)
 
     def _forward(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
@@ -428,7 +437,7 @@ class Driver:
         hints = self.lm.hints
         budget = float(hints.get("kv_budget", self.method.budget))
         protect = int(getattr(self.lm, "kv_protect_prefix", 0) or 0)
-        run = Run(self.method, budget, self.generator, self.inv_freq, protect)
+        run = Run(self.method, budget, self.generator, effective_inv_freq(self.rotary), protect)
         run.tokenizer = self.lm.tokenizer
         return run
 
