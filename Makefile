@@ -6,7 +6,7 @@ HARNESS = $(VENV)/bin/harness
 # admits it, so installing the project afterwards pulls no second (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install bench reference clean
+.PHONY: demo test install bench reference reference-kv bench-kv clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,18 @@ reference: install
 	$(HARNESS) eval --task needle --task-arg $(LENGTHS) $(LC_METHODS) --out results
 	$(HARNESS) eval --task passkey --task-arg context_length=512,1024,2048 $(LC_METHODS) --out results
 	$(HARNESS) eval --task perplexity --task-arg context_length=512,1024,2048 $(LC_METHODS) --out results
+
+# The committed kv_compression records (zoo:tiny-llama, every kv method x budgets 0.1-0.75, 512 and 2048
+# tokens; small limits so that it finishes niced on a shared CPU).
+KV_METHODS = snapkv streaming_llm h2o kivi scissorhands fastgen vatp keyformer cam kvmerger gear kivi+intactkv svd_kv
+reference-kv: install
+	for L in 512 2048; do for M in $(KV_METHODS); do \
+	    nice -n 10 $(HARNESS) eval --method $$M --task kv_compression --task-arg context_length=$$L \
+	        --task-arg timing_lengths=$$L --task-arg ppl_decode_tokens=32 --task-arg timing_new_tokens=8 \
+	        --task-arg max_new_tokens=10 --limit 2 --out results --no-progress || exit 1; done; done
+
+bench-kv: install
+	nice -n 10 $(PY) benchmarks/kv_decode.py --context 16384 --budget 0.1
 
 bench: install
 	$(PY) benchmarks/overhead.py
