@@ -245,8 +245,10 @@ def test_fastgen_masks_heads_to_their_policy(tiny_lm, ids):
         assert (lc.valid.sum(-1) <= 48).all()
 
 
-def _run(lm, m, ids, budget, decode=()):
-    with m.apply(lm, MethodContext()) as driver:
+def _run(lm, m, ids, budget, decode=(), modifier=None):
+    import contextlib
+    with m.apply(lm, MethodContext()) as driver, \
+            (modifier.apply(lm, MethodContext()) if modifier else contextlib.nullcontext()):
         lm.hints = {"kv_budget": budget}
         run = driver.start()
         driver.prefill(run, ids, all_logits=False)
@@ -290,10 +292,11 @@ def test_kivi_streams_keys_in_blocks_and_values_one_at_a_time(tiny_lm, ids):
 def test_intactkv_keeps_the_pivot_prefix_lossless(tiny_lm, ids, eager):
     kivi = method("kivi", residual_length=16, group_size=16)
     plain = _run(tiny_lm, kivi, ids, 0.5)
-    with method("intactkv", pivot_tokens=3).apply(tiny_lm, MethodContext()):
-        tiny_lm.telemetry["kv.protected_tokens"] = 0
-        intact = _run(tiny_lm, kivi, ids, 0.5)
-        assert tiny_lm.telemetry["kv.protected_tokens"] == 3
+    tiny_lm.telemetry["kv.protected_tokens"] = 0
+    intact = _run(tiny_lm, kivi, ids, 0.5, modifier=method("intactkv", pivot_tokens=3))     # kivi+intactkv
+    assert tiny_lm.telemetry["kv.protected_tokens"] == 3
+    alone = _run(tiny_lm, method("intactkv", pivot_tokens=3, quantizer="kivi"), ids, 0.5)  # wraps kivi
+    assert tiny_lm.telemetry["kv.protected_tokens"] == 6 and len(alone.layers) == len(intact.layers)
     k_ref, v_ref = eager[1][0]
     assert torch.allclose(intact.layers[0].k[:, :, :3], k_ref[:, :, :3], atol=1e-6)
     assert torch.allclose(intact.layers[0].v[:, :, :3], v_ref[:, :, :3], atol=1e-6)

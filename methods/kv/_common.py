@@ -136,6 +136,30 @@ class LayerCache:
             self.slots[name] = (t.gather(2, ix), fill)
         self.n = m
 
+    def _tensors(self):
+        return [self._k, self._v, self._pos] + ([self._score] if self._score is not None else [])
+
+    def drop_one(self, j: torch.Tensor) -> None:
+        """Evict slot j[h] of every head by moving the newest slot into it (decoding's one-token
+        eviction: a few copies instead of a top-k and a gather; slot order stops following
+        positions, which only `pos` carries)."""
+        last, heads = self.n - 1, torch.arange(j.shape[-1], device=j.device)
+        for t in self._tensors():
+            t[0, heads, j] = t[0, heads, last]
+        for name, (t, fill) in self.slots.items():
+            t[0, heads, j] = t[0, heads, last]
+            self.slots[name] = (t[:, :, :last], fill)
+        self.n = last
+
+    def shift_out(self, s: int) -> None:
+        """Evict slot s of every head keeping the order (slots after it move down by one)."""
+        n = self.n
+        for t in self._tensors():
+            t[:, :, s:n - 1] = t[:, :, s + 1:n].clone()
+        for name, (t, fill) in self.slots.items():
+            self.slots[name] = (torch.cat([t[:, :, :s], t[:, :, s + 1:]], dim=2), fill)
+        self.n = n - 1
+
     def replace(self, k=None, v=None) -> None:
         """Overwrite the cached keys / values (quantization, merging, re-rotation) in place."""
         if k is not None:
@@ -144,8 +168,7 @@ class LayerCache:
             self._v[:, :, :self.n] = v
 
     def held_bytes(self) -> int:
-        ts = [self._k, self._v, self._pos] + ([self._score] if self._score is not None else [])
-        ts += [t for t, _ in self.slots.values()]
+        ts = self._tensors() + [t for t, _ in self.slots.values()]
         return sum(t.numel() * t.element_size() for t in ts)
 
 
@@ -166,6 +189,13 @@ def rerotate(k: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> to
     return rotate(k.reshape(b * h, 1, n, -1), cos.reshape(b * h, n, -1), sin.reshape(b * h, n, -1)).reshape(k.shape)
 
 
+def rerotation_angles(delta: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [1, 1, r] of one constant re-rotation by `delta` positions (for `rotate`)."""
+    ang = delta.float().reshape(1, 1) * inv_freq.reshape(1, -1)
+    ang = torch.cat((ang, ang), dim=-1)
+    return ang.cos().to(dtype)[None], ang.sin().to(dtype)[None]
+
+
 def effective_inv_freq(rotary) -> torch.Tensor:
     """The frequencies the rotary module applies now (a RoPE-scaling method composed before the kv
     method, e.g. yarn+streaming_llm, may have patched it): the angle at position 1, read back from
@@ -184,6 +214,9 @@ def keep_top(lc: LayerCache, scores: torch.Tensor, m: int) -> None:
     """Keep the m highest-scoring slots of each head (ties: the earlier slot), in cache order."""
     m = min(m, lc.n)
     if m >= lc.n:
+        return
+    if m == lc.n - 1:          # decoding: one token over budget, evict each head's lowest
+        lc.drop_one(scores.argmin(dim=-1)[0])
         return
     idx = scores.topk(m, dim=-1, sorted=False).indices.sort(dim=-1).values
     lc.keep(idx)

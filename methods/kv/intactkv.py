@@ -54,7 +54,7 @@ class IntactKV(LMMethod):
                 stack.enter_context(inner.apply(lm, ctx))
             lm.kv_protect_prefix = self.pivots(lm)
             try:
-                yield
+                yield lm.kv_driver
             finally:
                 del lm.kv_protect_prefix
 

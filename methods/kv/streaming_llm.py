@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, rerotate
+from harness.methods.kv._common import KVMethod, LayerCache, Run, rerotate, rerotation_angles, rotate
 
 
 @register
@@ -44,6 +44,13 @@ class StreamingLLM(KVMethod):
             return
         s = min(self.n_sink, m)
         dev = lc.k.device
+        if n == m + 1 and s < m:   # decoding: the oldest non-sink leaves, the window moves down one position
+            lc.shift_out(s)
+            if "back_one" not in lc.state:
+                lc.state["back_one"] = rerotation_angles(torch.tensor(-1.0), run.inv_freq, lc.k.dtype)
+            cos, sin = lc.state["back_one"]
+            lc._k[:, :, s:m] = rotate(lc._k[:, :, s:m], cos, sin)
+            return
         idx = torch.cat([torch.arange(s, device=dev), torch.arange(n - (m - s), n, device=dev)])
         # slot i holds a key rotated at cache position i; after keeping, slot j must be at j
         delta = (torch.arange(m, device=dev) - idx).expand(*lc.k.shape[:2], m)
