@@ -498,7 +498,7 @@ class Driver:
         t0 = time.perf_counter()
         run.n_context = len(ids)
         logits, peak = self.prefill_forward(run, ids, all_logits)
-        run.phase = "decode"
+        run.phase, run.policy_s = "decode", 0.0      # bookkeeping is reported for decoding only
         t = self.lm.telemetry
         n, kept, nbytes, dense = len(ids), run.kept_tokens(), run.bytes(), run.dense_bytes()
         t["kv.calls"] += 1
