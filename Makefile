@@ -6,7 +6,7 @@ HARNESS = $(VENV)/bin/harness
 # admits it, so installing the project afterwards pulls no second (CUDA) build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-slow gate install bench bench-leaderboard reference reference-long reference-video prm-reference leaderboard clean
+.PHONY: demo test test-slow gate install bench bench-leaderboard bench-kv reference reference-long reference-video reference-kv prm-reference leaderboard clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -85,6 +85,18 @@ prm-reference: install
 	nice -n 10 $(HARNESS) eval --task math_prm_bon --method beam_search --method-arg prm_args=estimation=soft \
 	    --task-arg n_max=16 --out results
 	$(PY) scripts/prm_curves.py results --png results/math_prm_bon/curves.png
+
+# The committed kv_compression records (zoo:tiny-llama, every kv method x budgets 0.1-0.75, 512 and 2048
+# tokens; small limits so that it finishes niced on a shared CPU).
+KV_METHODS = snapkv streaming_llm h2o kivi scissorhands fastgen vatp keyformer cam kvmerger gear kivi+intactkv svd_kv
+reference-kv: install
+	for L in 512 2048; do for M in $(KV_METHODS); do \
+	    nice -n 10 $(HARNESS) eval --method $$M --task kv_compression --task-arg context_length=$$L \
+	        --task-arg timing_lengths=$$L --task-arg ppl_decode_tokens=32 --task-arg timing_new_tokens=8 \
+	        --task-arg max_new_tokens=10 --limit 2 --out results --no-progress || exit 1; done; done
+
+bench-kv: install
+	nice -n 10 $(PY) benchmarks/kv_decode.py --context 16384 --budget 0.1
 
 bench: install
 	$(PY) benchmarks/overhead.py

@@ -28,6 +28,9 @@ class LM:
         self.device = loaded.device
         self.batch_size = batch_size
         self.telemetry: Counter = Counter()
+        # Per-call hints a task gives the methods that wrap the batch hooks (e.g. the kv family:
+        # "kv_budget", "kv_question_tokens", "kv_decode_tokens"); methods that know none ignore them.
+        self.hints: dict = {}
         self._hook = self.model.register_forward_pre_hook(self._count_forward)
 
     def _count_forward(self, module, args):

@@ -147,6 +147,7 @@ class Needle(Task):
         hay_start = len(lm.encode(preamble))
         hay_tokens = len(ids) - len(lm.prompt_prefix()) - hay_start - len(lm.encode(query))
         return {"ids": ids, "refs": refs, "needle_token": len(lm.encode(before)) - hay_start,
+                "query_tokens": len(lm.encode(query)),
                 "haystack_tokens": hay_tokens}   # statements included; exact for the zoo tokenizer
 
     def samples_plan(self, seed: int) -> list[tuple[int, float, int]]:

@@ -1,0 +1,637 @@
+"""The engine of the KV-cache family: a cache this module owns and a policy (the method) over it.
+
+While a kv method's context is active, every attention layer runs `_attention_forward` below and
+the LM's two batch hooks run a manual loop, one prompt at a time (per-head eviction makes batch
+rows ragged, and the papers' own loops run at batch 1 too):
+
+    prefill the context in query chunks of PREFILL_CHUNK (the cache holds every context token)
+      -> method.compress_prefill(layer, run) for every layer          (methods that compress at prefill)
+    feed the question, the scored continuation or the generated tokens
+      -> method.compress_decode(layer, run) inside each layer, after each fed chunk  (while decoding)
+
+Positions. Keys are cached after RoPE at each token's original position, so evicting a token
+never moves the others and new tokens continue at the original length (kvpress's pipeline). A
+method with `positions = "cache"` (StreamingLLM) re-rotates kept keys exactly by the position delta
+(RoPE(a)·RoPE(b) = RoPE(a+b), kvpress's KeyRerotationPress) and feeds new tokens at the cache length.
+
+Attention. SDPA, unless the method accumulates attention statistics (`accumulates`); then the
+probabilities are computed explicitly by query chunk (at most STAT_ELEMENTS logits at a time: never
+an L x L matrix at long context) and `method.observe` folds each chunk into a per-token score that
+moves with its token when tokens are evicted. Scores are per KV head (summed over its query heads).
+
+Budgets. `budget` <= 1 is a fraction of the context's tokens, > 1 a token count (per layer and
+head). Tasks override it per call with `lm.hints["kv_budget"]` (1.0: dense, the same loop with no
+compression: the baseline the kv_compression task times and scores against). `lm.hints` also says
+how many final prompt tokens are the question (`kv_question_tokens`: fed after compression, the
+query-agnostic protocol of kvpress) and, when scoring text, how many final tokens are decoded one
+at a time (`kv_decode_tokens`; default half the text, so perplexity under a kv method measures
+decoding with the compressed cache).
+
+Telemetry (sums over calls; tasks read the deltas around one call): kv.calls, kv.context_tokens,
+kv.kept_tokens (kept context tokens after prefill compression, mean over layers and heads),
+kv.bytes and kv.dense_bytes (counted at REFERENCE_BYTES per element, as the papers' fp16 caches
+hold them; quantizers count bits, scales and zero points), kv.compressed_calls, kv.peak_cache_bytes
+(a max: tensors the cache held), kv.prefill_s, kv.decode_s, kv.decode_steps, kv.policy_s (time in the
+method's own bookkeeping while decoding)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from harness.errors import UserError
+from harness.interfaces import LMMethod
+from harness.methods.rope._attention import _attention_modules, _rotary_module, rotate
+from harness.patching import patched_forwards
+
+REFERENCE_BYTES = 2          # fp16
+PREFILL_CHUNK = 512          # queries per prefill forward
+STAT_ELEMENTS = 1 << 24      # logits materialised at once when a method needs attention probabilities
+PATCHED = "patched_calls.kv_attention"
+
+
+class LayerCache:
+    """One layer's cache: keys (after RoPE) and values [1, H_kv, n, d], the original position of
+    every slot [1, H_kv, n], an optional per-token score [1, H_kv, n], and `state` for the method.
+    Storage grows by doubling, so appending a decoded token copies nothing else."""
+
+    def __init__(self, like: torch.Tensor):
+        b, h, _, d = like.shape
+        self._k = like.new_empty(b, h, 0, d)
+        self._v = like.new_empty(b, h, 0, d)
+        self._pos = torch.empty(b, h, 0, dtype=torch.long, device=like.device)
+        self._score = None
+        self.n = 0
+        self.state: dict = {}
+        self.slots: dict[str, tuple[torch.Tensor, object]] = {}   # name -> ([1, H_kv, n, ...], fill of new slots)
+        self.queries: torch.Tensor | None = None    # the last `query_window` queries (after RoPE)
+
+    k = property(lambda self: self._k[:, :, :self.n])
+    v = property(lambda self: self._v[:, :, :self.n])
+    pos = property(lambda self: self._pos[:, :, :self.n])
+    score = property(lambda self: None if self._score is None else self._score[:, :, :self.n])
+
+    def append(self, k, v, pos) -> None:
+        c = k.shape[2]
+        if self.n + c > self._k.shape[2]:
+            cap = max(64, 2 * (self.n + c))
+            self._k, self._v, self._pos = (_grown(t, cap, self.n) for t in (self._k, self._v, self._pos))
+            if self._score is not None:
+                self._score = _grown(self._score, cap, self.n)
+        self._k[:, :, self.n:self.n + c] = k
+        self._v[:, :, self.n:self.n + c] = v
+        self._pos[:, :, self.n:self.n + c] = pos
+        if self._score is not None:
+            self._score[:, :, self.n:self.n + c] = 0
+        for name, (t, fill) in self.slots.items():
+            new = torch.full((*t.shape[:2], c, *t.shape[3:]), fill, dtype=t.dtype, device=t.device)
+            self.slots[name] = (torch.cat([t, new], dim=2), fill)
+        self.n += c
+
+    def slot(self, name: str, fill=0, dtype=torch.float32, trailing: tuple = ()) -> torch.Tensor:
+        """A per-slot tensor [1, H_kv, n, *trailing] that moves with its token (created with `fill`)."""
+        if name not in self.slots:
+            self.slots[name] = (torch.full((*self._k.shape[:2], self.n, *trailing), fill, dtype=dtype,
+                                           device=self._k.device), fill)
+        return self.slots[name][0]
+
+    def set_slot(self, name: str, t: torch.Tensor) -> None:
+        self.slots[name] = (t, self.slots[name][1])
+
+    @property
+    def valid(self) -> torch.Tensor | None:
+        """Bool [1, H_kv, n] where heads keep different counts (masked slots hold nothing)."""
+        return self.slots["valid"][0] if "valid" in self.slots else None
+
+    def kept(self) -> float:
+        """Tokens held per head (mean over heads)."""
+        return self.n if self.valid is None else float(self.valid.sum()) / self.valid.shape[1]
+
+    def add_score(self, s: torch.Tensor) -> None:
+        """Add a per-token statistic [1, H_kv, n] to the running score (created at zero)."""
+        if self._score is None:
+            self._score = self._k.new_zeros(self._k.shape[:3])
+        self._score[:, :, :self.n] += s
+
+    def set_score(self, s: torch.Tensor) -> None:
+        self._score = self._k.new_zeros(self._k.shape[:3])
+        self._score[:, :, :self.n] = s
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Keep the slots idx [1, H_kv, m] (per head; ascending keeps the original order)."""
+        m = idx.shape[-1]
+        d_idx = idx.unsqueeze(-1).expand(-1, -1, -1, self._k.shape[-1])
+        self._k[:, :, :m] = self.k.gather(2, d_idx)
+        self._v[:, :, :m] = self.v.gather(2, d_idx)
+        self._pos[:, :, :m] = self.pos.gather(2, idx)
+        if self._score is not None:
+            self._score[:, :, :m] = self.score.gather(2, idx)
+        for name, (t, fill) in self.slots.items():
+            ix = idx.view(*idx.shape, *([1] * (t.dim() - 3))).expand(*idx.shape, *t.shape[3:])
+            self.slots[name] = (t.gather(2, ix), fill)
+        self.n = m
+
+    def _tensors(self):
+        return [self._k, self._v, self._pos] + ([self._score] if self._score is not None else [])
+
+    def drop_one(self, j: torch.Tensor) -> None:
+        """Evict slot j[h] of every head by moving the newest slot into it (decoding's one-token
+        eviction: a few copies instead of a top-k and a gather; slot order stops following
+        positions, which only `pos` carries)."""
+        last, heads = self.n - 1, torch.arange(j.shape[-1], device=j.device)
+        for t in self._tensors():
+            t[0, heads, j] = t[0, heads, last]
+        for name, (t, fill) in self.slots.items():
+            t[0, heads, j] = t[0, heads, last]
+            self.slots[name] = (t[:, :, :last], fill)
+        self.n = last
+
+    def shift_out(self, s: int) -> None:
+        """Evict slot s of every head keeping the order (slots after it move down by one)."""
+        n = self.n
+        for t in self._tensors():
+            t[:, :, s:n - 1] = t[:, :, s + 1:n].clone()
+        for name, (t, fill) in self.slots.items():
+            self.slots[name] = (torch.cat([t[:, :, :s], t[:, :, s + 1:]], dim=2), fill)
+        self.n = n - 1
+
+    def replace(self, k=None, v=None) -> None:
+        """Overwrite the cached keys / values (quantization, merging, re-rotation) in place."""
+        if k is not None:
+            self._k[:, :, :self.n] = k
+        if v is not None:
+            self._v[:, :, :self.n] = v
+
+    def held_bytes(self) -> int:
+        ts = self._tensors() + [t for t, _ in self.slots.values()]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+def _grown(t: torch.Tensor, cap: int, n: int) -> torch.Tensor:
+    out = t.new_empty(*t.shape[:2], cap, *t.shape[3:])
+    out[:, :, :n] = t[:, :, :n]
+    return out
+
+
+def rerotate(k: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Keys rotated by RoPE at p, re-rotated to p + delta: k' = k cos(δθ) + rotate_half(k) sin(δθ).
+    k [b, h, n, d], delta [b, h, n]; uses inv_freq only (no attention scaling, which the key
+    already carries)."""
+    ang = delta.to(torch.float32).unsqueeze(-1) * inv_freq.to(k.device)
+    ang = torch.cat((ang, ang), dim=-1)
+    b, h, n, _ = k.shape
+    cos, sin = ang.cos().to(k.dtype), ang.sin().to(k.dtype)
+    return rotate(k.reshape(b * h, 1, n, -1), cos.reshape(b * h, n, -1), sin.reshape(b * h, n, -1)).reshape(k.shape)
+
+
+def rerotation_angles(delta: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [1, 1, r] of one constant re-rotation by `delta` positions (for `rotate`)."""
+    ang = delta.float().reshape(1, 1) * inv_freq.reshape(1, -1)
+    ang = torch.cat((ang, ang), dim=-1)
+    return ang.cos().to(dtype)[None], ang.sin().to(dtype)[None]
+
+
+def effective_inv_freq(rotary) -> torch.Tensor:
+    """The frequencies the rotary module applies now (a RoPE-scaling method composed before the kv
+    method, e.g. yarn+streaming_llm, may have patched it): the angle at position 1, read back from
+    its cos/sin (the attention factor cancels in atan2)."""
+    x = rotary.inv_freq.new_zeros(1, 1, 1).float()
+    cos, sin = rotary(x, torch.ones(1, 1, dtype=torch.long, device=x.device))
+    return torch.atan2(sin, cos)[0, 0, :cos.shape[-1] // 2].float()
+
+
+def group_sum(x: torch.Tensor) -> torch.Tensor:
+    """[b, H_kv, g, c, n] -> [b, H_kv, n]: summed over a KV head's query heads and the queries."""
+    return x.sum(dim=(2, 3))
+
+
+def keep_top(lc: LayerCache, scores: torch.Tensor, m: int) -> None:
+    """Keep the m highest-scoring slots of each head (ties: the earlier slot), in cache order."""
+    m = min(m, lc.n)
+    if m >= lc.n:
+        return
+    if m == lc.n - 1:          # decoding: one token over budget, evict each head's lowest
+        lc.drop_one(scores.argmin(dim=-1)[0])
+        return
+    idx = scores.topk(m, dim=-1, sorted=False).indices.sort(dim=-1).values
+    lc.keep(idx)
+
+
+def recent(lc: LayerCache, window: int) -> torch.Tensor:
+    """Bool [1, H_kv, n]: the slot holds one of the `window` newest tokens of its head."""
+    if window <= 0:
+        return torch.zeros_like(lc.pos, dtype=torch.bool)
+    newest = lc.pos.max(dim=-1, keepdim=True).values
+    return lc.pos > newest - window
+
+
+def window_attention(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Probabilities of the last w queries [b, H, w, d] over all n keys [b, H_kv, n, d], causal
+    inside the window (query i of the window sees keys up to n - w + i): [b, H_kv, g, w, n]."""
+    b, h, w, d = queries.shape
+    hkv, n = keys.shape[1], keys.shape[2]
+    q = queries.view(b, hkv, h // hkv, w, d)
+    logits = (q @ keys[:, :, None].transpose(-1, -2)) * scaling
+    allowed = torch.arange(n, device=keys.device)[None, :] <= torch.arange(n - w, n, device=keys.device)[:, None]
+    return torch.softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+@dataclass
+class KVMethod(LMMethod):
+    """Base of the kv family. Subclasses set `compresses` ("prefill", "decode" or "both"),
+    `budget_unit` ("tokens": the budget is kept tokens; "bytes": bytes relative to dense;
+    "bits": fixed by the method's bit width, the budget is not used), and override the hooks."""
+    family: ClassVar[str] = "kv"
+    patches: ClassVar[frozenset[str]] = frozenset({"kv_cache"})
+    compresses: ClassVar[str] = "prefill"
+    budget_unit: ClassVar[str] = "tokens"
+    accumulates: ClassVar[bool] = False       # needs attention probabilities (observe)
+    positions: ClassVar[str] = "original"     # or "cache" (cache-relative, keys re-rotated)
+    smoke_args: ClassVar[dict[str, str]] = {"budget": "0.5"}
+    budget: float = field(default=0.5, metadata={"help": "kept tokens: <= 1 a fraction of the context, > 1 a count"})
+
+    def __post_init__(self):
+        if not self.budget > 0:
+            raise ValueError("budget must be positive (a fraction <= 1 or a token count > 1)")
+
+    # -- hooks -------------------------------------------------------------------------------
+    def query_window(self) -> int:
+        """Queries of the context's end kept per layer for compress_prefill (SnapKV's window)."""
+        return 0
+
+    def observe(self, lc: LayerCache, probs: torch.Tensor, logits: torch.Tensor, run: "Run") -> None:
+        """Fold one query chunk's attention [1, H_kv, g, c, n] into lc's score (default: H2O's
+        accumulated attention, the column sums)."""
+        lc.add_score(group_sum(probs))
+
+    def compress_prefill(self, lc: LayerCache, run: "Run") -> None:
+        pass
+
+    def compress_decode(self, lc: LayerCache, run: "Run") -> None:
+        pass
+
+    def project_kv(self, module, hidden: torch.Tensor, run: "Run"):
+        """Key and value projections (before RoPE): [b, c, H_kv*d] each."""
+        return module.k_proj(hidden), module.v_proj(hidden)
+
+    def layer_bytes(self, lc: LayerCache, run: "Run") -> float:
+        """Bytes this layer's cache would hold (fp16 elements for an uncompressed slot)."""
+        return 2 * lc.kept() * lc.k.shape[1] * lc.k.shape[-1] * REFERENCE_BYTES
+
+    def prepare(self, lm) -> None:
+        """Called once on apply (e.g. a weight SVD)."""
+
+    # -- the loop ----------------------------------------------------------------------------
+    def apply(self, lm, ctx):
+        return kv_loop(lm, self)
+
+    def check_effect(self, lm, ctx, result) -> str | None:
+        t = lm.telemetry
+        if not t["kv.compressed_calls"]:
+            return "no prompt went through the compressed KV cache"
+        if self.budget_unit == "tokens" and not t["kv.compressed_kept_tokens"] < t["kv.compressed_context_tokens"]:
+            return "the cache kept every context token (nothing was evicted)"
+        if self.budget_unit != "tokens" and not t["kv.compressed_bytes"] < t["kv.compressed_dense_bytes"]:
+            return "the cache holds as many bytes as the dense cache"
+        return None
+
+
+def kept_target(budget: float, n: int) -> int:
+    """Tokens kept of n under a budget (fraction <= 1 or count > 1); at least 1."""
+    k = round(budget * n) if budget <= 1 else int(budget)
+    return max(1, min(n, k))
+
+
+class Run:
+    """One prompt through the cache: per-layer caches, the phase, the budget, positions."""
+
+    def __init__(self, method: KVMethod, budget: float, generator: torch.Generator, inv_freq, protect: int = 0):
+        self.method, self.budget, self.generator, self.inv_freq = method, budget, generator, inv_freq
+        self.layers: dict[int, LayerCache] = {}
+        self.phase = "prefill"
+        self.dense = budget == 1.0   # the same loop, nothing compressed
+        self.n_context = 0          # tokens of the compressed context
+        self.target = 0             # kept tokens per layer and head (budget_unit "tokens")
+        self.next_pos = 0           # original position of the next token
+        self.protect = protect      # leading tokens a quantizer must leave lossless (IntactKV)
+        self.step = 0               # decoding steps so far
+        self.max_new = 0            # decoding steps this call will take (Keyformer's temperature schedule)
+        self.tokens: list[int] = [] # token ids fed so far (FastGen's special / punctuation tokens)
+        self.policy_s = 0.0
+        self.scaling = 1.0
+        self.query_pos: torch.Tensor | None = None   # original positions of the queries `observe` sees
+
+    def positions(self, c: int) -> torch.Tensor:
+        if self.method.positions == "cache" and self.layers:
+            start = next(iter(self.layers.values())).n
+        else:
+            start = self.next_pos
+        return torch.arange(start, start + c)
+
+    def attend(self, layer: int, q, k, v, scaling: float) -> torch.Tensor:
+        """q [1, H, c, d], k/v [1, H_kv, c, d] (rotated) -> output [1, H, c, d]."""
+        self.scaling = scaling
+        lc = self.layers.get(layer)
+        if lc is None:
+            lc = self.layers[layer] = LayerCache(k)
+        n0, c = lc.n, q.shape[2]
+        pos = torch.arange(self.next_pos, self.next_pos + c, device=k.device).expand(*k.shape[:2], c)
+        lc.append(k, v, pos)
+        stats = self.method.accumulates and not self.dense
+        out = self._explicit(lc, q, n0, scaling) if stats else self._sdpa(lc, q, n0, scaling)
+        w = self.method.query_window()
+        if self.phase == "prefill" and w and not self.dense:
+            lc.queries = q[:, :, -w:] if lc.queries is None else torch.cat([lc.queries, q], dim=2)[:, :, -w:]
+        if self.phase == "decode" and not self.dense and self.method.compresses in ("decode", "both"):
+            t0 = time.perf_counter()
+            self.method.compress_decode(lc, self)
+            self.policy_s += time.perf_counter() - t0
+        return out
+
+    def _sdpa(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
+        c = q.shape[2]
+        mask = None
+        if c > 1:   # the chunk's queries see the whole cache and the chunk causally
+            mask = torch.arange(lc.n, device=q.device)[None, :] <= torch.arange(n0, n0 + c, device=q.device)[:, None]
+        if lc.valid is not None:
+            v = lc.valid.repeat_interleave(q.shape[1] // lc.k.shape[1], dim=1)[:, :, None, :]
+            mask = v if mask is None else mask & v
+        return F.scaled_dot_product_attention(q, lc.k, lc.v, attn_mask=mask, scale=scaling,
+                                              enable_gqa=q.shape[1] != lc.k.shape[1])
+
+    def _explicit(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
+        b, h, c, d = q.shape
+        hkv, n = lc.k.shape[1], lc.n
+        g = h // hkv
+        keys_t, values = lc.k[:, :, None].transpose(-1, -2), lc.v[:, :, None]
+        step = max(1, STAT_ELEMENTS // (h * n))
+        outs = []
+        for s in range(0, c, step):
+            qs = q[:, :, s:s + step]
+            cs = qs.shape[2]
+            logits = (qs.reshape(b, hkv, g, cs, d) @ keys_t).float() * scaling
+            allowed = torch.arange(n, device=q.device)[None, :] <= torch.arange(n0 + s, n0 + s + cs, device=q.device)[:, None]
+            if lc.valid is not None:
+                allowed = allowed & lc.valid[:, :, None, None, :]
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            probs = torch.softmax(logits, dim=-1)
+            self.query_pos = torch.arange(self.next_pos + s, self.next_pos + s + cs, device=q.device)
+            t0 = time.perf_counter()
+            self.method.observe(lc, probs, logits, self)
+            self.policy_s += time.perf_counter() - t0
+            outs.append((probs.to(values.dtype) @ values).reshape(b, h, cs, d))
+        return torch.cat(outs, dim=2)
+
+    def compress_prefill(self) -> None:
+        self.n_context = self.next_pos
+        self.target = kept_target(self.budget, self.n_context)
+        if self.dense:
+            return
+        for lc in self.layers.values():
+            self.method.compress_prefill(lc, self)
+            lc.queries = None
+
+    def kept_tokens(self) -> float:
+        return sum(lc.kept() for lc in self.layers.values()) / max(1, len(self.layers))
+
+    def bytes(self) -> float:
+        return sum(self.method.layer_bytes(lc, self) for lc in self.layers.values())
+
+    def dense_bytes(self) -> float:
+        """Bytes the uncompressed cache would hold now: every token fed, at fp16."""
+        return sum(2 * self.next_pos * lc.k.shape[1] * lc.k.shape[-1] * REFERENCE_BYTES for lc in self.layers.values())
+
+    def held_bytes(self) -> int:
+        return sum(lc.held_bytes() for lc in self.layers.values())
+
+
+class _Engine:
+    """Routes the patched attention layers to the Run in progress (None: the model's own forward)."""
+    run: Run | None = None
+
+
+def _attention_forward(engine: _Engine, method: KVMethod, m):
+    cls_forward = type(m).forward
+
+    def forward(hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
+                cache_position=None, **kwargs):
+        run = engine.run
+        if run is None:
+            return cls_forward(m, hidden_states, position_embeddings, attention_mask, past_key_values,
+                               cache_position, **kwargs)
+        b, c = hidden_states.shape[:2]
+        shape = (b, c, -1, m.head_dim)
+        q = m.q_proj(hidden_states).view(shape).transpose(1, 2)
+        k, v = method.project_kv(m, hidden_states, run)
+        k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        out = run.attend(m.layer_idx, q, k, v, m.scaling)
+        return m.o_proj(out.transpose(1, 2).reshape(b, c, -1)), None
+    return forward
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    p = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = p.sort(descending=True)
+        drop = sorted_p.cumsum(0) - sorted_p > top_p
+        p = p.clone()
+        p[order[drop]] = 0
+        p = p / p.sum()
+    return int(torch.multinomial(p, 1, generator=gen))
+
+
+class Driver:
+    """The manual loop (prefill, compress, decode) for one LM and one kv method."""
+
+    def __init__(self, lm, method: KVMethod):
+        self.lm, self.method, self.engine = lm, method, _Engine()
+        self.rotary = _rotary_module(lm.model)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def _forward(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
+        dev = self.lm.device
+        pos = run.positions(len(ids)).to(dev)
+        run.tokens += ids
+        out = self.lm.model(input_ids=torch.tensor([ids], device=dev), position_ids=pos[None], use_cache=False,
+                            logits_to_keep=0 if all_logits else 1)
+        run.next_pos += len(ids)
+        return out.logits[0]
+
+    def start(self) -> Run:
+        hints = self.lm.hints
+        budget = float(hints.get("kv_budget", self.method.budget))
+        protect = int(getattr(self.lm, "kv_protect_prefix", 0) or 0)
+        run = Run(self.method, budget, self.generator, effective_inv_freq(self.rotary), protect)
+        run.tokenizer = self.lm.tokenizer
+        return run
+
+    def prefill_forward(self, run: Run, ids: list[int], all_logits: bool) -> tuple[torch.Tensor, int]:
+        """Prefill in chunks, then compress; returns (logits, cache bytes held before compressing)."""
+        self.engine.run = run
+        try:
+            outs = [self._forward(run, ids[s:s + PREFILL_CHUNK], all_logits) for s in range(0, len(ids), PREFILL_CHUNK)]
+            peak = run.held_bytes()
+            run.compress_prefill()
+        finally:
+            self.engine.run = None
+        return (torch.cat(outs) if all_logits else outs[-1]), peak
+
+    def decode_forward(self, run: Run, ids: list[int]) -> torch.Tensor:
+        self.engine.run = run
+        try:
+            return self._forward(run, ids, True)
+        finally:
+            self.engine.run = None
+
+    @torch.no_grad()
+    def prefill(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
+        """Prefill the context and compress it (recorded in telemetry); its logits (all or the last)."""
+        t0 = time.perf_counter()
+        run.n_context = len(ids)
+        logits, peak = self.prefill_forward(run, ids, all_logits)
+        run.phase, run.policy_s = "decode", 0.0      # bookkeeping is reported for decoding only
+        t = self.lm.telemetry
+        n, kept, nbytes, dense = len(ids), run.kept_tokens(), run.bytes(), run.dense_bytes()
+        t["kv.calls"] += 1
+        t["kv.context_tokens"] += n
+        t["kv.kept_tokens"] += kept
+        t["kv.bytes"] += nbytes
+        t["kv.dense_bytes"] += dense
+        if not run.dense:
+            t["kv.compressed_calls"] += 1
+            t["kv.compressed_context_tokens"] += n
+            t["kv.compressed_kept_tokens"] += kept
+            t["kv.compressed_bytes"] += nbytes
+            t["kv.compressed_dense_bytes"] += dense
+        t["kv.peak_cache_bytes"] = max(t["kv.peak_cache_bytes"], peak)
+        if run.protect and not run.dense and self.method.budget_unit == "bits":   # quantizers honour it
+            t["kv.protected_tokens"] += min(run.protect, n)
+        t["kv.prefill_s"] += time.perf_counter() - t0
+        return logits
+
+    @torch.no_grad()
+    def decode(self, run: Run, ids: list[int]) -> torch.Tensor:
+        """Feed tokens after the compressed context (compressing as the method does); all logits."""
+        t0 = time.perf_counter()
+        out = self.decode_forward(run, ids)
+        run.step += 1
+        t = self.lm.telemetry
+        t["kv.decode_s"] += time.perf_counter() - t0
+        t["kv.decode_steps"] += 1
+        t["kv.policy_s"] += run.policy_s
+        run.policy_s = 0.0
+        t["kv.peak_cache_bytes"] = max(t["kv.peak_cache_bytes"], run.held_bytes())
+        return out
+
+    def generate_one(self, prompt: list[int], max_new: int, temperature: float, top_p: float) -> list[int]:
+        question = int(self.lm.hints.get("kv_question_tokens", 0))
+        if not 0 <= question < len(prompt):
+            raise UserError(f"kv: {question} question tokens leave no context in a {len(prompt)}-token prompt")
+        run = self.start()
+        cut = len(prompt) - question
+        run.max_new = question + max_new
+        logits = self.prefill(run, prompt[:cut], all_logits=False)[-1]
+        if question:
+            logits = self.decode(run, prompt[cut:])[-1]
+        eos, new = self.lm.tokenizer.eos_token_id, []
+        while len(new) < max_new:
+            new.append(_sample(logits, temperature, top_p, self.generator))
+            if new[-1] == eos or len(new) == max_new:
+                break
+            logits = self.decode(run, new[-1:])[-1]
+        return new
+
+    def score_one(self, seq: list[int]) -> torch.Tensor:
+        n_dec = int(self.lm.hints.get("kv_decode_tokens", len(seq) // 2))
+        n_dec = max(0, min(n_dec, len(seq) - 1))
+        run = self.start()
+        cut = len(seq) - n_dec
+        run.max_new = n_dec
+        logits = [self.prefill(run, seq[:cut], all_logits=True)]
+        for tok in seq[cut:]:
+            logits.append(self.decode(run, [tok]))
+        return torch.cat(logits)
+
+
+@contextlib.contextmanager
+def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
+    """Route the LM's batch hooks through the driver and (for this module's engine) patch the
+    attention layers; both restored on exit."""
+    if getattr(lm, "kv_driver", None) is not None:
+        raise UserError(f"{method.name}: the KV cache is already managed by {lm.kv_driver.method.name}; "
+                        f"compose one kv cache policy (modifiers such as intactkv go after it: kivi+intactkv)")
+    patch = driver is None
+    driver = driver or Driver(lm, method)
+    method.prepare(lm)
+    modules = _attention_modules(lm.model) if patch else []
+    if patch and not modules:
+        raise UserError(f"{method.name}: no Llama-style attention layers (q_proj/k_proj/v_proj/o_proj) found")
+
+    @torch.no_grad()
+    def generate_batch(ids, mask, max_new_tokens, temperature, top_p):
+        rows = []
+        for row, m in zip(ids.tolist(), mask.tolist()):
+            prompt = [t for t, keep in zip(row, m) if keep]
+            rows.append(driver.generate_one(prompt, max_new_tokens, temperature, top_p))
+        width = max(1, max(map(len, rows)))
+        pad = lm.tokenizer.pad_token_id
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+
+    @torch.no_grad()
+    def forward_logits(ids, mask):
+        out = None
+        for b, (row, m) in enumerate(zip(ids.tolist(), mask.tolist())):
+            seq = [t for t, keep in zip(row, m) if keep]      # right padding (LM.loglikelihood)
+            logits = driver.score_one(seq)
+            if out is None:
+                out = logits.new_zeros(ids.shape[0], ids.shape[1], logits.shape[-1])
+            out[b, :len(seq)] = logits
+        return out
+
+    lm._generate_batch, lm._forward_logits = generate_batch, forward_logits
+    lm.kv_driver = driver
+    try:
+        with patched_forwards(modules, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, PATCHED):
+            yield driver
+    finally:
+        del lm._generate_batch, lm._forward_logits, lm.kv_driver
+
+
+def quantize(x: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Asymmetric min-max fake quantization along `dim` (KIVI/GEAR): s = (max - min)/(2^B - 1),
+    q = round((x - min)/s) clamped to [0, 2^B - 1], x̂ = q s + min. Groups are the other axes."""
+    lo = x.amin(dim=dim, keepdim=True)
+    hi = x.amax(dim=dim, keepdim=True)
+    levels = 2 ** bits - 1
+    scale = (hi - lo) / levels
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.clamp(torch.round((x - lo) / safe), 0, levels)
+    return torch.where(scale > 0, q * scale + lo, lo)
+
+
+def quantize_groups(x: torch.Tensor, bits: int, group: int, axis: str) -> torch.Tensor:
+    """Fake-quantize x [b, h, n, d] in groups of `group` elements: axis "token" = per-channel
+    (groups of consecutive tokens of one channel: KIVI's keys), "channel" = per-token (groups of
+    consecutive channels of one token: KIVI's values). The grouped length must divide evenly."""
+    b, h, n, d = x.shape
+    if axis == "token":
+        if n % group:
+            raise ValueError(f"{n} tokens do not split into groups of {group}")
+        return quantize(x.reshape(b, h, n // group, group, d), bits, dim=3).reshape(b, h, n, d)
+    if d % group:
+        raise ValueError(f"head_dim {d} does not split into groups of {group}")
+    return quantize(x.reshape(b, h, n, d // group, group), bits, dim=4).reshape(b, h, n, d)
+
+
+def quant_bytes(elements: int, bits: int, group: int) -> float:
+    """Bytes of `elements` quantized values at `bits` plus one fp16 scale and zero point per group."""
+    return elements * bits / 8 + (elements / group) * 2 * REFERENCE_BYTES

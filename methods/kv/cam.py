@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.registry import register
+from harness.methods.kv._common import KVMethod, LayerCache, Run
+
+
+def merge_probability(evicted_score: torch.Tensor, recent_scores: torch.Tensor) -> torch.Tensor:
+    """CaM's p = A[evicted] / mean(A over the recent window), clamped to [0, 1] (per head)."""
+    mean = recent_scores.mean(dim=-1, keepdim=True).clamp(min=1e-12)
+    return (evicted_score / mean).clamp(0.0, 1.0)
+
+
+@register
+@dataclass
+class CaM(KVMethod):
+    """CaM — Zhang et al. 2024, "CaM: Cache Merging for Memory-efficient LLMs Inference" (ICML
+    2024; published without an arXiv id); rule from
+    zyxxmu/cam `modify_llama_cam.py`, defaults start_ratio = recent_ratio = 0.1 of the prompt,
+    merge_budget 32.
+
+    Eviction base: the first tokens (half the budget, start_ratio) and the most recent (the other
+    half). A token leaving the recent window is merged instead of lost: with probability
+    p = A[evicted]/mean(A over the recent window) (A: accumulated attention, clamped to [0, 1]),
+    M ~ Bernoulli(p), and M·v_evicted/merge_budget is added to the *values* of the next
+    merge_budget tokens (keys unchanged). While decoding one token leaves per step (exact). At
+    prefill all middle tokens leave at once; each adds its share to the values of the
+    merge_budget tokens after it, from its own original value (one pass, without the
+    evicted-to-evicted chains of a token-by-token stream) [our simplification]. Seeded draws.
+    Compresses: prefill and every decoding step."""
+    name = "cam"
+    paper = "CaM: Cache Merging for Memory-efficient LLMs Inference (ICML 2024)"
+    compresses = "both"
+    accumulates = True
+    budget: float = field(default=0.2, metadata={"help": "kept tokens (official: start 0.1 + recent 0.1 of the prompt)"})
+    start_share: float = field(default=0.5, metadata={"help": "share of the budget kept at the start"})
+    merge_budget: int = field(default=32, metadata={"help": "next tokens whose values receive a merged value"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.start_share <= 1 or self.merge_budget < 1:
+            raise ValueError("start_share in [0, 1], merge_budget >= 1")
+
+    def split(self, m: int) -> tuple[int, int]:
+        start = int(m * self.start_share)
+        return start, m - start
+
+    def compress_prefill(self, lc: LayerCache, run: Run) -> None:
+        n, m = lc.n, run.target
+        if n <= m:
+            return
+        start, rec = self.split(m)
+        score, v = lc.score, lc.v.clone()
+        p = merge_probability(score[:, :, start:n - rec], score[:, :, n - rec:])     # [1, H, E]
+        draw = torch.bernoulli(p.cpu(), generator=run.generator).to(v.device)
+        contrib = v[:, :, start:n - rec] * (draw / self.merge_budget).unsqueeze(-1)  # [1, H, E, d]
+        # token t (evicted) adds to t+1 .. t+merge_budget: a windowed sum of the contributions
+        padded = torch.nn.functional.pad(contrib.cumsum(2), (0, 0, 1, 0))            # prefix sums
+        idx = torch.arange(start, n, device=v.device) - start                         # receivers, in evicted coords
+        hi = idx.clamp(max=contrib.shape[2])
+        lo = (idx - self.merge_budget).clamp(min=0, max=contrib.shape[2])
+        v[:, :, start:] += padded[:, :, hi] - padded[:, :, lo]
+        lc.replace(v=v)
+        keep = torch.cat([torch.arange(start), torch.arange(n - rec, n)]).to(v.device)
+        lc.keep(keep.expand(*v.shape[:2], m))
+
+    def compress_decode(self, lc: LayerCache, run: Run) -> None:
+        n, m = lc.n, run.target
+        if n <= m:
+            return
+        start, rec = self.split(m)
+        e = start                       # the oldest token of the recent window leaves
+        score, v = lc.score, lc.v.clone()
+        p = merge_probability(score[:, :, e:e + 1], score[:, :, e + 1:])
+        draw = torch.bernoulli(p.cpu(), generator=run.generator).to(v.device)
+        v[:, :, e + 1:e + 1 + self.merge_budget] += v[:, :, e:e + 1] * (draw / self.merge_budget).unsqueeze(-1)
+        lc.replace(v=v)
+        keep = torch.cat([torch.arange(e), torch.arange(e + 1, n)]).to(v.device)
+        lc.keep(keep.expand(*v.shape[:2], n - 1))

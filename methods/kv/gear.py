@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.registry import register
+from harness.methods.kv._common import KVMethod, LayerCache, REFERENCE_BYTES, Run, quant_bytes, quantize_groups
+
+OUTLIER_BYTES = REFERENCE_BYTES + 4     # an fp16 value and its int32 index
+
+
+def outliers(x: torch.Tensor, frac: float) -> torch.Tensor:
+    """S: per token (over all heads' channels), the top and bottom frac/2 entries, else 0.
+    x [1, H, n, d] -> same shape."""
+    b, h, n, d = x.shape
+    rows = x.permute(0, 2, 1, 3).reshape(b, n, h * d)
+    k = int(round(frac / 2 * h * d))
+    s = torch.zeros_like(rows)
+    if k:
+        for idx in (rows.topk(k, dim=-1).indices, (-rows).topk(k, dim=-1).indices):
+            s.scatter_(-1, idx, rows.gather(-1, idx))
+    return s.reshape(b, n, h, d).permute(0, 2, 1, 3)
+
+
+def power_low_rank(r_mat: torch.Tensor, rank: int, loops: int, generator) -> torch.Tensor:
+    """Rank-`rank` approximation of r_mat [..., n, d] by GEAR's power iteration: random Q,
+    P = R Q, Q = Rᵀ P, `loops` times, P orthonormalised (QR) on the last; returns P Qᵀ."""
+    if rank <= 0:
+        return torch.zeros_like(r_mat)
+    q = torch.randn(*r_mat.shape[:-2], r_mat.shape[-1], rank, generator=generator).to(r_mat)
+    for i in range(loops):
+        p = r_mat @ q
+        if i == loops - 1:
+            p = torch.linalg.qr(p).Q
+        q = r_mat.transpose(-1, -2) @ p
+    return p @ q.transpose(-1, -2)
+
+
+@register
+@dataclass
+class GEAR(KVMethod):
+    """GEAR — Kang et al. 2024, "GEAR: An Efficient KV Cache Compression Recipe for Near-Lossless
+    Generative Inference of LLM" (arXiv:2403.05527); rule from opengear-project/GEAR
+    `GEARLM/Simulated/compress_function.py` (pure-PyTorch simulation, as here), defaults of its
+    `run_template_llama-3-8b.sh`: 2 bits, group 64, loop 3, prefill rank 4, decode rank 2, left
+    0.02, streaming gap 64.
+
+    X ≈ D + L + S: S keeps each token's top and bottom left/2 fraction of entries (over all heads'
+    channels) exactly; D quantizes X − S (KCVT: keys per channel in groups of group_size tokens,
+    values per token in groups of group_size channels of the token's hidden vector); L is the
+    rank-r power-iteration approximation of the residual, per head. Tokens stay full precision in
+    a streaming buffer and are compressed a block of streaming_gap at a time (prefill: every full
+    block, rank `prefill_rank`; decoding: rank `rank`). Bytes: bits + fp16 scale and zero per group
+    + outliers (fp16 value + int32 index) + the rank factors at fp16 + the fp16 buffer.
+    Compresses: prefill and decoding. The budget is not used (bits)."""
+    name = "gear"
+    paper = "GEAR: An Efficient KV Cache Compression Recipe for Near-Lossless Generative Inference of LLM (arXiv:2403.05527)"
+    compresses = "both"
+    budget_unit = "bits"
+    smoke_args = {"streaming_gap": "16", "group_size": "16"}
+    bits: int = 2
+    group_size: int = 64
+    loop: int = 3
+    prefill_rank: int = 4
+    rank: int = 2
+    left: float = field(default=0.02, metadata={"help": "outlier fraction kept exactly (top and bottom halves)"})
+    streaming_gap: int = field(default=64, metadata={"help": "tokens buffered full precision between compressions"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.streaming_gap % self.group_size:
+            raise ValueError("streaming_gap must be a multiple of group_size (keys are grouped by tokens)")
+
+    def compress_block(self, x: torch.Tensor, axis: str, rank: int, gen) -> tuple[torch.Tensor, int]:
+        """x [1, H, n, d] -> (D + L + S, outlier count)."""
+        s = outliers(x, self.left)
+        b, h, n, d = x.shape
+        if axis == "token":
+            dq = quantize_groups(x - s, self.bits, self.group_size, "token")
+        else:    # per token over the whole hidden vector of the token
+            flat = (x - s).permute(0, 2, 1, 3).reshape(b, 1, n, h * d)
+            dq = quantize_groups(flat, self.bits, self.group_size, "channel").reshape(b, n, h, d).permute(0, 2, 1, 3)
+        low = power_low_rank(x - s - dq, rank, self.loop, gen)
+        return dq + low + s, int((s != 0).sum())
+
+    def flush(self, lc: LayerCache, run: Run, rank: int) -> None:
+        p = run.protect
+        a = p + lc.state["done"]
+        n = (lc.n - a) // self.streaming_gap * self.streaming_gap
+        if n <= 0:
+            return
+        k, v = lc.k.clone(), lc.v.clone()
+        k[:, :, a:a + n], ok = self.compress_block(k[:, :, a:a + n], "token", rank, run.generator)
+        v[:, :, a:a + n], ov = self.compress_block(v[:, :, a:a + n], "channel", rank, run.generator)
+        lc.replace(k=k, v=v)
+        h, d = k.shape[1], k.shape[-1]
+        lc.state["done"] += n
+        lc.state["bytes"] += (quant_bytes(n * h * d, self.bits, self.group_size) * 2 + (ok + ov) * OUTLIER_BYTES
+                              + 2 * h * rank * (n + d) * REFERENCE_BYTES)
+
+    def compress_prefill(self, lc: LayerCache, run: Run) -> None:
+        lc.state.update(done=0, bytes=0.0)
+        self.flush(lc, run, self.prefill_rank)
+
+    def compress_decode(self, lc: LayerCache, run: Run) -> None:
+        self.flush(lc, run, self.rank)
+
+    def layer_bytes(self, lc: LayerCache, run: Run) -> float:
+        h, d = lc.k.shape[1], lc.k.shape[-1]
+        return lc.state.get("bytes", 0.0) + 2 * (lc.n - lc.state.get("done", 0)) * h * d * REFERENCE_BYTES

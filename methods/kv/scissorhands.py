@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.registry import register
+from harness.methods.kv._common import KVMethod, LayerCache, Run, keep_top, recent
+
+
+@register
+@dataclass
+class Scissorhands(KVMethod):
+    """Scissorhands — Liu et al. 2023, "Scissorhands: Exploiting the Persistence of Importance
+    Hypothesis for LLM KV Cache Compression at Test Time" (arXiv:2305.17118); no official code —
+    rule from the paper's Algorithm 2 and the community cold-compress `KVCacheHeavyHitter`.
+
+    Persistence of importance: a token's score is how many of the last `history_window` queries
+    (400, "the default specified in the paper") gave it attention ≥ the uniform level 1/t (t =
+    tokens that query sees), counted over the KV head's query heads. Kept: the `global_tokens`
+    first tokens (cold-compress: 4), the newest `recent_share` of the budget, and the highest
+    counts; the rest is dropped at prefill and whenever decoding pushes the cache over budget.
+    The history is an exact sliding window (a ring of per-query indicators that moves with the
+    tokens). recent_share is not given by the paper; 0.5 follows H2O's split [our choice]."""
+    name = "scissorhands"
+    paper = ("Scissorhands: Exploiting the Persistence of Importance Hypothesis for LLM KV Cache "
+             "Compression at Test Time (arXiv:2305.17118)")
+    compresses = "both"
+    accumulates = True
+    history_window: int = field(default=400, metadata={"help": "queries whose attention is counted (paper: 400)"})
+    global_tokens: int = field(default=4, metadata={"help": "first tokens always kept (cold-compress: 4)"})
+    recent_share: float = field(default=0.5, metadata={"help": "share of the budget kept as the newest tokens"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.history_window < 1 or self.global_tokens < 0 or not 0 <= self.recent_share <= 1:
+            raise ValueError("history_window >= 1, global_tokens >= 0, recent_share in [0, 1]")
+
+    def observe(self, lc: LayerCache, probs, logits, run: Run) -> None:
+        visible = torch.isfinite(logits).sum(-1, keepdim=True).clamp(min=1)
+        hits = (probs >= 1.0 / visible).sum(dim=2)                 # [1, H_kv, c, n]
+        w = self.history_window
+        first = max(run.n_context - w if run.phase == "prefill" else 0, int(run.query_pos[-1]) - w + 1)
+        sel = run.query_pos >= first                                # queries inside the history window
+        if sel.any():
+            ring = lc.slot("history", 0, torch.uint8, (w,))
+            ring[:, :, :, run.query_pos[sel] % w] = hits[:, :, sel].transpose(2, 3).to(torch.uint8)
+
+    def counts(self, lc: LayerCache) -> torch.Tensor:
+        return lc.slot("history", 0, torch.uint8, (self.history_window,)).sum(-1).float()
+
+    def evict(self, lc: LayerCache, run: Run) -> None:
+        m = run.target
+        if lc.n <= m:
+            return
+        protect = recent(lc, m - int(m * (1 - self.recent_share))) | (lc.pos < self.global_tokens)
+        keep_top(lc, self.counts(lc).masked_fill(protect, float("inf")), m)
+
+    def compress_prefill(self, lc: LayerCache, run: Run) -> None:
+        self.evict(lc, run)
+
+    def compress_decode(self, lc: LayerCache, run: Run) -> None:
+        self.evict(lc, run)

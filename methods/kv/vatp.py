@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.registry import register
+from harness.methods.kv._common import KVMethod, LayerCache, Run
+from harness.methods.kv.h2o import evict_heavy_recent
+
+
+def vatp_scores(lc: LayerCache, n_sink: int):
+    """I_j = S_j · ‖v_j‖₁ (S: accumulated attention); the first n_sink tokens score +inf."""
+    s = lc.score * lc.v.abs().sum(-1)
+    return s.masked_fill(lc.pos < n_sink, float("inf"))
+
+
+@register
+@dataclass
+class VATP(KVMethod):
+    """VATP — Guo et al. 2024, "Attention Score is not All You Need for Token Importance Indicator
+    in KV Cache Reduction: Value Also Matters" (arXiv:2406.12335, EMNLP 2024); no official code,
+    rule from the paper.
+
+    Token importance I_j = S_j · ‖v_j‖₁, with S_j H2O's accumulated attention (the paper's main
+    base score), on H2O's recent + heavy split of the budget; the first `n_sink` tokens (attention
+    sinks: high attention, tiny ‖v‖) are always kept, as the paper prescribes. Compresses:
+    prefill and every decoding step."""
+    name = "vatp"
+    paper = ("Attention Score is not All You Need for Token Importance Indicator in KV Cache Reduction: "
+             "Value Also Matters (arXiv:2406.12335)")
+    compresses = "both"
+    accumulates = True
+    budget: float = field(default=0.2, metadata={"help": "kept tokens (H2O's default split 0.1 + 0.1)"})
+    heavy_share: float = 0.5
+    n_sink: int = field(default=4, metadata={"help": "attention-sink tokens always kept"})
+
+    def compress_prefill(self, lc: LayerCache, run: Run) -> None:
+        evict_heavy_recent(lc, run.target, self.heavy_share, vatp_scores(lc, self.n_sink))
+
+    def compress_decode(self, lc: LayerCache, run: Run) -> None:
+        evict_heavy_recent(lc, run.target, self.heavy_share, vatp_scores(lc, self.n_sink))
