@@ -128,9 +128,10 @@ def verify_tree(p: torch.Tensor, tree: Tree, temperature: float, generator=None)
     return path, [tree.tokens[j] for j in path] + [last]
 
 
-def tree_step(target, seq: list[int], tree: Tree, temperature: float, gen, tel, probs) -> list[int]:
+def tree_step(target, seq: list[int], tree: Tree, temperature: float, gen, tel, probs) -> tuple[list[int], list[int]]:
     """Verify a draft tree after seq (committed tokens; the target caches all but the last ones)
-    in one forward, keep the accepted path in the cache, count telemetry; returns the new tokens."""
+    in one forward, keep the accepted path in the cache, count telemetry. Returns (new tokens,
+    accepted path node indices)."""
     tail = seq[target.length:]
     logits = tree_forward(target, tail, tree)[len(tail) - 1:]
     tel["target_forwards"] += 1
@@ -143,7 +144,7 @@ def tree_step(target, seq: list[int], tree: Tree, temperature: float, gen, tel, 
         if tree.attempts.get(node):
             tel[f"tested_at_{i}"] += 1
             tel[f"accepted_at_{i}"] += i <= len(path)
-    return new
+    return new, path
 
 
 def expand(draft, seq: list[int], widths, temperature: float, gen, tel, probs, sample: bool) -> Tree:

@@ -141,7 +141,7 @@ class REST(LMMethod):
                 span, found = store.lookup(seq, self.max_token_span, min(self.continuation, room), self.max_matches)
                 tel["retrievals"] += 1
                 tel["retrieved_span_tokens"] += span
-                for token in tree_step(target, seq, draft_tree(found, self.num_draft), temperature, gen, tel, probs):
+                for token in tree_step(target, seq, draft_tree(found, self.num_draft), temperature, gen, tel, probs)[0]:
                     seq.append(token)
                     if token == eos or len(seq) - len(prompt) >= max_new:
                         break

@@ -50,7 +50,7 @@ class SpecInfer(LMMethod):
                 depth = min(len(self.expansion), max_new - (len(seq) - len(prompt)))
                 tree = merge([expand(d, seq, self.expansion[:depth], temperature, gen, tel, probs, sample=True)
                               for d in drafts])
-                for token in tree_step(target, seq, tree, temperature, gen, tel, probs):
+                for token in tree_step(target, seq, tree, temperature, gen, tel, probs)[0]:
                     seq.append(token)
                     if token == eos or len(seq) - len(prompt) >= max_new:
                         break
