@@ -132,19 +132,18 @@ class DistillSpec(SpS):
         draft.eval()
         alpha_after = self._alpha(lm, draft, held)
         log(f"distillspec held-out acceptance rate alpha: {alpha_before:.4f} -> {alpha_after:.4f}")
-        state = {k: v.detach().cpu().contiguous() for k, v in draft.state_dict().items()}
 
-        def write(folder):
-            from safetensors.torch import save_file
-            save_file(state, str(folder / "draft.safetensors"))
+        def write(folder):      # save_model: the draft's embeddings and LM head may be one tied tensor
+            from safetensors.torch import save_model
+            save_model(draft.cpu(), str(folder / "draft.safetensors"))
         return ({"alpha_before": alpha_before, "alpha_after": alpha_after, "trace": trace,
                  "train_seconds": round(time.perf_counter() - t0, 1)}, write)
 
     def use_artifact(self, payload, folder) -> None:
-        from safetensors.torch import load_file
-        self._draft_state = load_file(str(folder / "draft.safetensors"))
+        self._draft_file = str(folder / "draft.safetensors")
 
     def drafter(self, lm):
+        from safetensors.torch import load_model
         model = copy.deepcopy(load_draft(self.draft, lm, self.name))
-        model.load_state_dict(self._draft_state)
+        load_model(model, self._draft_file, device=str(lm.device))
         return model.eval()
