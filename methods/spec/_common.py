@@ -57,6 +57,33 @@ class CachedModel:
         self.length = length
 
 
+def count_step(tel, drafted: int, accepted: int) -> None:
+    """Telemetry of one verification step of a chain of `drafted` tokens, `accepted` of them kept.
+    tested_at_i counts the steps in which position i was verified at all, so the per-position
+    acceptance (EAGLE's alpha.py "n-α") is accepted_at_i / tested_at_i; rejections counts steps
+    that stopped before the chain's end (α̂ = accepted / (accepted + rejections) is the maximum-
+    likelihood per-token acceptance rate of the i.i.d. model behind (1 − α^(γ+1)) / (1 − α))."""
+    tel["draft_tokens"] += drafted
+    tel["accepted_draft_tokens"] += accepted
+    tel["spec_steps"] += 1
+    tel["rejections"] += accepted < drafted
+    for i in range(1, min(accepted + 1, drafted) + 1):
+        tel[f"tested_at_{i}"] += 1
+    for i in range(1, accepted + 1):
+        tel[f"accepted_at_{i}"] += 1
+
+
+def load_draft(spec: str, lm, who: str):
+    """A draft model on the LM's device; it must share the target's vocabulary."""
+    from harness import models
+    from harness.errors import UserError
+    drafter = models.load(spec, lm.device).model
+    if drafter.config.vocab_size != lm.model.config.vocab_size:
+        raise UserError(f"{who}: draft {spec} has a vocabulary of {drafter.config.vocab_size}, "
+                        f"the target {lm.model.config.vocab_size}; they must share a tokenizer")
+    return drafter
+
+
 @contextlib.contextmanager
 def decoding_loop(lm, generate_one):
     """Route the LM's batch generation through generate_one(prompt ids, max_new, temperature, seed

@@ -4,11 +4,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import models
-from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.spec._common import CachedModel, decoding_loop, probs, verify_chain
+from harness.methods.spec._common import (CachedModel, count_step, decoding_loop, load_draft, probs,
+                                         verify_chain)
 
 
 @register
@@ -36,11 +35,12 @@ class SpS(LMMethod):
         if self.gamma < 1:
             raise ValueError("gamma must be at least 1")
 
+    def drafter(self, lm):
+        """The draft model (DistillSpec overrides this with its distilled weights)."""
+        return load_draft(self.draft, lm, self.name)
+
     def apply(self, lm, ctx):
-        drafter = models.load(self.draft, lm.device).model
-        if drafter.config.vocab_size != lm.model.config.vocab_size:
-            raise UserError(f"sps: draft {self.draft} has a vocabulary of {drafter.config.vocab_size}, "
-                            f"the target {lm.model.config.vocab_size}; they must share a tokenizer")
+        drafter = self.drafter(lm)
         eos, tel = lm.tokenizer.eos_token_id, lm.telemetry
 
         def generate_one(prompt, max_new, temperature, gen):
@@ -62,11 +62,7 @@ class SpS(LMMethod):
                 p = probs(target.step(seq[base:] + chain), temperature)
                 tel["target_forwards"] += 1
                 new, accepted = verify_chain(p, torch.stack(q), chain, gen)
-                tel["draft_tokens"] += len(chain)
-                tel["accepted_draft_tokens"] += accepted
-                tel["spec_steps"] += 1
-                for i in range(accepted):
-                    tel[f"accepted_at_{i + 1}"] += 1
+                count_step(tel, len(chain), accepted)
                 target.crop(base + 1 + accepted)
                 draft.crop(min(draft.length, base + 1 + accepted))
                 for token in new:

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.registry import register
+from harness.methods.spec._eagle import EagleBase
+from harness.methods.spec._tree import Tree
+
+
+@register
+@dataclass
+class Eagle2(EagleBase):
+    """EAGLE-2 — Li et al., "EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees"
+    (EMNLP 2024, arXiv:2406.16858); the same head and fit stage as `eagle` (EAGLE-2 reuses EAGLE's
+    weights), dynamic tree from SafeAILab/EAGLE cnets.py `topK_genrate`.
+
+    A node's value is its cumulative draft log-probability. The root gets its top_k children; at
+    each further level the top_k frontier nodes by value are expanded into top_k children each and
+    the best top_k of those k² become the next frontier. Finally the total_tokens best nodes of all
+    levels form the tree (a parent's value is never below its child's, so paths stay connected).
+    Verification as in `eagle`. Defaults from the EAGLE eval scripts: total_tokens 60, depth 5
+    (levels of the tree), top_k 10.
+    """
+    name = "eagle2"
+    paper = "EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees (arXiv:2406.16858)"
+    total_tokens: int = 60
+    depth: int = 5
+    top_k: int = 10
+
+    def __post_init__(self):
+        if min(self.total_tokens, self.depth, self.top_k) < 1:
+            raise ValueError("total_tokens, depth and top_k must be positive")
+        self.max_depth = self.depth
+
+    def draft(self, state, root_logits, depth, tel) -> Tree:
+        tokens, parents, values, level = [], [], [], []     # candidates of every level
+        fed, fed_node = Tree(), {}                           # expanded candidates, as fed to the head
+
+        def add(parent, lp, d):
+            top = lp.topk(self.top_k)
+            base = values[parent] if parent >= 0 else 0.0
+            for v, t in zip(top.values.tolist(), top.indices.tolist()):
+                tokens.append(t), parents.append(parent), values.append(base + v), level.append(d)
+        add(-1, torch.log_softmax(root_logits.float(), -1), 1)
+        frontier = list(range(len(tokens)))
+        for d in range(2, depth + 1):
+            for c in frontier:
+                fed_node[c] = fed.add(fed_node.get(parents[c], -1), tokens[c])
+            logits, _ = state.forward_tree(fed)
+            tel["draft_forwards"] += 1
+            start = len(tokens)
+            for c in frontier:
+                add(c, torch.log_softmax(logits[fed_node[c]].float(), -1), d)
+            frontier = sorted(range(start, len(tokens)), key=lambda c: -values[c])[:self.top_k]
+        keep = set(sorted(range(len(tokens)), key=lambda c: (-values[c], level[c]))[:self.total_tokens])
+        for c in list(keep):                    # ties could drop a parent: keep every ancestor
+            while parents[c] >= 0:
+                c = parents[c]
+                keep.add(c)
+        tree, node = Tree(), {-1: -1}
+        for c in sorted(keep, key=lambda c: (level[c], -values[c])):
+            node[c] = tree.add(node[parents[c]], tokens[c])
+        return tree

@@ -1,0 +1,326 @@
+"""Speculative-decoding acceptance, speed and losslessness, measured as Spec-Bench does (τ with the
+bonus token, speedup of tokens/s over the autoregressive baseline timed in the same run, prefill
+included, warm-ups and repeats, a fixed thread count) plus exact losslessness checks."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from harness import data, registry
+from harness.errors import NoEffect, UserError
+from harness.interfaces import MethodContext, Metric, Task, TaskResult
+from harness.registry import register
+from harness.synthetic import Corpus, sample_seed
+
+
+class NotLossless(NoEffect):
+    """A speculative method changed the target's output: the cell fails and writes no record."""
+
+
+def chi2_sf(stat: float, df: int) -> float:
+    """P(χ²_df ≥ stat), the regularised upper incomplete gamma Q(df/2, stat/2)."""
+    if df <= 0:
+        return 1.0
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))
+
+
+def g_test(counts: Counter, p: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int]:
+    """G statistic and degrees of freedom of observed token counts against the distribution p.
+    Tokens whose expected count is below min_expected are pooled into one bin (the usual rule)."""
+    n = sum(counts.values())
+    expected = (p.double() * n)
+    big = (expected >= min_expected).nonzero().flatten().tolist()
+    obs = [counts.get(t, 0) for t in big]
+    exp = [float(expected[t]) for t in big]
+    rest_obs, rest_exp = n - sum(obs), n - sum(exp)
+    if rest_exp > 1e-9 or rest_obs:
+        obs.append(rest_obs)
+        exp.append(max(rest_exp, 1e-12))
+    g = 2 * sum(o * math.log(o / e) for o, e in zip(obs, exp) if o > 0)
+    return g, len(obs) - 1
+
+
+def read_prompts(path: str) -> list[tuple[str, str]]:
+    """(id, prompt) from a local file: JSONL with "prompt" or Spec-Bench's "turns" (first turn)
+    per line, or plain text with one prompt per non-empty line. Errors name the file and line."""
+    text = data.read_text(path, "spec_acceptance prompts")
+    out = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.endswith(".jsonl"):
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise UserError(f"spec_acceptance prompts: {path} line {i} is not valid JSON ({e})") from None
+            prompt = row.get("prompt") if isinstance(row, dict) else None
+            if prompt is None and isinstance(row, dict) and isinstance(row.get("turns"), list) and row["turns"]:
+                prompt = row["turns"][0]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise UserError(f"spec_acceptance prompts: {path} line {i} has no non-empty \"prompt\" "
+                                f"string (or Spec-Bench \"turns\" list)")
+            out.append((str(row.get("question_id", row.get("id", i))), prompt))
+        else:
+            out.append((str(i), line))
+    return out
+
+
+@register
+@dataclass
+class SpecAcceptance(Task):
+    """Speculative decoding on prompts from the synthetic corpus (held-out seeds) or a local file,
+    at temperature 0 and/or 1.
+
+    Metrics: `tau` (new tokens per target forward, the prefill's token and each step's bonus token
+    included, so autoregressive decoding = 1, as Spec-Bench's #mean accepted tokens); for chain
+    drafts `acceptance_rate` (α̂ = accepted / verified draft tokens) with per-position n-α (EAGLE's
+    alpha.py) in details; draft and target forward counts; `speedup` = mean tokens/s of the method /
+    mean tokens/s of the `autoregressive` method timed in the same run (Spec-Bench: `warmups` full
+    passes over the first prompt, `repeats` runs, prefill included, torch at `threads` threads);
+    `lossless_greedy` (the temperature-0 output equals autoregressive greedy, token for token, on
+    every prompt) and `lossless_sampling` (at the first positive temperature, G-tests of next-token histograms over
+    `sampling_seeds` seeds at `sampling_prefixes` fixed prompts against the target's exact
+    distribution do not reject at level `alpha`). For a method of the speculative family, which
+    promises the target's output, a violation fails the cell (no record). For chain drafts with a
+    fixed γ the analytic τ = (1 − α̂^(γ+1)) / (1 − α̂) is reported next to the measured one.
+
+    The target's forwards are counted by the LM's own forward hook, so τ is measured the same way
+    for every method (hf_assisted included), not taken from the method's telemetry."""
+    name = "spec_acceptance"
+    version = "1"
+    main_metric = "tau"
+    summary = "speculative decoding: tau, acceptance, speedup vs autoregressive, losslessness (Spec-Bench protocol)"
+    smoke_args = {"prompts": "2", "max_new_tokens": "8", "warmups": "0", "repeats": "1",
+                  "sampling_prefixes": "1", "sampling_seeds": "16", "sampling_tokens": "2"}
+    prompts: int = field(default=10, metadata={"help": "synthetic prompts (ignored with prompt_file)"})
+    prompt_sentences: int = field(default=4, metadata={"help": "sentences per synthetic prompt"})
+    prompt_file: str | None = field(default=None, metadata={"help": "local .jsonl (prompt / turns) or text file"})
+    temperatures: tuple[float, ...] = field(default=(0.0, 1.0), metadata={"help": "0 = greedy"})
+    max_new_tokens: int = 64
+    warmups: int = field(default=3, metadata={"help": "untimed passes over the first prompt (Spec-Bench: 3)"})
+    repeats: int = field(default=3, metadata={"help": "timed runs per prompt (Spec-Bench: 3)"})
+    threads: int = field(default=1, metadata={"help": "torch threads while timing"})
+    sampling_prefixes: int = field(default=3, metadata={"help": "prompts of the distribution test"})
+    sampling_seeds: int = field(default=300, metadata={"help": "samples per prefix in the distribution test"})
+    sampling_tokens: int = field(default=3, metadata={"help": "tokens generated per sample; 2nd on are tested"})
+    alpha: float = field(default=0.001, metadata={"help": "level of the distribution test"})
+
+    def __post_init__(self):
+        if min(self.prompts, self.prompt_sentences, self.max_new_tokens, self.repeats, self.threads) < 1:
+            raise ValueError("prompts, prompt_sentences, max_new_tokens, repeats and threads must be positive")
+        if self.warmups < 0 or self.sampling_prefixes < 0 or self.sampling_seeds < 1:
+            raise ValueError("warmups and sampling_prefixes must be >= 0, sampling_seeds positive")
+        if self.sampling_tokens < 2:
+            raise ValueError("sampling_tokens must be at least 2 (the first token comes from the prefill)")
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ValueError("temperatures must be non-negative")
+        if not 0 < self.alpha < 1:
+            raise ValueError("alpha must be in (0, 1)")
+
+    # -- prompts -------------------------------------------------------------------------------
+    def load_prompts(self, lm, seed: int, limit: int | None) -> list[tuple[str, list[int]]]:
+        if self.prompt_file:
+            raw, where = read_prompts(self.prompt_file), f"{self.prompt_file} line "
+        else:
+            raw = [(f"s{i}", Corpus(sample_seed(seed, "spec", i)).text(self.prompt_sentences))
+                   for i in range(self.prompts)]
+            where = "synthetic prompt "
+        room = getattr(lm.model.config, "max_position_embeddings", None)
+        out = []
+        for pid, text in raw[:limit]:
+            ids = lm.prompt_prefix() + lm.encode(text)
+            if room and len(ids) + self.max_new_tokens > room:
+                raise UserError(f"spec_acceptance: {where}{pid} has {len(ids)} tokens; with max_new_tokens "
+                                f"{self.max_new_tokens} that exceeds the model's {room} positions")
+            out.append((pid, ids))
+        return out
+
+    # -- running the method and the baseline -----------------------------------------------------
+    @staticmethod
+    def _baseline(lm):
+        """Context that swaps the method's decoding for the autoregressive baseline (the method's
+        model patches stay on) and keeps the baseline's forwards out of the method's telemetry."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def swap():
+            patched = lm.__dict__.pop("_generate_batch", None)
+            counts, lm.telemetry = lm.telemetry, Counter()
+            try:
+                with registry.method("autoregressive")().apply(lm, MethodContext()):
+                    yield
+            finally:
+                lm.telemetry = counts
+                if patched is not None:
+                    lm._generate_batch = patched
+        return swap()
+
+    @staticmethod
+    def _timed(lm, ids, n, temperature, seed):
+        before = Counter(lm.telemetry)
+        t0 = time.perf_counter()
+        out = lm.generate([ids], n, temperature=temperature, seed=seed)[0]
+        wall = time.perf_counter() - t0
+        delta = Counter(lm.telemetry)
+        delta.subtract(before)
+        return out, wall, delta
+
+    def run(self, ctx) -> TaskResult:
+        lm = ctx.lm
+        prompts = self.load_prompts(lm, ctx.seed, ctx.limit)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            rows = self._measure(ctx, prompts)
+            hot = [t for t in self.temperatures if t > 0]
+            sampling = self._distribution_test(ctx, prompts, hot[0]) if hot and self.sampling_prefixes else None
+        finally:
+            torch.set_num_threads(threads)
+        return self._summarise(ctx, rows, sampling, prompts)
+
+    def _measure(self, ctx, prompts) -> list[dict]:
+        lm, rows = ctx.lm, []
+        eos = lm.tokenizer.eos_token_id
+        for t in self.temperatures:
+            for _ in range(self.warmups):
+                self._timed(lm, prompts[0][1], self.max_new_tokens, t, ctx.seed)
+                with self._baseline(lm):
+                    self._timed(lm, prompts[0][1], self.max_new_tokens, t, ctx.seed)
+            for i, (pid, ids) in enumerate(ctx.iterate(prompts, total=len(prompts), desc=f"spec T={t:g}")):
+                runs, base_runs = [], []
+                for r in range(self.repeats):       # alternate method and baseline against drift
+                    seed = sample_seed(ctx.seed, pid, r) % 2**31
+                    runs.append(self._timed(lm, ids, self.max_new_tokens, t, seed))
+                    with self._baseline(lm):
+                        base_runs.append(self._timed(lm, ids, self.max_new_tokens, t, seed))
+                out, _, tel = runs[0]
+                # a row cut at EOS produced the EOS too: count it, as the forwards did
+                produced = lambda o: len(o) + (len(o) < self.max_new_tokens and eos is not None)
+                rate = lambda rs: sum(produced(o) for o, _, _ in rs) / sum(w for _, w, _ in rs)
+                row = {"id": f"T{t:g}-{pid}", "temperature": t, "prompt_id": pid,
+                       "input_hash": hashlib.sha256(str(ids).encode()).hexdigest()[:16],
+                       "prompt_tokens": len(ids), "new_tokens": produced(out),
+                       "target_forwards": tel["forward_calls"], "draft_forwards": tel["draft_forwards"],
+                       "tau": produced(out) / max(tel["forward_calls"], 1),
+                       "tokens_per_s": rate(runs), "baseline_tokens_per_s": rate(base_runs),
+                       "telemetry": {k: v for k, v in tel.items() if v}, "prediction": lm.decode(out)}
+                row["speedup"] = row["tokens_per_s"] / row["baseline_tokens_per_s"]
+                if t == 0:
+                    row["lossless"] = int(out == base_runs[0][0])
+                    if not row["lossless"]:
+                        row["first_difference"] = next((k for k, (a, b) in enumerate(zip(out, base_runs[0][0]))
+                                                        if a != b), min(len(out), len(base_runs[0][0])))
+                rows.append(row)
+        return rows
+
+    def _distribution_test(self, ctx, prompts, temperature: float = 1.0) -> dict:
+        """Sample `sampling_tokens` tokens `sampling_seeds` times after each of the first prefixes at
+        the temperature (1 in the task). Tokens 2.. went through the method's verification; under
+        equality each is drawn from the target's p(· | its own sampled context), so per prefix and
+        position the token counts have expectation Σ_i p(· | context_i) (one exact target forward
+        per distinct context). A G-test per (prefix, position) against that expectation (bins of
+        expected count ≥ 5, the rest pooled), the statistics and degrees of freedom summed into one
+        test; the count vector's variance is at most the multinomial one, so the test is conservative."""
+        lm, tested = ctx.lm, []
+        g_total, df_total = 0.0, 0
+        saved = lm.telemetry
+        for pid, ids in prompts[:self.sampling_prefixes]:
+            outs = lm.generate([ids] * self.sampling_seeds, self.sampling_tokens, temperature=temperature,
+                               seed=sample_seed(ctx.seed, "dist", pid) % 2**31)
+            lm.telemetry = Counter()          # the reference forwards are not the method's
+            try:
+                for k in range(1, self.sampling_tokens):
+                    rows = [o for o in outs if len(o) > k]
+                    contexts = sorted({tuple(o[:k]) for o in rows})
+                    dist = {}
+                    for start in range(0, len(contexts), 64):
+                        chunk = contexts[start:start + 64]
+                        batch = torch.tensor([list(ids) + list(c) for c in chunk], device=lm.device)
+                        with torch.no_grad():
+                            logits = lm.model(input_ids=batch).logits[:, -1].float()
+                        for c, row in zip(chunk, torch.softmax(logits / temperature, -1).cpu()):
+                            dist[c] = row
+                    if len(rows) < 20:
+                        continue
+                    expected = sum(dist[tuple(o[:k])].double() for o in rows) / len(rows)
+                    g, df = g_test(Counter(o[k] for o in rows), expected)
+                    if df:
+                        g_total, df_total = g_total + g, df_total + df
+                        tested.append({"prompt_id": pid, "position": k + 1, "n": len(rows), "contexts": len(contexts),
+                                       "g": round(g, 3), "df": df})
+            finally:
+                lm.telemetry = saved
+        return {"g": g_total, "df": df_total, "p_value": chi2_sf(g_total, df_total), "groups": tested,
+                "alpha": self.alpha, "seeds": self.sampling_seeds, "tokens": self.sampling_tokens}
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def _summarise(self, ctx, rows, sampling, prompts) -> TaskResult:
+        spec = any(getattr(m, "family", "") == "spec" for m in ctx.methods)
+        metrics, details = {}, {"threads": self.threads, "warmups": self.warmups, "repeats": self.repeats,
+                                "timer": "time.perf_counter, prefill included", "per_temperature": {}}
+        metrics["tau"] = Metric.mean([r["tau"] for r in rows], "higher", "tokens/forward", "tau")
+        for key, unit in (("target_forwards", "forwards"), ("draft_forwards", "forwards")):
+            metrics[key] = Metric.mean([r[key] for r in rows], "lower", unit, key)
+        base = sum(r["baseline_tokens_per_s"] for r in rows) / len(rows)
+        metrics["speedup"] = Metric(sum(r["tokens_per_s"] for r in rows) / len(rows) / base, "higher", "x", len(rows))
+        for t in self.temperatures:
+            sub = [r for r in rows if r["temperature"] == t]
+            tel = sum((Counter(r["telemetry"]) for r in sub), Counter())
+            tokens = sum(r["new_tokens"] for r in sub)
+            info = {"tau_pooled": tokens / max(sum(r["target_forwards"] for r in sub), 1),
+                    "speedup": (sum(r["tokens_per_s"] for r in sub) / sum(r["baseline_tokens_per_s"] for r in sub))}
+            metrics[f"tau@T{t:g}"] = Metric.mean([r["tau"] for r in sub], "higher", "tokens/forward")
+            metrics[f"speedup@T{t:g}"] = Metric(info["speedup"], "higher", "x", len(sub))
+            if tel["draft_tokens"]:                      # a chain of draft tokens
+                verified = tel["accepted_draft_tokens"] + tel["rejections"]
+                a = tel["accepted_draft_tokens"] / verified if verified else 0.0
+                metrics[f"acceptance_rate@T{t:g}"] = Metric(a, "higher", "fraction", verified)
+                info["acceptance_rate"] = a
+                gamma = self._gamma(ctx)
+                if gamma:
+                    steps = tel["spec_steps"]
+                    info["tau_per_step"] = (tel["accepted_draft_tokens"] + steps) / steps
+                    info["tau_analytic"] = (1 - a ** (gamma + 1)) / (1 - a) if a < 1 else gamma + 1.0
+                    info["gamma"] = gamma
+            positions = sorted(int(k.rsplit("_", 1)[1]) for k in tel if k.startswith("tested_at_"))
+            info["per_position_acceptance"] = {str(i): tel[f"accepted_at_{i}"] / tel[f"tested_at_{i}"]
+                                               for i in positions if tel[f"tested_at_{i}"]}
+            details["per_temperature"][f"{t:g}"] = info
+        chain = [k for k in metrics if k.startswith("acceptance_rate@")]
+        if chain:
+            verified = sum(metrics[k].n for k in chain)
+            metrics["acceptance_rate"] = Metric(sum(metrics[k].value * metrics[k].n for k in chain) / max(verified, 1),
+                                                "higher", "fraction", verified)
+        greedy = [r for r in rows if "lossless" in r]
+        if greedy:
+            metrics["lossless_greedy"] = Metric.mean([r["lossless"] for r in greedy], "higher", "fraction", "lossless")
+            if spec and not all(r["lossless"] for r in greedy):
+                bad = [r["id"] for r in greedy if not r["lossless"]]
+                raise NotLossless(f"temperature-0 output differs from autoregressive greedy on {', '.join(bad)}")
+        if sampling is not None and not sampling["groups"]:   # too flat or too few samples: nothing to test
+            sampling["note"] = ("fewer than 20 samples or fewer than two bins of expected count >= 5: "
+                                "not tested (raise sampling_seeds)")
+            details["sampling_test"] = sampling
+        elif sampling is not None:
+            details["sampling_test"] = sampling
+            ok = sampling["p_value"] >= self.alpha
+            metrics["lossless_sampling"] = Metric(float(ok), "higher", "pass", len(sampling["groups"]))
+            if spec and not ok:
+                raise NotLossless(f"temperature-1 next-token histograms reject the target's distribution "
+                                  f"(G={sampling['g']:.1f}, df={sampling['df']}, p={sampling['p_value']:.2g} < {self.alpha})")
+        data_hash = hashlib.sha256("".join(hashlib.sha256(str(ids).encode()).hexdigest()
+                                           for _, ids in prompts).encode()).hexdigest()
+        return TaskResult(metrics, rows, details, data_hash)
+
+    @staticmethod
+    def _gamma(ctx) -> int | None:
+        """γ of a fixed-length chain drafter (a method with a `gamma` field), for the analytic τ."""
+        found = [getattr(m, "gamma") for m in ctx.methods if isinstance(getattr(m, "gamma", None), int)]
+        return found[0] if len(found) == 1 else None
