@@ -84,7 +84,7 @@ prm-reference: install
 	nice -n 10 $(HARNESS) fit --method beam_search --method-arg prm_args=estimation=soft
 	nice -n 10 $(HARNESS) eval --task math_prm_bon --method beam_search --method-arg prm_args=estimation=soft \
 	    --task-arg n_max=16 --out results
-	$(PY) scripts/prm_curves.py results --png results/math_prm_bon/curves.png
+	$(PY) scripts/prm_curves.py results --png docs/prm_curves.png
 
 # The committed kv_compression records (zoo:tiny-llama, every kv method x budgets 0.1-0.75, 512 and 2048
 # tokens; small limits so that it finishes niced on a shared CPU).

@@ -183,8 +183,16 @@ def view_compare(runs, schema, results) -> None:
         st.info("Need at least two records.")
         return
     ids = [r.run_id for r in runs]
-    ia = ids.index(_param("a")) if _param("a") in ids else 0
-    same = [i for i, r in enumerate(runs) if r.bench == runs[ia].bench and r.model == runs[ia].model and i != ia]
+
+    def partners(i: int) -> list[int]:
+        return [j for j, r in enumerate(runs) if r.bench == runs[i].bench and r.model == runs[i].model and j != i]
+    def paired(i: int) -> bool:       # its main metric has per-sample values: a paired test is possible
+        rec = runs[i].record
+        return bool((rec["metrics"].get(rec.get("main_metric")) or {}).get("sample_field"))
+    # default A: the first run with a comparable partner (same task variant and model), per-sample first
+    order = sorted(range(len(runs)), key=lambda i: not paired(i))
+    ia = ids.index(_param("a")) if _param("a") in ids else next((i for i in order if partners(i)), 0)
+    same = partners(ia)
     ib = ids.index(_param("b")) if _param("b") in ids else (same[0] if same else (1 if ia == 0 else 0))
     fmt = lambda i: _run_label(runs[i])
     a = runs[st.selectbox("Run A", range(len(runs)), index=ia, format_func=fmt, key="cmp_a")]
