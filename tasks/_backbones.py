@@ -198,7 +198,7 @@ class BackboneTask(VideoTask):
 
     def build(self):
         """Returns (net, facts); subclasses name their file and layout."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define build()")   # abstract: each subclass overrides it
 
     def backbone(self, files: list[tuple[str, str]], make):
         """files: [(filename, where to get it)]; make(paths or None) -> module."""
@@ -230,7 +230,7 @@ class ConsistencyTask(BackboneTask):
     their count), `per_video` is the mean of the per-video means."""
 
     def transform(self, frames: np.ndarray) -> torch.Tensor:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define transform()")   # abstract: each subclass overrides it
 
     def score(self, ref, frames):
         s = consistency_scores(self.embed(self.transform(frames)))

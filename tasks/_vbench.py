@@ -30,7 +30,7 @@ class VideoTask(Task):
     calibrated = True
 
     def score(self, ref, frames) -> dict:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define score()")   # abstract: each subclass overrides it
 
     def aggregate(self, rows: list[dict]) -> dict[str, Metric]:
         vals = [r["value"] for r in rows if r.get("value") is not None]

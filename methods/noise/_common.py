@@ -21,7 +21,7 @@ class NoisePrior(Method):
     requires_effect_corr = True     # check_effect: off-diagonal temporal correlation must be nonzero
 
     def sample(self, shape, generator: torch.Generator, flows: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define sample()")   # abstract: each subclass overrides it
 
     def expected_corr(self, frames: int) -> torch.Tensor | None:
         return None
@@ -134,7 +134,7 @@ class WarpPrior(NoisePrior):
         return torch.ones(frames, frames, dtype=torch.float64)
 
     def step(self, noise: torch.Tensor, flow: torch.Tensor, generator) -> torch.Tensor:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define step()")   # abstract: each subclass overrides it
 
     def sample(self, shape, generator, flows=None):
         first = gaussian(shape[1:], generator)

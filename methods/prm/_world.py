@@ -269,10 +269,10 @@ class WorldPRM(PRMScorer):
 
     def read(self, out: torch.Tensor) -> list[float]:
         """Step scores from the outputs at [problem end, step 1, ..., step K]."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define read()")   # abstract: each subclass overrides it
 
     def loss(self, out: torch.Tensor, traj: Trajectory) -> torch.Tensor:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define loss()")   # abstract: each subclass overrides it
 
 
 def _cache_dir() -> Path:

@@ -84,6 +84,15 @@ def load_draft(spec: str, lm, who: str):
     return drafter
 
 
+def append_accepted(seq: list[int], tokens, eos, limit: int) -> None:
+    """Append a verification step's tokens to `seq`, stopping after EOS or once `seq` holds `limit`
+    tokens (prompt + max_new): a step may accept more than the budget has room for."""
+    for token in tokens:
+        seq.append(token)
+        if token == eos or len(seq) >= limit:
+            return
+
+
 @contextlib.contextmanager
 def decoding_loop(lm, generate_one):
     """Route the LM's batch generation through generate_one(prompt ids, max_new, temperature, seed

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from harness.interfaces import LMMethod
-from harness.methods.spec._common import CachedModel, decoding_loop, probs
+from harness.methods.spec._common import CachedModel, append_accepted, decoding_loop, probs
 from harness.methods.spec._tree import Tree, tree_forward, tree_step
 from harness.synthetic import Corpus
 
@@ -202,10 +202,7 @@ class EagleBase(LMMethod):
                     tail = len(seq) - target.length
                     new, path = tree_step(target, seq, tree, temperature, gen, tel, probs)
                     feats += list(captured["h"][:tail]) + [captured["h"][tail + j] for j in path]
-                    for token in new:
-                        seq.append(token)
-                        if token == eos or len(seq) - len(prompt) >= max_new:
-                            break
+                    append_accepted(seq, new, eos, len(prompt) + max_new)
                 return seq[len(prompt):][:max_new]
             finally:
                 hook.remove()

@@ -9,7 +9,7 @@ import numpy as np
 from harness import data
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.spec._common import CachedModel, decoding_loop, probs
+from harness.methods.spec._common import CachedModel, append_accepted, decoding_loop, probs
 from harness.methods.spec._tree import Tree, tree_step
 from harness.synthetic import Corpus
 
@@ -141,10 +141,8 @@ class REST(LMMethod):
                 span, found = store.lookup(seq, self.max_token_span, min(self.continuation, room), self.max_matches)
                 tel["retrievals"] += 1
                 tel["retrieved_span_tokens"] += span
-                for token in tree_step(target, seq, draft_tree(found, self.num_draft), temperature, gen, tel, probs)[0]:
-                    seq.append(token)
-                    if token == eos or len(seq) - len(prompt) >= max_new:
-                        break
+                accepted = tree_step(target, seq, draft_tree(found, self.num_draft), temperature, gen, tel, probs)[0]
+                append_accepted(seq, accepted, eos, len(prompt) + max_new)
             return seq[len(prompt):][:max_new]
         return decoding_loop(lm, generate_one)
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.spec._common import CachedModel, decoding_loop, load_draft, probs
+from harness.methods.spec._common import CachedModel, append_accepted, decoding_loop, load_draft, probs
 from harness.methods.spec._tree import expand, merge, tree_step
 
 
@@ -50,10 +50,8 @@ class SpecInfer(LMMethod):
                 depth = min(len(self.expansion), max_new - (len(seq) - len(prompt)))
                 tree = merge([expand(d, seq, self.expansion[:depth], temperature, gen, tel, probs, sample=True)
                               for d in drafts])
-                for token in tree_step(target, seq, tree, temperature, gen, tel, probs)[0]:
-                    seq.append(token)
-                    if token == eos or len(seq) - len(prompt) >= max_new:
-                        break
+                accepted = tree_step(target, seq, tree, temperature, gen, tel, probs)[0]
+                append_accepted(seq, accepted, eos, len(prompt) + max_new)
             return seq[len(prompt):][:max_new]
         return decoding_loop(lm, generate_one)
 

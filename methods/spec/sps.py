@@ -6,8 +6,8 @@ import torch
 
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.spec._common import (CachedModel, count_step, decoding_loop, load_draft, probs,
-                                         verify_chain)
+from harness.methods.spec._common import (CachedModel, append_accepted, count_step, decoding_loop, load_draft,
+                                         probs, verify_chain)
 
 
 @register
@@ -65,10 +65,7 @@ class SpS(LMMethod):
                 count_step(tel, len(chain), accepted)
                 target.crop(base + 1 + accepted)
                 draft.crop(min(draft.length, base + 1 + accepted))
-                for token in new:
-                    seq.append(token)
-                    if token == eos or len(seq) - len(prompt) >= max_new:
-                        break
+                append_accepted(seq, new, eos, len(prompt) + max_new)
             return seq[len(prompt):][:max_new]
         return decoding_loop(lm, generate_one)
 

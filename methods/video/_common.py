@@ -10,7 +10,7 @@ class VideoSource(Method):
     family = "video"
 
     def videos(self, ctx) -> list:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define videos()")   # abstract: each subclass overrides it
 
     def note_loaded(self, readable: int, errors: list[dict]) -> None:
         self._readable, self._errors = getattr(self, "_readable", 0) + readable, errors
