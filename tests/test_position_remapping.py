@@ -25,6 +25,20 @@ def rot1(x, pos):
     return x * cos + torch.cat([-x2, x1]) * sin
 
 
+def random_inputs(L: int = 37, d: int = 16, dtype=torch.float64):
+    """(q, k, v) in float64 for the slow loop, and AttentionInputs over positions 0..L-1 in dtype."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(L, d, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(L)[None]
+
+    def rope(p):
+        cs = [rope_at(float(x), d) for x in p[0]]
+        return torch.stack([c for c, _ in cs])[None].to(dtype), torch.stack([s for _, s in cs])[None].to(dtype)
+    inputs = AttentionInputs(*(t[None, None].to(dtype) for t in (q, k, v)), pos, pos,
+                             torch.ones(L, L, dtype=torch.bool).tril()[None, None], 1 / math.sqrt(d), rope)
+    return (q, k, v), inputs
+
+
 def slow_attention(q, k, v, rule, scaling):
     """One head, positions 0..L-1; rule(i, j) -> (query position, key position) for that pair."""
     L = q.shape[0]
@@ -64,16 +78,8 @@ def test_attend_equals_slow_loop(attend, rule, chunk, monkeypatch):
     """Small query blocks exercise the far-prefix split (keys every query of a block treats alike)."""
     from harness.methods.rope import _attention
     monkeypatch.setattr(_attention, "QUERY_CHUNK", chunk)
-    torch.manual_seed(0)
-    L, d = 37, 16
-    q, k, v = (torch.randn(L, d, dtype=torch.float64) for _ in range(3))
-    pos = torch.arange(L)[None]
-
-    def rope(p):
-        cs = [rope_at(float(x), d) for x in p[0]]
-        return torch.stack([c for c, _ in cs])[None], torch.stack([s for _, s in cs])[None]
-    inputs = AttentionInputs(q[None, None], k[None, None], v[None, None], pos, pos,
-                             torch.ones(L, L, dtype=torch.bool).tril()[None, None], 1 / math.sqrt(d), rope)
+    (q, k, v), inputs = random_inputs()
+    L, d, pos, rope = 37, 16, inputs.q_pos, inputs.rope
     got = attend(inputs)[0, 0]
     expected = slow_attention(q, k, v, rule, 1 / math.sqrt(d))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)   # softmax runs in float32
@@ -179,16 +185,8 @@ def test_float32_blocks_use_the_fused_path_exactly(method, monkeypatch):
     monkeypatch.setattr(_attention, "QUERY_CHUNK", 6)
     attend, rule = ((lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8)) if method == "selfextend"
                     else (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7)))
-    torch.manual_seed(0)
-    L, d = 37, 16
-    q, k, v = (torch.randn(L, d, dtype=torch.float64) for _ in range(3))
-    pos = torch.arange(L)[None]
-
-    def rope(p):
-        cs = [rope_at(float(x), d) for x in p[0]]
-        return torch.stack([c for c, _ in cs])[None].float(), torch.stack([s for _, s in cs])[None].float()
-    inputs = AttentionInputs(q[None, None].float(), k[None, None].float(), v[None, None].float(), pos, pos,
-                             torch.ones(L, L, dtype=torch.bool).tril()[None, None], 1 / math.sqrt(d), rope)
+    (q, k, v), inputs = random_inputs(dtype=torch.float32)
+    d = 16
     calls = []
     real = _attention._fused_lse
     monkeypatch.setattr(_attention, "_fused_lse", lambda *x: calls.append(1) or real(*x))
