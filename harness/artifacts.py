@@ -25,7 +25,7 @@ def root() -> Path:
 
 
 def key_for(method, lm, ctx, model_sha: str | None) -> str:
-    return sha256_text(canonical({"method": method.name, "params": method.fit_params(lm, ctx),
+    return sha256_text(canonical({"method": method.fit_name or method.name, "params": method.fit_params(lm, ctx),
                                   "fit_version": method.fit_version, "model": model_sha,
                                   "data": method.fit_data_hash(lm, ctx)}))[:16]
 

@@ -22,6 +22,7 @@ class Method:
     family: ClassVar[str] = "other"
     paper: ClassVar[str] = ""          # "Title (arXiv id)"
     fit_version: ClassVar[str] = "1"   # bump when the fit code changes what it produces
+    fit_name: ClassVar[str | None] = None   # methods sharing one fit (eagle, eagle2) share this; else name
     smoke_args: ClassVar[dict[str, str]] = {}   # a seconds-long configuration (matrix test)
     smoke_model_config: ClassVar[dict] = {}      # config fields the matrix test's tiny model needs
 

@@ -309,11 +309,13 @@ def fit(method_name: str, model: str, task_name: str | None, task_args: dict[str
     if existing is not None and not overwrite:
         log(f"artifact {key} exists in {artifacts.folder(key)} (use --overwrite to refit)")
         return key, existing
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     payload, write_files = method.fit(lm, mctx, log=log)
     payload = dict(payload, method=method_name, model=model_id, model_sha256=sha,
                    fit_params=method.fit_params(lm, mctx), data_hash=method.fit_data_hash(lm, mctx),
-                   fit_seconds=round(time.perf_counter() - t0, 1), provenance=provenance.environment(dev))
+                   fit_seconds=round(time.perf_counter() - t0, 1),
+                   # CPU seconds of all threads: the budget measure that a loaded machine cannot inflate
+                   fit_cpu_seconds=round(time.process_time() - c0, 1), provenance=provenance.environment(dev))
     artifacts.save(key, payload, write_files)
     if lm is not None:
         lm.close()

@@ -95,6 +95,7 @@ class EagleBase(LMMethod):
     family = "spec"
     patches = frozenset({"decoding"})
     fit_version = "1"
+    fit_name = "eagle"     # eagle2 reuses eagle's head: one artifact for both
     smoke_args = {"fit_steps": "2", "fit_sequences": "4", "fit_seq_len": "16"}
     fit_steps: int = field(default=1000, metadata={"help": "head training steps"})
     fit_sequences: int = field(default=512, metadata={"help": "training sequences of synthetic text"})
