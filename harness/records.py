@@ -48,10 +48,17 @@ def samples_path(path: Path) -> Path:
     return path.with_name(path.stem + ".samples.jsonl")
 
 
+# mkstemp makes files 0600; records are shared results, so they get the mode an ordinary open()
+# would give (0666 less the umask), read once here because os.umask can only be read by setting it
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -84,3 +84,10 @@ def test_failed_write_leaves_previous_record_intact(tmp_path, monkeypatch):
         records.write(path, dict(full_record(), metrics={}), [{"id": "t"}])
     assert path.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_records_get_the_umask_mode_not_mkstemps_0600(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "_UMASK", 0o022)
+    path = tmp_path / "r.json"
+    records._atomic_write(path, b"{}")
+    assert path.stat().st_mode & 0o777 == 0o644       # readable by the group and others, as open() gives
