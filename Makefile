@@ -120,3 +120,12 @@ reference-video: install
 	$(HARNESS) eval --task chronomagic_chscore --task-arg tracker=lk --method synthetic_videos --out results --no-progress
 	$(HARNESS) eval --task vbench_temporal_flickering --method synthetic_videos --method-arg motions=static \
 	    --method-arg flicker=0.02 --out results --no-progress
+
+# The committed spec_acceptance records: the default EAGLE and DistillSpec fits, then every
+# speculative method on the zoo pair (grids/spec.yaml; 8 prompts x 32 tokens at T=0 and T=1).
+.PHONY: reference-spec bench-spec
+reference-spec: install
+	OMP_NUM_THREADS=1 nice -n 10 $(HARNESS) sweep grids/spec.yaml --workers 1 --threads 1
+
+bench-spec: install
+	nice -n 10 $(PY) benchmarks/spec_speed.py --prompts 8 --new-tokens 64 --repeats 3
