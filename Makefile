@@ -129,3 +129,9 @@ reference-spec: install
 
 bench-spec: install
 	nice -n 10 $(PY) benchmarks/spec_speed.py --prompts 8 --new-tokens 64 --repeats 3
+
+# The fine-tuned long-context methods after their default fits (about 3.5 CPU minutes each at one
+# thread), then needle / passkey / perplexity at 512-8k (grids/long_context_finetuned.yaml).
+.PHONY: reference-finetuned
+reference-finetuned: install
+	OMP_NUM_THREADS=1 nice -n 10 $(HARNESS) sweep grids/long_context_finetuned.yaml --workers 1 --threads 1

@@ -11,9 +11,9 @@ allows with CUBLAS_WORKSPACE_CONFIG set).
 Learning rate: the papers use 2e-5 on Llama-2, whose pre-training peak was 3e-4; the zoo models
 were pre-trained at 2e-3, so the same ratio gives 2e-5 · 2e-3 / 3e-4 ≈ 1.3e-4 (this project's
 scaling, since 2e-5 barely moves a 2.6M-parameter model in a CPU-sized number of steps).
-Steps and rows per step default to what finishes within 30 CPU minutes for zoo:tiny-llama at 2048
-tokens: 250 steps of one row, measured at 5.8 CPU-seconds a step for LongLoRA and 3.7 for the full
-fine-tunes (2 threads), i.e. about 24 and 15 CPU minutes (the papers: 1000 steps (PI, LongLoRA)
+Steps and rows per step default to 250 steps of one 2048-token row, which fit the issue's budget of
+30 CPU minutes for zoo:tiny-llama: measured with one torch thread (`fit_cpu_seconds` in each
+artifact), LongLoRA took 199 CPU-s, PI 206 and YaRN 232 (the papers: 1000 steps (PI, LongLoRA)
 or 400 (YaRN) of 64 rows each, on GPUs)."""
 from __future__ import annotations
 
