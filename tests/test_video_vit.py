@@ -150,3 +150,44 @@ def test_human_action_end_to_end(tmp_path, monkeypatch):
     rec = out.record
     assert rec["provenance"]["calibrated"] is True and rec["metrics"]["human_action"]["value"] == 0.5
     assert rec["details"]["pos_embed"] == "from the checkpoint"
+
+
+def test_content_debiased_fvd(tmp_path, monkeypatch):
+    """fvd features=videomae: refuses without the ViT-g file; with a checkpoint (the giant code path on
+    a tiny network) the value equals the Fréchet distance of biased (÷N) float64 statistics of the
+    network's forward_features on [0, 1] clips, recomputed here; identical sets give 0."""
+    from harness.tasks._frechet import frechet_distance, stats
+    from harness.methods.video.synthetic import SyntheticVideos
+    monkeypatch.setenv("HARNESS_VIDEO_WEIGHTS", str(tmp_path))
+    src = {"motions": "static,zoom_in,pan_left", "per_motion": "2", "frames": "16", "size": "32"}
+
+    def run(args):
+        (out,) = runner.evaluate(runner.resolve(["fvd"], ["synthetic_videos"], None, args, src), out=tmp_path,
+                                 overwrite=True)
+        return out.record
+    with pytest.raises(UserError, match="vit_g_hybrid_pt_1200e_ssv2_ft.pth"):
+        run({"features": "videomae"})
+    rec = run({"features": "videomae", "arch": "tiny", "allow_uncalibrated": "true", "reference": "same",
+               "resolution": "32"})
+    assert abs(rec["metrics"]["fvd"]["value"]) < 1e-6 and rec["provenance"]["calibrated"] is False
+    assert rec["details"]["covariance"] == "biased (÷N)"
+
+    monkeypatch.setattr(vv, "VIDEOMAE_V2_G_SSV2", vv.TINY)
+    torch.manual_seed(5)
+    net = vv.VideoViT(vv.TINY).eval()
+    torch.save({"module": net.state_dict()}, tmp_path / "vit_g_hybrid_pt_1200e_ssv2_ft.pth")
+    rec = run({"features": "videomae", "reference": "synthetic", "resolution": "32"})
+    assert rec["provenance"]["calibrated"] is True and rec["details"]["features"] == "videomae"
+
+    class Ctx:
+        seed = 0
+    gen = SyntheticVideos(motions=("static", "zoom_in", "pan_left"), per_motion=2, frames=16, size=32)
+    ref = SyntheticVideos(frames=16)
+    ctx_ref = Ctx()
+    ctx_ref.seed = 1
+    with torch.no_grad():
+        def feats(refs):
+            return net.forward_features(torch.stack([vv.frames_to_unit(r.load(None), 16, 32) for r in refs])).double().numpy()
+        g, r = feats(gen.videos(Ctx())), feats(ref.videos(ctx_ref))
+    assert rec["metrics"]["fvd"]["value"] == pytest.approx(frechet_distance(*stats(r, True), *stats(g, True)), rel=1e-6)
+    assert rec["metrics"]["fvd"]["value"] != pytest.approx(frechet_distance(*stats(r), *stats(g)), rel=1e-3)
