@@ -71,6 +71,10 @@ class VBenchHumanAction(BackboneTask):
     when a top-5 class with probability ≥ 0.85 equals the label parsed from its file name ("A person
     is <action>-<i>.mp4"). The dimension is the accuracy over videos.
 
+    Frames: 16 sampled "middle" (shared/reference/anchors-video.md); VBench's older human_action.py
+    passes every frame to the 16-frame network, which works only for 16-frame videos. The resize is
+    UMT's video_transforms on numpy frames (cv2 INTER_LINEAR), as VBench's load_video hands them over.
+
     Needs l16_ptk710_ftk710_ftk400_f16_res224.pth and VBench's class list kinetics_400_categroies.txt
     ("<name>\\t<index>" lines) in the weights folder. --allow-uncalibrated runs a random-init network
     (and, without the class list, class names "class <i>", which never match: plumbing only);
