@@ -85,13 +85,19 @@ def test_bad_detections_file_names_file_and_line(tmp_path, line, message):
         det.read_detections(str(p), 0.5)
 
 
-def test_bad_detections_file_exits_2_through_the_cli(tmp_path, capsys):
+def test_cli_exit_codes_and_a_proxy_record(tmp_path, capsys):
     p = tmp_path / "dets.jsonl"
     p.write_text('{"video": "x", "frame": 0}\n[1, 2]\n')
     code = cli.main(["eval", "--task", "vbench_object_class", "--method", "synthetic_scenes",
                      "--task-arg", f"detections={p}", "--out", str(tmp_path / "out")])
     assert code == 2 and f"{p}:2: expected a JSON object" in capsys.readouterr().err
     assert cli.main(["eval", "--task", "vbench_scene", "--method", "synthetic_scenes", "--out", str(tmp_path)]) == 2
+    assert cli.main(["eval", "--task", "vbench_scene", "--method", "synthetic_scenes", "--task-arg",
+                     "backend=synthetic_oracle", "--method-arg", "dimensions=scene", "--method-arg", "size=48",
+                     "--out", str(tmp_path / "ok"), "--no-progress"]) == 0
+    (path,) = (tmp_path / "ok").rglob("*.json")
+    rec = records.read(path)
+    assert rec["provenance"]["calibrated"] is False and "proxy" in rec["details"]["note"]
 
 
 def test_oracle_recovers_rendered_boxes_colours_and_shapes():
