@@ -120,6 +120,9 @@ reference-video: install
 	$(HARNESS) eval --task chronomagic_chscore --task-arg tracker=lk --method synthetic_videos --out results --no-progress
 	$(HARNESS) eval --task vbench_temporal_flickering --method synthetic_videos --method-arg motions=static \
 	    --method-arg flicker=0.02 --out results --no-progress
+	$(HARNESS) eval --task vbench_object_class --task vbench_multiple_objects --task vbench_color \
+	    --task vbench_spatial_relationship --task vbench_scene --task-arg backend=synthetic_oracle \
+	    --method synthetic_scenes --out results --no-progress
 
 # The committed spec_acceptance records: the default EAGLE and DistillSpec fits, then every
 # speculative method on the zoo pair (grids/spec.yaml; 8 prompts x 32 tokens at T=0 and T=1).

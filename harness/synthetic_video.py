@@ -75,3 +75,50 @@ def synthetic_video(motion: str = "static", frames: int = 16, size: int = 64, sp
         out.append(frame)
         prev = frame
     return np.stack(out)
+
+
+# -- named, coloured objects (ground truth of the detection-based VBench dimensions) -----------------
+# Saturated colours whose OpenCV hues are far apart, so an HSV threshold recovers each (the oracle in
+# tasks/_synthetic_oracle.py); backgrounds are grey, so they never pass the saturation threshold.
+OBJECT_COLORS = {"red": (220, 30, 30), "orange": (240, 140, 20), "yellow": (230, 220, 30),
+                 "green": (30, 180, 50), "blue": (30, 60, 220), "purple": (140, 40, 200)}
+SHAPES = ("cube", "sphere", "pyramid")            # drawn as square, disc, triangle
+BACKGROUNDS = {"dark room": 40.0, "white room": 215.0, "textured wall": None}   # flat grey level, or texture
+
+
+def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    if shape == "cube":
+        return (np.abs(x - cx) <= r) & (np.abs(y - cy) <= r)
+    if shape == "sphere":
+        return (x - cx) ** 2 + (y - cy) ** 2 <= r * r
+    if shape == "pyramid":                         # apex up, base 2r wide at cy + r
+        return (y <= cy + r) & (y >= cy - r) & (np.abs(x - cx) <= (y - (cy - r)) / 2)
+    raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
+
+
+def object_video(objects: list[dict], background="textured wall", frames: int = 16, size: int = 64,
+                 seed: int = 0) -> np.ndarray:
+    """uint8 RGB [frames, size, size, 3] of flat-coloured shapes over a grey background.
+
+    objects: dicts with shape (SHAPES), color (OBJECT_COLORS), x, y (centre at frame 0, pixels),
+    r (half size), optional vx, vy (pixels per frame), frames (the frame indices where it is drawn;
+    default all) and color_after (frame, colour): the colour changes from that frame on.
+    background: a BACKGROUNDS name, or (name_before, name_after, frame) to switch mid-video."""
+    rng = np.random.default_rng(seed)
+    wall = texture(rng, size).mean(-1, keepdims=True).repeat(3, -1)       # grey: saturation 0
+    out = []
+    for t in range(frames):
+        name = background if isinstance(background, str) else (background[0] if t < background[2] else background[1])
+        level = BACKGROUNDS[name]
+        img = wall.copy() if level is None else np.full((size, size, 3), level)
+        for o in objects:
+            if t not in o.get("frames", range(frames)):
+                continue
+            color = o["color"]
+            if "color_after" in o and t >= o["color_after"][0]:
+                color = o["color_after"][1]
+            mask = _shape_mask(o["shape"], o["x"] + o.get("vx", 0.0) * t, o["y"] + o.get("vy", 0.0) * t, o["r"], size)
+            img[mask] = OBJECT_COLORS[color]
+        out.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+    return np.stack(out)

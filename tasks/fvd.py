@@ -16,6 +16,8 @@ from harness.video import collect, load_all
 
 I3D_FILE = "i3d_pretrained_400.pt"
 VIDEOMAE_FILE = "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
+VIDEOMAE_SOURCE = ("get it from the VideoMAEv2 model zoo (OpenGVLab, mae-g/vit_g_hybrid_pt_1200e_ssv2_ft.pth: "
+                   "ViT-g hybrid pre-training, SSv2 fine-tuned), the file cd-fvd downloads")
 I3D_SOURCE = ("it is the PyTorch I3D state dict used by VideoGPT/TATS (InceptionI3d(400) layout); the "
               "TF-hub I3D that the original FVD used has different weights, so values are comparable only "
               "between runs of the same file")
@@ -43,9 +45,16 @@ class FVD(Task):
     The generated set is the cell's video source; `reference` is a folder of real videos,
     "synthetic" (the built-in synthetic videos, another seed) or "same" (the source itself:
     FVD ~ 0). FVD is biased upward for small sets (the literature uses 2048 clips; fewer than 400
-    leaves the covariance rank-deficient). features=videomae (content-debiased FVD, Ge et al. 2024,
-    arXiv:2404.12391) needs VideoMAE-v2 ViT-g weights and a ViT-g this project does not implement:
-    it refuses with that message."""
+    leaves the covariance rank-deficient).
+
+    features=videomae is content-debiased FVD (Ge et al. 2024, arXiv:2404.12391; the cd-fvd package):
+    VideoMAE-v2 ViT-g (hybrid pre-training, SSv2 fine-tuned; tasks/_video_vit.py, plain PyTorch)
+    `forward_features` (mean-pooled, fc_norm, 1408-d) of the first 16 frames squashed to 224² in
+    [0, 1] without mean/std normalisation, biased covariance (÷N) in float64. It loads
+    vit_g_hybrid_pt_1200e_ssv2_ft.pth strictly (the 'model'/'module' entry when present, as cd-fvd);
+    `arch=tiny` is a 2-layer random-init configuration for plumbing runs (--allow-uncalibrated,
+    resolution=32). cd-fvd's own video loader first resizes clips to its `resolution` (256 by
+    default) before this step; here the clip goes to 224² directly."""
     name = "fvd"
     version = "1"
     accepts = ("video_source",)
@@ -57,7 +66,9 @@ class FVD(Task):
     num_frames: int = field(default=16, metadata={"help": "consecutive frames per clip (protocol: 16)"})
     resolution: int = field(default=224, metadata={"help": "square input size (protocol: 224)"})
     features: str = field(default="i3d", metadata={"help": "i3d or videomae (content-debiased FVD)"})
-    biased_cov: bool = field(default=False, metadata={"help": "covariance ÷N (cd-fvd) instead of ÷(N-1)"})
+    biased_cov: bool | None = field(default=None, metadata={"help": "covariance ÷N instead of ÷(N-1); default: "
+                                                                    "true for videomae (cd-fvd), false for i3d"})
+    arch: str = field(default="giant", metadata={"help": "videomae network: giant (ViT-g) or tiny (plumbing runs)"})
     batch_size: int = 4
     weights_dir: str = field(default="", metadata={"help": "folder with the weights (default $HARNESS_VIDEO_WEIGHTS)"})
     weights_sha256: str = field(default="", metadata={"help": "expected sha256 of the weights file"})
@@ -68,13 +79,22 @@ class FVD(Task):
             raise ValueError("features must be i3d or videomae")
         if self.num_frames < 9 or self.resolution < 32:
             raise ValueError("num_frames must be at least 9 and resolution at least 32")
+        if self.biased_cov is None:
+            self.biased_cov = self.features == "videomae"
+        if self.features == "videomae":
+            from harness.tasks._video_vit import TINY, VIDEOMAE_V2_G_SSV2
+            if self.arch not in ("giant", "tiny"):
+                raise ValueError("arch must be giant or tiny")
+            if self.arch == "tiny" and not self.allow_uncalibrated:
+                raise ValueError("arch=tiny is a random-init plumbing configuration: it needs allow_uncalibrated")
+            self._vit = VIDEOMAE_V2_G_SSV2 if self.arch == "giant" else TINY
+            if (self.num_frames, self.resolution) != (16, self._vit.image):
+                raise ValueError(f"features=videomae (arch={self.arch}) takes num_frames=16 and "
+                                 f"resolution={self._vit.image}")
 
     def network(self):
         if self.features == "videomae":
-            locate(self.name, self.weights_dir, VIDEOMAE_FILE, self.weights_sha256, False,
-                   "get it from the content-debiased-fvd project (VideoMAE-v2 ViT-g, SSv2 fine-tuned)")
-            raise UserError("fvd features=videomae: the VideoMAE-v2 ViT-g network is not implemented in this "
-                            "project; run the cd-fvd package in its own environment")
+            return self.videomae()
         from harness.tasks._i3d import InceptionI3d
         torch.manual_seed(0)
         net = InceptionI3d(400)
@@ -92,13 +112,32 @@ class FVD(Task):
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         return net.eval(), facts
 
+    def videomae(self):
+        from harness.tasks._video_vit import VideoViT, load_video_vit
+        torch.manual_seed(0)
+        net = VideoViT(self._vit)
+        if self.arch == "tiny":
+            facts = {"weights_file": None, "weights_sha256": None, "calibrated": False}
+        else:
+            path, facts = locate(self.name, self.weights_dir, VIDEOMAE_FILE, self.weights_sha256,
+                                 self.allow_uncalibrated, VIDEOMAE_SOURCE)
+            if path is not None:
+                load_video_vit(net, path, self.name)
+        return _Features(net).eval(), facts
+
+    def clip(self, frames: np.ndarray) -> torch.Tensor:
+        if self.features == "videomae":
+            from harness.tasks._video_vit import frames_to_unit
+            return frames_to_unit(frames, self.num_frames, self.resolution)
+        return preprocess(frames, self.num_frames, self.resolution)
+
     def features_of(self, net, loaded, ctx) -> tuple[np.ndarray, list[dict]]:
         clips, rows = [], []
         for ref, frames in loaded:
             if len(frames) < self.num_frames:
                 rows.append({"id": ref.id, "error": f"{len(frames)} frames < {self.num_frames}"})
                 continue
-            clips.append(preprocess(frames, self.num_frames, self.resolution))
+            clips.append(self.clip(frames))
             rows.append({"id": ref.id, "input_hash": hashlib.sha256(frames[:self.num_frames].tobytes()).hexdigest()[:16]})
         if len(clips) < 2:
             raise UserError(f"fvd needs at least 2 clips of {self.num_frames} frames per set, got {len(clips)}")
@@ -130,8 +169,21 @@ class FVD(Task):
         metrics = {"fvd": Metric(value, "lower", f"FD of {self.features} features", n=len(g)),
                    "n_reference": Metric(float(len(r)), "higher", "clips")}
         standard = self.num_frames == 16 and self.resolution == 224
-        details = dict(facts, protocol="16 frames, 224², [-1, 1]" if standard else "NON-STANDARD protocol",
+        protocol = "16 frames, 224², [0, 1], ViT-g features" if self.features == "videomae" else "16 frames, 224², [-1, 1]"
+        details = dict(facts, protocol=protocol if standard else "NON-STANDARD protocol", features=self.features,
+                       covariance="biased (÷N)" if self.biased_cov else "unbiased (÷(N-1))",
                        unreadable=gen_err + ref_err, reference=self.reference,
                        note="FVD is biased upward for small sets; compare only at equal set sizes")
         data_hash = hashlib.sha256("".join(x.get("input_hash", "") for x in g_rows).encode()).hexdigest()
         return TaskResult(metrics, g_rows, details, data_hash)
+
+
+class _Features(torch.nn.Module):
+    """The video ViT's forward_features (cd-fvd's embedding) as the network the FVD loop calls."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x):
+        return self.vit.forward_features(x)

@@ -7,7 +7,9 @@ from harness.interfaces import Method
 
 registry.load()
 CELLS = [(t, m) for t, tc in sorted(registry.TASKS.items()) for m, mc in sorted(registry.METHODS.items())
-         if mc.kind in tc.accepts and (tc.generates or "decoding" not in getattr(mc, "patches", ()))]
+         if mc.kind in tc.accepts and (tc.generates or "decoding" not in getattr(mc, "patches", ()))
+         # a task may name the only sources its smoke setup reads, a source the tasks it cannot feed
+         and m in getattr(tc, "smoke_methods", (m,)) and t not in getattr(mc, "smoke_not_with", ())]
 
 
 def test_decoding_methods_refused_on_scoring_tasks():
