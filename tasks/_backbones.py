@@ -195,6 +195,7 @@ class BackboneTask(VideoTask):
     allow_uncalibrated: bool = field(default=False, metadata={"help": "random-init backbone when weights are missing"})
     num_frames: int | None = field(default=None, metadata={"help": "frames sampled 'middle'; None = all (VBench)"})
     batch_size: int = 16
+    max_videos: int = field(default=0, metadata={"help": "score only the first N videos (0 = all; quick checks)"})
 
     def build(self):
         """Returns (net, facts); subclasses name their file and layout."""

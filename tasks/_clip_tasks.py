@@ -114,7 +114,8 @@ def condition_image(task, ref) -> tuple[np.ndarray | None, str]:
     """The image a video was generated from: with `images=DIR` (VBench-I2V: data/crop/<ratio>), the
     suite's `image_name` for the prompt (`suite=`, vbench2_i2v_full_info.json), else a file named
     after the prompt; without a folder, the one the source supplies (synthetic_videos: its first
-    frame). (None, reason) when there is none."""
+    frame), else with `first_frame_as_image` the video's own first frame. (None, reason) when there
+    is none."""
     if task.images:
         folder = Path(task.images).expanduser()
         if not folder.is_dir():
@@ -126,6 +127,8 @@ def condition_image(task, ref) -> tuple[np.ndarray | None, str]:
             return None, f"no image {name or ref.prompt!r}(.png/.jpg...) in {folder}"
         return read_image(path), str(path)
     supplied = ref.meta.get("condition_image")
-    if supplied is None:
-        return None, "no conditioning image: pass images=DIR (VBench-I2V's data/crop/<ratio>)"
-    return supplied(), "supplied by the video source"
+    if supplied is not None:
+        return supplied(), "supplied by the video source"
+    if getattr(task, "first_frame_as_image", False):
+        return ref.load(None)[0], "the video's own first frame (first_frame_as_image; not VBench-I2V's protocol)"
+    return None, "no conditioning image: pass images=DIR (VBench-I2V's data/crop/<ratio>)"

@@ -42,7 +42,7 @@ class VBenchAestheticQuality(BackboneTask):
     version = "1"
     main_metric = "aesthetic_quality"
     summary = "VBench aesthetic quality (CLIP ViT-L/14 + LAION linear head in plain PyTorch; local weights)"
-    smoke_args = {"allow_uncalibrated": "true", "num_frames": "1"}
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "1", "max_videos": "1"}
 
     def build(self):
         return self.backbone([CLIP_L14_FILE, LAION_HEAD_FILE], lambda p: build_predictor(p, self.name))

@@ -30,7 +30,7 @@ class VBenchAppearanceStyle(BackboneTask):
     version = "1"
     main_metric = "appearance_style"
     summary = "VBench appearance style (CLIP ViT-B/32 image and text towers in plain PyTorch; local weights)"
-    smoke_args = {"allow_uncalibrated": "true", "num_frames": "2", "style": "Van Gogh style"}
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "2", "style": "Van Gogh style", "max_videos": "1"}
     suite: str = field(default="", metadata={"help": "VBench_full_info.json: style text per prompt"})
     style: str = field(default="", metadata={"help": "one style text for every video (else from suite)"})
 

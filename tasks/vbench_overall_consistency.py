@@ -19,4 +19,4 @@ class VBenchOverallConsistency(ViClipTask):
     version = "1"
     main_metric = "overall_consistency"
     summary = "VBench overall consistency (ViCLIP ViT-L/14 in plain PyTorch; local weights)"
-    smoke_args = {"allow_uncalibrated": "true", "num_frames": "1"}
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "1", "max_videos": "1"}

@@ -19,4 +19,4 @@ class VBenchTemporalStyle(ViClipTask):
     version = "1"
     main_metric = "temporal_style"
     summary = "VBench temporal style (ViCLIP ViT-L/14 in plain PyTorch; local weights)"
-    smoke_args = {"allow_uncalibrated": "true", "num_frames": "1"}
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "1", "max_videos": "1"}
