@@ -84,7 +84,12 @@ class ViClip(nn.Module):
 
 def load_viclip(path, task: str, vision: dict = VICLIP_L14, text: dict = VICLIP_TEXT) -> ViClip:
     """`torch.load(path)["model"]` into ViClip, strictly (VBench's ViCLIP.__init__)."""
-    return load_into(ViClip(vision, text), path, "", task)
+    try:
+        return load_into(ViClip(vision, text), path, "", task)
+    except RuntimeError:            # neither a weights-only pickle nor TorchScript (e.g. pickled objects)
+        raise UserError(f"{task}: {path} cannot be read with torch.load(weights_only=True): it holds objects "
+                        f"other than tensors or is no PyTorch file; re-save its ['model'] state dict with "
+                        f"torch.save to use it here") from None
 
 
 # -- the VBench task shared by temporal_style and overall_consistency --------------------------
