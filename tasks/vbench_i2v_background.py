@@ -13,12 +13,13 @@ from harness.registry import register
 from harness.tasks._vbench import i2v_score
 
 MISSING = ("vbench_i2v_background needs DreamSim embeddings, which this project does not compute: VBench's "
-           "i2v_background.py uses `dreamsim(pretrained=True)` (an ensemble of fine-tuned ViT-B/16 backbones, "
-           "DINO / CLIP / OpenCLIP with LoRA weights, whose exact composition could not be verified here and "
-           "whose weights the dreamsim package downloads at run time). Compute them with the official package "
-           "(Resize((224, 224), bicubic), [0, 1], no normalisation; `model.embed` of the conditioning image and "
-           "of every frame) and pass features=FILE.npz with ids [N], image_feats [N, D], frame_feats [sum T, D] "
-           "and frame_counts [N]")
+           "i2v_background.py calls `dreamsim(pretrained=True)`, in dreamsim 0.1.0 an ensemble of DINO ViT-B/16 "
+           "(CLS token), CLIP ViT-B/16 and OpenCLIP ViT-B/16 (projected embeddings), each LoRA-adapted through "
+           "peft, concatenated (1792 values) and normalised; its weights (a zip of the three backbones and "
+           "LoRA adapters) download at run time and VBench pins no dreamsim version. Compute the embeddings "
+           "with the official package (Resize((224, 224), bicubic), [0, 1], `model.embed` of the conditioning "
+           "image and of every frame) and pass features=FILE.npz with ids [N], image_feats [N, D], "
+           "frame_feats [sum T, D] and frame_counts [N]")
 
 
 @register
@@ -27,8 +28,12 @@ class VBenchI2VBackground(Task):
     """VBench-I2V i2v_background (vbench2_beta_i2v/i2v_background.py): the 0.4·max / 0.3·mean /
     0.3·min statistics of `i2v_score` on DreamSim embeddings of the conditioning image and every
     frame; the dimension is the mean over videos. DreamSim (Fu et al., arXiv:2306.09344) is not
-    implemented here (its default ensemble and LoRA weights are unverified and download at run
-    time), so this task scores embeddings exported with the official package: `features` is an
+    implemented here: read in ssundaram21/dreamsim (dreamsim/model.py, config.py of 0.1.0), its
+    default is an ensemble of DINO ViT-B/16, CLIP ViT-B/16 and OpenCLIP ViT-B/16 with peft LoRA
+    adapters (r 16 on qkv), embeddings concatenated, L2-normalised and mean-subtracted; its weights
+    download at run time, VBench pins no dreamsim version, and the timm/open_clip backbone code it
+    wraps was not read, so a port could not be checked. This task scores embeddings exported with
+    the official package instead: `features` is an
     .npz with `ids` [N] (the video source's ids: file names for video_folder), `image_feats`
     [N, D], `frame_feats` [sum T, D] (the videos' frames in order) and `frame_counts` [N]. The
     statistics are exact; without the file the task refuses, saying what is missing."""
