@@ -176,12 +176,15 @@ def dino_transform(frames: np.ndarray, n: int = 224) -> torch.Tensor:
     return _normalise(x / 255, IMAGENET)
 
 
-def clip_transform(frames: np.ndarray, n: int = 224) -> torch.Tensor:
-    """Resize(n, bicubic, antialias=False) on the short side, CenterCrop(n), /255, CLIP normalisation."""
+def clip_transform(frames: np.ndarray, n: int = 224, uint8: bool = False) -> torch.Tensor:
+    """Resize(n, bicubic, antialias=False) on the short side, CenterCrop(n), /255, CLIP normalisation.
+    uint8: VBench handed torchvision a uint8 tensor (decord's torch bridge), so the resized image
+    is rounded and clamped to 0..255 as torchvision does for integer input."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     h, w = x.shape[2:]
     size = (n, max(n, int(w * n / h))) if h <= w else (max(n, int(h * n / w)), n)   # torchvision truncates
     x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
+    x = x.round().clamp(0, 255) if uint8 else x
     top, left = int(round((x.shape[2] - n) / 2.0)), int(round((x.shape[3] - n) / 2.0))   # torchvision CenterCrop
     return _normalise(x[:, :, top:top + n, left:left + n] / 255, CLIP_NORM)
 

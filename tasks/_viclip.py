@@ -97,7 +97,8 @@ def load_viclip(path, task: str, vision: dict = VICLIP_L14, text: dict = VICLIP_
 class ViClipTask(BackboneTask):
     """cos(ViCLIP video embedding, ViCLIP text embedding of the full prompt) per video: 8 frames
     sampled "middle" (VBench's get_frame_indices pads a shorter video with its last frame),
-    clip_transform(224); the dimension is the mean over videos. Needs
+    clip_transform(224) on decord's uint8 frames (torchvision rounds the resized image back to
+    uint8); the dimension is the mean over videos. Needs
     ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
     num_frames: int | None = field(default=8, metadata={"help": "8 (VBench); 1 takes ViCLIP's single-frame "
                                                                 "path (mean temporal embedding), for quick checks"})
@@ -120,6 +121,6 @@ class ViClipTask(BackboneTask):
         if len(frames) < n:                                    # VBench pads with the last frame
             frames = np.concatenate([frames, np.repeat(frames[-1:], n - len(frames), 0)])
         with torch.no_grad():
-            video = self._net.encode_vision(clip_transform(frames)[None])[0].double().numpy()
+            video = self._net.encode_vision(clip_transform(frames, uint8=True)[None])[0].double().numpy()
         text = self.text_feature(ref.prompt)
         return {"value": float(video @ text / (np.linalg.norm(video) * np.linalg.norm(text)))}

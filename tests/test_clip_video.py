@@ -335,6 +335,17 @@ def test_i2v_background_scores_exported_dreamsim_embeddings_or_refuses(tmp_path,
         evaluate("vbench_i2v_background", tmp_path / "x")
 
 
+def test_clip_transform_of_uint8_frames_stays_on_the_uint8_grid():
+    from harness.tasks._backbones import CLIP_NORM, clip_transform
+    frames = np.zeros((1, 50, 70, 3), np.uint8)
+    frames[:, ::2] = 255                                   # stripes: bicubic over- and undershoots
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in CLIP_NORM)
+    raw = clip_transform(frames) * std * 255 + mean * 255
+    grid = clip_transform(frames, uint8=True) * std * 255 + mean * 255
+    assert raw.min() < -1 and raw.max() > 256
+    assert grid.min() > -1e-3 and grid.max() < 255 + 1e-3 and torch.allclose(grid, grid.round(), atol=1e-3)
+
+
 def test_pil_resize_crop_follows_torchvision_sizes():
     out = pil_resize_crop(np.zeros((120, 160, 3), np.uint8), 256, 224)
     assert out.shape == (224, 224, 3)
