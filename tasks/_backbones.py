@@ -145,8 +145,8 @@ def load_state(path, prefix: str = "") -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
+        state = state.get("state_dict", state.get("model"))     # wrapped checkpoints (ViCLIP: "model")
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return state
@@ -171,18 +171,21 @@ def dino_transform(frames: np.ndarray, n: int = 224) -> torch.Tensor:
     """Resize(n) on the short side (no crop), /255, ImageNet normalisation."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     h, w = x.shape[2:]
-    size = (n, max(1, round(w * n / h))) if h <= w else (max(1, round(h * n / w)), n)
+    size = (n, max(1, int(w * n / h))) if h <= w else (max(1, int(h * n / w)), n)   # torchvision truncates
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return _normalise(x / 255, IMAGENET)
 
 
-def clip_transform(frames: np.ndarray, n: int = 224) -> torch.Tensor:
-    """Resize(n, bicubic, antialias=False) on the short side, CenterCrop(n), /255, CLIP normalisation."""
+def clip_transform(frames: np.ndarray, n: int = 224, uint8: bool = False) -> torch.Tensor:
+    """Resize(n, bicubic, antialias=False) on the short side, CenterCrop(n), /255, CLIP normalisation.
+    uint8: VBench handed torchvision a uint8 tensor (decord's torch bridge), so the resized image
+    is rounded and clamped to 0..255 as torchvision does for integer input."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     h, w = x.shape[2:]
-    size = (n, max(n, round(w * n / h))) if h <= w else (max(n, round(h * n / w)), n)
+    size = (n, max(n, int(w * n / h))) if h <= w else (max(n, int(h * n / w)), n)   # torchvision truncates
     x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
-    top, left = (x.shape[2] - n) // 2, (x.shape[3] - n) // 2
+    x = x.round().clamp(0, 255) if uint8 else x
+    top, left = int(round((x.shape[2] - n) / 2.0)), int(round((x.shape[3] - n) / 2.0))   # torchvision CenterCrop
     return _normalise(x[:, :, top:top + n, left:left + n] / 255, CLIP_NORM)
 
 
@@ -195,6 +198,7 @@ class BackboneTask(VideoTask):
     allow_uncalibrated: bool = field(default=False, metadata={"help": "random-init backbone when weights are missing"})
     num_frames: int | None = field(default=None, metadata={"help": "frames sampled 'middle'; None = all (VBench)"})
     batch_size: int = 16
+    max_videos: int = field(default=0, metadata={"help": "score only the first N videos (0 = all; quick checks)"})
 
     def build(self):
         """Returns (net, facts); subclasses name their file and layout."""

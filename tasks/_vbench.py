@@ -37,7 +37,8 @@ class VideoTask(Task):
         return {self.main_metric: Metric.mean(vals, self.direction, self.unit, "value")}
 
     def run(self, ctx) -> TaskResult:
-        refs = collect(ctx, ctx.limit)
+        limits = [n for n in (ctx.limit, getattr(self, "max_videos", 0)) if n]
+        refs = collect(ctx, min(limits) if limits else None)
         loaded, errors = load_all(refs, ctx, self.num_frames, desc=self.name)
         rows = []
         for ref, frames in loaded:

@@ -48,7 +48,10 @@ class VBench(Task):
 
     Raw dimension values come from `scores` (VBench's *_eval_results.json or {dim: value}) and, with
     compute=true, from the cell's videos: temporal_flickering (exact) and, with proxies=true, the
-    dynamic-degree and motion-smoothness proxies (then the record says calibrated: false). The
+    dynamic-degree and motion-smoothness proxies (then the record says calibrated: false), and
+    `dimensions=a,b` runs those dimensions' own `vbench_<dimension>` tasks on the videos (with
+    `weights_dir`; a random-init backbone under allow_uncalibrated makes the record calibrated:
+    false). The
     main metric `available_score` is sum(norm_d)/sum(w_d) over the dimensions present: it equals
     no VBench score unless `coverage` says which groups are complete."""
     name = "vbench"
@@ -62,6 +65,10 @@ class VBench(Task):
     compute: bool = field(default=True, metadata={"help": "compute temporal_flickering on the cell's videos"})
     proxies: bool = field(default=False, metadata={"help": "also compute the dynamic degree / smoothness proxies"})
     static_filter: bool = field(default=True, metadata={"help": "flickering on static videos only (VBench)"})
+    dimensions: tuple[str, ...] = field(default=(), metadata={"help": "also compute these dimensions with their "
+                                                                      "vbench_<dimension> tasks (backbone weights)"})
+    weights_dir: str = field(default="", metadata={"help": "weights folder of those dimension tasks"})
+    allow_uncalibrated: bool = field(default=False, metadata={"help": "random-init backbones where weights are missing"})
 
     def run(self, ctx) -> TaskResult:
         raw, source, rows, errors = {}, {}, [], []
@@ -93,6 +100,10 @@ class VBench(Task):
                                      ("motion_smoothness", smooth, "computed (PROXY)")):
                 if vals and dim not in raw:
                     raw[dim], source[dim] = sum(vals) / len(vals), label
+        from harness.tasks._vbench_dims import compute_dimensions
+        shared = {"weights_dir": self.weights_dir, "allow_uncalibrated": str(self.allow_uncalibrated).lower()}
+        for dim, value, label in compute_dimensions(ctx, [d for d in self.dimensions if d not in raw], shared):
+            raw[dim], source[dim] = value, label
         if not raw:
             raise UserError("vbench: no dimension values: give scores=FILE, or compute=true on videos "
                             "with a static one (temporal_flickering is scored on static videos)")
@@ -109,7 +120,7 @@ class VBench(Task):
         metrics["coverage"] = Metric(len(t2v) / len(NORMALIZE), "higher", "fraction of the 16 T2V dimensions")
         if not rows:
             rows = [{"id": dim, "raw": raw[dim], "source": source[dim]} for dim in sorted(raw)]
-        details = {"calibrated": not any("PROXY" in s for s in source.values()), "sources": source,
+        details = {"calibrated": not any("PROXY" in s or "UNCALIBRATED" in s for s in source.values()), "sources": source,
                    "unreadable": errors, "complete": sorted(k for k in aggregate_scores(raw))}
         data_hash = hashlib.sha256(params.to_dict(self).__repr__().encode()
                                    + json.dumps(raw, sort_keys=True).encode()).hexdigest()

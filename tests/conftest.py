@@ -75,6 +75,21 @@ def mtscore_features(tmp_path_factory, synthetic_video_folder):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def dreamsim_features(tmp_path_factory, synthetic_video_folder):
+    """Random stand-ins for DreamSim embeddings of the smoke sources' videos (plumbing only)."""
+    import os
+
+    import numpy as np
+    from harness.synthetic_video import MOTIONS
+    ids = [f"{m}-0" for m in MOTIONS] + sorted(os.listdir(synthetic_video_folder))
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("dreamsim") / "features.npz"
+    np.savez(path, ids=np.array(ids), image_feats=rng.normal(size=(len(ids), 8)),
+             frame_feats=rng.normal(size=(4 * len(ids), 8)), frame_counts=np.full(len(ids), 4))
+    return str(path)
+
+
 FAKE_VBENCH = '''
 """A stand-in for the official vbench package (its documented API), computing temporal_flickering."""
 import json, os

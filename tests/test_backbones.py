@@ -39,7 +39,7 @@ def test_clip_checkpoint_with_visual_prefix_and_torchscript_loads(tmp_path):
 
 def test_dino_transform_keeps_aspect_and_interpolates_positions():
     x = bb.dino_transform(np.zeros((1, 120, 160, 3), np.uint8))
-    assert x.shape == (1, 3, 224, 299)                                    # short side 224, no crop
+    assert x.shape == (1, 3, 224, 298)            # short side 224, no crop; long side truncated as torchvision
     with torch.no_grad():
         assert bb.DinoViT(depth=1)(x[..., :288]).shape == (1, 768)
 

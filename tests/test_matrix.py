@@ -31,7 +31,8 @@ def test_cell_writes_valid_record(task, method, tiny_model_with, tmp_path, monke
     method_args = {k: v.replace("{model}", tiny_model) for k, v in mcls.smoke_args.items()}
     task_args = dict(tcls.smoke_args)
     for holder, fixture in (("{videos}", "synthetic_video_folder"), ("{mtscore_features}", "mtscore_features"),
-                            ("{fake_vbench_python}", "fake_vbench_python")):
+                            ("{fake_vbench_python}", "fake_vbench_python"),
+                            ("{dreamsim_features}", "dreamsim_features")):
         if any(holder in v for v in list(method_args.values()) + list(task_args.values())):
             value = request.getfixturevalue(fixture)       # video files the smoke configuration reads
             method_args = {k: v.replace(holder, value) for k, v in method_args.items()}

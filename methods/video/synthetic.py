@@ -66,8 +66,10 @@ class SyntheticVideos(VideoSource):
                 seed = ctx.seed * 1000 + 17 * MOTIONS.index(motion) + i
                 args = dict(motion=motion, frames=self.frames, size=self.size, speed=self.speed,
                             flicker=self.flicker, noise=self.noise, drop=self.drop, seed=seed)
+                # the first frame doubles as the conditioning image of the image-to-video dimensions
                 refs.append(VideoRef(id=f"{motion}-{i}", prompt=PROMPT[motion],
-                                     loader=lambda n, a=args: _frames(a, n), fps=self.fps, meta=args))
+                                     loader=lambda n, a=args: _frames(a, n), fps=self.fps,
+                                     meta=dict(args, condition_image=lambda a=args: _frames(a, None)[0])))
         if self.export:
             export_suite(self.export, refs, [])
         return refs

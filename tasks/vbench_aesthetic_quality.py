@@ -1,0 +1,52 @@
+"""VBench aesthetic quality (CLIP ViT-L/14 + the LAION aesthetic linear head)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from harness.registry import register
+from harness.tasks._backbones import CLIP_L14, BackboneTask, ClipVisual, clip_transform, load_into
+from harness.tasks._clip_tasks import CLIP_L14_FILE, LAION_HEAD_FILE
+
+
+class AestheticPredictor(nn.Module):
+    """LAION aesthetic predictor v1: Linear(768, 1) on the L2-normalised CLIP ViT-L/14 image embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.visual, self.head = ClipVisual(**CLIP_L14), nn.Linear(768, 1)
+
+    def forward(self, x):
+        return self.head(nn.functional.normalize(self.visual(x), dim=-1)).squeeze(-1)
+
+
+def build_predictor(paths, task: str) -> AestheticPredictor:
+    net = AestheticPredictor()
+    if paths:
+        load_into(net.visual, paths[0], "visual.", task)
+        load_into(net.head, paths[1], "", task)
+    return net
+
+
+@register
+@dataclass
+class VBenchAestheticQuality(BackboneTask):
+    """VBench aesthetic_quality (vbench/aesthetic_quality.py): every frame through clip_transform(224)
+    (bicubic resize of the short side without antialiasing, centre crop, CLIP normalisation), the
+    CLIP ViT-L/14 image embedding L2-normalised, the LAION linear head
+    (`sa_0_4_vit_l_14_linear.pth`, Linear(768, 1)); per video mean(score/10); the dimension is the
+    mean over videos. Needs ViT-L-14.pt and sa_0_4_vit_l_14_linear.pth (weights_sha256 checks the
+    first); --allow-uncalibrated runs a random-init tower and head."""
+    name = "vbench_aesthetic_quality"
+    version = "1"
+    main_metric = "aesthetic_quality"
+    summary = "VBench aesthetic quality (CLIP ViT-L/14 + LAION linear head in plain PyTorch; local weights)"
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "1", "max_videos": "1"}
+
+    def build(self):
+        return self.backbone([CLIP_L14_FILE, LAION_HEAD_FILE], lambda p: build_predictor(p, self.name))
+
+    def score(self, ref, frames):
+        s = self.embed(clip_transform(frames)) / 10
+        return {"value": float(s.mean()), "frame_scores": [round(float(v), 6) for v in s]}
