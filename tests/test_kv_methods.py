@@ -157,7 +157,45 @@ def test_streaming_llm_decodes_at_the_cache_length(tiny_lm, ids):
         driver.decode(run, [ids[0]])
         tiny_lm.hints = {}
     lc = run.layers[0]
-    assert lc.n == 24 and lc.pos[0, 0].tolist() == [0, 1, 2, 3] + list(range(N - 19, N + 1))
+    assert lc.n == 24 and sorted(lc.pos[0, 0].tolist()) == [0, 1, 2, 3] + list(range(N - 19, N + 1))
+
+
+def test_streaming_llm_decoding_equals_rerotating_every_step(tiny_lm, ids):
+    """The deferred window shift (RoPE of the fed tokens advanced, sinks re-rotated) gives the logits
+    of pos_shift's re-rotation of every kept key at every step: transformers' own cache, evicted and
+    re-rotated to cache positions 0..m-1 after each fed token (and after a 5-token chunk)."""
+    rotary, model, s, m = _common._rotary_module(tiny_lm.model), tiny_lm.model, 4, 24
+    feeds = [[t] for t in ids[:12]] + [ids[12:17]] + [[t] for t in ids[17:30]]
+    with method("streaming_llm").apply(tiny_lm, MethodContext()) as driver:
+        tiny_lm.hints = {"kv_budget": m}
+        run = driver.start()
+        driver.prefill(run, ids, all_logits=False)
+        ours = torch.stack([driver.decode(run, f)[-1] for f in feeds])
+        tiny_lm.hints = {}
+    assert run.layers[0].state["shift"] == 30     # the window moved 30 positions, never re-rotated
+
+    def rerotated(k, old, new):
+        cos, sin = rotary(k, torch.tensor([old]))
+        raw, _ = apply_rotary_pos_emb(k, k, cos, -sin)
+        cos, sin = rotary(k, torch.tensor([new]))
+        return apply_rotary_pos_emb(raw, raw, cos, sin)[0]
+
+    def evict(cache):
+        for layer in cache.layers:
+            n = layer.keys.shape[2]
+            keep = list(range(s)) + list(range(n - (m - s), n))
+            layer.keys, layer.values = rerotated(layer.keys[:, :, keep], keep, list(range(m))), layer.values[:, :, keep]
+
+    cache, ref = DynamicCache(), []
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+        evict(cache)
+        for f in feeds:
+            out = model(input_ids=torch.tensor([f]), past_key_values=cache, use_cache=True,
+                        position_ids=torch.arange(m, m + len(f))[None])
+            evict(cache)
+            ref.append(out.logits[0, -1])
+    assert torch.allclose(ours, torch.stack(ref), atol=1e-4)
 
 
 def test_keyformer_gumbel_scores_follow_the_gumbel_max_distribution():
