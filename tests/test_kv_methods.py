@@ -100,6 +100,29 @@ def test_scissorhands_counts_are_windowed_persistence(tiny_lm, ids, eager):
         assert torch.equal(m.counts(lc), ref)
 
 
+def test_running_statistics_equal_their_recomputation_while_decoding(tiny_lm, ids):
+    """Scissorhands' count and VATP's ‖v‖₁ are updated per step, not recomputed: after evictions
+    and a history ring that wrapped, they equal the ring's row sums and the cached values' norms."""
+    from harness.methods.kv.vatp import value_l1
+    for name, args in (("scissorhands", {"history_window": 7}), ("vatp", {})):
+        with method(name, **args).apply(tiny_lm, MethodContext()) as driver:
+            tiny_lm.hints = {"kv_budget": 0.3}
+            run = driver.start()
+            driver.prefill(run, ids, all_logits=False)
+            for t in range(10):
+                driver.decode(run, [ids[t]])
+            driver.decode(run, ids[10:14])
+            tiny_lm.hints = {}
+        for lc in run.layers.values():
+            assert lc.n == 29
+            if name == "scissorhands":
+                ring = lc.slot("history", 0, torch.uint8, (7,))
+                assert torch.equal(lc.slot("count", 0, torch.int32), ring.sum(-1, dtype=torch.int32))
+                assert ring.sum() > 0
+            else:
+                assert torch.allclose(value_l1(lc), lc.v.abs().sum(-1))
+
+
 def test_vatp_scores_weight_attention_by_value_norm(tiny_lm, ids, eager):
     from harness.methods.kv.vatp import vatp_scores
     run = scored_run(tiny_lm, method("vatp"), ids)
@@ -233,6 +256,30 @@ def test_cam_prefill_merge_matches_a_slow_loop():
                 ref[0, h, r] += draws[0, h, e] * v0[0, h, t] / 4
     keep = list(range(start)) + list(range(n - rec, n))
     assert torch.allclose(lc.v, ref[:, :, keep], atol=1e-6)
+
+
+def test_cam_decoding_merges_the_leaving_token_into_the_next_ones():
+    torch.manual_seed(0)
+    m, d = 10, 3
+    lc = _common.LayerCache(torch.zeros(1, 2, 0, d))
+    lc.append(torch.randn(1, 2, m + 1, d), torch.randn(1, 2, m + 1, d), torch.arange(m + 1).expand(1, 2, m + 1))
+    lc.add_score(torch.rand(1, 2, m + 1))
+    k0, v0, s0 = lc.k.clone(), lc.v.clone(), lc.score.clone()
+
+    class R:
+        target, generator = m, torch.Generator().manual_seed(3)
+    cam = CaM(merge_budget=4)
+    cam.compress_decode(lc, R)
+    e = cam.split(m)[0]                   # the recent window's oldest token leaves
+    draws = torch.bernoulli((s0[:, :, e] / s0[:, :, e + 1:].mean(-1)).clamp(0, 1), generator=torch.Generator().manual_seed(3))
+    ref = v0.clone()
+    for h in range(2):
+        for r in range(e + 1, e + 5):
+            ref[0, h, r] += draws[0, h] * v0[0, h, e] / 4
+    keep = [j for j in range(m + 1) if j != e]
+    assert lc.n == m and lc.pos[0, 0].tolist() == keep
+    assert torch.allclose(lc.v, ref[:, :, keep], atol=1e-6) and torch.equal(lc.k, k0[:, :, keep])
+    assert torch.equal(lc.score, s0[:, :, keep])
 
 
 def test_kvmerger_gaussian_merge_matches_a_slow_loop():

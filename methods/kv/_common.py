@@ -386,24 +386,25 @@ class Run:
         b, h, c, d = q.shape
         hkv, n = lc.k.shape[1], lc.n
         g = h // hkv
-        keys_t, values = lc.k[:, :, None].transpose(-1, -2), lc.v[:, :, None]
+        keys_t, values = lc.k.transpose(-1, -2), lc.v      # a KV head's query heads share one matmul
         step = max(1, STAT_ELEMENTS // (h * n))
         outs = []
         for s in range(0, c, step):
             qs = q[:, :, s:s + step]
             cs = qs.shape[2]
-            logits = (qs.reshape(b, hkv, g, cs, d) @ keys_t).float() * scaling
-            allowed = torch.arange(n, device=q.device)[None, :] <= torch.arange(n0 + s, n0 + s + cs, device=q.device)[:, None]
-            if lc.valid is not None:
-                allowed = allowed & lc.valid[:, :, None, None, :]
-            logits = logits.masked_fill(~allowed, float("-inf"))
+            logits = (qs.reshape(b, hkv, g * cs, d) @ keys_t).float().view(b, hkv, g, cs, n) * scaling
+            if cs > 1 or lc.valid is not None:     # a single decoding query sees every slot
+                allowed = torch.arange(n, device=q.device)[None, :] <= torch.arange(n0 + s, n0 + s + cs, device=q.device)[:, None]
+                if lc.valid is not None:
+                    allowed = allowed & lc.valid[:, :, None, None, :]
+                logits = logits.masked_fill(~allowed, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
             self.query_pos = torch.arange(self.next_pos + s, self.next_pos + s + cs, device=q.device)
             t0 = time.perf_counter()
             self.method.observe(lc, probs, logits, self)
             self.policy_s += time.perf_counter() - t0
-            outs.append((probs.to(values.dtype) @ values).reshape(b, h, cs, d))
-        return torch.cat(outs, dim=2)
+            outs.append((probs.to(values.dtype).view(b, hkv, g * cs, n) @ values).view(b, h, cs, d))
+        return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
     def compress_prefill(self) -> None:
         self.n_context = self.next_pos
