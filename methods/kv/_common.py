@@ -148,7 +148,7 @@ class LayerCache:
         else:
             heads = torch.arange(j.shape[-1], device=j.device)
             for t in self._tensors():
-                t[0, heads, j] = t[0, heads, last]
+                t[0, heads, j] = t[0, :, last]
         self.n = last
 
     def shift_out(self, s: int) -> None:
@@ -328,6 +328,7 @@ class Run:
         self.policy_s = 0.0
         self.scaling = 1.0
         self.query_pos: torch.Tensor | None = None   # original positions of the queries `observe` sees
+        self.query_start = 0        # query_pos[0], as an int
         self.shift = 0              # method.rope_shift at the start of the current forward
         self._shifted = None        # (the model's cos/sin, the same advanced by `shift`) for this forward
         self.memo: dict = {}        # values a method computes once for all layers (e.g. angles)
@@ -399,7 +400,8 @@ class Run:
                     allowed = allowed & lc.valid[:, :, None, None, :]
                 logits = logits.masked_fill(~allowed, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
-            self.query_pos = torch.arange(self.next_pos + s, self.next_pos + s + cs, device=q.device)
+            self.query_start = self.next_pos + s
+            self.query_pos = torch.arange(self.query_start, self.query_start + cs, device=q.device)
             t0 = time.perf_counter()
             self.method.observe(lc, probs, logits, self)
             self.policy_s += time.perf_counter() - t0

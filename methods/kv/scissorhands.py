@@ -38,12 +38,13 @@ class Scissorhands(KVMethod):
             raise ValueError("history_window >= 1, global_tokens >= 0, recent_share in [0, 1]")
 
     def observe(self, lc: LayerCache, probs, logits, run: Run) -> None:
-        w, qpos = self.history_window, run.query_pos                # qpos: ascending, contiguous
-        first = max(run.n_context - w if run.phase == "prefill" else 0, int(qpos[-1]) - w + 1)
-        lo = max(0, first - int(qpos[0]))                           # queries inside the history window
-        if lo >= len(qpos):
+        w, q0, c = self.history_window, run.query_start, probs.shape[3]     # queries q0 .. q0 + c - 1
+        first = max(run.n_context - w if run.phase == "prefill" else 0, q0 + c - w)
+        lo = max(0, first - q0)                                     # queries inside the history window
+        if lo >= c:
             return
-        probs, logits = probs[:, :, :, lo:], logits[:, :, :, lo:]
+        if lo:
+            probs, logits = probs[:, :, :, lo:], logits[:, :, :, lo:]
         if probs.shape[3] == 1 and lc.valid is None:                # one decoding query sees every slot
             visible = lc.n
         else:
@@ -52,11 +53,11 @@ class Scissorhands(KVMethod):
         ring = lc.slot("history", 0, torch.uint8, (w,))
         count = lc.slot("count", 0, torch.int32)
         if hits.shape[2] == 1:                                      # a column of the ring (a view)
-            col = int(qpos[lo]) % w
+            col = (q0 + lo) % w
             count += hits[:, :, 0] - ring[:, :, :, col]
             ring[:, :, :, col] = hits[:, :, 0]
         else:                                                       # the columns of the queries that left
-            cols = qpos[lo:] % w
+            cols = run.query_pos[lo:] % w
             new = hits.transpose(2, 3)
             count += new.sum(-1, dtype=torch.int32) - ring[:, :, :, cols].sum(-1, dtype=torch.int32)
             ring[:, :, :, cols] = new.to(torch.uint8)
@@ -70,7 +71,8 @@ class Scissorhands(KVMethod):
         if lc.n <= m:
             return
         protect = recent(lc, m - int(m * (1 - self.recent_share))) | (lc.pos < self.global_tokens)
-        keep_top(lc, self.counts(lc).masked_fill(protect, float("inf")), m)
+        count = lc.slot("count", 0, torch.int32)     # integer counts: protected slots get the largest int
+        keep_top(lc, count.masked_fill(protect, torch.iinfo(torch.int32).max), m)
 
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
         self.evict(lc, run)
