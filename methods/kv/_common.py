@@ -12,7 +12,8 @@ rows ragged, and the papers' own loops run at batch 1 too):
 Positions. Keys are cached after RoPE at each token's original position, so evicting a token
 never moves the others and new tokens continue at the original length (kvpress's pipeline). A
 method with `positions = "cache"` (StreamingLLM) re-rotates kept keys exactly by the position delta
-(RoPE(a)·RoPE(b) = RoPE(a+b), kvpress's KeyRerotationPress) and feeds new tokens at the cache length.
+(RoPE(a)·RoPE(b) = RoPE(a+b), kvpress's KeyRerotationPress) and feeds new tokens at the cache length;
+a shift its keys still owe (`rope_shift`) is applied to the fed tokens' RoPE instead (`Run.shifted_rope`).
 
 Attention. SDPA, unless the method accumulates attention statistics (`accumulates`); then the
 probabilities are computed explicitly by query chunk (at most STAT_ELEMENTS logits at a time: never
