@@ -96,7 +96,7 @@ reference-kv: install
 	        --task-arg max_new_tokens=10 --limit 2 --out results --no-progress || exit 1; done; done
 
 bench-kv: install
-	nice -n 10 $(PY) benchmarks/kv_decode.py --context 16384 --budget 0.1
+	nice -n 10 $(PY) benchmarks/kv_decode.py --context 16384 --budget 0.1 --json benchmarks/results/kv_decode_cpu.json
 
 bench: install
 	$(PY) benchmarks/overhead.py

@@ -85,6 +85,8 @@ def test_decoding_methods_hold_the_budget_while_decoding(tiny_lm):
             driver.prefill(run, ids, all_logits=False)
             for t in range(12):
                 driver.decode(run, [ids[t]])
+            assert all(lc.n == 30 for lc in run.layers.values()), name
+            driver.decode(run, ids[12:17])                       # a fed chunk (a question) too
             tiny_lm.hints = {}
         assert all(lc.n == 30 for lc in run.layers.values()), name
     run = run_prefill(tiny_lm, method("snapkv"), ids, 0.3)        # prefill-only: the cache grows after

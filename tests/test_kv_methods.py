@@ -100,6 +100,29 @@ def test_scissorhands_counts_are_windowed_persistence(tiny_lm, ids, eager):
         assert torch.equal(m.counts(lc), ref)
 
 
+def test_running_statistics_equal_their_recomputation_while_decoding(tiny_lm, ids):
+    """Scissorhands' count and VATP's ‖v‖₁ are updated per step, not recomputed: after evictions
+    and a history ring that wrapped, they equal the ring's row sums and the cached values' norms."""
+    from harness.methods.kv.vatp import value_l1
+    for name, args in (("scissorhands", {"history_window": 7}), ("vatp", {})):
+        with method(name, **args).apply(tiny_lm, MethodContext()) as driver:
+            tiny_lm.hints = {"kv_budget": 0.3}
+            run = driver.start()
+            driver.prefill(run, ids, all_logits=False)
+            for t in range(10):
+                driver.decode(run, [ids[t]])
+            driver.decode(run, ids[10:14])
+            tiny_lm.hints = {}
+        for lc in run.layers.values():
+            assert lc.n == 29
+            if name == "scissorhands":
+                ring = lc.slot("history", 0, torch.uint8, (7,))
+                assert torch.equal(lc.slot("count", 0, torch.int32), ring.sum(-1, dtype=torch.int32))
+                assert ring.sum() > 0
+            else:
+                assert torch.allclose(value_l1(lc), lc.v.abs().sum(-1))
+
+
 def test_vatp_scores_weight_attention_by_value_norm(tiny_lm, ids, eager):
     from harness.methods.kv.vatp import vatp_scores
     run = scored_run(tiny_lm, method("vatp"), ids)
@@ -157,7 +180,45 @@ def test_streaming_llm_decodes_at_the_cache_length(tiny_lm, ids):
         driver.decode(run, [ids[0]])
         tiny_lm.hints = {}
     lc = run.layers[0]
-    assert lc.n == 24 and lc.pos[0, 0].tolist() == [0, 1, 2, 3] + list(range(N - 19, N + 1))
+    assert lc.n == 24 and sorted(lc.pos[0, 0].tolist()) == [0, 1, 2, 3] + list(range(N - 19, N + 1))
+
+
+def test_streaming_llm_decoding_equals_rerotating_every_step(tiny_lm, ids):
+    """The deferred window shift (RoPE of the fed tokens advanced, sinks re-rotated) gives the logits
+    of pos_shift's re-rotation of every kept key at every step: transformers' own cache, evicted and
+    re-rotated to cache positions 0..m-1 after each fed token (and after a 5-token chunk)."""
+    rotary, model, s, m = _common._rotary_module(tiny_lm.model), tiny_lm.model, 4, 24
+    feeds = [[t] for t in ids[:12]] + [ids[12:17]] + [[t] for t in ids[17:30]]
+    with method("streaming_llm").apply(tiny_lm, MethodContext()) as driver:
+        tiny_lm.hints = {"kv_budget": m}
+        run = driver.start()
+        driver.prefill(run, ids, all_logits=False)
+        ours = torch.stack([driver.decode(run, f)[-1] for f in feeds])
+        tiny_lm.hints = {}
+    assert run.layers[0].state["shift"] == 30     # the window moved 30 positions, never re-rotated
+
+    def rerotated(k, old, new):
+        cos, sin = rotary(k, torch.tensor([old]))
+        raw, _ = apply_rotary_pos_emb(k, k, cos, -sin)
+        cos, sin = rotary(k, torch.tensor([new]))
+        return apply_rotary_pos_emb(raw, raw, cos, sin)[0]
+
+    def evict(cache):
+        for layer in cache.layers:
+            n = layer.keys.shape[2]
+            keep = list(range(s)) + list(range(n - (m - s), n))
+            layer.keys, layer.values = rerotated(layer.keys[:, :, keep], keep, list(range(m))), layer.values[:, :, keep]
+
+    cache, ref = DynamicCache(), []
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+        evict(cache)
+        for f in feeds:
+            out = model(input_ids=torch.tensor([f]), past_key_values=cache, use_cache=True,
+                        position_ids=torch.arange(m, m + len(f))[None])
+            evict(cache)
+            ref.append(out.logits[0, -1])
+    assert torch.allclose(ours, torch.stack(ref), atol=1e-4)
 
 
 def test_keyformer_gumbel_scores_follow_the_gumbel_max_distribution():
@@ -195,6 +256,30 @@ def test_cam_prefill_merge_matches_a_slow_loop():
                 ref[0, h, r] += draws[0, h, e] * v0[0, h, t] / 4
     keep = list(range(start)) + list(range(n - rec, n))
     assert torch.allclose(lc.v, ref[:, :, keep], atol=1e-6)
+
+
+def test_cam_decoding_merges_the_leaving_token_into_the_next_ones():
+    torch.manual_seed(0)
+    m, d = 10, 3
+    lc = _common.LayerCache(torch.zeros(1, 2, 0, d))
+    lc.append(torch.randn(1, 2, m + 1, d), torch.randn(1, 2, m + 1, d), torch.arange(m + 1).expand(1, 2, m + 1))
+    lc.add_score(torch.rand(1, 2, m + 1))
+    k0, v0, s0 = lc.k.clone(), lc.v.clone(), lc.score.clone()
+
+    class R:
+        target, generator = m, torch.Generator().manual_seed(3)
+    cam = CaM(merge_budget=4)
+    cam.compress_decode(lc, R)
+    e = cam.split(m)[0]                   # the recent window's oldest token leaves
+    draws = torch.bernoulli((s0[:, :, e] / s0[:, :, e + 1:].mean(-1)).clamp(0, 1), generator=torch.Generator().manual_seed(3))
+    ref = v0.clone()
+    for h in range(2):
+        for r in range(e + 1, e + 5):
+            ref[0, h, r] += draws[0, h] * v0[0, h, e] / 4
+    keep = [j for j in range(m + 1) if j != e]
+    assert lc.n == m and lc.pos[0, 0].tolist() == keep
+    assert torch.allclose(lc.v, ref[:, :, keep], atol=1e-6) and torch.equal(lc.k, k0[:, :, keep])
+    assert torch.equal(lc.score, s0[:, :, keep])
 
 
 def test_kvmerger_gaussian_merge_matches_a_slow_loop():

@@ -12,7 +12,8 @@ rows ragged, and the papers' own loops run at batch 1 too):
 Positions. Keys are cached after RoPE at each token's original position, so evicting a token
 never moves the others and new tokens continue at the original length (kvpress's pipeline). A
 method with `positions = "cache"` (StreamingLLM) re-rotates kept keys exactly by the position delta
-(RoPE(a)·RoPE(b) = RoPE(a+b), kvpress's KeyRerotationPress) and feeds new tokens at the cache length.
+(RoPE(a)·RoPE(b) = RoPE(a+b), kvpress's KeyRerotationPress) and feeds new tokens at the cache length;
+a shift its keys still owe (`rope_shift`) is applied to the fed tokens' RoPE instead (`Run.shifted_rope`).
 
 Attention. SDPA, unless the method accumulates attention statistics (`accumulates`); then the
 probabilities are computed explicitly by query chunk (at most STAT_ELEMENTS logits at a time: never
@@ -57,8 +58,10 @@ PATCHED = "patched_calls.kv_attention"
 
 class LayerCache:
     """One layer's cache: keys (after RoPE) and values [1, H_kv, n, d], the original position of
-    every slot [1, H_kv, n], an optional per-token score [1, H_kv, n], and `state` for the method.
-    Storage grows by doubling, so appending a decoded token copies nothing else."""
+    every slot [1, H_kv, n], an optional per-token score [1, H_kv, n], named per-slot tensors
+    (`slot`) and `state` for the method. Every per-slot tensor is a view of the first n slots of a
+    storage that grows by doubling, so appending a decoded token, or moving the newest slot into an
+    evicted one, copies nothing else."""
 
     def __init__(self, like: torch.Tensor):
         b, h, _, d = like.shape
@@ -68,7 +71,7 @@ class LayerCache:
         self._score = None
         self.n = 0
         self.state: dict = {}
-        self.slots: dict[str, tuple[torch.Tensor, object]] = {}   # name -> ([1, H_kv, n, ...], fill of new slots)
+        self.slots: dict[str, tuple[torch.Tensor, object]] = {}   # name -> (storage [1, H_kv, cap, ...], fill of new slots)
         self.queries: torch.Tensor | None = None    # the last `query_window` queries (after RoPE)
 
     k = property(lambda self: self._k[:, :, :self.n])
@@ -83,30 +86,31 @@ class LayerCache:
             self._k, self._v, self._pos = (_grown(t, cap, self.n) for t in (self._k, self._v, self._pos))
             if self._score is not None:
                 self._score = _grown(self._score, cap, self.n)
+            self.slots = {name: (_grown(t, cap, self.n), fill) for name, (t, fill) in self.slots.items()}
         self._k[:, :, self.n:self.n + c] = k
         self._v[:, :, self.n:self.n + c] = v
         self._pos[:, :, self.n:self.n + c] = pos
         if self._score is not None:
             self._score[:, :, self.n:self.n + c] = 0
-        for name, (t, fill) in self.slots.items():
-            new = torch.full((*t.shape[:2], c, *t.shape[3:]), fill, dtype=t.dtype, device=t.device)
-            self.slots[name] = (torch.cat([t, new], dim=2), fill)
+        for t, fill in self.slots.values():
+            t[:, :, self.n:self.n + c] = fill
         self.n += c
 
     def slot(self, name: str, fill=0, dtype=torch.float32, trailing: tuple = ()) -> torch.Tensor:
-        """A per-slot tensor [1, H_kv, n, *trailing] that moves with its token (created with `fill`)."""
+        """A per-slot tensor [1, H_kv, n, *trailing] that moves with its token (created with `fill`);
+        writes into it stay in the cache."""
         if name not in self.slots:
-            self.slots[name] = (torch.full((*self._k.shape[:2], self.n, *trailing), fill, dtype=dtype,
+            self.slots[name] = (torch.full((*self._k.shape[:3], *trailing), fill, dtype=dtype,
                                            device=self._k.device), fill)
-        return self.slots[name][0]
+        return self.slots[name][0][:, :, :self.n]
 
     def set_slot(self, name: str, t: torch.Tensor) -> None:
-        self.slots[name] = (t, self.slots[name][1])
+        self.slots[name][0][:, :, :self.n] = t
 
     @property
     def valid(self) -> torch.Tensor | None:
         """Bool [1, H_kv, n] where heads keep different counts (masked slots hold nothing)."""
-        return self.slots["valid"][0] if "valid" in self.slots else None
+        return self.slot("valid") if "valid" in self.slots else None
 
     def kept(self) -> float:
         """Tokens held per head (mean over heads)."""
@@ -122,33 +126,30 @@ class LayerCache:
         self._score = self._k.new_zeros(self._k.shape[:3])
         self._score[:, :, :self.n] = s
 
+    def _tensors(self):
+        return ([self._k, self._v, self._pos] + ([self._score] if self._score is not None else [])
+                + [t for t, _ in self.slots.values()])
+
     def keep(self, idx: torch.Tensor) -> None:
         """Keep the slots idx [1, H_kv, m] (per head; ascending keeps the original order)."""
         m = idx.shape[-1]
-        d_idx = idx.unsqueeze(-1).expand(-1, -1, -1, self._k.shape[-1])
-        self._k[:, :, :m] = self.k.gather(2, d_idx)
-        self._v[:, :, :m] = self.v.gather(2, d_idx)
-        self._pos[:, :, :m] = self.pos.gather(2, idx)
-        if self._score is not None:
-            self._score[:, :, :m] = self.score.gather(2, idx)
-        for name, (t, fill) in self.slots.items():
+        for t in self._tensors():
             ix = idx.view(*idx.shape, *([1] * (t.dim() - 3))).expand(*idx.shape, *t.shape[3:])
-            self.slots[name] = (t.gather(2, ix), fill)
+            t[:, :, :m] = t[:, :, :self.n].gather(2, ix)
         self.n = m
 
-    def _tensors(self):
-        return [self._k, self._v, self._pos] + ([self._score] if self._score is not None else [])
-
-    def drop_one(self, j: torch.Tensor) -> None:
-        """Evict slot j[h] of every head by moving the newest slot into it (decoding's one-token
-        eviction: a few copies instead of a top-k and a gather; slot order stops following
-        positions, which only `pos` carries)."""
-        last, heads = self.n - 1, torch.arange(j.shape[-1], device=j.device)
-        for t in self._tensors():
-            t[0, heads, j] = t[0, heads, last]
-        for name, (t, fill) in self.slots.items():
-            t[0, heads, j] = t[0, heads, last]
-            self.slots[name] = (t[:, :, :last], fill)
+    def drop_one(self, j) -> None:
+        """Evict slot j of every head (an int, or a tensor [H_kv] of one slot per head) by moving the
+        newest slot into it (decoding's one-token eviction: a few copies instead of a top-k and a
+        gather; slot order stops following positions, which only `pos` carries)."""
+        last = self.n - 1
+        if isinstance(j, int):
+            for t in self._tensors():
+                t[:, :, j] = t[:, :, last]
+        else:
+            heads = torch.arange(j.shape[-1], device=j.device)
+            for t in self._tensors():
+                t[0, heads, j] = t[0, :, last]
         self.n = last
 
     def shift_out(self, s: int) -> None:
@@ -156,8 +157,6 @@ class LayerCache:
         n = self.n
         for t in self._tensors():
             t[:, :, s:n - 1] = t[:, :, s + 1:n].clone()
-        for name, (t, fill) in self.slots.items():
-            self.slots[name] = (torch.cat([t[:, :, :s], t[:, :, s + 1:]], dim=2), fill)
         self.n = n - 1
 
     def replace(self, k=None, v=None) -> None:
@@ -168,8 +167,7 @@ class LayerCache:
             self._v[:, :, :self.n] = v
 
     def held_bytes(self) -> int:
-        ts = self._tensors() + [t for t, _ in self.slots.values()]
-        return sum(t.numel() * t.element_size() for t in ts)
+        return sum(t.numel() * t.element_size() for t in self._tensors())
 
 
 def _grown(t: torch.Tensor, cap: int, n: int) -> torch.Tensor:
@@ -190,8 +188,9 @@ def rerotate(k: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> to
 
 
 def rerotation_angles(delta: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin [1, 1, r] of one constant re-rotation by `delta` positions (for `rotate`)."""
-    ang = delta.float().reshape(1, 1) * inv_freq.reshape(1, -1)
+    """cos and sin [1, 1, r] of one constant re-rotation by `delta` positions (for `rotate`); the
+    angles in float64, so that a large delta loses nothing before cos/sin."""
+    ang = delta.double().reshape(1, 1) * inv_freq.double().reshape(1, -1)
     ang = torch.cat((ang, ang), dim=-1)
     return ang.cos().to(dtype)[None], ang.sin().to(dtype)[None]
 
@@ -260,6 +259,11 @@ class KVMethod(LMMethod):
             raise ValueError("budget must be positive (a fraction <= 1 or a token count > 1)")
 
     # -- hooks -------------------------------------------------------------------------------
+    def rope_shift(self, run: "Run") -> int:
+        """Positions by which the fed tokens' RoPE is advanced beyond the positions they are fed at
+        (StreamingLLM: the window shift its cached keys have not been re-rotated by); 0: none."""
+        return 0
+
     def query_window(self) -> int:
         """Queries of the context's end kept per layer for compress_prefill (SnapKV's window)."""
         return 0
@@ -325,6 +329,10 @@ class Run:
         self.policy_s = 0.0
         self.scaling = 1.0
         self.query_pos: torch.Tensor | None = None   # original positions of the queries `observe` sees
+        self.query_start = 0        # query_pos[0], as an int
+        self.shift = 0              # method.rope_shift at the start of the current forward
+        self._shifted = None        # (the model's cos/sin, the same advanced by `shift`) for this forward
+        self.memo: dict = {}        # values a method computes once for all layers (e.g. angles)
 
     def positions(self, c: int) -> torch.Tensor:
         if self.method.positions == "cache" and self.layers:
@@ -332,6 +340,18 @@ class Run:
         else:
             start = self.next_pos
         return torch.arange(start, start + c)
+
+    def shifted_rope(self, position_embeddings):
+        """The model's cos/sin advanced by `shift` positions (angle addition, so a RoPE-scaling
+        method's attention factor is kept), computed once per forward; angles in float64."""
+        cos, sin = position_embeddings
+        if self._shifted is None or self._shifted[0] is not cos:
+            t0 = time.perf_counter()
+            c2, s2 = rerotation_angles(torch.tensor(float(self.shift)), self.inv_freq, cos.dtype)
+            c2, s2 = c2.to(cos.device), s2.to(cos.device)
+            self._shifted = (cos, (cos * c2 - sin * s2, sin * c2 + cos * s2))
+            self.policy_s += time.perf_counter() - t0
+        return self._shifted[1]
 
     def attend(self, layer: int, q, k, v, scaling: float) -> torch.Tensor:
         """q [1, H, c, d], k/v [1, H_kv, c, d] (rotated) -> output [1, H, c, d]."""
@@ -368,24 +388,26 @@ class Run:
         b, h, c, d = q.shape
         hkv, n = lc.k.shape[1], lc.n
         g = h // hkv
-        keys_t, values = lc.k[:, :, None].transpose(-1, -2), lc.v[:, :, None]
+        keys_t, values = lc.k.transpose(-1, -2), lc.v      # a KV head's query heads share one matmul
         step = max(1, STAT_ELEMENTS // (h * n))
         outs = []
         for s in range(0, c, step):
             qs = q[:, :, s:s + step]
             cs = qs.shape[2]
-            logits = (qs.reshape(b, hkv, g, cs, d) @ keys_t).float() * scaling
-            allowed = torch.arange(n, device=q.device)[None, :] <= torch.arange(n0 + s, n0 + s + cs, device=q.device)[:, None]
-            if lc.valid is not None:
-                allowed = allowed & lc.valid[:, :, None, None, :]
-            logits = logits.masked_fill(~allowed, float("-inf"))
+            logits = (qs.reshape(b, hkv, g * cs, d) @ keys_t).float().view(b, hkv, g, cs, n) * scaling
+            if cs > 1 or lc.valid is not None:     # a single decoding query sees every slot
+                allowed = torch.arange(n, device=q.device)[None, :] <= torch.arange(n0 + s, n0 + s + cs, device=q.device)[:, None]
+                if lc.valid is not None:
+                    allowed = allowed & lc.valid[:, :, None, None, :]
+                logits = logits.masked_fill(~allowed, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
-            self.query_pos = torch.arange(self.next_pos + s, self.next_pos + s + cs, device=q.device)
+            self.query_start = self.next_pos + s
+            self.query_pos = torch.arange(self.query_start, self.query_start + cs, device=q.device)
             t0 = time.perf_counter()
             self.method.observe(lc, probs, logits, self)
             self.policy_s += time.perf_counter() - t0
-            outs.append((probs.to(values.dtype) @ values).reshape(b, h, cs, d))
-        return torch.cat(outs, dim=2)
+            outs.append((probs.to(values.dtype).view(b, hkv, g * cs, n) @ values).view(b, h, cs, d))
+        return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
     def compress_prefill(self) -> None:
         self.n_context = self.next_pos
@@ -429,7 +451,7 @@ def _attention_forward(engine: _Engine, method: KVMethod, m):
         q = m.q_proj(hidden_states).view(shape).transpose(1, 2)
         k, v = method.project_kv(m, hidden_states, run)
         k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
-        cos, sin = position_embeddings
+        cos, sin = run.shifted_rope(position_embeddings) if run.shift else position_embeddings
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         out = run.attend(m.layer_idx, q, k, v, m.scaling)
         return m.o_proj(out.transpose(1, 2).reshape(b, c, -1)), None
@@ -460,6 +482,7 @@ class Driver:
     def _forward(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
         dev = self.lm.device
         pos = run.positions(len(ids)).to(dev)
+        run.shift = self.method.rope_shift(run) if not run.dense else 0
         run.tokens += ids
         out = self.lm.model(input_ids=torch.tensor([ids], device=dev), position_ids=pos[None], use_cache=False,
                             logits_to_keep=0 if all_logits else 1)

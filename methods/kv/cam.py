@@ -68,15 +68,11 @@ class CaM(KVMethod):
         lc.keep(keep.expand(*v.shape[:2], m))
 
     def compress_decode(self, lc: LayerCache, run: Run) -> None:
-        n, m = lc.n, run.target
-        if n <= m:
-            return
-        start, rec = self.split(m)
-        e = start                       # the oldest token of the recent window leaves
-        score, v = lc.score, lc.v.clone()
-        p = merge_probability(score[:, :, e:e + 1], score[:, :, e + 1:])
-        draw = torch.bernoulli(p.cpu(), generator=run.generator).to(v.device)
-        v[:, :, e + 1:e + 1 + self.merge_budget] += v[:, :, e:e + 1] * (draw / self.merge_budget).unsqueeze(-1)
-        lc.replace(v=v)
-        keep = torch.cat([torch.arange(e), torch.arange(e + 1, n)]).to(v.device)
-        lc.keep(keep.expand(*v.shape[:2], n - 1))
+        m = run.target
+        e = self.split(m)[0]            # the oldest token of the recent window leaves
+        while lc.n > m:                 # one per decoded token; after a fed chunk, one at a time
+            score, v = lc.score, lc.v   # v: a view of the cache (merged in place)
+            p = merge_probability(score[:, :, e:e + 1], score[:, :, e + 1:])
+            draw = torch.bernoulli(p.cpu(), generator=run.generator).to(v.device)
+            v[:, :, e + 1:e + 1 + self.merge_budget] += v[:, :, e:e + 1] * (draw / self.merge_budget).unsqueeze(-1)
+            lc.shift_out(e)

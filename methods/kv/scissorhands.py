@@ -20,8 +20,9 @@ class Scissorhands(KVMethod):
     tokens that query sees), counted over the KV head's query heads. Kept: the `global_tokens`
     first tokens (cold-compress: 4), the newest `recent_share` of the budget, and the highest
     counts; the rest is dropped at prefill and whenever decoding pushes the cache over budget.
-    The history is an exact sliding window (a ring of per-query indicators that moves with the
-    tokens). recent_share is not given by the paper; 0.5 follows H2O's split [our choice]."""
+    The history is an exact sliding window: a ring of per-query indicators that moves with the
+    tokens, and each slot's count, updated as a query enters the window and the one it replaces in
+    the ring leaves. recent_share is not given by the paper; 0.5 follows H2O's split [our choice]."""
     name = "scissorhands"
     paper = ("Scissorhands: Exploiting the Persistence of Importance Hypothesis for LLM KV Cache "
              "Compression at Test Time (arXiv:2305.17118)")
@@ -37,24 +38,41 @@ class Scissorhands(KVMethod):
             raise ValueError("history_window >= 1, global_tokens >= 0, recent_share in [0, 1]")
 
     def observe(self, lc: LayerCache, probs, logits, run: Run) -> None:
-        visible = torch.isfinite(logits).sum(-1, keepdim=True).clamp(min=1)
-        hits = (probs >= 1.0 / visible).sum(dim=2)                 # [1, H_kv, c, n]
-        w = self.history_window
-        first = max(run.n_context - w if run.phase == "prefill" else 0, int(run.query_pos[-1]) - w + 1)
-        sel = run.query_pos >= first                                # queries inside the history window
-        if sel.any():
-            ring = lc.slot("history", 0, torch.uint8, (w,))
-            ring[:, :, :, run.query_pos[sel] % w] = hits[:, :, sel].transpose(2, 3).to(torch.uint8)
+        w, q0, c = self.history_window, run.query_start, probs.shape[3]     # queries q0 .. q0 + c - 1
+        first = max(run.n_context - w if run.phase == "prefill" else 0, q0 + c - w)
+        lo = max(0, first - q0)                                     # queries inside the history window
+        if lo >= c:
+            return
+        if lo:
+            probs, logits = probs[:, :, :, lo:], logits[:, :, :, lo:]
+        if probs.shape[3] == 1 and lc.valid is None:                # one decoding query sees every slot
+            visible = lc.n
+        else:
+            visible = torch.isfinite(logits).sum(-1, keepdim=True).clamp(min=1)
+        hits = (probs >= 1.0 / visible).sum(dim=2, dtype=torch.int32)   # [1, H_kv, c, n]
+        ring = lc.slot("history", 0, torch.uint8, (w,))
+        count = lc.slot("count", 0, torch.int32)
+        if hits.shape[2] == 1:                                      # a column of the ring (a view)
+            col = (q0 + lo) % w
+            count += hits[:, :, 0] - ring[:, :, :, col]
+            ring[:, :, :, col] = hits[:, :, 0]
+        else:                                                       # the columns of the queries that left
+            cols = run.query_pos[lo:] % w
+            new = hits.transpose(2, 3)
+            count += new.sum(-1, dtype=torch.int32) - ring[:, :, :, cols].sum(-1, dtype=torch.int32)
+            ring[:, :, :, cols] = new.to(torch.uint8)
 
     def counts(self, lc: LayerCache) -> torch.Tensor:
-        return lc.slot("history", 0, torch.uint8, (self.history_window,)).sum(-1).float()
+        """Hits per slot over the history window (the ring's row sums, kept as a running count)."""
+        return lc.slot("count", 0, torch.int32).float()
 
     def evict(self, lc: LayerCache, run: Run) -> None:
         m = run.target
         if lc.n <= m:
             return
         protect = recent(lc, m - int(m * (1 - self.recent_share))) | (lc.pos < self.global_tokens)
-        keep_top(lc, self.counts(lc).masked_fill(protect, float("inf")), m)
+        count = lc.slot("count", 0, torch.int32)     # integer counts: protected slots get the largest int
+        keep_top(lc, count.masked_fill(protect, torch.iinfo(torch.int32).max), m)
 
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
         self.evict(lc, run)

@@ -9,8 +9,21 @@ from harness.methods.kv.h2o import evict_heavy_recent
 
 def vatp_scores(lc: LayerCache, n_sink: int):
     """I_j = S_j · ‖v_j‖₁ (S: accumulated attention); the first n_sink tokens score +inf."""
-    s = lc.score * lc.v.abs().sum(-1)
+    s = lc.score * value_l1(lc)
     return s.masked_fill(lc.pos < n_sink, float("inf"))
+
+
+def value_l1(lc: LayerCache):
+    """‖v_j‖₁ per slot [1, H_kv, n], kept with its token: computed once, for the slots appended
+    since the last eviction (`evicted` records where they start)."""
+    norms, first = lc.slot("value_l1"), lc.state.get("value_l1_from", 0)
+    if first < lc.n:
+        norms[:, :, first:] = lc.v[:, :, first:].abs().sum(-1)
+    return norms
+
+
+def evicted(lc: LayerCache) -> None:
+    lc.state["value_l1_from"] = lc.n
 
 
 @register
@@ -34,7 +47,9 @@ class VATP(KVMethod):
     n_sink: int = field(default=4, metadata={"help": "attention-sink tokens always kept"})
 
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
-        evict_heavy_recent(lc, run.target, self.heavy_share, vatp_scores(lc, self.n_sink))
+        self.compress_decode(lc, run)
 
     def compress_decode(self, lc: LayerCache, run: Run) -> None:
-        evict_heavy_recent(lc, run.target, self.heavy_share, vatp_scores(lc, self.n_sink))
+        if lc.n > run.target:
+            evict_heavy_recent(lc, run.target, self.heavy_share, vatp_scores(lc, self.n_sink))
+            evicted(lc)
