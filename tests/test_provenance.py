@@ -1,0 +1,32 @@
+"""git_state: the commit and whether the code (not the committed records) differs from it."""
+import subprocess
+
+import harness
+from harness import provenance
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def test_rewritten_records_do_not_make_the_tree_dirty_but_code_changes_do(tmp_path, monkeypatch):
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "__init__.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_text("{}\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(harness, "__file__", str(tmp_path / "harness" / "__init__.py"))
+
+    def state():
+        provenance.git_state.cache_clear()
+        return provenance.git_state()
+    try:
+        assert state()["git_dirty"] is False and len(state()["git_commit"]) == 40
+        (tmp_path / "results" / "r.json").write_text('{"rerun": true}\n')
+        assert state()["git_dirty"] is False
+        (tmp_path / "harness" / "__init__.py").write_text("x = 2\n")
+        assert state()["git_dirty"] is True
+    finally:
+        provenance.git_state.cache_clear()
