@@ -73,8 +73,9 @@ class SyntheticScenes(VideoSource):
     name = "synthetic_scenes"
     paper = "VBench: Comprehensive Benchmark Suite for Video Generative Models (arXiv:2311.17982)"
     smoke_args = {"frames": "16", "size": "48"}
-    # camera_motion scores prompts that name a camera motion; mtscore reads features keyed by synthetic_videos ids
-    smoke_not_with = ("vbench_camera_motion_proxy", "chronomagic_mtscore")
+    # camera_motion scores prompts that name a camera motion; mtscore and i2v_background read
+    # exported features, which the matrix test writes keyed by the other sources' video ids
+    smoke_not_with = ("vbench_camera_motion_proxy", "chronomagic_mtscore", "vbench_i2v_background")
     dimensions: tuple[str, ...] = field(default=SCENE_DIMENSIONS, metadata={"help": f"any of {', '.join(SCENE_DIMENSIONS)}"})
     frames: int = 16
     size: int = field(default=64, metadata={"help": "frame height and width"})
