@@ -63,15 +63,8 @@ class SelfExtend(AttentionMethod, LMMethod):
 
     @staticmethod
     def attend(a: AttentionInputs, G: int, W: int) -> torch.Tensor:
-        k_near = rotate(a.k, *a.rope(a.k_pos))
-        k_group = rotate(a.k, *a.rope(a.k_pos // G))
+        keys = [rotate(a.k, *a.rope(a.k_pos)), rotate(a.k, *a.rope(a.k_pos // G))]
 
-        def far_qk(q, qp, b0):           # every pair here is at least W apart: grouped positions
-            return rotate(q, *a.rope(qp // G + W - W // G)), k_group[:, :, :b0]
-
-        def band_logits(q, qp, b0, ke):
-            near = rotate(q, *a.rope(qp)) @ k_near[:, :, b0:ke].transpose(2, 3)
-            group = rotate(q, *a.rope(qp // G + W - W // G)) @ k_group[:, :, b0:ke].transpose(2, 3)
-            distance = (qp[:, :, None] - a.k_pos[:, None, b0:ke]).unsqueeze(1)
-            return torch.where(distance < W, near, group)
-        return banded_attend(a, lambda q_min, kp: q_min - kp >= W, far_qk, band_logits)
+        def queries(r, q, qp):          # 0 neighbour positions, 1 grouped ones
+            return rotate(q, *a.rope(qp if r == 0 else qp // G + W - W // G))
+        return banded_attend(a, lambda qp, kp: (qp - kp >= W).long(), queries, keys)
