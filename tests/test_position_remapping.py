@@ -189,7 +189,8 @@ def test_float32_blocks_use_the_fused_path_exactly(method, chunk, monkeypatch):
     attend, rule = ((lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8)) if method == "selfextend"
                     else (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7)))
     (q, k, v), inputs = random_inputs(dtype=torch.float32)
-    inputs.causal_only = True           # (it is: no padding) parts within the causal limit then go unmasked
+    inputs.allowed = None               # causal alone (as without padding): blocks build their own mask,
+                                        # and parts within the block's causal limit go unmasked
     d = 16
     calls = []
     real = _attention._fused_lse

@@ -35,11 +35,21 @@ class AttentionInputs:
     v: torch.Tensor            # [b, h, Lk, d]
     q_pos: torch.Tensor        # [b, Lq] absolute positions
     k_pos: torch.Tensor        # [b, Lk]
-    allowed: torch.Tensor      # [b, 1, Lq, Lk] bool: causal and padding mask
+    allowed: torch.Tensor | None   # [b, 1, Lq, Lk] bool: causal and padding mask; None: causal by
+                                   # cache index alone (no padding), built per block by mask()
     scaling: float
     rope: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]   # positions [b, L] -> cos, sin
     layer: int = 0             # the attention layer's index (methods that keep per-layer state)
-    causal_only: bool = False  # `allowed` is the causal mask by cache index alone (no padding)
+
+    def mask(self, s: int = 0, e: int | None = None) -> torch.Tensor:
+        """allowed[:, :, s:e] [b, 1, e - s, Lk]; without padding only this block of the causal mask
+        is built (the whole L x L one would be 1 GiB of booleans at 32k)."""
+        lq, lk = self.q.shape[2], self.k.shape[2]
+        e = lq if e is None else e
+        if self.allowed is not None:
+            return self.allowed[:, :, s:e]
+        qi = torch.arange(lk - lq + s, lk - lq + e, device=self.q.device)[:, None]
+        return (torch.arange(lk, device=self.q.device)[None, :] <= qi)[None, None].expand(self.q.shape[0], 1, -1, -1)
 
 
 def softmax_attend(logits: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -134,7 +144,7 @@ def banded_attend(a: AttentionInputs, rule: Callable[[torch.Tensor, torch.Tensor
     outs = []
     for s, e in _query_blocks(a.q_pos[0], period):
         q, qp, ke = a.q[:, :, s:e], a.q_pos[:, s:e], past + e
-        allowed, kp = a.allowed[:, :, s:e], a.k_pos[:, None, :ke]
+        allowed, kp = a.mask(s, e), a.k_pos[:, None, :ke]
         first = rule(qp.min(dim=1).values[:, None, None], kp)[:, 0]     # [b, ke]
         last = rule(qp.max(dim=1).values[:, None, None], kp)[:, 0]
         uniform = ((first == last) & (first == first[:1])).all(dim=0)
@@ -143,7 +153,7 @@ def banded_attend(a: AttentionInputs, rule: Callable[[torch.Tensor, torch.Tensor
         parts = []
         for k0, k1 in _runs(first[0], 0, x0) + _runs(first[0], x1, ke):
             r = int(first[0, k0])
-            unmasked = a.causal_only and k1 - 1 <= past + s        # the block's first query sees them all
+            unmasked = a.allowed is None and k1 - 1 <= past + s    # the block's first query sees them all
             parts.append(attend_lse(queries(r, q, qp), keys[r][:, :, k0:k1], a.v[:, :, k0:k1], a.scaling,
                                     None if unmasked else allowed[..., k0:k1]))
         if x1 > x0:                     # where the rule changes within the block: one masked part per rule
@@ -174,10 +184,9 @@ def _runs(ids: torch.Tensor, start: int, end: int) -> list[tuple[int, int]]:
     return list(zip(bounds, bounds[1:]))
 
 
-def _allowed(attention_mask, b: int, lq: int, lk: int, past: int, device) -> torch.Tensor:
-    if attention_mask is None:   # no padding: causal by cache index
-        qi = torch.arange(past, past + lq, device=device)[:, None]
-        return (torch.arange(lk, device=device)[None, :] <= qi)[None, None].expand(b, 1, lq, lk)
+def _allowed(attention_mask, lk: int) -> torch.Tensor | None:
+    if attention_mask is None:   # no padding: causal by cache index (AttentionInputs.mask builds blocks)
+        return None
     m = attention_mask[..., :lk]
     return m if m.dtype == torch.bool else m == 0
 
@@ -226,8 +235,8 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
             lk = k.shape[2]
             inputs = AttentionInputs(
                 q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), q_pos, k_pos,
-                _allowed(attention_mask, b, lq, lk, past, hidden_states.device), m.scaling,
-                lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)), m.layer_idx, attention_mask is None)
+                _allowed(attention_mask, lk), m.scaling,
+                lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)), m.layer_idx)
             out = attend(inputs).transpose(1, 2).reshape(b, lq, -1)
             return m.o_proj(out), None
         return forward

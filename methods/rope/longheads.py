@@ -94,7 +94,7 @@ class LongHeads(AttentionMethod, LMMethod):
         queries = self._queries[a.layer]
         out = torch.zeros_like(a.q)
         for b in range(a.q.shape[0]):
-            valid = a.allowed[b, 0, -1]                  # the row's real (non-padding) keys
+            valid = a.mask(a.q.shape[2] - 1)[b, 0, 0]    # the row's real (non-padding) keys
             if not valid.any():
                 continue
             base = a.k_pos[b][valid][0]
