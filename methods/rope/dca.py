@@ -22,9 +22,9 @@ class DCA(AttentionMethod, LMMethod):
     A query attends to keys of its own chunk at p_q mod c (intra-chunk), to the previous chunk at
     min(p_q mod c + c, chunk_size) (successive-chunk), and to every older chunk at the constant
     chunk_size (inter-chunk), so no relative distance exceeds chunk_size < L. The official code
-    merges the three flash-attention partials by their log-sum-exp; here the three logit blocks
-    share one softmax, which is the same computation. No attention-temperature term (the paper's
-    results do not use one).
+    merges the three flash-attention partials by their log-sum-exp, and so does this one (query
+    blocks cut at chunk boundaries, one fused partial per mapping; see `banded_attend`). No
+    attention-temperature term (the paper's results do not use one).
 
     chunk_size: None = 3L/4 (3072 for a 4k Llama-2). local_window: None = L/8 (512 there).
     """

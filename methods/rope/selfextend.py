@@ -20,8 +20,9 @@ class SelfExtend(AttentionMethod, LMMethod):
 
     Two rotations of every query-key pair: neighbour positions (the usual ones) and grouped
     positions — key ⌊p_k/G⌋, query ⌊p_q/G⌋ + W − ⌊W/G⌋. A pair at relative distance < W uses
-    the neighbour logit, otherwise the grouped one; both merge before one softmax. Keys are
-    cached before rotation, so decoding with the KV cache is exact.
+    the neighbour logit, otherwise the grouped one; both enter one softmax (computed as fused
+    partials, each pair in exactly one, merged by their log-sum-exp; see `banded_attend`). Keys
+    are cached before rotation, so decoding with the KV cache is exact.
 
     group_size: G; None = the smallest G with W + (N − W)/G ≤ L/2 for the task's longest context
     N and the model's original L (the lower end of the paper's rule ½L…⅔L > W + (N − W)/G).
