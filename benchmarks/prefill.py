@@ -1,12 +1,18 @@
 """Prefill speed and memory of the long-context methods: tokens/s of one forward pass over L tokens
 (building the KV cache, as a real prefill does) for each method, divided by the baseline's tokens/s
 at the same length, measured alternately in this process (median of --repeats after a warm-up).
-Peak memory is PyTorch's peak allocation on a GPU (on CPU it is not measured per method: the
-process's resident set does not reset). Not a test: run `make bench` or this file.
+Peak memory: on a GPU, PyTorch's peak allocation during the forward; on CPU, the peak of the bytes
+PyTorch allocated during one more (untimed) forward, from the profiler's allocation events, since
+the process's resident set cannot be reset per method. Not a test: run `make bench` or this file.
 
     python benchmarks/prefill.py [--lengths 8192,32768] [--device auto] [--json FILE]
+                                 [--clock wall|cpu] [--threads N]
 
-The issue's goals: position-remapping methods (selfextend, dca) at most 2.5x slower than baseline,
+--clock cpu times the process's CPU seconds instead of wall seconds (CPU only): on a machine
+shared with other jobs, wall time mostly measures the scheduler; with --threads 1 the CPU
+seconds are what the wall time would be on an idle core.
+
+The issue's goals: position-remapping methods (selfextend, dca; here longheads too) at most 2.5x slower than baseline,
 and peak memory at 32k within 1.5x of baseline. Zoo model: the ratios describe the methods'
 attention code on a 2.6M-parameter model, not a real LLM's end-to-end prefill.
 """
@@ -28,7 +34,22 @@ def _sync(device: str) -> None:
 
 
 @torch.no_grad()
-def prefill(lm, method, length: int, ids: torch.Tensor) -> tuple[float, int | None]:
+def cpu_peak_bytes(lm, method, length: int, ids: torch.Tensor) -> int:
+    """Peak of the bytes allocated during one forward on CPU: the running sum of the profiler's
+    allocation (+) and free (-) events in time order."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        prefill(lm, method, length, ids)
+    events = sorted((e.start_ns(), e.nbytes()) for e in p.profiler.kineto_results.events() if e.name() == "[memory]")
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak
+
+
+@torch.no_grad()
+def prefill(lm, method, length: int, ids: torch.Tensor, clock=time.perf_counter) -> tuple[float, int | None]:
     """Seconds for one forward over `ids` with the method applied, and the peak GPU bytes."""
     from transformers import DynamicCache
 
@@ -37,10 +58,10 @@ def prefill(lm, method, length: int, ids: torch.Tensor) -> tuple[float, int | No
         if lm.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         _sync(lm.device)
-        t0 = time.perf_counter()
+        t0 = clock()
         lm.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
         _sync(lm.device)
-        seconds = time.perf_counter() - t0
+        seconds = clock() - t0
         peak = torch.cuda.max_memory_allocated() if lm.device.startswith("cuda") else None
     return seconds, peak
 
@@ -57,8 +78,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU seconds (CPU only)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = pick_device(a.device)
+    if a.clock == "cpu" and device.startswith("cuda"):
+        raise SystemExit("--clock cpu times CPU work; on a GPU use the wall clock")
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     lm = LM(load(a.model, device))
     methods = {n: registry.method(n)() for n in a.methods.split(",")}
     rows = []
@@ -71,8 +99,10 @@ def main() -> None:
             prefill(lm, m, length, ids[:, :256])
         for _ in range(a.repeats):                   # alternate, so drift hits every method alike
             for name, m in methods.items():
-                seconds, peaks[name] = prefill(lm, m, length, ids)
+                seconds, peaks[name] = prefill(lm, m, length, ids, clock)
                 times[name].append(seconds)
+        if not device.startswith("cuda"):
+            peaks = {name: cpu_peak_bytes(lm, m, length, ids) for name, m in methods.items()}
         base = statistics.median(times["baseline"])
         for name in methods:
             t = statistics.median(times[name])
@@ -82,12 +112,13 @@ def main() -> None:
                          "peak_mem_bytes": peak,
                          "peak_mem_vs_baseline": round(peak / base_peak, 3) if peak and base_peak else None})
             print(json.dumps(rows[-1]), flush=True)
-    dev = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    dev = torch.cuda.get_device_name() if device.startswith("cuda") else \
+        f"cpu, {torch.get_num_threads()} threads, {a.clock} clock"
     print(f"\n{a.model} (embedded zoo model) on {dev}\n")
     print("| method | length | tokens/s | slowdown vs baseline | peak memory vs baseline |")
     print("|---|---|---|---|---|")
     for r in rows:
-        mem = "n/a (CPU)" if r["peak_mem_vs_baseline"] is None else f"{r['peak_mem_vs_baseline']:.2f}x"
+        mem = f"{r['peak_mem_vs_baseline']:.2f}x" if r["peak_mem_vs_baseline"] else "n/a"
         print(f"| {r['method']} | {r['length']} | {r['tokens_per_s']:,} | {r['slowdown_vs_baseline']:.2f}x | {mem} |")
     if a.json:
         with open(a.json, "w") as f:

@@ -76,6 +76,20 @@ def test_attend_equals_slow_loop_and_decoding_steps(w, n_chunks):
     torch.testing.assert_close(torch.cat(got, dim=1), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_small_tiles_and_blocks_equal_the_slow_loop(monkeypatch):
+    """Tiles of 3 (query, slot) pairs, so a chunk that many queries pick spans several tiles, and
+    blocks of 5 far queries: the same numbers as the slow loop."""
+    from harness.methods.rope import longheads
+    monkeypatch.setattr(longheads, "TILE", 3)
+    monkeypatch.setattr(longheads, "PAIR_BUDGET", 5 * 2 * 4)       # h = 2 heads, k = 4 slots
+    torch.manual_seed(1)
+    h, N, d = 2, 41, 8
+    q, k, v = (torch.randn(h, N, d, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(N)
+    got = LongHeads().attend(inputs(q, k, v, pos, pos), 4, 4)[0]
+    torch.testing.assert_close(got, slow_longheads(q, k, v, 4, 4, 1 / math.sqrt(d)), rtol=1e-5, atol=1e-6)
+
+
 def test_within_the_window_is_the_plain_model(tiny_lm):
     ids = torch.randint(30, 2000, (2, 60))
     with torch.no_grad():

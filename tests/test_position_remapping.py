@@ -162,6 +162,7 @@ def test_fused_attention_lse_matches_explicit(device):
     ok = allowed.any(-1).expand(2, 4, 40)
     torch.testing.assert_close(out[ok], expected[ok], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(lse[ok], torch.logsumexp(logits, -1)[ok], rtol=1e-4, atol=1e-5)
+    assert (out[~ok] == 0).all() and (lse[~ok] == float("-inf")).all()
 
 
 def test_merging_partials_equals_one_softmax():
@@ -177,20 +178,24 @@ def test_merging_partials_equals_one_softmax():
     torch.testing.assert_close(merge_partials(parts), whole, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [6, 1024])
 @pytest.mark.parametrize("method", ["selfextend", "dca"])
-def test_float32_blocks_use_the_fused_path_exactly(method, monkeypatch):
-    """float32 with small query blocks: the far prefix goes through the fused kernel; the result
-    still equals the float64 slow loop."""
+def test_float32_blocks_use_the_fused_path_exactly(method, chunk, monkeypatch):
+    """float32: the keys that every query of a block treats alike go through the fused kernel
+    (with one 1024-query block, SelfExtend's neighbour run has queries that see none of its keys);
+    the result still equals the float64 slow loop."""
     from harness.methods.rope import _attention
-    monkeypatch.setattr(_attention, "QUERY_CHUNK", 6)
+    monkeypatch.setattr(_attention, "QUERY_CHUNK", chunk)
     attend, rule = ((lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8)) if method == "selfextend"
                     else (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7)))
     (q, k, v), inputs = random_inputs(dtype=torch.float32)
+    inputs.allowed = None               # causal alone (as without padding): blocks build their own mask,
+                                        # and parts within the block's causal limit go unmasked
     d = 16
     calls = []
     real = _attention._fused_lse
     monkeypatch.setattr(_attention, "_fused_lse", lambda *x: calls.append(1) or real(*x))
     with torch.no_grad():
         got = attend(inputs)[0, 0]
-    assert calls, "the far prefix should have used the fused kernel"
+    assert calls, "the uniform keys should have used the fused kernel"
     torch.testing.assert_close(got.double(), slow_attention(q, k, v, rule, 1 / math.sqrt(d)), rtol=1e-4, atol=1e-5)

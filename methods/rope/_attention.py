@@ -35,10 +35,21 @@ class AttentionInputs:
     v: torch.Tensor            # [b, h, Lk, d]
     q_pos: torch.Tensor        # [b, Lq] absolute positions
     k_pos: torch.Tensor        # [b, Lk]
-    allowed: torch.Tensor      # [b, 1, Lq, Lk] bool: causal and padding mask
+    allowed: torch.Tensor | None   # [b, 1, Lq, Lk] bool: causal and padding mask; None: causal by
+                                   # cache index alone (no padding), built per block by mask()
     scaling: float
     rope: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]   # positions [b, L] -> cos, sin
     layer: int = 0             # the attention layer's index (methods that keep per-layer state)
+
+    def mask(self, s: int = 0, e: int | None = None) -> torch.Tensor:
+        """allowed[:, :, s:e] [b, 1, e - s, Lk]; without padding only this block of the causal mask
+        is built (the whole L x L one would be 1 GiB of booleans at 32k)."""
+        lq, lk = self.q.shape[2], self.k.shape[2]
+        e = lq if e is None else e
+        if self.allowed is not None:
+            return self.allowed[:, :, s:e]
+        qi = torch.arange(lk - lq + s, lk - lq + e, device=self.q.device)[:, None]
+        return (torch.arange(lk, device=self.q.device)[None, :] <= qi)[None, None].expand(self.q.shape[0], 1, -1, -1)
 
 
 def softmax_attend(logits: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -57,8 +68,9 @@ QUERY_CHUNK = 512    # queries per block: logits are never materialised for the 
 
 
 def attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
-               allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention and its log-sum-exp per query (to merge partial attentions exactly).
+               allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and its log-sum-exp per query (to merge partial attentions exactly);
+    allowed None: every query sees every key.
     PyTorch's fused kernels return the LSE and never build a logits matrix: the flash kernel on
     CPU, the memory-efficient one on CUDA (both private aten ops, so any failure falls back). The
     explicit computation is the reference (tests/test_position_remapping.py) and the autograd path."""
@@ -67,27 +79,35 @@ def attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
             return _fused_lse(q, k, v, scaling, allowed)
         except (RuntimeError, AttributeError):      # an op missing or refusing these shapes
             pass
-    logits = ((q @ k.transpose(2, 3)) * scaling).float().masked_fill(~allowed, float("-inf"))
+    logits = ((q @ k.transpose(2, 3)) * scaling).float()
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)
     return torch.nan_to_num(torch.softmax(logits, dim=-1)).to(v.dtype) @ v, lse
 
 
 def _fused_lse(q, k, v, scaling, allowed):
     bias = None
-    if not bool(allowed.all()):     # padding: an additive mask (causality never cuts a far prefix)
+    if allowed is not None and not bool(allowed.all()):     # an additive mask
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    if q.device.type == "cpu":
+    if q.device.type == "cpu":      # (strided keys and values are fine, and a copy costs more)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, False, attn_mask=bias, scale=scaling)
-        return out, lse
+        return out, _no_keys_to_neginf(lse, allowed, bias)
     if q.device.type == "cuda":
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if bias is not None:
             bias = bias.expand(q.shape[0], q.shape[1], -1, -1)
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
             q, k, v, bias, True, 0.0, False, scale=scaling)[:2]
-        return out, lse[..., :q.shape[2]].float()    # the kernel pads the LSE to a multiple of 32
+        return out, _no_keys_to_neginf(lse[..., :q.shape[2]].float(), allowed, bias)   # LSE padded to 32s
     raise RuntimeError(f"no fused attention with log-sum-exp on {q.device.type}")
+
+
+def _no_keys_to_neginf(lse, allowed, bias):
+    """The kernels give a query with every key masked zeros but an LSE of 0 (CPU); merging needs
+    -inf there, the log of an empty sum, so that part weighs nothing."""
+    return lse if bias is None else lse.masked_fill(~allowed.any(dim=-1), float("-inf"))
 
 
 def merge_partials(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -101,45 +121,72 @@ def merge_partials(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tens
     return (out / total[..., None]).to(parts[0][0].dtype)
 
 
-def banded_attend(a: AttentionInputs, is_far: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                  far_qk: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
-                  band_logits: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor],
-                  chunk: int | None = None) -> torch.Tensor:
-    """Softmax attention in query blocks for methods whose rule depends on the query-key distance.
+def banded_attend(a: AttentionInputs, rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  queries: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+                  keys: list[torch.Tensor], period: int | None = None) -> torch.Tensor:
+    """Softmax attention in query blocks for methods that rotate a query-key pair by one of a few
+    rules chosen by the pair's positions (SelfExtend: neighbour or grouped; DCA: intra-chunk,
+    successive-chunk or inter-chunk).
 
-    For a block, the keys split into a *far* prefix, where every query of the block applies one
-    rotation rule (SelfExtend's grouped positions, DCA's inter-chunk one), and a band up to the
-    block's causal limit where the method applies its full rule. `is_far(q_min_pos [b, 1],
-    k_pos [b, Lk])` marks far keys; `far_qk(q, q_pos, b0)` returns the rotated queries and keys
-    [0, b0) of the far rule, attended by a fused kernel; `band_logits(q, q_pos, b0, ke)` returns
-    the unscaled logits against keys [b0, ke), a small explicit block. The two partial softmaxes
-    merge exactly by their log-sum-exp (as the official DCA merges its flash partials), keys past
-    the causal limit are skipped, and no L x L matrix ever exists."""
-    chunk = chunk or QUERY_CHUNK
+    `rule(q_pos [b, n, 1], k_pos [b, 1, m])` gives each pair's rule id [b, n, m]; it must not
+    decrease as the query moves forward with the key fixed (both papers' rules grow with the
+    distance). `queries(r, q, q_pos)` rotates a block's queries for rule r; `keys[r]` holds every
+    key rotated for rule r. For a block, a key whose rule is the same for the block's first and
+    last query (in every row) is *uniform*: each run of uniform keys with one rule is one part,
+    and the keys in between (the band where the rule changes within the block) give one part per
+    rule, masked to the pairs that take it. Every part goes through the fused kernel (no logits
+    block is built); the parts merge exactly by their log-sum-exp (as the official DCA merges its
+    flash partials), keys past the block's causal limit are skipped, and no L x L matrix ever
+    exists. `period`: cut blocks where q_pos // period changes (DCA's chunks), so that a block's
+    keys are all uniform and no part needs a rule mask."""
     lq, lk = a.q.shape[2], a.k.shape[2]
     past = lk - lq                      # query i sits at key index past + i
     outs = []
-    for s in range(0, lq, chunk):
-        e = min(s + chunk, lq)
+    for s, e in _query_blocks(a.q_pos[0], period):
         q, qp, ke = a.q[:, :, s:e], a.q_pos[:, s:e], past + e
-        far = is_far(qp.min(dim=1, keepdim=True).values, a.k_pos[:, :ke])
-        b0 = int(far.int().cumprod(dim=1).sum(dim=1).min())     # the far prefix common to every row
-        allowed = a.allowed[:, :, s:e]
-        logits = band_logits(q, qp, b0, ke).mul_(a.scaling).float()
-        logits.masked_fill_(~allowed[..., b0:ke], float("-inf"))
-        parts = [(torch.nan_to_num(torch.softmax(logits, dim=-1)).to(a.v.dtype) @ a.v[:, :, b0:ke],
-                  torch.logsumexp(logits, dim=-1))]
-        if b0:
-            qf, kf = far_qk(q, qp, b0)
-            parts.append(attend_lse(qf, kf, a.v[:, :, :b0], a.scaling, allowed[..., :b0]))
+        allowed, kp = a.mask(s, e), a.k_pos[:, None, :ke]
+        first = rule(qp.min(dim=1).values[:, None, None], kp)[:, 0]     # [b, ke]
+        last = rule(qp.max(dim=1).values[:, None, None], kp)[:, 0]
+        uniform = ((first == last) & (first == first[:1])).all(dim=0)
+        mixed = (~uniform).nonzero()[:, 0].tolist()
+        x0, x1 = (mixed[0], mixed[-1] + 1) if mixed else (ke, ke)
+        parts = []
+        for k0, k1 in _runs(first[0], 0, x0) + _runs(first[0], x1, ke):
+            r = int(first[0, k0])
+            unmasked = a.allowed is None and k1 - 1 <= past + s    # the block's first query sees them all
+            parts.append(attend_lse(queries(r, q, qp), keys[r][:, :, k0:k1], a.v[:, :, k0:k1], a.scaling,
+                                    None if unmasked else allowed[..., k0:k1]))
+        if x1 > x0:                     # where the rule changes within the block: one masked part per rule
+            ids = rule(qp[:, :, None], a.k_pos[:, None, x0:x1]).unsqueeze(1)      # [b, 1, n, x1 - x0]
+            for r in range(int(first[:, x0:x1].min()), int(last[:, x0:x1].max()) + 1):   # (the rule is monotone)
+                parts.append(attend_lse(queries(r, q, qp), keys[r][:, :, x0:x1], a.v[:, :, x0:x1], a.scaling,
+                                        allowed[..., x0:x1] & (ids == r)))
         outs.append(merge_partials(parts) if len(parts) > 1 else parts[0][0])
     return torch.cat(outs, dim=2)
 
 
-def _allowed(attention_mask, b: int, lq: int, lk: int, past: int, device) -> torch.Tensor:
-    if attention_mask is None:   # no padding: causal by cache index
-        qi = torch.arange(past, past + lq, device=device)[:, None]
-        return (torch.arange(lk, device=device)[None, :] <= qi)[None, None].expand(b, 1, lq, lk)
+def _query_blocks(q_pos: torch.Tensor, period: int | None) -> list[tuple[int, int]]:
+    """[start, end) of the query blocks: at most QUERY_CHUNK long, cut where q_pos // period changes."""
+    n = q_pos.shape[0]
+    cuts = [0]
+    if period:
+        cuts += ((q_pos[1:] // period != q_pos[:-1] // period).nonzero()[:, 0] + 1).tolist()
+    cuts.append(n)
+    return [(s, min(s + QUERY_CHUNK, e)) for a, e in zip(cuts, cuts[1:]) for s in range(a, e, QUERY_CHUNK)]
+
+
+def _runs(ids: torch.Tensor, start: int, end: int) -> list[tuple[int, int]]:
+    """[k0, k1) of the runs of equal ids within [start, end)."""
+    if end <= start:
+        return []
+    cuts = ((ids[start + 1:end] != ids[start:end - 1]).nonzero()[:, 0] + start + 1).tolist()
+    bounds = [start, *cuts, end]
+    return list(zip(bounds, bounds[1:]))
+
+
+def _allowed(attention_mask, lk: int) -> torch.Tensor | None:
+    if attention_mask is None:   # no padding: causal by cache index (AttentionInputs.mask builds blocks)
+        return None
     m = attention_mask[..., :lk]
     return m if m.dtype == torch.bool else m == 0
 
@@ -188,7 +235,7 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
             lk = k.shape[2]
             inputs = AttentionInputs(
                 q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), q_pos, k_pos,
-                _allowed(attention_mask, b, lq, lk, past, hidden_states.device), m.scaling,
+                _allowed(attention_mask, lk), m.scaling,
                 lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)), m.layer_idx)
             out = attend(inputs).transpose(1, 2).reshape(b, lq, -1)
             return m.o_proj(out), None

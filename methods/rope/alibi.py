@@ -29,7 +29,7 @@ def alibi_attend(a: AttentionInputs) -> torch.Tensor:
     slopes = alibi_slopes(a.q.shape[1]).to(a.q.device, a.q.dtype)[None, :, None, None]
     distance = (a.q_pos[:, :, None] - a.k_pos[:, None, :]).unsqueeze(1).to(a.q.dtype)
     logits = (a.q @ a.k.transpose(2, 3)) * a.scaling - slopes * distance
-    return softmax_attend(logits, a.allowed, a.v)
+    return softmax_attend(logits, a.mask(), a.v)
 
 
 @register

@@ -22,9 +22,9 @@ class DCA(AttentionMethod, LMMethod):
     A query attends to keys of its own chunk at p_q mod c (intra-chunk), to the previous chunk at
     min(p_q mod c + c, chunk_size) (successive-chunk), and to every older chunk at the constant
     chunk_size (inter-chunk), so no relative distance exceeds chunk_size < L. The official code
-    merges the three flash-attention partials by their log-sum-exp; here the three logit blocks
-    share one softmax, which is the same computation. No attention-temperature term (the paper's
-    results do not use one).
+    merges the three flash-attention partials by their log-sum-exp, and so does this one (query
+    blocks cut at chunk boundaries, one fused partial per mapping; see `banded_attend`). No
+    attention-temperature term (the paper's results do not use one).
 
     chunk_size: None = 3L/4 (3072 for a 4k Llama-2). local_window: None = L/8 (512 there).
     """
@@ -56,16 +56,9 @@ class DCA(AttentionMethod, LMMethod):
 
     @staticmethod
     def attend(a: AttentionInputs, chunk_size: int, c: int) -> torch.Tensor:
-        k = rotate(a.k, *a.rope(a.k_pos % c))          # a key always sits at p_k mod c
+        k = rotate(a.k, *a.rope(a.k_pos % c))          # a key always sits at p_k mod c, whatever the rule
 
-        def far_qk(q, qp, b0):           # two or more chunks back: the constant inter-chunk position
-            return rotate(q, *a.rope(torch.full_like(qp, chunk_size))), k[:, :, :b0]
-
-        def band_logits(q, qp, b0, ke):
-            kb = k[:, :, b0:ke].transpose(2, 3)
-            intra = rotate(q, *a.rope(qp % c)) @ kb
-            succ = rotate(q, *a.rope((qp % c + c).clamp(max=chunk_size))) @ kb
-            inter = rotate(q, *a.rope(torch.full_like(qp, chunk_size))) @ kb
-            gap = ((qp // c)[:, :, None] - (a.k_pos[:, b0:ke] // c)[:, None, :]).unsqueeze(1)
-            return torch.where(gap == 0, intra, torch.where(gap == 1, succ, inter))
-        return banded_attend(a, lambda q_min, kp: q_min // c - kp // c >= 2, far_qk, band_logits)
+        def queries(r, q, qp):          # 0 intra-chunk, 1 successive chunk, 2 older chunks
+            at = qp % c if r == 0 else (qp % c + c).clamp(max=chunk_size) if r == 1 else torch.full_like(qp, chunk_size)
+            return rotate(q, *a.rope(at))
+        return banded_attend(a, lambda qp, kp: (qp // c - kp // c).clamp(0, 2), queries, [k, k, k], period=c)

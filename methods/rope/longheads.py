@@ -10,7 +10,8 @@ from harness.registry import register
 from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
 from harness.methods.rope._common import rope_shape
 
-GATHER_BUDGET = 1 << 24   # elements of gathered keys per query block (bounds memory at any length)
+PAIR_BUDGET = 1 << 15     # (query, slot) pairs per block of far queries (bounds memory at any length)
+TILE = 64                 # (query, slot) pairs per small matmul against one chunk
 SELECTED = "longheads.selective_queries"   # telemetry: queries that attended through chunk selection
 
 
@@ -93,7 +94,7 @@ class LongHeads(AttentionMethod, LMMethod):
         queries = self._queries[a.layer]
         out = torch.zeros_like(a.q)
         for b in range(a.q.shape[0]):
-            valid = a.allowed[b, 0, -1]                  # the row's real (non-padding) keys
+            valid = a.mask(a.q.shape[2] - 1)[b, 0, 0]    # the row's real (non-padding) keys
             if not valid.any():
                 continue
             base = a.k_pos[b][valid][0]
@@ -145,32 +146,58 @@ class LongHeads(AttentionMethod, LMMethod):
 
     @staticmethod
     def _selective(a, q, t, K, V, reps, w, k):
+        """Attention of far queries over their k picked chunks, without gathering k·w keys per query.
+
+        RoPE depends only on the query-key distance, so the key at slot s, offset o (position
+        s·w + o) against the query at q_at gives the logit of the key rotated at o against the query
+        rotated at q_at − s·w: keys rotate once, at their in-chunk offsets, and each query rotates k
+        times (one per slot). The (query, slot) pairs are then grouped by the (head, chunk) they
+        read, in tiles of TILE pairs, and every tile is one small matmul against its chunk's w keys
+        (and, after the softmax over the query's k·w logits, against the chunk's values): the data
+        moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values."""
         h, n, d = K.shape
         chunks = -(-n // w)
         pad = chunks * w - n
-        Kc = torch.nn.functional.pad(K, (0, 0, 0, pad)).view(h, chunks, w, d)
-        Vc = torch.nn.functional.pad(V, (0, 0, 0, pad)).view(h, chunks, w, d)
-        span = torch.arange(k * w, device=K.device)
-        cos_k, sin_k = a.rope(span[None])
-        heads = torch.arange(h, device=K.device)[:, None, None]
-        block = max(1, GATHER_BUDGET // (h * k * w * d))
+        cos_o, sin_o = a.rope(torch.arange(w, device=K.device)[None])
+        Kl = rotate(torch.nn.functional.pad(K, (0, 0, 0, pad)).view(h * chunks, 1, w, d), cos_o, sin_o)[:, 0]
+        Vl = torch.nn.functional.pad(V, (0, 0, 0, pad)).view(h * chunks, w, d)
+        g = torch.arange(reps.shape[1], device=K.device)
+        slots = torch.arange(k, device=K.device)
+        head_base = (torch.arange(h, device=K.device) * chunks)[:, None, None]
+        block = max(1, PAIR_BUDGET // (h * k))
         outs = []
         for s in range(0, q.shape[1], block):
             qb, tb = q[:, s:s + block], t[s:s + block]
-            cur = tb // w
-            g = torch.arange(reps.shape[1], device=K.device)
+            B, cur = tb.shape[0], tb // w
             score = torch.einsum("hqd,hgd->hqg", qb, reps)
             candidate = (g[None, :] >= 1) & (g[None, :] <= cur[:, None] - 2)
-            score = score.masked_fill(~candidate[None], float("-inf"))
-            top = score.topk(k - 3, dim=-1).indices
+            top = score.masked_fill(~candidate[None], float("-inf")).topk(k - 3, dim=-1).indices
             fixed = torch.stack([torch.zeros_like(cur), cur - 1, cur], -1)[None].expand(h, -1, -1)
-            picked = torch.cat([fixed[..., :1], top, fixed[..., 1:]], -1).sort(-1).values   # [h, q, k]
-            keys = rotate(Kc[heads, picked].flatten(2, 3), cos_k, sin_k)                    # [h, q, k*w, d]
-            vals = Vc[heads, picked].flatten(2, 3)
-            q_at = (k - 1) * w + tb % w
-            qr = rotate(qb[None], *a.rope(q_at[None]))[0]
-            logits = torch.einsum("hqd,hqsd->hqs", qr, keys) * a.scaling
-            allowed = span[None, None, :] <= q_at[None, :, None]
-            probs = torch.softmax(logits.float().masked_fill(~allowed, float("-inf")), -1).to(vals.dtype)
-            outs.append(torch.einsum("hqs,hqsd->hqd", probs, vals))
+            # in chunk order: the first chunk, the picked ones (all between), the previous, the current
+            picked = torch.cat([fixed[..., :1], top.sort(-1).values, fixed[..., 1:]], -1)     # [h, B, k]
+            q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)         # [1, B*k]
+            qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))[0]
+            rows, tiles = _tile_rows((picked + head_base).reshape(-1), h * chunks)
+            Qt = qr.new_zeros(tiles.shape[0] * TILE, d).index_copy_(0, rows, qr.reshape(-1, d))
+            logits = torch.bmm(Qt.view(-1, TILE, d), Kl[tiles].transpose(1, 2)).view(-1, w)[rows]
+            logits = logits.view(h, B, k, w).float() * a.scaling
+            logits[:, :, -1].masked_fill_(torch.arange(w, device=K.device)[None, :] > (tb % w)[:, None], float("-inf"))
+            probs = torch.softmax(logits.view(h, B, k * w), -1).to(Vl.dtype).view(-1, w)
+            Pt = probs.new_zeros(tiles.shape[0] * TILE, w).index_copy_(0, rows, probs)
+            out = torch.bmm(Pt.view(-1, TILE, w), Vl[tiles]).view(-1, d)[rows]
+            outs.append(out.view(h, B, k, d).sum(2))
         return torch.cat(outs, dim=1)
+
+
+def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lay items out by group, each group padded to whole tiles of TILE rows: returns every item's
+    row in that layout [n_items] and every tile's group [n_tiles]."""
+    order = group.argsort()
+    counts = torch.bincount(group, minlength=n_groups)
+    tiles_per = (counts + TILE - 1) // TILE
+    tile_start = (torch.cumsum(tiles_per, 0) - tiles_per) * TILE      # first row of each group
+    item_start = torch.cumsum(counts, 0) - counts                       # its first item in sorted order
+    gs = group[order]
+    rows = torch.empty_like(group)
+    rows[order] = tile_start[gs] + torch.arange(group.shape[0], device=group.device) - item_start[gs]
+    return rows, torch.repeat_interleave(torch.arange(n_groups, device=group.device), tiles_per)

@@ -20,8 +20,9 @@ class SelfExtend(AttentionMethod, LMMethod):
 
     Two rotations of every query-key pair: neighbour positions (the usual ones) and grouped
     positions — key ⌊p_k/G⌋, query ⌊p_q/G⌋ + W − ⌊W/G⌋. A pair at relative distance < W uses
-    the neighbour logit, otherwise the grouped one; both merge before one softmax. Keys are
-    cached before rotation, so decoding with the KV cache is exact.
+    the neighbour logit, otherwise the grouped one; both enter one softmax (computed as fused
+    partials, each pair in exactly one, merged by their log-sum-exp; see `banded_attend`). Keys
+    are cached before rotation, so decoding with the KV cache is exact.
 
     group_size: G; None = the smallest G with W + (N − W)/G ≤ L/2 for the task's longest context
     N and the model's original L (the lower end of the paper's rule ½L…⅔L > W + (N − W)/G).
@@ -63,15 +64,8 @@ class SelfExtend(AttentionMethod, LMMethod):
 
     @staticmethod
     def attend(a: AttentionInputs, G: int, W: int) -> torch.Tensor:
-        k_near = rotate(a.k, *a.rope(a.k_pos))
-        k_group = rotate(a.k, *a.rope(a.k_pos // G))
+        keys = [rotate(a.k, *a.rope(a.k_pos)), rotate(a.k, *a.rope(a.k_pos // G))]
 
-        def far_qk(q, qp, b0):           # every pair here is at least W apart: grouped positions
-            return rotate(q, *a.rope(qp // G + W - W // G)), k_group[:, :, :b0]
-
-        def band_logits(q, qp, b0, ke):
-            near = rotate(q, *a.rope(qp)) @ k_near[:, :, b0:ke].transpose(2, 3)
-            group = rotate(q, *a.rope(qp // G + W - W // G)) @ k_group[:, :, b0:ke].transpose(2, 3)
-            distance = (qp[:, :, None] - a.k_pos[:, None, b0:ke]).unsqueeze(1)
-            return torch.where(distance < W, near, group)
-        return banded_attend(a, lambda q_min, kp: q_min - kp >= W, far_qk, band_logits)
+        def queries(r, q, qp):          # 0 neighbour positions, 1 grouped ones
+            return rotate(q, *a.rope(qp if r == 0 else qp // G + W - W // G))
+        return banded_attend(a, lambda qp, kp: (qp - kp >= W).long(), queries, keys)
