@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -159,10 +160,12 @@ def cmd_report(a) -> int:
     results = Path(a.results) if a.results else records.default_out()
     recs = report.load(results, a.task, a.model)
     models = sorted(report.recs_models(recs))
+    path = None
+    if a.heatmaps:      # drawn before printing, so `| head` cannot stop it
+        path = report.heatmaps(recs, Path(a.heatmaps), f"{a.task}: accuracy by depth x length ({', '.join(models)})")
     print(f"{a.task} on {', '.join(models)} ({len(recs)} records in {results})")
     print(report.markdown(a.task, recs, a.metric))
-    if a.heatmaps:
-        path = report.heatmaps(recs, Path(a.heatmaps), f"{a.task}: accuracy by depth x length ({', '.join(models)})")
+    if path:
         print(f"heatmaps: {path}")
     return 0
 
@@ -368,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted; finished records are kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:     # the reader went away (`harness report ... | head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

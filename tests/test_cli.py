@@ -154,3 +154,15 @@ def test_pickle_weights_load_only_with_explicit_opt_in(capsys, tiny_model, tmp_p
     rec = json.loads(Path(out.split("record: ")[-1].strip()).read_text())
     assert rec["model"]["config"]["weights_format"].startswith("pickle")
     assert rec["provenance"]["model_sha256"]          # the pickle file's hash
+
+
+def test_a_closed_output_pipe_ends_quietly_with_141():
+    """`harness list methods | head -1`: the reader goes away before the output is written."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "list", "methods"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()                     # no reader: the first write fails with EPIPE
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
