@@ -43,19 +43,45 @@ def environment(device: str) -> dict:
     return info
 
 
+_RSS_RESET = {"cell": False}
+
+
 def reset_peak_memory(device: str) -> None:
+    """Start a cell's peak-memory window: CUDA's allocator peak, and on Linux the process's peak
+    resident set (writing 5 to /proc/self/clear_refs resets VmHWM), so a sweep worker or a
+    multi-method eval does not report an earlier cell's peak."""
     import torch
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(torch.device(device))
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _RSS_RESET["cell"] = True
+    except OSError:
+        _RSS_RESET["cell"] = False
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def peak_memory(device: str) -> dict:
     """Peak memory of the cell: GPU bytes allocated by PyTorch since the cell started; on CPU the
-    process's peak resident set so far (an upper bound for the cell: it includes earlier cells)."""
+    peak resident set since the cell started where Linux lets it be reset (`max_rss_scope: cell`),
+    else the process's peak so far (`process`: an upper bound that includes earlier cells)."""
     import resource
 
     import torch
-    out = {"max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    hwm = _vm_hwm_bytes() if _RSS_RESET["cell"] else None
+    out = {"max_rss_bytes": hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+           "max_rss_scope": "cell" if hwm is not None else "process"}
     if device.startswith("cuda"):
         out["peak_gpu_mem_bytes"] = torch.cuda.max_memory_allocated(torch.device(device))
     return out

@@ -30,3 +30,18 @@ def test_rewritten_records_do_not_make_the_tree_dirty_but_code_changes_do(tmp_pa
         assert state()["git_dirty"] is True
     finally:
         provenance.git_state.cache_clear()
+
+
+def test_cpu_peak_memory_is_per_cell_where_linux_allows_it():
+    import numpy as np
+    provenance.reset_peak_memory("cpu")
+    big = np.ones(300 * 2**20 // 8)               # 300 MiB, touched
+    first = provenance.peak_memory("cpu")
+    del big
+    provenance.reset_peak_memory("cpu")
+    second = provenance.peak_memory("cpu")
+    if first["max_rss_scope"] == "process":       # no /proc/self/clear_refs: a documented upper bound
+        assert second["max_rss_bytes"] >= first["max_rss_bytes"]
+    else:
+        assert first["max_rss_scope"] == second["max_rss_scope"] == "cell"
+        assert first["max_rss_bytes"] - second["max_rss_bytes"] > 200 * 2**20   # the earlier peak is gone
