@@ -98,21 +98,28 @@ class _ClipMlp(nn.Module):
 
 
 class _ClipBlock(nn.Module):
-    def __init__(self, dim, heads):
+    """CLIP's residual block; `causal` masks future tokens (the text transformer)."""
+
+    def __init__(self, dim, heads, causal: bool = False):
         super().__init__()
         self.ln_1, self.attn = nn.LayerNorm(dim), nn.MultiheadAttention(dim, heads)
         self.ln_2, self.mlp = nn.LayerNorm(dim), _ClipMlp(dim)
+        self.causal = causal
 
     def forward(self, x):
+        mask = None
+        if self.causal:
+            n = x.shape[0]
+            mask = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
         h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
         return x + self.mlp(self.ln_2(x))
 
 
 class _ClipTransformer(nn.Module):
-    def __init__(self, dim, layers, heads):
+    def __init__(self, dim, layers, heads, causal: bool = False):
         super().__init__()
-        self.resblocks = nn.Sequential(*[_ClipBlock(dim, heads) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[_ClipBlock(dim, heads, causal) for _ in range(layers)])
 
 
 class ClipVisual(nn.Module):

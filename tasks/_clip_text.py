@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
-from harness.tasks._backbones import ClipVisual, _ClipBlock, load_state
+from harness.tasks._backbones import ClipVisual, _ClipTransformer, load_state
 
 BPE_FILE = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
@@ -164,23 +164,6 @@ def tokenizer(bpe_path: str = str(BPE_FILE)) -> ClipTokenizer:
 
 
 # -- the text tower ----------------------------------------------------------------------------
-class _CausalBlock(_ClipBlock):
-    """A CLIP residual block whose attention is causal (the text transformer's mask)."""
-
-    def forward(self, x):
-        n = x.shape[0]
-        mask = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class _TextTransformer(nn.Module):
-    def __init__(self, width, layers, heads):
-        super().__init__()
-        self.resblocks = nn.Sequential(*[_CausalBlock(width, heads) for _ in range(layers)])
-
-
 class ClipText(nn.Module):
     """CLIP's text encoder. OpenAI ViT-B/32: width 512, 8 heads, 12 layers, output 512; ViT-L/14:
     width 768, 12 heads, 12 layers, output 768; ViCLIP-L/14: as L/14 with context 32. Parameter
@@ -191,7 +174,7 @@ class ClipText(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab, width)
         self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.01)
-        self.transformer = _TextTransformer(width, layers, heads)
+        self.transformer = _ClipTransformer(width, layers, heads, causal=True)
         self.ln_final = nn.LayerNorm(width)
         self.text_projection = nn.Parameter(torch.randn(width, out) * width ** -0.5)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
