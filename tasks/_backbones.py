@@ -159,13 +159,17 @@ def load_state(path, prefix: str = "") -> dict:
     return state
 
 
-def load_into(net: nn.Module, path, prefix: str, task: str) -> nn.Module:
-    state = load_state(path, prefix)
+def load_checked(net: nn.Module, state: dict, task: str, path, layout: str = "the expected layout") -> nn.Module:
+    """load_state_dict that names the file and the first mismatching keys instead of a traceback."""
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{task}: {path} does not match the expected layout (missing {missing[:3]}, "
+        raise UserError(f"{task}: {path} does not match {layout} (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]})")
     return net
+
+
+def load_into(net: nn.Module, path, prefix: str, task: str) -> nn.Module:
+    return load_checked(net, load_state(path, prefix), task, path)
 
 
 # -- preprocessing (VBench utils.py) -----------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
-from harness.tasks._backbones import ClipVisual, _ClipTransformer, load_state
+from harness.tasks._backbones import ClipVisual, _ClipTransformer, load_checked, load_state
 
 BPE_FILE = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
@@ -213,11 +213,7 @@ class Clip(nn.Module):
         mapped = {}
         for k, v in state.items():
             mapped[k if k.startswith(("visual.", "logit_scale")) else f"text.{k}"] = v
-        missing, unexpected = self.load_state_dict(mapped, strict=False)
-        if missing or unexpected:
-            raise UserError(f"{task}: {path} does not match the CLIP layout (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]})")
-        return self
+        return load_checked(self, mapped, task, path, "the CLIP layout")
 
     def encode_image(self, x):
         return self.visual(x)

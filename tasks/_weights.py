@@ -5,23 +5,15 @@ when given. Without the file it refuses, unless `allow_uncalibrated` (CLI --allo
 asks for a random-init network, whose numbers only check the plumbing (record: calibrated false)."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.models import file_sha256
 
 
 def weights_root(weights_dir: str) -> Path:
     return Path(weights_dir or os.environ.get("HARNESS_VIDEO_WEIGHTS") or "~/.cache/harness/video").expanduser()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def locate(task: str, weights_dir: str, filename: str, expected_sha: str, allow_uncalibrated: bool,
@@ -30,7 +22,7 @@ def locate(task: str, weights_dir: str, filename: str, expected_sha: str, allow_
     and random init was not allowed, or its checksum differs from `expected_sha`."""
     path = weights_root(weights_dir) / filename
     if path.is_file():
-        sha = sha256_file(path)
+        sha = file_sha256(path)
         if expected_sha and sha != expected_sha.lower():
             raise UserError(f"{task}: {path} has sha256 {sha}, expected {expected_sha}")
         return path, {"weights_file": str(path), "weights_sha256": sha, "calibrated": True}

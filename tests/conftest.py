@@ -61,15 +61,19 @@ def synthetic_video_folder(tmp_path_factory):
     return str(folder)
 
 
+def _smoke_video_ids(folder) -> list[str]:
+    """The ids of the videos the matrix test's sources hand out: synthetic_videos' and the folder's."""
+    import os
+
+    from harness.synthetic_video import MOTIONS
+    return [f"{m}-0" for m in MOTIONS] + sorted(os.listdir(folder))
+
+
 @pytest.fixture(scope="session")
 def mtscore_features(tmp_path_factory, synthetic_video_folder):
     """Random stand-ins for InternVideo2 features of the smoke sources' videos (plumbing only)."""
-    import os
-
     import numpy as np
-    from harness.synthetic_video import MOTIONS
-    ids = [f"{m}-0" for m in MOTIONS] + sorted(os.listdir(synthetic_video_folder))
-    rng = np.random.default_rng(0)
+    ids, rng = _smoke_video_ids(synthetic_video_folder), np.random.default_rng(0)
     path = tmp_path_factory.mktemp("mtscore") / "features.npz"
     np.savez(path, ids=np.array(ids), video_feats=rng.normal(size=(len(ids), 8)), text_feats=rng.normal(size=(10, 8)))
     return str(path)
@@ -78,12 +82,8 @@ def mtscore_features(tmp_path_factory, synthetic_video_folder):
 @pytest.fixture(scope="session")
 def dreamsim_features(tmp_path_factory, synthetic_video_folder):
     """Random stand-ins for DreamSim embeddings of the smoke sources' videos (plumbing only)."""
-    import os
-
     import numpy as np
-    from harness.synthetic_video import MOTIONS
-    ids = [f"{m}-0" for m in MOTIONS] + sorted(os.listdir(synthetic_video_folder))
-    rng = np.random.default_rng(0)
+    ids, rng = _smoke_video_ids(synthetic_video_folder), np.random.default_rng(0)
     path = tmp_path_factory.mktemp("dreamsim") / "features.npz"
     np.savez(path, ids=np.array(ids), image_feats=rng.normal(size=(len(ids), 8)),
              frame_feats=rng.normal(size=(4 * len(ids), 8)), frame_counts=np.full(len(ids), 4))

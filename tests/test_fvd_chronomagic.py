@@ -68,12 +68,12 @@ def test_fvd_refuses_without_weights_and_runs_uncalibrated(tmp_path, monkeypatch
 
 def test_fvd_loads_a_local_state_dict_with_its_checksum(tmp_path, monkeypatch):
     from harness.tasks._i3d import InceptionI3d
-    from harness.tasks._weights import sha256_file
+    from harness.models import file_sha256
     weights = tmp_path / "w"
     weights.mkdir()
     torch.manual_seed(1)
     torch.save(InceptionI3d(400).state_dict(), weights / "i3d_pretrained_400.pt")
-    sha = sha256_file(weights / "i3d_pretrained_400.pt")
+    sha = file_sha256(weights / "i3d_pretrained_400.pt")
     rec = fvd(tmp_path, {"reference": "same", "weights_dir": str(weights), "weights_sha256": sha})
     assert rec["provenance"]["calibrated"] is True and rec["details"]["weights_sha256"] == sha
     assert rec["details"]["protocol"] == "NON-STANDARD protocol"      # 32² here, 224² in the protocol
