@@ -136,3 +136,60 @@ def test_effect_check_fails_without_compression(tiny_lm):
         tiny_lm.generate([text(tiny_lm, 40)], 2)
         tiny_lm.hints = {}
         assert m.check_effect(tiny_lm, MethodContext(), None)
+
+
+@pytest.mark.parametrize("lead", [0, 3])
+def test_decoding_eviction_over_all_layers_follows_the_rule_step_by_step(lead):
+    """evict_outside_window on every layer at once, with its recent ring, against a slow loop over
+    layers and heads: keep the `window` newest, the `lead` first and the highest score of the rest;
+    keys and scores move with their tokens. Prefill compresses, a fed chunk goes through the
+    general case mid-way, and single tokens follow."""
+    gen = torch.Generator().manual_seed(0)
+    L, H, d, m, window, n0 = 3, 2, 4, 12, 5, 30
+    store = _common.SlotStore(torch.zeros(1, H, 0, d), L)
+    layers = [_common.LayerCache(None, store, slice(i, i + 1)) for i in range(L)]
+    ref = [[{} for _ in range(H)] for _ in range(L)]         # position -> score, per layer and head
+
+    def feed(positions):
+        for i, lc in enumerate(layers):
+            p = torch.tensor(positions, dtype=torch.long).expand(1, H, len(positions))
+            lc.append(p[..., None].float().expand(1, H, len(positions), d), torch.zeros(1, H, len(positions), d), p)
+            bump = torch.rand(1, H, lc.n, generator=gen)
+            lc.add_score(bump)
+            for h in range(H):
+                for j, q in enumerate(lc.pos[0, h].tolist()):
+                    ref[i][h][q] = ref[i][h].get(q, 0.0) + float(bump[0, h, j])
+
+    def evict_all():
+        everything = _common.LayerCache(None, store, slice(None))
+        everything.n = layers[0].n
+        everything.state = state
+        _common.evict_outside_window(everything, m, window, lambda a, b: everything.score[:, :, a:b], lead)
+        for lc in layers:
+            lc.n = everything.n
+        newest = max(ref[0][0])
+        for i in range(L):
+            for h in range(H):
+                scores = ref[i][h]
+                free = [q for q in scores if q <= newest - window and q >= lead]
+                keep = set(scores) - set(free) | set(sorted(free, key=lambda q: -scores[q])[:m - (len(scores) - len(free))])
+                ref[i][h] = {q: scores[q] for q in keep}
+
+    state: dict = {}
+    feed(list(range(n0)))
+    evict_all()
+    assert state.get("ring") == 0                             # prefill leaves the ring layout
+    nxt = n0
+    for step in range(25):
+        chunk = 4 if step == 10 else 1
+        feed(list(range(nxt, nxt + chunk)))
+        nxt += chunk
+        evict_all()
+        for i, lc in enumerate(layers):
+            assert lc.n == m
+            for h in range(H):
+                pos = lc.pos[0, h].tolist()
+                assert sorted(pos) == sorted(ref[i][h]), (step, i, h)
+                assert lc.k[0, h, :, 0].tolist() == [float(q) for q in pos]       # keys moved with tokens
+                assert torch.allclose(lc.score[0, h], torch.tensor([ref[i][h][q] for q in pos]), atol=1e-5)
+    assert state.get("ring") not in (None, 0)                # single tokens went through the ring

@@ -8,6 +8,9 @@ rows ragged, and the papers' own loops run at batch 1 too):
       -> method.compress_prefill(layer, run) for every layer          (methods that compress at prefill)
     feed the question, the scored continuation or the generated tokens
       -> method.compress_decode(layer, run) inside each layer, after each fed chunk  (while decoding)
+         or, for a method with `all_layers`, once after the forward with every layer's cache as
+         one (Run.all_layers: the layers share one SlotStore, so an eviction is one operation per
+         tensor for the whole model instead of one per layer)
 
 Positions. Keys are cached after RoPE at each token's original position, so evicting a token
 never moves the others and new tokens continue at the original length (kvpress's pipeline). A
@@ -56,79 +59,120 @@ STAT_ELEMENTS = 1 << 24      # logits materialised at once when a method needs a
 PATCHED = "patched_calls.kv_attention"
 
 
-class LayerCache:
-    """One layer's cache: keys (after RoPE) and values [1, H_kv, n, d], the original position of
-    every slot [1, H_kv, n], an optional per-token score [1, H_kv, n], named per-slot tensors
-    (`slot`) and `state` for the method. Every per-slot tensor is a view of the first n slots of a
-    storage that grows by doubling, so appending a decoded token, or moving the newest slot into an
-    evicted one, copies nothing else."""
+class SlotStore:
+    """The per-slot tensors of every layer of a Run in one storage each: keys and values
+    [L, H_kv, cap, d], positions [L, H_kv, cap], the score and named slots; grown by doubling for
+    all layers at once, so that a method can evict in every layer with one operation per tensor
+    (`Run.all_layers`). `version` changes whenever a storage is replaced."""
 
-    def __init__(self, like: torch.Tensor):
-        b, h, _, d = like.shape
-        self._k = like.new_empty(b, h, 0, d)
-        self._v = like.new_empty(b, h, 0, d)
-        self._pos = torch.empty(b, h, 0, dtype=torch.long, device=like.device)
-        self._score = None
+    def __init__(self, like: torch.Tensor, n_layers: int):
+        _, h, _, d = like.shape
+        self.k = like.new_empty(n_layers, h, 0, d)
+        self.v = like.new_empty(n_layers, h, 0, d)
+        self.pos = torch.empty(n_layers, h, 0, dtype=torch.long, device=like.device)
+        self.score: torch.Tensor | None = None
+        self.slots: dict[str, tuple[torch.Tensor, object]] = {}   # name -> (storage, fill of new slots)
+        self.cap, self.version = 0, 0
+
+    def tensors(self) -> list[torch.Tensor]:
+        return ([self.k, self.v, self.pos] + ([self.score] if self.score is not None else [])
+                + [t for t, _ in self.slots.values()])
+
+    def reserve(self, n: int) -> None:
+        if n <= self.cap:
+            return
+        cap = max(64, 2 * n)
+        self.k, self.v, self.pos = (_grown(t, cap, self.cap) for t in (self.k, self.v, self.pos))
+        if self.score is not None:
+            self.score = _grown(self.score, cap, self.cap)
+        self.slots = {name: (_grown(t, cap, self.cap), fill) for name, (t, fill) in self.slots.items()}
+        self.cap, self.version = cap, self.version + 1
+
+    def add_slot(self, name: str, fill, dtype, trailing: tuple) -> None:
+        self.slots[name] = (torch.full((*self.k.shape[:3], *trailing), fill, dtype=dtype, device=self.k.device), fill)
+        self.version += 1
+
+    def add_score(self) -> None:
+        self.score = self.k.new_zeros(self.k.shape[:3])
+        self.version += 1
+
+
+class LayerCache:
+    """One layer's cache (or, from `Run.all_layers`, every layer's): keys (after RoPE) and values
+    [1, H_kv, n, d], the original position of every slot [1, H_kv, n], an optional per-token score
+    [1, H_kv, n], named per-slot tensors (`slot`) and `state` for the method. Every per-slot
+    tensor is a view of the first n slots of this layer's rows of a SlotStore, so appending a
+    decoded token, or moving the newest slot into an evicted one, copies nothing else."""
+
+    def __init__(self, like: torch.Tensor, store: SlotStore | None = None, rows: slice = slice(0, 1)):
+        self.store = store if store is not None else SlotStore(like, 1)
+        self.rows = rows
         self.n = 0
         self.state: dict = {}
-        self.slots: dict[str, tuple[torch.Tensor, object]] = {}   # name -> (storage [1, H_kv, cap, ...], fill of new slots)
         self.queries: torch.Tensor | None = None    # the last `query_window` queries (after RoPE)
+        self._version = -1
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None   # (layer, head) rows, for per-head copies
 
-    k = property(lambda self: self._k[:, :, :self.n])
-    v = property(lambda self: self._v[:, :, :self.n])
-    pos = property(lambda self: self._pos[:, :, :self.n])
-    score = property(lambda self: None if self._score is None else self._score[:, :, :self.n])
+    def _views(self) -> "LayerCache":
+        st = self.store
+        if self._version != st.version:
+            r = self.rows
+            self._kr, self._vr, self._pr = st.k[r], st.v[r], st.pos[r]
+            self._sr = None if st.score is None else st.score[r]
+            self._slots = {name: t[r] for name, (t, _) in st.slots.items()}
+            self._version = st.version
+        return self
+
+    _k = property(lambda self: self._views()._kr)
+    k = property(lambda self: self._views()._kr[:, :, :self.n])
+    v = property(lambda self: self._views()._vr[:, :, :self.n])
+    pos = property(lambda self: self._views()._pr[:, :, :self.n])
+    score = property(lambda self: None if self.store.score is None else self._views()._sr[:, :, :self.n])
 
     def append(self, k, v, pos) -> None:
         c = k.shape[2]
-        if self.n + c > self._k.shape[2]:
-            cap = max(64, 2 * (self.n + c))
-            self._k, self._v, self._pos = (_grown(t, cap, self.n) for t in (self._k, self._v, self._pos))
-            if self._score is not None:
-                self._score = _grown(self._score, cap, self.n)
-            self.slots = {name: (_grown(t, cap, self.n), fill) for name, (t, fill) in self.slots.items()}
-        self._k[:, :, self.n:self.n + c] = k
-        self._v[:, :, self.n:self.n + c] = v
-        self._pos[:, :, self.n:self.n + c] = pos
-        if self._score is not None:
-            self._score[:, :, self.n:self.n + c] = 0
-        for t, fill in self.slots.values():
-            t[:, :, self.n:self.n + c] = fill
-        self.n += c
+        self.store.reserve(self.n + c)
+        self._views()
+        a, b = self.n, self.n + c
+        self._kr[:, :, a:b] = k
+        self._vr[:, :, a:b] = v
+        self._pr[:, :, a:b] = pos
+        if self._sr is not None:
+            self._sr[:, :, a:b] = 0
+        for name, (_, fill) in self.store.slots.items():
+            self._slots[name][:, :, a:b] = fill
+        self.n = b
 
     def slot(self, name: str, fill=0, dtype=torch.float32, trailing: tuple = ()) -> torch.Tensor:
-        """A per-slot tensor [1, H_kv, n, *trailing] that moves with its token (created with `fill`);
-        writes into it stay in the cache."""
-        if name not in self.slots:
-            self.slots[name] = (torch.full((*self._k.shape[:3], *trailing), fill, dtype=dtype,
-                                           device=self._k.device), fill)
-        return self.slots[name][0][:, :, :self.n]
+        """A per-slot tensor [1, H_kv, n, *trailing] that moves with its token (created with `fill`,
+        for every layer); writes into it stay in the cache."""
+        if name not in self.store.slots:
+            self.store.add_slot(name, fill, dtype, trailing)
+        return self._views()._slots[name][:, :, :self.n]
 
     def set_slot(self, name: str, t: torch.Tensor) -> None:
-        self.slots[name][0][:, :, :self.n] = t
+        self._views()._slots[name][:, :, :self.n] = t
 
     @property
     def valid(self) -> torch.Tensor | None:
         """Bool [1, H_kv, n] where heads keep different counts (masked slots hold nothing)."""
-        return self.slot("valid") if "valid" in self.slots else None
+        return self.slot("valid") if "valid" in self.store.slots else None
 
     def kept(self) -> float:
-        """Tokens held per head (mean over heads)."""
-        return self.n if self.valid is None else float(self.valid.sum()) / self.valid.shape[1]
+        """Tokens held per head (mean over heads and layers)."""
+        valid = self.valid
+        return self.n if valid is None else float(valid.sum()) / (valid.shape[0] * valid.shape[1])
 
     def add_score(self, s: torch.Tensor) -> None:
         """Add a per-token statistic [1, H_kv, n] to the running score (created at zero)."""
-        if self._score is None:
-            self._score = self._k.new_zeros(self._k.shape[:3])
-        self._score[:, :, :self.n] += s
+        if self.store.score is None:
+            self.store.add_score()
+        self._views()._sr[:, :, :self.n] += s
 
-    def set_score(self, s: torch.Tensor) -> None:
-        self._score = self._k.new_zeros(self._k.shape[:3])
-        self._score[:, :, :self.n] = s
-
-    def _tensors(self):
-        return ([self._k, self._v, self._pos] + ([self._score] if self._score is not None else [])
-                + [t for t, _ in self.slots.values()])
+    def _tensors(self) -> list[torch.Tensor]:
+        self._views()
+        return ([self._kr, self._vr, self._pr] + ([self._sr] if self._sr is not None else [])
+                + list(self._slots.values()))
 
     def keep(self, idx: torch.Tensor) -> None:
         """Keep the slots idx [1, H_kv, m] (per head; ascending keeps the original order)."""
@@ -138,19 +182,26 @@ class LayerCache:
             t[:, :, :m] = t[:, :, :self.n].gather(2, ix)
         self.n = m
 
+    def move(self, dst, src: int) -> None:
+        """Copy slot src into slot dst of every per-slot tensor: dst an int, or a tensor
+        [layers, H_kv] of one slot per layer and head."""
+        if isinstance(dst, int):
+            for t in self._tensors():
+                t[:, :, dst] = t[:, :, src]
+            return
+        if self._index is None:
+            layers, heads = self._views()._kr.shape[:2]
+            self._index = (torch.arange(layers, device=dst.device)[:, None], torch.arange(heads, device=dst.device))
+        rows, heads = self._index
+        for t in self._tensors():
+            t[rows, heads, dst] = t[:, :, src]
+
     def drop_one(self, j) -> None:
-        """Evict slot j of every head (an int, or a tensor [H_kv] of one slot per head) by moving the
-        newest slot into it (decoding's one-token eviction: a few copies instead of a top-k and a
-        gather; slot order stops following positions, which only `pos` carries)."""
-        last = self.n - 1
-        if isinstance(j, int):
-            for t in self._tensors():
-                t[:, :, j] = t[:, :, last]
-        else:
-            heads = torch.arange(j.shape[-1], device=j.device)
-            for t in self._tensors():
-                t[0, heads, j] = t[0, :, last]
-        self.n = last
+        """Evict slot j of every head (an int, or a tensor [layers, H_kv]) by moving the newest slot
+        into it (decoding's one-token eviction: a few copies instead of a top-k and a gather; slot
+        order stops following positions, which only `pos` carries)."""
+        self.move(j, self.n - 1)
+        self.n -= 1
 
     def shift_out(self, s: int) -> None:
         """Evict slot s of every head keeping the order (slots after it move down by one)."""
@@ -162,9 +213,9 @@ class LayerCache:
     def replace(self, k=None, v=None) -> None:
         """Overwrite the cached keys / values (quantization, merging, re-rotation) in place."""
         if k is not None:
-            self._k[:, :, :self.n] = k
+            self._views()._kr[:, :, :self.n] = k
         if v is not None:
-            self._v[:, :, :self.n] = v
+            self._views()._vr[:, :, :self.n] = v
 
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._tensors())
@@ -209,16 +260,17 @@ def group_sum(x: torch.Tensor) -> torch.Tensor:
     return x.sum(dim=(2, 3))
 
 
-def keep_top(lc: LayerCache, scores: torch.Tensor, m: int) -> None:
-    """Keep the m highest-scoring slots of each head (ties: the earlier slot), in cache order."""
+def keep_top(lc: LayerCache, scores: torch.Tensor, m: int, in_order: bool = False) -> None:
+    """Keep the m highest-scoring slots of each head, in position order; one token over budget
+    (decoding) evicts each head's lowest by a move instead, unless `in_order`."""
     m = min(m, lc.n)
     if m >= lc.n:
         return
-    if m == lc.n - 1:          # decoding: one token over budget, evict each head's lowest
-        lc.drop_one(scores.argmin(dim=-1)[0])
+    if m == lc.n - 1 and not in_order:      # a few copies instead of a top-k and a gather
+        lc.drop_one(scores.argmin(dim=-1))
         return
-    idx = scores.topk(m, dim=-1, sorted=False).indices.sort(dim=-1).values
-    lc.keep(idx)
+    idx = scores.topk(m, dim=-1, sorted=False).indices
+    lc.keep(idx.gather(-1, lc.pos.gather(-1, idx).argsort(dim=-1)))
 
 
 def recent(lc: LayerCache, window: int) -> torch.Tensor:
@@ -227,6 +279,43 @@ def recent(lc: LayerCache, window: int) -> torch.Tensor:
         return torch.zeros_like(lc.pos, dtype=torch.bool)
     newest = lc.pos.max(dim=-1, keepdim=True).values
     return lc.pos > newest - window
+
+
+def evict_outside_window(lc: LayerCache, m: int, window: int, score, lead: int = 0) -> None:
+    """Keep m slots per head: the `window` newest tokens, the first `lead` tokens of the sequence
+    and the highest-scoring rest (H2O's recent + heavy split; Keyformer, VATP, Scissorhands).
+    score(a, b): the eviction score of slots a..b-1, [1, H_kv, b - a] (higher: kept).
+
+    The general case (prefill, a fed chunk) masks the protected tokens and keeps the top m in
+    position order, so the leading tokens fill the first slots and the recent window the last
+    `window`. From there each decoded token is one over budget, and the only new candidate is the
+    token leaving the window: the window stays a ring in its slots (state["ring"]: the slot of
+    its oldest token) and the eviction is one min over the slots between the leading tokens and
+    the ring, compared with the leaving token, instead of a scan of every slot's position, a mask
+    and an argmin (the same choice; ties go to the heavy slot). The evicted slot receives the
+    leaving token if it stays, and the ring slot the newest token."""
+    n, heavy, st = lc.n, m - window, lc.state
+    if n <= m:
+        return
+    if n == m + 1 and "ring" in st:
+        r = heavy + st["ring"]
+        if heavy > lead:
+            low, j = score(lead, heavy).min(dim=-1)
+            lc.move(torch.where(score(r, r + 1)[:, :, 0] < low, r, j + lead), r)
+        lc.move(r, n - 1)
+        lc.n = m
+        st["ring"] = (st["ring"] + 1) % window
+        return
+    s = score(0, n)
+    top = torch.iinfo(s.dtype).max if not s.is_floating_point() else float("inf")
+    protect = recent(lc, window) | (lc.pos < lead) if lead else recent(lc, window)
+    keep_top(lc, s.masked_fill(protect, top), m, in_order=True)
+    pos = lc.pos      # the ring holds when the last `window` slots are the window, the first `lead` the lead
+    if window > 0 and heavy >= lead and bool(recent(lc, window)[:, :, heavy:].all()) \
+            and bool((pos[:, :, :lead] < lead).all()):
+        st["ring"] = 0
+    else:
+        st.pop("ring", None)
 
 
 def window_attention(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -250,6 +339,7 @@ class KVMethod(LMMethod):
     compresses: ClassVar[str] = "prefill"
     budget_unit: ClassVar[str] = "tokens"
     accumulates: ClassVar[bool] = False       # needs attention probabilities (observe)
+    all_layers: ClassVar[bool] = False        # compress_decode gets every layer at once (Run.all_layers)
     positions: ClassVar[str] = "original"     # or "cache" (cache-relative, keys re-rotated)
     smoke_args: ClassVar[dict[str, str]] = {"budget": "0.5"}
     budget: float = field(default=0.5, metadata={"help": "kept tokens: <= 1 a fraction of the context, > 1 a count"})
@@ -277,7 +367,8 @@ class KVMethod(LMMethod):
         pass
 
     def compress_decode(self, lc: LayerCache, run: "Run") -> None:
-        pass
+        """Back to the budget after a decoding forward; lc is one layer's cache, or every layer's
+        ([L, H_kv, n, ...]) when the method sets `all_layers`."""
 
     def project_kv(self, module, hidden: torch.Tensor, run: "Run"):
         """Key and value projections (before RoPE): [b, c, H_kv*d] each."""
@@ -314,9 +405,13 @@ def kept_target(budget: float, n: int) -> int:
 class Run:
     """One prompt through the cache: per-layer caches, the phase, the budget, positions."""
 
-    def __init__(self, method: KVMethod, budget: float, generator: torch.Generator, inv_freq, protect: int = 0):
+    def __init__(self, method: KVMethod, budget: float, generator: torch.Generator, inv_freq, protect: int = 0,
+                 n_layers: int = 1):
         self.method, self.budget, self.generator, self.inv_freq = method, budget, generator, inv_freq
         self.layers: dict[int, LayerCache] = {}
+        self.n_layers = n_layers    # layers sharing one SlotStore (attention layers' layer_idx < n_layers)
+        self.store: SlotStore | None = None
+        self._all: LayerCache | None = None
         self.phase = "prefill"
         self.dense = budget == 1.0   # the same loop, nothing compressed
         self.n_context = 0          # tokens of the compressed context
@@ -358,7 +453,9 @@ class Run:
         self.scaling = scaling
         lc = self.layers.get(layer)
         if lc is None:
-            lc = self.layers[layer] = LayerCache(k)
+            if self.store is None:
+                self.store = SlotStore(k, self.n_layers)
+            lc = self.layers[layer] = LayerCache(k, self.store, slice(layer, layer + 1))
         n0, c = lc.n, q.shape[2]
         pos = torch.arange(self.next_pos, self.next_pos + c, device=k.device).expand(*k.shape[:2], c)
         lc.append(k, v, pos)
@@ -367,11 +464,38 @@ class Run:
         w = self.method.query_window()
         if self.phase == "prefill" and w and not self.dense:
             lc.queries = q[:, :, -w:] if lc.queries is None else torch.cat([lc.queries, q], dim=2)[:, :, -w:]
-        if self.phase == "decode" and not self.dense and self.method.compresses in ("decode", "both"):
+        if self.compressing_decode() and not self.method.all_layers:
             t0 = time.perf_counter()
             self.method.compress_decode(lc, self)
             self.policy_s += time.perf_counter() - t0
         return out
+
+    def compressing_decode(self) -> bool:
+        return self.phase == "decode" and not self.dense and self.method.compresses in ("decode", "both")
+
+    def all_layers(self) -> LayerCache:
+        """Every layer's cache as one LayerCache [L, H_kv, n, ...] over the shared SlotStore, with
+        its own persistent `state` (the layers must hold the same number of slots)."""
+        ns = {lc.n for lc in self.layers.values()}
+        if len(ns) != 1 or len(self.layers) != self.n_layers:
+            raise RuntimeError(f"kv: all_layers needs all {self.n_layers} layers at one length, got {sorted(ns)}")
+        if self._all is None:
+            self._all = LayerCache(None, self.store, slice(None))
+        self._all.n = ns.pop()
+        return self._all
+
+    def compress_decode_all(self) -> None:
+        """After a decoding forward, a method with `all_layers` evicts in every layer at once (the
+        same choice per layer as evicting right after its attention: a layer's cache is next read
+        by its own attention in the next forward)."""
+        if not (self.method.all_layers and self.compressing_decode() and self.layers):
+            return
+        t0 = time.perf_counter()
+        everything = self.all_layers()
+        self.method.compress_decode(everything, self)
+        for lc in self.layers.values():
+            lc.n = everything.n
+        self.policy_s += time.perf_counter() - t0
 
     def _sdpa(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
         c = q.shape[2]
@@ -477,6 +601,7 @@ class Driver:
     def __init__(self, lm, method: KVMethod):
         self.lm, self.method, self.engine = lm, method, _Engine()
         self.rotary = _rotary_module(lm.model)
+        self.n_layers = 1 + max((m.layer_idx for m in _attention_modules(lm.model)), default=0)
         self.generator = torch.Generator().manual_seed(0)
 
     def _forward(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
@@ -493,7 +618,7 @@ class Driver:
         hints = self.lm.hints
         budget = float(hints.get("kv_budget", self.method.budget))
         protect = int(getattr(self.lm, "kv_protect_prefix", 0) or 0)
-        run = Run(self.method, budget, self.generator, effective_inv_freq(self.rotary), protect)
+        run = Run(self.method, budget, self.generator, effective_inv_freq(self.rotary), protect, self.n_layers)
         run.tokenizer = self.lm.tokenizer
         return run
 
@@ -511,7 +636,9 @@ class Driver:
     def decode_forward(self, run: Run, ids: list[int]) -> torch.Tensor:
         self.engine.run = run
         try:
-            return self._forward(run, ids, True)
+            out = self._forward(run, ids, True)
+            run.compress_decode_all()
+            return out
         finally:
             self.engine.run = None
 

@@ -3,16 +3,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, keep_top, recent
+from harness.methods.kv._common import KVMethod, LayerCache, Run, evict_outside_window
 
 
-def evict_heavy_recent(lc: LayerCache, m: int, heavy_share: float, scores=None) -> None:
-    """Keep the newest m − ⌊m·heavy_share⌋ tokens and the highest-scoring rest (H2O's split)."""
-    if lc.n <= m:
-        return
-    window = m - int(m * heavy_share)
-    s = lc.score if scores is None else scores
-    keep_top(lc, s.masked_fill(recent(lc, window), float("inf")), m)
+def evict_heavy_recent(lc: LayerCache, m: int, heavy_share: float, score=None, lead: int = 0) -> None:
+    """Keep the newest m − ⌊m·heavy_share⌋ tokens and the highest-scoring rest (H2O's split);
+    score(a, b): slots a..b-1's score (default: the accumulated attention)."""
+    evict_outside_window(lc, m, m - int(m * heavy_share), score or (lambda a, b: lc.score[:, :, a:b]), lead)
 
 
 @register
@@ -30,6 +27,7 @@ class H2O(KVMethod):
     paper = "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models (arXiv:2306.14048)"
     compresses = "both"
     accumulates = True
+    all_layers = True
     budget: float = field(default=0.2, metadata={"help": "kept tokens (official: heavy 0.1 + recent 0.1 of the prompt)"})
     heavy_share: float = field(default=0.5, metadata={"help": "heavy hitters' share of the budget (rest: recent)"})
 

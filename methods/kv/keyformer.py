@@ -32,6 +32,7 @@ class Keyformer(KVMethod):
     paper = "Keyformer: KV Cache Reduction through Key Tokens Selection for Efficient Generative Inference (arXiv:2403.09054)"
     compresses = "both"
     accumulates = True
+    all_layers = True
     budget: float = field(default=0.6, metadata={"help": "kept tokens (official example: kv_cache 60 % of the prompt)"})
     recent_share: float = field(default=0.3, metadata={"help": "newest tokens' share of the budget (official 30 %)"})
     tau_init: float = 1.0

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, keep_top, recent
+from harness.methods.kv._common import KVMethod, LayerCache, Run, evict_outside_window
 
 
 @register
@@ -28,6 +28,7 @@ class Scissorhands(KVMethod):
              "Compression at Test Time (arXiv:2305.17118)")
     compresses = "both"
     accumulates = True
+    all_layers = True
     history_window: int = field(default=400, metadata={"help": "queries whose attention is counted (paper: 400)"})
     global_tokens: int = field(default=4, metadata={"help": "first tokens always kept (cold-compress: 4)"})
     recent_share: float = field(default=0.5, metadata={"help": "share of the budget kept as the newest tokens"})
@@ -70,9 +71,9 @@ class Scissorhands(KVMethod):
         m = run.target
         if lc.n <= m:
             return
-        protect = recent(lc, m - int(m * (1 - self.recent_share))) | (lc.pos < self.global_tokens)
-        count = lc.slot("count", 0, torch.int32)     # integer counts: protected slots get the largest int
-        keep_top(lc, count.masked_fill(protect, torch.iinfo(torch.int32).max), m)
+        count = lc.slot("count", 0, torch.int32)
+        evict_outside_window(lc, m, m - int(m * (1 - self.recent_share)), lambda a, b: count[:, :, a:b],
+                             lead=self.global_tokens)
 
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
         self.evict(lc, run)

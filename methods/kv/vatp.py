@@ -7,18 +7,18 @@ from harness.methods.kv._common import KVMethod, LayerCache, Run
 from harness.methods.kv.h2o import evict_heavy_recent
 
 
-def vatp_scores(lc: LayerCache, n_sink: int):
-    """I_j = S_j · ‖v_j‖₁ (S: accumulated attention); the first n_sink tokens score +inf."""
-    s = lc.score * value_l1(lc)
-    return s.masked_fill(lc.pos < n_sink, float("inf"))
+def vatp_scores(lc: LayerCache, a: int = 0, b: int | None = None):
+    """I_j = S_j · ‖v_j‖₁ (S: accumulated attention) of slots a..b-1."""
+    return lc.score[:, :, a:b] * value_l1(lc)[:, :, a:b]
 
 
 def value_l1(lc: LayerCache):
     """‖v_j‖₁ per slot [1, H_kv, n], kept with its token: computed once, for the slots appended
-    since the last eviction (`evicted` records where they start)."""
+    since the last call or eviction (`value_l1_from` records where they start)."""
     norms, first = lc.slot("value_l1"), lc.state.get("value_l1_from", 0)
     if first < lc.n:
         norms[:, :, first:] = lc.v[:, :, first:].abs().sum(-1)
+        lc.state["value_l1_from"] = lc.n
     return norms
 
 
@@ -42,6 +42,7 @@ class VATP(KVMethod):
              "Value Also Matters (arXiv:2406.12335)")
     compresses = "both"
     accumulates = True
+    all_layers = True
     budget: float = field(default=0.2, metadata={"help": "kept tokens (H2O's default split 0.1 + 0.1)"})
     heavy_share: float = 0.5
     n_sink: int = field(default=4, metadata={"help": "attention-sink tokens always kept"})
@@ -51,5 +52,5 @@ class VATP(KVMethod):
 
     def compress_decode(self, lc: LayerCache, run: Run) -> None:
         if lc.n > run.target:
-            evict_heavy_recent(lc, run.target, self.heavy_share, vatp_scores(lc, self.n_sink))
+            evict_heavy_recent(lc, run.target, self.heavy_share, lambda a, b: vatp_scores(lc, a, b), lead=self.n_sink)
             evicted(lc)
