@@ -11,7 +11,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from harness import params, registry
 from harness.interfaces import MethodContext
 from harness.methods.kv import _common
-from harness.methods.kv.cam import CaM
+from harness.methods.kv.cam import CaM, merge_probability
 from harness.methods.kv.fastgen import candidate_masks
 from harness.methods.kv.gear import outliers, power_low_rank
 from harness.methods.kv.keyformer import gumbel_probs
@@ -194,7 +194,7 @@ def test_streaming_llm_decoding_equals_rerotating_every_step(tiny_lm, ids):
         driver.prefill(run, ids, all_logits=False)
         ours = torch.stack([driver.decode(run, f)[-1] for f in feeds])
         tiny_lm.hints = {}
-    assert run.layers[0].state["shift"] == 30     # the window moved 30 positions, never re-rotated
+    assert run.all_layers().state["shift"] == 30     # the window moved 30 positions, never re-rotated
 
     def rerotated(k, old, new):
         cos, sin = rotary(k, torch.tensor([old]))
@@ -471,3 +471,61 @@ def test_rerotation_is_exact_under_the_models_current_rope(tiny_lm, rope):
         assert torch.allclose(_common.rerotate(rot, delta.expand(1, 2, 5), inv), expect, atol=1e-4)
         if rope:
             assert not torch.allclose(inv, rotary.inv_freq.float())
+
+
+@pytest.mark.parametrize("merge_budget", [3, 7])
+def test_cam_decoding_over_all_layers_matches_a_slow_stream(merge_budget):
+    """CaM while decoding, every layer at once with the recent window as a ring, against a slow
+    loop over tokens in position order: each step the window's oldest token leaves, and with
+    M ~ Bernoulli(A[e] / mean A of the window after it) M·v_e/merge_budget goes to the next
+    merge_budget tokens (with 7 > the window's 4 others, the newest token too). A fed chunk of 3
+    goes through the general case in the middle."""
+    from harness.methods.kv._common import LayerCache, SlotStore
+    gen = torch.Generator().manual_seed(1)
+    L, H, d, m = 2, 2, 3, 10
+    cam = CaM(merge_budget=merge_budget)
+    start = cam.split(m)[0]
+    store = SlotStore(torch.zeros(1, H, 0, d), L)
+    everything = LayerCache(None, store, slice(None))
+    ref = [[[] for _ in range(H)] for _ in range(L)]          # [position, value, score] in position order
+
+    class R:
+        target, generator = m, torch.Generator().manual_seed(5)
+    draws = torch.Generator().manual_seed(5)
+    probs = []                                                  # the p of every draw, in order
+    cam.draw = lambda ev, mean, run: probs.append(merge_probability(ev, mean)) or CaM.draw(ev, mean, run)
+    nxt = 0
+    for step in range(16):
+        c = m if step == 0 else 3 if step == 8 else 1
+        v = torch.randn(L, H, c, d, generator=gen)
+        p = torch.arange(nxt, nxt + c).expand(L, H, c)
+        everything.append(p[..., None].float().expand(L, H, c, d), v, p)
+        bump = torch.rand(L, H, everything.n, generator=gen)
+        everything.add_score(bump)
+        for i in range(L):
+            for h in range(H):
+                ref[i][h] += [[nxt + j, v[i, h, j].clone(), 0.0] for j in range(c)]
+                by_pos = {t[0]: t for t in ref[i][h]}
+                for j, q in enumerate(everything.pos[i, h].tolist()):
+                    by_pos[q][2] += float(bump[i, h, j])
+        nxt += c
+        if step:
+            cam.compress_decode(everything, R)
+            while len(ref[0][0]) > m:                              # the slow stream: one token at a time
+                e = [[ref[i][h][start] for h in range(H)] for i in range(L)]
+                p_ref = torch.tensor([[[min(1.0, e[i][h][2] / (sum(t[2] for t in ref[i][h][start + 1:]) / len(ref[i][h][start + 1:])))]
+                                       for h in range(H)] for i in range(L)])
+                assert torch.allclose(probs.pop(0), p_ref, atol=1e-5)
+                draw = torch.bernoulli(p_ref, generator=draws)
+                for i in range(L):
+                    for h in range(H):
+                        for t in ref[i][h][start + 1:start + 1 + merge_budget]:
+                            t[1] = t[1] + float(draw[i, h, 0]) * e[i][h][1] / merge_budget
+                        del ref[i][h][start]
+        for i in range(L):
+            for h in range(H):
+                got = {q: (everything.v[i, h, j], everything.k[i, h, j, 0]) for j, q in enumerate(everything.pos[i, h].tolist())}
+                assert sorted(got) == [t[0] for t in ref[i][h]], (step, i, h)
+                for q, value, _ in ref[i][h]:
+                    assert torch.allclose(got[q][0], value, atol=1e-5) and float(got[q][1]) == q, (step, q)
+    assert everything.state["ring"] != 0

@@ -8,10 +8,9 @@ from harness.registry import register
 from harness.methods.kv._common import KVMethod, LayerCache, Run
 
 
-def merge_probability(evicted_score: torch.Tensor, recent_scores: torch.Tensor) -> torch.Tensor:
+def merge_probability(evicted_score: torch.Tensor, recent_mean: torch.Tensor) -> torch.Tensor:
     """CaM's p = A[evicted] / mean(A over the recent window), clamped to [0, 1] (per head)."""
-    mean = recent_scores.mean(dim=-1, keepdim=True).clamp(min=1e-12)
-    return (evicted_score / mean).clamp(0.0, 1.0)
+    return (evicted_score / recent_mean.clamp(min=1e-12)).clamp(0.0, 1.0)
 
 
 @register
@@ -26,7 +25,8 @@ class CaM(KVMethod):
     half). A token leaving the recent window is merged instead of lost: with probability
     p = A[evicted]/mean(A over the recent window) (A: accumulated attention, clamped to [0, 1]),
     M ~ Bernoulli(p), and M·v_evicted/merge_budget is added to the *values* of the next
-    merge_budget tokens (keys unchanged). While decoding one token leaves per step (exact). At
+    merge_budget tokens (keys unchanged). While decoding one token leaves per step (exact; the
+    recent window is a ring of slots, every layer at once). At
     prefill all middle tokens leave at once; each adds its share to the values of the
     merge_budget tokens after it, from its own original value (one pass, without the
     evicted-to-evicted chains of a token-by-token stream) [our simplification]. Seeded draws.
@@ -35,6 +35,7 @@ class CaM(KVMethod):
     paper = "CaM: Cache Merging for Memory-efficient LLMs Inference (ICML 2024)"
     compresses = "both"
     accumulates = True
+    all_layers = True
     budget: float = field(default=0.2, metadata={"help": "kept tokens (official: start 0.1 + recent 0.1 of the prompt)"})
     start_share: float = field(default=0.5, metadata={"help": "share of the budget kept at the start"})
     merge_budget: int = field(default=32, metadata={"help": "next tokens whose values receive a merged value"})
@@ -54,8 +55,7 @@ class CaM(KVMethod):
             return
         start, rec = self.split(m)
         score, v = lc.score, lc.v.clone()
-        p = merge_probability(score[:, :, start:n - rec], score[:, :, n - rec:])     # [1, H, E]
-        draw = torch.bernoulli(p.cpu(), generator=run.generator).to(v.device)
+        draw = self.draw(score[:, :, start:n - rec], score[:, :, n - rec:].mean(-1, keepdim=True), run)   # [1, H, E]
         contrib = v[:, :, start:n - rec] * (draw / self.merge_budget).unsqueeze(-1)  # [1, H, E, d]
         # token t (evicted) adds to t+1 .. t+merge_budget: a windowed sum of the contributions
         padded = torch.nn.functional.pad(contrib.cumsum(2), (0, 0, 1, 0))            # prefix sums
@@ -68,11 +68,43 @@ class CaM(KVMethod):
         lc.keep(keep.expand(*v.shape[:2], m))
 
     def compress_decode(self, lc: LayerCache, run: Run) -> None:
+        """One token leaves the recent window per decoded token. The window keeps its slots as a
+        ring (state["ring"]: the slot of its oldest token) so that nothing shifts: the leaving
+        token's share goes to the next merge_budget tokens in position order (the ring after it,
+        wrapping, then the newest token), and the newest takes its slot. A fed chunk, or a cache
+        not yet in that layout, is put in position order and evicted one token at a time."""
         m = run.target
-        e = self.split(m)[0]            # the oldest token of the recent window leaves
-        while lc.n > m:                 # one per decoded token; after a fed chunk, one at a time
+        start, rec = self.split(m)
+        if lc.n <= m:
+            return
+        st = lc.state
+        if lc.n == m + 1 and rec >= 1 and "ring" in st:
+            n, r = lc.n, start + st["ring"]
+            score, v = lc.score, lc.v
+            rest = (score[:, :, start:].sum(-1, keepdim=True) - score[:, :, r:r + 1]) / max(1, n - start - 1)
+            share = v[:, :, r:r + 1] * (self.draw(score[:, :, r:r + 1], rest, run) / self.merge_budget).unsqueeze(-1)
+            left = self.merge_budget
+            for a, b in ((r + 1, start + rec), (start, r), (n - 1, n)):     # position order after r
+                b = min(b, a + left)
+                if b > a:
+                    v[:, :, a:b] += share
+                    left -= b - a
+            lc.move(r, n - 1)
+            lc.n = m
+            st["ring"] = (st["ring"] + 1) % rec
+            return
+        lc.keep(lc.pos.argsort(dim=-1))
+        e = start                       # the oldest token of the recent window leaves
+        while lc.n > m:                 # one at a time
             score, v = lc.score, lc.v   # v: a view of the cache (merged in place)
-            p = merge_probability(score[:, :, e:e + 1], score[:, :, e + 1:])
-            draw = torch.bernoulli(p.cpu(), generator=run.generator).to(v.device)
+            draw = self.draw(score[:, :, e:e + 1], score[:, :, e + 1:].mean(-1, keepdim=True), run)
             v[:, :, e + 1:e + 1 + self.merge_budget] += v[:, :, e:e + 1] * (draw / self.merge_budget).unsqueeze(-1)
             lc.shift_out(e)
+        if rec >= 1:
+            st["ring"] = 0
+
+    @staticmethod
+    def draw(evicted_score, recent_mean, run: Run) -> torch.Tensor:
+        """M ~ Bernoulli(p), seeded by the run's generator (on the CPU, then to the cache's device)."""
+        p = merge_probability(evicted_score, recent_mean)
+        return torch.bernoulli(p.cpu(), generator=run.generator).to(p.device)

@@ -35,6 +35,7 @@ class StreamingLLM(KVMethod):
     paper = "Efficient Streaming Language Models with Attention Sinks (arXiv:2309.17453)"
     compresses = "both"
     positions = "cache"
+    all_layers = True
     n_sink: int = field(default=4, metadata={"help": "attention-sink tokens kept at the start (official: 4)"})
 
     def __post_init__(self):
@@ -43,7 +44,7 @@ class StreamingLLM(KVMethod):
             raise ValueError("n_sink must be >= 0")
 
     def rope_shift(self, run: Run) -> int:
-        return next(iter(run.layers.values())).state.get("shift", 0) if run.layers else 0
+        return run.all_layers().state.get("shift", 0) if run.layers else 0
 
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
         self.evict(lc, run.target, run)
