@@ -256,8 +256,10 @@ def effective_inv_freq(rotary) -> torch.Tensor:
 
 
 def group_sum(x: torch.Tensor) -> torch.Tensor:
-    """[b, H_kv, g, c, n] -> [b, H_kv, n]: summed over a KV head's query heads and the queries."""
-    return x.sum(dim=(2, 3))
+    """[b, H_kv, g, c, n] -> [b, H_kv, n]: summed over a KV head's query heads and the queries
+    (a view when there is one of each: a decoding step without grouped heads)."""
+    b, h, g, c, n = x.shape
+    return x.view(b, h, n) if g * c == 1 and x.is_contiguous() else x.sum(dim=(2, 3))
 
 
 def keep_top(lc: LayerCache, scores: torch.Tensor, m: int, in_order: bool = False) -> None:

@@ -11,9 +11,12 @@ from harness.methods.kv.h2o import evict_heavy_recent
 
 def gumbel_probs(logits: torch.Tensor, tau: float, generator) -> torch.Tensor:
     """softmax((x + ζ)/τ) with ζ ~ Gumbel(0, 1) (torch's gumbel_softmax, hard=False, seeded)."""
-    u = torch.rand(logits.shape, generator=generator).to(logits.device).clamp_(1e-20, 1.0)
-    zeta = -torch.log((-torch.log(u)).clamp(min=1e-20))
-    return torch.softmax((logits + zeta) / tau, dim=-1)
+    z = torch.rand(logits.shape, generator=generator).to(logits.device)
+    z.clamp_(1e-20, 1.0).log_().neg_().clamp_(min=1e-20).log_().neg_()        # ζ, in place
+    z += logits
+    if tau != 1:
+        z /= tau
+    return torch.softmax(z, dim=-1)
 
 
 @register
