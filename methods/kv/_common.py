@@ -366,7 +366,7 @@ class KVMethod(LMMethod):
         lc.add_score(group_sum(probs))
 
     def compress_prefill(self, lc: LayerCache, run: "Run") -> None:
-        pass
+        """Compress the prefilled context; lc as in compress_decode."""
 
     def compress_decode(self, lc: LayerCache, run: "Run") -> None:
         """Back to the budget after a decoding forward; lc is one layer's cache, or every layer's
@@ -493,11 +493,14 @@ class Run:
         if not (self.method.all_layers and self.compressing_decode() and self.layers):
             return
         t0 = time.perf_counter()
+        self._on_all_layers(self.method.compress_decode)
+        self.policy_s += time.perf_counter() - t0
+
+    def _on_all_layers(self, hook) -> None:
         everything = self.all_layers()
-        self.method.compress_decode(everything, self)
+        hook(everything, self)
         for lc in self.layers.values():
             lc.n = everything.n
-        self.policy_s += time.perf_counter() - t0
 
     def _sdpa(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
         c = q.shape[2]
@@ -539,6 +542,9 @@ class Run:
         self.n_context = self.next_pos
         self.target = kept_target(self.budget, self.n_context)
         if self.dense:
+            return
+        if self.method.all_layers and self.layers:    # one call, so that decoding starts from its state
+            self._on_all_layers(self.method.compress_prefill)
             return
         for lc in self.layers.values():
             self.method.compress_prefill(lc, self)

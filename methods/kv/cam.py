@@ -66,6 +66,8 @@ class CaM(KVMethod):
         lc.replace(v=v)
         keep = torch.cat([torch.arange(start), torch.arange(n - rec, n)]).to(v.device)
         lc.keep(keep.expand(*v.shape[:2], m))
+        if rec >= 1:
+            lc.state["ring"] = 0        # in position order: the recent window's ring starts at `start`
 
     def compress_decode(self, lc: LayerCache, run: Run) -> None:
         """One token leaves the recent window per decoded token. The window keeps its slots as a
