@@ -322,6 +322,22 @@ def test_fastgen_picks_the_first_policy_that_recovers_the_mass():
     assert set(torch.nonzero(last).flatten().tolist()) == {0, 1, 5, *best, n - 4, n - 3, n - 2, n - 1}
 
 
+def test_fastgen_local_policy_takes_the_newest_when_the_window_overflows_the_room():
+    """Ties in the ranking (the local window's tokens all rank +inf) go to the newest slots, so
+    the choice does not depend on the device's sort: with room for 2 of a 6-token window, the 2
+    newest."""
+    n, m = 16, 6
+    special = torch.zeros(1, 1, n, dtype=torch.bool)
+    special[..., :2] = True
+    score = torch.zeros(1, 1, n)
+    score[..., 4], score[..., 6] = 5.0, 4.0                   # the heavy hitters, outside the window
+    local = torch.zeros_like(special)
+    local[..., -6:] = True
+    masks = candidate_masks(special, torch.zeros_like(special), score, local, 4, m)
+    assert torch.nonzero(masks[2][0, 0]).flatten().tolist() == [0, 1, 4, 6]     # frequency fills to 4
+    assert torch.nonzero(masks[3][0, 0]).flatten().tolist() == [0, 1, 4, 6, n - 2, n - 1]
+
+
 def test_fastgen_masks_heads_to_their_policy(tiny_lm, ids):
     run = _run(tiny_lm, method("fastgen", min_recovery=0.5), ids, 0.5)
     for lc in run.layers.values():

@@ -238,10 +238,10 @@ def rerotate(k: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> to
     return rotate(k.reshape(b * h, 1, n, -1), cos.reshape(b * h, n, -1), sin.reshape(b * h, n, -1)).reshape(k.shape)
 
 
-def rerotation_angles(delta: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rerotation_angles(delta: float, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [1, 1, r] of one constant re-rotation by `delta` positions (for `rotate`); the
     angles in float64, so that a large delta loses nothing before cos/sin."""
-    ang = delta.double().reshape(1, 1) * inv_freq.double().reshape(1, -1)
+    ang = float(delta) * inv_freq.double().reshape(1, -1)       # on inv_freq's device
     ang = torch.cat((ang, ang), dim=-1)
     return ang.cos().to(dtype)[None], ang.sin().to(dtype)[None]
 
@@ -264,7 +264,10 @@ def group_sum(x: torch.Tensor) -> torch.Tensor:
 
 def keep_top(lc: LayerCache, scores: torch.Tensor, m: int, in_order: bool = False) -> None:
     """Keep the m highest-scoring slots of each head, in position order; one token over budget
-    (decoding) evicts each head's lowest by a move instead, unless `in_order`."""
+    (decoding) evicts each head's lowest by a move instead, unless `in_order`. Ties go as
+    torch.topk breaks them (as in kvpress, whose presses this matches on the CPU): the device's
+    kernel decides, so CPU and GPU can keep different tokens among equal scores (SnapKV's pooled
+    plateaus)."""
     m = min(m, lc.n)
     if m >= lc.n:
         return
@@ -444,7 +447,7 @@ class Run:
         cos, sin = position_embeddings
         if self._shifted is None or self._shifted[0] is not cos:
             t0 = time.perf_counter()
-            c2, s2 = rerotation_angles(torch.tensor(float(self.shift)), self.inv_freq, cos.dtype)
+            c2, s2 = rerotation_angles(self.shift, self.inv_freq, cos.dtype)
             c2, s2 = c2.to(cos.device), s2.to(cos.device)
             self._shifted = (cos, (cos * c2 - sin * s2, sin * c2 + cos * s2))
             self.policy_s += time.perf_counter() - t0

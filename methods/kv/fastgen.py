@@ -24,7 +24,9 @@ def candidate_masks(special: torch.Tensor, punct: torch.Tensor, freq_score: torc
         if extra is not None:            # the local window, then heavy hitters fill up to the cap
             ranked = ranked.masked_fill(extra, float("inf"))
         room = (size - prev.sum(-1, keepdim=True)).clamp(min=0)
-        order = ranked.masked_fill(prev, float("-inf")).argsort(dim=-1, descending=True)
+        # ties (the local window's +inf, equal scores) go to the newest slot, on every device
+        n = ranked.shape[-1]
+        order = (n - 1) - ranked.masked_fill(prev, float("-inf")).flip(-1).argsort(dim=-1, descending=True, stable=True)
         rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
         masks.append(prev | ((rank < room) & (ranked.masked_fill(prev, float("-inf")) > float("-inf"))))
     return [_cap(mk, m, freq_score) for mk in masks]

@@ -22,7 +22,9 @@ class Scissorhands(KVMethod):
     counts; the rest is dropped at prefill and whenever decoding pushes the cache over budget.
     The history is an exact sliding window: a ring of per-query indicators that moves with the
     tokens, and each slot's count, updated as a query enters the window and the one it replaces in
-    the ring leaves. recent_share is not given by the paper; 0.5 follows H2O's split [our choice]."""
+    the ring leaves. recent_share is not given by the paper; 0.5 follows H2O's split [our choice].
+    Ties in the counts (common: they are integers) evict the oldest token [our choice; the
+    reference's topk leaves them to the device's kernel], so that CPU and GPU keep the same set."""
     name = "scissorhands"
     paper = ("Scissorhands: Exploiting the Persistence of Importance Hypothesis for LLM KV Cache "
              "Compression at Test Time (arXiv:2305.17118)")
@@ -50,14 +52,18 @@ class Scissorhands(KVMethod):
             visible = lc.n
         else:
             visible = torch.isfinite(logits).sum(-1, keepdim=True).clamp(min=1)
-        hits = (probs >= 1.0 / visible).sum(dim=2, dtype=torch.int32)   # [1, H_kv, c, n]
+        above = probs >= 1.0 / visible                              # [1, H_kv, g, c, n]
         ring = lc.slot("history", 0, torch.uint8, (w,))
         count = lc.slot("count", 0, torch.int32)
-        if hits.shape[2] == 1:                                      # a column of the ring (a view)
-            col = (q0 + lo) % w
-            count += hits[:, :, 0] - ring[:, :, :, col]
-            ring[:, :, :, col] = hits[:, :, 0]
-        else:                                                       # the columns of the queries that left
+        if above.shape[3] == 1:                                     # one query: a column of the ring (a view)
+            b, h, g, _, n = above.shape
+            hits = above.view(b, h, n) if g == 1 else above.sum(dim=(2, 3), dtype=torch.int32)
+            column = ring[:, :, :, (q0 + lo) % w]
+            count += hits
+            count -= column
+            column.copy_(hits)
+        else:
+            hits = above.sum(dim=2, dtype=torch.int32)              # [1, H_kv, c, n]: the columns of those queries
             cols = run.query_pos[lo:] % w
             new = hits.transpose(2, 3)
             count += new.sum(-1, dtype=torch.int32) - ring[:, :, :, cols].sum(-1, dtype=torch.int32)
@@ -71,9 +77,10 @@ class Scissorhands(KVMethod):
         m = run.target
         if lc.n <= m:
             return
-        count = lc.slot("count", 0, torch.int32)
-        evict_outside_window(lc, m, m - int(m * (1 - self.recent_share)), lambda a, b: count[:, :, a:b],
-                             lead=self.global_tokens)
+        count, pos = lc.slot("count", 0, torch.int32), lc.pos
+        # ties in the integer counts evict the oldest token, on every device: count · 2^32 + position
+        evict_outside_window(lc, m, m - int(m * (1 - self.recent_share)),
+                             lambda a, b: count[:, :, a:b].long() * 2 ** 32 + pos[:, :, a:b], lead=self.global_tokens)
 
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
         self.evict(lc, run)

@@ -83,5 +83,5 @@ class StreamingLLM(KVMethod):
             key = ("streaming_llm.shift", st["shift"])
             if key not in run.memo:           # the same angles for every layer
                 run.memo = {key: tuple(t.to(lc.k.device) for t in
-                                       rerotation_angles(torch.tensor(float(st["shift"])), run.inv_freq, lc.k.dtype))}
+                                       rerotation_angles(st["shift"], run.inv_freq, lc.k.dtype))}
             lc._k[:, :, :s] = rotate(st["sinks"], *run.memo[key])
