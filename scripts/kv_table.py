@@ -21,10 +21,9 @@ COLUMNS = [("kept fraction", "kept_fraction", "{:.2f}"), ("bytes fraction", "kv_
 
 
 def context_length(rec: dict) -> int:
-    for a in rec["provenance"]["argv"]:
-        if a.startswith("context_length="):
-            return int(a.split("=", 1)[1])
-    raise ValueError(f"{rec['run_id']}: no context_length in its argv")
+    """The task's context length, from the record's task parameters (whether `harness eval` or a
+    sweep made it)."""
+    return int(rec["task"]["params"]["context_length"])
 
 
 def tables(results: Path) -> str:
