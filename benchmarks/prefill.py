@@ -122,7 +122,7 @@ def main() -> None:
         print(f"| {r['method']} | {r['length']} | {r['tokens_per_s']:,} | {r['slowdown_vs_baseline']:.2f}x | {mem} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "device": dev, "rows": rows}, f, indent=1)
+            json.dump({"model": a.model, "device": dev, "torch": torch.__version__, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
