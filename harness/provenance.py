@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,6 +45,20 @@ def environment(device: str) -> dict:
 
 
 _RSS_RESET = {"cell": False}
+
+
+def device_clock(device):
+    """time.perf_counter, after waiting for the device's queued work when it is a GPU: CUDA runs
+    asynchronously, so an unsynchronized reading times the host enqueuing kernels, not the work."""
+    import torch
+    device = torch.device(device)
+    if device.type != "cuda":
+        return time.perf_counter
+
+    def clock() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return clock
 
 
 def reset_peak_memory(device: str) -> None:

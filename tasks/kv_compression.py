@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
 
 from harness.errors import NoEffect
 from harness.interfaces import Metric, Task, TaskResult
+from harness.provenance import device_clock
 from harness.registry import register
 from harness.synthetic import sample_seed
 from harness.tasks.needle import Needle, depth_grid
@@ -91,12 +91,13 @@ class KVCompression(Task):
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         lm.hints = hints
-        t0 = time.perf_counter()
+        clock = device_clock(lm.device)
+        t0 = clock()
         try:
             out = fn()
         finally:
             lm.hints = {}
-        wall = time.perf_counter() - t0
+        wall = clock() - t0
         d = {k: lm.telemetry[k] - before.get(k, 0) for k in lm.telemetry if k.startswith("kv.")}
         d["kv.peak_cache_bytes"] = lm.telemetry["kv.peak_cache_bytes"]
         lm.telemetry["kv.peak_cache_bytes"] = max(before.get("kv.peak_cache_bytes", 0), d["kv.peak_cache_bytes"])

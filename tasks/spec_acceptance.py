@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -15,6 +14,7 @@ import torch
 from harness import data, registry
 from harness.errors import NoEffect, UserError
 from harness.interfaces import MethodContext, Metric, Task, TaskResult
+from harness.provenance import device_clock
 from harness.registry import register
 from harness.synthetic import Corpus, sample_seed
 
@@ -165,9 +165,10 @@ class SpecAcceptance(Task):
     @staticmethod
     def _timed(lm, ids, n, temperature, seed):
         before = Counter(lm.telemetry)
-        t0 = time.perf_counter()
+        clock = device_clock(lm.device)      # on a GPU: the device's time, synchronized
+        t0 = clock()
         out = lm.generate([ids], n, temperature=temperature, seed=seed)[0]
-        wall = time.perf_counter() - t0
+        wall = clock() - t0
         delta = Counter(lm.telemetry)
         delta.subtract(before)
         return out, wall, delta
@@ -264,7 +265,7 @@ class SpecAcceptance(Task):
     def _summarise(self, ctx, rows, sampling, prompts) -> TaskResult:
         spec = any(getattr(m, "family", "") == "spec" for m in ctx.methods)
         metrics, details = {}, {"threads": self.threads, "warmups": self.warmups, "repeats": self.repeats,
-                                "timer": "time.perf_counter, prefill included", "per_temperature": {}}
+                                "timer": "time.perf_counter (device-synchronized on a GPU), prefill included", "per_temperature": {}}
         metrics["tau"] = Metric.mean([r["tau"] for r in rows], "higher", "tokens/forward", "tau")
         for key, unit in (("target_forwards", "forwards"), ("draft_forwards", "forwards")):
             metrics[key] = Metric.mean([r[key] for r in rows], "lower", unit, key)

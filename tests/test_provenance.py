@@ -1,4 +1,5 @@
-"""git_state: the commit and whether the code (not the committed records) differs from it."""
+"""git_state: the commit and whether the code (not the committed records) differs from it; the
+device-synchronized clock of timings on a GPU."""
 import subprocess
 
 import harness
@@ -54,3 +55,19 @@ def test_cpu_peak_memory_is_per_cell_where_linux_allows_it():
     else:
         assert first["max_rss_scope"] == second["max_rss_scope"] == "cell"
         assert first["max_rss_bytes"] - second["max_rss_bytes"] > 200 * 2**20   # the earlier peak is gone
+
+
+def test_device_clock_synchronizes_a_gpu_before_reading_the_time(monkeypatch):
+    """CUDA runs asynchronously: a timing on a GPU must wait for the queued work (else it times
+    the host enqueuing kernels). On the CPU the clock is perf_counter itself."""
+    import time
+
+    import torch
+
+    from harness.provenance import device_clock
+    assert device_clock("cpu") is time.perf_counter
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    clock = device_clock("cuda:1")
+    t0 = clock()
+    assert clock() >= t0 and synced == [torch.device("cuda:1")] * 2

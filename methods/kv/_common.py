@@ -36,7 +36,8 @@ kv.kept_tokens (kept context tokens after prefill compression, mean over layers 
 kv.bytes and kv.dense_bytes (counted at REFERENCE_BYTES per element, as the papers' fp16 caches
 hold them; quantizers count bits, scales and zero points), kv.compressed_calls, kv.peak_cache_bytes
 (a max: tensors the cache held), kv.prefill_s, kv.decode_s, kv.decode_steps, kv.policy_s (time in the
-method's own bookkeeping while decoding)."""
+method's own bookkeeping while decoding). On a GPU every timing synchronizes the device first
+(`device_clock`), so it is the device's time, not the host's time to enqueue the kernels."""
 from __future__ import annotations
 
 import contextlib
@@ -52,6 +53,7 @@ from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.methods.rope._attention import _attention_modules, _rotary_module, rotate
 from harness.patching import patched_forwards
+from harness.provenance import device_clock
 
 REFERENCE_BYTES = 2          # fp16
 PREFILL_CHUNK = 512          # queries per prefill forward
@@ -433,6 +435,7 @@ class Run:
         self.shift = 0              # method.rope_shift at the start of the current forward
         self._shifted = None        # (the model's cos/sin, the same advanced by `shift`) for this forward
         self.memo: dict = {}        # values a method computes once for all layers (e.g. angles)
+        self.clock = time.perf_counter   # the Driver's device_clock: policy timings on a GPU are device time
 
     def positions(self, c: int) -> torch.Tensor:
         if self.method.positions == "cache" and self.layers:
@@ -446,11 +449,11 @@ class Run:
         method's attention factor is kept), computed once per forward; angles in float64."""
         cos, sin = position_embeddings
         if self._shifted is None or self._shifted[0] is not cos:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             c2, s2 = rerotation_angles(self.shift, self.inv_freq, cos.dtype)
             c2, s2 = c2.to(cos.device), s2.to(cos.device)
             self._shifted = (cos, (cos * c2 - sin * s2, sin * c2 + cos * s2))
-            self.policy_s += time.perf_counter() - t0
+            self.policy_s += self.clock() - t0
         return self._shifted[1]
 
     def attend(self, layer: int, q, k, v, scaling: float) -> torch.Tensor:
@@ -470,9 +473,9 @@ class Run:
         if self.phase == "prefill" and w and not self.dense:
             lc.queries = q[:, :, -w:] if lc.queries is None else torch.cat([lc.queries, q], dim=2)[:, :, -w:]
         if self.compressing_decode() and not self.method.all_layers:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             self.method.compress_decode(lc, self)
-            self.policy_s += time.perf_counter() - t0
+            self.policy_s += self.clock() - t0
         return out
 
     def compressing_decode(self) -> bool:
@@ -495,9 +498,9 @@ class Run:
         by its own attention in the next forward)."""
         if not (self.method.all_layers and self.compressing_decode() and self.layers):
             return
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self._on_all_layers(self.method.compress_decode)
-        self.policy_s += time.perf_counter() - t0
+        self.policy_s += self.clock() - t0
 
     def _on_all_layers(self, hook) -> None:
         everything = self.all_layers()
@@ -535,9 +538,9 @@ class Run:
             probs = torch.softmax(logits, dim=-1)
             self.query_start = self.next_pos + s
             self.query_pos = torch.arange(self.query_start, self.query_start + cs, device=q.device)
-            t0 = time.perf_counter()
+            t0 = self.clock()
             self.method.observe(lc, probs, logits, self)
-            self.policy_s += time.perf_counter() - t0
+            self.policy_s += self.clock() - t0
             outs.append((probs.to(values.dtype).view(b, hkv, g * cs, n) @ values).view(b, h, cs, d))
         return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
@@ -613,6 +616,7 @@ class Driver:
         self.lm, self.method, self.engine = lm, method, _Engine()
         self.rotary = _rotary_module(lm.model)
         self.n_layers = 1 + max((m.layer_idx for m in _attention_modules(lm.model)), default=0)
+        self.clock = device_clock(lm.device)
         self.generator = torch.Generator().manual_seed(0)
 
     def _forward(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
@@ -631,6 +635,7 @@ class Driver:
         protect = int(getattr(self.lm, "kv_protect_prefix", 0) or 0)
         run = Run(self.method, budget, self.generator, effective_inv_freq(self.rotary), protect, self.n_layers)
         run.tokenizer = self.lm.tokenizer
+        run.clock = self.clock
         return run
 
     def prefill_forward(self, run: Run, ids: list[int], all_logits: bool) -> tuple[torch.Tensor, int]:
@@ -656,7 +661,7 @@ class Driver:
     @torch.no_grad()
     def prefill(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
         """Prefill the context and compress it (recorded in telemetry); its logits (all or the last)."""
-        t0 = time.perf_counter()
+        t0 = self.clock()
         run.n_context = len(ids)
         logits, peak = self.prefill_forward(run, ids, all_logits)
         run.phase, run.policy_s = "decode", 0.0      # bookkeeping is reported for decoding only
@@ -676,17 +681,17 @@ class Driver:
         t["kv.peak_cache_bytes"] = max(t["kv.peak_cache_bytes"], peak)
         if run.protect and not run.dense and self.method.budget_unit == "bits":   # quantizers honour it
             t["kv.protected_tokens"] += min(run.protect, n)
-        t["kv.prefill_s"] += time.perf_counter() - t0
+        t["kv.prefill_s"] += self.clock() - t0
         return logits
 
     @torch.no_grad()
     def decode(self, run: Run, ids: list[int]) -> torch.Tensor:
         """Feed tokens after the compressed context (compressing as the method does); all logits."""
-        t0 = time.perf_counter()
+        t0 = self.clock()
         out = self.decode_forward(run, ids)
         run.step += 1
         t = self.lm.telemetry
-        t["kv.decode_s"] += time.perf_counter() - t0
+        t["kv.decode_s"] += self.clock() - t0
         t["kv.decode_steps"] += 1
         t["kv.policy_s"] += run.policy_s
         run.policy_s = 0.0
