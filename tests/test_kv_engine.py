@@ -193,3 +193,25 @@ def test_decoding_eviction_over_all_layers_follows_the_rule_step_by_step(lead):
                 assert lc.k[0, h, :, 0].tolist() == [float(q) for q in pos]       # keys moved with tokens
                 assert torch.allclose(lc.score[0, h], torch.tensor([ref[i][h][q] for q in pos]), atol=1e-5)
     assert state.get("ring") not in (None, 0)                # single tokens went through the ring
+
+
+def test_layers_numbered_with_gaps_share_the_store_in_layer_order(tiny_lm, monkeypatch):
+    """Hybrid models number only some layers' attention (layer_idx 1, 3, ... here): the shared
+    store gets one row per attention layer, and the all-layer eviction gives the same logits."""
+    ids = text(tiny_lm, 60)
+
+    def decoded():
+        with method("h2o").apply(tiny_lm, MethodContext()) as driver:
+            tiny_lm.hints = {"kv_budget": 0.3}
+            run = driver.start()
+            driver.prefill(run, ids[:50], all_logits=False)
+            out = torch.stack([driver.decode(run, [t])[-1] for t in ids[50:]])
+            tiny_lm.hints = {}
+        return out, run
+    plain, _ = decoded()
+    modules = _common._attention_modules(tiny_lm.model)
+    for i, m in enumerate(modules):
+        monkeypatch.setattr(m, "layer_idx", 2 * i + 1)
+    gapped, run = decoded()
+    assert sorted(run.layers) == [2 * i + 1 for i in range(len(modules))] and run.store.k.shape[0] == len(modules)
+    assert torch.equal(plain, gapped)

@@ -413,10 +413,11 @@ class Run:
     """One prompt through the cache: per-layer caches, the phase, the budget, positions."""
 
     def __init__(self, method: KVMethod, budget: float, generator: torch.Generator, inv_freq, protect: int = 0,
-                 n_layers: int = 1):
+                 rows: dict[int, int] | None = None):
         self.method, self.budget, self.generator, self.inv_freq = method, budget, generator, inv_freq
         self.layers: dict[int, LayerCache] = {}
-        self.n_layers = n_layers    # layers sharing one SlotStore (attention layers' layer_idx < n_layers)
+        self.rows = rows or {0: 0}  # attention layer_idx -> its row of the shared SlotStore
+        self.n_layers = len(self.rows)
         self.store: SlotStore | None = None
         self._all: LayerCache | None = None
         self.phase = "prefill"
@@ -463,7 +464,8 @@ class Run:
         if lc is None:
             if self.store is None:
                 self.store = SlotStore(k, self.n_layers)
-            lc = self.layers[layer] = LayerCache(k, self.store, slice(layer, layer + 1))
+            row = self.rows[layer]
+            lc = self.layers[layer] = LayerCache(k, self.store, slice(row, row + 1))
         n0, c = lc.n, q.shape[2]
         pos = torch.arange(self.next_pos, self.next_pos + c, device=k.device).expand(*k.shape[:2], c)
         lc.append(k, v, pos)
@@ -615,7 +617,8 @@ class Driver:
     def __init__(self, lm, method: KVMethod):
         self.lm, self.method, self.engine = lm, method, _Engine()
         self.rotary = _rotary_module(lm.model)
-        self.n_layers = 1 + max((m.layer_idx for m in _attention_modules(lm.model)), default=0)
+        # rows of the shared cache, in layer order: hybrid models number only some layers' attention
+        self.rows = {i: r for r, i in enumerate(sorted({m.layer_idx for m in _attention_modules(lm.model)}))} or {0: 0}
         self.clock = device_clock(lm.device)
         self.generator = torch.Generator().manual_seed(0)
 
@@ -633,7 +636,7 @@ class Driver:
         hints = self.lm.hints
         budget = float(hints.get("kv_budget", self.method.budget))
         protect = int(getattr(self.lm, "kv_protect_prefix", 0) or 0)
-        run = Run(self.method, budget, self.generator, effective_inv_freq(self.rotary), protect, self.n_layers)
+        run = Run(self.method, budget, self.generator, effective_inv_freq(self.rotary), protect, self.rows)
         run.tokenizer = self.lm.tokenizer
         run.clock = self.clock
         return run
