@@ -103,7 +103,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "note": "zoo model: a tiny reference model, not a real LLM",
-                       "device": where, "load_average": os.getloadavg(),
+                       "device": where, "torch": torch.__version__, "load_average": os.getloadavg(),
                        "context": args.context, "budget": args.budget, "steps": args.steps,
                        "blocks": args.blocks, "rows": rows}, f, indent=1)
 
