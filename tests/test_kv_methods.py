@@ -220,6 +220,16 @@ def test_streaming_llm_decoding_equals_rerotating_every_step(tiny_lm, ids):
     assert torch.allclose(ours, torch.stack(ref), atol=1e-4)
 
 
+def test_keyformer_gumbel_probs_equal_the_formula_with_the_same_draws():
+    """softmax((x + ζ)/τ), ζ = −log(−log u), u ~ U(0, 1) from the run's generator: the in-place
+    computation gives exactly the out-of-place formula's numbers (the records depend on them)."""
+    x = torch.randn(1, 2, 1, 3, 50)
+    for tau in (1.0, 1.7):
+        u = torch.rand(x.shape, generator=torch.Generator().manual_seed(4)).clamp(1e-20, 1.0)
+        ref = torch.softmax((x + -torch.log((-torch.log(u)).clamp(min=1e-20))) / tau, dim=-1)
+        assert torch.equal(gumbel_probs(x, tau, torch.Generator().manual_seed(4)), ref)
+
+
 def test_keyformer_gumbel_scores_follow_the_gumbel_max_distribution():
     logits = torch.tensor([[1.0, 0.0, -1.0, 2.0]])
     gen = torch.Generator().manual_seed(0)
