@@ -21,13 +21,10 @@ KV = ["snapkv", "streaming_llm", "h2o", "kivi", "scissorhands", "fastgen", "vatp
       "kvmerger", "gear", "kivi+intactkv", "svd_kv"]
 
 
-def run_method(name: str, device: str, prompt: list[int], feed: list[int], budget: float):
+def run_method(lm, name: str, prompt: list[int], feed: list[int], budget: float):
     """(logits of every fed token [steps, vocab] on the CPU, sorted kept positions per layer and head)."""
     from harness import params, registry
     from harness.interfaces import MethodContext
-    from harness.lm import LM
-    from harness.models import load
-    lm = LM(load("zoo:tiny-llama", device), batch_size=1)
     methods = [params.build(registry.method(p), {}, p) for p in name.split("+")]
     with contextlib.ExitStack() as stack:
         for m in methods:
@@ -65,6 +62,7 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = False
     registry.load()
     lm = LM(load("zoo:tiny-llama", "cpu"), batch_size=1)
+    on_device = LM(load("zoo:tiny-llama", a.device), batch_size=1)
     corpus, ids = Corpus(EVAL_SEED_BASE + 11), []
     while len(ids) < a.context + a.steps:
         ids += lm.encode(" " + corpus.text(50))
@@ -75,8 +73,8 @@ def main() -> int:
     bad = 0
     for name in a.methods.split(","):
         try:
-            ref, kept_ref = run_method(name, "cpu", prompt, feed, a.budget)
-            got, kept_got = run_method(name, a.device, prompt, feed, a.budget)
+            ref, kept_ref = run_method(lm, name, prompt, feed, a.budget)
+            got, kept_got = run_method(on_device, name, prompt, feed, a.budget)
         except UserError as e:
             print(f"kv_cross_device: {e}", file=sys.stderr)
             return 2

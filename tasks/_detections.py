@@ -193,11 +193,15 @@ def read_detections(path: str, threshold: float) -> tuple[dict[str, dict[int, di
 # -- the task base -----------------------------------------------------------------------------
 @dataclass
 class DetectionTask(Task):
-    """One detection/caption dimension. Subclasses set `dimension` and `frame_weighted`."""
+    """One detection/caption dimension. Subclasses set `dimension`, `frame_weighted` where it is
+    False, and `rule`. The smoke run scores synthetic_scenes videos with the oracle, the only
+    backend that needs no outside files."""
     accepts = ("video_source",)
     needs_lm = False
     dimension = ""
     frame_weighted = True
+    smoke_args = {"backend": "synthetic_oracle"}
+    smoke_methods = ("synthetic_scenes",)       # the oracle only reads synthetic_scenes videos
     backend: str = field(default="file", metadata={"help": "file (GRiT/Tag2Text outputs, see `detections`) or "
                                                             "synthetic_oracle (synthetic_scenes videos only; a proxy)"})
     detections: str = field(default="", metadata={"help": "JSONL of per-frame GRiT/Tag2Text outputs (backend=file)"})

@@ -24,8 +24,6 @@ class VBenchColor(DetectionTask):
     dimension = "color"
     frame_weighted = False
     summary = "VBench color from GRiT outputs (file) or the synthetic oracle (proxy)"
-    smoke_args = {"backend": "synthetic_oracle"}
-    smoke_methods = ("synthetic_scenes",)       # the oracle only reads synthetic_scenes videos
 
     def rule(self, frames, tgt):
         with_any, with_target = color_counts(frames, *tgt)

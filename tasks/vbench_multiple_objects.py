@@ -20,10 +20,7 @@ class VBenchMultipleObjects(DetectionTask):
     version = "1"
     main_metric = "multiple_objects"
     dimension = "multiple_objects"
-    frame_weighted = True
     summary = "VBench multiple objects from GRiT outputs (file) or the synthetic oracle (proxy)"
-    smoke_args = {"backend": "synthetic_oracle"}
-    smoke_methods = ("synthetic_scenes",)       # the oracle only reads synthetic_scenes videos
 
     def rule(self, frames, tgt):
         return frame_rule(multiple_frames(frames, tgt))

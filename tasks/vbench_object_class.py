@@ -21,10 +21,7 @@ class VBenchObjectClass(DetectionTask):
     version = "1"
     main_metric = "object_class"
     dimension = "object_class"
-    frame_weighted = True
     summary = "VBench object class from GRiT outputs (file) or the synthetic oracle (proxy)"
-    smoke_args = {"backend": "synthetic_oracle"}
-    smoke_methods = ("synthetic_scenes",)       # the oracle only reads synthetic_scenes videos
 
     def rule(self, frames, tgt):
         return frame_rule(object_frames(frames, tgt))

@@ -20,10 +20,7 @@ class VBenchScene(DetectionTask):
     version = "1"
     main_metric = "scene"
     dimension = "scene"
-    frame_weighted = True
     summary = "VBench scene from Tag2Text outputs (file) or the synthetic oracle (proxy)"
-    smoke_args = {"backend": "synthetic_oracle"}
-    smoke_methods = ("synthetic_scenes",)       # the oracle only reads synthetic_scenes videos
 
     def rule(self, frames, tgt):
         return frame_rule(scene_frames(frames, tgt))

@@ -22,10 +22,7 @@ class VBenchSpatialRelationship(DetectionTask):
     version = "1"
     main_metric = "spatial_relationship"
     dimension = "spatial_relationship"
-    frame_weighted = True
     summary = "VBench spatial relationship from GRiT outputs (file) or the synthetic oracle (proxy)"
-    smoke_args = {"backend": "synthetic_oracle"}
-    smoke_methods = ("synthetic_scenes",)       # the oracle only reads synthetic_scenes videos
 
     def rule(self, frames, tgt):
         return frame_rule(spatial_frames(frames, *tgt))
