@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -86,6 +87,9 @@ def cmd_eval(a) -> int:
     from harness import models, runner
 
     models.pick_device(a.device)   # a bad --device is a user error before any work starts
+    batch_size = _batch_size(a.batch_size)
+    chunk = None if a.prefill_chunk is None else _non_negative(a.prefill_chunk)
+    cap = None if a.memory_cap is None else _gib(a.memory_cap)
     task_args = params.parse_kv(a.task_arg, "--task-arg")
     if a.allow_uncalibrated:       # tasks whose backbone weights are missing may then run random-init
         if not any("allow_uncalibrated" in params.field_types(registry.task(t)[0]) for t in a.task):
@@ -99,7 +103,8 @@ def cmd_eval(a) -> int:
         progress = lambda it, total=None, desc="": tqdm(it, total=total, desc=desc, file=sys.stderr,
                                                          leave=False, dynamic_ncols=True)
     outcomes = runner.evaluate(cells, device=a.device, out=a.out, overwrite=a.overwrite,
-                               batch_size=a.batch_size, trust_remote_code=a.trust_remote_code,
+                               batch_size=batch_size, trust_remote_code=a.trust_remote_code,
+                               prefill_chunk=chunk, memory_cap=cap,
                                allow_pickle=a.allow_pickle,
                                progress=progress, log=lambda m: print(m, file=sys.stderr))
     rows = []
@@ -258,7 +263,15 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="at most N samples per cell")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", default="auto",
+                    help="sequences per forward, or auto (default): 8 for prompts up to 4,096 tokens, "
+                         "beyond that the fastest measured batch that fits under --memory-cap")
+    ev.add_argument("--prefill-chunk", default=None, metavar="TOKENS",
+                    help="prefill long prompts this many tokens at a time through the KV cache "
+                         "(default 2048; 0 = one forward per prompt): bounds activation memory")
+    ev.add_argument("--memory-cap", default=None, metavar="GIB",
+                    help="memory a cell may use beyond the weights (default: half of the free memory); "
+                         "a cell that cannot fit stops before any work")
     ev.add_argument("--out", default=None, help="results folder (default $HARNESS_RESULTS or results/)")
     ev.add_argument("--overwrite", action="store_true", help="rerun finished cells")
     ev.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code")
@@ -353,13 +366,34 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _batch_size(v: str):
+    if v == "auto":
+        return v
+    if not v.isdigit() or int(v) < 1:
+        raise UserError(f"--batch-size must be a positive number or auto, got {v!r}")
+    return int(v)
+
+
+def _non_negative(v: str) -> int:
+    if not v.isdigit():
+        raise UserError(f"--prefill-chunk must be a whole number of tokens (0 = no chunking), got {v!r}")
+    return int(v)
+
+
+def _gib(v: str) -> int:
+    try:
+        x = float(v)
+    except ValueError:
+        x = float("nan")
+    if not math.isfinite(x) or x <= 0 or x > 2**40:
+        raise UserError(f"--memory-cap must be a positive number of GiB, got {v!r}")
+    return int(x * 2**30)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     if getattr(a, "method", "x") is None:
         a.method = ["baseline"]
-    if getattr(a, "batch_size", 1) < 1:
-        print("harness: error: --batch-size must be positive", file=sys.stderr)
-        return 2
     try:
         return a.fn(a)
     except UserError as e:

@@ -163,6 +163,11 @@ class Task:
         """Longest context this task will feed the model (methods derive scale factors from it)."""
         return None
 
+    def workload(self, limit: int | None) -> list[tuple[int, int]] | None:
+        """(prompt tokens, generated tokens) of each sample the task will run, for the memory check,
+        the batch size and the time estimate before it starts (harness.budget); None: not declared."""
+        return None
+
     def run(self, ctx: "TaskContext") -> TaskResult:
         raise TypeError(f"task {self.name} does not define run()")
 

@@ -2,9 +2,16 @@
 
 Methods of kind `lm` act on an LM by patching its model (RoPE, attention) or by wrapping the two
 batch-level hooks `_generate_batch` / `_forward_logits` (KV-cache policies, speculative decoding);
-both are restored when the method's context exits."""
+both are restored when the method's context exits.
+
+Long prompts are prefilled in chunks of `prefill_chunk` tokens through the model's KV cache, as
+serving engines do: activations, the attention mask and any per-layer temporaries then grow with
+chunk x context, never context x context, and only the positions that are generated from or scored
+get vocabulary logits (`logits_to_keep`). A batch that runs out of accelerator memory is split in
+halves and retried (the LM keeps the smaller size for the rest of the run)."""
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from dataclasses import dataclass
 
@@ -20,13 +27,22 @@ class LogLikelihood:
     n_tokens: int
 
 
+DEFAULT_PREFILL_CHUNK = 2048   # tokens per prefill forward: bounds activation memory at any context
+
+
 class LM:
-    def __init__(self, loaded: LoadedModel, batch_size: int = 8):
+    def __init__(self, loaded: LoadedModel, batch_size: int = 8, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.batch_size = batch_size
+        self.prefill_chunk = prefill_chunk      # 0: one forward over the whole prompt
+        # While a prompt is prefilled in chunks: its full length. Methods whose rule depends on the
+        # length of the sequence in the forward (dynamic NTK) read it, so that chunking computes
+        # what one forward over the whole prompt would.
+        self.prefill_length: int | None = None
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.telemetry: Counter = Counter()
         # Per-call hints a task gives the methods that wrap the batch hooks (e.g. the kv family:
         # "kv_budget", "kv_question_tokens", "kv_decode_tokens"); methods that know none ignore them.
@@ -70,7 +86,9 @@ class LM:
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
             if seed is not None:
                 torch.manual_seed(seed + start)
-            new = self._generate_batch(ids, mask, max_new_tokens, temperature, top_p)
+            new = self._split_on_oom(
+                lambda r, ids=ids, mask=mask: self._generate_batch(ids[r], mask[r], max_new_tokens, temperature, top_p),
+                slice(0, len(chunk)), pad)
             for row in new.tolist():
                 if eos is not None and eos in row:
                     row = row[:row.index(eos)]
@@ -79,13 +97,68 @@ class LM:
             self.telemetry["generated_tokens"] += sum(len(r) for r in out[-len(chunk):])
         return out
 
+    def _split_on_oom(self, run, rows: slice, pad):
+        """run(rows) on a batch's rows; on an out-of-memory error, on halves of them (recursively),
+        keeping the smaller batch size for the rest of the run. Results come back in row order,
+        padded with `pad` to one width (generations of the halves may differ in length)."""
+        try:
+            return run(rows)
+        except torch.OutOfMemoryError:
+            if rows.stop - rows.start == 1:
+                raise
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        half = (rows.stop - rows.start) // 2
+        self.batch_size = min(self.batch_size, half)
+        self.telemetry["oom_backoffs"] += 1
+        mid = rows.start + half
+        parts = [self._split_on_oom(run, r, pad) for r in (slice(rows.start, mid), slice(mid, rows.stop))]
+        width = max(p.shape[1] for p in parts)
+        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in parts])
+
+    @torch.no_grad()
+    def prefill(self, ids, mask, length: int | None = None):
+        """Run the prompt through the model in chunks of `prefill_chunk` tokens, filling a KV cache
+        (returned). Position ids follow the attention mask, so left padding is handled as
+        `generate` handles it. Only the last position of a chunk gets logits, and they are dropped.
+        length: the whole sequence's length when the prompt is a prefix of it (default its width)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for _ in self._chunked(ids, mask, length or ids.shape[1], lambda s, e: 1, cache):
+            pass
+        return cache
+
+    def _chunked(self, ids, mask, length: int, keep, cache):
+        """Forward ids through the KV cache a chunk at a time; yields (start, logits) per chunk,
+        logits for the chunk positions keep(start, end) names (an int n: the last n)."""
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        self.prefill_length = length
+        try:
+            for s, e in self.chunks(ids.shape[1]):
+                extra = {"logits_to_keep": keep(s, e)} if self._keeps_logits else {}
+                with torch.no_grad():
+                    out = self.model(input_ids=ids[:, s:e], attention_mask=mask[:, :e],
+                                     position_ids=positions[:, s:e], past_key_values=cache,
+                                     use_cache=True, **extra)
+                yield s, out.logits
+        finally:
+            self.prefill_length = None
+
+    def chunks(self, width: int) -> list[tuple[int, int]]:
+        step = self.prefill_chunk or width
+        return [(s, min(s + step, width)) for s in range(0, width, step)]
+
     @torch.no_grad()
     def _generate_batch(self, ids, mask, max_new_tokens: int, temperature: float, top_p: float):
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
             else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        cache = None
+        if self.prefill_chunk and ids.shape[1] > self.prefill_chunk:   # generate() feeds only the last token
+            cache = self.prefill(ids[:, :-1], mask[:, :-1], length=ids.shape[1])
         gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                   min_new_tokens=0, pad_token_id=self.tokenizer.pad_token_id,
-                                  **sampling)
+                                  past_key_values=cache, **sampling)
         return gen[:, ids.shape[1]:]
 
     # -- log-likelihood ----------------------------------------------------------------------
@@ -94,26 +167,68 @@ class LM:
         if any(not ctx for ctx, _ in requests):
             raise ValueError("loglikelihood needs at least one context token per request")
         results: list[LogLikelihood] = []
+        pad = self.tokenizer.pad_token_id
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start:start + self.batch_size]
             seqs = [list(c) + list(x) for c, x in chunk]
             width = max(map(len, seqs))
-            pad = self.tokenizer.pad_token_id
             ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
-            logp = torch.log_softmax(self._forward_logits(ids, mask).float(), dim=-1)
+            # target[b, p]: the token position p predicts in row b, -1 where p is not scored
+            target = torch.full((len(chunk), width), -1, dtype=torch.long)
             for b, (ctx, cont) in enumerate(chunk):
-                pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=self.device)
-                target = torch.tensor(cont, device=self.device)
-                lp = logp[b, pos]
-                results.append(LogLikelihood(float(lp.gather(1, target[:, None]).sum()),
-                                             bool((lp.argmax(-1) == target).all()), len(cont)))
+                target[b, len(ctx) - 1:len(ctx) + len(cont) - 1] = torch.tensor(cont)
+            scored = self._split_on_oom(
+                lambda r, ids=ids, mask=mask, target=target: self._score(ids[r], mask[r], target[r].to(self.device)),
+                slice(0, len(chunk)), 0)
+            for b, (_, cont) in enumerate(chunk):
+                results.append(LogLikelihood(float(scored[b, 0]), bool(scored[b, 1] == len(cont)), len(cont)))
             self.telemetry["scored_tokens"] += sum(len(x) for _, x in chunk)
         return results
 
+    def _score(self, ids, mask, target):
+        """[b, 2] float64: the sum of the targets' log-probabilities and how many were the argmax,
+        from the logits of the scored positions only, a chunk of positions at a time."""
+        out = torch.zeros(ids.shape[0], 2, dtype=torch.float64, device=self.device)
+        for positions, logits in self._scored_logits(ids, mask, (target >= 0).any(dim=0)):
+            t = target[:, positions]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            hit = t >= 0
+            lp = logp.gather(-1, t.clamp_min(0)[..., None])[..., 0]
+            out[:, 0] += (lp * hit).sum(dim=1).double()
+            out[:, 1] += ((logp.argmax(-1) == t) & hit).sum(dim=1).double()
+        return out
+
+    def _scored_logits(self, ids, mask, wanted):
+        """(positions, logits [b, len(positions), vocab]) for the positions where `wanted` [width] is
+        true. A method that wraps `_forward_logits` (it computes the whole batch its own way) is
+        called once and its logits sliced; otherwise the prompt goes through the KV cache in
+        chunks and the LM head runs on the wanted positions of each chunk only."""
+        wanted = wanted.to(self.device)
+        if "_forward_logits" in self.__dict__:
+            positions = wanted.nonzero()[:, 0]
+            yield positions, self._forward_logits(ids, mask)[:, positions]
+            return
+        if not self._keeps_logits or not self.prefill_chunk or ids.shape[1] <= self.prefill_chunk:
+            positions = wanted.nonzero()[:, 0]
+            logits = self._forward_logits(ids, mask, positions if self._keeps_logits else None)
+            yield positions, logits if self._keeps_logits else logits[:, positions]
+            return
+        def keep(s, e):
+            here = wanted[s:e].nonzero()[:, 0]
+            return here if len(here) else 1
+        from transformers import DynamicCache
+        for s, logits in self._chunked(ids, mask, ids.shape[1], keep, DynamicCache(config=self.model.config)):
+            here = wanted[s:s + self.prefill_chunk].nonzero()[:, 0]
+            if len(here):
+                yield here + s, logits
+
     @torch.no_grad()
-    def _forward_logits(self, ids, mask):
-        return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    def _forward_logits(self, ids, mask, keep=None):
+        """Logits of the whole batch in one forward (no cache); keep: only these positions."""
+        extra = {} if keep is None else {"logits_to_keep": keep}
+        return self.model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
 
     def close(self) -> None:
         self._hook.remove()
+

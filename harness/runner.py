@@ -167,9 +167,15 @@ class Outcome:
 
 
 def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, overwrite: bool = False,
-             batch_size: int = 8, trust_remote_code: bool = False, progress=None, log=print,
-             allow_pickle: bool = False) -> list[Outcome]:
-    from harness.lm import LM
+             batch_size: int | str = "auto", trust_remote_code: bool = False, progress=None, log=print,
+             allow_pickle: bool = False, prefill_chunk: int | None = None,
+             memory_cap: int | None = None) -> list[Outcome]:
+    """batch_size: a number, or "auto" (see harness.budget); prefill_chunk: tokens per prefill
+    forward (None: the LM's default, 0: whole prompts); memory_cap: bytes the cell may use beyond
+    the weights (None: half of the free memory)."""
+    from harness.lm import DEFAULT_PREFILL_CHUNK, LM
+
+    chunk = DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
 
     out = Path(out) if out else records.default_out()
     outcomes: list[Outcome] = []
@@ -186,7 +192,9 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
         if loaded is None:
             loaded = models.load(cell.model, device, trust_remote_code, allow_pickle)
         _check_position_encoding(loaded, cell)
-        outcomes.append(_run_cell(cell, config, rid, path, loaded, LM(loaded, batch_size), progress))
+        lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), chunk)
+        budget = (batch_size, memory_cap, log)
+        outcomes.append(_run_cell(cell, config, rid, path, loaded, lm, progress, budget))
     return outcomes
 
 
@@ -200,7 +208,35 @@ def _check_position_encoding(loaded, cell: Cell) -> None:
                         f"--method alibi (method {cell.method_name} would run it with RoPE)")
 
 
-def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress) -> Outcome:
+def _plan(cell: Cell, lm, budget) -> dict:
+    """Memory check, batch size and time estimate of the cell's workload (harness.budget), before
+    the task runs; the warm-up's forwards are not counted in the telemetry. Returns what the record
+    keeps of it."""
+    from harness import budget as bud
+
+    requested, cap, log = budget
+    work = cell.task.workload(cell.limit)
+    if not work:
+        return {}
+    saved = dict(lm.telemetry)
+    try:
+        plan = bud.plan(lm, work, requested, cap)
+    finally:       # in place: methods hold this Counter
+        lm.telemetry.clear()
+        lm.telemetry.update(saved)
+    lm.batch_size = plan.batch_size
+    label = f"{cell.task_label} · {cell.method_name} · {cell.model}"
+    log(f"{label}: {plan.summary()}")
+    resolved = {}
+    if plan.context_factor > bud.EXTRAPOLATION_WARNING:
+        log(f"warning: {label}: the context is {plan.context_factor:.0f}x the model's trained length "
+            f"({lm.original_max_length:,} positions); expect extrapolation, not a property of the method alone")
+        resolved = {"context_over_trained_length": round(plan.context_factor, 2),
+                    "trained_length": lm.original_max_length}
+    return {"provenance": dict(plan.provenance(), prefill_chunk=lm.prefill_chunk), "resolved": resolved}
+
+
+def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress, budget=None) -> Outcome:
     import torch
 
     started = datetime.now(timezone.utc)
@@ -219,6 +255,7 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
                                    "resolved": m.resolved(lm, mctx)})
                 if lm is not None:
                     stack.enter_context(m.apply(lm, mctx))
+            planned = _plan(cell, lm, budget) if lm is not None and budget else {}
             result = cell.task.run(TaskContext(lm=lm, seed=cell.seed, limit=cell.limit, progress=progress,
                                                methods=cell.methods, model=cell.model))
             for m in cell.methods:      # inside the methods' contexts: their state is still there
@@ -234,7 +271,8 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
     record = {
         "schema_version": records.SCHEMA_VERSION,
         "run_id": rid,
-        "task": dict(config["task"], alias=cell.task_label if cell.task_label != cell.task.name else None),
+        "task": dict(config["task"], alias=cell.task_label if cell.task_label != cell.task.name else None,
+                     **({"resolved": planned["resolved"]} if planned.get("resolved") else {})),
         "method": dict(config["method"], components=components),
         "model": model,
         "seed": cell.seed,
@@ -249,7 +287,8 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
                            model_sha256=loaded.sha256 if loaded else None,
                            calibrated=result.details.get("calibrated", True),
                            started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3),
-                           **provenance.peak_memory(device), **result.provenance),
+                           **provenance.peak_memory(device), **planned.get("provenance", {}),
+                           **result.provenance),
     }
     records.write(path, record, result.samples)
     return Outcome(cell, path, record, samples=result.samples)

@@ -155,6 +155,9 @@ class Needle(Task):
         return [(L, d, r) for r in range(self.samples_per_depth) for L in self.context_length
                 for d in depth_grid(self.depths)]
 
+    def workload(self, limit):
+        return [(L - self.max_new_tokens, self.max_new_tokens) for L, _, _ in self.samples_plan(0)[:limit]]
+
     def run(self, ctx) -> TaskResult:
         lm = ctx.lm
         if self.haystack != "synthetic":

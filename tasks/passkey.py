@@ -56,9 +56,15 @@ class Passkey(Task):
             raise UserError(f"context_length {length} is too short for the passkey prompt")
         return {"ids": ids, "key": key, "depth": 100.0 * before / max(1, repeats), "repeats": repeats}
 
+    def plan(self, limit):
+        return [(L, r) for r in range(self.samples) for L in self.context_length][:limit]
+
+    def workload(self, limit):
+        return [(L - self.max_new_tokens, self.max_new_tokens) for L, _ in self.plan(limit)]
+
     def run(self, ctx) -> TaskResult:
         lm = ctx.lm
-        plan = [(L, r) for r in range(self.samples) for L in self.context_length][:ctx.limit]
+        plan = self.plan(ctx.limit)
         rows = []
         batches = [plan[i:i + lm.batch_size] for i in range(0, len(plan), lm.batch_size)]
         for batch in ctx.iterate(batches, total=len(batches), desc=f"passkey ({len(plan)} samples)"):

@@ -64,6 +64,11 @@ class Perplexity(Task):
             raise ValueError("the text has fewer than 2 tokens")
         return ids
 
+    def workload(self, limit):
+        """An upper bound: the windows of an n_tokens-long text (a shorter file has fewer)."""
+        return [(e - b, 0) for L in self.context_length
+                for b, e, _ in windows(self.n_tokens, L, self.stride or max(1, L // 2))[:limit]]
+
     def run(self, ctx) -> TaskResult:
         lm = ctx.lm
         ids = self.text_ids(lm, ctx.seed)

@@ -81,10 +81,13 @@ def _rotary_modules(model):
 
 @contextlib.contextmanager
 def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] | None = None,
-                  counter=None):
+                  counter=None, lm=None):
     """Route every rotary embedding of `model` through `freq_fn(seq_len)`; restore on exit.
     keep_first=(n, inv_freq): positions below n rotate with inv_freq instead (LongRoPE's
-    un-interpolated start tokens). counter: telemetry that counts the patched calls."""
+    un-interpolated start tokens). counter: telemetry that counts the patched calls. lm: while it
+    prefills a prompt in chunks, seq_len is the whole prompt's length (`lm.prefill_length`), so a
+    length-dependent rule (dynamic NTK, LongRoPE's short/long factors) rotates every chunk as one
+    forward over the whole prompt would."""
     modules = _rotary_modules(model)
     if not modules:
         raise ValueError("the model has no rotary embedding module: RoPE methods need a RoPE model")
@@ -93,7 +96,7 @@ def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] |
     def make_forward(module):
         @torch.no_grad()
         def forward(x, position_ids):
-            seq_len = int(position_ids.max()) + 1
+            seq_len = max(int(position_ids.max()) + 1, (lm and lm.prefill_length) or 0)
             if seq_len not in cache:
                 cache[seq_len] = freq_fn(seq_len)
             inv, scaling = cache[seq_len]
@@ -142,7 +145,7 @@ class RopeMethod:
 
     def apply(self, lm, ctx):
         shape, s = self.resolve(lm, ctx)
-        return rope_override(lm.model, self.freq_fn(shape, s), counter=lm.telemetry)
+        return rope_override(lm.model, self.freq_fn(shape, s), counter=lm.telemetry, lm=lm)
 
     def check_effect(self, lm, ctx, result) -> str | None:
         """The patched rotary embedding ran, and at a scale above 1 its frequencies (or attention

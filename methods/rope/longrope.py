@@ -91,7 +91,7 @@ class LongRoPE(RopeMethod, LMMethod):
         shape, s = self.resolve(lm, ctx)
         _, n = self.factors(shape, s)
         return rope_override(lm.model, self.freq_fn(shape, s), keep_first=(n, inv_freq(shape.base, shape.dim)),
-                             counter=lm.telemetry)
+                             counter=lm.telemetry, lm=lm)
 
     def resolved(self, lm, ctx) -> dict:
         out = super().resolved(lm, ctx)
