@@ -138,3 +138,11 @@ bench-spec: install
 .PHONY: reference-finetuned
 reference-finetuned: install
 	OMP_NUM_THREADS=1 nice -n 10 $(HARNESS) sweep grids/long_context_finetuned.yaml --workers 1 --threads 1
+
+# The docs site: regenerate its generated pages (CLI, tasks, methods, coverage and result tables,
+# the README's tour table) from the parser, the registry and results/, then build it strictly into
+# out/site/ (ignored). tests/test_docs.py fails when the committed pages differ from a regeneration.
+.PHONY: docs
+docs: install
+	$(HARNESS) docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d out/site

@@ -175,6 +175,12 @@ def cmd_report(a) -> int:
     return 0
 
 
+# -- docs -------------------------------------------------------------------------------------
+def cmd_docs(a) -> int:
+    from harness import docsgen
+    return docsgen.run(a)
+
+
 # -- sweep ------------------------------------------------------------------------------------
 def cmd_sweep(a) -> int:
     from harness import sweep
@@ -315,6 +321,14 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--results", default=None, help="results folder (default $HARNESS_RESULTS or results/)")
     rp.add_argument("--heatmaps", default=None, metavar="PNG", help="write needle heatmaps to this file")
     rp.set_defaults(fn=cmd_report)
+
+    dc = sub.add_parser("docs", help="regenerate the docs site's generated pages",
+                        description="Write the CLI reference, the task and method tables, the coverage and "
+                        "result tables under docs/reference/ and the README's tour table, from this parser, "
+                        "the registry and the committed records (see harness/docsgen.py).")
+    from harness import docsgen
+    docsgen.add_arguments(dc)
+    dc.set_defaults(fn=cmd_docs)
 
     sw = sub.add_parser("sweep", help="run a grid of cells (methods x tasks x models x params x seeds)",
                         description="Expand GRID.yaml into cells (see harness/sweep.py for the format) and run "

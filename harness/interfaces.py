@@ -171,6 +171,12 @@ class Task:
     def run(self, ctx: "TaskContext") -> TaskResult:
         raise TypeError(f"task {self.name} does not define run()")
 
+    @classmethod
+    def report(cls, recs: list[dict]) -> str | None:
+        """Markdown tables of this task's records for `harness report` and the docs site; None
+        (the default) leaves it to the generic tables of harness.report."""
+        return None
+
 
 @dataclass
 class TaskContext:

@@ -1,9 +1,11 @@
 """`harness report`: tables (and needle heatmaps) of a task's records across methods and context
-lengths, in Markdown for READMEs and papers. A pure reader of records; nothing is rerun.
+lengths, in Markdown for the docs site and papers. A pure reader of records; nothing is rerun.
 
-One row per method, one column per context length. The value at a length comes from the record's
-per-length metric (`accuracy@4096`, `perplexity@4096`) or, for needle, from its depth x length
-grid; when several records cover the same (method, length), the one with more samples wins."""
+A task that defines its own tables (`Task.report`, e.g. kv_compression's budgets) gets those.
+Otherwise: one row per method, one column per context length. The value at a length comes from
+the record's per-length metric (`accuracy@4096`, `perplexity@4096`) or, for needle, from its depth
+x length grid; when several records cover the same (method, length), the one with more samples
+wins. Records without per-length values get one row per record (`records_table`)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -76,9 +78,19 @@ def recs_models(recs: list[dict]) -> set[str]:
 
 
 def markdown(task: str, recs: list[dict], metric: str | None = None) -> str:
+    if metric is None:
+        from harness import registry
+        try:
+            own = registry.task(task)[0].report(recs)
+        except UserError:           # records of a task this install does not register
+            own = None
+        if own:
+            return own
     metric = metric or METRIC_AT.get(task) or recs[0]["main_metric"]
     lengths, rows = table(recs, metric)
     if not lengths:
+        if any(metric in r["metrics"] for r in recs):
+            return records_table(recs, [metric])
         raise UserError(f"records of {task} have no per-length {metric!r} values")
     fmt = (lambda v: f"{v:.3g}" if v >= 100 else f"{v:.2f}") if metric == "perplexity" else (lambda v: f"{v:.2f}")
     head = [f"{L // 1024}k" if L % 1024 == 0 else str(L) for L in lengths]
@@ -86,6 +98,75 @@ def markdown(task: str, recs: list[dict], metric: str | None = None) -> str:
     for label, vals in rows.items():
         lines.append(f"| {label} | " + " | ".join(fmt(vals[L]) if L in vals else "–" for L in lengths) + " |")
     return "\n".join(lines)
+
+
+def fmt(v) -> str:
+    """A metric value in a table cell: 3 decimals below 10, 3 significant digits above."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.3g}" if abs(v) >= 1000 else f"{v:.1f}"
+
+
+def _flat(rec: dict) -> dict[str, object]:
+    out = {f"{k}": v for k, v in rec["task"]["params"].items()}
+    for comp, ps in rec["method"]["params"].items():
+        out.update({f"{comp}.{k}": v for k, v in (ps or {}).items()})
+    return out
+
+
+def variant_labels(recs: list[dict]) -> list[str]:
+    """Each record's method name plus the parameters that differ between records of that method."""
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        by_method[r["method"]["name"]].append(_flat(r))
+    labels = []
+    for r in recs:
+        flats = by_method[r["method"]["name"]]
+        mine = _flat(r)
+        differ = sorted(k for k in mine if len({repr(f.get(k)) for f in flats}) > 1)
+        bits = [f"{k.split('.', 1)[-1] if '.' in k else k}={mine[k]}" for k in differ]
+        labels.append(r["method"]["name"] + (f" ({', '.join(bits)})" if bits else ""))
+    return labels
+
+
+def records_table(recs: list[dict], metrics: list[str] | None = None) -> str:
+    """One row per record: the method (with the parameters that tell its records apart), the given
+    metrics (default: each record's main metric) and whether the number is calibrated."""
+    rows = sorted(zip(variant_labels(recs), recs), key=lambda x: x[0])
+    if metrics:
+        head = ["method", *metrics, "calibrated"]
+        body = [[label, *(fmt(r["metrics"].get(m, {}).get("value")) for m in metrics),
+                 str(r["provenance"].get("calibrated", True)).lower()] for label, r in rows]
+    else:
+        head = ["method", "main metric", "value", "n", "calibrated"]
+        body = [[label, r["main_metric"], fmt(r["metrics"].get(r["main_metric"], {}).get("value")),
+                 str(r["metrics"].get(r["main_metric"], {}).get("n", "—")),
+                 str(r["provenance"].get("calibrated", True)).lower()] for label, r in rows]
+    return _md(head, body)
+
+
+def runs_table(recs: list[dict], metric: str) -> str:
+    """One row per record with where and how long it ran: device, threads, wall time and peak
+    memory (the GPU allocator's peak on CUDA, else the cell's peak resident memory)."""
+    body = []
+    for label, r in sorted(zip(variant_labels(recs), recs), key=lambda x: x[0]):
+        p = r["provenance"]
+        if p.get("peak_gpu_mem_bytes"):
+            mem = f"{p['peak_gpu_mem_bytes'] / 2**30:.1f} GiB (GPU)"
+        elif p.get("max_rss_bytes"):
+            mem = f"{p['max_rss_bytes'] / 2**30:.1f} GiB (resident)"
+        else:
+            mem = "—"
+        body.append([label, fmt(r["metrics"].get(metric, {}).get("value")), p.get("device", "—"),
+                     str(p.get("threads", "—")), f"{p['wall_time_s']:.1f} s", mem])
+    return _md(["method", metric, "device", "threads", "wall time", "peak memory"], body)
+
+
+def _md(head: list[str], body: list[list[str]]) -> str:
+    return "\n".join([f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+                     + [f"| {' | '.join(row)} |" for row in body])
 
 
 def heatmaps(recs: list[dict], path: Path, title: str) -> Path:

@@ -1,4 +1,5 @@
-"""Best-of-N curves from math_prm_bon records: a Markdown table on stdout and a PNG.
+"""Best-of-N curves from math_prm_bon records: a Markdown table on stdout (the task's own report
+table, as `harness report --task math_prm_bon` prints it) and a PNG.
 
     python scripts/prm_curves.py [RESULTS_DIR] [--png FILE]
 
@@ -12,19 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-
-def label(rec: dict) -> str:
-    """The method and the parameters it was given that differ from its defaults (agg always)."""
-    from harness import params, registry
-    name = rec["method"]["name"]
-    p = rec["method"]["params"].get(name, {})
-    try:
-        defaults = params.to_dict(registry.method(name)(**({"model": "x"} if "model" in p else {})))
-    except Exception:
-        defaults = {}
-    bits = [f"{k}={v}" for k, v in p.items() if k in ("agg", "estimation") or (k in defaults and defaults[k] != v)]
-    bits.sort(key=lambda b: b.startswith("agg="))
-    return name + (f" ({', '.join(bits)})" if bits else "")
+from harness.tasks.math_prm_bon import MathPrmBon
+from harness.tasks.math_prm_bon import report_label as label
 
 
 def load(root: Path) -> list[dict]:
@@ -39,23 +29,6 @@ def load(root: Path) -> list[dict]:
 def curve(rec: dict, metric: str) -> tuple[list[int], list[float]]:
     grid = rec["details"]["grid"]
     return grid, [rec["metrics"][f"{metric}@{n}"]["value"] for n in grid if f"{metric}@{n}" in rec["metrics"]]
-
-
-def table(recs: list[dict]) -> str:
-    grid = max((r["details"]["grid"] for r in recs), key=len)
-    head = ("| method | " + " | ".join(f"N={n}" for n in grid) + " | 95% CI at its largest N |"
-            + " weighted majority at its largest N |")
-    lines = [head, "|" + "---|" * (len(grid) + 3)]
-    base = next(r for r in recs if r["details"]["grid"] == grid)
-    for name, metric, rec in ([("oracle pass@N", "pass", base), ("majority@N", "majority", base)]
-                              + [(label(r), "accuracy", r) for r in sorted(recs, key=label)]):
-        vals = {n: rec["metrics"].get(f"{metric}@{n}", {}).get("value") for n in grid}
-        ci = rec["details"]["intervals"].get(f"{metric}@{rec['details']['grid'][-1]}")
-        cells = [f"{vals[n]:.3f}" if vals[n] is not None else "—" for n in grid]
-        wm = rec["metrics"].get(f"weighted_majority@{rec['details']['grid'][-1]}") if metric == "accuracy" else None
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci[0]:.3f}–{ci[1]:.3f} | "
-                     + (f"{wm['value']:.3f}" if wm else "—") + " |")
-    return "\n".join(lines)
 
 
 def plot(recs: list[dict], out: Path) -> None:
@@ -93,7 +66,7 @@ def main() -> None:
     recs = load(Path(a.root))
     if not recs:
         raise SystemExit(f"no math_prm_bon records under {a.root}")
-    print(table(recs))
+    print(MathPrmBon.report(recs))
     if a.png:
         plot(recs, Path(a.png))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import statistics
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +77,37 @@ class KVCompression(Task):
 
     def target_length(self) -> int:
         return max(self.context_length, *self.timing_lengths)
+
+    REPORT_COLUMNS = (("kept fraction", "kept_fraction", "{:.2f}"), ("bytes fraction", "kv_bytes_fraction", "{:.2f}"),
+                      ("needle", "needle_accuracy", "{:.2f}"),
+                      ("needle (query-aware)", "needle_accuracy_query_aware", "{:.2f}"),
+                      ("ppl ratio", "ppl_ratio", "{:.2f}"), ("KL vs dense", "kl_vs_dense", "{:.3f}"))
+
+    @classmethod
+    def report(cls, recs: list[dict]) -> str:
+        """One table per context length, a row per method: its budgets, then per budget the kept and
+        byte fractions, needle accuracies, ppl ratio, KL vs dense and decode time ÷ dense at that
+        length. The dense line under each table is the median over the records (each measures its
+        own dense run)."""
+        by_len: dict[int, list[dict]] = {}
+        for rec in recs:
+            by_len.setdefault(int(rec["task"]["params"]["context_length"]), []).append(rec)
+        out = []
+        for n in sorted(by_len):
+            rows = sorted(by_len[n], key=lambda r: r["method"]["name"])
+            out += [f"**{n} tokens**", "",
+                    "| method | budgets | " + " | ".join(c for c, _, _ in cls.REPORT_COLUMNS)
+                    + " | decode ms/token (÷ dense) |", "|---" * (len(cls.REPORT_COLUMNS) + 3) + "|"]
+            for rec in rows:
+                m, budgets = rec["metrics"], [b for b in rec["details"]["budgets"] if b != "dense"]
+                cells = [" / ".join(f.format(m[f"{key}@{b}"]["value"]) for b in budgets)
+                         for _, key, f in cls.REPORT_COLUMNS]
+                ratio = " / ".join(f"{m[f'decode_time_ratio@{n}@{b}']['value']:.2f}" for b in budgets)
+                out.append(f"| `{rec['method']['name']}` | {' / '.join(budgets)} | " + " | ".join(cells) + f" | {ratio} |")
+            needle = statistics.median(r["metrics"]["needle_accuracy@dense"]["value"] for r in rows)
+            dense_ms = statistics.median(r["metrics"][f"decode_ms_per_token@{n}@dense"]["value"] for r in rows)
+            out += ["", f"dense (median over the records): needle {needle:.2f}, ms/token {dense_ms:.1f}", ""]
+        return "\n".join(out).rstrip()
 
     # -- one call through the policy -----------------------------------------------------------
     def call(self, lm, unit: str, budget: float, fn, question: int = 0, decode: int | None = None) -> dict:

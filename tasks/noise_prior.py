@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from harness import report
 from harness.interfaces import Metric, Task, TaskResult
 from harness.registry import register
 
@@ -148,6 +149,15 @@ class NoisePriorTask(Task):
     toy_var: float = field(default=0.25, metadata={"help": "variance of the toy data"})
     toy_steps: int = field(default=50, metadata={"help": "DDIM steps of the toy sampler"})
     diffusion_steps: int = field(default=1000, metadata={"help": "T of the toy's noise schedule"})
+
+    REPORT_METRICS = ("temporal_corr_error", "lag1_corr", "ks_stat", "spatial_corr", "warp_coherence",
+                      "warp_coherence_ideal", "warp_var_error", "toy_corr_error", "toy_lag1_corr", "toy_init_kl")
+
+    @classmethod
+    def report(cls, recs: list[dict]) -> str:
+        """A row per prior: temporal correlation error, Gaussianity and whiteness, warping
+        fidelity and the linear-denoiser toy (the metrics of the task's docstring)."""
+        return report.records_table(recs, list(cls.REPORT_METRICS))
 
     def __post_init__(self):
         if min(self.frames, self.channels, self.height, self.width, self.samples, self.toy_steps) < 1:

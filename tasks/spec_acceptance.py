@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import data, registry
+from harness import data, registry, report
 from harness.errors import NoEffect, UserError
 from harness.interfaces import MethodContext, Metric, Task, TaskResult
 from harness.provenance import device_clock
@@ -123,6 +123,34 @@ class SpecAcceptance(Task):
             raise ValueError("temperatures must be non-negative")
         if not 0 < self.alpha < 1:
             raise ValueError("alpha must be in (0, 1)")
+
+    @classmethod
+    def report(cls, recs: list[dict]) -> str:
+        """A row per record: τ ± its standard error over prompts per temperature, the chain methods'
+        acceptance rate α̂ and their measured tokens per draft-and-verify step next to
+        (1 − α̂^(γ+1)) / (1 − α̂), the speedups over autoregressive, and the two losslessness checks
+        (the G-test's p value)."""
+        temps = sorted({t for r in recs for t in r["task"]["params"]["temperatures"]})
+        keys = [f"{t:g}" for t in temps]
+        head = ([f"τ T={k}" for k in keys] + [f"α̂ T={' / T='.join(keys)}",
+                f"tokens per step: measured / analytic (chain) T={'; T='.join(keys)}"]
+                + [f"speedup T={k}" for k in keys] + ["lossless_greedy", "lossless_sampling (G-test)"])
+        lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+        for label, r in sorted(zip(report.variant_labels(recs), recs), key=lambda x: x[0]):
+            m, per = r["metrics"], r["details"].get("per_temperature", {})
+
+            def get(name, f="{:.2f}", m=m):
+                return f.format(m[name]["value"]) if name in m else "—"
+            taus = [f"{get(f'tau@T{k}')} ± {m[f'tau@T{k}'].get('stderr') or 0:.2f}" if f"tau@T{k}" in m else "—"
+                    for k in keys]
+            alpha = " / ".join(get(f"acceptance_rate@T{k}") for k in keys)
+            steps = "; ".join(f"{per[k]['tau_per_step']:.2f} / {per[k]['tau_analytic']:.2f}"
+                              if "tau_per_step" in per.get(k, {}) else "—" for k in keys)
+            p = r["details"].get("sampling_test", {}).get("p_value")
+            sampling = get("lossless_sampling", "{:g}") + (f" (p = {p:.2f})" if p is not None else "")
+            cells = taus + [alpha, steps] + [get(f"speedup@T{k}") for k in keys] + [get("lossless_greedy", "{:g}"), sampling]
+            lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
 
     # -- prompts -------------------------------------------------------------------------------
     def load_prompts(self, lm, seed: int, limit: int | None) -> list[tuple[str, list[int]]]:
