@@ -274,7 +274,8 @@ def parser() -> argparse.ArgumentParser:
                          "beyond that the fastest measured batch that fits under --memory-cap")
     ev.add_argument("--prefill-chunk", default=None, metavar="TOKENS",
                     help="prefill long prompts this many tokens at a time through the KV cache "
-                         "(default 2048; 0 = one forward per prompt): bounds activation memory")
+                         "(default 512 on a CPU, 2048 on an accelerator; 0 = one forward per prompt): bounds "
+                         "activation and mask memory")
     ev.add_argument("--memory-cap", default=None, metavar="GIB",
                     help="memory a cell may use beyond the weights (default: half of the free memory); "
                          "a cell that cannot fit stops before any work")

@@ -27,17 +27,25 @@ class LogLikelihood:
     n_tokens: int
 
 
-DEFAULT_PREFILL_CHUNK = 2048   # tokens per prefill forward: bounds activation memory at any context
+# Tokens per prefill forward. Each chunk's attention takes a mask of chunk x context, which SDPA
+# turns into floats: at 128k, 2048-token chunks cost 1 GiB of mask, 512-token ones 256 MiB (on a CPU
+# a chunk of 512 is as fast per token; an accelerator wants bigger matmuls).
+CPU_PREFILL_CHUNK, ACCELERATOR_PREFILL_CHUNK = 512, 2048
+
+
+def default_prefill_chunk(device: str) -> int:
+    return CPU_PREFILL_CHUNK if device == "cpu" else ACCELERATOR_PREFILL_CHUNK
 
 
 class LM:
-    def __init__(self, loaded: LoadedModel, batch_size: int = 8, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+    def __init__(self, loaded: LoadedModel, batch_size: int = 8, prefill_chunk: int | None = None):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.batch_size = batch_size
-        self.prefill_chunk = prefill_chunk      # 0: one forward over the whole prompt
+        # tokens per prefill forward (0: one forward over the whole prompt)
+        self.prefill_chunk = default_prefill_chunk(self.device) if prefill_chunk is None else prefill_chunk
         # While a prompt is prefilled in chunks: its full length. Methods whose rule depends on the
         # length of the sequence in the forward (dynamic NTK) read it, so that chunking computes
         # what one forward over the whole prompt would.

@@ -173,9 +173,7 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
     """batch_size: a number, or "auto" (see harness.budget); prefill_chunk: tokens per prefill
     forward (None: the LM's default, 0: whole prompts); memory_cap: bytes the cell may use beyond
     the weights (None: half of the free memory)."""
-    from harness.lm import DEFAULT_PREFILL_CHUNK, LM
-
-    chunk = DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
+    from harness.lm import LM
 
     out = Path(out) if out else records.default_out()
     outcomes: list[Outcome] = []
@@ -192,7 +190,7 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
         if loaded is None:
             loaded = models.load(cell.model, device, trust_remote_code, allow_pickle)
         _check_position_encoding(loaded, cell)
-        lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), chunk)
+        lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk)
         budget = (batch_size, memory_cap, log)
         outcomes.append(_run_cell(cell, config, rid, path, loaded, lm, progress, budget))
     return outcomes
@@ -201,7 +199,7 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
 def _check_position_encoding(loaded, cell: Cell) -> None:
     """A model pretrained with ALiBi runs only under the alibi method: loaded plainly, the Llama class
     would rotate its queries and keys with a RoPE it never saw, and the numbers would mean nothing."""
-    from harness.methods.rope.alibi import ALIBI_CONFIG_FLAG
+    from harness.attention import ALIBI_CONFIG_FLAG
     if getattr(loaded.model.config, ALIBI_CONFIG_FLAG, None) == "alibi" and \
             not any(m.name == "alibi" for m in cell.methods):
         raise UserError(f"{cell.model} was pretrained with ALiBi position biases: evaluate it with "

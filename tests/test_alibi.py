@@ -6,7 +6,7 @@ import torch
 
 from harness.errors import UserError
 from harness.interfaces import MethodContext
-from harness.methods.rope._attention import AttentionInputs
+from harness.attention import AttentionInputs
 from harness.methods.rope.alibi import ALiBi, alibi_attend, alibi_slopes
 
 
@@ -50,17 +50,17 @@ def test_alibi_model_refused_without_the_alibi_method(tiny_model_with, tmp_path)
 
 def test_zoo_recipe_trains_with_alibi_attention(monkeypatch):
     """The alibi recipe marks the config and every training forward goes through alibi_attend."""
-    from harness.methods.rope import alibi
+    from harness import attention
     from harness.zoo.tokenizer import build_tokenizer
     from harness.zoo.train import Recipe, train
 
     calls = []
-    real = alibi.alibi_attend
-    monkeypatch.setattr(alibi, "alibi_attend", lambda a: calls.append(a.q.shape) or real(a))
+    real = attention.alibi_attend
+    monkeypatch.setattr(attention, "alibi_attend", lambda a: calls.append(a.q.shape) or real(a))
     recipe = Recipe(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                     num_key_value_heads=2, context_length=64, position="alibi", steps=2,
                     tokens_per_step=256, curriculum=(64,), warmup=1)
     model, log = train(recipe, build_tokenizer())
-    assert getattr(model.config, alibi.ALIBI_CONFIG_FLAG) == "alibi"
+    assert getattr(model.config, attention.ALIBI_CONFIG_FLAG) == "alibi"
     assert len(calls) == 2 * recipe.num_hidden_layers      # 2 steps x 2 layers, none bypassed
     assert "forward" not in vars(model.model.layers[0].self_attn)   # the override came off after training

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.interfaces import MethodContext
-from harness.methods.rope._attention import AttentionInputs
+from harness.attention import AttentionInputs
 from harness.methods.rope.longheads import LongHeads
 from tests.test_position_remapping import rope_at, rot1
 

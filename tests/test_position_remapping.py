@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.interfaces import MethodContext
-from harness.methods.rope._attention import AttentionInputs
+from harness.attention import AttentionInputs
 from harness.methods.rope.dca import DCA
 from harness.methods.rope.longheads import LongHeads
 from harness.methods.rope.selfextend import SelfExtend
@@ -76,8 +76,8 @@ def dca_rule(chunk_size, c):
 @pytest.mark.parametrize("chunk", [1024, 5, 16])
 def test_attend_equals_slow_loop(attend, rule, chunk, monkeypatch):
     """Small query blocks exercise the far-prefix split (keys every query of a block treats alike)."""
-    from harness.methods.rope import _attention
-    monkeypatch.setattr(_attention, "QUERY_CHUNK", chunk)
+    from harness import attention
+    monkeypatch.setattr(attention, "QUERY_CHUNK", chunk)
     (q, k, v), inputs = random_inputs()
     L, d, pos, rope = 37, 16, inputs.q_pos, inputs.rope
     got = attend(inputs)[0, 0]
@@ -148,7 +148,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def test_fused_attention_lse_matches_explicit(device):
     """The fused kernels' output and log-sum-exp equal the explicit softmax, padding included
     (a query whose keys are all masked gets zeros and -inf)."""
-    from harness.methods.rope._attention import attend_lse
+    from harness.attention import attend_lse
     torch.manual_seed(1)
     q, k, v = torch.randn(2, 4, 40, 16, device=device), torch.randn(2, 4, 70, 16, device=device), \
         torch.randn(2, 4, 70, 16, device=device)
@@ -166,7 +166,7 @@ def test_fused_attention_lse_matches_explicit(device):
 
 
 def test_merging_partials_equals_one_softmax():
-    from harness.methods.rope._attention import attend_lse, merge_partials
+    from harness.attention import attend_lse, merge_partials
     torch.manual_seed(2)
     q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 8)
     allowed = torch.ones(1, 1, 5, 12, dtype=torch.bool)
@@ -184,8 +184,8 @@ def test_float32_blocks_use_the_fused_path_exactly(method, chunk, monkeypatch):
     """float32: the keys that every query of a block treats alike go through the fused kernel
     (with one 1024-query block, SelfExtend's neighbour run has queries that see none of its keys);
     the result still equals the float64 slow loop."""
-    from harness.methods.rope import _attention
-    monkeypatch.setattr(_attention, "QUERY_CHUNK", chunk)
+    from harness import attention
+    monkeypatch.setattr(attention, "QUERY_CHUNK", chunk)
     attend, rule = ((lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8)) if method == "selfextend"
                     else (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7)))
     (q, k, v), inputs = random_inputs(dtype=torch.float32)
@@ -193,8 +193,8 @@ def test_float32_blocks_use_the_fused_path_exactly(method, chunk, monkeypatch):
                                         # and parts within the block's causal limit go unmasked
     d = 16
     calls = []
-    real = _attention._fused_lse
-    monkeypatch.setattr(_attention, "_fused_lse", lambda *x: calls.append(1) or real(*x))
+    real = attention._fused_lse
+    monkeypatch.setattr(attention, "_fused_lse", lambda *x: calls.append(1) or real(*x))
     with torch.no_grad():
         got = attend(inputs)[0, 0]
     assert calls, "the uniform keys should have used the fused kernel"

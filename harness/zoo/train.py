@@ -190,7 +190,7 @@ def build_model(recipe: Recipe, vocab_size: int, pad_id: int):
         raise ValueError(f"recipe position must be 'rope' or 'alibi', got {recipe.position!r}")
     model = LlamaForCausalLM(cfg)
     if recipe.position == "alibi":
-        from harness.methods.rope.alibi import ALIBI_CONFIG_FLAG
+        from harness.attention import ALIBI_CONFIG_FLAG
         setattr(model.config, ALIBI_CONFIG_FLAG, "alibi")   # saved in config.json; the alibi method checks it
     return model
 
@@ -198,8 +198,7 @@ def build_model(recipe: Recipe, vocab_size: int, pad_id: int):
 def position_encoding(model):
     """The attention a model was built for: ALiBi models train and run with the alibi override
     (their rotary module exists in the Llama class but is never used); RoPE models as they are."""
-    from harness.methods.rope.alibi import ALIBI_CONFIG_FLAG, alibi_attend
-    from harness.methods.rope._attention import attention_override
+    from harness.attention import ALIBI_CONFIG_FLAG, alibi_attend, attention_override
     if getattr(model.config, ALIBI_CONFIG_FLAG, None) == "alibi":
         return attention_override(model, alibi_attend)
     return contextlib.nullcontext()

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.interfaces import LMMethod
-from harness.methods.rope._attention import _attention_modules, _rotary_module, rotate
+from harness.attention import _attention_modules, _rotary_module, rotate
 from harness.patching import patched_forwards
 from harness.provenance import device_clock
 

@@ -1,36 +1,14 @@
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import torch
 
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, softmax_attend
+from harness.attention import ALIBI_CONFIG_FLAG, AttentionMethod, alibi_attend, alibi_slopes, attention_override
 
-ALIBI_CONFIG_FLAG = "harness_position_encoding"   # config.json field of models pretrained with ALiBi
-
-
-def alibi_slopes(heads: int) -> torch.Tensor:
-    """m_h = 2^(−8h/H), h = 1..H; for H not a power of two, the slopes of the nearest lower power of
-    two followed by every other slope of twice that power (the paper's reference code)."""
-    def power_of_two(n: int) -> list[float]:
-        return [2 ** (-8 * h / n) for h in range(1, n + 1)]
-    if heads & (heads - 1) == 0:
-        return torch.tensor(power_of_two(heads))
-    low = 2 ** math.floor(math.log2(heads))
-    return torch.tensor(power_of_two(low) + power_of_two(2 * low)[0::2][:heads - low])
-
-
-def alibi_attend(a: AttentionInputs) -> torch.Tensor:
-    """Attention with no rotation and the bias −m_h·(i − j) added to each logit."""
-    slopes = alibi_slopes(a.q.shape[1]).to(a.q.device, a.q.dtype)[None, :, None, None]
-    distance = (a.q_pos[:, :, None] - a.k_pos[:, None, :]).unsqueeze(1).to(a.q.dtype)
-    logits = (a.q @ a.k.transpose(2, 3)) * a.scaling - slopes * distance
-    return softmax_attend(logits, a.mask(), a.v)
-
+__all__ = ["ALIBI_CONFIG_FLAG", "ALiBi", "alibi_attend", "alibi_slopes"]   # the math lives in the core
 
 @register
 @dataclass

@@ -10,7 +10,7 @@ from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
 from harness.synthetic import Corpus
-from harness.methods.rope._attention import _rotary_module, rotate
+from harness.attention import _rotary_module, rotate
 from harness.methods.rope._common import rope_shape
 
 CALIBRATION_TEXT_SEED = 515151     # training-side text for the calibration bias (never evaluation text)

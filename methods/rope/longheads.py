@@ -7,7 +7,7 @@ import torch
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
+from harness.attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
 from harness.methods.rope._common import rope_shape
 
 PAIR_BUDGET = 1 << 15     # (query, slot) pairs per block of far queries (bounds memory at any length)

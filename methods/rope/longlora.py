@@ -7,7 +7,7 @@ import torch
 
 from harness.registry import register
 from harness.patching import patched_forwards
-from harness.methods.rope._attention import AttentionInputs, attention_override, rotate
+from harness.attention import AttentionInputs, attention_override, rotate
 from harness.methods.rope._finetune import FinetunedRope
 from harness.methods.rope.pi import PI
 

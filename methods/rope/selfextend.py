@@ -8,7 +8,7 @@ import torch
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._attention import AttentionInputs, AttentionMethod, attention_override, banded_attend, rotate
+from harness.attention import AttentionInputs, AttentionMethod, attention_override, banded_attend, rotate
 from harness.methods.rope._common import rope_shape
 
 

@@ -1,4 +1,7 @@
-"""Attention override shared by the position-remapping methods (SelfExtend, DCA, ...).
+"""The core's attention module: the override that position-remapping methods (SelfExtend, DCA,
+LongHeads, HCM, ...) register their attention rule into, the fused-kernel helpers they compute it
+with (SDPA partials merged exactly by their log-sum-exp), and ALiBi, the position encoding of the
+zoo's ALiBi model.
 
 transformers rotates keys *before* caching them, but these methods give one key several
 positions (its own, a grouped one, a chunk-relative one). The override therefore caches keys
@@ -9,6 +12,7 @@ cached, generation with the KV cache computes exactly what a full recomputation 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -246,6 +250,40 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
 
 
 ATTENTION_CALLS = "patched_calls.attention"
+
+# -- ALiBi --------------------------------------------------------------------------------------
+ALIBI_CONFIG_FLAG = "harness_position_encoding"   # config.json field of models pretrained with ALiBi
+BIAS_ELEMENTS = 2 ** 24     # bias entries per fused call (64 MiB in float32): queries go in blocks
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """m_h = 2^(−8h/H), h = 1..H; for H not a power of two, the slopes of the nearest lower power of
+    two followed by every other slope of twice that power (the paper's reference code)."""
+    def power_of_two(n: int) -> list[float]:
+        return [2 ** (-8 * h / n) for h in range(1, n + 1)]
+    if heads & (heads - 1) == 0:
+        return torch.tensor(power_of_two(heads))
+    low = 2 ** math.floor(math.log2(heads))
+    return torch.tensor(power_of_two(low) + power_of_two(2 * low)[0::2][:heads - low])
+
+
+def alibi_attend(a: AttentionInputs) -> torch.Tensor:
+    """Attention with no rotation and the bias −m_h·(i − j) added to each logit (Press et al. 2022).
+    The bias goes to the fused kernel as an additive mask (−inf where the causal or padding mask
+    forbids), built for a block of queries at a time so that no [queries x keys] tensor of the
+    whole prompt exists; a query no key may see gets zeros."""
+    b, h, lq, lk = a.q.shape[0], a.q.shape[1], a.q.shape[2], a.k.shape[2]
+    slopes = alibi_slopes(h).to(a.q.device, torch.float32)[None, :, None, None]
+    step = max(1, min(lq, BIAS_ELEMENTS // max(1, b * h * lk)))
+    outs = []
+    for s in range(0, lq, step):
+        e = min(lq, s + step)
+        distance = (a.q_pos[:, s:e, None] - a.k_pos[:, None, :]).unsqueeze(1).float()
+        bias = (-slopes * distance).masked_fill_(~a.mask(s, e), float("-inf")).to(a.q.dtype)
+        out = torch.nn.functional.scaled_dot_product_attention(a.q[:, :, s:e], a.k, a.v, attn_mask=bias,
+                                                               scale=a.scaling)
+        outs.append(out.nan_to_num() if out.requires_grad else out.nan_to_num_())
+    return torch.cat(outs, dim=2)
 
 
 class AttentionMethod:
