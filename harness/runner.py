@@ -227,7 +227,7 @@ def _plan(cell: Cell, lm, budget) -> dict:
     log(f"{label}: {plan.summary()}")
     resolved = {}
     if plan.context_factor > bud.EXTRAPOLATION_WARNING:
-        log(f"warning: {label}: the context is {plan.context_factor:.0f}x the model's trained length "
+        log(f"warning: {label}: the context is {round(plan.context_factor, 1):g}x the model's trained length "
             f"({lm.original_max_length:,} positions); expect extrapolation, not a property of the method alone")
         resolved = {"context_over_trained_length": round(plan.context_factor, 2),
                     "trained_length": lm.original_max_length}
