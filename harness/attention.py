@@ -127,15 +127,18 @@ def merge_partials(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tens
 
 def banded_attend(a: AttentionInputs, rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                   queries: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
-                  keys: list[torch.Tensor], period: int | None = None) -> torch.Tensor:
+                  key_positions: Callable[[int, torch.Tensor], torch.Tensor],
+                  period: int | None = None) -> torch.Tensor:
     """Softmax attention in query blocks for methods that rotate a query-key pair by one of a few
     rules chosen by the pair's positions (SelfExtend: neighbour or grouped; DCA: intra-chunk,
     successive-chunk or inter-chunk).
 
     `rule(q_pos [b, n, 1], k_pos [b, 1, m])` gives each pair's rule id [b, n, m]; it must not
     decrease as the query moves forward with the key fixed (both papers' rules grow with the
-    distance). `queries(r, q, q_pos)` rotates a block's queries for rule r; `keys[r]` holds every
-    key rotated for rule r. For a block, a key whose rule is the same for the block's first and
+    distance). `queries(r, q, q_pos)` rotates a block's queries for rule r;
+    `key_positions(r, k_pos)` gives the positions keys rotate at under rule r. Keys are rotated
+    per part, for the part's keys only: no rotated copy of every key exists (one per rule, of the
+    whole context, was most of these methods' memory beyond the cache). For a block, a key whose rule is the same for the block's first and
     last query (in every row) is *uniform*: each run of uniform keys with one rule is one part,
     and the keys in between (the band where the rule changes within the block) give one part per
     rule, masked to the pairs that take it. Every part goes through the fused kernel (no logits
@@ -145,6 +148,9 @@ def banded_attend(a: AttentionInputs, rule: Callable[[torch.Tensor, torch.Tensor
     keys are all uniform and no part needs a rule mask."""
     lq, lk = a.q.shape[2], a.k.shape[2]
     past = lk - lq                      # query i sits at key index past + i
+
+    def keys(r: int, k0: int, k1: int) -> torch.Tensor:
+        return rotate(a.k[:, :, k0:k1], *a.rope(key_positions(r, a.k_pos[:, k0:k1])))
     outs = []
     for s, e in _query_blocks(a.q_pos[0], period):
         q, qp, ke = a.q[:, :, s:e], a.q_pos[:, s:e], past + e
@@ -158,12 +164,12 @@ def banded_attend(a: AttentionInputs, rule: Callable[[torch.Tensor, torch.Tensor
         for k0, k1 in _runs(first[0], 0, x0) + _runs(first[0], x1, ke):
             r = int(first[0, k0])
             unmasked = a.allowed is None and k1 - 1 <= past + s    # the block's first query sees them all
-            parts.append(attend_lse(queries(r, q, qp), keys[r][:, :, k0:k1], a.v[:, :, k0:k1], a.scaling,
+            parts.append(attend_lse(queries(r, q, qp), keys(r, k0, k1), a.v[:, :, k0:k1], a.scaling,
                                     None if unmasked else allowed[..., k0:k1]))
         if x1 > x0:                     # where the rule changes within the block: one masked part per rule
             ids = rule(qp[:, :, None], a.k_pos[:, None, x0:x1]).unsqueeze(1)      # [b, 1, n, x1 - x0]
             for r in range(int(first[:, x0:x1].min()), int(last[:, x0:x1].max()) + 1):   # (the rule is monotone)
-                parts.append(attend_lse(queries(r, q, qp), keys[r][:, :, x0:x1], a.v[:, :, x0:x1], a.scaling,
+                parts.append(attend_lse(queries(r, q, qp), keys(r, x0, x1), a.v[:, :, x0:x1], a.scaling,
                                         allowed[..., x0:x1] & (ids == r)))
         outs.append(merge_partials(parts) if len(parts) > 1 else parts[0][0])
     return torch.cat(outs, dim=2)
@@ -237,8 +243,10 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
             k_pos = q_pos if past == 0 else torch.cat([key_positions[m.layer_idx], q_pos], dim=1)
             key_positions[m.layer_idx] = k_pos
             lk = k.shape[2]
+            if groups > 1:      # (a copy of the whole cache's keys and values: only when needed)
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             inputs = AttentionInputs(
-                q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), q_pos, k_pos,
+                q, k, v, q_pos, k_pos,
                 _allowed(attention_mask, lk), m.scaling,
                 lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)), m.layer_idx)
             out = attend(inputs).transpose(1, 2).reshape(b, lq, -1)

@@ -56,9 +56,9 @@ class DCA(AttentionMethod, LMMethod):
 
     @staticmethod
     def attend(a: AttentionInputs, chunk_size: int, c: int) -> torch.Tensor:
-        k = rotate(a.k, *a.rope(a.k_pos % c))          # a key always sits at p_k mod c, whatever the rule
-
         def queries(r, q, qp):          # 0 intra-chunk, 1 successive chunk, 2 older chunks
             at = qp % c if r == 0 else (qp % c + c).clamp(max=chunk_size) if r == 1 else torch.full_like(qp, chunk_size)
             return rotate(q, *a.rope(at))
-        return banded_attend(a, lambda qp, kp: (qp // c - kp // c).clamp(0, 2), queries, [k, k, k], period=c)
+        # a key always sits at p_k mod c, whatever the rule
+        return banded_attend(a, lambda qp, kp: (qp // c - kp // c).clamp(0, 2), queries, lambda r, kp: kp % c,
+                             period=c)

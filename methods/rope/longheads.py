@@ -100,11 +100,12 @@ class LongHeads(AttentionMethod, LMMethod):
             base = a.k_pos[b][valid][0]
             t_q = a.q_pos[b] - base                      # positions relative to the row's first token
             live = valid[a.k.shape[2] - a.q.shape[2]:]  # the queries' own tokens; padding ones stay zero
-            out[b][:, live] = self._row(a, b, valid, queries[b][:, valid], t_q[live], a.q[b][:, live], w, k)
+            q_all = queries[b] if bool(valid.all()) else queries[b][:, valid]   # (a view without padding)
+            out[b][:, live] = self._row(a, b, valid, q_all, t_q[live], a.q[b][:, live], w, k)
         return out
 
     def _row(self, a, b, valid, q_all, t, q, w, k):
-        K, V = a.k[b][:, valid], a.v[b][:, valid]         # [h, n, d], positions 0 .. n-1
+        K, V = (a.k[b], a.v[b]) if bool(valid.all()) else (a.k[b][:, valid], a.v[b][:, valid])   # [h, n, d]
         n, L = K.shape[1], w * k
         out = torch.empty_like(q)
         near = t < L

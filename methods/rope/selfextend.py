@@ -64,8 +64,7 @@ class SelfExtend(AttentionMethod, LMMethod):
 
     @staticmethod
     def attend(a: AttentionInputs, G: int, W: int) -> torch.Tensor:
-        keys = [rotate(a.k, *a.rope(a.k_pos)), rotate(a.k, *a.rope(a.k_pos // G))]
-
         def queries(r, q, qp):          # 0 neighbour positions, 1 grouped ones
             return rotate(q, *a.rope(qp if r == 0 else qp // G + W - W // G))
-        return banded_attend(a, lambda qp, kp: (qp - kp >= W).long(), queries, keys)
+        return banded_attend(a, lambda qp, kp: (qp - kp >= W).long(), queries,
+                             lambda r, kp: kp if r == 0 else kp // G)
