@@ -248,11 +248,47 @@ def with_readme_table(text: str, results: Path) -> str:
     return block.sub(lambda _: f"{README_BEGIN}\n{table}\n{README_END}", text, count=1)
 
 
+PREFILL_GOALS = (1.5, 1.2, 1.1)     # time and peak memory vs baseline, log-log memory slope (round 2)
+
+
+def prefill_page(bench: Path) -> str | None:
+    """The prefill benchmark's rows (benchmarks/results/prefill_*.json), one table per machine."""
+    import json
+    files = sorted(bench.glob("prefill_*.json")) if bench.is_dir() else []
+    if not files:
+        return None
+    t_goal, m_goal, s_goal = PREFILL_GOALS
+    out = [HEADER.format(src="benchmarks/results/prefill_*.json").rstrip(), "", "# Prefill benchmark: the rows", "",
+           (f"Time and peak memory of each method's prefill divided by the baseline's at the same length, in "
+            f"one run (`benchmarks/prefill.py`). Goals: at most {t_goal}x the time and {m_goal}x the peak "
+            f"memory, and a log-log slope of peak memory against context of at most {s_goal}. {ZOO_NOTE}"), ""]
+    for f in files:
+        d = json.loads(f.read_text())
+        chunk = f", prefill chunk {d['prefill_chunk']}" if d.get("prefill_chunk") is not None else ""
+        out += [f"## `{f.name}`: {d.get('model')} on {d.get('device')}{chunk}", "",
+                "| method | length | tokens/s | time vs baseline | peak memory | memory vs baseline |",
+                "|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            mem = f"{r['peak_mem_bytes'] / 2**20:,.0f} MiB" if r.get("peak_mem_bytes") else "–"
+            ratio = f"{r['peak_mem_vs_baseline']:.2f}x" if r.get("peak_mem_vs_baseline") else "–"
+            out.append(f"| {r['method']} | {r['length']:,} | {r['tokens_per_s']:,} | "
+                       f"{r['slowdown_vs_baseline']:.2f}x | {mem} | {ratio} |")
+        if d.get("memory_slope"):
+            out += ["", "Log-log slope of peak memory against context: "
+                    + ", ".join(f"{m} {v:.2f}" for m, v in d["memory_slope"].items()) + "."]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
 def render(results: Path) -> dict[str, str]:
-    """{path under docs/: content} of every generated page."""
+    """{path under docs/: content} of every generated page (the benchmark rows are read from
+    benchmarks/results/ beside the results folder)."""
     pages = {"reference/cli.md": cli_page(), "reference/tasks.md": tasks_page(),
              "reference/methods.md": methods_page(), "reference/coverage.md": coverage_page(results)}
     pages.update(results_pages(results))
+    prefill = prefill_page(Path(results).resolve().parent / "benchmarks" / "results")
+    if prefill:
+        pages["reference/prefill.md"] = prefill
     return pages
 
 
