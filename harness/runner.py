@@ -174,20 +174,39 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
     out = Path(out) if out else records.default_out()
     outcomes: list[Outcome] = []
     loaded = None
-    for cell in cells:
-        config, rid, path = locate(cell, out)
-        if not overwrite and records.finished(path, rid):
+    located = [locate(cell, out) for cell in cells]
+    todo = [overwrite or not records.finished(path, rid) for _, rid, path in located]
+    walls: list[float] = []
+    for i, (cell, (config, rid, path)) in enumerate(zip(cells, located)):
+        if not todo[i]:
             log(f"skip: {path} is finished (use --overwrite to rerun)")
             outcomes.append(Outcome(cell, path, records.read(path), skipped=True))
             continue
+        # progress bars name their cell: "[2/6] needle_1k · yarn: needle/single (10 samples)"
+        name = f"[{i + 1}/{len(cells)}] {cell.task_label} · {cell.method_name}"
+        cell_progress = _named(progress, name) if progress is not None else None
+        t0 = time.perf_counter()
         if not cell.task.needs_lm:
-            outcomes.append(_run_cell(cell, config, rid, path, None, None, progress))
-            continue
-        if loaded is None:
-            loaded = models.load(cell.model, device, trust_remote_code, allow_pickle)
-        _check_position_encoding(loaded, cell)
-        outcomes.append(_run_cell(cell, config, rid, path, loaded, LM(loaded, batch_size), progress))
+            outcomes.append(_run_cell(cell, config, rid, path, None, None, cell_progress))
+        else:
+            if loaded is None:
+                loaded = models.load(cell.model, device, trust_remote_code, allow_pickle)
+            _check_position_encoding(loaded, cell)
+            outcomes.append(_run_cell(cell, config, rid, path, loaded, LM(loaded, batch_size), cell_progress))
+        walls.append(time.perf_counter() - t0)
+        left = sum(todo[i + 1:])
+        if progress is not None and left:     # an estimate from the cells run so far (model load included)
+            log(f"{name} done in {walls[-1]:.0f} s; about {_duration(left * sum(walls) / len(walls))} "
+                f"left for {left} more cell(s)")
     return outcomes
+
+
+def _named(progress, name: str):
+    return lambda items, total=None, desc="": progress(items, total=total, desc=f"{name}: {desc}" if desc else name)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _check_position_encoding(loaded, cell: Cell) -> None:
