@@ -70,7 +70,7 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 test-slow: install
-	$(PY) -m pytest -q -p no:cacheprovider -m slow
+	HARNESS_TEST_REPORTS=out/reliability $(PY) -m pytest -q -p no:cacheprovider -m slow
 
 # CI regression gate: re-evaluate the cells of grids/ci_gate.yaml on CPU into a temporary folder
 # and compare them with the committed baseline (ci/baseline/, made by the same grid).
