@@ -1,35 +1,77 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+# Nothing needs activating: the targets run .venv/bin/harness, which works from any shell as is
+# (`make help` lists the targets).
 VENV   ?= .venv
+# The lowest supported Python, which CI runs: python3.11 when it is on PATH, else python3.
+PYTHON ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
 PY      = $(VENV)/bin/python
 HARNESS = $(VENV)/bin/harness
-# torch 2.13.0 is the CPU build available offline on these machines; the pin in pyproject
-# admits it, so installing the project afterwards pulls no second (CUDA) build.
+# torch 2.13.0 is the CPU build available offline on these machines (a cp311 wheel: Python 3.11);
+# the pin in pyproject admits it, so installing the project afterwards pulls no second (CUDA)
+# build. Under another Python pip downloads the same version from PyPI (the CUDA build, ~3 GB).
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-slow gate install bench bench-leaderboard bench-kv reference reference-long reference-video reference-kv prm-reference leaderboard clean
+.PHONY: help demo docs test test-slow gate install list bench bench-leaderboard bench-kv reference reference-long reference-video reference-kv prm-reference leaderboard clean
 
+help:
+	@echo "make demo         a 1-minute tour: needle retrieval of 5 RoPE methods on zoo:tiny-llama (out/demo)"
+	@echo "make leaderboard  the web leaderboard (RESULTS=out/demo for the demo's records; default results/)"
+	@echo "make list         every task, method and model"
+	@echo "make test         the test suite without the slow tests (make test-slow: those)"
+	@echo "make gate         the CI regression gate against ci/baseline"
+	@echo "make docs         regenerate the docs' generated pages and build the site (out/site)"
+	@echo "make install      only the environment (.venv, Python $(PYTHON)); log in .venv/install.log"
+	@echo "Anything else: $(HARNESS) --help (no activation needed)"
+
+# pip's and setuptools' output goes to a log, shown only when the install fails
 $(VENV)/.installed: pyproject.toml setup.py
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $@
+	@echo "install: $(VENV) with $(PYTHON) and the project's dependencies (about 1-2 minutes; log: $(VENV)/install.log)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q "$(TORCH)" && \
+	   $(PY) -m pip install -q -e ".[dev]"; } > $(VENV)/install.log 2>&1 || \
+	   { cat $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
+	@touch $@
 
 install: $(VENV)/.installed
 
+list: install
+	@$(HARNESS) list
+
+# The demo's grid is small on purpose (5 depths x 2 samples = 10 needles per cell; 35-40 s on 2
+# CPU cores, 1 min 46 s from a fresh clone with the install): the committed results/ use 10 depths
+# x 2-5 samples per length.
+DEMO_OUT  ?= out/demo
+DEMO_GRID  = --task-arg depths=5 --task-arg samples_per_depth=2 --out $(DEMO_OUT)
 demo: install
-	$(HARNESS) eval --task needle --task-arg context_length=512 \
-	    --method baseline --out out/demo
-	$(HARNESS) eval --task needle_1k --method baseline --method pi --method ntk \
-	    --method dynamic_ntk --method yarn --out out/demo
+	@echo
+	@echo "Demo: needle-in-a-haystack retrieval on zoo:tiny-llama, a 2.6M-parameter Llama trained here on"
+	@echo "512-token contexts. It takes about 1 minute on 2 CPU cores (each cell then prints the time left)."
+	@echo "  1. baseline at 512 tokens, inside the training length: the model finds the needle."
+	@echo "  2. five RoPE methods at 1,024 tokens, twice the training length: baseline (no scaling) loses"
+	@echo "     the needle; pi, ntk, dynamic_ntk and yarn rescale the positions and recover part or all of it."
+	@echo "Each table row is one cell: value = accuracy, the fraction of the 10 needles retrieved (higher"
+	@echo "is better; steps of 0.1, so it differs from the committed tables, which use 20-50 needles per"
+	@echo "cell), stderr its standard error, n the needles, time the cell's wall time. These are numbers"
+	@echo "for a tiny reference model, not for real LLMs."
+	@echo
+	@$(HARNESS) eval --task needle --task-arg context_length=512 --method baseline $(DEMO_GRID)
+	@echo
+	@$(HARNESS) eval --task needle_1k --method baseline --method pi --method ntk \
+	    --method dynamic_ntk --method yarn $(DEMO_GRID)
+	@echo
+	@echo "Next (nothing to activate):"
+	@echo "  make leaderboard RESULTS=$(DEMO_OUT)   # these records in the web leaderboard (http://127.0.0.1:8501)"
+	@echo "  $(HARNESS) list methods   # every method (make help: the other targets)"
+	@echo "  $(HARNESS) eval --task needle_2k --method yarn $(DEMO_GRID)   # one more cell"
 
 # `make test`: the suite without the tests marked slow; `make test-slow`: those (sweep crash safety,
-# the Slurm path); .ci/run runs both and then the regression gate.
+# the killed eval, the leaderboard in Chromium, the Slurm path, the full lm-eval and video ViT
+# checks); .ci/run runs both and then the regression gate.
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 test-slow: install
-	$(PY) -m pytest -q -p no:cacheprovider -m slow
+	HARNESS_TEST_REPORTS=out/reliability $(PY) -m pytest -q -p no:cacheprovider -m slow
 
 # CI regression gate: re-evaluate the cells of grids/ci_gate.yaml on CPU into a temporary folder
 # and compare them with the committed baseline (ci/baseline/, made by the same grid).
@@ -38,8 +80,9 @@ gate: install
 	$(HARNESS) sweep grids/ci_gate.yaml --device cpu --out out/gate
 	$(HARNESS) gate --baseline ci/baseline --current out/gate
 
+RESULTS ?= results
 leaderboard: install
-	$(HARNESS) leaderboard --results results
+	$(HARNESS) leaderboard --results $(RESULTS)
 
 # The committed reference records in results/ (zoo:tiny-llama, long-context family).
 LC_METHODS = --method baseline --method pi --method ntk --method dynamic_ntk --method yarn \

@@ -14,6 +14,9 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 MAPPED = ("methods", "tasks", "leaderboard")
+# folders of package data only (no __init__.py): named as packages so that setuptools ships them
+# without its "Package would be ignored" warning; their files are listed in pyproject's package-data
+DATA = {"harness.zoo.models": "harness/zoo/models", "harness.tasks.data": "tasks/data"}
 packages = find_packages(include=["harness", "harness.*"])
 package_dir = {"harness": "harness"}
 for top in MAPPED:
@@ -22,6 +25,8 @@ for top in MAPPED:
     for sub in find_packages(top):
         packages.append(f"harness.{top}.{sub}")
         package_dir[f"harness.{top}.{sub}"] = f"{top}/{sub.replace('.', '/')}"
+packages += list(DATA)
+package_dir.update(DATA)
 
 PTH = "harness_eval_lm_eval.pth"
 PTH_LINE = "import harness.tasks.lm_eval._hook as _h; _h.install()\n"

@@ -95,7 +95,7 @@ class Plan:
                 "estimated_seconds": None if self.estimated_seconds is None else round(self.estimated_seconds, 1)}
 
     def summary(self) -> str:
-        eta = "" if self.estimated_seconds is None else f"; estimated {_duration(self.estimated_seconds)}"
+        eta = "" if self.estimated_seconds is None else f"; estimated {duration(self.estimated_seconds)}"
         return (f"{self.prompts} prompts, {self.tokens:,} tokens; batch {self.batch_size} ({self.batch_rule}); "
                 f"memory ≈ {_gib(self.need_bytes)} of a {_gib(self.cap_bytes)} cap{eta}")
 
@@ -207,7 +207,7 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def _duration(s: float) -> str:
+def duration(s: float) -> str:
     if s < 90:
         return f"{s:.0f} s"
     if s < 5400:

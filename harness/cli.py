@@ -141,21 +141,36 @@ def cmd_fit(a) -> int:
 def cmd_gate(a) -> int:
     from harness import gate
 
-    findings, summary = gate.compare(a.baseline, a.current, gate.load_rules(a.rules))
+    rules = gate.load_rules(a.rules)
+    findings, summary = gate.compare(a.baseline, a.current, rules)
     bad = [f for f in findings if f.regressed]
+    moved = [f for f in findings if f.current != f.baseline or f.regressed]
+    d = rules["default"]
     print(f"gate: {summary['matched']} matching cells, {len(findings)} metrics compared; "
           f"{summary['only_baseline']} cells only in the baseline, {summary['only_current']} only in current")
+    print(f"gate: a regression moves the wrong way by more than the tolerance max(abs {d['abs']:g}, "
+          f"rel {d['rel']:g} x |baseline|), never below rel {gate.NOISE_REL:g} (floating-point noise), and "
+          f"where the metric has per-sample values is significant in a paired test (p < {rules['alpha']:g})")
+    if moved:
+        rows = [[f.task, f.method, f.metric, _fmt(f.baseline), _fmt(f.current), _fmt(_rel(f)), _fmt(f.tolerance),
+                 f.rule, _fmt(f.p_value), "REGRESSION" if f.regressed else "holds"] for f in moved]
+        print(format_table(["task", "method", "metric", "baseline", "current", "rel. change", "tolerance",
+                            "rule", "p", "verdict"], rows))
+    print(f"gate: {len(findings) - len(moved)} metrics identical to the baseline, {len(moved) - len(bad)} changed "
+          f"within the rule")
     if bad:
-        rows = [[f.task, f.method, f.metric, _fmt(f.baseline), _fmt(f.current), _fmt(f.tolerance),
-                 _fmt(f.p_value), len(f.changed), f.path] for f in bad]
-        print(format_table(["task", "method", "metric", "baseline", "current", "tolerance", "p", "changed", "record"], rows))
         for f in bad:
+            print(f"  regression in {f.path}: {f.metric} {f.baseline!r} -> {f.current!r}")
             for sid, x, y in f.changed[:10]:
                 print(f"  {f.task}/{f.method} sample {sid}: {x} -> {y}")
         print(f"gate: {len(bad)} regression(s)")
         return 1
     print("gate: all metrics hold")
     return 0
+
+
+def _rel(f) -> float:
+    return (f.current - f.baseline) / abs(f.baseline) if f.baseline else f.current - f.baseline
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -306,11 +321,20 @@ def parser() -> argparse.ArgumentParser:
     ft.set_defaults(fn=cmd_fit)
 
     gt = sub.add_parser("gate", help="compare current records with baseline records (CI regression gate)",
-                        description="Exit 0 when every matching cell holds, 1 on a regression (beyond the "
-                        "tolerance and significant in a paired per-sample test), 2 on bad input.")
+                        description="Compare every metric of the cells present in both folders. A metric "
+                        "regresses when it moves the wrong way by more than its tolerance, max(abs, rel x "
+                        "|baseline|): default abs 0, rel 1e-6, and never below rel 1e-6 (floating-point noise "
+                        "between processors) whatever the rules say; where the metric has per-sample values the "
+                        "change must also be significant in a paired test (exact McNemar for 0/1 values, paired "
+                        "bootstrap otherwise; p < alpha, default 0.05); deterministic metrics compare at the "
+                        "tolerance alone. The table lists every changed metric with the rule that decided it. "
+                        "Exit 0 when every metric holds, 1 on a regression, 2 on bad input: an unreadable "
+                        "record or rules file, a NaN/inf metric, or nothing compared (empty or missing "
+                        "folder, no shared cell).")
     gt.add_argument("--baseline", required=True, help="folder of baseline records")
     gt.add_argument("--current", required=True, help="folder of current records")
-    gt.add_argument("--rules", default=None, help="YAML/JSON: {default: {abs, rel}, metrics: {name: {abs, rel}}, alpha}")
+    gt.add_argument("--rules", default=None, help="YAML/JSON: {default: {abs, rel}, metrics: {name: {abs, rel}}, "
+                    "alpha}; tolerances only widen the noise floor (rel 1e-6)")
     gt.set_defaults(fn=cmd_gate)
 
     rp = sub.add_parser("report", help="Markdown table (method x context length) of a task's records",

@@ -2,8 +2,17 @@
 
 A metric regresses when it moves the wrong way (by its direction) by more than its tolerance
 *and*, where both records carry per-sample values for it, a paired test on the shared samples
-says the change is not noise (exact McNemar for 0/1 values, paired bootstrap otherwise). Exit
-codes: 0 all hold, 1 a regression, 2 bad input (a malformed record or rules file)."""
+says the change is not noise (exact McNemar for 0/1 values, paired bootstrap otherwise).
+Deterministic metrics (no per-sample values: perplexity, byte counts, ...) compare at the
+tolerance alone. The tolerance is max(abs, rel * |baseline|) from the rules, and never below
+floating-point noise: NOISE_REL * |baseline| (default and floor rel 1e-6; the same cell
+evaluated on two processors differs by ~1e-8 relative through float32 reduction order), so a
+rules file may widen it but not narrow it below noise.
+
+Exit codes: 0 all hold, 1 a regression, 2 bad input: a malformed record or rules file, a metric
+that is NaN, infinite or not a number, per-sample values that cannot be read, or a comparison of
+nothing (an empty or missing current folder, no cell shared with the baseline) -- a gate that
+compared nothing did not pass."""
 from __future__ import annotations
 
 import json
@@ -17,7 +26,11 @@ import numpy as np
 from harness import records
 from harness.errors import UserError
 
-DEFAULT_RULES = {"default": {"abs": 0.0, "rel": 0.0}, "metrics": {}, "alpha": 0.05}
+NOISE_REL = 1e-6            # relative floor of every tolerance: floating-point noise
+NOISE_ABS = 1e-12           # absolute floor, for baselines at or near zero
+DEFAULT_RULES = {"default": {"abs": 0.0, "rel": NOISE_REL}, "metrics": {}, "alpha": 0.05}
+
+RULE_TOLERANCE = "tolerance only (deterministic)"    # the metric has no per-sample values
 
 
 @dataclass
@@ -32,6 +45,7 @@ class Finding:
     p_value: float | None
     regressed: bool
     changed: list = field(default_factory=list)
+    rule: str = RULE_TOLERANCE      # which test decided: the tolerance alone, or tolerance + paired test
 
 
 def load_rules(path: str | None) -> dict:
@@ -43,7 +57,28 @@ def load_rules(path: str | None) -> dict:
         raise UserError(f"gate rules {path}: {e}") from None
     if not isinstance(rules, dict):
         raise UserError(f"gate rules {path}: expected a mapping")
-    return {**DEFAULT_RULES, **rules}
+    unknown = set(rules) - set(DEFAULT_RULES)
+    if unknown:
+        raise UserError(f"gate rules {path}: unknown key(s) {sorted(unknown)} (expected default, metrics, alpha)")
+    metrics = rules.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise UserError(f"gate rules {path}: metrics must map a metric name to {{abs, rel}}")
+    out = {"default": _tol_rule(path, "default", rules.get("default", {}), DEFAULT_RULES["default"]),
+           "metrics": {str(k): _tol_rule(path, f"metrics.{k}", v, {}) for k, v in metrics.items()},
+           "alpha": rules.get("alpha", DEFAULT_RULES["alpha"])}
+    a = out["alpha"]
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
+        raise UserError(f"gate rules {path}: alpha must be a number in (0, 1], got {_short(a)}")
+    return out
+
+
+def _tol_rule(path: str, where: str, rule, base: dict) -> dict:
+    if not isinstance(rule, dict) or set(rule) - {"abs", "rel"}:
+        raise UserError(f"gate rules {path}: {where} must be a mapping with keys abs and/or rel, got {_short(rule)}")
+    for k, v in rule.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise UserError(f"gate rules {path}: {where}.{k} must be a finite number >= 0, got {_short(v)}")
+    return {**base, **rule}
 
 
 def _yaml(path: str):
@@ -54,18 +89,48 @@ def _yaml(path: str):
         raise ValueError(str(e).splitlines()[0]) from None
 
 
-def collect(folder: str) -> dict[str, tuple[Path, dict]]:
+def collect(folder: str, role: str = "") -> dict[str, tuple[Path, dict]]:
     root = Path(folder)
+    label = f"--{role} {folder}" if role else str(folder)
     if not root.is_dir():
-        raise UserError(f"gate: {folder} is not a folder")
+        raise UserError(f"gate: {label} is not a folder")
     found = {}
     for p in _record_files(root):
         try:
             rec = records.read_untrusted(p)
         except records.BadRecord as e:
             raise UserError(f"gate: {p}: {e}") from None
+        _check_metrics(p, rec)
         found[rec["run_id"]] = (p, rec)
+    if not found:
+        raise UserError(f"gate: {label} holds no records: nothing to compare (a gate that compared "
+                        f"nothing did not pass)")
     return found
+
+
+def _check_metrics(path: Path, rec: dict) -> None:
+    """Every metric is a mapping whose value is a finite number: NaN compares false with everything
+    and would pass any tolerance, so it is bad input rather than a silent pass."""
+    metrics = rec.get("metrics")
+    if not isinstance(metrics, dict):
+        raise UserError(f"gate: {path}: metrics is not a mapping")
+    for name, m in metrics.items():
+        v = m.get("value") if isinstance(m, dict) else None
+        if not isinstance(m, dict) or isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"gate: {path}: metric {name!r} has no numeric value ({_short(m)})")
+        if not math.isfinite(v):
+            raise UserError(f"gate: {path}: metric {name!r} is {v} (not a finite number)")
+
+
+def _short(x) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def tolerance(rule: dict, baseline: float) -> float:
+    """max(abs, rel * |baseline|) of the rule, never below floating-point noise."""
+    return max(float(rule.get("abs", 0)), float(rule.get("rel", 0)) * abs(baseline),
+               NOISE_REL * abs(baseline), NOISE_ABS)
 
 
 def _record_files(root: Path) -> list[Path]:
@@ -110,38 +175,55 @@ def paired_test(a: list[float], b: list[float]) -> tuple[str, float]:
     return "paired bootstrap", bootstrap_p(a, b)
 
 
-def _paired(base_path: Path, cur_path: Path, field_name: str):
+def _samples(path: Path, field_name: str) -> dict:
     try:
-        a = {s["id"]: s.get(field_name) for s in records.read_samples(base_path)}
-        b = {s["id"]: s.get(field_name) for s in records.read_samples(cur_path)}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    ids = [i for i in a if i in b and isinstance(a[i], (int, float)) and isinstance(b[i], (int, float))]
+        return {s["id"]: s.get(field_name) for s in records.read_samples(path)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"gate: {records.samples_path(path)}: per-sample values unreadable "
+                        f"({e.__class__.__name__}); the paired test needs them") from None
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _paired(base_path: Path, cur_path: Path, field_name: str):
+    a, b = _samples(base_path, field_name), _samples(cur_path, field_name)
+    ids = [i for i in a if i in b and _number(a[i]) and _number(b[i])]
     return (ids, [a[i] for i in ids], [b[i] for i in ids]) if ids else None
 
 
 def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], dict]:
-    base, cur = collect(baseline), collect(current)
+    base, cur = collect(baseline, "baseline"), collect(current, "current")
+    shared = sorted(set(base) & set(cur))
+    if not shared:
+        raise UserError(f"gate: no cell of --current {current} is in --baseline {baseline} "
+                        f"({len(cur)} current, {len(base)} baseline records): nothing compared")
     findings = []
-    for rid in sorted(set(base) & set(cur)):
+    for rid in shared:
         (bp, brec), (cp, crec) = base[rid], cur[rid]
         for name, bm in brec["metrics"].items():
             cm = crec["metrics"].get(name)
-            if cm is None or not isinstance(bm.get("value"), (int, float)) or not isinstance(cm.get("value"), (int, float)):
+            if cm is None:
                 continue
-            tol_rule = {**rules["default"], **rules["metrics"].get(name, {})}
+            tol = tolerance({**rules["default"], **rules["metrics"].get(name, {})}, float(bm["value"]))
             bv, cv = float(bm["value"]), float(cm["value"])
-            tolerance = max(float(tol_rule.get("abs", 0)), float(tol_rule.get("rel", 0)) * abs(bv))
             worse = (bv - cv) if bm.get("direction") == "higher" else (cv - bv)
-            p, changed = None, []
-            pairs = _paired(bp, cp, bm["sample_field"]) if bm.get("sample_field") else None
-            if pairs:
-                ids, a, b = pairs
-                p = paired_test(a, b)[1]
-                changed = [(i, x, y) for i, x, y in zip(ids, a, b) if x != y]
-            regressed = worse > tolerance + 1e-12 and (p is None or p < rules["alpha"])
+            p, changed, rule = None, [], RULE_TOLERANCE
+            if bm.get("sample_field"):
+                pairs = _paired(bp, cp, bm["sample_field"])
+                if pairs:
+                    ids, a, b = pairs
+                    test, p = paired_test(a, b)
+                    rule = f"tolerance + {test} p < {rules['alpha']:g}"
+                    changed = [(i, x, y) for i, x, y in zip(ids, a, b) if x != y]
+                else:
+                    rule = "tolerance only (no shared samples)"
+            regressed = worse > tol and (p is None or p < rules["alpha"])
             findings.append(Finding(str(cp), crec["task"]["name"], crec["method"]["name"], name, bv, cv,
-                                    tolerance, p, regressed, changed))
-    summary = {"matched": len(set(base) & set(cur)), "only_baseline": len(set(base) - set(cur)),
+                                    tol, p, regressed, changed, rule))
+    if not findings:
+        raise UserError(f"gate: {len(shared)} shared cells but no metric in common: nothing compared")
+    summary = {"matched": len(shared), "only_baseline": len(set(base) - set(cur)),
                "only_current": len(set(cur) - set(base))}
     return findings, summary

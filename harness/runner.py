@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness import models, params, provenance, records, registry
+from harness.budget import duration
 from harness.errors import NoEffect, UserError
 from harness.interfaces import Method, MethodContext, Task, TaskContext
 
@@ -178,22 +179,37 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
     out = Path(out) if out else records.default_out()
     outcomes: list[Outcome] = []
     loaded = None
-    for cell in cells:
-        config, rid, path = locate(cell, out)
-        if not overwrite and records.finished(path, rid):
+    located = [locate(cell, out) for cell in cells]
+    todo = [overwrite or not records.finished(path, rid) for _, rid, path in located]
+    walls: list[float] = []
+    for i, (cell, (config, rid, path)) in enumerate(zip(cells, located)):
+        if not todo[i]:
             log(f"skip: {path} is finished (use --overwrite to rerun)")
             outcomes.append(Outcome(cell, path, records.read(path), skipped=True))
             continue
+        # progress bars name their cell: "[2/6] needle_1k · yarn: needle/single (10 samples)"
+        name = f"[{i + 1}/{len(cells)}] {cell.task_label} · {cell.method_name}"
+        cell_progress = _named(progress, name) if progress is not None else None
+        t0 = time.perf_counter()
         if not cell.task.needs_lm:
-            outcomes.append(_run_cell(cell, config, rid, path, None, None, progress))
-            continue
-        if loaded is None:
-            loaded = models.load(cell.model, device, trust_remote_code, allow_pickle)
-        _check_position_encoding(loaded, cell)
-        lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk)
-        budget = (batch_size, memory_cap, log)
-        outcomes.append(_run_cell(cell, config, rid, path, loaded, lm, progress, budget))
+            outcomes.append(_run_cell(cell, config, rid, path, None, None, cell_progress))
+        else:
+            if loaded is None:
+                loaded = models.load(cell.model, device, trust_remote_code, allow_pickle)
+            _check_position_encoding(loaded, cell)
+            lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk)
+            budget = (batch_size, memory_cap, log)
+            outcomes.append(_run_cell(cell, config, rid, path, loaded, lm, cell_progress, budget))
+        walls.append(time.perf_counter() - t0)
+        left = sum(todo[i + 1:])
+        if progress is not None and left:     # an estimate from the cells run so far (model load included)
+            log(f"{name} done in {walls[-1]:.0f} s; about {duration(left * sum(walls) / len(walls))} "
+                f"left for {left} more cell(s)")
     return outcomes
+
+
+def _named(progress, name: str):
+    return lambda items, total=None, desc="": progress(items, total=total, desc=f"{name}: {desc}" if desc else name)
 
 
 def _check_position_encoding(loaded, cell: Cell) -> None:
@@ -224,7 +240,8 @@ def _plan(cell: Cell, lm, budget) -> dict:
         lm.telemetry.update(saved)
     lm.batch_size = plan.batch_size
     label = f"{cell.task_label} · {cell.method_name} · {cell.model}"
-    log(f"{label}: {plan.summary()}")
+    if plan.estimated_seconds is not None or plan.batch_size < _asked_batch(budget):   # long or squeezed
+        log(f"{label}: {plan.summary()}")
     resolved = {}
     if plan.context_factor > bud.EXTRAPOLATION_WARNING:
         log(f"warning: {label}: the context is {round(plan.context_factor, 1):g}x the model's trained length "
@@ -232,6 +249,12 @@ def _plan(cell: Cell, lm, budget) -> dict:
         resolved = {"context_over_trained_length": round(plan.context_factor, 2),
                     "trained_length": lm.original_max_length}
     return {"provenance": dict(plan.provenance(), prefill_chunk=lm.prefill_chunk), "resolved": resolved}
+
+
+def _asked_batch(budget) -> int:
+    """The batch size a cell asked for (auto: the short-prompt default)."""
+    from harness.budget import SHORT_BATCH
+    return SHORT_BATCH if budget[0] == "auto" else int(budget[0])
 
 
 def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress, budget=None) -> Outcome:

@@ -203,13 +203,17 @@ def _retryable(e: BaseException) -> bool:
 _DEVICE = None
 
 
+def device_slots(workers: int, devices: list[str]) -> list[str | None]:
+    """The device of each worker of a local pool: round-robin over `devices` (None: no pinning)."""
+    return [devices[i % len(devices)] if devices else None for i in range(workers)]
+
+
 def _init_worker(queue) -> None:
-    """Pin this worker to one device before anything touches CUDA (HELM's MultiGPURunner way)."""
+    """Pin this worker to one device before anything touches CUDA (HELM's MultiGPURunner way).
+    Each worker takes one slot of device_slots(); the queue holds exactly one per worker, and its
+    items reach the pipe through a feeder thread, so the take blocks rather than racing it."""
     global _DEVICE
-    try:
-        _DEVICE = queue.get_nowait()
-    except Exception:
-        _DEVICE = None
+    _DEVICE = queue.get(timeout=300)
     if _DEVICE is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(_DEVICE)
 
@@ -237,8 +241,8 @@ def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str],
     todo = list(specs)
     while todo:
         queue = ctx.Queue()
-        for i in range(workers):
-            queue.put(devices[i % len(devices)] if devices else None)
+        for slot in device_slots(workers, devices):
+            queue.put(slot)
         broken = False
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
             running = {pool.submit(fn, s): s for s in todo}

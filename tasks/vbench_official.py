@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -50,11 +51,7 @@ class VBenchOfficial(Task):
             raise ValueError(f"dimension must be one of {', '.join(CUSTOM_DIMENSIONS)} (VBench custom input)")
 
     def run(self, ctx) -> TaskResult:
-        python = self.python or os.environ.get("HARNESS_VBENCH_PYTHON", "")
-        if not python or not Path(python).exists():
-            raise UserError("vbench_official needs the interpreter of a separate environment with the official "
-                            "`vbench` package: python=/path/to/venv/bin/python or $HARNESS_VBENCH_PYTHON "
-                            "(see the README, 'Video generation evaluation')")
+        python = interpreter(self.python or os.environ.get("HARNESS_VBENCH_PYTHON", ""))
         refs = collect(ctx, ctx.limit)
         with tempfile.TemporaryDirectory(prefix="harness-vbench-") as tmp:
             folder = {r.path and str(Path(r.path).parent) for r in refs}
@@ -74,6 +71,8 @@ class VBenchOfficial(Task):
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
                 raise UserError(f"vbench_official: the official vbench run exceeded {self.timeout_s} s") from None
+            except OSError as e:        # e.g. an executable that is no program (exec format error)
+                raise UserError(f"vbench_official: cannot run {python}: {e.strerror or e}") from None
             if proc.returncode != 0:
                 raise UserError(f"vbench_official: the official vbench run failed (exit {proc.returncode}): "
                                 f"{proc.stderr.strip()[-800:]}")
@@ -91,3 +90,23 @@ class VBenchOfficial(Task):
         details = {"calibrated": True, "backend": f"official vbench {info.get('version')}", "dimension": self.dimension}
         data_hash = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
         return TaskResult(metrics, rows, details, data_hash)
+
+
+def interpreter(python: str) -> str:
+    """The path of an executable regular file (a bare name is looked up on PATH), else a UserError
+    that says what is wrong with it: missing, a folder, or not executable."""
+    need = ("vbench_official needs the interpreter of a separate environment with the official `vbench` "
+            "package: python=/path/to/venv/bin/python or $HARNESS_VBENCH_PYTHON (see the README, "
+            "'Video generation evaluation')")
+    if not python:
+        raise UserError(need)
+    path = Path(python) if os.sep in python else Path(shutil.which(python) or python)
+    if not path.exists():
+        problem = "does not exist"
+    elif not path.is_file():
+        problem = "is a folder" if path.is_dir() else "is not a regular file"
+    elif not os.access(path, os.X_OK):
+        problem = "is not executable"
+    else:
+        return str(path)
+    raise UserError(f"vbench_official: python={python} {problem}; {need}")

@@ -1,9 +1,39 @@
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
-os.environ.setdefault("HARNESS_CACHE", "/tmp/harness-test-cache")
+# hypothesis keeps no example database, and its other caches go to a temporary folder of this run
+# (by default both are written to .hypothesis/ in the working tree)
+settings.register_profile("harness", database=None)
+settings.load_profile("harness")
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="harness-test-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_state(tmp_path_factory):
+    """This run's caches (model hashes, PRM scores), fitted artifacts and default
+    results folder live in its own temporary folder: nothing another run or checkout left on this
+    machine is read, and nothing outside the temporary folders is written (results/ least of all)."""
+    base = tmp_path_factory.mktemp("harness-state")
+    saved = {v: os.environ.get(v) for v in ("HARNESS_CACHE", "HARNESS_ARTIFACTS", "HARNESS_RESULTS")}
+    os.environ.update(HARNESS_CACHE=str(base / "cache"), HARNESS_ARTIFACTS=str(base / "artifacts"),
+                      HARNESS_RESULTS=str(base / "results"))
+    yield
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
 
 
 def make_tiny_llama(folder, kv_heads=2, max_pos=128, seed=0, **config):

@@ -71,8 +71,9 @@ def test_wrong_kind_lists_compatible_methods(capsys):
 
 
 def test_missing_and_badly_encoded_files(capsys, tiny_model, tmp_path):
-    code, _, err = run(capsys, *eval_args(tiny_model, tmp_path, "--task-arg", "haystack=/no/such/file.txt"))
-    assert code == 2 and "/no/such/file.txt" in err
+    missing = tmp_path / "no" / "such" / "file.txt"           # certainly absent, on any machine
+    code, _, err = run(capsys, *eval_args(tiny_model, tmp_path, "--task-arg", f"haystack={missing}"))
+    assert code == 2 and str(missing) in err
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"Fine first line.\nSecond line \xff\xfe broken.\n")
     code, _, err = run(capsys, *eval_args(tiny_model, tmp_path, "--task-arg", f"haystack={bad}"))
@@ -110,6 +111,25 @@ def test_cross_product_and_scoped_args(capsys, tiny_model, tmp_path):
     yarn = next(r for r in recs if r["method"]["name"] == "yarn")
     assert yarn["method"]["params"]["yarn"]["factor"] == 3.0
     assert yarn["method"]["components"][0]["resolved"]["scale"] == 3.0
+
+
+def test_progress_bars_name_their_cell_and_an_estimate_follows_each_cell(tiny_model, tmp_path):
+    from harness import runner
+    descs, logs = [], []
+
+    def progress(items, total=None, desc=""):
+        descs.append(desc)
+        return iter(items)
+    cells = runner.resolve(["needle"], ["baseline", "yarn"], tiny_model,
+                           {"context_length": "160", "depths": "2", "max_new_tokens": "4"}, {}, 0, 2)
+    runner.evaluate(cells, device="cpu", out=tmp_path, progress=progress, log=logs.append)
+    assert [d.split(":")[0] for d in descs] == ["[1/2] needle · baseline", "[2/2] needle · yarn"]
+    assert all("(2 samples)" in d for d in descs)                # the task's own description follows
+    assert len(logs) == 1 and logs[0].startswith("[1/2] needle · baseline done in ")
+    assert logs[0].endswith("left for 1 more cell(s)")
+    runner.evaluate(cells, device="cpu", out=tmp_path, progress=progress, log=logs.append)
+    assert logs[1:] == [f"skip: {runner.locate(c, tmp_path)[2]} is finished (use --overwrite to rerun)"
+                        for c in cells]                           # finished cells: no bar, no estimate
 
 
 def test_composition_runs_and_records_components(capsys, tiny_model, tmp_path):

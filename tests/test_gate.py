@@ -122,3 +122,114 @@ def test_hostile_files_exit_2_naming_the_file(tmp_path, capsys, make, problem):
     assert main(["gate", "--baseline", str(RESULTS), "--current", str(cur)]) == 2
     err = capsys.readouterr().err
     assert problem in err and str(bad_dir) in err and "Traceback" not in err
+
+
+# -- tolerance at floating-point noise, the rule per row, comparisons of nothing (issues 21, 28) --
+def write_ppl(folder, rid, value, direction="lower"):
+    """A deterministic metric: no per-sample field, so the tolerance alone decides."""
+    write(folder, rid, [1.0], direction=direction, value=value, sample_field=None)
+
+
+def test_floating_point_noise_on_a_deterministic_metric_is_not_a_regression(tmp_path, capsys):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    write_ppl(base, "r1", 3.922161581722479)          # the two values of issue 21: 1.9e-9 relative worse
+    write_ppl(cur, "r1", 3.9221615891735144)
+    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("needle"))
+    assert "tolerance only (deterministic)" in row and "holds" in row
+    assert "rel 1e-06" in out and "1 changed within the rule" in out
+
+
+def test_a_rules_file_cannot_narrow_the_tolerance_below_noise(tmp_path):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"default": {"abs": 0, "rel": 0}}))
+    write_ppl(base, "r1", 4.0)
+    write_ppl(cur, "r1", 4.0 * (1 + 5e-7))
+    assert main(["gate", "--baseline", str(base), "--current", str(cur), "--rules", str(rules)]) == 0
+
+
+@pytest.mark.parametrize("direction,factor", [("lower", 1 + 1e-3), ("higher", 1 - 1e-3)])
+def test_a_small_real_change_of_a_deterministic_metric_is_a_regression(tmp_path, capsys, direction, factor):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    write_ppl(base, "r1", 3.9221615891735144, direction)
+    write_ppl(cur, "r1", 3.9221615891735144 * factor, direction)
+    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 1
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("needle"))
+    assert "tolerance only (deterministic)" in row and "REGRESSION" in row and "1 regression" in out
+
+
+def test_the_table_names_the_paired_test_that_decided(tmp_path, capsys):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    write(base, "r1", [1, 0] * 20)
+    write(cur, "r1", [0, 1] * 19 + [0, 0])            # worse beyond tolerance, not significant
+    write(base, "r2", [0.5] * 10 + [1.5] * 10, value=1.0)
+    write(cur, "r2", [0.4] * 10 + [1.4] * 10, value=0.9)   # every sample worse: significant
+    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 1
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("needle")]
+    assert len(rows) == 2
+    assert "tolerance + McNemar (exact) p < 0.05" in rows[0] and "holds" in rows[0]
+    assert "tolerance + paired bootstrap p < 0.05" in rows[1] and "REGRESSION" in rows[1]
+
+
+@pytest.mark.parametrize("case,problem", [
+    ("empty", "holds no records"),
+    ("missing", "is not a folder"),
+    ("disjoint", "nothing compared"),
+])
+def test_a_gate_that_compares_nothing_exits_2(tmp_path, capsys, case, problem):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    write_ppl(base, "r1", 4.0)
+    if case == "empty":
+        cur.mkdir()
+    elif case == "disjoint":
+        write_ppl(cur, "other", 4.0)
+    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("side", ["base", "cur"])
+@pytest.mark.parametrize("value,problem", [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf"),
+                                           ("3.9", "no numeric value"), (None, "no numeric value")])
+def test_a_non_finite_or_non_numeric_metric_exits_2(tmp_path, capsys, side, value, problem):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    write_ppl(base, "r1", 4.0)
+    write_ppl(cur, "r1", 4.0)
+    path = next((tmp_path / side).rglob("r1.json"))
+    rec = json.loads(path.read_text())
+    rec["metrics"]["accuracy"]["value"] = value
+    path.write_text(json.dumps(rec))
+    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 2
+    err = capsys.readouterr().err
+    assert "accuracy" in err and problem in err and str(path) in err and "Traceback" not in err
+
+
+def test_missing_per_sample_values_of_a_paired_metric_exit_2(tmp_path, capsys):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    write(base, "r1", [1, 0] * 5)
+    write(cur, "r1", [1, 0] * 5)
+    path = next(cur.rglob("r1.json"))
+    records.samples_path(path).unlink()
+    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 2
+    assert "per-sample values unreadable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rules,problem", [
+    ({"default": {"rel": "x"}}, "default.rel must be a finite number"),
+    ({"default": {"rel": -1}}, "default.rel must be a finite number"),
+    ({"metrics": [1]}, "metrics must map"),
+    ({"metrics": {"accuracy": 0.1}}, "metrics.accuracy must be a mapping"),
+    ({"alpha": 2}, "alpha must be a number in (0, 1]"),
+    ({"tolerance": 1}, "unknown key(s) ['tolerance']"),
+])
+def test_malformed_rules_exit_2(tmp_path, capsys, rules, problem):
+    base = tmp_path / "base"
+    write_ppl(base, "r1", 4.0)
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(rules))
+    assert main(["gate", "--baseline", str(base), "--current", str(base), "--rules", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "Traceback" not in err

@@ -87,7 +87,6 @@ def _sleepy_worker(conn):
 def test_timeout_kills_the_worker_and_answers_not_equivalent():
     g = Grader(timeout_s=0.5, worker=_sleepy_worker)
     g.math_verify_calls = 1             # skip the first-call import allowance
-    t0 = time.perf_counter()
-    assert g.equivalent("\\sqrt{2}", "2^{1/2}") is False
-    assert time.perf_counter() - t0 < 30 and g.timeouts == 1 and g._proc is None
+    assert g.equivalent("\\sqrt{2}", "2^{1/2}") is False   # the worker sleeps 60 s per call: only the
+    assert g.timeouts == 1 and g._proc is None               # timeout answers, and it killed the worker
     assert g.info()["timeouts"] == 1

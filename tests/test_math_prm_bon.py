@@ -205,13 +205,14 @@ def test_world_is_seeded_and_answers_are_exact():
     assert clean and all(mathworld.final_answer(p, s) == str(p.answer) for s in clean)
 
 
-def test_bad_task_arguments():
+def test_bad_task_arguments(tmp_path):
     with pytest.raises(UserError, match="format"):
         runner.resolve(["math_prm_bon"], ["majority"], None, {"format": "csv"}, {})
     with pytest.raises(UserError, match="not a readable file"):
-        cells = runner.resolve(["math_prm_bon"], ["majority"], None,
-                               {"problems": "/nonexistent.jsonl", "solutions": "/nonexistent2.jsonl"}, {})
-        runner.evaluate(cells, device="cpu", out="/tmp/unused-prm-out")
+        cells = runner.resolve(["math_prm_bon"], ["majority"], None, {"problems": str(tmp_path / "no" / "p.jsonl"),
+                                                                      "solutions": str(tmp_path / "no" / "s.jsonl")}, {})
+        runner.evaluate(cells, device="cpu", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_precomputed_scores_from_a_prm800k_dump(tmp_path):

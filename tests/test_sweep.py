@@ -94,7 +94,10 @@ def always_failing_cell(spec):
 
 
 def pinned_cell(spec):
-    return {"status": "done", "path": spec.path, "device": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    """Notes which worker process ran the cell and the device that worker was pinned to."""
+    device = os.environ.get("CUDA_VISIBLE_DEVICES")
+    Path(spec.path).with_suffix(".ran").write_text(f"{os.getpid()} {device}")
+    return {"status": "done", "path": spec.path, "device": device}
 
 
 def _specs(tmp_path, n):
@@ -116,10 +119,26 @@ def test_failures_are_retried_then_summarized_with_reasons(tmp_path):
 
 
 def test_workers_are_pinned_to_one_device_each(tmp_path):
+    """The pinning rule, whichever worker happens to take which cells (one may take them all):
+    every cell runs pinned, a worker keeps one device, and two workers never share one."""
     seen = []
-    sweep.run_local(_specs(tmp_path, 8), workers=2, retries=0, devices=["3", "5"], log=seen.append, fn=pinned_cell)
-    devices = {line.rsplit(" ", 1)[1] for line in seen}
-    assert devices == {"3", "5"}, seen
+    specs = _specs(tmp_path, 8)
+    sweep.run_local(specs, workers=2, retries=0, devices=["3", "5"], log=seen.append, fn=pinned_cell)
+    assert len(seen) == 8 and all(s.reasons == ["done"] for s in specs)
+    per_pid = {}
+    for s in specs:
+        pid, device = Path(s.path).with_suffix(".ran").read_text().split()
+        per_pid.setdefault(pid, set()).add(device)
+    assert set().union(*per_pid.values()) <= {"3", "5"}, per_pid              # every cell pinned
+    assert all(len(d) == 1 for d in per_pid.values()), per_pid                 # one device per worker
+    assert len({d for ds in per_pid.values() for d in ds}) == len(per_pid) <= 2   # no two share one
+    assert all(line.endswith((" on device 3", " on device 5")) for line in seen), seen
+
+
+def test_device_slots_give_each_worker_one_device_round_robin():
+    assert sweep.device_slots(2, ["3", "5"]) == ["3", "5"]
+    assert sweep.device_slots(4, ["0", "1", "2"]) == ["0", "1", "2", "0"]
+    assert sweep.device_slots(3, []) == [None, None, None]
 
 
 # -- Slurm --------------------------------------------------------------------------------------

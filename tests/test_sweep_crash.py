@@ -4,8 +4,9 @@ times in a row. After every kill each record on disk must parse, be complete (it
 one row per sample, the sidecar's sha256 the one the record names), and no record finished
 before the kill may be lost or changed. A final rerun must complete exactly the missing cells.
 
-The figures (trials, kills, lost, corrupt) are printed and written to out/reliability/ for the
-README's Reliability section. The kill moments come from a seed printed with the figures
+The figures (trials, kills, lost, corrupt) are printed and written to sweep_crash_safety.json in
+$HARNESS_TEST_REPORTS (`make test-slow` sets out/reliability/, for the README's Reliability
+section), else in the test's tmp_path. The kill moments come from a seed printed with the figures
 (CRASH_SEED=<n> replays a run)."""
 import hashlib
 import json
@@ -22,7 +23,6 @@ import yaml
 
 from harness import records
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["baseline", "pi", "ntk", "yarn", "dynamic_ntk"]
 SEEDS = list(range(16))       # 80 cells: enough that a fast machine is still mid-sweep at the last kill
 TRIALS = 10
@@ -90,7 +90,7 @@ def test_sigkilled_sweep_loses_nothing_and_rerun_completes_exactly_the_missing_c
                "rerun_done": summary["done"], "rerun_skipped": summary["skipped"],
                "orphan_temp_files": leftover_tmp, "seed": seed}
     print("crash-safety:", json.dumps(figures))
-    report = ROOT / "out" / "reliability" / "sweep_crash_safety.json"
+    report = Path(os.environ.get("HARNESS_TEST_REPORTS") or tmp_path) / "sweep_crash_safety.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(figures, indent=1) + "\n")
 

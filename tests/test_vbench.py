@@ -175,9 +175,27 @@ def test_official_adapter_runs_the_package_in_another_interpreter(tmp_path, fake
                                           {"static_filter": "false"}, {"path": synthetic_video_folder}), out=tmp_path)
     assert out.record["metrics"]["score"]["value"] == pytest.approx(ours[0].record["metrics"]["temporal_flickering"]["value"])
     assert out.record["details"]["backend"] == "official vbench 0.0-fake"
-    with pytest.raises(UserError, match="HARNESS_VBENCH_PYTHON"):
-        runner.evaluate(runner.resolve(["vbench_official"], ["video_folder"], None, {"python": "/nonexistent"},
-                                       {"path": synthetic_video_folder}), out=tmp_path)
+
+
+@pytest.mark.parametrize("case,problem", [("missing", "does not exist"), ("folder", "is a folder"),
+                                          ("not_executable", "is not executable")])
+def test_official_adapter_refuses_a_python_that_is_no_executable_file(tmp_path, synthetic_video_folder,
+                                                                     case, problem):
+    """Only an executable regular file is an interpreter: a missing path (under tmp_path, so certainly
+    absent), a folder or a plain file is a one-line UserError (exit 2), never a PermissionError."""
+    python = tmp_path / "env" / "bin" / "python"
+    if case == "folder":
+        python.mkdir(parents=True)
+    elif case == "not_executable":
+        python.parent.mkdir(parents=True)
+        python.write_text("#!/bin/sh\n")
+        python.chmod(0o644)
+    cells = runner.resolve(["vbench_official"], ["video_folder"], None, {"python": str(python)},
+                           {"path": synthetic_video_folder})
+    with pytest.raises(UserError, match="HARNESS_VBENCH_PYTHON") as e:
+        runner.evaluate(cells, out=tmp_path / "out")
+    assert f"python={python} {problem}" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.json"))
 
 
 def test_a_source_whose_videos_were_never_read_fails_its_effect_check(tmp_path):
