@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 EVAL_SEED_BASE = 1_000_000
 STOP_TEXT = "I am not sure how to finish this."

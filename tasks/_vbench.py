@@ -8,9 +8,7 @@ are replaced by OpenCV in the `*_proxy` tasks, whose values are not leaderboard-
 from __future__ import annotations
 
 import hashlib
-import math
 import re
-from dataclasses import dataclass, field
 
 import numpy as np
 

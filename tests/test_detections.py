@@ -3,7 +3,6 @@ mocked detections, the JSONL detections file (errors name file and line), the sy
 against the rendered ground truth, and end-to-end runs (file backend and the labelled proxy)."""
 import json
 
-import numpy as np
 import pytest
 
 from harness import cli, records, runner

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import records, runner
+from harness import runner
 from harness.methods.noise.analytic_init import AnalyticInit
 from harness.methods.noise.bilinear_warp import BilinearWarp
 from harness.methods.noise.freenoise import FreeNoise

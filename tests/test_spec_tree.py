@@ -11,7 +11,7 @@ import torch
 from harness.methods.spec._common import CachedModel, count_step, probs, verify_chain
 from harness.methods.spec._tree import Tree, keep_path, tree_forward, tree_mask, verify_tree
 from harness.methods.spec.distillspec import divergence
-from harness.methods.spec.rest import Datastore, draft_tree, suffix_array
+from harness.methods.spec.rest import Datastore, draft_tree
 
 
 def random_tree(rng, n, vocab):

@@ -49,7 +49,7 @@ def test_logits_and_features_match_transformers_videomae(config):
 
 
 def test_sinusoid_table_equals_transformers_and_umt_stretches_time():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
     assert torch.allclose(vv.sinusoid_table(392, 64), get_sinusoid_encoding_table(392, 64).float(), atol=1e-6)
     t = vv.umt_table(16, 2, 8)                    # 8 checkpoint frames -> 16, linear, align_corners=False

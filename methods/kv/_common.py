@@ -41,7 +41,6 @@ method's own bookkeeping while decoding). On a GPU every timing synchronizes the
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar

@@ -106,7 +106,7 @@ class LongHeads(AttentionMethod, LMMethod):
 
     def _row(self, a, b, valid, q_all, t, q, w, k):
         K, V = (a.k[b], a.v[b]) if bool(valid.all()) else (a.k[b][:, valid], a.v[b][:, valid])   # [h, n, d]
-        n, L = K.shape[1], w * k
+        L = w * k
         out = torch.empty_like(q)
         near = t < L
         if near.any():                                   # inside the trained window: plain attention
