@@ -1,4 +1,3 @@
-import re
 
 from harness import registry
 from harness.interfaces import TaskContext
@@ -30,5 +29,21 @@ def test_run_scores_exact_key(tiny_lm):
     res = Passkey(context_length=(200, 300), samples=2, max_new_tokens=3).run(TaskContext(lm=tiny_lm, limit=3))
     assert res.metrics["accuracy"].n == 3 and len(res.samples) == 3
     assert {"accuracy@200", "accuracy@300"} <= set(res.metrics)
-    for row in res.samples:
-        assert row["correct"] == int(re.search(rf"(?<!\d){row['target']}(?!\d)", row["prediction"]) is not None)
+    assert all(row["correct"] in (0, 1) for row in res.samples)
+
+
+def test_the_key_counts_only_as_a_whole_number(tiny_lm, monkeypatch):
+    """Written-out cases of the scoring rule (the key must appear, not inside a longer number)."""
+    keys, real = [], Passkey.build
+    monkeypatch.setattr(Passkey, "build", lambda self, lm, L, seed: (lambda d: keys.append(d["key"]) or d)(
+        real(self, lm, L, seed)))
+    answers = iter([(" {k}.", 1), ("1{k}", 0), ("{k}7 then", 0), ("{k}0 and then {k}!", 1)])
+    expected = []
+
+    def decode(ids):
+        text, ok = next(answers)
+        expected.append(ok)
+        return text.format(k=keys[len(expected) - 1])
+    monkeypatch.setattr(tiny_lm, "decode", decode)
+    res = Passkey(context_length=(200,), samples=4, max_new_tokens=2).run(TaskContext(lm=tiny_lm))
+    assert [row["correct"] for row in res.samples] == expected == [1, 0, 0, 1]
