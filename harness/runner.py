@@ -199,6 +199,7 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
             _check_position_encoding(loaded, cell)
             lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk)
             budget = (batch_size, memory_cap, log)
+            cell_progress = _named(progress, name, lm) if progress is not None else None
             outcomes.append(_run_cell(cell, config, rid, path, loaded, lm, cell_progress, budget))
         walls.append(time.perf_counter() - t0)
         left = sum(todo[i + 1:])
@@ -208,8 +209,22 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
     return outcomes
 
 
-def _named(progress, name: str):
-    return lambda items, total=None, desc="": progress(items, total=total, desc=f"{name}: {desc}" if desc else name)
+def _named(progress, name: str, lm=None):
+    """The progress callable with the cell's name before the task's description; with an LM, the
+    bar also shows the tokens per second the cell has processed so far (prompt, generated and
+    scored tokens, from the LM's telemetry)."""
+    def bar(items, total=None, desc=""):
+        shown = progress(items, total=total, desc=f"{name}: {desc}" if desc else name)
+        return shown if lm is None or not hasattr(shown, "set_postfix_str") else _with_rate(shown, lm)
+    return bar
+
+
+def _with_rate(bar, lm):
+    t0 = time.perf_counter()
+    for item in bar:
+        yield item
+        tokens = sum(lm.telemetry[k] for k in ("prompt_tokens", "generated_tokens", "scored_tokens"))
+        bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
 
 
 def _check_position_encoding(loaded, cell: Cell) -> None:
