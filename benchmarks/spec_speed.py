@@ -58,19 +58,15 @@ def main() -> None:
     decoders = {}
     for name, m in methods.items():       # each method's decoding function, set up once (drafts, datastore)
         with m.apply(lm, MethodContext()):
-            decoders[name] = lm.__dict__.get("_generate_batch")
+            decoders[name] = lm.generate_batch_hook
     rates: dict[str, list[float]] = {name: [] for name in methods}
     outputs: dict[str, list] = {name: [] for name in methods}
 
     def run(name, ids, seed):
-        if decoders[name] is not None:
-            lm._generate_batch = decoders[name]
-        try:
+        with lm.batch_hooks(generate_batch=decoders[name]):
             t0 = time.perf_counter()
             out = lm.generate([ids], a.new_tokens, temperature=a.temperature, seed=seed)[0]
             return out, time.perf_counter() - t0
-        finally:
-            lm.__dict__.pop("_generate_batch", None)
 
     for name in methods:                          # warm-ups: full passes over the first prompt
         for _ in range(a.warmups):

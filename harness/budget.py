@@ -15,10 +15,10 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 from harness.errors import UserError
+from harness.provenance import device_clock
 
 LONG_PROMPT = 4096          # tokens: beyond this a cell is "long" (measured batch, time estimate)
 SHORT_BATCH = 8             # auto's batch size for short prompts (the historical default)
@@ -59,18 +59,27 @@ def _cgroup_room() -> int | None:
     return None if limit == "max" else max(0, int(limit) - used)
 
 
+def _shape(config) -> tuple[int, int, int, int]:
+    """(layers, query heads, KV heads, head dim)."""
+    heads = config.num_attention_heads
+    return (config.num_hidden_layers, heads, getattr(config, "num_key_value_heads", None) or heads,
+            getattr(config, "head_dim", None) or config.hidden_size // heads)
+
+
+def kv_bytes(config, length: int, dtype_bytes: int) -> int:
+    layers, _, kv_heads, head_dim = _shape(config)
+    return 2 * layers * kv_heads * head_dim * length * dtype_bytes
+
+
 def sequence_bytes(config, length: int, chunk: int, dtype_bytes: int) -> int:
     """Estimated memory of one sequence of `length` tokens: its KV cache in every layer, the
     attention temporaries of one layer over the whole context (keys and values repeated to the
     query heads, a re-rotated copy of the keys for the position-remapping methods), and one
     prefill chunk's activations and attention mask (bytes)."""
-    layers = config.num_hidden_layers
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    _, heads, _, head_dim = _shape(config)
     hidden, inter = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
     chunk = min(chunk or length, length)
-    kv = 2 * layers * kv_heads * head_dim * length * dtype_bytes
+    kv = kv_bytes(config, length, dtype_bytes)
     attention = 4 * heads * head_dim * length * dtype_bytes
     activations = chunk * (8 * hidden + 3 * inter) * dtype_bytes + chunk * length     # + a bool mask block
     logits = chunk * config.vocab_size * 4
@@ -114,7 +123,7 @@ def plan(lm, workload: list[tuple[int, int]], requested: int | str, cap_bytes: i
     if fits < 1:
         raise UserError(
             f"a prompt of {longest:,} tokens needs about {_gib(per_seq)} beyond the weights (KV cache "
-            f"{_gib(2 * cfg.num_hidden_layers * (getattr(cfg, 'num_key_value_heads', None) or cfg.num_attention_heads) * (getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads) * longest * dtype_bytes)}), "
+            f"{_gib(kv_bytes(cfg, longest, dtype_bytes))}), "
             f"but the memory cap is {_gib(cap)} ({_gib(free)} free on {lm.device}); raise --memory-cap, "
             f"lower --prefill-chunk, or use a shorter context")
     is_long = longest > LONG_PROMPT
@@ -187,20 +196,13 @@ def _time_prefill(lm, batch: int, n: int) -> float:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(min(8, vocab - 1), vocab, (batch, n), generator=gen).to(lm.device)
     mask = torch.ones_like(ids)
+    clock = device_clock(lm.device)
     best = math.inf
     for _ in range(2 if batch * n < 4096 else 1):
-        _sync(lm.device)
-        t0 = time.perf_counter()
+        t0 = clock()
         lm.prefill(ids, mask)
-        _sync(lm.device)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-        torch.cuda.synchronize(torch.device(device))
 
 
 def _gib(n: int) -> str:

@@ -1,8 +1,9 @@
 """The small LM API every LLM task uses: generation, log-likelihood of token spans, telemetry.
 
-Methods of kind `lm` act on an LM by patching its model (RoPE, attention) or by wrapping the two
-batch-level hooks `_generate_batch` / `_forward_logits` (KV-cache policies, speculative decoding);
-both are restored when the method's context exits.
+Methods of kind `lm` act on an LM by patching its model (RoPE, attention) or through its public
+batch hooks (`LM.batch_hooks`: a whole batch's generation and/or its full-batch logits, computed
+the method's own way: KV-cache policies, speculative decoding, HCM); both are restored when the
+method's context exits.
 
 Long prompts are prefilled in chunks of `prefill_chunk` tokens through the model's KV cache, as
 serving engines do: activations, the attention mask and any per-layer temporaries then grow with
@@ -11,6 +12,7 @@ get vocabulary logits (`logits_to_keep`). A batch that runs out of accelerator m
 halves and retried (the LM keeps the smaller size for the rest of the run)."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections import Counter
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ def default_prefill_chunk(device: str) -> int:
     return CPU_PREFILL_CHUNK if device == "cpu" else ACCELERATOR_PREFILL_CHUNK
 
 
+KEEP = object()     # batch_hooks: leave this hook as it is
+
+
 class LM:
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, prefill_chunk: int | None = None):
         self.loaded = loaded
@@ -50,6 +55,12 @@ class LM:
         # length of the sequence in the forward (dynamic NTK) read it, so that chunking computes
         # what one forward over the whole prompt would.
         self.prefill_length: int | None = None
+        # Public extension points (set through batch_hooks): generate_batch_hook(ids, mask,
+        # max_new_tokens, temperature, top_p) -> new tokens [b, n]; forward_logits_hook(ids, mask)
+        # -> logits [b, width, vocab]. None: the LM's own (transformers' generate after a chunked
+        # prefill; a chunked forward keeping only the scored positions' logits).
+        self.generate_batch_hook = None
+        self.forward_logits_hook = None
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.telemetry: Counter = Counter()
         # Per-call hints a task gives the methods that wrap the batch hooks (e.g. the kv family:
@@ -59,6 +70,24 @@ class LM:
 
     def _count_forward(self, module, args):
         self.telemetry["forward_calls"] += 1
+
+    @contextlib.contextmanager
+    def batch_hooks(self, generate_batch=KEEP, forward_logits=KEEP):
+        """Install batch hooks for the block and restore the previous ones after; None removes a
+        hook for the block (the LM's own computation runs)."""
+        saved = self.generate_batch_hook, self.forward_logits_hook
+        if generate_batch is not KEEP:
+            self.generate_batch_hook = generate_batch
+        if forward_logits is not KEEP:
+            self.forward_logits_hook = forward_logits
+        try:
+            yield self
+        finally:
+            self.generate_batch_hook, self.forward_logits_hook = saved
+
+    def forward_logits(self, ids, mask):
+        """Logits of a whole (right-padded) batch at every position, through the hook if one is set."""
+        return (self.forward_logits_hook or self._forward_logits)(ids, mask)
 
     # -- text <-> tokens ---------------------------------------------------------------------
     @property
@@ -94,8 +123,9 @@ class LM:
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
             if seed is not None:
                 torch.manual_seed(seed + start)
+            decode = self.generate_batch_hook or self._generate_batch
             new = self._split_on_oom(
-                lambda r, ids=ids, mask=mask: self._generate_batch(ids[r], mask[r], max_new_tokens, temperature, top_p),
+                lambda r, ids=ids, mask=mask: decode(ids[r], mask[r], max_new_tokens, temperature, top_p),
                 slice(0, len(chunk)), pad)
             for row in new.tolist():
                 if eos is not None and eos in row:
@@ -209,13 +239,13 @@ class LM:
 
     def _scored_logits(self, ids, mask, wanted):
         """(positions, logits [b, len(positions), vocab]) for the positions where `wanted` [width] is
-        true. A method that wraps `_forward_logits` (it computes the whole batch its own way) is
+        true. A forward_logits hook (a method that computes the whole batch its own way) is
         called once and its logits sliced; otherwise the prompt goes through the KV cache in
         chunks and the LM head runs on the wanted positions of each chunk only."""
         wanted = wanted.to(self.device)
-        if "_forward_logits" in self.__dict__:
+        if self.forward_logits_hook is not None:
             positions = wanted.nonzero()[:, 0]
-            yield positions, self._forward_logits(ids, mask)[:, positions]
+            yield positions, self.forward_logits_hook(ids, mask)[:, positions]
             return
         if not self._keeps_logits or not self.prefill_chunk or ids.shape[1] <= self.prefill_chunk:
             positions = wanted.nonzero()[:, 0]

@@ -212,7 +212,7 @@ class KVCompression(Task):
             x = torch.tensor([seq], device=lm.device)
             logp = {}
             for b in budgets:
-                s = self.call(lm, unit, b, lambda: lm._forward_logits(x, torch.ones_like(x)), decode=self.ppl_decode_tokens)
+                s = self.call(lm, unit, b, lambda: lm.forward_logits(x, torch.ones_like(x)), decode=self.ppl_decode_tokens)
                 scored = slice(len(seq) - self.ppl_decode_tokens - 1, len(seq) - 1)
                 logp[b] = torch.log_softmax(s["out"][0, scored].float(), dim=-1)
                 target = x[0, scored.start + 1:scored.stop + 1]

@@ -179,15 +179,12 @@ class SpecAcceptance(Task):
 
         @contextlib.contextmanager
         def swap():
-            patched = lm.__dict__.pop("_generate_batch", None)
             counts, lm.telemetry = lm.telemetry, Counter()
             try:
-                with registry.method("autoregressive")().apply(lm, MethodContext()):
+                with lm.batch_hooks(generate_batch=None), registry.method("autoregressive")().apply(lm, MethodContext()):
                     yield
             finally:
                 lm.telemetry = counts
-                if patched is not None:
-                    lm._generate_batch = patched
         return swap()
 
     @staticmethod

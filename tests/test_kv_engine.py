@@ -25,7 +25,7 @@ def logits_through(lm, m, ids, **hints):
     with m.apply(lm, MethodContext()):
         lm.hints = hints
         try:
-            return lm._forward_logits(x, torch.ones_like(x))[0]
+            return lm.forward_logits(x, torch.ones_like(x))[0]
         finally:
             lm.hints = {}
 

@@ -105,8 +105,8 @@ def test_oom_splits_the_batch_and_keeps_the_order(loaded, monkeypatch):
         if ids.shape[0] > 1:
             raise torch.OutOfMemoryError("simulated")
         return real(ids, mask, *args)
-    monkeypatch.setattr(lm, "_generate_batch", tight)
-    assert lm.generate(seqs, 4) == expected
+    with lm.batch_hooks(generate_batch=tight):
+        assert lm.generate(seqs, 4) == expected
     assert lm.batch_size == 1 and lm.telemetry["oom_backoffs"] == 3
     lm.close()
 

@@ -765,13 +765,13 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
             out[b, :len(seq)] = logits
         return out
 
-    lm._generate_batch, lm._forward_logits = generate_batch, forward_logits
     lm.kv_driver = driver
     try:
-        with patched_forwards(modules, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, PATCHED):
+        with lm.batch_hooks(generate_batch=generate_batch, forward_logits=forward_logits), \
+                patched_forwards(modules, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, PATCHED):
             yield driver
     finally:
-        del lm._generate_batch, lm._forward_logits, lm.kv_driver
+        del lm.kv_driver
 
 
 def quantize(x: torch.Tensor, bits: int, dim: int) -> torch.Tensor:

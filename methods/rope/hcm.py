@@ -260,11 +260,8 @@ class HCM(LMMethod):
                 out[b, :len(seq)] = self._score(lm, seq, s, prefill)
             return out
 
-        lm._generate_batch, lm._forward_logits = generate_batch, forward_logits
-        try:
+        with lm.batch_hooks(generate_batch=generate_batch, forward_logits=forward_logits):
             yield
-        finally:
-            del lm._generate_batch, lm._forward_logits
 
     @torch.no_grad()
     def _score(self, lm, seq: list[int], s: dict, prefill) -> torch.Tensor:

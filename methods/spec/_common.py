@@ -109,8 +109,5 @@ def decoding_loop(lm, generate_one):
         width = max(map(len, rows))
         pad = lm.tokenizer.pad_token_id
         return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    lm._generate_batch = generate_batch
-    try:
+    with lm.batch_hooks(generate_batch=generate_batch):
         yield
-    finally:
-        del lm._generate_batch

@@ -79,11 +79,10 @@ class HFAssisted(LMMethod):
         @contextlib.contextmanager
         def patched():
             hook = drafter.register_forward_pre_hook(lambda *_: tel.update(draft_forwards=1))
-            lm._generate_batch = generate_batch
             try:
-                yield
+                with lm.batch_hooks(generate_batch=generate_batch):
+                    yield
             finally:
-                del lm._generate_batch
                 hook.remove()
         return patched()
 

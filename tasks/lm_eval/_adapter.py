@@ -1,9 +1,8 @@
 """An lm-eval `LM` over the harness's `harness.lm.LM`.
 
 Every request goes through `LM.loglikelihood` / `LM.generate`, i.e. through the model the cell's
-methods patched (RoPE, attention) and through the batch hooks `_forward_logits` /
-`_generate_batch` that KV-cache and decoding methods wrap. Tokenization, empty-context handling,
-rolling windows, stop sequences and context truncation follow lm-eval's own `hf` model
+methods patched (RoPE, attention) and through the LM's batch hooks (`LM.batch_hooks`) that
+KV-cache and decoding methods set. Tokenization, empty-context handling, rolling windows, stop sequences and context truncation follow lm-eval's own `hf` model
 (HFLM, lm_eval/models/huggingface.py), so on a plain checkpoint both give the same numbers
 (tests/test_lm_eval.py checks this against HFLM itself)."""
 from __future__ import annotations
