@@ -19,7 +19,7 @@ help:
 	@echo "make list         every task, method and model"
 	@echo "make test         the test suite without the slow tests (make test-slow: those)"
 	@echo "make gate         the CI regression gate against ci/baseline"
-	@echo "make lint         ruff over the tree (unused imports, undefined names)"
+	@echo "make lint         ruff over the tree: lint (unused imports, undefined names) and format"
 	@echo "make docs         regenerate the docs' generated pages and build the site (out/site)"
 	@echo "make install      only the environment (.venv, Python $(PYTHON)); log in .venv/install.log"
 	@echo "Anything else: $(HARNESS) --help (no activation needed)"
@@ -74,10 +74,11 @@ test: install
 test-slow: install
 	HARNESS_TEST_REPORTS=out/reliability $(PY) -m pytest -q -p no:cacheprovider -m slow
 
-# Lint: pyflakes' checks and syntax errors over the whole tree (pyproject's [tool.ruff]).
+# Lint: pyflakes' checks, syntax errors and ruff's formatter over the whole tree (pyproject's [tool.ruff]).
 .PHONY: lint
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # CI regression gate: re-evaluate the cells of grids/ci_gate.yaml on CPU into a temporary folder
 # and compare them with the committed baseline (ci/baseline/, made by the same grid).

@@ -7,6 +7,7 @@ top-level import name. Sub-packages (one per method family) are found automatica
 Both wheel builds (regular and editable) also install `harness_eval_lm_eval.pth` into
 site-packages: at interpreter start it arms a hook that registers lm-eval's `--model harness`
 when lm-eval loads (lm-eval 0.4.13 has no plugin mechanism; see tasks/lm_eval/_hook.py)."""
+
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -34,6 +35,7 @@ PTH_LINE = "import harness.tasks.lm_eval._hook as _h; _h.install()\n"
 
 class build_py_with_pth(build_py):
     """Regular wheels: the .pth goes to the root of build_lib, i.e. of site-packages."""
+
     def run(self):
         super().run()
         if not self.editable_mode:
@@ -46,10 +48,14 @@ class build_py_with_pth(build_py):
 
 class editable_wheel_with_pth(editable_wheel):
     """Editable installs (`pip install -e .`): the .pth goes next to setuptools' own."""
+
     def _install_namespaces(self, installation_dir, pth_prefix):
         super()._install_namespaces(installation_dir, pth_prefix)
         Path(installation_dir, PTH).write_text(PTH_LINE)
 
 
-setup(packages=packages, package_dir=package_dir,
-      cmdclass={"build_py": build_py_with_pth, "editable_wheel": editable_wheel_with_pth})
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    cmdclass={"build_py": build_py_with_pth, "editable_wheel": editable_wheel_with_pth},
+)

@@ -12,6 +12,7 @@ bookkeeping ≤ 20 % of decode time. The dense cache is prefilled once; each met
 prompt, then its decoding and the dense cache's alternate in `--blocks` blocks of steps/blocks
 tokens, so that both see the same load on a shared machine: the ratio is the method's total
 decoding time over the dense cache's in the interleaved blocks."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ def interleaved(lm, m, prompt: list[int], budget: float, dense, steps: int, bloc
     """(ms per token, dense ms per token in the same blocks, bookkeeping share, kept tokens) of one
     method; `dense` = [Run, last logits] of the dense cache, decoded further here."""
     from harness.interfaces import MethodContext
+
     total, dense_total = {"kv.decode_s": 0.0, "kv.decode_steps": 0, "kv.policy_s": 0.0}, [0.0, 0]
     with m.apply(lm, MethodContext()) as driver:
         lm.hints = {"kv_budget": budget}
@@ -45,7 +47,7 @@ def interleaved(lm, m, prompt: list[int], budget: float, dense, steps: int, bloc
             kept = run.kept_tokens()
             for b in range(blocks):
                 n = steps // blocks + (b < steps % blocks)
-                dense[1], d = timed_block(lm, driver, dense[0], dense[1], n)     # the dense run, same loop
+                dense[1], d = timed_block(lm, driver, dense[0], dense[1], n)  # the dense run, same loop
                 dense_total[0] += d["kv.decode_s"]
                 dense_total[1] += d["kv.decode_steps"]
                 logits, d = timed_block(lm, driver, run, logits, n)
@@ -76,36 +78,61 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     registry.load()
     lm = LM(load(args.model, args.device), batch_size=1)
-    where = (f"{torch.cuda.get_device_name()}, torch {torch.__version__}" if str(lm.device).startswith("cuda")
-             else f"cpu, {args.threads} thread(s)")
+    where = (
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+        if str(lm.device).startswith("cuda")
+        else f"cpu, {args.threads} thread(s)"
+    )
     corpus, prompt = Corpus(EVAL_SEED_BASE + 7), []
     while len(prompt) < args.context:
         prompt += lm.encode(" " + corpus.text(50))
-    prompt = prompt[:args.context]
-    build = lambda name: params.build(registry.method(name), {}, name)   # noqa: E731
+    prompt = prompt[: args.context]
+    build = lambda name: params.build(registry.method(name), {}, name)  # noqa: E731
     from harness.interfaces import MethodContext
-    with build("snapkv").apply(lm, MethodContext()) as driver:          # the dense cache: budget 1.0
+
+    with build("snapkv").apply(lm, MethodContext()) as driver:  # the dense cache: budget 1.0
         lm.hints = {"kv_budget": 1.0}
         run = driver.start()
         dense = [run, driver.prefill(run, prompt, all_logits=False)[-1]]
         lm.hints = {}
-    print(f"model {args.model} (zoo: a tiny reference model, not a real LLM), context {args.context}, "
-          f"budget {args.budget}, {args.steps} steps in {args.blocks} blocks interleaved with the dense cache's, "
-          f"{where}")
+    print(
+        f"model {args.model} (zoo: a tiny reference model, not a real LLM), context {args.context}, "
+        f"budget {args.budget}, {args.steps} steps in {args.blocks} blocks interleaved with the dense cache's, "
+        f"{where}"
+    )
     print(f"{'method':<14} {'kept':>6} {'ms/token':>9} {'dense ms':>9} {'vs dense':>9} {'bookkeeping':>12}")
     rows = []
     for name in args.methods.split(","):
         ms, dense_ms, share, kept = interleaved(lm, build(name), prompt, args.budget, dense, args.steps, args.blocks)
         print(f"{name:<14} {kept:>6} {ms:>9.2f} {dense_ms:>9.2f} {ms / dense_ms:>9.2f} {share:>11.1%}", flush=True)
-        rows.append({"method": name, "kept_tokens": kept, "ms_per_token": round(ms, 3),
-                     "dense_ms_per_token": round(dense_ms, 3), "vs_dense": round(ms / dense_ms, 3),
-                     "bookkeeping_share": round(share, 3)})
+        rows.append(
+            {
+                "method": name,
+                "kept_tokens": kept,
+                "ms_per_token": round(ms, 3),
+                "dense_ms_per_token": round(dense_ms, 3),
+                "vs_dense": round(ms / dense_ms, 3),
+                "bookkeeping_share": round(share, 3),
+            }
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "note": "zoo model: a tiny reference model, not a real LLM",
-                       "device": where, "torch": torch.__version__, "load_average": os.getloadavg(),
-                       "context": args.context, "budget": args.budget, "steps": args.steps,
-                       "blocks": args.blocks, "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "model": args.model,
+                    "note": "zoo model: a tiny reference model, not a real LLM",
+                    "device": where,
+                    "torch": torch.__version__,
+                    "load_average": os.getloadavg(),
+                    "context": args.context,
+                    "budget": args.budget,
+                    "steps": args.steps,
+                    "blocks": args.blocks,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ variants x 50 methods x 10 seeds into a temporary folder, then times, median of 
   - tables:   the overview's tables (ranking per task variant, mean win rate per family)
   - render:   the Streamlit app's overview page end to end under AppTest (cold cache: load included)
 and reports load / floor as the loader's overhead ratio."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,11 @@ FAMILIES = ["rope", "kv", "spec", "prm", "video"]
 def write_records(root: Path, n: int) -> None:
     tasks, methods = 20, 50
     seeds = max(1, n // (tasks * methods))
-    grid = [{"context_length": L, "depth": d * 100 / 9, "n": 5, "accuracy": 0.5} for L in (512, 1024, 2048)
-            for d in range(10)]
+    grid = [
+        {"context_length": L, "depth": d * 100 / 9, "n": 5, "accuracy": 0.5}
+        for L in (512, 1024, 2048)
+        for d in range(10)
+    ]
     made = 0
     for t in range(tasks):
         for m in range(methods):
@@ -41,19 +45,38 @@ def write_records(root: Path, n: int) -> None:
                     return
                 method = f"method{m:02d}"
                 value = ((t * 7 + m * 13 + s) % 100) / 100
-                rec = {"schema_version": records.SCHEMA_VERSION, "run_id": f"{t:03d}{m:03d}{s:04d}",
-                       "task": {"name": f"task{t:02d}", "version": "1", "params": {"context_length": [512, 1024, 2048]},
-                                "alias": None},
-                       "method": {"name": method, "params": {method: {}},
-                                  "components": [{"name": method, "kind": "lm", "family": FAMILIES[m % 5]}]},
-                       "model": {"id": "zoo:tiny-llama", "zoo": True, "label": "embedded zoo model"},
-                       "seed": s, "limit": None, "main_metric": "accuracy",
-                       "metrics": {k: {"value": value, "direction": "higher", "unit": "fraction", "n": 150,
-                                       "stderr": 0.04} for k in ("accuracy", "accuracy@512", "accuracy@1024",
-                                                                 "accuracy@2048")},
-                       "details": {"grid": grid}, "telemetry": {"forward_calls": 300},
-                       "provenance": {"harness_version": "0.1.0", "git_commit": "0" * 40, "calibrated": True,
-                                      "started": "2026-11-26T00:00:00+00:00", "threads": 2}}
+                rec = {
+                    "schema_version": records.SCHEMA_VERSION,
+                    "run_id": f"{t:03d}{m:03d}{s:04d}",
+                    "task": {
+                        "name": f"task{t:02d}",
+                        "version": "1",
+                        "params": {"context_length": [512, 1024, 2048]},
+                        "alias": None,
+                    },
+                    "method": {
+                        "name": method,
+                        "params": {method: {}},
+                        "components": [{"name": method, "kind": "lm", "family": FAMILIES[m % 5]}],
+                    },
+                    "model": {"id": "zoo:tiny-llama", "zoo": True, "label": "embedded zoo model"},
+                    "seed": s,
+                    "limit": None,
+                    "main_metric": "accuracy",
+                    "metrics": {
+                        k: {"value": value, "direction": "higher", "unit": "fraction", "n": 150, "stderr": 0.04}
+                        for k in ("accuracy", "accuracy@512", "accuracy@1024", "accuracy@2048")
+                    },
+                    "details": {"grid": grid},
+                    "telemetry": {"forward_calls": 300},
+                    "provenance": {
+                        "harness_version": "0.1.0",
+                        "git_commit": "0" * 40,
+                        "calibrated": True,
+                        "started": "2026-11-26T00:00:00+00:00",
+                        "threads": 2,
+                    },
+                }
                 folder = root / f"task{t:02d}" / "zoo_tiny-llama" / method
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"{rec['run_id']}.json").write_text(json.dumps(rec, indent=1))
@@ -65,7 +88,7 @@ def floor(root: Path) -> int:
     for dirpath, _, files in os.walk(root):
         for f in files:
             with open(os.path.join(dirpath, f), "rb") as fh:
-                records._fast_loads(fh.read())        # the same parser the loader uses
+                records._fast_loads(fh.read())  # the same parser the loader uses
             count += 1
     return count
 
@@ -73,6 +96,7 @@ def floor(root: Path) -> int:
 def render(root: Path) -> float:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
+
     os.environ["HARNESS_RESULTS"] = str(root)
     st.cache_resource.clear()
     at = AppTest.from_file(str(Path(loader.__file__).with_name("app.py")), default_timeout=120)
@@ -102,7 +126,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="board-bench-") as tmp:
         root = Path(tmp)
         write_records(root, a.records)
-        render(root)                                    # warm-up: imports, Streamlit runtime
+        render(root)  # warm-up: imports, Streamlit runtime
         f, f_all = median_time(lambda: floor(root), a.repeats)
         res = loader.load(root, schema)
         assert len(res.runs) == a.records and not res.skipped

@@ -4,6 +4,7 @@ alternating, median of several repeats. Not a test: run `make bench` or this fil
 
     python benchmarks/overhead.py [--model zoo:tiny-llama] [--context 1024] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,26 +17,51 @@ import torch
 
 def direct(folder: str, prompts: list[list[int]], batch: int, new_tokens: int) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         for i in range(0, len(prompts), batch):
-            chunk = prompts[i:i + batch]
-            width = max(map(len, chunk))        # left padding, as any batched generate needs
+            chunk = prompts[i : i + batch]
+            width = max(map(len, chunk))  # left padding, as any batched generate needs
             ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                           do_sample=False, pad_token_id=tok.pad_token_id)
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
     return time.perf_counter() - t0
 
 
 def via_harness(model: str, context: int, batch: int, out: str) -> float:
     from harness.cli import main
+
     t0 = time.perf_counter()
-    code = main(["eval", "--task", "needle", "--task-arg", f"context_length={context}", "--method", "baseline",
-                 "--model", model, "--device", "cpu", "--batch-size", str(batch), "--out", out,
-                 "--overwrite", "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--task",
+            "needle",
+            "--task-arg",
+            f"context_length={context}",
+            "--method",
+            "baseline",
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--batch-size",
+            str(batch),
+            "--out",
+            out,
+            "--overwrite",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return time.perf_counter() - t0
 
@@ -61,12 +87,14 @@ def main() -> None:
     cls, _ = registry.task("needle")
     task: Task = params.build(cls, {"context_length": str(a.context)}, "needle")
     prompts = [task.build(lm, L, d, sample_seed(0, L, d, r))["ids"] for L, d, r in task.samples_plan(0)]
-    print(f"{len(prompts)} prompts of {len(prompts[0])} tokens, batch {a.batch_size}, "
-          f"{task.max_new_tokens} new tokens, {torch.get_num_threads()} threads, model {a.model}")
-    direct(folder, prompts[:8], a.batch_size, task.max_new_tokens)           # warm-up
+    print(
+        f"{len(prompts)} prompts of {len(prompts[0])} tokens, batch {a.batch_size}, "
+        f"{task.max_new_tokens} new tokens, {torch.get_num_threads()} threads, model {a.model}"
+    )
+    direct(folder, prompts[:8], a.batch_size, task.max_new_tokens)  # warm-up
     d_times, h_times = [], []
     with tempfile.TemporaryDirectory() as out:
-        via_harness(a.model, a.context, a.batch_size, out)                   # warm-up
+        via_harness(a.model, a.context, a.batch_size, out)  # warm-up
         for _ in range(a.repeats):
             d_times.append(direct(folder, prompts, a.batch_size, task.max_new_tokens))
             h_times.append(via_harness(a.model, a.context, a.batch_size, out))

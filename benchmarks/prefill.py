@@ -18,6 +18,7 @@ peak memory, and peak memory linear in the context: the log-log slope of peak me
 length, printed per method, at most 1.1. Zoo model: the ratios describe the methods' attention
 code on a 2.6M-parameter model, not a real LLM's end-to-end prefill.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ def cpu_peak_bytes(lm, method, length: int, ids: torch.Tensor) -> int:
     """Peak of the bytes allocated during one forward on CPU: the running sum of the profiler's
     allocation (+) and free (-) events in time order."""
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
         prefill(lm, method, length, ids)
     events = sorted((e.start_ns(), e.nbytes()) for e in p.profiler.kineto_results.events() if e.name() == "[memory]")
@@ -54,6 +56,7 @@ def cpu_peak_bytes(lm, method, length: int, ids: torch.Tensor) -> int:
 def prefill(lm, method, length: int, ids: torch.Tensor, clock=time.perf_counter) -> tuple[float, int | None]:
     """Seconds for the chunked prefill of `ids` with the method applied, and the peak GPU bytes."""
     from harness.interfaces import MethodContext
+
     with method.apply(lm, MethodContext(target_length=length)):
         if lm.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -92,13 +95,14 @@ def main() -> None:
     methods = {n: registry.method(n)() for n in a.methods.split(",")}
     rows = []
     for length in (int(x) for x in a.lengths.split(",")):
-        ids = torch.randint(10, lm.model.config.vocab_size, (1, length), device=device,
-                            generator=torch.Generator(device).manual_seed(0))
+        ids = torch.randint(
+            10, lm.model.config.vocab_size, (1, length), device=device, generator=torch.Generator(device).manual_seed(0)
+        )
         times: dict[str, list[float]] = {n: [] for n in methods}
         peaks: dict[str, int | None] = {}
-        for name, m in methods.items():             # warm-up (kernels, caches of frequencies)
+        for name, m in methods.items():  # warm-up (kernels, caches of frequencies)
             prefill(lm, m, length, ids[:, :256])
-        for _ in range(a.repeats):                   # alternate, so drift hits every method alike
+        for _ in range(a.repeats):  # alternate, so drift hits every method alike
             for name, m in methods.items():
                 seconds, peaks[name] = prefill(lm, m, length, ids, clock)
                 times[name].append(seconds)
@@ -108,13 +112,23 @@ def main() -> None:
         for name in methods:
             t = statistics.median(times[name])
             peak, base_peak = peaks[name], peaks["baseline"]
-            rows.append({"method": name, "length": length, "seconds": round(t, 4),
-                         "tokens_per_s": round(length / t), "slowdown_vs_baseline": round(t / base, 3),
-                         "peak_mem_bytes": peak,
-                         "peak_mem_vs_baseline": round(peak / base_peak, 3) if peak and base_peak else None})
+            rows.append(
+                {
+                    "method": name,
+                    "length": length,
+                    "seconds": round(t, 4),
+                    "tokens_per_s": round(length / t),
+                    "slowdown_vs_baseline": round(t / base, 3),
+                    "peak_mem_bytes": peak,
+                    "peak_mem_vs_baseline": round(peak / base_peak, 3) if peak and base_peak else None,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
-    dev = torch.cuda.get_device_name() if device.startswith("cuda") else \
-        f"cpu, {torch.get_num_threads()} threads, {a.clock} clock"
+    dev = (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else f"cpu, {torch.get_num_threads()} threads, {a.clock} clock"
+    )
     print(f"\n{a.model} (embedded zoo model) on {dev}\n")
     print("| method | length | tokens/s | slowdown vs baseline | peak memory vs baseline |")
     print("|---|---|---|---|---|")
@@ -128,17 +142,31 @@ def main() -> None:
             print(f"  {name}: {slope:.2f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "device": dev, "torch": torch.__version__, "prefill_chunk": lm.prefill_chunk,
-                       "rows": rows, "memory_slope": slopes}, f, indent=1)
+            json.dump(
+                {
+                    "model": a.model,
+                    "device": dev,
+                    "torch": torch.__version__,
+                    "prefill_chunk": lm.prefill_chunk,
+                    "rows": rows,
+                    "memory_slope": slopes,
+                },
+                f,
+                indent=1,
+            )
 
 
 def memory_slopes(rows: list[dict]) -> dict[str, float]:
     """Least-squares slope of log(peak memory) on log(length), per method with two lengths or more."""
     import math
+
     out = {}
     for name in dict.fromkeys(r["method"] for r in rows):
-        pts = [(math.log(r["length"]), math.log(r["peak_mem_bytes"])) for r in rows
-               if r["method"] == name and r["peak_mem_bytes"]]
+        pts = [
+            (math.log(r["length"]), math.log(r["peak_mem_bytes"]))
+            for r in rows
+            if r["method"] == name and r["peak_mem_bytes"]
+        ]
         if len(pts) > 1:
             mx, my = (sum(p[i] for p in pts) / len(pts) for i in (0, 1))
             out[name] = round(sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts), 3)

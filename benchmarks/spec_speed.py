@@ -7,6 +7,7 @@ whose fit stage has no artifact yet are listed as skipped. Not a test: run this 
     python benchmarks/spec_speed.py [--model zoo:tiny-llama] [--prompts 4] [--new-tokens 64]
         [--repeats 3] [--threads 1] [--temperature 0] [--methods sps,hf_assisted,...] [--method-arg m.k=v]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,7 @@ def main() -> None:
             continue
         methods[name] = m
     decoders = {}
-    for name, m in methods.items():       # each method's decoding function, set up once (drafts, datastore)
+    for name, m in methods.items():  # each method's decoding function, set up once (drafts, datastore)
         with m.apply(lm, MethodContext()):
             decoders[name] = lm.generate_batch_hook
     rates: dict[str, list[float]] = {name: [] for name in methods}
@@ -68,14 +69,14 @@ def main() -> None:
             out = lm.generate([ids], a.new_tokens, temperature=a.temperature, seed=seed)[0]
             return out, time.perf_counter() - t0
 
-    for name in methods:                          # warm-ups: full passes over the first prompt
+    for name in methods:  # warm-ups: full passes over the first prompt
         for _ in range(a.warmups):
             run(name, prompts[0], 0)
     for i, ids in enumerate(prompts):
         tokens = {n: 0 for n in methods}
         wall = {n: 0.0 for n in methods}
         for r in range(a.repeats):
-            for name in methods:                  # alternate methods within a repeat against drift
+            for name in methods:  # alternate methods within a repeat against drift
                 out, w = run(name, ids, 1000 * i + r)
                 tokens[name] += len(out)
                 wall[name] += w
@@ -84,19 +85,25 @@ def main() -> None:
         for name in methods:
             rates[name].append(tokens[name] / wall[name])
     mean = {n: sum(v) / len(v) for n, v in rates.items()}
-    print(f"model {a.model}  prompts {a.prompts}  new tokens {a.new_tokens}  repeats {a.repeats}  "
-          f"threads {a.threads}  temperature {a.temperature:g}  torch {torch.__version__}")
+    print(
+        f"model {a.model}  prompts {a.prompts}  new tokens {a.new_tokens}  repeats {a.repeats}  "
+        f"threads {a.threads}  temperature {a.temperature:g}  torch {torch.__version__}"
+    )
     print(f"{'method':16s} {'tokens/s':>9s} {'vs autoregressive':>18s} {'vs hf_assisted':>15s}  same greedy output")
     for name in methods:
         vs_ar = mean[name] / mean["autoregressive"] if "autoregressive" in mean else float("nan")
         vs_hf = mean[name] / mean["hf_assisted"] if "hf_assisted" in mean else float("nan")
-        same = (outputs[name] == outputs["autoregressive"]) if a.temperature == 0 and "autoregressive" in outputs else "-"
+        same = (
+            (outputs[name] == outputs["autoregressive"]) if a.temperature == 0 and "autoregressive" in outputs else "-"
+        )
         print(f"{name:16s} {mean[name]:9.1f} {vs_ar:18.3f} {vs_hf:15.3f}  {same}")
     for name, why in skipped.items():
         print(f"{name:16s} skipped: {why}")
     if "zoo" in a.model:
-        print("zoo models are tiny reference models; on a CPU their draft forwards cost nearly as much as the "
-              "target's, so these ratios say nothing about real LLMs on a GPU.")
+        print(
+            "zoo models are tiny reference models; on a CPU their draft forwards cost nearly as much as the "
+            "target's, so these ratios say nothing about real LLMs on a GPU."
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Key = hash(method name, the parameters that shape the fit, the fit code's versio
 weights sha256, the fit data's hash). Folder: $HARNESS_ARTIFACTS or ~/.cache/harness/artifacts,
 one sub-folder per key holding meta.json (and whatever files the method writes), made atomically
 (written to a temporary folder, then renamed)."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,17 @@ def root() -> Path:
 
 
 def key_for(method, lm, ctx, model_sha: str | None) -> str:
-    return sha256_text(canonical({"method": method.fit_name or method.name, "params": method.fit_params(lm, ctx),
-                                  "fit_version": method.fit_version, "model": model_sha,
-                                  "data": method.fit_data_hash(lm, ctx)}))[:16]
+    return sha256_text(
+        canonical(
+            {
+                "method": method.fit_name or method.name,
+                "params": method.fit_params(lm, ctx),
+                "fit_version": method.fit_version,
+                "model": model_sha,
+                "data": method.fit_data_hash(lm, ctx),
+            }
+        )
+    )[:16]
 
 
 def folder(k: str) -> Path:

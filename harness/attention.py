@@ -9,6 +9,7 @@ positions (its own, a grouped one, a chunk-relative one). The override therefore
 method rotates them as its rule says, through the model's own rotary module (so a RoPE-scaling
 method composed before it, e.g. yarn+selfextend, still applies). Because nothing rotated is ever
 cached, generation with the KV cache computes exactly what a full recomputation would."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,23 +28,23 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     r = cos.shape[-1]
     xr, rest = x[..., :r], x[..., r:]
-    x1, x2 = xr[..., : r // 2], xr[..., r // 2:]
+    x1, x2 = xr[..., : r // 2], xr[..., r // 2 :]
     out = xr * cos + torch.cat((-x2, x1), dim=-1) * sin
     return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
 
 @dataclass
 class AttentionInputs:
-    q: torch.Tensor            # [b, h, Lq, d] queries, not rotated
-    k: torch.Tensor            # [b, h, Lk, d] keys, not rotated (KV heads already repeated)
-    v: torch.Tensor            # [b, h, Lk, d]
-    q_pos: torch.Tensor        # [b, Lq] absolute positions
-    k_pos: torch.Tensor        # [b, Lk]
-    allowed: torch.Tensor | None   # [b, 1, Lq, Lk] bool: causal and padding mask; None: causal by
-                                   # cache index alone (no padding), built per block by mask()
+    q: torch.Tensor  # [b, h, Lq, d] queries, not rotated
+    k: torch.Tensor  # [b, h, Lk, d] keys, not rotated (KV heads already repeated)
+    v: torch.Tensor  # [b, h, Lk, d]
+    q_pos: torch.Tensor  # [b, Lq] absolute positions
+    k_pos: torch.Tensor  # [b, Lk]
+    allowed: torch.Tensor | None  # [b, 1, Lq, Lk] bool: causal and padding mask; None: causal by
+    # cache index alone (no padding), built per block by mask()
     scaling: float
-    rope: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]   # positions [b, L] -> cos, sin
-    layer: int = 0             # the attention layer's index (methods that keep per-layer state)
+    rope: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # positions [b, L] -> cos, sin
+    layer: int = 0  # the attention layer's index (methods that keep per-layer state)
 
     def mask(self, s: int = 0, e: int | None = None) -> torch.Tensor:
         """allowed[:, :, s:e] [b, 1, e - s, Lk]; without padding only this block of the causal mask
@@ -59,20 +60,21 @@ class AttentionInputs:
 def softmax_attend(logits: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Masked softmax then values. Works in place on `logits` (callers hand over a fresh tensor):
     at long context every copy of a logits block costs as much as the matmul that made it."""
-    if logits.requires_grad:     # training (the zoo's ALiBi model): autograd needs the originals
+    if logits.requires_grad:  # training (the zoo's ALiBi model): autograd needs the originals
         probs = torch.softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
         return torch.nan_to_num(probs).to(v.dtype) @ v
     logits = logits.float()
     logits.masked_fill_(~allowed, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    return probs.nan_to_num_().to(v.dtype) @ v      # a fully masked (padding) row gives zeros
+    return probs.nan_to_num_().to(v.dtype) @ v  # a fully masked (padding) row gives zeros
 
 
-QUERY_CHUNK = 512    # queries per block: logits are never materialised for the whole L x L at once
+QUERY_CHUNK = 512  # queries per block: logits are never materialised for the whole L x L at once
 
 
-def attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
-               allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def attend_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, allowed: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention and its log-sum-exp per query (to merge partial attentions exactly);
     allowed None: every query sees every key.
     PyTorch's fused kernels return the LSE and never build a logits matrix: the flash kernel on
@@ -81,7 +83,7 @@ def attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
     if not torch.is_grad_enabled() and q.dtype in (torch.float32, torch.float16, torch.bfloat16):
         try:
             return _fused_lse(q, k, v, scaling, allowed)
-        except (RuntimeError, AttributeError):      # an op missing or refusing these shapes
+        except (RuntimeError, AttributeError):  # an op missing or refusing these shapes
             pass
     logits = ((q @ k.transpose(2, 3)) * scaling).float()
     if allowed is not None:
@@ -92,19 +94,21 @@ def attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
 
 def _fused_lse(q, k, v, scaling, allowed):
     bias = None
-    if allowed is not None and not bool(allowed.all()):     # an additive mask
+    if allowed is not None and not bool(allowed.all()):  # an additive mask
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
-    if q.device.type == "cpu":      # (strided keys and values are fine, and a copy costs more)
+    if q.device.type == "cpu":  # (strided keys and values are fine, and a copy costs more)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, False, attn_mask=bias, scale=scaling)
+            q, k, v, 0.0, False, attn_mask=bias, scale=scaling
+        )
         return out, _no_keys_to_neginf(lse, allowed, bias)
     if q.device.type == "cuda":
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if bias is not None:
             bias = bias.expand(q.shape[0], q.shape[1], -1, -1)
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-            q, k, v, bias, True, 0.0, False, scale=scaling)[:2]
-        return out, _no_keys_to_neginf(lse[..., :q.shape[2]].float(), allowed, bias)   # LSE padded to 32s
+            q, k, v, bias, True, 0.0, False, scale=scaling
+        )[:2]
+        return out, _no_keys_to_neginf(lse[..., : q.shape[2]].float(), allowed, bias)  # LSE padded to 32s
     raise RuntimeError(f"no fused attention with log-sum-exp on {q.device.type}")
 
 
@@ -117,18 +121,21 @@ def _no_keys_to_neginf(lse, allowed, bias):
 def merge_partials(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Combine attentions over disjoint key sets, given each one's output and log-sum-exp: the
     result equals one softmax over the union (a query no key may see gets zeros)."""
-    lse = torch.stack([p[1] for p in parts])                      # [n, b, h, Lq]
+    lse = torch.stack([p[1] for p in parts])  # [n, b, h, Lq]
     top = lse.max(dim=0).values.nan_to_num(neginf=0.0)
-    w = torch.exp(lse - top)                                      # exp(-inf) = 0 for empty parts
+    w = torch.exp(lse - top)  # exp(-inf) = 0 for empty parts
     total = w.sum(dim=0).clamp_min(torch.finfo(w.dtype).tiny)
     out = sum(wi[..., None] * o.float() for wi, (o, _) in zip(w, parts))
     return (out / total[..., None]).to(parts[0][0].dtype)
 
 
-def banded_attend(a: AttentionInputs, rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                  queries: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
-                  key_positions: Callable[[int, torch.Tensor], torch.Tensor],
-                  period: int | None = None) -> torch.Tensor:
+def banded_attend(
+    a: AttentionInputs,
+    rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    queries: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    key_positions: Callable[[int, torch.Tensor], torch.Tensor],
+    period: int | None = None,
+) -> torch.Tensor:
     """Softmax attention in query blocks for methods that rotate a query-key pair by one of a few
     rules chosen by the pair's positions (SelfExtend: neighbour or grouped; DCA: intra-chunk,
     successive-chunk or inter-chunk).
@@ -147,15 +154,16 @@ def banded_attend(a: AttentionInputs, rule: Callable[[torch.Tensor, torch.Tensor
     exists. `period`: cut blocks where q_pos // period changes (DCA's chunks), so that a block's
     keys are all uniform and no part needs a rule mask."""
     lq, lk = a.q.shape[2], a.k.shape[2]
-    past = lk - lq                      # query i sits at key index past + i
+    past = lk - lq  # query i sits at key index past + i
 
     def keys(r: int, k0: int, k1: int) -> torch.Tensor:
         return rotate(a.k[:, :, k0:k1], *a.rope(key_positions(r, a.k_pos[:, k0:k1])))
+
     outs = []
     for s, e in _query_blocks(a.q_pos[0], period):
         q, qp, ke = a.q[:, :, s:e], a.q_pos[:, s:e], past + e
         allowed, kp = a.mask(s, e), a.k_pos[:, None, :ke]
-        first = rule(qp.min(dim=1).values[:, None, None], kp)[:, 0]     # [b, ke]
+        first = rule(qp.min(dim=1).values[:, None, None], kp)[:, 0]  # [b, ke]
         last = rule(qp.max(dim=1).values[:, None, None], kp)[:, 0]
         uniform = ((first == last) & (first == first[:1])).all(dim=0)
         mixed = (~uniform).nonzero()[:, 0].tolist()
@@ -163,14 +171,28 @@ def banded_attend(a: AttentionInputs, rule: Callable[[torch.Tensor, torch.Tensor
         parts = []
         for k0, k1 in _runs(first[0], 0, x0) + _runs(first[0], x1, ke):
             r = int(first[0, k0])
-            unmasked = a.allowed is None and k1 - 1 <= past + s    # the block's first query sees them all
-            parts.append(attend_lse(queries(r, q, qp), keys(r, k0, k1), a.v[:, :, k0:k1], a.scaling,
-                                    None if unmasked else allowed[..., k0:k1]))
-        if x1 > x0:                     # where the rule changes within the block: one masked part per rule
-            ids = rule(qp[:, :, None], a.k_pos[:, None, x0:x1]).unsqueeze(1)      # [b, 1, n, x1 - x0]
-            for r in range(int(first[:, x0:x1].min()), int(last[:, x0:x1].max()) + 1):   # (the rule is monotone)
-                parts.append(attend_lse(queries(r, q, qp), keys(r, x0, x1), a.v[:, :, x0:x1], a.scaling,
-                                        allowed[..., x0:x1] & (ids == r)))
+            unmasked = a.allowed is None and k1 - 1 <= past + s  # the block's first query sees them all
+            parts.append(
+                attend_lse(
+                    queries(r, q, qp),
+                    keys(r, k0, k1),
+                    a.v[:, :, k0:k1],
+                    a.scaling,
+                    None if unmasked else allowed[..., k0:k1],
+                )
+            )
+        if x1 > x0:  # where the rule changes within the block: one masked part per rule
+            ids = rule(qp[:, :, None], a.k_pos[:, None, x0:x1]).unsqueeze(1)  # [b, 1, n, x1 - x0]
+            for r in range(int(first[:, x0:x1].min()), int(last[:, x0:x1].max()) + 1):  # (the rule is monotone)
+                parts.append(
+                    attend_lse(
+                        queries(r, q, qp),
+                        keys(r, x0, x1),
+                        a.v[:, :, x0:x1],
+                        a.scaling,
+                        allowed[..., x0:x1] & (ids == r),
+                    )
+                )
         outs.append(merge_partials(parts) if len(parts) > 1 else parts[0][0])
     return torch.cat(outs, dim=2)
 
@@ -189,21 +211,22 @@ def _runs(ids: torch.Tensor, start: int, end: int) -> list[tuple[int, int]]:
     """[k0, k1) of the runs of equal ids within [start, end)."""
     if end <= start:
         return []
-    cuts = ((ids[start + 1:end] != ids[start:end - 1]).nonzero()[:, 0] + start + 1).tolist()
+    cuts = ((ids[start + 1 : end] != ids[start : end - 1]).nonzero()[:, 0] + start + 1).tolist()
     bounds = [start, *cuts, end]
     return list(zip(bounds, bounds[1:]))
 
 
 def _allowed(attention_mask, lk: int) -> torch.Tensor | None:
-    if attention_mask is None:   # no padding: causal by cache index (AttentionInputs.mask builds blocks)
+    if attention_mask is None:  # no padding: causal by cache index (AttentionInputs.mask builds blocks)
         return None
     m = attention_mask[..., :lk]
     return m if m.dtype == torch.bool else m == 0
 
 
 def _attention_modules(model):
-    return [m for m in model.modules()
-            if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "layer_idx"))]
+    return [
+        m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "layer_idx"))
+    ]
 
 
 def _rotary_module(model):
@@ -226,8 +249,15 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
     def make_forward(m):
         groups = m.config.num_attention_heads // m.config.num_key_value_heads
 
-        def forward(hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
-                    cache_position=None, position_ids=None, **kwargs):
+        def forward(
+            hidden_states,
+            position_embeddings=None,
+            attention_mask=None,
+            past_key_values=None,
+            cache_position=None,
+            position_ids=None,
+            **kwargs,
+        ):
             b, lq = hidden_states.shape[:2]
             shape = (b, lq, -1, m.head_dim)
             q = m.q_proj(hidden_states).view(shape).transpose(1, 2)
@@ -243,14 +273,22 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
             k_pos = q_pos if past == 0 else torch.cat([key_positions[m.layer_idx], q_pos], dim=1)
             key_positions[m.layer_idx] = k_pos
             lk = k.shape[2]
-            if groups > 1:      # (a copy of the whole cache's keys and values: only when needed)
+            if groups > 1:  # (a copy of the whole cache's keys and values: only when needed)
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             inputs = AttentionInputs(
-                q, k, v, q_pos, k_pos,
-                _allowed(attention_mask, lk), m.scaling,
-                lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)), m.layer_idx)
+                q,
+                k,
+                v,
+                q_pos,
+                k_pos,
+                _allowed(attention_mask, lk),
+                m.scaling,
+                lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)),
+                m.layer_idx,
+            )
             out = attend(inputs).transpose(1, 2).reshape(b, lq, -1)
             return m.o_proj(out), None
+
         return forward
 
     with patched_forwards(modules, make_forward, counter, ATTENTION_CALLS):
@@ -260,19 +298,21 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
 ATTENTION_CALLS = "patched_calls.attention"
 
 # -- ALiBi --------------------------------------------------------------------------------------
-ALIBI_CONFIG_FLAG = "harness_position_encoding"   # config.json field of models pretrained with ALiBi
-BIAS_ELEMENTS = 2 ** 24     # bias entries per fused call (64 MiB in float32): queries go in blocks
+ALIBI_CONFIG_FLAG = "harness_position_encoding"  # config.json field of models pretrained with ALiBi
+BIAS_ELEMENTS = 2**24  # bias entries per fused call (64 MiB in float32): queries go in blocks
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
     """m_h = 2^(−8h/H), h = 1..H; for H not a power of two, the slopes of the nearest lower power of
     two followed by every other slope of twice that power (the paper's reference code)."""
+
     def power_of_two(n: int) -> list[float]:
         return [2 ** (-8 * h / n) for h in range(1, n + 1)]
+
     if heads & (heads - 1) == 0:
         return torch.tensor(power_of_two(heads))
     low = 2 ** math.floor(math.log2(heads))
-    return torch.tensor(power_of_two(low) + power_of_two(2 * low)[0::2][:heads - low])
+    return torch.tensor(power_of_two(low) + power_of_two(2 * low)[0::2][: heads - low])
 
 
 def alibi_attend(a: AttentionInputs) -> torch.Tensor:
@@ -288,8 +328,9 @@ def alibi_attend(a: AttentionInputs) -> torch.Tensor:
         e = min(lq, s + step)
         distance = (a.q_pos[:, s:e, None] - a.k_pos[:, None, :]).unsqueeze(1).float()
         bias = (-slopes * distance).masked_fill_(~a.mask(s, e), float("-inf")).to(a.q.dtype)
-        out = torch.nn.functional.scaled_dot_product_attention(a.q[:, :, s:e], a.k, a.v, attn_mask=bias,
-                                                               scale=a.scaling)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            a.q[:, :, s:e], a.k, a.v, attn_mask=bias, scale=a.scaling
+        )
         outs.append(out.nan_to_num() if out.requires_grad else out.nan_to_num_())
     return torch.cat(outs, dim=2)
 

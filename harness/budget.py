@@ -12,6 +12,7 @@
 - time: two timed prefills of the model with the methods applied (short and longer), fitted by
   a + c n² (attention is quadratic in the prompt, the rest linear), summed over the workload.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 from harness.errors import UserError
 from harness.provenance import device_clock
 
-LONG_PROMPT = 4096          # tokens: beyond this a cell is "long" (measured batch, time estimate)
-SHORT_BATCH = 8             # auto's batch size for short prompts (the historical default)
-CANDIDATES = (1, 2, 4, 8)   # batch sizes auto measures for long prompts
+LONG_PROMPT = 4096  # tokens: beyond this a cell is "long" (measured batch, time estimate)
+SHORT_BATCH = 8  # auto's batch size for short prompts (the historical default)
+CANDIDATES = (1, 2, 4, 8)  # batch sizes auto measures for long prompts
 EXTRAPOLATION_WARNING = 4.0  # warn when the context exceeds the trained positions by more than this
 
 
@@ -31,6 +32,7 @@ def available_bytes(device: str) -> int:
     (bounded by the cgroup's limit where one is set)."""
     if device.startswith("cuda"):
         import torch
+
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
     free = _meminfo("MemAvailable")
     limit = _cgroup_room()
@@ -62,8 +64,12 @@ def _cgroup_room() -> int | None:
 def _shape(config) -> tuple[int, int, int, int]:
     """(layers, query heads, KV heads, head dim)."""
     heads = config.num_attention_heads
-    return (config.num_hidden_layers, heads, getattr(config, "num_key_value_heads", None) or heads,
-            getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return (
+        config.num_hidden_layers,
+        heads,
+        getattr(config, "num_key_value_heads", None) or heads,
+        getattr(config, "head_dim", None) or config.hidden_size // heads,
+    )
 
 
 def kv_bytes(config, length: int, dtype_bytes: int) -> int:
@@ -81,7 +87,7 @@ def sequence_bytes(config, length: int, chunk: int, dtype_bytes: int) -> int:
     chunk = min(chunk or length, length)
     kv = kv_bytes(config, length, dtype_bytes)
     attention = 4 * heads * head_dim * length * dtype_bytes
-    activations = chunk * (8 * hidden + 3 * inter) * dtype_bytes + chunk * length     # + a bool mask block
+    activations = chunk * (8 * hidden + 3 * inter) * dtype_bytes + chunk * length  # + a bool mask block
     logits = chunk * config.vocab_size * 4
     return kv + attention + activations + logits
 
@@ -89,24 +95,30 @@ def sequence_bytes(config, length: int, chunk: int, dtype_bytes: int) -> int:
 @dataclass
 class Plan:
     batch_size: int
-    batch_rule: str                 # how it was chosen
+    batch_rule: str  # how it was chosen
     prompts: int
-    tokens: int                     # prompt + generated tokens of the workload
-    need_bytes: int                 # estimated peak for the chosen batch (beyond the weights)
+    tokens: int  # prompt + generated tokens of the workload
+    need_bytes: int  # estimated peak for the chosen batch (beyond the weights)
     cap_bytes: int
     available_bytes: int
     estimated_seconds: float | None
-    context_factor: float           # longest prompt / the model's trained maximum positions
+    context_factor: float  # longest prompt / the model's trained maximum positions
 
     def provenance(self) -> dict:
-        return {"batch_size": self.batch_size, "batch_rule": self.batch_rule,
-                "estimated_peak_bytes": self.need_bytes, "memory_cap_bytes": self.cap_bytes,
-                "estimated_seconds": None if self.estimated_seconds is None else round(self.estimated_seconds, 1)}
+        return {
+            "batch_size": self.batch_size,
+            "batch_rule": self.batch_rule,
+            "estimated_peak_bytes": self.need_bytes,
+            "memory_cap_bytes": self.cap_bytes,
+            "estimated_seconds": None if self.estimated_seconds is None else round(self.estimated_seconds, 1),
+        }
 
     def summary(self) -> str:
         eta = "" if self.estimated_seconds is None else f"; estimated {duration(self.estimated_seconds)}"
-        return (f"{self.prompts} prompts, {self.tokens:,} tokens; batch {self.batch_size} ({self.batch_rule}); "
-                f"memory ≈ {_gib(self.need_bytes)} of a {_gib(self.cap_bytes)} cap{eta}")
+        return (
+            f"{self.prompts} prompts, {self.tokens:,} tokens; batch {self.batch_size} ({self.batch_rule}); "
+            f"memory ≈ {_gib(self.need_bytes)} of a {_gib(self.cap_bytes)} cap{eta}"
+        )
 
 
 def plan(lm, workload: list[tuple[int, int]], requested: int | str, cap_bytes: int | None) -> Plan:
@@ -125,15 +137,18 @@ def plan(lm, workload: list[tuple[int, int]], requested: int | str, cap_bytes: i
             f"a prompt of {longest:,} tokens needs about {_gib(per_seq)} beyond the weights (KV cache "
             f"{_gib(kv_bytes(cfg, longest, dtype_bytes))}), "
             f"but the memory cap is {_gib(cap)} ({_gib(free)} free on {lm.device}); raise --memory-cap, "
-            f"lower --prefill-chunk, or use a shorter context")
+            f"lower --prefill-chunk, or use a shorter context"
+        )
     is_long = longest > LONG_PROMPT
     timing = _warmup(lm, longest) if is_long else None
     if requested != "auto":
         batch, rule = int(requested), "--batch-size"
         if batch > fits:
-            raise UserError(f"--batch-size {batch} needs about {_gib(batch * per_seq)} for prompts of "
-                              f"{longest:,} tokens, over the memory cap of {_gib(cap)} (at most {fits} fit); "
-                              f"use --batch-size auto or a smaller batch")
+            raise UserError(
+                f"--batch-size {batch} needs about {_gib(batch * per_seq)} for prompts of "
+                f"{longest:,} tokens, over the memory cap of {_gib(cap)} (at most {fits} fit); "
+                f"use --batch-size auto or a smaller batch"
+            )
     elif not is_long:
         batch, rule = min(SHORT_BATCH, fits), f"auto: {SHORT_BATCH} for prompts ≤ {LONG_PROMPT:,} tokens"
         if batch < SHORT_BATCH:
@@ -142,25 +157,34 @@ def plan(lm, workload: list[tuple[int, int]], requested: int | str, cap_bytes: i
         batch, rule = _fastest_batch(lm, [b for b in CANDIDATES if b <= min(fits, len(workload))], timing)
     seconds = None if timing is None else sum(_sample_seconds(timing, p, n) for p, n in workload)
     tokens = sum(p + n for p, n in workload)
-    return Plan(batch, rule, len(workload), tokens, batch * per_seq, cap, free, seconds,
-                longest / max(1, lm.original_max_length))
+    return Plan(
+        batch,
+        rule,
+        len(workload),
+        tokens,
+        batch * per_seq,
+        cap,
+        free,
+        seconds,
+        longest / max(1, lm.original_max_length),
+    )
 
 
 @dataclass
 class _Timing:
-    a: float        # seconds per token (the linear part: projections, MLP)
-    c: float        # seconds per token pair (attention)
-    step: float     # seconds of one single-token forward (decoding's fixed cost)
+    a: float  # seconds per token (the linear part: projections, MLP)
+    c: float  # seconds per token pair (attention)
+    step: float  # seconds of one single-token forward (decoding's fixed cost)
     n2: int
-    t2: float       # seconds of the n2-token prefill at batch 1
+    t2: float  # seconds of the n2-token prefill at batch 1
 
 
 def _warmup(lm, longest: int) -> _Timing:
-    n1, n2 = min(longest, 2048), min(longest, 16384)   # long enough that attention's share shows
+    n1, n2 = min(longest, 2048), min(longest, 16384)  # long enough that attention's share shows
     t1 = _time_prefill(lm, 1, n1)
     t2 = _time_prefill(lm, 1, n2)
     step = _time_prefill(lm, 1, 1)
-    if n2 > n1:     # t = a n + c n^2 through both points (c >= 0: noise may make it negative)
+    if n2 > n1:  # t = a n + c n^2 through both points (c >= 0: noise may make it negative)
         c = max(0.0, (t2 / n2 - t1 / n1) / (n2 - n1))
         a = max(0.0, t1 / n1 - c * n1)
     else:

@@ -1,4 +1,5 @@
 """Local data files: read with errors that name the file (and the line, for bad encodings)."""
+
 from __future__ import annotations
 
 import re
@@ -15,7 +16,7 @@ def read_text(path: str, what: str) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
+        line = raw[: e.start].count(b"\n") + 1
         raise UserError(f"{what}: {p} line {line} is not valid UTF-8 ({e.reason})") from None
     if not text.strip():
         raise UserError(f"{what}: {p} is empty")

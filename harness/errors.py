@@ -1,4 +1,5 @@
 """User-facing errors: the CLI turns these into one line on stderr and exit code 2."""
+
 from __future__ import annotations
 
 import difflib

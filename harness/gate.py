@@ -13,6 +13,7 @@ Exit codes: 0 all hold, 1 a regression, 2 bad input: a malformed record or rules
 that is NaN, infinite or not a number, per-sample values that cannot be read, or a comparison of
 nothing (an empty or missing current folder, no cell shared with the baseline) -- a gate that
 compared nothing did not pass."""
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,11 @@ import numpy as np
 from harness import records
 from harness.errors import UserError
 
-NOISE_REL = 1e-6            # relative floor of every tolerance: floating-point noise
-NOISE_ABS = 1e-12           # absolute floor, for baselines at or near zero
+NOISE_REL = 1e-6  # relative floor of every tolerance: floating-point noise
+NOISE_ABS = 1e-12  # absolute floor, for baselines at or near zero
 DEFAULT_RULES = {"default": {"abs": 0.0, "rel": NOISE_REL}, "metrics": {}, "alpha": 0.05}
 
-RULE_TOLERANCE = "tolerance only (deterministic)"    # the metric has no per-sample values
+RULE_TOLERANCE = "tolerance only (deterministic)"  # the metric has no per-sample values
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Finding:
     p_value: float | None
     regressed: bool
     changed: list = field(default_factory=list)
-    rule: str = RULE_TOLERANCE      # which test decided: the tolerance alone, or tolerance + paired test
+    rule: str = RULE_TOLERANCE  # which test decided: the tolerance alone, or tolerance + paired test
 
 
 def load_rules(path: str | None) -> dict:
@@ -63,9 +64,11 @@ def load_rules(path: str | None) -> dict:
     metrics = rules.get("metrics", {})
     if not isinstance(metrics, dict):
         raise UserError(f"gate rules {path}: metrics must map a metric name to {{abs, rel}}")
-    out = {"default": _tol_rule(path, "default", rules.get("default", {}), DEFAULT_RULES["default"]),
-           "metrics": {str(k): _tol_rule(path, f"metrics.{k}", v, {}) for k, v in metrics.items()},
-           "alpha": rules.get("alpha", DEFAULT_RULES["alpha"])}
+    out = {
+        "default": _tol_rule(path, "default", rules.get("default", {}), DEFAULT_RULES["default"]),
+        "metrics": {str(k): _tol_rule(path, f"metrics.{k}", v, {}) for k, v in metrics.items()},
+        "alpha": rules.get("alpha", DEFAULT_RULES["alpha"]),
+    }
     a = out["alpha"]
     if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
         raise UserError(f"gate rules {path}: alpha must be a number in (0, 1], got {_short(a)}")
@@ -83,6 +86,7 @@ def _tol_rule(path: str, where: str, rule, base: dict) -> dict:
 
 def _yaml(path: str):
     import yaml
+
     try:
         return yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
@@ -103,8 +107,9 @@ def collect(folder: str, role: str = "") -> dict[str, tuple[Path, dict]]:
         _check_metrics(p, rec)
         found[rec["run_id"]] = (p, rec)
     if not found:
-        raise UserError(f"gate: {label} holds no records: nothing to compare (a gate that compared "
-                        f"nothing did not pass)")
+        raise UserError(
+            f"gate: {label} holds no records: nothing to compare (a gate that compared nothing did not pass)"
+        )
     return found
 
 
@@ -129,8 +134,9 @@ def _short(x) -> str:
 
 def tolerance(rule: dict, baseline: float) -> float:
     """max(abs, rel * |baseline|) of the rule, never below floating-point noise."""
-    return max(float(rule.get("abs", 0)), float(rule.get("rel", 0)) * abs(baseline),
-               NOISE_REL * abs(baseline), NOISE_ABS)
+    return max(
+        float(rule.get("abs", 0)), float(rule.get("rel", 0)) * abs(baseline), NOISE_REL * abs(baseline), NOISE_ABS
+    )
 
 
 def _record_files(root: Path) -> list[Path]:
@@ -140,7 +146,7 @@ def _record_files(root: Path) -> list[Path]:
         for d in list(dirnames):
             if os.path.islink(os.path.join(dirpath, d)):
                 raise UserError(f"gate: {os.path.join(dirpath, d)}: symlink: not followed")
-            if d == ".sweep":                             # harness sweep's own job logs
+            if d == ".sweep":  # harness sweep's own job logs
                 dirnames.remove(d)
         found += [Path(dirpath) / f for f in filenames if f.endswith(".json")]
     return sorted(found)
@@ -153,7 +159,7 @@ def mcnemar_p(a: list[float], b: list[float]) -> float:
     n = n01 + n10
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(0, min(n01, n10) + 1)) / 2 ** n
+    tail = sum(math.comb(n, k) for k in range(0, min(n01, n10) + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
@@ -179,8 +185,10 @@ def _samples(path: Path, field_name: str) -> dict:
     try:
         return {s["id"]: s.get(field_name) for s in records.read_samples(path)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"gate: {records.samples_path(path)}: per-sample values unreadable "
-                        f"({e.__class__.__name__}); the paired test needs them") from None
+        raise UserError(
+            f"gate: {records.samples_path(path)}: per-sample values unreadable "
+            f"({e.__class__.__name__}); the paired test needs them"
+        ) from None
 
 
 def _number(x) -> bool:
@@ -197,8 +205,10 @@ def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], di
     base, cur = collect(baseline, "baseline"), collect(current, "current")
     shared = sorted(set(base) & set(cur))
     if not shared:
-        raise UserError(f"gate: no cell of --current {current} is in --baseline {baseline} "
-                        f"({len(cur)} current, {len(base)} baseline records): nothing compared")
+        raise UserError(
+            f"gate: no cell of --current {current} is in --baseline {baseline} "
+            f"({len(cur)} current, {len(base)} baseline records): nothing compared"
+        )
     findings = []
     for rid in shared:
         (bp, brec), (cp, crec) = base[rid], cur[rid]
@@ -220,10 +230,26 @@ def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], di
                 else:
                     rule = "tolerance only (no shared samples)"
             regressed = worse > tol and (p is None or p < rules["alpha"])
-            findings.append(Finding(str(cp), crec["task"]["name"], crec["method"]["name"], name, bv, cv,
-                                    tol, p, regressed, changed, rule))
+            findings.append(
+                Finding(
+                    str(cp),
+                    crec["task"]["name"],
+                    crec["method"]["name"],
+                    name,
+                    bv,
+                    cv,
+                    tol,
+                    p,
+                    regressed,
+                    changed,
+                    rule,
+                )
+            )
     if not findings:
         raise UserError(f"gate: {len(shared)} shared cells but no metric in common: nothing compared")
-    summary = {"matched": len(shared), "only_baseline": len(set(base) - set(cur)),
-               "only_current": len(set(cur) - set(base))}
+    summary = {
+        "matched": len(shared),
+        "only_baseline": len(set(base) - set(cur)),
+        "only_current": len(set(cur) - set(base)),
+    }
     return findings, summary

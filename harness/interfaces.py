@@ -1,5 +1,6 @@
 """The two things the harness evaluates: Tasks and Methods. Both are dataclasses whose fields are
 their parameters; they register with `harness.registry.register`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,14 +18,15 @@ class Method:
     Methods that must be trained or searched first override the fit hooks: `needs_fit` says
     whether this configuration needs an artifact, `fit` produces it (`harness fit`), and
     `use_artifact` takes it back before evaluation (see harness.artifacts)."""
+
     name: ClassVar[str]
     kind: ClassVar[str]
     family: ClassVar[str] = "other"
-    paper: ClassVar[str] = ""          # "Title (arXiv id)"
-    fit_version: ClassVar[str] = "1"   # bump when the fit code changes what it produces
-    fit_name: ClassVar[str | None] = None   # methods sharing one fit (eagle, eagle2) share this; else name
-    smoke_args: ClassVar[dict[str, str]] = {}   # a seconds-long configuration (matrix test)
-    smoke_model_config: ClassVar[dict] = {}      # config fields the matrix test's tiny model needs
+    paper: ClassVar[str] = ""  # "Title (arXiv id)"
+    fit_version: ClassVar[str] = "1"  # bump when the fit code changes what it produces
+    fit_name: ClassVar[str | None] = None  # methods sharing one fit (eagle, eagle2) share this; else name
+    smoke_args: ClassVar[dict[str, str]] = {}  # a seconds-long configuration (matrix test)
+    smoke_model_config: ClassVar[dict] = {}  # config fields the matrix test's tiny model needs
 
     def needs_fit(self, lm, ctx: "MethodContext") -> bool:
         return False
@@ -60,6 +62,7 @@ class LMMethod(Method):
 
     `patches` names what the method replaces (e.g. {"rope"}); two composed methods that patch the
     same thing are refused, because the second would silently undo the first."""
+
     kind = "lm"
     patches: ClassVar[frozenset[str]] = frozenset()
 
@@ -76,8 +79,9 @@ class StepScorer(Method):
     non-negative weight for weighted majority voting. A method with selection "vote" scores
     nothing and picks by answer counts (majority voting); one with selection "search" generates
     its own solution with a budget of N (`search`, e.g. PRM-guided beam search)."""
+
     kind = "step_scorer"
-    selection: ClassVar[str] = "argmax"     # "argmax", "vote" or "search"
+    selection: ClassVar[str] = "argmax"  # "argmax", "vote" or "search"
 
     def score(self, problem: str, solutions: list[list[str]]) -> list[list[float]]:
         raise TypeError(f"method {self.name} does not define score()")
@@ -101,6 +105,7 @@ class StepScorer(Method):
 @dataclass
 class MethodContext:
     """What a method may know about the run: the longest context the task will use, the seed."""
+
     target_length: int | None = None
     seed: int = 0
 
@@ -108,14 +113,14 @@ class MethodContext:
 @dataclass
 class Metric:
     value: float
-    direction: str                    # "higher" or "lower" is better
+    direction: str  # "higher" or "lower" is better
     unit: str = ""
     n: int | None = None
     stderr: float | None = None
-    count: int | None = None          # sufficient statistics of a mean
+    count: int | None = None  # sufficient statistics of a mean
     sum: float | None = None
     sum_sq: float | None = None
-    sample_field: str | None = None   # the per-sample field this metric is the mean of (paired tests)
+    sample_field: str | None = None  # the per-sample field this metric is the mean of (paired tests)
 
     @classmethod
     def mean(cls, values, direction: str, unit: str = "", sample_field: str | None = None) -> "Metric":
@@ -137,21 +142,22 @@ class TaskResult:
     samples: list[dict[str, Any]]
     details: dict[str, Any] = field(default_factory=dict)
     data_hash: str | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)   # extra provenance (a bridged library's version)
+    provenance: dict[str, Any] = field(default_factory=dict)  # extra provenance (a bridged library's version)
 
 
 class Task:
     """A named, versioned evaluation. Subclasses are dataclasses of their parameters."""
+
     name: ClassVar[str]
     version: ClassVar[str] = "1"
-    accepts: ClassVar[tuple[str, ...]] = ("lm",)   # method kinds
+    accepts: ClassVar[tuple[str, ...]] = ("lm",)  # method kinds
     main_metric: ClassVar[str]
     summary: ClassVar[str] = ""
-    aliases: ClassVar[dict[str, dict[str, str]]] = {}   # alias -> params (strings, as on the CLI)
-    smoke_args: ClassVar[dict[str, str]] = {}           # a seconds-long configuration (matrix test)
-    length_alias: ClassVar[str | None] = None           # "needle": needle_<N>k = context_length N*1024
-    generates: ClassVar[bool] = True    # False: scores text only, so decoding methods have nothing to act on
-    needs_lm: ClassVar[bool] = True     # False: no model is loaded (ctx.lm is None); methods arrive in ctx.methods
+    aliases: ClassVar[dict[str, dict[str, str]]] = {}  # alias -> params (strings, as on the CLI)
+    smoke_args: ClassVar[dict[str, str]] = {}  # a seconds-long configuration (matrix test)
+    length_alias: ClassVar[str | None] = None  # "needle": needle_<N>k = context_length N*1024
+    generates: ClassVar[bool] = True  # False: scores text only, so decoding methods have nothing to act on
+    needs_lm: ClassVar[bool] = True  # False: no model is loaded (ctx.lm is None); methods arrive in ctx.methods
 
     @classmethod
     def alias_params(cls, name: str) -> dict[str, str] | None:
@@ -180,12 +186,12 @@ class Task:
 
 @dataclass
 class TaskContext:
-    lm: Any                       # harness.lm.LM for tasks that accept lm methods
+    lm: Any  # harness.lm.LM for tasks that accept lm methods
     seed: int = 0
     limit: int | None = None
-    progress: Any = None          # callable(iterable, total=, desc=) -> iterable
-    methods: list = field(default_factory=list)   # the cell's methods (tasks of non-lm kinds call them)
-    model: str | None = None      # the --model the user gave (tasks that load their own models)
+    progress: Any = None  # callable(iterable, total=, desc=) -> iterable
+    methods: list = field(default_factory=list)  # the cell's methods (tasks of non-lm kinds call them)
+    model: str | None = None  # the --model the user gave (tasks that load their own models)
 
     def iterate(self, items, total: int | None = None, desc: str = "") -> Iterator:
         if self.progress is None:

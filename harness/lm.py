@@ -10,6 +10,7 @@ serving engines do: activations, the attention mask and any per-layer temporarie
 chunk x context, never context x context, and only the positions that are generated from or scored
 get vocabulary logits (`logits_to_keep`). A batch that runs out of accelerator memory is split in
 halves and retried (the LM keeps the smaller size for the rest of the run)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,8 @@ from harness.models import LoadedModel
 
 @dataclass
 class LogLikelihood:
-    logprob: float       # sum of log-probabilities of the continuation tokens
-    greedy: bool         # every continuation token was the argmax
+    logprob: float  # sum of log-probabilities of the continuation tokens
+    greedy: bool  # every continuation token was the argmax
     n_tokens: int
 
 
@@ -39,7 +40,7 @@ def default_prefill_chunk(device: str) -> int:
     return CPU_PREFILL_CHUNK if device == "cpu" else ACCELERATOR_PREFILL_CHUNK
 
 
-KEEP = object()     # batch_hooks: leave this hook as it is
+KEEP = object()  # batch_hooks: leave this hook as it is
 
 
 class LM:
@@ -110,13 +111,19 @@ class LM:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # -- generation --------------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[list[int]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[int]]:
         """Continue each prompt; greedy at temperature 0. Returns the new tokens, cut at EOS."""
         out: list[list[int]] = []
         eos = self.tokenizer.eos_token_id
         for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start:start + self.batch_size]
+            chunk = prompts[start : start + self.batch_size]
             width = max(map(len, chunk))
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=self.device)
@@ -126,13 +133,15 @@ class LM:
             decode = self.generate_batch_hook or self._generate_batch
             new = self._split_on_oom(
                 lambda r, ids=ids, mask=mask: decode(ids[r], mask[r], max_new_tokens, temperature, top_p),
-                slice(0, len(chunk)), pad)
+                slice(0, len(chunk)),
+                pad,
+            )
             for row in new.tolist():
                 if eos is not None and eos in row:
-                    row = row[:row.index(eos)]
+                    row = row[: row.index(eos)]
                 out.append(row)
             self.telemetry["prompt_tokens"] += int(mask.sum())
-            self.telemetry["generated_tokens"] += sum(len(r) for r in out[-len(chunk):])
+            self.telemetry["generated_tokens"] += sum(len(r) for r in out[-len(chunk) :])
         return out
 
     def _split_on_oom(self, run, rows: slice, pad):
@@ -176,9 +185,14 @@ class LM:
             for s, e in self.chunks(ids.shape[1]):
                 extra = {"logits_to_keep": keep(s, e)} if self._keeps_logits else {}
                 with torch.no_grad():
-                    out = self.model(input_ids=ids[:, s:e], attention_mask=mask[:, :e],
-                                     position_ids=positions[:, s:e], past_key_values=cache,
-                                     use_cache=True, **extra)
+                    out = self.model(
+                        input_ids=ids[:, s:e],
+                        attention_mask=mask[:, :e],
+                        position_ids=positions[:, s:e],
+                        past_key_values=cache,
+                        use_cache=True,
+                        **extra,
+                    )
                 yield s, out.logits
         finally:
             self.prefill_length = None
@@ -189,15 +203,24 @@ class LM:
 
     @torch.no_grad()
     def _generate_batch(self, ids, mask, max_new_tokens: int, temperature: float, top_p: float):
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
+        sampling = (
+            dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            if temperature > 0
             else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        )
         cache = None
-        if self.prefill_chunk and ids.shape[1] > self.prefill_chunk:   # generate() feeds only the last token
+        if self.prefill_chunk and ids.shape[1] > self.prefill_chunk:  # generate() feeds only the last token
             cache = self.prefill(ids[:, :-1], mask[:, :-1], length=ids.shape[1])
-        gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                  min_new_tokens=0, pad_token_id=self.tokenizer.pad_token_id,
-                                  past_key_values=cache, **sampling)
-        return gen[:, ids.shape[1]:]
+        gen = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=0,
+            pad_token_id=self.tokenizer.pad_token_id,
+            past_key_values=cache,
+            **sampling,
+        )
+        return gen[:, ids.shape[1] :]
 
     # -- log-likelihood ----------------------------------------------------------------------
     def loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
@@ -207,7 +230,7 @@ class LM:
         results: list[LogLikelihood] = []
         pad = self.tokenizer.pad_token_id
         for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start:start + self.batch_size]
+            chunk = requests[start : start + self.batch_size]
             seqs = [list(c) + list(x) for c, x in chunk]
             width = max(map(len, seqs))
             ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
@@ -215,10 +238,12 @@ class LM:
             # target[b, p]: the token position p predicts in row b, -1 where p is not scored
             target = torch.full((len(chunk), width), -1, dtype=torch.long)
             for b, (ctx, cont) in enumerate(chunk):
-                target[b, len(ctx) - 1:len(ctx) + len(cont) - 1] = torch.tensor(cont)
+                target[b, len(ctx) - 1 : len(ctx) + len(cont) - 1] = torch.tensor(cont)
             scored = self._split_on_oom(
                 lambda r, ids=ids, mask=mask, target=target: self._score(ids[r], mask[r], target[r].to(self.device)),
-                slice(0, len(chunk)), 0)
+                slice(0, len(chunk)),
+                0,
+            )
             for b, (_, cont) in enumerate(chunk):
                 results.append(LogLikelihood(float(scored[b, 0]), bool(scored[b, 1] == len(cont)), len(cont)))
             self.telemetry["scored_tokens"] += sum(len(x) for _, x in chunk)
@@ -252,12 +277,15 @@ class LM:
             logits = self._forward_logits(ids, mask, positions if self._keeps_logits else None)
             yield positions, logits if self._keeps_logits else logits[:, positions]
             return
+
         def keep(s, e):
             here = wanted[s:e].nonzero()[:, 0]
             return here if len(here) else 1
+
         from transformers import DynamicCache
+
         for s, logits in self._chunked(ids, mask, ids.shape[1], keep, DynamicCache(config=self.model.config)):
-            here = wanted[s:s + self.prefill_chunk].nonzero()[:, 0]
+            here = wanted[s : s + self.prefill_chunk].nonzero()[:, 0]
             if len(here):
                 yield here + s, logits
 
@@ -269,4 +297,3 @@ class LM:
 
     def close(self) -> None:
         self._hook.remove()
-

@@ -13,6 +13,7 @@ Equivalence (gold first, like math-verify's `verify(gold, pred)`), most conserva
    thread; so they are switched off and the worker is killed instead). A timeout or an error is
    "not equivalent". Without math-verify installed only 1-2 run (the record says which).
 Two missing answers are never equivalent (Hendrycks' is_equiv(None, None) is True)."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -32,7 +33,7 @@ def last_boxed(text: str) -> str | None:
         return None
     j = i + (6 if text.startswith("\\boxed", i) else 5)
     if text.startswith(" ", j) and not text.startswith("{", j):
-        rest = text[j + 1:]
+        rest = text[j + 1 :]
         return re.split(r"[$\n]", rest)[0].strip() or None
     while j < len(text) and text[j] == " ":
         j += 1
@@ -42,12 +43,13 @@ def last_boxed(text: str) -> str | None:
     for k in range(j, len(text)):
         depth += {"{": 1, "}": -1}.get(text[k], 0)
         if depth == 0:
-            return text[j + 1:k].strip()
-    return None      # unbalanced: no answer
+            return text[j + 1 : k].strip()
+    return None  # unbalanced: no answer
 
 
-_MARKERS = re.compile(r"(?:final answer is|the answer is)[:\s]*\$?([^$\n]+?)\$?\s*(?:\.\s*(?:I hope|$)|$)",
-                      re.IGNORECASE)
+_MARKERS = re.compile(
+    r"(?:final answer is|the answer is)[:\s]*\$?([^$\n]+?)\$?\s*(?:\.\s*(?:I hope|$)|$)", re.IGNORECASE
+)
 
 
 def extract_answer(text: str) -> str | None:
@@ -75,19 +77,19 @@ def normalize(ans: str | None) -> str | None:
     s = s.replace("\\%", "").replace("%", "")
     s = re.sub(r"\\text\{\s*([a-zA-Z ]+)\}\s*$", lambda m: "" if _before_unit(s, m) else m.group(0), s)
     s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s)
-    s = re.sub(r"^[a-zA-Z]\w{0,1}\s*=\s*", "", s)       # "x = 5" -> "5" (short left-hand side)
+    s = re.sub(r"^[a-zA-Z]\w{0,1}\s*=\s*", "", s)  # "x = 5" -> "5" (short left-hand side)
     s = s.replace(" ", "").replace("\\,", "").replace("\\;", "")
-    s = re.sub(r"(?<=\d),(?=\d{3}(?:\D|$))", "", s)     # 40,000 -> 40000
+    s = re.sub(r"(?<=\d),(?=\d{3}(?:\D|$))", "", s)  # 40,000 -> 40000
     s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
     s = _fix_fracs(s)
     if s.startswith("."):
         s = "0" + s
-    s = re.sub(r"(?<=\d)\.0+$", "", s)                   # 5.0 -> 5
+    s = re.sub(r"(?<=\d)\.0+$", "", s)  # 5.0 -> 5
     return s.lower() if re.fullmatch(r"[A-Za-z ]+", s) else s
 
 
 def _before_unit(s: str, m) -> bool:
-    return bool(re.search(r"[\d}]\s*$", s[:m.start()]))   # "10\text{ cm}": a unit after a number
+    return bool(re.search(r"[\d}]\s*$", s[: m.start()]))  # "10\text{ cm}": a unit after a number
 
 
 def as_rational(s: str | None) -> Fraction | None:
@@ -110,19 +112,21 @@ def as_rational(s: str | None) -> Fraction | None:
 # -- math-verify in a worker process ------------------------------------------------------------
 def _mv_worker(conn):
     from math_verify import parse, verify
+
     while True:
         gold, pred = conn.recv()
         try:
             g = parse(f"${gold}$", parsing_timeout=None)
             p = parse(f"${pred}$", parsing_timeout=None)
             conn.send(bool(g) and bool(p) and bool(verify(g, p, timeout_seconds=None)))
-        except Exception:       # any parser failure: not equivalent (conservative)
+        except Exception:  # any parser failure: not equivalent (conservative)
             conn.send(False)
 
 
 def math_verify_version() -> str | None:
     try:
         from importlib.metadata import version
+
         return version("math-verify")
     except Exception:
         return None
@@ -133,7 +137,7 @@ class Grader:
 
     def __init__(self, timeout_s: float = 5.0, use_math_verify: bool = True, worker=None):
         self.timeout_s = timeout_s
-        self._worker = worker or _mv_worker     # a module-level function(conn) (tests swap it)
+        self._worker = worker or _mv_worker  # a module-level function(conn) (tests swap it)
         self.use_math_verify = use_math_verify and math_verify_version() is not None
         self._cache: dict[tuple[str, str], bool] = {}
         self._proc = None
@@ -142,10 +146,16 @@ class Grader:
         self.math_verify_calls = 0
 
     def info(self) -> dict:
-        return {"name": NAME, "version": VERSION, "math_verify": math_verify_version() if self.use_math_verify else None,
-                "timeout_s": self.timeout_s, "order": "gold first",
-                "steps": ["normalised string", "exact rational"] + (["math-verify"] if self.use_math_verify else []),
-                "math_verify_calls": self.math_verify_calls, "timeouts": self.timeouts}
+        return {
+            "name": NAME,
+            "version": VERSION,
+            "math_verify": math_verify_version() if self.use_math_verify else None,
+            "timeout_s": self.timeout_s,
+            "order": "gold first",
+            "steps": ["normalised string", "exact rational"] + (["math-verify"] if self.use_math_verify else []),
+            "math_verify_calls": self.math_verify_calls,
+            "timeouts": self.timeouts,
+        }
 
     def equivalent(self, gold: str | None, pred: str | None) -> bool:
         if gold is None or pred is None:

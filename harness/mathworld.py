@@ -23,6 +23,7 @@ Math-Shepherd / PAV labels and the proposal distribution of PRM-guided beam sear
 
 Seeds: problems and samples below 1,000,000 are training-side; evaluation uses seeds at or above
 it (`EVAL_SEED_BASE`), so fits never see evaluation problems."""
+
 from __future__ import annotations
 
 import math
@@ -38,9 +39,9 @@ SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "alg": "+"}
 
 @dataclass
 class Op:
-    kind: str          # add, sub, mul, div, alg
-    x: int             # operand (for alg: the solution y of a*y + b = c)
-    a: int = 0         # alg coefficients
+    kind: str  # add, sub, mul, div, alg
+    x: int  # operand (for alg: the solution y of a*y + b = c)
+    a: int = 0  # alg coefficients
     b: int = 0
     c: int = 0
 
@@ -50,7 +51,7 @@ class Op:
         if self.kind == "mul":
             return v * self.x
         if self.kind == "div":
-            return v // self.x if self.x else v     # integer division: a misread divisor truncates
+            return v // self.x if self.x else v  # integer division: a misread divisor truncates
         return v + self.x
 
     def sentence(self, who: str) -> str:
@@ -74,7 +75,7 @@ class Problem:
     start: int
     ops: list[Op]
     level: int
-    difficulty: float          # the policy's per-problem error multiplier
+    difficulty: float  # the policy's per-problem error multiplier
 
     @property
     def answer(self) -> int:
@@ -89,8 +90,13 @@ class Problem:
         return f"{self.name} has {self.start} {self.item}. {body} How many {self.item} are there at the end?"
 
     def record(self) -> dict:
-        return {"id": self.id, "problem": self.text, "answer": str(self.answer), "level": self.level,
-                "subject": "synthetic arithmetic"}
+        return {
+            "id": self.id,
+            "problem": self.text,
+            "answer": str(self.answer),
+            "level": self.level,
+            "subject": "synthetic arithmetic",
+        }
 
 
 def problem(seed: int) -> Problem:
@@ -135,7 +141,7 @@ def problems(n: int, base_seed: int) -> list[Problem]:
 @dataclass
 class Step:
     text: str
-    value: int | None      # the amount the step wrote (what later steps build on)
+    value: int | None  # the amount the step wrote (what later steps build on)
     error: str | None = None
 
 
@@ -143,6 +149,7 @@ class Step:
 class Policy:
     """The stochastic solution writer (see the module docstring). Rates are per step, before the
     per-problem difficulty and size factors."""
+
     slip: float = 0.05
     wrong_op: float = 0.025
     misread: float = 0.025
@@ -220,13 +227,18 @@ def final_answer(prob: Problem, steps: list[Step]) -> str | None:
 
 
 def solution_record(prob: Problem, steps: list[Step], idx: int) -> dict:
-    return {"problem_id": prob.id, "sample_idx": idx, "steps": [s.text for s in steps],
-            "solution": "\n\n".join(s.text for s in steps), "answer": final_answer(prob, steps),
-            "step_errors": [s.error for s in steps]}
+    return {
+        "problem_id": prob.id,
+        "sample_idx": idx,
+        "steps": [s.text for s in steps],
+        "solution": "\n\n".join(s.text for s in steps),
+        "answer": final_answer(prob, steps),
+        "step_errors": [s.error for s in steps],
+    }
 
 
 def sample_seed(prob: Problem, idx: int, salt: int = 0) -> int:
-    return (prob.seed * 1009 + idx * 7919 + salt * 104729) % (2 ** 62)
+    return (prob.seed * 1009 + idx * 7919 + salt * 104729) % (2**62)
 
 
 def pools(n_problems: int, n_samples: int, base_seed: int, policy: Policy | None = None):

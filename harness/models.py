@@ -1,5 +1,6 @@
 """Model loading: `zoo:<name>` (the embedded reference models) or a Hugging Face checkpoint
 (`hf:<id>` or a local folder), through transformers' Auto classes, safetensors only."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,17 +17,18 @@ DEFAULT_MODEL = "zoo:tiny-llama"
 
 @dataclass
 class LoadedModel:
-    id: str                      # as the user named it, normalised ("zoo:tiny-llama", "hf:org/x", a path)
+    id: str  # as the user named it, normalised ("zoo:tiny-llama", "hf:org/x", a path)
     model: Any
     tokenizer: Any
     device: str
-    sha256: str | None           # of the weights (safetensors files, in name order)
+    sha256: str | None  # of the weights (safetensors files, in name order)
     zoo: bool = False
-    info: dict = field(default_factory=dict)   # zoo card fields or checkpoint facts
+    info: dict = field(default_factory=dict)  # zoo card fields or checkpoint facts
 
 
 def pick_device(device: str) -> str:
     import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -81,16 +83,23 @@ def _pickle_only(folder: Path) -> bool:
 
 def _refuse_pickle(folder: Path, allow_pickle: bool) -> None:
     if _pickle_only(folder) and not allow_pickle:
-        raise UserError(f"{folder} holds only pickle-format weights (.bin/.pt), which can execute code "
-                        f"when loaded; the harness loads safetensors only. Convert the checkpoint, or pass "
-                        f"--allow-pickle if you trust its source.")
+        raise UserError(
+            f"{folder} holds only pickle-format weights (.bin/.pt), which can execute code "
+            f"when loaded; the harness loads safetensors only. Convert the checkpoint, or pass "
+            f"--allow-pickle if you trust its source."
+        )
 
 
 HEADS = ("causal_lm", "token_classification", "sequence_classification", "base")
 
 
-def load(spec: str, device: str = "auto", trust_remote_code: bool = False, allow_pickle: bool = False,
-         head: str = "causal_lm") -> LoadedModel:
+def load(
+    spec: str,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    head: str = "causal_lm",
+) -> LoadedModel:
     """`head` picks the transformers Auto class: causal_lm (default), token_classification or
     sequence_classification (reward and process-reward models), base (AutoModel, e.g. a PRM whose
     remote code defines its own head)."""
@@ -108,31 +117,47 @@ def load(spec: str, device: str = "auto", trust_remote_code: bool = False, allow
         _refuse_pickle(path, allow_pickle)
         return _load_folder(f"{path.resolve()}", path, dev, trust_remote_code, pickle=_pickle_only(path), head=head)
     if not spec.startswith("hf:"):
-        raise UserError(f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), "
-                        f"hf:<org/name>, or a local folder")
+        raise UserError(
+            f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
+        )
     return _load_folder(spec, ref, dev, trust_remote_code, head=head)
 
 
-def _load_folder(model_id: str, where, device: str, trust_remote_code: bool, zoo: bool = False,
-                 info: dict | None = None, pickle: bool = False, head: str = "causal_lm") -> LoadedModel:
+def _load_folder(
+    model_id: str,
+    where,
+    device: str,
+    trust_remote_code: bool,
+    zoo: bool = False,
+    info: dict | None = None,
+    pickle: bool = False,
+    head: str = "causal_lm",
+) -> LoadedModel:
     import torch
     import transformers
     from transformers import AutoTokenizer
 
     if head not in HEADS:
         raise UserError(f"model head must be one of {', '.join(HEADS)}, got {head!r}")
-    auto = getattr(transformers, {"causal_lm": "AutoModelForCausalLM", "base": "AutoModel",
-                                  "token_classification": "AutoModelForTokenClassification",
-                                  "sequence_classification": "AutoModelForSequenceClassification"}[head])
+    auto = getattr(
+        transformers,
+        {
+            "causal_lm": "AutoModelForCausalLM",
+            "base": "AutoModel",
+            "token_classification": "AutoModelForTokenClassification",
+            "sequence_classification": "AutoModelForSequenceClassification",
+        }[head],
+    )
 
-    transformers.logging.set_verbosity_error()       # per-weight progress bars and length reminders
+    transformers.logging.set_verbosity_error()  # per-weight progress bars and length reminders
     transformers.utils.logging.disable_progress_bar()
     # float32 on CPU: bf16 matmuls are far slower there. On GPU keep the checkpoint's dtype.
     dtype = torch.float32 if device == "cpu" else "auto"
     try:
         tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code)
-        model = auto.from_pretrained(str(where), dtype=dtype, use_safetensors=not pickle,
-                                     trust_remote_code=trust_remote_code)
+        model = auto.from_pretrained(
+            str(where), dtype=dtype, use_safetensors=not pickle, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load model {model_id!r}: {first}") from None
@@ -150,6 +175,7 @@ def _load_folder(model_id: str, where, device: str, trust_remote_code: bool, zoo
 def _hub_folder(repo_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
+
         return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.safetensors"]))
     except Exception:  # hashing is best-effort for hub ids; the record then says sha256: null
         return None

@@ -1,4 +1,5 @@
 """Typed parameters: dataclass fields parsed from `k=v` strings, with clear errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,12 +79,14 @@ def build(cls, overrides: dict[str, str], what: str):
 
 def to_dict(obj) -> dict[str, Any]:
     """JSON-ready resolved parameters (tuples become lists)."""
+
     def clean(v):
         if isinstance(v, (tuple, list)):
             return [clean(x) for x in v]
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items()}
         return v
+
     return {f.name: clean(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init and f.repr}
 
 
@@ -92,11 +95,19 @@ def describe(cls) -> list[dict[str, Any]]:
     for f in dataclasses.fields(cls):
         if not f.init or not f.repr:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out.append({"name": f.name, "type": _type_name(field_types(cls)[f.name]),
-                    "default": list(default) if isinstance(default, tuple) else default,
-                    "help": f.metadata.get("help", "")})
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
+        out.append(
+            {
+                "name": f.name,
+                "type": _type_name(field_types(cls)[f.name]),
+                "default": list(default) if isinstance(default, tuple) else default,
+                "help": f.metadata.get("help", ""),
+            }
+        )
     return out
 
 

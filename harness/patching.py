@@ -1,4 +1,5 @@
 """Instance-level forward patches that always come off again."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,4 +27,5 @@ def _counted(forward, counter, key):
     def wrapper(*args, **kwargs):
         counter[key] += 1
         return forward(*args, **kwargs)
+
     return wrapper

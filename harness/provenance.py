@@ -1,4 +1,5 @@
 """What ran: versions, code commit, machine. Recorded in every record's `provenance`."""
+
 from __future__ import annotations
 
 import os
@@ -16,13 +17,31 @@ import harness
 def git_state() -> dict:
     root = Path(harness.__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
         # dirty = the code differs from the commit; the committed result records (results/, ci/baseline/)
         # change whenever a reference run rewrites them, which says nothing about the code that ran
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                 ".", ":(exclude)results", ":(exclude)ci/baseline"],
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(root),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)results",
+                ":(exclude)ci/baseline",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
@@ -35,10 +54,18 @@ def git_state() -> dict:
 def environment(device: str) -> dict:
     import torch
     import transformers
-    info = {"harness_version": harness.__version__, **git_state(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "platform": platform.platform(),
-            "device": device, "threads": torch.get_num_threads(), "argv": sys.argv[1:]}
+
+    info = {
+        "harness_version": harness.__version__,
+        **git_state(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "argv": sys.argv[1:],
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
@@ -51,6 +78,7 @@ def device_clock(device):
     """time.perf_counter, after waiting for the device's queued work when it is a GPU: CUDA runs
     asynchronously, so an unsynchronized reading times the host enqueuing kernels, not the work."""
     import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return time.perf_counter
@@ -58,6 +86,7 @@ def device_clock(device):
     def clock() -> float:
         torch.cuda.synchronize(device)
         return time.perf_counter()
+
     return clock
 
 
@@ -66,6 +95,7 @@ def reset_peak_memory(device: str) -> None:
     resident set (writing 5 to /proc/self/clear_refs resets VmHWM), so a sweep worker or a
     multi-method eval does not report an earlier cell's peak."""
     import torch
+
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(torch.device(device))
     try:
@@ -94,9 +124,12 @@ def peak_memory(device: str) -> dict:
     import resource
 
     import torch
+
     hwm = _vm_hwm_bytes() if _RSS_RESET["cell"] else None
-    out = {"max_rss_bytes": hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-           "max_rss_scope": "cell" if hwm is not None else "process"}
+    out = {
+        "max_rss_bytes": hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "max_rss_scope": "cell" if hwm is not None else "process",
+    }
     if device.startswith("cuda"):
         out["peak_gpu_mem_bytes"] = torch.cuda.max_memory_allocated(torch.device(device))
     return out

@@ -3,6 +3,7 @@
 Path: <out>/<task>/<model slug>/<method>/<run_id>.json, where run_id hashes the cell's canonical
 config, so a rerun finds a finished cell and skips it. Both files are written to a temporary
 name and renamed; the sidecar first, so a record on disk always has its samples."""
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def write(path: Path, record: dict, samples: list[dict]) -> None:
     lines = "".join(json.dumps(s, ensure_ascii=False, sort_keys=True) + "\n" for s in samples).encode()
-    record = dict(record, samples_file=samples_path(path).name,
-                  samples_sha256=hashlib.sha256(lines).hexdigest())
+    record = dict(record, samples_file=samples_path(path).name, samples_sha256=hashlib.sha256(lines).hexdigest())
     _atomic_write(samples_path(path), lines)
     _atomic_write(path, (json.dumps(record, indent=1, ensure_ascii=False, allow_nan=True) + "\n").encode())
 
@@ -98,12 +98,12 @@ def validate(rec, path) -> dict:
     return rec
 
 
-try:                               # orjson parses ~3x faster (the leaderboard reads 10,000s of records)
+try:  # orjson parses ~3x faster (the leaderboard reads 10,000s of records)
     from orjson import loads as _fast_loads
 except ImportError:
     _fast_loads = json.loads
 
-MAX_RECORD_BYTES = 16 * 2**20      # a record is kilobytes; per-sample rows live in the sidecar
+MAX_RECORD_BYTES = 16 * 2**20  # a record is kilobytes; per-sample rows live in the sidecar
 
 
 class BadRecord(ValueError):
@@ -139,7 +139,7 @@ def read_untrusted(path, name: str | None = None, st: os.stat_result | None = No
         raise BadRecord("binary", "not UTF-8 text") from None
     try:
         rec = _fast_loads(data)
-    except ValueError:             # also NaN, which records may hold and orjson refuses
+    except ValueError:  # also NaN, which records may hold and orjson refuses
         try:
             rec = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as e:

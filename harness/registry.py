@@ -1,5 +1,6 @@
 """One decorator registers tasks and methods; modules under harness.tasks / harness.methods and
 third-party packages (entry point group `harness.plugins`) are imported on first use."""
+
 from __future__ import annotations
 
 import importlib
@@ -14,18 +15,19 @@ from harness.interfaces import METHOD_KINDS, Method, Task
 
 TASKS: dict[str, type[Task]] = {}
 METHODS: dict[str, type[Method]] = {}
-FAMILIES: dict[str, "Family"] = {}     # "lm_eval" -> tasks named lm_eval:<x>, "kvpress" -> methods
+FAMILIES: dict[str, "Family"] = {}  # "lm_eval" -> tasks named lm_eval:<x>, "kvpress" -> methods
 
 
 @dataclass
 class Family:
     """Tasks or methods named `prefix:<rest>` that a bridge builds on demand (an lm-eval task, a
     kvpress press). `build(rest)` returns the class, or raises UserError with the nearest names."""
+
     prefix: str
-    table: str                                  # "task" or "method"
+    table: str  # "task" or "method"
     build: Callable[[str], type]
     summary: str
-    kind: str = ""                              # method kind, for `harness list`
+    kind: str = ""  # method kind, for `harness list`
 
 
 def register_family(prefix: str, table: str, build: Callable[[str], type], summary: str, kind: str = "") -> None:
@@ -44,6 +46,8 @@ def _from_family(name: str, table: str):
     if not rest:
         raise UserError(f"{name!r}: name a {table} after '{prefix}:' ({fam.summary})")
     return fam.build(rest)
+
+
 _loaded = False
 
 
@@ -115,8 +119,7 @@ def task(name: str) -> tuple[type[Task], dict[str, str]]:
     if found:
         return TASKS[found[0]], dict(found[1])
     choices = list(TASKS) + list(aliases()) + [f"{p}:" for p, f in FAMILIES.items() if f.table == "task"]
-    raise UserError(f"unknown task {name!r}.{nearest(name, choices)} "
-                    f"Run `harness list tasks` to see all.")
+    raise UserError(f"unknown task {name!r}.{nearest(name, choices)} Run `harness list tasks` to see all.")
 
 
 def method(name: str) -> type[Method]:
@@ -126,5 +129,4 @@ def method(name: str) -> type[Method]:
     built = _from_family(name, "method")
     if built is not None:
         return built
-    raise UserError(f"unknown method {name!r}.{nearest(name, METHODS)} "
-                    f"Run `harness list methods` to see all.")
+    raise UserError(f"unknown method {name!r}.{nearest(name, METHODS)} Run `harness list methods` to see all.")

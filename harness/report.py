@@ -6,6 +6,7 @@ Otherwise: one row per method, one column per context length. The value at a len
 the record's per-length metric (`accuracy@4096`, `perplexity@4096`) or, for needle, from its depth
 x length grid; when several records cover the same (method, length), the one with more samples
 wins. Records without per-length values get one row per record (`records_table`)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -31,8 +32,11 @@ def load(results: Path, task: str, model: str | None) -> list[dict]:
         if model is None or rec["model"]["id"] == model:
             out.append(rec)
     if not out:
-        raise UserError(f"no readable records for task {task!r}" + (f" and model {model}" if model else "")
-                        + f" under {results} ({skipped} unreadable)")
+        raise UserError(
+            f"no readable records for task {task!r}"
+            + (f" and model {model}" if model else "")
+            + f" under {results} ({skipped} unreadable)"
+        )
     return out
 
 
@@ -80,9 +84,10 @@ def recs_models(recs: list[dict]) -> set[str]:
 def markdown(task: str, recs: list[dict], metric: str | None = None) -> str:
     if metric is None:
         from harness import registry
+
         try:
             own = registry.task(task)[0].report(recs)
-        except UserError:           # records of a task this install does not register
+        except UserError:  # records of a task this install does not register
             own = None
         if own:
             return own
@@ -137,13 +142,26 @@ def records_table(recs: list[dict], metrics: list[str] | None = None) -> str:
     rows = sorted(zip(variant_labels(recs), recs), key=lambda x: x[0])
     if metrics:
         head = ["method", *metrics, "calibrated"]
-        body = [[label, *(fmt(r["metrics"].get(m, {}).get("value")) for m in metrics),
-                 str(r["provenance"].get("calibrated", True)).lower()] for label, r in rows]
+        body = [
+            [
+                label,
+                *(fmt(r["metrics"].get(m, {}).get("value")) for m in metrics),
+                str(r["provenance"].get("calibrated", True)).lower(),
+            ]
+            for label, r in rows
+        ]
     else:
         head = ["method", "main metric", "value", "n", "calibrated"]
-        body = [[label, r["main_metric"], fmt(r["metrics"].get(r["main_metric"], {}).get("value")),
-                 str(r["metrics"].get(r["main_metric"], {}).get("n", "—")),
-                 str(r["provenance"].get("calibrated", True)).lower()] for label, r in rows]
+        body = [
+            [
+                label,
+                r["main_metric"],
+                fmt(r["metrics"].get(r["main_metric"], {}).get("value")),
+                str(r["metrics"].get(r["main_metric"], {}).get("n", "—")),
+                str(r["provenance"].get("calibrated", True)).lower(),
+            ]
+            for label, r in rows
+        ]
     return _md(head, body)
 
 
@@ -159,20 +177,28 @@ def runs_table(recs: list[dict], metric: str) -> str:
             mem = f"{p['max_rss_bytes'] / 2**30:.1f} GiB (resident)"
         else:
             mem = "—"
-        body.append([label, fmt(r["metrics"].get(metric, {}).get("value")), p.get("device", "—"),
-                     str(p.get("threads", "—")), f"{p['wall_time_s']:.1f} s", mem])
+        body.append(
+            [
+                label,
+                fmt(r["metrics"].get(metric, {}).get("value")),
+                p.get("device", "—"),
+                str(p.get("threads", "—")),
+                f"{p['wall_time_s']:.1f} s",
+                mem,
+            ]
+        )
     return _md(["method", metric, "device", "threads", "wall time", "peak memory"], body)
 
 
 def _md(head: list[str], body: list[list[str]]) -> str:
-    return "\n".join([f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
-                     + [f"| {' | '.join(row)} |" for row in body])
+    return "\n".join([f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + [f"| {' | '.join(row)} |" for row in body])
 
 
 def heatmaps(recs: list[dict], path: Path, title: str) -> Path:
     """One depth x length panel per method (needle grids), saved as a PNG."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -192,13 +218,18 @@ def heatmaps(recs: list[dict], path: Path, title: str) -> Path:
     for ax, name in zip(axes.flat, methods):
         depths = sorted({d for d, _ in cells[name]})
         lengths = sorted({L for _, L in cells[name]})
-        grid = [[(cells[name][(d, L)][0] / cells[name][(d, L)][1]) if cells[name][(d, L)][1] else float("nan")
-                 for L in lengths] for d in depths]
+        grid = [
+            [
+                (cells[name][(d, L)][0] / cells[name][(d, L)][1]) if cells[name][(d, L)][1] else float("nan")
+                for L in lengths
+            ]
+            for d in depths
+        ]
         ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
         ax.set_title(name, fontsize=9)
         ax.set_xticks(range(len(lengths)), [f"{L // 1024}k" if L >= 1024 else str(L) for L in lengths], fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{d:.0f}%" for d in depths], fontsize=6)
-    for ax in list(axes.flat)[len(methods):]:
+    for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -1,4 +1,5 @@
 """Evaluate one cell (task + params, methods + params, model, seed, limit) and write its record."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,7 @@ from harness.interfaces import Method, MethodContext, Task, TaskContext
 @dataclass
 class Cell:
     task: Task
-    task_label: str                 # the name the user typed (an alias keeps its own name)
+    task_label: str  # the name the user typed (an alias keeps its own name)
     methods: list[Method]
     model: str
     seed: int = 0
@@ -27,12 +28,13 @@ class Cell:
         return "+".join(m.name for m in self.methods)
 
     def config(self, model_sha: str | None) -> dict:
-        return {"task": {"name": self.task.name, "version": self.task.version,
-                         "params": params.to_dict(self.task)},
-                "method": {"name": self.method_name,
-                           "params": {m.name: params.to_dict(m) for m in self.methods}},
-                "model": {"id": self.model, "sha256": model_sha},
-                "seed": self.seed, "limit": self.limit}
+        return {
+            "task": {"name": self.task.name, "version": self.task.version, "params": params.to_dict(self.task)},
+            "method": {"name": self.method_name, "params": {m.name: params.to_dict(m) for m in self.methods}},
+            "model": {"id": self.model, "sha256": model_sha},
+            "seed": self.seed,
+            "limit": self.limit,
+        }
 
 
 def _split_args(args: dict[str, str], owners: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
@@ -56,8 +58,15 @@ def _build(cls, scoped: dict[str, str], plain: dict[str, str], what: str, alias:
     return params.build(cls, values, what)
 
 
-def resolve(task_names: list[str], method_names: list[str], model: str | None, task_args: dict[str, str],
-            method_args: dict[str, str], seed: int = 0, limit: int | None = None) -> list[Cell]:
+def resolve(
+    task_names: list[str],
+    method_names: list[str],
+    model: str | None,
+    task_args: dict[str, str],
+    method_args: dict[str, str],
+    seed: int = 0,
+    limit: int | None = None,
+) -> list[Cell]:
     """Validate everything the user asked for, before any model is loaded."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of samples, got {limit}")
@@ -79,14 +88,16 @@ def resolve(task_names: list[str], method_names: list[str], model: str | None, t
     for key in t_plain:
         if not any(key in params.field_types(c) for _, c, _ in tasks):
             cls = tasks[0][1]
-            params.build(cls, {key: t_plain[key]}, f"task {cls.name}")   # raises the precise error
+            params.build(cls, {key: t_plain[key]}, f"task {cls.name}")  # raises the precise error
     for key in m_plain:
         if not any(key in params.field_types(c) for c in all_m.values()):
             if len(all_m) == 1:
                 cls = next(iter(all_m.values()))
                 params.build(cls, {key: m_plain[key]}, f"method {cls.name}")
-            raise UserError(f"no method of this run has a parameter {key!r} "
-                            f"(methods: {', '.join(all_m)}); prefix it as METHOD.{key}=...")
+            raise UserError(
+                f"no method of this run has a parameter {key!r} "
+                f"(methods: {', '.join(all_m)}); prefix it as METHOD.{key}=..."
+            )
 
     cells = []
     for tname, tcls, alias in tasks:
@@ -104,11 +115,15 @@ def _check_combination(task: Task, combo: list[type[Method]]) -> None:
     for c in combo:
         if c.kind not in task.accepts:
             ok = sorted(n for n, m in registry.METHODS.items() if m.kind in task.accepts)
-            raise UserError(f"method {c.name} is of kind {c.kind!r}, but task {task.name} accepts "
-                            f"{' or '.join(task.accepts)} methods: {', '.join(ok)}")
+            raise UserError(
+                f"method {c.name} is of kind {c.kind!r}, but task {task.name} accepts "
+                f"{' or '.join(task.accepts)} methods: {', '.join(ok)}"
+            )
         if "decoding" in getattr(c, "patches", ()) and not task.generates:
-            raise UserError(f"method {c.name} changes decoding, but task {task.name} only scores text "
-                            f"(it never generates), so {c.name} would do nothing")
+            raise UserError(
+                f"method {c.name} changes decoding, but task {task.name} only scores text "
+                f"(it never generates), so {c.name} would do nothing"
+            )
     if len(combo) > 1:
         if any(c.kind != "lm" for c in combo):
             raise UserError("only methods of kind 'lm' compose with '+'")
@@ -116,16 +131,19 @@ def _check_combination(task: Task, combo: list[type[Method]]) -> None:
         if len(set(names)) != len(names):
             raise UserError(f"method {'+'.join(names)} names the same method twice")
         for i, a in enumerate(combo):
-            for b in combo[i + 1:]:
+            for b in combo[i + 1 :]:
                 clash = set(a.patches) & set(b.patches)
                 if clash:
-                    raise UserError(f"methods {a.name} and {b.name} both patch {', '.join(sorted(clash))}; "
-                                    f"composing them would silently keep only one")
+                    raise UserError(
+                        f"methods {a.name} and {b.name} both patch {', '.join(sorted(clash))}; "
+                        f"composing them would silently keep only one"
+                    )
 
 
 def model_identity(spec: str) -> tuple[str, str | None]:
     """(normalised id, weights sha256) without loading the model, for the resume check."""
     from harness.zoo import registry as zoo
+
     if spec == "none":
         return spec, None
     if spec.startswith("zoo:"):
@@ -135,8 +153,9 @@ def model_identity(spec: str) -> tuple[str, str | None]:
     if path.exists():
         return str(path.resolve()), models.weights_sha256(path)
     if not spec.startswith("hf:"):
-        raise UserError(f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), "
-                        f"hf:<org/name>, or a local folder")
+        raise UserError(
+            f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
+        )
     folder = models._hub_folder(ref)
     return spec, models.weights_sha256(folder) if folder else None
 
@@ -144,8 +163,10 @@ def model_identity(spec: str) -> tuple[str, str | None]:
 def model_label(loaded) -> str:
     if loaded.zoo:
         n = sum(p.numel() for p in loaded.model.parameters())
-        return (f"embedded zoo model ({n / 1e6:.1f}M parameters, trained on the project's synthetic "
-                f"corpus): results are for this tiny reference model, not for real LLMs")
+        return (
+            f"embedded zoo model ({n / 1e6:.1f}M parameters, trained on the project's synthetic "
+            f"corpus): results are for this tiny reference model, not for real LLMs"
+        )
     return "Hugging Face checkpoint"
 
 
@@ -167,10 +188,19 @@ class Outcome:
     samples: list = field(default_factory=list)
 
 
-def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, overwrite: bool = False,
-             batch_size: int | str = "auto", trust_remote_code: bool = False, progress=None, log=print,
-             allow_pickle: bool = False, prefill_chunk: int | None = None,
-             memory_cap: int | None = None) -> list[Outcome]:
+def evaluate(
+    cells: list[Cell],
+    device: str = "auto",
+    out: Path | None = None,
+    overwrite: bool = False,
+    batch_size: int | str = "auto",
+    trust_remote_code: bool = False,
+    progress=None,
+    log=print,
+    allow_pickle: bool = False,
+    prefill_chunk: int | None = None,
+    memory_cap: int | None = None,
+) -> list[Outcome]:
     """batch_size: a number, or "auto" (see harness.budget); prefill_chunk: tokens per prefill
     forward (None: the LM's default, 0: whole prompts); memory_cap: bytes the cell may use beyond
     the weights (None: half of the free memory)."""
@@ -202,10 +232,12 @@ def evaluate(cells: list[Cell], device: str = "auto", out: Path | None = None, o
             cell_progress = _named(progress, name, lm) if progress is not None else None
             outcomes.append(_run_cell(cell, config, rid, path, loaded, lm, cell_progress, budget))
         walls.append(time.perf_counter() - t0)
-        left = sum(todo[i + 1:])
-        if progress is not None and left:     # an estimate from the cells run so far (model load included)
-            log(f"{name} done in {walls[-1]:.0f} s; about {duration(left * sum(walls) / len(walls))} "
-                f"left for {left} more cell(s)")
+        left = sum(todo[i + 1 :])
+        if progress is not None and left:  # an estimate from the cells run so far (model load included)
+            log(
+                f"{name} done in {walls[-1]:.0f} s; about {duration(left * sum(walls) / len(walls))} "
+                f"left for {left} more cell(s)"
+            )
     return outcomes
 
 
@@ -213,9 +245,11 @@ def _named(progress, name: str, lm=None):
     """The progress callable with the cell's name before the task's description; with an LM, the
     bar also shows the tokens per second the cell has processed so far (prompt, generated and
     scored tokens, from the LM's telemetry)."""
+
     def bar(items, total=None, desc=""):
         shown = progress(items, total=total, desc=f"{name}: {desc}" if desc else name)
         return shown if lm is None or not hasattr(shown, "set_postfix_str") else _with_rate(shown, lm)
+
     return bar
 
 
@@ -231,10 +265,14 @@ def _check_position_encoding(loaded, cell: Cell) -> None:
     """A model pretrained with ALiBi runs only under the alibi method: loaded plainly, the Llama class
     would rotate its queries and keys with a RoPE it never saw, and the numbers would mean nothing."""
     from harness.attention import ALIBI_CONFIG_FLAG
-    if getattr(loaded.model.config, ALIBI_CONFIG_FLAG, None) == "alibi" and \
-            not any(m.name == "alibi" for m in cell.methods):
-        raise UserError(f"{cell.model} was pretrained with ALiBi position biases: evaluate it with "
-                        f"--method alibi (method {cell.method_name} would run it with RoPE)")
+
+    if getattr(loaded.model.config, ALIBI_CONFIG_FLAG, None) == "alibi" and not any(
+        m.name == "alibi" for m in cell.methods
+    ):
+        raise UserError(
+            f"{cell.model} was pretrained with ALiBi position biases: evaluate it with "
+            f"--method alibi (method {cell.method_name} would run it with RoPE)"
+        )
 
 
 def _plan(cell: Cell, lm, budget) -> dict:
@@ -250,25 +288,30 @@ def _plan(cell: Cell, lm, budget) -> dict:
     saved = dict(lm.telemetry)
     try:
         plan = bud.plan(lm, work, requested, cap)
-    finally:       # in place: methods hold this Counter
+    finally:  # in place: methods hold this Counter
         lm.telemetry.clear()
         lm.telemetry.update(saved)
     lm.batch_size = plan.batch_size
     label = f"{cell.task_label} · {cell.method_name} · {cell.model}"
-    if plan.estimated_seconds is not None or plan.batch_size < _asked_batch(budget):   # long or squeezed
+    if plan.estimated_seconds is not None or plan.batch_size < _asked_batch(budget):  # long or squeezed
         log(f"{label}: {plan.summary()}")
     resolved = {}
     if plan.context_factor > bud.EXTRAPOLATION_WARNING:
-        log(f"warning: {label}: the context is {round(plan.context_factor, 1):g}x the model's trained length "
-            f"({lm.original_max_length:,} positions); expect extrapolation, not a property of the method alone")
-        resolved = {"context_over_trained_length": round(plan.context_factor, 2),
-                    "trained_length": lm.original_max_length}
+        log(
+            f"warning: {label}: the context is {round(plan.context_factor, 1):g}x the model's trained length "
+            f"({lm.original_max_length:,} positions); expect extrapolation, not a property of the method alone"
+        )
+        resolved = {
+            "context_over_trained_length": round(plan.context_factor, 2),
+            "trained_length": lm.original_max_length,
+        }
     return {"provenance": dict(plan.provenance(), prefill_chunk=lm.prefill_chunk), "resolved": resolved}
 
 
 def _asked_batch(budget) -> int:
     """The batch size a cell asked for (auto: the short-prompt default)."""
     from harness.budget import SHORT_BATCH
+
     return SHORT_BATCH if budget[0] == "auto" else int(budget[0])
 
 
@@ -286,15 +329,26 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
         with contextlib.ExitStack() as stack:
             for m in cell.methods:
                 artifact = attach_artifact(m, lm, mctx, loaded.sha256 if loaded else None, cell.model)
-                components.append({"name": m.name, "kind": m.kind, "family": m.family, "paper": m.paper,
-                                   "artifact": artifact, "params": params.to_dict(m),
-                                   "resolved": m.resolved(lm, mctx)})
+                components.append(
+                    {
+                        "name": m.name,
+                        "kind": m.kind,
+                        "family": m.family,
+                        "paper": m.paper,
+                        "artifact": artifact,
+                        "params": params.to_dict(m),
+                        "resolved": m.resolved(lm, mctx),
+                    }
+                )
                 if lm is not None:
                     stack.enter_context(m.apply(lm, mctx))
             planned = _plan(cell, lm, budget) if lm is not None and budget else {}
-            result = cell.task.run(TaskContext(lm=lm, seed=cell.seed, limit=cell.limit, progress=progress,
-                                               methods=cell.methods, model=cell.model))
-            for m in cell.methods:      # inside the methods' contexts: their state is still there
+            result = cell.task.run(
+                TaskContext(
+                    lm=lm, seed=cell.seed, limit=cell.limit, progress=progress, methods=cell.methods, model=cell.model
+                )
+            )
+            for m in cell.methods:  # inside the methods' contexts: their state is still there
                 reason = m.check_effect(lm, mctx, result)
                 if reason:
                     raise NoEffect(f"{cell.method_name} on {cell.task_label}: {reason}; no record written")
@@ -302,13 +356,19 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
         if lm is not None:
             lm.close()
     wall = time.perf_counter() - t0
-    model = (dict(config["model"], zoo=loaded.zoo, label=model_label(loaded), config=_model_facts(loaded))
-             if loaded else dict(config["model"], zoo=False, label="no model"))
+    model = (
+        dict(config["model"], zoo=loaded.zoo, label=model_label(loaded), config=_model_facts(loaded))
+        if loaded
+        else dict(config["model"], zoo=False, label="no model")
+    )
     record = {
         "schema_version": records.SCHEMA_VERSION,
         "run_id": rid,
-        "task": dict(config["task"], alias=cell.task_label if cell.task_label != cell.task.name else None,
-                     **({"resolved": planned["resolved"]} if planned.get("resolved") else {})),
+        "task": dict(
+            config["task"],
+            alias=cell.task_label if cell.task_label != cell.task.name else None,
+            **({"resolved": planned["resolved"]} if planned.get("resolved") else {}),
+        ),
         "method": dict(config["method"], components=components),
         "model": model,
         "seed": cell.seed,
@@ -317,14 +377,20 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
         "metrics": {k: v.to_dict() for k, v in result.metrics.items()},
         "details": result.details,
         "telemetry": dict(lm.telemetry) if lm is not None else {},
-        "provenance": dict(provenance.environment(device), task_version=cell.task.version,
-                           data_hash=result.data_hash, seed=cell.seed,
-                           method_artifact=[c["artifact"] for c in components if c["artifact"]] or None,
-                           model_sha256=loaded.sha256 if loaded else None,
-                           calibrated=result.details.get("calibrated", True),
-                           started=started.isoformat(timespec="seconds"), wall_time_s=round(wall, 3),
-                           **provenance.peak_memory(device), **planned.get("provenance", {}),
-                           **result.provenance),
+        "provenance": dict(
+            provenance.environment(device),
+            task_version=cell.task.version,
+            data_hash=result.data_hash,
+            seed=cell.seed,
+            method_artifact=[c["artifact"] for c in components if c["artifact"]] or None,
+            model_sha256=loaded.sha256 if loaded else None,
+            calibrated=result.details.get("calibrated", True),
+            started=started.isoformat(timespec="seconds"),
+            wall_time_s=round(wall, 3),
+            **provenance.peak_memory(device),
+            **planned.get("provenance", {}),
+            **result.provenance,
+        ),
     }
     records.write(path, record, result.samples)
     return Outcome(cell, path, record, samples=result.samples)
@@ -333,30 +399,45 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
 def attach_artifact(method: Method, lm, mctx: MethodContext, model_sha: str | None, model: str) -> str | None:
     """Give a method that needs a fit stage its cached artifact; its key goes in the record."""
     from harness import artifacts
+
     if not method.needs_fit(lm, mctx):
         return None
     key = artifacts.key_for(method, lm, mctx, model_sha)
     payload = artifacts.load(key)
     if payload is None:
-        raise UserError(f"method {method.name} needs its fit stage for this model and configuration: run "
-                        f"`harness fit --method {method.name} --model {model}` with the same --method-arg "
-                        f"(and --task) first (artifact {key} not found in {artifacts.root()})")
+        raise UserError(
+            f"method {method.name} needs its fit stage for this model and configuration: run "
+            f"`harness fit --method {method.name} --model {model}` with the same --method-arg "
+            f"(and --task) first (artifact {key} not found in {artifacts.root()})"
+        )
     method.use_artifact(payload, artifacts.folder(key))
     return key
 
 
 def _model_facts(loaded) -> dict:
     cfg = loaded.model.config
-    return {"architecture": (getattr(cfg, "architectures", None) or [type(loaded.model).__name__])[0],
-            "parameters": sum(p.numel() for p in loaded.model.parameters()),
-            "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
-            "weights_format": loaded.info.get("weights_format", "safetensors"),
-            "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", "")}
+    return {
+        "architecture": (getattr(cfg, "architectures", None) or [type(loaded.model).__name__])[0],
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
+        "weights_format": loaded.info.get("weights_format", "safetensors"),
+        "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""),
+    }
 
 
-def fit(method_name: str, model: str, task_name: str | None, task_args: dict[str, str],
-        method_args: dict[str, str], seed: int = 0, device: str = "auto", overwrite: bool = False,
-        trust_remote_code: bool = False, log=print, allow_pickle: bool = False) -> tuple[str, dict]:
+def fit(
+    method_name: str,
+    model: str,
+    task_name: str | None,
+    task_args: dict[str, str],
+    method_args: dict[str, str],
+    seed: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    log=print,
+    allow_pickle: bool = False,
+) -> tuple[str, dict]:
     """Run a method's fit stage (the task, when given, supplies the target context length)."""
     from harness import artifacts
     from harness.lm import LM
@@ -374,7 +455,7 @@ def fit(method_name: str, model: str, task_name: str | None, task_args: dict[str
     if cls.kind == "lm":
         loaded = models.load(model, device, trust_remote_code, allow_pickle)
         lm, model_id, sha, dev = LM(loaded), loaded.id, loaded.sha256, loaded.device
-    else:   # other kinds train their own models (a PRM): no LM, as in their tasks' evaluation
+    else:  # other kinds train their own models (a PRM): no LM, as in their tasks' evaluation
         lm, model_id, sha, dev = None, "none", None, models.pick_device(device)
     mctx = MethodContext(target_length=target, seed=seed)
     if not method.needs_fit(lm, mctx):
@@ -386,11 +467,18 @@ def fit(method_name: str, model: str, task_name: str | None, task_args: dict[str
         return key, existing
     t0, c0 = time.perf_counter(), time.process_time()
     payload, write_files = method.fit(lm, mctx, log=log)
-    payload = dict(payload, method=method_name, model=model_id, model_sha256=sha,
-                   fit_params=method.fit_params(lm, mctx), data_hash=method.fit_data_hash(lm, mctx),
-                   fit_seconds=round(time.perf_counter() - t0, 1),
-                   # CPU seconds of all threads: the budget measure that a loaded machine cannot inflate
-                   fit_cpu_seconds=round(time.process_time() - c0, 1), provenance=provenance.environment(dev))
+    payload = dict(
+        payload,
+        method=method_name,
+        model=model_id,
+        model_sha256=sha,
+        fit_params=method.fit_params(lm, mctx),
+        data_hash=method.fit_data_hash(lm, mctx),
+        fit_seconds=round(time.perf_counter() - t0, 1),
+        # CPU seconds of all threads: the budget measure that a loaded machine cannot inflate
+        fit_cpu_seconds=round(time.process_time() - c0, 1),
+        provenance=provenance.environment(dev),
+    )
     artifacts.save(key, payload, write_files)
     if lm is not None:
         lm.close()

@@ -19,6 +19,7 @@ Grid file (YAML):
 
 Within a block, task_args / method_args follow `harness eval`: `key` goes to every task or method
 that has it, `name.key` to one."""
+
 from __future__ import annotations
 
 import itertools
@@ -74,6 +75,7 @@ def _args(block: dict, key: str, path, where: str) -> dict[str, str]:
 
 def load_grid(path) -> dict:
     import yaml
+
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -97,6 +99,7 @@ def load_grid(path) -> dict:
 @dataclass
 class Spec:
     """Everything one cell needs, as plain data (it is pickled to workers and Slurm jobs)."""
+
     tasks: list
     methods: list
     model: str | None
@@ -104,7 +107,7 @@ class Spec:
     method_args: dict
     seed: int
     limit: int | None
-    index: int              # which cell of resolve(tasks, methods, ...) this is
+    index: int  # which cell of resolve(tasks, methods, ...) this is
     out: str
     device: str = "auto"
     batch_size: int = 8
@@ -118,6 +121,7 @@ class Spec:
 def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8) -> list[Spec]:
     """All cells of the grid, validated (names, kinds, parameters) before anything runs."""
     from harness import runner
+
     specs = []
     for b, block in enumerate(grid["runs"]):
         where = f"runs[{b}]"
@@ -159,10 +163,25 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
                 label = f"{cell.task_label} / {cell.method_name} / {cell.model} / seed {seed}"
                 if axes:
                     label += " / " + ", ".join(f"{k}={_value(v)}" for k, v in zip(axes, combo))
-                specs.append(Spec(tasks, methods, model, t_args, m_args, seed, limit, i, str(out), device,
-                                  batch_size, label=label, path=str(rec_path)))
+                specs.append(
+                    Spec(
+                        tasks,
+                        methods,
+                        model,
+                        t_args,
+                        m_args,
+                        seed,
+                        limit,
+                        i,
+                        str(out),
+                        device,
+                        batch_size,
+                        label=label,
+                        path=str(rec_path),
+                    )
+                )
     seen, unique = set(), []
-    for s in specs:                      # the same cell named twice by two blocks runs once
+    for s in specs:  # the same cell named twice by two blocks runs once
         if s.path not in seen:
             seen.add(s.path)
             unique.append(s)
@@ -172,20 +191,24 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
 def run_cell(spec: Spec) -> dict:
     """The one cell function both executors run: resolve, evaluate (skips a finished record)."""
     from harness import runner
+
     if spec.threads:
         import torch
+
         torch.set_num_threads(spec.threads)
-    cells = runner.resolve(spec.tasks, spec.methods, spec.model, spec.task_args, spec.method_args,
-                           spec.seed, spec.limit)
-    outcome = runner.evaluate([cells[spec.index]], device=spec.device, out=Path(spec.out),
-                              batch_size=spec.batch_size, log=lambda m: None)[0]
+    cells = runner.resolve(
+        spec.tasks, spec.methods, spec.model, spec.task_args, spec.method_args, spec.seed, spec.limit
+    )
+    outcome = runner.evaluate(
+        [cells[spec.index]], device=spec.device, out=Path(spec.out), batch_size=spec.batch_size, log=lambda m: None
+    )[0]
     return {"status": "skipped" if outcome.skipped else "done", "path": str(outcome.path)}
 
 
 def _reason(e: BaseException) -> str:
     if isinstance(e, (UserError, NoEffect)):
         return str(e)
-    remote = str(e.__cause__ or "")           # a pool worker's traceback travels as text
+    remote = str(e.__cause__ or "")  # a pool worker's traceback travels as text
     frames = re.findall(r'File "([^"]+)", line (\d+)', remote)
     if frames:
         where = f" at {Path(frames[-1][0]).name}:{frames[-1][1]}"
@@ -196,7 +219,7 @@ def _reason(e: BaseException) -> str:
 
 
 def _retryable(e: BaseException) -> bool:
-    return not isinstance(e, UserError)       # a user mistake fails the same way every time
+    return not isinstance(e, UserError)  # a user mistake fails the same way every time
 
 
 # -- local: a process pool, one device per worker ----------------------------------------------
@@ -228,6 +251,7 @@ def visible_devices() -> list[str]:
         return [d for d in env.split(",") if d.strip()]
     try:
         import torch
+
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:
         return []
@@ -237,7 +261,8 @@ def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str],
     """Run specs on a spawned process pool; `fn` (default: the cell function) must be importable."""
     fn = fn or _local_cell
     import multiprocessing as mp
-    ctx = mp.get_context("spawn")            # no forked torch / CUDA state in the workers
+
+    ctx = mp.get_context("spawn")  # no forked torch / CUDA state in the workers
     todo = list(specs)
     while todo:
         queue = ctx.Queue()
@@ -254,7 +279,7 @@ def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str],
                     spec.attempts += 1
                     try:
                         res = fut.result()
-                    except BrokenProcessPool as e:    # a worker died (OOM, kill): rebuild the pool
+                    except BrokenProcessPool as e:  # a worker died (OOM, kill): rebuild the pool
                         broken = True
                         spec.reasons.append(f"worker process died ({e})")
                         if spec.attempts <= retries:
@@ -276,8 +301,9 @@ def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str],
 
 
 # -- slurm: the same cell function as submitit job arrays ---------------------------------------
-def run_slurm(specs: list[Spec], retries: int, folder: Path, cluster: str | None, max_parallel: int,
-              slurm: dict, log, fn=None) -> None:
+def run_slurm(
+    specs: list[Spec], retries: int, folder: Path, cluster: str | None, max_parallel: int, slurm: dict, log, fn=None
+) -> None:
     """Submit specs as job arrays (at most max_parallel running); `fn` defaults to the cell function."""
     fn = fn or run_cell
     try:
@@ -286,12 +312,18 @@ def run_slurm(specs: list[Spec], retries: int, folder: Path, cluster: str | None
         raise UserError("--executor slurm needs submitit: pip install 'harness-eval[slurm]'") from None
     if cluster in (None, "auto", "slurm"):
         import shutil
+
         if shutil.which("sbatch") is None:
-            raise UserError("--executor slurm: no sbatch on PATH (no Slurm here); use --cluster local to run "
-                            "the same job arrays with submitit's local executor, or --executor local")
+            raise UserError(
+                "--executor slurm: no sbatch on PATH (no Slurm here); use --cluster local to run "
+                "the same job arrays with submitit's local executor, or --executor local"
+            )
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=None if cluster in (None, "auto") else cluster)
-    params = {"timeout_min": slurm.get("timeout_min", 60), "name": "harness-sweep",
-              "slurm_array_parallelism": max_parallel}
+    params = {
+        "timeout_min": slurm.get("timeout_min", 60),
+        "name": "harness-sweep",
+        "slurm_array_parallelism": max_parallel,
+    }
     for key in ("cpus_per_task", "gpus_per_node", "mem_gb"):
         if slurm.get(key) is not None:
             params[key] = slurm[key]
@@ -301,8 +333,10 @@ def run_slurm(specs: list[Spec], retries: int, folder: Path, cluster: str | None
     todo = list(specs)
     while todo:
         jobs = executor.map_array(fn, todo)
-        log(f"submitted {len(jobs)} job(s) as an array (at most {max_parallel} at once): "
-            f"{jobs[0].job_id.split('_')[0] if jobs else ''}")
+        log(
+            f"submitted {len(jobs)} job(s) as an array (at most {max_parallel} at once): "
+            f"{jobs[0].job_id.split('_')[0] if jobs else ''}"
+        )
         again = []
         for job, spec in zip(jobs, todo):
             spec.attempts += 1
@@ -329,18 +363,41 @@ def _slurm_reason(e: BaseException) -> str:
 def summarize(specs: list[Spec], skipped: list[Spec]) -> dict:
     done = [s for s in specs if s.reasons and s.reasons[-1] in ("done", "skipped")]
     failed = [s for s in specs if not (s.reasons and s.reasons[-1] in ("done", "skipped"))]
-    return {"cells": len(specs) + len(skipped), "done": len(done), "skipped": len(skipped),
-            "failed": len(failed),
-            "failures": [{"cell": s.label, "attempts": s.attempts, "reason": s.reasons[-1] if s.reasons else
-                          "not run", "record": s.path} for s in failed],
-            "done_records": sorted(s.path for s in done)}
+    return {
+        "cells": len(specs) + len(skipped),
+        "done": len(done),
+        "skipped": len(skipped),
+        "failed": len(failed),
+        "failures": [
+            {
+                "cell": s.label,
+                "attempts": s.attempts,
+                "reason": s.reasons[-1] if s.reasons else "not run",
+                "record": s.path,
+            }
+            for s in failed
+        ],
+        "done_records": sorted(s.path for s in done),
+    }
 
 
-def sweep(grid_path, executor: str = "local", workers: int = 1, retries: int = 1, out: str | None = None,
-          device: str = "auto", devices: list[str] | None = None, cluster: str | None = None,
-          max_parallel: int = 8, slurm: dict | None = None, threads: int | None = None,
-          dry_run: bool = False, log=print) -> dict:
+def sweep(
+    grid_path,
+    executor: str = "local",
+    workers: int = 1,
+    retries: int = 1,
+    out: str | None = None,
+    device: str = "auto",
+    devices: list[str] | None = None,
+    cluster: str | None = None,
+    max_parallel: int = 8,
+    slurm: dict | None = None,
+    threads: int | None = None,
+    dry_run: bool = False,
+    log=print,
+) -> dict:
     from harness import records, runner
+
     grid = load_grid(grid_path)
     out = out or grid.get("out") or str(records.default_out())
     if not isinstance(out, str):
@@ -349,15 +406,19 @@ def sweep(grid_path, executor: str = "local", workers: int = 1, retries: int = 1
         raise UserError("--workers and --max-parallel must be positive, --retries at least 0")
     specs = expand(grid, grid_path, out, device)
     fits = grid.get("fit") or []
-    if not isinstance(fits, list) or not all(isinstance(f, dict) and set(f) <= FIT_KEYS and "method" in f
-                                             for f in fits):
-        raise UserError(f"grid {grid_path}: 'fit' must be a list of {{method, task, model, task_args, "
-                        f"method_args, seed}} mappings")
+    if not isinstance(fits, list) or not all(
+        isinstance(f, dict) and set(f) <= FIT_KEYS and "method" in f for f in fits
+    ):
+        raise UserError(
+            f"grid {grid_path}: 'fit' must be a list of {{method, task, model, task_args, method_args, seed}} mappings"
+        )
     finished = [records.finished(Path(s.path), Path(s.path).stem) for s in specs]
     pending = [s for s, f in zip(specs, finished) if not f]
     skipped = [s for s, f in zip(specs, finished) if f]
-    log(f"sweep {grid_path}: {len(specs)} cells, {len(skipped)} finished (skipped), {len(pending)} to run "
-        f"({executor}, out {out})")
+    log(
+        f"sweep {grid_path}: {len(specs)} cells, {len(skipped)} finished (skipped), {len(pending)} to run "
+        f"({executor}, out {out})"
+    )
     if dry_run:
         for s, f in zip(specs, finished):
             log(f"{'skip' if f else 'run '}  {s.label}  -> {s.path}")
@@ -365,10 +426,16 @@ def sweep(grid_path, executor: str = "local", workers: int = 1, retries: int = 1
     if pending:
         default_model = (grid.get("models") or [None])[0] if isinstance(grid.get("models"), list) else None
         for f in fits:
-            runner.fit(f["method"], f.get("model") or default_model or "zoo:tiny-llama", f.get("task"),
-                       {k: _value(v) for k, v in (f.get("task_args") or {}).items()},
-                       {k: _value(v) for k, v in (f.get("method_args") or {}).items()},
-                       f.get("seed", 0), device, log=lambda m: None)
+            runner.fit(
+                f["method"],
+                f.get("model") or default_model or "zoo:tiny-llama",
+                f.get("task"),
+                {k: _value(v) for k, v in (f.get("task_args") or {}).items()},
+                {k: _value(v) for k, v in (f.get("method_args") or {}).items()},
+                f.get("seed", 0),
+                device,
+                log=lambda m: None,
+            )
     t0 = time.perf_counter()
     if executor == "local":
         for s in pending:
@@ -390,7 +457,10 @@ def sweep(grid_path, executor: str = "local", workers: int = 1, retries: int = 1
 
 def print_summary(summary: dict, file=None) -> None:
     file = file or sys.stdout
-    print(f"sweep: {summary['cells']} cells: {summary['done']} done, {summary['skipped']} skipped "
-          f"(finished before), {summary['failed']} failed", file=file)
+    print(
+        f"sweep: {summary['cells']} cells: {summary['done']} done, {summary['skipped']} skipped "
+        f"(finished before), {summary['failed']} failed",
+        file=file,
+    )
     for f in summary["failures"]:
         print(f"  failed after {f['attempts']} attempt(s): {f['cell']}: {f['reason']}", file=file)

@@ -11,6 +11,7 @@ the question at the end, an answer prefix, string-match scoring), with the value
 few million parameters learn the look-up (an induction-style copy); with RULER's "for {key} is:
 {value}" the zoo models never left chance in a recipe sweep (answer loss flat at ln 1000 per chunk).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,10 @@ _ONSETS = "b c d f g h k l m n p r s t v w z br dr fl gr kl pl st tr sk sp ch sh
 _NUCLEI = "a e i o u ai ea oo ou".split()
 _CODAS = ["", "", "n", "r", "l", "s", "t", "m", "nd", "rk", "st"]
 
-PREAMBLE = ("Some special magic numbers are hidden within the following text. "
-            "Make sure to memorize it. I will quiz you about the numbers afterwards.\n")
+PREAMBLE = (
+    "Some special magic numbers are hidden within the following text. "
+    "Make sure to memorize it. I will quiz you about the numbers afterwards.\n"
+)
 NEEDLE = "Remember the special magic number for {key}: {value}."
 QUESTION = "\nWhat is the special magic number for {key} mentioned in the provided text?"
 ANSWER_PREFIX = "\nAnswer: the special magic number for {key}:"
@@ -33,27 +36,34 @@ ANSWER = " {value}."
 
 # The passkey-retrieval prompt of the PI and LongLoRA papers (LongLoRA's passkey_retrivial.py),
 # whose filler is also RULER's "noise" haystack.
-PASSKEY_TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
-                "them. I will quiz you about the important information there.")
+PASSKEY_TASK = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+    "them. I will quiz you about the important information there."
+)
 PASSKEY_GARBAGE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 PASSKEY_INFO = "The pass key is {key}. Remember it. {key} is the pass key."
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
 # RULER's variable-tracking template words (variable names come from the key lexicon)
-VT_WORDS = ("Memorize and track the chain(s) of variable assignment hidden in the following text. "
-            "VAR = Question: Find all variables that are assigned the value in the text above. Answer: "
-            "According to the chain(s) of variable assignment in the text above, variables are "
-            "assigned the value, they are: What are all the special magic numbers for mentioned")
+VT_WORDS = (
+    "Memorize and track the chain(s) of variable assignment hidden in the following text. "
+    "VAR = Question: Find all variables that are assigned the value in the text above. Answer: "
+    "According to the chain(s) of variable assignment in the text above, variables are "
+    "assigned the value, they are: What are all the special magic numbers for mentioned"
+)
 
-_FUNCTION_WORDS = ("the a an of in on at with from to by near under over and but while when "
-                   "because after before then every each some many few this that these those "
-                   "it they he she we was were is are has had will can could would").split()
+_FUNCTION_WORDS = (
+    "the a an of in on at with from to by near under over and but while when "
+    "because after before then every each some many few this that these those "
+    "it they he she we was were is are has had will can could would"
+).split()
 
 
 def _pseudo_words(rng: random.Random, n: int, taken: set[str], syllables: tuple[int, int]) -> list[str]:
     words: list[str] = []
     while len(words) < n:
-        w = "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS)
-                    for _ in range(rng.randint(*syllables)))
+        w = "".join(
+            rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(rng.randint(*syllables))
+        )
         if w not in taken and len(w) > 2:
             taken.add(w)
             words.append(w)
@@ -64,17 +74,25 @@ def _pseudo_words(rng: random.Random, n: int, taken: set[str], syllables: tuple[
 class Lexicon:
     nouns: tuple[str, ...]
     adjectives: tuple[str, ...]
-    verbs: tuple[str, ...]       # past-tense verbs
+    verbs: tuple[str, ...]  # past-tense verbs
     adverbs: tuple[str, ...]
     names: tuple[str, ...]
-    keys: tuple[str, ...]        # needle keys; never used in haystack sentences
+    keys: tuple[str, ...]  # needle keys; never used in haystack sentences
 
     def all_words(self) -> list[str]:
         template_words = " ".join([PREAMBLE, NEEDLE, QUESTION, ANSWER_PREFIX]).replace("{key}", "")
         extra = [w.strip(".,:?!\n") for w in template_words.split()]
         seen: dict[str, None] = {}
-        for w in [*_FUNCTION_WORDS, *extra, *self.nouns, *self.adjectives, *self.verbs,
-                  *self.adverbs, *self.names, *self.keys]:
+        for w in [
+            *_FUNCTION_WORDS,
+            *extra,
+            *self.nouns,
+            *self.adjectives,
+            *self.verbs,
+            *self.adverbs,
+            *self.names,
+            *self.keys,
+        ]:
             if w:
                 seen.setdefault(w, None)
                 seen.setdefault(w.capitalize(), None)
@@ -117,9 +135,13 @@ class Corpus:
 
     def _topic(self) -> None:
         r, lx = self.rng, LEXICON
-        self.topic = {"noun": r.sample(lx.nouns, 24), "adj": r.sample(lx.adjectives, 12),
-                      "verb": r.sample(lx.verbs, 16), "adv": r.sample(lx.adverbs, 6),
-                      "name": r.sample(lx.names, 5)}
+        self.topic = {
+            "noun": r.sample(lx.nouns, 24),
+            "adj": r.sample(lx.adjectives, 12),
+            "verb": r.sample(lx.verbs, 16),
+            "adv": r.sample(lx.adverbs, 6),
+            "name": r.sample(lx.names, 5),
+        }
 
     def sentence(self) -> str:
         r, t = self.rng, self.topic
@@ -131,7 +153,7 @@ class Corpus:
                 fill[slot + suffix] = r.choice(t[slot])
         fill["prep"] = r.choice(_PREPS)
         for slot in ("name", "name2", "name3"):
-            fill[slot] = fill[slot].capitalize()   # proper nouns
+            fill[slot] = fill[slot].capitalize()  # proper nouns
         s = r.choice(_TEMPLATES).format(**fill)
         s = s.replace(" .", ".").replace(" ,", ",")
         return s[0].upper() + s[1:]
@@ -162,9 +184,15 @@ def needle_sentence(key: str, value: str) -> str:
 
 def passkey_prompt(key: str, garbage_before: int, garbage_after: int) -> str:
     """The PI/LongLoRA passkey prompt: the pass key line between repeats of the filler."""
-    return "\n".join([PASSKEY_TASK, " ".join([PASSKEY_GARBAGE] * garbage_before),
-                      PASSKEY_INFO.format(key=key), " ".join([PASSKEY_GARBAGE] * garbage_after),
-                      PASSKEY_QUESTION])
+    return "\n".join(
+        [
+            PASSKEY_TASK,
+            " ".join([PASSKEY_GARBAGE] * garbage_before),
+            PASSKEY_INFO.format(key=key),
+            " ".join([PASSKEY_GARBAGE] * garbage_after),
+            PASSKEY_QUESTION,
+        ]
+    )
 
 
 def query_text(key: str) -> str:

@@ -2,16 +2,23 @@
 tilts or zooms, textured shapes moving over it, and controllable flicker, noise and frame drops.
 The video tasks' tests use them as ground truth (a static video has no motion, a pan moves every
 point by a known amount, flicker changes the mean brightness by a known amount)."""
+
 from __future__ import annotations
 
 import numpy as np
 
 MOTIONS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "shapes")
 # VBench camera_motion prompts carry these phrases; the proxy parses them back from the prompt.
-PROMPT = {"static": "camera static, a textured wall", "pan_left": "camera pans left over a textured wall",
-          "pan_right": "camera pans right over a textured wall", "tilt_up": "camera tilts up over a textured wall",
-          "tilt_down": "camera tilts down over a textured wall", "zoom_in": "camera zooms in on a textured wall",
-          "zoom_out": "camera zooms out from a textured wall", "shapes": "colored shapes moving over a textured wall"}
+PROMPT = {
+    "static": "camera static, a textured wall",
+    "pan_left": "camera pans left over a textured wall",
+    "pan_right": "camera pans right over a textured wall",
+    "tilt_up": "camera tilts up over a textured wall",
+    "tilt_down": "camera tilts down over a textured wall",
+    "zoom_in": "camera zooms in on a textured wall",
+    "zoom_out": "camera zooms out from a textured wall",
+    "shapes": "colored shapes moving over a textured wall",
+}
 
 
 def texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -33,12 +40,21 @@ def _sample(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     xs, ys = np.clip(xs, 0, w - 1.001), np.clip(ys, 0, h - 1.001)
     x0, y0 = xs.astype(int), ys.astype(int)
     ax, ay = (xs - x0)[..., None], (ys - y0)[..., None]
-    return ((1 - ay) * ((1 - ax) * img[y0, x0] + ax * img[y0, x0 + 1])
-            + ay * ((1 - ax) * img[y0 + 1, x0] + ax * img[y0 + 1, x0 + 1]))
+    return (1 - ay) * ((1 - ax) * img[y0, x0] + ax * img[y0, x0 + 1]) + ay * (
+        (1 - ax) * img[y0 + 1, x0] + ax * img[y0 + 1, x0 + 1]
+    )
 
 
-def synthetic_video(motion: str = "static", frames: int = 16, size: int = 64, speed: float = 1.5,
-                    flicker: float = 0.0, noise: float = 0.0, drop: float = 0.0, seed: int = 0) -> np.ndarray:
+def synthetic_video(
+    motion: str = "static",
+    frames: int = 16,
+    size: int = 64,
+    speed: float = 1.5,
+    flicker: float = 0.0,
+    noise: float = 0.0,
+    drop: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
     """uint8 RGB [frames, size, size, 3].
 
     motion: one of MOTIONS ("pan_left" = the camera turns left, so the content moves right).
@@ -52,8 +68,9 @@ def synthetic_video(motion: str = "static", frames: int = 16, size: int = 64, sp
     big = texture(rng, size + 2 * margin)
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
     c = (size - 1) / 2
-    shapes = [(rng.uniform(8, size - 16, 2), rng.uniform(-1, 1, 2), rng.uniform(6, 12), texture(rng, 24))
-              for _ in range(3)]
+    shapes = [
+        (rng.uniform(8, size - 16, 2), rng.uniform(-1, 1, 2), rng.uniform(6, 12), texture(rng, 24)) for _ in range(3)
+    ]
     out, prev = [], None
     for t in range(frames):
         dx = {"pan_left": -speed * t, "pan_right": speed * t}.get(motion, 0.0)
@@ -80,10 +97,16 @@ def synthetic_video(motion: str = "static", frames: int = 16, size: int = 64, sp
 # -- named, coloured objects (ground truth of the detection-based VBench dimensions) -----------------
 # Saturated colours whose OpenCV hues are far apart, so an HSV threshold recovers each (the oracle in
 # tasks/_synthetic_oracle.py); backgrounds are grey, so they never pass the saturation threshold.
-OBJECT_COLORS = {"red": (220, 30, 30), "orange": (240, 140, 20), "yellow": (230, 220, 30),
-                 "green": (30, 180, 50), "blue": (30, 60, 220), "purple": (140, 40, 200)}
-SHAPES = ("cube", "sphere", "pyramid")            # drawn as square, disc, triangle
-BACKGROUNDS = {"dark room": 40.0, "white room": 215.0, "textured wall": None}   # flat grey level, or texture
+OBJECT_COLORS = {
+    "red": (220, 30, 30),
+    "orange": (240, 140, 20),
+    "yellow": (230, 220, 30),
+    "green": (30, 180, 50),
+    "blue": (30, 60, 220),
+    "purple": (140, 40, 200),
+}
+SHAPES = ("cube", "sphere", "pyramid")  # drawn as square, disc, triangle
+BACKGROUNDS = {"dark room": 40.0, "white room": 215.0, "textured wall": None}  # flat grey level, or texture
 
 
 def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
@@ -92,13 +115,14 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.nda
         return (np.abs(x - cx) <= r) & (np.abs(y - cy) <= r)
     if shape == "sphere":
         return (x - cx) ** 2 + (y - cy) ** 2 <= r * r
-    if shape == "pyramid":                         # apex up, base 2r wide at cy + r
+    if shape == "pyramid":  # apex up, base 2r wide at cy + r
         return (y <= cy + r) & (y >= cy - r) & (np.abs(x - cx) <= (y - (cy - r)) / 2)
     raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
 
 
-def object_video(objects: list[dict], background="textured wall", frames: int = 16, size: int = 64,
-                 seed: int = 0) -> np.ndarray:
+def object_video(
+    objects: list[dict], background="textured wall", frames: int = 16, size: int = 64, seed: int = 0
+) -> np.ndarray:
     """uint8 RGB [frames, size, size, 3] of flat-coloured shapes over a grey background.
 
     objects: dicts with shape (SHAPES), color (OBJECT_COLORS), x, y (centre at frame 0, pixels),
@@ -106,7 +130,7 @@ def object_video(objects: list[dict], background="textured wall", frames: int = 
     default all) and color_after (frame, colour): the colour changes from that frame on.
     background: a BACKGROUNDS name, or (name_before, name_after, frame) to switch mid-video."""
     rng = np.random.default_rng(seed)
-    wall = texture(rng, size).mean(-1, keepdims=True).repeat(3, -1)       # grey: saturation 0
+    wall = texture(rng, size).mean(-1, keepdims=True).repeat(3, -1)  # grey: saturation 0
     out = []
     for t in range(frames):
         name = background if isinstance(background, str) else (background[0] if t < background[2] else background[1])

@@ -3,6 +3,7 @@
 
 Frames are uint8 RGB arrays [T, H, W, 3]. A file that cannot be read, or holds no frame, raises
 UserError naming it; video tasks catch that per video, list it in the record and score the rest."""
+
 from __future__ import annotations
 
 import re
@@ -21,11 +22,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 def require(module: str):
     """Import an optional dependency of the video tasks, or say how to install it."""
     import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f"the video tasks need the Python package for {module!r}: "
-                        f"pip install 'harness-eval[video]'") from None
+        raise UserError(
+            f"the video tasks need the Python package for {module!r}: pip install 'harness-eval[video]'"
+        ) from None
 
 
 def middle_indices(total: int, n: int) -> list[int]:
@@ -60,7 +63,7 @@ def read_video(path: str | Path, num_frames: int | None = None) -> np.ndarray:
                 frames = [frames[i] for i in middle_indices(len(frames), num_frames)]
     except UserError:
         raise
-    except Exception as e:     # PyAV raises many error types for broken or non-video files
+    except Exception as e:  # PyAV raises many error types for broken or non-video files
         raise UserError(f"unreadable video {path}: {type(e).__name__}: {e}") from None
     if not frames:
         raise UserError(f"empty video {path}: no frames")
@@ -92,8 +95,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
             cv2.imwrite(str(path / f"{i:05d}.png"), f[..., ::-1])
         return path
     av = require("av")
-    codec, pix = {".mp4": ("libx264", "yuv420p"), ".webm": ("libvpx-vp9", "yuv420p"),
-                  ".gif": ("gif", "rgb8")}.get(path.suffix.lower(), ("ffv1", "bgr0"))
+    codec, pix = {".mp4": ("libx264", "yuv420p"), ".webm": ("libvpx-vp9", "yuv420p"), ".gif": ("gif", "rgb8")}.get(
+        path.suffix.lower(), ("ffv1", "bgr0")
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=fps)
@@ -120,12 +124,13 @@ def prompt_from_filename(name: str) -> str:
 @dataclass
 class VideoRef:
     """One video a source offers: a stable id, its prompt, and how to load its frames."""
+
     id: str
     prompt: str
     loader: Callable[[int | None], np.ndarray] = field(repr=False)
     fps: float = 8.0
     path: str | None = None
-    meta: dict = field(default_factory=dict)    # ground truth of synthetic videos (motion, flicker, ...)
+    meta: dict = field(default_factory=dict)  # ground truth of synthetic videos (motion, flicker, ...)
 
     def load(self, num_frames: int | None = None) -> np.ndarray:
         return self.loader(num_frames)

@@ -7,6 +7,7 @@ view shows metrics, provenance and the per-sample rows; compare pairs two runs s
 
 Safety: text from records (method names, predictions, paths) is shown through tables, st.text,
 st.json or escaped markdown — never as HTML (no unsafe_allow_html anywhere)."""
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,9 @@ def sidebar(results) -> tuple[str, list]:
     st.sidebar.title("harness leaderboard")
     keys = list(VIEWS)
     start = _param("view", "overview")
-    view = st.sidebar.radio("View", keys, index=keys.index(start) if start in keys else 0,
-                            format_func=VIEWS.get, key="view")
+    view = st.sidebar.radio(
+        "View", keys, index=keys.index(start) if start in keys else 0, format_func=VIEWS.get, key="view"
+    )
     runs = results.runs
     st.sidebar.caption("Filters (empty = all)")
     f_task = st.sidebar.multiselect("Task", sorted({r.task for r in runs}), key="f_task")
@@ -79,8 +81,9 @@ def board_block(board) -> None:
     if not board.table["calibrated"].all():
         st.caption(md("uncalibrated: some scorers ran with random-init or proxy weights (calibrated = false)"))
     # a static table (escaped text, no canvas) so the ranking is plain, searchable page text
-    shown = board.table.assign(value=board.table["value"].map(board.fmt),
-                               stderr=board.table["stderr"].map(board.fmt)).set_index("rank")
+    shown = board.table.assign(
+        value=board.table["value"].map(board.fmt), stderr=board.table["stderr"].map(board.fmt)
+    ).set_index("rank")
     st.table(shown.rename(columns={"value": board.metric}))
 
 
@@ -95,8 +98,10 @@ def view_overview(runs, schema) -> None:
     for board in boards:
         board_block(board)
     st.subheader("Mean win rate per method family")
-    st.caption("On each task variant, the share of the other methods of the family (and the baseline) "
-               "that a method beats, averaged over the variants where it ran.")
+    st.caption(
+        "On each task variant, the share of the other methods of the family (and the baseline) "
+        "that a method beats, averaged over the variants where it ran."
+    )
     st.dataframe(tables.win_rates(boards), hide_index=True)
 
 
@@ -124,7 +129,7 @@ def view_task(runs, schema) -> None:
         st.subheader(plots.TITLES[kind])
         try:
             chart, note = plots.BUILDERS[kind](shown, schema)
-        except Exception as e:             # a record with a surprising shape costs one plot, not the app
+        except Exception as e:  # a record with a surprising shape costs one plot, not the app
             chart, note = None, f"could not draw from these records ({e.__class__.__name__})"
         if chart is None:
             st.caption(md(f"Plot skipped: {note}."))
@@ -139,8 +144,13 @@ def view_run(runs, schema, results) -> None:
         return
     ids = [r.run_id for r in runs]
     start = _param("run")
-    pick = st.selectbox("Run", range(len(runs)), index=ids.index(start) if start in ids else 0,
-                        format_func=lambda i: _run_label(runs[i]), key="run_pick")
+    pick = st.selectbox(
+        "Run",
+        range(len(runs)),
+        index=ids.index(start) if start in ids else 0,
+        format_func=lambda i: _run_label(runs[i]),
+        key="run_pick",
+    )
     run = runs[pick]
     st.subheader(md(f"{run.method} on {run.bench}"))
     st.text(f"model: {run.model}\nrecord: {run.path}")
@@ -153,9 +163,17 @@ def view_run(runs, schema, results) -> None:
     st.dataframe(tables.metrics_table(run, schema), hide_index=True)
     with st.expander("Provenance and configuration", expanded=True):
         rec = run.record
-        rows = tables.flatten({"task": rec["task"], "method": rec["method"], "model": rec["model"],
-                               "seed": rec.get("seed"), "limit": rec.get("limit"),
-                               "provenance": rec["provenance"], "telemetry": rec.get("telemetry") or {}})
+        rows = tables.flatten(
+            {
+                "task": rec["task"],
+                "method": rec["method"],
+                "model": rec["model"],
+                "seed": rec.get("seed"),
+                "limit": rec.get("limit"),
+                "provenance": rec["provenance"],
+                "telemetry": rec.get("telemetry") or {},
+            }
+        )
         st.dataframe([{"field": k, "value": str(v)} for k, v in rows], hide_index=True)
     if rec.get("details"):
         with st.expander("Details"):
@@ -186,9 +204,11 @@ def view_compare(runs, schema, results) -> None:
 
     def partners(i: int) -> list[int]:
         return [j for j, r in enumerate(runs) if r.bench == runs[i].bench and r.model == runs[i].model and j != i]
-    def paired(i: int) -> bool:       # its main metric has per-sample values: a paired test is possible
+
+    def paired(i: int) -> bool:  # its main metric has per-sample values: a paired test is possible
         rec = runs[i].record
         return bool((rec["metrics"].get(rec.get("main_metric")) or {}).get("sample_field"))
+
     # default A: the first run with a comparable partner (same task variant and model), per-sample first
     order = sorted(range(len(runs)), key=lambda i: not paired(i))
     ia = ids.index(_param("a")) if _param("a") in ids else next((i for i in order if partners(i)), 0)
@@ -209,13 +229,17 @@ def view_compare(runs, schema, results) -> None:
         st.caption(md(f"Per-sample rows unavailable: {pa or pb}"))
     c = tables.compare(a, b, sa, sb, metric)
     info = schema.metric(metric, a.metric(metric))
-    st.dataframe([{"run": "A", "method": a.method, "value": c.value_a},
-                  {"run": "B", "method": b.method, "value": c.value_b}], hide_index=True)
+    st.dataframe(
+        [{"run": "A", "method": a.method, "value": c.value_a}, {"run": "B", "method": b.method, "value": c.value_b}],
+        hide_index=True,
+    )
     if c.note:
         st.caption(md(c.note))
         return
-    st.text(f"{info.display}: paired on {c.n_paired} shared samples ({c.field}); {c.test}: "
-            f"p = {c.p_value:.4g}; {len(c.changed)} samples differ")
+    st.text(
+        f"{info.display}: paired on {c.n_paired} shared samples ({c.field}); {c.test}: "
+        f"p = {c.p_value:.4g}; {len(c.changed)} samples differ"
+    )
     st.text("significant at 0.05" if c.p_value < 0.05 else "not significant at 0.05 (could be noise)")
     st.dataframe(c.changed, hide_index=True)
 

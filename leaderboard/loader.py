@@ -4,6 +4,7 @@ Every file that is not a valid record is skipped and counted with its reason —
 followed: a link can point anywhere on the machine), a file over the size limit (never read), a
 temporary file of an interrupted write, binary junk, truncated JSON, another schema version or a
 record whose fields have the wrong shape — so a hostile or half-written folder never breaks the app."""
+
 from __future__ import annotations
 
 import gc
@@ -25,11 +26,12 @@ SIDECAR = ".samples.jsonl"
 @dataclass
 class Run:
     """One valid record and the fields the views sort and filter on."""
-    path: str                       # relative to the results folder
+
+    path: str  # relative to the results folder
     record: dict
     run_id: str
     task: str
-    bench: str                      # task label + the params that distinguish its variants
+    bench: str  # task label + the params that distinguish its variants
     method: str
     family: str
     model: str
@@ -52,7 +54,7 @@ class Run:
 class Results:
     root: Path
     runs: list[Run] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)   # (relative path, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
 
     def skip_counts(self) -> Counter:
         return Counter(reason.split(":")[0] for _, reason in self.skipped)
@@ -103,10 +105,10 @@ def _candidates(root: str, prefix: str = ""):
         if entry.is_symlink():
             yield entry.path, rel, None, "symlink: not followed"
         elif entry.is_dir(follow_symlinks=False):
-            if entry.name != ".sweep":                      # harness sweep's own logs (Slurm jobs)
+            if entry.name != ".sweep":  # harness sweep's own logs (Slurm jobs)
                 yield from _candidates(entry.path, rel + "/")
         elif entry.name.endswith(SIDECAR):
-            continue                                        # read on demand with its record
+            continue  # read on demand with its record
         elif entry.name.startswith(".") and entry.name.endswith(".tmp"):
             yield entry.path, rel, None, "temporary file: an interrupted write (ignored)"
         elif not entry.name.endswith(".json"):
@@ -129,9 +131,10 @@ def method_family(component: dict) -> str:
     if name not in _FAMILY_CACHE:
         try:
             from harness import registry
+
             registry.load()
             _FAMILY_CACHE[name] = getattr(registry.METHODS.get(name), "family", "other")
-        except Exception:          # a broken plugin must not take the leaderboard down
+        except Exception:  # a broken plugin must not take the leaderboard down
             _FAMILY_CACHE[name] = "other"
     return _FAMILY_CACHE[name]
 
@@ -164,8 +167,9 @@ def _bench_labels(recs: list[dict]) -> list[str]:
             labels.append(task)
             continue
         mine = vs[_variant_key(rec)]
-        keys = sorted({k for v in vs.values() for k in v
-                       if len({records.canonical(w.get(k)) for w in vs.values()}) > 1})
+        keys = sorted(
+            {k for v in vs.values() for k in v if len({records.canonical(w.get(k)) for w in vs.values()}) > 1}
+        )
         shown = ", ".join(f"{k}={_short(mine.get(k))}" for k in keys)
         labels.append(f"{task} [{shown}]")
     return labels
@@ -217,14 +221,27 @@ def _load(root, schema: Schema | None) -> Results:
         info = infos.get(key) if main else None
         prov = rec["provenance"]
         model = rec["model"]
-        res.runs.append(Run(
-            path=rel, record=rec, run_id=rec["run_id"], task=task, bench=bench,
-            method=str(rec["method"]["name"]), family=record_family(rec), model=model["id"],
-            zoo=bool(model.get("zoo")) or str(model["id"]).startswith("zoo:"),
-            model_label=str(model.get("label") or ""), calibrated=prov.get("calibrated", True) is not False,
-            seed=rec.get("seed"), main_metric=main, main_value=_num(m.get("value")),
-            main_stderr=_num(m.get("stderr")), direction=info.direction if info else "higher",
-            started=str(prov.get("started") or "")))
+        res.runs.append(
+            Run(
+                path=rel,
+                record=rec,
+                run_id=rec["run_id"],
+                task=task,
+                bench=bench,
+                method=str(rec["method"]["name"]),
+                family=record_family(rec),
+                model=model["id"],
+                zoo=bool(model.get("zoo")) or str(model["id"]).startswith("zoo:"),
+                model_label=str(model.get("label") or ""),
+                calibrated=prov.get("calibrated", True) is not False,
+                seed=rec.get("seed"),
+                main_metric=main,
+                main_value=_num(m.get("value")),
+                main_stderr=_num(m.get("stderr")),
+                direction=info.direction if info else "higher",
+                started=str(prov.get("started") or ""),
+            )
+        )
     res.runs.sort(key=lambda r: (r.bench, r.model, r.method, str(r.seed), r.run_id))
     return res
 

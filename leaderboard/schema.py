@@ -1,6 +1,7 @@
 """The metric schema: how a metric reads (display name, direction, unit, format) and each task's
 main metric and plots. Read from schema.yaml; a metric the schema does not list falls back to what
 its record says, so records of new tasks render without code or schema changes."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -17,11 +18,11 @@ SCHEMA_FILE = Path(__file__).with_name("schema.yaml")
 class MetricInfo:
     name: str
     display: str
-    direction: str          # "higher" or "lower" is better
+    direction: str  # "higher" or "lower" is better
     unit: str = ""
     format: str = ".4g"
-    number: float | None = None   # N of a pattern like accuracy@{N}
-    base: str | None = None       # the pattern's stem: "accuracy@{N}" -> "accuracy"
+    number: float | None = None  # N of a pattern like accuracy@{N}
+    base: str | None = None  # the pattern's stem: "accuracy@{N}" -> "accuracy"
 
     def fmt(self, value) -> str:
         if not isinstance(value, (int, float)):
@@ -64,18 +65,25 @@ class Schema:
         entry = entry or {}
         n_text = f"{number:g}" if number is not None else ""
         direction = entry.get("direction") or rec.get("direction")
-        return MetricInfo(name=name, display=str(entry.get("display", name)).replace("{N}", n_text),
-                          direction=direction if direction in ("higher", "lower") else "higher",
-                          unit=str(entry.get("unit", rec.get("unit", "")) or ""),
-                          format=str(entry.get("format", ".4g")), number=number, base=base)
+        return MetricInfo(
+            name=name,
+            display=str(entry.get("display", name)).replace("{N}", n_text),
+            direction=direction if direction in ("higher", "lower") else "higher",
+            unit=str(entry.get("unit", rec.get("unit", "")) or ""),
+            format=str(entry.get("format", ".4g")),
+            number=number,
+            base=base,
+        )
 
     def task(self, name: str) -> dict:
         """The task's entry: exact name first, then glob patterns (vbench*)."""
-        if name not in self._task_cache:          # looked up once per record: 10,000s of calls
+        if name not in self._task_cache:  # looked up once per record: 10,000s of calls
             entry = self.tasks.get(name)
             if entry is None:
-                entry = next((e for p, e in self.tasks.items()
-                              if any(c in p for c in "*?[") and fnmatch.fnmatchcase(name, p)), None)
+                entry = next(
+                    (e for p, e in self.tasks.items() if any(c in p for c in "*?[") and fnmatch.fnmatchcase(name, p)),
+                    None,
+                )
             self._task_cache[name] = entry or {}
         return self._task_cache[name]
 

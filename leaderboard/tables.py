@@ -1,5 +1,6 @@
 """The leaderboard's tables, computed from loaded runs (no Streamlit here, so the views are
 testable and the benchmark times exactly what the overview computes)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -11,13 +12,21 @@ from harness.gate import paired_test
 from harness.leaderboard.loader import Run, _num
 from harness.leaderboard.schema import Schema
 
-ZOO_NOTE = ("zoo model: a tiny reference model trained by this project on its synthetic corpus — "
-            "these numbers are for that model only, not for real LLMs")
+ZOO_NOTE = (
+    "zoo model: a tiny reference model trained by this project on its synthetic corpus — "
+    "these numbers are for that model only, not for real LLMs"
+)
 
 
 def filter_runs(runs: list[Run], tasks=(), methods=(), families=(), models=()) -> list[Run]:
-    return [r for r in runs if (not tasks or r.task in tasks) and (not methods or r.method in methods)
-            and (not families or r.family in families) and (not models or r.model in models)]
+    return [
+        r
+        for r in runs
+        if (not tasks or r.task in tasks)
+        and (not methods or r.method in methods)
+        and (not families or r.family in families)
+        and (not models or r.model in models)
+    ]
 
 
 def _sort_key(direction: str):
@@ -33,11 +42,17 @@ def ranked(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for method, rs in by_method.items():
         vals = [r.main_value for r in rs if r.main_value is not None]
-        rows.append({"method": method, "family": rs[0].family,
-                     "value": sum(vals) / len(vals) if vals else None,
-                     "stderr": rs[0].main_stderr if len(rs) == 1 else None,
-                     "seeds": len(rs), "calibrated": all(r.calibrated for r in rs),
-                     "run_id": rs[0].run_id})
+        rows.append(
+            {
+                "method": method,
+                "family": rs[0].family,
+                "value": sum(vals) / len(vals) if vals else None,
+                "stderr": rs[0].main_stderr if len(rs) == 1 else None,
+                "seeds": len(rs),
+                "calibrated": all(r.calibrated for r in rs),
+                "run_id": rs[0].run_id,
+            }
+        )
     direction = runs[0].direction if runs else "higher"
     rows.sort(key=lambda row: _sort_key(direction)(row["value"]))
     for i, row in enumerate(rows):
@@ -49,6 +64,7 @@ def ranked(runs: list[Run]) -> pd.DataFrame:
 @dataclass
 class Board:
     """One overview block: a task variant on a model, its main metric and ranked methods."""
+
     bench: str
     task: str
     model: str
@@ -58,7 +74,7 @@ class Board:
     metric_display: str
     direction: str
     table: pd.DataFrame
-    info: object = None          # the metric's schema entry (formats values)
+    info: object = None  # the metric's schema entry (formats values)
 
     def fmt(self, value) -> str:
         return self.info.fmt(value) if self.info is not None and value == value else ""
@@ -72,9 +88,20 @@ def overview(runs: list[Run], schema: Schema) -> list[Board]:
     for (bench, model), rs in sorted(groups.items()):
         main = rs[0].main_metric or ""
         info = schema.metric(main, rs[0].metric(main))
-        boards.append(Board(bench, rs[0].task, model, rs[0].zoo, rs[0].model_label, main,
-                            info.display + (f" ({info.unit})" if info.unit else ""), info.direction,
-                            ranked(rs), info))
+        boards.append(
+            Board(
+                bench,
+                rs[0].task,
+                model,
+                rs[0].zoo,
+                rs[0].model_label,
+                main,
+                info.display + (f" ({info.unit})" if info.unit else ""),
+                info.direction,
+                ranked(rs),
+                info,
+            )
+        )
     return boards
 
 
@@ -92,11 +119,14 @@ def win_rates(boards: list[Board]) -> pd.DataFrame:
             values = list(zip(sub["method"], sub["value"]))
             for method, v in values:
                 others = [w for m, w in values if m != method]
-                wins = sum(1.0 if (v > w if b.direction == "higher" else v < w) else 0.5 if v == w else 0.0
-                           for w in others)
+                wins = sum(
+                    1.0 if (v > w if b.direction == "higher" else v < w) else 0.5 if v == w else 0.0 for w in others
+                )
                 acc[(fam, method)].append(wins / len(others))
-    rows = [{"family": fam, "method": m, "mean win rate": sum(v) / len(v), "benchmarks": len(v)}
-            for (fam, m), v in acc.items()]
+    rows = [
+        {"family": fam, "method": m, "mean win rate": sum(v) / len(v), "benchmarks": len(v)}
+        for (fam, m), v in acc.items()
+    ]
     df = pd.DataFrame(rows, columns=["family", "method", "mean win rate", "benchmarks"])
     return df.sort_values(["family", "mean win rate"], ascending=[True, False]).reset_index(drop=True)
 
@@ -105,9 +135,17 @@ def metrics_table(run: Run, schema: Schema) -> pd.DataFrame:
     rows = []
     for name, m in run.record["metrics"].items():
         info = schema.metric(name, m)
-        rows.append({"metric": info.display, "name": name, "value": _num(m.get("value")),
-                     "stderr": _num(m.get("stderr")), "n": m.get("n"), "unit": info.unit,
-                     "better": info.direction})
+        rows.append(
+            {
+                "metric": info.display,
+                "name": name,
+                "value": _num(m.get("value")),
+                "stderr": _num(m.get("stderr")),
+                "n": m.get("n"),
+                "unit": info.unit,
+                "better": info.direction,
+            }
+        )
     return pd.DataFrame(rows, columns=["metric", "name", "value", "stderr", "n", "unit", "better"])
 
 
@@ -129,8 +167,14 @@ def flatten(obj, prefix="") -> list[tuple[str, str]]:
 def sample_frame(rows: list[dict]) -> pd.DataFrame:
     """Per-sample rows as a table of scalars (lists and objects shown as their JSON text)."""
     import json
-    flat = [{k: (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v, ensure_ascii=False))
-             for k, v in r.items()} for r in rows]
+
+    flat = [
+        {
+            k: (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v, ensure_ascii=False))
+            for k, v in r.items()
+        }
+        for r in rows
+    ]
     return pd.DataFrame(flat)
 
 
@@ -155,18 +199,39 @@ def compare(a: Run, b: Run, samples_a: list[dict], samples_b: list[dict], metric
     va, vb = _num(ma.get("value")), _num(mb.get("value"))
     empty = pd.DataFrame(columns=["id", "a", "b", "prediction a", "prediction b"])
     if not isinstance(field, str):
-        return Comparison(metric, None, va, vb, None, None, 0, empty,
-                          f"metric {metric} names no per-sample field, so no paired test is possible")
+        return Comparison(
+            metric,
+            None,
+            va,
+            vb,
+            None,
+            None,
+            0,
+            empty,
+            f"metric {metric} names no per-sample field, so no paired test is possible",
+        )
     xa = {s.get("id"): s for s in samples_a if _num(s.get(field)) is not None}
     xb = {s.get("id"): s for s in samples_b if _num(s.get(field)) is not None}
     ids = [i for i in xa if i in xb and isinstance(i, (str, int))]
     if not ids:
-        return Comparison(metric, field, va, vb, None, None, 0, empty,
-                          "the two runs share no sample ids with a value for this metric")
+        return Comparison(
+            metric, field, va, vb, None, None, 0, empty, "the two runs share no sample ids with a value for this metric"
+        )
     x = [float(xa[i][field]) for i in ids]
     y = [float(xb[i][field]) for i in ids]
     test, p = paired_test(x, y)
-    changed = pd.DataFrame([{"id": str(i), "a": u, "b": v, "prediction a": str(xa[i].get("prediction", "")),
-                             "prediction b": str(xb[i].get("prediction", ""))}
-                            for i, u, v in zip(ids, x, y) if u != v], columns=list(empty.columns))
+    changed = pd.DataFrame(
+        [
+            {
+                "id": str(i),
+                "a": u,
+                "b": v,
+                "prediction a": str(xa[i].get("prediction", "")),
+                "prediction b": str(xb[i].get("prediction", "")),
+            }
+            for i, u, v in zip(ids, x, y)
+            if u != v
+        ],
+        columns=list(empty.columns),
+    )
     return Comparison(metric, field, va, vb, test, p, len(ids), changed)

@@ -9,6 +9,7 @@ reference the unit tests pin down; this checks that nothing in the engine depend
 
 Exit 0 when every method is within the tolerance and kept the same positions, 1 otherwise,
 2 for bad arguments (e.g. no such device)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,14 +18,28 @@ import sys
 
 import torch
 
-KV = ["snapkv", "streaming_llm", "h2o", "kivi", "scissorhands", "fastgen", "vatp", "keyformer", "cam",
-      "kvmerger", "gear", "kivi+intactkv", "svd_kv"]
+KV = [
+    "snapkv",
+    "streaming_llm",
+    "h2o",
+    "kivi",
+    "scissorhands",
+    "fastgen",
+    "vatp",
+    "keyformer",
+    "cam",
+    "kvmerger",
+    "gear",
+    "kivi+intactkv",
+    "svd_kv",
+]
 
 
 def run_method(lm, name: str, prompt: list[int], feed: list[int], budget: float):
     """(logits of every fed token [steps, vocab] on the CPU, sorted kept positions per layer and head)."""
     from harness import params, registry
     from harness.interfaces import MethodContext
+
     methods = [params.build(registry.method(p), {}, p) for p in name.split("+")]
     with contextlib.ExitStack() as stack:
         for m in methods:
@@ -53,6 +68,7 @@ def main() -> int:
     from harness.lm import LM
     from harness.models import load
     from harness.synthetic import EVAL_SEED_BASE, Corpus
+
     try:
         torch.empty(1, device=a.device)
     except (RuntimeError, AssertionError) as e:
@@ -66,9 +82,11 @@ def main() -> int:
     corpus, ids = Corpus(EVAL_SEED_BASE + 11), []
     while len(ids) < a.context + a.steps:
         ids += lm.encode(" " + corpus.text(50))
-    prompt, feed = ids[:a.context], ids[a.context:a.context + a.steps]
-    print(f"zoo:tiny-llama (a tiny reference model, not a real LLM), context {a.context}, budget {a.budget}, "
-          f"{a.steps} fed tokens; cpu vs {a.device}")
+    prompt, feed = ids[: a.context], ids[a.context : a.context + a.steps]
+    print(
+        f"zoo:tiny-llama (a tiny reference model, not a real LLM), context {a.context}, budget {a.budget}, "
+        f"{a.steps} fed tokens; cpu vs {a.device}"
+    )
     print(f"{'method':<16} {'max |Δ logit|':>14} {'same kept positions':>20}")
     bad = 0
     for name in a.methods.split(","):

@@ -7,6 +7,7 @@ Reads every record under RESULTS_DIR/math_prm_bon (written by `harness eval ... 
 per (method, parameters): accuracy@N of the method's own pick, with majority@N and pass@N (the same
 for every method on the same data) drawn once. Needs matplotlib for the PNG (pinned in the `plots`
 extra)."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ def curve(rec: dict, metric: str) -> tuple[list[int], list[float]]:
 
 def plot(recs: list[dict], out: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -43,8 +45,10 @@ def plot(recs: list[dict], out: Path) -> None:
         ax.plot(*curve(base, metric), style, label=f"{metric}@N", linewidth=2)
     for rec in sorted(recs, key=label):
         name = rec["method"]["name"]
-        special = {"precomputed": {"color": "green", "linewidth": 2.5},      # the oracle ceiling
-                   "beam_search": {"color": "red", "linestyle": "-.", "linewidth": 2}}.get(name, {"linewidth": 1})
+        special = {
+            "precomputed": {"color": "green", "linewidth": 2.5},  # the oracle ceiling
+            "beam_search": {"color": "red", "linestyle": "-.", "linewidth": 2},
+        }.get(name, {"linewidth": 1})
         if name != "majority":
             ax.plot(*curve(rec, "accuracy"), marker="o", markersize=3, label=label(rec), **special)
     ax.set_xscale("log", base=2)

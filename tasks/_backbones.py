@@ -3,6 +3,7 @@ timm and open_clip cannot share the harness's environment). Parameter names foll
 checkpoints, so they load with strict key checks: DINO ViT-B/16 (facebookresearch/dino
 `dino_vitbase16_pretrain.pth`) and the visual tower of OpenAI CLIP (`ViT-B-32.pt`, `ViT-L-14.pt`,
 TorchScript archives whose `visual.*` weights are used)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -78,8 +79,13 @@ class DinoViT(nn.Module):
         gh, gw, g0 = h // self.patch, w // self.patch, int((self.pos_embed.shape[1] - 1) ** 0.5)
         pos = self.pos_embed[:, 1:]
         if (gh, gw) != (g0, g0):
-            pos = F.interpolate(pos.reshape(1, g0, g0, -1).permute(0, 3, 1, 2), size=(gh, gw), mode="bicubic",
-                                align_corners=False).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+            pos = (
+                F.interpolate(
+                    pos.reshape(1, g0, g0, -1).permute(0, 3, 1, 2), size=(gh, gw), mode="bicubic", align_corners=False
+                )
+                .permute(0, 2, 3, 1)
+                .reshape(1, gh * gw, -1)
+            )
         x = torch.cat([self.cls_token.expand(b, -1, -1) + self.pos_embed[:, :1], x + pos], 1)
         for blk in self.blocks:
             x = blk(x)
@@ -94,7 +100,7 @@ class _ClipMlp(nn.Module):
 
     def forward(self, x):
         h = self.c_fc(x)
-        return self.c_proj(h * torch.sigmoid(1.702 * h))      # QuickGELU
+        return self.c_proj(h * torch.sigmoid(1.702 * h))  # QuickGELU
 
 
 class _ClipBlock(nn.Module):
@@ -129,11 +135,11 @@ class ClipVisual(nn.Module):
     def __init__(self, patch=32, width=768, layers=12, heads=12, out=512):
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(width) * width ** -0.5)
-        self.positional_embedding = nn.Parameter(torch.randn((224 // patch) ** 2 + 1, width) * width ** -0.5)
+        self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5)
+        self.positional_embedding = nn.Parameter(torch.randn((224 // patch) ** 2 + 1, width) * width**-0.5)
         self.ln_pre, self.ln_post = nn.LayerNorm(width), nn.LayerNorm(width)
         self.transformer = _ClipTransformer(width, layers, heads)
-        self.proj = nn.Parameter(torch.randn(width, out) * width ** -0.5)
+        self.proj = nn.Parameter(torch.randn(width, out) * width**-0.5)
 
     def forward(self, x):
         x = self.conv1(x).flatten(2).transpose(1, 2)
@@ -153,9 +159,9 @@ def load_state(path, prefix: str = "") -> dict:
     except Exception:
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
     if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
-        state = state.get("state_dict", state.get("model"))     # wrapped checkpoints (ViCLIP: "model")
+        state = state.get("state_dict", state.get("model"))  # wrapped checkpoints (ViCLIP: "model")
     if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return state
 
 
@@ -163,8 +169,7 @@ def load_checked(net: nn.Module, state: dict, task: str, path, layout: str = "th
     """load_state_dict that names the file and the first mismatching keys instead of a traceback."""
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{task}: {path} does not match {layout} (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
+        raise UserError(f"{task}: {path} does not match {layout} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return net
 
 
@@ -182,7 +187,7 @@ def dino_transform(frames: np.ndarray, n: int = 224) -> torch.Tensor:
     """Resize(n) on the short side (no crop), /255, ImageNet normalisation."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     h, w = x.shape[2:]
-    size = (n, max(1, int(w * n / h))) if h <= w else (max(1, int(h * n / w)), n)   # torchvision truncates
+    size = (n, max(1, int(w * n / h))) if h <= w else (max(1, int(h * n / w)), n)  # torchvision truncates
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return _normalise(x / 255, IMAGENET)
 
@@ -193,17 +198,18 @@ def clip_transform(frames: np.ndarray, n: int = 224, uint8: bool = False) -> tor
     is rounded and clamped to 0..255 as torchvision does for integer input."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     h, w = x.shape[2:]
-    size = (n, max(n, int(w * n / h))) if h <= w else (max(n, int(h * n / w)), n)   # torchvision truncates
+    size = (n, max(n, int(w * n / h))) if h <= w else (max(n, int(h * n / w)), n)  # torchvision truncates
     x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
     x = x.round().clamp(0, 255) if uint8 else x
-    top, left = int(round((x.shape[2] - n) / 2.0)), int(round((x.shape[3] - n) / 2.0))   # torchvision CenterCrop
-    return _normalise(x[:, :, top:top + n, left:left + n] / 255, CLIP_NORM)
+    top, left = int(round((x.shape[2] - n) / 2.0)), int(round((x.shape[3] - n) / 2.0))  # torchvision CenterCrop
+    return _normalise(x[:, :, top : top + n, left : left + n] / 255, CLIP_NORM)
 
 
 @dataclass
 class BackboneTask(VideoTask):
     """A VBench dimension computed from a backbone's per-frame features (weights from the local
     weights folder; random init only with allow_uncalibrated)."""
+
     weights_dir: str = field(default="", metadata={"help": "folder with the weights (default $HARNESS_VIDEO_WEIGHTS)"})
     weights_sha256: str = field(default="", metadata={"help": "expected sha256 of the weights file"})
     allow_uncalibrated: bool = field(default=False, metadata={"help": "random-init backbone when weights are missing"})
@@ -213,14 +219,20 @@ class BackboneTask(VideoTask):
 
     def build(self):
         """Returns (net, facts); subclasses name their file and layout."""
-        raise TypeError(f"{type(self).__name__} must define build()")   # abstract: each subclass overrides it
+        raise TypeError(f"{type(self).__name__} must define build()")  # abstract: each subclass overrides it
 
     def backbone(self, files: list[tuple[str, str]], make):
         """files: [(filename, where to get it)]; make(paths or None) -> module."""
         paths, facts = [], {"calibrated": True, "weights": []}
         for i, (filename, where) in enumerate(files):
-            path, f = locate(self.name, self.weights_dir, filename, self.weights_sha256 if i == 0 else "",
-                             self.allow_uncalibrated, where)
+            path, f = locate(
+                self.name,
+                self.weights_dir,
+                filename,
+                self.weights_sha256 if i == 0 else "",
+                self.allow_uncalibrated,
+                where,
+            )
             paths.append(path)
             facts["weights"].append({"file": f["weights_file"], "sha256": f["weights_sha256"]})
             facts["calibrated"] &= f["calibrated"]
@@ -236,7 +248,11 @@ class BackboneTask(VideoTask):
 
     def embed(self, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return torch.cat([self._net(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]).double().numpy()
+            return (
+                torch.cat([self._net(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+                .double()
+                .numpy()
+            )
 
 
 class ConsistencyTask(BackboneTask):
@@ -245,7 +261,7 @@ class ConsistencyTask(BackboneTask):
     their count), `per_video` is the mean of the per-video means."""
 
     def transform(self, frames: np.ndarray) -> torch.Tensor:
-        raise TypeError(f"{type(self).__name__} must define transform()")   # abstract: each subclass overrides it
+        raise TypeError(f"{type(self).__name__} must define transform()")  # abstract: each subclass overrides it
 
     def score(self, ref, frames):
         s = consistency_scores(self.embed(self.transform(frames)))
@@ -253,5 +269,7 @@ class ConsistencyTask(BackboneTask):
 
     def aggregate(self, rows):
         scores = [s for r in rows for s in r.get("frame_scores", [])]
-        return {self.main_metric: Metric.mean(scores, "higher", "cosine"),
-                "per_video": super().aggregate(rows)[self.main_metric]}
+        return {
+            self.main_metric: Metric.mean(scores, "higher", "cosine"),
+            "per_video": super().aggregate(rows)[self.main_metric],
+        }

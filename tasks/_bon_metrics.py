@@ -11,6 +11,7 @@
   of weights) wins; tied winning classes count with their mean correctness; a subset with no
   answer is wrong.
 N larger than a problem's pool uses the whole pool (pools may differ in size)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,6 +38,7 @@ def _ratio(a: int, b: int, n: int) -> float:
 
 def _lcomb(a: int, n: int) -> float:
     from math import lgamma
+
     return lgamma(a + 1) - lgamma(n + 1) - lgamma(a - n + 1)
 
 

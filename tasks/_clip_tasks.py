@@ -2,6 +2,7 @@
 style, overall consistency, the I2V dimensions): the weight files and where users get them, the
 PIL-path image transforms VBench applies to PIL images, the prompt-suite look-ups, and the
 frame-weighted aggregate."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,15 @@ from harness.video import IMAGE_EXTENSIONS, require
 
 CLIP_B32_FILE = ("ViT-B-32.pt", "OpenAI's CLIP ViT-B/32 release (the file clip.load('ViT-B/32') caches)")
 CLIP_L14_FILE = ("ViT-L-14.pt", "OpenAI's CLIP ViT-L/14 release (the file clip.load('ViT-L/14') caches)")
-LAION_HEAD_FILE = ("sa_0_4_vit_l_14_linear.pth", "LAION-AI/aesthetic-predictor on GitHub (the linear head VBench "
-                   "downloads for aesthetic_quality)")
-VICLIP_FILE = ("ViClip-InternVid-10M-FLT.pth", "the InternVid release of ViCLIP ViT-L/14 (OpenGVLab/InternVideo, "
-               "ViCLIP; VBench caches it under ~/.cache/vbench/ViCLIP)")
+LAION_HEAD_FILE = (
+    "sa_0_4_vit_l_14_linear.pth",
+    "LAION-AI/aesthetic-predictor on GitHub (the linear head VBench downloads for aesthetic_quality)",
+)
+VICLIP_FILE = (
+    "ViClip-InternVid-10M-FLT.pth",
+    "the InternVid release of ViCLIP ViT-L/14 (OpenGVLab/InternVideo, "
+    "ViCLIP; VBench caches it under ~/.cache/vbench/ViCLIP)",
+)
 DINO_FILE = ("dino_vitbase16_pretrain.pth", "the DINO ViT-B/16 checkpoint released with facebookresearch/dino")
 
 
@@ -34,7 +40,7 @@ def pil_resize_crop(image: np.ndarray, short: int, crop: int) -> np.ndarray:
     size = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
     img = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size[1], size[0]), Image.BICUBIC))
     top, left = int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
-    return img[top:top + crop, left:left + crop]
+    return img[top : top + crop, left : left + crop]
 
 
 def to_tensor(images: np.ndarray, stats) -> torch.Tensor:
@@ -63,7 +69,7 @@ def dino_transform_internet(frames: np.ndarray, antialias: bool = True) -> torch
     size = (256, int(256 * w / h)) if h <= w else (int(256 * h / w), 256)
     x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
     top, left = int(round((size[0] - 224) / 2.0)), int(round((size[1] - 224) / 2.0))
-    return _normalise(x[:, :, top:top + 224, left:left + 224] / 255, IMAGENET)
+    return _normalise(x[:, :, top : top + 224, left : left + 224] / 255, IMAGENET)
 
 
 # -- prompt suites -------------------------------------------------------------------------------

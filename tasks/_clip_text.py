@@ -14,6 +14,7 @@ is matched by a scanner on unicodedata categories, so the `regex` package is not
 Text tower (clip/model.py `encode_text`): token + positional embedding, a causal transformer of
 QuickGELU residual blocks, ln_final, the features at the end-of-text token (the largest id of
 each row) times `text_projection`."""
+
 from __future__ import annotations
 
 import gzip
@@ -74,10 +75,10 @@ def pre_tokenize(text: str) -> list[str]:
                 i += len(contraction)
             elif kind == "space":
                 i += 1
-            elif kind == "number":                     # [\p{N}]: one character at a time
+            elif kind == "number":  # [\p{N}]: one character at a time
                 out.append(text[i])
                 i += 1
-            else:                                      # [\p{L}]+ or [^\s\p{L}\p{N}]+
+            else:  # [\p{L}]+ or [^\s\p{L}\p{N}]+
                 j = i + 1
                 while j < n and _kind(text[j]) == kind:
                     j += 1
@@ -97,7 +98,7 @@ class ClipTokenizer:
             lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
         except OSError as e:
             raise UserError(f"CLIP tokenizer: cannot read the BPE merges {bpe_path}: {e}") from None
-        merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
+        merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
         symbols = list(bytes_to_unicode().values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + list(SPECIAL)
         self.encoder = {t: i for i, t in enumerate(vocab)}
@@ -150,11 +151,12 @@ class ClipTokenizer:
             ids = [self.sot] + self.encode(text) + [self.eot]
             if len(ids) > context_length:
                 if not truncate:
-                    raise UserError(f"text {text[:60]!r} is {len(ids)} tokens, longer than CLIP's context "
-                                    f"of {context_length}")
+                    raise UserError(
+                        f"text {text[:60]!r} is {len(ids)} tokens, longer than CLIP's context of {context_length}"
+                    )
                 ids = ids[:context_length]
                 ids[-1] = self.eot
-            out[row, :len(ids)] = torch.tensor(ids)
+            out[row, : len(ids)] = torch.tensor(ids)
         return out
 
 
@@ -176,7 +178,7 @@ class ClipText(nn.Module):
         self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.01)
         self.transformer = _ClipTransformer(width, layers, heads, causal=True)
         self.ln_final = nn.LayerNorm(width)
-        self.text_projection = nn.Parameter(torch.randn(width, out) * width ** -0.5)
+        self.text_projection = nn.Parameter(torch.randn(width, out) * width**-0.5)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
 
     @property
@@ -205,7 +207,7 @@ class Clip(nn.Module):
         super().__init__()
         self.visual = ClipVisual(**visual)
         self.text = ClipText(**text)
-        self.logit_scale = nn.Parameter(torch.tensor(4.6052))       # ln(100), OpenAI's released value
+        self.logit_scale = nn.Parameter(torch.tensor(4.6052))  # ln(100), OpenAI's released value
 
     def load_checkpoint(self, state: dict, task: str, path) -> "Clip":
         """Load an OpenAI/open_clip state dict (TorchScript ints dropped, `module.` stripped)."""

@@ -20,6 +20,7 @@ GRiT (detectron2) and Tag2Text are not implemented in this project. Two backends
 
 The target of each video comes from VBench's prompt suite (`suite=` VBench_full_info.json,
 `auxiliary_info`) or, without it, is parsed from the prompt (see `target`)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,20 @@ from harness.interfaces import Metric, Task, TaskResult
 from harness.tasks._vbench import position_score, raise_no_scores, scene_match
 from harness.video import collect, load_all
 
-COLOR_WORDS = ("white", "red", "pink", "blue", "silver", "purple", "orange", "green", "gray", "yellow",
-               "black", "grey")                 # color.py's list, in its order
+COLOR_WORDS = (
+    "white",
+    "red",
+    "pink",
+    "blue",
+    "silver",
+    "purple",
+    "orange",
+    "green",
+    "gray",
+    "yellow",
+    "black",
+    "grey",
+)  # color.py's list, in its order
 RELATIONS = ("on the left of", "on the right of", "on the top of", "on the bottom of")
 
 
@@ -73,7 +86,9 @@ def spatial_frames(frames: list[dict], a: str, b: str, relation: str) -> list[fl
     out = []
     for f in frames:
         boxes = [d["box"] for d in f["dets"] if d["class"] in (a, b)]
-        pairs = [position_score(boxes[i], boxes[j], relation) for i in range(len(boxes)) for j in range(i + 1, len(boxes))]
+        pairs = [
+            position_score(boxes[i], boxes[j], relation) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+        ]
         out.append(float(max([0.0] + pairs)))
     return out
 
@@ -132,8 +147,11 @@ def read_suite(path: str) -> dict:
 
 # -- the detections file -----------------------------------------------------------------------
 def _number_list(v, n=None) -> bool:
-    return isinstance(v, list) and (n is None or len(v) == n) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    return (
+        isinstance(v, list)
+        and (n is None or len(v) == n)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    )
 
 
 def read_detections(path: str, threshold: float) -> tuple[dict[str, dict[int, dict]], str]:
@@ -151,6 +169,7 @@ def read_detections(path: str, threshold: float) -> tuple[dict[str, dict[int, di
 
         def bad(msg):
             raise UserError(f"{p}:{n}: {msg}")
+
         try:
             obj = json.loads(line)
         except ValueError as e:
@@ -174,17 +193,24 @@ def read_detections(path: str, threshold: float) -> tuple[dict[str, dict[int, di
         if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
             bad("'captions' must be a list of strings")
         if not len(boxes) == len(classes) == len(scores) == len(captions):
-            bad(f"boxes, classes, scores and captions differ in length "
-                f"({len(boxes)}, {len(classes)}, {len(scores)}, {len(captions)})")
+            bad(
+                f"boxes, classes, scores and captions differ in length "
+                f"({len(boxes)}, {len(classes)}, {len(scores)}, {len(captions)})"
+            )
         caption = obj.get("caption")
         if caption is not None and not isinstance(caption, str):
             bad("'caption' must be a string")
         frames = out.setdefault(video, {})
         if frame in frames:
             bad(f"video {video!r} frame {frame} appears twice")
-        frames[frame] = {"dets": [{"class": c, "box": b, "score": s, "caption": cap}
-                                  for b, c, s, cap in zip(boxes, classes, scores, captions) if s > threshold],
-                         "caption": caption}
+        frames[frame] = {
+            "dets": [
+                {"class": c, "box": b, "score": s, "caption": cap}
+                for b, c, s, cap in zip(boxes, classes, scores, captions)
+                if s > threshold
+            ],
+            "caption": caption,
+        }
     if not out:
         raise UserError(f"detections file {p} holds no frame")
     return out, hashlib.sha256(raw).hexdigest()
@@ -196,16 +222,24 @@ class DetectionTask(Task):
     """One detection/caption dimension. Subclasses set `dimension`, `frame_weighted` where it is
     False, and `rule`. The smoke run scores synthetic_scenes videos with the oracle, the only
     backend that needs no outside files."""
+
     accepts = ("video_source",)
     needs_lm = False
     dimension = ""
     frame_weighted = True
     smoke_args = {"backend": "synthetic_oracle"}
-    smoke_methods = ("synthetic_scenes",)       # the oracle only reads synthetic_scenes videos
-    backend: str = field(default="file", metadata={"help": "file (GRiT/Tag2Text outputs, see `detections`) or "
-                                                            "synthetic_oracle (synthetic_scenes videos only; a proxy)"})
+    smoke_methods = ("synthetic_scenes",)  # the oracle only reads synthetic_scenes videos
+    backend: str = field(
+        default="file",
+        metadata={
+            "help": "file (GRiT/Tag2Text outputs, see `detections`) or "
+            "synthetic_oracle (synthetic_scenes videos only; a proxy)"
+        },
+    )
     detections: str = field(default="", metadata={"help": "JSONL of per-frame GRiT/Tag2Text outputs (backend=file)"})
-    suite: str = field(default="", metadata={"help": "VBench_full_info.json for the targets (else parsed from prompts)"})
+    suite: str = field(
+        default="", metadata={"help": "VBench_full_info.json for the targets (else parsed from prompts)"}
+    )
     num_frames: int = field(default=16, metadata={"help": "frames sampled 'middle' by the synthetic oracle"})
     score_threshold: float = field(default=0.5, metadata={"help": "drop detections scoring at most this (GRiT: 0.5)"})
 
@@ -213,22 +247,32 @@ class DetectionTask(Task):
         if self.backend not in ("file", "synthetic_oracle"):
             raise ValueError("backend must be file or synthetic_oracle")
         if self.backend == "file" and not self.detections:
-            raise ValueError(f"{self.name} needs detections=FILE.jsonl: per-frame outputs of the official GRiT / "
-                             f"Tag2Text (format in the README and tasks/_detections.py), or backend=synthetic_oracle "
-                             f"for the synthetic_scenes videos (a proxy)")
+            raise ValueError(
+                f"{self.name} needs detections=FILE.jsonl: per-frame outputs of the official GRiT / "
+                f"Tag2Text (format in the README and tasks/_detections.py), or backend=synthetic_oracle "
+                f"for the synthetic_scenes videos (a proxy)"
+            )
 
     def rule(self, frames: list[dict], tgt) -> dict:
         """{"value": video score or None, "frame_scores": [...]}, from VBench's rule."""
-        raise TypeError(f"{type(self).__name__} must define rule()")   # abstract: each subclass overrides it
+        raise TypeError(f"{type(self).__name__} must define rule()")  # abstract: each subclass overrides it
 
     def frames_of(self, refs, ctx) -> tuple[list[tuple], list[dict], dict]:
         """[(ref, frames, input hash)], errors, provenance facts of the backend."""
         if self.backend == "synthetic_oracle":
             from harness.tasks._synthetic_oracle import detect
+
             loaded, errors = load_all(refs, ctx, self.num_frames, desc=self.name)
             out = [(ref, [detect(f) for f in v], hashlib.sha256(v.tobytes()).hexdigest()[:16]) for ref, v in loaded]
-            return out, errors, {"backend": "synthetic_oracle", "calibrated": False,
-                                 "note": "HSV-threshold oracle on synthetic shapes: a proxy, not a VBench number"}
+            return (
+                out,
+                errors,
+                {
+                    "backend": "synthetic_oracle",
+                    "calibrated": False,
+                    "note": "HSV-threshold oracle on synthetic shapes: a proxy, not a VBench number",
+                },
+            )
         table, sha = read_detections(self.detections, self.score_threshold)
         out, errors = [], []
         for ref in refs:
@@ -243,14 +287,19 @@ class DetectionTask(Task):
             if hasattr(m, "note_loaded"):
                 m.note_loaded(len(out), errors)
         if not out:
-            raise UserError(f"{self.name}: none of the {len(refs)} videos has frames in {self.detections} "
-                            f"(lines are matched by file name or video id)")
-        return out, errors, {"backend": "file", "calibrated": True, "detections_file": str(self.detections),
-                             "detections_sha256": sha}
+            raise UserError(
+                f"{self.name}: none of the {len(refs)} videos has frames in {self.detections} "
+                f"(lines are matched by file name or video id)"
+            )
+        return (
+            out,
+            errors,
+            {"backend": "file", "calibrated": True, "detections_file": str(self.detections), "detections_sha256": sha},
+        )
 
     def run(self, ctx) -> TaskResult:
-        refs = collect(ctx)            # a source that labels its videos by dimension: keep this one's, then limit
-        mine = [r for r in refs if r.meta.get("dimension", self.dimension) == self.dimension][:ctx.limit or None]
+        refs = collect(ctx)  # a source that labels its videos by dimension: keep this one's, then limit
+        mine = [r for r in refs if r.meta.get("dimension", self.dimension) == self.dimension][: ctx.limit or None]
         if not mine:
             raise UserError(f"{self.name}: the source has no {self.dimension} videos")
         suite = read_suite(self.suite) if self.suite else None
@@ -269,19 +318,27 @@ class DetectionTask(Task):
         kept = [r for r in rows if r.get("value") is not None]
         if not kept:
             raise_no_scores(self.name, len(rows), sorted({r.get("reason", "") for r in rows}))
-        details = dict(facts, unreadable=errors, excluded=len(rows) - len(kept), dimension=self.dimension,
-                       weighting="frames" if self.frame_weighted else "videos")
+        details = dict(
+            facts,
+            unreadable=errors,
+            excluded=len(rows) - len(kept),
+            dimension=self.dimension,
+            weighting="frames" if self.frame_weighted else "videos",
+        )
         data_hash = hashlib.sha256("".join(r["input_hash"] for r in rows).encode()).hexdigest()
         per_video = Metric.mean([r["value"] for r in kept], "higher", "rate", "value")
         return TaskResult({self.main_metric: self.metric(kept), "per_video": per_video}, rows, details, data_hash)
 
     def metric(self, rows: list[dict]) -> Metric:
-        if not self.frame_weighted:                # color: the mean of the per-video rates
+        if not self.frame_weighted:  # color: the mean of the per-video rates
             return Metric.mean([r["value"] for r in rows], "higher", "rate", "value")
         scores = [s for r in rows for s in r["frame_scores"]]
-        return Metric.mean(scores, "higher", "frame rate")    # frame-weighted: not the mean of the video values
+        return Metric.mean(scores, "higher", "frame rate")  # frame-weighted: not the mean of the video values
 
 
 def frame_rule(scores: list[float]) -> dict:
-    return {"value": float(np.mean(scores)) if scores else None, "frame_scores": scores,
-            **({} if scores else {"reason": "no frames"})}
+    return {
+        "value": float(np.mean(scores)) if scores else None,
+        "frame_scores": scores,
+        **({} if scores else {"reason": "no frames"}),
+    }

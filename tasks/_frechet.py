@@ -1,4 +1,5 @@
 """The Fréchet distance between Gaussians fitted to features, in float64."""
+
 from __future__ import annotations
 
 import numpy as np

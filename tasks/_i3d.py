@@ -3,6 +3,7 @@ feature extractor. Module and parameter names follow the widely used PyTorch por
 (InceptionI3d(400): Conv3d_1a_7x7 ... Mixed_5c, logits; each unit has conv3d and bn), so a state
 dict converted to that layout (`i3d_pretrained_400.pt`) loads with strict key checking. TensorFlow
 "SAME" padding is computed per input, as in the TF original."""
+
 from __future__ import annotations
 
 import torch
@@ -53,11 +54,17 @@ class Inception(nn.Module):
         return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], 1)
 
 
-_MIXED = {"Mixed_3b": (192, (64, 96, 128, 16, 32, 32)), "Mixed_3c": (256, (128, 128, 192, 32, 96, 64)),
-          "Mixed_4b": (480, (192, 96, 208, 16, 48, 64)), "Mixed_4c": (512, (160, 112, 224, 24, 64, 64)),
-          "Mixed_4d": (512, (128, 128, 256, 24, 64, 64)), "Mixed_4e": (512, (112, 144, 288, 32, 64, 64)),
-          "Mixed_4f": (528, (256, 160, 320, 32, 128, 128)), "Mixed_5b": (832, (256, 160, 320, 32, 128, 128)),
-          "Mixed_5c": (832, (384, 192, 384, 48, 128, 128))}
+_MIXED = {
+    "Mixed_3b": (192, (64, 96, 128, 16, 32, 32)),
+    "Mixed_3c": (256, (128, 128, 192, 32, 96, 64)),
+    "Mixed_4b": (480, (192, 96, 208, 16, 48, 64)),
+    "Mixed_4c": (512, (160, 112, 224, 24, 64, 64)),
+    "Mixed_4d": (512, (128, 128, 256, 24, 64, 64)),
+    "Mixed_4e": (512, (112, 144, 288, 32, 64, 64)),
+    "Mixed_4f": (528, (256, 160, 320, 32, 128, 128)),
+    "Mixed_5b": (832, (256, 160, 320, 32, 128, 128)),
+    "Mixed_5c": (832, (384, 192, 384, 48, 128, 128)),
+}
 
 
 class InceptionI3d(nn.Module):
@@ -66,9 +73,24 @@ class InceptionI3d(nn.Module):
 
     def __init__(self, num_classes: int = 400):
         super().__init__()
-        self.order = ["Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
-                      "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
-                      "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c"]
+        self.order = [
+            "Conv3d_1a_7x7",
+            "MaxPool3d_2a_3x3",
+            "Conv3d_2b_1x1",
+            "Conv3d_2c_3x3",
+            "MaxPool3d_3a_3x3",
+            "Mixed_3b",
+            "Mixed_3c",
+            "MaxPool3d_4a_3x3",
+            "Mixed_4b",
+            "Mixed_4c",
+            "Mixed_4d",
+            "Mixed_4e",
+            "Mixed_4f",
+            "MaxPool3d_5a_2x2",
+            "Mixed_5b",
+            "Mixed_5c",
+        ]
         self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
         self.MaxPool3d_2a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
         self.Conv3d_2b_1x1 = Unit3D(64, 64)

@@ -14,6 +14,7 @@ pyiqa's checkpoints (`musiq_spaq_ckpt-358bb6af.pth`, the file VBench's imaging_q
   attention sets logits between padded tokens to -1000 (not -inf, as pyiqa); final LayerNorm; a
   linear head on the CLS token (SPAQ: one output, the 0-100 score; pyiqa's dist_to_mos is the
   identity for one output)."""
+
 from __future__ import annotations
 
 import math
@@ -115,18 +116,20 @@ class _Encoder(nn.Module):
 def hashed_positions(count_h: int, count_w: int, grid: int = GRID) -> torch.Tensor:
     """Row-major patch positions hashed onto a grid x grid table by nearest-neighbour scaling
     (F.interpolate 'nearest' of 0..grid-1 to the patch counts)."""
+
     def axis(n):
         return F.interpolate(torch.arange(grid).float()[None, None], size=n, mode="nearest")[0, 0].long()
+
     return (axis(count_h)[:, None] * grid + axis(count_w)[None, :]).reshape(-1)
 
 
 def scale_tokens(image: torch.Tensor, scale_id: int, max_len: int | None):
     """(patches [N, 3·32·32], spatial [N], scale [N], mask [N]) of one image [3, H, W] at one scale."""
     h, w = image.shape[-2:]
-    p = F.unfold(same_pad(image[None], PATCH, PATCH), PATCH, stride=PATCH)[0].T      # [N, 3·32·32], (c, y, x)
+    p = F.unfold(same_pad(image[None], PATCH, PATCH), PATCH, stride=PATCH)[0].T  # [N, 3·32·32], (c, y, x)
     spatial = hashed_positions(math.ceil(h / PATCH), math.ceil(w / PATCH))
     mask = torch.ones(len(p), dtype=torch.bool)
-    if max_len is not None:                      # pad with zero patches (position 0, scale 0, masked), or cut
+    if max_len is not None:  # pad with zero patches (position 0, scale 0, masked), or cut
         extra = max(0, max_len - len(p))
         p = torch.cat([p, p.new_zeros(extra, p.shape[1])])[:max_len]
         spatial = torch.cat([spatial, spatial.new_zeros(extra)])[:max_len]
@@ -160,7 +163,7 @@ class MUSIQ(nn.Module):
         self.block1 = Bottleneck(64, 256)
         self.embedding = nn.Linear(256 * (PATCH // 4) ** 2, dim)
         self.transformer_encoder = _Encoder(dim, mlp, heads, layers, len(SCALES) + 1, GRID)
-        self.head = nn.Linear(dim, 1)             # SPAQ/KonIQ heads: one score (AVA's 10-bin softmax is not built)
+        self.head = nn.Linear(dim, 1)  # SPAQ/KonIQ heads: one score (AVA's 10-bin softmax is not built)
 
     def tokens(self, patches: torch.Tensor) -> torch.Tensor:
         """[N, 3·32·32] patches -> [N, dim] embeddings through the ResNet stem."""
@@ -168,7 +171,7 @@ class MUSIQ(nn.Module):
         x = F.relu(self.gn_root(self.conv_root(x)))
         x = F.max_pool2d(same_pad(x, 3, 2), 3, 2)
         x = self.block1(x)
-        return self.embedding(x.permute(0, 2, 3, 1).reshape(len(x), -1))      # channels last, as TF
+        return self.embedding(x.permute(0, 2, 3, 1).reshape(len(x), -1))  # channels last, as TF
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = []

@@ -9,6 +9,7 @@ The harness format (documented in the README, section "MATH PRM best-of-N"):
   "scores"? ({name: [step scores]} precomputed by an external scorer), "sample_idx"?}.
 Importers convert the other layouts into these dicts in memory. Every error names the file and
 line (1-based)."""
+
 from __future__ import annotations
 
 import json
@@ -73,17 +74,28 @@ def load_problems(path: str) -> list[dict]:
         level = row.get("level")
         if isinstance(level, str) and level.startswith("Level "):
             level = level[6:]
-        out.append({"id": pid, "problem": str(row["problem"]),
-                    "answer": None if row.get("answer") is None else str(row["answer"]),
-                    "level": level, "subject": row.get("subject")})
+        out.append(
+            {
+                "id": pid,
+                "problem": str(row["problem"]),
+                "answer": None if row.get("answer") is None else str(row["answer"]),
+                "level": level,
+                "subject": row.get("subject"),
+            }
+        )
     return out
 
 
 def _solution(pid, steps, text=None, answer=None, correct=None, scores=None) -> dict:
     text = text if text is not None else "\n\n".join(steps)
-    return {"problem_id": pid, "steps": steps, "solution": text,
-            "answer": answer if answer is not None else extract_answer(text),
-            "correct": None if correct is None else bool(correct), "scores": scores or {}}
+    return {
+        "problem_id": pid,
+        "steps": steps,
+        "solution": text,
+        "answer": answer if answer is not None else extract_answer(text),
+        "correct": None if correct is None else bool(correct),
+        "scores": scores or {},
+    }
 
 
 def load_harness(path: str, problems: list[dict]) -> dict[str, list[dict]]:
@@ -104,8 +116,9 @@ def load_harness(path: str, problems: list[dict]) -> dict[str, list[dict]]:
         if not isinstance(scores, dict):
             raise UserError(f"solutions: {path} line {line}: 'scores' must be an object name -> [step scores]")
         ans = row.get("answer")
-        pools.setdefault(pid, []).append(_solution(pid, steps, row.get("solution"), None if ans is None else str(ans),
-                                                   row.get("correct"), scores))
+        pools.setdefault(pid, []).append(
+            _solution(pid, steps, row.get("solution"), None if ans is None else str(ans), row.get("correct"), scores)
+        )
     return pools
 
 
@@ -126,9 +139,14 @@ def load_prm800k(path: str, problems: list[dict]) -> dict[str, list[dict]]:
         if isinstance(steps, str):
             steps = split_steps(steps, "\n")
         ans = row.get("answer", row.get("given_answer"))
-        scores = {k: [float(row[f"{k[8:]}_score"])] for k in ("prm800k_prm", "prm800k_orm") if row.get(f"{k[8:]}_score") is not None}
-        pools.setdefault(pid, []).append(_solution(pid, list(steps), None, None if ans is None else str(ans),
-                                                   row.get("is_correct"), scores))
+        scores = {
+            k: [float(row[f"{k[8:]}_score"])]
+            for k in ("prm800k_prm", "prm800k_orm")
+            if row.get(f"{k[8:]}_score") is not None
+        }
+        pools.setdefault(pid, []).append(
+            _solution(pid, list(steps), None, None if ans is None else str(ans), row.get("is_correct"), scores)
+        )
     return pools
 
 
@@ -142,7 +160,9 @@ def load_rlhflow(path: str, problems: list[dict] | None, step_sep: str):
         _need(row, ("prompt", "answers"), path, line, "solutions (rlhflow)")
         labels = row.get("label", row.get("labels"))
         if labels is not None and len(labels) != len(row["answers"]):
-            raise UserError(f"solutions (rlhflow): {path} line {line}: {len(labels)} labels for {len(row['answers'])} answers")
+            raise UserError(
+                f"solutions (rlhflow): {path} line {line}: {len(labels)} labels for {len(row['answers'])} answers"
+            )
         pid = index.get(str(row["prompt"]).strip()) if problems else f"rlhflow-{line}"
         if pid is None:
             raise UserError(f"solutions (rlhflow): {path} line {line}: prompt not found in the problems file")
@@ -150,8 +170,14 @@ def load_rlhflow(path: str, problems: list[dict] | None, step_sep: str):
             probs.append({"id": pid, "problem": str(row["prompt"]), "answer": None, "level": None, "subject": None})
         for j, text in enumerate(row["answers"]):
             text = text.replace("ки", "")
-            pools.setdefault(pid, []).append(_solution(pid, split_steps(text, step_sep.replace("ки", "") or "\n"), text,
-                                                       correct=None if labels is None else labels[j]))
+            pools.setdefault(pid, []).append(
+                _solution(
+                    pid,
+                    split_steps(text, step_sep.replace("ки", "") or "\n"),
+                    text,
+                    correct=None if labels is None else labels[j],
+                )
+            )
     return (problems or probs), pools
 
 
@@ -165,7 +191,9 @@ def load_pqm(path: str, problems: list[dict]) -> dict[str, list[dict]]:
     if not isinstance(items, list):
         raise UserError(f"solutions (pqm): {path} line 1: expected a JSON list of questions")
     if len(items) != len(problems):
-        raise UserError(f"solutions (pqm): {path}: {len(items)} questions but {len(problems)} problems (paired by order)")
+        raise UserError(
+            f"solutions (pqm): {path}: {len(items)} questions but {len(problems)} problems (paired by order)"
+        )
     pools = {}
     for k, (p, item) in enumerate(zip(problems, items)):
         if not isinstance(item, dict) or not isinstance(item.get("responses", []), list):
@@ -185,12 +213,20 @@ def load_sal(path: str):
     for line, row in _jsonl(path, "solutions (sal)"):
         _need(row, ("problem", "answer", "completions"), path, line, "solutions (sal)")
         pid = str(row.get("unique_id", f"sal-{line}"))
-        probs.append({"id": pid, "problem": row["problem"], "answer": str(row["answer"]), "level": row.get("level"),
-                      "subject": row.get("subject")})
+        probs.append(
+            {
+                "id": pid,
+                "problem": row["problem"],
+                "answer": str(row["answer"]),
+                "level": row.get("level"),
+                "subject": row.get("subject"),
+            }
+        )
         scores = row.get("scores") or [None] * len(row["completions"])
         for text, sc in zip(row["completions"], scores):
-            pools.setdefault(pid, []).append(_solution(pid, split_steps(text, "\n\n"), text,
-                                                       scores={"sal": [float(x) for x in sc]} if sc else {}))
+            pools.setdefault(pid, []).append(
+                _solution(pid, split_steps(text, "\n\n"), text, scores={"sal": [float(x) for x in sc]} if sc else {})
+            )
     return probs, pools
 
 

@@ -3,6 +3,7 @@
 component's fill ratio (square ~1, disc ~pi/4, triangle ~1/2); the background from the grey level
 of the unsaturated pixels. It stands in for GRiT / Tag2Text so the detection-based VBench rules run
 end to end in tests and reference runs; its numbers are proxies (calibrated: false)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,14 @@ def detect(frame: np.ndarray) -> dict:
         for x, y, w, h, area in stats[1:]:
             if area >= MIN_AREA:
                 shape = shape_of(area / (w * h))
-                dets.append({"class": shape, "box": [float(x), float(y), float(x + w), float(y + h)], "score": 1.0,
-                             "caption": f"{color} {shape}"})
+                dets.append(
+                    {
+                        "class": shape,
+                        "box": [float(x), float(y), float(x + w), float(y + h)],
+                        "score": 1.0,
+                        "caption": f"{color} {shape}",
+                    }
+                )
     dets.sort(key=lambda d: (d["box"][0], d["box"][1]))
     where = background_of(hsv[..., 2][~saturated].astype(float))
     things = " and ".join(f"a {d['caption']}" for d in dets)

@@ -5,6 +5,7 @@ scripts/cal_final_score.py, scripts/cal_i2v_final_score.py; see shared/reference
 Scoring rules are pure functions of a backbone's outputs, so they are exact and tested with mocked
 outputs; a task is only as faithful as the backbone that feeds it (RAFT, AMT, CoTracker, DINO, ...
 are replaced by OpenCV in the `*_proxy` tasks, whose values are not leaderboard-comparable)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,15 +21,16 @@ from harness.video import collect, load_all, require
 class VideoTask(Task):
     """A task scoring each video of the cell's video source; subclasses define `score(ref, frames)`
     returning a dict with at least `value` (or None to exclude the video, with a `reason`)."""
+
     accepts = ("video_source",)
     needs_lm = False
-    num_frames: int | None = None      # frames to sample ("middle"); None = all frames
+    num_frames: int | None = None  # frames to sample ("middle"); None = all frames
     direction = "higher"
     unit = "score"
     calibrated = True
 
     def score(self, ref, frames) -> dict:
-        raise TypeError(f"{type(self).__name__} must define score()")   # abstract: each subclass overrides it
+        raise TypeError(f"{type(self).__name__} must define score()")  # abstract: each subclass overrides it
 
     def aggregate(self, rows: list[dict]) -> dict[str, Metric]:
         vals = [r["value"] for r in rows if r.get("value") is not None]
@@ -40,22 +42,31 @@ class VideoTask(Task):
         loaded, errors = load_all(refs, ctx, self.num_frames, desc=self.name)
         rows = []
         for ref, frames in loaded:
-            row = {"id": ref.id, "prompt": ref.prompt, "frames": int(frames.shape[0]),
-                   "input_hash": hashlib.sha256(frames.tobytes()).hexdigest()[:16]}
+            row = {
+                "id": ref.id,
+                "prompt": ref.prompt,
+                "frames": int(frames.shape[0]),
+                "input_hash": hashlib.sha256(frames.tobytes()).hexdigest()[:16],
+            }
             row.update(self.score(ref, frames))
             rows.append(row)
         kept = [r for r in rows if r.get("value") is not None]
         if not kept:
             reasons = sorted({r.get("reason", "") for r in rows})
             raise_no_scores(self.name, len(rows), reasons)
-        details = {"calibrated": self.calibrated, "unreadable": errors, "excluded": len(rows) - len(kept),
-                   "backend": getattr(self, "backend", "harness")}
+        details = {
+            "calibrated": self.calibrated,
+            "unreadable": errors,
+            "excluded": len(rows) - len(kept),
+            "backend": getattr(self, "backend", "harness"),
+        }
         data_hash = hashlib.sha256("".join(r["input_hash"] for r in rows).encode()).hexdigest()
         return TaskResult(self.aggregate(rows), rows, details, data_hash)
 
 
 def raise_no_scores(task: str, n: int, reasons: list[str]):
     from harness.errors import UserError
+
     raise UserError(f"{task}: none of the {n} readable videos could be scored ({'; '.join(reasons)})")
 
 
@@ -80,7 +91,7 @@ def top_mean(mag: np.ndarray, fraction: float) -> float:
 
 def flow_magnitude(a, b) -> np.ndarray:
     f = farneback(a, b)
-    return np.sqrt((f ** 2).sum(-1))
+    return np.sqrt((f**2).sum(-1))
 
 
 # -- exact rules: temporal flickering and the static filter ------------------------------------
@@ -139,9 +150,15 @@ def motion_smoothness(frames: np.ndarray, interpolate=interpolate_midpoint) -> f
 
 
 # -- camera motion (VBench-I2V camera_motion.py rules) -----------------------------------------
-CAMERA_TARGETS = {"camera pans left": "pan_left", "camera pans right": "pan_right", "camera tilts up": "tilt_up",
-                  "camera tilts down": "tilt_down", "camera zooms in": "zoom_in", "camera zooms out": "zoom_out",
-                  "camera static": "static"}
+CAMERA_TARGETS = {
+    "camera pans left": "pan_left",
+    "camera pans right": "pan_right",
+    "camera tilts up": "tilt_up",
+    "camera tilts down": "tilt_down",
+    "camera zooms in": "zoom_in",
+    "camera zooms out": "zoom_out",
+    "camera static": "static",
+}
 
 
 def camera_target(prompt: str) -> str | None:
@@ -173,8 +190,14 @@ def camera_labels(first: np.ndarray, last: np.ndarray, h: int, w: int) -> set[st
     thres = 0.005 * min(h, w)
     top, bottom = direction_of(disp[0, mid], thres), direction_of(disp[-1, mid], thres)
     left, right = direction_of(disp[mid, 0], thres), direction_of(disp[mid, -1], thres)
-    rules_tb = {("left", "left"): "pan_right", ("right", "right"): "pan_left", ("down", "down"): "tilt_up",
-                ("up", "up"): "tilt_down", ("up", "down"): "zoom_in", ("down", "up"): "zoom_out"}
+    rules_tb = {
+        ("left", "left"): "pan_right",
+        ("right", "right"): "pan_left",
+        ("down", "down"): "tilt_up",
+        ("up", "up"): "tilt_down",
+        ("up", "down"): "zoom_in",
+        ("down", "up"): "zoom_out",
+    }
     rules_lr = {("left", "right"): "zoom_in", ("right", "left"): "zoom_out"}
     labels = set()
     if (top, bottom) in rules_tb:
@@ -201,7 +224,14 @@ def lk_track(frames: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
     for i in range(1, t):
         cur = gray(frames[i])
         nxt, status, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, None, winSize=(15, 15), maxLevel=3)
-        ok = vis[-1] & (status[:, 0] == 1) & (nxt[:, 0, 0] >= 0) & (nxt[:, 0, 0] < w) & (nxt[:, 0, 1] >= 0) & (nxt[:, 0, 1] < h)
+        ok = (
+            vis[-1]
+            & (status[:, 0] == 1)
+            & (nxt[:, 0, 0] >= 0)
+            & (nxt[:, 0, 0] < w)
+            & (nxt[:, 0, 1] >= 0)
+            & (nxt[:, 0, 1] < h)
+        )
         pts = np.where(ok[:, None, None], nxt, pts)
         pos.append(pts[:, 0].copy())
         vis.append(ok)
@@ -244,7 +274,7 @@ def position_score(box_a, box_b, relation: str) -> float:
         ix = max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0]))
         iy = max(0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1]))
         inter = ix * iy
-        union = ((box_a[2] - box_a[0]) * (box_a[3] - box_a[1]) + (box_b[2] - box_b[0]) * (box_b[3] - box_b[1]) - inter)
+        union = (box_a[2] - box_a[0]) * (box_a[3] - box_a[1]) + (box_b[2] - box_b[0]) * (box_b[3] - box_b[1]) - inter
         iou = inter / union if union > 0 else 0.0
         return 1.0 if iou < 0.1 else 0.1 / iou
     return 0.0
@@ -268,20 +298,44 @@ def action_label(filename: str) -> str | None:
 
 
 # -- aggregation (scripts/constant.py, cal_final_score.py, cal_i2v_final_score.py) -------------
-NORMALIZE = {"subject_consistency": (0.1462, 1.0), "background_consistency": (0.2615, 1.0),
-             "temporal_flickering": (0.6293, 1.0), "motion_smoothness": (0.706, 0.9975),
-             "dynamic_degree": (0.0, 1.0), "aesthetic_quality": (0.0, 1.0), "imaging_quality": (0.0, 1.0),
-             "object_class": (0.0, 1.0), "multiple_objects": (0.0, 1.0), "human_action": (0.0, 1.0),
-             "color": (0.0, 1.0), "spatial_relationship": (0.0, 1.0), "scene": (0.0, 0.8222),
-             "appearance_style": (0.0009, 0.2855), "temporal_style": (0.0, 0.364),
-             "overall_consistency": (0.0, 0.364)}
+NORMALIZE = {
+    "subject_consistency": (0.1462, 1.0),
+    "background_consistency": (0.2615, 1.0),
+    "temporal_flickering": (0.6293, 1.0),
+    "motion_smoothness": (0.706, 0.9975),
+    "dynamic_degree": (0.0, 1.0),
+    "aesthetic_quality": (0.0, 1.0),
+    "imaging_quality": (0.0, 1.0),
+    "object_class": (0.0, 1.0),
+    "multiple_objects": (0.0, 1.0),
+    "human_action": (0.0, 1.0),
+    "color": (0.0, 1.0),
+    "spatial_relationship": (0.0, 1.0),
+    "scene": (0.0, 0.8222),
+    "appearance_style": (0.0009, 0.2855),
+    "temporal_style": (0.0, 0.364),
+    "overall_consistency": (0.0, 0.364),
+}
 NORMALIZE_I2V = {"i2v_subject": (0.1462, 1.0), "i2v_background": (0.2615, 1.0), "camera_motion": (0.0, 1.0)}
 WEIGHT = {d: (0.5 if d == "dynamic_degree" else 1.0) for d in NORMALIZE}
-QUALITY = ("subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
-           "aesthetic_quality", "imaging_quality", "dynamic_degree")
+QUALITY = (
+    "subject_consistency",
+    "background_consistency",
+    "temporal_flickering",
+    "motion_smoothness",
+    "aesthetic_quality",
+    "imaging_quality",
+    "dynamic_degree",
+)
 SEMANTIC = tuple(d for d in NORMALIZE if d not in QUALITY)
-I2V_QUALITY = ("subject_consistency", "background_consistency", "motion_smoothness", "aesthetic_quality",
-               "imaging_quality", "dynamic_degree")
+I2V_QUALITY = (
+    "subject_consistency",
+    "background_consistency",
+    "motion_smoothness",
+    "aesthetic_quality",
+    "imaging_quality",
+    "dynamic_degree",
+)
 I2V_WEIGHT = {"camera_motion": 0.1, "i2v_subject": 1.0, "i2v_background": 1.0}
 
 
@@ -305,8 +359,7 @@ def aggregate_scores(raw: dict[str, float]) -> dict[str, float]:
     if all(d in raw for d in I2V_WEIGHT):
         out["i2v_score"] = sum(I2V_WEIGHT[d] * normalized(d, raw[d]) for d in I2V_WEIGHT) / sum(I2V_WEIGHT.values())
     if all(d in raw for d in I2V_QUALITY):
-        out["i2v_quality_score"] = (sum(normalized(d, raw[d]) for d in I2V_QUALITY)
-                                    / sum(WEIGHT[d] for d in I2V_QUALITY))
+        out["i2v_quality_score"] = sum(normalized(d, raw[d]) for d in I2V_QUALITY) / sum(WEIGHT[d] for d in I2V_QUALITY)
     if "i2v_score" in out and "i2v_quality_score" in out:
         out["i2v_total_score"] = (out["i2v_quality_score"] + out["i2v_score"]) / 2
     return out

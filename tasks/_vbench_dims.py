@@ -1,5 +1,6 @@
 """The `vbench` aggregate's computed dimensions: each named dimension is scored on the cell's videos
 by its own task (`vbench_<dimension>`), whose main metric is the raw dimension value."""
+
 from __future__ import annotations
 
 from harness import params, registry
@@ -13,8 +14,11 @@ def compute_dimensions(ctx, dims, shared: dict[str, str]) -> list[tuple[str, flo
     for dim in dims:
         name = f"vbench_{dim}"
         if name not in registry.TASKS:
-            known = sorted(t[len("vbench_"):] for t in registry.TASKS if t.startswith("vbench_")
-                           and "allow_uncalibrated" in params.field_types(registry.TASKS[t]))
+            known = sorted(
+                t[len("vbench_") :]
+                for t in registry.TASKS
+                if t.startswith("vbench_") and "allow_uncalibrated" in params.field_types(registry.TASKS[t])
+            )
             raise UserError(f"vbench: no task {name} computes {dim!r}; computable here: {', '.join(known)}")
         cls = registry.TASKS[name]
         fields = params.field_types(cls)

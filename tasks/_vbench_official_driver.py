@@ -2,6 +2,7 @@
 `vbench` package (it pins old transformers and numpy<2, so it cannot share the harness's
 environment). Reads its arguments, calls VBench's documented Python API in custom-input mode, and
 prints the path of the `<name>_eval_results.json` it wrote plus the package version as JSON."""
+
 import argparse
 import json
 import os
@@ -24,6 +25,7 @@ def main() -> int:
     import torch
     import vbench
     from vbench import VBench
+
     bench = VBench(torch.device(a.device), a.full_info, a.out)
     bench.evaluate(videos_path=a.videos, name=a.name, dimension_list=[a.dimension], mode="custom_input")
     result = os.path.join(a.out, f"{a.name}_eval_results.json")

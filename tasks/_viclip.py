@@ -22,6 +22,7 @@ viclip_vision.py; viclip_text.py read in a fork of VBench, wangbei1/vbench, with
 
 Not verified here (no weights available): that the released file holds exactly these keys and
 shapes beyond what the loading code implies, and numerical agreement with the official model."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ VICLIP_TEXT = dict(width=768, layers=12, heads=12, out=768, context=32, vocab=49
 class ViClipVision(nn.Module):
     def __init__(self, patch=14, width=1024, layers=24, heads=16, out=768, frames=8, resolution=224):
         super().__init__()
-        scale = width ** -0.5
+        scale = width**-0.5
         self.conv1 = nn.Conv3d(3, width, (1, patch, patch), (1, patch, patch), bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch) ** 2 + 1, width))
@@ -58,8 +59,8 @@ class ViClipVision(nn.Module):
         b, c, t, gh, gw = x.shape
         x = x.permute(0, 2, 3, 4, 1).reshape(b * t, gh * gw, c)
         x = torch.cat([self.class_embedding.expand(b * t, 1, c), x], 1) + self.positional_embedding
-        cls = x.reshape(b, t, -1, c)[:, 0, :1]                 # identical for every frame
-        patches = x[:, 1:].reshape(b, t, gh * gw, c).transpose(1, 2)          # [b, n, t, c]
+        cls = x.reshape(b, t, -1, c)[:, 0, :1]  # identical for every frame
+        patches = x[:, 1:].reshape(b, t, gh * gw, c).transpose(1, 2)  # [b, n, t, c]
         temporal = self.temporal_positional_embedding
         patches = patches + (temporal.mean(1) if t == 1 else temporal)
         x = torch.cat([cls, patches.reshape(b, gh * gw * t, c)], 1)
@@ -86,10 +87,12 @@ def load_viclip(path, task: str, vision: dict = VICLIP_L14, text: dict = VICLIP_
     """`torch.load(path)["model"]` into ViClip, strictly (VBench's ViCLIP.__init__)."""
     try:
         return load_into(ViClip(vision, text), path, "", task)
-    except RuntimeError:            # neither a weights-only pickle nor TorchScript (e.g. pickled objects)
-        raise UserError(f"{task}: {path} cannot be read with torch.load(weights_only=True): it holds objects "
-                        f"other than tensors or is no PyTorch file; re-save its ['model'] state dict with "
-                        f"torch.save to use it here") from None
+    except RuntimeError:  # neither a weights-only pickle nor TorchScript (e.g. pickled objects)
+        raise UserError(
+            f"{task}: {path} cannot be read with torch.load(weights_only=True): it holds objects "
+            f"other than tensors or is no PyTorch file; re-save its ['model'] state dict with "
+            f"torch.save to use it here"
+        ) from None
 
 
 # -- the VBench task shared by temporal_style and overall_consistency --------------------------
@@ -100,8 +103,11 @@ class ViClipTask(BackboneTask):
     clip_transform(224) on decord's uint8 frames (torchvision rounds the resized image back to
     uint8); the dimension is the mean over videos. Needs
     ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
-    num_frames: int | None = field(default=8, metadata={"help": "8 (VBench); 1 takes ViCLIP's single-frame "
-                                                                "path (mean temporal embedding), for quick checks"})
+
+    num_frames: int | None = field(
+        default=8,
+        metadata={"help": "8 (VBench); 1 takes ViCLIP's single-frame path (mean temporal embedding), for quick checks"},
+    )
 
     def build(self):
         if self.num_frames not in (1, 8):
@@ -118,7 +124,7 @@ class ViClipTask(BackboneTask):
 
     def score(self, ref, frames):
         n = self.num_frames
-        if len(frames) < n:                                    # VBench pads with the last frame
+        if len(frames) < n:  # VBench pads with the last frame
             frames = np.concatenate([frames, np.repeat(frames[-1:], n - len(frames), 0)])
         with torch.no_grad():
             video = self._net.encode_vision(clip_transform(frames, uint8=True)[None])[0].double().numpy()

@@ -13,6 +13,7 @@ so they load with key checks:
 
 `to_transformers` maps the official key layout onto transformers' VideoMAEForVideoClassification,
 the independent implementation the tests compare against."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.errors import UserError
-from harness.tasks._backbones import _Mlp      # fc1 -> exact GELU -> fc2, the same in both layouts
+from harness.tasks._backbones import _Mlp  # fc1 -> exact GELU -> fc2, the same in both layouts
 
 
 @dataclass(frozen=True)
@@ -37,19 +38,24 @@ class VideoViTConfig:
     frames: int = 16
     tubelet: int = 2
     image: int = 224
-    position: str = "sinusoid"     # "sinusoid" (VideoMAE, fixed) or "umt" (8-frame table stretched to `frames`, a parameter)
+    position: str = (
+        "sinusoid"  # "sinusoid" (VideoMAE, fixed) or "umt" (8-frame table stretched to `frames`, a parameter)
+    )
 
 
 # vit_large_patch16_224 of UMT's modeling_finetune.py (mlp_ratio 4, qkv_bias, LayerNorm eps 1e-6)
-UMT_L16_K400 = VideoViTConfig(patch=16, dim=1024, depth=24, heads=16, mlp_hidden=4096, num_classes=400,
-                              frames=16, tubelet=1, position="umt")
+UMT_L16_K400 = VideoViTConfig(
+    patch=16, dim=1024, depth=24, heads=16, mlp_hidden=4096, num_classes=400, frames=16, tubelet=1, position="umt"
+)
 # vit_giant_patch14_224 of VideoMAEv2's videomaev2_finetune.py (mlp_ratio 48/11 -> 6144)
-VIDEOMAE_V2_G_SSV2 = VideoViTConfig(patch=14, dim=1408, depth=40, heads=16, mlp_hidden=6144, num_classes=174,
-                                    frames=16, tubelet=2)
+VIDEOMAE_V2_G_SSV2 = VideoViTConfig(
+    patch=14, dim=1408, depth=40, heads=16, mlp_hidden=6144, num_classes=174, frames=16, tubelet=2
+)
 # a few-second configuration for plumbing runs (--allow-uncalibrated smoke runs and tests only)
 TINY = VideoViTConfig(patch=16, dim=64, depth=2, heads=2, mlp_hidden=128, frames=16, tubelet=2, image=32)
-TINY_UMT = VideoViTConfig(patch=16, dim=64, depth=2, heads=2, mlp_hidden=128, frames=16, tubelet=1, image=32,
-                          position="umt")
+TINY_UMT = VideoViTConfig(
+    patch=16, dim=64, depth=2, heads=2, mlp_hidden=128, frames=16, tubelet=1, image=32, position="umt"
+)
 
 
 def sinusoid_table(n: int, dim: int) -> torch.Tensor:
@@ -118,11 +124,12 @@ class VideoViT(nn.Module):
         self.config = c
         grid = c.image // c.patch
         self.patch_embed = _PatchEmbed(c)
-        if c.position == "umt":       # a parameter in UMT (n_position != 1568 makes it nn.Parameter)
+        if c.position == "umt":  # a parameter in UMT (n_position != 1568 makes it nn.Parameter)
             self.pos_embed = nn.Parameter(umt_table(c.frames // c.tubelet, grid, c.dim))
-        else:                         # a plain tensor in VideoMAE: not part of the checkpoint
-            self.register_buffer("pos_embed", sinusoid_table(c.frames // c.tubelet * grid * grid, c.dim),
-                                 persistent=False)
+        else:  # a plain tensor in VideoMAE: not part of the checkpoint
+            self.register_buffer(
+                "pos_embed", sinusoid_table(c.frames // c.tubelet * grid * grid, c.dim), persistent=False
+            )
         self.blocks = nn.ModuleList(_Block(c) for _ in range(c.depth))
         self.fc_norm = nn.LayerNorm(c.dim, eps=1e-6)
         self.head = nn.Linear(c.dim, c.num_classes)
@@ -158,8 +165,10 @@ def load_video_vit(net: VideoViT, path, task: str, optional: tuple[str, ...] = (
     missing, unexpected = net.load_state_dict(state, strict=False)
     bad = [k for k in missing if k not in optional]
     if bad or unexpected:
-        raise UserError(f"{task}: {path} does not match the expected video ViT layout "
-                        f"(missing {bad[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{task}: {path} does not match the expected video ViT layout "
+            f"(missing {bad[:3]}, unexpected {unexpected[:3]})"
+        )
     return {"missing_optional": sorted(missing)}
 
 
@@ -183,8 +192,13 @@ def to_transformers(state: dict, prefix: str = "videomae.") -> dict:
             elif name in ("attn.q_bias", "attn.v_bias"):
                 out[layer + "attention.attention." + name.split(".")[1]] = v
             else:
-                target = {"attn.proj": "attention.output.dense", "norm1": "layernorm_before",
-                          "norm2": "layernorm_after", "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+                target = {
+                    "attn.proj": "attention.output.dense",
+                    "norm1": "layernorm_before",
+                    "norm2": "layernorm_after",
+                    "mlp.fc1": "intermediate.dense",
+                    "mlp.fc2": "output.dense",
+                }
                 mod, param = name.rsplit(".", 1)
                 out[layer + target[mod] + "." + param] = v
         elif k.startswith("fc_norm."):

@@ -1,4 +1,5 @@
 """ChronoMagic-Bench CHScore (temporal coherence from point tracks)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,8 +29,13 @@ def chscore(pos: np.ndarray, vis: np.ndarray, threshold: float = 0.1) -> dict:
     missing = (~vis) & (~ahead)
     miss = missing.sum(1) / n
     ap = np.abs(np.diff(miss)) if t > 1 else np.zeros(1)
-    raw = {"AMPR": float(miss.mean()), "MPVR": float(ap.std()), "FCR": float((ap > threshold).sum() / t),
-           "CMPV": float((ap > threshold).sum()), "MCMPV": float(ap.max())}
+    raw = {
+        "AMPR": float(miss.mean()),
+        "MPVR": float(ap.std()),
+        "FCR": float((ap > threshold).sum() / t),
+        "CMPV": float((ap > threshold).sum()),
+        "MCMPV": float(ap.max()),
+    }
     tsi = sum(WEIGHTS[k] * raw[k] / MAXIMA[k] for k in raw)
     return dict(raw, TSI=tsi, CHScore=1.0 / tsi if tsi > 0 else 0.0)
 
@@ -38,6 +44,7 @@ def cotracker_tracks(frames: np.ndarray, checkpoint, grid: int):
     """CoTracker2 through its own package (facebookresearch/co-tracker), when installed."""
     import torch
     from cotracker.predictor import CoTrackerPredictor
+
     model = CoTrackerPredictor(checkpoint=str(checkpoint)).eval()
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float()
     with torch.no_grad():
@@ -56,6 +63,7 @@ class ChronoMagicCHScore(VideoTask):
     Tracker: CoTracker2 when the `cotracker` package is importable and cotracker2.pth is in the
     weights folder (tracker=auto or cotracker); otherwise OpenCV Lucas-Kanade tracks with LK's status
     as visibility — a PROXY (calibrated: false), selected with tracker=auto or lk."""
+
     name = "chronomagic_chscore"
     version = "1"
     main_metric = "chscore"
@@ -76,13 +84,23 @@ class ChronoMagicCHScore(VideoTask):
             return None
         try:
             import cotracker.predictor  # noqa: F401
-            path, _ = locate(self.name, self.weights_dir, "cotracker2.pth", "", self.tracker == "auto",
-                             "get it from the CoTracker project (facebookresearch/co-tracker)")
+
+            path, _ = locate(
+                self.name,
+                self.weights_dir,
+                "cotracker2.pth",
+                "",
+                self.tracker == "auto",
+                "get it from the CoTracker project (facebookresearch/co-tracker)",
+            )
         except ImportError:
             if self.tracker == "cotracker":
                 from harness.errors import UserError
-                raise UserError("chronomagic_chscore tracker=cotracker: the cotracker package is not "
-                                "importable (install it in this environment) — or use tracker=lk") from None
+
+                raise UserError(
+                    "chronomagic_chscore tracker=cotracker: the cotracker package is not "
+                    "importable (install it in this environment) — or use tracker=lk"
+                ) from None
             return None
         return path
 

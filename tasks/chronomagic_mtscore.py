@@ -1,4 +1,5 @@
 """ChronoMagic-Bench MTScore (metamorphic score) from video-text features."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,29 +36,34 @@ class ChronoMagicMTScore(Task):
     `video_feats` [N, D] (one row per video, in the order of `ids` [N]) and `text_feats` [10, D]
     (the 10 official captions, general first). The aggregation is exact. Accepts a video source only
     to name the cell; the source's videos are matched by id."""
+
     name = "chronomagic_mtscore"
     version = "1"
     accepts = ("video_source",)
     needs_lm = False
     main_metric = "mtscore"
     summary = "ChronoMagic MTScore from InternVideo2 features computed elsewhere (exact aggregation)"
-    smoke_args = {"features": "{mtscore_features}"}    # the matrix test writes stand-in features
+    smoke_args = {"features": "{mtscore_features}"}  # the matrix test writes stand-in features
     features: str = field(default="", metadata={"help": ".npz with ids, video_feats [N,D], text_feats [10,D]"})
 
     def run(self, ctx) -> TaskResult:
         if not self.features:
-            raise UserError("chronomagic_mtscore needs InternVideo2-1B video and text features "
-                            "(InternVideo2-stage2_1b-224p-f4.pt with its BERT-large text encoder, from the "
-                            "ChronoMagic-Bench release), which this project cannot compute: export them with the "
-                            "official code and pass features=FILE.npz (ids, video_feats, text_feats)")
+            raise UserError(
+                "chronomagic_mtscore needs InternVideo2-1B video and text features "
+                "(InternVideo2-stage2_1b-224p-f4.pt with its BERT-large text encoder, from the "
+                "ChronoMagic-Bench release), which this project cannot compute: export them with the "
+                "official code and pass features=FILE.npz (ids, video_feats, text_feats)"
+            )
         try:
             data = np.load(Path(self.features).expanduser())
             ids, vf, tf = list(data["ids"]), data["video_feats"], data["text_feats"]
         except (OSError, KeyError, ValueError) as e:
             raise UserError(f"chronomagic_mtscore: cannot read {self.features}: {e}") from None
         if tf.shape[0] != 10 or vf.shape[1] != tf.shape[1] or len(ids) != len(vf):
-            raise UserError(f"chronomagic_mtscore: {self.features}: need text_feats [10, D] and video_feats "
-                            f"[N, D] with N ids; got {tf.shape}, {vf.shape}, {len(ids)} ids")
+            raise UserError(
+                f"chronomagic_mtscore: {self.features}: need text_feats [10, D] and video_feats "
+                f"[N, D] with N ids; got {tf.shape}, {vf.shape}, {len(ids)} ids"
+            )
         wanted = {r.id for m in ctx.methods for r in m.videos(ctx)}
         rows = [{"id": str(i), "value": metamorphic_score(v, tf)} for i, v in zip(ids, vf) if str(i) in wanted]
         if not rows:
@@ -66,5 +72,9 @@ class ChronoMagicMTScore(Task):
             if hasattr(m, "note_loaded"):
                 m.note_loaded(len(rows), [])
         data_hash = hashlib.sha256(Path(self.features).expanduser().read_bytes()).hexdigest()
-        return TaskResult({"mtscore": Metric.mean([r["value"] for r in rows], "higher", "score", "value")},
-                          rows, {"calibrated": True, "features_file": self.features}, data_hash)
+        return TaskResult(
+            {"mtscore": Metric.mean([r["value"] for r in rows], "higher", "score", "value")},
+            rows,
+            {"calibrated": True, "features_file": self.features},
+            data_hash,
+        )

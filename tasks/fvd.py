@@ -1,4 +1,5 @@
 """Fréchet Video Distance on I3D features (and content-debiased FVD on VideoMAE features)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,17 +17,21 @@ from harness.video import collect, load_all
 
 I3D_FILE = "i3d_pretrained_400.pt"
 VIDEOMAE_FILE = "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
-VIDEOMAE_SOURCE = ("get it from the VideoMAEv2 model zoo (OpenGVLab, mae-g/vit_g_hybrid_pt_1200e_ssv2_ft.pth: "
-                   "ViT-g hybrid pre-training, SSv2 fine-tuned), the file cd-fvd downloads")
-I3D_SOURCE = ("it is the PyTorch I3D state dict used by VideoGPT/TATS (InceptionI3d(400) layout); the "
-              "TF-hub I3D that the original FVD used has different weights, so values are comparable only "
-              "between runs of the same file")
+VIDEOMAE_SOURCE = (
+    "get it from the VideoMAEv2 model zoo (OpenGVLab, mae-g/vit_g_hybrid_pt_1200e_ssv2_ft.pth: "
+    "ViT-g hybrid pre-training, SSv2 fine-tuned), the file cd-fvd downloads"
+)
+I3D_SOURCE = (
+    "it is the PyTorch I3D state dict used by VideoGPT/TATS (InceptionI3d(400) layout); the "
+    "TF-hub I3D that the original FVD used has different weights, so values are comparable only "
+    "between runs of the same file"
+)
 
 
 def preprocess(frames: np.ndarray, num_frames: int, resolution: int) -> torch.Tensor:
     """The first `num_frames` consecutive frames, squashed (no crop) to resolution² with bilinear
     resizing, scaled to [-1, 1] (google-research frechet_video_distance.py). [3, T, R, R]."""
-    x = torch.from_numpy(frames[:num_frames]).float().permute(0, 3, 1, 2)          # T, 3, H, W
+    x = torch.from_numpy(frames[:num_frames]).float().permute(0, 3, 1, 2)  # T, 3, H, W
     x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
     return (2 * x / 255 - 1).permute(1, 0, 2, 3)
 
@@ -55,6 +60,7 @@ class FVD(Task):
     `arch=tiny` is a 2-layer random-init configuration for plumbing runs (--allow-uncalibrated,
     resolution=32). cd-fvd's own video loader first resizes clips to its `resolution` (256 by
     default) before this step; here the clip goes to 224² directly."""
+
     name = "fvd"
     version = "1"
     accepts = ("video_source",)
@@ -66,8 +72,10 @@ class FVD(Task):
     num_frames: int = field(default=16, metadata={"help": "consecutive frames per clip (protocol: 16)"})
     resolution: int = field(default=224, metadata={"help": "square input size (protocol: 224)"})
     features: str = field(default="i3d", metadata={"help": "i3d or videomae (content-debiased FVD)"})
-    biased_cov: bool | None = field(default=None, metadata={"help": "covariance ÷N instead of ÷(N-1); default: "
-                                                                    "true for videomae (cd-fvd), false for i3d"})
+    biased_cov: bool | None = field(
+        default=None,
+        metadata={"help": "covariance ÷N instead of ÷(N-1); default: true for videomae (cd-fvd), false for i3d"},
+    )
     arch: str = field(default="giant", metadata={"help": "videomae network: giant (ViT-g) or tiny (plumbing runs)"})
     batch_size: int = 4
     weights_dir: str = field(default="", metadata={"help": "folder with the weights (default $HARNESS_VIDEO_WEIGHTS)"})
@@ -83,24 +91,28 @@ class FVD(Task):
             self.biased_cov = self.features == "videomae"
         if self.features == "videomae":
             from harness.tasks._video_vit import TINY, VIDEOMAE_V2_G_SSV2
+
             if self.arch not in ("giant", "tiny"):
                 raise ValueError("arch must be giant or tiny")
             if self.arch == "tiny" and not self.allow_uncalibrated:
                 raise ValueError("arch=tiny is a random-init plumbing configuration: it needs allow_uncalibrated")
             self._vit = VIDEOMAE_V2_G_SSV2 if self.arch == "giant" else TINY
             if (self.num_frames, self.resolution) != (16, self._vit.image):
-                raise ValueError(f"features=videomae (arch={self.arch}) takes num_frames=16 and "
-                                 f"resolution={self._vit.image}")
+                raise ValueError(
+                    f"features=videomae (arch={self.arch}) takes num_frames=16 and resolution={self._vit.image}"
+                )
 
     def network(self):
         if self.features == "videomae":
             return self.videomae()
         from harness.tasks._i3d import InceptionI3d
+
         torch.manual_seed(0)
         net = InceptionI3d(400)
-        path, facts = locate(self.name, self.weights_dir, I3D_FILE, self.weights_sha256, self.allow_uncalibrated,
-                             I3D_SOURCE)
-        if path is None:    # variance-preserving random init, so uncalibrated features still vary
+        path, facts = locate(
+            self.name, self.weights_dir, I3D_FILE, self.weights_sha256, self.allow_uncalibrated, I3D_SOURCE
+        )
+        if path is None:  # variance-preserving random init, so uncalibrated features still vary
             for m in net.modules():
                 if isinstance(m, torch.nn.Conv3d):
                     torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -108,19 +120,28 @@ class FVD(Task):
             state = torch.load(path, map_location="cpu", weights_only=True)
             missing, unexpected = net.load_state_dict(state, strict=False)
             if missing or unexpected:
-                raise UserError(f"fvd: {path} does not match the InceptionI3d(400) layout "
-                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise UserError(
+                    f"fvd: {path} does not match the InceptionI3d(400) layout "
+                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+                )
         return net.eval(), facts
 
     def videomae(self):
         from harness.tasks._video_vit import VideoViT, load_video_vit
+
         torch.manual_seed(0)
         net = VideoViT(self._vit)
         if self.arch == "tiny":
             facts = {"weights_file": None, "weights_sha256": None, "calibrated": False}
         else:
-            path, facts = locate(self.name, self.weights_dir, VIDEOMAE_FILE, self.weights_sha256,
-                                 self.allow_uncalibrated, VIDEOMAE_SOURCE)
+            path, facts = locate(
+                self.name,
+                self.weights_dir,
+                VIDEOMAE_FILE,
+                self.weights_sha256,
+                self.allow_uncalibrated,
+                VIDEOMAE_SOURCE,
+            )
             if path is not None:
                 load_video_vit(net, path, self.name)
         return _Features(net).eval(), facts
@@ -128,6 +149,7 @@ class FVD(Task):
     def clip(self, frames: np.ndarray) -> torch.Tensor:
         if self.features == "videomae":
             from harness.tasks._video_vit import frames_to_unit
+
             return frames_to_unit(frames, self.num_frames, self.resolution)
         return preprocess(frames, self.num_frames, self.resolution)
 
@@ -138,18 +160,21 @@ class FVD(Task):
                 rows.append({"id": ref.id, "error": f"{len(frames)} frames < {self.num_frames}"})
                 continue
             clips.append(self.clip(frames))
-            rows.append({"id": ref.id, "input_hash": hashlib.sha256(frames[:self.num_frames].tobytes()).hexdigest()[:16]})
+            rows.append(
+                {"id": ref.id, "input_hash": hashlib.sha256(frames[: self.num_frames].tobytes()).hexdigest()[:16]}
+            )
         if len(clips) < 2:
             raise UserError(f"fvd needs at least 2 clips of {self.num_frames} frames per set, got {len(clips)}")
         out = []
         with torch.no_grad():
             for i in ctx.iterate(range(0, len(clips), self.batch_size), desc="fvd features"):
-                out.append(net(torch.stack(clips[i:i + self.batch_size])).double().numpy())
+                out.append(net(torch.stack(clips[i : i + self.batch_size])).double().numpy())
         return np.concatenate(out), rows
 
     def reference_refs(self, ctx):
         from harness import registry
-        if self.reference == "same":         # the generated set itself, limit included: FVD ~ 0
+
+        if self.reference == "same":  # the generated set itself, limit included: FVD ~ 0
             return collect(ctx, ctx.limit)
         if self.reference == "synthetic":
             src = registry.method("synthetic_videos")(frames=max(16, self.num_frames))
@@ -166,14 +191,23 @@ class FVD(Task):
         value = frechet_distance(*stats(r, self.biased_cov), *stats(g, self.biased_cov))
         for row, f in zip([x for x in g_rows if "error" not in x], g):
             row["feature_norm"] = float(np.linalg.norm(f))
-        metrics = {"fvd": Metric(value, "lower", f"FD of {self.features} features", n=len(g)),
-                   "n_reference": Metric(float(len(r)), "higher", "clips")}
+        metrics = {
+            "fvd": Metric(value, "lower", f"FD of {self.features} features", n=len(g)),
+            "n_reference": Metric(float(len(r)), "higher", "clips"),
+        }
         standard = self.num_frames == 16 and self.resolution == 224
-        protocol = "16 frames, 224², [0, 1], ViT-g features" if self.features == "videomae" else "16 frames, 224², [-1, 1]"
-        details = dict(facts, protocol=protocol if standard else "NON-STANDARD protocol", features=self.features,
-                       covariance="biased (÷N)" if self.biased_cov else "unbiased (÷(N-1))",
-                       unreadable=gen_err + ref_err, reference=self.reference,
-                       note="FVD is biased upward for small sets; compare only at equal set sizes")
+        protocol = (
+            "16 frames, 224², [0, 1], ViT-g features" if self.features == "videomae" else "16 frames, 224², [-1, 1]"
+        )
+        details = dict(
+            facts,
+            protocol=protocol if standard else "NON-STANDARD protocol",
+            features=self.features,
+            covariance="biased (÷N)" if self.biased_cov else "unbiased (÷(N-1))",
+            unreadable=gen_err + ref_err,
+            reference=self.reference,
+            note="FVD is biased upward for small sets; compare only at equal set sizes",
+        )
         data_hash = hashlib.sha256("".join(x.get("input_hash", "") for x in g_rows).encode()).hexdigest()
         return TaskResult(metrics, g_rows, details, data_hash)
 

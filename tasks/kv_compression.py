@@ -1,5 +1,6 @@
 """KV-cache compression: quality, latency and memory of one method at several budgets, against the
 dense cache measured in the same run."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,8 @@ from harness.tasks.needle import Needle, depth_grid
 from harness.tasks.perplexity import Perplexity
 
 DENSE = 1.0
-TOLERANCE = 0.02      # |kept fraction - budget| allowed on every sample
-SINGLE = ("bits", "native")   # budget units of methods that run once, at their own setting
+TOLERANCE = 0.02  # |kept fraction - budget| allowed on every sample
+SINGLE = ("bits", "native")  # budget units of methods that run once, at their own setting
 
 
 def label(budget: float) -> str:
@@ -50,14 +51,27 @@ class KVCompression(Task):
     the wrong amount fails the run. Without a KV policy (e.g. `baseline`), only the dense row runs.
     Metric names carry the budget (`needle_accuracy@0.1`, `@dense`); unsuffixed ones are the mean
     over the budgets. `details.pareto` is the quality-vs-kept-fraction table."""
+
     name = "kv_compression"
     version = "1"
     main_metric = "needle_accuracy"
-    summary = "KV-cache compression: needle (query-agnostic/aware), ppl ratio, KL, kept fraction, bytes, latency vs dense"
-    smoke_args = {"context_length": "160", "budgets": "0.5", "needle_samples": "1", "ppl_samples": "1",
-                  "ppl_decode_tokens": "8", "timing_lengths": "128", "timing_new_tokens": "3", "max_new_tokens": "4"}
+    summary = (
+        "KV-cache compression: needle (query-agnostic/aware), ppl ratio, KL, kept fraction, bytes, latency vs dense"
+    )
+    smoke_args = {
+        "context_length": "160",
+        "budgets": "0.5",
+        "needle_samples": "1",
+        "ppl_samples": "1",
+        "ppl_decode_tokens": "8",
+        "timing_lengths": "128",
+        "timing_new_tokens": "3",
+        "max_new_tokens": "4",
+    }
     context_length: int = field(default=4096, metadata={"help": "tokens of the needle prompts and scored texts"})
-    budgets: tuple[float, ...] = field(default=(0.1, 0.25, 0.5, 0.75), metadata={"help": "kept fractions (< 1) or counts"})
+    budgets: tuple[float, ...] = field(
+        default=(0.1, 0.25, 0.5, 0.75), metadata={"help": "kept fractions (< 1) or counts"}
+    )
     needle_samples: int = field(default=10, metadata={"help": "needle prompts (depths evenly 0-100 %)"})
     ppl_samples: int = field(default=4, metadata={"help": "held-out texts for ppl_ratio / kl_vs_dense"})
     ppl_decode_tokens: int = field(default=128, metadata={"help": "final tokens of each text decoded one at a time"})
@@ -78,10 +92,14 @@ class KVCompression(Task):
     def target_length(self) -> int:
         return max(self.context_length, *self.timing_lengths)
 
-    REPORT_COLUMNS = (("kept fraction", "kept_fraction", "{:.2f}"), ("bytes fraction", "kv_bytes_fraction", "{:.2f}"),
-                      ("needle", "needle_accuracy", "{:.2f}"),
-                      ("needle (query-aware)", "needle_accuracy_query_aware", "{:.2f}"),
-                      ("ppl ratio", "ppl_ratio", "{:.2f}"), ("KL vs dense", "kl_vs_dense", "{:.3f}"))
+    REPORT_COLUMNS = (
+        ("kept fraction", "kept_fraction", "{:.2f}"),
+        ("bytes fraction", "kv_bytes_fraction", "{:.2f}"),
+        ("needle", "needle_accuracy", "{:.2f}"),
+        ("needle (query-aware)", "needle_accuracy_query_aware", "{:.2f}"),
+        ("ppl ratio", "ppl_ratio", "{:.2f}"),
+        ("KL vs dense", "kl_vs_dense", "{:.3f}"),
+    )
 
     @classmethod
     def report(cls, recs: list[dict]) -> str:
@@ -95,15 +113,23 @@ class KVCompression(Task):
         out = []
         for n in sorted(by_len):
             rows = sorted(by_len[n], key=lambda r: r["method"]["name"])
-            out += [f"**{n} tokens**", "",
-                    "| method | budgets | " + " | ".join(c for c, _, _ in cls.REPORT_COLUMNS)
-                    + " | decode ms/token (÷ dense) |", "|---" * (len(cls.REPORT_COLUMNS) + 3) + "|"]
+            out += [
+                f"**{n} tokens**",
+                "",
+                "| method | budgets | "
+                + " | ".join(c for c, _, _ in cls.REPORT_COLUMNS)
+                + " | decode ms/token (÷ dense) |",
+                "|---" * (len(cls.REPORT_COLUMNS) + 3) + "|",
+            ]
             for rec in rows:
                 m, budgets = rec["metrics"], [b for b in rec["details"]["budgets"] if b != "dense"]
-                cells = [" / ".join(f.format(m[f"{key}@{b}"]["value"]) for b in budgets)
-                         for _, key, f in cls.REPORT_COLUMNS]
+                cells = [
+                    " / ".join(f.format(m[f"{key}@{b}"]["value"]) for b in budgets) for _, key, f in cls.REPORT_COLUMNS
+                ]
                 ratio = " / ".join(f"{m[f'decode_time_ratio@{n}@{b}']['value']:.2f}" for b in budgets)
-                out.append(f"| `{rec['method']['name']}` | {' / '.join(budgets)} | " + " | ".join(cells) + f" | {ratio} |")
+                out.append(
+                    f"| `{rec['method']['name']}` | {' / '.join(budgets)} | " + " | ".join(cells) + f" | {ratio} |"
+                )
             needle = statistics.median(r["metrics"]["needle_accuracy@dense"]["value"] for r in rows)
             dense_ms = statistics.median(r["metrics"][f"decode_ms_per_token@{n}@dense"]["value"] for r in rows)
             out += ["", f"dense (median over the records): needle {needle:.2f}, ms/token {dense_ms:.1f}", ""]
@@ -114,7 +140,7 @@ class KVCompression(Task):
         """Run fn() under the budget's hints; return its result and the call's telemetry, after
         checking the kept length."""
         hints = {"kv_question_tokens": question}
-        if unit not in SINGLE or budget == DENSE:   # a quantizer's own row keeps its bits
+        if unit not in SINGLE or budget == DENSE:  # a quantizer's own row keeps its bits
             hints["kv_budget"] = budget
         if decode is not None:
             hints["kv_decode_tokens"] = decode
@@ -136,10 +162,16 @@ class KVCompression(Task):
         stats = {"out": out, "wall_s": wall, "policy": bool(d.get("kv.calls"))}
         if stats["policy"]:
             ctx_tokens = d["kv.context_tokens"]
-            stats.update(kept_fraction=d["kv.kept_tokens"] / ctx_tokens, kv_bytes=d["kv.bytes"] / d["kv.calls"],
-                         kv_bytes_fraction=d["kv.bytes"] / d["kv.dense_bytes"], prefill_s=d["kv.prefill_s"],
-                         decode_steps=d.get("kv.decode_steps", 0), decode_s=d.get("kv.decode_s", 0.0),
-                         policy_s=d.get("kv.policy_s", 0.0), peak=d["kv.peak_cache_bytes"])
+            stats.update(
+                kept_fraction=d["kv.kept_tokens"] / ctx_tokens,
+                kv_bytes=d["kv.bytes"] / d["kv.calls"],
+                kv_bytes_fraction=d["kv.bytes"] / d["kv.dense_bytes"],
+                prefill_s=d["kv.prefill_s"],
+                decode_steps=d.get("kv.decode_steps", 0),
+                decode_s=d.get("kv.decode_s", 0.0),
+                policy_s=d.get("kv.policy_s", 0.0),
+                peak=d["kv.peak_cache_bytes"],
+            )
             self.check_kept(unit, budget, stats, ctx_tokens / d["kv.calls"])
         if torch.cuda.is_available():
             stats["peak"] = torch.cuda.max_memory_allocated()
@@ -161,8 +193,10 @@ class KVCompression(Task):
             want = budget if budget <= 1 else min(1.0, budget / n_context)
             ok, what = abs(s["kept_fraction"] - want) <= TOLERANCE, f"{want:.3f} of the context"
         if not ok:
-            raise NoEffect(f"kv_compression: at budget {label(budget)} the cache should hold {what}, but it kept "
-                           f"{s['kept_fraction']:.3f} of the tokens and {s['kv_bytes_fraction']:.3f} of the bytes")
+            raise NoEffect(
+                f"kv_compression: at budget {label(budget)} the cache should hold {what}, but it kept "
+                f"{s['kept_fraction']:.3f} of the tokens and {s['kv_bytes_fraction']:.3f} of the bytes"
+            )
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, ctx) -> TaskResult:
@@ -181,17 +215,24 @@ class KVCompression(Task):
 
         needle = Needle(context_length=(self.context_length,), max_new_tokens=self.max_new_tokens)
         for i, depth in enumerate(ctx.iterate(depth_grid(n_needle), total=n_needle, desc="kv_compression/needle")):
-            b_ = needle.build(lm, self.context_length, depth, sample_seed(ctx.seed, "kv", self.context_length, depth, i))
-            row = {"id": f"needle-{i}", "depth": depth, "prompt_tokens": len(b_["ids"]), "references": b_["refs"],
-                   "input_hash": hashlib.sha256(str(b_["ids"]).encode()).hexdigest()[:16]}
+            b_ = needle.build(
+                lm, self.context_length, depth, sample_seed(ctx.seed, "kv", self.context_length, depth, i)
+            )
+            row = {
+                "id": f"needle-{i}",
+                "depth": depth,
+                "prompt_tokens": len(b_["ids"]),
+                "references": b_["refs"],
+                "input_hash": hashlib.sha256(str(b_["ids"]).encode()).hexdigest()[:16],
+            }
             for b in budgets:
                 for kind, q in (("needle_accuracy", b_["query_tokens"]), ("needle_accuracy_query_aware", 0)):
                     if b == DENSE and kind.endswith("aware"):
-                        continue          # dense: the question placement changes nothing
+                        continue  # dense: the question placement changes nothing
                     s = self.call(lm, unit, b, lambda: lm.generate([b_["ids"]], self.max_new_tokens), q)
                     pred = lm.decode(s["out"][0])
                     score = sum(r.lower() in pred.lower() for r in b_["refs"]) / len(b_["refs"])
-                    for metric in ([kind, "needle_accuracy_query_aware"] if b == DENSE else [kind]):
+                    for metric in [kind, "needle_accuracy_query_aware"] if b == DENSE else [kind]:
                         row[f"{metric}@{names[b]}"] = score
                         add(b, metric, score)
                     if s["policy"]:
@@ -205,17 +246,23 @@ class KVCompression(Task):
         texts = Perplexity(context_length=(self.context_length,), n_tokens=n_text * self.context_length)
         ids = texts.text_ids(lm, ctx.seed)
         for i in ctx.iterate(range(n_text), total=n_text, desc="kv_compression/ppl"):
-            seq = ids[i * self.context_length:(i + 1) * self.context_length]
+            seq = ids[i * self.context_length : (i + 1) * self.context_length]
             if len(seq) <= self.ppl_decode_tokens:
                 break
-            row = {"id": f"text-{i}", "tokens": len(seq), "input_hash": hashlib.sha256(str(seq).encode()).hexdigest()[:16]}
+            row = {
+                "id": f"text-{i}",
+                "tokens": len(seq),
+                "input_hash": hashlib.sha256(str(seq).encode()).hexdigest()[:16],
+            }
             x = torch.tensor([seq], device=lm.device)
             logp = {}
             for b in budgets:
-                s = self.call(lm, unit, b, lambda: lm.forward_logits(x, torch.ones_like(x)), decode=self.ppl_decode_tokens)
+                s = self.call(
+                    lm, unit, b, lambda: lm.forward_logits(x, torch.ones_like(x)), decode=self.ppl_decode_tokens
+                )
                 scored = slice(len(seq) - self.ppl_decode_tokens - 1, len(seq) - 1)
                 logp[b] = torch.log_softmax(s["out"][0, scored].float(), dim=-1)
-                target = x[0, scored.start + 1:scored.stop + 1]
+                target = x[0, scored.start + 1 : scored.stop + 1]
                 row[f"nll@{names[b]}"] = float(-logp[b].gather(1, target[:, None]).mean())
             for b in budgets:
                 ratio = math.exp(row[f"nll@{names[b]}"] - row["nll@dense"])
@@ -233,7 +280,7 @@ class KVCompression(Task):
                 if s["policy"] and s["decode_steps"]:
                     prefill, ms = s["prefill_s"], 1000 * s["decode_s"] / s["decode_steps"]
                     row[f"bookkeeping_share@{T}@{names[b]}"] = s["policy_s"] / s["decode_s"]
-                else:      # no policy: prefill from a one-token call, decode from the difference
+                else:  # no policy: prefill from a one-token call, decode from the difference
                     one = self.call(lm, unit, b, lambda: lm.generate([b_["ids"]], 1))
                     prefill = one["wall_s"]
                     ms = 1000 * max(0.0, s["wall_s"] - one["wall_s"]) / max(1, len(s["out"][0]) - 1)
@@ -244,10 +291,15 @@ class KVCompression(Task):
 
     def summarise(self, rows, budgets, names, per) -> TaskResult:
         metrics: dict[str, Metric] = {}
-        units = {"needle_accuracy": ("higher", "fraction"), "needle_accuracy_query_aware": ("higher", "fraction"),
-                 "ppl_ratio": ("lower", "ratio"), "kl_vs_dense": ("lower", "nats/token"),
-                 "kept_fraction": ("lower", "fraction"), "kv_bytes": ("lower", "bytes"),
-                 "kv_bytes_fraction": ("lower", "fraction")}
+        units = {
+            "needle_accuracy": ("higher", "fraction"),
+            "needle_accuracy_query_aware": ("higher", "fraction"),
+            "ppl_ratio": ("lower", "ratio"),
+            "kl_vs_dense": ("lower", "nats/token"),
+            "kept_fraction": ("lower", "fraction"),
+            "kv_bytes": ("lower", "bytes"),
+            "kv_bytes_fraction": ("lower", "fraction"),
+        }
         sample_fields = {"needle_accuracy", "needle_accuracy_query_aware", "ppl_ratio", "kl_vs_dense", "kept_fraction"}
         compressed = [names[b] for b in budgets if b != DENSE]
         for name, (direction, unit) in units.items():
@@ -259,14 +311,16 @@ class KVCompression(Task):
             means = [metrics[f"{name}@{n}"].value for n in compressed if f"{name}@{n}" in metrics]
             if means:
                 metrics[name] = Metric(sum(means) / len(means), direction, unit, n=len(means))
-        if "needle_accuracy" not in metrics:      # no policy ran: the dense row is all there is
+        if "needle_accuracy" not in metrics:  # no policy ran: the dense row is all there is
             metrics["needle_accuracy"] = metrics["needle_accuracy@dense"]
         timing = [r for r in rows if r["id"].startswith("timing-")]
         for r in timing:
             for key, value in r.items():
                 kind = key.split("@")[0]
                 if kind in ("prefill_s", "decode_ms_per_token", "peak_mem_bytes", "bookkeeping_share"):
-                    unit = {"prefill_s": "s", "decode_ms_per_token": "ms", "peak_mem_bytes": "bytes"}.get(kind, "fraction")
+                    unit = {"prefill_s": "s", "decode_ms_per_token": "ms", "peak_mem_bytes": "bytes"}.get(
+                        kind, "fraction"
+                    )
                     metrics[key] = Metric(value, "lower", unit, n=1)
         for T in self.timing_lengths:
             dense = metrics.get(f"decode_ms_per_token@{T}@dense")
@@ -278,8 +332,14 @@ class KVCompression(Task):
         for b in budgets:
             n = names[b]
             entry = {"budget": n}
-            for name in ("kept_fraction", "kv_bytes_fraction", "needle_accuracy", "needle_accuracy_query_aware",
-                         "ppl_ratio", "kl_vs_dense"):
+            for name in (
+                "kept_fraction",
+                "kv_bytes_fraction",
+                "needle_accuracy",
+                "needle_accuracy_query_aware",
+                "ppl_ratio",
+                "kl_vs_dense",
+            ):
                 m = metrics.get(f"{name}@{n}")
                 entry[name] = m.value if m else (1.0 if b == DENSE and name.startswith(("kept", "kv_")) else None)
             pareto.append(entry)

@@ -1,6 +1,7 @@
 """MATH best-of-N with process/outcome reward models: a pool of sampled solutions per problem, a
 step_scorer method scores them, and the task reports accuracy@N, majority@N, weighted_majority@N
 and the oracle pass@N for N = 1, 2, 4, ... up to the pool size."""
+
 from __future__ import annotations
 
 import hashlib
@@ -39,6 +40,7 @@ class MathPrmBon(Task):
     `accuracy` (main) is accuracy@N at the largest N. Solutions without an answer occupy a slot
     and are wrong when picked; they never vote. Problem-level bootstrap intervals (`bootstrap`
     resamples) and the Monte Carlo trial std go to details."""
+
     name = "math_prm_bon"
     version = "1"
     accepts = ("step_scorer",)
@@ -75,17 +77,28 @@ class MathPrmBon(Task):
         pass@N and majority@N rows (the same for every method on the same data), with the 95 %
         interval and weighted majority at each row's largest N."""
         grid = max((r["details"]["grid"] for r in recs), key=len)
-        lines = ["| method | " + " | ".join(f"N={n}" for n in grid) + " | 95% CI at its largest N |"
-                 + " weighted majority at its largest N |", "|" + "---|" * (len(grid) + 3)]
+        lines = [
+            "| method | "
+            + " | ".join(f"N={n}" for n in grid)
+            + " | 95% CI at its largest N |"
+            + " weighted majority at its largest N |",
+            "|" + "---|" * (len(grid) + 3),
+        ]
         base = next(r for r in recs if r["details"]["grid"] == grid)
-        for name, metric, rec in ([("oracle pass@N", "pass", base), ("majority@N", "majority", base)]
-                                  + [(report_label(r), "accuracy", r) for r in sorted(recs, key=report_label)]):
+        for name, metric, rec in [("oracle pass@N", "pass", base), ("majority@N", "majority", base)] + [
+            (report_label(r), "accuracy", r) for r in sorted(recs, key=report_label)
+        ]:
             vals = {n: rec["metrics"].get(f"{metric}@{n}", {}).get("value") for n in grid}
             ci = rec["details"]["intervals"].get(f"{metric}@{rec['details']['grid'][-1]}")
             cells = [f"{vals[n]:.3f}" if vals[n] is not None else "—" for n in grid]
             wm = rec["metrics"].get(f"weighted_majority@{rec['details']['grid'][-1]}") if metric == "accuracy" else None
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci[0]:.3f}–{ci[1]:.3f} | "
-                         + (f"{wm['value']:.3f}" if wm else "—") + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(cells)
+                + f" | {ci[0]:.3f}–{ci[1]:.3f} | "
+                + (f"{wm['value']:.3f}" if wm else "—")
+                + " |"
+            )
         return "\n".join(lines)
 
     # -- data ----------------------------------------------------------------------------------
@@ -98,12 +111,17 @@ class MathPrmBon(Task):
                 # the world's hidden step labels, as precomputed scores: a perfect process verifier
                 oracle = [0.0 if e else 1.0 for e in s["step_errors"]]
                 pools.setdefault(s["problem_id"], []).append(dict(s, correct=None, scores={"oracle_steps": oracle}))
-            world = {"generator": "harness.mathworld", "policy": "stochastic program (not an LM)",
-                     "policy_version": mathworld.Policy().version, "base_seed": base}
+            world = {
+                "generator": "harness.mathworld",
+                "policy": "stochastic program (not an LM)",
+                "policy_version": mathworld.Policy().version,
+                "base_seed": base,
+            }
             return probs, pools, world
         sep = self.step_sep.encode().decode("unicode_escape")
-        probs, pools = formats.load(self.format, None if self.problems == "synthetic" else self.problems,
-                                    self.solutions, sep)
+        probs, pools = formats.load(
+            self.format, None if self.problems == "synthetic" else self.problems, self.solutions, sep
+        )
         return probs, pools, {}
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -113,7 +131,7 @@ class MathPrmBon(Task):
         method = ctx.methods[0]
         probs, pools, world = self.load(ctx.seed)
         if ctx.limit:
-            probs = probs[:ctx.limit]
+            probs = probs[: ctx.limit]
         if not probs:
             raise UserError("math_prm_bon: no problems to evaluate")
         sizes = [len(pools.get(p["id"], [])) for p in probs]
@@ -122,13 +140,21 @@ class MathPrmBon(Task):
             grid = sorted({n for n in grid if n < self.n_max} | {min(self.n_max, grid[-1])})
         grader = Grader(self.grader_timeout, self.math_verify)
         vote = method.selection == "vote"
-        names = [f"{m}@{n}" for n in grid for m in ("accuracy", "majority", "pass")
-                 + (() if method.selection != "argmax" else ("weighted_majority",))]
+        names = [
+            f"{m}@{n}"
+            for n in grid
+            for m in ("accuracy", "majority", "pass") + (() if method.selection != "argmax" else ("weighted_majority",))
+        ]
         per_problem: dict[str, list[float]] = {k: [] for k in names}
-        trial_sums = {k: np.zeros(self.trials) for k in names
-                      if k.startswith(("majority", "weighted")) or (vote and k.startswith("accuracy"))}
-        samples, scoring = [], {"solutions": 0, "finite": 0, "problems": 0, "varied_answers": 0,
-                                "varied_scores": 0, "votes": 0}
+        trial_sums = {
+            k: np.zeros(self.trials)
+            for k in names
+            if k.startswith(("majority", "weighted")) or (vote and k.startswith("accuracy"))
+        }
+        samples, scoring = (
+            [],
+            {"solutions": 0, "finite": 0, "problems": 0, "varied_answers": 0, "varied_scores": 0, "votes": 0},
+        )
         try:
             for p in ctx.iterate(probs, total=len(probs), desc="math_prm_bon"):
                 pool = pools.get(p["id"], [])
@@ -137,15 +163,20 @@ class MathPrmBon(Task):
         finally:
             grader.close()
         metrics = {k: Metric.mean(v, "higher", "fraction", sample_field=k) for k, v in per_problem.items()}
-        metrics["accuracy"] = Metric.mean(per_problem[f"accuracy@{grid[-1]}"], "higher", "fraction",
-                                          sample_field=f"accuracy@{grid[-1]}")
+        metrics["accuracy"] = Metric.mean(
+            per_problem[f"accuracy@{grid[-1]}"], "higher", "fraction", sample_field=f"accuracy@{grid[-1]}"
+        )
         details = {
-            "grid": grid, "selection": method.selection, "grader": grader.info(),
+            "grid": grid,
+            "selection": method.selection,
+            "grader": grader.info(),
             "pool_sizes": {"min": min(sizes), "max": max(sizes), "mean": sum(sizes) / len(sizes)},
             "intervals": {k: bon.bootstrap_interval(v, self.bootstrap, ctx.seed) for k, v in per_problem.items()},
             "interval_level": 0.95,
             "trial_std": {k: float(v.std() / len(probs)) for k, v in trial_sums.items()},
-            "scoring": scoring, "world": world, "calibrated": True,
+            "scoring": scoring,
+            "world": world,
+            "calibrated": True,
         }
         return TaskResult(metrics, samples, details, self._hash(probs, pools))
 
@@ -173,8 +204,14 @@ class MathPrmBon(Task):
             scoring["varied_scores"] += len(set(scores)) > 1
         scoring["problems"] += 1
         scoring["varied_answers"] += len(set(classes)) > 1
-        row = {"id": p["id"], "input_hash": sha256_text(p["problem"])[:16], "gold": p.get("answer"),
-               "n": m, "answer_classes": k, "correct": [int(c) for c in correct]}
+        row = {
+            "id": p["id"],
+            "input_hash": sha256_text(p["problem"])[:16],
+            "gold": p.get("answer"),
+            "n": m,
+            "answer_classes": k,
+            "correct": [int(c) for c in correct],
+        }
         if scores is not None:
             best = int(np.argmax(scores))
             row.update(prediction=answers[best], scores=[round(x, 6) for x in scores])
@@ -185,13 +222,17 @@ class MathPrmBon(Task):
             if vote:
                 values["accuracy"] = maj
                 scoring["votes"] += int(idx.size) if m else 0
-            elif method.selection == "search":     # the method generates: one search per N
+            elif method.selection == "search":  # the method generates: one search per N
                 found = method.search(p, n, bon.subset_seed(seed, p["id"], n))
-                values["accuracy"] = float(grader.equivalent(p["answer"], found) if p.get("answer") is not None else 0.0)
+                values["accuracy"] = float(
+                    grader.equivalent(p["answer"], found) if p.get("answer") is not None else 0.0
+                )
                 row.setdefault("search_answers", {})[str(n)] = found
             else:
                 values["accuracy"] = bon.expected_argmax(scores, correct, n) if m else 0.0
-                values["weighted_majority"] = bon.vote(classes, class_correct, weights, idx) if m else np.zeros(self.trials)
+                values["weighted_majority"] = (
+                    bon.vote(classes, class_correct, weights, idx) if m else np.zeros(self.trials)
+                )
             for name, v in values.items():
                 key = f"{name}@{n}"
                 if isinstance(v, np.ndarray):
@@ -202,8 +243,10 @@ class MathPrmBon(Task):
         return row
 
     def _hash(self, probs, pools) -> str:
-        content = [[p["id"], p["problem"], p.get("answer"), [[s["steps"], s["answer"]] for s in pools.get(p["id"], [])]]
-                   for p in probs]
+        content = [
+            [p["id"], p["problem"], p.get("answer"), [[s["steps"], s["answer"]] for s in pools.get(p["id"], [])]]
+            for p in probs
+        ]
         return hashlib.sha256(canonical(content).encode()).hexdigest()
 
 
@@ -214,7 +257,7 @@ def report_label(rec: dict) -> str:
     p = rec["method"]["params"].get(name, {})
     try:
         defaults = params.to_dict(registry.method(name)(**({"model": "x"} if "model" in p else {})))
-    except (UserError, TypeError, ValueError):      # a method this install lacks, or one that needs arguments
+    except (UserError, TypeError, ValueError):  # a method this install lacks, or one that needs arguments
         defaults = {}
     bits = [f"{k}={v}" for k, v in p.items() if k in ("agg", "estimation") or (k in defaults and defaults[k] != v)]
     bits.sort(key=lambda b: b.startswith("agg="))

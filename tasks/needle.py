@@ -1,5 +1,6 @@
 """RULER-style needle in a haystack (single, multikey, multivalue, multiquery, variable tracking),
 greedy decoding, string-match scoring."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,12 +15,16 @@ from harness.synthetic import PREAMBLE, Corpus, needle_sentence, query_text, sam
 
 VARIANTS = ("single", "multikey", "multivalue", "multiquery", "vt")
 # RULER's multi-answer questions, with the answer prefix ending like the needle sentence ("...: ")
-MULTI_QUESTION = ("\nWhat are all the special magic numbers for {keys} mentioned in the provided text?"
-                  "\nAnswer: the special magic numbers for {keys}:")
+MULTI_QUESTION = (
+    "\nWhat are all the special magic numbers for {keys} mentioned in the provided text?"
+    "\nAnswer: the special magic numbers for {keys}:"
+)
 VT_PREAMBLE = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n"
-VT_QUESTION = ("\nQuestion: Find all variables that are assigned the value {value} in the text above. "
-               "Answer: According to the chain(s) of variable assignment in the text above, {n} variables "
-               "are assigned the value {value}, they are:")
+VT_QUESTION = (
+    "\nQuestion: Find all variables that are assigned the value {value} in the text above. "
+    "Answer: According to the chain(s) of variable assignment in the text above, {n} variables "
+    "are assigned the value {value}, they are:"
+)
 
 
 def _and(keys: list[str]) -> str:
@@ -70,6 +75,7 @@ class Needle(Task):
     `hops` assignments VAR b = VAR a, all names asked). The first statement sits at the grid's
     depth, the others at random depths. n: needles for the multi variants (RULER's 4).
     max_new_tokens: None = 16 for single/multikey, 48 for the multi-answer variants."""
+
     name = "needle"
     version = "1"
     main_metric = "accuracy"
@@ -110,6 +116,7 @@ class Needle(Task):
         def next_sentence():
             pos[0] = (pos[0] + 1) % len(sents)
             return sents[pos[0]]
+
         return Corpus(seed), next_sentence
 
     def build(self, lm, length: int, depth: float, seed: int) -> dict:
@@ -120,7 +127,7 @@ class Needle(Task):
         budget = length - self.max_new_tokens - len(lm.prompt_prefix())
         fixed = len(lm.encode(preamble + "".join(" " + x for x in statements) + query))
         hay, used = [], 0
-        while used < budget - fixed:   # tokenized a chunk at a time: one tokenizer call, not one per sentence
+        while used < budget - fixed:  # tokenized a chunk at a time: one tokenizer call, not one per sentence
             chunk = [next_sentence() for _ in range(32)]
             counts = lm.tokenizer([" " + x for x in chunk], add_special_tokens=False)["input_ids"]
             for sentence, ids in zip(chunk, counts):
@@ -129,9 +136,9 @@ class Needle(Task):
                 hay.append(sentence)
                 used += len(ids)
         others = sorted(rng.random() for _ in statements[1:])
-        if self.variant == "vt":        # the chain keeps its order after the first statement
+        if self.variant == "vt":  # the chain keeps its order after the first statement
             others = [depth / 100 + (1 - depth / 100) * x for x in others]
-        while True:   # sentence-wise counts are exact for the zoo tokenizer, close for BPE ones
+        while True:  # sentence-wise counts are exact for the zoo tokenizer, close for BPE ones
             slots = [round(depth / 100 * len(hay))] + [round(x * len(hay)) for x in others]
             parts, before = list(hay), None
             for at, text in sorted(zip(slots, statements), key=lambda p: p[0], reverse=True):
@@ -146,14 +153,22 @@ class Needle(Task):
             raise UserError(f"context_length {length} is too short for the needles and question")
         hay_start = len(lm.encode(preamble))
         hay_tokens = len(ids) - len(lm.prompt_prefix()) - hay_start - len(lm.encode(query))
-        return {"ids": ids, "refs": refs, "needle_token": len(lm.encode(before)) - hay_start,
-                "query_tokens": len(lm.encode(query)),
-                "haystack_tokens": hay_tokens}   # statements included; exact for the zoo tokenizer
+        return {
+            "ids": ids,
+            "refs": refs,
+            "needle_token": len(lm.encode(before)) - hay_start,
+            "query_tokens": len(lm.encode(query)),
+            "haystack_tokens": hay_tokens,
+        }  # statements included; exact for the zoo tokenizer
 
     def samples_plan(self, seed: int) -> list[tuple[int, float, int]]:
         """(length, depth, repetition), repetition-major so that --limit still covers the grid."""
-        return [(L, d, r) for r in range(self.samples_per_depth) for L in self.context_length
-                for d in depth_grid(self.depths)]
+        return [
+            (L, d, r)
+            for r in range(self.samples_per_depth)
+            for L in self.context_length
+            for d in depth_grid(self.depths)
+        ]
 
     def workload(self, limit):
         return [(L - self.max_new_tokens, self.max_new_tokens) for L, _, _ in self.samples_plan(0)[:limit]]
@@ -162,29 +177,44 @@ class Needle(Task):
         lm = ctx.lm
         if self.haystack != "synthetic":
             self._file_sentences = data.sentences(data.read_text(self.haystack, "needle haystack"))
-        plan = self.samples_plan(ctx.seed)[:ctx.limit]
+        plan = self.samples_plan(ctx.seed)[: ctx.limit]
         rows = []
-        batches = [plan[i:i + lm.batch_size] for i in range(0, len(plan), lm.batch_size)]
+        batches = [plan[i : i + lm.batch_size] for i in range(0, len(plan), lm.batch_size)]
         for batch in ctx.iterate(batches, total=len(batches), desc=f"needle/{self.variant} ({len(plan)} samples)"):
             built = [self.build(lm, L, d, sample_seed(ctx.seed, L, d, r)) for L, d, r in batch]
             outputs = lm.generate([b["ids"] for b in built], self.max_new_tokens)
             for (L, d, r), b, out in zip(batch, built, outputs):
                 pred = lm.decode(out)
                 score = sum(ref.lower() in pred.lower() for ref in b["refs"]) / len(b["refs"])
-                rows.append({"id": f"L{L}-d{d:g}-r{r}", "context_length": L, "depth": d, "repetition": r,
-                             "input_hash": hashlib.sha256(str(b["ids"]).encode()).hexdigest()[:16],
-                             "prompt_tokens": len(b["ids"]), "needle_token": b["needle_token"],
-                             "haystack_tokens": b["haystack_tokens"], "references": b["refs"],
-                             "prediction": pred, "score": score})
+                rows.append(
+                    {
+                        "id": f"L{L}-d{d:g}-r{r}",
+                        "context_length": L,
+                        "depth": d,
+                        "repetition": r,
+                        "input_hash": hashlib.sha256(str(b["ids"]).encode()).hexdigest()[:16],
+                        "prompt_tokens": len(b["ids"]),
+                        "needle_token": b["needle_token"],
+                        "haystack_tokens": b["haystack_tokens"],
+                        "references": b["refs"],
+                        "prediction": pred,
+                        "score": score,
+                    }
+                )
         metrics = {"accuracy": Metric.mean([r["score"] for r in rows], "higher", "fraction", "score")}
         if len(self.context_length) > 1:
             for L in self.context_length:
-                metrics[f"accuracy@{L}"] = Metric.mean([r["score"] for r in rows if r["context_length"] == L],
-                                                       "higher", "fraction")
+                metrics[f"accuracy@{L}"] = Metric.mean(
+                    [r["score"] for r in rows if r["context_length"] == L], "higher", "fraction"
+                )
         grid = {}
         for r in rows:
             grid.setdefault((r["context_length"], r["depth"]), []).append(r["score"])
-        details = {"grid": [{"context_length": L, "depth": d, "n": len(v), "accuracy": sum(v) / len(v)}
-                            for (L, d), v in sorted(grid.items())]}
+        details = {
+            "grid": [
+                {"context_length": L, "depth": d, "n": len(v), "accuracy": sum(v) / len(v)}
+                for (L, d), v in sorted(grid.items())
+            ]
+        }
         data_hash = hashlib.sha256("".join(r["input_hash"] for r in rows).encode()).hexdigest()
         return TaskResult(metrics, rows, details, data_hash)

@@ -1,4 +1,5 @@
 """Statistics of a video noise prior, against the analytic values, without a diffusion model."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,7 @@ MOTIONS = ("translate", "rotate", "zoom")
 def motion_flow(motion: str, speed: float, h: int, w: int) -> torch.Tensor:
     """Backward flow [H, W, 2] of one frame step of an affine motion whose edge speed is `speed`
     pixels per frame: target pixel (x, y) of frame t+1 comes from (x, y) + flow in frame t."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     cx, cy = (w - 1) / 2, (h - 1) / 2
     if motion == "translate":
         sx, sy = xs - speed, ys - speed / 2
@@ -44,13 +44,13 @@ def overlap_weights(flow: torch.Tensor, k: int = 16) -> tuple[torch.Tensor, torc
     h, w, _ = flow.shape
     off = (torch.arange(k, dtype=torch.float32) + 0.5) / k - 0.5
     oy, ox = torch.meshgrid(off, off, indexing="ij")
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     px = xs[..., None] + ox.flatten()
     py = ys[..., None] + oy.flatten()
     grid = torch.stack([(px + 0.5) / w * 2 - 1, (py + 0.5) / h * 2 - 1], -1).reshape(1, h, w * k * k, 2)
-    f = torch.nn.functional.grid_sample(flow.permute(2, 0, 1)[None], grid, mode="bilinear",
-                                        padding_mode="border", align_corners=False)[0]
+    f = torch.nn.functional.grid_sample(
+        flow.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0]
     sx = (px.reshape(h, -1) + f[0]).reshape(h, w, -1)
     sy = (py.reshape(h, -1) + f[1]).reshape(h, w, -1)
     qx, qy = torch.floor(sx + 0.5).long(), torch.floor(sy + 0.5).long()
@@ -66,6 +66,7 @@ def anderson_darling(x: np.ndarray) -> float:
     """A² of the sample against the fully specified N(0, 1) (not the composite test of
     scipy.stats.anderson, which estimates mean and variance first)."""
     from scipy.special import log_ndtr
+
     z = np.sort(x.astype(np.float64))
     n = len(z)
     i = np.arange(1, n + 1)
@@ -74,12 +75,19 @@ def anderson_darling(x: np.ndarray) -> float:
 
 def frame_stats(x: np.ndarray, subsample: int) -> dict:
     from scipy import stats
+
     v = x.ravel().astype(np.float64)
     sub = v[:: max(1, len(v) // subsample)][:subsample]
     ks = stats.kstest(sub, "norm")
-    return {"mean": float(v.mean()), "var": float(v.var()), "skew": float(stats.skew(v)),
-            "excess_kurtosis": float(stats.kurtosis(v)), "ks_stat": float(ks.statistic),
-            "ks_p": float(ks.pvalue), "ad_stat": anderson_darling(sub)}
+    return {
+        "mean": float(v.mean()),
+        "var": float(v.var()),
+        "skew": float(stats.skew(v)),
+        "excess_kurtosis": float(stats.kurtosis(v)),
+        "ks_stat": float(ks.statistic),
+        "ks_p": float(ks.pvalue),
+        "ad_stat": anderson_darling(sub),
+    }
 
 
 def spatial_whiteness(x: torch.Tensor) -> dict:
@@ -91,8 +99,11 @@ def spatial_whiteness(x: torch.Tensor) -> dict:
     cx = float((x[..., :, 1:] * x[..., :, :-1]).mean() / var)
     cy = float((x[..., 1:, :] * x[..., :-1, :]).mean() / var)
     p = (torch.fft.fft2(x).abs() ** 2).mean(0).flatten()[1:]
-    return {"spatial_corr_x": cx, "spatial_corr_y": cy,
-            "psd_flatness": float(torch.exp(torch.log(p).mean()) / p.mean())}
+    return {
+        "spatial_corr_x": cx,
+        "spatial_corr_y": cy,
+        "psd_flatness": float(torch.exp(torch.log(p).mean()) / p.mean()),
+    }
 
 
 def corr_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +118,7 @@ def corr_matrix(x: torch.Tensor) -> torch.Tensor:
 def alpha_bars(T: int) -> torch.Tensor:
     """The "linear" latent-diffusion schedule of VideoCrafter / DynamiCrafter (beta from 0.00085 to
     0.012 on a square-root scale); index t = 0..T, with alpha_bar(0) = 1."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, T, dtype=torch.float64) ** 2
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
 
 
@@ -129,6 +140,7 @@ class NoisePriorTask(Task):
 
     Prior protocol: draw(shape, generator, flows) -> [F, C, H, W]; expected_corr(F);
     start_fraction and initial_latent(eps, alpha_bar, mean, var); denoise(x, fn)."""
+
     name = "noise_prior"
     version = "1"
     accepts = ("noise_prior",)
@@ -150,8 +162,18 @@ class NoisePriorTask(Task):
     toy_steps: int = field(default=50, metadata={"help": "DDIM steps of the toy sampler"})
     diffusion_steps: int = field(default=1000, metadata={"help": "T of the toy's noise schedule"})
 
-    REPORT_METRICS = ("temporal_corr_error", "lag1_corr", "ks_stat", "spatial_corr", "warp_coherence",
-                      "warp_coherence_ideal", "warp_var_error", "toy_corr_error", "toy_lag1_corr", "toy_init_kl")
+    REPORT_METRICS = (
+        "temporal_corr_error",
+        "lag1_corr",
+        "ks_stat",
+        "spatial_corr",
+        "warp_coherence",
+        "warp_coherence_ideal",
+        "warp_var_error",
+        "toy_corr_error",
+        "toy_lag1_corr",
+        "toy_init_kl",
+    )
 
     @classmethod
     def report(cls, recs: list[dict]) -> str:
@@ -174,7 +196,7 @@ class NoisePriorTask(Task):
         (prior,) = ctx.methods
         gen = torch.Generator().manual_seed(ctx.seed)
         F, C, H, W, S = self.frames, self.channels, self.height, self.width, self.samples
-        shape = (F, S * C, H, W)      # one draw: every sample shares the prior's frame structure
+        shape = (F, S * C, H, W)  # one draw: every sample shares the prior's frame structure
         rows, metrics, details = [], {}, {"calibrated": True}
 
         # temporal structure: static scene (zero flow), correlation at a fixed pixel
@@ -197,14 +219,19 @@ class NoisePriorTask(Task):
             x = prior.draw(shape, gen, flow.expand(F - 1, H, W, 2))
             moving.append(x)
             p, q, a, inside = overlap_weights(flow)
-            prev, nxt = x[:-1].flatten(2).double(), x[1:].flatten(2).double()   # [F-1, SC, P]
-            gt = torch.zeros_like(prev).index_add_(2, p, prev[..., q] * a)       # E[next | prev]
+            prev, nxt = x[:-1].flatten(2).double(), x[1:].flatten(2).double()  # [F-1, SC, P]
+            gt = torch.zeros_like(prev).index_add_(2, p, prev[..., q] * a)  # E[next | prev]
             y, g = nxt[..., inside], gt[..., inside]
             sum_a2 = torch.zeros(H * W, dtype=torch.float64).index_add_(0, p, a * a)[inside]
             coh = float((y * g).sum() / ((y * y).sum() * (g * g).sum()).sqrt())
-            row = {"id": f"warp-{motion}", "motion": motion, "warp_coherence": coh,
-                   "warp_coherence_ideal": float(sum_a2.mean().sqrt()),
-                   "warp_var": float(nxt.double().var()), **spatial_whiteness(x[1:])}
+            row = {
+                "id": f"warp-{motion}",
+                "motion": motion,
+                "warp_coherence": coh,
+                "warp_coherence_ideal": float(sum_a2.mean().sqrt()),
+                "warp_var": float(nxt.double().var()),
+                **spatial_whiteness(x[1:]),
+            }
             rows.append(row)
         if self.motions:
             for key, direction in (("warp_coherence", "higher"), ("warp_coherence_ideal", "higher")):
@@ -224,8 +251,9 @@ class NoisePriorTask(Task):
         metrics["ks_stat"] = Metric.mean([r["ks_stat"] for r in frame_rows], "lower", "KS D", "ks_stat")
         metrics["ad_stat"] = Metric.mean([r["ad_stat"] for r in frame_rows], "lower", "AD A²", "ad_stat")
         white = spatial_whiteness(pooled)
-        metrics["spatial_corr"] = Metric(max(abs(white["spatial_corr_x"]), abs(white["spatial_corr_y"])),
-                                         "lower", "|lag-1 corr|")
+        metrics["spatial_corr"] = Metric(
+            max(abs(white["spatial_corr_x"]), abs(white["spatial_corr_y"])), "lower", "|lag-1 corr|"
+        )
         metrics["psd_flatness"] = Metric(white["psd_flatness"], "higher", "geo/arith mean")
 
         toy = self.linear_denoiser_toy(prior, still)
@@ -258,7 +286,9 @@ class NoisePriorTask(Task):
                 s = sigma[:n, :n]
                 k = a.sqrt() * s @ torch.linalg.inv(a * s + (1 - a) * torch.eye(n, dtype=torch.float64))
                 return mean[:n] + k @ (xt - a.sqrt() * mean[:n])
+
             return fn
+
         for t, t_prev in zip(ts[:-1], ts[1:]):
             a, a_prev = ab[t], ab[t_prev]
             x0 = prior.denoise(x, x0_hat(a))
@@ -267,9 +297,11 @@ class NoisePriorTask(Task):
         out = corr_matrix(x)
         data_corr = sigma / self.toy_var
         off = ~torch.eye(F, dtype=torch.bool)
-        return {"toy_corr_error": (float((out - data_corr).abs()[off].mean()), "lower", "mean |corr - data corr|"),
-                "toy_lag1_corr": (float(out.diagonal(1).mean()), "higher", f"corr (data {self.toy_rho})"),
-                "toy_mean_error": (float((x.mean() - self.toy_mean).abs()), "lower", "|mean - data mean|"),
-                "toy_var_ratio": (float(x.var(1).mean() / self.toy_var), "higher", "var / data var"),
-                "toy_init_kl": (kl, "lower", "nats per element"),
-                "toy_init_kl_plain": (kl_plain, "lower", "nats per element, N(0, I) at the same step")}
+        return {
+            "toy_corr_error": (float((out - data_corr).abs()[off].mean()), "lower", "mean |corr - data corr|"),
+            "toy_lag1_corr": (float(out.diagonal(1).mean()), "higher", f"corr (data {self.toy_rho})"),
+            "toy_mean_error": (float((x.mean() - self.toy_mean).abs()), "lower", "|mean - data mean|"),
+            "toy_var_ratio": (float(x.var(1).mean() / self.toy_var), "higher", "var / data var"),
+            "toy_init_kl": (kl, "lower", "nats per element"),
+            "toy_init_kl_plain": (kl_plain, "lower", "nats per element, N(0, I) at the same step"),
+        }

@@ -1,4 +1,5 @@
 """Passkey retrieval, the long-context test of the PI and LongLoRA papers."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,6 +21,7 @@ class Passkey(Task):
     appears in the continuation — the prompt and key range of LongLoRA's passkey_retrivial.py,
     as in PI (arXiv:2306.15595) and LongLoRA (arXiv:2309.12307). The key's position is uniform
     over the filler. Aliases passkey_<N>k set context_length = N * 1024."""
+
     name = "passkey"
     version = "1"
     main_metric = "accuracy"
@@ -66,20 +68,29 @@ class Passkey(Task):
         lm = ctx.lm
         plan = self.plan(ctx.limit)
         rows = []
-        batches = [plan[i:i + lm.batch_size] for i in range(0, len(plan), lm.batch_size)]
+        batches = [plan[i : i + lm.batch_size] for i in range(0, len(plan), lm.batch_size)]
         for batch in ctx.iterate(batches, total=len(batches), desc=f"passkey ({len(plan)} samples)"):
             built = [self.build(lm, L, sample_seed(ctx.seed, L, r)) for L, r in batch]
             for (L, r), b, out in zip(batch, built, lm.generate([b["ids"] for b in built], self.max_new_tokens)):
                 pred = lm.decode(out)
                 correct = int(re.search(rf"(?<!\d){b['key']}(?!\d)", pred) is not None)
-                rows.append({"id": f"L{L}-r{r}", "context_length": L, "depth": round(b["depth"], 2),
-                             "input_hash": hashlib.sha256(str(b["ids"]).encode()).hexdigest()[:16],
-                             "prompt_tokens": len(b["ids"]), "target": b["key"], "prediction": pred,
-                             "correct": correct})
+                rows.append(
+                    {
+                        "id": f"L{L}-r{r}",
+                        "context_length": L,
+                        "depth": round(b["depth"], 2),
+                        "input_hash": hashlib.sha256(str(b["ids"]).encode()).hexdigest()[:16],
+                        "prompt_tokens": len(b["ids"]),
+                        "target": b["key"],
+                        "prediction": pred,
+                        "correct": correct,
+                    }
+                )
         metrics = {"accuracy": Metric.mean([r["correct"] for r in rows], "higher", "fraction", "correct")}
         if len(self.context_length) > 1:
             for L in self.context_length:
-                metrics[f"accuracy@{L}"] = Metric.mean([r["correct"] for r in rows if r["context_length"] == L],
-                                                       "higher", "fraction")
+                metrics[f"accuracy@{L}"] = Metric.mean(
+                    [r["correct"] for r in rows if r["context_length"] == L], "higher", "fraction"
+                )
         data_hash = hashlib.sha256("".join(r["input_hash"] for r in rows).encode()).hexdigest()
         return TaskResult(metrics, rows, {}, data_hash)

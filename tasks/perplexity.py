@@ -1,4 +1,5 @@
 """Token-level negative log-likelihood and perplexity of a text, with a sliding window."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +33,7 @@ class Perplexity(Task):
     Windows of `context_length` tokens advance by `stride`; each scores its last tokens with the
     rest of the window as context. Default text: the synthetic corpus with evaluation seeds
     (disjoint from the zoo's training seeds); `path=FILE` scores any local UTF-8 text."""
+
     name = "perplexity"
     generates = False
     version = "1"
@@ -59,15 +61,18 @@ class Perplexity(Task):
             corpus, ids = Corpus(EVAL_SEED_BASE + seed), []
             while len(ids) < self.n_tokens:
                 ids += lm.encode(" " + corpus.text(50))
-        ids = (lm.prompt_prefix() + ids)[:self.n_tokens]
+        ids = (lm.prompt_prefix() + ids)[: self.n_tokens]
         if len(ids) < 2:
             raise ValueError("the text has fewer than 2 tokens")
         return ids
 
     def workload(self, limit):
         """An upper bound: the windows of an n_tokens-long text (a shorter file has fewer)."""
-        return [(e - b, 0) for L in self.context_length
-                for b, e, _ in windows(self.n_tokens, L, self.stride or max(1, L // 2))[:limit]]
+        return [
+            (e - b, 0)
+            for L in self.context_length
+            for b, e, _ in windows(self.n_tokens, L, self.stride or max(1, L // 2))[:limit]
+        ]
 
     def run(self, ctx) -> TaskResult:
         lm = ctx.lm
@@ -75,25 +80,35 @@ class Perplexity(Task):
         plan = []
         for L in self.context_length:
             ws = windows(len(ids), L, self.stride or max(1, L // 2))
-            plan += [(L, i, w) for i, w in enumerate(ws[:ctx.limit])]
+            plan += [(L, i, w) for i, w in enumerate(ws[: ctx.limit])]
         rows = []
-        batches = [plan[i:i + lm.batch_size] for i in range(0, len(plan), lm.batch_size)]
+        batches = [plan[i : i + lm.batch_size] for i in range(0, len(plan), lm.batch_size)]
         for batch in ctx.iterate(batches, total=len(batches), desc=f"perplexity ({len(plan)} windows)"):
-            reqs = [(ids[b:e - n], ids[e - n:e]) for _, _, (b, e, n) in batch]
+            reqs = [(ids[b : e - n], ids[e - n : e]) for _, _, (b, e, n) in batch]
             for (L, i, (b, e, n)), ll in zip(batch, lm.loglikelihood(reqs)):
-                rows.append({"id": f"L{L}-w{i}", "context_length": L, "begin": b, "end": e,
-                             "scored_tokens": n, "nll_sum": -ll.logprob,
-                             "input_hash": hashlib.sha256(str(ids[b:e]).encode()).hexdigest()[:16]})
+                rows.append(
+                    {
+                        "id": f"L{L}-w{i}",
+                        "context_length": L,
+                        "begin": b,
+                        "end": e,
+                        "scored_tokens": n,
+                        "nll_sum": -ll.logprob,
+                        "input_hash": hashlib.sha256(str(ids[b:e]).encode()).hexdigest()[:16],
+                    }
+                )
         metrics = {}
         for L in self.context_length:
             sel = [r for r in rows if r["context_length"] == L]
             tokens = sum(r["scored_tokens"] for r in sel)
             nll = sum(r["nll_sum"] for r in sel) / tokens
-            metrics[f"nll@{L}"] = Metric(nll, "lower", "nats/token", n=tokens, count=tokens,
-                                         sum=sum(r["nll_sum"] for r in sel))
+            metrics[f"nll@{L}"] = Metric(
+                nll, "lower", "nats/token", n=tokens, count=tokens, sum=sum(r["nll_sum"] for r in sel)
+            )
             metrics[f"perplexity@{L}"] = Metric(math.exp(nll), "lower", "", n=tokens)
         longest = max(self.context_length)
-        metrics["perplexity"] = Metric(metrics[f"perplexity@{longest}"].value, "lower", "",
-                                       n=metrics[f"perplexity@{longest}"].n)
+        metrics["perplexity"] = Metric(
+            metrics[f"perplexity@{longest}"].value, "lower", "", n=metrics[f"perplexity@{longest}"].n
+        )
         data_hash = hashlib.sha256(str(ids).encode()).hexdigest()
         return TaskResult(metrics, rows, {"text_tokens": len(ids)}, data_hash)

@@ -1,6 +1,7 @@
 """Speculative-decoding acceptance, speed and losslessness, measured as Spec-Bench does (τ with the
 bonus token, speedup of tokens/s over the autoregressive baseline timed in the same run, prefill
 included, warm-ups and repeats, a fixed thread count) plus exact losslessness checks."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,15 +28,16 @@ def chi2_sf(stat: float, df: int) -> float:
     """P(χ²_df ≥ stat), the regularised upper incomplete gamma Q(df/2, stat/2)."""
     if df <= 0:
         return 1.0
-    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
-                                         torch.tensor(stat / 2, dtype=torch.float64)))
+    return float(
+        torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64))
+    )
 
 
 def g_test(counts: Counter, p: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int]:
     """G statistic and degrees of freedom of observed token counts against the distribution p.
     Tokens whose expected count is below min_expected are pooled into one bin (the usual rule)."""
     n = sum(counts.values())
-    expected = (p.double() * n)
+    expected = p.double() * n
     big = (expected >= min_expected).nonzero().flatten().tolist()
     obs = [counts.get(t, 0) for t in big]
     exp = [float(expected[t]) for t in big]
@@ -64,8 +66,10 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
             if prompt is None and isinstance(row, dict) and isinstance(row.get("turns"), list) and row["turns"]:
                 prompt = row["turns"][0]
             if not isinstance(prompt, str) or not prompt.strip():
-                raise UserError(f"spec_acceptance prompts: {path} line {i} has no non-empty \"prompt\" "
-                                f"string (or Spec-Bench \"turns\" list)")
+                raise UserError(
+                    f'spec_acceptance prompts: {path} line {i} has no non-empty "prompt" '
+                    f'string (or Spec-Bench "turns" list)'
+                )
             out.append((str(row.get("question_id", row.get("id", i))), prompt))
         else:
             out.append((str(i), line))
@@ -93,12 +97,20 @@ class SpecAcceptance(Task):
 
     The target's forwards are counted by the LM's own forward hook, so τ is measured the same way
     for every method (hf_assisted included), not taken from the method's telemetry."""
+
     name = "spec_acceptance"
     version = "1"
     main_metric = "tau"
     summary = "speculative decoding: tau, acceptance, speedup vs autoregressive, losslessness (Spec-Bench protocol)"
-    smoke_args = {"prompts": "2", "max_new_tokens": "8", "warmups": "0", "repeats": "1",
-                  "sampling_prefixes": "1", "sampling_seeds": "16", "sampling_tokens": "2"}
+    smoke_args = {
+        "prompts": "2",
+        "max_new_tokens": "8",
+        "warmups": "0",
+        "repeats": "1",
+        "sampling_prefixes": "1",
+        "sampling_seeds": "16",
+        "sampling_tokens": "2",
+    }
     prompts: int = field(default=10, metadata={"help": "synthetic prompts (ignored with prompt_file)"})
     prompt_sentences: int = field(default=4, metadata={"help": "sentences per synthetic prompt"})
     prompt_file: str | None = field(default=None, metadata={"help": "local .jsonl (prompt / turns) or text file"})
@@ -132,23 +144,38 @@ class SpecAcceptance(Task):
         (the G-test's p value)."""
         temps = sorted({t for r in recs for t in r["task"]["params"]["temperatures"]})
         keys = [f"{t:g}" for t in temps]
-        head = ([f"τ T={k}" for k in keys] + [f"α̂ T={' / T='.join(keys)}",
-                f"tokens per step: measured / analytic (chain) T={'; T='.join(keys)}"]
-                + [f"speedup T={k}" for k in keys] + ["lossless_greedy", "lossless_sampling (G-test)"])
+        head = (
+            [f"τ T={k}" for k in keys]
+            + [f"α̂ T={' / T='.join(keys)}", f"tokens per step: measured / analytic (chain) T={'; T='.join(keys)}"]
+            + [f"speedup T={k}" for k in keys]
+            + ["lossless_greedy", "lossless_sampling (G-test)"]
+        )
         lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
         for label, r in sorted(zip(report.variant_labels(recs), recs), key=lambda x: x[0]):
             m, per = r["metrics"], r["details"].get("per_temperature", {})
 
             def get(name, f="{:.2f}", m=m):
                 return f.format(m[name]["value"]) if name in m else "—"
-            taus = [f"{get(f'tau@T{k}')} ± {m[f'tau@T{k}'].get('stderr') or 0:.2f}" if f"tau@T{k}" in m else "—"
-                    for k in keys]
+
+            taus = [
+                f"{get(f'tau@T{k}')} ± {m[f'tau@T{k}'].get('stderr') or 0:.2f}" if f"tau@T{k}" in m else "—"
+                for k in keys
+            ]
             alpha = " / ".join(get(f"acceptance_rate@T{k}") for k in keys)
-            steps = "; ".join(f"{per[k]['tau_per_step']:.2f} / {per[k]['tau_analytic']:.2f}"
-                              if "tau_per_step" in per.get(k, {}) else "—" for k in keys)
+            steps = "; ".join(
+                f"{per[k]['tau_per_step']:.2f} / {per[k]['tau_analytic']:.2f}"
+                if "tau_per_step" in per.get(k, {})
+                else "—"
+                for k in keys
+            )
             p = r["details"].get("sampling_test", {}).get("p_value")
             sampling = get("lossless_sampling", "{:g}") + (f" (p = {p:.2f})" if p is not None else "")
-            cells = taus + [alpha, steps] + [get(f"speedup@T{k}") for k in keys] + [get("lossless_greedy", "{:g}"), sampling]
+            cells = (
+                taus
+                + [alpha, steps]
+                + [get(f"speedup@T{k}") for k in keys]
+                + [get("lossless_greedy", "{:g}"), sampling]
+            )
             lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -157,16 +184,19 @@ class SpecAcceptance(Task):
         if self.prompt_file:
             raw, where = read_prompts(self.prompt_file), f"{self.prompt_file} line "
         else:
-            raw = [(f"s{i}", Corpus(sample_seed(seed, "spec", i)).text(self.prompt_sentences))
-                   for i in range(self.prompts)]
+            raw = [
+                (f"s{i}", Corpus(sample_seed(seed, "spec", i)).text(self.prompt_sentences)) for i in range(self.prompts)
+            ]
             where = "synthetic prompt "
         room = getattr(lm.model.config, "max_position_embeddings", None)
         out = []
         for pid, text in raw[:limit]:
             ids = lm.prompt_prefix() + lm.encode(text)
             if room and len(ids) + self.max_new_tokens > room:
-                raise UserError(f"spec_acceptance: {where}{pid} has {len(ids)} tokens; with max_new_tokens "
-                                f"{self.max_new_tokens} that exceeds the model's {room} positions")
+                raise UserError(
+                    f"spec_acceptance: {where}{pid} has {len(ids)} tokens; with max_new_tokens "
+                    f"{self.max_new_tokens} that exceeds the model's {room} positions"
+                )
             out.append((pid, ids))
         return out
 
@@ -181,16 +211,20 @@ class SpecAcceptance(Task):
         def swap():
             counts, lm.telemetry = lm.telemetry, Counter()
             try:
-                with lm.batch_hooks(generate_batch=None), registry.method("autoregressive")().apply(lm, MethodContext()):
+                with (
+                    lm.batch_hooks(generate_batch=None),
+                    registry.method("autoregressive")().apply(lm, MethodContext()),
+                ):
                     yield
             finally:
                 lm.telemetry = counts
+
         return swap()
 
     @staticmethod
     def _timed(lm, ids, n, temperature, seed):
         before = Counter(lm.telemetry)
-        clock = device_clock(lm.device)      # on a GPU: the device's time, synchronized
+        clock = device_clock(lm.device)  # on a GPU: the device's time, synchronized
         t0 = clock()
         out = lm.generate([ids], n, temperature=temperature, seed=seed)[0]
         wall = clock() - t0
@@ -221,7 +255,7 @@ class SpecAcceptance(Task):
                     self._timed(lm, prompts[0][1], self.max_new_tokens, t, ctx.seed)
             for i, (pid, ids) in enumerate(ctx.iterate(prompts, total=len(prompts), desc=f"spec T={t:g}")):
                 runs, base_runs = [], []
-                for r in range(self.repeats):       # alternate method and baseline against drift
+                for r in range(self.repeats):  # alternate method and baseline against drift
                     seed = sample_seed(ctx.seed, pid, r) % 2**31
                     runs.append(self._timed(lm, ids, self.max_new_tokens, t, seed))
                     with self._baseline(lm):
@@ -230,19 +264,29 @@ class SpecAcceptance(Task):
                 # a row cut at EOS produced the EOS too: count it, as the forwards did
                 produced = lambda o: len(o) + (len(o) < self.max_new_tokens and eos is not None)
                 rate = lambda rs: sum(produced(o) for o, _, _ in rs) / sum(w for _, w, _ in rs)
-                row = {"id": f"T{t:g}-{pid}", "temperature": t, "prompt_id": pid,
-                       "input_hash": hashlib.sha256(str(ids).encode()).hexdigest()[:16],
-                       "prompt_tokens": len(ids), "new_tokens": produced(out),
-                       "target_forwards": tel["forward_calls"], "draft_forwards": tel["draft_forwards"],
-                       "tau": produced(out) / max(tel["forward_calls"], 1),
-                       "tokens_per_s": rate(runs), "baseline_tokens_per_s": rate(base_runs),
-                       "telemetry": {k: v for k, v in tel.items() if v}, "prediction": lm.decode(out)}
+                row = {
+                    "id": f"T{t:g}-{pid}",
+                    "temperature": t,
+                    "prompt_id": pid,
+                    "input_hash": hashlib.sha256(str(ids).encode()).hexdigest()[:16],
+                    "prompt_tokens": len(ids),
+                    "new_tokens": produced(out),
+                    "target_forwards": tel["forward_calls"],
+                    "draft_forwards": tel["draft_forwards"],
+                    "tau": produced(out) / max(tel["forward_calls"], 1),
+                    "tokens_per_s": rate(runs),
+                    "baseline_tokens_per_s": rate(base_runs),
+                    "telemetry": {k: v for k, v in tel.items() if v},
+                    "prediction": lm.decode(out),
+                }
                 row["speedup"] = row["tokens_per_s"] / row["baseline_tokens_per_s"]
                 if t == 0:
                     row["lossless"] = int(out == base_runs[0][0])
                     if not row["lossless"]:
-                        row["first_difference"] = next((k for k, (a, b) in enumerate(zip(out, base_runs[0][0]))
-                                                        if a != b), min(len(out), len(base_runs[0][0])))
+                        row["first_difference"] = next(
+                            (k for k, (a, b) in enumerate(zip(out, base_runs[0][0])) if a != b),
+                            min(len(out), len(base_runs[0][0])),
+                        )
                 rows.append(row)
         return rows
 
@@ -257,17 +301,21 @@ class SpecAcceptance(Task):
         lm, tested = ctx.lm, []
         g_total, df_total = 0.0, 0
         saved = lm.telemetry
-        for pid, ids in prompts[:self.sampling_prefixes]:
-            outs = lm.generate([ids] * self.sampling_seeds, self.sampling_tokens, temperature=temperature,
-                               seed=sample_seed(ctx.seed, "dist", pid) % 2**31)
-            lm.telemetry = Counter()          # the reference forwards are not the method's
+        for pid, ids in prompts[: self.sampling_prefixes]:
+            outs = lm.generate(
+                [ids] * self.sampling_seeds,
+                self.sampling_tokens,
+                temperature=temperature,
+                seed=sample_seed(ctx.seed, "dist", pid) % 2**31,
+            )
+            lm.telemetry = Counter()  # the reference forwards are not the method's
             try:
                 for k in range(1, self.sampling_tokens):
                     rows = [o for o in outs if len(o) > k]
                     contexts = sorted({tuple(o[:k]) for o in rows})
                     dist = {}
                     for start in range(0, len(contexts), 64):
-                        chunk = contexts[start:start + 64]
+                        chunk = contexts[start : start + 64]
                         batch = torch.tensor([list(ids) + list(c) for c in chunk], device=lm.device)
                         with torch.no_grad():
                             logits = lm.model(input_ids=batch).logits[:, -1].float()
@@ -279,18 +327,41 @@ class SpecAcceptance(Task):
                     g, df = g_test(Counter(o[k] for o in rows), expected)
                     if df:
                         g_total, df_total = g_total + g, df_total + df
-                        tested.append({"prompt_id": pid, "position": k + 1, "n": len(rows), "contexts": len(contexts),
-                                       "g": round(g, 3), "df": df})
+                        tested.append(
+                            {
+                                "prompt_id": pid,
+                                "position": k + 1,
+                                "n": len(rows),
+                                "contexts": len(contexts),
+                                "g": round(g, 3),
+                                "df": df,
+                            }
+                        )
             finally:
                 lm.telemetry = saved
-        return {"g": g_total, "df": df_total, "p_value": chi2_sf(g_total, df_total), "groups": tested,
-                "alpha": self.alpha, "seeds": self.sampling_seeds, "tokens": self.sampling_tokens}
+        return {
+            "g": g_total,
+            "df": df_total,
+            "p_value": chi2_sf(g_total, df_total),
+            "groups": tested,
+            "alpha": self.alpha,
+            "seeds": self.sampling_seeds,
+            "tokens": self.sampling_tokens,
+        }
 
     # -- metrics ---------------------------------------------------------------------------------
     def _summarise(self, ctx, rows, sampling, prompts) -> TaskResult:
         spec = any(getattr(m, "family", "") == "spec" for m in ctx.methods)
-        metrics, details = {}, {"threads": self.threads, "warmups": self.warmups, "repeats": self.repeats,
-                                "timer": "time.perf_counter (device-synchronized on a GPU), prefill included", "per_temperature": {}}
+        metrics, details = (
+            {},
+            {
+                "threads": self.threads,
+                "warmups": self.warmups,
+                "repeats": self.repeats,
+                "timer": "time.perf_counter (device-synchronized on a GPU), prefill included",
+                "per_temperature": {},
+            },
+        )
         metrics["tau"] = Metric.mean([r["tau"] for r in rows], "higher", "tokens/forward", "tau")
         for key, unit in (("target_forwards", "forwards"), ("draft_forwards", "forwards")):
             metrics[key] = Metric.mean([r[key] for r in rows], "lower", unit, key)
@@ -300,11 +371,13 @@ class SpecAcceptance(Task):
             sub = [r for r in rows if r["temperature"] == t]
             tel = sum((Counter(r["telemetry"]) for r in sub), Counter())
             tokens = sum(r["new_tokens"] for r in sub)
-            info = {"tau_pooled": tokens / max(sum(r["target_forwards"] for r in sub), 1),
-                    "speedup": (sum(r["tokens_per_s"] for r in sub) / sum(r["baseline_tokens_per_s"] for r in sub))}
+            info = {
+                "tau_pooled": tokens / max(sum(r["target_forwards"] for r in sub), 1),
+                "speedup": (sum(r["tokens_per_s"] for r in sub) / sum(r["baseline_tokens_per_s"] for r in sub)),
+            }
             metrics[f"tau@T{t:g}"] = Metric.mean([r["tau"] for r in sub], "higher", "tokens/forward")
             metrics[f"speedup@T{t:g}"] = Metric(info["speedup"], "higher", "x", len(sub))
-            if tel["draft_tokens"]:                      # a chain of draft tokens
+            if tel["draft_tokens"]:  # a chain of draft tokens
                 verified = tel["accepted_draft_tokens"] + tel["rejections"]
                 a = tel["accepted_draft_tokens"] / verified if verified else 0.0
                 metrics[f"acceptance_rate@T{t:g}"] = Metric(a, "higher", "fraction", verified)
@@ -316,33 +389,39 @@ class SpecAcceptance(Task):
                     info["tau_analytic"] = (1 - a ** (gamma + 1)) / (1 - a) if a < 1 else gamma + 1.0
                     info["gamma"] = gamma
             positions = sorted(int(k.rsplit("_", 1)[1]) for k in tel if k.startswith("tested_at_"))
-            info["per_position_acceptance"] = {str(i): tel[f"accepted_at_{i}"] / tel[f"tested_at_{i}"]
-                                               for i in positions if tel[f"tested_at_{i}"]}
+            info["per_position_acceptance"] = {
+                str(i): tel[f"accepted_at_{i}"] / tel[f"tested_at_{i}"] for i in positions if tel[f"tested_at_{i}"]
+            }
             details["per_temperature"][f"{t:g}"] = info
         chain = [k for k in metrics if k.startswith("acceptance_rate@")]
         if chain:
             verified = sum(metrics[k].n for k in chain)
-            metrics["acceptance_rate"] = Metric(sum(metrics[k].value * metrics[k].n for k in chain) / max(verified, 1),
-                                                "higher", "fraction", verified)
+            metrics["acceptance_rate"] = Metric(
+                sum(metrics[k].value * metrics[k].n for k in chain) / max(verified, 1), "higher", "fraction", verified
+            )
         greedy = [r for r in rows if "lossless" in r]
         if greedy:
             metrics["lossless_greedy"] = Metric.mean([r["lossless"] for r in greedy], "higher", "fraction", "lossless")
             if spec and not all(r["lossless"] for r in greedy):
                 bad = [r["id"] for r in greedy if not r["lossless"]]
                 raise NotLossless(f"temperature-0 output differs from autoregressive greedy on {', '.join(bad)}")
-        if sampling is not None and not sampling["groups"]:   # too flat or too few samples: nothing to test
-            sampling["note"] = ("fewer than 20 samples or fewer than two bins of expected count >= 5: "
-                                "not tested (raise sampling_seeds)")
+        if sampling is not None and not sampling["groups"]:  # too flat or too few samples: nothing to test
+            sampling["note"] = (
+                "fewer than 20 samples or fewer than two bins of expected count >= 5: not tested (raise sampling_seeds)"
+            )
             details["sampling_test"] = sampling
         elif sampling is not None:
             details["sampling_test"] = sampling
             ok = sampling["p_value"] >= self.alpha
             metrics["lossless_sampling"] = Metric(float(ok), "higher", "pass", len(sampling["groups"]))
             if spec and not ok:
-                raise NotLossless(f"temperature-1 next-token histograms reject the target's distribution "
-                                  f"(G={sampling['g']:.1f}, df={sampling['df']}, p={sampling['p_value']:.2g} < {self.alpha})")
-        data_hash = hashlib.sha256("".join(hashlib.sha256(str(ids).encode()).hexdigest()
-                                           for _, ids in prompts).encode()).hexdigest()
+                raise NotLossless(
+                    f"temperature-1 next-token histograms reject the target's distribution "
+                    f"(G={sampling['g']:.1f}, df={sampling['df']}, p={sampling['p_value']:.2g} < {self.alpha})"
+                )
+        data_hash = hashlib.sha256(
+            "".join(hashlib.sha256(str(ids).encode()).hexdigest() for _, ids in prompts).encode()
+        ).hexdigest()
         return TaskResult(metrics, rows, details, data_hash)
 
     @staticmethod

@@ -1,4 +1,5 @@
 """The VBench aggregate: normalised dimension scores, Quality, Semantic, Total and the I2V scores."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,9 +11,19 @@ from harness import params
 from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
 from harness.registry import register
-from harness.tasks._vbench import (NORMALIZE, NORMALIZE_I2V, WEIGHT, aggregate_scores, dynamic_rule,
-                                   flicker_score, flow_magnitude, motion_smoothness, normalized, static_filter,
-                                   top_mean)
+from harness.tasks._vbench import (
+    NORMALIZE,
+    NORMALIZE_I2V,
+    WEIGHT,
+    aggregate_scores,
+    dynamic_rule,
+    flicker_score,
+    flow_magnitude,
+    motion_smoothness,
+    normalized,
+    static_filter,
+    top_mean,
+)
 from harness.video import collect, load_all
 
 DIMENSIONS = tuple(NORMALIZE) + tuple(NORMALIZE_I2V)
@@ -54,6 +65,7 @@ class VBench(Task):
     false). The
     main metric `available_score` is sum(norm_d)/sum(w_d) over the dimensions present: it equals
     no VBench score unless `coverage` says which groups are complete."""
+
     name = "vbench"
     version = "1"
     accepts = ("video_source",)
@@ -65,10 +77,14 @@ class VBench(Task):
     compute: bool = field(default=True, metadata={"help": "compute temporal_flickering on the cell's videos"})
     proxies: bool = field(default=False, metadata={"help": "also compute the dynamic degree / smoothness proxies"})
     static_filter: bool = field(default=True, metadata={"help": "flickering on static videos only (VBench)"})
-    dimensions: tuple[str, ...] = field(default=(), metadata={"help": "also compute these dimensions with their "
-                                                                      "vbench_<dimension> tasks (backbone weights)"})
+    dimensions: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "also compute these dimensions with their vbench_<dimension> tasks (backbone weights)"},
+    )
     weights_dir: str = field(default="", metadata={"help": "weights folder of those dimension tasks"})
-    allow_uncalibrated: bool = field(default=False, metadata={"help": "random-init backbones where weights are missing"})
+    allow_uncalibrated: bool = field(
+        default=False, metadata={"help": "random-init backbones where weights are missing"}
+    )
 
     def run(self, ctx) -> TaskResult:
         raw, source, rows, errors = {}, {}, [], []
@@ -79,15 +95,18 @@ class VBench(Task):
             loaded, errors = load_all(collect(ctx, ctx.limit), ctx, None, desc="vbench")
             flick, dyn, smooth = [], [], []
             for ref, frames in loaded:
-                row = {"id": ref.id, "prompt": ref.prompt,
-                       "input_hash": hashlib.sha256(frames.tobytes()).hexdigest()[:16]}
+                row = {
+                    "id": ref.id,
+                    "prompt": ref.prompt,
+                    "input_hash": hashlib.sha256(frames.tobytes()).hexdigest()[:16],
+                }
                 static = static_filter(frames)[0]
                 row["static"] = static
                 if static or not self.static_filter:
                     row["temporal_flickering"] = flicker_score(frames)
                     flick.append(row["temporal_flickering"])
                 if self.proxies:
-                    f = frames[::max(1, round(ref.fps / 8))]
+                    f = frames[:: max(1, round(ref.fps / 8))]
                     mags = [top_mean(flow_magnitude(f[i], f[i + 1]), 0.05) for i in range(len(f) - 1)]
                     row["dynamic_degree_proxy"] = float(dynamic_rule(mags, f.shape[1], f.shape[2], len(f)))
                     row["motion_smoothness_proxy"] = motion_smoothness(frames) if len(frames) >= 3 else None
@@ -95,18 +114,23 @@ class VBench(Task):
                     if row["motion_smoothness_proxy"] is not None:
                         smooth.append(row["motion_smoothness_proxy"])
                 rows.append(row)
-            for dim, vals, label in (("temporal_flickering", flick, "computed (exact)"),
-                                     ("dynamic_degree", dyn, "computed (PROXY)"),
-                                     ("motion_smoothness", smooth, "computed (PROXY)")):
+            for dim, vals, label in (
+                ("temporal_flickering", flick, "computed (exact)"),
+                ("dynamic_degree", dyn, "computed (PROXY)"),
+                ("motion_smoothness", smooth, "computed (PROXY)"),
+            ):
                 if vals and dim not in raw:
                     raw[dim], source[dim] = sum(vals) / len(vals), label
         from harness.tasks._vbench_dims import compute_dimensions
+
         shared = {"weights_dir": self.weights_dir, "allow_uncalibrated": str(self.allow_uncalibrated).lower()}
         for dim, value, label in compute_dimensions(ctx, [d for d in self.dimensions if d not in raw], shared):
             raw[dim], source[dim] = value, label
         if not raw:
-            raise UserError("vbench: no dimension values: give scores=FILE, or compute=true on videos "
-                            "with a static one (temporal_flickering is scored on static videos)")
+            raise UserError(
+                "vbench: no dimension values: give scores=FILE, or compute=true on videos "
+                "with a static one (temporal_flickering is scored on static videos)"
+            )
         metrics = {}
         for dim in sorted(raw):
             metrics[f"raw@{dim}"] = Metric(raw[dim], "higher", "raw")
@@ -115,13 +139,22 @@ class VBench(Task):
             metrics[key] = Metric(value, "higher", "normalised")
         t2v = [d for d in raw if d in NORMALIZE]
         weights = sum(WEIGHT[d] for d in t2v) or 1.0
-        metrics["available_score"] = Metric(sum(normalized(d, raw[d]) for d in t2v) / weights if t2v else float("nan"),
-                                            "higher", "weighted mean of normalised dimensions present", n=len(t2v))
+        metrics["available_score"] = Metric(
+            sum(normalized(d, raw[d]) for d in t2v) / weights if t2v else float("nan"),
+            "higher",
+            "weighted mean of normalised dimensions present",
+            n=len(t2v),
+        )
         metrics["coverage"] = Metric(len(t2v) / len(NORMALIZE), "higher", "fraction of the 16 T2V dimensions")
         if not rows:
             rows = [{"id": dim, "raw": raw[dim], "source": source[dim]} for dim in sorted(raw)]
-        details = {"calibrated": not any("PROXY" in s or "UNCALIBRATED" in s for s in source.values()), "sources": source,
-                   "unreadable": errors, "complete": sorted(k for k in aggregate_scores(raw))}
-        data_hash = hashlib.sha256(params.to_dict(self).__repr__().encode()
-                                   + json.dumps(raw, sort_keys=True).encode()).hexdigest()
+        details = {
+            "calibrated": not any("PROXY" in s or "UNCALIBRATED" in s for s in source.values()),
+            "sources": source,
+            "unreadable": errors,
+            "complete": sorted(k for k in aggregate_scores(raw)),
+        }
+        data_hash = hashlib.sha256(
+            params.to_dict(self).__repr__().encode() + json.dumps(raw, sort_keys=True).encode()
+        ).hexdigest()
         return TaskResult(metrics, rows, details, data_hash)

@@ -1,4 +1,5 @@
 """VBench aesthetic quality (CLIP ViT-L/14 + the LAION aesthetic linear head)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class VBenchAestheticQuality(BackboneTask):
     (`sa_0_4_vit_l_14_linear.pth`, Linear(768, 1)); per video mean(score/10); the dimension is the
     mean over videos. Needs ViT-L-14.pt and sa_0_4_vit_l_14_linear.pth (weights_sha256 checks the
     first); --allow-uncalibrated runs a random-init tower and head."""
+
     name = "vbench_aesthetic_quality"
     version = "1"
     main_metric = "aesthetic_quality"

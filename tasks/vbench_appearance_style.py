@@ -1,4 +1,5 @@
 """VBench appearance style (CLIP ViT-B/32 image-text similarity)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class VBenchAppearanceStyle(BackboneTask):
     The style text is the prompt's `auxiliary_info.appearance_style` in VBench's suite (`suite=`,
     VBench_full_info.json; VBench's custom-input mode refuses this dimension for lack of it), or
     one `style=` text for every video. Needs ViT-B-32.pt; --allow-uncalibrated runs a random-init CLIP."""
+
     name = "vbench_appearance_style"
     version = "1"
     main_metric = "appearance_style"
@@ -36,11 +38,14 @@ class VBenchAppearanceStyle(BackboneTask):
 
     def build(self):
         if not self.suite and not self.style:
-            raise UserError(f"{self.name} needs the style text: suite=VBench_full_info.json (auxiliary_info."
-                            f"appearance_style per prompt) or style=TEXT")
+            raise UserError(
+                f"{self.name} needs the style text: suite=VBench_full_info.json (auxiliary_info."
+                f"appearance_style per prompt) or style=TEXT"
+            )
         self._suite = read_suite(self.suite, self.name) if self.suite else []
-        return self.backbone([CLIP_B32_FILE], lambda p: load_clip(p[0], CLIP_B32, TEXT_B32, self.name) if p
-                             else Clip(CLIP_B32, TEXT_B32))
+        return self.backbone(
+            [CLIP_B32_FILE], lambda p: load_clip(p[0], CLIP_B32, TEXT_B32, self.name) if p else Clip(CLIP_B32, TEXT_B32)
+        )
 
     def style_of(self, prompt: str) -> str | None:
         entry = suite_lookup(self._suite, prompt) if self._suite else None
@@ -53,8 +58,17 @@ class VBenchAppearanceStyle(BackboneTask):
         """logits_per_text[0] / 100 for a batch of frames."""
         ids = tokenizer()(style)
         with torch.no_grad():
-            return torch.cat([self._net(images[i:i + self.batch_size], ids)[1][0]
-                              for i in range(0, len(images), self.batch_size)]).double().numpy() / 100
+            return (
+                torch.cat(
+                    [
+                        self._net(images[i : i + self.batch_size], ids)[1][0]
+                        for i in range(0, len(images), self.batch_size)
+                    ]
+                )
+                .double()
+                .numpy()
+                / 100
+            )
 
     def score(self, ref, frames):
         style = self.style_of(ref.prompt)

@@ -1,4 +1,5 @@
 """VBench background consistency (CLIP ViT-B/32 features)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ class VBenchBackgroundConsistency(ConsistencyTask):
     """VBench background_consistency (vbench/background_consistency.py): the subject-consistency
     formula on CLIP ViT-B/32 image features (clip_transform(224): bicubic resize, centre crop, CLIP
     normalisation); frame-weighted. Needs ViT-B-32.pt; --allow-uncalibrated runs a random-init tower."""
+
     name = "vbench_background_consistency"
     version = "1"
     main_metric = "background_consistency"
@@ -22,8 +24,10 @@ class VBenchBackgroundConsistency(ConsistencyTask):
     smoke_args = {"allow_uncalibrated": "true", "num_frames": "2"}
 
     def build(self):
-        return self.backbone([CLIP_B32_FILE], lambda p: load_into(ClipVisual(**CLIP_B32), p[0], "visual.", self.name)
-                             if p else ClipVisual(**CLIP_B32))
+        return self.backbone(
+            [CLIP_B32_FILE],
+            lambda p: load_into(ClipVisual(**CLIP_B32), p[0], "visual.", self.name) if p else ClipVisual(**CLIP_B32),
+        )
 
     def transform(self, frames):
         return clip_transform(frames)

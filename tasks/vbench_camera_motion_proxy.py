@@ -1,4 +1,5 @@
 """VBench-I2V camera motion with Lucas-Kanade tracks in place of CoTracker2 (a proxy)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ class VBenchCameraMotionProxy(VideoTask):
     target (parsed from the prompt: "camera pans left", ..., "camera static") is among the
     predicted labels. Videos whose prompt names no camera motion are excluded. PROXY (calibrated:
     false)."""
+
     name = "vbench_camera_motion_proxy"
     version = "1"
     main_metric = "camera_motion"
@@ -40,5 +42,6 @@ class VBenchCameraMotionProxy(VideoTask):
         metrics = super().aggregate(rows)
         for target in sorted({r["target"] for r in rows if r.get("target")}):
             metrics[f"camera_motion@{target}"] = Metric.mean(
-                [r["value"] for r in rows if r.get("target") == target], "higher", "fraction")
+                [r["value"] for r in rows if r.get("target") == target], "higher", "fraction"
+            )
         return metrics

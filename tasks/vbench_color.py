@@ -1,4 +1,5 @@
 """VBench color (GRiT outputs from a file, or the synthetic oracle)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ class VBenchColor(DetectionTask):
     backend=file reads the per-frame outputs of the official GRiT from `detections=FILE.jsonl`
     (format: tasks/_detections.py, README); backend=synthetic_oracle scores the synthetic_scenes
     videos with an HSV-threshold detector (a proxy: calibrated false)."""
+
     name = "vbench_color"
     version = "1"
     main_metric = "color"
@@ -27,6 +29,6 @@ class VBenchColor(DetectionTask):
 
     def rule(self, frames, tgt):
         with_any, with_target = color_counts(frames, *tgt)
-        if not with_any:                  # VBench skips the video
+        if not with_any:  # VBench skips the video
             return {"value": None, "reason": "no frame shows the object with a colour word", "frame_scores": []}
         return {"value": with_target / with_any, "object_frames": with_any, "color_frames": with_target}

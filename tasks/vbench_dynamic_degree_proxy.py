@@ -1,4 +1,5 @@
 """VBench dynamic degree with OpenCV flow in place of RAFT (a proxy)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ class VBenchDynamicDegreeProxy(VideoTask):
     magnitudes; a video is dynamic when at least round(4·N/16) pairs exceed 6·min(H, W)/256; the
     dimension is the fraction of dynamic videos. PROXY: the rule is VBench's, the flow is not, so
     values are not comparable with the leaderboard (the record says calibrated: false)."""
+
     name = "vbench_dynamic_degree_proxy"
     version = "1"
     main_metric = "dynamic_degree"
@@ -22,12 +24,18 @@ class VBenchDynamicDegreeProxy(VideoTask):
     smoke_args = {"target_fps": "8"}
     unit = "fraction dynamic"
     calibrated = False
-    target_fps: float = field(default=8.0, metadata={"help": "subsample every round(fps/target_fps) frames (VBench: 8)"})
+    target_fps: float = field(
+        default=8.0, metadata={"help": "subsample every round(fps/target_fps) frames (VBench: 8)"}
+    )
 
     def score(self, ref, frames):
         step = max(1, round(ref.fps / self.target_fps))
         f = frames[::step]
         mags = [top_mean(flow_magnitude(f[i], f[i + 1]), 0.05) for i in range(len(f) - 1)]
         dynamic = dynamic_rule(mags, f.shape[1], f.shape[2], len(f))
-        return {"value": float(dynamic), "dynamic": dynamic, "pairs": len(mags),
-                "flow_top5pct_mean": round(sum(mags) / max(1, len(mags)), 4)}
+        return {
+            "value": float(dynamic),
+            "dynamic": dynamic,
+            "pairs": len(mags),
+            "flow_top5pct_mean": round(sum(mags) / max(1, len(mags)), 4),
+        }

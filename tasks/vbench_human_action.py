@@ -1,4 +1,5 @@
 """VBench human action (UMT ViT-L/16 fine-tuned on Kinetics-400, in plain PyTorch)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ from harness.tasks._video_vit import TINY_UMT, UMT_L16_K400, VideoViT, load_vide
 from harness.tasks._weights import weights_root
 from harness.video import require
 
-UMT_FILE = ("l16_ptk710_ftk710_ftk400_f16_res224.pth",
-            "the UMT ViT-L/16 Kinetics-400 checkpoint VBench uses (its pretrained/umt_model folder, from the "
-            "OpenGVLab/unmasked_teacher model zoo)")
-CLASSES_FILE = "kinetics_400_categroies.txt"     # VBench's file name, misspelling included
+UMT_FILE = (
+    "l16_ptk710_ftk710_ftk400_f16_res224.pth",
+    "the UMT ViT-L/16 Kinetics-400 checkpoint VBench uses (its pretrained/umt_model folder, from the "
+    "OpenGVLab/unmasked_teacher model zoo)",
+)
+CLASSES_FILE = "kinetics_400_categroies.txt"  # VBench's file name, misspelling included
 
 
 def read_classes(path: Path) -> list[str]:
@@ -45,10 +48,10 @@ def umt_transform(frames: np.ndarray, short: int = 256, crop: int = 224) -> torc
     CenterCrop(224) at round((size - 224)/2), /255, ImageNet normalisation. [3, T, 224, 224]."""
     cv2 = require("cv2")
     h, w = frames.shape[1:3]
-    size = (short, int(short * h / w)) if w < h else (int(short * w / h), short)     # (width, height)
+    size = (short, int(short * h / w)) if w < h else (int(short * w / h), short)  # (width, height)
     out = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
     y0, x0 = int(round((out.shape[1] - crop) / 2)), int(round((out.shape[2] - crop) / 2))
-    x = torch.from_numpy(np.ascontiguousarray(out[:, y0:y0 + crop, x0:x0 + crop])).float() / 255
+    x = torch.from_numpy(np.ascontiguousarray(out[:, y0 : y0 + crop, x0 : x0 + crop])).float() / 255
     mean, std = (torch.tensor(s).view(1, 1, 1, 3) for s in IMAGENET)
     return ((x - mean) / std).permute(3, 0, 1, 2)
 
@@ -79,6 +82,7 @@ class VBenchHumanAction(BackboneTask):
     ("<name>\\t<index>" lines) in the weights folder. --allow-uncalibrated runs a random-init network
     (and, without the class list, class names "class <i>", which never match: plumbing only);
     `arch=tiny` is a 2-layer configuration for those plumbing runs."""
+
     name = "vbench_human_action"
     version = "1"
     main_metric = "human_action"
@@ -86,7 +90,9 @@ class VBenchHumanAction(BackboneTask):
     summary = "VBench human action (UMT ViT-L/16 Kinetics-400 in plain PyTorch; local weights)"
     smoke_args = {"allow_uncalibrated": "true", "arch": "tiny"}
     num_frames: int | None = field(default=16, metadata={"help": "frames sampled 'middle' (VBench: 16)"})
-    arch: str = field(default="l16", metadata={"help": "l16 (UMT ViT-L/16) or tiny (plumbing runs with --allow-uncalibrated)"})
+    arch: str = field(
+        default="l16", metadata={"help": "l16 (UMT ViT-L/16) or tiny (plumbing runs with --allow-uncalibrated)"}
+    )
     threshold: float = field(default=0.85, metadata={"help": "probability a top-5 class needs (VBench: 0.85)"})
 
     def __post_init__(self):
@@ -106,12 +112,13 @@ class VBenchHumanAction(BackboneTask):
             if paths:
                 self._loaded = load_video_vit(net, paths[0], self.name, optional=("pos_embed",))
             return net
+
         if self.arch == "tiny":
             torch.manual_seed(0)
             net, facts = make(None).eval(), {"calibrated": False, "weights": []}
         else:
             net, facts = self.backbone([UMT_FILE], make)
-        self._classes, facts["classes_file"] = self.classes()     # after the weights: name the big file first
+        self._classes, facts["classes_file"] = self.classes()  # after the weights: name the big file first
         return net, facts
 
     def classes(self) -> tuple[list[str], str | None]:
@@ -119,16 +126,23 @@ class VBenchHumanAction(BackboneTask):
         if path.is_file():
             return read_classes(path), str(path)
         if not self.allow_uncalibrated:
-            raise UserError(f"{self.name} needs VBench's Kinetics-400 class list: put {CLASSES_FILE} in "
-                            f"{path.parent} (it ships with VBench's UMT weights; lines '<name>\\t<index>')")
+            raise UserError(
+                f"{self.name} needs VBench's Kinetics-400 class list: put {CLASSES_FILE} in "
+                f"{path.parent} (it ships with VBench's UMT weights; lines '<name>\\t<index>')"
+            )
         return [f"class {i}" for i in range(400)], None
 
     def run(self, ctx):
         result = super().run(ctx)
-        result.details.update(arch=self.arch, threshold=self.threshold,
-                              pos_embed=("interpolated sine-cosine table (not in the checkpoint)"
-                                         if "pos_embed" in self._loaded.get("missing_optional", ["pos_embed"])
-                                         else "from the checkpoint"))
+        result.details.update(
+            arch=self.arch,
+            threshold=self.threshold,
+            pos_embed=(
+                "interpolated sine-cosine table (not in the checkpoint)"
+                if "pos_embed" in self._loaded.get("missing_optional", ["pos_embed"])
+                else "from the checkpoint"
+            ),
+        )
         return result
 
     def score(self, ref, frames):
@@ -138,8 +152,11 @@ class VBenchHumanAction(BackboneTask):
         x = umt_transform(frames, short=round(size * 256 / 224), crop=size)[None]
         with torch.no_grad():
             probs = torch.sigmoid(self._net(x))[0].double().numpy()
-        probs = np.round(probs, 4)                       # VBench rounds the top-5 values before comparing
+        probs = np.round(probs, 4)  # VBench rounds the top-5 values before comparing
         label = video_label(ref)
         top = np.argsort(probs)[::-1][:5]
-        return {"value": float(human_action_correct(probs, self._classes, label, 5, self.threshold)), "label": label,
-                "top5": [[self._classes[i], float(probs[i])] for i in top]}
+        return {
+            "value": float(human_action_correct(probs, self._classes, label, 5, self.threshold)),
+            "label": label,
+            "top5": [[self._classes[i], float(probs[i])] for i in top],
+        }

@@ -1,12 +1,18 @@
 """VBench-I2V video-image subject consistency (DINO ViT-B/16)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from harness.registry import register
 from harness.tasks._backbones import BackboneTask, DinoViT, load_into
-from harness.tasks._clip_tasks import (DINO_FILE, condition_image, dino_transform_image_internet,
-                                       dino_transform_internet, read_suite)
+from harness.tasks._clip_tasks import (
+    DINO_FILE,
+    condition_image,
+    dino_transform_image_internet,
+    dino_transform_internet,
+    read_suite,
+)
 from harness.tasks._vbench import i2v_score
 
 
@@ -26,17 +32,19 @@ class VBenchI2VSubject(BackboneTask):
     each video's own first frame (a self-consistency check, not VBench-I2V's protocol; the row says
     so). Needs dino_vitbase16_pretrain.pth;
     --allow-uncalibrated runs a random-init ViT."""
+
     name = "vbench_i2v_subject"
     version = "1"
     main_metric = "i2v_subject"
     summary = "VBench-I2V video-image subject consistency (DINO ViT-B/16 in plain PyTorch; local weights)"
-    smoke_args = {"allow_uncalibrated": "true", "num_frames": "2", "max_videos": "1",
-                  "first_frame_as_image": "true"}
+    smoke_args = {"allow_uncalibrated": "true", "num_frames": "2", "max_videos": "1", "first_frame_as_image": "true"}
     images: str = field(default="", metadata={"help": "folder of conditioning images (VBench-I2V data/crop/<ratio>)"})
     suite: str = field(default="", metadata={"help": "vbench2_i2v_full_info.json: image_name per prompt"})
     antialias: bool = field(default=True, metadata={"help": "antialiased frame resize (torchvision >= 0.17)"})
-    first_frame_as_image: bool = field(default=False, metadata={"help": "no image found: use the video's own first "
-                                                                        "frame (a self-check, not VBench-I2V's protocol)"})
+    first_frame_as_image: bool = field(
+        default=False,
+        metadata={"help": "no image found: use the video's own first frame (a self-check, not VBench-I2V's protocol)"},
+    )
 
     def build(self):
         self._suite = read_suite(self.suite, self.name) if self.suite else []

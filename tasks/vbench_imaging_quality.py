@@ -1,4 +1,5 @@
 """VBench imaging quality (MUSIQ-SPAQ in plain PyTorch)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,8 +15,11 @@ from harness.tasks._backbones import BackboneTask
 from harness.tasks._musiq import MUSIQ
 from harness.tasks._video_vit import checkpoint_state
 
-MUSIQ_FILE = ("musiq_spaq_ckpt-358bb6af.pth", "the MUSIQ-SPAQ checkpoint of pyiqa (chaofengc/IQA-PyTorch release "
-              "v0.1-weights), the file VBench's imaging_quality loads")
+MUSIQ_FILE = (
+    "musiq_spaq_ckpt-358bb6af.pth",
+    "the MUSIQ-SPAQ checkpoint of pyiqa (chaofengc/IQA-PyTorch release "
+    "v0.1-weights), the file VBench's imaging_quality loads",
+)
 
 
 def longer_512(frames: np.ndarray) -> torch.Tensor:
@@ -38,6 +42,7 @@ class VBenchImagingQuality(BackboneTask):
     preprocessing (longer side capped at 512); a video's value is the mean frame score (0-100, in
     the samples); the dimension is the mean over videos / 100. Needs musiq_spaq_ckpt-358bb6af.pth;
     --allow-uncalibrated runs a random-init MUSIQ (plumbing only)."""
+
     name = "vbench_imaging_quality"
     version = "1"
     main_metric = "imaging_quality"
@@ -50,18 +55,21 @@ class VBenchImagingQuality(BackboneTask):
             net = MUSIQ()
             if paths:
                 state = checkpoint_state(paths[0])
-                state = state.get("params", state)          # pyiqa training checkpoints nest the weights
+                state = state.get("params", state)  # pyiqa training checkpoints nest the weights
                 missing, unexpected = net.load_state_dict(state, strict=False)
                 if missing or unexpected:
-                    raise UserError(f"{self.name}: {paths[0]} does not match pyiqa's MUSIQ layout "
-                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                    raise UserError(
+                        f"{self.name}: {paths[0]} does not match pyiqa's MUSIQ layout "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+                    )
             return net
+
         return self.backbone([MUSIQ_FILE], make)
 
     def score(self, ref, frames):
         x = longer_512(frames)
         with torch.no_grad():
-            s = [float(self._net(x[i:i + 1])[0]) for i in range(len(x))]
+            s = [float(self._net(x[i : i + 1])[0]) for i in range(len(x))]
         return {"value": float(np.mean(s)), "frame_scores": [round(v, 4) for v in s]}
 
     def aggregate(self, rows):

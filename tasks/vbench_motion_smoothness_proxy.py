@@ -1,4 +1,5 @@
 """VBench motion smoothness with flow-based interpolation in place of AMT-S (a proxy)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ class VBenchMotionSmoothnessProxy(VideoTask):
     replaced by bidirectional Farneback flow (warp both neighbours halfway, average): keep the even
     frames, interpolate each midpoint, score (255 - mean |interp - real odd frame|)/255. PROXY:
     the formula is VBench's, the interpolator is not (calibrated: false)."""
+
     name = "vbench_motion_smoothness_proxy"
     version = "1"
     main_metric = "motion_smoothness"

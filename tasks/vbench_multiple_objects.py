@@ -1,4 +1,5 @@
 """VBench multiple objects (GRiT outputs from a file, or the synthetic oracle)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ class VBenchMultipleObjects(DetectionTask):
     backend=file reads the per-frame outputs of the official GRiT from `detections=FILE.jsonl`
     (format: tasks/_detections.py, README); backend=synthetic_oracle scores the synthetic_scenes
     videos with an HSV-threshold detector (a proxy: calibrated false)."""
+
     name = "vbench_multiple_objects"
     version = "1"
     main_metric = "multiple_objects"

@@ -1,4 +1,5 @@
 """VBench object class (GRiT outputs from a file, or the synthetic oracle)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ class VBenchObjectClass(DetectionTask):
     backend=file reads the per-frame outputs of the official GRiT from `detections=FILE.jsonl`
     (format: tasks/_detections.py, README); backend=synthetic_oracle scores the synthetic_scenes
     videos with an HSV-threshold detector (a proxy: calibrated false)."""
+
     name = "vbench_object_class"
     version = "1"
     main_metric = "object_class"

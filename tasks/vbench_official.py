@@ -1,4 +1,5 @@
 """The official VBench package, run in its own environment through a subprocess."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,18 @@ from harness.registry import register
 from harness.video import collect
 
 # VBench's custom_input mode refuses the dimensions that need per-prompt auxiliary info
-CUSTOM_DIMENSIONS = ("subject_consistency", "background_consistency", "motion_smoothness", "dynamic_degree",
-                     "aesthetic_quality", "imaging_quality", "temporal_flickering", "overall_consistency",
-                     "temporal_style", "human_action")
+CUSTOM_DIMENSIONS = (
+    "subject_consistency",
+    "background_consistency",
+    "motion_smoothness",
+    "dynamic_degree",
+    "aesthetic_quality",
+    "imaging_quality",
+    "temporal_flickering",
+    "overall_consistency",
+    "temporal_style",
+    "human_action",
+)
 
 
 @register
@@ -33,6 +43,7 @@ class VBenchOfficial(Task):
 
     The cell's video source must be a folder (video_folder) or is exported to a temporary one in
     VBench naming. dimension: one of the custom-input dimensions."""
+
     name = "vbench_official"
     version = "1"
     accepts = ("video_source",)
@@ -58,32 +69,49 @@ class VBenchOfficial(Task):
             if len(folder) == 1 and None not in folder and not ctx.limit:
                 videos = folder.pop()
             else:
-                from harness.methods.video.synthetic import export_suite   # one writer of VBench naming
+                from harness.methods.video.synthetic import export_suite  # one writer of VBench naming
+
                 videos = str(export_suite(Path(tmp) / "videos", refs, [self.dimension]).parent)
             for m in ctx.methods:
                 if hasattr(m, "note_loaded"):
                     m.note_loaded(len(refs), [])
-            cmd = [python, str(Path(__file__).with_name("_vbench_official_driver.py")), "--videos", videos,
-                   "--dimension", self.dimension, "--out", str(Path(tmp) / "out"), "--device", self.device]
+            cmd = [
+                python,
+                str(Path(__file__).with_name("_vbench_official_driver.py")),
+                "--videos",
+                videos,
+                "--dimension",
+                self.dimension,
+                "--out",
+                str(Path(tmp) / "out"),
+                "--device",
+                self.device,
+            ]
             if self.full_info:
                 cmd += ["--full-info", self.full_info]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
                 raise UserError(f"vbench_official: the official vbench run exceeded {self.timeout_s} s") from None
-            except OSError as e:        # e.g. an executable that is no program (exec format error)
+            except OSError as e:  # e.g. an executable that is no program (exec format error)
                 raise UserError(f"vbench_official: cannot run {python}: {e.strerror or e}") from None
             if proc.returncode != 0:
-                raise UserError(f"vbench_official: the official vbench run failed (exit {proc.returncode}): "
-                                f"{proc.stderr.strip()[-800:]}")
+                raise UserError(
+                    f"vbench_official: the official vbench run failed (exit {proc.returncode}): "
+                    f"{proc.stderr.strip()[-800:]}"
+                )
             info = json.loads(proc.stdout.strip().splitlines()[-1])
             data = json.loads(Path(info["results"]).read_text())
         value, per_video = data[self.dimension]
         rows = []
         for i, v in enumerate(per_video if isinstance(per_video, list) else []):
             score = v.get("video_results") if isinstance(v, dict) else None
-            rows.append({"id": f"{i}:{Path(v.get('video_path', str(i))).name}" if isinstance(v, dict) else str(i),
-                         "value": float(score) if isinstance(score, (int, float, bool)) else None})
+            rows.append(
+                {
+                    "id": f"{i}:{Path(v.get('video_path', str(i))).name}" if isinstance(v, dict) else str(i),
+                    "value": float(score) if isinstance(score, (int, float, bool)) else None,
+                }
+            )
         if not rows:
             rows = [{"id": self.dimension, "value": float(value)}]
         metrics = {"score": Metric(float(value), "higher", f"VBench {self.dimension}", n=len(rows))}
@@ -95,9 +123,11 @@ class VBenchOfficial(Task):
 def interpreter(python: str) -> str:
     """The path of an executable regular file (a bare name is looked up on PATH), else a UserError
     that says what is wrong with it: missing, a folder, or not executable."""
-    need = ("vbench_official needs the interpreter of a separate environment with the official `vbench` "
-            "package: python=/path/to/venv/bin/python or $HARNESS_VBENCH_PYTHON (see the README, "
-            "'Video generation evaluation')")
+    need = (
+        "vbench_official needs the interpreter of a separate environment with the official `vbench` "
+        "package: python=/path/to/venv/bin/python or $HARNESS_VBENCH_PYTHON (see the README, "
+        "'Video generation evaluation')"
+    )
     if not python:
         raise UserError(need)
     path = Path(python) if os.sep in python else Path(shutil.which(python) or python)

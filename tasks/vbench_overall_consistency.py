@@ -1,4 +1,5 @@
 """VBench overall consistency (ViCLIP video-text similarity)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ class VBenchOverallConsistency(ViClipTask):
     "middle", clip_transform(224); per video cos(video embedding, text embedding of the full
     prompt); the dimension is the mean over videos. The architecture and what is unverified: see
     tasks/_viclip.py. Needs ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
+
     name = "vbench_overall_consistency"
     version = "1"
     main_metric = "overall_consistency"

@@ -1,4 +1,5 @@
 """VBench spatial relationship (GRiT outputs from a file, or the synthetic oracle)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ class VBenchSpatialRelationship(DetectionTask):
     backend=file reads the per-frame outputs of the official GRiT from `detections=FILE.jsonl`
     (format: tasks/_detections.py, README); backend=synthetic_oracle scores the synthetic_scenes
     videos with an HSV-threshold detector (a proxy: calibrated false)."""
+
     name = "vbench_spatial_relationship"
     version = "1"
     main_metric = "spatial_relationship"

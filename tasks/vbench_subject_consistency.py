@@ -1,4 +1,5 @@
 """VBench subject consistency (DINO ViT-B/16 features)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,8 +7,10 @@ from dataclasses import dataclass
 from harness.registry import register
 from harness.tasks._backbones import ConsistencyTask, DinoViT, dino_transform, load_into
 
-DINO_FILE = ("dino_vitbase16_pretrain.pth", "the DINO ViT-B/16 checkpoint released with facebookresearch/dino "
-             "(the file VBench's --load_ckpt_from_local uses)")
+DINO_FILE = (
+    "dino_vitbase16_pretrain.pth",
+    "the DINO ViT-B/16 checkpoint released with facebookresearch/dino (the file VBench's --load_ckpt_from_local uses)",
+)
 
 
 @register
@@ -18,6 +21,7 @@ class VBenchSubjectConsistency(ConsistencyTask):
     scores (max(0, cos(f_i-1, f_i)) + max(0, cos(f_0, f_i)))/2; the dimension is frame-weighted
     (`subject_consistency`), `per_video` the mean of the per-video means. Needs
     dino_vitbase16_pretrain.pth; --allow-uncalibrated runs a random-init ViT."""
+
     name = "vbench_subject_consistency"
     version = "1"
     main_metric = "subject_consistency"

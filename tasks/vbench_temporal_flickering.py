@@ -1,4 +1,5 @@
 """VBench temporal flickering: exact without any model."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ class VBenchTemporalFlickering(VideoTask):
     static_filter.py keeps them with RAFT flow); here the same rule runs on OpenCV Farneback flow
     (the filter is an approximation, the score itself is exact). static_filter=false scores every
     video."""
+
     name = "vbench_temporal_flickering"
     version = "1"
     main_metric = "temporal_flickering"
@@ -25,8 +27,7 @@ class VBenchTemporalFlickering(VideoTask):
 
     def score(self, ref, frames):
         is_static, mags = static_filter(frames)
-        row = {"static": is_static, "flow_top2pct_max": round(max(mags), 4),
-               "flicker": flicker_score(frames)}
+        row = {"static": is_static, "flow_top2pct_max": round(max(mags), 4), "flicker": flicker_score(frames)}
         if self.static_filter and not is_static:
             return dict(row, value=None, reason="not static (VBench scores static videos only)")
         return dict(row, value=row["flicker"])

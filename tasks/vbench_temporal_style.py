@@ -1,4 +1,5 @@
 """VBench temporal style (ViCLIP video-text similarity)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ class VBenchTemporalStyle(ViClipTask):
     the full prompt); the dimension is the mean over videos. The prompt comes from the video
     source (VBench naming `<prompt>-<index>.mp4`). The architecture and what is unverified: see
     tasks/_viclip.py. Needs ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
+
     name = "vbench_temporal_style"
     version = "1"
     main_metric = "temporal_style"

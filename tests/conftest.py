@@ -26,8 +26,11 @@ def _isolated_state(tmp_path_factory):
     machine is read, and nothing outside the temporary folders is written (results/ least of all)."""
     base = tmp_path_factory.mktemp("harness-state")
     saved = {v: os.environ.get(v) for v in ("HARNESS_CACHE", "HARNESS_ARTIFACTS", "HARNESS_RESULTS")}
-    os.environ.update(HARNESS_CACHE=str(base / "cache"), HARNESS_ARTIFACTS=str(base / "artifacts"),
-                      HARNESS_RESULTS=str(base / "results"))
+    os.environ.update(
+        HARNESS_CACHE=str(base / "cache"),
+        HARNESS_ARTIFACTS=str(base / "artifacts"),
+        HARNESS_RESULTS=str(base / "results"),
+    )
     yield
     for var, value in saved.items():
         if value is None:
@@ -43,8 +46,14 @@ def make_tiny_llama(folder, kv_heads=2, max_pos=128, seed=0, **config):
 
     tok = build_tokenizer()
     torch.manual_seed(seed)
-    recipe = Recipe(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=kv_heads, context_length=max_pos)
+    recipe = Recipe(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        context_length=max_pos,
+    )
     model = build_model(recipe, len(tok), tok.pad_token_id)
     for key, value in config.items():
         setattr(model.config, key, value)
@@ -70,6 +79,7 @@ def tiny_model_with(tmp_path_factory, tiny_model):
         if key not in made:
             made[key] = make_tiny_llama(tmp_path_factory.mktemp("tiny-variant"), **config)
         return made[key]
+
     return get
 
 
@@ -77,6 +87,7 @@ def tiny_model_with(tmp_path_factory, tiny_model):
 def tiny_lm(tiny_model):
     from harness.lm import LM
     from harness.models import load
+
     return LM(load(tiny_model, "cpu"), batch_size=4)
 
 
@@ -85,6 +96,7 @@ def synthetic_video_folder(tmp_path_factory):
     """A folder of small synthetic videos in VBench naming (`<prompt>-<index>.mp4`), one per motion."""
     from harness.synthetic_video import PROMPT, synthetic_video
     from harness.video import write_video
+
     folder = tmp_path_factory.mktemp("videos")
     for motion in ("static", "pan_left", "zoom_in"):
         write_video(folder / f"{PROMPT[motion]}-0.mp4", synthetic_video(motion, frames=16, size=48, seed=1))
@@ -96,6 +108,7 @@ def _smoke_video_ids(folder) -> list[str]:
     import os
 
     from harness.synthetic_video import MOTIONS
+
     return [f"{m}-0" for m in MOTIONS] + sorted(os.listdir(folder))
 
 
@@ -103,6 +116,7 @@ def _smoke_video_ids(folder) -> list[str]:
 def mtscore_features(tmp_path_factory, synthetic_video_folder):
     """Random stand-ins for InternVideo2 features of the smoke sources' videos (plumbing only)."""
     import numpy as np
+
     ids, rng = _smoke_video_ids(synthetic_video_folder), np.random.default_rng(0)
     path = tmp_path_factory.mktemp("mtscore") / "features.npz"
     np.savez(path, ids=np.array(ids), video_feats=rng.normal(size=(len(ids), 8)), text_feats=rng.normal(size=(10, 8)))
@@ -113,10 +127,16 @@ def mtscore_features(tmp_path_factory, synthetic_video_folder):
 def dreamsim_features(tmp_path_factory, synthetic_video_folder):
     """Random stand-ins for DreamSim embeddings of the smoke sources' videos (plumbing only)."""
     import numpy as np
+
     ids, rng = _smoke_video_ids(synthetic_video_folder), np.random.default_rng(0)
     path = tmp_path_factory.mktemp("dreamsim") / "features.npz"
-    np.savez(path, ids=np.array(ids), image_feats=rng.normal(size=(len(ids), 8)),
-             frame_feats=rng.normal(size=(4 * len(ids), 8)), frame_counts=np.full(len(ids), 4))
+    np.savez(
+        path,
+        ids=np.array(ids),
+        image_feats=rng.normal(size=(len(ids), 8)),
+        frame_feats=rng.normal(size=(4 * len(ids), 8)),
+        frame_counts=np.full(len(ids), 4),
+    )
     return str(path)
 
 
@@ -146,6 +166,7 @@ class VBench:
 def fake_vbench_python(tmp_path_factory):
     """An 'interpreter of another environment' whose vbench package is the stand-in above."""
     import sys
+
     root = tmp_path_factory.mktemp("fake-vbench-env")
     (root / "vbench").mkdir()
     (root / "vbench" / "__init__.py").write_text(FAKE_VBENCH)

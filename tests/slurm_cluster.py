@@ -3,6 +3,7 @@ started on localhost in a private folder (own munge socket and key, own ports, o
 passed through SLURM_CONF), so nothing system-wide is changed and nothing else is touched.
 `start()` returns the environment to submit with and a stop function (it ends the three daemons
 by their pid files); it raises Unavailable with the reason when this machine cannot run Slurm."""
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,7 @@ def start(cpus: int = 2) -> tuple[dict, callable, Path]:
     except KeyError:
         raise Unavailable("no 'munge' user (the munge package creates it)") from None
     root = Path(tempfile.mkdtemp(prefix="harness-slurm-"))
-    root.chmod(0o755)                       # munged (its own user) must reach its socket folder
+    root.chmod(0o755)  # munged (its own user) must reach its socket folder
     mdir, kdir = root / "munge", root / "munge" / "key"
     kdir.mkdir(parents=True)
     for d in ("state", "spool", "log"):
@@ -96,26 +97,57 @@ def start(cpus: int = 2) -> tuple[dict, callable, Path]:
         shutil.rmtree(root, ignore_errors=True)
 
     try:
-        r = subprocess.run(["su", "-s", "/bin/sh", "munge", "-c",
-                            f"{_which('munged')} --socket={sock} --key-file={kdir / 'munge.key'} "
-                            f"--pid-file={mdir / 'munged.pid'} --log-file={mdir / 'munged.log'} "
-                            f"--seed-file={mdir / 'seed'}"], capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [
+                "su",
+                "-s",
+                "/bin/sh",
+                "munge",
+                "-c",
+                f"{_which('munged')} --socket={sock} --key-file={kdir / 'munge.key'} "
+                f"--pid-file={mdir / 'munged.pid'} --log-file={mdir / 'munged.log'} "
+                f"--seed-file={mdir / 'seed'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if r.returncode != 0:
             raise Unavailable(f"munged did not start: {(r.stderr or r.stdout).strip()[-300:]}")
         host = socket.gethostname().split(".")[0]
         mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
         conf = root / "slurm.conf"
-        conf.write_text("\n".join([
-            "ClusterName=harness", f"SlurmctldHost={host}", f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}", "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge",
-            f"AuthInfo=socket={sock}", "CredType=cred/munge", f"StateSaveLocation={root / 'state'}",
-            f"SlurmdSpoolDir={root / 'spool'}", f"SlurmctldPidFile={root / 'slurmctld.pid'}",
-            f"SlurmdPidFile={root / 'slurmd.pid'}", f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={root / 'log' / 'slurmd.log'}", "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none", "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core", "ReturnToService=2", "MpiDefault=none",
-            f"NodeName={host} CPUs={cpus} RealMemory={max(1024, mem - 2048)} State=UNKNOWN",
-            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+        conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=harness",
+                    f"SlurmctldHost={host}",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "AuthType=auth/munge",
+                    f"AuthInfo=socket={sock}",
+                    "CredType=cred/munge",
+                    f"StateSaveLocation={root / 'state'}",
+                    f"SlurmdSpoolDir={root / 'spool'}",
+                    f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={root / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "ReturnToService=2",
+                    "MpiDefault=none",
+                    f"NodeName={host} CPUs={cpus} RealMemory={max(1024, mem - 2048)} State=UNKNOWN",
+                    "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
         env = dict(os.environ, SLURM_CONF=str(conf))
         for cmd in ([_which("slurmctld"), "-f", str(conf)], [_which("slurmd"), "-f", str(conf), "-N", host]):
             r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)

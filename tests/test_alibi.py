@@ -1,4 +1,5 @@
 """ALiBi: slopes and biases against the paper's formulas; RoPE models are refused."""
+
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from harness.methods.rope.alibi import ALiBi, alibi_attend, alibi_slopes
 
 
 def test_slopes_follow_the_paper():
-    torch.testing.assert_close(alibi_slopes(8), torch.tensor([1 / 2 ** k for k in range(1, 9)]))
+    torch.testing.assert_close(alibi_slopes(8), torch.tensor([1 / 2**k for k in range(1, 9)]))
     # 12 heads: the 8 slopes of H=8, then slopes 1, 3, 5, 7 (0-based 0, 2, 4, 6) of H=16
     expected = [2 ** (-k) for k in range(1, 9)] + [2 ** (-0.5 * k) for k in (1, 3, 5, 7)]
     torch.testing.assert_close(alibi_slopes(12), torch.tensor(expected))
@@ -22,8 +23,9 @@ def test_attend_equals_slow_loop():
     H, L, d = 4, 9, 8
     q, k, v = (torch.randn(1, H, L, d, dtype=torch.float64) for _ in range(3))
     pos = torch.arange(L)[None]
-    a = AttentionInputs(q, k, v, pos, pos, torch.ones(L, L, dtype=torch.bool).tril()[None, None],
-                        1 / math.sqrt(d), rope=None)
+    a = AttentionInputs(
+        q, k, v, pos, pos, torch.ones(L, L, dtype=torch.bool).tril()[None, None], 1 / math.sqrt(d), rope=None
+    )
     got = alibi_attend(a)
     for h in range(H):
         m = 2 ** (-8 * (h + 1) / H)
@@ -40,9 +42,11 @@ def test_refuses_rope_models(tiny_lm):
 
 def test_alibi_model_refused_without_the_alibi_method(tiny_model_with, tmp_path):
     from harness import runner
+
     model = tiny_model_with(**ALiBi.smoke_model_config)
-    cells = runner.resolve(["needle"], ["baseline"], model, {"context_length": "128", "depths": "1",
-                                                             "samples_per_depth": "1"}, {}, limit=1)
+    cells = runner.resolve(
+        ["needle"], ["baseline"], model, {"context_length": "128", "depths": "1", "samples_per_depth": "1"}, {}, limit=1
+    )
     with pytest.raises(UserError, match="pretrained with ALiBi"):
         runner.evaluate(cells, device="cpu", out=tmp_path)
     assert not list(tmp_path.rglob("*.json"))
@@ -57,10 +61,20 @@ def test_zoo_recipe_trains_with_alibi_attention(monkeypatch):
     calls = []
     real = attention.alibi_attend
     monkeypatch.setattr(attention, "alibi_attend", lambda a: calls.append(a.q.shape) or real(a))
-    recipe = Recipe(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    num_key_value_heads=2, context_length=64, position="alibi", steps=2,
-                    tokens_per_step=256, curriculum=(64,), warmup=1)
+    recipe = Recipe(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        context_length=64,
+        position="alibi",
+        steps=2,
+        tokens_per_step=256,
+        curriculum=(64,),
+        warmup=1,
+    )
     model, log = train(recipe, build_tokenizer())
     assert getattr(model.config, attention.ALIBI_CONFIG_FLAG) == "alibi"
-    assert len(calls) == 2 * recipe.num_hidden_layers      # 2 steps x 2 layers, none bypassed
-    assert "forward" not in vars(model.model.layers[0].self_attn)   # the override came off after training
+    assert len(calls) == 2 * recipe.num_hidden_layers  # 2 steps x 2 layers, none bypassed
+    assert "forward" not in vars(model.model.layers[0].self_attn)  # the override came off after training

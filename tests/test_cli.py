@@ -1,4 +1,5 @@
 """CLI behaviour: user errors exit 2 with one clear message; resume; list."""
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,29 +18,48 @@ def run(capsys, *argv):
 
 
 def eval_args(model, out, *extra):
-    return ["eval", "--model", model, "--out", str(out), "--no-progress", "--task", "needle",
-            "--task-arg", "context_length=160", "--task-arg", "depths=2", "--task-arg", "max_new_tokens=4",
-            "--limit", "2", *extra]
+    return [
+        "eval",
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--no-progress",
+        "--task",
+        "needle",
+        "--task-arg",
+        "context_length=160",
+        "--task-arg",
+        "depths=2",
+        "--task-arg",
+        "max_new_tokens=4",
+        "--limit",
+        "2",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["eval", "--task", "needle_1k", "--method", "yarnn"], "yarn"),
-    (["eval", "--task", "needel", "--method", "yarn"], "needle"),
-    (["eval", "--task", "needle", "--task-arg", "depths=ten"], "expected int"),
-    (["eval", "--task", "needle", "--task-arg", "dept=3"], "depths"),
-    (["eval", "--task", "needle", "--task-arg", "depths"], "key=value"),
-    (["eval", "--task", "needle", "--method", "yarn", "--method-arg", "factor=big"], "expected float"),
-    (["eval", "--task", "needle", "--method", "yarn", "--method-arg", "facto=2"], "factor"),
-    (["eval", "--task", "needle", "--method", "pi+yarn"], "both patch rope"),
-    (["eval", "--task", "needle", "--method", "yarn+"], "empty name"),
-    (["eval", "--task", "needle", "--limit", "0"], "--limit"),
-    (["eval", "--task", "needle", "--task-arg", "context_length=10"], "at least 64"),
-    (["eval", "--task", "needle", "--model", "zoo:tiny-lama"], "tiny-llama"),
-    (["eval", "--task", "needle", "--model", "nosuchmodel"], "unknown model"),
-    (["eval", "--task", "needle", "--device", "tpu"], "--device"),
-    (["eval", "--task", "needle", "--batch-size", "0"], "--batch-size"),
-    (["zoo", "card", "nope"], "unknown zoo model"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["eval", "--task", "needle_1k", "--method", "yarnn"], "yarn"),
+        (["eval", "--task", "needel", "--method", "yarn"], "needle"),
+        (["eval", "--task", "needle", "--task-arg", "depths=ten"], "expected int"),
+        (["eval", "--task", "needle", "--task-arg", "dept=3"], "depths"),
+        (["eval", "--task", "needle", "--task-arg", "depths"], "key=value"),
+        (["eval", "--task", "needle", "--method", "yarn", "--method-arg", "factor=big"], "expected float"),
+        (["eval", "--task", "needle", "--method", "yarn", "--method-arg", "facto=2"], "factor"),
+        (["eval", "--task", "needle", "--method", "pi+yarn"], "both patch rope"),
+        (["eval", "--task", "needle", "--method", "yarn+"], "empty name"),
+        (["eval", "--task", "needle", "--limit", "0"], "--limit"),
+        (["eval", "--task", "needle", "--task-arg", "context_length=10"], "at least 64"),
+        (["eval", "--task", "needle", "--model", "zoo:tiny-lama"], "tiny-llama"),
+        (["eval", "--task", "needle", "--model", "nosuchmodel"], "unknown model"),
+        (["eval", "--task", "needle", "--device", "tpu"], "--device"),
+        (["eval", "--task", "needle", "--batch-size", "0"], "--batch-size"),
+        (["zoo", "card", "nope"], "unknown zoo model"),
+    ],
+)
 def test_user_errors_exit_2_with_one_message(capsys, argv, needle):
     code, out, err = run(capsys, *argv)
     assert code == 2
@@ -61,8 +81,10 @@ def test_wrong_kind_lists_compatible_methods(capsys):
     @dataclass
     class FakeScorer(Method):
         """A step scorer used only by this test."""
+
         name = "fake_scorer_for_test"
         kind = "step_scorer"
+
     try:
         code, _, err = run(capsys, "eval", "--task", "needle", "--method", "fake_scorer_for_test")
         assert code == 2 and "kind 'step_scorer'" in err and "yarn" in err and "baseline" in err
@@ -71,7 +93,7 @@ def test_wrong_kind_lists_compatible_methods(capsys):
 
 
 def test_missing_and_badly_encoded_files(capsys, tiny_model, tmp_path):
-    missing = tmp_path / "no" / "such" / "file.txt"           # certainly absent, on any machine
+    missing = tmp_path / "no" / "such" / "file.txt"  # certainly absent, on any machine
     code, _, err = run(capsys, *eval_args(tiny_model, tmp_path, "--task-arg", f"haystack={missing}"))
     assert code == 2 and str(missing) in err
     bad = tmp_path / "bad.txt"
@@ -103,8 +125,10 @@ def test_eval_writes_then_resumes_untouched(capsys, tiny_model, tmp_path):
 
 
 def test_cross_product_and_scoped_args(capsys, tiny_model, tmp_path):
-    code, out, _ = run(capsys, *eval_args(tiny_model, tmp_path, "--method", "baseline", "--method", "yarn",
-                                          "--method-arg", "yarn.factor=3"))
+    code, out, _ = run(
+        capsys,
+        *eval_args(tiny_model, tmp_path, "--method", "baseline", "--method", "yarn", "--method-arg", "yarn.factor=3"),
+    )
     assert code == 0
     recs = [json.loads(p.read_text()) for p in tmp_path.rglob("*.json")]
     assert sorted(r["method"]["name"] for r in recs) == ["baseline", "yarn"]
@@ -115,21 +139,31 @@ def test_cross_product_and_scoped_args(capsys, tiny_model, tmp_path):
 
 def test_progress_bars_name_their_cell_and_an_estimate_follows_each_cell(tiny_model, tmp_path):
     from harness import runner
+
     descs, logs = [], []
 
     def progress(items, total=None, desc=""):
         descs.append(desc)
         return iter(items)
-    cells = runner.resolve(["needle"], ["baseline", "yarn"], tiny_model,
-                           {"context_length": "160", "depths": "2", "max_new_tokens": "4"}, {}, 0, 2)
+
+    cells = runner.resolve(
+        ["needle"],
+        ["baseline", "yarn"],
+        tiny_model,
+        {"context_length": "160", "depths": "2", "max_new_tokens": "4"},
+        {},
+        0,
+        2,
+    )
     runner.evaluate(cells, device="cpu", out=tmp_path, progress=progress, log=logs.append)
     assert [d.split(":")[0] for d in descs] == ["[1/2] needle · baseline", "[2/2] needle · yarn"]
-    assert all("(2 samples)" in d for d in descs)                # the task's own description follows
+    assert all("(2 samples)" in d for d in descs)  # the task's own description follows
     assert len(logs) == 1 and logs[0].startswith("[1/2] needle · baseline done in ")
     assert logs[0].endswith("left for 1 more cell(s)")
     runner.evaluate(cells, device="cpu", out=tmp_path, progress=progress, log=logs.append)
-    assert logs[1:] == [f"skip: {runner.locate(c, tmp_path)[2]} is finished (use --overwrite to rerun)"
-                        for c in cells]                           # finished cells: no bar, no estimate
+    assert logs[1:] == [
+        f"skip: {runner.locate(c, tmp_path)[2]} is finished (use --overwrite to rerun)" for c in cells
+    ]  # finished cells: no bar, no estimate
 
 
 def test_composition_runs_and_records_components(capsys, tiny_model, tmp_path):
@@ -162,6 +196,7 @@ def test_pickle_weights_load_only_with_explicit_opt_in(capsys, tiny_model, tmp_p
 
     import torch
     from safetensors.torch import load_file
+
     folder = tmp_path / "pickled"
     shutil.copytree(tiny_model, folder)
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
@@ -173,16 +208,18 @@ def test_pickle_weights_load_only_with_explicit_opt_in(capsys, tiny_model, tmp_p
     assert code == 0
     rec = json.loads(Path(out.split("record: ")[-1].strip()).read_text())
     assert rec["model"]["config"]["weights_format"].startswith("pickle")
-    assert rec["provenance"]["model_sha256"]          # the pickle file's hash
+    assert rec["provenance"]["model_sha256"]  # the pickle file's hash
 
 
 def test_a_closed_output_pipe_ends_quietly_with_141():
     """`harness list methods | head -1`: the reader goes away before the output is written."""
     import subprocess
     import sys
-    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "list", "methods"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    p.stdout.close()                     # no reader: the first write fails with EPIPE
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "list", "methods"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    p.stdout.close()  # no reader: the first write fails with EPIPE
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -2,6 +2,7 @@
 and identical per-sample rows, and the record states the thread count and library versions this
 holds for. Sampled decoding (sps at temperature 1 inside the needle task is greedy, so the sampled
 case uses the LM API directly) is covered too."""
+
 import torch
 
 from harness import records, runner
@@ -14,9 +15,10 @@ def _run(tiny_model, out, method, task, args):
 
 
 def test_same_cell_twice_is_identical(tiny_model, tmp_path):
-    for method, task, args in [("selfextend", "needle", {"context_length": "160", "depths": "2",
-                                                          "max_new_tokens": "4"}),
-                               ("yarn", "perplexity", {"context_length": "96", "n_tokens": "400"})]:
+    for method, task, args in [
+        ("selfextend", "needle", {"context_length": "160", "depths": "2", "max_new_tokens": "4"}),
+        ("yarn", "perplexity", {"context_length": "96", "n_tokens": "400"}),
+    ]:
         a, sa = _run(tiny_model, tmp_path / "a", method, task, args)
         b, sb = _run(tiny_model, tmp_path / "b", method, task, args)
         assert a["run_id"] == b["run_id"]
@@ -33,4 +35,4 @@ def test_sampled_generation_repeats_under_a_seed(tiny_lm):
     again = tiny_lm.generate(prompts, max_new_tokens=6, temperature=1.0, seed=5)
     other = tiny_lm.generate(prompts, max_new_tokens=6, temperature=1.0, seed=6)
     assert first == again
-    assert first != other          # the seed matters: a fixed output would make the test vacuous
+    assert first != other  # the seed matters: a fixed output would make the test vacuous

@@ -1,5 +1,6 @@
 """The docs: generated pages equal a regeneration (no drift), the README stays short, and every
 relative link and snippet include points at a file that exists."""
+
 import re
 import shutil
 import subprocess
@@ -19,8 +20,11 @@ SNIPPET = re.compile(r'^--8<-- "([^"]+)"', re.MULTILINE)
 def test_generated_pages_equal_a_regeneration():
     pages = docsgen.render(ROOT / "results")
     stale = [rel for rel, text in pages.items() if not (DOCS / rel).is_file() or (DOCS / rel).read_text() != text]
-    extra = sorted(str(p.relative_to(DOCS)) for p in (DOCS / "reference" / "results").glob("*.md")
-                   if str(p.relative_to(DOCS)) not in pages)
+    extra = sorted(
+        str(p.relative_to(DOCS))
+        for p in (DOCS / "reference" / "results").glob("*.md")
+        if str(p.relative_to(DOCS)) not in pages
+    )
     readme = (ROOT / "README.md").read_text()
     if docsgen.with_readme_table(readme, ROOT / "results") != readme:
         stale.append("README.md")
@@ -39,7 +43,9 @@ def test_check_mode_reports_drift_and_writes_nothing(tmp_path):
     changed = docsgen.generate(docs, ROOT / "results", None, check=True)
     assert set(changed) == {methods, docs / "reference" / "results" / "gone.md"}
     assert methods.read_text() == before
-    assert docsgen.generate(docs, ROOT / "results", None) and not docsgen.generate(docs, ROOT / "results", None, check=True)
+    assert docsgen.generate(docs, ROOT / "results", None) and not docsgen.generate(
+        docs, ROOT / "results", None, check=True
+    )
     assert not (docs / "reference" / "results" / "gone.md").exists()
 
 
@@ -56,7 +62,7 @@ def _markdown_files() -> list[Path]:
 
 @pytest.mark.parametrize("path", _markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(path):
-    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)       # code blocks hold no links
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)  # code blocks hold no links
     text = re.sub(r"`[^`\n]*`", "", text)
     missing = []
     for target in LINK.findall(text):
@@ -75,7 +81,13 @@ def test_mkdocs_builds_strictly(tmp_path):
     if shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("mkdocs is not installed (dev extra)")
     mkdocs = str(Path(sys.executable).parent / "mkdocs")
-    proc = subprocess.run([mkdocs, "build", "--strict", "-d", str(tmp_path / "site")], cwd=ROOT, check=False,
-                          capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [mkdocs, "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "reference" / "methods" / "index.html").is_file()

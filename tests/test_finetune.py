@@ -1,6 +1,7 @@
 """The fine-tuned long-context methods (longlora, pi_ft, yarn_ft): S²-Attn against a slow loop over
 query-key pairs, the merged LoRA weights against the unmerged LoRA forward, and short fits through
 `harness fit` that change the weights, are deterministic, and are reused by `harness eval`."""
+
 import json
 import math
 
@@ -23,7 +24,7 @@ def slow_s2(q, k, v, group, scaling):
     out = torch.zeros_like(v)
     for head in range(h):
         shift = group // 2 if head >= h // 2 else 0
-        slot = [(i - shift) % N for i in range(N)]          # where token i sits after the roll
+        slot = [(i - shift) % N for i in range(N)]  # where token i sits after the roll
         for i in range(N):
             keys = [j for j in range(N) if slot[j] // group == slot[i] // group and slot[j] <= slot[i]]
             logits = torch.stack([rot1(q[head, i], i) @ rot1(k[head, j], j) for j in keys])
@@ -47,7 +48,7 @@ def test_merged_lora_equals_unmerged_forward(tiny_lm):
     with torch.no_grad():
         for name, t in factors.items():
             if name.endswith("lora_B"):
-                t.normal_(0, 0.05)                 # B starts at zero; make the update visible
+                t.normal_(0, 0.05)  # B starts at zero; make the update visible
     ids = torch.randint(30, 2000, (2, 40))
     with torch.no_grad():
         plain = tiny_lm.model(input_ids=ids).logits
@@ -61,41 +62,79 @@ def test_merged_lora_equals_unmerged_forward(tiny_lm):
         merged_out = tiny_lm.model(input_ids=ids).logits
         for n, w in saved.items():
             params[n].copy_(w)
-    assert len(weights) == 4 * 2                   # q/k/v/o in both layers of the tiny model
+    assert len(weights) == 4 * 2  # q/k/v/o in both layers of the tiny model
     assert not torch.allclose(unmerged, plain, atol=1e-3)
     torch.testing.assert_close(merged_out, unmerged, rtol=1e-4, atol=1e-5)
 
 
 def _fit(method, model, tmp_path, extra=(), capsys=None):
-    args = ["fit", "--method", method, "--model", model, "--device", "cpu", "--method-arg", "fit_length=256",
-            "--method-arg", "steps=3", "--method-arg", "warmup=1", *extra]
+    args = [
+        "fit",
+        "--method",
+        method,
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "--method-arg",
+        "fit_length=256",
+        "--method-arg",
+        "steps=3",
+        "--method-arg",
+        "warmup=1",
+        *extra,
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     key = out.strip().rsplit("artifact: ", 1)[1]
-    return key, json.loads(out[:out.rindex("artifact:")])
+    return key, json.loads(out[: out.rindex("artifact:")])
 
 
 @pytest.mark.parametrize("method", ["longlora", "pi_ft", "yarn_ft"])
 def test_fit_changes_weights_is_deterministic_and_eval_reuses_it(method, tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
-    evaluate = ["eval", "--task", "needle", "--task-arg", "context_length=200", "--task-arg", "depths=1",
-                "--task-arg", "max_new_tokens=3", "--method", method, "--limit", "1", "--no-progress",
-                "--model", tiny_model, "--device", "cpu", "--out", str(tmp_path / "out"),
-                "--method-arg", "fit_length=256", "--method-arg", "steps=3", "--method-arg", "warmup=1"]
+    evaluate = [
+        "eval",
+        "--task",
+        "needle",
+        "--task-arg",
+        "context_length=200",
+        "--task-arg",
+        "depths=1",
+        "--task-arg",
+        "max_new_tokens=3",
+        "--method",
+        method,
+        "--limit",
+        "1",
+        "--no-progress",
+        "--model",
+        tiny_model,
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+        "--method-arg",
+        "fit_length=256",
+        "--method-arg",
+        "steps=3",
+        "--method-arg",
+        "warmup=1",
+    ]
     assert main(evaluate) == 2
     assert f"harness fit --method {method}" in capsys.readouterr().err
     key, payload = _fit(method, tiny_model, tmp_path, capsys=capsys)
     assert payload["scale"] == 2.0 and len(payload["loss_history"]) == 2
     trained = load_file(str(tmp_path / "artifacts" / key / WEIGHTS_FILE))
-    own = dict(load(tiny_model, "cpu").model.named_parameters())       # the weights before the fit
+    own = dict(load(tiny_model, "cpu").model.named_parameters())  # the weights before the fit
     if method == "longlora":
         assert {n.rsplit(".", 2)[-2] for n in trained if ".lora_" in n} == {"q_proj", "k_proj", "v_proj", "o_proj"}
-        assert any(t.abs().max() > 0 for n, t in trained.items() if n.endswith("lora_B"))   # B left zero
+        assert any(t.abs().max() > 0 for n, t in trained.items() if n.endswith("lora_B"))  # B left zero
         frozen = [n for n in own if n not in trained]
         assert frozen and all("mlp" in n or "proj" in n for n in frozen)
     changed = [n for n, t in trained.items() if n in own and not torch.equal(t, own[n])]
     assert changed and "model.embed_tokens.weight" in changed
-    _fit(method, tiny_model, tmp_path, extra=["--overwrite"], capsys=capsys)          # same seed, same weights
+    _fit(method, tiny_model, tmp_path, extra=["--overwrite"], capsys=capsys)  # same seed, same weights
     again = load_file(str(tmp_path / "artifacts" / key / WEIGHTS_FILE))
     assert all(torch.equal(again[n], trained[n]) for n in trained)
     assert main(evaluate) == 0
@@ -113,5 +152,6 @@ def test_s2_group_must_split_the_row():
 
 def test_scale_is_fixed_by_the_fit_length(tiny_lm):
     from harness.methods.rope.pi_ft import PIFinetuned
+
     m = PIFinetuned(fit_length=512)
-    assert m.resolve(tiny_lm, MethodContext(target_length=4096))[1] == 4.0      # 512 / 128, not 4096 / 128
+    assert m.resolve(tiny_lm, MethodContext(target_length=4096))[1] == 4.0  # 512 / 128, not 4096 / 128

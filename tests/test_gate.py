@@ -1,4 +1,5 @@
 """The regression gate: tolerance in the metric's direction, paired tests, exit codes."""
+
 import json
 import math
 import os
@@ -13,11 +14,22 @@ from harness.gate import bootstrap_p, mcnemar_p
 
 
 def write(folder, rid, scores, direction="higher", value=None, sample_field="score"):
-    rec = {"schema_version": records.SCHEMA_VERSION, "run_id": rid,
-           "task": {"name": "needle", "params": {}}, "method": {"name": "yarn", "params": {}},
-           "model": {"id": "zoo:x"}, "provenance": {},
-           "metrics": {"accuracy": {"value": value if value is not None else sum(scores) / len(scores),
-                                    "direction": direction, "n": len(scores), "sample_field": sample_field}}}
+    rec = {
+        "schema_version": records.SCHEMA_VERSION,
+        "run_id": rid,
+        "task": {"name": "needle", "params": {}},
+        "method": {"name": "yarn", "params": {}},
+        "model": {"id": "zoo:x"},
+        "provenance": {},
+        "metrics": {
+            "accuracy": {
+                "value": value if value is not None else sum(scores) / len(scores),
+                "direction": direction,
+                "n": len(scores),
+                "sample_field": sample_field,
+            }
+        },
+    }
     records.write(folder / "needle" / f"{rid}.json", rec, [{"id": f"s{i}", "score": s} for i, s in enumerate(scores)])
 
 
@@ -40,7 +52,7 @@ def test_gate_on_itself_passes_and_a_planted_regression_fails(tmp_path, capsys):
     write(base, "r2", [1, 0] * 20)
     assert main(["gate", "--baseline", str(base), "--current", str(base)]) == 0
     shutil.copytree(base, cur)
-    write(cur, "r1", [0] * 30 + [1] * 10)            # accuracy 1.0 -> 0.25 on the same samples
+    write(cur, "r1", [0] * 30 + [1] * 10)  # accuracy 1.0 -> 0.25 on the same samples
     assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 1
     out = capsys.readouterr().out
     assert "1 regression" in out and "sample s0: 1 -> 0" in out
@@ -49,7 +61,7 @@ def test_gate_on_itself_passes_and_a_planted_regression_fails(tmp_path, capsys):
 def test_noise_within_the_paired_test_does_not_fail(tmp_path, capsys):
     base, cur = tmp_path / "base", tmp_path / "cur"
     write(base, "r1", [1, 0] * 20)
-    write(cur, "r1", [0, 1] * 19 + [0, 0])            # one net sample lost among 40 discordant swaps
+    write(cur, "r1", [0, 1] * 19 + [0, 0])  # one net sample lost among 40 discordant swaps
     assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 0
 
 
@@ -58,7 +70,7 @@ def test_tolerance_and_direction(tmp_path):
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"metrics": {"accuracy": {"abs": 0.5}}}))
     write(base, "r1", [1] * 40)
-    write(cur, "r1", [0] * 15 + [1] * 25)             # 0.375 worse: within abs 0.5
+    write(cur, "r1", [0] * 15 + [1] * 25)  # 0.375 worse: within abs 0.5
     assert main(["gate", "--baseline", str(base), "--current", str(cur), "--rules", str(rules)]) == 0
     write(base, "r2", [1.0], direction="lower", value=3.0, sample_field=None)
     write(cur, "r2", [1.0], direction="lower", value=2.0, sample_field=None)  # lower is better: improved
@@ -92,11 +104,14 @@ def test_a_planted_regression_in_the_committed_results_fails(tmp_path, capsys):
     cur = tmp_path / "cur"
     shutil.copytree(RESULTS, cur)
     # a yarn needle record with at least 30 correct needles (not e.g. the 10-needle 128k one)
-    path = next(p for p in sorted((cur / "needle").rglob("yarn/*.json"))
-                if sum(s["score"] == 1.0 for s in records.read_samples(p)) >= 30)
+    path = next(
+        p
+        for p in sorted((cur / "needle").rglob("yarn/*.json"))
+        if sum(s["score"] == 1.0 for s in records.read_samples(p)) >= 30
+    )
     rec, samples = records.read(path), records.read_samples(path)
     hit = [s for s in samples if s["score"] == 1.0][:30]
-    for s in hit:                                   # 30 correct needles now missed
+    for s in hit:  # 30 correct needles now missed
         s["score"] = 0.0
     m = rec["metrics"]["accuracy"]
     m["value"] = sum(s["score"] for s in samples) / len(samples)
@@ -106,14 +121,20 @@ def test_a_planted_regression_in_the_committed_results_fails(tmp_path, capsys):
     assert "1 regression" in out and "yarn" in out and f"sample {hit[0]['id']}: 1.0 -> 0.0" in out
 
 
-@pytest.mark.parametrize("make,problem", [
-    (lambda d, good: (d / "t.json").write_text(good[: len(good) // 3]), "not JSON"),
-    (lambda d, good: (d / "v.json").write_text(good.replace('"schema_version": 1', '"schema_version": 7')), "schema_version 7"),
-    (lambda d, good: (d / "b.json").write_bytes(bytes(range(256)) * 8), "binary"),
-    (lambda d, good: open(d / "h.json", "wb").truncate(records.MAX_RECORD_BYTES + 1), "too large"),
-    (lambda d, good: os.symlink("/etc/hostname", d / "s.json"), "symlink"),
-    (lambda d, good: os.symlink("/etc", d / "linked"), "symlink"),
-])
+@pytest.mark.parametrize(
+    "make,problem",
+    [
+        (lambda d, good: (d / "t.json").write_text(good[: len(good) // 3]), "not JSON"),
+        (
+            lambda d, good: (d / "v.json").write_text(good.replace('"schema_version": 1', '"schema_version": 7')),
+            "schema_version 7",
+        ),
+        (lambda d, good: (d / "b.json").write_bytes(bytes(range(256)) * 8), "binary"),
+        (lambda d, good: open(d / "h.json", "wb").truncate(records.MAX_RECORD_BYTES + 1), "too large"),
+        (lambda d, good: os.symlink("/etc/hostname", d / "s.json"), "symlink"),
+        (lambda d, good: os.symlink("/etc", d / "linked"), "symlink"),
+    ],
+)
 def test_hostile_files_exit_2_naming_the_file(tmp_path, capsys, make, problem):
     cur = tmp_path / "cur"
     shutil.copytree(RESULTS / "passkey", cur / "passkey")
@@ -134,7 +155,7 @@ def write_ppl(folder, rid, value, direction="lower"):
 
 def test_floating_point_noise_on_a_deterministic_metric_is_not_a_regression(tmp_path, capsys):
     base, cur = tmp_path / "base", tmp_path / "cur"
-    write_ppl(base, "r1", 3.922161581722479)          # the two values of issue 21: 1.9e-9 relative worse
+    write_ppl(base, "r1", 3.922161581722479)  # the two values of issue 21: 1.9e-9 relative worse
     write_ppl(cur, "r1", 3.9221615891735144)
     assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 0
     out = capsys.readouterr().out
@@ -166,9 +187,9 @@ def test_a_small_real_change_of_a_deterministic_metric_is_a_regression(tmp_path,
 def test_the_table_names_the_paired_test_that_decided(tmp_path, capsys):
     base, cur = tmp_path / "base", tmp_path / "cur"
     write(base, "r1", [1, 0] * 20)
-    write(cur, "r1", [0, 1] * 19 + [0, 0])            # worse beyond tolerance, not significant
+    write(cur, "r1", [0, 1] * 19 + [0, 0])  # worse beyond tolerance, not significant
     write(base, "r2", [0.5] * 10 + [1.5] * 10, value=1.0)
-    write(cur, "r2", [0.4] * 10 + [1.4] * 10, value=0.9)   # every sample worse: significant
+    write(cur, "r2", [0.4] * 10 + [1.4] * 10, value=0.9)  # every sample worse: significant
     assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 1
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("needle")]
     assert len(rows) == 2
@@ -176,11 +197,9 @@ def test_the_table_names_the_paired_test_that_decided(tmp_path, capsys):
     assert "tolerance + paired bootstrap p < 0.05" in rows[1] and "REGRESSION" in rows[1]
 
 
-@pytest.mark.parametrize("case,problem", [
-    ("empty", "holds no records"),
-    ("missing", "is not a folder"),
-    ("disjoint", "nothing compared"),
-])
+@pytest.mark.parametrize(
+    "case,problem", [("empty", "holds no records"), ("missing", "is not a folder"), ("disjoint", "nothing compared")]
+)
 def test_a_gate_that_compares_nothing_exits_2(tmp_path, capsys, case, problem):
     base, cur = tmp_path / "base", tmp_path / "cur"
     write_ppl(base, "r1", 4.0)
@@ -194,8 +213,16 @@ def test_a_gate_that_compares_nothing_exits_2(tmp_path, capsys, case, problem):
 
 
 @pytest.mark.parametrize("side", ["base", "cur"])
-@pytest.mark.parametrize("value,problem", [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf"),
-                                           ("3.9", "no numeric value"), (None, "no numeric value")])
+@pytest.mark.parametrize(
+    "value,problem",
+    [
+        (float("nan"), "nan"),
+        (float("inf"), "inf"),
+        (float("-inf"), "-inf"),
+        ("3.9", "no numeric value"),
+        (None, "no numeric value"),
+    ],
+)
 def test_a_non_finite_or_non_numeric_metric_exits_2(tmp_path, capsys, side, value, problem):
     base, cur = tmp_path / "base", tmp_path / "cur"
     write_ppl(base, "r1", 4.0)
@@ -219,14 +246,17 @@ def test_missing_per_sample_values_of_a_paired_metric_exit_2(tmp_path, capsys):
     assert "per-sample values unreadable" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("rules,problem", [
-    ({"default": {"rel": "x"}}, "default.rel must be a finite number"),
-    ({"default": {"rel": -1}}, "default.rel must be a finite number"),
-    ({"metrics": [1]}, "metrics must map"),
-    ({"metrics": {"accuracy": 0.1}}, "metrics.accuracy must be a mapping"),
-    ({"alpha": 2}, "alpha must be a number in (0, 1]"),
-    ({"tolerance": 1}, "unknown key(s) ['tolerance']"),
-])
+@pytest.mark.parametrize(
+    "rules,problem",
+    [
+        ({"default": {"rel": "x"}}, "default.rel must be a finite number"),
+        ({"default": {"rel": -1}}, "default.rel must be a finite number"),
+        ({"metrics": [1]}, "metrics must map"),
+        ({"metrics": {"accuracy": 0.1}}, "metrics.accuracy must be a mapping"),
+        ({"alpha": 2}, "alpha must be a number in (0, 1]"),
+        ({"tolerance": 1}, "unknown key(s) ['tolerance']"),
+    ],
+)
 def test_malformed_rules_exit_2(tmp_path, capsys, rules, problem):
     base = tmp_path / "base"
     write_ppl(base, "r1", 4.0)

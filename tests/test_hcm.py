@@ -1,6 +1,7 @@
 """HOMER (hcm) against an independent slow computation of the same rule: token-by-token float64
 attention with explicit RoPE, pruning by sorting, the merge tree by plain recursion; plus the
 plain model for prompts within one chunk, and the harness hooks (generation and scoring)."""
+
 import math
 
 import pytest
@@ -17,8 +18,14 @@ from tests.test_position_remapping import rot1
 def model4():
     torch.manual_seed(3)
     tok = build_tokenizer()
-    recipe = Recipe(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=2, context_length=128)
+    recipe = Recipe(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        context_length=128,
+    )
     return build_model(recipe, len(tok), tok.pad_token_id).eval()
 
 
@@ -50,8 +57,9 @@ def slow_homer(model, ids, M, T, W, P, S, bias):
                 heads.append(sum(p[j] * v[j][g] for j in range(i + 1)))
             new.append(t["h"] + D(at.o_proj.weight) @ torch.cat(heads))
         last = len(tokens) - 1
-        sig = [max(float(q[last][h] @ k[j][h // (H // KV)]) / math.sqrt(hd) for h in range(H))
-               for j in range(len(tokens))]
+        sig = [
+            max(float(q[last][h] @ k[j][h // (H // KV)]) / math.sqrt(hd) for h in range(H)) for j in range(len(tokens))
+        ]
         return new, k, v, sig
 
     def mlp(li, h):
@@ -78,11 +86,15 @@ def slow_homer(model, ids, M, T, W, P, S, bias):
         return tokens
 
     def average(a, b):
-        return {"h": (a["h"] + b["h"]) / 2, "pos": a["pos"], "ctx": False,
-                "kv": [((ka + kb) / 2, (va + vb) / 2) for (ka, va), (kb, vb) in zip(a["kv"], b["kv"])]}
+        return {
+            "h": (a["h"] + b["h"]) / 2,
+            "pos": a["pos"],
+            "ctx": False,
+            "kv": [((ka + kb) / 2, (va + vb) / 2) for (ka, va), (kb, vb) in zip(a["kv"], b["kv"])],
+        }
 
     n_layers = len(layers)
-    context = ids[P:len(ids) - S]
+    context = ids[P : len(ids) - S]
     count = 1
     while count * (M - P - S) < len(context):
         count *= 2
@@ -93,9 +105,9 @@ def slow_homer(model, ids, M, T, W, P, S, bias):
     default = P + (M - P - S) // 2 + S
 
     def leaf_tokens(i):
-        ctx = context[i * e:(i + 1) * e]
+        ctx = context[i * e : (i + 1) * e]
         spos = [P + e + j for j in range(S)] if count > 1 else [P + len(ctx) + j for j in range(S)]
-        toks = ids[:P] + ctx + ids[len(ids) - S:]
+        toks = ids[:P] + ctx + ids[len(ids) - S :]
         poss = list(range(P + len(ctx))) + spos
         return [{"id": t, "pos": p, "ctx": P <= j < P + len(ctx), "kv": []} for j, (t, p) in enumerate(zip(toks, poss))]
 
@@ -108,8 +120,12 @@ def slow_homer(model, ids, M, T, W, P, S, bias):
         rlen = len(leaf_tokens(first + n // 2))
         lt, rt = (M - (rlen - P - S), rlen) if rlen < default else (default, default)
         left, right = build(first, n // 2, ht - 1, lt), build(first + n // 2, n // 2, ht - 1, rt)
-        merged = ([average(a, b) for a, b in zip(left[:P], right[:P])] + left[P:len(left) - S] + right[P:len(right) - S]
-                  + [average(a, b) for a, b in zip(left[len(left) - S:], right[len(right) - S:])])
+        merged = (
+            [average(a, b) for a, b in zip(left[:P], right[:P])]
+            + left[P : len(left) - S]
+            + right[P : len(right) - S]
+            + [average(a, b) for a, b in zip(left[len(left) - S :], right[len(right) - S :])]
+        )
         return process(merged, [lo + W + per * ht + j for j in range(per)], target)
 
     root = build(0, count, height, min(T, len(ids)))
@@ -128,7 +144,7 @@ def test_prefill_equals_slow_rule(model4, n_tokens, W, calibrated):
     assert pos.tolist() == [t["pos"] for t in root]
     assert len(pos) < n_tokens
     for li, (k, v) in enumerate(kv):
-        want_k = torch.stack([t["kv"][li][0] for t in root], dim=1)[None]   # [1, kv_heads, n, d]
+        want_k = torch.stack([t["kv"][li][0] for t in root], dim=1)[None]  # [1, kv_heads, n, d]
         want_v = torch.stack([t["kv"][li][1] for t in root], dim=1)[None]
         torch.testing.assert_close(k.double(), want_k, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(v.double(), want_v, rtol=1e-4, atol=1e-5)

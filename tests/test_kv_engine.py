@@ -1,5 +1,6 @@
 """The kv family's engine: the dense loop equals the model, chunked prefill equals one pass, the
 cache holds the budget, and the kv_compression task asserts it on every sample."""
+
 import pytest
 import torch
 
@@ -16,7 +17,9 @@ def method(name, **args):
 
 
 def text(lm, n):
-    ids = lm.encode(" ".join(f"the {w} sat near the {v} ." for w, v in zip(["cat", "dog", "fox"] * 40, ["mat", "log", "box"] * 40)))
+    ids = lm.encode(
+        " ".join(f"the {w} sat near the {v} ." for w, v in zip(["cat", "dog", "fox"] * 40, ["mat", "log", "box"] * 40))
+    )
     return (ids * 10)[:n]
 
 
@@ -35,7 +38,7 @@ def test_dense_loop_equals_model_and_generate(tiny_lm):
     with torch.no_grad():
         ref = tiny_lm.model(input_ids=torch.tensor([ids])).logits[0]
     out = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=40)
-    assert torch.allclose(out, ref, atol=1e-4)     # cache-vs-recompute: 40 decoded steps == one pass
+    assert torch.allclose(out, ref, atol=1e-4)  # cache-vs-recompute: 40 decoded steps == one pass
     plain = tiny_lm.generate([ids], 8)
     with method("snapkv").apply(tiny_lm, MethodContext()):
         tiny_lm.hints = {"kv_budget": 1.0, "kv_question_tokens": 5}
@@ -48,7 +51,7 @@ def test_chunked_prefill_equals_one_pass(tiny_lm, monkeypatch):
     ids = text(tiny_lm, 100)
     whole = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=0)
     monkeypatch.setattr(_common, "PREFILL_CHUNK", 16)
-    monkeypatch.setattr(_common, "STAT_ELEMENTS", 4 * 100 * 3)   # several query blocks per chunk too
+    monkeypatch.setattr(_common, "STAT_ELEMENTS", 4 * 100 * 3)  # several query blocks per chunk too
     chunked = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=0)
     assert torch.allclose(whole, chunked, atol=1e-4)
 
@@ -69,7 +72,7 @@ def test_kept_fraction_matches_budget(tiny_lm, name, budget):
     n = 150
     run = run_prefill(tiny_lm, method(name), text(tiny_lm, n), budget)
     kept = run.kept_tokens() / n
-    if name == "fastgen":          # adaptive per head: at most the budget
+    if name == "fastgen":  # adaptive per head: at most the budget
         assert 0 < kept <= budget + 0.02
     else:
         assert abs(kept - budget) <= 0.02
@@ -86,23 +89,39 @@ def test_decoding_methods_hold_the_budget_while_decoding(tiny_lm):
             for t in range(12):
                 driver.decode(run, [ids[t]])
             assert all(lc.n == 30 for lc in run.layers.values()), name
-            driver.decode(run, ids[12:17])                       # a fed chunk (a question) too
+            driver.decode(run, ids[12:17])  # a fed chunk (a question) too
             tiny_lm.hints = {}
         assert all(lc.n == 30 for lc in run.layers.values()), name
-    run = run_prefill(tiny_lm, method("snapkv"), ids, 0.3)        # prefill-only: the cache grows after
+    run = run_prefill(tiny_lm, method("snapkv"), ids, 0.3)  # prefill-only: the cache grows after
 
 
 def test_task_asserts_kept_length_and_writes_every_metric(tiny_model, tmp_path):
-    args = {"context_length": "200", "needle_samples": "2", "ppl_samples": "1", "ppl_decode_tokens": "16",
-            "timing_lengths": "128", "timing_new_tokens": "3", "max_new_tokens": "4"}
+    args = {
+        "context_length": "200",
+        "needle_samples": "2",
+        "ppl_samples": "1",
+        "ppl_decode_tokens": "16",
+        "timing_lengths": "128",
+        "timing_new_tokens": "3",
+        "max_new_tokens": "4",
+    }
     cells = runner.resolve(["kv_compression"], ["snapkv"], tiny_model, args, {}, limit=2)
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
     rec = records.read(out.path)
     m = rec["metrics"]
     for b in ("0.1", "0.25", "0.5", "0.75"):
         assert abs(m[f"kept_fraction@{b}"]["value"] - float(b)) <= 0.02
-        for name in ("needle_accuracy", "needle_accuracy_query_aware", "ppl_ratio", "kl_vs_dense", "kv_bytes",
-                     "kv_bytes_fraction", "prefill_s@128", "decode_ms_per_token@128", "peak_mem_bytes@128"):
+        for name in (
+            "needle_accuracy",
+            "needle_accuracy_query_aware",
+            "ppl_ratio",
+            "kl_vs_dense",
+            "kv_bytes",
+            "kv_bytes_fraction",
+            "prefill_s@128",
+            "decode_ms_per_token@128",
+            "peak_mem_bytes@128",
+        ):
             assert f"{name}@{b}" in m, name
     assert m["kl_vs_dense@dense"]["value"] == 0 and m["ppl_ratio@dense"]["value"] == 1
     assert m["kl_vs_dense@0.1"]["value"] > 0
@@ -114,15 +133,20 @@ def test_task_asserts_kept_length_and_writes_every_metric(tiny_model, tmp_path):
 def test_task_fails_a_policy_that_keeps_the_wrong_length(tiny_model, tmp_path, monkeypatch):
     from harness.errors import NoEffect
     from harness.methods.kv.snapkv import SnapKV
-    monkeypatch.setattr(SnapKV, "compress_prefill", lambda self, lc, run: None)    # silently does nothing
-    cells = runner.resolve(["kv_compression"], ["snapkv"], tiny_model, dict(registry.TASKS["kv_compression"].smoke_args), {})
+
+    monkeypatch.setattr(SnapKV, "compress_prefill", lambda self, lc, run: None)  # silently does nothing
+    cells = runner.resolve(
+        ["kv_compression"], ["snapkv"], tiny_model, dict(registry.TASKS["kv_compression"].smoke_args), {}
+    )
     with pytest.raises(NoEffect, match="should hold"):
         runner.evaluate(cells, device="cpu", out=tmp_path)
     assert not list(tmp_path.rglob("*.json"))
 
 
 def test_non_kv_method_gets_the_dense_row_only(tiny_model, tmp_path):
-    cells = runner.resolve(["kv_compression"], ["baseline"], tiny_model, dict(registry.TASKS["kv_compression"].smoke_args), {})
+    cells = runner.resolve(
+        ["kv_compression"], ["baseline"], tiny_model, dict(registry.TASKS["kv_compression"].smoke_args), {}
+    )
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
     rec = records.read(out.path)
     assert rec["details"]["budgets"] == ["dense"] and "needle_accuracy@dense" in rec["metrics"]
@@ -148,7 +172,7 @@ def test_decoding_eviction_over_all_layers_follows_the_rule_step_by_step(lead):
     L, H, d, m, window, n0 = 3, 2, 4, 12, 5, 30
     store = _common.SlotStore(torch.zeros(1, H, 0, d), L)
     layers = [_common.LayerCache(None, store, slice(i, i + 1)) for i in range(L)]
-    ref = [[{} for _ in range(H)] for _ in range(L)]         # position -> score, per layer and head
+    ref = [[{} for _ in range(H)] for _ in range(L)]  # position -> score, per layer and head
 
     def feed(positions):
         for i, lc in enumerate(layers):
@@ -172,13 +196,15 @@ def test_decoding_eviction_over_all_layers_follows_the_rule_step_by_step(lead):
             for h in range(H):
                 scores = ref[i][h]
                 free = [q for q in scores if q <= newest - window and q >= lead]
-                keep = set(scores) - set(free) | set(sorted(free, key=lambda q: -scores[q])[:m - (len(scores) - len(free))])
+                keep = set(scores) - set(free) | set(
+                    sorted(free, key=lambda q: -scores[q])[: m - (len(scores) - len(free))]
+                )
                 ref[i][h] = {q: scores[q] for q in keep}
 
     state: dict = {}
     feed(list(range(n0)))
     evict_all()
-    assert state.get("ring") == 0                             # prefill leaves the ring layout
+    assert state.get("ring") == 0  # prefill leaves the ring layout
     nxt = n0
     for step in range(25):
         chunk = 4 if step == 10 else 1
@@ -190,9 +216,9 @@ def test_decoding_eviction_over_all_layers_follows_the_rule_step_by_step(lead):
             for h in range(H):
                 pos = lc.pos[0, h].tolist()
                 assert sorted(pos) == sorted(ref[i][h]), (step, i, h)
-                assert lc.k[0, h, :, 0].tolist() == [float(q) for q in pos]       # keys moved with tokens
+                assert lc.k[0, h, :, 0].tolist() == [float(q) for q in pos]  # keys moved with tokens
                 assert torch.allclose(lc.score[0, h], torch.tensor([ref[i][h][q] for q in pos]), atol=1e-5)
-    assert state.get("ring") not in (None, 0)                # single tokens went through the ring
+    assert state.get("ring") not in (None, 0)  # single tokens went through the ring
 
 
 def test_layers_numbered_with_gaps_share_the_store_in_layer_order(tiny_lm, monkeypatch):
@@ -208,6 +234,7 @@ def test_layers_numbered_with_gaps_share_the_store_in_layer_order(tiny_lm, monke
             out = torch.stack([driver.decode(run, [t])[-1] for t in ids[50:]])
             tiny_lm.hints = {}
         return out, run
+
     plain, _ = decoded()
     modules = _common._attention_modules(tiny_lm.model)
     for i, m in enumerate(modules):

@@ -1,5 +1,6 @@
 """Each kv method against an independent reference: transformers' eager attention probabilities,
 a slow loop over tokens and heads, the closed-form formula, or kvpress's matching press."""
+
 import math
 
 import pytest
@@ -29,7 +30,10 @@ def method(name, **args):
 
 @pytest.fixture(scope="module")
 def ids(tiny_lm):
-    words = " ".join(f"the {a} saw a {b} , then left ." for a, b in zip(["cat", "dog", "fox", "owl"] * 30, ["mat", "log", "box", "hat"] * 30))
+    words = " ".join(
+        f"the {a} saw a {b} , then left ."
+        for a, b in zip(["cat", "dog", "fox", "owl"] * 30, ["mat", "log", "box", "hat"] * 30)
+    )
     return tiny_lm.encode(words)[:N]
 
 
@@ -62,7 +66,7 @@ def scored_run(lm, m, ids, budget=0.5):
     return run
 
 
-def per_kv_head(x, hkv):      # [1, H, ...] summed over each KV head's query heads
+def per_kv_head(x, hkv):  # [1, H, ...] summed over each KV head's query heads
     return x.reshape(1, hkv, -1, *x.shape[2:]).sum(2)
 
 
@@ -75,15 +79,16 @@ def test_cache_holds_the_models_own_keys_and_values(tiny_lm, ids, eager):
 def test_h2o_score_is_accumulated_eager_attention(tiny_lm, ids, eager):
     run = scored_run(tiny_lm, method("h2o"), ids)
     for att, lc in zip(eager[0], run.layers.values()):
-        ref = per_kv_head(att.sum(2), lc.k.shape[1])           # Σ_t A_{t,j}
+        ref = per_kv_head(att.sum(2), lc.k.shape[1])  # Σ_t A_{t,j}
         assert torch.allclose(lc.score, ref, atol=1e-4)
     lc = run.layers[0]
     m, window = 20, 10
     scores = lc.score.clone()
     from harness.methods.kv.h2o import evict_heavy_recent
+
     evict_heavy_recent(lc, m, 0.5)
-    for h in range(lc.k.shape[1]):       # slow reference: the 10 newest + the 10 best of the rest
-        rest = sorted(range(N - window), key=lambda j: -float(scores[0, h, j]))[:m - window]
+    for h in range(lc.k.shape[1]):  # slow reference: the 10 newest + the 10 best of the rest
+        rest = sorted(range(N - window), key=lambda j: -float(scores[0, h, j]))[: m - window]
         assert sorted(lc.pos[0, h].tolist()) == sorted(rest + list(range(N - window, N)))
 
 
@@ -94,7 +99,7 @@ def test_scissorhands_counts_are_windowed_persistence(tiny_lm, ids, eager):
     for att, lc in zip(eager[0], run.layers.values()):
         hkv = lc.k.shape[1]
         ref = torch.zeros(1, hkv, N)
-        for t in range(N - w, N):        # slow loop: queries of the history window
+        for t in range(N - w, N):  # slow loop: queries of the history window
             for h in range(att.shape[1]):
                 ref[0, h // (att.shape[1] // hkv)] += (att[0, h, t, :] >= 1.0 / (t + 1)).float()
         assert torch.equal(m.counts(lc), ref)
@@ -104,6 +109,7 @@ def test_running_statistics_equal_their_recomputation_while_decoding(tiny_lm, id
     """Scissorhands' count and VATP's ‖v‖₁ are updated per step, not recomputed: after evictions
     and a history ring that wrapped, they equal the ring's row sums and the cached values' norms."""
     from harness.methods.kv.vatp import value_l1
+
     for name, args in (("scissorhands", {"history_window": 7}), ("vatp", {})):
         with method(name, **args).apply(tiny_lm, MethodContext()) as driver:
             tiny_lm.hints = {"kv_budget": 0.3}
@@ -125,6 +131,7 @@ def test_running_statistics_equal_their_recomputation_while_decoding(tiny_lm, id
 
 def test_vatp_scores_weight_attention_by_value_norm(tiny_lm, ids, eager):
     from harness.methods.kv.vatp import vatp_scores
+
     run = scored_run(tiny_lm, method("vatp"), ids)
     for att, (k, v), lc in zip(eager[0], eager[1], run.layers.values()):
         ref = per_kv_head(att.sum(2), lc.k.shape[1]) * v.abs().sum(-1)
@@ -141,21 +148,21 @@ def test_snapkv_scores_match_a_slow_loop(tiny_lm, eager):
     for h in range(hq):
         kh = k[0, h // (hq // hkv)]
         acc = torch.zeros(n - w)
-        for i in range(w):               # window query i sees keys up to n - w + i
-            logits = (q[0, h, i] @ kh[:n - w + i + 1].T) * 0.3
-            acc += torch.softmax(logits, -1)[:n - w]
+        for i in range(w):  # window query i sees keys up to n - w + i
+            logits = (q[0, h, i] @ kh[: n - w + i + 1].T) * 0.3
+            acc += torch.softmax(logits, -1)[: n - w]
         acc /= w
         padded = torch.cat([torch.zeros(kernel // 2), acc, torch.zeros(kernel // 2)])
-        pooled = torch.stack([padded[j:j + kernel].sum() / kernel for j in range(n - w)])
+        pooled = torch.stack([padded[j : j + kernel].sum() / kernel for j in range(n - w)])
         ref[0, h // (hq // hkv)] += pooled / (hq // hkv)
-    assert torch.allclose(got[..., :n - w], ref, atol=1e-6)
-    assert torch.all(got[..., n - w:] == got.max())
+    assert torch.allclose(got[..., : n - w], ref, atol=1e-6)
+    assert torch.all(got[..., n - w :] == got.max())
 
 
 def test_streaming_llm_keys_equal_keys_rotated_at_cache_positions(tiny_lm, ids, eager):
     """pos_shift semantics: the kept keys are the model's keys at contiguous positions 0..m-1."""
     m_keep = 24
-    run = scored_run(tiny_lm, method("streaming_llm"), ids)       # uncompressed, then evict by hand
+    run = scored_run(tiny_lm, method("streaming_llm"), ids)  # uncompressed, then evict by hand
     rotary = _common._rotary_module(tiny_lm.model)
     for (k_ref, _), lc in zip(eager[1], run.layers.values()):
         method("streaming_llm").evict(lc, m_keep, run)
@@ -194,7 +201,7 @@ def test_streaming_llm_decoding_equals_rerotating_every_step(tiny_lm, ids):
         driver.prefill(run, ids, all_logits=False)
         ours = torch.stack([driver.decode(run, f)[-1] for f in feeds])
         tiny_lm.hints = {}
-    assert run.all_layers().state["shift"] == 30     # the window moved 30 positions, never re-rotated
+    assert run.all_layers().state["shift"] == 30  # the window moved 30 positions, never re-rotated
 
     def rerotated(k, old, new):
         cos, sin = rotary(k, torch.tensor([old]))
@@ -213,8 +220,12 @@ def test_streaming_llm_decoding_equals_rerotating_every_step(tiny_lm, ids):
         model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
         evict(cache)
         for f in feeds:
-            out = model(input_ids=torch.tensor([f]), past_key_values=cache, use_cache=True,
-                        position_ids=torch.arange(m, m + len(f))[None])
+            out = model(
+                input_ids=torch.tensor([f]),
+                past_key_values=cache,
+                use_cache=True,
+                position_ids=torch.arange(m, m + len(f))[None],
+            )
             evict(cache)
             ref.append(out.logits[0, -1])
     assert torch.allclose(ours, torch.stack(ref), atol=1e-4)
@@ -235,12 +246,13 @@ def test_keyformer_gumbel_scores_follow_the_gumbel_max_distribution():
     gen = torch.Generator().manual_seed(0)
     hard = torch.stack([gumbel_probs(logits, 1e-3, gen).argmax(-1) for _ in range(4000)]).flatten()
     freq = torch.bincount(hard, minlength=4).float() / 4000
-    assert torch.allclose(freq, torch.softmax(logits, -1)[0], atol=0.03)      # Gumbel-max trick
+    assert torch.allclose(freq, torch.softmax(logits, -1)[0], atol=0.03)  # Gumbel-max trick
     m = method("keyformer")
 
     class R:
         phase, step, max_new = "decode", 5, 10
-    assert m.tau(R) == pytest.approx(1.5)       # τ_init + step·(τ_end − τ_init)/max_new
+
+    assert m.tau(R) == pytest.approx(1.5)  # τ_init + step·(τ_end − τ_init)/max_new
 
 
 def test_cam_prefill_merge_matches_a_slow_loop():
@@ -253,11 +265,14 @@ def test_cam_prefill_merge_matches_a_slow_loop():
 
     class R:
         target, generator = m, torch.Generator().manual_seed(3)
+
     cam = CaM(merge_budget=4)
     cam.compress_prefill(lc, R)
     start, rec = cam.split(m)
-    draws = torch.bernoulli(((s0[:, :, start:n - rec] / s0[:, :, n - rec:].mean(-1, keepdim=True)).clamp(0, 1)),
-                            generator=torch.Generator().manual_seed(3))
+    draws = torch.bernoulli(
+        ((s0[:, :, start : n - rec] / s0[:, :, n - rec :].mean(-1, keepdim=True)).clamp(0, 1)),
+        generator=torch.Generator().manual_seed(3),
+    )
     ref = v0.clone()
     for h in range(2):
         for e, t in enumerate(range(start, n - rec)):
@@ -277,10 +292,13 @@ def test_cam_decoding_merges_the_leaving_token_into_the_next_ones():
 
     class R:
         target, generator = m, torch.Generator().manual_seed(3)
+
     cam = CaM(merge_budget=4)
     cam.compress_decode(lc, R)
-    e = cam.split(m)[0]                   # the recent window's oldest token leaves
-    draws = torch.bernoulli((s0[:, :, e] / s0[:, :, e + 1:].mean(-1)).clamp(0, 1), generator=torch.Generator().manual_seed(3))
+    e = cam.split(m)[0]  # the recent window's oldest token leaves
+    draws = torch.bernoulli(
+        (s0[:, :, e] / s0[:, :, e + 1 :].mean(-1)).clamp(0, 1), generator=torch.Generator().manual_seed(3)
+    )
     ref = v0.clone()
     for h in range(2):
         for r in range(e + 1, e + 5):
@@ -311,7 +329,7 @@ def test_kvmerger_gaussian_merge_matches_a_slow_loop():
         ek = sum(gi * k[0, 0, i] for gi, i in zip(g, rows)) / sum(g)
         ev = sum(gi * v[0, 0, i] for gi, i in zip(g, rows)) / sum(g)
         assert torch.allclose(mk[0, 0, p], ek, atol=1e-5) and torch.allclose(mv[0, 0, p], ev, atol=1e-5)
-    assert target[0, 0].tolist() == [2, 2, 2, 2, 2, 7, 7, 7, 7, 7, 11, 11]   # nearest kept, left on ties
+    assert target[0, 0].tolist() == [2, 2, 2, 2, 2, 7, 7, 7, 7, 7, 11, 11]  # nearest kept, left on ties
 
 
 def test_fastgen_picks_the_first_policy_that_recovers_the_mass():
@@ -324,7 +342,7 @@ def test_fastgen_picks_the_first_policy_that_recovers_the_mass():
     local = torch.zeros_like(special)
     local[..., -4:] = True
     masks = candidate_masks(special, punct, score, local, 2, m)
-    assert [int(x[0, 0].sum()) for x in masks] == [2, 3, 3, 8]       # frequency: heavy 2 cap already met by special+punct
+    assert [int(x[0, 0].sum()) for x in masks] == [2, 3, 3, 8]  # frequency: heavy 2 cap already met by special+punct
     last = masks[-1][0, 0]
     assert last[-4:].all() and last[:2].all() and last[5]
     rest = [j for j in range(2, n - 4) if j != 5]
@@ -340,11 +358,11 @@ def test_fastgen_local_policy_takes_the_newest_when_the_window_overflows_the_roo
     special = torch.zeros(1, 1, n, dtype=torch.bool)
     special[..., :2] = True
     score = torch.zeros(1, 1, n)
-    score[..., 4], score[..., 6] = 5.0, 4.0                   # the heavy hitters, outside the window
+    score[..., 4], score[..., 6] = 5.0, 4.0  # the heavy hitters, outside the window
     local = torch.zeros_like(special)
     local[..., -6:] = True
     masks = candidate_masks(special, torch.zeros_like(special), score, local, 4, m)
-    assert torch.nonzero(masks[2][0, 0]).flatten().tolist() == [0, 1, 4, 6]     # frequency fills to 4
+    assert torch.nonzero(masks[2][0, 0]).flatten().tolist() == [0, 1, 4, 6]  # frequency fills to 4
     assert torch.nonzero(masks[3][0, 0]).flatten().tolist() == [0, 1, 4, 6, n - 2, n - 1]
 
 
@@ -357,8 +375,11 @@ def test_fastgen_masks_heads_to_their_policy(tiny_lm, ids):
 
 def _run(lm, m, ids, budget, decode=(), modifier=None):
     import contextlib
-    with m.apply(lm, MethodContext()) as driver, \
-            (modifier.apply(lm, MethodContext()) if modifier else contextlib.nullcontext()):
+
+    with (
+        m.apply(lm, MethodContext()) as driver,
+        modifier.apply(lm, MethodContext()) if modifier else contextlib.nullcontext(),
+    ):
         lm.hints = {"kv_budget": budget}
         run = driver.start()
         driver.prefill(run, ids, all_logits=False)
@@ -369,9 +390,9 @@ def _run(lm, m, ids, budget, decode=(), modifier=None):
 
 
 def test_quantization_round_trip_and_error_bound():
-    levels = torch.tensor([0.0, 1.0, 2.0, 3.0]) * 0.5 - 0.25        # exactly on a 2-bit grid
+    levels = torch.tensor([0.0, 1.0, 2.0, 3.0]) * 0.5 - 0.25  # exactly on a 2-bit grid
     x = levels[torch.randint(0, 4, (1, 2, 32, 8))]
-    x[..., 0, :], x[..., 1, :] = -0.25, 1.25                         # every group spans the grid
+    x[..., 0, :], x[..., 1, :] = -0.25, 1.25  # every group spans the grid
     assert torch.equal(_common.quantize_groups(x, 2, 32, "token"), x)
     y = torch.randn(1, 2, 64, 8)
     for axis, dim in (("token", 3), ("channel", 4)):
@@ -394,8 +415,11 @@ def test_kivi_streams_keys_in_blocks_and_values_one_at_a_time(tiny_lm, ids):
     assert lc.state["nk"] == 80 + 16 * ((n - 80) // 16) == 96
     assert lc.state["nv"] == n - R
     h, d = lc.k.shape[1], lc.k.shape[-1]
-    expect = (_common.quant_bytes(96 * h * d, 2, G) + _common.quant_bytes((n - R) * h * d, 2, math.gcd(G, d))
-              + (2 * n - 96 - (n - R)) * h * d * 2)
+    expect = (
+        _common.quant_bytes(96 * h * d, 2, G)
+        + _common.quant_bytes((n - R) * h * d, 2, math.gcd(G, d))
+        + (2 * n - 96 - (n - R)) * h * d * 2
+    )
     assert m.layer_bytes(lc, run) == expect
 
 
@@ -403,7 +427,7 @@ def test_intactkv_keeps_the_pivot_prefix_lossless(tiny_lm, ids, eager):
     kivi = method("kivi", residual_length=16, group_size=16)
     plain = _run(tiny_lm, kivi, ids, 0.5)
     tiny_lm.telemetry["kv.protected_tokens"] = 0
-    intact = _run(tiny_lm, kivi, ids, 0.5, modifier=method("intactkv", pivot_tokens=3))     # kivi+intactkv
+    intact = _run(tiny_lm, kivi, ids, 0.5, modifier=method("intactkv", pivot_tokens=3))  # kivi+intactkv
     assert tiny_lm.telemetry["kv.protected_tokens"] == 3
     alone = _run(tiny_lm, method("intactkv", pivot_tokens=3, quantizer="kivi"), ids, 0.5)  # wraps kivi
     assert tiny_lm.telemetry["kv.protected_tokens"] == 6 and len(alone.layers) == len(intact.layers)
@@ -415,10 +439,10 @@ def test_intactkv_keeps_the_pivot_prefix_lossless(tiny_lm, ids, eager):
 
 def test_gear_low_rank_outliers_and_bytes(tiny_lm, ids):
     torch.manual_seed(0)
-    a = torch.randn(1, 2, 64, 3) @ torch.randn(1, 2, 3, 16)           # exactly rank 3
+    a = torch.randn(1, 2, 64, 3) @ torch.randn(1, 2, 3, 16)  # exactly rank 3
     assert torch.allclose(power_low_rank(a, 3, 3, torch.Generator().manual_seed(0)), a, atol=1e-3)
     x = torch.randn(1, 2, 5, 50)
-    s = outliers(x, 0.02)                                              # 1 top + 1 bottom of 100 per token
+    s = outliers(x, 0.02)  # 1 top + 1 bottom of 100 per token
     rows = x.permute(0, 2, 1, 3).reshape(5, 100)
     for t in range(5):
         kept = set(torch.nonzero(s.permute(0, 2, 1, 3).reshape(5, 100)[t]).flatten().tolist())
@@ -444,10 +468,12 @@ def test_kvpress_bridge_without_kvpress_says_how_to_install():
     pytest.importorskip("transformers")
     try:
         import kvpress  # noqa: F401
+
         pytest.skip("kvpress is installed: the cross-check below runs instead")
     except ImportError:
         pass
     from harness.errors import UserError
+
     with pytest.raises(UserError, match="pip install"):
         registry.method("kvpress:SnapKVPress")
 
@@ -465,7 +491,7 @@ def test_matches_kvpress_press(tiny_lm, ids, ours, press):
         tiny_lm.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
     for layer, lc in zip(cache.layers, run.layers.values()):
         assert layer.keys.shape[2] == lc.n
-        for h in range(lc.k.shape[1]):     # same kept set per head (kvpress's order is topk's)
+        for h in range(lc.k.shape[1]):  # same kept set per head (kvpress's order is topk's)
             ours_k = lc.k[0, h][lc.k[0, h, :, 0].argsort()]
             theirs = layer.keys[0, h][layer.keys[0, h, :, 0].argsort()]
             assert torch.allclose(ours_k, theirs, atol=1e-4)
@@ -474,6 +500,7 @@ def test_matches_kvpress_press(tiny_lm, ids, ours, press):
 def test_kvpress_bridge_runs_the_task(tiny_model, tmp_path):
     pytest.importorskip("kvpress", reason="optional extra kvpress not installed")
     from harness import records, runner
+
     args = dict(registry.TASKS["kv_compression"].smoke_args, budgets="0.25,0.5")
     cells = runner.resolve(["kv_compression"], ["kvpress:SnapKVPress"], tiny_model, args, {}, limit=1)
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
@@ -507,18 +534,20 @@ def test_cam_decoding_over_all_layers_matches_a_slow_stream(merge_budget):
     merge_budget tokens (with 7 > the window's 4 others, the newest token too). A fed chunk of 3
     goes through the general case in the middle."""
     from harness.methods.kv._common import LayerCache, SlotStore
+
     gen = torch.Generator().manual_seed(1)
     L, H, d, m = 2, 2, 3, 10
     cam = CaM(merge_budget=merge_budget)
     start = cam.split(m)[0]
     store = SlotStore(torch.zeros(1, H, 0, d), L)
     everything = LayerCache(None, store, slice(None))
-    ref = [[[] for _ in range(H)] for _ in range(L)]          # [position, value, score] in position order
+    ref = [[[] for _ in range(H)] for _ in range(L)]  # [position, value, score] in position order
 
     class R:
         target, generator = m, torch.Generator().manual_seed(5)
+
     draws = torch.Generator().manual_seed(5)
-    probs = []                                                  # the p of every draw, in order
+    probs = []  # the p of every draw, in order
     cam.draw = lambda ev, mean, run: probs.append(merge_probability(ev, mean)) or CaM.draw(ev, mean, run)
     nxt = 0
     for step in range(16):
@@ -537,20 +566,36 @@ def test_cam_decoding_over_all_layers_matches_a_slow_stream(merge_budget):
         nxt += c
         if step:
             cam.compress_decode(everything, R)
-            while len(ref[0][0]) > m:                              # the slow stream: one token at a time
+            while len(ref[0][0]) > m:  # the slow stream: one token at a time
                 e = [[ref[i][h][start] for h in range(H)] for i in range(L)]
-                p_ref = torch.tensor([[[min(1.0, e[i][h][2] / (sum(t[2] for t in ref[i][h][start + 1:]) / len(ref[i][h][start + 1:])))]
-                                       for h in range(H)] for i in range(L)])
+                p_ref = torch.tensor(
+                    [
+                        [
+                            [
+                                min(
+                                    1.0,
+                                    e[i][h][2]
+                                    / (sum(t[2] for t in ref[i][h][start + 1 :]) / len(ref[i][h][start + 1 :])),
+                                )
+                            ]
+                            for h in range(H)
+                        ]
+                        for i in range(L)
+                    ]
+                )
                 assert torch.allclose(probs.pop(0), p_ref, atol=1e-5)
                 draw = torch.bernoulli(p_ref, generator=draws)
                 for i in range(L):
                     for h in range(H):
-                        for t in ref[i][h][start + 1:start + 1 + merge_budget]:
+                        for t in ref[i][h][start + 1 : start + 1 + merge_budget]:
                             t[1] = t[1] + float(draw[i, h, 0]) * e[i][h][1] / merge_budget
                         del ref[i][h][start]
         for i in range(L):
             for h in range(H):
-                got = {q: (everything.v[i, h, j], everything.k[i, h, j, 0]) for j, q in enumerate(everything.pos[i, h].tolist())}
+                got = {
+                    q: (everything.v[i, h, j], everything.k[i, h, j, 0])
+                    for j, q in enumerate(everything.pos[i, h].tolist())
+                }
                 assert sorted(got) == [t[0] for t in ref[i][h]], (step, i, h)
                 for q, value, _ in ref[i][h]:
                     assert torch.allclose(got[q][0], value, atol=1e-5) and float(got[q][1]) == q, (step, q)

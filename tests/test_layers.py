@@ -1,6 +1,7 @@
 """The core (harness/) imports no method or task by name: it reaches them only through the
 registry's discovery (harness.registry walks the two packages). Checked on the import statements
 of every core module, parsed with ast (comments and strings do not count)."""
+
 import ast
 from pathlib import Path
 
@@ -13,7 +14,7 @@ FORBIDDEN = ("harness.methods", "harness.tasks", "methods", "tasks")
 def core_imports(root=CORE):
     for path in sorted(root.rglob("*.py")):
         if {"methods", "tasks", "leaderboard"} & set(path.relative_to(root).parts[:1]):
-            continue        # the installed packages mapped under harness/ (see setup.py), not the core
+            continue  # the installed packages mapped under harness/ (see setup.py), not the core
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 yield from ((path, a.name) for a in node.names)
@@ -22,8 +23,11 @@ def core_imports(root=CORE):
 
 
 def violations(root=CORE):
-    return [f"{p.relative_to(root)}: {m}" for p, m in core_imports(root)
-            if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+    return [
+        f"{p.relative_to(root)}: {m}"
+        for p, m in core_imports(root)
+        if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)
+    ]
 
 
 def test_core_imports_no_method_or_task():

@@ -1,5 +1,6 @@
 """The leaderboard: loader and schema (pure reader, hostile files skipped and counted), per-task
 plots from the record shapes of every family, the tables, and every Streamlit view under AppTest."""
+
 import hashlib
 import json
 import os
@@ -18,14 +19,32 @@ APP = str(Path(loader.__file__).with_name("app.py"))
 EVIL = "<img src=x onerror=alert(1)>**bold**[link](javascript:alert(1))"
 
 
-def record(task, method, metrics, main, family="kv", params=None, details=None, model="zoo:tiny-llama",
-           seed=0, kind="lm", calibrated=True):
-    return {"schema_version": records.SCHEMA_VERSION, "run_id": records.sha256_text(f"{task}{method}{params}{seed}{model}")[:16],
-            "task": {"name": task, "version": "1", "params": params or {}, "alias": None},
-            "method": {"name": method, "params": {}, "components": [{"name": method, "kind": kind, "family": family}]},
-            "model": {"id": model, "zoo": model.startswith("zoo:"), "label": "tiny"}, "seed": seed, "limit": None,
-            "main_metric": main, "metrics": metrics, "details": details or {},
-            "provenance": {"calibrated": calibrated, "started": "2026-11-26T00:00:00+00:00", "git_commit": "abc"}}
+def record(
+    task,
+    method,
+    metrics,
+    main,
+    family="kv",
+    params=None,
+    details=None,
+    model="zoo:tiny-llama",
+    seed=0,
+    kind="lm",
+    calibrated=True,
+):
+    return {
+        "schema_version": records.SCHEMA_VERSION,
+        "run_id": records.sha256_text(f"{task}{method}{params}{seed}{model}")[:16],
+        "task": {"name": task, "version": "1", "params": params or {}, "alias": None},
+        "method": {"name": method, "params": {}, "components": [{"name": method, "kind": kind, "family": family}]},
+        "model": {"id": model, "zoo": model.startswith("zoo:"), "label": "tiny"},
+        "seed": seed,
+        "limit": None,
+        "main_metric": main,
+        "metrics": metrics,
+        "details": details or {},
+        "provenance": {"calibrated": calibrated, "started": "2026-11-26T00:00:00+00:00", "git_commit": "abc"},
+    }
 
 
 def metric(value, direction="higher", unit="", sample_field=None, n=10):
@@ -34,7 +53,9 @@ def metric(value, direction="higher", unit="", sample_field=None, n=10):
 
 
 def put(root: Path, rec: dict, samples=None):
-    path = records.record_path(root, {"task": rec["task"], "model": rec["model"], "method": rec["method"]}, rec["run_id"])
+    path = records.record_path(
+        root, {"task": rec["task"], "model": rec["model"], "method": rec["method"]}, rec["run_id"]
+    )
     records.write(path, rec, samples or [{"id": f"s{i}", "score": 1.0} for i in range(3)])
     return path
 
@@ -42,32 +63,73 @@ def put(root: Path, rec: dict, samples=None):
 def family_records(root: Path) -> None:
     """One record shape per family, as inferred from the issues (kv 4, spec 5, prm 7, video 8)."""
     for method, q in (("snapkv", 0.9), ("streaming_llm", 0.6)):
-        pareto = [{"budget": b, "kept_fraction": b, "needle_accuracy": min(1.0, q * (0.5 + b)),
-                   "ppl_ratio": 1 + (1 - b) * (1.2 - q)} for b in (0.1, 0.25, 0.5, 0.75)]
-        put(root, record("kv_compression", method, {"needle_accuracy": metric(q), "kept_fraction": metric(0.25, "lower"),
-                                                    "ppl_ratio": metric(1.1, "lower")}, "needle_accuracy",
-                         details={"pareto": pareto}))
+        pareto = [
+            {
+                "budget": b,
+                "kept_fraction": b,
+                "needle_accuracy": min(1.0, q * (0.5 + b)),
+                "ppl_ratio": 1 + (1 - b) * (1.2 - q),
+            }
+            for b in (0.1, 0.25, 0.5, 0.75)
+        ]
+        put(
+            root,
+            record(
+                "kv_compression",
+                method,
+                {
+                    "needle_accuracy": metric(q),
+                    "kept_fraction": metric(0.25, "lower"),
+                    "ppl_ratio": metric(1.1, "lower"),
+                },
+                "needle_accuracy",
+                details={"pareto": pareto},
+            ),
+        )
     for method, tau in (("sps", 2.4), ("autoregressive", 1.0)):
         for temp in (0, 1):
-            put(root, record("spec_acceptance", method, {"tau": metric(tau - temp * 0.2), "speedup": metric(tau / 1.5),
-                                                         "acceptance_rate": metric(0.6)}, "tau", family="spec",
-                             params={"temperature": temp}))
+            put(
+                root,
+                record(
+                    "spec_acceptance",
+                    method,
+                    {"tau": metric(tau - temp * 0.2), "speedup": metric(tau / 1.5), "acceptance_rate": metric(0.6)},
+                    "tau",
+                    family="spec",
+                    params={"temperature": temp},
+                ),
+            )
     for method, base in (("prm_min", 0.4), ("majority", 0.35)):
         ms = {}
         for n in (1, 2, 4, 8):
             ms[f"accuracy@{n}"] = metric(base + 0.05 * n)
             ms[f"majority@{n}"] = metric(0.3 + 0.03 * n)
             ms[f"pass@{n}"] = metric(0.5 + 0.05 * n)
-        put(root, record("math_prm_bon", method, ms, "accuracy@8", family="prm", kind="step_scorer", model="none",
-                         calibrated=method != "prm_min"))
+        put(
+            root,
+            record(
+                "math_prm_bon",
+                method,
+                ms,
+                "accuracy@8",
+                family="prm",
+                kind="step_scorer",
+                model="none",
+                calibrated=method != "prm_min",
+            ),
+        )
     for method, s in (("synthetic_videos", 0.9), ("noisy_videos", 0.5)):
         for dim in ("temporal_flickering", "subject_consistency", "dynamic_degree_proxy"):
-            put(root, record(f"vbench_{dim}", method, {dim: metric(s)}, dim, family="video", kind="video_source",
-                             model="none"))
+            put(
+                root,
+                record(
+                    f"vbench_{dim}", method, {dim: metric(s)}, dim, family="video", kind="video_source", model="none"
+                ),
+            )
 
 
-COPIED = ("needle", "passkey", "perplexity")     # committed long-context records; the other families'
-                                                # shapes come from family_records, so counts stay fixed
+COPIED = ("needle", "passkey", "perplexity")  # committed long-context records; the other families'
+# shapes come from family_records, so counts stay fixed
 
 
 @pytest.fixture
@@ -91,7 +153,7 @@ def hostile(root: Path, outside: Path) -> dict[str, int]:
     (bad / "truncated.json").write_text(good[: len(good) // 2])
     (bad / "old.json").write_text(good.replace('"schema_version": 1', '"schema_version": 0'))
     (bad / "binary.json").write_bytes(bytes(range(256)) * 64)
-    with open(bad / "huge.json", "wb") as f:                # sparse: never read, refused by its size
+    with open(bad / "huge.json", "wb") as f:  # sparse: never read, refused by its size
         f.truncate(loader.MAX_RECORD_BYTES + 1)
     (bad / "list.json").write_text("[1, 2, 3]")
     (bad / "shape.json").write_text(json.dumps(dict(json.loads(good), metrics={"accuracy": 3})))
@@ -101,15 +163,24 @@ def hostile(root: Path, outside: Path) -> dict[str, int]:
     os.symlink(outside, bad / "linked_folder")
     (bad / ".r.json.abc.tmp").write_text(good[:100])
     (bad / "notes.txt").write_text(EVIL)
-    return {"not JSON": 1, "schema version": 1, "binary": 1, "too large": 1, "not a record": 1,
-            "malformed record": 1, "symlink": 2, "temporary file": 1, "foreign file": 1}
+    return {
+        "not JSON": 1,
+        "schema version": 1,
+        "binary": 1,
+        "too large": 1,
+        "not a record": 1,
+        "malformed record": 1,
+        "symlink": 2,
+        "temporary file": 1,
+        "foreign file": 1,
+    }
 
 
 def test_loader_skips_and_counts_hostile_files(results, tmp_path):
     expected = hostile(results, tmp_path / "outside")
     res = loader.load(results)
     assert dict(res.skip_counts()) == expected
-    assert len(res.runs) == committed_count() + 2 + 4 + 2 + 6     # committed + kv + spec + bon + vbench
+    assert len(res.runs) == committed_count() + 2 + 4 + 2 + 6  # committed + kv + spec + bon + vbench
     assert not any("outside" in r.path or "junk" in r.path for r in res.runs)
 
 
@@ -117,8 +188,14 @@ def test_loader_and_app_never_write(results, tmp_path):
     hostile(results, tmp_path / "outside")
 
     def snapshot():
-        return {str(p): (p.lstat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file()
-                         and not p.is_symlink() else "") for p in results.rglob("*")}
+        return {
+            str(p): (
+                p.lstat().st_mtime_ns,
+                hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else "",
+            )
+            for p in results.rglob("*")
+        }
+
     before = snapshot()
     loader.load(results)
     at = app_test(results)
@@ -133,7 +210,7 @@ def test_schema_and_fallback_for_unknown_metrics():
     assert (acc.display, acc.direction, acc.number, acc.base) == ("Accuracy @ 1024", "higher", 1024, "accuracy")
     unknown = schema.metric("frobnication", {"direction": "lower", "unit": "ms"})
     assert (unknown.display, unknown.direction, unknown.unit) == ("frobnication", "lower", "ms")
-    assert schema.metric("ppl_ratio", {"direction": "higher"}).direction == "lower"   # the schema wins
+    assert schema.metric("ppl_ratio", {"direction": "higher"}).direction == "lower"  # the schema wins
     assert schema.task("vbench_temporal_flickering")["plots"] == ["vbench_radar"]
     rec = {"main_metric": "accuracy", "metrics": {"needle_accuracy": {}, "accuracy": {}}}
     assert schema.main_metric("kv_compression", rec) == "needle_accuracy"
@@ -148,7 +225,7 @@ def test_ranking_direction_seeds_and_win_rate(tmp_path):
     put(root, record("lat", "baseline", {"ms": metric(2.5, "lower")}, "ms", family="baseline"))
     schema = Schema.load()
     [board] = tables.overview(loader.load(root).runs, schema)
-    assert list(board.table["method"]) == ["b", "baseline", "a", "c"]      # c: mean of 2.0 and 4.0 = 3.0, ties a
+    assert list(board.table["method"]) == ["b", "baseline", "a", "c"]  # c: mean of 2.0 and 4.0 = 3.0, ties a
     assert board.table.set_index("method").loc["c", "seeds"] == 2
     wr = tables.win_rates([board]).set_index("method")["mean win rate"]
     assert wr["b"] == 1.0 and wr["baseline"] == pytest.approx(2 / 3) and wr["a"] == pytest.approx((0 + 0.5) / 3)
@@ -158,16 +235,23 @@ def test_plots_render_every_family_and_skip_with_a_note(results):
     schema = Schema.load()
     runs = loader.load(results).runs
     by_task = lambda pred: [r for r in runs if pred(r.task)]
-    cases = {"needle_heatmap": by_task(lambda t: t == "needle"), "by_number": by_task(lambda t: t == "passkey"),
-             "kv_pareto": by_task(lambda t: t == "kv_compression"), "spec_bars": by_task(lambda t: t == "spec_acceptance"),
-             "best_of_n": by_task(lambda t: t == "math_prm_bon"), "vbench_radar": by_task(lambda t: t.startswith("vbench"))}
+    cases = {
+        "needle_heatmap": by_task(lambda t: t == "needle"),
+        "by_number": by_task(lambda t: t == "passkey"),
+        "kv_pareto": by_task(lambda t: t == "kv_compression"),
+        "spec_bars": by_task(lambda t: t == "spec_acceptance"),
+        "best_of_n": by_task(lambda t: t == "math_prm_bon"),
+        "vbench_radar": by_task(lambda t: t.startswith("vbench")),
+    }
     for kind, rs in cases.items():
         assert rs, kind
         chart, note = plots.BUILDERS[kind](rs, schema)
         assert chart is not None and note is None, (kind, note)
         spec = chart.to_dict()
         assert spec.get("datasets") or spec.get("data"), kind
-        empty, why = plots.BUILDERS[kind](cases["spec_bars"] if kind != "spec_bars" else cases["needle_heatmap"], schema)
+        empty, why = plots.BUILDERS[kind](
+            cases["spec_bars"] if kind != "spec_bars" else cases["needle_heatmap"], schema
+        )
         assert empty is None and why, kind
     assert plots.plots_for("kv_compression", cases["kv_pareto"], schema) == ["kv_pareto"]
     assert plots.plots_for("some_new_task", cases["needle_heatmap"], schema) == ["needle_heatmap", "by_number"]
@@ -197,6 +281,7 @@ def test_compare_pairs_samples_and_reuses_the_gate_tests(tmp_path):
 
 def app_test(root):
     from streamlit.testing.v1 import AppTest
+
     os.environ["HARNESS_RESULTS"] = str(root)
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
@@ -210,8 +295,11 @@ def plain(text: str) -> str:
 
 
 def _texts(at) -> str:
-    parts = [e.value for kind in ("title", "header", "subheader", "caption", "markdown", "text", "warning", "info")
-             for e in getattr(at, kind)]
+    parts = [
+        e.value
+        for kind in ("title", "header", "subheader", "caption", "markdown", "text", "warning", "info")
+        for e in getattr(at, kind)
+    ]
     return "\n".join(map(str, parts))
 
 
@@ -219,9 +307,17 @@ def _texts(at) -> str:
 def app_results(results, tmp_path):
     expected = hostile(results, tmp_path / "outside")
     needle = json.loads(next((ROOT / "results" / "needle").rglob("*.json")).read_text())["task"]["params"]
-    put(results, record("needle", EVIL, {"accuracy": metric(0.5, sample_field="score")}, "accuracy",
-                        params=dict(needle, context_length=[512])),
-        [{"id": "s0", "score": 1.0, "prediction": EVIL}])
+    put(
+        results,
+        record(
+            "needle",
+            EVIL,
+            {"accuracy": metric(0.5, sample_field="score")},
+            "accuracy",
+            params=dict(needle, context_length=[512]),
+        ),
+        [{"id": "s0", "score": 1.0, "prediction": EVIL}],
+    )
     return results, expected
 
 
@@ -231,8 +327,13 @@ def test_app_overview(app_results):
     [warning] = at.warning
     assert f"{sum(expected.values())} file(s)" in plain(warning.value) and "symlink" in warning.value
     heads = [plain(s.value) for s in at.subheader]
-    for task in ("kv_compression", "spec_acceptance [temperature=0]", "math_prm_bon",
-                 "vbench_temporal_flickering", "passkey"):     # several committed variants get a [label]
+    for task in (
+        "kv_compression",
+        "spec_acceptance [temperature=0]",
+        "math_prm_bon",
+        "vbench_temporal_flickering",
+        "passkey",
+    ):  # several committed variants get a [label]
         assert any(h == task or h.startswith(task + " [") for h in heads), (task, heads)
     assert "Mean win rate per method family" in heads
     assert any("not for real LLMs" in c.value for c in at.caption)
@@ -250,9 +351,13 @@ def test_app_task_view_draws_each_family_plot(app_results):
     root, _ = app_results
     at = app_test(root)
     at.sidebar.radio(key="view").set_value("task").run()
-    wanted = {"needle": "Needle accuracy by context length and depth", "kv_compression": "Quality versus kept KV fraction",
-              "spec_acceptance": "Speculative decoding: τ and speedup", "math_prm_bon": "Best-of-N accuracy versus N",
-              "vbench_subject_consistency": "VBench dimensions"}
+    wanted = {
+        "needle": "Needle accuracy by context length and depth",
+        "kv_compression": "Quality versus kept KV fraction",
+        "spec_acceptance": "Speculative decoding: τ and speedup",
+        "math_prm_bon": "Best-of-N accuracy versus N",
+        "vbench_subject_consistency": "VBench dimensions",
+    }
     for task, title in wanted.items():
         at.selectbox(key="task_pick").set_value(task).run()
         assert not at.exception
@@ -271,7 +376,7 @@ def test_app_run_detail_and_samples(app_results):
     at.selectbox(key="run_pick").set_value(evil).run()
     assert not at.exception
     assert any("provenance.git_commit" in str(df.value.values) for df in at.dataframe)
-    assert json.loads(at.json[-1].value)["prediction"] == EVIL     # shown as JSON text, not markup
+    assert json.loads(at.json[-1].value)["prediction"] == EVIL  # shown as JSON text, not markup
     at.text_input(key="sample_filter").input("nothing-matches").run()
     assert not at.exception
 
@@ -281,8 +386,16 @@ def test_app_compare_view(app_results):
     at = app_test(root)
     at.sidebar.radio(key="view").set_value("compare").run()
     labels = at.selectbox(key="cmp_a").options
-    ia = next(i for i, label in enumerate(labels) if label.startswith("needle [context_length=512,1024,2048") and "· yarn ·" in label)
-    ib = next(i for i, label in enumerate(labels) if label.startswith("needle [context_length=512,1024,2048") and "· pi ·" in label)
+    ia = next(
+        i
+        for i, label in enumerate(labels)
+        if label.startswith("needle [context_length=512,1024,2048") and "· yarn ·" in label
+    )
+    ib = next(
+        i
+        for i, label in enumerate(labels)
+        if label.startswith("needle [context_length=512,1024,2048") and "· pi ·" in label
+    )
     at.selectbox(key="cmp_a").set_value(ia).run()
     at.selectbox(key="cmp_b").set_value(ib).run()
     text = "\n".join(t.value for t in at.text)
@@ -291,5 +404,6 @@ def test_app_compare_view(app_results):
 
 def test_leaderboard_command_refuses_a_missing_results_folder(tmp_path, capsys):
     from harness.cli import main
+
     assert main(["leaderboard", "--results", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err

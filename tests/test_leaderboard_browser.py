@@ -8,6 +8,7 @@ Streamlit server take most of a minute to start on a loaded 2-core machine.
 
 Chromium is Debian's `chromium`; when it is missing the set-up installs it with apt-get, and the
 test is skipped (with the reason) only when that is impossible here."""
+
 import base64
 import json
 import os
@@ -26,7 +27,7 @@ import pytest
 from harness.leaderboard import loader
 
 ROOT = Path(__file__).resolve().parents[1]
-DEADLINE_S = 300          # per page: generous, a deadline for a condition rather than a timing assert
+DEADLINE_S = 300  # per page: generous, a deadline for a condition rather than a timing assert
 
 pytestmark = pytest.mark.slow
 
@@ -84,8 +85,7 @@ class CDP:
                 return msg.get("result", {})
 
     def text(self) -> str:
-        r = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
-                      returnByValue=True)
+        r = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''", returnByValue=True)
         return r.get("result", {}).get("value", "")
 
     def open(self, url: str, expect: list[str], timeout: float = DEADLINE_S) -> str:
@@ -95,21 +95,37 @@ class CDP:
         end, text = time.time() + timeout, ""
         while time.time() < end:
             text = self.text()
-            running = self.call("Runtime.evaluate", returnByValue=True, expression=(
-                "!!document.querySelector('[data-testid=\"stStatusWidget\"]')"))["result"].get("value")
+            running = self.call(
+                "Runtime.evaluate",
+                returnByValue=True,
+                expression=("!!document.querySelector('[data-testid=\"stStatusWidget\"]')"),
+            )["result"].get("value")
             if all(e in text for e in expect) and not running:
-                time.sleep(1.0)           # let charts finish drawing before the screenshot
+                time.sleep(1.0)  # let charts finish drawing before the screenshot
                 return self.text()
             time.sleep(0.5)
         missing = [e for e in expect if e not in text]
         raise AssertionError(f"{url}: page never showed {missing}; page text starts: {text[:800]!r}")
 
     def screenshot(self, path: Path) -> None:
-        height = self.call("Runtime.evaluate", returnByValue=True, expression=(
-            "Math.max(document.body.scrollHeight, ...Array.from(document.querySelectorAll('section, div'))"
-            ".map(e => e.scrollHeight))"))["result"].get("value") or 1200
-        self.call("Emulation.setDeviceMetricsOverride", width=1400, height=min(int(height), 6000),
-                  deviceScaleFactor=1, mobile=False)
+        height = (
+            self.call(
+                "Runtime.evaluate",
+                returnByValue=True,
+                expression=(
+                    "Math.max(document.body.scrollHeight, ...Array.from(document.querySelectorAll('section, div'))"
+                    ".map(e => e.scrollHeight))"
+                ),
+            )["result"].get("value")
+            or 1200
+        )
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=1400,
+            height=min(int(height), 6000),
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         time.sleep(0.5)
         data = self.call("Page.captureScreenshot", format="png")["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,18 +147,34 @@ def _stop_group(proc) -> None:
 def browser_app():
     chromium = _chromium()
     port = _free_port()
-    app = subprocess.Popen([sys.executable, "-m", "harness.cli", "leaderboard", "--results", str(ROOT / "results"),
-                            "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    app = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "leaderboard", "--results", str(ROOT / "results"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     profile = tempfile.mkdtemp(prefix="board-chromium-")
     browser = None
     try:
         _wait_http(f"http://127.0.0.1:{port}/_stcore/health", DEADLINE_S)
-        browser = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
-                                    "--disable-dev-shm-usage", "--no-first-run", "--remote-debugging-port=0",
-                                    "--remote-debugging-address=127.0.0.1", f"--user-data-dir={profile}",
-                                    "--window-size=1400,1200", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        browser = subprocess.Popen(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--remote-debugging-address=127.0.0.1",
+                f"--user-data-dir={profile}",
+                "--window-size=1400,1200",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         port_file = Path(profile) / "DevToolsActivePort"
         end = time.time() + DEADLINE_S
         while not (port_file.is_file() and port_file.read_text().strip()) and time.time() < end:
@@ -151,12 +183,13 @@ def browser_app():
         with urllib.request.urlopen(f"http://127.0.0.1:{devtools}/json/list", timeout=10) as r:
             page = next(t for t in json.load(r) if t["type"] == "page")
         from websockets.sync.client import connect
+
         with connect(page["webSocketDebuggerUrl"], max_size=2**28, open_timeout=20) as ws:
             cdp = CDP(ws)
             cdp.call("Page.enable")
             yield cdp, f"http://127.0.0.1:{port}"
     finally:
-        for proc in (browser, app):             # each with every process it started
+        for proc in (browser, app):  # each with every process it started
             if proc is not None:
                 _stop_group(proc)
         shutil.rmtree(profile, ignore_errors=True)
@@ -167,21 +200,25 @@ def test_overview_in_chromium_shows_the_committed_results(browser_app, tmp_path)
     committed = loader.load(ROOT / "results")
     assert committed.runs and not committed.skipped
     tasks = sorted({r.task for r in committed.runs})
-    methods = sorted({r.method for r in committed.runs})          # every committed method, in its task's table
+    methods = sorted({r.method for r in committed.runs})  # every committed method, in its task's table
     best = max((r for r in committed.runs if r.task == "needle"), key=lambda r: r.main_value)
-    expect = (["Overview", "Mean win rate", "zoo model", "not for real LLMs", f"{best.main_value:.3f}"]
-              + tasks + methods)                                 # the schema's format of the main metric
-    text = cdp.open(f"{base}/?view=overview", expect)             # waits until all of it has rendered
+    expect = (
+        ["Overview", "Mean win rate", "zoo model", "not for real LLMs", f"{best.main_value:.3f}"] + tasks + methods
+    )  # the schema's format of the main metric
+    text = cdp.open(f"{base}/?view=overview", expect)  # waits until all of it has rendered
     assert [m for m in methods if m not in text] == []
     cdp.screenshot(tmp_path / "overview.png")
     assert (tmp_path / "overview.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("view,query,expect", [
-    ("task", "task=needle", ["Needle accuracy by context length and depth", "Metrics by number"]),
-    ("run", "", ["Run detail", "Metrics", "Samples"]),
-    ("compare", "", ["Compare two runs", "shared samples"]),
-])
+@pytest.mark.parametrize(
+    "view,query,expect",
+    [
+        ("task", "task=needle", ["Needle accuracy by context length and depth", "Metrics by number"]),
+        ("run", "", ["Run detail", "Metrics", "Samples"]),
+        ("compare", "", ["Compare two runs", "shared samples"]),
+    ],
+)
 def test_each_view_renders_in_chromium(browser_app, tmp_path, view, query, expect):
     cdp, base = browser_app
     text = cdp.open(f"{base}/?view={view}&{query}", expect)

@@ -1,4 +1,5 @@
 """The LM API against direct transformers calls."""
+
 import math
 
 import torch
@@ -12,9 +13,14 @@ def test_generate_equals_direct_transformers_greedy(tiny_lm):
     got = tiny_lm.generate(prompts, max_new_tokens=6)
     for p, g in zip(prompts, got):
         ids = torch.tensor([p])
-        ref = tiny_lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
-                                     do_sample=False, pad_token_id=tiny_lm.tokenizer.pad_token_id)
-        assert g == ref[0, len(p):].tolist()   # batched with left padding == one at a time
+        ref = tiny_lm.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=tiny_lm.tokenizer.pad_token_id,
+        )
+        assert g == ref[0, len(p) :].tolist()  # batched with left padding == one at a time
 
 
 def test_loglikelihood_equals_manual_log_softmax(tiny_lm):
@@ -41,7 +47,7 @@ def test_windows_score_every_token_once():
     for n, L, s in [(100, 16, 8), (100, 16, 15), (33, 50, 25), (1000, 128, 37), (10, 4, 2)]:
         ws = windows(n, L, s)
         assert sum(w[2] for w in ws) == n - 1
-        assert all(e - b <= L and k < e - b for b, e, k in ws)        # >= 1 context token
+        assert all(e - b <= L and k < e - b for b, e, k in ws)  # >= 1 context token
         assert all(ws[i][1] + ws[i + 1][2] == ws[i + 1][1] for i in range(len(ws) - 1))
 
 
@@ -58,7 +64,7 @@ def test_perplexity_equals_direct_computation(tiny_lm):
             window = torch.tensor([ids[b:e]])
             logp = torch.log_softmax(tiny_lm.model(input_ids=window).logits[0].double(), -1)
             targets = window[0, -k:]
-            nll = -logp[-k - 1:-1].gather(1, targets[:, None]).sum().item()
+            nll = -logp[-k - 1 : -1].gather(1, targets[:, None]).sum().item()
             assert math.isclose(row["nll_sum"], nll, rel_tol=1e-4)
             total += nll
     assert res.metrics["nll@64"].n == 255
@@ -72,4 +78,4 @@ def test_sampled_generation_is_reproducible_for_a_seed(tiny_lm):
     b = tiny_lm.generate(prompts, max_new_tokens=8, temperature=1.0, seed=3)
     c = tiny_lm.generate(prompts, max_new_tokens=8, temperature=1.0, seed=4)
     assert a == b and a != c
-    assert len({tuple(x) for x in a}) > 1        # rows of one batch are sampled independently
+    assert len({tuple(x) for x in a}) > 1  # rows of one batch are sampled independently

@@ -2,6 +2,7 @@
 representations, top-k chunk choice with the first / previous / current chunk kept, positions
 re-laid inside the window), step by step under the KV cache, and on the tiny model. Generation
 with the KV cache against full recomputation: tests/test_position_remapping.py."""
+
 import math
 
 import pytest
@@ -37,9 +38,13 @@ def slow_longheads(q, k, v, w, n_chunks, scaling):
             else:
                 cur = i // w
                 others = sorted(range(1, cur - 1), key=lambda g: float(q[head, i] @ reps[g]), reverse=True)
-                chosen = sorted({0, cur - 1, cur, *others[:n_chunks - 3]})
-                pairs = [((n_chunks - 1) * w + i % w, c * w + o, slot * w + o)
-                         for slot, c in enumerate(chosen) for o in range(w) if c * w + o <= i]
+                chosen = sorted({0, cur - 1, cur, *others[: n_chunks - 3]})
+                pairs = [
+                    ((n_chunks - 1) * w + i % w, c * w + o, slot * w + o)
+                    for slot, c in enumerate(chosen)
+                    for o in range(w)
+                    if c * w + o <= i
+                ]
                 pairs = [(qp, j, kp) for qp, j, kp in pairs]
             qpos = i if i < L else (n_chunks - 1) * w + i % w
             logits = torch.stack([rot1(q[head, i], qpos) @ rot1(k[head, j], kp) for _, j, kp in pairs])
@@ -54,6 +59,7 @@ def inputs(q, k, v, q_pos, k_pos):
     def rope(p):
         cs = [rope_at(float(x), d) for x in p[0]]
         return torch.stack([c for c, _ in cs])[None], torch.stack([s for _, s in cs])[None]
+
     allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]
     return AttentionInputs(q[None], k[None], v[None], q_pos[None], k_pos[None], allowed, 1 / math.sqrt(d), rope)
 
@@ -67,12 +73,15 @@ def test_attend_equals_slow_loop_and_decoding_steps(w, n_chunks):
     method = LongHeads()
     pos = torch.arange(N)
     full = method.attend(inputs(q, k, v, pos, pos), w, n_chunks)[0]
-    torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-6)   # softmax runs in float32
-    start = 20                                                           # prefill, then one token a step
+    torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-6)  # softmax runs in float32
+    start = 20  # prefill, then one token a step
     got = [method.attend(inputs(q[:, :start], k[:, :start], v[:, :start], pos[:start], pos[:start]), w, n_chunks)[0]]
     for i in range(start, N):
-        got.append(method.attend(inputs(q[:, i:i + 1], k[:, :i + 1], v[:, :i + 1], pos[i:i + 1], pos[:i + 1]),
-                                 w, n_chunks)[0])
+        got.append(
+            method.attend(
+                inputs(q[:, i : i + 1], k[:, : i + 1], v[:, : i + 1], pos[i : i + 1], pos[: i + 1]), w, n_chunks
+            )[0]
+        )
     torch.testing.assert_close(torch.cat(got, dim=1), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -80,8 +89,9 @@ def test_small_tiles_and_blocks_equal_the_slow_loop(monkeypatch):
     """Tiles of 3 (query, slot) pairs, so a chunk that many queries pick spans several tiles, and
     blocks of 5 far queries: the same numbers as the slow loop."""
     from harness.methods.rope import longheads
+
     monkeypatch.setattr(longheads, "TILE", 3)
-    monkeypatch.setattr(longheads, "PAIR_BUDGET", 5 * 2 * 4)       # h = 2 heads, k = 4 slots
+    monkeypatch.setattr(longheads, "PAIR_BUDGET", 5 * 2 * 4)  # h = 2 heads, k = 4 slots
     torch.manual_seed(1)
     h, N, d = 2, 41, 8
     q, k, v = (torch.randn(h, N, d, dtype=torch.float64) for _ in range(3))
@@ -94,7 +104,7 @@ def test_within_the_window_is_the_plain_model(tiny_lm):
     ids = torch.randint(30, 2000, (2, 60))
     with torch.no_grad():
         plain = tiny_lm.model(input_ids=ids).logits
-        with LongHeads(chunk_size=8).apply(tiny_lm, MethodContext()):       # window 128 > 60
+        with LongHeads(chunk_size=8).apply(tiny_lm, MethodContext()):  # window 128 > 60
             same = tiny_lm.model(input_ids=ids).logits
         with LongHeads(chunk_size=4, atten_length=16).apply(tiny_lm, MethodContext()):
             other = tiny_lm.model(input_ids=ids).logits
@@ -104,5 +114,8 @@ def test_within_the_window_is_the_plain_model(tiny_lm):
 
 
 def test_defaults_follow_the_official_ratio(tiny_lm):
-    assert LongHeads().resolved(tiny_lm, MethodContext()) == {"chunk_size": 8, "chunks_per_head": 16,
-                                                              "atten_length": 128}
+    assert LongHeads().resolved(tiny_lm, MethodContext()) == {
+        "chunk_size": 8,
+        "chunks_per_head": 16,
+        "atten_length": 128,
+    }

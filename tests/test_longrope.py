@@ -1,4 +1,5 @@
 """LongRoPE: given factors against transformers' longrope, start tokens, and the fit stage."""
+
 import json
 import math
 
@@ -15,8 +16,15 @@ from tests.test_rope_methods import hf_config
 
 def test_given_factors_equal_transformers_longrope():
     lam = [1.0 + 0.1 * i for i in range(32)]
-    cfg = hf_config({"rope_type": "longrope", "short_factor": [1.0] * 32, "long_factor": lam,
-                     "original_max_position_embeddings": 512}, max_pos=2048)
+    cfg = hf_config(
+        {
+            "rope_type": "longrope",
+            "short_factor": [1.0] * 32,
+            "long_factor": lam,
+            "original_max_position_embeddings": 512,
+        },
+        max_pos=2048,
+    )
     ref, att = ROPE_INIT_FUNCTIONS["longrope"](cfg, None, seq_len=2048)
     inv, scale = LongRoPE(rescale_factors=tuple(lam)).freq_fn(RopeShape(10000.0, 64, 512), 4.0)(2048)
     torch.testing.assert_close(inv, ref)
@@ -25,6 +33,7 @@ def test_given_factors_equal_transformers_longrope():
 
 def test_wrong_number_of_factors_is_a_user_error(tiny_lm):
     from harness.errors import UserError
+
     with pytest.raises(UserError, match="frequencies"):
         LongRoPE(rescale_factors=(1.0, 2.0)).apply(tiny_lm, MethodContext(target_length=256))
 
@@ -35,34 +44,67 @@ def test_start_tokens_keep_original_rotation(tiny_lm):
     with torch.no_grad():
         plain = tiny_lm.model(input_ids=ids).logits
         with LongRoPE(rescale_factors=lam, start_tokens=60, attention_scale="none").apply(
-                tiny_lm, MethodContext(target_length=256)):
+            tiny_lm, MethodContext(target_length=256)
+        ):
             all_kept = tiny_lm.model(input_ids=ids).logits
         with LongRoPE(rescale_factors=lam, start_tokens=10, attention_scale="none").apply(
-                tiny_lm, MethodContext(target_length=256)):
+            tiny_lm, MethodContext(target_length=256)
+        ):
             some_kept = tiny_lm.model(input_ids=ids).logits
-    torch.testing.assert_close(all_kept, plain, rtol=1e-5, atol=1e-5)     # every position below n̂
+    torch.testing.assert_close(all_kept, plain, rtol=1e-5, atol=1e-5)  # every position below n̂
     torch.testing.assert_close(some_kept[:, :10], plain[:, :10], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(some_kept[:, 20:], plain[:, 20:], atol=1e-3)
 
 
 def test_fit_then_eval_reuses_the_artifact(tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
-    small = ["--method-arg", "population=6", "--method-arg", "parents=3", "--method-arg", "iterations=2",
-             "--method-arg", "mutations=2", "--method-arg", "crossovers=2", "--method-arg", "search_windows=1"]
+    small = [
+        "--method-arg",
+        "population=6",
+        "--method-arg",
+        "parents=3",
+        "--method-arg",
+        "iterations=2",
+        "--method-arg",
+        "mutations=2",
+        "--method-arg",
+        "crossovers=2",
+        "--method-arg",
+        "search_windows=1",
+    ]
     common = ["--model", tiny_model, "--device", "cpu"]
-    evaluate = ["eval", "--task", "needle", "--task-arg", "context_length=256", "--task-arg", "depths=2",
-                "--task-arg", "max_new_tokens=4", "--method", "longrope", "--limit", "2", "--no-progress",
-                "--out", str(tmp_path / "out"), *common, *small]
+    evaluate = [
+        "eval",
+        "--task",
+        "needle",
+        "--task-arg",
+        "context_length=256",
+        "--task-arg",
+        "depths=2",
+        "--task-arg",
+        "max_new_tokens=4",
+        "--method",
+        "longrope",
+        "--limit",
+        "2",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "out"),
+        *common,
+        *small,
+    ]
     assert main(evaluate) == 2
     assert "harness fit --method longrope" in capsys.readouterr().err
-    assert main(["fit", "--method", "longrope", "--task", "needle", "--task-arg", "context_length=256",
-                 *common, *small]) == 0
+    assert (
+        main(["fit", "--method", "longrope", "--task", "needle", "--task-arg", "context_length=256", *common, *small])
+        == 0
+    )
     out = capsys.readouterr().out
-    payload = json.loads(out[:out.rindex("artifact:")])
+    payload = json.loads(out[: out.rindex("artifact:")])
     assert len(payload["rescale_factors"]) == 8 and payload["start_tokens"] >= 0
     lam = payload["rescale_factors"]
-    assert all(1.0 <= a <= b <= 1.25 * 2 for a, b in zip(lam, lam[1:]))          # monotone, in range
-    assert payload["perplexity"] <= payload["seed_perplexities"]["pi"] + 1e-9     # PI is a seed
+    assert all(1.0 <= a <= b <= 1.25 * 2 for a, b in zip(lam, lam[1:]))  # monotone, in range
+    assert payload["perplexity"] <= payload["seed_perplexities"]["pi"] + 1e-9  # PI is a seed
     assert main(evaluate) == 0
     (record,) = (tmp_path / "out").rglob("*.json")
     rec = json.loads(record.read_text())

@@ -1,4 +1,5 @@
 """Answer extraction and equivalence: a table of tricky cases, and the process timeout."""
+
 import time
 
 import pytest
@@ -6,15 +7,18 @@ import pytest
 from harness.mathgrade import Grader, as_rational, extract_answer, last_boxed, normalize
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),                      # nested braces
-    ("first \\boxed{3} then \\boxed{\\sqrt{2}}", "\\sqrt{2}"),             # the last box wins
-    ("\\fbox{7}", "7"),
-    ("\\boxed 5$ done", "5"),                                              # space form
-    ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
-    ("\\boxed{1", None),                                                   # unbalanced
-    ("no answer here 42", None),                                           # no last-number fallback
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),  # nested braces
+        ("first \\boxed{3} then \\boxed{\\sqrt{2}}", "\\sqrt{2}"),  # the last box wins
+        ("\\fbox{7}", "7"),
+        ("\\boxed 5$ done", "5"),  # space form
+        ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+        ("\\boxed{1", None),  # unbalanced
+        ("no answer here 42", None),  # no last-number fallback
+    ],
+)
 def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
 
@@ -29,28 +33,28 @@ def test_extract_answer_markers():
 TABLE = [
     ("\\frac{1}{2}", "0.5", True),
     ("\\frac12", "\\dfrac{1}{2}", True),
-    ("1/3", "0.333", False),                      # strict: decimals are not rounded to fractions
+    ("1/3", "0.333", False),  # strict: decimals are not rounded to fractions
     ("0.5", "\\frac{2}{4}", True),
     ("40,\\!000", "40000", True),
     ("40,000", "40000", True),
-    ("50\\%", "50", True),                        # Hendrycks-style: the percent sign is dropped
-    ("50\\%", "0.5", False),                      # ... but 50 % is not turned into 0.5
-    ("10\\text{ cm}", "10", True),                # trailing unit
+    ("50\\%", "50", True),  # Hendrycks-style: the percent sign is dropped
+    ("50\\%", "0.5", False),  # ... but 50 % is not turned into 0.5
+    ("10\\text{ cm}", "10", True),  # trailing unit
     ("90^\\circ", "90", True),
     ("\\$5", "5", True),
     ("x = 5", "5", True),
     ("(1,2]", "(1,2]", True),
-    ("(1,2]", "[1,2]", False),                    # interval endpoints matter
-    ("(2,3)", "(3,2)", False),                    # ordered pairs are ordered
+    ("(1,2]", "[1,2]", False),  # interval endpoints matter
+    ("(2,3)", "(3,2)", False),  # ordered pairs are ordered
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1 \\\\ 2\\end{pmatrix}", True),
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\1\\end{pmatrix}", False),
-    ("\\text{Monday}", "monday", True),          # text answers: case-insensitive
+    ("\\text{Monday}", "monday", True),  # text answers: case-insensitive
     ("\\text{Monday}", "Tuesday", False),
-    ("2\\sqrt{2}", "\\sqrt{8}", True),            # math-verify: symbolic equality
+    ("2\\sqrt{2}", "\\sqrt{8}", True),  # math-verify: symbolic equality
     ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", True),
     ("3", "-3", False),
     ("3", None, False),
-    (None, None, False),                          # two missing answers never match
+    (None, None, False),  # two missing answers never match
 ]
 
 
@@ -86,7 +90,7 @@ def _sleepy_worker(conn):
 
 def test_timeout_kills_the_worker_and_answers_not_equivalent():
     g = Grader(timeout_s=0.5, worker=_sleepy_worker)
-    g.math_verify_calls = 1             # skip the first-call import allowance
-    assert g.equivalent("\\sqrt{2}", "2^{1/2}") is False   # the worker sleeps 60 s per call: only the
-    assert g.timeouts == 1 and g._proc is None               # timeout answers, and it killed the worker
+    g.math_verify_calls = 1  # skip the first-call import allowance
+    assert g.equivalent("\\sqrt{2}", "2^{1/2}") is False  # the worker sleeps 60 s per call: only the
+    assert g.timeouts == 1 and g._proc is None  # timeout answers, and it killed the worker
     assert g.info()["timeouts"] == 1

@@ -1,4 +1,5 @@
 """Needle prompt construction: deterministic for a seed, needle at the requested depth, exact budget."""
+
 import pytest
 
 from harness import registry
@@ -31,7 +32,7 @@ def test_build_is_deterministic_and_fits_budget(tiny_lm):
     b = task.build(tiny_lm, 300, 50.0, seed=EVAL_SEED_BASE + 5)
     c = task.build(tiny_lm, 300, 50.0, seed=EVAL_SEED_BASE + 6)
     assert a == b and a["ids"] != c["ids"]
-    assert 300 - 8 - 12 <= len(a["ids"]) <= 300 - 8   # within one sentence of the budget
+    assert 300 - 8 - 12 <= len(a["ids"]) <= 300 - 8  # within one sentence of the budget
     text = tiny_lm.decode(a["ids"])
     (value,) = a["refs"]
     assert text.startswith(PREAMBLE) and f": {value}." in text and text.endswith(":")
@@ -42,12 +43,12 @@ def test_needle_sits_at_requested_depth_within_one_sentence(tiny_lm, depth):
     task = Needle(context_length=(600,))
     s = task.build(tiny_lm, 600, depth, seed=EVAL_SEED_BASE + 11)
     position = s["needle_token"] / s["haystack_tokens"]
-    longest_sentence = 16   # tokens, an upper bound for the synthetic grammar
+    longest_sentence = 16  # tokens, an upper bound for the synthetic grammar
     assert abs(position - depth / 100) * s["haystack_tokens"] <= longest_sentence
     # the needle's tokens really are at that offset of the prompt
     needle_ids = tiny_lm.encode(" Remember the special magic number for")
     start = len(tiny_lm.encode(PREAMBLE)) + s["needle_token"]
-    assert s["ids"][start:start + len(needle_ids)] == needle_ids
+    assert s["ids"][start : start + len(needle_ids)] == needle_ids
 
 
 def test_file_haystack(tiny_lm, tmp_path):
@@ -68,14 +69,14 @@ def test_variants_insert_all_statements_and_ask_for_their_references(tiny_lm, va
     if variant == "vt":
         names = s["refs"]
         chain = [text.index(f"VAR {b} = VAR {a}.") for a, b in zip(names, names[1:])]
-        assert text.index(f"VAR {names[0]} = ") < chain[0] and chain == sorted(chain)   # in order
+        assert text.index(f"VAR {names[0]} = ") < chain[0] and chain == sorted(chain)  # in order
         assert text.startswith("Memorize and track") and "variables are assigned the value" in text
     else:
         assert text.count("Remember the special magic number for") == 4
         for ref in s["refs"]:
             assert f": {ref}." in text
         if variant == "multivalue":
-            assert len({line.split(":")[0] for line in text.split("Remember")[1:]}) == 1   # one key
+            assert len({line.split(":")[0] for line in text.split("Remember")[1:]}) == 1  # one key
     assert abs(s["needle_token"] / s["haystack_tokens"] - 0.30) < 0.1
 
 

@@ -1,4 +1,5 @@
 """Noise priors against their analytic statistics, and the noise_prior task's own measurements."""
+
 import numpy as np
 import pytest
 import torch
@@ -19,19 +20,22 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("prior,lag1,lag2", [
-    (PyocoMixed(alpha=1.0), 0.5, 0.5),                    # a²/(1+a²)
-    (PyocoMixed(alpha=2.0), 0.8, 0.8),
-    (PyocoProgressive(alpha=2.0), 2 / 5 ** 0.5, 0.8),     # (a/sqrt(1+a²))^|i-j|
-    (VideoFusion(lam=0.3), 0.3, 0.3),
-])
+@pytest.mark.parametrize(
+    "prior,lag1,lag2",
+    [
+        (PyocoMixed(alpha=1.0), 0.5, 0.5),  # a²/(1+a²)
+        (PyocoMixed(alpha=2.0), 0.8, 0.8),
+        (PyocoProgressive(alpha=2.0), 2 / 5**0.5, 0.8),  # (a/sqrt(1+a²))^|i-j|
+        (VideoFusion(lam=0.3), 0.3, 0.3),
+    ],
+)
 def test_temporal_correlation_matches_the_formula(prior, lag1, lag2):
     x = prior.sample((6, 8, 64, 64), gen())
     c = corr_matrix(x)
     assert abs(float(c.diagonal(1).mean()) - lag1) < 0.01
     assert abs(float(c.diagonal(2).mean()) - lag2) < 0.01
     assert torch.allclose(c, prior.expected_corr(6), atol=0.02)
-    assert abs(float(x.var()) - 1) < 0.02 and abs(float(x.mean())) < 0.03   # N(0, 1) marginals
+    assert abs(float(x.var()) - 1) < 0.02 and abs(float(x.mean())) < 0.03  # N(0, 1) marginals
 
 
 def test_freenoise_matches_the_official_in_place_chain():
@@ -43,9 +47,9 @@ def test_freenoise_matches_the_official_in_place_chain():
     for i in range(8, 20, 2):
         perm = torch.randperm(2, generator=g).tolist()
         block = list(range(i - 8, i - 6))
-        ref[i:i + 2] = ref[[block[k] for k in perm]][: len(range(i, min(i + 2, 20)))]
+        ref[i : i + 2] = ref[[block[k] for k in perm]][: len(range(i, min(i + 2, 20)))]
     assert torch.equal(x, ref)
-    for j in range(8, 20):          # every frame past the first window is a copy of one before it
+    for j in range(8, 20):  # every frame past the first window is a copy of one before it
         assert any(torch.equal(x[j], x[k]) for k in range(8))
     assert fn.window_weights(16).tolist() == list(range(1, 9)) + list(range(8, 0, -1))
     assert fn.views(24) == [(0, 8), (2, 10), (4, 12), (6, 14), (8, 16), (10, 18), (12, 20), (14, 22), (16, 24)]
@@ -54,9 +58,9 @@ def test_freenoise_matches_the_official_in_place_chain():
 def test_freenoise_window_fusion_is_a_weighted_average():
     fn = FreeNoise(window_size=4, window_stride=2)
     x = torch.randn(8, 3, generator=gen())
-    assert torch.allclose(fn.denoise(x, lambda v: v), x)          # fusing the identity is the identity
+    assert torch.allclose(fn.denoise(x, lambda v: v), x)  # fusing the identity is the identity
     out = fn.denoise(x, lambda v: torch.full_like(v, float(v.shape[0])))
-    assert torch.allclose(out, torch.full_like(x, 4.0))           # every window has 4 frames
+    assert torch.allclose(out, torch.full_like(x, 4.0))  # every window has 4 frames
     # frame 2 lies in views (0,4) at weight 2 ("[1,2,2,1]") and (2,6) at weight 1
     marks = fn.denoise(torch.zeros(8, 1), lambda v: v + torch.arange(v.shape[0], dtype=v.dtype)[:, None])
     assert torch.isclose(marks[2, 0], torch.tensor((2 * 2 + 1 * 0) / 3.0))
@@ -66,10 +70,10 @@ def test_conditional_upsampling_is_exact():
     x = torch.randn(3, 40, 40, generator=gen())
     u = conditional_upsample(x, 4, gen(1))
     blocks = u.reshape(3, 40, 4, 40, 4).sum(dim=(2, 4))
-    assert torch.allclose(blocks / 4, x, atol=1e-5)                # (1/s) sum U = X
+    assert torch.allclose(blocks / 4, x, atol=1e-5)  # (1/s) sum U = X
     assert abs(float(u.var()) - 1) < 0.02
     sub = u.reshape(3, 40, 4, 40, 4)
-    assert abs(float((sub[:, :, 0, :, 0] * sub[:, :, 0, :, 1]).mean())) < 0.02   # sub-pixels uncorrelated
+    assert abs(float((sub[:, :, 0, :, 0] * sub[:, :, 0, :, 1]).mean())) < 0.02  # sub-pixels uncorrelated
 
 
 @pytest.mark.parametrize("prior", [IntegralNoise(upsample=4), BilinearWarp(), NearestWarp()])
@@ -77,7 +81,7 @@ def test_integer_motion_is_an_exact_shift(prior):
     x = torch.randn(2, 12, 12, generator=gen())
     assert torch.allclose(prior.step(x, torch.zeros(12, 12, 2), gen()), x, atol=1e-5)
     flow = torch.zeros(12, 12, 2)
-    flow[..., 0], flow[..., 1] = 2.0, -1.0      # target (x, y) <- source (x + 2, y - 1)
+    flow[..., 0], flow[..., 1] = 2.0, -1.0  # target (x, y) <- source (x + 2, y - 1)
     y = prior.step(x, flow, gen())
     assert torch.allclose(y[:, 1:, :-2], x[:, :-1, 2:], atol=1e-5)
 
@@ -92,16 +96,16 @@ def test_half_pixel_shift_keeps_variance_only_for_integral_noise():
     assert abs(float(y.var()) - 1) < 0.02
     assert abs(float((y * x[:, :, 1:-1]).mean()) - 0.5) < 0.02
     assert abs(float((y * x[:, :, 2:]).mean()) - 0.5) < 0.02
-    assert abs(float((y[:, :, 1:] * y[:, :, :-1]).mean())) < 0.02     # still spatially white
+    assert abs(float((y[:, :, 1:] * y[:, :, :-1]).mean())) < 0.02  # still spatially white
     b = BilinearWarp().step(x, flow, gen(1))[:, :, 1:-2]
     assert abs(float(b.var()) - 0.5) < 0.02
 
 
 def test_ground_truth_overlap_of_a_half_pixel_shift():
     p, q, a, inside = overlap_weights(motion_flow("translate", 1.0, 8, 8) * torch.tensor([0.5, 0.0]))
-    row = {int(qq): float(aa) for pp, qq, aa in zip(p, q, a) if pp == 9}     # pixel (1, 1)
+    row = {int(qq): float(aa) for pp, qq, aa in zip(p, q, a) if pp == 9}  # pixel (1, 1)
     assert row == pytest.approx({8: 0.5, 9: 0.5})
-    assert inside.sum() == 8 * 8 - 8                                          # left column leaves the frame
+    assert inside.sum() == 8 * 8 - 8  # left column leaves the frame
 
 
 def test_analytic_init_matches_the_noised_data_marginal():
@@ -110,15 +114,16 @@ def test_analytic_init_matches_the_noised_data_marginal():
     ab, m, v = 0.3, torch.full((4, 1), 0.7, dtype=torch.float64), 0.2
     eps = torch.randn(4, 200000, generator=gen(), dtype=torch.float64)
     x = AnalyticInit(start_fraction=0.9).initial_latent(eps, ab, m, v)
-    assert abs(float(x.mean()) - ab ** 0.5 * 0.7) < 0.005
+    assert abs(float(x.mean()) - ab**0.5 * 0.7) < 0.005
     assert abs(float(x.var()) - (ab * v + 1 - ab)) < 0.005
     assert abs(float(eps.var()) - (ab * v + 1 - ab)) > 0.2
 
 
 def test_anderson_darling_matches_scipy_on_a_standardised_sample():
     from scipy import stats
+
     z = np.random.default_rng(0).normal(size=500)
-    z = (z - z.mean()) / z.std(ddof=1)          # scipy's composite test estimates mean and std (ddof=1)
+    z = (z - z.mean()) / z.std(ddof=1)  # scipy's composite test estimates mean and std (ddof=1)
     assert anderson_darling(z) == pytest.approx(stats.anderson(z, "norm", method="interpolate").statistic, rel=1e-9)
 
 
@@ -159,6 +164,7 @@ def test_linear_denoiser_toy_recovers_the_data_with_independent_noise(tmp_path):
 
 def test_effect_check_catches_a_prior_that_returns_independent_noise(tmp_path, monkeypatch):
     from harness.errors import NoEffect
+
     monkeypatch.setattr(PyocoMixed, "sample", lambda self, shape, g, flows=None: torch.randn(shape, generator=g))
     with pytest.raises(NoEffect, match="independent"):
         cell("pyoco_mixed", tmp_path)

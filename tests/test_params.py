@@ -22,10 +22,16 @@ def test_convert_types():
     assert convert("1,2, 3", tuple[int, ...], "w") == (1, 2, 3)
 
 
-@pytest.mark.parametrize("key,value,msg", [
-    ("n", "x", "expected int"), ("x", "nan", "expected float"), ("flag", "maybe", "true or false"),
-    ("lengths", ",", "comma-separated"), ("nme", "1", "Did you mean: name"),
-])
+@pytest.mark.parametrize(
+    "key,value,msg",
+    [
+        ("n", "x", "expected int"),
+        ("x", "nan", "expected float"),
+        ("flag", "maybe", "true or false"),
+        ("lengths", ",", "comma-separated"),
+        ("nme", "1", "Did you mean: name"),
+    ],
+)
 def test_bad_values(key, value, msg):
     with pytest.raises(UserError, match=msg):
         build(P, {key: value}, "thing")

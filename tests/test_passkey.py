@@ -1,4 +1,3 @@
-
 from harness import registry
 from harness.interfaces import TaskContext
 from harness.synthetic import EVAL_SEED_BASE, PASSKEY_GARBAGE
@@ -35,8 +34,9 @@ def test_run_scores_exact_key(tiny_lm):
 def test_the_key_counts_only_as_a_whole_number(tiny_lm, monkeypatch):
     """Written-out cases of the scoring rule (the key must appear, not inside a longer number)."""
     keys, real = [], Passkey.build
-    monkeypatch.setattr(Passkey, "build", lambda self, lm, L, seed: (lambda d: keys.append(d["key"]) or d)(
-        real(self, lm, L, seed)))
+    monkeypatch.setattr(
+        Passkey, "build", lambda self, lm, L, seed: (lambda d: keys.append(d["key"]) or d)(real(self, lm, L, seed))
+    )
     answers = iter([(" {k}.", 1), ("1{k}", 0), ("{k}7 then", 0), ("{k}0 and then {k}!", 1)])
     expected = []
 
@@ -44,6 +44,7 @@ def test_the_key_counts_only_as_a_whole_number(tiny_lm, monkeypatch):
         text, ok = next(answers)
         expected.append(ok)
         return text.format(k=keys[len(expected) - 1])
+
     monkeypatch.setattr(tiny_lm, "decode", decode)
     res = Passkey(context_length=(200,), samples=4, max_new_tokens=2).run(TaskContext(lm=tiny_lm))
     assert [row["correct"] for row in res.samples] == expected == [1, 0, 0, 1]

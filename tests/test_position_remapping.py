@@ -1,6 +1,7 @@
 """Position-remapping methods (SelfExtend, DCA) against a slow loop over query-key pairs that
 applies each paper's rule, against the unmodified model where the rule is the identity, and under
 the KV cache (generation with the cache equals full recomputation at every step)."""
+
 import math
 
 import pytest
@@ -21,7 +22,7 @@ def rope_at(pos, dim, base=10000.0):
 
 def rot1(x, pos):
     cos, sin = rope_at(pos, x.shape[-1])
-    x1, x2 = x[: x.shape[-1] // 2], x[x.shape[-1] // 2:]
+    x1, x2 = x[: x.shape[-1] // 2], x[x.shape[-1] // 2 :]
     return x * cos + torch.cat([-x2, x1]) * sin
 
 
@@ -34,8 +35,15 @@ def random_inputs(L: int = 37, d: int = 16, dtype=torch.float64):
     def rope(p):
         cs = [rope_at(float(x), d) for x in p[0]]
         return torch.stack([c for c, _ in cs])[None].to(dtype), torch.stack([s for _, s in cs])[None].to(dtype)
-    inputs = AttentionInputs(*(t[None, None].to(dtype) for t in (q, k, v)), pos, pos,
-                             torch.ones(L, L, dtype=torch.bool).tril()[None, None], 1 / math.sqrt(d), rope)
+
+    inputs = AttentionInputs(
+        *(t[None, None].to(dtype) for t in (q, k, v)),
+        pos,
+        pos,
+        torch.ones(L, L, dtype=torch.bool).tril()[None, None],
+        1 / math.sqrt(d),
+        rope,
+    )
     return (q, k, v), inputs
 
 
@@ -60,32 +68,45 @@ def selfextend_rule(G, W):
 def dca_rule(chunk_size, c):
     def rule(i, j):
         if i // c == j // c:
-            return i % c, j % c                          # intra-chunk
+            return i % c, j % c  # intra-chunk
         if i // c == j // c + 1:
-            return min(i % c + c, chunk_size), j % c     # successive chunk
-        return chunk_size, j % c                         # inter-chunk
+            return min(i % c + c, chunk_size), j % c  # successive chunk
+        return chunk_size, j % c  # inter-chunk
+
     return rule
 
 
-@pytest.mark.parametrize("attend,rule", [
-    (lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8)),
-    (lambda a: SelfExtend.attend(a, 4, 5), selfextend_rule(4, 5)),
-    (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7)),
-    (lambda a: DCA.attend(a, 12, 12), dca_rule(12, 12)),
-])
+@pytest.mark.parametrize(
+    "attend,rule",
+    [
+        (lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8)),
+        (lambda a: SelfExtend.attend(a, 4, 5), selfextend_rule(4, 5)),
+        (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7)),
+        (lambda a: DCA.attend(a, 12, 12), dca_rule(12, 12)),
+    ],
+)
 @pytest.mark.parametrize("chunk", [1024, 5, 16])
 def test_attend_equals_slow_loop(attend, rule, chunk, monkeypatch):
     """Small query blocks exercise the far-prefix split (keys every query of a block treats alike)."""
     from harness import attention
+
     monkeypatch.setattr(attention, "QUERY_CHUNK", chunk)
     (q, k, v), inputs = random_inputs()
     L, d, pos, rope = 37, 16, inputs.q_pos, inputs.rope
     got = attend(inputs)[0, 0]
     expected = slow_attention(q, k, v, rule, 1 / math.sqrt(d))
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)   # softmax runs in float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)  # softmax runs in float32
     # the last 10 queries against all 37 keys (a multi-token step after a cached prefix)
-    tail = AttentionInputs(q[None, None, 27:], k[None, None], v[None, None], pos[:, 27:], pos,
-                           torch.ones(L, L, dtype=torch.bool).tril()[None, None, 27:], 1 / math.sqrt(d), rope)
+    tail = AttentionInputs(
+        q[None, None, 27:],
+        k[None, None],
+        v[None, None],
+        pos[:, 27:],
+        pos,
+        torch.ones(L, L, dtype=torch.bool).tril()[None, None, 27:],
+        1 / math.sqrt(d),
+        rope,
+    )
     torch.testing.assert_close(attend(tail)[0, 0], expected[27:], rtol=1e-5, atol=1e-6)
 
 
@@ -93,7 +114,7 @@ def test_dca_within_one_chunk_is_the_plain_model(tiny_lm):
     ids = torch.randint(30, 2000, (2, 40))
     with torch.no_grad():
         plain = tiny_lm.model(input_ids=ids).logits
-        with DCA(chunk_size=64, local_window=8).apply(tiny_lm, MethodContext()):   # c = 56 > 40
+        with DCA(chunk_size=64, local_window=8).apply(tiny_lm, MethodContext()):  # c = 56 > 40
             same = tiny_lm.model(input_ids=ids).logits
     torch.testing.assert_close(same, plain, rtol=1e-4, atol=1e-4)
 
@@ -113,8 +134,14 @@ def test_group_size_one_is_the_plain_model(tiny_lm):
 
 
 @pytest.mark.parametrize("padding", [False, True])
-@pytest.mark.parametrize("method", [SelfExtend(group_size=3, window_size=10), DCA(chunk_size=24, local_window=4),
-                                    LongHeads(chunk_size=4, atten_length=20)])   # 5 chunks of 4; prompts ~50
+@pytest.mark.parametrize(
+    "method",
+    [
+        SelfExtend(group_size=3, window_size=10),
+        DCA(chunk_size=24, local_window=4),
+        LongHeads(chunk_size=4, atten_length=20),
+    ],
+)  # 5 chunks of 4; prompts ~50
 def test_generation_with_cache_equals_full_recomputation(tiny_lm, padding, method):
     prompts = [tiny_lm.encode(" The cost saim tulskited over the wal. Hina tulskited a dool.") * 3]
     if padding:
@@ -127,7 +154,7 @@ def test_generation_with_cache_equals_full_recomputation(tiny_lm, padding, metho
                 for _ in range(8):
                     logits = tiny_lm.model(input_ids=torch.tensor([seq]), use_cache=False).logits
                     seq.append(int(logits[0, -1].argmax()))
-            assert got == seq[len(prompt):]
+            assert got == seq[len(prompt) :]
 
 
 def test_dca_defaults(tiny_lm):
@@ -149,12 +176,16 @@ def test_fused_attention_lse_matches_explicit(device):
     """The fused kernels' output and log-sum-exp equal the explicit softmax, padding included
     (a query whose keys are all masked gets zeros and -inf)."""
     from harness.attention import attend_lse
+
     torch.manual_seed(1)
-    q, k, v = torch.randn(2, 4, 40, 16, device=device), torch.randn(2, 4, 70, 16, device=device), \
-        torch.randn(2, 4, 70, 16, device=device)
+    q, k, v = (
+        torch.randn(2, 4, 40, 16, device=device),
+        torch.randn(2, 4, 70, 16, device=device),
+        torch.randn(2, 4, 70, 16, device=device),
+    )
     allowed = torch.ones(2, 1, 40, 70, dtype=torch.bool, device=device)
-    allowed[1, :, :, :9] = False                       # left padding in the second row
-    allowed[1, :, 3] = False                           # a query that may see nothing
+    allowed[1, :, :, :9] = False  # left padding in the second row
+    allowed[1, :, 3] = False  # a query that may see nothing
     with torch.no_grad():
         out, lse = attend_lse(q, k, v, 0.25, allowed)
     logits = (q @ k.transpose(2, 3) * 0.25).masked_fill(~allowed, float("-inf"))
@@ -167,14 +198,17 @@ def test_fused_attention_lse_matches_explicit(device):
 
 def test_merging_partials_equals_one_softmax():
     from harness.attention import attend_lse, merge_partials
+
     torch.manual_seed(2)
     q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 8)
     allowed = torch.ones(1, 1, 5, 12, dtype=torch.bool)
-    allowed[..., 0, 4:] = False                        # query 0 sees only the first part
-    with torch.enable_grad():                          # the explicit reference path
+    allowed[..., 0, 4:] = False  # query 0 sees only the first part
+    with torch.enable_grad():  # the explicit reference path
         whole, _ = attend_lse(q, k, v, 0.3, allowed)
-        parts = [attend_lse(q, k[:, :, :4], v[:, :, :4], 0.3, allowed[..., :4]),
-                 attend_lse(q, k[:, :, 4:], v[:, :, 4:], 0.3, allowed[..., 4:])]
+        parts = [
+            attend_lse(q, k[:, :, :4], v[:, :, :4], 0.3, allowed[..., :4]),
+            attend_lse(q, k[:, :, 4:], v[:, :, 4:], 0.3, allowed[..., 4:]),
+        ]
     torch.testing.assert_close(merge_partials(parts), whole, rtol=1e-5, atol=1e-6)
 
 
@@ -185,12 +219,16 @@ def test_float32_blocks_use_the_fused_path_exactly(method, chunk, monkeypatch):
     (with one 1024-query block, SelfExtend's neighbour run has queries that see none of its keys);
     the result still equals the float64 slow loop."""
     from harness import attention
+
     monkeypatch.setattr(attention, "QUERY_CHUNK", chunk)
-    attend, rule = ((lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8)) if method == "selfextend"
-                    else (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7)))
+    attend, rule = (
+        (lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8))
+        if method == "selfextend"
+        else (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7))
+    )
     (q, k, v), inputs = random_inputs(dtype=torch.float32)
-    inputs.allowed = None               # causal alone (as without padding): blocks build their own mask,
-                                        # and parts within the block's causal limit go unmasked
+    inputs.allowed = None  # causal alone (as without padding): blocks build their own mask,
+    # and parts within the block's causal limit go unmasked
     d = 16
     calls = []
     real = attention._fused_lse

@@ -1,6 +1,7 @@
 """hf_prm and hf_orm on tiny random-initialised Hugging Face models built here (no hub access):
 each read-out against a slow reference that runs one unpadded forward per step/solution and
 locates the read-out position independently (RLHFlow's index -3 for the chat convention)."""
+
 import pytest
 import torch
 
@@ -8,8 +9,10 @@ from harness.methods.prm import _common
 from harness.methods.prm.hf_orm import HFORM
 from harness.methods.prm.hf_prm import HFPRM
 
-CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "ки", "<extra_0>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 
 
@@ -23,8 +26,9 @@ def char_tokenizer():
     tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     pattern = "|".join(__import__("re").escape(s) for s in SPECIAL[4:]) + r"|[\s\S]"
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                  eos_token="</s>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
     tok.chat_template = CHAT
     return tok
 
@@ -33,11 +37,21 @@ def build(folder, head):
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaForTokenClassification
 
     tok = char_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, num_labels=2 if head == "token" else 1)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        num_labels=2 if head == "token" else 1,
+    )
     torch.manual_seed(0)
-    cls = {"causal": LlamaForCausalLM, "token": LlamaForTokenClassification, "seq": LlamaForSequenceClassification}[head]
+    cls = {"causal": LlamaForCausalLM, "token": LlamaForTokenClassification, "seq": LlamaForSequenceClassification}[
+        head
+    ]
     model = cls(cfg)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -45,9 +59,11 @@ def build(folder, head):
 
 
 PROBLEM = "Ann has 3 pens. She buys 4 more. How many?"
-POOL = [["She buys 4 more: 3 + 4 = 7.", "The answer is \\boxed{7}."],
-        ["3 + 4 = 8.", "So 8.", "The answer is \\boxed{8}."],
-        ["\\boxed{7}"]]
+POOL = [
+    ["She buys 4 more: 3 + 4 = 7.", "The answer is \\boxed{7}."],
+    ["3 + 4 = 8.", "So 8.", "The answer is \\boxed{8}."],
+    ["\\boxed{7}"],
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +86,7 @@ def test_step_tag_matches_per_step_reference(causal):
         text = PROBLEM + " " + "".join(s + " ки\n" for s in steps)
         logits = _logits(model, tok.encode(text))
         want = []
-        for k in range(len(steps)):    # the tag of step k is the last token of the text up to it
+        for k in range(len(steps)):  # the tag of step k is the last token of the text up to it
             upto = PROBLEM + " " + "".join(s + " ки\n" for s in steps[:k]) + steps[k] + " ки"
             pos = len(tok.encode(upto)) - 1
             want.append(torch.softmax(logits[pos, [good, bad]], -1)[0].item())
@@ -87,9 +103,11 @@ def test_chat_matches_rlhflow_index_minus_3(causal):
         want = []
         for k in range(len(steps)):
             msgs = []
-            for j, s in enumerate(steps[:k + 1]):
-                msgs += [{"role": "user", "content": PROBLEM + " " + s if j == 0 else s},
-                         {"role": "assistant", "content": "+"}]
+            for j, s in enumerate(steps[: k + 1]):
+                msgs += [
+                    {"role": "user", "content": PROBLEM + " " + s if j == 0 else s},
+                    {"role": "assistant", "content": "+"},
+                ]
             ids = tok.apply_chat_template(msgs, tokenize=False)
             logits = _logits(model, tok.encode(ids, add_special_tokens=False))
             want.append(torch.softmax(logits[-3, [good, bad]], -1)[0].item())
@@ -103,8 +121,11 @@ def test_token_classification_matches_reference(tmp_path):
     got = prm.score(PROBLEM, POOL)
     sep = tok.convert_tokens_to_ids("<extra_0>")
     for steps, scores in zip(POOL, got):
-        msgs = [{"role": "system", "content": prm.system_prompt}, {"role": "user", "content": PROBLEM},
-                {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}]   # the card's form
+        msgs = [
+            {"role": "system", "content": prm.system_prompt},
+            {"role": "user", "content": PROBLEM},
+            {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"},
+        ]  # the card's form
         ids = tok.encode(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
         logits = _logits(model, ids)
         mask = torch.tensor(ids) == sep
@@ -119,11 +140,12 @@ def test_orm_matches_reference(tmp_path):
         msgs = [{"role": "user", "content": PROBLEM}, {"role": "assistant", "content": "\n\n".join(steps)}]
         ids = tok.encode(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
         assert scores == pytest.approx([_logits(model, ids)[0].item()], abs=1e-5)
-    assert 0 < orm.vote_weight(got[0][0]) < 1        # raw logit -> sigmoid for weighted voting
+    assert 0 < orm.vote_weight(got[0][0]) < 1  # raw logit -> sigmoid for weighted voting
 
 
 def test_marker_inside_a_step_is_refused(causal):
     from harness.errors import UserError
+
     prm = HFPRM(model=causal[0], convention="step_tag", device="cpu")
     with pytest.raises(UserError, match="step markers"):
         prm.score(PROBLEM, [["a ки b"]])

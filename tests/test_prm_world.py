@@ -1,6 +1,7 @@
 """The synthetic-world PRMs: Monte Carlo labels (HE/SE, Best-of-K, PAV advantages) with a stub
 completer, PQM's loss against its formula written out with scalars, the causal read-out, and a
 fit → eval round trip through the artifact store."""
+
 import math
 import random
 
@@ -33,7 +34,7 @@ def test_mc_values_hard_and_soft_with_a_stub_completer():
     if finished:
         assert q[-1] == float(mathworld.final_answer(prob, steps) == gold)
     assert _world.hard([0.0, 0.25, 1.0]) == [0.0, 1.0, 1.0]
-    assert _world.best_of_k([0.25, 0.0, 1.0], 4) == pytest.approx([1 - 0.75 ** 4, 0.0, 1.0])
+    assert _world.best_of_k([0.25, 0.0, 1.0], 4) == pytest.approx([1 - 0.75**4, 0.0, 1.0])
 
 
 def test_mc_values_of_the_real_policy_are_bounded_and_final_is_exact():
@@ -53,7 +54,12 @@ def _pqm_by_formula(q, labels, zeta):
     W = [i for i, y in enumerate(labels) if y == 0]
     terms = []
     for t in C:
-        den = math.exp(q[t]) + math.exp(0) + sum(math.exp(q[c]) for c in C if c < t) + sum(math.exp(q[w] + zeta) for w in W)
+        den = (
+            math.exp(q[t])
+            + math.exp(0)
+            + sum(math.exp(q[c]) for c in C if c < t)
+            + sum(math.exp(q[w] + zeta) for w in W)
+        )
         terms.append(-math.log(math.exp(q[t]) / den))
     if W:
         terms.append(-math.log(math.exp(0) / (math.exp(0) + sum(math.exp(q[w] + zeta) for w in W))))
@@ -62,7 +68,7 @@ def _pqm_by_formula(q, labels, zeta):
 
 @pytest.mark.parametrize("labels", [[1, 1, 0, 0], [1, 0, 1, 1], [0, 0], [1, 1, 1]])
 def test_pqm_loss_matches_formula(labels):
-    q = [0.3, -1.2, 2.0, 0.7][:len(labels)]
+    q = [0.3, -1.2, 2.0, 0.7][: len(labels)]
     got = _world.pqm_loss(torch.tensor(q), labels, 4.0)
     assert float(got) == pytest.approx(_pqm_by_formula(q, labels, 4.0), rel=1e-6)
 
@@ -81,8 +87,13 @@ def test_fit_then_eval_uses_the_artifact(tmp_path, monkeypatch):
     args = {"problems": "4", "samples": "2", "rollouts": "2", "epochs": "2", "d_model": "16", "layers": "1"}
     key, payload = runner.fit("pav", "none", None, {}, args, log=lambda m: None)
     assert payload["trajectories"] == 8 and len(payload["loss_trace"]) == 2 and payload["model"] == "none"
-    cells = runner.resolve(["math_prm_bon"], ["pav"], None, {"world_problems": "3", "world_samples": "4",
-                                                             "trials": "5", "bootstrap": "5"}, args)
+    cells = runner.resolve(
+        ["math_prm_bon"],
+        ["pav"],
+        None,
+        {"world_problems": "3", "world_samples": "4", "trials": "5", "bootstrap": "5"},
+        args,
+    )
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path / "out")
     assert out.record["provenance"]["method_artifact"] == [key]
     m = PAV(**{k: int(v) for k, v in args.items()})
@@ -92,23 +103,29 @@ def test_fit_then_eval_uses_the_artifact(tmp_path, monkeypatch):
 class _CheckerPRM:
     """A stand-in PRM for the search test that verifies each step's text: the cue's operation and
     number, the carried amount and the arithmetic ("a op b = c")."""
+
     CUES = {"buys": "+", "gives": "-", "times": "*", "shares": "/", "gets": "+"}
 
     def outputs_at_markers(self, problem, solutions, cache=True):
         import re
+
         outs = []
         for steps in solutions:
             rows, prev = [[0.0]], int(re.search(r"has (\d+)", problem).group(1))
             for s in steps:
                 m = re.search(r"(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)\.", s)
-                if m is None:                       # the policy gave up
+                if m is None:  # the policy gave up
                     rows.append([-5.0])
                     continue
                 a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
                 true = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b else a}[op]
                 cue = next(v for k, v in self.CUES.items() if k in s)
                 y = re.search(r"(\d+)y \+ (\d+) = (\d+)", s)
-                want_b = (int(y.group(3)) - int(y.group(2))) // int(y.group(1)) if y else int(re.search(r"(\d+)", s).group(1))
+                want_b = (
+                    (int(y.group(3)) - int(y.group(2))) // int(y.group(1))
+                    if y
+                    else int(re.search(r"(\d+)", s).group(1))
+                )
                 ok = c == true and op == cue and a == prev and b == want_b
                 rows.append([5.0 if ok else -5.0])
                 prev = c
@@ -121,6 +138,7 @@ class _CheckerPRM:
 
 def test_beam_search_with_a_step_checker_beats_single_samples():
     from harness.methods.prm.beam_search import BeamSearch
+
     bs = BeamSearch(prm_args="problems=1", agg="min")
     bs.inner = _CheckerPRM()
     probs, sols = mathworld.pools(12, 1, mathworld.EVAL_SEED_BASE)

@@ -1,5 +1,6 @@
 """git_state: the commit and whether the code (not the committed records) differs from it; the
 device-synchronized clock of timings on a GPU."""
+
 import subprocess
 
 import harness
@@ -23,6 +24,7 @@ def test_rewritten_records_do_not_make_the_tree_dirty_but_code_changes_do(tmp_pa
     def state():
         provenance.git_state.cache_clear()
         return provenance.git_state()
+
     try:
         assert state()["git_dirty"] is False and len(state()["git_commit"]) == 40
         (tmp_path / "results" / "r.json").write_text('{"rerun": true}\n')
@@ -39,6 +41,7 @@ def test_cpu_peak_memory_is_per_cell_where_linux_allows_it():
     import json
     import subprocess
     import sys
+
     script = (
         "import json, numpy as np\n"
         "from harness import provenance as p\n"
@@ -47,14 +50,15 @@ def test_cpu_peak_memory_is_per_cell_where_linux_allows_it():
         "first = p.peak_memory('cpu')\n"
         "del big\n"
         "p.reset_peak_memory('cpu')\n"
-        "print(json.dumps([first, p.peak_memory('cpu')]))\n")
+        "print(json.dumps([first, p.peak_memory('cpu')]))\n"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     first, second = json.loads(out.stdout.strip().splitlines()[-1])
-    if first["max_rss_scope"] == "process":       # no /proc/self/clear_refs: a documented upper bound
+    if first["max_rss_scope"] == "process":  # no /proc/self/clear_refs: a documented upper bound
         assert second["max_rss_bytes"] >= first["max_rss_bytes"]
     else:
         assert first["max_rss_scope"] == second["max_rss_scope"] == "cell"
-        assert first["max_rss_bytes"] - second["max_rss_bytes"] > 200 * 2**20   # the earlier peak is gone
+        assert first["max_rss_bytes"] - second["max_rss_bytes"] > 200 * 2**20  # the earlier peak is gone
 
 
 def test_device_clock_synchronizes_a_gpu_before_reading_the_time(monkeypatch):
@@ -65,6 +69,7 @@ def test_device_clock_synchronizes_a_gpu_before_reading_the_time(monkeypatch):
     import torch
 
     from harness.provenance import device_clock
+
     assert device_clock("cpu") is time.perf_counter
     synced = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))

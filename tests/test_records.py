@@ -1,4 +1,5 @@
 """Record round trip, deterministic paths and run ids, atomic writes, validation."""
+
 import json
 
 import pytest
@@ -7,18 +8,22 @@ from harness import records
 
 
 def cell(seed=0):
-    return {"task": {"name": "needle", "version": "1", "params": {"context_length": [1024]}},
-            "method": {"name": "yarn", "params": {"yarn": {"factor": None}}},
-            "model": {"id": "zoo:tiny-llama", "sha256": "ab" * 32}, "seed": seed, "limit": None}
+    return {
+        "task": {"name": "needle", "version": "1", "params": {"context_length": [1024]}},
+        "method": {"name": "yarn", "params": {"yarn": {"factor": None}}},
+        "model": {"id": "zoo:tiny-llama", "sha256": "ab" * 32},
+        "seed": seed,
+        "limit": None,
+    }
 
 
 def test_run_id_is_canonical_and_sensitive():
     a, b = cell(), json.loads(json.dumps(cell()))
-    b["task"] = dict(reversed(list(b["task"].items())))          # key order does not matter
+    b["task"] = dict(reversed(list(b["task"].items())))  # key order does not matter
     assert records.run_id(a) == records.run_id(b)
     assert records.run_id(a) != records.run_id(cell(seed=1))
     c = cell()
-    c["model"]["sha256"] = "cd" * 32                              # other weights, other cell
+    c["model"]["sha256"] = "cd" * 32  # other weights, other cell
     assert records.run_id(a) != records.run_id(c)
 
 
@@ -31,8 +36,13 @@ def test_path_layout(tmp_path):
 
 
 def full_record(rid="r1"):
-    return {"schema_version": records.SCHEMA_VERSION, "run_id": rid, **cell(), "metrics": {
-        "accuracy": {"value": 0.5, "direction": "higher", "n": 2}}, "provenance": {"seed": 0}}
+    return {
+        "schema_version": records.SCHEMA_VERSION,
+        "run_id": rid,
+        **cell(),
+        "metrics": {"accuracy": {"value": 0.5, "direction": "higher", "n": 2}},
+        "provenance": {"seed": 0},
+    }
 
 
 def test_round_trip_and_sidecar(tmp_path):
@@ -46,12 +56,15 @@ def test_round_trip_and_sidecar(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("content,message", [
-    (b'{"schema_version": 1, "run_id"', "not a readable JSON"),
-    (b"\x00\xff\xfe binary", "not a readable JSON"),
-    (b"[1, 2]", "not a JSON object"),
-    (b'{"schema_version": 1}', "missing fields"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b'{"schema_version": 1, "run_id"', "not a readable JSON"),
+        (b"\x00\xff\xfe binary", "not a readable JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"schema_version": 1}', "missing fields"),
+    ],
+)
 def test_invalid_records_are_reported(tmp_path, content, message):
     p = tmp_path / "bad.json"
     p.write_bytes(content)
@@ -79,6 +92,7 @@ def test_failed_write_leaves_previous_record_intact(tmp_path, monkeypatch):
 
     def explode(*a, **k):
         raise Boom
+
     monkeypatch.setattr(records.os, "replace", explode)
     with pytest.raises(Boom):
         records.write(path, dict(full_record(), metrics={}), [{"id": "t"}])
@@ -90,4 +104,4 @@ def test_records_get_the_umask_mode_not_mkstemps_0600(tmp_path, monkeypatch):
     monkeypatch.setattr(records, "_UMASK", 0o022)
     path = tmp_path / "r.json"
     records._atomic_write(path, b"{}")
-    assert path.stat().st_mode & 0o777 == 0o644       # readable by the group and others, as open() gives
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the group and others, as open() gives

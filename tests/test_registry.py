@@ -1,4 +1,5 @@
 """Registration rules and third-party discovery through entry points."""
+
 import sys
 import types
 from dataclasses import dataclass
@@ -11,10 +12,13 @@ from harness.interfaces import LMMethod, Task
 
 def test_register_requires_dataclass_and_valid_name():
     with pytest.raises(TypeError, match="@dataclass"):
+
         @registry.register
         class NotDataclass(LMMethod):
             name = "x"
+
     with pytest.raises(TypeError, match="lowercase"):
+
         @registry.register
         @dataclass
         class BadName(LMMethod):
@@ -24,6 +28,7 @@ def test_register_requires_dataclass_and_valid_name():
 def test_duplicate_name_is_refused():
     registry.load()
     with pytest.raises(TypeError, match="duplicate"):
+
         @registry.register
         @dataclass
         class AnotherYarn(LMMethod):
@@ -32,7 +37,8 @@ def test_duplicate_name_is_refused():
 
 def test_entry_point_plugins_are_loaded(monkeypatch):
     module = types.ModuleType("fake_harness_plugin")
-    exec("""
+    exec(
+        """
 from dataclasses import dataclass
 from harness.interfaces import LMMethod
 from harness.registry import register
@@ -42,7 +48,9 @@ from harness.registry import register
 class PluginMethod(LMMethod):
     '''A method shipped by a third-party package.'''
     name = "plugin_method_for_test"
-""", module.__dict__)
+""",
+        module.__dict__,
+    )
 
     class EP:
         def load(self):
@@ -86,6 +94,7 @@ def test_prefix_family_builds_tasks_on_demand(monkeypatch):
         class Built(Task):
             name = f"fake_bridge:{rest}"
             main_metric = "m"
+
         return Built
 
     monkeypatch.setitem(registry.FAMILIES, "fake_bridge", registry.Family("fake_bridge", "task", build, "test"))
@@ -96,4 +105,4 @@ def test_prefix_family_builds_tasks_on_demand(monkeypatch):
     with pytest.raises(UserError, match="name a task"):
         registry.task("fake_bridge:")
     with pytest.raises(UserError, match="unknown method"):
-        registry.method("fake_bridge:known")      # a task family does not make methods
+        registry.method("fake_bridge:known")  # a task family does not make methods

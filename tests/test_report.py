@@ -1,4 +1,5 @@
 """`harness report`: the method x length table is the records' own numbers, regrouped."""
+
 import pytest
 
 from harness import cli, report, runner
@@ -7,9 +8,19 @@ from harness import cli, report, runner
 @pytest.fixture(scope="module")
 def needle_records(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
-    cells = runner.resolve(["needle", "perplexity"], ["baseline", "pi"], tiny_model,
-                           {"needle.context_length": "96,128", "depths": "2", "samples_per_depth": "2",
-                            "perplexity.context_length": "64,96", "n_tokens": "300"}, {"pi.factor": "2"})
+    cells = runner.resolve(
+        ["needle", "perplexity"],
+        ["baseline", "pi"],
+        tiny_model,
+        {
+            "needle.context_length": "96,128",
+            "depths": "2",
+            "samples_per_depth": "2",
+            "perplexity.context_length": "64,96",
+            "n_tokens": "300",
+        },
+        {"pi.factor": "2"},
+    )
     runner.evaluate(cells, device="cpu", out=out)
     return out
 
@@ -30,8 +41,10 @@ def test_perplexity_columns_come_from_per_length_metrics(needle_records):
     text = report.markdown("perplexity", recs)
     assert text.splitlines()[0] == "| method | 64 | 96 |"
     pi = next(r for r in recs if r["method"]["name"] == "pi")
-    assert f"{pi['metrics']['perplexity@96']['value']:.2f}" in text or \
-        f"{pi['metrics']['perplexity@96']['value']:.3g}" in text
+    assert (
+        f"{pi['metrics']['perplexity@96']['value']:.2f}" in text
+        or f"{pi['metrics']['perplexity@96']['value']:.3g}" in text
+    )
 
 
 def test_heatmap_png_and_cli(needle_records, tmp_path, capsys):
@@ -44,6 +57,7 @@ def test_heatmap_png_and_cli(needle_records, tmp_path, capsys):
 
 def test_unreadable_records_are_skipped(needle_records, tmp_path):
     import shutil
+
     copy = tmp_path / "r"
     shutil.copytree(needle_records, copy)
     next(copy.glob("needle/*/*/*.json")).write_text("{truncated")

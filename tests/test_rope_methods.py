@@ -1,4 +1,5 @@
 """RoPE methods against transformers' own RoPE types and against the formulas, computed independently."""
+
 import copy
 import math
 
@@ -19,8 +20,12 @@ SHAPE = RopeShape(base=10000.0, dim=64, original_max=512)
 
 
 def hf_config(rope: dict, max_pos=512, head_dim=64):
-    return LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, max_position_embeddings=max_pos,
-                       rope_parameters={"rope_theta": 10000.0, **rope})
+    return LlamaConfig(
+        hidden_size=head_dim * 4,
+        num_attention_heads=4,
+        max_position_embeddings=max_pos,
+        rope_parameters={"rope_theta": 10000.0, **rope},
+    )
 
 
 def np_inv_freq(base, dim):
@@ -42,14 +47,15 @@ def test_ntk_matches_formula(alpha):
     expected = np_inv_freq(10000.0 * alpha ** (64 / 62), 64)
     np.testing.assert_allclose(inv.numpy(), expected, rtol=1e-5)
     assert scale == 1.0
-    assert inv[0] == pytest.approx(1.0)                                      # highest frequency untouched
+    assert inv[0] == pytest.approx(1.0)  # highest frequency untouched
     assert inv[-1].item() == pytest.approx(np_inv_freq(10000.0, 64)[-1] / alpha, rel=1e-4)  # lowest ~ /alpha
 
 
 @pytest.mark.parametrize("factor,seq_len", [(2.0, 100), (2.0, 512), (2.0, 1500), (4.0, 3000)])
 def test_dynamic_ntk_equals_transformers_dynamic(factor, seq_len):
-    ref, _ = ROPE_INIT_FUNCTIONS["dynamic"](hf_config({"rope_type": "dynamic", "factor": factor}), None,
-                                             seq_len=seq_len)
+    ref, _ = ROPE_INIT_FUNCTIONS["dynamic"](
+        hf_config({"rope_type": "dynamic", "factor": factor}), None, seq_len=seq_len
+    )
     inv, _ = DynamicNTK().freq_fn(SHAPE, factor)(seq_len)
     torch.testing.assert_close(inv, ref)
     if seq_len <= 512:
@@ -89,15 +95,18 @@ def test_factor_is_derived_from_task_length(tiny_lm):
     assert shape.original_max == 128 and s == 4.0
     _, s = YaRN(factor=3.0).resolve(tiny_lm, MethodContext(target_length=512))
     assert s == 3.0
-    _, s = PI().resolve(tiny_lm, MethodContext(target_length=64))   # shorter than trained: no scaling
+    _, s = PI().resolve(tiny_lm, MethodContext(target_length=64))  # shorter than trained: no scaling
     assert s == 1.0
 
 
-@pytest.mark.parametrize("method,rope", [
-    (PI(factor=4.0), {"rope_type": "linear", "factor": 4.0}),
-    (YaRN(factor=4.0), {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
-    (DynamicNTK(factor=2.0), {"rope_type": "dynamic", "factor": 2.0}),
-])
+@pytest.mark.parametrize(
+    "method,rope",
+    [
+        (PI(factor=4.0), {"rope_type": "linear", "factor": 4.0}),
+        (YaRN(factor=4.0), {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
+        (DynamicNTK(factor=2.0), {"rope_type": "dynamic", "factor": 2.0}),
+    ],
+)
 def test_patched_model_equals_transformers_model_with_that_rope_type(method, rope, tiny_lm):
     """End to end: our patch on the default-RoPE model gives the logits of transformers' own
     implementation of the same RoPE type, and exiting restores the original logits."""
@@ -107,7 +116,7 @@ def test_patched_model_equals_transformers_model_with_that_rope_type(method, rop
     reference = AutoModelForCausalLM.from_config(cfg)
     reference.load_state_dict(model.state_dict())
     reference.eval()
-    ids = torch.randint(10, 2000, (2, 300))                     # beyond the 128 trained positions
+    ids = torch.randint(10, 2000, (2, 300))  # beyond the 128 trained positions
     with torch.no_grad():
         before = model(input_ids=ids).logits
         with method.apply(tiny_lm, MethodContext(target_length=512)):
@@ -127,8 +136,17 @@ def test_rope_shape_reads_config(tiny_lm):
 @pytest.mark.parametrize("factor,original", [(8.0, 8192), (4.0, 512), (2.0, 2048)])
 def test_llama3_equals_transformers_llama3(factor, original):
     from harness.methods.rope.llama3 import Llama3
-    cfg = hf_config({"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                     "original_max_position_embeddings": original}, max_pos=original)
+
+    cfg = hf_config(
+        {
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": original,
+        },
+        max_pos=original,
+    )
     ref, att = ROPE_INIT_FUNCTIONS["llama3"](cfg, None)
     shape = RopeShape(10000.0, 64, original)
     inv, scale = Llama3().freq_fn(shape, factor)(1)

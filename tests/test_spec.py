@@ -1,5 +1,6 @@
 """Speculative decoding: the acceptance rule preserves the target distribution exactly, and at
 temperature 0 the output equals the target's own greedy decoding."""
+
 import pytest
 import torch
 
@@ -26,7 +27,7 @@ def test_acceptance_rule_preserves_the_target_distribution():
     freq = counts / n
     sigma = (p[0] * (1 - p[0]) / n).sqrt()
     assert torch.all((freq - p[0]).abs() < 4 * sigma), (freq, p[0])
-    alpha = torch.minimum(p[0], q[0]).sum()            # acceptance rate = 1 - TV(p, q)
+    alpha = torch.minimum(p[0], q[0]).sum()  # acceptance rate = 1 - TV(p, q)
     assert abs(accepted / n - float(alpha)) < 4 * (alpha * (1 - alpha) / n).sqrt()
 
 
@@ -36,12 +37,12 @@ def test_greedy_verification_accepts_the_matching_prefix():
     out, k = verify_chain(p, q, [1, 2, 0])
     assert (out, k) == ([1, 2, 3], 2)
     out, k = verify_chain(p, one_hot([1, 2, 3]), [1, 2, 3])
-    assert (out, k) == ([1, 2, 3, 4], 3)                  # all accepted: the bonus token
+    assert (out, k) == ([1, 2, 3, 4], 3)  # all accepted: the bonus token
 
 
 @pytest.mark.parametrize("gamma", [1, 3, 5])
 def test_sps_greedy_equals_target_greedy(tiny_lm, tiny_model_with, gamma):
-    draft = tiny_model_with(seed=7)                        # a different random model as the draft
+    draft = tiny_model_with(seed=7)  # a different random model as the draft
     prompts = [tiny_lm.encode(" The cost saim tulskited over the wal."), tiny_lm.encode(" Hina tulskited.")]
     plain = tiny_lm.generate(prompts, max_new_tokens=12)
     with Autoregressive().apply(tiny_lm, MethodContext()):
@@ -51,7 +52,7 @@ def test_sps_greedy_equals_target_greedy(tiny_lm, tiny_model_with, gamma):
         spec = tiny_lm.generate(prompts, max_new_tokens=12)
     assert spec == plain == auto
     forwards = tiny_lm.telemetry["target_forwards"] - before
-    assert forwards <= sum(len(x) for x in spec)           # never more target calls than tokens
+    assert forwards <= sum(len(x) for x in spec)  # never more target calls than tokens
 
 
 def test_sps_with_itself_as_draft_accepts_everything(tiny_lm, tiny_model):
@@ -62,4 +63,4 @@ def test_sps_with_itself_as_draft_accepts_everything(tiny_lm, tiny_model):
     drafted = tel["draft_tokens"] - before.get("draft_tokens", 0)
     assert tel["accepted_draft_tokens"] - before.get("accepted_draft_tokens", 0) == drafted > 0
     forwards = tel["target_forwards"] - before.get("target_forwards", 0)
-    assert forwards == 1 + 2 and len(out[0]) == 11      # prefill + two steps of 4 drafts + bonus
+    assert forwards == 1 + 2 and len(out[0]) == 11  # prefill + two steps of 4 drafts + bonus

@@ -2,6 +2,7 @@
 target's own greedy decoding, sampled next-token histograms not distinguishable from the target's
 exact distribution (with a broken acceptance rule as the control that the test has power), and the
 spec_acceptance task's record, its failure on a violation and its prompt-file errors."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -29,19 +30,26 @@ TEXT = " The cost saim tulskited over the wal. Hina tulskited a brel cost."
 def methods(tiny_lm, tiny_model_with, tmp_path_factory):
     """Each method, configured on the tiny test model with a different random model as its draft."""
     draft = tiny_model_with(seed=7)
-    head = EagleHead(tiny_lm.model.config)          # a random head: drafts are poor, output must not change
+    head = EagleHead(tiny_lm.model.config)  # a random head: drafts are poor, output must not change
     corpus = tmp_path_factory.mktemp("rest") / "corpus.txt"
     greedy = tiny_lm.generate([tiny_lm.encode(TEXT)], max_new_tokens=24)[0]
-    corpus.write_text((TEXT + tiny_lm.decode(greedy) + " ") * 3)     # retrieval finds the continuation
+    corpus.write_text((TEXT + tiny_lm.decode(greedy) + " ") * 3)  # retrieval finds the continuation
     distill = DistillSpec(draft=draft, gamma=3)
     from safetensors.torch import save_model
+
     distill._draft_file = str(tmp_path_factory.mktemp("distill") / "draft.safetensors")
     save_model(load(draft, "cpu").model, distill._draft_file)
     eagle, eagle2 = Eagle(), Eagle2(total_tokens=12, depth=4, top_k=3)
     eagle._head_state = eagle2._head_state = head.state_dict()
-    return {"sps": SpS(draft=draft, gamma=3), "specinfer": SpecInfer(drafts=(draft, tiny_model_with(seed=8)),
-            expansion=(2, 2, 1)), "rest": REST(corpus=str(corpus), num_draft=8), "hf_assisted": HFAssisted(draft=draft),
-            "eagle": eagle, "eagle2": eagle2, "distillspec": distill}
+    return {
+        "sps": SpS(draft=draft, gamma=3),
+        "specinfer": SpecInfer(drafts=(draft, tiny_model_with(seed=8)), expansion=(2, 2, 1)),
+        "rest": REST(corpus=str(corpus), num_draft=8),
+        "hf_assisted": HFAssisted(draft=draft),
+        "eagle": eagle,
+        "eagle2": eagle2,
+        "distillspec": distill,
+    }
 
 
 NAMES = ["sps", "specinfer", "rest", "hf_assisted", "eagle", "eagle2", "distillspec"]
@@ -78,22 +86,32 @@ def test_distribution_test_rejects_a_broken_acceptance_rule(tiny_lm, methods, mo
     """Control: a verification that samples from norm(√p) instead of p must be rejected. (The random
     test models agree with each other too often for a wrong acceptance of drafts to show: with tied
     embeddings each mostly predicts its last input token.)"""
+
     def sample_from_sqrt_p(p, tree, temperature, generator=None):
         q = p[0].sqrt()
         return [], [int(torch.multinomial(q / q.sum(), 1, generator=generator))]
+
     monkeypatch.setattr(_tree, "verify_tree", sample_from_sqrt_p)
     assert _histogram_test(tiny_lm, methods["specinfer"])["p_value"] < 1e-3
 
 
 def _eval(tiny_model, tmp_path, **task_args):
-    args = {"prompts": "2", "max_new_tokens": "10", "warmups": "1", "repeats": "1", "sampling_prefixes": "1",
-            "sampling_seeds": "60", "sampling_tokens": "2", **task_args}
+    args = {
+        "prompts": "2",
+        "max_new_tokens": "10",
+        "warmups": "1",
+        "repeats": "1",
+        "sampling_prefixes": "1",
+        "sampling_seeds": "60",
+        "sampling_tokens": "2",
+        **task_args,
+    }
     cells = runner.resolve(["spec_acceptance"], ["sps"], tiny_model, args, {"draft": tiny_model}, limit=2)
     return runner.evaluate(cells, device="cpu", out=tmp_path)[0]
 
 
 def test_task_record_holds_tau_acceptance_speedup_and_losslessness(tiny_model, tmp_path):
-    rec = records.read(_eval(tiny_model, tmp_path, temperatures="0,0.1").path)   # 0.1: peaked enough to test
+    rec = records.read(_eval(tiny_model, tmp_path, temperatures="0,0.1").path)  # 0.1: peaked enough to test
     m = rec["metrics"]
     assert m["tau"]["value"] >= 1 and m["lossless_greedy"]["value"] == 1 and m["lossless_sampling"]["value"] == 1
     assert m["speedup"]["value"] > 0 and 0 <= m["acceptance_rate"]["value"] <= 1
@@ -104,8 +122,9 @@ def test_task_record_holds_tau_acceptance_speedup_and_losslessness(tiny_model, t
 
 
 def test_a_lossy_method_fails_the_cell_without_a_record(tiny_model, tmp_path, monkeypatch):
-    def wrong_bonus(p, q, draft, generator=None):    # accepts every draft token, then a non-argmax token
+    def wrong_bonus(p, q, draft, generator=None):  # accepts every draft token, then a non-argmax token
         return list(draft) + [(int(p[len(draft)].argmax()) + 1) % p.shape[-1]], len(draft)
+
     monkeypatch.setattr(sps_module, "verify_chain", wrong_bonus)
     with pytest.raises(NotLossless, match="differs from autoregressive greedy"):
         _eval(tiny_model, tmp_path, temperatures="0")
@@ -125,6 +144,7 @@ def test_prompt_file_errors_name_file_and_line(tmp_path, tiny_model):
     long = tmp_path / "long.txt"
     long.write_text("short prompt\n" + "word " * 200 + "\n")
     from harness.lm import LM
+
     lm = LM(load(tiny_model, "cpu"))
     with pytest.raises(UserError, match=r"long\.txt line 2 has \d+ tokens"):
         SpecAcceptance(prompt_file=str(long), max_new_tokens=8).load_prompts(lm, 0, None)

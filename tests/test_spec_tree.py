@@ -2,6 +2,7 @@
 on its own; the verification rules keep the target's distribution; REST's retrieval equals a
 brute-force search; DistillSpec's divergences equal their formulas; SpS's τ follows
 (1 − α^(γ+1)) / (1 − α)."""
+
 import random
 from collections import Counter
 
@@ -78,6 +79,7 @@ def test_multi_step_speculative_sampling_keeps_the_target_distribution():
         for x in torch.multinomial(q, 3, replacement=True, generator=gen).tolist():
             tree.add(-1, x, q)
         return tree
+
     _assert_matches(_first_token_histogram(p, tree_of), p)
 
 
@@ -90,6 +92,7 @@ def test_deterministic_children_with_q_as_one_keep_the_target_distribution():
         for x in (2, 0, 4):
             tree.add(-1, x)
         return tree
+
     _assert_matches(_first_token_histogram(p, tree_of), p)
 
 
@@ -116,9 +119,9 @@ def test_suffix_array_and_lookup_equal_brute_force():
         span, found = store.lookup(context, max_span=6, length=3, cap=10**6)
         expect_span, expect = 0, []
         for s in range(min(6, len(context)), 1, -1):
-            hits = [i for i in range(len(tokens) - s) if tokens[i:i + s] == context[-s:]]
+            hits = [i for i in range(len(tokens) - s) if tokens[i : i + s] == context[-s:]]
             if hits:
-                expect_span, expect = s, [tokens[i + s:i + s + 3] for i in hits]
+                expect_span, expect = s, [tokens[i + s : i + s + 3] for i in hits]
                 break
         assert span == expect_span and sorted(found) == sorted(expect)
 
@@ -127,7 +130,7 @@ def test_rest_trie_keeps_most_frequent_nodes_with_their_parents():
     conts = [[1, 2, 3]] * 5 + [[1, 2, 4]] * 3 + [[5, 6]] * 2 + [[1, 7]]
     tree = draft_tree(conts, num_draft=4)
     paths = {tuple(tree.tokens[k] for k in tree.path(j)) for j in range(len(tree))}
-    assert paths == {(1,), (1, 2), (1, 2, 3), (1, 2, 4)}      # counts 9, 8, 5, 3 beat (5,):2
+    assert paths == {(1,), (1, 2), (1, 2, 3), (1, 2, 4)}  # counts 9, 8, 5, 3 beat (5,):2
 
 
 def test_divergences_equal_their_formulas():
@@ -136,15 +139,20 @@ def test_divergences_equal_their_formulas():
     for row in range(3):
         p, q = [float(x) for x in torch.softmax(a[row], -1)], [float(x) for x in torch.softmax(b[row], -1)]
         import math
+
         kl = lambda x, y: sum(xi * math.log(xi / yi) for xi, yi in zip(x, y))
         beta = 0.3
         m = [beta * pi + (1 - beta) * qi for pi, qi in zip(p, q)]
-        expect = {"fkl": kl(p, q), "rkl": kl(q, p), "jsd": beta * kl(p, m) + (1 - beta) * kl(q, m),
-                  "tvd": 0.5 * sum(abs(pi - qi) for pi, qi in zip(p, q))}
+        expect = {
+            "fkl": kl(p, q),
+            "rkl": kl(q, p),
+            "jsd": beta * kl(p, m) + (1 - beta) * kl(q, m),
+            "tvd": 0.5 * sum(abs(pi - qi) for pi, qi in zip(p, q)),
+        }
         for name, value in expect.items():
             got = float(divergence(name, a[row], b[row], beta))
             assert abs(got - value) < 1e-9, (name, got, value)
-        assert abs(expect["tvd"] - (1 - sum(min(pi, qi) for pi, qi in zip(p, q)))) < 1e-12   # α = 1 − TV
+        assert abs(expect["tvd"] - (1 - sum(min(pi, qi) for pi, qi in zip(p, q)))) < 1e-12  # α = 1 − TV
 
 
 def test_sps_tau_follows_the_analytic_formula():

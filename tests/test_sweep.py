@@ -2,6 +2,7 @@
 (skip finished cells, retries, device pinning), the Slurm path through submitit against a real
 one-node Slurm (tests/slurm_cluster.py) and through submitit's local executor, and the committed
 grids that reproduce the committed reference records."""
+
 import json
 import os
 from pathlib import Path
@@ -17,24 +18,29 @@ NEEDLE = {"context_length": 128, "depths": 1, "samples_per_depth": 1, "max_new_t
 
 
 def grid_file(tmp_path, model, methods=("baseline", "pi"), seeds=(0,), **extra) -> Path:
-    g = {"models": [model], "runs": [{"tasks": ["needle"], "methods": list(methods), "seeds": list(seeds),
-                                      "task_args": NEEDLE, **extra}]}
+    g = {
+        "models": [model],
+        "runs": [{"tasks": ["needle"], "methods": list(methods), "seeds": list(seeds), "task_args": NEEDLE, **extra}],
+    }
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(g))
     return path
 
 
-@pytest.mark.parametrize("text,problem", [
-    ("runs: [", "not valid YAML"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("runs: []\n", "'runs' must be a non-empty list"),
-    ("runz: [{tasks: [needle], methods: [baseline]}]\n", "unknown key(s) ['runz']"),
-    ("runs: [{tasks: [needle], methods: [yarnn]}]\n", "runs[0]: unknown method 'yarnn'"),
-    ("runs: [{tasks: [needle], methods: [baseline], task_args: {context_length: abc}}]\n", "context_length"),
-    ("runs: [{tasks: [needle], methods: [baseline], seeds: [a]}]\n", "seeds must be integers"),
-    ("runs: [{tasks: [needle], methods: [baseline], grid: {depth: [1]}}]\n", "must start with task. or method."),
-    ("runs: [{tasks: [needle], methods: baseline, frobnicate: 1}]\n", "unknown key(s) ['frobnicate']"),
-])
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("runs: [", "not valid YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("runs: []\n", "'runs' must be a non-empty list"),
+        ("runz: [{tasks: [needle], methods: [baseline]}]\n", "unknown key(s) ['runz']"),
+        ("runs: [{tasks: [needle], methods: [yarnn]}]\n", "runs[0]: unknown method 'yarnn'"),
+        ("runs: [{tasks: [needle], methods: [baseline], task_args: {context_length: abc}}]\n", "context_length"),
+        ("runs: [{tasks: [needle], methods: [baseline], seeds: [a]}]\n", "seeds must be integers"),
+        ("runs: [{tasks: [needle], methods: [baseline], grid: {depth: [1]}}]\n", "must start with task. or method."),
+        ("runs: [{tasks: [needle], methods: baseline, frobnicate: 1}]\n", "unknown key(s) ['frobnicate']"),
+    ],
+)
 def test_bad_grid_exits_2_naming_the_problem(tmp_path, capsys, text, problem):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -50,13 +56,15 @@ def test_missing_grid_file_exits_2(tmp_path, capsys):
 
 
 def test_expansion_crosses_grid_axes_and_matches_eval_paths(tiny_model, tmp_path):
-    path = grid_file(tmp_path, tiny_model, methods=["baseline", "yarn"], seeds=[0, 1],
-                     grid={"method.yarn.factor": [2, 4]})
+    path = grid_file(
+        tmp_path, tiny_model, methods=["baseline", "yarn"], seeds=[0, 1], grid={"method.yarn.factor": [2, 4]}
+    )
     specs = sweep.expand(sweep.load_grid(path), path, str(tmp_path / "out"))
     # baseline ignores the yarn axis: its two copies per seed are the same cell and run once
     assert len(specs) == 2 * 1 + 2 * 2
-    cell = runner.resolve(["needle"], ["yarn"], tiny_model, {k: str(v) for k, v in NEEDLE.items()},
-                          {"yarn.factor": "4"}, seed=1)[0]
+    cell = runner.resolve(
+        ["needle"], ["yarn"], tiny_model, {k: str(v) for k, v in NEEDLE.items()}, {"yarn.factor": "4"}, seed=1
+    )[0]
     assert str(runner.locate(cell, tmp_path / "out")[2]) in {s.path for s in specs}
 
 
@@ -101,8 +109,22 @@ def pinned_cell(spec):
 
 
 def _specs(tmp_path, n):
-    return [sweep.Spec(["needle"], ["baseline"], None, {}, {}, i, None, 0, str(tmp_path), label=f"cell {i}",
-                       path=str(tmp_path / f"c{i}.json")) for i in range(n)]
+    return [
+        sweep.Spec(
+            ["needle"],
+            ["baseline"],
+            None,
+            {},
+            {},
+            i,
+            None,
+            0,
+            str(tmp_path),
+            label=f"cell {i}",
+            path=str(tmp_path / f"c{i}.json"),
+        )
+        for i in range(n)
+    ]
 
 
 def test_failures_are_retried_then_summarized_with_reasons(tmp_path):
@@ -129,9 +151,9 @@ def test_workers_are_pinned_to_one_device_each(tmp_path):
     for s in specs:
         pid, device = Path(s.path).with_suffix(".ran").read_text().split()
         per_pid.setdefault(pid, set()).add(device)
-    assert set().union(*per_pid.values()) <= {"3", "5"}, per_pid              # every cell pinned
-    assert all(len(d) == 1 for d in per_pid.values()), per_pid                 # one device per worker
-    assert len({d for ds in per_pid.values() for d in ds}) == len(per_pid) <= 2   # no two share one
+    assert set().union(*per_pid.values()) <= {"3", "5"}, per_pid  # every cell pinned
+    assert all(len(d) == 1 for d in per_pid.values()), per_pid  # one device per worker
+    assert len({d for ds in per_pid.values() for d in ds}) == len(per_pid) <= 2  # no two share one
     assert all(line.endswith((" on device 3", " on device 5")) for line in seen), seen
 
 
@@ -145,6 +167,7 @@ def test_device_slots_give_each_worker_one_device_round_robin():
 @pytest.fixture(scope="module")
 def slurm_env():
     from tests import slurm_cluster
+
     try:
         env, stop, folder = slurm_cluster.start()
     except slurm_cluster.Unavailable as e:
@@ -159,18 +182,34 @@ def test_slurm_path_on_a_real_single_node_slurm(slurm_env, tiny_model, tmp_path,
         monkeypatch.setenv(k, v)
     path = grid_file(tmp_path, tiny_model, methods=["baseline", "pi", "yarn"])
     out = tmp_path / "shared-results"
-    args = ["sweep", str(path), "--executor", "slurm", "--max-parallel", "2", "--out", str(out), "--device", "cpu",
-            "--cpus-per-task", "1", "--timeout-min", "10", "--summary", str(tmp_path / "s.json")]
+    args = [
+        "sweep",
+        str(path),
+        "--executor",
+        "slurm",
+        "--max-parallel",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--cpus-per-task",
+        "1",
+        "--timeout-min",
+        "10",
+        "--summary",
+        str(tmp_path / "s.json"),
+    ]
     assert main(args) == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert (summary["done"], summary["failed"]) == (3, 0)
     [script] = list((out / ".sweep" / "slurm").rglob("*_submission.sh"))
-    assert "#SBATCH --array=0-2%2" in script.read_text()            # one array, concurrency cap 2
+    assert "#SBATCH --array=0-2%2" in script.read_text()  # one array, concurrency cap 2
     logs = "\n".join(p.read_text() for p in (out / ".sweep" / "slurm").rglob("*_log.out"))
-    assert "SLURM_JOB_ID" in logs or "submitit INFO" in logs          # ran inside Slurm jobs
+    assert "SLURM_JOB_ID" in logs or "submitit INFO" in logs  # ran inside Slurm jobs
     for p in summary["done_records"]:
         assert records.read(Path(p))["provenance"]["device"] == "cpu"
-    assert main(args) == 0                                             # rerun: nothing submitted
+    assert main(args) == 0  # rerun: nothing submitted
     again = json.loads((tmp_path / "s.json").read_text())
     assert (again["done"], again["skipped"]) == (0, 3)
 
@@ -179,13 +218,22 @@ def test_slurm_path_on_a_real_single_node_slurm(slurm_env, tiny_model, tmp_path,
 def test_slurm_path_with_submitits_local_executor(tiny_model, tmp_path):
     path = grid_file(tmp_path, tiny_model, methods=["baseline", "pi"])
     out = tmp_path / "out"
-    summary = sweep.sweep(path, "slurm", out=str(out), device="cpu", cluster="local", max_parallel=2,
-                          slurm={"timeout_min": 10}, log=lambda m: None)
+    summary = sweep.sweep(
+        path,
+        "slurm",
+        out=str(out),
+        device="cpu",
+        cluster="local",
+        max_parallel=2,
+        slurm={"timeout_min": 10},
+        log=lambda m: None,
+    )
     assert (summary["done"], summary["failed"]) == (2, 0)
     assert all(records.finished(Path(p), Path(p).stem) for p in summary["done_records"])
     bad = _specs(tmp_path / "fail", 2)
-    sweep.run_slurm(bad, 1, tmp_path / "fail" / "logs", "local", 2, {"timeout_min": 5}, lambda m: None,
-                    fn=always_failing_cell)
+    sweep.run_slurm(
+        bad, 1, tmp_path / "fail" / "logs", "local", 2, {"timeout_min": 5}, lambda m: None, fn=always_failing_cell
+    )
     assert all(s.attempts == 2 and "out of memory in cell" in s.reasons[-1] for s in bad)
 
 

@@ -8,6 +8,7 @@ The figures (trials, kills, lost, corrupt) are printed and written to sweep_cras
 $HARNESS_TEST_REPORTS (`make test-slow` sets out/reliability/, for the README's Reliability
 section), else in the test's tmp_path. The kill moments come from a seed printed with the figures
 (CRASH_SEED=<n> replays a run)."""
+
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import yaml
 from harness import records
 
 METHODS = ["baseline", "pi", "ntk", "yarn", "dynamic_ntk"]
-SEEDS = list(range(16))       # 80 cells: enough that a fast machine is still mid-sweep at the last kill
+SEEDS = list(range(16))  # 80 cells: enough that a fast machine is still mid-sweep at the last kill
 TRIALS = 10
 
 
@@ -47,19 +48,46 @@ def _check(out: Path) -> tuple[dict[str, str], list[str]]:
 @pytest.mark.slow
 def test_sigkilled_sweep_loses_nothing_and_rerun_completes_exactly_the_missing_cells(tiny_model, tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"models": [tiny_model], "runs": [{
-        "tasks": ["needle"], "methods": METHODS, "seeds": SEEDS,
-        "task_args": {"context_length": 128, "depths": 1, "samples_per_depth": 1, "max_new_tokens": 2}}]}))
+    grid.write_text(
+        yaml.safe_dump(
+            {
+                "models": [tiny_model],
+                "runs": [
+                    {
+                        "tasks": ["needle"],
+                        "methods": METHODS,
+                        "seeds": SEEDS,
+                        "task_args": {"context_length": 128, "depths": 1, "samples_per_depth": 1, "max_new_tokens": 2},
+                    }
+                ],
+            }
+        )
+    )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(grid), "--out", str(out), "--workers", "2",
-           "--device", "cpu", "--retries", "0", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "sweep",
+        str(grid),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+        "--retries",
+        "0",
+        "--threads",
+        "1",
+    ]
     seed = int(os.environ.get("CRASH_SEED", time.time_ns() % 2**31))
     rng = random.Random(seed)
     kills, lost, corrupt_total, finished = 0, [], [], {}
     for trial in range(TRIALS):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         if trial in (0, 5):
-            time.sleep(rng.uniform(0.5, 3.0))            # during start-up (grid expansion, worker spawn)
+            time.sleep(rng.uniform(0.5, 3.0))  # during start-up (grid expansion, worker spawn)
         else:
             # while cells are being written: after a random number of new records plus a random
             # fraction of a cell. Start-up takes 10-40 s on a loaded machine and a cell well under a
@@ -70,7 +98,7 @@ def test_sigkilled_sweep_loses_nothing_and_rerun_completes_exactly_the_missing_c
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)       # the sweep and every worker, mid-write or not
+            os.killpg(proc.pid, signal.SIGKILL)  # the sweep and every worker, mid-write or not
             kills += 1
         proc.wait()
         good, corrupt = _check(out)
@@ -85,10 +113,18 @@ def test_sigkilled_sweep_loses_nothing_and_rerun_completes_exactly_the_missing_c
     corrupt_total += corrupt
     lost += [p for p, digest in finished.items() if good.get(p) != digest]
     leftover_tmp = len(list(out.rglob("*.tmp")))
-    figures = {"trials": TRIALS, "kills": kills, "cells": len(METHODS) * len(SEEDS), "lost": len(lost),
-               "corrupt": len(corrupt_total), "finished_before_rerun": len(before_rerun),
-               "rerun_done": summary["done"], "rerun_skipped": summary["skipped"],
-               "orphan_temp_files": leftover_tmp, "seed": seed}
+    figures = {
+        "trials": TRIALS,
+        "kills": kills,
+        "cells": len(METHODS) * len(SEEDS),
+        "lost": len(lost),
+        "corrupt": len(corrupt_total),
+        "finished_before_rerun": len(before_rerun),
+        "rerun_done": summary["done"],
+        "rerun_skipped": summary["skipped"],
+        "orphan_temp_files": leftover_tmp,
+        "seed": seed,
+    }
     print("crash-safety:", json.dumps(figures))
     report = Path(os.environ.get("HARNESS_TEST_REPORTS") or tmp_path) / "sweep_crash_safety.json"
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +132,8 @@ def test_sigkilled_sweep_loses_nothing_and_rerun_completes_exactly_the_missing_c
 
     assert done.returncode == 0, done.stderr[-2000:]
     assert not corrupt_total and not lost, (corrupt_total, lost)
-    assert kills >= 8, figures                          # the kills really interrupted running sweeps
+    assert kills >= 8, figures  # the kills really interrupted running sweeps
     cells = len(METHODS) * len(SEEDS)
     assert len(good) == cells
     assert summary["skipped"] == len(before_rerun) and summary["done"] == cells - len(before_rerun)
-    assert set(summary["done_records"]) == set(good) - before_rerun      # exactly the missing cells
+    assert set(summary["done_records"]) == set(good) - before_rerun  # exactly the missing cells

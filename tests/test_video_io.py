@@ -1,4 +1,5 @@
 """Video input, the video sources, and per-file errors that leave the rest of a set scored."""
+
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from harness.video import middle_indices, prompt_from_filename, read_video, writ
 def test_middle_sampling_takes_interval_midpoints():
     # 16 frames in 4 intervals [0,4) [4,8) [8,12) [12,16): midpoints (0+3)//2, (4+7)//2, ...
     assert middle_indices(16, 4) == [1, 5, 9, 13]
-    assert middle_indices(10, 3) == [1, 4, 7]      # bounds 0, 3, 6, 10
+    assert middle_indices(10, 3) == [1, 4, 7]  # bounds 0, 3, 6, 10
     assert middle_indices(5, 8) == [0, 1, 2, 3, 4]
 
 
@@ -23,8 +24,8 @@ def test_formats_round_trip(tmp_path, name):
     back = read_video(write_video(tmp_path / name, v))
     assert back.shape == v.shape and back.dtype == np.uint8
     if name == "frames":
-        assert np.array_equal(back, v)                  # PNG frames are lossless
-    else:                                               # gif is palettised, video codecs subsample chroma
+        assert np.array_equal(back, v)  # PNG frames are lossless
+    else:  # gif is palettised, video codecs subsample chroma
         assert np.abs(back.astype(int) - v).mean() <= (40 if name == "v.gif" else 8)
     assert read_video(tmp_path / name, num_frames=3).shape[0] == 3
 
@@ -67,17 +68,22 @@ def test_prompt_from_vbench_filename():
 
 def test_synthetic_export_in_vbench_format_reads_back(tmp_path):
     export = tmp_path / "suite"
-    cells = runner.resolve(["vbench_temporal_flickering"], ["synthetic_videos"], None, {"static_filter": "false"},
-                           {"motions": "static,pan_left", "per_motion": "2", "frames": "8", "size": "32",
-                            "export": str(export)})
+    cells = runner.resolve(
+        ["vbench_temporal_flickering"],
+        ["synthetic_videos"],
+        None,
+        {"static_filter": "false"},
+        {"motions": "static,pan_left", "per_motion": "2", "frames": "8", "size": "32", "export": str(export)},
+    )
     runner.evaluate(cells, out=tmp_path / "out")
     names = sorted(p.name for p in export.glob("*.mp4"))
     assert names == sorted(f"{PROMPT[m]}-{i}.mp4" for m in ("static", "pan_left") for i in range(2))
     suite = json.loads((export / "full_info.json").read_text())
     assert {e["prompt_en"] for e in suite} == {PROMPT["static"], PROMPT["pan_left"]}
     assert all(set(e) == {"prompt_en", "dimension", "auxiliary_info"} for e in suite)
-    cells = runner.resolve(["vbench_temporal_flickering"], ["video_folder"], None, {"static_filter": "false"},
-                           {"path": str(export)})
+    cells = runner.resolve(
+        ["vbench_temporal_flickering"], ["video_folder"], None, {"static_filter": "false"}, {"path": str(export)}
+    )
     (out,) = runner.evaluate(cells, out=tmp_path / "out2")
     assert out.record["metrics"]["temporal_flickering"]["n"] == 4
 

@@ -1,4 +1,5 @@
 """The committed zoo models: offline loading, sha256 verification, the measured figures hold."""
+
 import json
 import shutil
 
@@ -37,6 +38,7 @@ def test_all_zoo_weights_within_40_mb():
 def test_loads_offline_with_auto_classes(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(zoo.ZOO_DIR / name)
     text = " Remember the special magic number for mootsket: 6298129."
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
@@ -61,6 +63,7 @@ def test_needle_at_training_length():
     from harness.interfaces import TaskContext
     from harness.lm import LM
     from harness.tasks.needle import Needle
+
     lm = LM(models.load("zoo:tiny-llama", "cpu"))
     res = Needle(context_length=(512,)).run(TaskContext(lm=lm, limit=20))
     assert res.metrics["accuracy"].n == 20
@@ -74,6 +77,7 @@ def test_alibi_model_retrieves_under_the_alibi_method():
     from harness.lm import LM
     from harness.methods.rope.alibi import ALiBi
     from harness.tasks.needle import Needle
+
     card = zoo.card("tiny-llama-alibi")
     assert card["position_encoding"] == "alibi" and card["train_device"].startswith("cuda")
     lm = LM(models.load("zoo:tiny-llama-alibi", "cpu"))
@@ -84,10 +88,11 @@ def test_alibi_model_retrieves_under_the_alibi_method():
 
 def test_draft_agreement_matches_card():
     from harness.zoo.build import draft_agreement
+
     draft = models.load("zoo:tiny-llama-draft", "cpu")
     target = models.load("zoo:tiny-llama", "cpu")
     card = zoo.card("tiny-llama-draft")["evaluation"]["greedy_agreement_with_target"]
-    got = draft_agreement(draft.model, target.model, draft.tokenizer)   # the card's protocol
+    got = draft_agreement(draft.model, target.model, draft.tokenizer)  # the card's protocol
     assert abs(got - card) <= 0.01
 
 

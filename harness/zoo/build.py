@@ -1,4 +1,5 @@
 """`harness zoo train NAME`: train from the recipe, save in Hugging Face format, measure, write the card."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from harness.synthetic import EVAL_SEED_BASE, Corpus
 from harness.zoo.registry import ZOO_DIR
 from harness.zoo.train import RECIPES, quick_needle_accuracy, train
 
-TRAIN_THREADS = 2   # fixed, so that CPU float reductions (and so the weights) are reproducible
+TRAIN_THREADS = 2  # fixed, so that CPU float reductions (and so the weights) are reproducible
 DRAFT_OF = {"tiny-llama-draft": "tiny-llama"}
 
 
@@ -44,7 +45,7 @@ def draft_agreement(draft, target, tokenizer, n_tokens: int = 8192, window: int 
     corpus, ids = Corpus(EVAL_SEED_BASE + 7), []
     while len(ids) < n_tokens:
         ids += tokenizer(" " + corpus.text(50), add_special_tokens=False)["input_ids"]
-    ids = torch.tensor(ids[:n_tokens - n_tokens % window]).view(-1, window)
+    ids = torch.tensor(ids[: n_tokens - n_tokens % window]).view(-1, window)
     agree = total = 0
     for row in ids.split(4):
         a = draft(input_ids=row).logits.argmax(-1)
@@ -54,8 +55,9 @@ def draft_agreement(draft, target, tokenizer, n_tokens: int = 8192, window: int 
     return agree / total
 
 
-def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides: dict | None = None,
-                   device: str = "cpu") -> Path:
+def train_and_save(
+    name: str, out_dir: Path | None = None, log=print, overrides: dict | None = None, device: str = "cpu"
+) -> Path:
     """Train `name` from its recipe (with optional field overrides, recorded in the card). On a GPU
     the run is fast but not bit-reproducible on CPU; the card records the device."""
     import dataclasses
@@ -70,19 +72,22 @@ def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides:
     for key in overrides or {}:
         if key not in fields or key == "extra":
             raise UserError(f"recipe has no field {key!r}.{nearest(key, fields)}")
-    recipe = dataclasses.replace(RECIPES[name], **{k: params.convert(v, fields[k], f"recipe field {k!r}")
-                                                   for k, v in (overrides or {}).items()})
+    recipe = dataclasses.replace(
+        RECIPES[name], **{k: params.convert(v, fields[k], f"recipe field {k!r}") for k, v in (overrides or {}).items()}
+    )
     folder = out_dir or ZOO_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(TRAIN_THREADS)
     tok = build_tokenizer()
     t0 = time.time()
     log(f"training {name}: {recipe}")
+
     def progress(entry, model):
-        if entry["step"] % 500 == 0 and entry["step"]:   # a cheap retrieval probe, for the log only
+        if entry["step"] % 500 == 0 and entry["step"]:  # a cheap retrieval probe, for the log only
             model.eval()
-            entry["probe_needle_acc"] = quick_needle_accuracy(model, tok, recipe.context_length, per_depth=2,
-                                                              device=device)
+            entry["probe_needle_acc"] = quick_needle_accuracy(
+                model, tok, recipe.context_length, per_depth=2, device=device
+            )
             model.train()
         log(json.dumps(entry))
 
@@ -95,8 +100,9 @@ def train_and_save(name: str, out_dir: Path | None = None, log=print, overrides:
     return write_card(name, folder, recipe, curve, train_s, log, device)
 
 
-def write_card(name: str, folder: Path, recipe, curve: list[dict], train_s: float, log=print,
-               device: str = "cpu") -> Path:
+def write_card(
+    name: str, folder: Path, recipe, curve: list[dict], train_s: float, log=print, device: str = "cpu"
+) -> Path:
     """Measure a saved zoo model through the harness's own tasks and write card.json + README.md."""
     from harness.zoo.tokenizer import build_tokenizer
 
@@ -112,24 +118,35 @@ def write_card(name: str, folder: Path, recipe, curve: list[dict], train_s: floa
     if "needle" in measured:
         evaluation["needle_accuracy@512"] = measured["needle"]["accuracy"]["value"]
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     n_params = sum(p.numel() for p in model.parameters())
     if name in DRAFT_OF:
         target = AutoModelForCausalLM.from_pretrained(ZOO_DIR / DRAFT_OF[name], dtype=torch.float32).eval()
         evaluation["greedy_agreement_with_target"] = draft_agreement(model, target, tok)
     card = {
-        "name": name, "summary": _summary(name, recipe, n_params),
-        "architecture": "LlamaForCausalLM", "parameters": n_params,
-        "context_length": L, "rope_theta": recipe.rope_theta, "vocab_size": len(tok),
-        "recipe": asdict(recipe), "training_seconds": round(train_s), "train_threads": TRAIN_THREADS,
-        "train_device": _device_name(device), "position_encoding": recipe.position,
-        "torch": torch.__version__, "final": curve[-1], "evaluation": evaluation,
-        "evaluation_protocol": {"needle": "harness task needle, context_length=512, 10 depths x 20 samples, "
-                                          "default template, greedy, seed 0",
-                                "perplexity": "harness task perplexity, 16384 held-out synthetic tokens, "
-                                              "window 512, stride 256, seed 0",
-                                "greedy_agreement_with_target": "argmax next-token agreement with the target "
-                                                                "on 8192 held-out synthetic tokens"},
+        "name": name,
+        "summary": _summary(name, recipe, n_params),
+        "architecture": "LlamaForCausalLM",
+        "parameters": n_params,
+        "context_length": L,
+        "rope_theta": recipe.rope_theta,
+        "vocab_size": len(tok),
+        "recipe": asdict(recipe),
+        "training_seconds": round(train_s),
+        "train_threads": TRAIN_THREADS,
+        "train_device": _device_name(device),
+        "position_encoding": recipe.position,
+        "torch": torch.__version__,
+        "final": curve[-1],
+        "evaluation": evaluation,
+        "evaluation_protocol": {
+            "needle": "harness task needle, context_length=512, 10 depths x 20 samples, "
+            "default template, greedy, seed 0",
+            "perplexity": "harness task perplexity, 16384 held-out synthetic tokens, window 512, stride 256, seed 0",
+            "greedy_agreement_with_target": "argmax next-token agreement with the target "
+            "on 8192 held-out synthetic tokens",
+        },
         "data": "harness.synthetic corpus, training seeds < 1,000,000 (evaluation uses seeds >= 1,000,000)",
         "sha256": sha,
     }
@@ -147,37 +164,45 @@ def _device_name(device: str) -> str:
 
 def _summary(name: str, recipe, n_params: int) -> str:
     role = "draft model for speculative decoding" if name in DRAFT_OF else "reference model"
-    position = ("ALiBi biases (evaluate with --method alibi)" if recipe.position == "alibi"
-                else f"RoPE base {recipe.rope_theta:g}")
-    return (f"{recipe.num_hidden_layers}-layer Llama, {n_params / 1e6:.1f}M params, {position}, "
-            f"context {recipe.context_length}; {role}")
+    position = (
+        "ALiBi biases (evaluate with --method alibi)"
+        if recipe.position == "alibi"
+        else f"RoPE base {recipe.rope_theta:g}"
+    )
+    return (
+        f"{recipe.num_hidden_layers}-layer Llama, {n_params / 1e6:.1f}M params, {position}, "
+        f"context {recipe.context_length}; {role}"
+    )
 
 
 def render_card(c: dict) -> str:
     ev = "\n".join(f"| {k} | {v:.4g} |" for k, v in c["evaluation"].items())
-    proto = "\n".join(f"- {k}: {v}" for k, v in c["evaluation_protocol"].items() if k in c["evaluation"] or
-                      any(x.startswith(k) for x in c["evaluation"]))
+    proto = "\n".join(
+        f"- {k}: {v}"
+        for k, v in c["evaluation_protocol"].items()
+        if k in c["evaluation"] or any(x.startswith(k) for x in c["evaluation"])
+    )
     r = c["recipe"]
-    return f"""# zoo:{c['name']}
+    return f"""# zoo:{c["name"]}
 
-{c['summary']}.
+{c["summary"]}.
 
 **A tiny reference model trained by this project on its own synthetic corpus.** Its numbers
 are for this model only; they say nothing about real large language models.
 
 | field | value |
 |---|---|
-| architecture | {c['architecture']} ({r['num_hidden_layers']} layers, hidden {r['hidden_size']}, {r['num_attention_heads']} heads, {r['num_key_value_heads']} KV heads, tied embeddings) |
-| parameters | {c['parameters']:,} |
-| training context length | {c['context_length']} tokens |
-| RoPE base | {c['rope_theta']:g} |
-| vocabulary | {c['vocab_size']} (word-level synthetic tokenizer) |
-| data | {c['data']} |
-| seed | {r['seed']} |
-| steps | {r['steps']} x {r['tokens_per_step']} tokens, length curriculum {r['curriculum']} |
-| training time | {c['training_seconds']} s on {c['train_threads']} CPU threads (torch {c['torch']}) |
-| final training loss | {c['final']['loss']} (answer tokens {c['final']['answer_loss']}, other tokens {c['final']['lm_loss']}) |
-| weights sha256 | `{c['sha256']}` |
+| architecture | {c["architecture"]} ({r["num_hidden_layers"]} layers, hidden {r["hidden_size"]}, {r["num_attention_heads"]} heads, {r["num_key_value_heads"]} KV heads, tied embeddings) |
+| parameters | {c["parameters"]:,} |
+| training context length | {c["context_length"]} tokens |
+| RoPE base | {c["rope_theta"]:g} |
+| vocabulary | {c["vocab_size"]} (word-level synthetic tokenizer) |
+| data | {c["data"]} |
+| seed | {r["seed"]} |
+| steps | {r["steps"]} x {r["tokens_per_step"]} tokens, length curriculum {r["curriculum"]} |
+| training time | {c["training_seconds"]} s on {c["train_threads"]} CPU threads (torch {c["torch"]}) |
+| final training loss | {c["final"]["loss"]} (answer tokens {c["final"]["answer_loss"]}, other tokens {c["final"]["lm_loss"]}) |
+| weights sha256 | `{c["sha256"]}` |
 
 ## Measured
 
@@ -187,6 +212,6 @@ are for this model only; they say nothing about real large language models.
 
 {proto}
 
-Reproduce: `harness zoo train {c['name']}` (deterministic for its seed on CPU). The loss curve
+Reproduce: `harness zoo train {c["name"]}` (deterministic for its seed on CPU). The loss curve
 is in `loss_curve.jsonl`.
 """

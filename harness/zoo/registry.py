@@ -2,6 +2,7 @@
 
 `card.json` is the machine-readable card (architecture, data, seed, steps, losses, measured
 evaluation results, the weights' sha256); `README.md` is the same card for people."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,10 @@ def names() -> list[str]:
 def card(name: str) -> dict:
     path = ZOO_DIR / name / "card.json"
     if not path.is_file():
-        raise UserError(f"unknown zoo model {name!r}.{nearest(name, names())} "
-                        f"Available: {', '.join(names()) or 'none (run `harness zoo train NAME`)'}")
+        raise UserError(
+            f"unknown zoo model {name!r}.{nearest(name, names())} "
+            f"Available: {', '.join(names()) or 'none (run `harness zoo train NAME`)'}"
+        )
     return json.loads(path.read_text())
 
 

@@ -6,12 +6,24 @@ a 7-digit value is three tokens and "key: value" puts the value's first token ri
 key's. One token per punctuation mark. A word carries its leading space ("▁word"), so decoding
 is exact. Text outside the synthetic vocabulary maps to <unk>.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.synthetic import (_FUNCTION_WORDS, ANSWER_PREFIX, LEXICON, NEEDLE, PASSKEY_GARBAGE,
-                               PASSKEY_INFO, PASSKEY_QUESTION, PASSKEY_TASK, PREAMBLE, QUESTION, VT_WORDS)
+from harness.synthetic import (
+    _FUNCTION_WORDS,
+    ANSWER_PREFIX,
+    LEXICON,
+    NEEDLE,
+    PASSKEY_GARBAGE,
+    PASSKEY_INFO,
+    PASSKEY_QUESTION,
+    PASSKEY_TASK,
+    PREAMBLE,
+    QUESTION,
+    VT_WORDS,
+)
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 _PUNCT = list(".,:;?!'\"()-=\n▁") + ["s"]
@@ -19,19 +31,30 @@ _SPLIT = r"▁?[A-Za-z]+:?|▁?\d{1,3}|[\s\S]"
 
 
 def vocabulary() -> list[str]:
-    template = " ".join([PREAMBLE, NEEDLE, QUESTION, ANSWER_PREFIX, PASSKEY_TASK, PASSKEY_GARBAGE,
-                         PASSKEY_INFO, PASSKEY_QUESTION, VT_WORDS]).replace("{key}", " ")
+    template = " ".join(
+        [
+            PREAMBLE,
+            NEEDLE,
+            QUESTION,
+            ANSWER_PREFIX,
+            PASSKEY_TASK,
+            PASSKEY_GARBAGE,
+            PASSKEY_INFO,
+            PASSKEY_QUESTION,
+            VT_WORDS,
+        ]
+    ).replace("{key}", " ")
     framing = {w.strip(".,:?!\n").replace("(s)", "") for w in template.split()} | set(_FUNCTION_WORDS)
     framing.discard("")
     vocab = SPECIALS + _PUNCT + [str(i) for i in range(10)]
     digits = [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)] + [f"{i:03d}" for i in range(1000)]
     vocab += digits[10:] + ["▁" + d for d in digits]
     words: dict[str, None] = {}
-    for w in sorted(framing):   # sentence-initial and after-newline forms exist for these
+    for w in sorted(framing):  # sentence-initial and after-newline forms exist for these
         for form in (w, w.capitalize()):
             for variant in (form, "▁" + form, form + ":", "▁" + form + ":"):
                 words.setdefault(variant, None)
-    for w in LEXICON.names:     # proper nouns, may start a text
+    for w in LEXICON.names:  # proper nouns, may start a text
         words.setdefault(w.capitalize(), None)
         words.setdefault("▁" + w.capitalize(), None)
     for group in (LEXICON.nouns, LEXICON.adjectives, LEXICON.verbs, LEXICON.adverbs):
@@ -53,8 +76,14 @@ def build_tokenizer():
     tk.normalizer = normalizers.Replace(" ", "▁")
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated")
     tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse()])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>",
-                                   bos_token="<s>", eos_token="</s>", model_max_length=1 << 30)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=1 << 30,
+    )
 
 
 def save_tokenizer(folder: Path) -> None:

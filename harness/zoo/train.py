@@ -8,6 +8,7 @@ A length curriculum starts with short rows, where the look-up is easy to discove
 the model's full training context. The remaining loss weight trains ordinary language modelling
 on the haystack, which the perplexity task and the draft model rely on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from harness.synthetic import (ANSWER, PASSKEY_GARBAGE, PREAMBLE, Corpus, needle_sentence,
-                               passkey_prompt, query_text)
+from harness.synthetic import ANSWER, PASSKEY_GARBAGE, PREAMBLE, Corpus, needle_sentence, passkey_prompt, query_text
 
 
 @dataclass
@@ -33,23 +33,23 @@ class Recipe:
     num_key_value_heads: int = 4
     context_length: int = 512
     rope_theta: float = 10000.0
-    position: str = "rope"               # "rope" or "alibi" (linear biases, no rotation; tiny-llama-alibi)
+    position: str = "rope"  # "rope" or "alibi" (linear biases, no rotation; tiny-llama-alibi)
     steps: int = 4000
     tokens_per_step: int = 8192
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup: int = 100
     weight_decay: float = 0.05
-    curriculum: tuple[int, ...] = (64, 128, 256, 512)   # row lengths, each for an equal share of steps
-    curriculum_frac: float = 0.6         # the last share of training runs at full length
+    curriculum: tuple[int, ...] = (64, 128, 256, 512)  # row lengths, each for an equal share of steps
+    curriculum_frac: float = 0.6  # the last share of training runs at full length
     max_needles: int = 8
-    single_needle_frac: float = 0.25     # rows shaped exactly like the needle task's prompt
-    drill_frac: float = 0.4              # dense "key: value." recall rows (multi-query recall drill)
-    copy_frac: float = 0.25              # rows of a random token span repeated (induction warm-up)
-    passkey_frac: float = 0.05           # rows in the PI/LongLoRA passkey format
-    lm_weight: float = 0.1               # loss weight of non-answer tokens
+    single_needle_frac: float = 0.25  # rows shaped exactly like the needle task's prompt
+    drill_frac: float = 0.4  # dense "key: value." recall rows (multi-query recall drill)
+    copy_frac: float = 0.25  # rows of a random token span repeated (induction warm-up)
+    passkey_frac: float = 0.05  # rows in the PI/LongLoRA passkey format
+    lm_weight: float = 0.1  # loss weight of non-answer tokens
     seed: int = 0
-    data_workers: int = 0                # >0: batches built in parallel processes, seeded per step
+    data_workers: int = 0  # >0: batches built in parallel processes, seeded per step
     extra: dict = field(default_factory=dict)
 
     def length_at(self, step: int) -> int:
@@ -61,8 +61,14 @@ class Recipe:
 
 RECIPES = {
     "tiny-llama": Recipe(),
-    "tiny-llama-draft": Recipe(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=4, steps=1000),
+    "tiny-llama-draft": Recipe(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        steps=1000,
+    ),
     # trained exactly like tiny-llama, but with ALiBi biases instead of RoPE (the alibi method's model)
     "tiny-llama-alibi": Recipe(position="alibi"),
 }
@@ -124,8 +130,10 @@ class RowMaker:
     def copy_row(self, length: int) -> tuple[list[int], list[int]]:
         """A random span of word, key and digit tokens, then the same span again: every token of
         the repeat is predictable only by looking back, the densest signal for an induction head."""
-        span = [self.rng.randrange(30, len(self.tok))   # ids below 30: specials, punctuation, digits
-                for _ in range(self.rng.randint(8, max(9, length // 2)))]
+        span = [
+            self.rng.randrange(30, len(self.tok))  # ids below 30: specials, punctuation, digits
+            for _ in range(self.rng.randint(8, max(9, length // 2)))
+        ]
         ids, mask = [], []
         while len(ids) < length:
             ids += span
@@ -177,21 +185,28 @@ class RowMaker:
 def build_model(recipe: Recipe, vocab_size: int, pad_id: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=recipe.hidden_size,
-                      intermediate_size=recipe.intermediate_size,
-                      num_hidden_layers=recipe.num_hidden_layers,
-                      num_attention_heads=recipe.num_attention_heads,
-                      num_key_value_heads=recipe.num_key_value_heads,
-                      max_position_embeddings=recipe.context_length,
-                      rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
-                      tie_word_embeddings=True, pad_token_id=pad_id, bos_token_id=2, eos_token_id=3,
-                      attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_hidden_layers,
+        num_attention_heads=recipe.num_attention_heads,
+        num_key_value_heads=recipe.num_key_value_heads,
+        max_position_embeddings=recipe.context_length,
+        rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        bos_token_id=2,
+        eos_token_id=3,
+        attn_implementation="sdpa",
+    )
     if recipe.position not in ("rope", "alibi"):
         raise ValueError(f"recipe position must be 'rope' or 'alibi', got {recipe.position!r}")
     model = LlamaForCausalLM(cfg)
     if recipe.position == "alibi":
         from harness.attention import ALIBI_CONFIG_FLAG
-        setattr(model.config, ALIBI_CONFIG_FLAG, "alibi")   # saved in config.json; the alibi method checks it
+
+        setattr(model.config, ALIBI_CONFIG_FLAG, "alibi")  # saved in config.json; the alibi method checks it
     return model
 
 
@@ -199,6 +214,7 @@ def position_encoding(model):
     """The attention a model was built for: ALiBi models train and run with the alibi override
     (their rotary module exists in the Llama class but is never used); RoPE models as they are."""
     from harness.attention import ALIBI_CONFIG_FLAG, alibi_attend, attention_override
+
     if getattr(model.config, ALIBI_CONFIG_FLAG, None) == "alibi":
         return attention_override(model, alibi_attend)
     return contextlib.nullcontext()
@@ -217,14 +233,14 @@ def weighted_loss(model, ids, amask, lm_weight: float):
     Returns (loss, per-token ce, answer mask of the targets)."""
     logits = model(input_ids=ids).logits[:, :-1].float()
     target, tmask = ids[:, 1:], amask[:, 1:].float()
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                           reduction="none").view_as(tmask)
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none"
+    ).view_as(tmask)
     w = tmask + lm_weight * (1 - tmask)
     return (ce * w).sum() / w.sum(), ce, tmask
 
 
-def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str = "cpu",
-          progress=None, model=None):
+def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str = "cpu", progress=None, model=None):
     """Train (or continue training) a model; returns (model, loss log)."""
     torch.manual_seed(recipe.seed)
     if device == "cpu":
@@ -235,8 +251,11 @@ def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str =
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+        betas=(0.9, 0.95),
+    )
     log, t0 = [], time.time()
     logf = open(log_path, "w") if log_path else None
     with position_encoding(model), _batches(recipe, tokenizer) as batches:
@@ -251,6 +270,7 @@ def step_seed(recipe: Recipe, step: int) -> int:
     """Data seed of one step when batches are built in parallel; always below EVAL_SEED_BASE, so no
     training row shares a generator seed with an evaluation sample."""
     from harness.synthetic import EVAL_SEED_BASE
+
     return (recipe.seed * 7919 + step + 1) % EVAL_SEED_BASE
 
 
@@ -265,6 +285,7 @@ def _one_batch(args):
 def _init_worker():
     global _WORKER_TOKENIZER
     from harness.zoo.tokenizer import build_tokenizer
+
     _WORKER_TOKENIZER = build_tokenizer()
 
 
@@ -278,10 +299,13 @@ def _batches(recipe: Recipe, tokenizer):
     seed (deterministic, but a different data stream from the sequential default)."""
     if recipe.data_workers <= 0:
         maker = RowMaker(tokenizer, recipe.seed)
-        yield (maker.batch(recipe.length_at(s), max(1, recipe.tokens_per_step // recipe.length_at(s)), recipe)
-               for s in range(recipe.steps))
+        yield (
+            maker.batch(recipe.length_at(s), max(1, recipe.tokens_per_step // recipe.length_at(s)), recipe)
+            for s in range(recipe.steps)
+        )
         return
     import multiprocessing as mp
+
     with mp.get_context("spawn").Pool(recipe.data_workers, initializer=_init_worker) as pool:
         it = pool.imap(_one_batch, ((recipe, s) for s in range(recipe.steps)), chunksize=4)
         yield ((torch.from_numpy(i), torch.from_numpy(m)) for i, m in it)
@@ -301,9 +325,15 @@ def _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress) ->
         if step % 25 == 0 or step == recipe.steps - 1:
             ans = (ce * tmask).sum().item() / max(1.0, tmask.sum().item())
             lm = (ce * (1 - tmask)).sum().item() / max(1.0, (1 - tmask).sum().item())
-            entry = {"step": step, "length": length, "loss": round(loss.item(), 4),
-                     "answer_loss": round(ans, 4), "lm_loss": round(lm, 4),
-                     "lr": lr_at(recipe, step), "elapsed_s": round(time.time() - t0, 1)}
+            entry = {
+                "step": step,
+                "length": length,
+                "loss": round(loss.item(), 4),
+                "answer_loss": round(ans, 4),
+                "lm_loss": round(lm, 4),
+                "lr": lr_at(recipe, step),
+                "elapsed_s": round(time.time() - t0, 1),
+            }
             log.append(entry)
             if logf:
                 logf.write(json.dumps(entry) + "\n")
@@ -313,8 +343,16 @@ def _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress) ->
 
 
 @torch.no_grad()
-def quick_needle_accuracy(model, tokenizer, length: int, depths: int = 10, per_depth: int = 20,
-                          seed: int = 10_000_000, device: str = "cpu", new_tokens: int = 5) -> float:
+def quick_needle_accuracy(
+    model,
+    tokenizer,
+    length: int,
+    depths: int = 10,
+    per_depth: int = 20,
+    seed: int = 10_000_000,
+    device: str = "cpu",
+    new_tokens: int = 5,
+) -> float:
     """Fast in-training check (single needle at evenly spaced depths, greedy). The card's figures
     come from the `needle` task itself; this only guides recipe development."""
     maker = RowMaker(tokenizer, seed)
@@ -336,9 +374,14 @@ def quick_needle_accuracy(model, tokenizer, length: int, depths: int = 10, per_d
             prompts.append(list(maker._pre) + [t for s in hay for t in s] + q)
             answers.append(v)
         ids = torch.tensor(prompts, device=device)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        for row, v in zip(out[:, ids.shape[1]:], answers):
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        for row, v in zip(out[:, ids.shape[1] :], answers):
             correct += v in tokenizer.decode(row)
             total += 1
     return correct / total
@@ -363,6 +406,7 @@ def _main() -> None:
         cur = getattr(recipe, k)
         setattr(recipe, k, tuple(int(x) for x in v.split(",")) if isinstance(cur, tuple) else type(cur)(v))
     tok = build_tokenizer()
+
     def progress(entry, model):
         if a.eval_every and entry["step"] % a.eval_every == 0 and entry["step"]:
             model.eval()

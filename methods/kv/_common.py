@@ -38,6 +38,7 @@ hold them; quantizers count bits, scales and zero points), kv.compressed_calls, 
 (a max: tensors the cache held), kv.prefill_s, kv.decode_s, kv.decode_steps, kv.policy_s (time in the
 method's own bookkeeping while decoding). On a GPU every timing synchronizes the device first
 (`device_clock`), so it is the device's time, not the host's time to enqueue the kernels."""
+
 from __future__ import annotations
 
 import contextlib
@@ -54,9 +55,9 @@ from harness.attention import _attention_modules, _rotary_module, rotate
 from harness.patching import patched_forwards
 from harness.provenance import device_clock
 
-REFERENCE_BYTES = 2          # fp16
-PREFILL_CHUNK = 512          # queries per prefill forward
-STAT_ELEMENTS = 1 << 24      # logits materialised at once when a method needs attention probabilities
+REFERENCE_BYTES = 2  # fp16
+PREFILL_CHUNK = 512  # queries per prefill forward
+STAT_ELEMENTS = 1 << 24  # logits materialised at once when a method needs attention probabilities
 PATCHED = "patched_calls.kv_attention"
 
 
@@ -72,12 +73,15 @@ class SlotStore:
         self.v = like.new_empty(n_layers, h, 0, d)
         self.pos = torch.empty(n_layers, h, 0, dtype=torch.long, device=like.device)
         self.score: torch.Tensor | None = None
-        self.slots: dict[str, tuple[torch.Tensor, object]] = {}   # name -> (storage, fill of new slots)
+        self.slots: dict[str, tuple[torch.Tensor, object]] = {}  # name -> (storage, fill of new slots)
         self.cap, self.version = 0, 0
 
     def tensors(self) -> list[torch.Tensor]:
-        return ([self.k, self.v, self.pos] + ([self.score] if self.score is not None else [])
-                + [t for t, _ in self.slots.values()])
+        return (
+            [self.k, self.v, self.pos]
+            + ([self.score] if self.score is not None else [])
+            + [t for t, _ in self.slots.values()]
+        )
 
     def reserve(self, n: int) -> None:
         if n <= self.cap:
@@ -110,9 +114,9 @@ class LayerCache:
         self.rows = rows
         self.n = 0
         self.state: dict = {}
-        self.queries: torch.Tensor | None = None    # the last `query_window` queries (after RoPE)
+        self.queries: torch.Tensor | None = None  # the last `query_window` queries (after RoPE)
         self._version = -1
-        self._index: tuple[torch.Tensor, torch.Tensor] | None = None   # (layer, head) rows, for per-head copies
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (layer, head) rows, for per-head copies
 
     def _views(self) -> "LayerCache":
         st = self.store
@@ -125,10 +129,10 @@ class LayerCache:
         return self
 
     _k = property(lambda self: self._views()._kr)
-    k = property(lambda self: self._views()._kr[:, :, :self.n])
-    v = property(lambda self: self._views()._vr[:, :, :self.n])
-    pos = property(lambda self: self._views()._pr[:, :, :self.n])
-    score = property(lambda self: None if self.store.score is None else self._views()._sr[:, :, :self.n])
+    k = property(lambda self: self._views()._kr[:, :, : self.n])
+    v = property(lambda self: self._views()._vr[:, :, : self.n])
+    pos = property(lambda self: self._views()._pr[:, :, : self.n])
+    score = property(lambda self: None if self.store.score is None else self._views()._sr[:, :, : self.n])
 
     def append(self, k, v, pos) -> None:
         c = k.shape[2]
@@ -149,10 +153,10 @@ class LayerCache:
         for every layer); writes into it stay in the cache."""
         if name not in self.store.slots:
             self.store.add_slot(name, fill, dtype, trailing)
-        return self._views()._slots[name][:, :, :self.n]
+        return self._views()._slots[name][:, :, : self.n]
 
     def set_slot(self, name: str, t: torch.Tensor) -> None:
-        self._views()._slots[name][:, :, :self.n] = t
+        self._views()._slots[name][:, :, : self.n] = t
 
     @property
     def valid(self) -> torch.Tensor | None:
@@ -168,19 +172,20 @@ class LayerCache:
         """Add a per-token statistic [1, H_kv, n] to the running score (created at zero)."""
         if self.store.score is None:
             self.store.add_score()
-        self._views()._sr[:, :, :self.n] += s
+        self._views()._sr[:, :, : self.n] += s
 
     def _tensors(self) -> list[torch.Tensor]:
         self._views()
-        return ([self._kr, self._vr, self._pr] + ([self._sr] if self._sr is not None else [])
-                + list(self._slots.values()))
+        return (
+            [self._kr, self._vr, self._pr] + ([self._sr] if self._sr is not None else []) + list(self._slots.values())
+        )
 
     def keep(self, idx: torch.Tensor) -> None:
         """Keep the slots idx [1, H_kv, m] (per head; ascending keeps the original order)."""
         m = idx.shape[-1]
         for t in self._tensors():
             ix = idx.view(*idx.shape, *([1] * (t.dim() - 3))).expand(*idx.shape, *t.shape[3:])
-            t[:, :, :m] = t[:, :, :self.n].gather(2, ix)
+            t[:, :, :m] = t[:, :, : self.n].gather(2, ix)
         self.n = m
 
     def move(self, dst, src: int) -> None:
@@ -208,15 +213,15 @@ class LayerCache:
         """Evict slot s of every head keeping the order (slots after it move down by one)."""
         n = self.n
         for t in self._tensors():
-            t[:, :, s:n - 1] = t[:, :, s + 1:n].clone()
+            t[:, :, s : n - 1] = t[:, :, s + 1 : n].clone()
         self.n = n - 1
 
     def replace(self, k=None, v=None) -> None:
         """Overwrite the cached keys / values (quantization, merging, re-rotation) in place."""
         if k is not None:
-            self._views()._kr[:, :, :self.n] = k
+            self._views()._kr[:, :, : self.n] = k
         if v is not None:
-            self._views()._vr[:, :, :self.n] = v
+            self._views()._vr[:, :, : self.n] = v
 
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._tensors())
@@ -242,7 +247,7 @@ def rerotate(k: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> to
 def rerotation_angles(delta: float, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [1, 1, r] of one constant re-rotation by `delta` positions (for `rotate`); the
     angles in float64, so that a large delta loses nothing before cos/sin."""
-    ang = float(delta) * inv_freq.double().reshape(1, -1)       # on inv_freq's device
+    ang = float(delta) * inv_freq.double().reshape(1, -1)  # on inv_freq's device
     ang = torch.cat((ang, ang), dim=-1)
     return ang.cos().to(dtype)[None], ang.sin().to(dtype)[None]
 
@@ -253,7 +258,7 @@ def effective_inv_freq(rotary) -> torch.Tensor:
     its cos/sin (the attention factor cancels in atan2)."""
     x = rotary.inv_freq.new_zeros(1, 1, 1).float()
     cos, sin = rotary(x, torch.ones(1, 1, dtype=torch.long, device=x.device))
-    return torch.atan2(sin, cos)[0, 0, :cos.shape[-1] // 2].float()
+    return torch.atan2(sin, cos)[0, 0, : cos.shape[-1] // 2].float()
 
 
 def group_sum(x: torch.Tensor) -> torch.Tensor:
@@ -272,7 +277,7 @@ def keep_top(lc: LayerCache, scores: torch.Tensor, m: int, in_order: bool = Fals
     m = min(m, lc.n)
     if m >= lc.n:
         return
-    if m == lc.n - 1 and not in_order:      # a few copies instead of a top-k and a gather
+    if m == lc.n - 1 and not in_order:  # a few copies instead of a top-k and a gather
         lc.drop_one(scores.argmin(dim=-1))
         return
     idx = scores.topk(m, dim=-1, sorted=False).indices
@@ -316,9 +321,13 @@ def evict_outside_window(lc: LayerCache, m: int, window: int, score, lead: int =
     top = torch.iinfo(s.dtype).max if not s.is_floating_point() else float("inf")
     protect = recent(lc, window) | (lc.pos < lead) if lead else recent(lc, window)
     keep_top(lc, s.masked_fill(protect, top), m, in_order=True)
-    pos = lc.pos      # the ring holds when the last `window` slots are the window, the first `lead` the lead
-    if window > 0 and heavy >= lead and bool(recent(lc, window)[:, :, heavy:].all()) \
-            and bool((pos[:, :, :lead] < lead).all()):
+    pos = lc.pos  # the ring holds when the last `window` slots are the window, the first `lead` the lead
+    if (
+        window > 0
+        and heavy >= lead
+        and bool(recent(lc, window)[:, :, heavy:].all())
+        and bool((pos[:, :, :lead] < lead).all())
+    ):
         st["ring"] = 0
     else:
         st.pop("ring", None)
@@ -340,13 +349,14 @@ class KVMethod(LMMethod):
     """Base of the kv family. Subclasses set `compresses` ("prefill", "decode" or "both"),
     `budget_unit` ("tokens": the budget is kept tokens; "bytes": bytes relative to dense;
     "bits": fixed by the method's bit width, the budget is not used), and override the hooks."""
+
     family: ClassVar[str] = "kv"
     patches: ClassVar[frozenset[str]] = frozenset({"kv_cache"})
     compresses: ClassVar[str] = "prefill"
     budget_unit: ClassVar[str] = "tokens"
-    accumulates: ClassVar[bool] = False       # needs attention probabilities (observe)
-    all_layers: ClassVar[bool] = False        # compress_decode gets every layer at once (Run.all_layers)
-    positions: ClassVar[str] = "original"     # or "cache" (cache-relative, keys re-rotated)
+    accumulates: ClassVar[bool] = False  # needs attention probabilities (observe)
+    all_layers: ClassVar[bool] = False  # compress_decode gets every layer at once (Run.all_layers)
+    positions: ClassVar[str] = "original"  # or "cache" (cache-relative, keys re-rotated)
     smoke_args: ClassVar[dict[str, str]] = {"budget": "0.5"}
     budget: float = field(default=0.5, metadata={"help": "kept tokens: <= 1 a fraction of the context, > 1 a count"})
 
@@ -411,8 +421,15 @@ def kept_target(budget: float, n: int) -> int:
 class Run:
     """One prompt through the cache: per-layer caches, the phase, the budget, positions."""
 
-    def __init__(self, method: KVMethod, budget: float, generator: torch.Generator, inv_freq, protect: int = 0,
-                 rows: dict[int, int] | None = None):
+    def __init__(
+        self,
+        method: KVMethod,
+        budget: float,
+        generator: torch.Generator,
+        inv_freq,
+        protect: int = 0,
+        rows: dict[int, int] | None = None,
+    ):
         self.method, self.budget, self.generator, self.inv_freq = method, budget, generator, inv_freq
         self.layers: dict[int, LayerCache] = {}
         self.rows = rows or {0: 0}  # attention layer_idx -> its row of the shared SlotStore
@@ -420,22 +437,22 @@ class Run:
         self.store: SlotStore | None = None
         self._all: LayerCache | None = None
         self.phase = "prefill"
-        self.dense = budget == 1.0   # the same loop, nothing compressed
-        self.n_context = 0          # tokens of the compressed context
-        self.target = 0             # kept tokens per layer and head (budget_unit "tokens")
-        self.next_pos = 0           # original position of the next token
-        self.protect = protect      # leading tokens a quantizer must leave lossless (IntactKV)
-        self.step = 0               # decoding steps so far
-        self.max_new = 0            # decoding steps this call will take (Keyformer's temperature schedule)
-        self.tokens: list[int] = [] # token ids fed so far (FastGen's special / punctuation tokens)
+        self.dense = budget == 1.0  # the same loop, nothing compressed
+        self.n_context = 0  # tokens of the compressed context
+        self.target = 0  # kept tokens per layer and head (budget_unit "tokens")
+        self.next_pos = 0  # original position of the next token
+        self.protect = protect  # leading tokens a quantizer must leave lossless (IntactKV)
+        self.step = 0  # decoding steps so far
+        self.max_new = 0  # decoding steps this call will take (Keyformer's temperature schedule)
+        self.tokens: list[int] = []  # token ids fed so far (FastGen's special / punctuation tokens)
         self.policy_s = 0.0
         self.scaling = 1.0
-        self.query_pos: torch.Tensor | None = None   # original positions of the queries `observe` sees
-        self.query_start = 0        # query_pos[0], as an int
-        self.shift = 0              # method.rope_shift at the start of the current forward
-        self._shifted = None        # (the model's cos/sin, the same advanced by `shift`) for this forward
-        self.memo: dict = {}        # values a method computes once for all layers (e.g. angles)
-        self.clock = time.perf_counter   # the Driver's device_clock: policy timings on a GPU are device time
+        self.query_pos: torch.Tensor | None = None  # original positions of the queries `observe` sees
+        self.query_start = 0  # query_pos[0], as an int
+        self.shift = 0  # method.rope_shift at the start of the current forward
+        self._shifted = None  # (the model's cos/sin, the same advanced by `shift`) for this forward
+        self.memo: dict = {}  # values a method computes once for all layers (e.g. angles)
+        self.clock = time.perf_counter  # the Driver's device_clock: policy timings on a GPU are device time
 
     def positions(self, c: int) -> torch.Tensor:
         if self.method.positions == "cache" and self.layers:
@@ -512,27 +529,31 @@ class Run:
     def _sdpa(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
         c = q.shape[2]
         mask = None
-        if c > 1:   # the chunk's queries see the whole cache and the chunk causally
+        if c > 1:  # the chunk's queries see the whole cache and the chunk causally
             mask = torch.arange(lc.n, device=q.device)[None, :] <= torch.arange(n0, n0 + c, device=q.device)[:, None]
         if lc.valid is not None:
             v = lc.valid.repeat_interleave(q.shape[1] // lc.k.shape[1], dim=1)[:, :, None, :]
             mask = v if mask is None else mask & v
-        return F.scaled_dot_product_attention(q, lc.k, lc.v, attn_mask=mask, scale=scaling,
-                                              enable_gqa=q.shape[1] != lc.k.shape[1])
+        return F.scaled_dot_product_attention(
+            q, lc.k, lc.v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != lc.k.shape[1]
+        )
 
     def _explicit(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
         b, h, c, d = q.shape
         hkv, n = lc.k.shape[1], lc.n
         g = h // hkv
-        keys_t, values = lc.k.transpose(-1, -2), lc.v      # a KV head's query heads share one matmul
+        keys_t, values = lc.k.transpose(-1, -2), lc.v  # a KV head's query heads share one matmul
         step = max(1, STAT_ELEMENTS // (h * n))
         outs = []
         for s in range(0, c, step):
-            qs = q[:, :, s:s + step]
+            qs = q[:, :, s : s + step]
             cs = qs.shape[2]
             logits = (qs.reshape(b, hkv, g * cs, d) @ keys_t).float().view(b, hkv, g, cs, n) * scaling
-            if cs > 1 or lc.valid is not None:     # a single decoding query sees every slot
-                allowed = torch.arange(n, device=q.device)[None, :] <= torch.arange(n0 + s, n0 + s + cs, device=q.device)[:, None]
+            if cs > 1 or lc.valid is not None:  # a single decoding query sees every slot
+                allowed = (
+                    torch.arange(n, device=q.device)[None, :]
+                    <= torch.arange(n0 + s, n0 + s + cs, device=q.device)[:, None]
+                )
                 if lc.valid is not None:
                     allowed = allowed & lc.valid[:, :, None, None, :]
                 logits = logits.masked_fill(~allowed, float("-inf"))
@@ -550,7 +571,7 @@ class Run:
         self.target = kept_target(self.budget, self.n_context)
         if self.dense:
             return
-        if self.method.all_layers and self.layers:    # one call, so that decoding starts from its state
+        if self.method.all_layers and self.layers:  # one call, so that decoding starts from its state
             self._on_all_layers(self.method.compress_prefill)
             return
         for lc in self.layers.values():
@@ -573,18 +594,26 @@ class Run:
 
 class _Engine:
     """Routes the patched attention layers to the Run in progress (None: the model's own forward)."""
+
     run: Run | None = None
 
 
 def _attention_forward(engine: _Engine, method: KVMethod, m):
     cls_forward = type(m).forward
 
-    def forward(hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
-                cache_position=None, **kwargs):
+    def forward(
+        hidden_states,
+        position_embeddings=None,
+        attention_mask=None,
+        past_key_values=None,
+        cache_position=None,
+        **kwargs,
+    ):
         run = engine.run
         if run is None:
-            return cls_forward(m, hidden_states, position_embeddings, attention_mask, past_key_values,
-                               cache_position, **kwargs)
+            return cls_forward(
+                m, hidden_states, position_embeddings, attention_mask, past_key_values, cache_position, **kwargs
+            )
         b, c = hidden_states.shape[:2]
         shape = (b, c, -1, m.head_dim)
         q = m.q_proj(hidden_states).view(shape).transpose(1, 2)
@@ -594,6 +623,7 @@ def _attention_forward(engine: _Engine, method: KVMethod, m):
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         out = run.attend(m.layer_idx, q, k, v, m.scaling)
         return m.o_proj(out.transpose(1, 2).reshape(b, c, -1)), None
+
     return forward
 
 
@@ -626,8 +656,12 @@ class Driver:
         pos = run.positions(len(ids)).to(dev)
         run.shift = self.method.rope_shift(run) if not run.dense else 0
         run.tokens += ids
-        out = self.lm.model(input_ids=torch.tensor([ids], device=dev), position_ids=pos[None], use_cache=False,
-                            logits_to_keep=0 if all_logits else 1)
+        out = self.lm.model(
+            input_ids=torch.tensor([ids], device=dev),
+            position_ids=pos[None],
+            use_cache=False,
+            logits_to_keep=0 if all_logits else 1,
+        )
         run.next_pos += len(ids)
         return out.logits[0]
 
@@ -644,7 +678,9 @@ class Driver:
         """Prefill in chunks, then compress; returns (logits, cache bytes held before compressing)."""
         self.engine.run = run
         try:
-            outs = [self._forward(run, ids[s:s + PREFILL_CHUNK], all_logits) for s in range(0, len(ids), PREFILL_CHUNK)]
+            outs = [
+                self._forward(run, ids[s : s + PREFILL_CHUNK], all_logits) for s in range(0, len(ids), PREFILL_CHUNK)
+            ]
             peak = run.held_bytes()
             run.compress_prefill()
         finally:
@@ -666,7 +702,7 @@ class Driver:
         t0 = self.clock()
         run.n_context = len(ids)
         logits, peak = self.prefill_forward(run, ids, all_logits)
-        run.phase, run.policy_s = "decode", 0.0      # bookkeeping is reported for decoding only
+        run.phase, run.policy_s = "decode", 0.0  # bookkeeping is reported for decoding only
         t = self.lm.telemetry
         n, kept, nbytes, dense = len(ids), run.kept_tokens(), run.bytes(), run.dense_bytes()
         t["kv.calls"] += 1
@@ -681,7 +717,7 @@ class Driver:
             t["kv.compressed_bytes"] += nbytes
             t["kv.compressed_dense_bytes"] += dense
         t["kv.peak_cache_bytes"] = max(t["kv.peak_cache_bytes"], peak)
-        if run.protect and not run.dense and self.method.budget_unit == "bits":   # quantizers honour it
+        if run.protect and not run.dense and self.method.budget_unit == "bits":  # quantizers honour it
             t["kv.protected_tokens"] += min(run.protect, n)
         t["kv.prefill_s"] += self.clock() - t0
         return logits
@@ -735,8 +771,10 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
     """Route the LM's batch hooks through the driver and (for this module's engine) patch the
     attention layers; both restored on exit."""
     if getattr(lm, "kv_driver", None) is not None:
-        raise UserError(f"{method.name}: the KV cache is already managed by {lm.kv_driver.method.name}; "
-                        f"compose one kv cache policy (modifiers such as intactkv go after it: kivi+intactkv)")
+        raise UserError(
+            f"{method.name}: the KV cache is already managed by {lm.kv_driver.method.name}; "
+            f"compose one kv cache policy (modifiers such as intactkv go after it: kivi+intactkv)"
+        )
     patch = driver is None
     driver = driver or Driver(lm, method)
     method.prepare(lm)
@@ -758,17 +796,19 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
     def forward_logits(ids, mask):
         out = None
         for b, (row, m) in enumerate(zip(ids.tolist(), mask.tolist())):
-            seq = [t for t, keep in zip(row, m) if keep]      # right padding (LM.loglikelihood)
+            seq = [t for t, keep in zip(row, m) if keep]  # right padding (LM.loglikelihood)
             logits = driver.score_one(seq)
             if out is None:
                 out = logits.new_zeros(ids.shape[0], ids.shape[1], logits.shape[-1])
-            out[b, :len(seq)] = logits
+            out[b, : len(seq)] = logits
         return out
 
     lm.kv_driver = driver
     try:
-        with lm.batch_hooks(generate_batch=generate_batch, forward_logits=forward_logits), \
-                patched_forwards(modules, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, PATCHED):
+        with (
+            lm.batch_hooks(generate_batch=generate_batch, forward_logits=forward_logits),
+            patched_forwards(modules, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, PATCHED),
+        ):
             yield driver
     finally:
         del lm.kv_driver
@@ -779,7 +819,7 @@ def quantize(x: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     q = round((x - min)/s) clamped to [0, 2^B - 1], x̂ = q s + min. Groups are the other axes."""
     lo = x.amin(dim=dim, keepdim=True)
     hi = x.amax(dim=dim, keepdim=True)
-    levels = 2 ** bits - 1
+    levels = 2**bits - 1
     scale = (hi - lo) / levels
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round((x - lo) / safe), 0, levels)

@@ -31,12 +31,15 @@ class CaM(KVMethod):
     merge_budget tokens after it, from its own original value (one pass, without the
     evicted-to-evicted chains of a token-by-token stream) [our simplification]. Seeded draws.
     Compresses: prefill and every decoding step."""
+
     name = "cam"
     paper = "CaM: Cache Merging for Memory-efficient LLMs Inference (ICML 2024)"
     compresses = "both"
     accumulates = True
     all_layers = True
-    budget: float = field(default=0.2, metadata={"help": "kept tokens (official: start 0.1 + recent 0.1 of the prompt)"})
+    budget: float = field(
+        default=0.2, metadata={"help": "kept tokens (official: start 0.1 + recent 0.1 of the prompt)"}
+    )
     start_share: float = field(default=0.5, metadata={"help": "share of the budget kept at the start"})
     merge_budget: int = field(default=32, metadata={"help": "next tokens whose values receive a merged value"})
 
@@ -55,11 +58,11 @@ class CaM(KVMethod):
             return
         start, rec = self.split(m)
         score, v = lc.score, lc.v.clone()
-        draw = self.draw(score[:, :, start:n - rec], score[:, :, n - rec:].mean(-1, keepdim=True), run)   # [1, H, E]
-        contrib = v[:, :, start:n - rec] * (draw / self.merge_budget).unsqueeze(-1)  # [1, H, E, d]
+        draw = self.draw(score[:, :, start : n - rec], score[:, :, n - rec :].mean(-1, keepdim=True), run)  # [1, H, E]
+        contrib = v[:, :, start : n - rec] * (draw / self.merge_budget).unsqueeze(-1)  # [1, H, E, d]
         # token t (evicted) adds to t+1 .. t+merge_budget: a windowed sum of the contributions
-        padded = torch.nn.functional.pad(contrib.cumsum(2), (0, 0, 1, 0))            # prefix sums
-        idx = torch.arange(start, n, device=v.device) - start                         # receivers, in evicted coords
+        padded = torch.nn.functional.pad(contrib.cumsum(2), (0, 0, 1, 0))  # prefix sums
+        idx = torch.arange(start, n, device=v.device) - start  # receivers, in evicted coords
         hi = idx.clamp(max=contrib.shape[2])
         lo = (idx - self.merge_budget).clamp(min=0, max=contrib.shape[2])
         v[:, :, start:] += padded[:, :, hi] - padded[:, :, lo]
@@ -67,7 +70,7 @@ class CaM(KVMethod):
         keep = torch.cat([torch.arange(start), torch.arange(n - rec, n)]).to(v.device)
         lc.keep(keep.expand(*v.shape[:2], m))
         if rec >= 1:
-            lc.state["ring"] = 0        # in position order: the recent window's ring starts at `start`
+            lc.state["ring"] = 0  # in position order: the recent window's ring starts at `start`
 
     def compress_decode(self, lc: LayerCache, run: Run) -> None:
         """One token leaves the recent window per decoded token. The window keeps its slots as a
@@ -83,10 +86,12 @@ class CaM(KVMethod):
         if lc.n == m + 1 and rec >= 1 and "ring" in st:
             n, r = lc.n, start + st["ring"]
             score, v = lc.score, lc.v
-            rest = (score[:, :, start:].sum(-1, keepdim=True) - score[:, :, r:r + 1]) / max(1, n - start - 1)
-            share = v[:, :, r:r + 1] * (self.draw(score[:, :, r:r + 1], rest, run) / self.merge_budget).unsqueeze(-1)
+            rest = (score[:, :, start:].sum(-1, keepdim=True) - score[:, :, r : r + 1]) / max(1, n - start - 1)
+            share = v[:, :, r : r + 1] * (self.draw(score[:, :, r : r + 1], rest, run) / self.merge_budget).unsqueeze(
+                -1
+            )
             left = self.merge_budget
-            for a, b in ((r + 1, start + rec), (start, r), (n - 1, n)):     # position order after r
+            for a, b in ((r + 1, start + rec), (start, r), (n - 1, n)):  # position order after r
                 b = min(b, a + left)
                 if b > a:
                     v[:, :, a:b] += share
@@ -96,11 +101,11 @@ class CaM(KVMethod):
             st["ring"] = (st["ring"] + 1) % rec
             return
         lc.keep(lc.pos.argsort(dim=-1))
-        e = start                       # the oldest token of the recent window leaves
-        while lc.n > m:                 # one at a time
-            score, v = lc.score, lc.v   # v: a view of the cache (merged in place)
-            draw = self.draw(score[:, :, e:e + 1], score[:, :, e + 1:].mean(-1, keepdim=True), run)
-            v[:, :, e + 1:e + 1 + self.merge_budget] += v[:, :, e:e + 1] * (draw / self.merge_budget).unsqueeze(-1)
+        e = start  # the oldest token of the recent window leaves
+        while lc.n > m:  # one at a time
+            score, v = lc.score, lc.v  # v: a view of the cache (merged in place)
+            draw = self.draw(score[:, :, e : e + 1], score[:, :, e + 1 :].mean(-1, keepdim=True), run)
+            v[:, :, e + 1 : e + 1 + self.merge_budget] += v[:, :, e : e + 1] * (draw / self.merge_budget).unsqueeze(-1)
             lc.shift_out(e)
         if rec >= 1:
             st["ring"] = 0

@@ -8,12 +8,13 @@ import torch
 from harness.registry import register
 from harness.methods.kv._common import KVMethod, LayerCache, Run, recent, window_attention
 
-_VOCAB_CLASSES: dict = {}    # tokenizer id -> (special-token mask, punctuation mask) over the vocabulary
+_VOCAB_CLASSES: dict = {}  # tokenizer id -> (special-token mask, punctuation mask) over the vocabulary
 POLICIES = ("special", "special+punct", "special+punct+frequency", "special+punct+frequency+local")
 
 
-def candidate_masks(special: torch.Tensor, punct: torch.Tensor, freq_score: torch.Tensor, is_recent: torch.Tensor,
-                    heavy: int, m: int) -> list[torch.Tensor]:
+def candidate_masks(
+    special: torch.Tensor, punct: torch.Tensor, freq_score: torch.Tensor, is_recent: torch.Tensor, heavy: int, m: int
+) -> list[torch.Tensor]:
     """FastGen's nested policies as bool masks [1, H, n], cheapest first; frequency adds the
     `heavy` top-scored tokens, local the newest, each policy capped at m tokens per head."""
     base = special | punct
@@ -21,13 +22,15 @@ def candidate_masks(special: torch.Tensor, punct: torch.Tensor, freq_score: torc
     ranked = freq_score.masked_fill(base, float("-inf"))
     for extra, size in ((None, heavy), (is_recent, m)):
         prev = masks[-1]
-        if extra is not None:            # the local window, then heavy hitters fill up to the cap
+        if extra is not None:  # the local window, then heavy hitters fill up to the cap
             ranked = ranked.masked_fill(extra, float("inf"))
         room = (size - prev.sum(-1, keepdim=True)).clamp(min=0)
         # ties (the local window's +inf, equal scores) go to the newest slot, on every device
         n = ranked.shape[-1]
         order = (n - 1) - ranked.masked_fill(prev, float("-inf")).flip(-1).argsort(dim=-1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+        rank = torch.empty_like(order).scatter_(
+            -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order)
+        )
         masks.append(prev | ((rank < room) & (ranked.masked_fill(prev, float("-inf")) > float("-inf"))))
     return [_cap(mk, m, freq_score) for mk in masks]
 
@@ -60,6 +63,7 @@ class FastGen(KVMethod):
     different counts (masked slots), so the kept fraction is at most the budget ("cap"). The
     profile uses the last `profile_window` queries' attention (SDPA-compatible) rather than the
     full prefill matrix [our choice, as SnapKV's window]. Compresses: prefill only."""
+
     name = "fastgen"
     paper = "Model Tells You What to Discard: Adaptive KV Cache Compression for LLMs (arXiv:2310.01801)"
     compresses = "prefill"
@@ -77,22 +81,22 @@ class FastGen(KVMethod):
         if lc.n <= m:
             return
         w = min(self.profile_window, lc.n, lc.queries.shape[2])
-        probs = window_attention(lc.queries[:, :, -w:], lc.k, run.scaling)     # [1, H, g, w, n]
-        mass = probs.sum(dim=(2, 3))                                           # per key, per KV head
+        probs = window_attention(lc.queries[:, :, -w:], lc.k, run.scaling)  # [1, H, g, w, n]
+        mass = probs.sum(dim=(2, 3))  # per key, per KV head
         total = mass.sum(-1, keepdim=True)
-        tok = torch.tensor(run.tokens[:lc.n], device=lc.k.device)[lc.pos[0]]    # [H, n] token ids per slot
+        tok = torch.tensor(run.tokens[: lc.n], device=lc.k.device)[lc.pos[0]]  # [H, n] token ids per slot
         special = (lc.pos < self.global_tokens) | self.special_ids(run, tok).unsqueeze(0)
         punct = self.punct_ids(run, tok).unsqueeze(0)
         local = recent(lc, m - int(m * self.heavy_hitter_frac))
         masks = candidate_masks(special, punct, mass, local, int(m * self.heavy_hitter_frac), m)
-        recovered = torch.stack([(mass * mk).sum(-1) / total.squeeze(-1) for mk in masks])   # [P, 1, H]
+        recovered = torch.stack([(mass * mk).sum(-1) / total.squeeze(-1) for mk in masks])  # [P, 1, H]
         ok = recovered >= self.min_recovery
         ok[-1] = True
-        choice = ok.float().argmax(dim=0)                                      # first policy that recovers
+        choice = ok.float().argmax(dim=0)  # first policy that recovers
         chosen = torch.stack([masks[int(c)][0, h] for h, c in enumerate(choice[0])])[None]
         lc.state["policies"] = [POLICIES[int(c)] for c in choice[0]]
         keep = chosen.sum(-1).max()
-        order = chosen.float().argsort(dim=-1, descending=True, stable=True)[:, :, :int(keep)].sort(-1).values
+        order = chosen.float().argsort(dim=-1, descending=True, stable=True)[:, :, : int(keep)].sort(-1).values
         valid = chosen.gather(2, order)
         lc.keep(order)
         lc.slot("valid", True, torch.bool)
@@ -105,8 +109,14 @@ class FastGen(KVMethod):
             n = len(tok)
             special = torch.zeros(n, dtype=torch.bool)
             special[[i for i in tok.all_special_ids if i < n]] = True
-            punct = torch.tensor([(lambda s: bool(s) and all(ch in string.punctuation for ch in s))(
-                tok.convert_ids_to_tokens(i).replace("Ġ", "").replace("▁", "").strip()) for i in range(n)])
+            punct = torch.tensor(
+                [
+                    (lambda s: bool(s) and all(ch in string.punctuation for ch in s))(
+                        tok.convert_ids_to_tokens(i).replace("Ġ", "").replace("▁", "").strip()
+                    )
+                    for i in range(n)
+                ]
+            )
             _VOCAB_CLASSES[key] = (special, punct)
         return _VOCAB_CLASSES[key]
 

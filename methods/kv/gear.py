@@ -7,7 +7,7 @@ import torch
 from harness.registry import register
 from harness.methods.kv._common import KVMethod, LayerCache, REFERENCE_BYTES, Run, quant_bytes, quantize_groups
 
-OUTLIER_BYTES = REFERENCE_BYTES + 4     # an fp16 value and its int32 index
+OUTLIER_BYTES = REFERENCE_BYTES + 4  # an fp16 value and its int32 index
 
 
 def outliers(x: torch.Tensor, frac: float) -> torch.Tensor:
@@ -54,6 +54,7 @@ class GEAR(KVMethod):
     block, rank `prefill_rank`; decoding: rank `rank`). Bytes: bits + fp16 scale and zero per group
     + outliers (fp16 value + int32 index) + the rank factors at fp16 + the fp16 buffer.
     Compresses: prefill and decoding. The budget is not used (bits)."""
+
     name = "gear"
     paper = "GEAR: An Efficient KV Cache Compression Recipe for Near-Lossless Generative Inference of LLM (arXiv:2403.05527)"
     compresses = "both"
@@ -78,7 +79,7 @@ class GEAR(KVMethod):
         b, h, n, d = x.shape
         if axis == "token":
             dq = quantize_groups(x - s, self.bits, self.group_size, "token")
-        else:    # per token over the whole hidden vector of the token
+        else:  # per token over the whole hidden vector of the token
             flat = (x - s).permute(0, 2, 1, 3).reshape(b, 1, n, h * d)
             dq = quantize_groups(flat, self.bits, self.group_size, "channel").reshape(b, n, h, d).permute(0, 2, 1, 3)
         low = power_low_rank(x - s - dq, rank, self.loop, gen)
@@ -91,13 +92,16 @@ class GEAR(KVMethod):
         if n <= 0:
             return
         k, v = lc.k.clone(), lc.v.clone()
-        k[:, :, a:a + n], ok = self.compress_block(k[:, :, a:a + n], "token", rank, run.generator)
-        v[:, :, a:a + n], ov = self.compress_block(v[:, :, a:a + n], "channel", rank, run.generator)
+        k[:, :, a : a + n], ok = self.compress_block(k[:, :, a : a + n], "token", rank, run.generator)
+        v[:, :, a : a + n], ov = self.compress_block(v[:, :, a : a + n], "channel", rank, run.generator)
         lc.replace(k=k, v=v)
         h, d = k.shape[1], k.shape[-1]
         lc.state["done"] += n
-        lc.state["bytes"] += (quant_bytes(n * h * d, self.bits, self.group_size) * 2 + (ok + ov) * OUTLIER_BYTES
-                              + 2 * h * rank * (n + d) * REFERENCE_BYTES)
+        lc.state["bytes"] += (
+            quant_bytes(n * h * d, self.bits, self.group_size) * 2
+            + (ok + ov) * OUTLIER_BYTES
+            + 2 * h * rank * (n + d) * REFERENCE_BYTES
+        )
 
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
         lc.state.update(done=0, bytes=0.0)

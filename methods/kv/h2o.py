@@ -23,12 +23,15 @@ class H2O(KVMethod):
     keeps a recent window and the heavy hitters (top S among the rest); official defaults
     heavy_ratio = recent_ratio = 0.1 of the prompt, i.e. budget 0.2 split 50/50. Compresses:
     prefill and every decoding step (the cache stays at the budget)."""
+
     name = "h2o"
     paper = "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models (arXiv:2306.14048)"
     compresses = "both"
     accumulates = True
     all_layers = True
-    budget: float = field(default=0.2, metadata={"help": "kept tokens (official: heavy 0.1 + recent 0.1 of the prompt)"})
+    budget: float = field(
+        default=0.2, metadata={"help": "kept tokens (official: heavy 0.1 + recent 0.1 of the prompt)"}
+    )
     heavy_share: float = field(default=0.5, metadata={"help": "heavy hitters' share of the budget (rest: recent)"})
 
     def __post_init__(self):

@@ -25,6 +25,7 @@ class IntactKV(LMMethod):
     prefix the paper generates is the cache's own. pivot_tokens: None = the tokenizer's prompt
     prefix ([BOS]), or the first token when it adds none (the attention sink of such models)
     [our choice for BOS-less tokenizers]. Training-free ([B]/[P])."""
+
     name = "intactkv"
     family: ClassVar[str] = "kv"
     paper = "IntactKV: Improving Large Language Model Quantization by Keeping Pivot Tokens Intact (arXiv:2403.01241)"
@@ -47,10 +48,12 @@ class IntactKV(LMMethod):
     @contextlib.contextmanager
     def apply(self, lm, ctx):
         with contextlib.ExitStack() as stack:
-            if getattr(lm, "kv_driver", None) is None:      # alone: bring the quantizer
+            if getattr(lm, "kv_driver", None) is None:  # alone: bring the quantizer
                 inner = params.build(registry.method(self.quantizer), {}, f"intactkv quantizer {self.quantizer}")
                 if getattr(inner, "budget_unit", None) != "bits":
-                    raise UserError(f"intactkv: quantizer {self.quantizer!r} is not a quantizing kv method (kivi, gear)")
+                    raise UserError(
+                        f"intactkv: quantizer {self.quantizer!r} is not a quantizing kv method (kivi, gear)"
+                    )
                 stack.enter_context(inner.apply(lm, ctx))
             lm.kv_protect_prefix = self.pivots(lm)
             try:
@@ -60,6 +63,8 @@ class IntactKV(LMMethod):
 
     def check_effect(self, lm, ctx, result) -> str | None:
         if not lm.telemetry["kv.protected_tokens"]:
-            return ("no quantizing kv method kept the pivot prefix lossless (run it alone, or after a "
-                    "quantizer: kivi+intactkv)")
+            return (
+                "no quantizing kv method kept the pivot prefix lossless (run it alone, or after a "
+                "quantizer: kivi+intactkv)"
+            )
         return None

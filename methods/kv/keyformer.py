@@ -12,7 +12,7 @@ from harness.methods.kv.h2o import evict_heavy_recent
 def gumbel_probs(logits: torch.Tensor, tau: float, generator) -> torch.Tensor:
     """softmax((x + ζ)/τ) with ζ ~ Gumbel(0, 1) (torch's gumbel_softmax, hard=False, seeded)."""
     z = torch.rand(logits.shape, generator=generator).to(logits.device)
-    z.clamp_(1e-20, 1.0).log_().neg_().clamp_(min=1e-20).log_().neg_()        # ζ, in place
+    z.clamp_(1e-20, 1.0).log_().neg_().clamp_(min=1e-20).log_().neg_()  # ζ, in place
     z += logits
     if tau != 1:
         z /= tau
@@ -31,6 +31,7 @@ class Keyformer(KVMethod):
     τ_end = 2 over the decoding steps (τ_delta = (τ_end − τ_init)/max_new_tokens). The budget
     keeps `recent_share` (official example 30 %) newest tokens and the top-scoring "key tokens".
     Compresses: prefill and every decoding step. The noise is seeded (the run's generator)."""
+
     name = "keyformer"
     paper = "Keyformer: KV Cache Reduction through Key Tokens Selection for Efficient Generative Inference (arXiv:2403.09054)"
     compresses = "both"

@@ -26,6 +26,7 @@ class KIVI(KVMethod):
     full precision, the oldest leaving the residual one at a time. Simulated exactly on CPU (the
     CUDA kernels are not needed for the numbers); bytes counted as bits + fp16 scale and zero per
     group + fp16 residual. Compresses: prefill and decoding. The budget is not used (bits)."""
+
     name = "kivi"
     paper = "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache (arXiv:2402.02750)"
     compresses = "both"
@@ -46,8 +47,12 @@ class KIVI(KVMethod):
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
         n = lc.n - run.protect
         lc.state["nk"] = lc.state["nv"] = 0
-        self.flush(lc, run, keys=n - n % self.residual_length if n >= self.residual_length else 0,
-                   values=max(0, n - self.residual_length))
+        self.flush(
+            lc,
+            run,
+            keys=n - n % self.residual_length if n >= self.residual_length else 0,
+            values=max(0, n - self.residual_length),
+        )
 
     def compress_decode(self, lc: LayerCache, run: Run) -> None:
         full_k = lc.n - run.protect - lc.state["nk"]
@@ -60,20 +65,22 @@ class KIVI(KVMethod):
         if keys:
             a = p + lc.state["nk"]
             k = lc.k.clone()
-            k[:, :, a:a + keys] = quantize_groups(k[:, :, a:a + keys], self.k_bits, self.group_size, "token")
+            k[:, :, a : a + keys] = quantize_groups(k[:, :, a : a + keys], self.k_bits, self.group_size, "token")
             lc.replace(k=k)
             lc.state["nk"] += keys
         if values:
             a = p + lc.state["nv"]
             v = lc.v.clone()
             g = value_group(self.group_size, v.shape[-1])
-            v[:, :, a:a + values] = quantize_groups(v[:, :, a:a + values], self.v_bits, g, "channel")
+            v[:, :, a : a + values] = quantize_groups(v[:, :, a : a + values], self.v_bits, g, "channel")
             lc.replace(v=v)
             lc.state["nv"] += values
 
     def layer_bytes(self, lc: LayerCache, run: Run) -> float:
         h, d = lc.k.shape[1], lc.k.shape[-1]
         nk, nv = lc.state.get("nk", 0), lc.state.get("nv", 0)
-        return (quant_bytes(nk * h * d, self.k_bits, self.group_size)
-                + quant_bytes(nv * h * d, self.v_bits, value_group(self.group_size, d))
-                + (2 * lc.n - nk - nv) * h * d * REFERENCE_BYTES)
+        return (
+            quant_bytes(nk * h * d, self.k_bits, self.group_size)
+            + quant_bytes(nv * h * d, self.v_bits, value_group(self.group_size, d))
+            + (2 * lc.n - nk - nv) * h * d * REFERENCE_BYTES
+        )

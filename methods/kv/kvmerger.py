@@ -24,12 +24,12 @@ def gaussian_merge(k, v, kept, target, sim, threshold):
     slot (the pivot) into it: w_i = g_i/Σg, g_i = exp(−‖k_p − k_i‖²/(2σ²)), σ² the set's mean
     squared distance to the pivot (its RMS distance); the pivot has g = 1. Returns merged k, v."""
     joins = (~kept) & (sim >= threshold)
-    d2 = ((k - k.gather(2, target.unsqueeze(-1).expand_as(k))) ** 2).sum(-1) * joins      # [1, H, n]
+    d2 = ((k - k.gather(2, target.unsqueeze(-1).expand_as(k))) ** 2).sum(-1) * joins  # [1, H, n]
     zeros = torch.zeros_like(d2)
     sum_d2 = zeros.scatter_add(2, target, d2)
     count = zeros.scatter_add(2, target, joins.float())
     sigma2 = (sum_d2 / count.clamp(min=1)).gather(2, target).clamp(min=1e-12)
-    g = torch.where(joins, torch.exp(-d2 / (2 * sigma2)), zeros) + kept.float()             # pivot: 1
+    g = torch.where(joins, torch.exp(-d2 / (2 * sigma2)), zeros) + kept.float()  # pivot: 1
     norm = zeros.scatter_add(2, target, g)
     idx = target.unsqueeze(-1).expand_as(k)
     mk = torch.zeros_like(k).scatter_add(2, idx, k * g.unsqueeze(-1)) / norm.clamp(min=1e-12).unsqueeze(-1)
@@ -51,8 +51,11 @@ class KVMerger(KVMethod):
     k = Σ w_i k_i, v = Σ w_i v_i. Tokens too dissimilar to any pivot are dropped. Compresses:
     prefill only. The sets are the nearest-pivot runs of dissimilar-free neighbours, a
     simplification of the paper's consecutive-similarity sets [our choice]."""
+
     name = "kvmerger"
-    paper = "Model Tells You Where to Merge: Adaptive KV Cache Merging for LLMs on Long-Context Tasks (arXiv:2407.08454)"
+    paper = (
+        "Model Tells You Where to Merge: Adaptive KV Cache Merging for LLMs on Long-Context Tasks (arXiv:2407.08454)"
+    )
     compresses = "prefill"
     accumulates = True
     threshold: float = field(default=0.75, metadata={"help": "key cosine similarity to join a merging set"})

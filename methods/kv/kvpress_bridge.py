@@ -6,6 +6,7 @@ positions continuing from the original context length (kvpress `pipeline.py`). T
 budget is kvpress's `compression_ratio = 1 − budget` for presses that have one; presses without a
 ratio run at their own settings ("native"). Telemetry matches the kv engine's, so the
 kv_compression task scores a press exactly as it scores the native methods."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,10 @@ from harness.errors import UserError, nearest
 from harness.registry import register_family
 from harness.methods.kv._common import REFERENCE_BYTES, Driver, KVMethod, kept_target, kv_loop
 
-INSTALL = ('kvpress is not installed: `pip install "harness-eval[kvpress]"` (kvpress 0.5.5; it installs '
-           "beside torch 2.13 and transformers 5.2, see the README)")
+INSTALL = (
+    'kvpress is not installed: `pip install "harness-eval[kvpress]"` (kvpress 0.5.5; it installs '
+    "beside torch 2.13 and transformers 5.2, see the README)"
+)
 
 
 def _kvpress():
@@ -37,6 +40,7 @@ class PressRun:
 
     def __init__(self, budget: float):
         from transformers import DynamicCache
+
         self.cache, self.budget, self.dense = DynamicCache(), budget, budget == 1.0
         self.n_context = self.next_pos = self.step = self.max_new = self.protect = 0
         self.phase, self.policy_s = "prefill", 0.0
@@ -48,12 +52,15 @@ class PressRun:
         return sum(layer.keys.shape[2] for layer in self._layers()) / max(1, len(self._layers()))
 
     def bytes(self) -> float:
-        return sum(2 * layer.keys.shape[1] * layer.keys.shape[2] * layer.keys.shape[3] * REFERENCE_BYTES
-                   for layer in self._layers())
+        return sum(
+            2 * layer.keys.shape[1] * layer.keys.shape[2] * layer.keys.shape[3] * REFERENCE_BYTES
+            for layer in self._layers()
+        )
 
     def dense_bytes(self) -> float:
-        return sum(2 * layer.keys.shape[1] * self.next_pos * layer.keys.shape[3] * REFERENCE_BYTES
-                   for layer in self._layers())
+        return sum(
+            2 * layer.keys.shape[1] * self.next_pos * layer.keys.shape[3] * REFERENCE_BYTES for layer in self._layers()
+        )
 
     def held_bytes(self) -> int:
         return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in self._layers())
@@ -70,8 +77,13 @@ class PressDriver(Driver):
     def _step(self, run: PressRun, ids: list[int], all_logits: bool) -> torch.Tensor:
         dev = self.lm.device
         pos = torch.arange(run.next_pos, run.next_pos + len(ids), device=dev)
-        out = self.lm.model(input_ids=torch.tensor([ids], device=dev), past_key_values=run.cache, use_cache=True,
-                            position_ids=pos[None], logits_to_keep=0 if all_logits else 1)
+        out = self.lm.model(
+            input_ids=torch.tensor([ids], device=dev),
+            past_key_values=run.cache,
+            use_cache=True,
+            position_ids=pos[None],
+            logits_to_keep=0 if all_logits else 1,
+        )
         run.next_pos += len(ids)
         return out.logits[0]
 
@@ -91,6 +103,7 @@ class PressDriver(Driver):
 @dataclass
 class KVPressMethod(KVMethod):
     """A kvpress press (built by the `kvpress:` family)."""
+
     press_name: ClassVar[str] = ""
     budget: float = field(default=0.5, metadata={"help": "kept fraction; the press's compression_ratio = 1 - budget"})
     press_args: str = field(default="{}", metadata={"help": "JSON object of the press's own arguments"})
@@ -118,12 +131,22 @@ def build(press: str) -> type:
     cls = getattr(kvpress, press)
     has_ratio = dataclasses.is_dataclass(cls) and any(f.name == "compression_ratio" for f in dataclasses.fields(cls))
     doc = (cls.__doc__ or "").strip().split("\n")[0]
-    ns = {"__doc__": f"kvpress {press} (NVIDIA/kvpress {kvpress.__version__ if hasattr(kvpress, '__version__') else ''}): {doc}",
-          "__annotations__": {}, "name": f"kvpress_{press.lower()}", "press_name": press,
-          "paper": f"kvpress {press} (NVIDIA/kvpress)", "compresses": "prefill",
-          "budget_unit": "tokens" if has_ratio else "native"}
+    ns = {
+        "__doc__": f"kvpress {press} (NVIDIA/kvpress {kvpress.__version__ if hasattr(kvpress, '__version__') else ''}): {doc}",
+        "__annotations__": {},
+        "name": f"kvpress_{press.lower()}",
+        "press_name": press,
+        "paper": f"kvpress {press} (NVIDIA/kvpress)",
+        "compresses": "prefill",
+        "budget_unit": "tokens" if has_ratio else "native",
+    }
     return dataclass(type(f"KVPress_{press}", (KVPressMethod,), ns))
 
 
-register_family("kvpress", "method", build, "any press of NVIDIA's kvpress, e.g. kvpress:SnapKVPress "
-                "(optional extra: pip install 'harness-eval[kvpress]')", kind="lm")
+register_family(
+    "kvpress",
+    "method",
+    build,
+    "any press of NVIDIA's kvpress, e.g. kvpress:SnapKVPress (optional extra: pip install 'harness-eval[kvpress]')",
+    kind="lm",
+)

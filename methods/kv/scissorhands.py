@@ -25,9 +25,12 @@ class Scissorhands(KVMethod):
     the ring leaves. recent_share is not given by the paper; 0.5 follows H2O's split [our choice].
     Ties in the counts (common: they are integers) evict the oldest token [our choice; the
     reference's topk leaves them to the device's kernel], so that CPU and GPU keep the same set."""
+
     name = "scissorhands"
-    paper = ("Scissorhands: Exploiting the Persistence of Importance Hypothesis for LLM KV Cache "
-             "Compression at Test Time (arXiv:2305.17118)")
+    paper = (
+        "Scissorhands: Exploiting the Persistence of Importance Hypothesis for LLM KV Cache "
+        "Compression at Test Time (arXiv:2305.17118)"
+    )
     compresses = "both"
     accumulates = True
     all_layers = True
@@ -41,21 +44,21 @@ class Scissorhands(KVMethod):
             raise ValueError("history_window >= 1, global_tokens >= 0, recent_share in [0, 1]")
 
     def observe(self, lc: LayerCache, probs, logits, run: Run) -> None:
-        w, q0, c = self.history_window, run.query_start, probs.shape[3]     # queries q0 .. q0 + c - 1
+        w, q0, c = self.history_window, run.query_start, probs.shape[3]  # queries q0 .. q0 + c - 1
         first = max(run.n_context - w if run.phase == "prefill" else 0, q0 + c - w)
-        lo = max(0, first - q0)                                     # queries inside the history window
+        lo = max(0, first - q0)  # queries inside the history window
         if lo >= c:
             return
         if lo:
             probs, logits = probs[:, :, :, lo:], logits[:, :, :, lo:]
-        if probs.shape[3] == 1 and lc.valid is None:                # one decoding query sees every slot
+        if probs.shape[3] == 1 and lc.valid is None:  # one decoding query sees every slot
             visible = lc.n
         else:
             visible = torch.isfinite(logits).sum(-1, keepdim=True).clamp(min=1)
-        above = probs >= 1.0 / visible                              # [1, H_kv, g, c, n]
+        above = probs >= 1.0 / visible  # [1, H_kv, g, c, n]
         ring = lc.slot("history", 0, torch.uint8, (w,))
         count = lc.slot("count", 0, torch.int32)
-        if above.shape[3] == 1:                                     # one query: a column of the ring (a view)
+        if above.shape[3] == 1:  # one query: a column of the ring (a view)
             b, h, g, _, n = above.shape
             hits = above.view(b, h, n) if g == 1 else above.sum(dim=(2, 3), dtype=torch.int32)
             column = ring[:, :, :, (q0 + lo) % w]
@@ -63,7 +66,7 @@ class Scissorhands(KVMethod):
             count -= column
             column.copy_(hits)
         else:
-            hits = above.sum(dim=2, dtype=torch.int32)              # [1, H_kv, c, n]: the columns of those queries
+            hits = above.sum(dim=2, dtype=torch.int32)  # [1, H_kv, c, n]: the columns of those queries
             cols = run.query_pos[lo:] % w
             new = hits.transpose(2, 3)
             count += new.sum(-1, dtype=torch.int32) - ring[:, :, :, cols].sum(-1, dtype=torch.int32)
@@ -79,8 +82,13 @@ class Scissorhands(KVMethod):
             return
         count, pos = lc.slot("count", 0, torch.int32), lc.pos
         # ties in the integer counts evict the oldest token, on every device: count · 2^32 + position
-        evict_outside_window(lc, m, m - int(m * (1 - self.recent_share)),
-                             lambda a, b: count[:, :, a:b].long() * 2 ** 32 + pos[:, :, a:b], lead=self.global_tokens)
+        evict_outside_window(
+            lc,
+            m,
+            m - int(m * (1 - self.recent_share)),
+            lambda a, b: count[:, :, a:b].long() * 2**32 + pos[:, :, a:b],
+            lead=self.global_tokens,
+        )
 
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
         self.evict(lc, run)

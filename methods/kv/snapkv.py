@@ -14,8 +14,8 @@ def snapkv_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float, ker
     window (mean over window queries), pooled along the sequence, averaged over the KV head's
     query heads; the window's own keys get the maximum score (they are always kept first)."""
     w = queries.shape[2]
-    probs = window_attention(queries, keys, scaling)              # [1, H_kv, g, w, n]
-    s = probs[..., :keys.shape[2] - w].mean(dim=3)                # [1, H_kv, g, n - w]
+    probs = window_attention(queries, keys, scaling)  # [1, H_kv, g, w, n]
+    s = probs[..., : keys.shape[2] - w].mean(dim=3)  # [1, H_kv, g, n - w]
     b, hkv, g, n = s.shape
     if n and kernel > 1:
         pool = F.avg_pool1d if pooling == "avgpool" else F.max_pool1d
@@ -38,6 +38,7 @@ class SnapKV(KVMethod):
     highest; each head keeps its top-`budget` tokens. Compresses: prefill only (the cache grows
     while decoding). The scores come from the stored window queries (SDPA-compatible: never an
     L x L matrix). Query-aware only when the question is inside the window."""
+
     name = "snapkv"
     paper = "SnapKV: LLM Knows What You are Looking for Before Generation (arXiv:2404.14469)"
     compresses = "prefill"

@@ -31,6 +31,7 @@ class StreamingLLM(KVMethod):
     evicted token's slot (a ring: slot order no longer follows positions, which `pos` carries).
     Compresses: prefill and decoding. No attention weights needed. budget: kept tokens (fraction
     of the context or a count)."""
+
     name = "streaming_llm"
     paper = "Efficient Streaming Language Models with Attention Sinks (arXiv:2309.17453)"
     compresses = "both"
@@ -68,20 +69,21 @@ class StreamingLLM(KVMethod):
         if n <= m:
             return
         s, st = min(self.n_sink, m), lc.state
-        if "sinks" not in st:                 # the sinks' keys at their positions 0..s-1 (shift 0)
+        if "sinks" not in st:  # the sinks' keys at their positions 0..s-1 (shift 0)
             st["sinks"], st["shift"], st["ring"] = lc.k[:, :, :s].clone(), 0, 0
-        if n == m + 1 and s < m:              # one token over: the newest takes the oldest window slot
+        if n == m + 1 and s < m:  # one token over: the newest takes the oldest window slot
             lc.drop_one(s + st["ring"])
             st["ring"] = (st["ring"] + 1) % (m - s)
-        else:                                 # a fed chunk: keep the sinks and the newest m - s, oldest first
-            window = lc.pos[:, :, s:].argsort(dim=-1)[:, :, n - m:] + s
+        else:  # a fed chunk: keep the sinks and the newest m - s, oldest first
+            window = lc.pos[:, :, s:].argsort(dim=-1)[:, :, n - m :] + s
             sinks = torch.arange(s, device=lc.k.device).expand(*window.shape[:2], s)
             lc.keep(torch.cat([sinks, window], dim=-1))
             st["ring"] = 0
         st["shift"] += n - m
         if s:
             key = ("streaming_llm.shift", st["shift"])
-            if key not in run.memo:           # the same angles for every layer
-                run.memo = {key: tuple(t.to(lc.k.device) for t in
-                                       rerotation_angles(st["shift"], run.inv_freq, lc.k.dtype))}
+            if key not in run.memo:  # the same angles for every layer
+                run.memo = {
+                    key: tuple(t.to(lc.k.device) for t in rerotation_angles(st["shift"], run.inv_freq, lc.k.dtype))
+                }
             lc._k[:, :, :s] = rotate(st["sinks"], *run.memo[key])

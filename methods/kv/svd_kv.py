@@ -26,6 +26,7 @@ class SVDKV(KVMethod):
     H_kv·d) ("bytes" budget: the fraction of dense cache bytes). The paper fits the projections
     to the SVD of calibration KV activations; this variant uses the weights alone (data-free)
     [our choice: no calibration data offline]. Compresses: every token, at projection time."""
+
     name = "svd_kv"
     paper = "Effectively Compress KV Heads for LLM (arXiv:2406.07056)"
     compresses = "both"
@@ -37,7 +38,9 @@ class SVDKV(KVMethod):
 
     def rank(self, module, run: Run) -> int:
         full = module.k_proj.weight.shape[0]
-        return full if run.dense else max(1, min(full, round(run.budget * full) if run.budget <= 1 else int(run.budget)))
+        return (
+            full if run.dense else max(1, min(full, round(run.budget * full) if run.budget <= 1 else int(run.budget)))
+        )
 
     def project_kv(self, module, hidden: torch.Tensor, run: Run):
         r = self.rank(module, run)

@@ -37,9 +37,12 @@ class VATP(KVMethod):
     base score), on H2O's recent + heavy split of the budget; the first `n_sink` tokens (attention
     sinks: high attention, tiny ‖v‖) are always kept, as the paper prescribes. Compresses:
     prefill and every decoding step."""
+
     name = "vatp"
-    paper = ("Attention Score is not All You Need for Token Importance Indicator in KV Cache Reduction: "
-             "Value Also Matters (arXiv:2406.12335)")
+    paper = (
+        "Attention Score is not All You Need for Token Importance Indicator in KV Cache Reduction: "
+        "Value Also Matters (arXiv:2406.12335)"
+    )
     compresses = "both"
     accumulates = True
     all_layers = True

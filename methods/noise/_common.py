@@ -7,6 +7,7 @@ comes from (x + fx, y + fy) in frame t). Priors that do not warp ignore it.
 `expected_corr(F)` is the analytic temporal correlation of the same pixel across frames (None when
 it depends on the flow). Each prior remembers what it produced last, so its effect check can tell a
 prior that acted from one that silently returned independent noise."""
+
 from __future__ import annotations
 
 import torch
@@ -17,11 +18,11 @@ from harness.interfaces import Method
 class NoisePrior(Method):
     kind = "noise_prior"
     family = "noise"
-    warps = False                   # True: frames follow the flows (the task scores warping on them)
-    requires_effect_corr = True     # check_effect: off-diagonal temporal correlation must be nonzero
+    warps = False  # True: frames follow the flows (the task scores warping on them)
+    requires_effect_corr = True  # check_effect: off-diagonal temporal correlation must be nonzero
 
     def sample(self, shape, generator: torch.Generator, flows: torch.Tensor | None = None) -> torch.Tensor:
-        raise TypeError(f"{type(self).__name__} must define sample()")   # abstract: each subclass overrides it
+        raise TypeError(f"{type(self).__name__} must define sample()")  # abstract: each subclass overrides it
 
     def expected_corr(self, frames: int) -> torch.Tensor | None:
         return None
@@ -30,8 +31,9 @@ class NoisePrior(Method):
     # Every prior but analytic_init starts at T from the noise itself.
     start_fraction: float = 1.0
 
-    def initial_latent(self, eps: torch.Tensor, alpha_bar: float, data_mean: torch.Tensor,
-                       data_var: float) -> torch.Tensor:
+    def initial_latent(
+        self, eps: torch.Tensor, alpha_bar: float, data_mean: torch.Tensor, data_var: float
+    ) -> torch.Tensor:
         return eps
 
     def denoise(self, x: torch.Tensor, fn) -> torch.Tensor:
@@ -63,8 +65,10 @@ class NoisePrior(Method):
             want = float(expected.diagonal(1).mean())
             # independent noise has lag-1 correlation ~0; a prior that should correlate must show it
             if want > 0.05 and last["lag1"] < want / 2:
-                return (f"adjacent frames correlate {last['lag1']:.3f}, expected {want:.3f}: "
-                        f"the prior produced (near) independent noise")
+                return (
+                    f"adjacent frames correlate {last['lag1']:.3f}, expected {want:.3f}: "
+                    f"the prior produced (near) independent noise"
+                )
             if want <= 0.05 and abs(last["lag1"]) > 0.1:
                 return f"adjacent frames correlate {last['lag1']:.3f}, expected independent frames"
         return None
@@ -96,8 +100,7 @@ def ar1_corr(frames: int, rho: float) -> torch.Tensor:
 
 def pixel_grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-centre coordinates (x, y), each [H, W], in pixel units (centre of pixel 0 is 0.0)."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     return xs, ys
 
 
@@ -118,8 +121,7 @@ def sample_at(noise: torch.Tensor, flow: torch.Tensor, mode: str, generator) -> 
     xs, ys = pixel_grid(h, w)
     sx, sy = xs + flow[..., 0], ys + flow[..., 1]
     grid = torch.stack([(sx + 0.5) / w * 2 - 1, (sy + 0.5) / h * 2 - 1], -1)[None]
-    out = torch.nn.functional.grid_sample(noise[None], grid, mode=mode, padding_mode="zeros",
-                                          align_corners=False)[0]
+    out = torch.nn.functional.grid_sample(noise[None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
     inside = (sx >= -0.5) & (sx <= w - 0.5) & (sy >= -0.5) & (sy <= h - 0.5)
     return torch.where(inside, out, gaussian(noise.shape, generator))
 
@@ -128,13 +130,14 @@ class WarpPrior(NoisePrior):
     """Frame 0 is N(0, I); each next frame is the previous one warped along the flow. With zero
     flow every frame equals frame 0 (temporal correlation 1), which is what `expected_corr` states;
     under motion the task scores warping fidelity instead."""
+
     warps = True
 
     def expected_corr(self, frames):
         return torch.ones(frames, frames, dtype=torch.float64)
 
     def step(self, noise: torch.Tensor, flow: torch.Tensor, generator) -> torch.Tensor:
-        raise TypeError(f"{type(self).__name__} must define step()")   # abstract: each subclass overrides it
+        raise TypeError(f"{type(self).__name__} must define step()")  # abstract: each subclass overrides it
 
     def sample(self, shape, generator, flows=None):
         first = gaussian(shape[1:], generator)

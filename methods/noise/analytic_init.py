@@ -1,5 +1,6 @@
 """Analytic-Init of the Conditional Image Leakage paper: start sampling at M < T from the moment-
 matched Gaussian instead of pure noise."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ class AnalyticInit(NoisePrior):
 
     start_fraction: M/T. The paper's README compares M in {1.00, 0.94, 0.90, 0.86, 0.82}·T with the
     baseline at 1.00; 0.90 here is this project's choice from that grid, not an official default."""
+
     name = "analytic_init"
     paper = "Identifying and Solving Conditional Image Leakage in Image-to-Video Diffusion Model (arXiv:2406.15735)"
     start_fraction: float = field(default=0.9, metadata={"help": "M/T, the step sampling starts from"})
@@ -39,7 +41,7 @@ class AnalyticInit(NoisePrior):
     def initial_latent(self, eps, alpha_bar, data_mean, data_var):
         std = (1 - alpha_bar + alpha_bar * float(data_var)) ** 0.5
         self._init = {"alpha_bar": alpha_bar, "std": std, "mean_norm": float(data_mean.abs().max())}
-        return alpha_bar ** 0.5 * data_mean + std * eps
+        return alpha_bar**0.5 * data_mean + std * eps
 
     def check_effect(self, lm, ctx, result):
         reason = super().check_effect(lm, ctx, result)

@@ -1,4 +1,5 @@
 """Bilinear interpolation warp of the noise: the naive baseline of noise warping."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ class BilinearWarp(WarpPrior):
     Interpolation averages neighbours, so the variance drops (a half-pixel shift: 0.5) and the
     noise becomes spatially correlated — the dissipation the paper shows. Disoccluded pixels get
     fresh noise."""
+
     name = "bilinear_warp"
     paper = "How I Warped Your Noise: a Temporally-Correlated Noise Prior for Diffusion Models (arXiv:2504.03072)"
 

@@ -1,4 +1,5 @@
 """One noise frame repeated over time."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ class Fixed(NoisePrior):
     """The same N(0, I) noise frame for every frame ("fixed noise", the baseline of "How I
     Warped Your Noise", arXiv:2504.03072): temporal correlation 1 everywhere; texture sticks to
     the screen when the content moves."""
+
     name = "fixed"
     paper = "How I Warped Your Noise: a Temporally-Correlated Noise Prior for Diffusion Models (arXiv:2504.03072)"
 

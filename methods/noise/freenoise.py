@@ -1,4 +1,5 @@
 """FreeNoise: noise rescheduling for long videos, and weighted fusion of sliding windows."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ class FreeNoise(NoisePrior):
     `noise_prior` task's linear-denoiser toy applies its F-frame denoiser that way.
 
     window_size: F (16). window_stride: S (4)."""
+
     name = "freenoise"
     paper = "FreeNoise: Tuning-Free Longer Video Diffusion via Noise Rescheduling (arXiv:2310.15169)"
     smoke_args = {"window_size": "4", "window_stride": "2"}
@@ -54,7 +56,7 @@ class FreeNoise(NoisePrior):
     def expected_corr(self, frames):
         src = getattr(self, "_sources", None)
         if src is None or len(src) != frames:
-            return None     # the copy pattern depends on the shuffle of the last draw
+            return None  # the copy pattern depends on the shuffle of the last draw
         s = torch.tensor(src)
         return (s[:, None] == s[None, :]).double()
 
@@ -74,7 +76,7 @@ class FreeNoise(NoisePrior):
         average the outputs with the window weights; frames no view covers keep fn on the tail."""
         frames = x.shape[0]
         views = self.views(frames)
-        if views[-1][1] < frames:   # (M-F) not divisible by S: the official code leaves a tail
+        if views[-1][1] < frames:  # (M-F) not divisible by S: the official code leaves a tail
             views.append((frames - self.window_size, frames))
         acc = torch.zeros_like(x, dtype=torch.float64)
         weight = torch.zeros(frames, dtype=torch.float64)

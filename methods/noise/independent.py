@@ -1,4 +1,5 @@
 """Independent Gaussian noise per frame: the standard video diffusion initialisation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from harness.methods.noise._common import NoisePrior, gaussian
 class Independent(NoisePrior):
     """Independent N(0, I) noise for every frame and pixel (the baseline of every noise-prior
     paper, e.g. the "random" rows of PYoCo, arXiv:2305.10474). Temporal correlation: identity."""
+
     name = "independent"
     paper = "Denoising Diffusion Probabilistic Models (arXiv:2006.11239)"
 

@@ -1,4 +1,5 @@
 """∫-noise warping: noise as the integral of white noise over each pixel, carried along the flow."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ def _interp_flow(flow: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torc
     for the affine flows of the task's synthetic motions."""
     h, w, _ = flow.shape
     grid = torch.stack([(xs + 0.5) / w * 2 - 1, (ys + 0.5) / h * 2 - 1], -1)[None]
-    return torch.nn.functional.grid_sample(flow.permute(2, 0, 1)[None], grid, mode="bilinear",
-                                           padding_mode="border", align_corners=False)[0].permute(1, 2, 0)
+    return torch.nn.functional.grid_sample(
+        flow.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0].permute(1, 2, 0)
 
 
 def rasterize(flow: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,29 +38,32 @@ def rasterize(flow: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     (sub-pixel flat index, target pixel flat index) pairs; each sub-pixel appears at most once."""
     h, w, _ = flow.shape
     cx, cy = pixel_grid(h, w)
-    offs = [(0.0, 0.0)] + _RING                                         # vertex 0 = the centre
-    vx = torch.stack([cx + dx for dx, _ in offs], -1)                   # [H, W, 9]
+    offs = [(0.0, 0.0)] + _RING  # vertex 0 = the centre
+    vx = torch.stack([cx + dx for dx, _ in offs], -1)  # [H, W, 9]
     vy = torch.stack([cy + dy for _, dy in offs], -1)
     f = _interp_flow(flow, vx.reshape(h, -1), vy.reshape(h, -1)).reshape(h, w, 9, 2)
-    sx, sy = (vx + f[..., 0]) * s + (s - 1) / 2, (vy + f[..., 1]) * s + (s - 1) / 2   # sub-pixel units
+    sx, sy = (vx + f[..., 0]) * s + (s - 1) / 2, (vy + f[..., 1]) * s + (s - 1) / 2  # sub-pixel units
     a = [0] * 8
     b = list(range(1, 9))
     c = list(range(2, 9)) + [1]
-    tri_x = torch.stack([sx[..., a], sx[..., b], sx[..., c]], -1).reshape(-1, 3)     # [P*8, 3]
+    tri_x = torch.stack([sx[..., a], sx[..., b], sx[..., c]], -1).reshape(-1, 3)  # [P*8, 3]
     tri_y = torch.stack([sy[..., a], sy[..., b], sy[..., c]], -1).reshape(-1, 3)
     owner = torch.arange(h * w).repeat_interleave(8)
     u0, v0 = tri_x.min(1).values.ceil(), tri_y.min(1).values.ceil()
     ku = int((tri_x.max(1).values.floor() - u0).max().clamp_min(0)) + 1
     kv = int((tri_y.max(1).values.floor() - v0).max().clamp_min(0)) + 1
-    du, dv = torch.meshgrid(torch.arange(kv, dtype=torch.float32), torch.arange(ku, dtype=torch.float32),
-                            indexing="ij")
-    px, py = u0[:, None] + dv.flatten()[None], v0[:, None] + du.flatten()[None]        # [T, K]
+    du, dv = torch.meshgrid(torch.arange(kv, dtype=torch.float32), torch.arange(ku, dtype=torch.float32), indexing="ij")
+    px, py = u0[:, None] + dv.flatten()[None], v0[:, None] + du.flatten()[None]  # [T, K]
 
     def edge(i, j):
-        return ((tri_x[:, j:j + 1] - tri_x[:, i:i + 1]) * (py - tri_y[:, i:i + 1])
-                - (tri_y[:, j:j + 1] - tri_y[:, i:i + 1]) * (px - tri_x[:, i:i + 1]))
-    area = ((tri_x[:, 1] - tri_x[:, 0]) * (tri_y[:, 2] - tri_y[:, 0])
-            - (tri_y[:, 1] - tri_y[:, 0]) * (tri_x[:, 2] - tri_x[:, 0]))[:, None]
+        return (tri_x[:, j : j + 1] - tri_x[:, i : i + 1]) * (py - tri_y[:, i : i + 1]) - (
+            tri_y[:, j : j + 1] - tri_y[:, i : i + 1]
+        ) * (px - tri_x[:, i : i + 1])
+
+    area = (
+        (tri_x[:, 1] - tri_x[:, 0]) * (tri_y[:, 2] - tri_y[:, 0])
+        - (tri_y[:, 1] - tri_y[:, 0]) * (tri_x[:, 2] - tri_x[:, 0])
+    )[:, None]
     sign = torch.sign(area)
     inside = (edge(0, 1) * sign >= 0) & (edge(1, 2) * sign >= 0) & (edge(2, 0) * sign >= 0) & (area != 0)
     inside &= (px >= 0) & (px < w * s) & (py >= 0) & (py < h * s)
@@ -85,6 +90,7 @@ class IntegralNoise(WarpPrior):
     triangle containing its centre). Marginals stay N(0, 1) and pixels stay uncorrelated.
 
     upsample: s, sub-pixels per side (the notebook's s = 2^level; 8 here by default)."""
+
     name = "integral_noise"
     paper = "How I Warped Your Noise: a Temporally-Correlated Noise Prior for Diffusion Models (arXiv:2504.03072)"
     smoke_args = {"upsample": "4"}

@@ -1,4 +1,5 @@
 """Nearest-neighbour warp of the noise: keeps N(0, 1) values but duplicates and drops pixels."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ class NearestWarp(WarpPrior):
     baseline of "How I Warped Your Noise", arXiv:2504.03072). Each value stays N(0, 1), but under
     zoom or sub-pixel motion pixels are duplicated (spatial correlation) or dropped.
     Disoccluded pixels get fresh noise."""
+
     name = "nearest_warp"
     paper = "How I Warped Your Noise: a Temporally-Correlated Noise Prior for Diffusion Models (arXiv:2504.03072)"
 

@@ -1,4 +1,5 @@
 """PYoCo mixed noise: one shared component plus an independent one per frame."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ class PyocoMixed(NoisePrior):
     Marginals N(0, I); Corr(eps_i, eps_j) = a²/(1+a²) for i != j.
 
     alpha: a (1, the value a third-party reimplementation attributes to the paper; unverified)."""
+
     name = "pyoco_mixed"
     paper = "Preserve Your Own Correlation: A Noise Prior for Video Diffusion Models (arXiv:2305.10474)"
     alpha: float = field(default=1.0, metadata={"help": "shared/independent ratio a; corr = a²/(1+a²)"})
@@ -25,9 +27,9 @@ class PyocoMixed(NoisePrior):
             raise ValueError("alpha must be non-negative")
 
     def sample(self, shape, generator, flows=None):
-        a2 = self.alpha ** 2
+        a2 = self.alpha**2
         shared = gaussian(shape[1:], generator, (a2 / (1 + a2)) ** 0.5)
         return shared + gaussian(shape, generator, (1 / (1 + a2)) ** 0.5)
 
     def expected_corr(self, frames):
-        return constant_corr(frames, self.alpha ** 2 / (1 + self.alpha ** 2))
+        return constant_corr(frames, self.alpha**2 / (1 + self.alpha**2))

@@ -1,4 +1,5 @@
 """VideoFusion decomposed noise: a base noise shared by all frames plus a residual per frame."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ class VideoFusion(NoisePrior):
     (no official code was available); lam = 0.5 is this project's default, not a published one.
 
     lam: the share of the base noise, in [0, 1]."""
+
     name = "videofusion"
     paper = "VideoFusion: Decomposed Diffusion Models for High-Quality Video Generation (arXiv:2303.08320)"
     lam: float = field(default=0.5, metadata={"help": "base-noise share lambda in [0, 1]"})
@@ -27,7 +29,7 @@ class VideoFusion(NoisePrior):
 
     def sample(self, shape, generator, flows=None):
         base = gaussian(shape[1:], generator)
-        return self.lam ** 0.5 * base + (1 - self.lam) ** 0.5 * gaussian(shape, generator)
+        return self.lam**0.5 * base + (1 - self.lam) ** 0.5 * gaussian(shape, generator)
 
     def expected_corr(self, frames):
         return constant_corr(frames, self.lam)

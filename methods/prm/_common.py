@@ -3,6 +3,7 @@
 Aggregations (anchors-prm §1, §7.2): min (Math-Shepherd, PQM, OpenR), product (PRM800K: the
 probability that every step is correct), last (search-and-learn / Snell et al.), mean (RLHFlow).
 An empty step list scores -1.0 (OpenR's convention), below any probability."""
+
 from __future__ import annotations
 
 import math
@@ -43,6 +44,7 @@ def scoring_effect(name: str, result) -> str | None:
 @dataclass
 class PRMScorer(StepScorer):
     """Base of the family's scorers: `agg` picks the aggregation of step scores."""
+
     family = "prm"
     agg: str = field(default="min", metadata={"help": "min, product, last or mean over step scores"})
 
@@ -65,23 +67,24 @@ def batched_logits(model, sequences: list[list[int]], pad_id: int, batch_size: i
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         width = max(len(sequences[i]) for i in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, i in enumerate(chunk):
-            ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
-            mask[row, :len(sequences[i])] = 1
+            ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
+            mask[row, : len(sequences[i])] = 1
         with torch.no_grad():
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device))
         logits = out.logits if hasattr(out, "logits") else out[0]
         for row, i in enumerate(chunk):
-            yield i, logits[row, :len(sequences[i])].float().cpu() if logits.dim() == 3 else logits[row].float().cpu()
+            yield i, logits[row, : len(sequences[i])].float().cpu() if logits.dim() == 3 else logits[row].float().cpu()
 
 
 def token_id(tokenizer, text: str, what: str) -> int:
     """The single token `text` encodes to (its last token when the tokenizer adds a prefix space)."""
     from harness.errors import UserError
+
     ids = tokenizer.encode(text, add_special_tokens=False)
     if not ids:
         raise UserError(f"{what} {text!r} encodes to no token with this tokenizer")

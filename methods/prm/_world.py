@@ -14,6 +14,7 @@ so the score of step k depends only on what precedes it (what PRM-guided search 
 it reads the steps only (`read_problem=false`): the steps quote their cues, and on this shared
 2-core machine the problem text doubled the cost; errors that misquote the problem (half of the
 misreads) are then invisible to it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -58,7 +59,7 @@ def encode(problem: str, steps: list[str], max_len: int) -> tuple[list[int], lis
         body += tokens(s) + [STEP]
     if len(body) >= max_len - 1:
         raise UserError(f"a solution of {len(body)} tokens does not fit the PRM's max_len {max_len}")
-    ids = tokens(problem)[-(max_len - 1 - len(body)):] + [PROBLEM_END] + body
+    ids = tokens(problem)[-(max_len - 1 - len(body)) :] + [PROBLEM_END] + body
     return ids, [i for i, t in enumerate(ids) if t in (STEP, PROBLEM_END)]
 
 
@@ -100,7 +101,7 @@ class StepNet(nn.Module):
 class Trajectory:
     problem: str
     steps: list[str]
-    q: list[float]        # q̂ at every prefix: [problem only, after step 1, ..., after step K]
+    q: list[float]  # q̂ at every prefix: [problem only, after step 1, ..., after step K]
     correct: bool
 
 
@@ -147,6 +148,7 @@ def pqm_loss(qs: torch.Tensor, labels: list[float], zeta: float) -> torch.Tensor
 class WorldPRM(PRMScorer):
     """Base of the PRMs trained on the synthetic world (see the module docstring); subclasses set
     `outputs`, `loss` and `read`."""
+
     outputs = 1
     problems: int = field(default=200, metadata={"help": "training problems (training-side seeds)"})
     samples: int = field(default=8, metadata={"help": "policy samples per training problem"})
@@ -158,23 +160,36 @@ class WorldPRM(PRMScorer):
     layers: int = 2
     heads: int = 4
     max_len: int = 512
-    read_problem: bool = field(default=False, metadata={
-        "help": "feed the problem text too (2x the tokens); off: the steps, which quote their cues, only"})
+    read_problem: bool = field(
+        default=False,
+        metadata={"help": "feed the problem text too (2x the tokens); off: the steps, which quote their cues, only"},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if min(self.problems, self.samples, self.rollouts, self.epochs, self.batch, self.d_model, self.layers) < 1:
             raise ValueError("problems, samples, rollouts, epochs, batch, d_model and layers must be positive")
         self._net: StepNet | None = None
-        self._key: str | None = None       # the artifact key (scores are cached under it)
+        self._key: str | None = None  # the artifact key (scores are cached under it)
 
     # -- fit hooks ------------------------------------------------------------------------------
     def needs_fit(self, lm, ctx) -> bool:
         return True
 
     def fit_params(self, lm, ctx) -> dict:
-        keep = ("problems", "samples", "rollouts", "epochs", "lr", "batch", "d_model", "layers", "heads", "max_len",
-                "read_problem")
+        keep = (
+            "problems",
+            "samples",
+            "rollouts",
+            "epochs",
+            "lr",
+            "batch",
+            "d_model",
+            "layers",
+            "heads",
+            "max_len",
+            "read_problem",
+        )
         return dict({k: getattr(self, k) for k in keep}, **self.label_params(), seed=ctx.seed)
 
     def label_params(self) -> dict:
@@ -182,8 +197,11 @@ class WorldPRM(PRMScorer):
 
     def fit_data_hash(self, lm, ctx) -> str:
         policy = mathworld.Policy()
-        return hashlib.sha256(canonical({"world": "harness.mathworld", "policy": policy.__dict__,
-                                         "problem_seeds": [0, self.problems]}).encode()).hexdigest()
+        return hashlib.sha256(
+            canonical(
+                {"world": "harness.mathworld", "policy": policy.__dict__, "problem_seeds": [0, self.problems]}
+            ).encode()
+        ).hexdigest()
 
     def _net_new(self) -> StepNet:
         return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs)
@@ -197,10 +215,15 @@ class WorldPRM(PRMScorer):
             for j in range(self.samples):
                 steps = policy.sample(prob, mathworld.sample_seed(prob, j, salt=1 + ctx.seed))
                 q = mc_values(prob, steps, policy, self.rollouts, rng)
-                data.append(Trajectory(prob.text, [s.text for s in steps], q,
-                                       mathworld.final_answer(prob, steps) == str(prob.answer)))
-        log(f"{self.name}: {len(data)} trajectories, {sum(len(t.steps) for t in data)} steps, "
-            f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}")
+                data.append(
+                    Trajectory(
+                        prob.text, [s.text for s in steps], q, mathworld.final_answer(prob, steps) == str(prob.answer)
+                    )
+                )
+        log(
+            f"{self.name}: {len(data)} trajectories, {sum(len(t.steps) for t in data)} steps, "
+            f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}"
+        )
         net = self._net_new()
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.01)
         encoded = [encode(t.problem if self.read_problem else "", t.steps, self.max_len) for t in data]
@@ -210,7 +233,7 @@ class WorldPRM(PRMScorer):
             rng.shuffle(order)
             total = 0.0
             for b in range(0, len(order), self.batch):
-                chunk = order[b:b + self.batch]
+                chunk = order[b : b + self.batch]
                 out = net(_pad([encoded[i][0] for i in chunk]))
                 loss = torch.stack([self.loss(out[r, encoded[i][1]], data[i]) for r, i in enumerate(chunk)]).mean()
                 opt.zero_grad()
@@ -224,13 +247,19 @@ class WorldPRM(PRMScorer):
 
         def write(folder):
             from safetensors.torch import save_file
+
             save_file(state, str(folder / "prm.safetensors"))
-        return {"trajectories": len(data), "loss_trace": trace,
-                "policy_accuracy": sum(t.correct for t in data) / len(data),
-                "parameters": sum(p.numel() for p in net.parameters())}, write
+
+        return {
+            "trajectories": len(data),
+            "loss_trace": trace,
+            "policy_accuracy": sum(t.correct for t in data) / len(data),
+            "parameters": sum(p.numel() for p in net.parameters()),
+        }, write
 
     def use_artifact(self, payload, folder) -> None:
         from safetensors.torch import load_file
+
         self._key = payload.get("key")
         net = self._net_new()
         net.load_state_dict(load_file(str(folder / "prm.safetensors")))
@@ -254,7 +283,7 @@ class WorldPRM(PRMScorer):
         out = []
         with torch.no_grad():
             for b in range(0, len(enc), 64):
-                chunk = enc[b:b + 64]
+                chunk = enc[b : b + 64]
                 res = self._net(_pad([e[0] for e in chunk]))
                 out += [res[r, e[1]] for r, e in enumerate(chunk)]
         if cache:
@@ -269,10 +298,10 @@ class WorldPRM(PRMScorer):
 
     def read(self, out: torch.Tensor) -> list[float]:
         """Step scores from the outputs at [problem end, step 1, ..., step K]."""
-        raise TypeError(f"{type(self).__name__} must define read()")   # abstract: each subclass overrides it
+        raise TypeError(f"{type(self).__name__} must define read()")  # abstract: each subclass overrides it
 
     def loss(self, out: torch.Tensor, traj: Trajectory) -> torch.Tensor:
-        raise TypeError(f"{type(self).__name__} must define loss()")   # abstract: each subclass overrides it
+        raise TypeError(f"{type(self).__name__} must define loss()")  # abstract: each subclass overrides it
 
 
 def _cache_dir() -> Path:
@@ -293,4 +322,3 @@ def soft_bce(logits: torch.Tensor, targets: list[float]) -> torch.Tensor:
 
 def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x > -50 else 0.0
-

@@ -26,8 +26,11 @@ class BeamSearch(PRMScorer):
     prm: a PRM trained on the world (math_shepherd, pav, pqm, orm), prm_args its parameters
     ("estimation=soft,epochs=4"); `harness fit --method beam_search` reuses (or trains) that
     PRM's own artifact."""
+
     name = "beam_search"
-    paper = "Scaling LLM Test-Time Compute Optimally can be More Effective than Scaling Model Parameters (arXiv:2408.03314)"
+    paper = (
+        "Scaling LLM Test-Time Compute Optimally can be More Effective than Scaling Model Parameters (arXiv:2408.03314)"
+    )
     selection = "search"
     smoke_args = {"prm_args": "problems=3,samples=2,rollouts=2,epochs=1,d_model=16,layers=1"}
     agg: str = field(default="last", metadata={"help": "min, product, last or mean over the prefix's step scores"})
@@ -62,8 +65,17 @@ class BeamSearch(PRMScorer):
         if artifacts.load(key) is None:
             log(f"beam_search: training its PRM {self.prm} first (artifact {key})")
             payload, write = self.inner.fit(lm, ctx, log=log)
-            artifacts.save(key, dict(payload, method=self.prm, model="none", fit_params=self.inner.fit_params(lm, ctx),
-                                     data_hash=self.inner.fit_data_hash(lm, ctx)), write)
+            artifacts.save(
+                key,
+                dict(
+                    payload,
+                    method=self.prm,
+                    model="none",
+                    fit_params=self.inner.fit_params(lm, ctx),
+                    data_hash=self.inner.fit_data_hash(lm, ctx),
+                ),
+                write,
+            )
         return {"prm_artifact": key}, None
 
     def use_artifact(self, payload, folder) -> None:
@@ -91,7 +103,7 @@ class BeamSearch(PRMScorer):
                     done.append((sc, c))
                 elif len(live) < max(1, budget // m):
                     live.append(c)
-            beams = [live[i % len(live)] for i in range(budget)] if live else []   # back to N beams
+            beams = [live[i % len(live)] for i in range(budget)] if live else []  # back to N beams
         self.searches += 1
         best = max(done, key=lambda t: t[0])[1]
         return mathworld.final_answer(prob, best)
@@ -104,6 +116,8 @@ def _world_problem(problem: dict) -> mathworld.Problem:
     pid = str(problem["id"])
     prob = mathworld.problem(int(pid[1:])) if pid[:1] == "w" and pid[1:].isdigit() else None
     if prob is None or prob.text != problem["problem"]:
-        raise UserError("beam_search runs on the synthetic world only (it needs the world's policy to propose "
-                        f"steps); problem {pid!r} is not one of its problems")
+        raise UserError(
+            "beam_search runs on the synthetic world only (it needs the world's policy to propose "
+            f"steps); problem {pid!r} is not one of its problems"
+        )
     return prob

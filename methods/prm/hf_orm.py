@@ -23,6 +23,7 @@ class HFORM(StepScorer):
     without a chat template), the head's output at the last token: a single logit as is (its
     sigmoid is the vote weight), or with two labels the softmax probability of `positive_index`.
     model: a local folder or hf:id (safetensors)."""
+
     name = "hf_orm"
     family = "prm"
     paper = "Training Verifiers to Solve Math Word Problems (arXiv:2110.14168)"
@@ -41,6 +42,7 @@ class HFORM(StepScorer):
 
     def resolved(self, lm, ctx) -> dict:
         from harness.runner import model_identity
+
         model_id, sha = model_identity(self.model)
         return {"model": model_id, "model_sha256": sha}
 
@@ -48,7 +50,7 @@ class HFORM(StepScorer):
         if self._loaded is None:
             self._loaded = models.load(self.model, self.device, self.trust_remote_code, head="sequence_classification")
             cfg = self._loaded.model.config
-            if cfg.pad_token_id is None:      # the head finds the last real token through the pad id
+            if cfg.pad_token_id is None:  # the head finds the last real token through the pad id
                 cfg.pad_token_id = self._loaded.tokenizer.pad_token_id
             self._labels = cfg.num_labels
         tok = self._loaded.tokenizer

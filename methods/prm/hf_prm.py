@@ -33,6 +33,7 @@ class HFPRM(PRMScorer):
     model: a local folder or hf:id (safetensors). agg: min/product/last/mean (RLHFlow used mean,
     Math-Shepherd min, PRM800K product). The record's `calibrated` stays true: a real checkpoint
     gives its own probabilities; the tests use random tiny models."""
+
     name = "hf_prm"
     paper = "Math-Shepherd: Verify and Reinforce LLMs Step-by-step without Human Annotations (arXiv:2312.08935)"
     # the zoo tokenizer of the matrix test's tiny model: "!" never occurs in the synthetic world's text
@@ -61,12 +62,13 @@ class HFPRM(PRMScorer):
         if self._loaded is None:
             head = "token_classification" if self.convention == "token_classification" else "causal_lm"
             if head == "token_classification" and self.trust_remote_code:
-                head = "base"        # Qwen2.5-Math-PRM's remote code defines its own 2-class head
+                head = "base"  # Qwen2.5-Math-PRM's remote code defines its own 2-class head
             self._loaded = models.load(self.model, self.device, self.trust_remote_code, head=head)
         return self._loaded
 
     def resolved(self, lm, ctx) -> dict:
         from harness.runner import model_identity
+
         model_id, sha = model_identity(self.model)
         return {"model": model_id, "model_sha256": sha}
 
@@ -87,9 +89,11 @@ class HFPRM(PRMScorer):
         for i, logits in batched_logits(loaded.model, seqs, tok.pad_token_id, self.batch_size):
             at = [k for k, t in enumerate(seqs[i]) if t == marker]
             if len(at) != len(solutions[i]):
-                raise UserError(f"hf_prm: found {len(at)} step markers for {len(solutions[i])} steps; the marker "
-                                f"{self.step_tag if self.convention == 'step_tag' else self.separator!r} must be "
-                                f"one token of its own and must not occur inside the steps")
+                raise UserError(
+                    f"hf_prm: found {len(at)} step markers for {len(solutions[i])} steps; the marker "
+                    f"{self.step_tag if self.convention == 'step_tag' else self.separator!r} must be "
+                    f"one token of its own and must not occur inside the steps"
+                )
             if self.convention == "step_tag":
                 probs = torch.softmax(logits[at][:, list(pair)], dim=-1)[:, 0]
             else:
@@ -98,8 +102,11 @@ class HFPRM(PRMScorer):
         return out
 
     def _qwen_text(self, tok, problem, steps) -> str:
-        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": problem},
-                    {"role": "assistant", "content": "".join(s + self.separator for s in steps)}]
+        messages = [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": problem},
+            {"role": "assistant", "content": "".join(s + self.separator for s in steps)},
+        ]
         if getattr(tok, "chat_template", None):
             return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         return "\n".join(m["content"] for m in messages)
@@ -107,8 +114,10 @@ class HFPRM(PRMScorer):
     def _conversation(self, tok, problem, steps) -> list[int]:
         msgs = []
         for k, step in enumerate(steps):
-            msgs += [{"role": "user", "content": (problem + " " + step) if k == 0 else step},
-                     {"role": "assistant", "content": self.good_token}]
+            msgs += [
+                {"role": "user", "content": (problem + " " + step) if k == 0 else step},
+                {"role": "assistant", "content": self.good_token},
+            ]
         ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=False)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
@@ -119,14 +128,20 @@ class HFPRM(PRMScorer):
         if not steps:
             return []
         good, bad = token_id(tok, self.good_token, "good_token"), token_id(tok, self.bad_token, "bad_token")
-        prefixes = [self._conversation(tok, problem, steps[:k + 1]) for k in range(len(steps))]
+        prefixes = [self._conversation(tok, problem, steps[: k + 1]) for k in range(len(steps))]
         # the position predicting step k's assistant token: the last `good` token of the k-turn prefix
         pos = [max(j for j, t in enumerate(p) if t == good) - 1 for p in prefixes]
         full = prefixes[-1]
-        if all(full[:len(p)] == p for p in prefixes):
-            (_, logits), = batched_logits(loaded.model, [full], tok.pad_token_id, 1)
+        if all(full[: len(p)] == p for p in prefixes):
+            ((_, logits),) = batched_logits(loaded.model, [full], tok.pad_token_id, 1)
             rows = logits[pos]
         else:
-            rows = torch.stack([lg[q] for (_, lg), q in zip(
-                (next(batched_logits(loaded.model, [p], tok.pad_token_id, 1)) for p in prefixes), pos)])
+            rows = torch.stack(
+                [
+                    lg[q]
+                    for (_, lg), q in zip(
+                        (next(batched_logits(loaded.model, [p], tok.pad_token_id, 1)) for p in prefixes), pos
+                    )
+                ]
+            )
         return torch.softmax(rows[:, [good, bad]], dim=-1)[:, 0].tolist()

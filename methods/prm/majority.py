@@ -14,6 +14,7 @@ class Majority(StepScorer):
 
     No model: the pick is the most frequent answer class among the N solutions (grader-equivalence
     classes; ties average the tied classes' correctness), so its accuracy@N equals majority@N."""
+
     name = "majority"
     family = "prm"
     paper = "Self-Consistency Improves Chain of Thought Reasoning in Language Models (arXiv:2203.11171)"

@@ -21,6 +21,7 @@ class MathShepherd(WorldPRM):
     estimation with the fraction that does. Binary cross-entropy (soft targets for SE) on the
     step-end outputs; the step score is sigmoid(output) = P(step good). Paper defaults: N = 8
     completions, min aggregation."""
+
     name = "math_shepherd"
     paper = "Math-Shepherd: Verify and Reinforce LLMs Step-by-step without Human Annotations (arXiv:2312.08935)"
     smoke_args = SMOKE

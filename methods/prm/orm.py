@@ -19,6 +19,7 @@ class ORM(WorldPRM):
     Trained on the synthetic world with the same network and data as the PRMs, but one label per
     solution: its final correctness, read at the last step's end. The solution score is that
     probability (one "step", so the aggregation parameter has no effect)."""
+
     name = "orm"
     paper = "Training Verifiers to Solve Math Word Problems (arXiv:2110.14168)"
     smoke_args = SMOKE

@@ -26,6 +26,7 @@ class PAV(WorldPRM):
     A^μ(k) = Q^μ(k) − Q^μ(k−1). K = 4 (the paper's best range); α = 1 is this project's choice
     (the paper tunes it). Vote weight: the score's range [−α, 1 + α] mapped affinely onto [0, 1]
     (clipping at 0 instead zeroed whole answer classes)."""
+
     name = "pav"
     paper = "Rewarding Progress: Scaling Automated Process Verifiers for LLM Reasoning (arXiv:2410.08146)"
     smoke_args = SMOKE
@@ -39,7 +40,7 @@ class PAV(WorldPRM):
             raise ValueError("prover_k must be at least 1")
 
     def label_params(self) -> dict:
-        return {"prover_k": self.prover_k}      # alpha only changes the read-out, not the fit
+        return {"prover_k": self.prover_k}  # alpha only changes the read-out, not the fit
 
     def loss(self, out, traj):
         return soft_bce(out[:, 0], traj.q) + soft_bce(out[:, 1], best_of_k(traj.q, self.prover_k))

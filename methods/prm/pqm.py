@@ -17,6 +17,7 @@ class PQM(WorldPRM):
     comparative ranking loss with margin ζ (default 4) and anchor Q_0 = 0; the step score is the
     raw Q-value (unbounded), aggregated by min as in the official BoN script; the vote weight of a
     solution is sigmoid(score), as in their SC+PQM."""
+
     name = "pqm"
     paper = "Process Reward Model with Q-Value Rankings (arXiv:2410.11287)"
     smoke_args = SMOKE

@@ -17,6 +17,7 @@ class Precomputed(PRMScorer):
     estimators — e.g. PRM800K's released scores of its own PRM (Lightman et al.). On the synthetic
     world, `oracle_steps` holds the world's hidden step labels (1 clean, 0 erroneous): a perfect
     process verifier, the ceiling for the trained PRMs."""
+
     name = "precomputed"
     paper = "Let's Verify Step by Step (arXiv:2305.20050)"
     smoke_args = {"key": "oracle_steps"}
@@ -26,7 +27,9 @@ class Precomputed(PRMScorer):
         out = []
         for s in solutions:
             if self.key not in (s.get("scores") or {}):
-                raise UserError(f"precomputed: a solution of problem {problem['id']!r} has no scores[{self.key!r}] "
-                                f"(has: {', '.join(s.get('scores') or {}) or 'none'})")
+                raise UserError(
+                    f"precomputed: a solution of problem {problem['id']!r} has no scores[{self.key!r}] "
+                    f"(has: {', '.join(s.get('scores') or {}) or 'none'})"
+                )
             out.append([float(x) for x in s["scores"][self.key]])
         return out

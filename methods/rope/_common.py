@@ -5,6 +5,7 @@ the forward of each rotary-embedding module of the model for one that evaluates 
 (at the batch's maximum position + 1, which is what dynamic variants need) and restores the
 original forward on exit. cos and sin are multiplied by attention_scaling, as in transformers,
 so attention logits are scaled by its square."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,9 @@ from harness.patching import patched_forwards
 
 @dataclass(frozen=True)
 class RopeShape:
-    base: float            # rope_theta
-    dim: int               # rotary dimensions (head_dim x partial_rotary_factor)
-    original_max: int      # pretraining context length L
+    base: float  # rope_theta
+    dim: int  # rotary dimensions (head_dim x partial_rotary_factor)
+    original_max: int  # pretraining context length L
 
 
 def rope_shape(config) -> RopeShape:
@@ -54,11 +55,14 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
-def yarn_correction_range(beta_fast: float, beta_slow: float, shape: RopeShape, original_max: int,
-                          truncate: bool = True) -> tuple[float, float]:
+def yarn_correction_range(
+    beta_fast: float, beta_slow: float, shape: RopeShape, original_max: int, truncate: bool = True
+) -> tuple[float, float]:
     """Dimensions where the wavelength completes beta_fast / beta_slow rotations within L."""
+
     def dim_of(rotations: float) -> float:
         return shape.dim * math.log(original_max / (rotations * 2 * math.pi)) / (2 * math.log(shape.base))
+
     low, high = dim_of(beta_fast), dim_of(beta_slow)
     if truncate:
         low, high = math.floor(low), math.ceil(high)
@@ -72,7 +76,7 @@ def linear_ramp(low: float, high: float, n: int) -> torch.Tensor:
 
 
 FreqFn = Callable[[int], tuple[torch.Tensor, float]]
-ROPE_CALLS = "patched_calls.rope"        # telemetry key: calls of the patched rotary embedding
+ROPE_CALLS = "patched_calls.rope"  # telemetry key: calls of the patched rotary embedding
 
 
 def _rotary_modules(model):
@@ -80,8 +84,7 @@ def _rotary_modules(model):
 
 
 @contextlib.contextmanager
-def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] | None = None,
-                  counter=None, lm=None):
+def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] | None = None, counter=None, lm=None):
     """Route every rotary embedding of `model` through `freq_fn(seq_len)`; restore on exit.
     keep_first=(n, inv_freq): positions below n rotate with inv_freq instead (LongRoPE's
     un-interpolated start tokens). counter: telemetry that counts the patched calls. lm: while it
@@ -108,6 +111,7 @@ def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] |
                 freqs = torch.where((position_ids < keep_first[0])[..., None], first, freqs)
             emb = torch.cat((freqs, freqs), dim=-1)
             return (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
+
         return forward
 
     with patched_forwards(modules, make_forward, counter, ROPE_CALLS):
@@ -119,6 +123,7 @@ class RopeMethod:
 
     `factor_field` names the field holding the scale (None there = derived from the task's
     longest context and the model's original one)."""
+
     family = "rope"
     patches = frozenset({"rope"})
     factor_field = "factor"
@@ -134,14 +139,19 @@ class RopeMethod:
             shape = rope_shape(lm.model.config)
         except ValueError as e:
             from harness.errors import UserError
+
             raise UserError(f"method {self.name}: {e}") from None
         shape = RopeShape(shape.base, shape.dim, self.original_max(shape))
         return shape, scale_factor(getattr(self, self.factor_field), ctx.target_length, shape.original_max)
 
     def resolved(self, lm, ctx) -> dict:
         shape, s = self.resolve(lm, ctx)
-        return {"scale": s, "original_max_position_embeddings": shape.original_max,
-                "rope_theta": shape.base, "rotary_dim": shape.dim}
+        return {
+            "scale": s,
+            "original_max_position_embeddings": shape.original_max,
+            "rope_theta": shape.base,
+            "rotary_dim": shape.dim,
+        }
 
     def apply(self, lm, ctx):
         shape, s = self.resolve(lm, ctx)

@@ -15,6 +15,7 @@ Steps and rows per step default to 250 steps of one 2048-token row, which fit th
 30 CPU minutes for zoo:tiny-llama: measured with one torch thread (`fit_cpu_seconds` in each
 artifact), LongLoRA took 199 CPU-s, PI 206 and YaRN 232 (the papers: 1000 steps (PI, LongLoRA)
 or 400 (YaRN) of 64 rows each, on GPUs)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,14 +30,15 @@ import torch
 from harness.errors import UserError
 from harness.zoo.train import Recipe, RowMaker, weighted_loss
 
-FIT_TEXT_SEED = 77_000      # training-side corpus seed (< EVAL_SEED_BASE): never evaluation text
+FIT_TEXT_SEED = 77_000  # training-side corpus seed (< EVAL_SEED_BASE): never evaluation text
 WEIGHTS_FILE = "weights.safetensors"
-SWAPS = "patched_calls.finetuned_weights"    # telemetry: forwards run with the fine-tuned weights
+SWAPS = "patched_calls.finetuned_weights"  # telemetry: forwards run with the fine-tuned weights
 
 
 @dataclass
 class FinetuneFields:
     """The fine-tuning parameters every fitted long-context method shares."""
+
     fit_length: int = field(default=2048, metadata={"help": "tokens per training row (the target context)"})
     steps: int = field(default=250, metadata={"help": "optimiser steps"})
     rows_per_step: int = field(default=1, metadata={"help": "training rows per step"})
@@ -48,15 +50,25 @@ class FinetuneFields:
             raise ValueError("fit_length, steps, rows_per_step and lr must be positive, warmup >= 0")
 
     def finetune_params(self) -> dict:
-        return {"fit_length": self.fit_length, "steps": self.steps, "rows_per_step": self.rows_per_step,
-                "lr": self.lr, "warmup": self.warmup}
+        return {
+            "fit_length": self.fit_length,
+            "steps": self.steps,
+            "rows_per_step": self.rows_per_step,
+            "lr": self.lr,
+            "warmup": self.warmup,
+        }
 
     def finetune_data_hash(self, lm, ctx) -> str:
         """The rows are a pure function of the recipe, seed, length and tokenizer: hash those."""
         vocab = sorted(lm.tokenizer.get_vocab().items())
-        desc = {"rows": "harness.zoo.train.RowMaker", "recipe": asdict(Recipe()), "seed": FIT_TEXT_SEED + ctx.seed,
-                "length": self.fit_length, "n_rows": self.steps * self.rows_per_step,
-                "tokenizer": hashlib.sha256(json.dumps(vocab).encode()).hexdigest()}
+        desc = {
+            "rows": "harness.zoo.train.RowMaker",
+            "recipe": asdict(Recipe()),
+            "seed": FIT_TEXT_SEED + ctx.seed,
+            "length": self.fit_length,
+            "n_rows": self.steps * self.rows_per_step,
+            "tokenizer": hashlib.sha256(json.dumps(vocab).encode()).hexdigest(),
+        }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
@@ -75,7 +87,7 @@ def train(lm, ctx, cfg: FinetuneFields, trainable: dict[str, torch.Tensor], patc
     old_det = torch.are_deterministic_algorithms_enabled()
     old_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=str(device) != "cpu")
-    torch.utils.deterministic.fill_uninitialized_memory = False    # NaN-filling costs ~40 % of a step (zoo notes)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # NaN-filling costs ~40 % of a step (zoo notes)
     frozen = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -101,13 +113,15 @@ def train(lm, ctx, cfg: FinetuneFields, trainable: dict[str, torch.Tensor], patc
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 recent.append(loss.item())
-                if step % 10 == 0 or step == cfg.steps - 1:   # mean over the steps since the last entry
-                    entry = {"step": step, "loss": round(sum(recent) / len(recent), 4),
-                             "elapsed_s": round(time.perf_counter() - t0, 1)}
+                if step % 10 == 0 or step == cfg.steps - 1:  # mean over the steps since the last entry
+                    entry = {
+                        "step": step,
+                        "loss": round(sum(recent) / len(recent), 4),
+                        "elapsed_s": round(time.perf_counter() - t0, 1),
+                    }
                     recent = []
                     history.append(entry)
-                    log(f"fine-tune step {step + 1}/{cfg.steps}: loss {entry['loss']:.4f} "
-                        f"({entry['elapsed_s']:.0f} s)")
+                    log(f"fine-tune step {step + 1}/{cfg.steps}: loss {entry['loss']:.4f} ({entry['elapsed_s']:.0f} s)")
         trained = {n: t.detach().clone() for n, t in trainable.items()}
     finally:
         model.eval()
@@ -127,11 +141,13 @@ def writer(tensors: dict[str, torch.Tensor]):
 
     def write(folder):
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE))
+
     return write
 
 
 def read(folder) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
+
     return load_file(str(folder / WEIGHTS_FILE))
 
 
@@ -163,6 +179,7 @@ class FinetunedRope(FinetuneFields):
     `fit_length` (the fine-tuned weights expect that scale at every evaluation length), the fit
     stage trains, the artifact holds the trained tensors, evaluation swaps them in. Subclasses
     change what trains (`training_setup`) and what is swapped in (`eval_weights`)."""
+
     fit_version = "1"
 
     def __post_init__(self):
@@ -171,6 +188,7 @@ class FinetunedRope(FinetuneFields):
 
     def resolve(self, lm, ctx):
         from harness.interfaces import MethodContext
+
         return super().resolve(lm, MethodContext(target_length=self.fit_length, seed=ctx.seed))
 
     def resolved(self, lm, ctx) -> dict:
@@ -181,6 +199,7 @@ class FinetunedRope(FinetuneFields):
 
     def fit_params(self, lm, ctx) -> dict:
         from harness import params
+
         shape, s = self.resolve(lm, ctx)
         return {"scale": s, "original": shape.original_max, "params": params.to_dict(self)}
 
@@ -191,6 +210,7 @@ class FinetunedRope(FinetuneFields):
         """(trainable tensors by name, callable -> the context managers training runs in).
         Default: the whole model, under the method's RoPE scaling (the PI and YaRN papers)."""
         from harness.methods.rope._common import rope_override
+
         return dict(lm.model.named_parameters()), lambda: [rope_override(lm.model, self.freq_fn(shape, s))]
 
     def eval_weights(self, lm) -> dict[str, torch.Tensor]:
@@ -199,15 +219,25 @@ class FinetunedRope(FinetuneFields):
     def fit(self, lm, ctx, log=print):
         shape, s = self.resolve(lm, ctx)
         if s <= 1:
-            raise UserError(f"{self.name}: fit_length {self.fit_length} is not beyond the model's original "
-                            f"{shape.original_max} tokens, so there is nothing to extend")
+            raise UserError(
+                f"{self.name}: fit_length {self.fit_length} is not beyond the model's original "
+                f"{shape.original_max} tokens, so there is nothing to extend"
+            )
         trainable, patches = self.training_setup(lm, ctx, shape, s)
         history, trained = train(lm, ctx, self, trainable, patches, log)
         seconds = history[-1]["elapsed_s"] if history else 0.0
-        return ({"scale": s, "fit_length": self.fit_length, "loss_first": history[0]["loss"],
-                 "loss_last": history[-1]["loss"], "loss_history": history,
-                 "seconds_per_step": round(seconds / self.steps, 3),
-                 "trained_tensors": len(trained)}, writer(trained))
+        return (
+            {
+                "scale": s,
+                "fit_length": self.fit_length,
+                "loss_first": history[0]["loss"],
+                "loss_last": history[-1]["loss"],
+                "loss_history": history,
+                "seconds_per_step": round(seconds / self.steps, 3),
+                "trained_tensors": len(trained),
+            },
+            writer(trained),
+        )
 
     def use_artifact(self, payload, folder) -> None:
         self._trained = read(folder)

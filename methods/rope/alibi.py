@@ -8,7 +8,8 @@ from harness.interfaces import LMMethod
 from harness.registry import register
 from harness.attention import ALIBI_CONFIG_FLAG, AttentionMethod, alibi_attend, alibi_slopes, attention_override
 
-__all__ = ["ALIBI_CONFIG_FLAG", "ALiBi", "alibi_attend", "alibi_slopes"]   # the math lives in the core
+__all__ = ["ALIBI_CONFIG_FLAG", "ALiBi", "alibi_attend", "alibi_slopes"]  # the math lives in the core
+
 
 @register
 @dataclass
@@ -21,6 +22,7 @@ class ALiBi(AttentionMethod, LMMethod):
     config carries harness_position_encoding = "alibi", as zoo:tiny-llama-alibi will); RoPE models
     are refused rather than silently evaluated with a position encoding they never saw.
     """
+
     name = "alibi"
     family = "rope"
     paper = "Train Short, Test Long: Attention with Linear Biases (arXiv:2108.12409)"
@@ -29,6 +31,8 @@ class ALiBi(AttentionMethod, LMMethod):
 
     def apply(self, lm, ctx):
         if getattr(lm.model.config, ALIBI_CONFIG_FLAG, None) != "alibi":
-            raise UserError(f"method alibi needs a model pretrained with ALiBi (config "
-                            f"{ALIBI_CONFIG_FLAG}='alibi'); {lm.loaded.id} uses RoPE")
+            raise UserError(
+                f"method alibi needs a model pretrained with ALiBi (config "
+                f"{ALIBI_CONFIG_FLAG}='alibi'); {lm.loaded.id} uses RoPE"
+            )
         return attention_override(lm.model, alibi_attend, counter=lm.telemetry)

@@ -28,6 +28,7 @@ class DCA(AttentionMethod, LMMethod):
 
     chunk_size: None = 3L/4 (3072 for a 4k Llama-2). local_window: None = L/8 (512 there).
     """
+
     name = "dca"
     family = "rope"
     paper = "Training-Free Long-Context Scaling of Large Language Models (arXiv:2402.17463)"
@@ -56,9 +57,9 @@ class DCA(AttentionMethod, LMMethod):
 
     @staticmethod
     def attend(a: AttentionInputs, chunk_size: int, c: int) -> torch.Tensor:
-        def queries(r, q, qp):          # 0 intra-chunk, 1 successive chunk, 2 older chunks
+        def queries(r, q, qp):  # 0 intra-chunk, 1 successive chunk, 2 older chunks
             at = qp % c if r == 0 else (qp % c + c).clamp(max=chunk_size) if r == 1 else torch.full_like(qp, chunk_size)
             return rotate(q, *a.rope(at))
+
         # a key always sits at p_k mod c, whatever the rule
-        return banded_attend(a, lambda qp, kp: (qp // c - kp // c).clamp(0, 2), queries, lambda r, kp: kp % c,
-                             period=c)
+        return banded_attend(a, lambda qp, kp: (qp // c - kp // c).clamp(0, 2), queries, lambda r, kp: kp % c, period=c)

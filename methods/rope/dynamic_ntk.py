@@ -20,6 +20,7 @@ class DynamicNTK(RopeMethod, LMMethod):
 
     factor: s; default None = target context / the model's original context (at least 1).
     """
+
     name = "dynamic_ntk"
     paper = "Dynamically scaled RoPE (emozilla, 2023); baseline in YaRN (arXiv:2309.00071)"
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
@@ -31,4 +32,5 @@ class DynamicNTK(RopeMethod, LMMethod):
             length = max(seq_len, L)
             base = shape.base * ((s * length / L) - (s - 1)) ** (shape.dim / (shape.dim - 2))
             return inv_freq(base, shape.dim), 1.0
+
         return fn

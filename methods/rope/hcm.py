@@ -13,7 +13,7 @@ from harness.synthetic import Corpus
 from harness.attention import _rotary_module, rotate
 from harness.methods.rope._common import rope_shape
 
-CALIBRATION_TEXT_SEED = 515151     # training-side text for the calibration bias (never evaluation text)
+CALIBRATION_TEXT_SEED = 515151  # training-side text for the calibration bias (never evaluation text)
 PRUNED, PROMPTS, CALLS = "hcm.pruned_tokens", "hcm.prompts", "hcm.hook_calls"
 
 
@@ -21,10 +21,11 @@ PRUNED, PROMPTS, CALLS = "hcm.pruned_tokens", "hcm.prompts", "hcm.hook_calls"
 class Chunk:
     """A node of the merge tree: hidden states of its upper layer, positions, which tokens may be
     pruned (context, not the shared prefix / suffix), and the keys/values of every layer so far."""
-    h: torch.Tensor                  # [1, n, D]
-    pos: torch.Tensor                # [n]
-    reducible: torch.Tensor          # [n] bool
-    kv: list                         # per processed layer: (keys [1, kv_heads, n, d] rotated, values)
+
+    h: torch.Tensor  # [1, n, D]
+    pos: torch.Tensor  # [n]
+    reducible: torch.Tensor  # [n] bool
+    kv: list  # per processed layer: (keys [1, kv_heads, n, d] rotated, values)
 
     def keep(self, mask: torch.Tensor) -> None:
         """Prune tokens from this layer and, propagatively, from every lower layer's cache."""
@@ -51,30 +52,31 @@ def attention_block(layer, rotary, h, pos):
 
 
 @torch.no_grad()
-def homer_prefill(model, ids: list[int], max_chunk_len: int, target_len: int, warmup: int, P: int, S: int,
-                  bias: torch.Tensor | None):
+def homer_prefill(
+    model, ids: list[int], max_chunk_len: int, target_len: int, warmup: int, P: int, S: int, bias: torch.Tensor | None
+):
     """HOMER's hierarchical merge of one prompt (prefix = first P tokens, suffix = last S).
     Returns (per-layer (keys, values), positions of the kept tokens, last-token logits, layers
     per tree level above the leaves)."""
     layers, rotary = model.model.layers, _rotary_module(model)
     device = model.model.embed_tokens.weight.device
-    prefix, context, suffix = ids[:P], ids[P:len(ids) - S], ids[len(ids) - S:]
+    prefix, context, suffix = ids[:P], ids[P : len(ids) - S], ids[len(ids) - S :]
     C, eff_max = len(context), max_chunk_len - P - S
     merging = len(layers) - warmup
     count = max(1, math.ceil(C / eff_max))
     height = math.ceil(math.log2(count))
-    count = 2 ** height
+    count = 2**height
     e = math.ceil(C / count)
     per = merging // (height + 1)
     leftover = merging - per * (height + 1)
 
     def leaf(i):
-        ctx = context[i * e:min((i + 1) * e, C)]
+        ctx = context[i * e : min((i + 1) * e, C)]
         pos = torch.arange(P + len(ctx) + S)
-        if count > 1:                                   # every chunk's suffix sits at the same positions
-            pos[len(pos) - S:] = P + e + torch.arange(S)
+        if count > 1:  # every chunk's suffix sits at the same positions
+            pos[len(pos) - S :] = P + e + torch.arange(S)
         red = torch.zeros(len(pos), dtype=torch.bool)
-        red[P:P + len(ctx)] = True
+        red[P : P + len(ctx)] = True
         return prefix + ctx + suffix, pos.to(device), red.to(device)
 
     def run(chunk: Chunk, which, target: int) -> Chunk:
@@ -96,14 +98,26 @@ def homer_prefill(model, ids: list[int], max_chunk_len: int, target_len: int, wa
 
     def merge(l: Chunk, r: Chunk) -> Chunk:
         def join(a, b):
-            return torch.cat([(a[:, :P] + b[:, :P]) / 2, a[:, P:a.shape[1] - S], b[:, P:b.shape[1] - S],
-                              (a[:, a.shape[1] - S:] + b[:, b.shape[1] - S:]) / 2], dim=1)
-        kv = [(join(lk.transpose(1, 2), rk.transpose(1, 2)).transpose(1, 2),
-               join(lv.transpose(1, 2), rv.transpose(1, 2)).transpose(1, 2))
-              for (lk, lv), (rk, rv) in zip(l.kv, r.kv)]
+            return torch.cat(
+                [
+                    (a[:, :P] + b[:, :P]) / 2,
+                    a[:, P : a.shape[1] - S],
+                    b[:, P : b.shape[1] - S],
+                    (a[:, a.shape[1] - S :] + b[:, b.shape[1] - S :]) / 2,
+                ],
+                dim=1,
+            )
+
+        kv = [
+            (
+                join(lk.transpose(1, 2), rk.transpose(1, 2)).transpose(1, 2),
+                join(lv.transpose(1, 2), rv.transpose(1, 2)).transpose(1, 2),
+            )
+            for (lk, lv), (rk, rv) in zip(l.kv, r.kv)
+        ]
         nl = len(l.pos)
-        pos = torch.cat([l.pos[:nl - S], r.pos[P:]])
-        red = torch.cat([l.reducible[:nl - S], r.reducible[P:]])
+        pos = torch.cat([l.pos[: nl - S], r.pos[P:]])
+        red = torch.cat([l.reducible[: nl - S], r.reducible[P:]])
         return Chunk(join(l.h, r.h), pos, red, kv)
 
     def tree(first: int, n: int, height: int, target: int) -> Chunk:
@@ -113,7 +127,7 @@ def homer_prefill(model, ids: list[int], max_chunk_len: int, target_len: int, wa
             return run(Chunk(emb, pos, red, []), range(per + leftover + warmup), target)
         default = P + eff_max // 2 + S
         right_len = len(leaf(first + n // 2)[0])
-        if right_len < default:      # a short right chunk keeps everything; the left gets the rest
+        if right_len < default:  # a short right chunk keeps everything; the left gets the rest
             lt, rt = max_chunk_len - (right_len - P - S), right_len
         else:
             lt = rt = default
@@ -156,6 +170,7 @@ class HCM(LMMethod):
     prefix_len, suffix_len: the shared affixes (the harness's tasks end with the question);
     None = max_chunk_len/8 (this project's choice: holds the needle question).
     """
+
     name = "hcm"
     family = "rope"
     paper = "Hierarchical Context Merging: Better Long Context Understanding for Pre-trained LLMs (arXiv:2404.10308)"
@@ -175,13 +190,19 @@ class HCM(LMMethod):
             raise UserError(f"method hcm: {e}") from None
         M = self.max_chunk_len or L // 2
         n_layers = len(lm.model.model.layers)
-        out = {"max_chunk_len": M, "target_len": self.target_len or M,
-               "layers_warmup": self.layers_warmup if self.layers_warmup is not None else round(3 * n_layers / 8),
-               "prefix_len": self.prefix_len if self.prefix_len is not None else M // 8,
-               "suffix_len": self.suffix_len if self.suffix_len is not None else M // 8, "original": L}
+        out = {
+            "max_chunk_len": M,
+            "target_len": self.target_len or M,
+            "layers_warmup": self.layers_warmup if self.layers_warmup is not None else round(3 * n_layers / 8),
+            "prefix_len": self.prefix_len if self.prefix_len is not None else M // 8,
+            "suffix_len": self.suffix_len if self.suffix_len is not None else M // 8,
+            "original": L,
+        }
         if out["suffix_len"] < 1 or out["prefix_len"] + out["suffix_len"] >= M or out["layers_warmup"] >= n_layers:
-            raise UserError(f"hcm: need suffix_len >= 1, prefix_len + suffix_len < max_chunk_len and "
-                            f"layers_warmup < {n_layers} layers (got {out})")
+            raise UserError(
+                f"hcm: need suffix_len >= 1, prefix_len + suffix_len < max_chunk_len and "
+                f"layers_warmup < {n_layers} layers (got {out})"
+            )
         return out
 
     def resolved(self, lm, ctx) -> dict:
@@ -199,11 +220,11 @@ class HCM(LMMethod):
         total = torch.zeros(len(model.model.layers), M)
         pos = torch.arange(M, device=lm.device)
         for w in range(self.calibration_windows):
-            h = model.model.embed_tokens(torch.tensor([ids[w * M:(w + 1) * M]], device=lm.device))
+            h = model.model.embed_tokens(torch.tensor([ids[w * M : (w + 1) * M]], device=lm.device))
             for li, layer in enumerate(model.model.layers):
                 h, _, _, metric = attention_block(layer, rotary, h, pos)
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
-                total[li] += metric.float().flip(0).cpu()         # index r = distance from the last token
+                total[li] += metric.float().flip(0).cpu()  # index r = distance from the last token
         return total / self.calibration_windows
 
     def apply(self, lm, ctx):
@@ -215,21 +236,34 @@ class HCM(LMMethod):
         bias = self.calibrate(lm, s["max_chunk_len"])
 
         def prefill(ids):
-            kv, pos, logits, per = homer_prefill(lm.model, ids, s["max_chunk_len"], s["target_len"],
-                                                 s["layers_warmup"], s["prefix_len"], s["suffix_len"], bias)
+            kv, pos, logits, per = homer_prefill(
+                lm.model,
+                ids,
+                s["max_chunk_len"],
+                s["target_len"],
+                s["layers_warmup"],
+                s["prefix_len"],
+                s["suffix_len"],
+                bias,
+            )
             lm.telemetry[PROMPTS] += 1
             lm.telemetry["hcm.prompts_with_unpruned_levels"] += per == 0 and len(ids) > s["max_chunk_len"]
             lm.telemetry["hcm.kept_tokens"] += len(pos)
             lm.telemetry[PRUNED] += len(ids) - len(pos)
             from transformers import DynamicCache
+
             cache = DynamicCache()
             for i, (k, v) in enumerate(kv):
                 cache.update(k, v, i)
             return cache, int(pos[-1]), logits
 
         def step(token: int, cache, position: int):
-            out = lm.model(input_ids=torch.tensor([[token]], device=lm.device), past_key_values=cache,
-                           position_ids=torch.tensor([[position]], device=lm.device), use_cache=True)
+            out = lm.model(
+                input_ids=torch.tensor([[token]], device=lm.device),
+                past_key_values=cache,
+                position_ids=torch.tensor([[position]], device=lm.device),
+                use_cache=True,
+            )
             return out.logits[0, -1]
 
         def generate_batch(ids, mask, max_new_tokens, temperature, top_p):
@@ -238,8 +272,9 @@ class HCM(LMMethod):
             rows = []
             for row, m in zip(ids.tolist(), mask.tolist()):
                 prompt = [t for t, keep in zip(row, m) if keep]
-                cache, last, logits = prefill(prompt) if len(prompt) > s["max_chunk_len"] else \
-                    _plain_prefill(lm, prompt)
+                cache, last, logits = (
+                    prefill(prompt) if len(prompt) > s["max_chunk_len"] else _plain_prefill(lm, prompt)
+                )
                 new = []
                 for i in range(max_new_tokens):
                     token = _pick(logits, temperature, top_p)
@@ -257,7 +292,7 @@ class HCM(LMMethod):
             out = torch.zeros(*ids.shape, lm.model.config.vocab_size, device=lm.device)
             for b, (row, m) in enumerate(zip(ids.tolist(), mask.tolist())):
                 seq = [t for t, keep in zip(row, m) if keep]
-                out[b, :len(seq)] = self._score(lm, seq, s, prefill)
+                out[b, : len(seq)] = self._score(lm, seq, s, prefill)
             return out
 
         with lm.batch_hooks(generate_batch=generate_batch, forward_logits=forward_logits):
@@ -272,10 +307,11 @@ class HCM(LMMethod):
         parts, part = [first], max(1, L // 2)
         for end in range(L, len(seq), part):
             cache, last, _ = prefill(seq[:end])
-            tokens = torch.tensor([seq[end:end + part]], device=lm.device)
+            tokens = torch.tensor([seq[end : end + part]], device=lm.device)
             positions = last + 1 + torch.arange(tokens.shape[1], device=lm.device)[None]
-            parts.append(lm.model(input_ids=tokens, past_key_values=cache, position_ids=positions,
-                                  use_cache=True).logits[0])
+            parts.append(
+                lm.model(input_ids=tokens, past_key_values=cache, position_ids=positions, use_cache=True).logits[0]
+            )
         return torch.cat(parts)
 
     def check_effect(self, lm, ctx, result) -> str | None:
@@ -291,6 +327,7 @@ class HCM(LMMethod):
 def _plain_prefill(lm, prompt):
     """A prompt within one chunk: HOMER's single leaf with nothing to prune is the plain model."""
     from transformers import DynamicCache
+
     lm.telemetry["hcm.plain_prompts"] += 1
     cache = DynamicCache()
     out = lm.model(input_ids=torch.tensor([prompt], device=lm.device), past_key_values=cache, use_cache=True)

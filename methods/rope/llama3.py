@@ -25,6 +25,7 @@ class Llama3(RopeMethod, LMMethod):
     None = the model's. On a checkpoint whose config already carries llama3 scaling this
     replaces it (it does not stack).
     """
+
     name = "llama3"
     paper = "The Llama 3 Herd of Models (arXiv:2407.21783)"
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
@@ -44,7 +45,7 @@ class Llama3(RopeMethod, LMMethod):
         L = shape.original_max
         wavelen = 2 * math.pi / theta
         smooth = ((L / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)).clamp(0, 1)
-        inv = (1 - smooth) * theta / s + smooth * theta   # smooth=1: keep, smooth=0: interpolate
+        inv = (1 - smooth) * theta / s + smooth * theta  # smooth=1: keep, smooth=0: interpolate
         inv = torch.where(wavelen < L / self.high_freq_factor, theta, inv)
         inv = torch.where(wavelen > L / self.low_freq_factor, theta / s, inv)
         return lambda seq_len: (inv, 1.0)

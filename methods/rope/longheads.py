@@ -10,9 +10,9 @@ from harness.registry import register
 from harness.attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
 from harness.methods.rope._common import rope_shape
 
-PAIR_BUDGET = 1 << 15     # (query, slot) pairs per block of far queries (bounds memory at any length)
-TILE = 64                 # (query, slot) pairs per small matmul against one chunk
-SELECTED = "longheads.selective_queries"   # telemetry: queries that attended through chunk selection
+PAIR_BUDGET = 1 << 15  # (query, slot) pairs per block of far queries (bounds memory at any length)
+TILE = 64  # (query, slot) pairs per small matmul against one chunk
+SELECTED = "longheads.selective_queries"  # telemetry: queries that attended through chunk selection
 
 
 @register
@@ -40,6 +40,7 @@ class LongHeads(AttentionMethod, LMMethod):
     chunk_size: w; None = L/16 (256 for a 4k Llama-2, the official `window_size`).
     atten_length: L; None = the model's original context (4096 for Llama-2, as officially).
     """
+
     name = "longheads"
     family = "rope"
     paper = "LongHeads: Multi-Head Attention is Secretly a Long Context Processor (arXiv:2402.10685)"
@@ -48,8 +49,8 @@ class LongHeads(AttentionMethod, LMMethod):
     atten_length: int | None = field(default=None, metadata={"help": "attention window L; None = the original context"})
 
     def __post_init__(self):
-        self._queries: dict[int, torch.Tensor] = {}             # layer -> raw queries [b, h, Lk, d]
-        self._reps: dict[tuple[int, int], torch.Tensor] = {}    # (layer, row) -> [h, chunks, d]
+        self._queries: dict[int, torch.Tensor] = {}  # layer -> raw queries [b, h, Lk, d]
+        self._reps: dict[tuple[int, int], torch.Tensor] = {}  # (layer, row) -> [h, chunks, d]
         self._counter = None
 
     def sizes(self, lm) -> tuple[int, int]:
@@ -60,8 +61,10 @@ class LongHeads(AttentionMethod, LMMethod):
         L = self.atten_length or original
         w = self.chunk_size or max(1, L // 16)
         if L % w or L // w < 3:
-            raise UserError(f"longheads: atten_length {L} must be a multiple of chunk_size {w} with at least "
-                            f"3 chunks (first, previous, current)")
+            raise UserError(
+                f"longheads: atten_length {L} must be a multiple of chunk_size {w} with at least "
+                f"3 chunks (first, previous, current)"
+            )
         return w, L // w
 
     def resolved(self, lm, ctx) -> dict:
@@ -94,24 +97,24 @@ class LongHeads(AttentionMethod, LMMethod):
         queries = self._queries[a.layer]
         out = torch.zeros_like(a.q)
         for b in range(a.q.shape[0]):
-            valid = a.mask(a.q.shape[2] - 1)[b, 0, 0]    # the row's real (non-padding) keys
+            valid = a.mask(a.q.shape[2] - 1)[b, 0, 0]  # the row's real (non-padding) keys
             if not valid.any():
                 continue
             base = a.k_pos[b][valid][0]
-            t_q = a.q_pos[b] - base                      # positions relative to the row's first token
-            live = valid[a.k.shape[2] - a.q.shape[2]:]  # the queries' own tokens; padding ones stay zero
-            q_all = queries[b] if bool(valid.all()) else queries[b][:, valid]   # (a view without padding)
+            t_q = a.q_pos[b] - base  # positions relative to the row's first token
+            live = valid[a.k.shape[2] - a.q.shape[2] :]  # the queries' own tokens; padding ones stay zero
+            q_all = queries[b] if bool(valid.all()) else queries[b][:, valid]  # (a view without padding)
             out[b][:, live] = self._row(a, b, valid, q_all, t_q[live], a.q[b][:, live], w, k)
         return out
 
     def _row(self, a, b, valid, q_all, t, q, w, k):
-        K, V = (a.k[b], a.v[b]) if bool(valid.all()) else (a.k[b][:, valid], a.v[b][:, valid])   # [h, n, d]
+        K, V = (a.k[b], a.v[b]) if bool(valid.all()) else (a.k[b][:, valid], a.v[b][:, valid])  # [h, n, d]
         L = w * k
         out = torch.empty_like(q)
         near = t < L
-        if near.any():                                   # inside the trained window: plain attention
+        if near.any():  # inside the trained window: plain attention
             tn = t[near]
-            m = int(tn.max()) + 1                        # these queries see only the first m keys
+            m = int(tn.max()) + 1  # these queries see only the first m keys
             kr = rotate(K[None, :, :m], *a.rope(torch.arange(m, device=K.device)[None]))
             qr = rotate(q[:, near][None], *a.rope(tn[None]))
             allowed = (torch.arange(m, device=K.device)[None, :] <= tn[:, None])[None, None]
@@ -137,9 +140,9 @@ class LongHeads(AttentionMethod, LMMethod):
             qc = rotate(q_all[:, sl][None], cos, sin)[0].view(h, -1, w, d)
             kc = rotate(K[:, sl][None], cos, sin)[0].view(h, -1, w, d)
             vc = V[:, sl].view(h, -1, w, d)
-            inner = torch.softmax((qc @ kc.transpose(-1, -2)).float() * d ** -0.5, -1).to(vc.dtype) @ vc
-            summary = inner.mean(-2, keepdim=True)                       # [h, g, 1, d]
-            weights = torch.softmax((summary @ kc.transpose(-1, -2)).float() * d ** -0.5, -1).to(kc.dtype)
+            inner = torch.softmax((qc @ kc.transpose(-1, -2)).float() * d**-0.5, -1).to(vc.dtype) @ vc
+            summary = inner.mean(-2, keepdim=True)  # [h, g, 1, d]
+            weights = torch.softmax((summary @ kc.transpose(-1, -2)).float() * d**-0.5, -1).to(kc.dtype)
             new = (weights @ kc)[:, :, 0]
             done = new if done is None else torch.cat([done, new], dim=1)
             self._reps[(a.layer, b)] = done
@@ -168,15 +171,15 @@ class LongHeads(AttentionMethod, LMMethod):
         block = max(1, PAIR_BUDGET // (h * k))
         outs = []
         for s in range(0, q.shape[1], block):
-            qb, tb = q[:, s:s + block], t[s:s + block]
+            qb, tb = q[:, s : s + block], t[s : s + block]
             B, cur = tb.shape[0], tb // w
             score = torch.einsum("hqd,hgd->hqg", qb, reps)
             candidate = (g[None, :] >= 1) & (g[None, :] <= cur[:, None] - 2)
             top = score.masked_fill(~candidate[None], float("-inf")).topk(k - 3, dim=-1).indices
             fixed = torch.stack([torch.zeros_like(cur), cur - 1, cur], -1)[None].expand(h, -1, -1)
             # in chunk order: the first chunk, the picked ones (all between), the previous, the current
-            picked = torch.cat([fixed[..., :1], top.sort(-1).values, fixed[..., 1:]], -1)     # [h, B, k]
-            q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)         # [1, B*k]
+            picked = torch.cat([fixed[..., :1], top.sort(-1).values, fixed[..., 1:]], -1)  # [h, B, k]
+            q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B*k]
             qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))[0]
             rows, tiles = _tile_rows((picked + head_base).reshape(-1), h * chunks)
             Qt = qr.new_zeros(tiles.shape[0] * TILE, d).index_copy_(0, rows, qr.reshape(-1, d))
@@ -196,8 +199,8 @@ def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.
     order = group.argsort()
     counts = torch.bincount(group, minlength=n_groups)
     tiles_per = (counts + TILE - 1) // TILE
-    tile_start = (torch.cumsum(tiles_per, 0) - tiles_per) * TILE      # first row of each group
-    item_start = torch.cumsum(counts, 0) - counts                       # its first item in sorted order
+    tile_start = (torch.cumsum(tiles_per, 0) - tiles_per) * TILE  # first row of each group
+    item_start = torch.cumsum(counts, 0) - counts  # its first item in sorted order
     gs = group[order]
     rows = torch.empty_like(group)
     rows[order] = tile_start[gs] + torch.arange(group.shape[0], device=group.device) - item_start[gs]

@@ -28,6 +28,7 @@ def s2_attend(a: AttentionInputs, group: int) -> torch.Tensor:
 
     def shift(x, by):
         return torch.cat([x[:, :half], x[:, half:].roll(by, dims=2)], dim=1)
+
     q, k, v = (shift(x, -(group // 2)) for x in (q, k, v))
     grouped = [x.reshape(b, h, n // group, group, d) for x in (q, k, v)]
     out = torch.nn.functional.scaled_dot_product_attention(*grouped, is_causal=True, scale=a.scaling)
@@ -40,7 +41,7 @@ def lora_factors(lm, rank: int, seed: int) -> dict[str, torch.Tensor]:
     out = {}
     for name, module in lm.model.named_modules():
         if name.rsplit(".", 1)[-1] in LORA_TARGETS and isinstance(module, torch.nn.Linear):
-            bound = 1 / math.sqrt(module.in_features)       # kaiming_uniform_(a=√5) on a rank x in matrix
+            bound = 1 / math.sqrt(module.in_features)  # kaiming_uniform_(a=√5) on a rank x in matrix
             a = (torch.rand(rank, module.in_features, generator=gen) * 2 - 1) * bound
             out[f"{name}.lora_A"] = a.to(lm.device).requires_grad_(True)
             out[f"{name}.lora_B"] = torch.zeros(module.out_features, rank, device=lm.device, requires_grad=True)
@@ -50,21 +51,25 @@ def lora_factors(lm, rank: int, seed: int) -> dict[str, torch.Tensor]:
 def lora_forwards(lm, factors: dict[str, torch.Tensor], scale: float):
     """Patch each targeted projection to x Wᵀ + scale · (x Aᵀ) Bᵀ (the unmerged LoRA forward)."""
     modules = dict(lm.model.named_modules())
-    targets = [modules[n[:-len(".lora_A")]] for n in factors if n.endswith(".lora_A")]
-    names = {id(modules[n[:-len(".lora_A")]]): n[:-len(".lora_A")] for n in factors if n.endswith(".lora_A")}
+    targets = [modules[n[: -len(".lora_A")]] for n in factors if n.endswith(".lora_A")]
+    names = {id(modules[n[: -len(".lora_A")]]): n[: -len(".lora_A")] for n in factors if n.endswith(".lora_A")}
 
     def make(module):
         A, B = factors[names[id(module)] + ".lora_A"], factors[names[id(module)] + ".lora_B"]
         return lambda x: torch.nn.functional.linear(x, module.weight, module.bias) + scale * ((x @ A.t()) @ B.t())
+
     return patched_forwards(targets, make)
 
 
 def merged(lm, factors: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """W + scale · B A for each projection (what evaluation swaps in)."""
     own = dict(lm.model.named_parameters())
-    return {f"{n[:-len('.lora_A')]}.weight": own[f"{n[:-len('.lora_A')]}.weight"].detach()
-            + scale * factors[n[:-len('.lora_A')] + ".lora_B"].to(lm.device) @ factors[n].to(lm.device)
-            for n in factors if n.endswith(".lora_A")}
+    return {
+        f"{n[: -len('.lora_A')]}.weight": own[f"{n[: -len('.lora_A')]}.weight"].detach()
+        + scale * factors[n[: -len(".lora_A")] + ".lora_B"].to(lm.device) @ factors[n].to(lm.device)
+        for n in factors
+        if n.endswith(".lora_A")
+    }
 
 
 @register
@@ -82,6 +87,7 @@ class LongLoRA(FinetunedRope, PI):
     as in the paper. Training loop, data, optimiser and the rescaled learning rate:
     methods/rope/_finetune.py (the paper: 1000 steps, lr 2e-5, 20 warm-up steps, constant).
     """
+
     name = "longlora"
     paper = "LongLoRA: Efficient Fine-tuning of Long-Context Large Language Models (arXiv:2309.12307)"
     fit_version = "1"
@@ -98,20 +104,25 @@ class LongLoRA(FinetunedRope, PI):
     def group(self) -> int:
         g = int(self.fit_length * self.group_size_ratio)
         if g < 2 or self.fit_length % g:
-            raise ValueError(f"group_size_ratio {self.group_size_ratio} must split fit_length "
-                             f"{self.fit_length} into equal groups of at least 2 tokens")
+            raise ValueError(
+                f"group_size_ratio {self.group_size_ratio} must split fit_length "
+                f"{self.fit_length} into equal groups of at least 2 tokens"
+            )
         return g
 
     def training_setup(self, lm, ctx, shape, s):
         from harness.methods.rope._common import rope_override
+
         factors = lora_factors(lm, self.lora_rank, seed=ctx.seed)
         own = dict(lm.model.named_parameters())
         trainable = dict(factors)
         trainable.update({n: p for n, p in own.items() if "embed" in n or "norm" in n})
         group, scale = self.group(), self.lora_alpha / self.lora_rank
-        return trainable, lambda: [rope_override(lm.model, self.freq_fn(shape, s)),
-                                   attention_override(lm.model, lambda a: s2_attend(a, group)),
-                                   lora_forwards(lm, factors, scale)]
+        return trainable, lambda: [
+            rope_override(lm.model, self.freq_fn(shape, s)),
+            attention_override(lm.model, lambda a: s2_attend(a, group)),
+            lora_forwards(lm, factors, scale),
+        ]
 
     def eval_weights(self, lm) -> dict[str, torch.Tensor]:
         factors = {n: t for n, t in self._trained.items() if ".lora_" in n}

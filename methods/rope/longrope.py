@@ -10,12 +10,11 @@ import torch
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._common import (RopeMethod, inv_freq, linear_ramp, rope_override,
-                                          yarn_correction_range)
+from harness.methods.rope._common import RopeMethod, inv_freq, linear_ramp, rope_override, yarn_correction_range
 from harness.synthetic import Corpus
 
 START_TOKEN_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256)
-SEARCH_TEXT_SEED = 424242   # a training-side seed: the search never sees evaluation text
+SEARCH_TEXT_SEED = 424242  # a training-side seed: the search never sees evaluation text
 
 
 @register
@@ -37,11 +36,18 @@ class LongRoPE(RopeMethod, LMMethod):
     the fit. start_tokens: n̂ (None = from the fit, or 0 with given factors).
     attention_scale: "su", "yarn" (0.1 ln s + 1) or "none". iterations: search iterations (40).
     """
+
     name = "longrope"
     paper = "LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens (arXiv:2402.13753)"
     fit_version = "1"
-    smoke_args = {"population": "4", "parents": "2", "iterations": "1", "mutations": "2", "crossovers": "1",
-                  "search_windows": "1"}
+    smoke_args = {
+        "population": "4",
+        "parents": "2",
+        "iterations": "1",
+        "mutations": "2",
+        "crossovers": "1",
+        "search_windows": "1",
+    }
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
     rescale_factors: tuple[float, ...] | None = field(default=None, metadata={"help": "λ_i; None = searched"})
     start_tokens: int | None = None
@@ -51,7 +57,7 @@ class LongRoPE(RopeMethod, LMMethod):
     mutations: int = 16
     crossovers: int = 16
     iterations: int = 40
-    search_windows: int = 2          # target-length windows of text per perplexity evaluation
+    search_windows: int = 2  # target-length windows of text per perplexity evaluation
 
     def __post_init__(self):
         if self.attention_scale not in ("su", "yarn", "none"):
@@ -69,12 +75,14 @@ class LongRoPE(RopeMethod, LMMethod):
         return math.sqrt(1 + math.log(s) / math.log(L)) if self.attention_scale == "su" else 0.1 * math.log(s) + 1
 
     def factors(self, shape, s: float) -> tuple[list[float], int]:
-        if s <= 1 and self.rescale_factors is None:   # nothing to extend: the identity
+        if s <= 1 and self.rescale_factors is None:  # nothing to extend: the identity
             return [1.0] * (shape.dim // 2), 0
         if self.rescale_factors is not None:
             if len(self.rescale_factors) != shape.dim // 2:
-                raise UserError(f"longrope: {len(self.rescale_factors)} rescale_factors given, the model's "
-                                f"RoPE has {shape.dim // 2} frequencies")
+                raise UserError(
+                    f"longrope: {len(self.rescale_factors)} rescale_factors given, the model's "
+                    f"RoPE has {shape.dim // 2} frequencies"
+                )
             return list(self.rescale_factors), self.start_tokens or 0
         if self._found is None:
             raise UserError("longrope without rescale_factors needs its fit stage (harness fit --method longrope)")
@@ -90,8 +98,13 @@ class LongRoPE(RopeMethod, LMMethod):
     def apply(self, lm, ctx):
         shape, s = self.resolve(lm, ctx)
         _, n = self.factors(shape, s)
-        return rope_override(lm.model, self.freq_fn(shape, s), keep_first=(n, inv_freq(shape.base, shape.dim)),
-                             counter=lm.telemetry, lm=lm)
+        return rope_override(
+            lm.model,
+            self.freq_fn(shape, s),
+            keep_first=(n, inv_freq(shape.base, shape.dim)),
+            counter=lm.telemetry,
+            lm=lm,
+        )
 
     def resolved(self, lm, ctx) -> dict:
         out = super().resolved(lm, ctx)
@@ -105,9 +118,17 @@ class LongRoPE(RopeMethod, LMMethod):
 
     def fit_params(self, lm, ctx) -> dict:
         shape, s = self.resolve(lm, ctx)
-        return {"scale": s, "original": shape.original_max, "attention_scale": self.attention_scale,
-                "population": self.population, "parents": self.parents, "mutations": self.mutations,
-                "crossovers": self.crossovers, "iterations": self.iterations, "windows": self.search_windows}
+        return {
+            "scale": s,
+            "original": shape.original_max,
+            "attention_scale": self.attention_scale,
+            "population": self.population,
+            "parents": self.parents,
+            "mutations": self.mutations,
+            "crossovers": self.crossovers,
+            "iterations": self.iterations,
+            "windows": self.search_windows,
+        }
 
     def _search_ids(self, lm, ctx) -> torch.Tensor:
         shape, s = self.resolve(lm, ctx)
@@ -115,7 +136,7 @@ class LongRoPE(RopeMethod, LMMethod):
         corpus, ids = Corpus(SEARCH_TEXT_SEED), []
         while len(ids) < n * self.search_windows:
             ids += lm.encode(" " + corpus.text(50))
-        return torch.tensor(ids[:n * self.search_windows]).view(self.search_windows, n)
+        return torch.tensor(ids[: n * self.search_windows]).view(self.search_windows, n)
 
     def fit_data_hash(self, lm, ctx) -> str:
         return hashlib.sha256(self._search_ids(lm, ctx).numpy().tobytes()).hexdigest()
@@ -146,8 +167,11 @@ class LongRoPE(RopeMethod, LMMethod):
         low, high = yarn_correction_range(32, 1, shape, shape.original_max)
         yarn_keep = 1 - linear_ramp(low, high, half)
         ntk_base = shape.base * s ** (shape.dim / (shape.dim - 2))
-        seeds = [[s] * half, (base / inv_freq(ntk_base, shape.dim)).tolist(),
-                 (1 / ((1 - yarn_keep) / s + yarn_keep)).tolist()]
+        seeds = [
+            [s] * half,
+            (base / inv_freq(ntk_base, shape.dim)).tolist(),
+            (1 / ((1 - yarn_keep) / s + yarn_keep)).tolist(),
+        ]
         pop = {tuple(mono(lam)) + (n,) for lam in seeds for n in (0, starts[min(4, len(starts) - 1)])}
 
         def mutate(c):
@@ -157,21 +181,30 @@ class LongRoPE(RopeMethod, LMMethod):
 
         while len(pop) < self.population:
             pop.add(mutate(rng.choice(sorted(pop))))
-        ranked = sorted(pop, key=ppl)[:self.parents]
+        ranked = sorted(pop, key=ppl)[: self.parents]
         trace = [ppl(ranked[0])]
         for it in range(self.iterations):
             children = {mutate(rng.choice(ranked)) for _ in range(self.mutations)}
             for _ in range(self.crossovers):
                 a, b = rng.sample(ranked, 2) if len(ranked) > 1 else (ranked[0], ranked[0])
                 children.add(tuple(mono([rng.choice(p) for p in zip(a[:-1], b[:-1])])) + (rng.choice((a[-1], b[-1])),))
-            ranked = sorted(set(ranked) | children, key=ppl)[:self.parents]
+            ranked = sorted(set(ranked) | children, key=ppl)[: self.parents]
             trace.append(ppl(ranked[0]))
             log(f"longrope search iteration {it + 1}/{self.iterations}: best perplexity {trace[-1]:.4f}")
         best = ranked[0]
         baselines = {"pi": ppl(tuple(mono([s] * half)) + (0,))}
-        return ({"rescale_factors": list(best[:-1]), "start_tokens": best[-1], "perplexity": trace[-1],
-                 "seed_perplexities": baselines, "trace": trace, "evaluated": len(cache),
-                 "target_length": ids.shape[1]}, None)
+        return (
+            {
+                "rescale_factors": list(best[:-1]),
+                "start_tokens": best[-1],
+                "perplexity": trace[-1],
+                "seed_perplexities": baselines,
+                "trace": trace,
+                "evaluated": len(cache),
+                "target_length": ids.shape[1],
+            },
+            None,
+        )
 
 
 def _cummax(values):

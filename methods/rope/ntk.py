@@ -18,6 +18,7 @@ class NTK(RopeMethod, LMMethod):
 
     alpha: default None = target context / the model's original context (at least 1).
     """
+
     name = "ntk"
     factor_field = "alpha"
     paper = "NTK-aware scaled RoPE (bloc97, 2023); baseline in YaRN (arXiv:2309.00071)"

@@ -18,6 +18,7 @@ class PI(RopeMethod, LMMethod):
 
     factor: s; default None = target context / the model's original context (at least 1).
     """
+
     name = "pi"
     paper = "Extending Context Window of LLMs via Positional Interpolation (arXiv:2306.15595)"
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})

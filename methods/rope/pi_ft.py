@@ -21,5 +21,6 @@ class PIFinetuned(FinetunedRope, PI):
 
     factor: s; None = fit_length / the model's original context.
     """
+
     name = "pi_ft"
     smoke_args = {"fit_length": "256", "steps": "2", "warmup": "1"}

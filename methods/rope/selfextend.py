@@ -28,6 +28,7 @@ class SelfExtend(AttentionMethod, LMMethod):
     N and the model's original L (the lower end of the paper's rule ½L…⅔L > W + (N − W)/G).
     window_size: W; None = L/4 (1024 for a 4k Llama-2, inside the README's 512–1536 range).
     """
+
     name = "selfextend"
     family = "rope"
     paper = "LLM Maybe LongLM: Self-Extend LLM Context Window Without Tuning (arXiv:2401.01325)"
@@ -36,7 +37,9 @@ class SelfExtend(AttentionMethod, LMMethod):
     window_size: int | None = field(default=None, metadata={"help": "W (neighbour window); None = L/4"})
 
     def __post_init__(self):
-        if (self.group_size is not None and self.group_size < 1) or (self.window_size is not None and self.window_size < 1):
+        if (self.group_size is not None and self.group_size < 1) or (
+            self.window_size is not None and self.window_size < 1
+        ):
             raise ValueError("group_size and window_size must be positive")
 
     def sizes(self, lm, ctx) -> tuple[int, int]:
@@ -64,7 +67,7 @@ class SelfExtend(AttentionMethod, LMMethod):
 
     @staticmethod
     def attend(a: AttentionInputs, G: int, W: int) -> torch.Tensor:
-        def queries(r, q, qp):          # 0 neighbour positions, 1 grouped ones
+        def queries(r, q, qp):  # 0 neighbour positions, 1 grouped ones
             return rotate(q, *a.rope(qp if r == 0 else qp // G + W - W // G))
-        return banded_attend(a, lambda qp, kp: (qp - kp >= W).long(), queries,
-                             lambda r, kp: kp if r == 0 else kp // G)
+
+        return banded_attend(a, lambda qp, kp: (qp - kp >= W).long(), queries, lambda r, kp: kp if r == 0 else kp // G)

@@ -4,8 +4,7 @@ from dataclasses import dataclass, field
 
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.rope._common import (RopeMethod, inv_freq, linear_ramp,
-                                          yarn_correction_range, yarn_mscale)
+from harness.methods.rope._common import RopeMethod, inv_freq, linear_ramp, yarn_correction_range, yarn_mscale
 
 
 @register
@@ -23,6 +22,7 @@ class YaRN(RopeMethod, LMMethod):
     attn_factor: multiplier of the temperature term (1). truncate: floor/ceil the ramp bounds,
     as the official code does (True).
     """
+
     name = "yarn"
     paper = "YaRN: Efficient Context Window Extension of LLMs (arXiv:2309.00071)"
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
@@ -40,7 +40,7 @@ class YaRN(RopeMethod, LMMethod):
         extrapolation = inv_freq(shape.base, shape.dim)
         interpolation = extrapolation / s
         low, high = yarn_correction_range(self.beta_fast, self.beta_slow, shape, L, self.truncate)
-        keep = 1 - linear_ramp(low, high, shape.dim // 2)   # 1 = keep theta_i (extrapolate)
+        keep = 1 - linear_ramp(low, high, shape.dim // 2)  # 1 = keep theta_i (extrapolate)
         inv = interpolation * (1 - keep) + extrapolation * keep
         scaling = yarn_mscale(s) * self.attn_factor
         return lambda seq_len: (inv, scaling)

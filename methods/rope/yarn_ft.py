@@ -20,5 +20,6 @@ class YaRNFinetuned(FinetunedRope, YaRN):
 
     factor: s; None = fit_length / the model's original context.
     """
+
     name = "yarn_ft"
     smoke_args = {"fit_length": "256", "steps": "2", "warmup": "1"}

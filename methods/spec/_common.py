@@ -1,5 +1,6 @@
 """Shared machinery of the speculative-decoding family: the verification rules and a decoding
 loop over the target's and the draft's KV caches, counted in the LM's telemetry."""
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,9 @@ class CachedModel:
         """Feed tokens after the cached prefix; returns logits [len(tokens), V]."""
         ids = torch.tensor([tokens], device=self.model.device)
         pos = torch.arange(self.length, self.length + len(tokens), device=self.model.device)
-        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True,
-                         position_ids=pos[None], cache_position=pos)
+        out = self.model(
+            input_ids=ids, past_key_values=self.cache, use_cache=True, position_ids=pos[None], cache_position=pos
+        )
         self.length += len(tokens)
         return out.logits[0]
 
@@ -77,10 +79,13 @@ def load_draft(spec: str, lm, who: str):
     """A draft model on the LM's device; it must share the target's vocabulary."""
     from harness import models
     from harness.errors import UserError
+
     drafter = models.load(spec, lm.device).model
     if drafter.config.vocab_size != lm.model.config.vocab_size:
-        raise UserError(f"{who}: draft {spec} has a vocabulary of {drafter.config.vocab_size}, "
-                        f"the target {lm.model.config.vocab_size}; they must share a tokenizer")
+        raise UserError(
+            f"{who}: draft {spec} has a vocabulary of {drafter.config.vocab_size}, "
+            f"the target {lm.model.config.vocab_size}; they must share a tokenizer"
+        )
     return drafter
 
 
@@ -97,9 +102,11 @@ def append_accepted(seq: list[int], tokens, eos, limit: int) -> None:
 def decoding_loop(lm, generate_one):
     """Route the LM's batch generation through generate_one(prompt ids, max_new, temperature, seed
     generator) -> new ids, one unpadded row at a time (speculative decoding runs at batch 1)."""
+
     def generate_batch(ids, mask, max_new_tokens, temperature, top_p):
         if top_p < 1.0:
             from harness.errors import UserError
+
             raise UserError("speculative decoding methods sample from the full distribution (top_p=1)")
         rows = []
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
@@ -109,5 +116,6 @@ def decoding_loop(lm, generate_one):
         width = max(map(len, rows))
         pad = lm.tokenizer.pad_token_id
         return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+
     with lm.batch_hooks(generate_batch=generate_batch):
         yield

@@ -1,6 +1,7 @@
 """EAGLE's draft head (shared by eagle and eagle2, which use the same weights): fc(concat(token
 embedding, target feature)) -> one Llama decoder layer -> the target's frozen LM head, trained as a
 fit stage with feature regression + token loss; plus the drafting state that steps it."""
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,7 @@ from harness.methods.spec._common import CachedModel, append_accepted, decoding_
 from harness.methods.spec._tree import Tree, tree_forward, tree_step
 from harness.synthetic import Corpus
 
-FIT_TEXT_SEED = 636363      # training-side seed (< EVAL_SEED_BASE): the head never sees evaluation text
+FIT_TEXT_SEED = 636363  # training-side seed (< EVAL_SEED_BASE): the head never sees evaluation text
 HELD_OUT_SEED = 737373
 
 
@@ -30,11 +31,12 @@ class EagleHead(nn.Module):
     def __init__(self, config):
         super().__init__()
         from transformers import LlamaModel
+
         cfg = copy.deepcopy(config)
         cfg.num_hidden_layers, cfg.vocab_size, cfg.pad_token_id = 1, 1, 0
         self.fc = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size)
         self.body = LlamaModel(cfg)
-        self.body.embed_tokens.requires_grad_(False)      # unused: inputs come as embeddings
+        self.body.embed_tokens.requires_grad_(False)  # unused: inputs come as embeddings
 
     def forward(self, embeds, feats, **kw):
         x = self.fc(torch.cat([embeds, feats.to(embeds.dtype)], dim=-1))
@@ -72,7 +74,7 @@ class HeadState:
         distribution of the token after seq."""
         start, end = self.cached.length, len(seq) - 1
         self.lm.features = torch.stack(feats[start:end])[None]
-        logits = self.cached.step(seq[start + 1:end + 1])
+        logits = self.cached.step(seq[start + 1 : end + 1])
         self.root = self.lm.hidden[0, -1]
         return logits[-1], self.root
 
@@ -92,10 +94,11 @@ class HeadState:
 class EagleBase(LMMethod):
     """Fit stage and decoding loop of EAGLE / EAGLE-2; subclasses define `draft(state, root_logits,
     temperature) -> Tree` (the static tree or the dynamic one) and count head forwards there."""
+
     family = "spec"
     patches = frozenset({"decoding"})
     fit_version = "1"
-    fit_name = "eagle"     # eagle2 reuses eagle's head: one artifact for both
+    fit_name = "eagle"  # eagle2 reuses eagle's head: one artifact for both
     smoke_args = {"fit_steps": "2", "fit_sequences": "4", "fit_seq_len": "16"}
     fit_steps: int = field(default=1000, metadata={"help": "head training steps"})
     fit_sequences: int = field(default=512, metadata={"help": "training sequences of synthetic text"})
@@ -111,8 +114,10 @@ class EagleBase(LMMethod):
         return True
 
     def fit_params(self, lm, ctx) -> dict:
-        return {k: getattr(self, k) for k in ("fit_steps", "fit_sequences", "fit_seq_len", "fit_batch", "lr",
-                                              "v_w", "p_w", "noise")}
+        return {
+            k: getattr(self, k)
+            for k in ("fit_steps", "fit_sequences", "fit_seq_len", "fit_batch", "lr", "v_w", "p_w", "noise")
+        }
 
     def _text(self, lm, seed: int, n: int) -> torch.Tensor:
         corpus, ids, need = Corpus(seed), [], n * self.fit_seq_len
@@ -159,25 +164,38 @@ class EagleBase(LMMethod):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            for g in opt.param_groups:        # cosine decay to 10 %
+            for g in opt.param_groups:  # cosine decay to 10 %
                 g["lr"] = self.lr * (0.55 + 0.45 * math.cos(math.pi * (step + 1) / self.fit_steps))
             if step % 100 == 0 or step == self.fit_steps - 1:
                 trace.append({"step": step, "loss": loss.item(), "feature_loss": v.item(), "token_loss": p.item()})
-                log(f"{self.name} head step {step + 1}/{self.fit_steps}: loss {loss.item():.4f} "
-                    f"(feature {v.item():.4f}, token {p.item():.3f}, top-1 agreement {agree.item():.3f})")
+                log(
+                    f"{self.name} head step {step + 1}/{self.fit_steps}: loss {loss.item():.4f} "
+                    f"(feature {v.item():.4f}, token {p.item():.3f}, top-1 agreement {agree.item():.3f})"
+                )
         with torch.no_grad():
             _, v, p, agree = self._loss(head, lm, held, held_feats, 0.0)
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
 
         def write(folder):
             from safetensors.torch import save_file
+
             save_file(state, str(folder / "head.safetensors"))
-        return ({"held_out_top1_agreement": float(agree), "held_out_feature_loss": float(v),
-                 "held_out_token_loss": float(p), "trace": trace, "train_seconds": round(time.perf_counter() - t0, 1),
-                 "parameters": sum(x.numel() for x in state.values())}, write)
+
+        return (
+            {
+                "held_out_top1_agreement": float(agree),
+                "held_out_feature_loss": float(v),
+                "held_out_token_loss": float(p),
+                "trace": trace,
+                "train_seconds": round(time.perf_counter() - t0, 1),
+                "parameters": sum(x.numel() for x in state.values()),
+            },
+            write,
+        )
 
     def use_artifact(self, payload, folder) -> None:
         from safetensors.torch import load_file
+
         self._head_state, self._fit_info = load_file(str(folder / "head.safetensors")), payload
 
     # -- decoding ----------------------------------------------------------------------------------
@@ -204,9 +222,10 @@ class EagleBase(LMMethod):
                     new, path = tree_step(target, seq, tree, temperature, gen, tel, probs)
                     feats += list(captured["h"][:tail]) + [captured["h"][tail + j] for j in path]
                     append_accepted(seq, new, eos, len(prompt) + max_new)
-                return seq[len(prompt):][:max_new]
+                return seq[len(prompt) :][:max_new]
             finally:
                 hook.remove()
+
         return decoding_loop(lm, generate_one)
 
     def check_effect(self, lm, ctx, result):

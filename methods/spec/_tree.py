@@ -2,6 +2,7 @@
 scored by the target in one forward with a topology-aware attention mask (a node attends to the
 cached prefix, the uncached tail and its own ancestors) and position = tail end + depth; the
 cache then keeps only the accepted path, so no second target pass is needed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ class Tree:
     token). attempts[parent] lists (node, q) in the order verification tries them: q is the draft
     distribution the node was sampled from (SpecInfer's multi-step speculative sampling) or None for
     a deterministic pick (top-k, retrieval), verified with q treated as 1 as EAGLE's code does."""
+
     tokens: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     attempts: dict[int, list[tuple[int, torch.Tensor | None]]] = field(default_factory=dict)
@@ -66,15 +68,21 @@ def tree_forward(target, tail: list[int], tree: Tree) -> torch.Tensor:
     dev = target.model.device
     allowed = torch.zeros(m + n, L0 + m + n, dtype=torch.bool)
     allowed[:, :L0] = True
-    allowed[:m, L0:L0 + m] = torch.tril(torch.ones(m, m, dtype=torch.bool))
-    allowed[m:, L0:L0 + m] = True
-    allowed[m:, L0 + m:] = tree_mask(tree.parents)
+    allowed[:m, L0 : L0 + m] = torch.tril(torch.ones(m, m, dtype=torch.bool))
+    allowed[m:, L0 : L0 + m] = True
+    allowed[m:, L0 + m :] = tree_mask(tree.parents)
     dtype = next(target.model.parameters()).dtype
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
     pos = torch.tensor(list(range(L0, L0 + m)) + [L0 + m - 1 + d for d in tree.depths()], device=dev)
     ids = torch.tensor([tail + tree.tokens], device=dev)
-    out = target.model(input_ids=ids, attention_mask=mask[None, None].to(dev), past_key_values=target.cache,
-                       use_cache=True, position_ids=pos[None], cache_position=torch.arange(L0, L0 + m + n, device=dev))
+    out = target.model(
+        input_ids=ids,
+        attention_mask=mask[None, None].to(dev),
+        past_key_values=target.cache,
+        use_cache=True,
+        position_ids=pos[None],
+        cache_position=torch.arange(L0, L0 + m + n, device=dev),
+    )
     target.length = L0 + m + n
     return out.logits[0]
 
@@ -132,15 +140,15 @@ def tree_step(target, seq: list[int], tree: Tree, temperature: float, gen, tel, 
     """Verify a draft tree after seq (committed tokens; the target caches all but the last ones)
     in one forward, keep the accepted path in the cache, count telemetry. Returns (new tokens,
     accepted path node indices)."""
-    tail = seq[target.length:]
-    logits = tree_forward(target, tail, tree)[len(tail) - 1:]
+    tail = seq[target.length :]
+    logits = tree_forward(target, tail, tree)[len(tail) - 1 :]
     tel["target_forwards"] += 1
     path, new = verify_tree(probs(logits, temperature), tree, temperature, gen)
     keep_path(target, len(seq), path)
     tel["tree_nodes"] += len(tree)
     tel["accepted_draft_tokens"] += len(path)
     tel["spec_steps"] += 1
-    for i, node in enumerate([-1] + path, start=1):   # per-depth acceptance: depth i tried / passed
+    for i, node in enumerate([-1] + path, start=1):  # per-depth acceptance: depth i tried / passed
         if tree.attempts.get(node):
             tel[f"tested_at_{i}"] += 1
             tel[f"accepted_at_{i}"] += i <= len(path)
@@ -154,12 +162,12 @@ def expand(draft, seq: list[int], widths, temperature: float, gen, tel, probs, s
     after which the draft's cache is cut back to seq."""
     tree, frontier = Tree(), [-1]
     for width in widths:
-        tail = seq[draft.length:]
+        tail = seq[draft.length :]
         logits = tree_forward(draft, tail, tree)
         tel["draft_forwards"] += 1
         draft.crop(len(seq))
         rows = {j: logits[len(tail) + j] for j in range(len(tree))}
-        if tail:        # level 0 (the tail is never empty there: seq grew since the last step)
+        if tail:  # level 0 (the tail is never empty there: seq grew since the last step)
             rows[-1] = logits[len(tail) - 1]
         new = []
         for parent in frontier:

@@ -12,6 +12,7 @@ from harness.methods.spec._common import CachedModel, decoding_loop, probs
 class Autoregressive(LMMethod):
     """Plain autoregressive decoding through the same cached loop the speculative methods use:
     one target forward per new token (τ = 1), the baseline speculative methods are timed against."""
+
     name = "autoregressive"
     family = "spec"
     paper = "baseline of Fast Inference from Transformers via Speculative Decoding (arXiv:2211.17192)"
@@ -31,6 +32,7 @@ class Autoregressive(LMMethod):
                     return out
                 logits = target.step([token])[-1]
                 lm.telemetry["target_forwards"] += 1
+
         return decoding_loop(lm, generate_one)
 
     def check_effect(self, lm, ctx, result):

@@ -14,7 +14,7 @@ from harness.methods.spec.sps import SpS
 from harness.synthetic import Corpus
 
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
-FIT_TEXT_SEED, HELD_OUT_SEED = 848484, 949494   # training-side seeds (< EVAL_SEED_BASE)
+FIT_TEXT_SEED, HELD_OUT_SEED = 848484, 949494  # training-side seeds (< EVAL_SEED_BASE)
 
 
 def divergence(name: str, p_logits: torch.Tensor, q_logits: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
@@ -47,6 +47,7 @@ class DistillSpec(SpS):
     generated positions: FKL, RKL, JSD[β] or TVD (TVD = 1 − α directly; the default, this project's
     choice). The fit reports the held-out acceptance rate α = Σ min(p, q) before and after.
     """
+
     name = "distillspec"
     paper = "DistillSpec: Improving Speculative Decoding via Knowledge Distillation (arXiv:2310.08461)"
     fit_version = "1"
@@ -76,15 +77,28 @@ class DistillSpec(SpS):
 
     def fit_params(self, lm, ctx) -> dict:
         from harness.runner import model_identity
-        keys = ("gamma", "divergence", "beta", "distill_temperature", "target_fraction", "fit_steps", "fit_batch",
-                "prompt_tokens", "gen_tokens", "lr")
+
+        keys = (
+            "gamma",
+            "divergence",
+            "beta",
+            "distill_temperature",
+            "target_fraction",
+            "fit_steps",
+            "fit_batch",
+            "prompt_tokens",
+            "gen_tokens",
+            "lr",
+        )
         return dict({k: getattr(self, k) for k in keys}, draft=self.draft, draft_sha256=model_identity(self.draft)[1])
 
     def _prompts(self, lm, seed: int, n: int) -> torch.Tensor:
         corpus, rows = Corpus(seed), []
         while len(rows) < n:
             ids = lm.encode(" " + corpus.text(6))
-            rows += [ids[i:i + self.prompt_tokens] for i in range(0, len(ids) - self.prompt_tokens, self.prompt_tokens)]
+            rows += [
+                ids[i : i + self.prompt_tokens] for i in range(0, len(ids) - self.prompt_tokens, self.prompt_tokens)
+            ]
         return torch.tensor(rows[:n])
 
     def fit_data_hash(self, lm, ctx) -> str:
@@ -93,12 +107,20 @@ class DistillSpec(SpS):
 
     @torch.no_grad()
     def _sample(self, model, prompts, pad):
-        return model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
-                              temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=self.gen_tokens,
-                              min_new_tokens=self.gen_tokens, pad_token_id=pad)
+        return model.generate(
+            input_ids=prompts,
+            attention_mask=torch.ones_like(prompts),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=self.gen_tokens,
+            min_new_tokens=self.gen_tokens,
+            pad_token_id=pad,
+        )
 
     def _logits(self, model, seqs):
-        return model(input_ids=seqs).logits[:, self.prompt_tokens - 1:-1].float() / self.distill_temperature
+        return model(input_ids=seqs).logits[:, self.prompt_tokens - 1 : -1].float() / self.distill_temperature
 
     @torch.no_grad()
     def _alpha(self, lm, draft, prompts) -> float:
@@ -117,7 +139,7 @@ class DistillSpec(SpS):
         alpha_before, t0, trace = self._alpha(lm, draft, held), time.perf_counter(), []
         opt = torch.optim.AdamW(draft.parameters(), lr=self.lr)
         for step in range(self.fit_steps):
-            batch = prompts[step * self.fit_batch:(step + 1) * self.fit_batch]
+            batch = prompts[step * self.fit_batch : (step + 1) * self.fit_batch]
             by_target = float(torch.rand((), generator=gen)) < self.target_fraction
             seqs = self._sample(lm.model if by_target else draft, batch, pad)
             with torch.no_grad():
@@ -133,17 +155,27 @@ class DistillSpec(SpS):
         alpha_after = self._alpha(lm, draft, held)
         log(f"distillspec held-out acceptance rate alpha: {alpha_before:.4f} -> {alpha_after:.4f}")
 
-        def write(folder):      # save_model: the draft's embeddings and LM head may be one tied tensor
+        def write(folder):  # save_model: the draft's embeddings and LM head may be one tied tensor
             from safetensors.torch import save_model
+
             save_model(draft.cpu(), str(folder / "draft.safetensors"))
-        return ({"alpha_before": alpha_before, "alpha_after": alpha_after, "trace": trace,
-                 "train_seconds": round(time.perf_counter() - t0, 1)}, write)
+
+        return (
+            {
+                "alpha_before": alpha_before,
+                "alpha_after": alpha_after,
+                "trace": trace,
+                "train_seconds": round(time.perf_counter() - t0, 1),
+            },
+            write,
+        )
 
     def use_artifact(self, payload, folder) -> None:
         self._draft_file = str(folder / "draft.safetensors")
 
     def drafter(self, lm):
         from safetensors.torch import load_model
+
         model = copy.deepcopy(load_draft(self.draft, lm, self.name))
         load_model(model, self._draft_file, device=str(lm.device))
         return model.eval()

@@ -9,8 +9,28 @@ from harness.methods.spec._tree import Tree
 # A sparse static tree in EAGLE's `choices` format (each entry: the top-k ranks along a path from
 # the root), shaped like EAGLE's mc_sim trees but with 20 nodes for a 2.6M-parameter target; the
 # 63-node mc_sim_7b_63 is tuned for Vicuna-7B on a GPU. This project's choice.
-DEFAULT_CHOICES = ("0", "1", "2", "3", "0.0", "0.1", "0.2", "1.0", "1.1", "2.0", "0.0.0", "0.0.1", "0.1.0",
-                   "1.0.0", "0.0.0.0", "0.0.0.1", "0.1.0.0", "0.0.0.0.0", "0.0.0.0.0.0", "0.0.0.0.0.0.0")
+DEFAULT_CHOICES = (
+    "0",
+    "1",
+    "2",
+    "3",
+    "0.0",
+    "0.1",
+    "0.2",
+    "1.0",
+    "1.1",
+    "2.0",
+    "0.0.0",
+    "0.0.1",
+    "0.1.0",
+    "1.0.0",
+    "0.0.0.0",
+    "0.0.0.1",
+    "0.1.0.0",
+    "0.0.0.0.0",
+    "0.0.0.0.0.0",
+    "0.0.0.0.0.0.0",
+)
 
 
 @register
@@ -27,6 +47,7 @@ class Eagle(EagleBase):
     tree mask; greedy at temperature 0, and above it EAGLE's recursive rejection with q treated as 1
     (drafts are deterministic top-k picks), so the output keeps the target's distribution.
     """
+
     name = "eagle"
     paper = "EAGLE: Speculative Sampling Requires Rethinking Feature Uncertainty (arXiv:2401.15077)"
     choices: tuple[str, ...] = field(default=DEFAULT_CHOICES, metadata={"help": "static tree: rank paths like 0.1.0"})

@@ -23,6 +23,7 @@ class Eagle2(EagleBase):
     Verification as in `eagle`. Defaults from the EAGLE eval scripts: total_tokens 60, depth 5
     (levels of the tree), top_k 10.
     """
+
     name = "eagle2"
     paper = "EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees (arXiv:2406.16858)"
     total_tokens: int = 60
@@ -35,14 +36,15 @@ class Eagle2(EagleBase):
         self.max_depth = self.depth
 
     def draft(self, state, root_logits, depth, tel) -> Tree:
-        tokens, parents, values, level = [], [], [], []     # candidates of every level
-        fed, fed_node = Tree(), {}                           # expanded candidates, as fed to the head
+        tokens, parents, values, level = [], [], [], []  # candidates of every level
+        fed, fed_node = Tree(), {}  # expanded candidates, as fed to the head
 
         def add(parent, lp, d):
             top = lp.topk(self.top_k)
             base = values[parent] if parent >= 0 else 0.0
             for v, t in zip(top.values.tolist(), top.indices.tolist()):
                 tokens.append(t), parents.append(parent), values.append(base + v), level.append(d)
+
         add(-1, torch.log_softmax(root_logits.float(), -1), 1)
         frontier = list(range(len(tokens)))
         for d in range(2, depth + 1):
@@ -53,9 +55,9 @@ class Eagle2(EagleBase):
             start = len(tokens)
             for c in frontier:
                 add(c, torch.log_softmax(logits[fed_node[c]].float(), -1), d)
-            frontier = sorted(range(start, len(tokens)), key=lambda c: -values[c])[:self.top_k]
-        keep = set(sorted(range(len(tokens)), key=lambda c: (-values[c], level[c]))[:self.total_tokens])
-        for c in list(keep):                    # ties could drop a parent: keep every ancestor
+            frontier = sorted(range(start, len(tokens)), key=lambda c: -values[c])[: self.top_k]
+        keep = set(sorted(range(len(tokens)), key=lambda c: (-values[c], level[c]))[: self.total_tokens])
+        for c in list(keep):  # ties could drop a parent: keep every ancestor
             while parents[c] >= 0:
                 c = parents[c]
                 keep.add(c)

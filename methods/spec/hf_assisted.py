@@ -26,6 +26,7 @@ class HFAssisted(LMMethod):
     (reference doc A4); set them with --method-arg to run HF as shipped. Batch size 1, top_k 0,
     top_p 1, no repetition penalty.
     """
+
     name = "hf_assisted"
     family = "spec"
     paper = "Fast Inference from Transformers via Speculative Decoding (arXiv:2211.17192), as in HF transformers"
@@ -33,7 +34,9 @@ class HFAssisted(LMMethod):
     smoke_args = {"draft": "{model}"}
     draft: str = field(default="zoo:tiny-llama-draft", metadata={"help": "assistant model (same tokenizer)"})
     num_assistant_tokens: int = field(default=4, metadata={"help": "draft tokens per step (HF default 20)"})
-    num_assistant_tokens_schedule: str = field(default="constant", metadata={"help": "constant, heuristic, heuristic_transient"})
+    num_assistant_tokens_schedule: str = field(
+        default="constant", metadata={"help": "constant, heuristic, heuristic_transient"}
+    )
     assistant_confidence_threshold: float = field(default=0.0, metadata={"help": "0 = off (HF default 0.4)"})
 
     def __post_init__(self):
@@ -46,10 +49,12 @@ class HFAssisted(LMMethod):
 
     def resolved(self, lm, ctx) -> dict:
         import transformers
+
         return {"transformers": transformers.__version__, "batch_size": 1, "top_k": 0, "top_p": 1.0}
 
     def apply(self, lm, ctx):
         import contextlib
+
         drafter = load_draft(self.draft, lm, self.name)
         cfg = drafter.generation_config
         cfg.num_assistant_tokens = self.num_assistant_tokens
@@ -61,17 +66,26 @@ class HFAssisted(LMMethod):
         def generate_batch(ids, mask, max_new_tokens, temperature, top_p):
             if top_p < 1.0:
                 raise UserError("hf_assisted samples from the full distribution (top_p=1)")
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
+            sampling = (
+                dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+                if temperature > 0
                 else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            )
             rows = []
-            for row, m in zip(ids, mask):      # assisted generation runs at batch size 1
+            for row, m in zip(ids, mask):  # assisted generation runs at batch size 1
                 prompt = row[m.bool()][None]
                 before = tel["forward_calls"]
-                out = lm.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                        assistant_model=drafter, max_new_tokens=max_new_tokens,
-                                        pad_token_id=lm.tokenizer.pad_token_id, repetition_penalty=None, **sampling)
+                out = lm.model.generate(
+                    input_ids=prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    assistant_model=drafter,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=lm.tokenizer.pad_token_id,
+                    repetition_penalty=None,
+                    **sampling,
+                )
                 tel["target_forwards"] += tel["forward_calls"] - before
-                rows.append(out[0, prompt.shape[1]:].tolist())
+                rows.append(out[0, prompt.shape[1] :].tolist())
             width = max(map(len, rows))
             pad = lm.tokenizer.pad_token_id
             return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
@@ -84,6 +98,7 @@ class HFAssisted(LMMethod):
                     yield
             finally:
                 hook.remove()
+
         return patched()
 
     def check_effect(self, lm, ctx, result):

@@ -13,7 +13,7 @@ from harness.methods.spec._common import CachedModel, append_accepted, decoding_
 from harness.methods.spec._tree import Tree, tree_step
 from harness.synthetic import Corpus
 
-DATASTORE_SEED = 515151     # a training-side seed (< EVAL_SEED_BASE): the datastore never holds evaluation text
+DATASTORE_SEED = 515151  # a training-side seed (< EVAL_SEED_BASE): the datastore never holds evaluation text
 
 
 def suffix_array(tokens: np.ndarray) -> np.ndarray:
@@ -23,7 +23,7 @@ def suffix_array(tokens: np.ndarray) -> np.ndarray:
     sa, k = np.arange(n), 1
     while True:
         second = np.full(n, -1, dtype=np.int64)
-        second[:n - k] = rank[k:] if k < n else second[:0]
+        second[: n - k] = rank[k:] if k < n else second[:0]
         sa = np.lexsort((second, rank))
         key = np.stack([rank[sa], second[sa]], 1)
         new = np.empty(n, dtype=np.int64)
@@ -47,7 +47,7 @@ class Datastore:
         while lo < hi:
             mid = (lo + hi) // 2
             start = self.sa[mid]
-            head = self.tokens[start:start + len(q)].tolist()
+            head = self.tokens[start : start + len(q)].tolist()
             if head < q or (upper and head == q):
                 lo = mid + 1
             else:
@@ -56,7 +56,7 @@ class Datastore:
 
     def occurrences(self, query: list[int]) -> np.ndarray:
         """Start positions of every occurrence of query."""
-        return self.sa[self._bound(query, False):self._bound(query, True)]
+        return self.sa[self._bound(query, False) : self._bound(query, True)]
 
     def lookup(self, context: list[int], max_span: int, length: int, cap: int) -> tuple[int, list[list[int]]]:
         """REST's retrieval: the longest suffix of context (max_span down to 2 tokens) that occurs in
@@ -68,7 +68,7 @@ class Datastore:
             if len(hits):
                 if len(hits) > cap:
                     hits = hits[np.linspace(0, len(hits) - 1, cap).round().astype(int)]
-                return span, [self.tokens[h + span:h + span + length].tolist() for h in hits]
+                return span, [self.tokens[h + span : h + span + length].tolist() for h in hits]
         return 0, []
 
 
@@ -102,6 +102,7 @@ class REST(LMMethod):
     file. continuation: tokens kept after each occurrence (this project's choice; REST bounds
     drafts by its tree budget). max_matches: occurrences read per lookup (this project's choice).
     """
+
     name = "rest"
     family = "spec"
     paper = "REST: Retrieval-Based Speculative Decoding (arXiv:2311.08252)"
@@ -116,11 +117,16 @@ class REST(LMMethod):
 
     def __post_init__(self):
         if min(self.datastore_sentences, self.max_token_span, self.num_draft, self.continuation, self.max_matches) < 1:
-            raise ValueError("datastore_sentences, max_token_span, num_draft, continuation and max_matches must be positive")
+            raise ValueError(
+                "datastore_sentences, max_token_span, num_draft, continuation and max_matches must be positive"
+            )
 
     def datastore(self, lm) -> Datastore:
-        text = (Corpus(DATASTORE_SEED).text(self.datastore_sentences) if self.corpus == "synthetic"
-                else data.read_text(self.corpus, "rest corpus"))
+        text = (
+            Corpus(DATASTORE_SEED).text(self.datastore_sentences)
+            if self.corpus == "synthetic"
+            else data.read_text(self.corpus, "rest corpus")
+        )
         self._corpus_hash = hashlib.sha256(text.encode()).hexdigest()
         return Datastore(lm.encode(text))
 
@@ -143,7 +149,8 @@ class REST(LMMethod):
                 tel["retrieved_span_tokens"] += span
                 accepted = tree_step(target, seq, draft_tree(found, self.num_draft), temperature, gen, tel, probs)[0]
                 append_accepted(seq, accepted, eos, len(prompt) + max_new)
-            return seq[len(prompt):][:max_new]
+            return seq[len(prompt) :][:max_new]
+
         return decoding_loop(lm, generate_one)
 
     def check_effect(self, lm, ctx, result):

@@ -25,6 +25,7 @@ class SpecInfer(LMMethod):
     drafts: draft models (same tokenizer), merged. expansion: children per level; the default
     ⟨1,1,3,1,1,1,1,1⟩ is the expansion configuration of the paper's evaluation (§6).
     """
+
     name = "specinfer"
     family = "spec"
     paper = "SpecInfer: Tree-based Speculative Inference and Verification (arXiv:2305.09781)"
@@ -48,11 +49,13 @@ class SpecInfer(LMMethod):
             tel["target_forwards"] += 1
             while len(seq) - len(prompt) < max_new and seq[-1] != eos:
                 depth = min(len(self.expansion), max_new - (len(seq) - len(prompt)))
-                tree = merge([expand(d, seq, self.expansion[:depth], temperature, gen, tel, probs, sample=True)
-                              for d in drafts])
+                tree = merge(
+                    [expand(d, seq, self.expansion[:depth], temperature, gen, tel, probs, sample=True) for d in drafts]
+                )
                 accepted = tree_step(target, seq, tree, temperature, gen, tel, probs)[0]
                 append_accepted(seq, accepted, eos, len(prompt) + max_new)
-            return seq[len(prompt):][:max_new]
+            return seq[len(prompt) :][:max_new]
+
         return decoding_loop(lm, generate_one)
 
     def check_effect(self, lm, ctx, result):

@@ -6,8 +6,15 @@ import torch
 
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.methods.spec._common import (CachedModel, append_accepted, count_step, decoding_loop, load_draft,
-                                         probs, verify_chain)
+from harness.methods.spec._common import (
+    CachedModel,
+    append_accepted,
+    count_step,
+    decoding_loop,
+    load_draft,
+    probs,
+    verify_chain,
+)
 
 
 @register
@@ -23,11 +30,12 @@ class SpS(LMMethod):
 
     draft: the draft model (same tokenizer). gamma: draft tokens per step (4, as in Chen et al.).
     """
+
     name = "sps"
     family = "spec"
     paper = "Fast Inference from Transformers via Speculative Decoding (arXiv:2211.17192)"
     patches = frozenset({"decoding"})
-    smoke_args = {"draft": "{model}"}     # the matrix test drafts with the model under test
+    smoke_args = {"draft": "{model}"}  # the matrix test drafts with the model under test
     draft: str = field(default="zoo:tiny-llama-draft", metadata={"help": "draft model (same tokenizer)"})
     gamma: int = 4
 
@@ -48,7 +56,7 @@ class SpS(LMMethod):
             seq.append(int(probs(target.step(seq)[-1], temperature).multinomial(1, generator=gen)))
             tel["target_forwards"] += 1
             while len(seq) - len(prompt) < max_new and seq[-1] != eos:
-                q_logits = draft.step(seq[draft.length:])[-1]     # catch the draft up to seq
+                q_logits = draft.step(seq[draft.length :])[-1]  # catch the draft up to seq
                 tel["draft_forwards"] += 1
                 chain, q = [], []
                 n_draft = min(self.gamma, max_new - (len(seq) - len(prompt)))
@@ -58,7 +66,7 @@ class SpS(LMMethod):
                     if k + 1 < n_draft:
                         q_logits = draft.step([chain[-1]])[-1]
                         tel["draft_forwards"] += 1
-                base = target.length                               # seq[-1] is not cached yet
+                base = target.length  # seq[-1] is not cached yet
                 p = probs(target.step(seq[base:] + chain), temperature)
                 tel["target_forwards"] += 1
                 new, accepted = verify_chain(p, torch.stack(q), chain, gen)
@@ -66,7 +74,8 @@ class SpS(LMMethod):
                 target.crop(base + 1 + accepted)
                 draft.crop(min(draft.length, base + 1 + accepted))
                 append_accepted(seq, new, eos, len(prompt) + max_new)
-            return seq[len(prompt):][:max_new]
+            return seq[len(prompt) :][:max_new]
+
         return decoding_loop(lm, generate_one)
 
     def check_effect(self, lm, ctx, result):

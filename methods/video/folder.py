@@ -1,4 +1,5 @@
 """Generated videos in a folder, named the VBench way."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ class VideoFolder(VideoSource):
     (png/jpg; the folder name is the video's name), are read.
 
     path: the folder. fps: frame rate assumed for frame folders."""
+
     name = "video_folder"
     paper = "VBench: Comprehensive Benchmark Suite for Video Generative Models (arXiv:2311.17982)"
     smoke_args = {"path": "{videos}"}
@@ -29,11 +31,20 @@ class VideoFolder(VideoSource):
         root = Path(self.path).expanduser()
         if not self.path or not root.is_dir():
             raise UserError(f"video_folder: {self.path!r} is not a folder (--method-arg path=DIR)")
-        entries = sorted(p for p in root.iterdir()
-                         if p.suffix.lower() in VIDEO_EXTENSIONS or (p.is_dir() and not p.name.startswith(".")))
+        entries = sorted(
+            p
+            for p in root.iterdir()
+            if p.suffix.lower() in VIDEO_EXTENSIONS or (p.is_dir() and not p.name.startswith("."))
+        )
         if not entries:
             raise UserError(f"video_folder: no videos ({', '.join(VIDEO_EXTENSIONS)}) or frame folders in {root}")
-        return [VideoRef(id=p.name, prompt=prompt_from_filename(p.name),
-                         loader=lambda n, p=p: read_video(p, n),
-                         fps=self.fps if p.is_dir() else video_fps(p, self.fps), path=str(p))
-                for p in entries]
+        return [
+            VideoRef(
+                id=p.name,
+                prompt=prompt_from_filename(p.name),
+                loader=lambda n, p=p: read_video(p, n),
+                fps=self.fps if p.is_dir() else video_fps(p, self.fps),
+                path=str(p),
+            )
+            for p in entries
+        ]

@@ -1,4 +1,5 @@
 """The built-in synthetic videos: ground truth for the video tasks."""
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,7 @@ class SyntheticVideos(VideoSource):
     motions: which videos (one or more of static, pan_left, pan_right, tilt_up, tilt_down,
     zoom_in, zoom_out, shapes). per_motion: videos per motion (VBench samples 5 per prompt).
     export: a folder to also write them to in VBench naming, with the prompt suite (full_info.json)."""
+
     name = "synthetic_videos"
     paper = "VBench: Comprehensive Benchmark Suite for Video Generative Models (arXiv:2311.17982)"
     smoke_args = {"per_motion": "1", "frames": "16", "size": "48"}
@@ -64,12 +66,26 @@ class SyntheticVideos(VideoSource):
         for motion in self.motions:
             for i in range(self.per_motion):
                 seed = ctx.seed * 1000 + 17 * MOTIONS.index(motion) + i
-                args = dict(motion=motion, frames=self.frames, size=self.size, speed=self.speed,
-                            flicker=self.flicker, noise=self.noise, drop=self.drop, seed=seed)
+                args = dict(
+                    motion=motion,
+                    frames=self.frames,
+                    size=self.size,
+                    speed=self.speed,
+                    flicker=self.flicker,
+                    noise=self.noise,
+                    drop=self.drop,
+                    seed=seed,
+                )
                 # the first frame doubles as the conditioning image of the image-to-video dimensions
-                refs.append(VideoRef(id=f"{motion}-{i}", prompt=PROMPT[motion],
-                                     loader=lambda n, a=args: _frames(a, n), fps=self.fps,
-                                     meta=dict(args, condition_image=lambda a=args: _frames(a, None)[0])))
+                refs.append(
+                    VideoRef(
+                        id=f"{motion}-{i}",
+                        prompt=PROMPT[motion],
+                        loader=lambda n, a=args: _frames(a, n),
+                        fps=self.fps,
+                        meta=dict(args, condition_image=lambda a=args: _frames(a, None)[0]),
+                    )
+                )
         if self.export:
             export_suite(self.export, refs, [])
         return refs
@@ -77,5 +93,6 @@ class SyntheticVideos(VideoSource):
 
 def _frames(args: dict, n: int | None):
     from harness.video import middle_indices
+
     v = synthetic_video(**args)
     return v if not n else v[middle_indices(len(v), n)]

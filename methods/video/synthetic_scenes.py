@@ -1,6 +1,7 @@
 """Synthetic videos of named, coloured objects with VBench-style prompts: ground truth for the
 detection- and caption-based dimensions (object class, multiple objects, colour, spatial
 relationship, scene)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,28 +34,43 @@ def scene_specs(dimension: str, frames: int, size: int) -> list[tuple[str, list[
             ob = dict(shape=b, color=COLORS[k + 2], x=right, y=mid, r=r, vy=-0.3)
             out.append((f"a {a} and a {b}", [dict(objects=[oa, ob]), dict(objects=[oa, dict(ob, frames=first)])]))
     elif dimension == "color":
-        for k, (color, shape) in enumerate([("red", "cube"), ("blue", "sphere"), ("green", "pyramid"),
-                                            ("yellow", "cube")]):
+        for k, (color, shape) in enumerate(
+            [("red", "cube"), ("blue", "sphere"), ("green", "pyramid"), ("yellow", "cube")]
+        ):
             obj = dict(shape=shape, color=color, x=mid, y=mid, r=r, vx=-0.3)
             other = COLORS[(COLORS.index(color) + 3) % len(COLORS)]
-            out.append((f"a {color} {shape}", [dict(objects=[obj]),
-                                                dict(objects=[dict(obj, color_after=(half, other))])]))
+            out.append(
+                (f"a {color} {shape}", [dict(objects=[obj]), dict(objects=[dict(obj, color_after=(half, other))])])
+            )
     elif dimension == "spatial_relationship":
-        for relation, (pa, pb) in [("on the left of", ((left, mid), (right, mid))),
-                                   ("on the top of", ((mid, left), (mid, right)))]:
+        for relation, (pa, pb) in [
+            ("on the left of", ((left, mid), (right, mid))),
+            ("on the top of", ((mid, left), (mid, right))),
+        ]:
             oa = dict(shape="cube", color="red", x=pa[0], y=pa[1], r=r)
             ob = dict(shape="sphere", color="blue", x=pb[0], y=pb[1], r=r)
             # the wrong half: the pair turned by 90 degrees (the other axis scores 0)
             wa = dict(oa, x=pa[1], y=pa[0], frames=second)
             wb = dict(ob, x=pb[1], y=pb[0], frames=second)
-            out.append((f"a red cube {relation} a blue sphere",
-                        [dict(objects=[oa, ob]), dict(objects=[dict(oa, frames=first), dict(ob, frames=first), wa, wb])]))
+            out.append(
+                (
+                    f"a red cube {relation} a blue sphere",
+                    [dict(objects=[oa, ob]), dict(objects=[dict(oa, frames=first), dict(ob, frames=first), wa, wb])],
+                )
+            )
     elif dimension == "scene":
         names = list(BACKGROUNDS)
         for k, name in enumerate(names):
             obj = dict(shape=SHAPES[k], color=COLORS[k], x=mid, y=mid, r=r, vx=0.3)
-            out.append((name, [dict(objects=[obj], background=name),
-                               dict(objects=[obj], background=(name, names[(k + 1) % len(names)], half))]))
+            out.append(
+                (
+                    name,
+                    [
+                        dict(objects=[obj], background=name),
+                        dict(objects=[obj], background=(name, names[(k + 1) % len(names)], half)),
+                    ],
+                )
+            )
     else:
         raise ValueError(f"unknown dimension {dimension!r}; choose from {', '.join(SCENE_DIMENSIONS)}")
     return [(p, [(v, 1.0 if i == 0 else 0.5) for i, v in enumerate(vs)]) for p, vs in out]
@@ -70,13 +86,16 @@ class SyntheticScenes(VideoSource):
     gives under VBench's rule when all frames are scored). Not a generative model: the ground truth of
     the detection-based dimensions, scored by the `synthetic_oracle` backend in tests and reference
     runs (a proxy, never a VBench number)."""
+
     name = "synthetic_scenes"
     paper = "VBench: Comprehensive Benchmark Suite for Video Generative Models (arXiv:2311.17982)"
     smoke_args = {"frames": "16", "size": "48"}
     # camera_motion scores prompts that name a camera motion; mtscore and i2v_background read
     # exported features, which the matrix test writes keyed by the other sources' video ids
     smoke_not_with = ("vbench_camera_motion_proxy", "chronomagic_mtscore", "vbench_i2v_background")
-    dimensions: tuple[str, ...] = field(default=SCENE_DIMENSIONS, metadata={"help": f"any of {', '.join(SCENE_DIMENSIONS)}"})
+    dimensions: tuple[str, ...] = field(
+        default=SCENE_DIMENSIONS, metadata={"help": f"any of {', '.join(SCENE_DIMENSIONS)}"}
+    )
     frames: int = 16
     size: int = field(default=64, metadata={"help": "frame height and width"})
     fps: int = 8
@@ -94,9 +113,15 @@ class SyntheticScenes(VideoSource):
             for k, (prompt, videos) in enumerate(scene_specs(dim, self.frames, self.size)):
                 for i, (args, expected) in enumerate(videos):
                     a = dict(args, frames=self.frames, size=self.size, seed=ctx.seed * 1000 + 31 * k + i)
-                    refs.append(VideoRef(id=f"{dim}-{k}-{i}", prompt=prompt, fps=self.fps,
-                                         loader=lambda n, a=a: _frames(a, n),
-                                         meta={"dimension": dim, "expected": expected}))
+                    refs.append(
+                        VideoRef(
+                            id=f"{dim}-{k}-{i}",
+                            prompt=prompt,
+                            fps=self.fps,
+                            loader=lambda n, a=a: _frames(a, n),
+                            meta={"dimension": dim, "expected": expected},
+                        )
+                    )
         return refs
 
 

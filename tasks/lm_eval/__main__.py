@@ -2,6 +2,7 @@
 
 For environments where the .pth hook does not run (python -S, an install without it); user
 mistakes in the harness model's arguments exit 2 with one line, as in `harness eval`."""
+
 import sys
 
 from harness.errors import NoEffect, UserError
@@ -10,6 +11,7 @@ from harness.errors import NoEffect, UserError
 def main() -> int:
     from lm_eval.__main__ import cli_evaluate
     import harness.tasks.lm_eval._model  # noqa: F401  (registers --model harness)
+
     try:
         cli_evaluate()
     except UserError as e:

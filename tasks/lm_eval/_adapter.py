@@ -5,6 +5,7 @@ methods patched (RoPE, attention) and through the LM's batch hooks (`LM.batch_ho
 KV-cache and decoding methods set. Tokenization, empty-context handling, rolling windows, stop sequences and context truncation follow lm-eval's own `hf` model
 (HFLM, lm_eval/models/huggingface.py), so on a plain checkpoint both give the same numbers
 (tests/test_lm_eval.py checks this against HFLM itself)."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,9 @@ class HarnessAdapter(TemplateLM):
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     # -- log-likelihood -----------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw) -> list[tuple[float, bool]]:
@@ -90,7 +92,7 @@ class HarnessAdapter(TemplateLM):
         # longest first, as HFLM sorts: fewer pad tokens per batch; results go back in order
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         scored = self.lm.loglikelihood([pairs[i] for i in order])
-        out: list[tuple[float, bool]] = [None] * len(pairs)   # type: ignore[list-item]
+        out: list[tuple[float, bool]] = [None] * len(pairs)  # type: ignore[list-item]
         for i, ll in zip(order, scored):
             out[i] = (ll.logprob, ll.greedy)
         for (strings, _, _), res in zip(requests, out):
@@ -103,9 +105,15 @@ class HarnessAdapter(TemplateLM):
         one conditioned on the prefix token (lm-eval's get_rolling_token_windows, context_len=1)."""
         windows, owner = [], []
         for i, (string,) in enumerate(req.args for req in requests):
-            for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
-                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length, context_len=1)):
+            for ctx, cont in map(
+                make_disjoint_window,
+                get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                ),
+            ):
                 windows.append((None, ctx, cont))
                 owner.append(i)
         totals = [0.0] * len(requests)
@@ -129,8 +137,10 @@ class HarnessAdapter(TemplateLM):
             gen_kwargs = requests[idx[0]].args[1]
             unknown = sorted(set(gen_kwargs) - GEN_KWARGS - {"max_new_tokens", "max_tokens"})
             if unknown:
-                raise UserError(f"generation kwargs {unknown} are not supported by the harness LM "
-                                f"(supported: {', '.join(sorted(GEN_KWARGS))})")
+                raise UserError(
+                    f"generation kwargs {unknown} are not supported by the harness LM "
+                    f"(supported: {', '.join(sorted(GEN_KWARGS))})"
+                )
             kw = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = handle_stop_sequences(kw.pop("until", None), eos=eos)
             max_gen = kw.pop("max_gen_toks")
@@ -140,9 +150,13 @@ class HarnessAdapter(TemplateLM):
                 raise UserError(f"max_gen_toks {max_gen} leaves no room for context in max_length {self.max_length}")
             prompts = [self.tok_encode(requests[i].args[0], left_truncate_len=limit) for i in idx]
             order = sorted(range(len(idx)), key=lambda j: -len(prompts[j]))
-            new = self.lm.generate([prompts[j] for j in order], max_gen, temperature=temperature,
-                                   top_p=float(kw.get("top_p") or 1.0),
-                                   seed=self.seed if temperature > 0 else None)
+            new = self.lm.generate(
+                [prompts[j] for j in order],
+                max_gen,
+                temperature=temperature,
+                top_p=float(kw.get("top_p") or 1.0),
+                seed=self.seed if temperature > 0 else None,
+            )
             for j, tokens in zip(order, new):
                 text = postprocess_generated_text(self.tok_decode(tokens), until, None)
                 out[idx[j]] = text

@@ -4,6 +4,7 @@ their output types (does the task generate?), versions and metric directions.
 lm-eval indexes its ~14k built-in task YAML files in about 10 s. A task found under
 `include_path` alone is looked up in an index of that folder only (fast, what the tests use);
 anything else falls back to the full index. Both are cached for the process."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,16 +20,16 @@ DEFAULT_OUTPUT_TYPE = "generate_until"
 @dataclass
 class Leaf:
     name: str
-    output_type: str            # loglikelihood, loglikelihood_rolling, multiple_choice, generate_until, python
-    version: object = None      # metadata.version of the task's YAML
+    output_type: str  # loglikelihood, loglikelihood_rolling, multiple_choice, generate_until, python
+    version: object = None  # metadata.version of the task's YAML
 
 
 @dataclass
 class Plan:
     name: str
-    kind: str                   # task, group or tag
+    kind: str  # task, group or tag
     include_path: str | None
-    full_index: bool            # needs lm-eval's built-in tasks
+    full_index: bool  # needs lm-eval's built-in tasks
     leaves: list[Leaf] = field(default_factory=list)
 
     @property
@@ -40,6 +41,7 @@ class Plan:
 @lru_cache(maxsize=8)
 def manager(include_path: str | None, defaults: bool):
     from lm_eval.tasks import TaskManager
+
     return TaskManager(include_path=include_path, include_defaults=defaults)
 
 
@@ -65,8 +67,11 @@ def plan(name: str, include_path: str | None) -> Plan:
         return _walk_plan(name, tm, include_path, full=True)
     except KeyError as e:
         missing = e.args[0]
-        where = f" (searched lm-eval {lm_eval_version()} and {include_path})" if include_path else \
-            f" (lm-eval {lm_eval_version()}; local task YAML: --task-arg include_path=FOLDER)"
+        where = (
+            f" (searched lm-eval {lm_eval_version()} and {include_path})"
+            if include_path
+            else f" (lm-eval {lm_eval_version()}; local task YAML: --task-arg include_path=FOLDER)"
+        )
         if missing == name:
             raise UserError(f"unknown lm-eval task {name!r}{where}.{nearest(name, tm.all_tasks)}") from None
         raise UserError(f"lm-eval task {name!r} refers to unknown task {missing!r}{where}") from None
@@ -112,13 +117,13 @@ def _walk_members(cfg: dict, index: dict, leaves: list[Leaf], seen: set, overrid
         elif isinstance(item, dict) and "group" in item:
             if item["group"] in index:
                 _walk(item["group"], index, leaves, seen, item.get("output_type", override))
-            else:   # an inline group
+            else:  # an inline group
                 _walk_members(item, index, leaves, seen, item.get("output_type", override))
         elif isinstance(item, dict) and "task" in item:
             out = item.get("output_type", override)
             if item["task"] in index:
                 _walk(item["task"], index, leaves, seen, out)
-            else:   # an inline task
+            else:  # an inline task
                 leaves.append(Leaf(item["task"], out or DEFAULT_OUTPUT_TYPE, _version_of(item)))
 
 
@@ -128,4 +133,5 @@ def _version_of(cfg: dict):
 
 def lm_eval_version() -> str:
     import lm_eval
+
     return lm_eval.__version__

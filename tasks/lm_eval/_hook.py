@@ -6,6 +6,7 @@ it adds a finder that waits for `lm_eval.models` (the package whose import fills
 registry) and then registers `harness` as a lazy placeholder, the same way lm-eval registers its
 own models. Nothing is imported until lm-eval itself is, so other programs pay one string
 comparison per import. Without the hook: `python -m harness.tasks.lm_eval ...`."""
+
 from __future__ import annotations
 
 import importlib.abc
@@ -17,6 +18,7 @@ MODEL = ("harness", "harness.tasks.lm_eval._model:HarnessModel")
 
 def register() -> None:
     from lm_eval.api.registry import model_registry
+
     if MODEL[0] not in model_registry:
         model_registry.register(MODEL[0], target=MODEL[1])
 
@@ -25,7 +27,7 @@ class _Loader(importlib.abc.Loader):
     def __init__(self, inner):
         self.inner = inner
 
-    def __getattr__(self, name):    # is_package, get_resource_reader, ...: the real loader's
+    def __getattr__(self, name):  # is_package, get_resource_reader, ...: the real loader's
         return getattr(self.inner, name)
 
     def create_module(self, spec):
@@ -35,7 +37,7 @@ class _Loader(importlib.abc.Loader):
         self.inner.exec_module(module)
         try:
             register()
-        except Exception as e:    # never break lm-eval itself
+        except Exception as e:  # never break lm-eval itself
             print(f"harness: could not register the lm-eval model 'harness': {e}", file=sys.stderr)
 
 
@@ -54,7 +56,7 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    if TARGET in sys.modules:       # lm-eval already loaded (install() called late)
+    if TARGET in sys.modules:  # lm-eval already loaded (install() called late)
         register()
     elif not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())

@@ -13,6 +13,7 @@ model info after evaluating; a method that did nothing fails the run, as in `har
 
 lm-eval finds the name through the registration below, which the interpreter-start hook
 (_hook.py, installed as a .pth file) triggers whenever lm-eval loads its models."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,15 +25,38 @@ from harness.errors import NoEffect, UserError, nearest
 from harness.interfaces import MethodContext, TaskResult
 from harness.tasks.lm_eval._adapter import HarnessAdapter
 
-ADAPTER_ARGS = ("model", "method", "device", "batch_size", "max_batch_size", "max_length", "max_gen_toks",
-                "seed", "trust_remote_code", "tokenizer", "pretrained")
+ADAPTER_ARGS = (
+    "model",
+    "method",
+    "device",
+    "batch_size",
+    "max_batch_size",
+    "max_length",
+    "max_gen_toks",
+    "seed",
+    "trust_remote_code",
+    "tokenizer",
+    "pretrained",
+)
 
 
 @register_model("harness")
 class HarnessModel(HarnessAdapter):
-    def __init__(self, model: str = "zoo:tiny-llama", method: str = "baseline", device: str | None = None,
-                 batch_size=8, max_batch_size=None, max_length: int | None = None, max_gen_toks: int = 256,
-                 seed: int = 0, trust_remote_code: bool = False, tokenizer=None, pretrained=None, **method_args):
+    def __init__(
+        self,
+        model: str = "zoo:tiny-llama",
+        method: str = "baseline",
+        device: str | None = None,
+        batch_size=8,
+        max_batch_size=None,
+        max_length: int | None = None,
+        max_gen_toks: int = 256,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        tokenizer=None,
+        pretrained=None,
+        **method_args,
+    ):
         from harness import models, runner
         from harness.lm import LM
 
@@ -43,23 +67,29 @@ class HarnessModel(HarnessAdapter):
         self.mctx = MethodContext(target_length=self._max_length, seed=int(seed))
         self._stack = contextlib.ExitStack()
         self.components = []
-        for m in self.methods:   # entered for the model's lifetime: every lm-eval request sees them
+        for m in self.methods:  # entered for the model's lifetime: every lm-eval request sees them
             artifact = runner.attach_artifact(m, lm, self.mctx, self.loaded.sha256, str(model))
-            self.components.append({"name": m.name, "params": _params(m), "artifact": artifact,
-                                    "resolved": m.resolved(lm, self.mctx)})
+            self.components.append(
+                {"name": m.name, "params": _params(m), "artifact": artifact, "resolved": m.resolved(lm, self.mctx)}
+            )
             self._stack.enter_context(m.apply(lm, self.mctx))
 
     def get_model_info(self) -> dict:
         """Called by lm-eval after evaluating: the methods' effect checks, then what ran."""
         from harness import runner
+
         for m in self.methods:
             reason = m.check_effect(self.lm, self.mctx, TaskResult({}, []))
             if reason:
                 raise NoEffect(f"method {m.name}: {reason}; the results would not reflect it")
-        return {"harness_model": self.loaded.id, "harness_model_sha256": self.loaded.sha256,
-                "harness_model_label": runner.model_label(self.loaded),
-                "harness_method": "+".join(m.name for m in self.methods),
-                "harness_methods": self.components, "harness_telemetry": dict(self.lm.telemetry)}
+        return {
+            "harness_model": self.loaded.id,
+            "harness_model_sha256": self.loaded.sha256,
+            "harness_model_label": runner.model_label(self.loaded),
+            "harness_method": "+".join(m.name for m in self.methods),
+            "harness_methods": self.components,
+            "harness_telemetry": dict(self.lm.telemetry),
+        }
 
 
 def build_methods(method: str, args: dict) -> list:
@@ -76,9 +106,11 @@ def build_methods(method: str, args: dict) -> list:
     known = {k for c in combo for k in params.field_types(c)}
     for key in plain:
         if key not in known:
-            raise UserError(f"model_args {key!r} is neither a harness model argument nor a parameter of "
-                            f"{method}.{nearest(key, list(known) + list(ADAPTER_ARGS))} Model arguments: "
-                            f"{', '.join(ADAPTER_ARGS)}; {method}: {', '.join(sorted(known)) or 'none'}")
+            raise UserError(
+                f"model_args {key!r} is neither a harness model argument nor a parameter of "
+                f"{method}.{nearest(key, list(known) + list(ADAPTER_ARGS))} Model arguments: "
+                f"{', '.join(ADAPTER_ARGS)}; {method}: {', '.join(sorted(known)) or 'none'}"
+            )
     return [runner._build(c, scoped.get(c.name, {}), plain, f"method {c.name}") for c in combo]
 
 
@@ -92,6 +124,7 @@ def _arg_string(value) -> str:
 def _device(device) -> str:
     """lm-eval's CLI passes cuda:0 by default; like its hf model, fall back to the CPU without CUDA."""
     import torch
+
     if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
         return "auto"
     return str(device)
@@ -106,4 +139,5 @@ def _batch_size(value) -> int:
 
 def _params(method) -> dict:
     from harness import params
+
     return params.to_dict(method)

@@ -1,5 +1,6 @@
 """The `lm_eval:<name>` task: lm-eval's evaluator on the cell's model, methods applied, and the
 translation of lm-eval's results and per-sample logs into a harness TaskResult."""
+
 from __future__ import annotations
 
 import copy
@@ -26,24 +27,35 @@ class LMEvalTask(Task):
     carries anything a task reads from its metadata (e.g. RULER's max_seq_lengths) and
     `gen_kwargs` (lm-eval's k=v,k=v syntax) overrides generation settings. The harness --limit
     and --seed map to lm-eval's limit and seeds (seed s: lm-eval's defaults 0/1234/1234/1234 + s)."""
-    lm_eval_task: ClassVar[str] = ""        # the name after `lm_eval:`, set by the family's build()
-    version = "lm_eval"                     # per instance: lm-eval version + the task versions
-    main_metric = ""                        # per instance: the task's first metric, known after run()
+
+    lm_eval_task: ClassVar[str] = ""  # the name after `lm_eval:`, set by the family's build()
+    version = "lm_eval"  # per instance: lm-eval version + the task versions
+    main_metric = ""  # per instance: the task's first metric, known after run()
     summary = "an lm-evaluation-harness task or group"
-    include_path: str | None = field(default=None, metadata={
-        "help": "folder of extra lm-eval task YAML files (lm-eval's --include_path)"})
+    include_path: str | None = field(
+        default=None, metadata={"help": "folder of extra lm-eval task YAML files (lm-eval's --include_path)"}
+    )
     num_fewshot: int | None = field(default=None, metadata={"help": "few-shot examples; None = the task's own"})
-    limit: float | None = field(default=None, metadata={
-        "help": "lm-eval's limit: N docs per task, or a fraction < 1 (or use --limit N)"})
-    max_length: int | None = field(default=None, metadata={
-        "help": "model context in tokens (truncation, rolling windows; RoPE methods scale to it); "
-                "None = max of metadata max_seq_lengths, else the config's max_position_embeddings"})
+    limit: float | None = field(
+        default=None, metadata={"help": "lm-eval's limit: N docs per task, or a fraction < 1 (or use --limit N)"}
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "model context in tokens (truncation, rolling windows; RoPE methods scale to it); "
+            "None = max of metadata max_seq_lengths, else the config's max_position_embeddings"
+        },
+    )
     max_gen_toks: int = field(default=256, metadata={"help": "generation budget when the task sets none"})
-    metadata: str | None = field(default=None, metadata={
-        "help": "JSON object merged into the tasks' metadata, e.g. {\"max_seq_lengths\":[1024]}"})
-    gen_kwargs: str | None = field(default=None, metadata={
-        "help": "lm-eval --gen_kwargs, e.g. max_gen_toks=32 (comma-separated k=v)"})
-    bootstrap_iters: int = field(default=100000, metadata={"help": "bootstrap iterations for non-mean stderrs; 0 = none"})
+    metadata: str | None = field(
+        default=None, metadata={"help": 'JSON object merged into the tasks\' metadata, e.g. {"max_seq_lengths":[1024]}'}
+    )
+    gen_kwargs: str | None = field(
+        default=None, metadata={"help": "lm-eval --gen_kwargs, e.g. max_gen_toks=32 (comma-separated k=v)"}
+    )
+    bootstrap_iters: int = field(
+        default=100000, metadata={"help": "bootstrap iterations for non-mean stderrs; 0 = none"}
+    )
     apply_chat_template: bool = False
     system_instruction: str | None = None
 
@@ -56,9 +68,10 @@ class LMEvalTask(Task):
             raise ValueError("max_length must be at least 2 and max_gen_toks at least 1")
         self._meta = _json_object(self.metadata, "metadata")
         from lm_eval.utils import simple_parse_args_string
+
         self._gen = simple_parse_args_string(self.gen_kwargs) if self.gen_kwargs else None
         self._plan = _catalog.plan(self.lm_eval_task, self.include_path)
-        self.generates = self._plan.generates       # decoding methods are refused where nothing generates
+        self.generates = self._plan.generates  # decoding methods are refused where nothing generates
         versions = ",".join(f"{leaf.name}={leaf.version}" for leaf in self._plan.leaves)
         label = versions if len(versions) <= 80 else hashlib.sha256(versions.encode()).hexdigest()[:12]
         self.version = f"lm_eval {_catalog.lm_eval_version()}; {label}"
@@ -71,6 +84,7 @@ class LMEvalTask(Task):
 
     def run(self, ctx) -> TaskResult:
         from harness.tasks.lm_eval.family import go_offline
+
         go_offline()
         import lm_eval
         from lm_eval import simple_evaluate
@@ -91,23 +105,38 @@ class LMEvalTask(Task):
         tm.metadata, tm._factory = meta, TaskFactory(meta=meta)
         seeds = [s + ctx.seed for s in LM_EVAL_SEEDS]
         try:
-            out = simple_evaluate(model=adapter, tasks=[self.lm_eval_task], task_manager=tm,
-                                  num_fewshot=self.num_fewshot, limit=limit, gen_kwargs=self._gen,
-                                  bootstrap_iters=self.bootstrap_iters, log_samples=True,
-                                  apply_chat_template=self.apply_chat_template,
-                                  system_instruction=self.system_instruction,
-                                  random_seed=seeds[0], numpy_random_seed=seeds[1],
-                                  torch_random_seed=seeds[2], fewshot_random_seed=seeds[3])
-        except ImportError as e:        # a task's own dependency (RULER: wonderwords, nltk)
-            raise UserError(f"lm-eval task {self.lm_eval_task!r} needs a package that is not installed: "
-                            f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+            out = simple_evaluate(
+                model=adapter,
+                tasks=[self.lm_eval_task],
+                task_manager=tm,
+                num_fewshot=self.num_fewshot,
+                limit=limit,
+                gen_kwargs=self._gen,
+                bootstrap_iters=self.bootstrap_iters,
+                log_samples=True,
+                apply_chat_template=self.apply_chat_template,
+                system_instruction=self.system_instruction,
+                random_seed=seeds[0],
+                numpy_random_seed=seeds[1],
+                torch_random_seed=seeds[2],
+                fewshot_random_seed=seeds[3],
+            )
+        except ImportError as e:  # a task's own dependency (RULER: wonderwords, nltk)
+            raise UserError(
+                f"lm-eval task {self.lm_eval_task!r} needs a package that is not installed: "
+                f"{str(e).splitlines()[0] if str(e) else e!r}"
+            ) from None
         except (FileNotFoundError, ConnectionError) as e:
-            raise UserError(f"lm-eval task {self.lm_eval_task!r} could not load its data offline "
-                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the harness "
-                            f"runs with HF_DATASETS_OFFLINE=1: use a cached dataset or a local task YAML") from None
+            raise UserError(
+                f"lm-eval task {self.lm_eval_task!r} could not load its data offline "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the harness "
+                f"runs with HF_DATASETS_OFFLINE=1: use a cached dataset or a local task YAML"
+            ) from None
         result, self.main_metric = to_task_result(out, self._plan)
-        result.provenance = {"lm_eval_version": lm_eval.__version__,
-                             "lm_eval_task_versions": _plain(out.get("versions", {}))}
+        result.provenance = {
+            "lm_eval_version": lm_eval.__version__,
+            "lm_eval_task_versions": _plain(out.get("versions", {})),
+        }
         return result
 
 
@@ -151,12 +180,18 @@ def to_task_result(out: dict, plan: "_catalog.Plan") -> tuple[TaskResult, str]:
     for task in leaves:
         for s in samples[task]:
             filt = s.get("filter", "none")
-            row = {"id": metric_key(prefix(task), f"doc{s['doc_id']}", filt), "task": task,
-                   "doc_id": s["doc_id"], "filter": filt, "doc_hash": s["doc_hash"],
-                   "prompt_hash": s["prompt_hash"], "target_hash": s["target_hash"],
-                   "input_hash": s["prompt_hash"][:16], "target": _plain(s["target"]),
-                   "prediction": _plain(s["filtered_resps"][0] if len(s["filtered_resps"]) == 1
-                                        else s["filtered_resps"])}
+            row = {
+                "id": metric_key(prefix(task), f"doc{s['doc_id']}", filt),
+                "task": task,
+                "doc_id": s["doc_id"],
+                "filter": filt,
+                "doc_hash": s["doc_hash"],
+                "prompt_hash": s["prompt_hash"],
+                "target_hash": s["target_hash"],
+                "input_hash": s["prompt_hash"][:16],
+                "target": _plain(s["target"]),
+                "prediction": _plain(s["filtered_resps"][0] if len(s["filtered_resps"]) == 1 else s["filtered_resps"]),
+            }
             for m in s["metrics"]:
                 key = metric_key(prefix(task), m, filt)
                 row[key] = _plain(s[m])
@@ -179,10 +214,13 @@ def to_task_result(out: dict, plan: "_catalog.Plan") -> tuple[TaskResult, str]:
             name = metric_key(prefix(task), metric, filt)
             values = per_field.get(name)
             if values and all(v == -1 for v in values):
-                continue    # RULER's mark of a context length it did not run (lm-eval prints -1)
-            if values and all(_number(v) for v in values) and \
-                    abs(sum(values) / len(values) - value) <= 1e-9 * max(1.0, abs(value)):
-                m = Metric.mean(values, direction, sample_field=name)   # a mean: keep sufficient stats
+                continue  # RULER's mark of a context length it did not run (lm-eval prints -1)
+            if (
+                values
+                and all(_number(v) for v in values)
+                and abs(sum(values) / len(values) - value) <= 1e-9 * max(1.0, abs(value))
+            ):
+                m = Metric.mean(values, direction, sample_field=name)  # a mean: keep sufficient stats
                 # lm-eval's stderr of a mean is the same sample-stddev formula; it skips it at bootstrap_iters=0
                 m.stderr = stderr if stderr is not None else m.stderr
             else:
@@ -194,11 +232,20 @@ def to_task_result(out: dict, plan: "_catalog.Plan") -> tuple[TaskResult, str]:
         raise UserError(f"lm-eval task {plan.name!r} produced no numeric metric (predict-only task?)")
     rows.sort(key=lambda r: r["id"])
     data_hash = hashlib.sha256("".join(r["doc_hash"] + r["prompt_hash"] for r in rows).encode()).hexdigest()
-    details = {"lm_eval": {
-        "task": plan.name, "kind": plan.kind, "results": _plain(results), "versions": _plain(out.get("versions", {})),
-        "n-shot": _plain(out.get("n-shot", {})), "n-samples": _plain(n_samples),
-        "higher_is_better": _plain(hib), "group_subtasks": _plain(out.get("group_subtasks", {})),
-        "configs": _plain(out.get("configs", {})), "task_hashes": _plain(out.get("task_hashes", {}))}}
+    details = {
+        "lm_eval": {
+            "task": plan.name,
+            "kind": plan.kind,
+            "results": _plain(results),
+            "versions": _plain(out.get("versions", {})),
+            "n-shot": _plain(out.get("n-shot", {})),
+            "n-samples": _plain(n_samples),
+            "higher_is_better": _plain(hib),
+            "group_subtasks": _plain(out.get("group_subtasks", {})),
+            "configs": _plain(out.get("configs", {})),
+            "task_hashes": _plain(out.get("task_hashes", {})),
+        }
+    }
     return TaskResult(metrics, rows, details, data_hash), first
 
 

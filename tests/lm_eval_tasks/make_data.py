@@ -1,6 +1,7 @@
 """Writes the JSONL files the test task YAMLs read (run from the repository root:
 `python tests/lm_eval_tasks/make_data.py`). Text comes from the synthetic corpus with evaluation
 seeds, so the zoo tokenizer covers every word; each doc is a short needle haystack."""
+
 import json
 import random
 from pathlib import Path
@@ -24,7 +25,7 @@ def needle_doc(i: int) -> dict:
 
 def main() -> None:
     docs = [needle_doc(i) for i in range(6)]
-    with open(HERE / "needle.jsonl", "w") as f:     # read by needle_mc.yaml and needle_gen.yaml
+    with open(HERE / "needle.jsonl", "w") as f:  # read by needle_mc.yaml and needle_gen.yaml
         for d in docs:
             f.write(json.dumps(d) + "\n")
     with open(HERE / "text.jsonl", "w") as f:
