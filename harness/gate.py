@@ -253,3 +253,60 @@ def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], di
         "only_current": len(set(cur) - set(base)),
     }
     return findings, summary
+
+
+def print_report(findings, summary, rules) -> int:
+    """The gate's table and verdict on stdout; the exit code (1: a regression)."""
+    from harness.tables import fmt, format_table
+
+    bad = [f for f in findings if f.regressed]
+    moved = [f for f in findings if f.current != f.baseline or f.regressed]
+    d = rules["default"]
+    print(
+        f"gate: {summary['matched']} matching cells, {len(findings)} metrics compared; "
+        f"{summary['only_baseline']} cells only in the baseline, {summary['only_current']} only in current"
+    )
+    print(
+        f"gate: a regression moves the wrong way by more than the tolerance max(abs {d['abs']:g}, "
+        f"rel {d['rel']:g} x |baseline|), never below rel {NOISE_REL:g} (floating-point noise), and "
+        f"where the metric has per-sample values is significant in a paired test (p < {rules['alpha']:g})"
+    )
+    if moved:
+        rows = [
+            [
+                f.task,
+                f.method,
+                f.metric,
+                fmt(f.baseline),
+                fmt(f.current),
+                fmt(_rel(f)),
+                fmt(f.tolerance),
+                f.rule,
+                fmt(f.p_value),
+                "REGRESSION" if f.regressed else "holds",
+            ]
+            for f in moved
+        ]
+        print(
+            format_table(
+                ["task", "method", "metric", "baseline", "current", "rel. change", "tolerance", "rule", "p", "verdict"],
+                rows,
+            )
+        )
+    print(
+        f"gate: {len(findings) - len(moved)} metrics identical to the baseline, {len(moved) - len(bad)} changed "
+        f"within the rule"
+    )
+    if bad:
+        for f in bad:
+            print(f"  regression in {f.path}: {f.metric} {f.baseline!r} -> {f.current!r}")
+            for sid, x, y in f.changed[:10]:
+                print(f"  {f.task}/{f.method} sample {sid}: {x} -> {y}")
+        print(f"gate: {len(bad)} regression(s)")
+        return 1
+    print("gate: all metrics hold")
+    return 0
+
+
+def _rel(f) -> float:
+    return (f.current - f.baseline) / abs(f.baseline) if f.baseline else f.current - f.baseline

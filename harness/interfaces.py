@@ -12,6 +12,12 @@ from typing import Any, ClassVar, Iterator
 METHOD_KINDS = ("lm", "step_scorer", "video_source", "noise_prior")
 
 
+def length_alias_params(length_alias: str | None, name: str) -> dict[str, str] | None:
+    """needle_128k -> {"context_length": "131072"} for a task whose length_alias is "needle"."""
+    m = re.fullmatch(rf"{length_alias}_(\d+)k", name) if length_alias else None
+    return {"context_length": str(int(m.group(1)) * 1024)} if m and int(m.group(1)) > 0 else None
+
+
 class Method:
     """One paper's technique. Subclasses are dataclasses; their docstring names the paper.
 
@@ -162,8 +168,7 @@ class Task:
     @classmethod
     def alias_params(cls, name: str) -> dict[str, str] | None:
         """Parameters a pattern alias stands for (None: `name` is not one of this task's aliases)."""
-        m = re.fullmatch(rf"{cls.length_alias}_(\d+)k", name) if cls.length_alias else None
-        return {"context_length": str(int(m.group(1)) * 1024)} if m and int(m.group(1)) > 0 else None
+        return length_alias_params(cls.length_alias, name)
 
     def target_length(self) -> int | None:
         """Longest context this task will feed the model (methods derive scale factors from it)."""

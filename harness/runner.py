@@ -10,8 +10,20 @@ from pathlib import Path
 
 from harness import models, params, provenance, records, registry
 from harness.budget import duration
-from harness.errors import NoEffect, UserError
+from harness.errors import NoEffect, UserError, nearest
 from harness.interfaces import Method, MethodContext, Task, TaskContext
+
+
+@dataclass
+class _AnyLMTask:
+    """What a bridge's methods act in when no harness task runs them (lm-eval's requests)."""
+
+    name: str = "a generating LM task"
+    accepts: tuple = ("lm",)
+    generates: bool = True
+
+
+_LM_TASK = _AnyLMTask()
 
 
 @dataclass
@@ -74,12 +86,7 @@ def resolve(
     for tname in task_names:
         cls, alias = registry.task(tname)
         tasks.append((tname, cls, alias))
-    combos = []
-    for mname in method_names:
-        parts = [p.strip() for p in mname.split("+")]
-        if any(not p for p in parts):
-            raise UserError(f"--method {mname!r}: empty name in a composition (use a+b)")
-        combos.append([registry.method(p) for p in parts])
+    combos = [compose(mname) for mname in method_names]
 
     # parameters: every key must be used by at least one task / method of the run
     t_scoped, t_plain = _split_args(task_args, [c.name for _, c, _ in tasks] + [n for n, _, _ in tasks])
@@ -104,17 +111,47 @@ def resolve(
         scoped = {**t_scoped.get(tcls.name, {}), **t_scoped.get(tname, {})}
         task = _build(tcls, scoped, t_plain, f"task {tname}", alias)
         for combo in combos:
-            _check_combination(task, combo)
+            check_combination(task, combo)
             methods = [_build(c, m_scoped.get(c.name, {}), m_plain, f"method {c.name}") for c in combo]
             cell_model = model or (models.DEFAULT_MODEL if task.needs_lm else "none")
             cells.append(Cell(task, tname, methods, cell_model, seed, limit))
     return cells
 
 
-def _check_combination(task: Task, combo: list[type[Method]]) -> None:
+def compose(spec: str) -> list[type[Method]]:
+    """The method classes of a name or a `+` composition (`yarn+selfextend`)."""
+    parts = [p.strip() for p in spec.split("+")]
+    if any(not p for p in parts):
+        raise UserError(f"method {spec!r}: empty name in a composition (use a+b)")
+    return [registry.method(p) for p in parts]
+
+
+def build_methods(spec: str, args: dict[str, str], task: Task | None = None, hint: str = "") -> list[Method]:
+    """Method instances of a composition, validated as `harness eval` validates them: `key=v` goes to
+    every method with that parameter, `name.key=v` to one; a key no method has is a UserError (with
+    `hint` appended). `task` (default: a generating LM task) is checked against the methods' kinds.
+    The public way for bridges (lm-eval's `--model harness`) to build what a user named."""
+    combo = compose(spec)
+    check_combination(task, combo)
+    scoped, plain = _split_args(args, [c.name for c in combo])
+    known = {k for c in combo for k in params.field_types(c)}
+    for key in plain:
+        if key not in known:
+            raise UserError(
+                f"{key!r} is not a parameter of {spec}.{nearest(key, known)} "
+                f"{spec}: {', '.join(sorted(known)) or 'no parameters'}.{' ' + hint if hint else ''}"
+            )
+    return [_build(c, scoped.get(c.name, {}), plain, f"method {c.name}") for c in combo]
+
+
+def check_combination(task: Task | None, combo: list[type[Method]]) -> None:
+    """Refuse methods the task cannot use (wrong kind, decoding methods on a task that never
+    generates) and compositions whose methods patch the same thing. None: a generating LM task."""
+    if task is None:
+        task = _LM_TASK
     for c in combo:
         if c.kind not in task.accepts:
-            ok = sorted(n for n, m in registry.METHODS.items() if m.kind in task.accepts)
+            ok = sorted(e["name"] for e in registry.entries("methods") if e["kind"] in task.accepts)
             raise UserError(
                 f"method {c.name} is of kind {c.kind!r}, but task {task.name} accepts "
                 f"{' or '.join(task.accepts)} methods: {', '.join(ok)}"

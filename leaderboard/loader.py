@@ -132,8 +132,8 @@ def method_family(component: dict) -> str:
         try:
             from harness import registry
 
-            registry.load()
-            _FAMILY_CACHE[name] = getattr(registry.METHODS.get(name), "family", "other")
+            known = {e["name"]: e.get("family", "other") for e in registry.entries("methods")}
+            _FAMILY_CACHE[name] = known.get(name, "other")
         except Exception:  # a broken plugin must not take the leaderboard down
             _FAMILY_CACHE[name] = "other"
     return _FAMILY_CACHE[name]

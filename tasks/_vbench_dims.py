@@ -13,14 +13,15 @@ def compute_dimensions(ctx, dims, shared: dict[str, str]) -> list[tuple[str, flo
     out = []
     for dim in dims:
         name = f"vbench_{dim}"
-        if name not in registry.TASKS:
+        tasks = registry.all_tasks()
+        if name not in tasks:
             known = sorted(
                 t[len("vbench_") :]
-                for t in registry.TASKS
-                if t.startswith("vbench_") and "allow_uncalibrated" in params.field_types(registry.TASKS[t])
+                for t in tasks
+                if t.startswith("vbench_") and "allow_uncalibrated" in params.field_types(tasks[t])
             )
             raise UserError(f"vbench: no task {name} computes {dim!r}; computable here: {', '.join(known)}")
-        cls = registry.TASKS[name]
+        cls = tasks[name]
         fields = params.field_types(cls)
         task = params.build(cls, {k: v for k, v in shared.items() if k in fields and v != ""}, name)
         result = task.run(ctx)

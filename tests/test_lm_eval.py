@@ -179,7 +179,7 @@ def test_model_harness_applies_methods_in_lm_eval(tiny_model, tmp_path):
     lm_eval: task gives under `harness eval --method yarn`, and differs from the baseline."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
-    import harness.tasks.lm_eval._model  # noqa: F401  (in a fresh interpreter the .pth hook does this)
+    import harness.tasks.lm_eval._model  # noqa: F401  (registers the model, as `harness lm-eval` does)
 
     tm = TaskManager(include_path=str(TASKS), include_defaults=False)
     out = simple_evaluate(
@@ -217,14 +217,13 @@ def test_model_harness_refuses_bad_method_args(tiny_model):
 
 @pytest.mark.slow
 def test_real_lm_eval_cli_runs_model_harness(tiny_model, tmp_path):
-    """`lm_eval --model harness` in a fresh interpreter: lm-eval finds the model through the
-    installed .pth hook, with no import of ours on the command line."""
-    cli = Path(sys.executable).parent / "lm_eval"
-    if not cli.exists():
-        pytest.skip("lm_eval console script not installed next to this interpreter")
+    """`harness lm-eval --model harness ...` in a fresh interpreter: lm-eval's own CLI, reached through
+    the installed `harness.commands` entry point, finds the model the command registered."""
+    cli = Path(sys.executable).parent / "harness"
     proc = subprocess.run(
         [
             str(cli),
+            "lm-eval",
             "--model",
             "harness",
             "--model_args",

@@ -106,3 +106,52 @@ def test_prefix_family_builds_tasks_on_demand(monkeypatch):
         registry.task("fake_bridge:")
     with pytest.raises(UserError, match="unknown method"):
         registry.method("fake_bridge:known")  # a task family does not make methods
+
+
+def test_committed_index_matches_the_registry():
+    """harness/registry_index.json is what importing every task and method gives; `harness docs`
+    regenerates it (a stale index would make `harness list` show old parameters)."""
+    from harness import docsgen
+
+    assert registry.INDEX_PATH.read_text() == docsgen.index_text(), "stale index: run `.venv/bin/harness docs`"
+
+
+def _fresh(code: str) -> str:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_list_and_lookup_import_only_what_they_need():
+    """`harness list` reads the index: no torch, no method or task module (but the import-light
+    module of the `harness lm-eval` subcommand); looking one method up imports its own module and
+    not its siblings'."""
+    out = _fresh(
+        "import sys, contextlib, io\n"
+        "from harness.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as f: main(['list', 'methods'])\n"
+        "assert 'yarn' in f.getvalue() and 'kvpress:<name>' in f.getvalue()\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('harness.methods.', 'harness.tasks.'))))"
+    )
+    assert eval(out) == ["harness.tasks.lm_eval", "harness.tasks.lm_eval.__main__"]
+    out = _fresh(
+        "import sys\nfrom harness import registry\nregistry.method('snapkv'); registry.task('needle_128k')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('harness.methods.', 'harness.tasks.'))))"
+    )
+    loaded = eval(out)
+    assert "harness.methods.kv.snapkv" in loaded and "harness.tasks.needle" in loaded
+    assert "harness.methods.rope.yarn" not in loaded and "harness.tasks.passkey" not in loaded
+
+
+def test_names_the_index_does_not_know_fall_back_to_importing_everything(monkeypatch):
+    """An index without entries (a method added since it was generated) still resolves every name."""
+    empty = {"tasks": [], "methods": [], "families": []}
+    monkeypatch.setattr(registry, "index", lambda: empty)
+    monkeypatch.setattr(registry, "_loaded", False)
+    assert registry.method("yarn").name == "yarn"
+    assert registry.method("kvpress:SnapKVPress").__name__ == "KVPress_SnapKVPress"
+    assert registry.task("passkey_2k") == (registry.TASKS["passkey"], {"context_length": "2048"})
+    with pytest.raises(Exception, match="Did you mean: yarn"):
+        registry.method("yarm")

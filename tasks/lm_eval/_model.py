@@ -1,6 +1,6 @@
 """lm-eval model `harness`: a harness model with harness methods applied, for lm-eval's own CLI.
 
-    lm_eval --model harness --model_args model=zoo:tiny-llama,method=yarn,max_length=1024 \
+    harness lm-eval --model harness --model_args model=zoo:tiny-llama,method=yarn,max_length=1024 \
             --tasks harness_needle_gen --include_path tests/lm_eval_tasks
 
 model_args: model (zoo:<name>, hf:<id> or a folder; default zoo:tiny-llama), method (a method
@@ -11,17 +11,16 @@ target one method of a composition). `tokenizer`/`pretrained` are accepted and l
 that read them from metadata (RULER). Each method's effect check runs when lm-eval asks for the
 model info after evaluating; a method that did nothing fails the run, as in `harness eval`.
 
-lm-eval finds the name through the registration below, which the interpreter-start hook
-(_hook.py, installed as a .pth file) triggers whenever lm-eval loads its models."""
+lm-eval finds the name through the registration below, which `harness lm-eval` (__main__.py)
+performs by importing this module before it runs lm-eval's CLI."""
 
 from __future__ import annotations
 
 import contextlib
-from types import SimpleNamespace
 
 from lm_eval.api.registry import register_model
 
-from harness.errors import NoEffect, UserError, nearest
+from harness.errors import NoEffect
 from harness.interfaces import MethodContext, TaskResult
 from harness.tasks.lm_eval._adapter import HarnessAdapter
 
@@ -94,24 +93,10 @@ class HarnessModel(HarnessAdapter):
 
 def build_methods(method: str, args: dict) -> list:
     """`yarn+selfextend` and `k=v` method parameters -> method instances, validated as harness eval does."""
-    from harness import params, registry, runner
+    from harness import runner
 
-    parts = [p.strip() for p in method.split("+")]
-    if not all(parts):
-        raise UserError(f"method {method!r}: empty name in a composition (use a+b)")
-    combo = [registry.method(p) for p in parts]
-    runner._check_combination(SimpleNamespace(name="lm-eval", accepts=("lm",), generates=True), combo)
     strings = {k: _arg_string(v) for k, v in args.items()}
-    scoped, plain = runner._split_args(strings, [c.name for c in combo])
-    known = {k for c in combo for k in params.field_types(c)}
-    for key in plain:
-        if key not in known:
-            raise UserError(
-                f"model_args {key!r} is neither a harness model argument nor a parameter of "
-                f"{method}.{nearest(key, list(known) + list(ADAPTER_ARGS))} Model arguments: "
-                f"{', '.join(ADAPTER_ARGS)}; {method}: {', '.join(sorted(known)) or 'none'}"
-            )
-    return [runner._build(c, scoped.get(c.name, {}), plain, f"method {c.name}") for c in combo]
+    return runner.build_methods(method, strings, hint=f"Model arguments: {', '.join(ADAPTER_ARGS)}")
 
 
 def _arg_string(value) -> str:
