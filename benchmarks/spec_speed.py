@@ -19,7 +19,7 @@ DEFAULT = "autoregressive,hf_assisted,sps,specinfer,rest,eagle,eagle2,distillspe
 
 
 def main() -> None:
-    from harness import params, registry, runner
+    from harness import fitting, params, registry
     from harness.errors import UserError
     from harness.interfaces import MethodContext
     from harness.lm import LM
@@ -51,7 +51,7 @@ def main() -> None:
     for name in a.methods.split(","):
         m = params.build(registry.method(name), margs.get(name, {}), f"method {name}")
         try:
-            runner.attach_artifact(m, lm, MethodContext(), loaded.sha256, a.model)
+            fitting.attach_artifact(m, lm, MethodContext(), loaded.sha256, a.model)
         except UserError as e:
             skipped[name] = str(e).split(":")[0] + ": no fit artifact (run harness fit first)"
             continue

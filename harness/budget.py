@@ -239,3 +239,39 @@ def duration(s: float) -> str:
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+def plan_cell(cell, lm, budget) -> dict:
+    """Memory check, batch size and time estimate of the cell's workload (the functions above), before
+    the task runs; the warm-up's forwards are not counted in the telemetry. Returns what the record
+    keeps of it."""
+    requested, cap, log = budget
+    work = cell.task.workload(cell.limit)
+    if not work:
+        return {}
+    saved = dict(lm.telemetry)
+    try:
+        made = plan(lm, work, requested, cap)
+    finally:  # in place: methods hold this Counter
+        lm.telemetry.clear()
+        lm.telemetry.update(saved)
+    lm.batch_size = made.batch_size
+    label = f"{cell.task_label} · {cell.method_name} · {cell.model}"
+    if made.estimated_seconds is not None or made.batch_size < _asked_batch(budget):  # long or squeezed
+        log(f"{label}: {made.summary()}")
+    resolved = {}
+    if made.context_factor > EXTRAPOLATION_WARNING:
+        log(
+            f"warning: {label}: the context is {round(made.context_factor, 1):g}x the model's trained length "
+            f"({lm.original_max_length:,} positions); expect extrapolation, not a property of the method alone"
+        )
+        resolved = {
+            "context_over_trained_length": round(made.context_factor, 2),
+            "trained_length": lm.original_max_length,
+        }
+    return {"provenance": dict(made.provenance(), prefill_chunk=lm.prefill_chunk), "resolved": resolved}
+
+
+def _asked_batch(budget) -> int:
+    """The batch size a cell asked for (auto: the short-prompt default)."""
+    return SHORT_BATCH if budget[0] == "auto" else int(budget[0])

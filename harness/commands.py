@@ -123,10 +123,10 @@ def cmd_eval(a) -> int:
 
 # -- fit --------------------------------------------------------------------------------------
 def cmd_fit(a) -> int:
-    from harness import models, runner
+    from harness import fitting, models
 
     models.pick_device(a.device)
-    key, payload = runner.fit(
+    key, payload = fitting.fit(
         a.method,
         a.model,
         a.task,

@@ -179,3 +179,45 @@ def _hub_folder(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.safetensors"]))
     except Exception:  # hashing is best-effort for hub ids; the record then says sha256: null
         return None
+
+
+def identity(spec: str) -> tuple[str, str | None]:
+    """(normalised id, weights sha256) without loading the model, for the resume check."""
+    from harness.zoo import registry as zoo
+
+    if spec == "none":
+        return spec, None
+    if spec.startswith("zoo:"):
+        return spec, zoo.card(spec[4:]).get("sha256")
+    ref = spec[3:] if spec.startswith("hf:") else spec
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path.resolve()), weights_sha256(path)
+    if not spec.startswith("hf:"):
+        raise UserError(
+            f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
+        )
+    folder = _hub_folder(ref)
+    return spec, weights_sha256(folder) if folder else None
+
+
+def label(loaded) -> str:
+    if loaded.zoo:
+        n = sum(p.numel() for p in loaded.model.parameters())
+        return (
+            f"embedded zoo model ({n / 1e6:.1f}M parameters, trained on the project's synthetic "
+            f"corpus): results are for this tiny reference model, not for real LLMs"
+        )
+    return "Hugging Face checkpoint"
+
+
+def facts(loaded) -> dict:
+    """What the record keeps of the loaded model's configuration."""
+    cfg = loaded.model.config
+    return {
+        "architecture": (getattr(cfg, "architectures", None) or [type(loaded.model).__name__])[0],
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
+        "weights_format": loaded.info.get("weights_format", "safetensors"),
+        "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""),
+    }

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import models, params, provenance, records, registry
+from harness import fitting, models, params, provenance, records, registry
+from harness import budget as budget_plan
 from harness.budget import duration
 from harness.errors import NoEffect, UserError, nearest
 from harness.interfaces import Method, MethodContext, Task, TaskContext
@@ -177,39 +178,9 @@ def check_combination(task: Task | None, combo: list[type[Method]]) -> None:
                     )
 
 
-def model_identity(spec: str) -> tuple[str, str | None]:
-    """(normalised id, weights sha256) without loading the model, for the resume check."""
-    from harness.zoo import registry as zoo
-
-    if spec == "none":
-        return spec, None
-    if spec.startswith("zoo:"):
-        return spec, zoo.card(spec[4:]).get("sha256")
-    ref = spec[3:] if spec.startswith("hf:") else spec
-    path = Path(ref).expanduser()
-    if path.exists():
-        return str(path.resolve()), models.weights_sha256(path)
-    if not spec.startswith("hf:"):
-        raise UserError(
-            f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
-        )
-    folder = models._hub_folder(ref)
-    return spec, models.weights_sha256(folder) if folder else None
-
-
-def model_label(loaded) -> str:
-    if loaded.zoo:
-        n = sum(p.numel() for p in loaded.model.parameters())
-        return (
-            f"embedded zoo model ({n / 1e6:.1f}M parameters, trained on the project's synthetic "
-            f"corpus): results are for this tiny reference model, not for real LLMs"
-        )
-    return "Hugging Face checkpoint"
-
-
 def locate(cell: Cell, out: Path) -> tuple[dict, str, Path]:
     """The cell's canonical config, run id and record path (no model is loaded)."""
-    model_id, sha = model_identity(cell.model)
+    model_id, sha = models.identity(cell.model)
     config = cell.config(sha)
     config["model"]["id"] = model_id
     rid = records.run_id(config)
@@ -312,46 +283,6 @@ def _check_position_encoding(loaded, cell: Cell) -> None:
         )
 
 
-def _plan(cell: Cell, lm, budget) -> dict:
-    """Memory check, batch size and time estimate of the cell's workload (harness.budget), before
-    the task runs; the warm-up's forwards are not counted in the telemetry. Returns what the record
-    keeps of it."""
-    from harness import budget as bud
-
-    requested, cap, log = budget
-    work = cell.task.workload(cell.limit)
-    if not work:
-        return {}
-    saved = dict(lm.telemetry)
-    try:
-        plan = bud.plan(lm, work, requested, cap)
-    finally:  # in place: methods hold this Counter
-        lm.telemetry.clear()
-        lm.telemetry.update(saved)
-    lm.batch_size = plan.batch_size
-    label = f"{cell.task_label} · {cell.method_name} · {cell.model}"
-    if plan.estimated_seconds is not None or plan.batch_size < _asked_batch(budget):  # long or squeezed
-        log(f"{label}: {plan.summary()}")
-    resolved = {}
-    if plan.context_factor > bud.EXTRAPOLATION_WARNING:
-        log(
-            f"warning: {label}: the context is {round(plan.context_factor, 1):g}x the model's trained length "
-            f"({lm.original_max_length:,} positions); expect extrapolation, not a property of the method alone"
-        )
-        resolved = {
-            "context_over_trained_length": round(plan.context_factor, 2),
-            "trained_length": lm.original_max_length,
-        }
-    return {"provenance": dict(plan.provenance(), prefill_chunk=lm.prefill_chunk), "resolved": resolved}
-
-
-def _asked_batch(budget) -> int:
-    """The batch size a cell asked for (auto: the short-prompt default)."""
-    from harness.budget import SHORT_BATCH
-
-    return SHORT_BATCH if budget[0] == "auto" else int(budget[0])
-
-
 def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress, budget=None) -> Outcome:
     import torch
 
@@ -365,7 +296,7 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
     try:
         with contextlib.ExitStack() as stack:
             for m in cell.methods:
-                artifact = attach_artifact(m, lm, mctx, loaded.sha256 if loaded else None, cell.model)
+                artifact = fitting.attach_artifact(m, lm, mctx, loaded.sha256 if loaded else None, cell.model)
                 components.append(
                     {
                         "name": m.name,
@@ -379,7 +310,7 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
                 )
                 if lm is not None:
                     stack.enter_context(m.apply(lm, mctx))
-            planned = _plan(cell, lm, budget) if lm is not None and budget else {}
+            planned = budget_plan.plan_cell(cell, lm, budget) if lm is not None and budget else {}
             result = cell.task.run(
                 TaskContext(
                     lm=lm, seed=cell.seed, limit=cell.limit, progress=progress, methods=cell.methods, model=cell.model
@@ -394,7 +325,7 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
             lm.close()
     wall = time.perf_counter() - t0
     model = (
-        dict(config["model"], zoo=loaded.zoo, label=model_label(loaded), config=_model_facts(loaded))
+        dict(config["model"], zoo=loaded.zoo, label=models.label(loaded), config=models.facts(loaded))
         if loaded
         else dict(config["model"], zoo=False, label="no model")
     )
@@ -431,92 +362,3 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
     }
     records.write(path, record, result.samples)
     return Outcome(cell, path, record, samples=result.samples)
-
-
-def attach_artifact(method: Method, lm, mctx: MethodContext, model_sha: str | None, model: str) -> str | None:
-    """Give a method that needs a fit stage its cached artifact; its key goes in the record."""
-    from harness import artifacts
-
-    if not method.needs_fit(lm, mctx):
-        return None
-    key = artifacts.key_for(method, lm, mctx, model_sha)
-    payload = artifacts.load(key)
-    if payload is None:
-        raise UserError(
-            f"method {method.name} needs its fit stage for this model and configuration: run "
-            f"`harness fit --method {method.name} --model {model}` with the same --method-arg "
-            f"(and --task) first (artifact {key} not found in {artifacts.root()})"
-        )
-    method.use_artifact(payload, artifacts.folder(key))
-    return key
-
-
-def _model_facts(loaded) -> dict:
-    cfg = loaded.model.config
-    return {
-        "architecture": (getattr(cfg, "architectures", None) or [type(loaded.model).__name__])[0],
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
-        "weights_format": loaded.info.get("weights_format", "safetensors"),
-        "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""),
-    }
-
-
-def fit(
-    method_name: str,
-    model: str,
-    task_name: str | None,
-    task_args: dict[str, str],
-    method_args: dict[str, str],
-    seed: int = 0,
-    device: str = "auto",
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
-    log=print,
-    allow_pickle: bool = False,
-) -> tuple[str, dict]:
-    """Run a method's fit stage (the task, when given, supplies the target context length)."""
-    from harness import artifacts
-    from harness.lm import LM
-
-    if "+" in method_name:
-        raise UserError("fit one method at a time (no '+' compositions)")
-    cls = registry.method(method_name)
-    method = params.build(cls, method_args, f"method {method_name}")
-    target = None
-    if task_name:
-        tcls, alias = registry.task(task_name)
-        target = _build(tcls, {}, task_args, f"task {task_name}", alias).target_length()
-    elif task_args:
-        raise UserError("--task-arg needs --task")
-    if cls.kind == "lm":
-        loaded = models.load(model, device, trust_remote_code, allow_pickle)
-        lm, model_id, sha, dev = LM(loaded), loaded.id, loaded.sha256, loaded.device
-    else:  # other kinds train their own models (a PRM): no LM, as in their tasks' evaluation
-        lm, model_id, sha, dev = None, "none", None, models.pick_device(device)
-    mctx = MethodContext(target_length=target, seed=seed)
-    if not method.needs_fit(lm, mctx):
-        raise UserError(f"method {method_name} with these parameters has no fit stage to run")
-    key = artifacts.key_for(method, lm, mctx, sha)
-    existing = artifacts.load(key)
-    if existing is not None and not overwrite:
-        log(f"artifact {key} exists in {artifacts.folder(key)} (use --overwrite to refit)")
-        return key, existing
-    t0, c0 = time.perf_counter(), time.process_time()
-    payload, write_files = method.fit(lm, mctx, log=log)
-    payload = dict(
-        payload,
-        method=method_name,
-        model=model_id,
-        model_sha256=sha,
-        fit_params=method.fit_params(lm, mctx),
-        data_hash=method.fit_data_hash(lm, mctx),
-        fit_seconds=round(time.perf_counter() - t0, 1),
-        # CPU seconds of all threads: the budget measure that a loaded machine cannot inflate
-        fit_cpu_seconds=round(time.process_time() - c0, 1),
-        provenance=provenance.environment(dev),
-    )
-    artifacts.save(key, payload, write_files)
-    if lm is not None:
-        lm.close()
-    return key, payload

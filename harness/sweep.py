@@ -4,25 +4,10 @@ resolves and evaluates one cell through the runner, so a sweep cell and an `eval
 same record to the same path. Finished cells are skipped before anything is submitted; failures
 are retried; the run ends with a done / skipped / failed summary.
 
-Grid file (YAML):
-
-    out: results                 # results folder (--out overrides)
-    models: [zoo:tiny-llama]     # defaults for every block: models, seeds, limit, task_args, method_args
-    fit:                         # fit stages to run first, once (as `harness fit`)
-      - {method: longrope, task: needle, task_args: {context_length: [512, 1024, 2048]}}
-    runs:                        # blocks: tasks x methods x models x seeds x grid
-      - tasks: [needle]
-        methods: [baseline, yarn]
-        task_args: {context_length: [512, 1024], samples_per_depth: 5}   # as --task-arg (a list = one list value)
-        grid: {method.yarn.factor: [2, 4], task.depths: [5, 10]}         # crossed: one cell per combination
-        seeds: [0, 1]
-
-Within a block, task_args / method_args follow `harness eval`: `key` goes to every task or method
-that has it, `name.key` to one."""
+The grid file's format (YAML) is parsed and expanded into cells by harness.grid."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import sys
@@ -30,162 +15,11 @@ import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import NoEffect, UserError
 
-BLOCK_KEYS = {"tasks", "methods", "models", "seeds", "limit", "task_args", "method_args", "grid"}
-TOP_KEYS = BLOCK_KEYS - {"tasks", "methods", "grid"} | {"out", "fit", "runs"}
-FIT_KEYS = {"method", "task", "model", "task_args", "method_args", "seed"}
-
-
-def _err(path, where: str, msg: str) -> UserError:
-    return UserError(f"grid {path}: {where}: {msg}")
-
-
-def _value(v) -> str:
-    """A YAML value as the CLI's K=V text: a list becomes one comma-separated list value."""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return ",".join(_value(x) for x in v)
-    if v is None:
-        return "none"
-    return str(v)
-
-
-def _names(block: dict, key: str, path, where: str) -> list:
-    v = block.get(key)
-    if isinstance(v, (str, int)) and not isinstance(v, bool):
-        return [v]
-    if not isinstance(v, list) or not v:
-        raise _err(path, where, f"'{key}' must be a non-empty list")
-    if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
-        raise _err(path, where, f"'{key}' must list names (strings)" if key != "seeds" else "seeds must be integers")
-    return v
-
-
-def _args(block: dict, key: str, path, where: str) -> dict[str, str]:
-    v = block.get(key) or {}
-    if not isinstance(v, dict):
-        raise _err(path, where, f"'{key}' must be a mapping of parameter: value")
-    return {str(k): _value(x) for k, x in v.items()}
-
-
-def load_grid(path) -> dict:
-    import yaml
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"grid {path}: cannot read ({e.__class__.__name__}: {e})") from None
-    try:
-        grid = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"grid {path}:{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
-    if not isinstance(grid, dict):
-        raise UserError(f"grid {path}: expected a mapping with a 'runs' list")
-    unknown = set(grid) - TOP_KEYS
-    if unknown:
-        raise UserError(f"grid {path}: unknown key(s) {sorted(unknown)} (allowed: {sorted(TOP_KEYS)})")
-    if not isinstance(grid.get("runs"), list) or not grid["runs"]:
-        raise UserError(f"grid {path}: 'runs' must be a non-empty list of blocks")
-    return grid
-
-
-@dataclass
-class Spec:
-    """Everything one cell needs, as plain data (it is pickled to workers and Slurm jobs)."""
-
-    tasks: list
-    methods: list
-    model: str | None
-    task_args: dict
-    method_args: dict
-    seed: int
-    limit: int | None
-    index: int  # which cell of resolve(tasks, methods, ...) this is
-    out: str
-    device: str = "auto"
-    batch_size: int = 8
-    threads: int | None = None
-    label: str = ""
-    path: str = ""
-    attempts: int = 0
-    reasons: list = field(default_factory=list)
-
-
-def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8) -> list[Spec]:
-    """All cells of the grid, validated (names, kinds, parameters) before anything runs."""
-    from harness import runner
-
-    specs = []
-    for b, block in enumerate(grid["runs"]):
-        where = f"runs[{b}]"
-        if not isinstance(block, dict):
-            raise _err(path, where, "a block must be a mapping")
-        unknown = set(block) - BLOCK_KEYS
-        if unknown:
-            raise _err(path, where, f"unknown key(s) {sorted(unknown)} (allowed: {sorted(BLOCK_KEYS)})")
-        merged = {k: grid[k] for k in ("models", "seeds", "limit") if k in grid}
-        merged.update(block)
-        tasks = [str(t) for t in _names(merged, "tasks", path, where)]
-        methods = [str(m) for m in _names(merged, "methods", path, where)]
-        models = [str(m) for m in _names(merged, "models", path, where)] if "models" in merged else [None]
-        seeds = _names(merged, "seeds", path, where) if "seeds" in merged else [0]
-        if not all(isinstance(s, int) for s in seeds):
-            raise _err(path, where, "seeds must be integers")
-        limit = merged.get("limit")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
-            raise _err(path, where, f"limit must be an integer, got {limit!r}")
-        base_t = {**_args(grid, "task_args", path, "task_args"), **_args(block, "task_args", path, where)}
-        base_m = {**_args(grid, "method_args", path, "method_args"), **_args(block, "method_args", path, where)}
-        axes = block.get("grid") or {}
-        if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
-            raise _err(path, where, "'grid' must map task.KEY / method.KEY to non-empty lists of values")
-        for key in axes:
-            if not str(key).startswith(("task.", "method.")):
-                raise _err(path, where, f"grid key {key!r} must start with task. or method.")
-        for model, seed, combo in itertools.product(models, seeds, itertools.product(*axes.values())):
-            t_args, m_args = dict(base_t), dict(base_m)
-            for key, value in zip(axes, combo):
-                side, _, name = str(key).partition(".")
-                (t_args if side == "task" else m_args)[name] = _value(value)
-            try:
-                cells = runner.resolve(tasks, methods, model, t_args, m_args, seed, limit)
-            except UserError as e:
-                raise _err(path, where, str(e)) from None
-            for i, cell in enumerate(cells):
-                _, rid, rec_path = runner.locate(cell, Path(out))
-                label = f"{cell.task_label} / {cell.method_name} / {cell.model} / seed {seed}"
-                if axes:
-                    label += " / " + ", ".join(f"{k}={_value(v)}" for k, v in zip(axes, combo))
-                specs.append(
-                    Spec(
-                        tasks,
-                        methods,
-                        model,
-                        t_args,
-                        m_args,
-                        seed,
-                        limit,
-                        i,
-                        str(out),
-                        device,
-                        batch_size,
-                        label=label,
-                        path=str(rec_path),
-                    )
-                )
-    seen, unique = set(), []
-    for s in specs:  # the same cell named twice by two blocks runs once
-        if s.path not in seen:
-            seen.add(s.path)
-            unique.append(s)
-    return unique
+from harness.grid import FIT_KEYS, Spec, arg_value, expand, load_grid
 
 
 def run_cell(spec: Spec) -> dict:
@@ -396,7 +230,7 @@ def sweep(
     dry_run: bool = False,
     log=print,
 ) -> dict:
-    from harness import records, runner
+    from harness import fitting, records
 
     grid = load_grid(grid_path)
     out = out or grid.get("out") or str(records.default_out())
@@ -426,12 +260,12 @@ def sweep(
     if pending:
         default_model = (grid.get("models") or [None])[0] if isinstance(grid.get("models"), list) else None
         for f in fits:
-            runner.fit(
+            fitting.fit(
                 f["method"],
                 f.get("model") or default_model or "zoo:tiny-llama",
                 f.get("task"),
-                {k: _value(v) for k, v in (f.get("task_args") or {}).items()},
-                {k: _value(v) for k, v in (f.get("method_args") or {}).items()},
+                {k: arg_value(v) for k, v in (f.get("task_args") or {}).items()},
+                {k: arg_value(v) for k, v in (f.get("method_args") or {}).items()},
                 f.get("seed", 0),
                 device,
                 log=lambda m: None,

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read when `datasets` is imp
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("lm_eval")
 
-from harness import records, registry, runner  # noqa: E402
+from harness import fitting, records, registry, runner  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 
@@ -311,7 +311,7 @@ def test_every_lm_method_acts_through_lm_eval(method, tiny_model_with, tmp_path,
     monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
     if cls.fit is not Method.fit:
         try:
-            runner.fit(
+            fitting.fit(
                 method,
                 model,
                 "lm_eval:harness_needle_gen",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import records, registry, runner
+from harness import fitting, records, registry, runner
 from harness.errors import UserError
 from harness.interfaces import Method
 
@@ -50,7 +50,7 @@ def test_cell_writes_valid_record(task, method, tiny_model_with, tmp_path, monke
     monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
     if mcls.fit is not Method.fit:  # a method with a fit stage: fit its smoke configuration first
         try:
-            runner.fit(method, tiny_model, task, task_args, method_args, device="cpu", log=lambda m: None)
+            fitting.fit(method, tiny_model, task, task_args, method_args, device="cpu", log=lambda m: None)
         except UserError as e:
             assert "no fit stage to run" in str(e)
     cells = runner.resolve(

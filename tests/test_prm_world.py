@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from harness import mathworld, runner
+from harness import fitting, mathworld, runner
 from harness.methods.prm import _world
 from harness.methods.prm.pav import PAV, pav_steps
 
@@ -85,7 +85,7 @@ def test_scores_are_causal_in_the_steps():
 def test_fit_then_eval_uses_the_artifact(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "art"))
     args = {"problems": "4", "samples": "2", "rollouts": "2", "epochs": "2", "d_model": "16", "layers": "1"}
-    key, payload = runner.fit("pav", "none", None, {}, args, log=lambda m: None)
+    key, payload = fitting.fit("pav", "none", None, {}, args, log=lambda m: None)
     assert payload["trajectories"] == 8 and len(payload["loss_trace"]) == 2 and payload["model"] == "none"
     cells = runner.resolve(
         ["math_prm_bon"],

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import records, runner, sweep
+from harness import grid, records, runner, sweep
 from harness.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_expansion_crosses_grid_axes_and_matches_eval_paths(tiny_model, tmp_path
     path = grid_file(
         tmp_path, tiny_model, methods=["baseline", "yarn"], seeds=[0, 1], grid={"method.yarn.factor": [2, 4]}
     )
-    specs = sweep.expand(sweep.load_grid(path), path, str(tmp_path / "out"))
+    specs = grid.expand(grid.load_grid(path), path, str(tmp_path / "out"))
     # baseline ignores the yarn axis: its two copies per seed are the same cell and run once
     assert len(specs) == 2 * 1 + 2 * 2
     cell = runner.resolve(
@@ -110,7 +110,7 @@ def pinned_cell(spec):
 
 def _specs(tmp_path, n):
     return [
-        sweep.Spec(
+        grid.Spec(
             ["needle"],
             ["baseline"],
             None,
@@ -247,10 +247,10 @@ def test_slurm_without_sbatch_is_a_clear_user_error(tiny_model, tmp_path, monkey
 # -- committed grids -------------------------------------------------------------------------------
 def test_committed_grids_reproduce_every_committed_record():
     produced = set()
-    for grid in sorted((ROOT / "grids").glob("*.yaml")):
-        g = sweep.load_grid(grid)
+    for path in sorted((ROOT / "grids").glob("*.yaml")):
+        g = grid.load_grid(path)
         out = g.get("out", "results")
-        produced |= {str(Path(s.path).resolve()) for s in sweep.expand(g, grid, str(ROOT / out))}
+        produced |= {str(Path(s.path).resolve()) for s in grid.expand(g, path, str(ROOT / out))}
     committed = {str(p.resolve()) for p in (ROOT / "results").rglob("*.json")}
     missing = sorted(committed - produced)
     assert not missing, f"committed records that no grid in grids/ produces: {missing}"

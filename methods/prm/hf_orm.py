@@ -41,7 +41,7 @@ class HFORM(StepScorer):
         self._labels = 1
 
     def resolved(self, lm, ctx) -> dict:
-        from harness.runner import model_identity
+        from harness.models import identity as model_identity
 
         model_id, sha = model_identity(self.model)
         return {"model": model_id, "model_sha256": sha}

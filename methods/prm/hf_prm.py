@@ -67,7 +67,7 @@ class HFPRM(PRMScorer):
         return self._loaded
 
     def resolved(self, lm, ctx) -> dict:
-        from harness.runner import model_identity
+        from harness.models import identity as model_identity
 
         model_id, sha = model_identity(self.model)
         return {"model": model_id, "model_sha256": sha}

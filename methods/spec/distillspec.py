@@ -76,7 +76,7 @@ class DistillSpec(SpS):
         return True
 
     def fit_params(self, lm, ctx) -> dict:
-        from harness.runner import model_identity
+        from harness.models import identity as model_identity
 
         keys = (
             "gamma",

@@ -56,7 +56,7 @@ class HarnessModel(HarnessAdapter):
         pretrained=None,
         **method_args,
     ):
-        from harness import models, runner
+        from harness import fitting, models
         from harness.lm import LM
 
         self.methods = build_methods(str(method), method_args)
@@ -67,7 +67,7 @@ class HarnessModel(HarnessAdapter):
         self._stack = contextlib.ExitStack()
         self.components = []
         for m in self.methods:  # entered for the model's lifetime: every lm-eval request sees them
-            artifact = runner.attach_artifact(m, lm, self.mctx, self.loaded.sha256, str(model))
+            artifact = fitting.attach_artifact(m, lm, self.mctx, self.loaded.sha256, str(model))
             self.components.append(
                 {"name": m.name, "params": _params(m), "artifact": artifact, "resolved": m.resolved(lm, self.mctx)}
             )
@@ -75,7 +75,7 @@ class HarnessModel(HarnessAdapter):
 
     def get_model_info(self) -> dict:
         """Called by lm-eval after evaluating: the methods' effect checks, then what ran."""
-        from harness import runner
+        from harness import models
 
         for m in self.methods:
             reason = m.check_effect(self.lm, self.mctx, TaskResult({}, []))
@@ -84,7 +84,7 @@ class HarnessModel(HarnessAdapter):
         return {
             "harness_model": self.loaded.id,
             "harness_model_sha256": self.loaded.sha256,
-            "harness_model_label": runner.model_label(self.loaded),
+            "harness_model_label": models.label(self.loaded),
             "harness_method": "+".join(m.name for m in self.methods),
             "harness_methods": self.components,
             "harness_telemetry": dict(self.lm.telemetry),
