@@ -1,17 +1,30 @@
 """Result records: one JSON file per evaluated cell plus a per-sample JSONL sidecar.
 
 Path: <out>/<task>/<model slug>/<method>/<run_id>.json, where run_id hashes the cell's canonical
-config, so a rerun finds a finished cell and skips it. Both files are written to a temporary
-name and renamed; the sidecar first, so a record on disk always has its samples."""
+config, so a rerun finds a finished cell and skips it.
+
+The pair appears atomically to readers: the sidecar is named by its content hash
+(<run_id>.<sha256[:16]>.samples.jsonl) and published first, then the record naming it (its
+`samples_file` and `samples_sha256`) replaces the old one, so a reader that reads the record and
+then the sidecar it names never mixes two writers' files; it can only find that sidecar already
+superseded (gone), which readers treat as "not yet complete" and retry. Writers of one folder
+publish under an flock of the folder and then delete the sidecars no record names any more.
+
+Each file is first written to `.<name>.<host>.<pid>.<random>.tmp` and renamed; a killed writer
+leaves its temporary behind, and the next write into that folder deletes the temporaries of this
+host whose writer process is no longer alive (never a live writer's)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
+import secrets
+import socket
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,25 +58,94 @@ def record_path(out: Path, cell: dict, rid: str) -> Path:
     return out / slug(cell["task"]["name"]) / slug(cell["model"]["id"]) / slug(cell["method"]["name"]) / f"{rid}.json"
 
 
-def samples_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".samples.jsonl")
+_SIDE_SUFFIX = ".samples.jsonl"
 
 
-# mkstemp makes files 0600; records are shared results, so they get the mode an ordinary open()
-# would give (0666 less the umask), read once here because os.umask can only be read by setting it
+def _sidecar_re(stem: str) -> re.Pattern:
+    """The sidecar names a record <stem>.json may have: legacy <stem>.samples.jsonl or hashed."""
+    return re.compile(re.escape(stem) + r"(\.[0-9a-f]{16})?" + re.escape(_SIDE_SUFFIX))
+
+
+def samples_name(path: Path, digest: str) -> str:
+    return f"{Path(path).stem}.{digest[:16]}{_SIDE_SUFFIX}"
+
+
+def samples_path(path: Path, rec: dict | None = None) -> Path:
+    """The sidecar the record at `path` names (its `samples_file`, which must be a sibling of this
+    record's own name pattern: a hostile record cannot point elsewhere); the legacy
+    <stem>.samples.jsonl for a record that names none or cannot be read."""
+    path = Path(path)
+    if rec is None:
+        try:
+            rec = read(path)
+        except ValueError:
+            rec = {}
+    name = rec.get("samples_file") if isinstance(rec, dict) else None
+    if isinstance(name, str) and _sidecar_re(path.stem).fullmatch(name):
+        return path.with_name(name)
+    return path.with_name(path.stem + _SIDE_SUFFIX)
+
+
+# temporaries made here are opened with mode 0666 less the umask, as an ordinary open() gives
+# (records are shared results); the umask is read once, as os.umask can only be read by setting it
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_TMP_RE = re.compile(r"\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we can judge: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # alive under another user (or unjudgeable): keep
+    return True
+
+
+def clean_stale_temps(folder: Path) -> list[str]:
+    """Delete the temporaries in `folder` left by dead writers of this host (a killed run); a temp
+    of a live process, of another host, or of an unknown naming is kept. Returns the names deleted."""
+    gone = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return gone
+    for name in names:
+        m = _TMP_RE.fullmatch(name)
+        if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
+            try:
+                os.unlink(os.path.join(folder, name))
+                gone.append(name)
+            except OSError:
+                pass
+    return gone
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """`data` in a fresh temporary next to `path` (fsynced); its name encodes this host and pid."""
+    tmp = str(path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -71,17 +153,49 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def write(path: Path, record: dict, samples: list[dict]) -> None:
+    """Publish the sidecar (content-named) and then the record naming it; see the module doc."""
+    path = Path(path)
     lines = "".join(json.dumps(s, ensure_ascii=False, sort_keys=True) + "\n" for s in samples).encode()
-    record = dict(record, samples_file=samples_path(path).name, samples_sha256=hashlib.sha256(lines).hexdigest())
-    _atomic_write(samples_path(path), lines)
-    _atomic_write(path, (json.dumps(record, indent=1, ensure_ascii=False, allow_nan=True) + "\n").encode())
+    digest = hashlib.sha256(lines).hexdigest()
+    side = path.with_name(samples_name(path, digest))
+    record = dict(record, samples_file=side.name, samples_sha256=digest)
+    body = (json.dumps(record, indent=1, ensure_ascii=False, allow_nan=True) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path.parent)
+    temps = []
+    try:
+        temps = [_write_temp(side, lines), _write_temp(path, body)]
+        with _folder_lock(path.parent):
+            os.replace(temps[0], side)
+            os.replace(temps[1], path)
+            temps = []
+            pattern = _sidecar_re(path.stem)
+            for name in os.listdir(path.parent):  # sidecars the record no longer names
+                if name != side.name and pattern.fullmatch(name):
+                    Path(path.parent, name).unlink(missing_ok=True)
+    finally:
+        for t in temps:
+            Path(t).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive flock of the folder itself (no lock file left behind) while a writer renames
+    its pair and deletes superseded sidecars, so it never deletes the sidecar another writer
+    has just published for its own record."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def read(path: Path) -> dict:
     """A complete, valid record or ValueError naming what is wrong."""
     try:
-        rec = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        rec = json.loads(_read_regular(Path(path), MAX_RECORD_BYTES).decode("utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: also not UTF-8, not JSON, not a regular file
         raise ValueError(f"{path}: not a readable JSON record ({e})") from None
     return validate(rec, path)
 
@@ -126,13 +240,16 @@ def read_untrusted(path, name: str | None = None, st: os.stat_result | None = No
         raise BadRecord("unreadable", e.strerror or str(e)) from None
     if stat.S_ISLNK(st.st_mode):
         raise BadRecord("symlink", "not followed")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever, a device never end
+        raise BadRecord("not a regular file", "a FIFO, socket or device (never opened)")
     if st.st_size > MAX_RECORD_BYTES:
         raise BadRecord("too large", f"{st.st_size} bytes (limit {MAX_RECORD_BYTES})")
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_RECORD_BYTES + 1)
+        data = _read_regular(path, MAX_RECORD_BYTES)
     except OSError as e:
         raise BadRecord("unreadable", e.strerror or str(e)) from None
+    except ValueError as e:  # replaced by a link, a FIFO or a larger file since the lstat
+        raise BadRecord("unreadable", str(e)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -151,13 +268,69 @@ def read_untrusted(path, name: str | None = None, st: os.stat_result | None = No
         raise BadRecord("schema version" if "schema_version" in reason else "not a record", reason) from None
 
 
-def read_samples(path: Path) -> list[dict]:
-    with open(samples_path(path), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+MAX_SAMPLES_BYTES = 256 * 2**20
+
+
+class Incomplete(ValueError):
+    """A record whose sidecar is missing or does not hash to its samples_sha256: a write in
+    progress, an interrupted one, or a tampered folder. Readers treat it as not yet complete."""
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file that is not a symlink, at most `limit` (else ValueError): a
+    FIFO would block forever, /dev/zero never ends, and a link may point out of the folder."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError(f"{Path(path).name}: a symlink (not followed)")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{Path(path).name}: not a regular file")
+    if st.st_size > limit:
+        raise ValueError(f"{Path(path).name}: {st.st_size} bytes, over the {limit}-byte limit")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{Path(path).name}: over the {limit}-byte limit")
+    return data
+
+
+def read_pair(path: Path, rec: dict | None = None, tries: int = 3) -> tuple[dict, list[dict]]:
+    """(record, per-sample rows) of a complete pair: the sidecar the record names, hashing to its
+    samples_sha256. A sidecar superseded between reading the record and opening it (a rewrite in
+    progress) is retried with the new record; Incomplete when no consistent pair is found."""
+    path = Path(path)
+    problem = "no sidecar"
+    for attempt in range(tries):
+        if rec is None or attempt:
+            rec = read(path)
+        side = samples_path(path, rec)
+        try:
+            data = _read_regular(side, MAX_SAMPLES_BYTES)
+        except FileNotFoundError:
+            problem = f"{side.name}: missing"
+            continue
+        except OSError as e:
+            raise ValueError(f"{side.name}: unreadable ({e.strerror or e})") from None
+        want = rec.get("samples_sha256")
+        if want is not None and hashlib.sha256(data).hexdigest() != want:
+            problem = f"{side.name}: does not match the record's samples_sha256"
+            continue
+        try:
+            rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{side.name}: unreadable ({e.__class__.__name__})") from None
+        return rec, rows
+    raise Incomplete(f"{path}: not complete ({problem}: a write in progress or interrupted)")
+
+
+def read_samples(path: Path, rec: dict | None = None) -> list[dict]:
+    """The per-sample rows of the record at `path`, verified against its samples_sha256."""
+    return read_pair(path, rec)[1]
 
 
 def finished(path: Path, rid: str) -> bool:
+    """A complete record of cell `rid`: valid, with the sidecar it names hashing as it says."""
     try:
-        return read(path)["run_id"] == rid and samples_path(path).is_file()
+        return read_pair(path)[0]["run_id"] == rid
     except ValueError:
         return False

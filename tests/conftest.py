@@ -183,3 +183,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def reliability_report(tmp_path):
+    """write(name, figures): the figures of a reliability test as <name>.json in
+    $HARNESS_TEST_REPORTS (`make test-slow` sets out/reliability/, from which `harness docs`
+    regenerates docs/reliability.md's table), else in the test's tmp_path."""
+    import json
+    from pathlib import Path
+
+    def write(name: str, figures: dict) -> Path:
+        path = Path(os.environ.get("HARNESS_TEST_REPORTS") or tmp_path) / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+        print(f"{name}:", json.dumps(figures, sort_keys=True))
+        return path
+
+    return write

@@ -50,7 +50,9 @@ def test_round_trip_and_sidecar(tmp_path):
     samples = [{"id": "s1", "prediction": "é<b>x</b>", "correct": 1}, {"id": "s2", "prediction": "", "correct": 0}]
     records.write(path, full_record(), samples)
     rec = records.read(path)
-    assert rec["metrics"]["accuracy"]["value"] == 0.5 and rec["samples_file"] == "r1.samples.jsonl"
+    assert rec["metrics"]["accuracy"]["value"] == 0.5 and rec["samples_file"] == records.samples_name(
+        path, rec["samples_sha256"]
+    )
     assert records.read_samples(path) == samples
     assert records.finished(path, "r1") and not records.finished(path, "other")
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
