@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from harness import records
+from harness import records, resultsdir
 from harness.errors import UserError
 
 NOISE_REL = 1e-6  # relative floor of every tolerance: floating-point noise
@@ -94,37 +93,44 @@ def _yaml(path: str):
 
 
 def collect(folder: str, role: str = "") -> dict[str, tuple[Path, dict]]:
+    """{run id: (path, record)} of a folder, or UserError naming every unreadable file in it (a
+    set that is partly unreadable, or holds one cell twice, cannot be compared: a duplicate could
+    mask a regression) and exit 2."""
     root = Path(folder)
     label = f"--{role} {folder}" if role else str(folder)
     if not root.is_dir():
         raise UserError(f"gate: {label} is not a folder")
-    found = {}
-    for p in _record_files(root):
-        try:
-            rec = records.read_untrusted(p)
-        except records.BadRecord as e:
-            raise UserError(f"gate: {p}: {e}") from None
-        _check_metrics(p, rec)
-        found[rec["run_id"]] = (p, rec)
-    if not found:
+    scan = resultsdir.scan(root, _metrics_problem)
+    bad = scan.unreadable()
+    if bad:
+        shown = "; ".join(f"{root / rel}: {why}" for rel, why in bad[:5])
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise UserError(f"gate: {label} has {len(bad)} unreadable file(s), nothing compared: {shown}{more}")
+    if not scan.found:
         raise UserError(
             f"gate: {label} holds no records: nothing to compare (a gate that compared nothing did not pass)"
         )
-    return found
+    return {rec["run_id"]: (Path(path), rec) for path, _, rec in scan.found}
 
 
-def _check_metrics(path: Path, rec: dict) -> None:
+def _metrics_problem(rec: dict) -> str | None:
     """Every metric is a mapping whose value is a finite number: NaN compares false with everything
     and would pass any tolerance, so it is bad input rather than a silent pass."""
+    if not isinstance(rec["run_id"], str):
+        return "malformed record: run_id is not a string"
+    for key in ("task", "method"):
+        if not isinstance(rec[key], dict) or not isinstance(rec[key].get("name"), str):
+            return f"malformed record: field {key!r} has no name"
     metrics = rec.get("metrics")
     if not isinstance(metrics, dict):
-        raise UserError(f"gate: {path}: metrics is not a mapping")
+        return "malformed record: metrics is not a mapping"
     for name, m in metrics.items():
         v = m.get("value") if isinstance(m, dict) else None
         if not isinstance(m, dict) or isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise UserError(f"gate: {path}: metric {name!r} has no numeric value ({_short(m)})")
+            return f"metric {name!r} has no numeric value ({_short(m)})"
         if not math.isfinite(v):
-            raise UserError(f"gate: {path}: metric {name!r} is {v} (not a finite number)")
+            return f"metric {name!r} is {v} (not a finite number)"
+    return None
 
 
 def _short(x) -> str:
@@ -137,19 +143,6 @@ def tolerance(rule: dict, baseline: float) -> float:
     return max(
         float(rule.get("abs", 0)), float(rule.get("rel", 0)) * abs(baseline), NOISE_REL * abs(baseline), NOISE_ABS
     )
-
-
-def _record_files(root: Path) -> list[Path]:
-    """*.json under root, never through a symlinked folder (refused: it may point anywhere)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, d)):
-                raise UserError(f"gate: {os.path.join(dirpath, d)}: symlink: not followed")
-            if d == ".sweep":  # harness sweep's own job logs
-                dirnames.remove(d)
-        found += [Path(dirpath) / f for f in filenames if f.endswith(".json")]
-    return sorted(found)
 
 
 def mcnemar_p(a: list[float], b: list[float]) -> float:
@@ -181,13 +174,13 @@ def paired_test(a: list[float], b: list[float]) -> tuple[str, float]:
     return "paired bootstrap", bootstrap_p(a, b)
 
 
-def _samples(path: Path, field_name: str) -> dict:
+def _samples(path: Path, rec: dict, field_name: str) -> dict:
     try:
-        return {s["id"]: s.get(field_name) for s in records.read_samples(path)}
+        return {s["id"]: s.get(field_name) for s in records.read_samples(path, rec)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(
-            f"gate: {records.samples_path(path)}: per-sample values unreadable "
-            f"({e.__class__.__name__}); the paired test needs them"
+            f"gate: {records.samples_path(path, rec)}: per-sample values unreadable "
+            f"({e.__class__.__name__}: {_short(str(e))}); the paired test needs them"
         ) from None
 
 
@@ -195,8 +188,8 @@ def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _paired(base_path: Path, cur_path: Path, field_name: str):
-    a, b = _samples(base_path, field_name), _samples(cur_path, field_name)
+def _paired(base: tuple[Path, dict], cur: tuple[Path, dict], field_name: str):
+    a, b = _samples(*base, field_name), _samples(*cur, field_name)
     ids = [i for i in a if i in b and _number(a[i]) and _number(b[i])]
     return (ids, [a[i] for i in ids], [b[i] for i in ids]) if ids else None
 
@@ -211,7 +204,7 @@ def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], di
         )
     findings = []
     for rid in shared:
-        (bp, brec), (cp, crec) = base[rid], cur[rid]
+        (_, brec), (cp, crec) = base[rid], cur[rid]
         for name, bm in brec["metrics"].items():
             cm = crec["metrics"].get(name)
             if cm is None:
@@ -221,7 +214,7 @@ def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], di
             worse = (bv - cv) if bm.get("direction") == "higher" else (cv - bv)
             p, changed, rule = None, [], RULE_TOLERANCE
             if bm.get("sample_field"):
-                pairs = _paired(bp, cp, bm["sample_field"])
+                pairs = _paired(base[rid], cur[rid], bm["sample_field"])
                 if pairs:
                     ids, a, b = pairs
                     test, p = paired_test(a, b)

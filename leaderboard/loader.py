@@ -2,25 +2,25 @@
 
 Every file that is not a valid record is skipped and counted with its reason — a symlink (never
 followed: a link can point anywhere on the machine), a file over the size limit (never read), a
-temporary file of an interrupted write, binary junk, truncated JSON, another schema version or a
-record whose fields have the wrong shape — so a hostile or half-written folder never breaks the app."""
+temporary file of an interrupted write, binary junk, truncated JSON, another schema version, a
+FIFO or device named *.json (never opened), a file name that is not UTF-8, a second record with
+the same run id, or a record whose fields have the wrong shape — so a hostile or half-written
+folder never hangs or breaks the app (harness.resultsdir does the scan). A record's samples are
+read on demand, verified against its samples_sha256."""
 
 from __future__ import annotations
 
 import gc
-import json
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import records
+from harness import records, resultsdir
 from harness.leaderboard.schema import Schema
 
 MAX_RECORD_BYTES = records.MAX_RECORD_BYTES
-MAX_SAMPLES_BYTES = 256 * 2**20
-SIDECAR = ".samples.jsonl"
+MAX_SAMPLES_BYTES = records.MAX_SAMPLES_BYTES
 
 
 @dataclass
@@ -82,39 +82,9 @@ def _shape_error(rec: dict) -> str | None:
     return None
 
 
-def parse_file(path, rel: str, st=None) -> tuple[dict | None, str | None]:
-    """(record, None) or (None, reason) for one candidate file; reads at most MAX_RECORD_BYTES."""
-    try:
-        rec = records.read_untrusted(path, rel, st)
-    except records.BadRecord as e:
-        return None, str(e)
+def _malformed(rec: dict) -> str | None:
     problem = _shape_error(rec)
-    return (None, f"malformed record: {problem}") if problem else (rec, None)
-
-
-def _candidates(root: str, prefix: str = ""):
-    """(path, relative path, lstat, reason-or-None) for every entry under root; symlinks (files
-    or folders) are reported, never followed. os.scandir keeps this to one lstat per entry."""
-    try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError as e:
-        yield root, prefix or ".", None, f"unreadable: {e.strerror}"
-        return
-    for entry in entries:
-        rel = prefix + entry.name
-        if entry.is_symlink():
-            yield entry.path, rel, None, "symlink: not followed"
-        elif entry.is_dir(follow_symlinks=False):
-            if entry.name != ".sweep":  # harness sweep's own logs (Slurm jobs)
-                yield from _candidates(entry.path, rel + "/")
-        elif entry.name.endswith(SIDECAR):
-            continue  # read on demand with its record
-        elif entry.name.startswith(".") and entry.name.endswith(".tmp"):
-            yield entry.path, rel, None, "temporary file: an interrupted write (ignored)"
-        elif not entry.name.endswith(".json"):
-            yield entry.path, rel, None, "foreign file: not a record"
-        else:
-            yield entry.path, rel, entry.stat(follow_symlinks=False), None
+    return f"malformed record: {problem}" if problem else None
 
 
 _FAMILY_CACHE: dict[str, str] = {}
@@ -201,14 +171,9 @@ def _load(root, schema: Schema | None) -> Results:
     if not root.is_dir():
         res.skipped.append((str(root), "missing: not a folder"))
         return res
-    good: list[tuple[str, dict]] = []
-    for path, rel, st, reason in _candidates(str(root)):
-        if reason is None:
-            rec, reason = parse_file(path, rel, st)
-            if rec is not None:
-                good.append((rel, rec))
-                continue
-        res.skipped.append((rel, reason))
+    found = resultsdir.scan(root, _malformed)
+    res.skipped = found.skipped
+    good = [(rel, rec) for _, rel, rec in found.found]
     labels = _bench_labels([rec for _, rec in good])
     infos: dict = {}
     for (rel, rec), bench in zip(good, labels):
@@ -247,18 +212,9 @@ def _load(root, schema: Schema | None) -> Results:
 
 
 def load_samples(root, run: Run) -> tuple[list[dict], str | None]:
-    """The run's per-sample rows, or ([], reason) when the sidecar is missing or unreadable."""
-    path = Path(root) / run.path
-    side = records.samples_path(path)
+    """The run's per-sample rows, or ([], reason) when the sidecar is missing, unreadable, not a
+    regular file, over MAX_SAMPLES_BYTES or not the one the record's samples_sha256 names."""
     try:
-        if side.is_symlink():
-            return [], f"{side.name}: a symlink (not followed)"
-        size = side.stat().st_size
-        if size > MAX_SAMPLES_BYTES:
-            return [], f"{side.name}: {size} bytes, over the {MAX_SAMPLES_BYTES}-byte limit"
-        rows = records.read_samples(path)
-    except FileNotFoundError:
-        return [], f"{side.name}: missing"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return [], f"{side.name}: unreadable ({e.__class__.__name__})"
-    return [r for r in rows if isinstance(r, dict)], None
+        return [r for r in records.read_samples(Path(root) / run.path, run.record) if isinstance(r, dict)], None
+    except ValueError as e:
+        return [], str(e).replace(f"{Path(root) / run.path}: ", "")
