@@ -1,8 +1,16 @@
-"""Typed parameters: dataclass fields parsed from `k=v` strings, with clear errors."""
+"""Typed parameters: dataclass fields parsed from `k=v` strings, with clear errors.
+
+A numeric parameter may declare its valid range, checked before any model loads: either in the
+field's metadata, `field(default=4.0, metadata={"range": "[1, inf)"})`, or in a class-level
+`ranges = {"factor": "[1, inf)", "budget": "(0, 1]"}` (merged along the class's bases). A range is
+an interval in the usual notation: `[` `]` include the bound, `(` `)` exclude it, `inf` is
+unbounded; it applies to each element of a tuple. Non-finite floats (nan, inf) are always refused."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any
@@ -48,8 +56,8 @@ def convert(value: str, tp, where: str) -> Any:
             out = tp(value)
         except ValueError:
             raise UserError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-        if tp is float and out != out:
-            raise UserError(f"{where}: expected a number, got {value!r}")
+        if tp is float and not math.isfinite(out):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
         return out
     if tp is str:
         return value
@@ -70,11 +78,48 @@ def build(cls, overrides: dict[str, str], what: str):
             known = ", ".join(types_) or "none"
             raise UserError(f"{what} has no parameter {key!r}.{nearest(key, types_)} Parameters: {known}")
         kwargs[key] = convert(raw, types_[key], f"{what} parameter {key!r} ({_type_name(types_[key])})")
+    declared = ranges(cls)
+    for key, value in kwargs.items():
+        if key in declared:
+            check_range(value, declared[key], f"{what} parameter {key!r}")
     try:
         obj = cls(**kwargs)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:
         raise UserError(f"{what}: {e}") from None
     return obj
+
+
+_INTERVAL = re.compile(r"\s*([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])\s*")
+
+
+def ranges(cls) -> dict[str, str]:
+    """{field name: interval} declared by `cls`: class-level `ranges` along its bases (the most
+    derived wins), then field metadata "range"."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(vars(klass).get("ranges") or {})
+    out.update({f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata})
+    return out
+
+
+def parse_range(spec: str) -> tuple[float, float, bool, bool]:
+    """(low, high, low included, high included) of an interval such as "(0, 1]" or "[1, inf)"."""
+    m = _INTERVAL.fullmatch(spec)
+    if not m:
+        raise ValueError(f"range {spec!r} is not an interval like (0, 1] or [1, inf)")
+    return float(m[2]), float(m[3]), m[1] == "[", m[4] == "]"
+
+
+def in_range(value, spec: str) -> bool:
+    lo, hi, lo_in, hi_in = parse_range(spec)
+    return (value > lo or (lo_in and value == lo)) and (value < hi or (hi_in and value == hi))
+
+
+def check_range(value, spec: str, where: str) -> None:
+    """UserError when a number (or any number of a tuple/list) lies outside the interval `spec`."""
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not in_range(v, spec):
+            raise UserError(f"{where}: {v!r} is out of range, expected a value in {spec}")
 
 
 def to_dict(obj) -> dict[str, Any]:

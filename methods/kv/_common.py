@@ -350,6 +350,7 @@ class KVMethod(LMMethod):
     `budget_unit` ("tokens": the budget is kept tokens; "bytes": bytes relative to dense;
     "bits": fixed by the method's bit width, the budget is not used), and override the hooks."""
 
+    ranges = {"budget": "(0, 1]"}  # checked by params.build before any model loads
     family: ClassVar[str] = "kv"
     patches: ClassVar[frozenset[str]] = frozenset({"kv_cache"})
     compresses: ClassVar[str] = "prefill"

@@ -37,6 +37,7 @@ class CaM(KVMethod):
     compresses = "both"
     accumulates = True
     all_layers = True
+    ranges = {"start_share": "[0, 1]", "merge_budget": "[0, inf)"}  # checked by params.build before any model loads
     budget: float = field(
         default=0.2, metadata={"help": "kept tokens (official: start 0.1 + recent 0.1 of the prompt)"}
     )

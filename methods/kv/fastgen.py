@@ -68,6 +68,12 @@ class FastGen(KVMethod):
     paper = "Model Tells You What to Discard: Adaptive KV Cache Compression for LLMs (arXiv:2310.01801)"
     compresses = "prefill"
     budget_unit = "cap"
+    ranges = {
+        "min_recovery": "(0, 1]",
+        "heavy_hitter_frac": "[0, 1]",
+        "global_tokens": "[0, inf)",
+        "profile_window": "[1, inf)",
+    }  # checked by params.build before any model loads
     min_recovery: float = field(default=0.9, metadata={"help": "attention mass a policy must recover (T)"})
     heavy_hitter_frac: float = field(default=0.3, metadata={"help": "heavy hitters' share of the budget"})
     global_tokens: int = 4

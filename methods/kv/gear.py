@@ -60,6 +60,15 @@ class GEAR(KVMethod):
     compresses = "both"
     budget_unit = "bits"
     smoke_args = {"streaming_gap": "16", "group_size": "16"}
+    ranges = {
+        "bits": "[1, 16]",
+        "group_size": "[1, inf)",
+        "loop": "[0, inf)",
+        "prefill_rank": "[0, inf)",
+        "rank": "[0, inf)",
+        "left": "[0, 1]",
+        "streaming_gap": "[1, inf)",
+    }  # checked by params.build before any model loads
     bits: int = 2
     group_size: int = 64
     loop: int = 3

@@ -29,6 +29,7 @@ class H2O(KVMethod):
     compresses = "both"
     accumulates = True
     all_layers = True
+    ranges = {"heavy_share": "[0, 1]"}  # checked by params.build before any model loads
     budget: float = field(
         default=0.2, metadata={"help": "kept tokens (official: heavy 0.1 + recent 0.1 of the prompt)"}
     )

@@ -27,6 +27,7 @@ class IntactKV(LMMethod):
     [our choice for BOS-less tokenizers]. Training-free ([B]/[P])."""
 
     name = "intactkv"
+    ranges = {"pivot_tokens": "[0, inf)"}  # checked by params.build before any model loads
     family: ClassVar[str] = "kv"
     paper = "IntactKV: Improving Large Language Model Quantization by Keeping Pivot Tokens Intact (arXiv:2403.01241)"
     patches: ClassVar[frozenset[str]] = frozenset({"kv_pivot"})

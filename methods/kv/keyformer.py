@@ -37,6 +37,11 @@ class Keyformer(KVMethod):
     compresses = "both"
     accumulates = True
     all_layers = True
+    ranges = {
+        "recent_share": "[0, 1]",
+        "tau_init": "(0, inf)",
+        "tau_end": "(0, inf)",
+    }  # checked by params.build before any model loads
     budget: float = field(default=0.6, metadata={"help": "kept tokens (official example: kv_cache 60 % of the prompt)"})
     recent_share: float = field(default=0.3, metadata={"help": "newest tokens' share of the budget (official 30 %)"})
     tau_init: float = 1.0

@@ -32,6 +32,12 @@ class KIVI(KVMethod):
     compresses = "both"
     budget_unit = "bits"
     smoke_args = {"residual_length": "16", "group_size": "16"}
+    ranges = {
+        "k_bits": "[1, 16]",
+        "v_bits": "[1, 16]",
+        "group_size": "[1, inf)",
+        "residual_length": "[0, inf)",
+    }  # checked by params.build before any model loads
     k_bits: int = 2
     v_bits: int = 2
     group_size: int = 32

@@ -58,6 +58,7 @@ class KVMerger(KVMethod):
     )
     compresses = "prefill"
     accumulates = True
+    ranges = {"threshold": "[-1, 1]", "heavy_share": "[0, 1]"}  # checked by params.build before any model loads
     threshold: float = field(default=0.75, metadata={"help": "key cosine similarity to join a merging set"})
     heavy_share: float = field(default=0.5, metadata={"help": "attention-chosen pivots' share of the budget"})
 

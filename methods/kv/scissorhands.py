@@ -34,6 +34,11 @@ class Scissorhands(KVMethod):
     compresses = "both"
     accumulates = True
     all_layers = True
+    ranges = {
+        "history_window": "[1, inf)",
+        "global_tokens": "[0, inf)",
+        "recent_share": "[0, 1]",
+    }  # checked by params.build before any model loads
     history_window: int = field(default=400, metadata={"help": "queries whose attention is counted (paper: 400)"})
     global_tokens: int = field(default=4, metadata={"help": "first tokens always kept (cold-compress: 4)"})
     recent_share: float = field(default=0.5, metadata={"help": "share of the budget kept as the newest tokens"})

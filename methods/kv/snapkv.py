@@ -42,6 +42,7 @@ class SnapKV(KVMethod):
     name = "snapkv"
     paper = "SnapKV: LLM Knows What You are Looking for Before Generation (arXiv:2404.14469)"
     compresses = "prefill"
+    ranges = {"window_size": "[1, inf)", "kernel_size": "[1, inf)"}  # checked by params.build before any model loads
     window_size: int = field(default=64, metadata={"help": "observation window (kvpress 64; SnapKV paper configs 32)"})
     kernel_size: int = field(default=5, metadata={"help": "pooling kernel (kvpress 5; paper configs 7)"})
     pooling: str = field(default="avgpool", metadata={"help": "avgpool or maxpool"})

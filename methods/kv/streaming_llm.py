@@ -37,6 +37,7 @@ class StreamingLLM(KVMethod):
     compresses = "both"
     positions = "cache"
     all_layers = True
+    ranges = {"n_sink": "[0, inf)"}  # checked by params.build before any model loads
     n_sink: int = field(default=4, metadata={"help": "attention-sink tokens kept at the start (official: 4)"})
 
     def __post_init__(self):

@@ -46,6 +46,7 @@ class VATP(KVMethod):
     compresses = "both"
     accumulates = True
     all_layers = True
+    ranges = {"heavy_share": "[0, 1]", "n_sink": "[0, inf)"}  # checked by params.build before any model loads
     budget: float = field(default=0.2, metadata={"help": "kept tokens (H2O's default split 0.1 + 0.1)"})
     heavy_share: float = 0.5
     n_sink: int = field(default=4, metadata={"help": "attention-sink tokens always kept"})

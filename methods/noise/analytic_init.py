@@ -26,6 +26,7 @@ class AnalyticInit(NoisePrior):
 
     name = "analytic_init"
     paper = "Identifying and Solving Conditional Image Leakage in Image-to-Video Diffusion Model (arXiv:2406.15735)"
+    ranges = {"start_fraction": "(0, 1]"}  # checked by params.build before any model loads
     start_fraction: float = field(default=0.9, metadata={"help": "M/T, the step sampling starts from"})
 
     def __post_init__(self):

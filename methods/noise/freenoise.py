@@ -28,6 +28,7 @@ class FreeNoise(NoisePrior):
     name = "freenoise"
     paper = "FreeNoise: Tuning-Free Longer Video Diffusion via Noise Rescheduling (arXiv:2310.15169)"
     smoke_args = {"window_size": "4", "window_stride": "2"}
+    ranges = {"window_size": "[2, inf)", "window_stride": "[1, inf)"}  # checked by params.build before any model loads
     window_size: int = field(default=16, metadata={"help": "frames the model sees at once (F)"})
     window_stride: int = field(default=4, metadata={"help": "shift between windows (S)"})
 

@@ -94,6 +94,7 @@ class IntegralNoise(WarpPrior):
     name = "integral_noise"
     paper = "How I Warped Your Noise: a Temporally-Correlated Noise Prior for Diffusion Models (arXiv:2504.03072)"
     smoke_args = {"upsample": "4"}
+    ranges = {"upsample": "[1, inf)"}  # checked by params.build before any model loads
     upsample: int = field(default=8, metadata={"help": "sub-pixels per side s"})
 
     def __post_init__(self):

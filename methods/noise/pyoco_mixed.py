@@ -20,6 +20,7 @@ class PyocoMixed(NoisePrior):
 
     name = "pyoco_mixed"
     paper = "Preserve Your Own Correlation: A Noise Prior for Video Diffusion Models (arXiv:2305.10474)"
+    ranges = {"alpha": "[0, inf)"}  # checked by params.build before any model loads
     alpha: float = field(default=1.0, metadata={"help": "shared/independent ratio a; corr = a²/(1+a²)"})
 
     def __post_init__(self):

@@ -21,6 +21,7 @@ class PyocoProgressive(NoisePrior):
 
     name = "pyoco_progressive"
     paper = "Preserve Your Own Correlation: A Noise Prior for Video Diffusion Models (arXiv:2305.10474)"
+    ranges = {"alpha": "[0, inf)"}  # checked by params.build before any model loads
     alpha: float = field(default=2.0, metadata={"help": "a; lag-1 correlation a/sqrt(1+a²)"})
 
     def __post_init__(self):

@@ -21,6 +21,7 @@ class VideoFusion(NoisePrior):
 
     name = "videofusion"
     paper = "VideoFusion: Decomposed Diffusion Models for High-Quality Video Generation (arXiv:2303.08320)"
+    ranges = {"lam": "[0, 1]"}  # checked by params.build before any model loads
     lam: float = field(default=0.5, metadata={"help": "base-noise share lambda in [0, 1]"})
 
     def __post_init__(self):

@@ -150,6 +150,18 @@ class WorldPRM(PRMScorer):
     `outputs`, `loss` and `read`."""
 
     outputs = 1
+    ranges = {
+        "problems": "[1, inf)",
+        "samples": "[1, inf)",
+        "rollouts": "[1, inf)",
+        "epochs": "[1, inf)",
+        "batch": "[1, inf)",
+        "d_model": "[1, inf)",
+        "layers": "[1, inf)",
+        "heads": "[1, inf)",
+        "max_len": "[1, inf)",
+        "lr": "(0, inf)",
+    }  # checked by params.build before any model loads
     problems: int = field(default=200, metadata={"help": "training problems (training-side seeds)"})
     samples: int = field(default=8, metadata={"help": "policy samples per training problem"})
     rollouts: int = field(default=8, metadata={"help": "Monte Carlo completions per prefix"})

@@ -33,6 +33,7 @@ class BeamSearch(PRMScorer):
     )
     selection = "search"
     smoke_args = {"prm_args": "problems=3,samples=2,rollouts=2,epochs=1,d_model=16,layers=1"}
+    ranges = {"beam_width": "[1, inf)"}  # checked by params.build before any model loads
     agg: str = field(default="last", metadata={"help": "min, product, last or mean over the prefix's step scores"})
     prm: str = field(default="math_shepherd", metadata={"help": "the world PRM that guides the search"})
     prm_args: str = field(default="", metadata={"help": "its parameters, k=v separated by commas"})

@@ -39,6 +39,13 @@ SWAPS = "patched_calls.finetuned_weights"  # telemetry: forwards run with the fi
 class FinetuneFields:
     """The fine-tuning parameters every fitted long-context method shares."""
 
+    ranges = {
+        "fit_length": "[1, inf)",
+        "lr": "(0, inf)",
+        "rows_per_step": "[1, inf)",
+        "steps": "[1, inf)",
+        "warmup": "[0, inf)",
+    }  # checked by params.build before any model loads
     fit_length: int = field(default=2048, metadata={"help": "tokens per training row (the target context)"})
     steps: int = field(default=250, metadata={"help": "optimiser steps"})
     rows_per_step: int = field(default=1, metadata={"help": "training rows per step"})

@@ -33,6 +33,7 @@ class DCA(AttentionMethod, LMMethod):
     family = "rope"
     paper = "Training-Free Long-Context Scaling of Large Language Models (arXiv:2402.17463)"
     patches = frozenset({"attention", "kv_cache"})
+    ranges = {"chunk_size": "[1, inf)", "local_window": "[1, inf)"}  # checked by params.build before any model loads
     chunk_size: int | None = field(default=None, metadata={"help": "None = 3/4 of the original context"})
     local_window: int | None = field(default=None, metadata={"help": "None = 1/8 of the original context"})
 

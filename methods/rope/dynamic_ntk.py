@@ -23,6 +23,7 @@ class DynamicNTK(RopeMethod, LMMethod):
 
     name = "dynamic_ntk"
     paper = "Dynamically scaled RoPE (emozilla, 2023); baseline in YaRN (arXiv:2309.00071)"
+    ranges = {"factor": "[1, inf)"}  # checked by params.build before any model loads
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
 
     def freq_fn(self, shape, s):

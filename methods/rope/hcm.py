@@ -176,6 +176,14 @@ class HCM(LMMethod):
     paper = "Hierarchical Context Merging: Better Long Context Understanding for Pre-trained LLMs (arXiv:2404.10308)"
     patches = frozenset({"attention", "kv_cache", "prefill"})
     smoke_args = {"max_chunk_len": "96", "layers_warmup": "0", "calibration_windows": "2"}
+    ranges = {
+        "max_chunk_len": "[1, inf)",
+        "target_len": "[1, inf)",
+        "layers_warmup": "[0, inf)",
+        "prefix_len": "[0, inf)",
+        "suffix_len": "[0, inf)",
+        "calibration_windows": "[0, inf)",
+    }  # checked by params.build before any model loads
     max_chunk_len: int | None = field(default=None, metadata={"help": "None = half the original context"})
     target_len: int | None = field(default=None, metadata={"help": "final cache length; None = max_chunk_len"})
     layers_warmup: int | None = field(default=None, metadata={"help": "layers before any merge; None = 3/8"})

@@ -28,6 +28,12 @@ class Llama3(RopeMethod, LMMethod):
 
     name = "llama3"
     paper = "The Llama 3 Herd of Models (arXiv:2407.21783)"
+    ranges = {
+        "factor": "[1, inf)",
+        "low_freq_factor": "(0, inf)",
+        "high_freq_factor": "(0, inf)",
+        "original_max_position_embeddings": "[1, inf)",
+    }  # checked by params.build before any model loads
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0

@@ -45,6 +45,7 @@ class LongHeads(AttentionMethod, LMMethod):
     family = "rope"
     paper = "LongHeads: Multi-Head Attention is Secretly a Long Context Processor (arXiv:2402.10685)"
     patches = frozenset({"attention", "kv_cache"})
+    ranges = {"chunk_size": "[1, inf)", "atten_length": "[1, inf)"}  # checked by params.build before any model loads
     chunk_size: int | None = field(default=None, metadata={"help": "w; None = 1/16 of the original context"})
     atten_length: int | None = field(default=None, metadata={"help": "attention window L; None = the original context"})
 

@@ -92,6 +92,11 @@ class LongLoRA(FinetunedRope, PI):
     paper = "LongLoRA: Efficient Fine-tuning of Long-Context Large Language Models (arXiv:2309.12307)"
     fit_version = "1"
     smoke_args = {"fit_length": "256", "steps": "2", "warmup": "1"}
+    ranges = {
+        "lora_rank": "[1, inf)",
+        "lora_alpha": "(0, inf)",
+        "group_size_ratio": "(0, 1]",
+    }  # checked by params.build before any model loads
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha/r)"})
     group_size_ratio: float = field(default=0.25, metadata={"help": "S²-Attn group size / fit_length"})

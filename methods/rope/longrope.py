@@ -48,6 +48,17 @@ class LongRoPE(RopeMethod, LMMethod):
         "crossovers": "1",
         "search_windows": "1",
     }
+    ranges = {
+        "factor": "[1, inf)",
+        "rescale_factors": "[1, inf)",
+        "start_tokens": "[0, inf)",
+        "population": "[1, inf)",
+        "parents": "[1, inf)",
+        "mutations": "[0, inf)",
+        "crossovers": "[0, inf)",
+        "iterations": "[1, inf)",
+        "search_windows": "[1, inf)",
+    }  # checked by params.build before any model loads
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
     rescale_factors: tuple[float, ...] | None = field(default=None, metadata={"help": "λ_i; None = searched"})
     start_tokens: int | None = None

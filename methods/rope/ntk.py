@@ -22,6 +22,7 @@ class NTK(RopeMethod, LMMethod):
     name = "ntk"
     factor_field = "alpha"
     paper = "NTK-aware scaled RoPE (bloc97, 2023); baseline in YaRN (arXiv:2309.00071)"
+    ranges = {"alpha": "[1, inf)"}  # checked by params.build before any model loads
     alpha: float | None = field(default=None, metadata={"help": "NTK alpha; None = derived from the task"})
 
     def freq_fn(self, shape, s):

@@ -21,6 +21,7 @@ class PI(RopeMethod, LMMethod):
 
     name = "pi"
     paper = "Extending Context Window of LLMs via Positional Interpolation (arXiv:2306.15595)"
+    ranges = {"factor": "[1, inf)"}  # checked by params.build before any model loads
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
 
     def freq_fn(self, shape, s):

@@ -33,6 +33,7 @@ class SelfExtend(AttentionMethod, LMMethod):
     family = "rope"
     paper = "LLM Maybe LongLM: Self-Extend LLM Context Window Without Tuning (arXiv:2401.01325)"
     patches = frozenset({"attention", "kv_cache"})
+    ranges = {"group_size": "[1, inf)", "window_size": "[1, inf)"}  # checked by params.build before any model loads
     group_size: int | None = field(default=None, metadata={"help": "G; None = derived from the task length"})
     window_size: int | None = field(default=None, metadata={"help": "W (neighbour window); None = L/4"})
 

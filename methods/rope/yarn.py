@@ -25,6 +25,13 @@ class YaRN(RopeMethod, LMMethod):
 
     name = "yarn"
     paper = "YaRN: Efficient Context Window Extension of LLMs (arXiv:2309.00071)"
+    ranges = {
+        "factor": "[1, inf)",
+        "original_max_position_embeddings": "[1, inf)",
+        "beta_fast": "(0, inf)",
+        "beta_slow": "(0, inf)",
+        "attn_factor": "(0, inf)",
+    }  # checked by params.build before any model loads
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
     original_max_position_embeddings: int | None = None
     beta_fast: float = 32.0

@@ -100,6 +100,16 @@ class EagleBase(LMMethod):
     fit_version = "1"
     fit_name = "eagle"  # eagle2 reuses eagle's head: one artifact for both
     smoke_args = {"fit_steps": "2", "fit_sequences": "4", "fit_seq_len": "16"}
+    ranges = {
+        "fit_steps": "[1, inf)",
+        "fit_sequences": "[1, inf)",
+        "fit_seq_len": "[1, inf)",
+        "fit_batch": "[1, inf)",
+        "lr": "(0, inf)",
+        "v_w": "[0, inf)",
+        "p_w": "[0, inf)",
+        "noise": "[0, inf)",
+    }  # checked by params.build before any model loads
     fit_steps: int = field(default=1000, metadata={"help": "head training steps"})
     fit_sequences: int = field(default=512, metadata={"help": "training sequences of synthetic text"})
     fit_seq_len: int = 64

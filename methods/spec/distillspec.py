@@ -52,6 +52,17 @@ class DistillSpec(SpS):
     paper = "DistillSpec: Improving Speculative Decoding via Knowledge Distillation (arXiv:2310.08461)"
     fit_version = "1"
     smoke_args = {"draft": "{model}", "fit_steps": "2", "fit_batch": "2", "prompt_tokens": "8", "gen_tokens": "4"}
+    ranges = {
+        "gamma": "[1, inf)",
+        "beta": "(0, 1)",
+        "distill_temperature": "(0, inf)",
+        "target_fraction": "[0, 1]",
+        "fit_steps": "[1, inf)",
+        "fit_batch": "[1, inf)",
+        "prompt_tokens": "[1, inf)",
+        "gen_tokens": "[1, inf)",
+        "lr": "(0, inf)",
+    }  # checked by params.build before any model loads
     divergence: str = field(default="tvd", metadata={"help": "fkl, rkl, jsd or tvd"})
     beta: float = field(default=0.5, metadata={"help": "JSD[β] mixing weight"})
     distill_temperature: float = field(default=1.0, metadata={"help": "T of softmax(logits/T) in the divergence"})

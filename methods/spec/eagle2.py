@@ -26,6 +26,11 @@ class Eagle2(EagleBase):
 
     name = "eagle2"
     paper = "EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees (arXiv:2406.16858)"
+    ranges = {
+        "total_tokens": "[1, inf)",
+        "depth": "[1, inf)",
+        "top_k": "[1, inf)",
+    }  # checked by params.build before any model loads
     total_tokens: int = 60
     depth: int = 5
     top_k: int = 10

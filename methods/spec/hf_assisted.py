@@ -32,6 +32,10 @@ class HFAssisted(LMMethod):
     paper = "Fast Inference from Transformers via Speculative Decoding (arXiv:2211.17192), as in HF transformers"
     patches = frozenset({"decoding"})
     smoke_args = {"draft": "{model}"}
+    ranges = {
+        "num_assistant_tokens": "[1, inf)",
+        "assistant_confidence_threshold": "[0, 1]",
+    }  # checked by params.build before any model loads
     draft: str = field(default="zoo:tiny-llama-draft", metadata={"help": "assistant model (same tokenizer)"})
     num_assistant_tokens: int = field(default=4, metadata={"help": "draft tokens per step (HF default 20)"})
     num_assistant_tokens_schedule: str = field(

@@ -108,6 +108,13 @@ class REST(LMMethod):
     paper = "REST: Retrieval-Based Speculative Decoding (arXiv:2311.08252)"
     patches = frozenset({"decoding"})
     smoke_args = {"datastore_sentences": "200", "num_draft": "8"}
+    ranges = {
+        "datastore_sentences": "[1, inf)",
+        "max_token_span": "[1, inf)",
+        "num_draft": "[1, inf)",
+        "continuation": "[1, inf)",
+        "max_matches": "[1, inf)",
+    }  # checked by params.build before any model loads
     corpus: str = field(default="synthetic", metadata={"help": "'synthetic' or a local UTF-8 text file"})
     datastore_sentences: int = 20000
     max_token_span: int = 16

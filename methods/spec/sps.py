@@ -36,6 +36,7 @@ class SpS(LMMethod):
     paper = "Fast Inference from Transformers via Speculative Decoding (arXiv:2211.17192)"
     patches = frozenset({"decoding"})
     smoke_args = {"draft": "{model}"}  # the matrix test drafts with the model under test
+    ranges = {"gamma": "[1, inf)"}  # checked by params.build before any model loads
     draft: str = field(default="zoo:tiny-llama-draft", metadata={"help": "draft model (same tokenizer)"})
     gamma: int = 4
 

@@ -24,6 +24,7 @@ class VideoFolder(VideoSource):
     name = "video_folder"
     paper = "VBench: Comprehensive Benchmark Suite for Video Generative Models (arXiv:2311.17982)"
     smoke_args = {"path": "{videos}"}
+    ranges = {"fps": "(0, inf)"}  # checked by params.build before any model loads
     path: str = field(default="", metadata={"help": "folder of <prompt>-<index>.<ext> videos or frame folders"})
     fps: float = field(default=8.0, metadata={"help": "fps of frame folders"})
 

@@ -43,6 +43,16 @@ class SyntheticVideos(VideoSource):
     name = "synthetic_videos"
     paper = "VBench: Comprehensive Benchmark Suite for Video Generative Models (arXiv:2311.17982)"
     smoke_args = {"per_motion": "1", "frames": "16", "size": "48"}
+    ranges = {
+        "per_motion": "[1, inf)",
+        "frames": "[1, inf)",
+        "size": "[1, inf)",
+        "speed": "[0, inf)",
+        "flicker": "[0, inf)",
+        "noise": "[0, inf)",
+        "drop": "[0, 1]",
+        "fps": "[1, inf)",
+    }  # checked by params.build before any model loads
     motions: tuple[str, ...] = field(default=MOTIONS, metadata={"help": f"any of {', '.join(MOTIONS)}"})
     per_motion: int = field(default=2, metadata={"help": "videos per motion (different seeds)"})
     frames: int = 16

@@ -93,6 +93,11 @@ class SyntheticScenes(VideoSource):
     # camera_motion scores prompts that name a camera motion; mtscore and i2v_background read
     # exported features, which the matrix test writes keyed by the other sources' video ids
     smoke_not_with = ("vbench_camera_motion_proxy", "chronomagic_mtscore", "vbench_i2v_background")
+    ranges = {
+        "frames": "[1, inf)",
+        "size": "[1, inf)",
+        "fps": "[1, inf)",
+    }  # checked by params.build before any model loads
     dimensions: tuple[str, ...] = field(
         default=SCENE_DIMENSIONS, metadata={"help": f"any of {', '.join(SCENE_DIMENSIONS)}"}
     )
