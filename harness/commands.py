@@ -64,7 +64,11 @@ def cmd_list(a) -> int:
 def cmd_eval(a) -> int:
     from harness import models, runner
 
-    models.pick_device(a.device)  # a bad --device is a user error before any work starts
+    from harness import records
+
+    models.pick_device(a.device)  # a bad --device, --seed or --out is a user error before any work starts
+    params.check_seed(a.seed)
+    records.check_out_folder(a.out or records.default_out())
     batch_size = _batch_size(a.batch_size)
     chunk = None if a.prefill_chunk is None else _non_negative(a.prefill_chunk)
     cap = None if a.memory_cap is None else _gib(a.memory_cap)
@@ -126,6 +130,7 @@ def cmd_fit(a) -> int:
     from harness import fitting, models
 
     models.pick_device(a.device)
+    params.check_seed(a.seed)
     key, payload = fitting.fit(
         a.method,
         a.model,

@@ -20,6 +20,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import params
 from harness.errors import UserError
 
 BLOCK_KEYS = {"tasks", "methods", "models", "seeds", "limit", "task_args", "method_args", "grid"}
@@ -123,8 +124,8 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
         methods = [str(m) for m in _names(merged, "methods", path, where)]
         models = [str(m) for m in _names(merged, "models", path, where)] if "models" in merged else [None]
         seeds = _names(merged, "seeds", path, where) if "seeds" in merged else [0]
-        if not all(isinstance(s, int) for s in seeds):
-            raise _err(path, where, "seeds must be integers")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= params.SEED_MAX for s in seeds):
+            raise _err(path, where, f"seeds must be integers in [0, 2**63 - 1], got {seeds!r}"[:200])
         limit = merged.get("limit")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
             raise _err(path, where, f"limit must be an integer, got {limit!r}")

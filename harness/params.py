@@ -156,6 +156,17 @@ def describe(cls) -> list[dict[str, Any]]:
     return out
 
 
+SEED_MAX = 2**63 - 1  # torch, numpy and Python all take a seed in [0, 2**63 - 1]
+
+
+def check_seed(seed, where: str = "--seed") -> int:
+    """The seed itself when it is an integer in [0, SEED_MAX], else UserError (a negative seed
+    breaks numpy's generators, one of 2**64 or more torch's)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise UserError(f"{where} must be an integer in [0, 2**63 - 1], got {seed!r}")
+    return seed
+
+
 def parse_kv(items: list[str], flag: str) -> dict[str, str]:
     out = {}
     for item in items or []:

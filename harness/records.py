@@ -28,6 +28,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UserError
+
 SCHEMA_VERSION = 1
 RESULTS_ENV = "HARNESS_RESULTS"
 REQUIRED = ("schema_version", "run_id", "task", "method", "model", "metrics", "provenance")
@@ -68,6 +70,21 @@ def _sidecar_re(stem: str) -> re.Pattern:
 
 def samples_name(path: Path, digest: str) -> str:
     return f"{Path(path).stem}.{digest[:16]}{_SIDE_SUFFIX}"
+
+
+def check_out_folder(out, flag: str = "--out") -> Path:
+    """`out` as a Path when records can be written under it: it and every existing parent are
+    folders (not files) and the nearest existing one is writable. Checked before any work, so a
+    bad --out fails in a second rather than after the evaluation (UserError, exit 2)."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if os.path.lexists(p):
+            if not p.is_dir():
+                raise UserError(f"{flag} {out}: {p} is a file, not a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise UserError(f"{flag} {out}: {p} is not writable")
+            break
+    return out
 
 
 def samples_path(path: Path, rec: dict | None = None) -> Path:

@@ -79,6 +79,26 @@ def _local_cell(spec: Spec) -> dict:
     return dict(run_cell(spec), device=_DEVICE)
 
 
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_devices(executor: str, device: str, devices: list[str] | None) -> None:
+    """One UserError up front for a --device or --devices no cell could use (rather than every
+    cell failing on its own): the syntax everywhere; on the local executor also whether CUDA and
+    the GPUs named are there (a Slurm node's are not known from the submitting machine)."""
+    if not DEVICE_RE.fullmatch(device):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if executor != "local":
+        return
+    from harness import models
+
+    models.pick_device(device)
+    visible = visible_devices()
+    unknown = [d.strip() for d in devices or [] if d.strip() not in visible]
+    if unknown:
+        raise UserError(f"--devices: no GPU {', '.join(unknown)} here (visible: {', '.join(visible) or 'none'})")
+
+
 def visible_devices() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
@@ -238,6 +258,8 @@ def sweep(
         raise UserError(f"grid {grid_path}: 'out' must be a folder path")
     if workers < 1 or retries < 0 or max_parallel < 1:
         raise UserError("--workers and --max-parallel must be positive, --retries at least 0")
+    records.check_out_folder(out)
+    check_devices(executor, device, devices)
     specs = expand(grid, grid_path, out, device)
     fits = grid.get("fit") or []
     if not isinstance(fits, list) or not all(
