@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,14 @@ def pick_device(device: str) -> str:
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:  # a weights "file" that is a FIFO would block forever, a folder cannot be read
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UserError(f"model weights {path}: not a regular file")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise UserError(f"model weights {path}: unreadable ({e.strerror or e})") from None
     return h.hexdigest()
 
 
@@ -115,6 +122,7 @@ def load(
         if not (path / "config.json").is_file():
             raise UserError(f"model folder {path} has no config.json")
         _refuse_pickle(path, allow_pickle)
+        weights_sha256(path)  # unreadable weights (a FIFO, a folder) are refused before transformers opens them
         return _load_folder(f"{path.resolve()}", path, dev, trust_remote_code, pickle=_pickle_only(path), head=head)
     if not spec.startswith("hf:"):
         raise UserError(
@@ -133,8 +141,11 @@ def _load_folder(
     pickle: bool = False,
     head: str = "causal_lm",
 ) -> LoadedModel:
+    import pickle as pickle_module
+
     import torch
     import transformers
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer
 
     if head not in HEADS:
@@ -153,13 +164,17 @@ def _load_folder(
     transformers.utils.logging.disable_progress_bar()
     # float32 on CPU: bf16 matmuls are far slower there. On GPU keep the checkpoint's dtype.
     dtype = torch.float32 if device == "cpu" else "auto"
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the error below says it all
     try:
         tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code)
         model = auto.from_pretrained(
             str(where), dtype=dtype, use_safetensors=not pickle, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError, RuntimeError, pickle_module.UnpicklingError, SafetensorError) as e:
+        # a truncated or junk safetensors file, or a pickle torch's weights-only loader refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle_module.UnpicklingError):
+            first = "its pickle holds more than tensors (refused by torch's weights-only loader: it could run code)"
         raise UserError(f"cannot load model {model_id!r}: {first}") from None
     model.to(device).eval()
     folder = Path(where) if Path(str(where)).exists() else _hub_folder(str(where))
