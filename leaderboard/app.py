@@ -5,8 +5,9 @@ Views (sidebar, or ?view=overview|task|run|compare with task=, run=, a=, b=): th
 the methods of every task variant by its main metric; a task view adds the task's plots; a run
 view shows metrics, provenance and the per-sample rows; compare pairs two runs sample by sample.
 
-Safety: text from records (method names, predictions, paths) is shown through tables, st.text,
-st.json or escaped markdown — never as HTML (no unsafe_allow_html anywhere)."""
+Safety: text from records (method names, predictions, paths) is shown through st.dataframe,
+st.text, st.json or escaped markdown (md(); st.table, which renders Markdown, through inert()) —
+never as HTML (no unsafe_allow_html anywhere)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 def md(text) -> str:
     """Record text made inert for st.markdown-family calls (no links, images, HTML or emphasis)."""
     return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def inert(frame):
+    """A frame for st.table, which renders Markdown in its cells and headers: every text cell,
+    column name and index label escaped with md() (numbers are left as they are)."""
+    esc = lambda v: md(v) if isinstance(v, str) else v  # noqa: E731
+    out = frame.map(esc).rename(columns=esc, index=esc)
+    out.index.name = esc(frame.index.name)
+    return out
 
 
 @st.cache_resource(ttl=60, show_spinner="Reading records ...")
@@ -84,7 +94,7 @@ def board_block(board) -> None:
     shown = board.table.assign(
         value=board.table["value"].map(board.fmt), stderr=board.table["stderr"].map(board.fmt)
     ).set_index("rank")
-    st.table(shown.rename(columns={"value": board.metric}))
+    st.table(inert(shown.rename(columns={"value": board.metric})))
 
 
 def view_overview(runs, schema) -> None:
