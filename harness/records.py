@@ -182,12 +182,12 @@ def write(path: Path, record: dict, samples: list[dict]) -> None:
     temps = []
     try:
         temps = [_write_temp(side, lines), _write_temp(path, body)]
-        with _folder_lock(path.parent):
+        with _folder_lock(path.parent) as locked:
             os.replace(temps[0], side)
             os.replace(temps[1], path)
             temps = []
             pattern = _sidecar_re(path.stem)
-            for name in os.listdir(path.parent):  # sidecars the record no longer names
+            for name in os.listdir(path.parent) if locked else []:  # sidecars the record no longer names
                 if name != side.name and pattern.fullmatch(name):
                     Path(path.parent, name).unlink(missing_ok=True)
     finally:
@@ -199,11 +199,17 @@ def write(path: Path, record: dict, samples: list[dict]) -> None:
 def _folder_lock(folder: Path):
     """An exclusive flock of the folder itself (no lock file left behind) while a writer renames
     its pair and deletes superseded sidecars, so it never deletes the sidecar another writer
-    has just published for its own record."""
+    has just published for its own record. Yields whether the lock was taken: where the file
+    system cannot lock a folder (some NFS mounts) the pair is still published in order, and the
+    superseded sidecars are left (readers ignore a sidecar no record names)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            yield False
+        else:
+            yield True
     finally:
         os.close(fd)
 
