@@ -67,12 +67,14 @@ demo: install
 
 # `make test`: the suite without the tests marked slow; `make test-slow`: those (sweep crash safety,
 # the killed eval, the leaderboard in Chromium, the Slurm path, the full lm-eval and video ViT
-# checks); .ci/run runs both and then the regression gate.
+# checks); .ci/run runs both and then the regression gate. The slow tests' reliability figures go to
+# benchmarks/results/reliability/ and `harness docs` turns them into docs/reliability.md's table.
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 test-slow: install
-	HARNESS_TEST_REPORTS=out/reliability $(PY) -m pytest -q -p no:cacheprovider -m slow
+	HARNESS_TEST_REPORTS=benchmarks/results/reliability $(PY) -m pytest -q -p no:cacheprovider -m slow
+	$(HARNESS) docs
 
 # Lint: pyflakes' checks, syntax errors and ruff's formatter over the whole tree (pyproject's [tool.ruff]).
 .PHONY: lint

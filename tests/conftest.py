@@ -186,18 +186,23 @@ def one_torch_thread():
 
 
 @pytest.fixture
-def reliability_report(tmp_path):
-    """write(name, figures): the figures of a reliability test as <name>.json in
-    $HARNESS_TEST_REPORTS (`make test-slow` sets out/reliability/, from which `harness docs`
-    regenerates docs/reliability.md's table), else in the test's tmp_path."""
+def reliability_report(tmp_path, request):
+    """write(name, check=..., cases=..., tracebacks=..., lost=..., **figures): a reliability test's
+    figures as <name>.json in $HARNESS_TEST_REPORTS (`make test-slow` sets
+    benchmarks/results/reliability/, from which `harness docs` regenerates the table in
+    docs/reliability.md), else in the test's tmp_path. tracebacks None: not applicable."""
     import json
     from pathlib import Path
 
-    def write(name: str, figures: dict) -> Path:
-        path = Path(os.environ.get("HARNESS_TEST_REPORTS") or tmp_path) / f"{name}.json"
+    def write(name: str, *, check: str, cases: int, tracebacks: int | None, lost: int, **figures) -> Path:
+        report = {"check": check, "test": request.node.nodeid.split("[")[0], "cases": cases}
+        report.update(tracebacks=tracebacks, lost=lost, figures=figures)
+        # a relative folder is taken from where pytest started (a test may have changed directory)
+        folder = Path(request.config.invocation_params.dir) / os.environ.get("HARNESS_TEST_REPORTS", tmp_path)
+        path = folder / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
-        print(f"{name}:", json.dumps(figures, sort_keys=True))
+        path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        print(f"{name}:", json.dumps(report, sort_keys=True))
         return path
 
     return write

@@ -180,8 +180,16 @@ def test_fuzz_every_tenth_case(stopped):
 @pytest.mark.slow  # 1,000 lists, ~1-3 min on a loaded 2-core machine
 def test_fuzz_all_1000_cases(stopped, reliability_report):
     figures = fuzz(range(1000), stopped)
-    reliability_report("cli_fuzz", figures)
-    assert figures["cases"] == 1000 and figures["accepted"] > 20 and figures["exit_2"] > 500
+    assert figures["cases"] == 1000
+    reliability_report(
+        "cli_fuzz",
+        check="CLI fuzz: generated argument lists (hostile values per command, token soup)",
+        cases=figures.pop("cases"),
+        tracebacks=figures.pop("tracebacks"),
+        lost=figures.pop("files_changed"),
+        **figures,
+    )
+    assert figures["accepted"] > 20 and figures["exit_2"] > 500
 
 
 def test_the_generator_is_deterministic_and_covers_the_issue():

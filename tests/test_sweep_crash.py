@@ -5,8 +5,8 @@ one row per sample, the sidecar's sha256 the one the record names), and no recor
 before the kill may be lost or changed. A final rerun must complete exactly the missing cells.
 
 The figures (trials, kills, lost, corrupt) are printed and written to sweep_crash_safety.json in
-$HARNESS_TEST_REPORTS (`make test-slow` sets out/reliability/, for the README's Reliability
-section), else in the test's tmp_path. The kill moments come from a seed printed with the figures
+$HARNESS_TEST_REPORTS (`make test-slow` sets benchmarks/results/reliability/, from which
+`harness docs` regenerates the table in docs/reliability.md), else in the test's tmp_path. The kill moments come from a seed printed with the figures
 (CRASH_SEED=<n> replays a run)."""
 
 import hashlib
@@ -46,7 +46,9 @@ def _check(out: Path) -> tuple[dict[str, str], list[str]]:
 
 
 @pytest.mark.slow
-def test_sigkilled_sweep_loses_nothing_and_rerun_completes_exactly_the_missing_cells(tiny_model, tmp_path):
+def test_sigkilled_sweep_loses_nothing_and_rerun_completes_exactly_the_missing_cells(
+    tiny_model, tmp_path, reliability_report
+):
     grid = tmp_path / "grid.yaml"
     grid.write_text(
         yaml.safe_dump(
@@ -117,7 +119,6 @@ def test_sigkilled_sweep_loses_nothing_and_rerun_completes_exactly_the_missing_c
         "trials": TRIALS,
         "kills": kills,
         "cells": len(METHODS) * len(SEEDS),
-        "lost": len(lost),
         "corrupt": len(corrupt_total),
         "finished_before_rerun": len(before_rerun),
         "rerun_done": summary["done"],
@@ -125,10 +126,14 @@ def test_sigkilled_sweep_loses_nothing_and_rerun_completes_exactly_the_missing_c
         "orphan_temp_files": leftover_tmp,
         "seed": seed,
     }
-    print("crash-safety:", json.dumps(figures))
-    report = Path(os.environ.get("HARNESS_TEST_REPORTS") or tmp_path) / "sweep_crash_safety.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(figures, indent=1) + "\n")
+    reliability_report(
+        "sweep_crash_safety",
+        check=f"a sweep of {figures['cells']} cells SIGKILLed with its workers at random moments, then rerun",
+        cases=kills,
+        tracebacks=None,
+        lost=len(lost) + len(corrupt_total),
+        **figures,
+    )
 
     assert done.returncode == 0, done.stderr[-2000:]
     assert not corrupt_total and not lost, (corrupt_total, lost)
