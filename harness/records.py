@@ -179,9 +179,10 @@ def write(path: Path, record: dict, samples: list[dict]) -> None:
     body = (json.dumps(record, indent=1, ensure_ascii=False, allow_nan=True) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
-    temps = []
+    temps: list[str] = []
     try:
-        temps = [_write_temp(side, lines), _write_temp(path, body)]
+        temps.append(_write_temp(side, lines))
+        temps.append(_write_temp(path, body))
         with _folder_lock(path.parent) as locked:
             os.replace(temps[0], side)
             os.replace(temps[1], path)

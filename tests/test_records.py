@@ -107,3 +107,18 @@ def test_records_get_the_umask_mode_not_mkstemps_0600(tmp_path, monkeypatch):
     path = tmp_path / "r.json"
     records._atomic_write(path, b"{}")
     assert path.stat().st_mode & 0o777 == 0o644  # readable by the group and others, as open() gives
+
+
+def test_a_write_that_fails_after_the_first_temporary_leaves_none(tmp_path, monkeypatch):
+    real, calls = records._write_temp, []
+
+    def second_fails(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(records, "_write_temp", second_fails)
+    with pytest.raises(OSError):
+        records.write(tmp_path / "r1.json", full_record(), [{"id": "s"}])
+    assert not list(tmp_path.iterdir())
