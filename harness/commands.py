@@ -187,6 +187,12 @@ def cmd_docs(a) -> int:
 def cmd_sweep(a) -> int:
     from harness import sweep
 
+    if a.summary:  # checked before the sweep, not after it
+        from harness import records
+
+        if Path(a.summary).is_dir():
+            raise UserError(f"--summary {a.summary}: a folder, expected a file path")
+        records.check_out_folder(Path(a.summary).parent, "--summary")
     devices = [d for d in a.devices.split(",") if d.strip()] if a.devices is not None else None
     slurm = {
         "partition": a.slurm_partition,

@@ -94,3 +94,14 @@ def test_an_unreadable_or_malicious_checkpoint_exits_2_with_one_line(tiny_model,
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("harness: error:"), done.stderr[-2000:]
     assert str(folder) in lines[0] and not (tmp_path / "o").exists() and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "under_file"])
+def test_a_sweep_summary_path_that_cannot_be_written_exits_2_up_front(tmp_path, capsys, nothing_runs, where):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(GRID)
+    (tmp_path / "afile").write_text("keep")
+    summary = tmp_path if where == "folder" else tmp_path / "afile" / "summary.json"
+    assert cli.main(["sweep", str(grid), "--out", str(tmp_path / "o"), "--summary", str(summary)]) == 2
+    one_error(capsys, "--summary")
+    assert (tmp_path / "afile").read_text() == "keep"
