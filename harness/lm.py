@@ -43,6 +43,22 @@ def default_prefill_chunk(device: str) -> int:
 KEEP = object()  # batch_hooks: leave this hook as it is
 
 
+@dataclass(frozen=True)
+class KVRequest:
+    """What a task asks of a KV-cache method for the calls inside `LM.kv_request_for` (the
+    kv_compression task sweeps budgets through it). Methods that manage no KV cache ignore it.
+
+    budget: fraction of the context's tokens to keep (<= 1) or a token count (> 1); None: the
+    method's own budget, 1.0 is dense (the same loop, no compression). question_tokens: how many
+    final prompt tokens are the question, fed after compression (kvpress's query-agnostic protocol).
+    decode_tokens: when scoring text, how many final tokens are decoded one at a time (None: the
+    method's default)."""
+
+    budget: float | None = None
+    question_tokens: int = 0
+    decode_tokens: int | None = None
+
+
 class LM:
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, prefill_chunk: int | None = None):
         self.loaded = loaded
@@ -64,13 +80,23 @@ class LM:
         self.forward_logits_hook = None
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.telemetry: Counter = Counter()
-        # Per-call hints a task gives the methods that wrap the batch hooks (e.g. the kv family:
-        # "kv_budget", "kv_question_tokens", "kv_decode_tokens"); methods that know none ignore them.
-        self.hints: dict = {}
+        # What the task asks of a KV-cache method for the current calls (set with kv_request_for).
+        self.kv_request = KVRequest()
+        # The KV-cache method managing this LM's cache, while one is applied (two would conflict).
+        self.kv_policy = None
         self._hook = self.model.register_forward_pre_hook(self._count_forward)
 
     def _count_forward(self, module, args):
         self.telemetry["forward_calls"] += 1
+
+    @contextlib.contextmanager
+    def kv_request_for(self, request: KVRequest):
+        """`lm.kv_request` is `request` for the block, and back to the previous one after."""
+        saved, self.kv_request = self.kv_request, request
+        try:
+            yield request
+        finally:
+            self.kv_request = saved
 
     @contextlib.contextmanager
     def batch_hooks(self, generate_batch=KEEP, forward_logits=KEEP):

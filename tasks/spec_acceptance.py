@@ -351,7 +351,7 @@ class SpecAcceptance(Task):
 
     # -- metrics ---------------------------------------------------------------------------------
     def _summarise(self, ctx, rows, sampling, prompts) -> TaskResult:
-        spec = any(getattr(m, "family", "") == "spec" for m in ctx.methods)
+        spec = any(m.family == "spec" for m in ctx.methods)
         metrics, details = (
             {},
             {
@@ -426,6 +426,6 @@ class SpecAcceptance(Task):
 
     @staticmethod
     def _gamma(ctx) -> int | None:
-        """γ of a fixed-length chain drafter (a method with a `gamma` field), for the analytic τ."""
-        found = [getattr(m, "gamma") for m in ctx.methods if isinstance(getattr(m, "gamma", None), int)]
+        """γ of a fixed-length chain drafter (LMMethod.draft_length), for the analytic τ."""
+        found = [m.draft_length() for m in ctx.methods if m.draft_length() is not None]
         return found[0] if len(found) == 1 else None

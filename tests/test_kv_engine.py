@@ -7,6 +7,7 @@ import torch
 from harness import params, records, registry, runner
 from harness.interfaces import MethodContext
 from harness.methods.kv import _common
+from harness.lm import KVRequest
 
 registry.load()
 TOKEN_METHODS = ["streaming_llm", "snapkv", "h2o", "scissorhands", "vatp", "keyformer", "cam", "kvmerger"]
@@ -23,46 +24,46 @@ def text(lm, n):
     return (ids * 10)[:n]
 
 
-def logits_through(lm, m, ids, **hints):
+def logits_through(lm, m, ids, **request):
     x = torch.tensor([ids])
     with m.apply(lm, MethodContext()):
-        lm.hints = hints
+        lm.kv_request = KVRequest(**request)
         try:
             return lm.forward_logits(x, torch.ones_like(x))[0]
         finally:
-            lm.hints = {}
+            lm.kv_request = KVRequest()
 
 
 def test_dense_loop_equals_model_and_generate(tiny_lm):
     ids = text(tiny_lm, 90)
     with torch.no_grad():
         ref = tiny_lm.model(input_ids=torch.tensor([ids])).logits[0]
-    out = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=40)
+    out = logits_through(tiny_lm, method("h2o"), ids, budget=1.0, decode_tokens=40)
     assert torch.allclose(out, ref, atol=1e-4)  # cache-vs-recompute: 40 decoded steps == one pass
     plain = tiny_lm.generate([ids], 8)
     with method("snapkv").apply(tiny_lm, MethodContext()):
-        tiny_lm.hints = {"kv_budget": 1.0, "kv_question_tokens": 5}
+        tiny_lm.kv_request = KVRequest(budget=1.0, question_tokens=5)
         looped = tiny_lm.generate([ids], 8)
-        tiny_lm.hints = {}
+        tiny_lm.kv_request = KVRequest()
     assert looped == plain
 
 
 def test_chunked_prefill_equals_one_pass(tiny_lm, monkeypatch):
     ids = text(tiny_lm, 100)
-    whole = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=0)
+    whole = logits_through(tiny_lm, method("h2o"), ids, budget=1.0, decode_tokens=0)
     monkeypatch.setattr(_common, "PREFILL_CHUNK", 16)
     monkeypatch.setattr(_common, "STAT_ELEMENTS", 4 * 100 * 3)  # several query blocks per chunk too
-    chunked = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=0)
+    chunked = logits_through(tiny_lm, method("h2o"), ids, budget=1.0, decode_tokens=0)
     assert torch.allclose(whole, chunked, atol=1e-4)
 
 
 def run_prefill(lm, m, ids, budget):
     """Prefill through the engine; returns the Run (caches compressed)."""
     with m.apply(lm, MethodContext()) as driver:
-        lm.hints = {"kv_budget": budget}
+        lm.kv_request = KVRequest(budget=budget)
         run = driver.start()
         driver.prefill(run, ids, all_logits=False)
-        lm.hints = {}
+        lm.kv_request = KVRequest()
     return run
 
 
@@ -83,14 +84,14 @@ def test_decoding_methods_hold_the_budget_while_decoding(tiny_lm):
     ids = text(tiny_lm, 100)
     for name in ("streaming_llm", "h2o", "scissorhands", "keyformer", "cam", "vatp"):
         with method(name).apply(tiny_lm, MethodContext()) as driver:
-            tiny_lm.hints = {"kv_budget": 0.3}
+            tiny_lm.kv_request = KVRequest(budget=0.3)
             run = driver.start()
             driver.prefill(run, ids, all_logits=False)
             for t in range(12):
                 driver.decode(run, [ids[t]])
             assert all(lc.n == 30 for lc in run.layers.values()), name
             driver.decode(run, ids[12:17])  # a fed chunk (a question) too
-            tiny_lm.hints = {}
+            tiny_lm.kv_request = KVRequest()
         assert all(lc.n == 30 for lc in run.layers.values()), name
     run = run_prefill(tiny_lm, method("snapkv"), ids, 0.3)  # prefill-only: the cache grows after
 
@@ -156,9 +157,9 @@ def test_effect_check_fails_without_compression(tiny_lm):
     m = method("h2o")
     tiny_lm.telemetry.clear()
     with m.apply(tiny_lm, MethodContext()):
-        tiny_lm.hints = {"kv_budget": 1.0}
+        tiny_lm.kv_request = KVRequest(budget=1.0)
         tiny_lm.generate([text(tiny_lm, 40)], 2)
-        tiny_lm.hints = {}
+        tiny_lm.kv_request = KVRequest()
         assert m.check_effect(tiny_lm, MethodContext(), None)
 
 
@@ -228,11 +229,11 @@ def test_layers_numbered_with_gaps_share_the_store_in_layer_order(tiny_lm, monke
 
     def decoded():
         with method("h2o").apply(tiny_lm, MethodContext()) as driver:
-            tiny_lm.hints = {"kv_budget": 0.3}
+            tiny_lm.kv_request = KVRequest(budget=0.3)
             run = driver.start()
             driver.prefill(run, ids[:50], all_logits=False)
             out = torch.stack([driver.decode(run, [t])[-1] for t in ids[50:]])
-            tiny_lm.hints = {}
+            tiny_lm.kv_request = KVRequest()
         return out, run
 
     plain, _ = decoded()

@@ -19,6 +19,7 @@ from harness.methods.kv.keyformer import gumbel_probs
 from harness.methods.kv.kvmerger import gaussian_merge, nearest_kept
 from harness.methods.kv.snapkv import snapkv_scores
 from harness.methods.kv.svd_kv import low_rank_weight
+from harness.lm import KVRequest
 
 registry.load()
 N = 96
@@ -57,10 +58,10 @@ def scored_run(lm, m, ids, budget=0.5):
     type(m).compress_prefill = lambda self, lc, run: None
     try:
         with m.apply(lm, MethodContext()) as driver:
-            lm.hints = {"kv_budget": budget}
+            lm.kv_request = KVRequest(budget=budget)
             run = driver.start()
             driver.prefill(run, ids, all_logits=False)
-            lm.hints = {}
+            lm.kv_request = KVRequest()
     finally:
         type(m).compress_prefill = orig
     return run
@@ -112,13 +113,13 @@ def test_running_statistics_equal_their_recomputation_while_decoding(tiny_lm, id
 
     for name, args in (("scissorhands", {"history_window": 7}), ("vatp", {})):
         with method(name, **args).apply(tiny_lm, MethodContext()) as driver:
-            tiny_lm.hints = {"kv_budget": 0.3}
+            tiny_lm.kv_request = KVRequest(budget=0.3)
             run = driver.start()
             driver.prefill(run, ids, all_logits=False)
             for t in range(10):
                 driver.decode(run, [ids[t]])
             driver.decode(run, ids[10:14])
-            tiny_lm.hints = {}
+            tiny_lm.kv_request = KVRequest()
         for lc in run.layers.values():
             assert lc.n == 29
             if name == "scissorhands":
@@ -179,12 +180,12 @@ def test_streaming_llm_keys_equal_keys_rotated_at_cache_positions(tiny_lm, ids, 
 def test_streaming_llm_decodes_at_the_cache_length(tiny_lm, ids):
     m = method("streaming_llm")
     with m.apply(tiny_lm, MethodContext()) as driver:
-        tiny_lm.hints = {"kv_budget": 0.25}
+        tiny_lm.kv_request = KVRequest(budget=0.25)
         run = driver.start()
         driver.prefill(run, ids, all_logits=False)
         assert run.positions(1).tolist() == [24]
         driver.decode(run, [ids[0]])
-        tiny_lm.hints = {}
+        tiny_lm.kv_request = KVRequest()
     lc = run.layers[0]
     assert lc.n == 24 and sorted(lc.pos[0, 0].tolist()) == [0, 1, 2, 3] + list(range(N - 19, N + 1))
 
@@ -196,11 +197,11 @@ def test_streaming_llm_decoding_equals_rerotating_every_step(tiny_lm, ids):
     rotary, model, s, m = _common._rotary_module(tiny_lm.model), tiny_lm.model, 4, 24
     feeds = [[t] for t in ids[:12]] + [ids[12:17]] + [[t] for t in ids[17:30]]
     with method("streaming_llm").apply(tiny_lm, MethodContext()) as driver:
-        tiny_lm.hints = {"kv_budget": m}
+        tiny_lm.kv_request = KVRequest(budget=m)
         run = driver.start()
         driver.prefill(run, ids, all_logits=False)
         ours = torch.stack([driver.decode(run, f)[-1] for f in feeds])
-        tiny_lm.hints = {}
+        tiny_lm.kv_request = KVRequest()
     assert run.all_layers().state["shift"] == 30  # the window moved 30 positions, never re-rotated
 
     def rerotated(k, old, new):
@@ -380,12 +381,12 @@ def _run(lm, m, ids, budget, decode=(), modifier=None):
         m.apply(lm, MethodContext()) as driver,
         modifier.apply(lm, MethodContext()) if modifier else contextlib.nullcontext(),
     ):
-        lm.hints = {"kv_budget": budget}
+        lm.kv_request = KVRequest(budget=budget)
         run = driver.start()
         driver.prefill(run, ids, all_logits=False)
         for t in decode:
             driver.decode(run, [t])
-        lm.hints = {}
+        lm.kv_request = KVRequest()
     return run
 
 

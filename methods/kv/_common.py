@@ -24,12 +24,13 @@ an L x L matrix at long context) and `method.observe` folds each chunk into a pe
 moves with its token when tokens are evicted. Scores are per KV head (summed over its query heads).
 
 Budgets. `budget` <= 1 is a fraction of the context's tokens, > 1 a token count (per layer and
-head). Tasks override it per call with `lm.hints["kv_budget"]` (1.0: dense, the same loop with no
-compression: the baseline the kv_compression task times and scores against). `lm.hints` also says
-how many final prompt tokens are the question (`kv_question_tokens`: fed after compression, the
-query-agnostic protocol of kvpress) and, when scoring text, how many final tokens are decoded one
-at a time (`kv_decode_tokens`; default half the text, so perplexity under a kv method measures
-decoding with the compressed cache).
+head). Tasks override it per call with `LM.kv_request_for(KVRequest(budget=...))` (1.0: dense, the
+same loop with no compression: the baseline the kv_compression task times and scores against). The
+request also says how many final prompt tokens are the question (`question_tokens`: fed after
+compression, the query-agnostic protocol of kvpress) and, when scoring text, how many final tokens
+are decoded one at a time (`decode_tokens`; default half the text, so perplexity under a kv method
+measures decoding with the compressed cache). While a method is applied, `LM.kv_policy` is its
+Driver (one per LM: a second kv method is refused).
 
 Telemetry (sums over calls; tasks read the deltas around one call): kv.calls, kv.context_tokens,
 kv.kept_tokens (kept context tokens after prefill compression, mean over layers and heads),
@@ -650,6 +651,8 @@ class Driver:
         self.rows = {i: r for r, i in enumerate(sorted({m.layer_idx for m in _attention_modules(lm.model)}))} or {0: 0}
         self.clock = device_clock(lm.device)
         self.generator = torch.Generator().manual_seed(0)
+        # leading tokens kept in full precision and never evicted (set by modifiers such as intactkv)
+        self.protect_prefix = 0
 
     def _forward(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
         dev = self.lm.device
@@ -665,10 +668,14 @@ class Driver:
         run.next_pos += len(ids)
         return out.logits[0]
 
+    def budget(self) -> float:
+        """The task's budget for these calls (LM.kv_request), else the method's own."""
+        asked = self.lm.kv_request.budget
+        return self.method.budget if asked is None else asked
+
     def start(self) -> Run:
-        hints = self.lm.hints
-        budget = float(hints.get("kv_budget", self.method.budget))
-        protect = int(getattr(self.lm, "kv_protect_prefix", 0) or 0)
+        budget = float(self.budget())
+        protect = int(self.protect_prefix)
         run = Run(self.method, budget, self.generator, effective_inv_freq(self.rotary), protect, self.rows)
         run.tokenizer = self.lm.tokenizer
         run.clock = self.clock
@@ -737,7 +744,7 @@ class Driver:
         return out
 
     def generate_one(self, prompt: list[int], max_new: int, temperature: float, top_p: float) -> list[int]:
-        question = int(self.lm.hints.get("kv_question_tokens", 0))
+        question = int(self.lm.kv_request.question_tokens)
         if not 0 <= question < len(prompt):
             raise UserError(f"kv: {question} question tokens leave no context in a {len(prompt)}-token prompt")
         run = self.start()
@@ -755,7 +762,8 @@ class Driver:
         return new
 
     def score_one(self, seq: list[int]) -> torch.Tensor:
-        n_dec = int(self.lm.hints.get("kv_decode_tokens", len(seq) // 2))
+        asked = self.lm.kv_request.decode_tokens
+        n_dec = len(seq) // 2 if asked is None else int(asked)
         n_dec = max(0, min(n_dec, len(seq) - 1))
         run = self.start()
         cut = len(seq) - n_dec
@@ -770,9 +778,9 @@ class Driver:
 def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
     """Route the LM's batch hooks through the driver and (for this module's engine) patch the
     attention layers; both restored on exit."""
-    if getattr(lm, "kv_driver", None) is not None:
+    if lm.kv_policy is not None:
         raise UserError(
-            f"{method.name}: the KV cache is already managed by {lm.kv_driver.method.name}; "
+            f"{method.name}: the KV cache is already managed by {lm.kv_policy.method.name}; "
             f"compose one kv cache policy (modifiers such as intactkv go after it: kivi+intactkv)"
         )
     patch = driver is None
@@ -803,7 +811,7 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
             out[b, : len(seq)] = logits
         return out
 
-    lm.kv_driver = driver
+    lm.kv_policy = driver
     try:
         with (
             lm.batch_hooks(generate_batch=generate_batch, forward_logits=forward_logits),
@@ -811,7 +819,7 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
         ):
             yield driver
     finally:
-        del lm.kv_driver
+        lm.kv_policy = None
 
 
 def quantize(x: torch.Tensor, bits: int, dim: int) -> torch.Tensor:

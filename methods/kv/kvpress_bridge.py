@@ -72,7 +72,7 @@ class PressDriver(Driver):
         self.press = method.make_press()
 
     def start(self) -> PressRun:
-        return PressRun(float(self.lm.hints.get("kv_budget", self.method.budget)))
+        return PressRun(float(self.budget()))
 
     def _step(self, run: PressRun, ids: list[int], all_logits: bool) -> torch.Tensor:
         dev = self.lm.device

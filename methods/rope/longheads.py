@@ -33,9 +33,10 @@ class LongHeads(AttentionMethod, LMMethod):
 
     The official prefill omits the query's own key (its selected keys stop one short), while its
     decoding step includes it; here every query includes itself, the one rule for prefill and
-    decoding, so generation with the KV cache equals full recomputation. Raw queries and keys are
-    cached (the representation of a chunk completed during decoding needs its queries), chunk
-    representations are cached per layer as chunks complete.
+    decoding, so generation with the KV cache equals full recomputation. Raw keys are cached, and
+    raw queries only from the first chunk whose representation is not computed yet (a chunk
+    completed during decoding needs its queries; older ones never again): memory stays that of the
+    KV cache. Chunk representations are cached per layer as chunks complete.
 
     chunk_size: w; None = L/16 (256 for a 4k Llama-2, the official `window_size`).
     atten_length: L; None = the model's original context (4096 for Llama-2, as officially).
@@ -49,7 +50,8 @@ class LongHeads(AttentionMethod, LMMethod):
     atten_length: int | None = field(default=None, metadata={"help": "attention window L; None = the original context"})
 
     def __post_init__(self):
-        self._queries: dict[int, torch.Tensor] = {}  # layer -> raw queries [b, h, Lk, d]
+        # layer -> (first kept key column c, raw queries of key columns c.. [b, h, Lk - c, d])
+        self._queries: dict[int, tuple[int, torch.Tensor]] = {}
         self._reps: dict[tuple[int, int], torch.Tensor] = {}  # (layer, row) -> [h, chunks, d]
         self._counter = None
 
@@ -89,13 +91,15 @@ class LongHeads(AttentionMethod, LMMethod):
     def attend(self, a: AttentionInputs, w: int, k: int) -> torch.Tensor:
         fresh = a.q.shape[2] == a.k.shape[2]
         if fresh:
-            self._queries[a.layer] = a.q
+            self._queries[a.layer] = (0, a.q)
             for key in [key for key in self._reps if key[0] == a.layer]:
                 del self._reps[key]
         else:
-            self._queries[a.layer] = torch.cat([self._queries[a.layer], a.q], dim=2)
-        queries = self._queries[a.layer]
+            c, kept = self._queries[a.layer]
+            self._queries[a.layer] = (c, torch.cat([kept, a.q], dim=2))
+        c, queries = self._queries[a.layer]
         out = torch.zeros_like(a.q)
+        needed = a.k.shape[2]  # the first key column whose query a future chunk representation needs
         for b in range(a.q.shape[0]):
             valid = a.mask(a.q.shape[2] - 1)[b, 0, 0]  # the row's real (non-padding) keys
             if not valid.any():
@@ -103,8 +107,15 @@ class LongHeads(AttentionMethod, LMMethod):
             base = a.k_pos[b][valid][0]
             t_q = a.q_pos[b] - base  # positions relative to the row's first token
             live = valid[a.k.shape[2] - a.q.shape[2] :]  # the queries' own tokens; padding ones stay zero
-            q_all = queries[b] if bool(valid.all()) else queries[b][:, valid]  # (a view without padding)
-            out[b][:, live] = self._row(a, b, valid, q_all, t_q[live], a.q[b][:, live], w, k)
+            # the row's kept queries (without padding) and how many of its tokens were dropped before
+            q_all = queries[b] if bool(valid.all()) else queries[b][:, valid[c:]]
+            dropped = int(valid[:c].sum())
+            out[b][:, live] = self._row(a, b, valid, (q_all, dropped), t_q[live], a.q[b][:, live], w, k)
+            have = self._reps[(a.layer, b)].shape[1] * w if (a.layer, b) in self._reps else 0
+            columns = valid.nonzero()[:, 0]
+            needed = min(needed, int(columns[have]) if have < len(columns) else a.k.shape[2])
+        if needed > c:  # queries of chunks already summarised are never read again
+            self._queries[a.layer] = (needed, queries[:, :, needed - c :])
         return out
 
     def _row(self, a, b, valid, q_all, t, q, w, k):
@@ -128,7 +139,9 @@ class LongHeads(AttentionMethod, LMMethod):
         return out
 
     def _chunk_reps(self, a, b, q_all, K, V, w) -> torch.Tensor:
-        """Representations of every complete chunk [h, chunks, d], computed once per chunk."""
+        """Representations of every complete chunk [h, chunks, d], computed once per chunk; q_all:
+        (the row's kept queries, how many of its first tokens' queries were dropped)."""
+        q_all, dropped = q_all
         h, n, d = K.shape
         done = self._reps.get((a.layer, b))
         have = 0 if done is None else done.shape[1]
@@ -137,7 +150,7 @@ class LongHeads(AttentionMethod, LMMethod):
             sl = slice(have * w, total * w)
             local = torch.arange(w, device=K.device).repeat(total - have)[None]
             cos, sin = a.rope(local)
-            qc = rotate(q_all[:, sl][None], cos, sin)[0].view(h, -1, w, d)
+            qc = rotate(q_all[:, sl.start - dropped : sl.stop - dropped][None], cos, sin)[0].view(h, -1, w, d)
             kc = rotate(K[:, sl][None], cos, sin)[0].view(h, -1, w, d)
             vc = V[:, sl].view(h, -1, w, d)
             inner = torch.softmax((qc @ kc.transpose(-1, -2)).float() * d**-0.5, -1).to(vc.dtype) @ vc
