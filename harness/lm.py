@@ -68,10 +68,10 @@ class LM:
         self.batch_size = batch_size
         # tokens per prefill forward (0: one forward over the whole prompt)
         self.prefill_chunk = default_prefill_chunk(self.device) if prefill_chunk is None else prefill_chunk
-        # While a prompt is prefilled in chunks: its full length. Methods whose rule depends on the
-        # length of the sequence in the forward (dynamic NTK) read it, so that chunking computes
-        # what one forward over the whole prompt would.
-        self.prefill_length: int | None = None
+        # While prompts are prefilled in chunks: each row's whole prompt length (a list, padding not
+        # counted). Methods whose rule depends on the sequence length (dynamic NTK) read it, so that
+        # chunking computes what one forward over the whole prompt would.
+        self.prefill_length: list[int] | None = None
         # Public extension points (set through batch_hooks): generate_batch_hook(ids, mask,
         # max_new_tokens, temperature, top_p) -> new tokens [b, n]; forward_logits_hook(ids, mask)
         # -> logits [b, width, vocab]. None: the LM's own (transformers' generate after a chunked
@@ -206,7 +206,8 @@ class LM:
         """Forward ids through the KV cache a chunk at a time; yields (start, logits) per chunk,
         logits for the chunk positions keep(start, end) names (an int n: the last n)."""
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        self.prefill_length = length
+        # each row's real length in the whole sequence (left padding: its last position + 1)
+        self.prefill_length = (positions[:, -1] + 1 + (length - ids.shape[1])).tolist()
         try:
             for s, e in self.chunks(ids.shape[1]):
                 extra = {"logits_to_keep": keep(s, e)} if self._keeps_logits else {}
@@ -317,9 +318,12 @@ class LM:
 
     @torch.no_grad()
     def _forward_logits(self, ids, mask, keep=None):
-        """Logits of the whole batch in one forward (no cache); keep: only these positions."""
+        """Logits of the whole batch in one forward (no cache); keep: only these positions. Position
+        ids follow the mask (each row's own, as in the chunked path), so a rule that depends on the
+        sequence length sees the row's length, not the padded width."""
         extra = {} if keep is None else {"logits_to_keep": keep}
-        return self.model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra).logits
 
     def close(self) -> None:
         self._hook.remove()
