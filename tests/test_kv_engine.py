@@ -4,16 +4,16 @@ cache holds the budget, and the kv_compression task asserts it on every sample."
 import pytest
 import torch
 
-from harness import params, records, registry, runner
+from harness import records, registry, runner
 from harness.interfaces import MethodContext
-from harness.methods.kv import _common
+from harness.attention import _attention_modules
+from harness.methods.kv import _driver, _run
+from harness.methods.kv._cache import LayerCache, SlotStore
+from harness.methods.kv._eviction import evict_outside_window
+from tests.kv_helpers import method
 
 registry.load()
 TOKEN_METHODS = ["streaming_llm", "snapkv", "h2o", "scissorhands", "vatp", "keyformer", "cam", "kvmerger"]
-
-
-def method(name, **args):
-    return params.build(registry.method(name), {k: str(v) for k, v in args.items()}, name)
 
 
 def text(lm, n):
@@ -50,8 +50,8 @@ def test_dense_loop_equals_model_and_generate(tiny_lm):
 def test_chunked_prefill_equals_one_pass(tiny_lm, monkeypatch):
     ids = text(tiny_lm, 100)
     whole = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=0)
-    monkeypatch.setattr(_common, "PREFILL_CHUNK", 16)
-    monkeypatch.setattr(_common, "STAT_ELEMENTS", 4 * 100 * 3)  # several query blocks per chunk too
+    monkeypatch.setattr(_driver, "PREFILL_CHUNK", 16)
+    monkeypatch.setattr(_run, "STAT_ELEMENTS", 4 * 100 * 3)  # several query blocks per chunk too
     chunked = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=0)
     assert torch.allclose(whole, chunked, atol=1e-4)
 
@@ -170,8 +170,8 @@ def test_decoding_eviction_over_all_layers_follows_the_rule_step_by_step(lead):
     general case mid-way, and single tokens follow."""
     gen = torch.Generator().manual_seed(0)
     L, H, d, m, window, n0 = 3, 2, 4, 12, 5, 30
-    store = _common.SlotStore(torch.zeros(1, H, 0, d), L)
-    layers = [_common.LayerCache(None, store, slice(i, i + 1)) for i in range(L)]
+    store = SlotStore(torch.zeros(1, H, 0, d), L)
+    layers = [LayerCache(None, store, slice(i, i + 1)) for i in range(L)]
     ref = [[{} for _ in range(H)] for _ in range(L)]  # position -> score, per layer and head
 
     def feed(positions):
@@ -185,10 +185,10 @@ def test_decoding_eviction_over_all_layers_follows_the_rule_step_by_step(lead):
                     ref[i][h][q] = ref[i][h].get(q, 0.0) + float(bump[0, h, j])
 
     def evict_all():
-        everything = _common.LayerCache(None, store, slice(None))
+        everything = LayerCache(None, store, slice(None))
         everything.n = layers[0].n
         everything.state = state
-        _common.evict_outside_window(everything, m, window, lambda a, b: everything.score[:, :, a:b], lead)
+        evict_outside_window(everything, m, window, lambda a, b: everything.score[:, :, a:b], lead)
         for lc in layers:
             lc.n = everything.n
         newest = max(ref[0][0])
@@ -236,7 +236,7 @@ def test_layers_numbered_with_gaps_share_the_store_in_layer_order(tiny_lm, monke
         return out, run
 
     plain, _ = decoded()
-    modules = _common._attention_modules(tiny_lm.model)
+    modules = _attention_modules(tiny_lm.model)
     for i, m in enumerate(modules):
         monkeypatch.setattr(m, "layer_idx", 2 * i + 1)
     gapped, run = decoded()

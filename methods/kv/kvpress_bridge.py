@@ -19,7 +19,10 @@ import torch
 
 from harness.errors import UserError, nearest
 from harness.registry import register_family
-from harness.methods.kv._common import REFERENCE_BYTES, Driver, KVMethod, kept_target, kv_loop
+from harness.methods.kv._cache import REFERENCE_BYTES
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._driver import Driver, kv_loop
+from harness.methods.kv._eviction import kept_target
 
 INSTALL = (
     'kvpress is not installed: `pip install "harness-eval[kvpress]"` (kvpress 0.5.5; it installs '
