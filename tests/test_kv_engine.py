@@ -1,6 +1,8 @@
 """The kv family's engine: the dense loop equals the model, chunked prefill equals one pass, the
 cache holds the budget, and the kv_compression task asserts it on every sample."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -242,3 +244,34 @@ def test_layers_numbered_with_gaps_share_the_store_in_layer_order(tiny_lm, monke
     gapped, run = decoded()
     assert sorted(run.layers) == [2 * i + 1 for i in range(len(modules))] and run.store.k.shape[0] == len(modules)
     assert torch.equal(plain, gapped)
+
+
+@pytest.mark.parametrize("name,temperature", [("h2o", 0.0), ("keyformer", 1.0), ("cam", 0.7)])
+def test_generation_reads_tokens_once_a_block_with_the_per_token_result(tiny_lm, monkeypatch, name, temperature):
+    """Generated tokens stay on the device and are read every EOS_CHECK_EVERY (8) tokens: the output,
+    the telemetry and the generator (sampling, Keyformer's noise, CaM's draws) end as with a read of
+    every token (check_every=1), whether the end is sampled inside a block, as its last token, in a
+    later block, or never."""
+    ids = text(tiny_lm, 60)
+
+    def generate(check_every, eos, max_new=20):
+        monkeypatch.setattr(tiny_lm, "tokenizer", SimpleNamespace(eos_token_id=eos))
+        with method(name).apply(tiny_lm, MethodContext()) as driver:
+            tiny_lm.hints = {"kv_budget": 0.5, "kv_question_tokens": 4}
+            before = dict(tiny_lm.telemetry)
+            try:
+                out = driver.generate_one(ids, max_new, temperature, 0.9, check_every=check_every)
+            finally:
+                tiny_lm.hints = {}
+            spent = {k: v - before.get(k, 0) for k, v in tiny_lm.telemetry.items() if not k.endswith("_s")}
+            return out, spent, driver.generator.get_state()
+
+    free = generate(8, None)[0]
+    assert len(free) == 20
+    for i in (2, 7, 11):  # inside the first block, its last token, the second block
+        end = free.index(free[i])
+        every, blocks = generate(1, free[i]), generate(8, free[i])
+        assert every[0] == blocks[0] == free[: end + 1]
+        assert blocks[1] == every[1] and every[1]["kv.decode_steps"] == end + 1  # the question + end tokens
+        assert torch.equal(blocks[2], every[2])
+    assert generate(8, next(t for t in range(10**6) if t not in free))[0] == free  # never sampled: max_new tokens

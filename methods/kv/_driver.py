@@ -5,6 +5,7 @@ context that installs both on an LM."""
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 
 PREFILL_CHUNK = 512  # queries per prefill forward
 PATCHED = "patched_calls.kv_attention"
+# generated tokens between end-of-sequence checks (one host-device sync each) on an accelerator; on
+# the CPU reading a token costs nothing, so it checks every token and decodes nothing past the end
+EOS_CHECK_EVERY = 8
 
 
 class _Engine:
@@ -58,9 +62,10 @@ def _attention_forward(engine: _Engine, method: KVMethod, m):
     return forward
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen) -> int:
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torch.Tensor:
+    """The next token, a 1-element tensor on the logits' device (reading it would synchronize)."""
     if temperature <= 0:
-        return int(logits.argmax())
+        return logits.argmax(-1, keepdim=True)
     p = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_p, order = p.sort(descending=True)
@@ -68,7 +73,12 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen) -> int:
         p = p.clone()
         p[order[drop]] = 0
         p = p / p.sum()
-    return int(torch.multinomial(p, 1, generator=gen))
+    return torch.multinomial(p, 1, generator=gen)
+
+
+def input_ids(ids: list[int] | torch.Tensor, device) -> torch.Tensor:
+    """[1, c] token ids for the model from a list, or from a 1-D tensor already on the device."""
+    return ids.view(1, -1) if isinstance(ids, torch.Tensor) else torch.tensor([ids], device=device)
 
 
 class Driver:
@@ -81,14 +91,16 @@ class Driver:
         self.rows = {i: r for r, i in enumerate(sorted({m.layer_idx for m in _attention_modules(lm.model)}))} or {0: 0}
         self.clock = device_clock(lm.device)
         self.generator = torch.Generator().manual_seed(0)
+        self.check_every = 1 if torch.device(lm.device).type == "cpu" else EOS_CHECK_EVERY
 
-    def _forward(self, run: Run, ids: list[int], all_logits: bool) -> torch.Tensor:
+    def _forward(self, run: Run, ids: list[int] | torch.Tensor, all_logits: bool) -> torch.Tensor:
+        """ids: a list, or a 1-D tensor on the device (a generated token, fed without reading it)."""
         dev = self.lm.device
-        pos = run.positions(len(ids)).to(dev)
+        pos = run.positions(len(ids), dev)
         run.shift = self.method.rope_shift(run) if not run.dense else 0
-        run.tokens += ids
+        run.feed(ids)
         out = self.lm.model(
-            input_ids=torch.tensor([ids], device=dev),
+            input_ids=input_ids(ids, dev),
             position_ids=pos[None],
             use_cache=False,
             logits_to_keep=0 if all_logits else 1,
@@ -118,7 +130,7 @@ class Driver:
             self.engine.run = None
         return (torch.cat(outs) if all_logits else outs[-1]), peak
 
-    def decode_forward(self, run: Run, ids: list[int]) -> torch.Tensor:
+    def decode_forward(self, run: Run, ids: list[int] | torch.Tensor) -> torch.Tensor:
         self.engine.run = run
         try:
             out = self._forward(run, ids, True)
@@ -154,7 +166,7 @@ class Driver:
         return logits
 
     @torch.no_grad()
-    def decode(self, run: Run, ids: list[int]) -> torch.Tensor:
+    def decode(self, run: Run, ids: list[int] | torch.Tensor) -> torch.Tensor:
         """Feed tokens after the compressed context (compressing as the method does); all logits."""
         t0 = self.clock()
         out = self.decode_forward(run, ids)
@@ -167,7 +179,15 @@ class Driver:
         t["kv.peak_cache_bytes"] = max(t["kv.peak_cache_bytes"], run.held_bytes())
         return out
 
-    def generate_one(self, prompt: list[int], max_new: int, temperature: float, top_p: float) -> list[int]:
+    def generate_one(
+        self, prompt: list[int], max_new: int, temperature: float, top_p: float, check_every: int | None = None
+    ) -> list[int]:
+        """Generated tokens, up to and including the end-of-sequence token. The tokens stay on the
+        device: each is fed to the next step unread, and the host reads them every `check_every`
+        tokens (default: 1 on the CPU, EOS_CHECK_EVERY on an accelerator) to look for the end (one
+        synchronisation per block instead of one per token). Steps decoded past the end are undone
+        where they show: the telemetry and the generator are put back as they were when the end was
+        sampled, so the result, the telemetry and later draws equal those of a per-token check."""
         question = int(self.lm.hints.get("kv_question_tokens", 0))
         if not 0 <= question < len(prompt):
             raise UserError(f"kv: {question} question tokens leave no context in a {len(prompt)}-token prompt")
@@ -177,13 +197,30 @@ class Driver:
         logits = self.prefill(run, prompt[:cut], all_logits=False)[-1]
         if question:
             logits = self.decode(run, prompt[cut:])[-1]
-        eos, new = self.lm.tokenizer.eos_token_id, []
+        eos, new, check_every = self.lm.tokenizer.eos_token_id, [], check_every or self.check_every
+        checked, saved = 0, []  # tokens known not to end; (telemetry, generator) after sampling each later one
         while len(new) < max_new:
             new.append(_sample(logits, temperature, top_p, self.generator))
-            if new[-1] == eos or len(new) == max_new:
+            if len(new) == max_new:
                 break
-            logits = self.decode(run, new[-1:])[-1]
-        return new
+            if eos is not None:
+                if check_every > 1:  # (with 1 nothing is decoded past the end)
+                    saved.append((Counter(self.lm.telemetry), self.generator.get_state()))
+                if len(new) - checked == check_every:
+                    if bool((torch.cat(new[checked:]) == eos).any()):
+                        break
+                    checked, saved = len(new), []
+            logits = self.decode(run, new[-1])[-1]
+        tokens = torch.cat(new).tolist() if new else []
+        if eos in tokens[checked:]:
+            end = tokens.index(eos, checked)
+            if end < len(tokens) - 1:  # decoded past the end: back to the state after sampling it
+                telemetry, state = saved[end - checked]
+                self.lm.telemetry.clear()
+                self.lm.telemetry.update(telemetry)
+                self.generator.set_state(state)
+            tokens = tokens[: end + 1]
+        return tokens
 
     def score_one(self, seq: list[int]) -> torch.Tensor:
         n_dec = int(self.lm.hints.get("kv_decode_tokens", len(seq) // 2))

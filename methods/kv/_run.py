@@ -45,7 +45,8 @@ class Run:
         self.protect = protect  # leading tokens a quantizer must leave lossless (IntactKV)
         self.step = 0  # decoding steps so far
         self.max_new = 0  # decoding steps this call will take (Keyformer's temperature schedule)
-        self.tokens: list[int] = []  # token ids fed so far (FastGen's special / punctuation tokens)
+        self._tokens: list[int] = []  # token ids fed so far (read through `tokens`)
+        self._unread: list[torch.Tensor] = []  # generated tokens fed from the device, not read yet
         self.policy_s = 0.0
         self.scaling = 1.0
         self.query_pos: torch.Tensor | None = None  # original positions of the queries `observe` sees
@@ -55,12 +56,27 @@ class Run:
         self.memo: dict = {}  # values a method computes once for all layers (e.g. angles)
         self.clock = time.perf_counter  # the Driver's device_clock: policy timings on a GPU are device time
 
-    def positions(self, c: int) -> torch.Tensor:
+    def positions(self, c: int, device=None) -> torch.Tensor:
         if self.method.positions == "cache" and self.layers:
             start = next(iter(self.layers.values())).n
         else:
             start = self.next_pos
-        return torch.arange(start, start + c)
+        return torch.arange(start, start + c, device=device)
+
+    def feed(self, ids: list[int] | torch.Tensor) -> None:
+        """Record the token ids of a forward: a list, or a tensor on the device, read only if asked."""
+        if isinstance(ids, torch.Tensor):
+            self._unread.append(ids)
+        else:
+            self.tokens.extend(ids)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Token ids fed so far (FastGen's special / punctuation tokens); reading generated ones syncs."""
+        if self._unread:
+            self._tokens += torch.cat(self._unread).tolist()
+            self._unread = []
+        return self._tokens
 
     def shifted_rope(self, position_embeddings):
         """The model's cos/sin advanced by `shift` positions (angle addition, so a RoPE-scaling
