@@ -1,19 +1,22 @@
 """The core (harness/) imports no method or task by name: it reaches them only through the
-registry's discovery (harness.registry walks the two packages). Checked on the import statements
-of every core module, parsed with ast (comments and strings do not count)."""
+registry's discovery (harness.registry walks the two packages). The backbones (backbones/) are a
+layer below the tasks that use them: they import no task or method either. Checked on the import
+statements of every module, parsed with ast (comments and strings do not count)."""
 
 import ast
 from pathlib import Path
 
 import harness
+import harness.backbones
 
 CORE = Path(harness.__file__).parent
+BACKBONES = Path(harness.backbones.__file__).parent
 FORBIDDEN = ("harness.methods", "harness.tasks", "methods", "tasks")
 
 
 def core_imports(root=CORE):
     for path in sorted(root.rglob("*.py")):
-        if {"methods", "tasks", "leaderboard"} & set(path.relative_to(root).parts[:1]):
+        if {"methods", "tasks", "leaderboard", "backbones"} & set(path.relative_to(root).parts[:1]):
             continue  # the installed packages mapped under harness/ (see setup.py), not the core
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
@@ -87,3 +90,8 @@ def test_the_private_check_finds_each_form(tmp_path):
     )
     found = sorted(line.split(": ", 1)[1] for line in private_uses([f]))
     assert found == ["from harness.runner import _build", "lm._generate_batch", "lm._hook"]
+
+
+def test_backbones_import_no_method_or_task():
+    bad = violations(BACKBONES)
+    assert not bad, "a backbone imports a method or task module:\n" + "\n".join(bad)

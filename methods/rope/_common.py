@@ -87,6 +87,8 @@ def row_lengths(position_ids: torch.Tensor, lm=None) -> list[int]:
     if whole is None:
         return own
     return [max(a, int(b)) for a, b in zip(own, whole)]
+
+
 ROPE_CALLS = "patched_calls.rope"  # telemetry key: calls of the patched rotary embedding
 
 

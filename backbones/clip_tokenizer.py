@@ -1,19 +1,13 @@
-"""CLIP's text side in plain PyTorch, and the whole CLIP model (image tower + text tower +
-logit scale) loading OpenAI / open_clip checkpoints.
-
-Tokenizer: OpenAI CLIP's byte-level BPE (clip/simple_tokenizer.py, also open_clip's and ViCLIP's):
-49,152 − 256 − 2 merges from `bpe_simple_vocab_16e6.txt.gz` (vendored in tasks/data with its MIT
-license), vocabulary = 256 byte symbols, the same with `</w>`, the merges, `<|startoftext|>` (49406)
-and `<|endoftext|>` (49407). Text cleaning is ftfy-free: OpenAI's `basic_clean` runs
-ftfy.fix_text (whose default ends in NFC normalisation) and html.unescape twice; here NFC and the
-double unescape are applied, ftfy's mojibake repair is not (it changes only mis-decoded text).
-Then whitespace runs become one space and the text is lower-cased. The pre-tokenising pattern
+"""OpenAI CLIP's text tokenizer in plain Python (clip/simple_tokenizer.py, also open_clip's and
+ViCLIP's): byte-level BPE with 49,152 − 256 − 2 merges from `bpe_simple_vocab_16e6.txt.gz`
+(vendored in backbones/data with its MIT license), vocabulary = 256 byte symbols, the same with
+`</w>`, the merges, `<|startoftext|>` (49406) and `<|endoftext|>` (49407). Text cleaning is
+ftfy-free: OpenAI's `basic_clean` runs ftfy.fix_text (whose default ends in NFC normalisation) and
+html.unescape twice; here NFC and the double unescape are applied, ftfy's mojibake repair is not
+(it changes only mis-decoded text). Then whitespace runs become one space and the text is
+lower-cased. The pre-tokenising pattern
 (`<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+`)
-is matched by a scanner on unicodedata categories, so the `regex` package is not needed.
-
-Text tower (clip/model.py `encode_text`): token + positional embedding, a causal transformer of
-QuickGELU residual blocks, ln_final, the features at the end-of-text token (the largest id of
-each row) times `text_projection`."""
+is matched by a scanner on unicodedata categories, so the `regex` package is not needed."""
 
 from __future__ import annotations
 
@@ -25,10 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from harness.errors import UserError
-from harness.tasks._backbones import ClipVisual, _ClipTransformer, load_checked, load_state
 
 BPE_FILE = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
@@ -163,72 +155,3 @@ class ClipTokenizer:
 @lru_cache(maxsize=2)
 def tokenizer(bpe_path: str = str(BPE_FILE)) -> ClipTokenizer:
     return ClipTokenizer(bpe_path)
-
-
-# -- the text tower ----------------------------------------------------------------------------
-class ClipText(nn.Module):
-    """CLIP's text encoder. OpenAI ViT-B/32: width 512, 8 heads, 12 layers, output 512; ViT-L/14:
-    width 768, 12 heads, 12 layers, output 768; ViCLIP-L/14: as L/14 with context 32. Parameter
-    names are the checkpoints' (`token_embedding.weight`, `positional_embedding`,
-    `transformer.resblocks.*`, `ln_final.*`, `text_projection`)."""
-
-    def __init__(self, width=512, layers=12, heads=8, out=512, context=77, vocab=49408):
-        super().__init__()
-        self.token_embedding = nn.Embedding(vocab, width)
-        self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.01)
-        self.transformer = _ClipTransformer(width, layers, heads, causal=True)
-        self.ln_final = nn.LayerNorm(width)
-        self.text_projection = nn.Parameter(torch.randn(width, out) * width**-0.5)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-
-    @property
-    def context_length(self) -> int:
-        return self.positional_embedding.shape[0]
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.token_embedding(ids) + self.positional_embedding
-        x = self.ln_final(self.transformer.resblocks(x.transpose(0, 1)).transpose(0, 1))
-        return x[torch.arange(x.shape[0]), ids.argmax(-1)] @ self.text_projection
-
-
-# -- the whole CLIP model ------------------------------------------------------------------------
-TEXT_B32 = dict(width=512, layers=12, heads=8, out=512)
-TEXT_L14 = dict(width=768, layers=12, heads=12, out=768)
-# ints OpenAI's TorchScript archives keep next to the weights (clip.build_model drops them)
-_NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
-
-
-class Clip(nn.Module):
-    """CLIP (OpenAI / open_clip layout: `visual.*`, the text tower's names at top level,
-    `logit_scale`). forward(images, ids) -> (logits_per_image, logits_per_text) as clip.model.CLIP:
-    exp(logit_scale) · cos(image, text)."""
-
-    def __init__(self, visual: dict, text: dict):
-        super().__init__()
-        self.visual = ClipVisual(**visual)
-        self.text = ClipText(**text)
-        self.logit_scale = nn.Parameter(torch.tensor(4.6052))  # ln(100), OpenAI's released value
-
-    def load_checkpoint(self, state: dict, task: str, path) -> "Clip":
-        """Load an OpenAI/open_clip state dict (TorchScript ints dropped, `module.` stripped)."""
-        state = {k.removeprefix("module."): v for k, v in state.items() if k not in _NON_WEIGHTS}
-        mapped = {}
-        for k, v in state.items():
-            mapped[k if k.startswith(("visual.", "logit_scale")) else f"text.{k}"] = v
-        return load_checked(self, mapped, task, path, "the CLIP layout")
-
-    def encode_image(self, x):
-        return self.visual(x)
-
-    def encode_text(self, ids):
-        return self.text(ids)
-
-    def forward(self, images, ids):
-        img = nn.functional.normalize(self.encode_image(images), dim=-1)
-        txt = nn.functional.normalize(self.encode_text(ids), dim=-1)
-        logits = self.logit_scale.exp() * img @ txt.t()
-        return logits, logits.t()
-
-
-def load_clip(path, visual: dict, text: dict, task: str) -> Clip:
-    return Clip(visual, text).load_checkpoint(load_state(path), task, path)

@@ -17,24 +17,20 @@ viclip_vision.py; viclip_text.py read in a fork of VBench, wangbei1/vbench, with
   truncation (the 32nd id becomes end-of-text); features at the end-of-text token.
 - checkpoint: `torch.load(path)["model"]` holds `vision_encoder.*`, `text_encoder.*` and `temp`,
   loaded strictly.
-- scoring (vbench/temporal_style.py, overall_consistency.py): both features L2-normalised;
-  score = cos(video, text of the full prompt).
+- scoring (vbench/temporal_style.py, overall_consistency.py; tasks/_viclip_task.py): both
+  features L2-normalised; score = cos(video, text of the full prompt).
 
 Not verified here (no weights available): that the released file holds exactly these keys and
 shapes beyond what the loading code implies, and numerical agreement with the official model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import numpy as np
 import torch
 from torch import nn
 
+from harness.backbones._common import load_into
+from harness.backbones.clip import ClipText, ClipTransformer
 from harness.errors import UserError
-from harness.tasks._backbones import BackboneTask, _ClipTransformer, clip_transform, load_into
-from harness.tasks._clip_tasks import VICLIP_FILE
-from harness.tasks._clip_text import ClipText, tokenizer
 
 VICLIP_L14 = dict(patch=14, width=1024, layers=24, heads=16, out=768, frames=8, resolution=224)
 VICLIP_TEXT = dict(width=768, layers=12, heads=12, out=768, context=32, vocab=49408)
@@ -49,7 +45,7 @@ class ViClipVision(nn.Module):
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch) ** 2 + 1, width))
         self.temporal_positional_embedding = nn.Parameter(torch.zeros(1, frames, width))
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = _ClipTransformer(width, layers, heads)
+        self.transformer = ClipTransformer(width, layers, heads)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, out))
 
@@ -93,40 +89,3 @@ def load_viclip(path, task: str, vision: dict = VICLIP_L14, text: dict = VICLIP_
             f"other than tensors or is no PyTorch file; re-save its ['model'] state dict with "
             f"torch.save to use it here"
         ) from None
-
-
-# -- the VBench task shared by temporal_style and overall_consistency --------------------------
-@dataclass
-class ViClipTask(BackboneTask):
-    """cos(ViCLIP video embedding, ViCLIP text embedding of the full prompt) per video: 8 frames
-    sampled "middle" (VBench's get_frame_indices pads a shorter video with its last frame),
-    clip_transform(224) on decord's uint8 frames (torchvision rounds the resized image back to
-    uint8); the dimension is the mean over videos. Needs
-    ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
-
-    num_frames: int | None = field(
-        default=8,
-        metadata={"help": "8 (VBench); 1 takes ViCLIP's single-frame path (mean temporal embedding), for quick checks"},
-    )
-
-    def build(self):
-        if self.num_frames not in (1, 8):
-            raise UserError(f"{self.name}: num_frames must be 8 (VBench) or 1; ViCLIP has 8 temporal positions")
-        self._text = {}
-        return self.backbone([VICLIP_FILE], lambda p: load_viclip(p[0], self.name) if p else ViClip())
-
-    def text_feature(self, prompt: str) -> np.ndarray:
-        if prompt not in self._text:
-            ids = tokenizer()(prompt, context_length=self._net.text_encoder.context_length, truncate=True)
-            with torch.no_grad():
-                self._text[prompt] = self._net.encode_text(ids)[0].double().numpy()
-        return self._text[prompt]
-
-    def score(self, ref, frames):
-        n = self.num_frames
-        if len(frames) < n:  # VBench pads with the last frame
-            frames = np.concatenate([frames, np.repeat(frames[-1:], n - len(frames), 0)])
-        with torch.no_grad():
-            video = self._net.encode_vision(clip_transform(frames, uint8=True)[None])[0].double().numpy()
-        text = self.text_feature(ref.prompt)
-        return {"value": float(video @ text / (np.linalg.norm(video) * np.linalg.norm(text)))}

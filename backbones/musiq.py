@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.tasks._backbones import _Mlp
+from harness.backbones._common import Mlp
 
 PATCH, GRID, SCALES = 32, 10, (224, 384)
 
@@ -77,7 +77,7 @@ class _Block(nn.Module):
     def __init__(self, dim, mlp, heads):
         super().__init__()
         self.norm1, self.attention = nn.LayerNorm(dim, eps=1e-6), _Attention(dim, heads)
-        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), _Mlp(dim, mlp)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim, mlp)
 
     def forward(self, x, mask):
         x = x + self.attention(self.norm1(x), mask)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.errors import UserError
-from harness.tasks._backbones import _Mlp  # fc1 -> exact GELU -> fc2, the same in both layouts
+from harness.backbones._common import Mlp  # fc1 -> exact GELU -> fc2, the same in both layouts
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class _Block(nn.Module):
     def __init__(self, c: VideoViTConfig):
         super().__init__()
         self.norm1, self.attn = nn.LayerNorm(c.dim, eps=1e-6), _Attention(c.dim, c.heads)
-        self.norm2, self.mlp = nn.LayerNorm(c.dim, eps=1e-6), _Mlp(c.dim, c.mlp_hidden)
+        self.norm2, self.mlp = nn.LayerNorm(c.dim, eps=1e-6), Mlp(c.dim, c.mlp_hidden)
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
