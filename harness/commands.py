@@ -63,8 +63,11 @@ def cmd_list(a) -> int:
 # -- eval -------------------------------------------------------------------------------------
 def cmd_eval(a) -> int:
     from harness import models, runner
+    from harness.loading import LoadOptions
 
     models.pick_device(a.device)  # a bad --device is a user error before any work starts
+    loading = LoadOptions.from_args(a)
+    loading.check()
     batch_size = _batch_size(a.batch_size)
     chunk = None if a.prefill_chunk is None else _non_negative(a.prefill_chunk)
     cap = None if a.memory_cap is None else _gib(a.memory_cap)
@@ -74,7 +77,7 @@ def cmd_eval(a) -> int:
             raise UserError("--allow-uncalibrated: none of these tasks loads backbone weights")
         task_args.setdefault("allow_uncalibrated", "true")
     cells = runner.resolve(
-        a.task, a.method, a.model, task_args, params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.limit
+        a.task, a.method, a.model, task_args, params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.limit, loading
     )
     progress = None
     if not a.no_progress:
@@ -89,7 +92,6 @@ def cmd_eval(a) -> int:
         out=a.out,
         overwrite=a.overwrite,
         batch_size=batch_size,
-        trust_remote_code=a.trust_remote_code,
         prefill_chunk=chunk,
         memory_cap=cap,
         allow_pickle=a.allow_pickle,
@@ -124,8 +126,11 @@ def cmd_eval(a) -> int:
 # -- fit --------------------------------------------------------------------------------------
 def cmd_fit(a) -> int:
     from harness import fitting, models
+    from harness.loading import LoadOptions
 
     models.pick_device(a.device)
+    loading = LoadOptions.from_args(a)
+    loading.check()
     key, payload = fitting.fit(
         a.method,
         a.model,
@@ -135,9 +140,9 @@ def cmd_fit(a) -> int:
         a.seed,
         a.device,
         a.overwrite,
-        a.trust_remote_code,
         log=lambda m: print(m, file=sys.stderr),
         allow_pickle=a.allow_pickle,
+        loading=loading,
     )
     summary = {k: v for k, v in payload.items() if k not in ("provenance", "trace")}
     print(json.dumps(summary, indent=1))

@@ -13,6 +13,7 @@ from harness import budget as budget_plan
 from harness.budget import duration
 from harness.errors import NoEffect, UserError, nearest
 from harness.interfaces import Method, MethodContext, Task, TaskContext
+from harness.loading import LoadOptions
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Cell:
     model: str
     seed: int = 0
     limit: int | None = None
+    loading: LoadOptions = field(default_factory=LoadOptions)  # its non-default options enter the run id
 
     @property
     def method_name(self) -> str:
@@ -44,7 +46,11 @@ class Cell:
         return {
             "task": {"name": self.task.name, "version": self.task.version, "params": params.to_dict(self.task)},
             "method": {"name": self.method_name, "params": {m.name: params.to_dict(m) for m in self.methods}},
-            "model": {"id": self.model, "sha256": model_sha},
+            "model": {
+                "id": self.model,
+                "sha256": model_sha,
+                **({"loading": opts} if (opts := self.loading.config()) else {}),
+            },
             "seed": self.seed,
             "limit": self.limit,
         }
@@ -79,6 +85,7 @@ def resolve(
     method_args: dict[str, str],
     seed: int = 0,
     limit: int | None = None,
+    loading: LoadOptions | None = None,
 ) -> list[Cell]:
     """Validate everything the user asked for, before any model is loaded."""
     if limit is not None and limit < 1:
@@ -115,7 +122,12 @@ def resolve(
             check_combination(task, combo)
             methods = [_build(c, m_scoped.get(c.name, {}), m_plain, f"method {c.name}") for c in combo]
             cell_model = model or (models.DEFAULT_MODEL if task.needs_lm else "none")
-            cells.append(Cell(task, tname, methods, cell_model, seed, limit))
+            cell_loading = loading or LoadOptions()
+            if cell_model == "none" or cell_model.startswith("zoo:"):  # no hub, no remote code there
+                cell_loading = LoadOptions(**{**cell_loading.__dict__, "trust_remote_code": False})
+            if cell_model == "none":
+                cell_loading = LoadOptions()
+            cells.append(Cell(task, tname, methods, cell_model, seed, limit, cell_loading))
     return cells
 
 
@@ -180,7 +192,7 @@ def check_combination(task: Task | None, combo: list[type[Method]]) -> None:
 
 def locate(cell: Cell, out: Path) -> tuple[dict, str, Path]:
     """The cell's canonical config, run id and record path (no model is loaded)."""
-    model_id, sha = models.identity(cell.model)
+    model_id, sha = models.identity(cell.model, cell.loading)
     config = cell.config(sha)
     config["model"]["id"] = model_id
     rid = records.run_id(config)
@@ -202,7 +214,6 @@ def evaluate(
     out: Path | None = None,
     overwrite: bool = False,
     batch_size: int | str = "auto",
-    trust_remote_code: bool = False,
     progress=None,
     log=print,
     allow_pickle: bool = False,
@@ -233,7 +244,7 @@ def evaluate(
             outcomes.append(_run_cell(cell, config, rid, path, None, None, cell_progress))
         else:
             if loaded is None:
-                loaded = models.load(cell.model, device, trust_remote_code, allow_pickle)
+                loaded = models.load(cell.model, device, allow_pickle=allow_pickle, options=cell.loading)
             _check_position_encoding(loaded, cell)
             lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk)
             budget = (batch_size, memory_cap, log)

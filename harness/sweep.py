@@ -25,13 +25,15 @@ from harness.grid import FIT_KEYS, Spec, arg_value, expand, load_grid
 def run_cell(spec: Spec) -> dict:
     """The one cell function both executors run: resolve, evaluate (skips a finished record)."""
     from harness import runner
+    from harness.loading import LoadOptions
 
     if spec.threads:
         import torch
 
         torch.set_num_threads(spec.threads)
+    loading = LoadOptions.from_mapping(spec.loading, "grid")
     cells = runner.resolve(
-        spec.tasks, spec.methods, spec.model, spec.task_args, spec.method_args, spec.seed, spec.limit
+        spec.tasks, spec.methods, spec.model, spec.task_args, spec.method_args, spec.seed, spec.limit, loading
     )
     outcome = runner.evaluate(
         [cells[spec.index]], device=spec.device, out=Path(spec.out), batch_size=spec.batch_size, log=lambda m: None
