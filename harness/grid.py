@@ -106,6 +106,7 @@ class Spec:
     path: str = ""
     attempts: int = 0
     reasons: list = field(default_factory=list)
+    outcome: str = ""  # the last attempt's status: done, skipped, refused ("" while failing)
 
 
 def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8) -> list[Spec]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness import compat
+from harness.errors import Refused
 from harness.models import LoadedModel
 
 
@@ -67,10 +69,21 @@ class LM:
         # Per-call hints a task gives the methods that wrap the batch hooks (e.g. the kv family:
         # "kv_budget", "kv_question_tokens", "kv_decode_tokens"); methods that know none ignore them.
         self.hints: dict = {}
-        self._hook = self.model.register_forward_pre_hook(self._count_forward)
+        # learned absolute positions (gpt2, opt): a longer sequence is a clear error, not an IndexError
+        self.position_limit = compat.position_limit(self.model)
+        self._hook = self.model.register_forward_pre_hook(self._count_forward, with_kwargs=True)
 
-    def _count_forward(self, module, args):
+    def _count_forward(self, module, args, kwargs):
         self.telemetry["forward_calls"] += 1
+        if self.position_limit is not None:
+            pos, ids = kwargs.get("position_ids"), kwargs.get("input_ids", args[0] if args else None)
+            if pos is not None:
+                top = int(pos.max()) + 1 if pos.numel() else 0
+            else:
+                cache = kwargs.get("past_key_values")
+                top = (cache.get_seq_length() if cache is not None else 0) + (ids.shape[1] if ids is not None else 0)
+            if top > self.position_limit:
+                raise Refused(compat.too_long(self.model, top, self.position_limit))
 
     @contextlib.contextmanager
     def batch_hooks(self, generate_batch=KEEP, forward_logits=KEEP):
@@ -125,6 +138,8 @@ class LM:
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             width = max(map(len, chunk))
+            if self.position_limit is not None and width + max_new_tokens > self.position_limit:  # before any work
+                raise Refused(compat.too_long(self.model, width + max_new_tokens, self.position_limit))
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=self.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import fitting, models, params, provenance, records, registry
+from harness import compat, fitting, models, params, provenance, records, registry
 from harness import budget as budget_plan
 from harness.budget import duration
 from harness.errors import NoEffect, UserError, nearest
@@ -245,7 +245,7 @@ def evaluate(
         else:
             if loaded is None:
                 loaded = models.load(cell.model, device, allow_pickle=allow_pickle, options=cell.loading)
-            _check_position_encoding(loaded, cell)
+            compat.check(loaded, cell)  # a method the model cannot take is refused before it runs
             lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk)
             budget = (batch_size, memory_cap, log)
             cell_progress = _named(progress, name, lm) if progress is not None else None
@@ -278,20 +278,6 @@ def _with_rate(bar, lm):
         yield item
         tokens = sum(lm.telemetry[k] for k in ("prompt_tokens", "generated_tokens", "scored_tokens"))
         bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
-
-
-def _check_position_encoding(loaded, cell: Cell) -> None:
-    """A model pretrained with ALiBi runs only under the alibi method: loaded plainly, the Llama class
-    would rotate its queries and keys with a RoPE it never saw, and the numbers would mean nothing."""
-    from harness.attention import ALIBI_CONFIG_FLAG
-
-    if getattr(loaded.model.config, ALIBI_CONFIG_FLAG, None) == "alibi" and not any(
-        m.name == "alibi" for m in cell.methods
-    ):
-        raise UserError(
-            f"{cell.model} was pretrained with ALiBi position biases: evaluate it with "
-            f"--method alibi (method {cell.method_name} would run it with RoPE)"
-        )
 
 
 def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress, budget=None) -> Outcome:
