@@ -34,6 +34,12 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list tasks, methods or models")
     ls.add_argument("what", nargs="?", default="all", choices=["tasks", "methods", "models", "all"])
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument(
+        "--model",
+        default=None,
+        help="with methods: which of them this model can take (zoo:, hf: or a folder; reads its config only)",
+    )
+    ls.add_argument("--trust-remote-code", action="store_true", help="with --model: allow its own Python code")
     ls.set_defaults(fn=cmd_list)
 
     ev = sub.add_parser(

@@ -44,6 +44,8 @@ def _entries(what: str) -> list[dict]:
 
 def cmd_list(a) -> int:
     entries = _entries(a.what)
+    if getattr(a, "model", None):
+        _model_compat(a, entries)
     if a.json:
         print(json.dumps(entries, indent=1))
         return 0
@@ -51,13 +53,36 @@ def cmd_list(a) -> int:
     for e in entries:
         ps = ", ".join(f"{p['name']}={'None' if p['default'] is None else _fmt(p['default'])}" for p in e["params"])
         rows.append([e["name"], e.get("family", e["kind"]), e["summary"][:70], ps[:80]])
-    print(format_table(["name", "kind/family", "summary", "params (defaults)"], rows))
+        if a.model:
+            rows[-1].append({True: "yes", False: "refused", None: "-"}[e.get("applies")])
+    head = ["name", "kind/family", "summary", "params (defaults)"] + ([f"on {a.model}"] if a.model else [])
+    print(format_table(head, rows))
+    for e in entries:
+        if e.get("refusal"):
+            print(f"refused: {e['refusal']}")
+    if a.model:
+        print("(yes: the model has what the method patches; a cell may still fail for other reasons)")
     for e in entries:  # bridge families: the table cuts summaries, and these explain how to name one
         if e.get("family", "").endswith("(bridge)"):
             print(f"\n{e['name']}: {e['summary']}")
     if a.what in ("models", "all"):
         print("\nAlso: hf:<org/name> or a local folder (safetensors weights; Hugging Face format).")
     return 0
+
+
+def _model_compat(a, entries: list[dict]) -> None:
+    """Mark each lm method with whether the model can take it (harness.compat), from the model's
+    config alone: `applies` true / false (with `refusal`), None for other kinds."""
+    from harness import compat, models
+    from harness.loading import LoadOptions
+
+    if a.what not in ("methods", "all"):
+        raise UserError("--model goes with `harness list methods`: it says which methods apply to the model")
+    model = models.skeleton(a.model, LoadOptions(trust_remote_code=a.trust_remote_code))
+    for e in entries:
+        if e["kind"] == "lm" and "family" in e and not e["family"].endswith("(bridge)"):
+            e["refusal"] = compat.refusal(model, registry.method(e["name"]))
+            e["applies"] = e["refusal"] is None
 
 
 # -- eval -------------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ class LoadOptions:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise UserError(f"loading option {name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name in ("trust_remote_code", "allow_download"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"loading option {name} must be true or false, got {getattr(self, name)!r}")
 
     def config(self) -> dict:
         """The options that define the cell and differ from their defaults (hashed into the run id)."""

@@ -125,9 +125,7 @@ def load(
         _refuse_pickle(path, allow_pickle)
         return _load_folder(f"{path.resolve()}", path, dev, options, pickle=_pickle_only(path), head=head)
     if not spec.startswith("hf:"):
-        raise UserError(
-            f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
-        )
+        raise _unknown(spec)
     require_cached(spec, ref, options)  # fails at once, before transformers retries the network
     return _load_folder(spec, ref, dev, options, head=head)
 
@@ -211,12 +209,47 @@ def identity(spec: str, options: LoadOptions | None = None) -> tuple[str, str | 
     if path.exists():
         return str(path.resolve()), weights_sha256(path)
     if not spec.startswith("hf:"):
-        raise UserError(
-            f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
-        )
+        raise _unknown(spec)
     require_cached(spec, ref, options or LoadOptions())
     folder = _hub_folder(ref)
     return spec, weights_sha256(folder) if folder else None
+
+
+def _unknown(spec: str) -> UserError:
+    return UserError(
+        f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
+    )
+
+
+def skeleton(spec: str, options: LoadOptions | None = None):
+    """The model's modules on the meta device, from its config alone (no weights are read, so a 70B
+    checkpoint costs as little as a tiny one): what harness.compat inspects for `harness list`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.zoo import registry as zoo
+
+    options = options or LoadOptions()
+    if spec.startswith("zoo:"):
+        where = zoo.verified_folder(spec[4:])[0]
+    else:
+        ref = spec[3:] if spec.startswith("hf:") else spec
+        where = Path(ref).expanduser()
+        if not where.exists():
+            if not spec.startswith("hf:"):
+                raise _unknown(spec)
+            require_cached(spec, ref, options)
+            where = ref
+    trust = options.trust_remote_code
+    try:
+        cfg = AutoConfig.from_pretrained(
+            str(where), trust_remote_code=trust, local_files_only=not options.allow_download
+        )
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust)
+    except (OSError, ValueError, ImportError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read model {spec!r}: {first}") from None
 
 
 def label(loaded) -> str:

@@ -104,3 +104,26 @@ def test_sweep_records_refused_cells_and_goes_on(family, tmp_path, capsys):
     (r,) = s["refusals"]
     assert "selfextend" in r["cell"] and "learned absolute position embeddings" in r["reason"]
     assert "1 refused" in capsys.readouterr().out
+
+
+def test_list_methods_with_a_model_says_which_apply(capsys, family):
+    code, out, _ = run(capsys, "list", "methods", "--json", "--model", family("gpt2"))
+    by_name = {e["name"]: e for e in json.loads(out)}
+    assert code == 0 and by_name["baseline"]["applies"] is True and by_name["yarn"]["applies"] is False
+    assert "learned absolute position embeddings" in by_name["selfextend"]["refusal"]
+    assert "applies" not in by_name["math_shepherd"] or by_name["math_shepherd"]["applies"] is None
+    code, out, _ = run(capsys, "list", "methods", "--model", family("qwen2"))
+    assert code == 0 and "refused:" not in out
+    code, _, err = run(capsys, "list", "tasks", "--model", family("qwen2"))
+    assert code == 2 and "--model goes with `harness list methods`" in err
+    code, _, err = run(capsys, "list", "methods", "--model", "hf:nobody/not-cached-here")
+    assert code == 2 and "not in the local Hugging Face cache" in err
+
+
+def test_grid_loading_flags_must_be_booleans(tmp_path, capsys):
+    path = tmp_path / "g.json"
+    path.write_text(
+        json.dumps({"loading": {"trust_remote_code": "yes"}, "runs": [{"tasks": ["needle"], "methods": ["baseline"]}]})
+    )
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    assert "trust_remote_code must be true or false" in capsys.readouterr().err
