@@ -67,7 +67,7 @@ def attention_refusal(model) -> str | None:
         detail = (
             f"a fused q/k/v projection ({', '.join(fused)})"
             if fused
-            else f"projections other than q_proj/k_proj/v_proj/o_proj ({type(layers[0]).__name__ if layers else '?'})"
+            else f"projections other than q_proj/k_proj/v_proj/o_proj ({_projections(layers)})"
         )
         return f"{arch}'s attention layers have {detail}; the attention override replaces Llama-style layers only"
     if "sliding_attention" in (getattr(cfg, "layer_types", None) or []) or (
@@ -118,6 +118,16 @@ def too_long(model, length: int, limit: int) -> str:
         f"{architecture(model)} has learned absolute position embeddings for {limit} positions; "
         f"a sequence of {length} tokens does not fit (lower the task's context length, or use a RoPE model)"
     )
+
+
+def _projections(layers) -> str:
+    """`PhiAttention: q_proj, k_proj, v_proj, dense`: the linear layers the model's attention has."""
+    import torch
+
+    if not layers:
+        return "no attention layers found"
+    names = [n for n, c in layers[0].named_children() if isinstance(c, torch.nn.Linear)]
+    return f"{type(layers[0]).__name__}: {', '.join(names) or 'no linear layers'}"
 
 
 def _rope_theta(cfg):
