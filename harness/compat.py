@@ -47,7 +47,20 @@ def position_encoding(model) -> str:
 
 def rope_refusal(model) -> str | None:
     """Why RoPE methods cannot act on this model (None: they can)."""
-    if rotary_modules(model) and _rope_theta(model.config) is not None:
+    arch = architecture(model)
+    tables = [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding") and not hasattr(m, "inv_freq")]
+    if tables:  # gemma3: local and global bases in one module
+        return (
+            f"{arch}'s rotary embedding ({type(tables[0]).__name__}) keeps one frequency table per layer "
+            f"type, which the RoPE overrides (one table for every layer) do not handle"
+        )
+    rotary = rotary_modules(model)
+    if rotary and _rope_theta(model.config) is not None:
+        if _rope_layout(rotary[0]) == "interleaved":  # cohere, GPT-J style
+            return (
+                f"{arch} rotates interleaved dimension pairs (GPT-J style), not the rotate-half layout "
+                f"(Llama) that the RoPE and attention overrides compute"
+            )
         return None
     limit = position_limit(model)
     what = f"learned absolute position embeddings ({limit} positions)" if limit else "no rotary position embedding"
@@ -118,6 +131,23 @@ def too_long(model, length: int, limit: int) -> str:
         f"{architecture(model)} has learned absolute position embeddings for {limit} positions; "
         f"a sequence of {length} tokens does not fit (lower the task's context length, or use a RoPE model)"
     )
+
+
+def _rope_layout(rotary) -> str | None:
+    """ "half" when cos = cat(f, f) (Llama's rotate-half), "interleaved" when cos = f repeated in pairs;
+    None when the module cannot be run (the check then passes)."""
+    import torch
+
+    try:
+        if any(b.is_meta for b in rotary.buffers()):  # a skeleton (harness list): build it for real
+            rotary = type(rotary)(rotary.config)
+        cos, _ = rotary(torch.zeros(1, 1, 4), torch.arange(1, 4)[None])
+    except Exception:  # an unusual signature: nothing to say about its layout
+        return None
+    d = cos.shape[-1]
+    if d < 4 or torch.allclose(cos[..., : d // 2], cos[..., d // 2 :]):
+        return "half"
+    return "interleaved" if torch.allclose(cos[..., 0::2], cos[..., 1::2]) else None
 
 
 def _projections(layers) -> str:

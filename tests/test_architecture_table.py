@@ -57,8 +57,8 @@ def page(rows: dict[str, dict[str, str]], architectures: dict[str, str]) -> str:
     lines += [
         "",
         "`mistral` is Mistral >= v0.2 (no sliding window); `mistral-sw` has v0.1's sliding window. gpt2 "
-        "is built with 256 positions here so that its baseline fits; a prompt longer than a gpt2's "
-        "positions is refused the same way.",
+        "and opt are built with 256 positions here so that their baseline fits; a prompt longer than "
+        "their learned positions is refused the same way.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -67,7 +67,7 @@ def page(rows: dict[str, dict[str, str]], architectures: dict[str, str]) -> str:
 def test_architectures_page_is_generated_from_real_cells(tmp_path):
     rows, architectures = {}, {}
     for fam in FAMILIES:
-        model = make_family(tmp_path / fam, fam, max_pos=256 if fam == "gpt2" else 128)
+        model = make_family(tmp_path / fam, fam, max_pos=256 if fam in ("gpt2", "opt") else 128)
         architectures[fam] = transformers.AutoConfig.from_pretrained(model).architectures[0]
         rows[fam] = {m: outcome(model, m, tmp_path / "out") for m in METHODS}
     text = page(rows, architectures)

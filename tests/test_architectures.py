@@ -19,11 +19,14 @@ from tests.tiny_families import make_family
 NEEDLE = {"context_length": "160", "depths": "1", "samples_per_depth": "1", "max_new_tokens": "2"}
 REFUSED = {  # family -> (methods refused, words of the reason)
     "gpt2": ({"yarn", "selfextend", "dca"}, "learned absolute position embeddings (128 positions)"),
+    "opt": ({"yarn", "selfextend", "dca"}, "learned absolute position embeddings (128 positions)"),
     "phi3": ({"selfextend", "dca"}, "fused q/k/v projection (qkv_proj)"),
     "gpt_neox": ({"selfextend", "dca"}, "fused q/k/v projection (query_key_value)"),
     "phi": ({"selfextend", "dca"}, "other than q_proj/k_proj/v_proj/o_proj"),
     "gemma2": ({"selfextend", "dca"}, "sliding-window attention (window 64)"),
     "mistral-sw": ({"selfextend", "dca"}, "sliding-window attention (window 64)"),
+    "gemma3_text": ({"yarn", "selfextend", "dca"}, "keeps one frequency table per layer type"),
+    "cohere": ({"yarn", "selfextend", "dca"}, "rotates interleaved dimension pairs"),
     "qwen2": (set(), ""),
     "mistral": (set(), ""),
 }
@@ -63,7 +66,9 @@ def test_attention_override_refuses_a_fused_projection(family):
                 pass
 
 
-@pytest.mark.parametrize("name,method", [("gpt2", "selfextend"), ("gpt2", "yarn"), ("phi3", "dca"), ("gemma2", "dca")])
+@pytest.mark.parametrize(
+    "name,method", [("gpt2", "selfextend"), ("gpt2", "yarn"), ("opt", "dca"), ("phi3", "dca"), ("gemma2", "dca")]
+)
 def test_eval_refuses_with_one_line_and_exit_2(capsys, family, tmp_path, name, method):
     args = ["eval", "--model", family(name), "--task", "needle", "--method", method, "--out", str(tmp_path)]
     args += ["--no-progress", "--device", "cpu"] + [x for k, v in NEEDLE.items() for x in ("--task-arg", f"{k}={v}")]
@@ -114,6 +119,8 @@ def test_list_methods_with_a_model_says_which_apply(capsys, family):
     assert "applies" not in by_name["math_shepherd"] or by_name["math_shepherd"]["applies"] is None
     code, out, _ = run(capsys, "list", "methods", "--model", family("qwen2"))
     assert code == 0 and "refused:" not in out
+    code, out, _ = run(capsys, "list", "methods", "--model", family("cohere"))  # its rotary runs on the meta device
+    assert code == 0 and "refused: method yarn refuses CohereForCausalLM: " in out
     code, _, err = run(capsys, "list", "tasks", "--model", family("qwen2"))
     assert code == 2 and "--model goes with `harness list methods`" in err
     code, _, err = run(capsys, "list", "methods", "--model", "hf:nobody/not-cached-here")

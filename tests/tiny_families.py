@@ -13,10 +13,13 @@ FAMILIES = {
     "mistral-sw": {"sliding_window": 64},  # Mistral 7B v0.1 style sliding window
     "gemma": {"head_dim": 16},
     "gemma2": {"head_dim": 16, "sliding_window": 64},
+    "gemma3_text": {"head_dim": 16, "sliding_window": 64},
+    "cohere": {},
     "phi3": {},
     "gpt_neox": {"rotary_pct": 0.25},
     "phi": {"partial_rotary_factor": 0.5},
     "gpt2": {},
+    "opt": {"ffn_dim": 128, "word_embed_proj_dim": 64},
 }
 
 
