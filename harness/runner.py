@@ -245,7 +245,9 @@ def evaluate(
         else:
             if loaded is None:
                 loaded = models.load(cell.model, device, allow_pickle=allow_pickle, options=cell.loading)
-            compat.check(loaded, cell)  # a method the model cannot take is refused before it runs
+                for c in cells[i:]:  # a method the model cannot take is refused before any cell runs
+                    if c.task.needs_lm:
+                        compat.check(loaded, c)
             lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk)
             budget = (batch_size, memory_cap, log)
             cell_progress = _named(progress, name, lm) if progress is not None else None

@@ -77,6 +77,15 @@ def test_eval_refuses_with_one_line_and_exit_2(capsys, family, tmp_path, name, m
     assert not list(tmp_path.rglob("*.json"))
 
 
+def test_eval_checks_every_cell_before_running_any(capsys, family, tmp_path):
+    args = ["eval", "--model", family("gpt2"), "--task", "needle", "--method", "baseline", "--method", "yarn"]
+    args += ["--out", str(tmp_path), "--no-progress", "--device", "cpu", "--task-arg", "context_length=100"]
+    args += [x for k, v in NEEDLE.items() if k != "context_length" for x in ("--task-arg", f"{k}={v}")]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "method yarn refuses" in err
+    assert not list(tmp_path.rglob("*.json")), "the baseline cell must not have run"
+
+
 def test_prompt_longer_than_learned_positions_is_exit_2_not_index_error(capsys, family, tmp_path):
     args = ["eval", "--model", family("gpt2"), "--task", "needle", "--out", str(tmp_path), "--no-progress"]
     args += ["--device", "cpu"] + [x for k, v in NEEDLE.items() for x in ("--task-arg", f"{k}={v}")]

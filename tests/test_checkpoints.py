@@ -71,6 +71,10 @@ def test_cached_hf_id_is_loaded_with_local_files_only(tmp_path, monkeypatch):
         models.load("hf:nobody/elsewhere", "cpu", options=LoadOptions(allow_download=True))
     with pytest.raises(UserError, match="not in the local Hugging Face cache"):
         models.identity("hf:nobody/elsewhere")
+    calls = len(seen)
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):  # transformers is never asked
+        models.load("hf:nobody/elsewhere", "cpu")
+    assert len(seen) == calls
 
 
 @pytest.mark.parametrize("command", ["eval", "fit"])
