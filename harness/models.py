@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +108,14 @@ def load(
     kernel, remote code, downloads (harness.loading; `trust_remote_code` is the short form)."""
     from harness.zoo import registry as zoo
 
-    options = options or LoadOptions(trust_remote_code=trust_remote_code)
-    if trust_remote_code and not options.trust_remote_code:
-        options = LoadOptions(**{**options.__dict__, "trust_remote_code": True})
+    options = options or LoadOptions()
+    if trust_remote_code:
+        options = replace(options, trust_remote_code=True)
     options.check()
     dev = pick_device(device)
     if spec.startswith("zoo:"):
         folder, info = zoo.verified_folder(spec[4:])
-        options = LoadOptions(**{**options.__dict__, "trust_remote_code": False})
+        options = replace(options, trust_remote_code=False)
         return _load_folder(spec, folder, dev, options, zoo=True, info=info, head=head)
     ref = spec[3:] if spec.startswith("hf:") else spec
     path = Path(ref).expanduser()
@@ -162,9 +162,8 @@ def _load_folder(
     try:
         tok = AutoTokenizer.from_pretrained(str(where), **hub)
         model = auto.from_pretrained(str(where), use_safetensors=not pickle, **kwargs)
-    except (OSError, ValueError, ImportError, EnvironmentError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load model {model_id!r}: {first}") from None
+    except (OSError, ValueError, ImportError) as e:
+        raise UserError(f"cannot load model {model_id!r}: {_first_line(e)}") from None
     if options.places_weights:  # accelerate / bitsandbytes placed them: the inputs go where they start
         device = str(model.device)
     else:
@@ -215,6 +214,10 @@ def identity(spec: str, options: LoadOptions | None = None) -> tuple[str, str | 
     return spec, weights_sha256(folder) if folder else None
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def _unknown(spec: str) -> UserError:
     return UserError(
         f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
@@ -248,8 +251,7 @@ def skeleton(spec: str, options: LoadOptions | None = None):
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust)
     except (OSError, ValueError, ImportError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read model {spec!r}: {first}") from None
+        raise UserError(f"cannot read model {spec!r}: {_first_line(e)}") from None
 
 
 def label(loaded) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -122,11 +123,9 @@ def resolve(
             check_combination(task, combo)
             methods = [_build(c, m_scoped.get(c.name, {}), m_plain, f"method {c.name}") for c in combo]
             cell_model = model or (models.DEFAULT_MODEL if task.needs_lm else "none")
-            cell_loading = loading or LoadOptions()
-            if cell_model == "none" or cell_model.startswith("zoo:"):  # no hub, no remote code there
-                cell_loading = LoadOptions(**{**cell_loading.__dict__, "trust_remote_code": False})
-            if cell_model == "none":
-                cell_loading = LoadOptions()
+            cell_loading = LoadOptions() if cell_model == "none" else loading or LoadOptions()
+            if cell_model.startswith("zoo:"):  # the zoo has no remote code: the flag changes nothing
+                cell_loading = dataclasses.replace(cell_loading, trust_remote_code=False)
             cells.append(Cell(task, tname, methods, cell_model, seed, limit, cell_loading))
     return cells
 
