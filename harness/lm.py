@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness import compat
+from harness.errors import Refused
 from harness.models import LoadedModel
 
 
@@ -84,10 +86,21 @@ class LM:
         self.kv_request = KVRequest()
         # The KV-cache method managing this LM's cache, while one is applied (two would conflict).
         self.kv_policy = None
-        self._hook = self.model.register_forward_pre_hook(self._count_forward)
+        # learned absolute positions (gpt2, opt): a longer sequence is a clear error, not an IndexError
+        self.position_limit = compat.position_limit(self.model)
+        self._hook = self.model.register_forward_pre_hook(self._count_forward, with_kwargs=True)
 
-    def _count_forward(self, module, args):
+    def _count_forward(self, module, args, kwargs):
         self.telemetry["forward_calls"] += 1
+        if self.position_limit is not None:
+            pos, ids = kwargs.get("position_ids"), kwargs.get("input_ids", args[0] if args else None)
+            if pos is not None:
+                top = int(pos.max()) + 1 if pos.numel() else 0
+            else:
+                cache = kwargs.get("past_key_values")
+                top = (cache.get_seq_length() if cache is not None else 0) + (ids.shape[1] if ids is not None else 0)
+            if top > self.position_limit:
+                raise Refused(compat.too_long(self.model, top, self.position_limit))
 
     @contextlib.contextmanager
     def kv_request_for(self, request: KVRequest):
@@ -151,6 +164,8 @@ class LM:
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             width = max(map(len, chunk))
+            if self.position_limit is not None and width + max_new_tokens > self.position_limit:  # before any work
+                raise Refused(compat.too_long(self.model, width + max_new_tokens, self.position_limit))
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=self.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
