@@ -10,7 +10,7 @@ from harness.registry import register
 from harness.attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
 from harness.methods.rope._common import rope_shape
 
-PAIR_BUDGET = 1 << 15  # (query, slot) pairs per block of far queries (bounds memory at any length)
+PAIR_BUDGET = 1 << 13  # (query, slot) pairs per block of far queries (bounds memory at any length)
 TILE = 64  # (query, slot) pairs per small matmul against one chunk
 SELECTED = "longheads.selective_queries"  # telemetry: queries that attended through chunk selection
 
@@ -171,13 +171,14 @@ class LongHeads(AttentionMethod, LMMethod):
         times (one per slot). The (query, slot) pairs are then grouped by the (head, chunk) they
         read, in tiles of TILE pairs, and every tile is one small matmul against its chunk's w keys
         (and, after the softmax over the query's k·w logits, against the chunk's values): the data
-        moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values."""
+        moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values. Each
+        tile's chunk is gathered and rotated when the tile is built (every chunk rotates at the same
+        offsets 0 … w − 1): no rotated copy of the layer's keys is ever held, so memory stays that of
+        the KV cache plus one block's tiles."""
         h, n, d = K.shape
         chunks = -(-n // w)
-        pad = chunks * w - n
-        cos_o, sin_o = a.rope(torch.arange(w, device=K.device)[None])
-        Kl = rotate(torch.nn.functional.pad(K, (0, 0, 0, pad)).view(h * chunks, 1, w, d), cos_o, sin_o)[:, 0]
-        Vl = torch.nn.functional.pad(V, (0, 0, 0, pad)).view(h * chunks, w, d)
+        offsets = torch.arange(w, device=K.device)
+        cos_o, sin_o = a.rope(offsets[None])
         g = torch.arange(reps.shape[1], device=K.device)
         slots = torch.arange(k, device=K.device)
         head_base = (torch.arange(h, device=K.device) * chunks)[:, None, None]
@@ -195,13 +196,17 @@ class LongHeads(AttentionMethod, LMMethod):
             q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B*k]
             qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))[0]
             rows, tiles = _tile_rows((picked + head_base).reshape(-1), h * chunks)
+            # the tiles' chunks: head and key positions (the current chunk's missing tail clamps to
+            # the last key; the causal mask below removes it)
+            head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
+            Kt = rotate(K[head[:, None], at][:, None], cos_o, sin_o)[:, 0]  # [tiles, w, d]
             Qt = qr.new_zeros(tiles.shape[0] * TILE, d).index_copy_(0, rows, qr.reshape(-1, d))
-            logits = torch.bmm(Qt.view(-1, TILE, d), Kl[tiles].transpose(1, 2)).view(-1, w)[rows]
+            logits = torch.bmm(Qt.view(-1, TILE, d), Kt.transpose(1, 2)).view(-1, w)[rows]
             logits = logits.view(h, B, k, w).float() * a.scaling
             logits[:, :, -1].masked_fill_(torch.arange(w, device=K.device)[None, :] > (tb % w)[:, None], float("-inf"))
-            probs = torch.softmax(logits.view(h, B, k * w), -1).to(Vl.dtype).view(-1, w)
+            probs = torch.softmax(logits.view(h, B, k * w), -1).to(V.dtype).view(-1, w)
             Pt = probs.new_zeros(tiles.shape[0] * TILE, w).index_copy_(0, rows, probs)
-            out = torch.bmm(Pt.view(-1, TILE, w), Vl[tiles]).view(-1, d)[rows]
+            out = torch.bmm(Pt.view(-1, TILE, w), V[head[:, None], at]).view(-1, d)[rows]
             outs.append(out.view(h, B, k, d).sum(2))
         return torch.cat(outs, dim=1)
 
