@@ -1,15 +1,15 @@
 """Package layout (the rest of the metadata is in pyproject.toml).
 
-methods/, tasks/ and leaderboard/ live at the top of the repository but install as
-harness.methods, harness.tasks and harness.leaderboard, so the distribution claims no generic
-top-level import name. Sub-packages (one per method family) are found automatically."""
+methods/, tasks/, backbones/ and leaderboard/ live at the top of the repository but install as
+harness.methods, harness.tasks, harness.backbones and harness.leaderboard, so the distribution
+claims no generic top-level import name. Sub-packages (one per method family) are found automatically."""
 
 from setuptools import find_packages, setup
 
-MAPPED = ("methods", "tasks", "leaderboard")
+MAPPED = ("methods", "tasks", "backbones", "leaderboard")
 # folders of package data only (no __init__.py): named as packages so that setuptools ships them
 # without its "Package would be ignored" warning; their files are listed in pyproject's package-data
-DATA = {"harness.zoo.models": "harness/zoo/models", "harness.tasks.data": "tasks/data"}
+DATA = {"harness.zoo.models": "harness/zoo/models", "harness.backbones.data": "backbones/data"}
 packages = find_packages(include=["harness", "harness.*"])
 package_dir = {"harness": "harness"}
 for top in MAPPED:

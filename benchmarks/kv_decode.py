@@ -37,23 +37,20 @@ def interleaved(lm, m, prompt: list[int], budget: float, dense, steps: int, bloc
     """(ms per token, dense ms per token in the same blocks, bookkeeping share, kept tokens) of one
     method; `dense` = [Run, last logits] of the dense cache, decoded further here."""
     from harness.interfaces import MethodContext
+    from harness.lm import KVRequest
 
     total, dense_total = {"kv.decode_s": 0.0, "kv.decode_steps": 0, "kv.policy_s": 0.0}, [0.0, 0]
-    with m.apply(lm, MethodContext()) as driver:
-        lm.hints = {"kv_budget": budget}
-        try:
-            run = driver.start()
-            logits = driver.prefill(run, prompt, all_logits=False)[-1]
-            kept = run.kept_tokens()
-            for b in range(blocks):
-                n = steps // blocks + (b < steps % blocks)
-                dense[1], d = timed_block(lm, driver, dense[0], dense[1], n)  # the dense run, same loop
-                dense_total[0] += d["kv.decode_s"]
-                dense_total[1] += d["kv.decode_steps"]
-                logits, d = timed_block(lm, driver, run, logits, n)
-                total = {k: total[k] + d[k] for k in total}
-        finally:
-            lm.hints = {}
+    with m.apply(lm, MethodContext()) as driver, lm.kv_request_for(KVRequest(budget=budget)):
+        run = driver.start()
+        logits = driver.prefill(run, prompt, all_logits=False)[-1]
+        kept = run.kept_tokens()
+        for b in range(blocks):
+            n = steps // blocks + (b < steps % blocks)
+            dense[1], d = timed_block(lm, driver, dense[0], dense[1], n)  # the dense run, same loop
+            dense_total[0] += d["kv.decode_s"]
+            dense_total[1] += d["kv.decode_steps"]
+            logits, d = timed_block(lm, driver, run, logits, n)
+            total = {k: total[k] + d[k] for k in total}
     ms = 1000 * total["kv.decode_s"] / total["kv.decode_steps"]
     return ms, 1000 * dense_total[0] / dense_total[1], total["kv.policy_s"] / total["kv.decode_s"], int(kept)
 
@@ -89,12 +86,12 @@ def main() -> None:
     prompt = prompt[: args.context]
     build = lambda name: params.build(registry.method(name), {}, name)  # noqa: E731
     from harness.interfaces import MethodContext
+    from harness.lm import KVRequest
 
-    with build("snapkv").apply(lm, MethodContext()) as driver:  # the dense cache: budget 1.0
-        lm.hints = {"kv_budget": 1.0}
+    # the dense cache: budget 1.0
+    with build("snapkv").apply(lm, MethodContext()) as driver, lm.kv_request_for(KVRequest(budget=1.0)):
         run = driver.start()
         dense = [run, driver.prefill(run, prompt, all_logits=False)[-1]]
-        lm.hints = {}
     print(
         f"model {args.model} (zoo: a tiny reference model, not a real LLM), context {args.context}, "
         f"budget {args.budget}, {args.steps} steps in {args.blocks} blocks interleaved with the dense cache's, "

@@ -240,9 +240,13 @@ def _rotary_module(model):
 def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor], counter=None):
     """Replace every attention layer's forward; `attend` returns the output [b, h, Lq, d].
     counter: telemetry that counts the patched calls (the methods' effect check)."""
+    from harness.compat import attention_refusal
+    from harness.errors import Refused
+
+    reason = attention_refusal(model)
+    if reason:  # a fused q/k/v, sliding windows, no RoPE...: refused, never a half-working patch
+        raise Refused(reason)
     modules = _attention_modules(model)
-    if not modules:
-        raise ValueError("no Llama-style attention layers (q_proj/k_proj/v_proj/o_proj) found")
     rotary = _rotary_module(model)
     key_positions: dict[int, torch.Tensor] = {}
 

@@ -19,6 +19,7 @@ from harness.commands import (
     cmd_sweep,
     cmd_zoo,
 )
+from harness import loading
 from harness.errors import NoEffect, UserError
 from harness.models import DEFAULT_MODEL
 
@@ -33,6 +34,12 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list tasks, methods or models")
     ls.add_argument("what", nargs="?", default="all", choices=["tasks", "methods", "models", "all"])
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument(
+        "--model",
+        default=None,
+        help="with methods: which of them this model can take (zoo:, hf: or a folder; reads its config only)",
+    )
+    ls.add_argument("--trust-remote-code", action="store_true", help="with --model: allow its own Python code")
     ls.set_defaults(fn=cmd_list)
 
     ev = sub.add_parser(
@@ -93,7 +100,6 @@ def parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--out", default=None, help="results folder (default $HARNESS_RESULTS or results/)")
     ev.add_argument("--overwrite", action="store_true", help="rerun finished cells")
-    ev.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code")
     ev.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -106,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
         help="tasks whose backbone weights are missing run a random-init network "
         "(numbers only check the plumbing; the record says calibrated: false)",
     )
+    loading.add_arguments(ev)
     ev.set_defaults(fn=cmd_eval)
 
     ft = sub.add_parser(
@@ -122,8 +129,8 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--device", default="auto")
     ft.add_argument("--overwrite", action="store_true", help="refit even if the artifact exists")
-    ft.add_argument("--trust-remote-code", action="store_true")
     ft.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt (pickle) weights (see eval)")
+    loading.add_arguments(ft)
     ft.set_defaults(fn=cmd_fit)
 
     gt = sub.add_parser(

@@ -44,6 +44,8 @@ def _entries(what: str) -> list[dict]:
 
 def cmd_list(a) -> int:
     entries = _entries(a.what)
+    if getattr(a, "model", None):
+        _model_compat(a, entries)
     if a.json:
         print(json.dumps(entries, indent=1))
         return 0
@@ -51,7 +53,15 @@ def cmd_list(a) -> int:
     for e in entries:
         ps = ", ".join(f"{p['name']}={'None' if p['default'] is None else _fmt(p['default'])}" for p in e["params"])
         rows.append([e["name"], e.get("family", e["kind"]), e["summary"][:70], ps[:80]])
-    print(format_table(["name", "kind/family", "summary", "params (defaults)"], rows))
+        if a.model:
+            rows[-1].append({True: "yes", False: "refused", None: "-"}[e.get("applies")])
+    head = ["name", "kind/family", "summary", "params (defaults)"] + ([f"on {a.model}"] if a.model else [])
+    print(format_table(head, rows))
+    for e in entries:
+        if e.get("refusal"):
+            print(f"refused: {e['refusal']}")
+    if a.model:
+        print("(yes: the model has what the method patches; a cell may still fail for other reasons)")
     for e in entries:  # bridge families: the table cuts summaries, and these explain how to name one
         if e.get("family", "").endswith("(bridge)"):
             print(f"\n{e['name']}: {e['summary']}")
@@ -60,15 +70,33 @@ def cmd_list(a) -> int:
     return 0
 
 
+def _model_compat(a, entries: list[dict]) -> None:
+    """Mark each lm method with whether the model can take it (harness.compat), from the model's
+    config alone: `applies` true / false (with `refusal`), None for other kinds."""
+    from harness import compat, models
+    from harness.loading import LoadOptions
+
+    if a.what not in ("methods", "all"):
+        raise UserError("--model goes with `harness list methods`: it says which methods apply to the model")
+    model = models.skeleton(a.model, LoadOptions(trust_remote_code=a.trust_remote_code))
+    for e in entries:
+        if e["kind"] == "lm" and "family" in e and not e["family"].endswith("(bridge)"):
+            e["refusal"] = compat.refusal(model, registry.method(e["name"]))
+            e["applies"] = e["refusal"] is None
+
+
 # -- eval -------------------------------------------------------------------------------------
 def cmd_eval(a) -> int:
     from harness import models, runner
+    from harness.loading import LoadOptions
 
     from harness import records
 
     models.pick_device(a.device)  # a bad --device, --seed or --out is a user error before any work starts
     params.check_seed(a.seed)
     records.check_out_folder(a.out or records.default_out())
+    loading = LoadOptions.from_args(a)
+    loading.check()
     batch_size = _batch_size(a.batch_size)
     chunk = None if a.prefill_chunk is None else _non_negative(a.prefill_chunk)
     cap = None if a.memory_cap is None else _gib(a.memory_cap)
@@ -78,7 +106,7 @@ def cmd_eval(a) -> int:
             raise UserError("--allow-uncalibrated: none of these tasks loads backbone weights")
         task_args.setdefault("allow_uncalibrated", "true")
     cells = runner.resolve(
-        a.task, a.method, a.model, task_args, params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.limit
+        a.task, a.method, a.model, task_args, params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.limit, loading
     )
     progress = None
     if not a.no_progress:
@@ -93,7 +121,6 @@ def cmd_eval(a) -> int:
         out=a.out,
         overwrite=a.overwrite,
         batch_size=batch_size,
-        trust_remote_code=a.trust_remote_code,
         prefill_chunk=chunk,
         memory_cap=cap,
         allow_pickle=a.allow_pickle,
@@ -128,9 +155,12 @@ def cmd_eval(a) -> int:
 # -- fit --------------------------------------------------------------------------------------
 def cmd_fit(a) -> int:
     from harness import fitting, models
+    from harness.loading import LoadOptions
 
     models.pick_device(a.device)
     params.check_seed(a.seed)
+    loading = LoadOptions.from_args(a)
+    loading.check()
     key, payload = fitting.fit(
         a.method,
         a.model,
@@ -140,9 +170,9 @@ def cmd_fit(a) -> int:
         a.seed,
         a.device,
         a.overwrite,
-        a.trust_remote_code,
         log=lambda m: print(m, file=sys.stderr),
         allow_pickle=a.allow_pickle,
+        loading=loading,
     )
     summary = {k: v for k, v in payload.items() if k not in ("provenance", "trace")}
     print(json.dumps(summary, indent=1))

@@ -40,6 +40,7 @@ def fit(
     trust_remote_code: bool = False,
     log=print,
     allow_pickle: bool = False,
+    loading=None,
 ) -> tuple[str, dict]:
     """Run a method's fit stage (the task, when given, supplies the target context length)."""
     from harness import artifacts
@@ -56,7 +57,7 @@ def fit(
     elif task_args:
         raise UserError("--task-arg needs --task")
     if cls.kind == "lm":
-        loaded = models.load(model, device, trust_remote_code, allow_pickle)
+        loaded = models.load(model, device, trust_remote_code, allow_pickle, options=loading)
         lm, model_id, sha, dev = LM(loaded), loaded.id, loaded.sha256, loaded.device
     else:  # other kinds train their own models (a PRM): no LM, as in their tasks' evaluation
         lm, model_id, sha, dev = None, "none", None, models.pick_device(device)

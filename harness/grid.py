@@ -10,6 +10,7 @@
         task_args: {context_length: [512, 1024], samples_per_depth: 5}   # as --task-arg (a list = one list value)
         grid: {method.yarn.factor: [2, 4], task.depths: [5, 10]}         # crossed: one cell per combination
         seeds: [0, 1]
+        loading: {dtype: bfloat16, attn_implementation: eager}   # as eval's loading flags (harness.loading)
 
 Within a block, task_args / method_args follow `harness eval`: `key` goes to every task or method
 that has it, `name.key` to one."""
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from harness import params
 from harness.errors import UserError
+from harness.loading import LoadOptions
 
-BLOCK_KEYS = {"tasks", "methods", "models", "seeds", "limit", "task_args", "method_args", "grid"}
+BLOCK_KEYS = {"tasks", "methods", "models", "seeds", "limit", "task_args", "method_args", "grid", "loading"}
 TOP_KEYS = BLOCK_KEYS - {"tasks", "methods", "grid"} | {"out", "fit", "runs"}
 FIT_KEYS = {"method", "task", "model", "task_args", "method_args", "seed"}
 
@@ -100,10 +102,12 @@ class Spec:
     device: str = "auto"
     batch_size: int = 8
     threads: int | None = None
+    loading: dict | None = None  # harness.loading.LoadOptions fields
     label: str = ""
     path: str = ""
     attempts: int = 0
     reasons: list = field(default_factory=list)
+    outcome: str = ""  # the last attempt's status: done, skipped, refused ("" while failing)
 
 
 def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8) -> list[Spec]:
@@ -118,7 +122,7 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
         unknown = set(block) - BLOCK_KEYS
         if unknown:
             raise _err(path, where, f"unknown key(s) {sorted(unknown)} (allowed: {sorted(BLOCK_KEYS)})")
-        merged = {k: grid[k] for k in ("models", "seeds", "limit") if k in grid}
+        merged = {k: grid[k] for k in ("models", "seeds", "limit", "loading") if k in grid}
         merged.update(block)
         tasks = [str(t) for t in _names(merged, "tasks", path, where)]
         methods = [str(m) for m in _names(merged, "methods", path, where)]
@@ -129,6 +133,7 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
         limit = merged.get("limit")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
             raise _err(path, where, f"limit must be an integer, got {limit!r}")
+        loading = LoadOptions.from_mapping(merged.get("loading"), f"grid {path}: {where}")
         base_t = {**_args(grid, "task_args", path, "task_args"), **_args(block, "task_args", path, where)}
         base_m = {**_args(grid, "method_args", path, "method_args"), **_args(block, "method_args", path, where)}
         axes = block.get("grid") or {}
@@ -143,7 +148,7 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
                 side, _, name = str(key).partition(".")
                 (t_args if side == "task" else m_args)[name] = arg_value(value)
             try:
-                cells = runner.resolve(tasks, methods, model, t_args, m_args, seed, limit)
+                cells = runner.resolve(tasks, methods, model, t_args, m_args, seed, limit, loading)
             except UserError as e:
                 raise _err(path, where, str(e)) from None
             for i, cell in enumerate(cells):
@@ -164,6 +169,7 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
                         str(out),
                         device,
                         batch_size,
+                        loading=merged.get("loading"),
                         label=label,
                         path=str(rec_path),
                     )

@@ -71,6 +71,14 @@ class LMMethod(Method):
 
     kind = "lm"
     patches: ClassVar[frozenset[str]] = frozenset()
+    # KV-cache methods: what their budget counts ("tokens" kept, "bits" per value, "bytes" against
+    # the dense cache); None: the method manages no KV cache. The kv_compression task reads it.
+    budget_unit: ClassVar[str | None] = None
+
+    def draft_length(self) -> int | None:
+        """Speculative methods drafting a fixed-length chain: tokens drafted per step (γ), from which
+        spec_acceptance derives the analytic τ; None for every other method (trees, no drafts)."""
+        return None
 
     def apply(self, lm, ctx: "MethodContext") -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -106,6 +114,19 @@ class StepScorer(Method):
     def search(self, problem: dict, n: int, seed: int) -> str | None:
         """selection "search": the final answer found with budget n (None: no answer)."""
         raise TypeError(f"method {self.name} does not define search()")
+
+
+class VideoSource(Method):
+    """Supplies the videos a video task scores (kind video_source): `videos(ctx)` returns them, and
+    the task reports back through `note_loaded` how many it could read (the effect check's input)."""
+
+    kind = "video_source"
+
+    def videos(self, ctx: "TaskContext") -> list:
+        raise TypeError(f"method {self.name} does not define videos()")
+
+    def note_loaded(self, readable: int, errors: list[dict]) -> None:
+        """Called by the task after loading: `readable` videos decoded, `errors` for the others."""
 
 
 @dataclass

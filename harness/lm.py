@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness import compat
+from harness.errors import Refused
 from harness.models import LoadedModel
 
 
@@ -43,6 +45,22 @@ def default_prefill_chunk(device: str) -> int:
 KEEP = object()  # batch_hooks: leave this hook as it is
 
 
+@dataclass(frozen=True)
+class KVRequest:
+    """What a task asks of a KV-cache method for the calls inside `LM.kv_request_for` (the
+    kv_compression task sweeps budgets through it). Methods that manage no KV cache ignore it.
+
+    budget: fraction of the context's tokens to keep (<= 1) or a token count (> 1); None: the
+    method's own budget, 1.0 is dense (the same loop, no compression). question_tokens: how many
+    final prompt tokens are the question, fed after compression (kvpress's query-agnostic protocol).
+    decode_tokens: when scoring text, how many final tokens are decoded one at a time (None: the
+    method's default)."""
+
+    budget: float | None = None
+    question_tokens: int = 0
+    decode_tokens: int | None = None
+
+
 class LM:
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, prefill_chunk: int | None = None):
         self.loaded = loaded
@@ -52,10 +70,10 @@ class LM:
         self.batch_size = batch_size
         # tokens per prefill forward (0: one forward over the whole prompt)
         self.prefill_chunk = default_prefill_chunk(self.device) if prefill_chunk is None else prefill_chunk
-        # While a prompt is prefilled in chunks: its full length. Methods whose rule depends on the
-        # length of the sequence in the forward (dynamic NTK) read it, so that chunking computes
-        # what one forward over the whole prompt would.
-        self.prefill_length: int | None = None
+        # While prompts are prefilled in chunks: each row's whole prompt length (a list, padding not
+        # counted). Methods whose rule depends on the sequence length (dynamic NTK) read it, so that
+        # chunking computes what one forward over the whole prompt would.
+        self.prefill_length: list[int] | None = None
         # Public extension points (set through batch_hooks): generate_batch_hook(ids, mask,
         # max_new_tokens, temperature, top_p) -> new tokens [b, n]; forward_logits_hook(ids, mask)
         # -> logits [b, width, vocab]. None: the LM's own (transformers' generate after a chunked
@@ -64,13 +82,34 @@ class LM:
         self.forward_logits_hook = None
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.telemetry: Counter = Counter()
-        # Per-call hints a task gives the methods that wrap the batch hooks (e.g. the kv family:
-        # "kv_budget", "kv_question_tokens", "kv_decode_tokens"); methods that know none ignore them.
-        self.hints: dict = {}
-        self._hook = self.model.register_forward_pre_hook(self._count_forward)
+        # What the task asks of a KV-cache method for the current calls (set with kv_request_for).
+        self.kv_request = KVRequest()
+        # The KV-cache method managing this LM's cache, while one is applied (two would conflict).
+        self.kv_policy = None
+        # learned absolute positions (gpt2, opt): a longer sequence is a clear error, not an IndexError
+        self.position_limit = compat.position_limit(self.model)
+        self._hook = self.model.register_forward_pre_hook(self._count_forward, with_kwargs=True)
 
-    def _count_forward(self, module, args):
+    def _count_forward(self, module, args, kwargs):
         self.telemetry["forward_calls"] += 1
+        if self.position_limit is not None:
+            pos, ids = kwargs.get("position_ids"), kwargs.get("input_ids", args[0] if args else None)
+            if pos is not None:
+                top = int(pos.max()) + 1 if pos.numel() else 0
+            else:
+                cache = kwargs.get("past_key_values")
+                top = (cache.get_seq_length() if cache is not None else 0) + (ids.shape[1] if ids is not None else 0)
+            if top > self.position_limit:
+                raise Refused(compat.too_long(self.model, top, self.position_limit))
+
+    @contextlib.contextmanager
+    def kv_request_for(self, request: KVRequest):
+        """`lm.kv_request` is `request` for the block, and back to the previous one after."""
+        saved, self.kv_request = self.kv_request, request
+        try:
+            yield request
+        finally:
+            self.kv_request = saved
 
     @contextlib.contextmanager
     def batch_hooks(self, generate_batch=KEEP, forward_logits=KEEP):
@@ -125,6 +164,8 @@ class LM:
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             width = max(map(len, chunk))
+            if self.position_limit is not None and width + max_new_tokens > self.position_limit:  # before any work
+                raise Refused(compat.too_long(self.model, width + max_new_tokens, self.position_limit))
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=self.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
@@ -180,7 +221,8 @@ class LM:
         """Forward ids through the KV cache a chunk at a time; yields (start, logits) per chunk,
         logits for the chunk positions keep(start, end) names (an int n: the last n)."""
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        self.prefill_length = length
+        # each row's real length in the whole sequence (left padding: its last position + 1)
+        self.prefill_length = (positions[:, -1] + 1 + (length - ids.shape[1])).tolist()
         try:
             for s, e in self.chunks(ids.shape[1]):
                 extra = {"logits_to_keep": keep(s, e)} if self._keeps_logits else {}
@@ -291,9 +333,12 @@ class LM:
 
     @torch.no_grad()
     def _forward_logits(self, ids, mask, keep=None):
-        """Logits of the whole batch in one forward (no cache); keep: only these positions."""
+        """Logits of the whole batch in one forward (no cache); keep: only these positions. Position
+        ids follow the mask (each row's own, as in the chunked path), so a rule that depends on the
+        sequence length sees the row's length, not the padded width."""
         extra = {} if keep is None else {"logits_to_keep": keep}
-        return self.model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra).logits
 
     def close(self) -> None:
         self._hook.remove()

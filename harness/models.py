@@ -8,11 +8,12 @@ import json
 import os
 import stat
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.loading import LoadOptions, require_cached
 
 DEFAULT_MODEL = "zoo:tiny-llama"
 
@@ -106,16 +107,23 @@ def load(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     head: str = "causal_lm",
+    options: LoadOptions | None = None,
 ) -> LoadedModel:
     """`head` picks the transformers Auto class: causal_lm (default), token_classification or
     sequence_classification (reward and process-reward models), base (AutoModel, e.g. a PRM whose
-    remote code defines its own head)."""
+    remote code defines its own head). `options`: dtype, device map, quantization, attention
+    kernel, remote code, downloads (harness.loading; `trust_remote_code` is the short form)."""
     from harness.zoo import registry as zoo
 
+    options = options or LoadOptions()
+    if trust_remote_code:
+        options = replace(options, trust_remote_code=True)
+    options.check()
     dev = pick_device(device)
     if spec.startswith("zoo:"):
         folder, info = zoo.verified_folder(spec[4:])
-        return _load_folder(spec, folder, dev, False, zoo=True, info=info, head=head)
+        options = replace(options, trust_remote_code=False)
+        return _load_folder(spec, folder, dev, options, zoo=True, info=info, head=head)
     ref = spec[3:] if spec.startswith("hf:") else spec
     path = Path(ref).expanduser()
     if path.exists():
@@ -123,19 +131,18 @@ def load(
             raise UserError(f"model folder {path} has no config.json")
         _refuse_pickle(path, allow_pickle)
         weights_sha256(path)  # unreadable weights (a FIFO, a folder) are refused before transformers opens them
-        return _load_folder(f"{path.resolve()}", path, dev, trust_remote_code, pickle=_pickle_only(path), head=head)
+        return _load_folder(f"{path.resolve()}", path, dev, options, pickle=_pickle_only(path), head=head)
     if not spec.startswith("hf:"):
-        raise UserError(
-            f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
-        )
-    return _load_folder(spec, ref, dev, trust_remote_code, head=head)
+        raise _unknown(spec)
+    require_cached(spec, ref, options)  # fails at once, before transformers retries the network
+    return _load_folder(spec, ref, dev, options, head=head)
 
 
 def _load_folder(
     model_id: str,
     where,
     device: str,
-    trust_remote_code: bool,
+    options: LoadOptions,
     zoo: bool = False,
     info: dict | None = None,
     pickle: bool = False,
@@ -143,7 +150,6 @@ def _load_folder(
 ) -> LoadedModel:
     import pickle as pickle_module
 
-    import torch
     import transformers
     from safetensors import SafetensorError
     from transformers import AutoTokenizer
@@ -162,21 +168,23 @@ def _load_folder(
 
     transformers.logging.set_verbosity_error()  # per-weight progress bars and length reminders
     transformers.utils.logging.disable_progress_bar()
-    # float32 on CPU: bf16 matmuls are far slower there. On GPU keep the checkpoint's dtype.
-    dtype = torch.float32 if device == "cpu" else "auto"
+    kwargs = options.kwargs(device)  # float32 on CPU unless --dtype says otherwise
+    hub = {k: kwargs[k] for k in ("trust_remote_code", "local_files_only")}
     warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the error below says it all
     try:
-        tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code)
-        model = auto.from_pretrained(
-            str(where), dtype=dtype, use_safetensors=not pickle, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError, RuntimeError, pickle_module.UnpicklingError, SafetensorError) as e:
-        # a truncated or junk safetensors file, or a pickle torch's weights-only loader refuses
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        tok = AutoTokenizer.from_pretrained(str(where), **hub)
+        model = auto.from_pretrained(str(where), use_safetensors=not pickle, **kwargs)
+    except (OSError, ValueError, ImportError, RuntimeError, pickle_module.UnpicklingError, SafetensorError) as e:
+        # also a truncated or junk safetensors file, or a pickle torch's weights-only loader refuses
+        first = _first_line(e)
         if isinstance(e, pickle_module.UnpicklingError):
             first = "its pickle holds more than tensors (refused by torch's weights-only loader: it could run code)"
         raise UserError(f"cannot load model {model_id!r}: {first}") from None
-    model.to(device).eval()
+    if options.places_weights:  # accelerate / bitsandbytes placed them: the inputs go where they start
+        device = str(model.device)
+    else:
+        model.to(device)
+    model.eval()
     folder = Path(where) if Path(str(where)).exists() else _hub_folder(str(where))
     sha = weights_sha256(folder) if folder else None
     if info and info.get("sha256") and sha != info["sha256"]:
@@ -191,13 +199,20 @@ def _hub_folder(repo_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.safetensors"]))
+        from harness.loading import hub_cache
+
+        return Path(
+            snapshot_download(
+                repo_id, local_files_only=True, allow_patterns=["*.safetensors"], cache_dir=str(hub_cache())
+            )
+        )
     except Exception:  # hashing is best-effort for hub ids; the record then says sha256: null
         return None
 
 
-def identity(spec: str) -> tuple[str, str | None]:
-    """(normalised id, weights sha256) without loading the model, for the resume check."""
+def identity(spec: str, options: LoadOptions | None = None) -> tuple[str, str | None]:
+    """(normalised id, weights sha256) without loading the model, for the resume check; an hf: id
+    missing from the cache is refused here already unless downloads are allowed."""
     from harness.zoo import registry as zoo
 
     if spec == "none":
@@ -209,11 +224,50 @@ def identity(spec: str) -> tuple[str, str | None]:
     if path.exists():
         return str(path.resolve()), weights_sha256(path)
     if not spec.startswith("hf:"):
-        raise UserError(
-            f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
-        )
+        raise _unknown(spec)
+    require_cached(spec, ref, options or LoadOptions())
     folder = _hub_folder(ref)
     return spec, weights_sha256(folder) if folder else None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _unknown(spec: str) -> UserError:
+    return UserError(
+        f"unknown model {spec!r}: use zoo:<name> (see `harness zoo list`), hf:<org/name>, or a local folder"
+    )
+
+
+def skeleton(spec: str, options: LoadOptions | None = None):
+    """The model's modules on the meta device, from its config alone (no weights are read, so a 70B
+    checkpoint costs as little as a tiny one): what harness.compat inspects for `harness list`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.zoo import registry as zoo
+
+    options = options or LoadOptions()
+    if spec.startswith("zoo:"):
+        where = zoo.verified_folder(spec[4:])[0]
+    else:
+        ref = spec[3:] if spec.startswith("hf:") else spec
+        where = Path(ref).expanduser()
+        if not where.exists():
+            if not spec.startswith("hf:"):
+                raise _unknown(spec)
+            require_cached(spec, ref, options)
+            where = ref
+    trust = options.trust_remote_code
+    try:
+        cfg = AutoConfig.from_pretrained(
+            str(where), trust_remote_code=trust, local_files_only=not options.allow_download
+        )
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust)
+    except (OSError, ValueError, ImportError, KeyError) as e:
+        raise UserError(f"cannot read model {spec!r}: {_first_line(e)}") from None
 
 
 def label(loaded) -> str:
@@ -235,4 +289,14 @@ def facts(loaded) -> dict:
         "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
         "weights_format": loaded.info.get("weights_format", "safetensors"),
         "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""),
+        "attn_implementation": getattr(cfg, "_attn_implementation", None),
+        "device_map": sorted({str(d) for d in (getattr(loaded.model, "hf_device_map", None) or {}).values()}) or None,
+        "quantization": _quant_method(getattr(cfg, "quantization_config", None)),
     }
+
+
+def _quant_method(q) -> str | None:
+    if q is None:
+        return None
+    method = q.get("quant_method") if isinstance(q, dict) else getattr(q, "quant_method", None)
+    return str(getattr(method, "value", method))

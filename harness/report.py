@@ -9,6 +9,7 @@ wins. Records without per-length values get one row per record (`records_table`)
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -136,19 +137,37 @@ def variant_labels(recs: list[dict]) -> list[str]:
     return labels
 
 
+def _over_seeds(values: list) -> str:
+    """One cell for the runs of one configuration: the value, or mean ± sample sd over the seeds."""
+    vals = [v for v in values if isinstance(v, (int, float))]
+    if len(vals) < 2:
+        return fmt(vals[0]) if vals else ""
+    mean = sum(vals) / len(vals)
+    sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+    return f"{fmt(mean)} ± {fmt(sd)}"
+
+
 def records_table(recs: list[dict], metrics: list[str] | None = None) -> str:
-    """One row per record: the method (with the parameters that tell its records apart), the given
-    metrics (default: each record's main metric) and whether the number is calibrated."""
+    """One row per configuration: the method (with the parameters that tell its records apart), the
+    given metrics (default: each record's main metric) and whether the number is calibrated. Runs of
+    one configuration that differ only in their seed share a row: mean ± sd over the seeds, and a
+    `seeds` column says how many (the spread is the seeds', never the configurations')."""
     rows = sorted(zip(variant_labels(recs), recs), key=lambda x: x[0])
     if metrics:
-        head = ["method", *metrics, "calibrated"]
+        groups: dict[tuple, list[tuple[str, dict]]] = {}
+        for label, r in rows:  # the configuration: everything but the seed
+            key = (label, json.dumps(r["task"].get("params"), sort_keys=True), r["model"]["id"], r.get("limit"))
+            groups.setdefault(key, []).append((label, r))
+        seeded = any(len(g) > 1 for g in groups.values())
+        head = ["method", *metrics, *(["seeds"] if seeded else []), "calibrated"]
         body = [
             [
-                label,
-                *(fmt(r["metrics"].get(m, {}).get("value")) for m in metrics),
-                str(r["provenance"].get("calibrated", True)).lower(),
+                g[0][0],
+                *(_over_seeds([r["metrics"].get(m, {}).get("value") for _, r in g]) for m in metrics),
+                *([str(len({r.get("seed") for _, r in g}))] if seeded else []),
+                str(all(r["provenance"].get("calibrated", True) for _, r in g)).lower(),
             ]
-            for label, r in rows
+            for g in groups.values()
         ]
     else:
         head = ["method", "main metric", "value", "n", "calibrated"]

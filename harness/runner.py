@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import fitting, models, params, provenance, records, registry
+from harness import compat, fitting, models, params, provenance, records, registry
 from harness import budget as budget_plan
 from harness.budget import duration
 from harness.errors import NoEffect, UserError, nearest
 from harness.interfaces import Method, MethodContext, Task, TaskContext
+from harness.loading import LoadOptions
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Cell:
     model: str
     seed: int = 0
     limit: int | None = None
+    loading: LoadOptions = field(default_factory=LoadOptions)  # its non-default options enter the run id
 
     @property
     def method_name(self) -> str:
@@ -44,7 +47,11 @@ class Cell:
         return {
             "task": {"name": self.task.name, "version": self.task.version, "params": params.to_dict(self.task)},
             "method": {"name": self.method_name, "params": {m.name: params.to_dict(m) for m in self.methods}},
-            "model": {"id": self.model, "sha256": model_sha},
+            "model": {
+                "id": self.model,
+                "sha256": model_sha,
+                **({"loading": opts} if (opts := self.loading.config()) else {}),
+            },
             "seed": self.seed,
             "limit": self.limit,
         }
@@ -79,6 +86,7 @@ def resolve(
     method_args: dict[str, str],
     seed: int = 0,
     limit: int | None = None,
+    loading: LoadOptions | None = None,
 ) -> list[Cell]:
     """Validate everything the user asked for, before any model is loaded."""
     if limit is not None and limit < 1:
@@ -115,7 +123,10 @@ def resolve(
             check_combination(task, combo)
             methods = [_build(c, m_scoped.get(c.name, {}), m_plain, f"method {c.name}") for c in combo]
             cell_model = model or (models.DEFAULT_MODEL if task.needs_lm else "none")
-            cells.append(Cell(task, tname, methods, cell_model, seed, limit))
+            cell_loading = LoadOptions() if cell_model == "none" else loading or LoadOptions()
+            if cell_model.startswith("zoo:"):  # the zoo has no remote code: the flag changes nothing
+                cell_loading = dataclasses.replace(cell_loading, trust_remote_code=False)
+            cells.append(Cell(task, tname, methods, cell_model, seed, limit, cell_loading))
     return cells
 
 
@@ -180,7 +191,7 @@ def check_combination(task: Task | None, combo: list[type[Method]]) -> None:
 
 def locate(cell: Cell, out: Path) -> tuple[dict, str, Path]:
     """The cell's canonical config, run id and record path (no model is loaded)."""
-    model_id, sha = models.identity(cell.model)
+    model_id, sha = models.identity(cell.model, cell.loading)
     config = cell.config(sha)
     config["model"]["id"] = model_id
     rid = records.run_id(config)
@@ -202,7 +213,6 @@ def evaluate(
     out: Path | None = None,
     overwrite: bool = False,
     batch_size: int | str = "auto",
-    trust_remote_code: bool = False,
     progress=None,
     log=print,
     allow_pickle: bool = False,
@@ -233,8 +243,10 @@ def evaluate(
             outcomes.append(_run_cell(cell, config, rid, path, None, None, cell_progress))
         else:
             if loaded is None:
-                loaded = models.load(cell.model, device, trust_remote_code, allow_pickle)
-            _check_position_encoding(loaded, cell)
+                loaded = models.load(cell.model, device, allow_pickle=allow_pickle, options=cell.loading)
+                for c in cells[i:]:  # a method the model cannot take is refused before any cell runs
+                    if c.task.needs_lm:
+                        compat.check(loaded, c)
             lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk)
             budget = (batch_size, memory_cap, log)
             cell_progress = _named(progress, name, lm) if progress is not None else None
@@ -267,20 +279,6 @@ def _with_rate(bar, lm):
         yield item
         tokens = sum(lm.telemetry[k] for k in ("prompt_tokens", "generated_tokens", "scored_tokens"))
         bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
-
-
-def _check_position_encoding(loaded, cell: Cell) -> None:
-    """A model pretrained with ALiBi runs only under the alibi method: loaded plainly, the Llama class
-    would rotate its queries and keys with a RoPE it never saw, and the numbers would mean nothing."""
-    from harness.attention import ALIBI_CONFIG_FLAG
-
-    if getattr(loaded.model.config, ALIBI_CONFIG_FLAG, None) == "alibi" and not any(
-        m.name == "alibi" for m in cell.methods
-    ):
-        raise UserError(
-            f"{cell.model} was pretrained with ALiBi position biases: evaluate it with "
-            f"--method alibi (method {cell.method_name} would run it with RoPE)"
-        )
 
 
 def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress, budget=None) -> Outcome:

@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from harness.errors import NoEffect, UserError
+from harness.errors import NoEffect, Refused, UserError
 
 from harness.grid import FIT_KEYS, Spec, arg_value, expand, load_grid
 
@@ -25,18 +25,28 @@ from harness.grid import FIT_KEYS, Spec, arg_value, expand, load_grid
 def run_cell(spec: Spec) -> dict:
     """The one cell function both executors run: resolve, evaluate (skips a finished record)."""
     from harness import runner
+    from harness.loading import LoadOptions
 
     if spec.threads:
         import torch
 
         torch.set_num_threads(spec.threads)
+    loading = LoadOptions.from_mapping(spec.loading, "grid")
     cells = runner.resolve(
-        spec.tasks, spec.methods, spec.model, spec.task_args, spec.method_args, spec.seed, spec.limit
+        spec.tasks, spec.methods, spec.model, spec.task_args, spec.method_args, spec.seed, spec.limit, loading
     )
-    outcome = runner.evaluate(
-        [cells[spec.index]], device=spec.device, out=Path(spec.out), batch_size=spec.batch_size, log=lambda m: None
-    )[0]
+    try:
+        outcome = runner.evaluate(
+            [cells[spec.index]], device=spec.device, out=Path(spec.out), batch_size=spec.batch_size, log=lambda m: None
+        )[0]
+    except Refused as e:  # the model cannot take this cell: the sweep records why and goes on
+        return {"status": "refused", "reason": str(e), "path": spec.path}
     return {"status": "skipped" if outcome.skipped else "done", "path": str(outcome.path)}
+
+
+def _finish(spec: Spec, res: dict) -> None:
+    spec.outcome = res["status"]
+    spec.reasons.append(res.get("reason", res["status"]))
 
 
 def _reason(e: BaseException) -> str:
@@ -147,7 +157,7 @@ def run_local(specs: list[Spec], workers: int, retries: int, devices: list[str],
                             else:
                                 running[pool.submit(fn, spec)] = spec
                         continue
-                    spec.reasons.append(res["status"])
+                    _finish(spec, res)
                     dev = f" on device {res['device']}" if res.get("device") is not None else ""
                     log(f"{res['status']}: {spec.label}{dev}")
         if not broken:
@@ -201,7 +211,7 @@ def run_slurm(
                 if spec.attempts <= retries:
                     again.append(spec)
                 continue
-            spec.reasons.append(res["status"])
+            _finish(spec, res)
             log(f"{res['status']}: {spec.label} (job {job.job_id})")
         todo = again
 
@@ -215,13 +225,17 @@ def _slurm_reason(e: BaseException) -> str:
 
 # -- the command ----------------------------------------------------------------------------------
 def summarize(specs: list[Spec], skipped: list[Spec]) -> dict:
-    done = [s for s in specs if s.reasons and s.reasons[-1] in ("done", "skipped")]
-    failed = [s for s in specs if not (s.reasons and s.reasons[-1] in ("done", "skipped"))]
+    """done / skipped / refused (the model cannot take the cell: not a failure) / failed."""
+    done = [s for s in specs if s.outcome in ("done", "skipped")]
+    refused = [s for s in specs if s.outcome == "refused"]
+    failed = [s for s in specs if s.outcome not in ("done", "skipped", "refused")]
     return {
         "cells": len(specs) + len(skipped),
         "done": len(done),
         "skipped": len(skipped),
+        "refused": len(refused),
         "failed": len(failed),
+        "refusals": [{"cell": s.label, "reason": s.reasons[-1]} for s in refused],
         "failures": [
             {
                 "cell": s.label,
@@ -315,8 +329,10 @@ def print_summary(summary: dict, file=None) -> None:
     file = file or sys.stdout
     print(
         f"sweep: {summary['cells']} cells: {summary['done']} done, {summary['skipped']} skipped "
-        f"(finished before), {summary['failed']} failed",
+        f"(finished before), {summary.get('refused', 0)} refused, {summary['failed']} failed",
         file=file,
     )
+    for r in summary.get("refusals", []):
+        print(f"  refused: {r['cell']}: {r['reason']}", file=file)
     for f in summary["failures"]:
         print(f"  failed after {f['attempts']} attempt(s): {f['cell']}: {f['reason']}", file=file)

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from harness.errors import UserError
+from harness.interfaces import VideoSource
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".avi", ".mkv", ".mov")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -154,9 +155,14 @@ def load_all(refs: list[VideoRef], ctx, num_frames: int | None = None, desc: str
             loaded.append((ref, ref.load(num_frames)))
         except UserError as e:
             errors.append({"id": ref.id, "path": ref.path, "error": str(e)})
-    for m in ctx.methods:
-        if hasattr(m, "note_loaded"):
-            m.note_loaded(len(loaded), errors)
+    report_loaded(ctx, len(loaded), errors)
     if not loaded:
         raise UserError("no readable video: " + "; ".join(e["error"] for e in errors[:5]))
     return loaded, errors
+
+
+def report_loaded(ctx, readable: int, errors: list[dict]) -> None:
+    """Tell the cell's video sources how many of their videos the task could read (their effect check)."""
+    for m in ctx.methods:
+        if isinstance(m, VideoSource):
+            m.note_loaded(readable, errors)

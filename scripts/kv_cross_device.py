@@ -39,17 +39,17 @@ def run_method(lm, name: str, prompt: list[int], feed: list[int], budget: float)
     """(logits of every fed token [steps, vocab] on the CPU, sorted kept positions per layer and head)."""
     from harness import params, registry
     from harness.interfaces import MethodContext
+    from harness.lm import KVRequest
 
     methods = [params.build(registry.method(p), {}, p) for p in name.split("+")]
     with contextlib.ExitStack() as stack:
         for m in methods:
             stack.enter_context(m.apply(lm, MethodContext()))
-        driver = lm.kv_driver
-        lm.hints = {"kv_budget": budget}
+        driver = lm.kv_policy
+        stack.enter_context(lm.kv_request_for(KVRequest(budget=budget)))
         run = driver.start()
         out = [driver.prefill(run, prompt, all_logits=False)[-1:]]
         out += [driver.decode(run, [t])[-1:] for t in feed]
-        lm.hints = {}
     kept = [lc.pos[0].sort(dim=-1).values.cpu() for _, lc in sorted(run.layers.items())]
     return torch.cat(out).float().cpu(), kept
 

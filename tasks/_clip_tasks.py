@@ -13,7 +13,8 @@ import torch
 
 from harness.errors import UserError
 from harness.interfaces import Metric
-from harness.tasks._backbones import CLIP_NORM, IMAGENET, _normalise
+from harness.backbones._common import IMAGENET, normalise
+from harness.backbones.clip import CLIP_NORM
 from harness.video import IMAGE_EXTENSIONS, require
 
 CLIP_B32_FILE = ("ViT-B-32.pt", "OpenAI's CLIP ViT-B/32 release (the file clip.load('ViT-B/32') caches)")
@@ -46,7 +47,7 @@ def pil_resize_crop(image: np.ndarray, short: int, crop: int) -> np.ndarray:
 def to_tensor(images: np.ndarray, stats) -> torch.Tensor:
     """[N, H, W, 3] uint8 -> ToTensor (/255) + Normalize(stats)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    return _normalise(x, stats)
+    return normalise(x, stats)
 
 
 def clip_transform_image(frames: np.ndarray, n: int = 224) -> torch.Tensor:
@@ -69,7 +70,7 @@ def dino_transform_internet(frames: np.ndarray, antialias: bool = True) -> torch
     size = (256, int(256 * w / h)) if h <= w else (int(256 * h / w), 256)
     x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
     top, left = int(round((size[0] - 224) / 2.0)), int(round((size[1] - 224) / 2.0))
-    return _normalise(x[:, :, top : top + 224, left : left + 224] / 255, IMAGENET)
+    return normalise(x[:, :, top : top + 224, left : left + 224] / 255, IMAGENET)
 
 
 # -- prompt suites -------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import numpy as np
 from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
 from harness.tasks._vbench import position_score, raise_no_scores, scene_match
-from harness.video import collect, load_all
+from harness.video import collect, load_all, report_loaded
 
 COLOR_WORDS = (
     "white",
@@ -283,9 +283,7 @@ class DetectionTask(Task):
                 continue
             frames = [hit[i] for i in sorted(hit)]
             out.append((ref, frames, hashlib.sha256(json.dumps(frames, sort_keys=True).encode()).hexdigest()[:16]))
-        for m in ctx.methods:
-            if hasattr(m, "note_loaded"):
-                m.note_loaded(len(out), errors)
+        report_loaded(ctx, len(out), errors)
         if not out:
             raise UserError(
                 f"{self.name}: none of the {len(refs)} videos has frames in {self.detections} "

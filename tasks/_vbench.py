@@ -340,8 +340,21 @@ I2V_WEIGHT = {"camera_motion": 0.1, "i2v_subject": 1.0, "i2v_background": 1.0}
 
 
 def normalized(dim: str, raw: float) -> float:
+    """(raw - Min)/(Max - Min) · w, kept in [0, w]: VBench's Min/Max are the range its own models
+    reached, and a value outside it (a proxy, a new model) would otherwise read as more than perfect
+    (VBench's cal_final_score.py does not clamp; the record lists such dimensions: `outside_range`)."""
     lo, hi = NORMALIZE.get(dim) or NORMALIZE_I2V[dim]
-    return (raw - lo) / (hi - lo) * WEIGHT.get(dim, 1.0)
+    return min(max((raw - lo) / (hi - lo), 0.0), 1.0) * WEIGHT.get(dim, 1.0)
+
+
+def outside_range(raw: dict[str, float]) -> list[str]:
+    """Dimensions whose raw value lies outside VBench's normalisation range (clamped)."""
+    out = []
+    for dim, value in sorted(raw.items()):
+        lo, hi = NORMALIZE.get(dim) or NORMALIZE_I2V.get(dim) or (value, value)
+        if not lo <= value <= hi:
+            out.append(dim)
+    return out
 
 
 def aggregate_scores(raw: dict[str, float]) -> dict[str, float]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
+from harness.video import report_loaded
 from harness.registry import register
 
 
@@ -68,9 +69,7 @@ class ChronoMagicMTScore(Task):
         rows = [{"id": str(i), "value": metamorphic_score(v, tf)} for i, v in zip(ids, vf) if str(i) in wanted]
         if not rows:
             raise UserError(f"chronomagic_mtscore: no id in {self.features} matches the source's videos")
-        for m in ctx.methods:
-            if hasattr(m, "note_loaded"):
-                m.note_loaded(len(rows), [])
+        report_loaded(ctx, len(rows), [])
         data_hash = hashlib.sha256(Path(self.features).expanduser().read_bytes()).hexdigest()
         return TaskResult(
             {"mtscore": Metric.mean([r["value"] for r in rows], "higher", "score", "value")},

@@ -53,7 +53,7 @@ class FVD(Task):
     leaves the covariance rank-deficient).
 
     features=videomae is content-debiased FVD (Ge et al. 2024, arXiv:2404.12391; the cd-fvd package):
-    VideoMAE-v2 ViT-g (hybrid pre-training, SSv2 fine-tuned; tasks/_video_vit.py, plain PyTorch)
+    VideoMAE-v2 ViT-g (hybrid pre-training, SSv2 fine-tuned; backbones/video_vit.py, plain PyTorch)
     `forward_features` (mean-pooled, fc_norm, 1408-d) of the first 16 frames squashed to 224² in
     [0, 1] without mean/std normalisation, biased covariance (÷N) in float64. It loads
     vit_g_hybrid_pt_1200e_ssv2_ft.pth strictly (the 'model'/'module' entry when present, as cd-fvd);
@@ -90,7 +90,7 @@ class FVD(Task):
         if self.biased_cov is None:
             self.biased_cov = self.features == "videomae"
         if self.features == "videomae":
-            from harness.tasks._video_vit import TINY, VIDEOMAE_V2_G_SSV2
+            from harness.backbones.video_vit import TINY, VIDEOMAE_V2_G_SSV2
 
             if self.arch not in ("giant", "tiny"):
                 raise ValueError("arch must be giant or tiny")
@@ -105,7 +105,7 @@ class FVD(Task):
     def network(self):
         if self.features == "videomae":
             return self.videomae()
-        from harness.tasks._i3d import InceptionI3d
+        from harness.backbones.i3d import InceptionI3d
 
         torch.manual_seed(0)
         net = InceptionI3d(400)
@@ -127,7 +127,7 @@ class FVD(Task):
         return net.eval(), facts
 
     def videomae(self):
-        from harness.tasks._video_vit import VideoViT, load_video_vit
+        from harness.backbones.video_vit import VideoViT, load_video_vit
 
         torch.manual_seed(0)
         net = VideoViT(self._vit)
@@ -148,7 +148,7 @@ class FVD(Task):
 
     def clip(self, frames: np.ndarray) -> torch.Tensor:
         if self.features == "videomae":
-            from harness.tasks._video_vit import frames_to_unit
+            from harness.backbones.video_vit import frames_to_unit
 
             return frames_to_unit(frames, self.num_frames, self.resolution)
         return preprocess(frames, self.num_frames, self.resolution)

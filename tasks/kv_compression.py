@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.errors import NoEffect
+from harness.lm import KVRequest
 from harness.interfaces import Metric, Task, TaskResult
 from harness.provenance import device_clock
 from harness.registry import register
@@ -137,24 +138,19 @@ class KVCompression(Task):
 
     # -- one call through the policy -----------------------------------------------------------
     def call(self, lm, unit: str, budget: float, fn, question: int = 0, decode: int | None = None) -> dict:
-        """Run fn() under the budget's hints; return its result and the call's telemetry, after
+        """Run fn() under the budget's KV request; return its result and the call's telemetry, after
         checking the kept length."""
-        hints = {"kv_question_tokens": question}
-        if unit not in SINGLE or budget == DENSE:  # a quantizer's own row keeps its bits
-            hints["kv_budget"] = budget
-        if decode is not None:
-            hints["kv_decode_tokens"] = decode
+        # a quantizer's own row keeps its bits
+        own = unit in SINGLE and budget != DENSE
+        request = KVRequest(budget=None if own else budget, question_tokens=question, decode_tokens=decode)
         before = dict(lm.telemetry)
         lm.telemetry["kv.peak_cache_bytes"] = 0
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        lm.hints = hints
         clock = device_clock(lm.device)
         t0 = clock()
-        try:
+        with lm.kv_request_for(request):
             out = fn()
-        finally:
-            lm.hints = {}
         wall = clock() - t0
         d = {k: lm.telemetry[k] - before.get(k, 0) for k in lm.telemetry if k.startswith("kv.")}
         d["kv.peak_cache_bytes"] = lm.telemetry["kv.peak_cache_bytes"]
@@ -201,7 +197,7 @@ class KVCompression(Task):
     # -- the run ---------------------------------------------------------------------------------
     def run(self, ctx) -> TaskResult:
         lm = ctx.lm
-        unit = next((getattr(m, "budget_unit") for m in ctx.methods if hasattr(m, "budget_unit")), "tokens")
+        unit = next((m.budget_unit for m in ctx.methods if m.budget_unit), "tokens")
         probe = self.call(lm, unit, DENSE, lambda: lm.generate([lm.encode(" probe text") or [0]], 1))
         budgets = [DENSE] + ([] if not probe["policy"] else [0.0] if unit in SINGLE else list(self.budgets))
         # quantizers run once at their own bit width, labelled "native" (budget 0.0 = the method's own)

@@ -138,14 +138,22 @@ class NoisePriorTask(Task):
     "videos" with AR(1) temporal covariance, whose optimal denoiser is linear, sampled by DDIM
     from each prior's noise, showing how the prior changes the output's temporal correlation.
 
+    Ranking: statistics with a target are scored as their distance to it (lower is better), never
+    as "higher": `warp_coherence_error` = |coherence − ideal| (the main metric: how exactly a prior
+    transports noise along a known motion; a prior that ignores motion, fixed or independent, cannot
+    win it), `toy_lag1_error` = |lag-1 corr of the toy output − ρ|, `toy_var_error` = |var ratio − 1|.
+    `temporal_corr_error` checks each prior against its *own* analytic matrix: a correctness check
+    that degenerate priors pass trivially (fixed noise: all ones, error 0), not a ranking. The raw
+    lag-1 correlations and coherences are in the details and per-motion rows.
+
     Prior protocol: draw(shape, generator, flows) -> [F, C, H, W]; expected_corr(F);
     start_fraction and initial_latent(eps, alpha_bar, mean, var); denoise(x, fn)."""
 
     name = "noise_prior"
-    version = "1"
+    version = "2"
     accepts = ("noise_prior",)
     needs_lm = False
-    main_metric = "temporal_corr_error"
+    main_metric = "warp_coherence_error"
     summary = "noise-prior statistics vs analytic values: Gaussianity, whiteness, temporal corr, warping, toy DDIM"
     smoke_args = {"frames": "6", "samples": "2", "height": "12", "width": "12", "toy_steps": "5"}
     frames: int = field(default=24, metadata={"help": "frames per noise video"})
@@ -163,15 +171,14 @@ class NoisePriorTask(Task):
     diffusion_steps: int = field(default=1000, metadata={"help": "T of the toy's noise schedule"})
 
     REPORT_METRICS = (
+        "warp_coherence_error",
+        "warp_var_error",
         "temporal_corr_error",
-        "lag1_corr",
         "ks_stat",
         "spatial_corr",
-        "warp_coherence",
-        "warp_coherence_ideal",
-        "warp_var_error",
         "toy_corr_error",
-        "toy_lag1_corr",
+        "toy_lag1_error",
+        "toy_var_error",
         "toy_init_kl",
     )
 
@@ -210,7 +217,7 @@ class NoisePriorTask(Task):
             metrics["temporal_corr_max_error"] = Metric(float(err.max()), "lower", "max |corr - analytic|", F * (F - 1))
             details["expected_corr"] = expected.round(decimals=4).tolist()
         details["empirical_corr"] = emp.round(decimals=4).tolist()
-        metrics["lag1_corr"] = Metric(float(emp.diagonal(1).mean()), "higher", "corr")
+        details["lag1_corr"] = float(emp.diagonal(1).mean())  # descriptive: no direction is better
 
         # warping: each synthetic motion; the last draw is under motion (what the effect checks see)
         moving = []
@@ -234,8 +241,13 @@ class NoisePriorTask(Task):
             }
             rows.append(row)
         if self.motions:
-            for key, direction in (("warp_coherence", "higher"), ("warp_coherence_ideal", "higher")):
-                metrics[key] = Metric.mean([r[key] for r in rows], direction, "corr", key)
+            for r in rows:
+                r["warp_coherence_error"] = abs(r["warp_coherence"] - r["warp_coherence_ideal"])
+            metrics["warp_coherence_error"] = Metric.mean(
+                [r["warp_coherence_error"] for r in rows], "lower", "|coherence - ideal|", "warp_coherence_error"
+            )
+            for key in ("warp_coherence", "warp_coherence_ideal"):
+                details[key] = sum(r[key] for r in rows) / len(rows)
             metrics["warp_var_error"] = Metric.mean([abs(r["warp_var"] - 1) for r in rows], "lower", "|var - 1|")
 
         # Gaussianity and whiteness per frame, over the still and moving draws
@@ -258,7 +270,10 @@ class NoisePriorTask(Task):
 
         toy = self.linear_denoiser_toy(prior, still)
         for key, (value, direction, unit) in toy.items():
-            metrics[key] = Metric(value, direction, unit)
+            if direction is None:  # descriptive values with no better direction
+                details[key] = value
+            else:
+                metrics[key] = Metric(value, direction, unit)
         data_hash = hashlib.sha256(json.dumps([shape, list(self.motions), self.speed, ctx.seed]).encode()).hexdigest()
         return TaskResult(metrics, rows, details, data_hash)
 
@@ -299,9 +314,15 @@ class NoisePriorTask(Task):
         off = ~torch.eye(F, dtype=torch.bool)
         return {
             "toy_corr_error": (float((out - data_corr).abs()[off].mean()), "lower", "mean |corr - data corr|"),
-            "toy_lag1_corr": (float(out.diagonal(1).mean()), "higher", f"corr (data {self.toy_rho})"),
+            "toy_lag1_corr": (float(out.diagonal(1).mean()), None, ""),
+            "toy_lag1_error": (
+                float((out.diagonal(1).mean() - self.toy_rho).abs()),
+                "lower",
+                "|lag-1 corr - data rho|",
+            ),
             "toy_mean_error": (float((x.mean() - self.toy_mean).abs()), "lower", "|mean - data mean|"),
-            "toy_var_ratio": (float(x.var(1).mean() / self.toy_var), "higher", "var / data var"),
+            "toy_var_ratio": (float(x.var(1).mean() / self.toy_var), None, ""),
+            "toy_var_error": (float((x.var(1).mean() / self.toy_var - 1).abs()), "lower", "|var / data var - 1|"),
             "toy_init_kl": (kl, "lower", "nats per element"),
             "toy_init_kl_plain": (kl_plain, "lower", "nats per element, N(0, I) at the same step"),
         }

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -18,35 +17,11 @@ from harness.interfaces import MethodContext, Metric, Task, TaskResult
 from harness.provenance import device_clock
 from harness.registry import register
 from harness.synthetic import Corpus, sample_seed
+from harness.tasks._spec_lossless import distribution_test
 
 
 class NotLossless(NoEffect):
     """A speculative method changed the target's output: the cell fails and writes no record."""
-
-
-def chi2_sf(stat: float, df: int) -> float:
-    """P(χ²_df ≥ stat), the regularised upper incomplete gamma Q(df/2, stat/2)."""
-    if df <= 0:
-        return 1.0
-    return float(
-        torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64))
-    )
-
-
-def g_test(counts: Counter, p: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int]:
-    """G statistic and degrees of freedom of observed token counts against the distribution p.
-    Tokens whose expected count is below min_expected are pooled into one bin (the usual rule)."""
-    n = sum(counts.values())
-    expected = p.double() * n
-    big = (expected >= min_expected).nonzero().flatten().tolist()
-    obs = [counts.get(t, 0) for t in big]
-    exp = [float(expected[t]) for t in big]
-    rest_obs, rest_exp = n - sum(obs), n - sum(exp)
-    if rest_exp > 1e-9 or rest_obs:
-        obs.append(rest_obs)
-        exp.append(max(rest_exp, 1e-12))
-    g = 2 * sum(o * math.log(o / e) for o, e in zip(obs, exp) if o > 0)
-    return g, len(obs) - 1
 
 
 def read_prompts(path: str) -> list[tuple[str, str]]:
@@ -291,67 +266,15 @@ class SpecAcceptance(Task):
         return rows
 
     def _distribution_test(self, ctx, prompts, temperature: float = 1.0) -> dict:
-        """Sample `sampling_tokens` tokens `sampling_seeds` times after each of the first prefixes at
-        the temperature (1 in the task). Tokens 2.. went through the method's verification; under
-        equality each is drawn from the target's p(· | its own sampled context), so per prefix and
-        position the token counts have expectation Σ_i p(· | context_i) (one exact target forward
-        per distinct context). A G-test per (prefix, position) against that expectation (bins of
-        expected count ≥ 5, the rest pooled), the statistics and degrees of freedom summed into one
-        test; the count vector's variance is at most the multinomial one, so the test is conservative."""
-        lm, tested = ctx.lm, []
-        g_total, df_total = 0.0, 0
-        saved = lm.telemetry
-        for pid, ids in prompts[: self.sampling_prefixes]:
-            outs = lm.generate(
-                [ids] * self.sampling_seeds,
-                self.sampling_tokens,
-                temperature=temperature,
-                seed=sample_seed(ctx.seed, "dist", pid) % 2**31,
-            )
-            lm.telemetry = Counter()  # the reference forwards are not the method's
-            try:
-                for k in range(1, self.sampling_tokens):
-                    rows = [o for o in outs if len(o) > k]
-                    contexts = sorted({tuple(o[:k]) for o in rows})
-                    dist = {}
-                    for start in range(0, len(contexts), 64):
-                        chunk = contexts[start : start + 64]
-                        batch = torch.tensor([list(ids) + list(c) for c in chunk], device=lm.device)
-                        with torch.no_grad():
-                            logits = lm.model(input_ids=batch).logits[:, -1].float()
-                        for c, row in zip(chunk, torch.softmax(logits / temperature, -1).cpu()):
-                            dist[c] = row
-                    if len(rows) < 20:
-                        continue
-                    expected = sum(dist[tuple(o[:k])].double() for o in rows) / len(rows)
-                    g, df = g_test(Counter(o[k] for o in rows), expected)
-                    if df:
-                        g_total, df_total = g_total + g, df_total + df
-                        tested.append(
-                            {
-                                "prompt_id": pid,
-                                "position": k + 1,
-                                "n": len(rows),
-                                "contexts": len(contexts),
-                                "g": round(g, 3),
-                                "df": df,
-                            }
-                        )
-            finally:
-                lm.telemetry = saved
-        return {
-            "g": g_total,
-            "df": df_total,
-            "p_value": chi2_sf(g_total, df_total),
-            "groups": tested,
-            "alpha": self.alpha,
-            "seeds": self.sampling_seeds,
-            "tokens": self.sampling_tokens,
-        }
+        """The G-test of sampled tokens against the target's distribution (tasks/_spec_lossless.py)
+        after each of the first `sampling_prefixes` prompts."""
+        return distribution_test(
+            ctx, prompts[: self.sampling_prefixes], self.sampling_seeds, self.sampling_tokens, self.alpha, temperature
+        )
 
     # -- metrics ---------------------------------------------------------------------------------
     def _summarise(self, ctx, rows, sampling, prompts) -> TaskResult:
-        spec = any(getattr(m, "family", "") == "spec" for m in ctx.methods)
+        spec = any(m.family == "spec" for m in ctx.methods)
         metrics, details = (
             {},
             {
@@ -426,6 +349,6 @@ class SpecAcceptance(Task):
 
     @staticmethod
     def _gamma(ctx) -> int | None:
-        """γ of a fixed-length chain drafter (a method with a `gamma` field), for the analytic τ."""
-        found = [getattr(m, "gamma") for m in ctx.methods if isinstance(getattr(m, "gamma", None), int)]
+        """γ of a fixed-length chain drafter (LMMethod.draft_length), for the analytic τ."""
+        found = [m.draft_length() for m in ctx.methods if m.draft_length() is not None]
         return found[0] if len(found) == 1 else None

@@ -16,6 +16,7 @@ from harness.tasks._vbench import (
     NORMALIZE_I2V,
     WEIGHT,
     aggregate_scores,
+    outside_range,
     dynamic_rule,
     flicker_score,
     flow_magnitude,
@@ -64,10 +65,13 @@ class VBench(Task):
     `weights_dir`; a random-init backbone under allow_uncalibrated makes the record calibrated:
     false). The
     main metric `available_score` is sum(norm_d)/sum(w_d) over the dimensions present: it equals
-    no VBench score unless `coverage` says which groups are complete."""
+    no VBench score unless `coverage` says which groups are complete. Its unit names the
+    dimensions it averages, each `raw@<dim>` says over how many videos (n), and the details count
+    the videos read, the static ones (the only ones temporal_flickering scores) and the scored ones
+    per dimension: an aggregate of one dimension over 2 videos shows as exactly that."""
 
     name = "vbench"
-    version = "1"
+    version = "2"
     accepts = ("video_source",)
     needs_lm = False
     main_metric = "available_score"
@@ -87,7 +91,7 @@ class VBench(Task):
     )
 
     def run(self, ctx) -> TaskResult:
-        raw, source, rows, errors = {}, {}, [], []
+        raw, source, rows, errors, counts = {}, {}, [], [], {}
         if self.scores:
             for dim, v in read_scores(self.scores).items():
                 raw[dim], source[dim] = v, "scores file"
@@ -120,7 +124,7 @@ class VBench(Task):
                 ("motion_smoothness", smooth, "computed (PROXY)"),
             ):
                 if vals and dim not in raw:
-                    raw[dim], source[dim] = sum(vals) / len(vals), label
+                    raw[dim], source[dim], counts[dim] = sum(vals) / len(vals), label, len(vals)
         from harness.tasks._vbench_dims import compute_dimensions
 
         shared = {"weights_dir": self.weights_dir, "allow_uncalibrated": str(self.allow_uncalibrated).lower()}
@@ -133,7 +137,7 @@ class VBench(Task):
             )
         metrics = {}
         for dim in sorted(raw):
-            metrics[f"raw@{dim}"] = Metric(raw[dim], "higher", "raw")
+            metrics[f"raw@{dim}"] = Metric(raw[dim], "higher", "raw", n=counts.get(dim))
             metrics[f"norm@{dim}"] = Metric(normalized(dim, raw[dim]), "higher", "normalised x weight")
         for key, value in aggregate_scores(raw).items():
             metrics[key] = Metric(value, "higher", "normalised")
@@ -142,7 +146,7 @@ class VBench(Task):
         metrics["available_score"] = Metric(
             sum(normalized(d, raw[d]) for d in t2v) / weights if t2v else float("nan"),
             "higher",
-            "weighted mean of normalised dimensions present",
+            f"weighted mean of the normalised dimensions present ({len(t2v)} of 16: {', '.join(sorted(t2v))})",
             n=len(t2v),
         )
         metrics["coverage"] = Metric(len(t2v) / len(NORMALIZE), "higher", "fraction of the 16 T2V dimensions")
@@ -153,6 +157,12 @@ class VBench(Task):
             "sources": source,
             "unreadable": errors,
             "complete": sorted(k for k in aggregate_scores(raw)),
+            "outside_range": outside_range(raw),  # normalised values clamped to [0, 1]
+            "videos": {
+                "read": sum(1 for r in rows if "static" in r),
+                "static": sum(1 for r in rows if r.get("static")),
+                "scored": counts,
+            },
         }
         data_hash = hashlib.sha256(
             params.to_dict(self).__repr__().encode() + json.dumps(raw, sort_keys=True).encode()

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from harness.registry import register
-from harness.tasks._backbones import CLIP_L14, BackboneTask, ClipVisual, clip_transform, load_into
+from harness.backbones._common import load_into
+from harness.backbones.clip import CLIP_L14, ClipVisual, clip_transform
+from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._clip_tasks import CLIP_L14_FILE, LAION_HEAD_FILE
 
 

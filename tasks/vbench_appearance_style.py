@@ -8,9 +8,10 @@ import torch
 
 from harness.errors import UserError
 from harness.registry import register
-from harness.tasks._backbones import CLIP_B32, BackboneTask
+from harness.backbones.clip import CLIP_B32, TEXT_B32, Clip, load_clip
+from harness.backbones.clip_tokenizer import tokenizer
+from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._clip_tasks import CLIP_B32_FILE, clip_transform_image, frame_weighted, read_suite, suite_lookup
-from harness.tasks._clip_text import TEXT_B32, Clip, load_clip, tokenizer
 
 
 @register

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.registry import register
-from harness.tasks._backbones import CLIP_B32, ClipVisual, ConsistencyTask, clip_transform, load_into
+from harness.backbones._common import load_into
+from harness.backbones.clip import CLIP_B32, ClipVisual, clip_transform
+from harness.tasks._backbone_tasks import ConsistencyTask
 
 CLIP_B32_FILE = ("ViT-B-32.pt", "OpenAI's CLIP ViT-B/32 release (the file clip.load('ViT-B/32') caches)")
 

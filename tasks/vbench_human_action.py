@@ -10,9 +10,10 @@ import torch
 
 from harness.errors import UserError
 from harness.registry import register
-from harness.tasks._backbones import IMAGENET, BackboneTask
+from harness.backbones._common import IMAGENET
+from harness.backbones.video_vit import TINY_UMT, UMT_L16_K400, VideoViT, load_video_vit
+from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._vbench import action_label, human_action_correct
-from harness.tasks._video_vit import TINY_UMT, UMT_L16_K400, VideoViT, load_video_vit
 from harness.tasks._weights import weights_root
 from harness.video import require
 
@@ -69,7 +70,7 @@ def video_label(ref) -> str:
 class VBenchHumanAction(BackboneTask):
     """VBench human_action (vbench/human_action.py): UMT ViT-L/16 fine-tuned on Kinetics-400
     (timm `vit_large_patch16_224`, 400 classes, 16 frames, tubelet 1, mean pooling; written here in
-    plain PyTorch, tasks/_video_vit.py) on 16 frames sampled "middle"; Resize(256) → CenterCrop(224) →
+    plain PyTorch, backbones/video_vit.py) on 16 frames sampled "middle"; Resize(256) → CenterCrop(224) →
     ImageNet normalisation; sigmoid of the logits, top 5 rounded to 4 decimals; a video is correct
     when a top-5 class with probability ≥ 0.85 equals the label parsed from its file name ("A person
     is <action>-<i>.mp4"). The dimension is the accuracy over videos.

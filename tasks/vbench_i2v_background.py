@@ -10,6 +10,7 @@ import numpy as np
 
 from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
+from harness.video import report_loaded
 from harness.registry import register
 from harness.tasks._vbench import i2v_score
 
@@ -81,9 +82,7 @@ class VBenchI2VBackground(Task):
         kept = [r["value"] for r in rows if r["value"] is not None]
         if not kept:
             raise UserError(f"{self.name}: no id in {self.features} with at least 2 frames matches the source's videos")
-        for m in ctx.methods:
-            if hasattr(m, "note_loaded"):
-                m.note_loaded(len(rows), [])
+        report_loaded(ctx, len(rows), [])
         return TaskResult(
             {self.main_metric: Metric.mean(kept, "higher", "score", "value")},
             rows,

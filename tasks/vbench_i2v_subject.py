@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.registry import register
-from harness.tasks._backbones import BackboneTask, DinoViT, load_into
+from harness.backbones._common import load_into
+from harness.backbones.dino import DinoViT
+from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._clip_tasks import (
     DINO_FILE,
     condition_image,

@@ -11,9 +11,9 @@ from torch.nn import functional as F
 from harness.errors import UserError
 from harness.interfaces import Metric
 from harness.registry import register
-from harness.tasks._backbones import BackboneTask
-from harness.tasks._musiq import MUSIQ
-from harness.tasks._video_vit import checkpoint_state
+from harness.backbones.musiq import MUSIQ
+from harness.backbones.video_vit import checkpoint_state
+from harness.tasks._backbone_tasks import BackboneTask
 
 MUSIQ_FILE = (
     "musiq_spaq_ckpt-358bb6af.pth",
@@ -38,7 +38,7 @@ def longer_512(frames: np.ndarray) -> torch.Tensor:
 @dataclass
 class VBenchImagingQuality(BackboneTask):
     """VBench imaging_quality (vbench/imaging_quality.py): MUSIQ trained on SPAQ (pyiqa's musiq_arch,
-    written here in plain PyTorch: tasks/_musiq.py) scores every frame (0-100) after the 'longer'
+    written here in plain PyTorch: backbones/musiq.py) scores every frame (0-100) after the 'longer'
     preprocessing (longer side capped at 512); a video's value is the mean frame score (0-100, in
     the samples); the dimension is the mean over videos / 100. Needs musiq_spaq_ckpt-358bb6af.pth;
     --allow-uncalibrated runs a random-init MUSIQ (plumbing only)."""

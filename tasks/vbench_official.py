@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
 from harness.registry import register
-from harness.video import collect
+from harness.video import collect, report_loaded
 
 # VBench's custom_input mode refuses the dimensions that need per-prompt auxiliary info
 CUSTOM_DIMENSIONS = (
@@ -72,9 +72,7 @@ class VBenchOfficial(Task):
                 from harness.methods.video.synthetic import export_suite  # one writer of VBench naming
 
                 videos = str(export_suite(Path(tmp) / "videos", refs, [self.dimension]).parent)
-            for m in ctx.methods:
-                if hasattr(m, "note_loaded"):
-                    m.note_loaded(len(refs), [])
+            report_loaded(ctx, len(refs), [])
             cmd = [
                 python,
                 str(Path(__file__).with_name("_vbench_official_driver.py")),

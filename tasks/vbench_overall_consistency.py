@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.registry import register
-from harness.tasks._viclip import ViClipTask
+from harness.tasks._viclip_task import ViClipTask
 
 
 @register
@@ -15,7 +15,7 @@ class VBenchOverallConsistency(ViClipTask):
     overall_consistency prompt list): ViCLIP ViT-L/14 (InternVid-10M-FLT), 8 frames sampled
     "middle", clip_transform(224); per video cos(video embedding, text embedding of the full
     prompt); the dimension is the mean over videos. The architecture and what is unverified: see
-    tasks/_viclip.py. Needs ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
+    backbones/viclip.py. Needs ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
 
     name = "vbench_overall_consistency"
     version = "1"

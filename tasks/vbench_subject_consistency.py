@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.registry import register
-from harness.tasks._backbones import ConsistencyTask, DinoViT, dino_transform, load_into
+from harness.backbones._common import load_into
+from harness.backbones.dino import DinoViT, dino_transform
+from harness.tasks._backbone_tasks import ConsistencyTask
 
 DINO_FILE = (
     "dino_vitbase16_pretrain.pth",

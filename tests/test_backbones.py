@@ -7,14 +7,16 @@ import torch
 
 from harness import runner
 from harness.errors import UserError
-from harness.tasks import _backbones as bb
+from harness.backbones._common import load_into
+from harness.backbones.clip import CLIP_B32, ClipVisual, clip_transform
+from harness.backbones.dino import DinoViT, dino_transform
 from harness.tasks.vbench_subject_consistency import VBenchSubjectConsistency
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # I3D / ViT convolutions on a shared machine
 
 
 def test_parameter_counts_and_names_match_the_released_models():
-    dino, clip = bb.DinoViT(), bb.ClipVisual(**bb.CLIP_B32)
+    dino, clip = DinoViT(), ClipVisual(**CLIP_B32)
     assert sum(p.numel() for p in dino.parameters()) == 85798656  # DINO ViT-B/16
     assert sum(p.numel() for p in clip.parameters()) == 87849216  # CLIP ViT-B/32 visual tower
     assert {"blocks.11.attn.qkv.weight", "norm.bias", "pos_embed"} <= set(dino.state_dict())
@@ -23,26 +25,26 @@ def test_parameter_counts_and_names_match_the_released_models():
 
 def test_clip_checkpoint_with_visual_prefix_and_torchscript_loads(tmp_path):
     torch.manual_seed(3)
-    src = bb.ClipVisual(**bb.CLIP_B32)
+    src = ClipVisual(**CLIP_B32)
     torch.save(
         {f"visual.{k}": v for k, v in src.state_dict().items()} | {"token_embedding.weight": torch.zeros(2)},
         tmp_path / "ViT-B-32.pt",
     )
-    net = bb.load_into(bb.ClipVisual(**bb.CLIP_B32), tmp_path / "ViT-B-32.pt", "visual.", "t")
-    x = bb.clip_transform(np.random.default_rng(0).integers(0, 255, (2, 240, 320, 3), dtype=np.uint8))
+    net = load_into(ClipVisual(**CLIP_B32), tmp_path / "ViT-B-32.pt", "visual.", "t")
+    x = clip_transform(np.random.default_rng(0).integers(0, 255, (2, 240, 320, 3), dtype=np.uint8))
     assert x.shape == (2, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(net(x), src(x), atol=1e-5)
     torch.jit.save(torch.jit.script(torch.nn.Sequential()), tmp_path / "bad.pt")
     with pytest.raises(UserError, match="does not match"):
-        bb.load_into(bb.ClipVisual(**bb.CLIP_B32), tmp_path / "bad.pt", "visual.", "t")
+        load_into(ClipVisual(**CLIP_B32), tmp_path / "bad.pt", "visual.", "t")
 
 
 def test_dino_transform_keeps_aspect_and_interpolates_positions():
-    x = bb.dino_transform(np.zeros((1, 120, 160, 3), np.uint8))
+    x = dino_transform(np.zeros((1, 120, 160, 3), np.uint8))
     assert x.shape == (1, 3, 224, 298)  # short side 224, no crop; long side truncated as torchvision
     with torch.no_grad():
-        assert bb.DinoViT(depth=1)(x[..., :288]).shape == (1, 768)
+        assert DinoViT(depth=1)(x[..., :288]).shape == (1, 768)
 
 
 def test_subject_consistency_frame_weighting_on_mocked_features(tmp_path, monkeypatch):
@@ -88,7 +90,7 @@ def test_backbone_tasks_need_weights_or_the_uncalibrated_flag(tmp_path, monkeypa
     assert out.record["provenance"]["calibrated"] is False
     assert out.record["details"]["weights"] == [{"file": None, "sha256": None}]
     torch.manual_seed(0)
-    torch.save(bb.DinoViT().state_dict(), tmp_path / "dino_vitbase16_pretrain.pth")
+    torch.save(DinoViT().state_dict(), tmp_path / "dino_vitbase16_pretrain.pth")
     (out,) = runner.evaluate(
         runner.resolve(["vbench_subject_consistency"], ["synthetic_videos"], None, {"num_frames": "2"}, src),
         out=tmp_path,

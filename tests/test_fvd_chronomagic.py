@@ -74,7 +74,7 @@ def test_fvd_refuses_without_weights_and_runs_uncalibrated(tmp_path, monkeypatch
 
 
 def test_fvd_loads_a_local_state_dict_with_its_checksum(tmp_path, monkeypatch):
-    from harness.tasks._i3d import InceptionI3d
+    from harness.backbones.i3d import InceptionI3d
     from harness.models import file_sha256
 
     weights = tmp_path / "w"
@@ -93,7 +93,7 @@ def test_fvd_loads_a_local_state_dict_with_its_checksum(tmp_path, monkeypatch):
 
 
 def test_i3d_parameter_layout():
-    from harness.tasks._i3d import InceptionI3d
+    from harness.backbones.i3d import InceptionI3d
 
     keys = InceptionI3d(400).state_dict().keys()
     for k in (

@@ -1,19 +1,22 @@
 """The kv family's engine: the dense loop equals the model, chunked prefill equals one pass, the
 cache holds the budget, and the kv_compression task asserts it on every sample."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from harness import params, records, registry, runner
+from harness import records, registry, runner
 from harness.interfaces import MethodContext
-from harness.methods.kv import _common
+from harness.attention import _attention_modules
+from harness.methods.kv import _driver, _run
+from harness.methods.kv._cache import LayerCache, SlotStore
+from harness.methods.kv._eviction import evict_outside_window
+from harness.lm import KVRequest
+from tests.kv_helpers import method
 
 registry.load()
 TOKEN_METHODS = ["streaming_llm", "snapkv", "h2o", "scissorhands", "vatp", "keyformer", "cam", "kvmerger"]
-
-
-def method(name, **args):
-    return params.build(registry.method(name), {k: str(v) for k, v in args.items()}, name)
 
 
 def text(lm, n):
@@ -23,46 +26,46 @@ def text(lm, n):
     return (ids * 10)[:n]
 
 
-def logits_through(lm, m, ids, **hints):
+def logits_through(lm, m, ids, **request):
     x = torch.tensor([ids])
     with m.apply(lm, MethodContext()):
-        lm.hints = hints
+        lm.kv_request = KVRequest(**request)
         try:
             return lm.forward_logits(x, torch.ones_like(x))[0]
         finally:
-            lm.hints = {}
+            lm.kv_request = KVRequest()
 
 
 def test_dense_loop_equals_model_and_generate(tiny_lm):
     ids = text(tiny_lm, 90)
     with torch.no_grad():
         ref = tiny_lm.model(input_ids=torch.tensor([ids])).logits[0]
-    out = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=40)
+    out = logits_through(tiny_lm, method("h2o"), ids, budget=1.0, decode_tokens=40)
     assert torch.allclose(out, ref, atol=1e-4)  # cache-vs-recompute: 40 decoded steps == one pass
     plain = tiny_lm.generate([ids], 8)
     with method("snapkv").apply(tiny_lm, MethodContext()):
-        tiny_lm.hints = {"kv_budget": 1.0, "kv_question_tokens": 5}
+        tiny_lm.kv_request = KVRequest(budget=1.0, question_tokens=5)
         looped = tiny_lm.generate([ids], 8)
-        tiny_lm.hints = {}
+        tiny_lm.kv_request = KVRequest()
     assert looped == plain
 
 
 def test_chunked_prefill_equals_one_pass(tiny_lm, monkeypatch):
     ids = text(tiny_lm, 100)
-    whole = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=0)
-    monkeypatch.setattr(_common, "PREFILL_CHUNK", 16)
-    monkeypatch.setattr(_common, "STAT_ELEMENTS", 4 * 100 * 3)  # several query blocks per chunk too
-    chunked = logits_through(tiny_lm, method("h2o"), ids, kv_budget=1.0, kv_decode_tokens=0)
+    whole = logits_through(tiny_lm, method("h2o"), ids, budget=1.0, decode_tokens=0)
+    monkeypatch.setattr(_driver, "PREFILL_CHUNK", 16)
+    monkeypatch.setattr(_run, "STAT_ELEMENTS", 4 * 100 * 3)  # several query blocks per chunk too
+    chunked = logits_through(tiny_lm, method("h2o"), ids, budget=1.0, decode_tokens=0)
     assert torch.allclose(whole, chunked, atol=1e-4)
 
 
 def run_prefill(lm, m, ids, budget):
     """Prefill through the engine; returns the Run (caches compressed)."""
     with m.apply(lm, MethodContext()) as driver:
-        lm.hints = {"kv_budget": budget}
+        lm.kv_request = KVRequest(budget=budget)
         run = driver.start()
         driver.prefill(run, ids, all_logits=False)
-        lm.hints = {}
+        lm.kv_request = KVRequest()
     return run
 
 
@@ -83,14 +86,14 @@ def test_decoding_methods_hold_the_budget_while_decoding(tiny_lm):
     ids = text(tiny_lm, 100)
     for name in ("streaming_llm", "h2o", "scissorhands", "keyformer", "cam", "vatp"):
         with method(name).apply(tiny_lm, MethodContext()) as driver:
-            tiny_lm.hints = {"kv_budget": 0.3}
+            tiny_lm.kv_request = KVRequest(budget=0.3)
             run = driver.start()
             driver.prefill(run, ids, all_logits=False)
             for t in range(12):
                 driver.decode(run, [ids[t]])
             assert all(lc.n == 30 for lc in run.layers.values()), name
             driver.decode(run, ids[12:17])  # a fed chunk (a question) too
-            tiny_lm.hints = {}
+            tiny_lm.kv_request = KVRequest()
         assert all(lc.n == 30 for lc in run.layers.values()), name
     run = run_prefill(tiny_lm, method("snapkv"), ids, 0.3)  # prefill-only: the cache grows after
 
@@ -156,9 +159,9 @@ def test_effect_check_fails_without_compression(tiny_lm):
     m = method("h2o")
     tiny_lm.telemetry.clear()
     with m.apply(tiny_lm, MethodContext()):
-        tiny_lm.hints = {"kv_budget": 1.0}
+        tiny_lm.kv_request = KVRequest(budget=1.0)
         tiny_lm.generate([text(tiny_lm, 40)], 2)
-        tiny_lm.hints = {}
+        tiny_lm.kv_request = KVRequest()
         assert m.check_effect(tiny_lm, MethodContext(), None)
 
 
@@ -170,8 +173,8 @@ def test_decoding_eviction_over_all_layers_follows_the_rule_step_by_step(lead):
     general case mid-way, and single tokens follow."""
     gen = torch.Generator().manual_seed(0)
     L, H, d, m, window, n0 = 3, 2, 4, 12, 5, 30
-    store = _common.SlotStore(torch.zeros(1, H, 0, d), L)
-    layers = [_common.LayerCache(None, store, slice(i, i + 1)) for i in range(L)]
+    store = SlotStore(torch.zeros(1, H, 0, d), L)
+    layers = [LayerCache(None, store, slice(i, i + 1)) for i in range(L)]
     ref = [[{} for _ in range(H)] for _ in range(L)]  # position -> score, per layer and head
 
     def feed(positions):
@@ -185,10 +188,10 @@ def test_decoding_eviction_over_all_layers_follows_the_rule_step_by_step(lead):
                     ref[i][h][q] = ref[i][h].get(q, 0.0) + float(bump[0, h, j])
 
     def evict_all():
-        everything = _common.LayerCache(None, store, slice(None))
+        everything = LayerCache(None, store, slice(None))
         everything.n = layers[0].n
         everything.state = state
-        _common.evict_outside_window(everything, m, window, lambda a, b: everything.score[:, :, a:b], lead)
+        evict_outside_window(everything, m, window, lambda a, b: everything.score[:, :, a:b], lead)
         for lc in layers:
             lc.n = everything.n
         newest = max(ref[0][0])
@@ -228,17 +231,48 @@ def test_layers_numbered_with_gaps_share_the_store_in_layer_order(tiny_lm, monke
 
     def decoded():
         with method("h2o").apply(tiny_lm, MethodContext()) as driver:
-            tiny_lm.hints = {"kv_budget": 0.3}
+            tiny_lm.kv_request = KVRequest(budget=0.3)
             run = driver.start()
             driver.prefill(run, ids[:50], all_logits=False)
             out = torch.stack([driver.decode(run, [t])[-1] for t in ids[50:]])
-            tiny_lm.hints = {}
+            tiny_lm.kv_request = KVRequest()
         return out, run
 
     plain, _ = decoded()
-    modules = _common._attention_modules(tiny_lm.model)
+    modules = _attention_modules(tiny_lm.model)
     for i, m in enumerate(modules):
         monkeypatch.setattr(m, "layer_idx", 2 * i + 1)
     gapped, run = decoded()
     assert sorted(run.layers) == [2 * i + 1 for i in range(len(modules))] and run.store.k.shape[0] == len(modules)
     assert torch.equal(plain, gapped)
+
+
+@pytest.mark.parametrize("name,temperature", [("h2o", 0.0), ("keyformer", 1.0), ("cam", 0.7)])
+def test_generation_reads_tokens_once_a_block_with_the_per_token_result(tiny_lm, monkeypatch, name, temperature):
+    """Generated tokens stay on the device and are read every EOS_CHECK_EVERY (8) tokens: the output,
+    the telemetry and the generator (sampling, Keyformer's noise, CaM's draws) end as with a read of
+    every token (check_every=1), whether the end is sampled inside a block, as its last token, in a
+    later block, or never."""
+    ids = text(tiny_lm, 60)
+
+    def generate(check_every, eos, max_new=20):
+        monkeypatch.setattr(tiny_lm, "tokenizer", SimpleNamespace(eos_token_id=eos))
+        with method(name).apply(tiny_lm, MethodContext()) as driver:
+            tiny_lm.kv_request = KVRequest(budget=0.5, question_tokens=4)
+            before = dict(tiny_lm.telemetry)
+            try:
+                out = driver.generate_one(ids, max_new, temperature, 0.9, check_every=check_every)
+            finally:
+                tiny_lm.kv_request = KVRequest()
+            spent = {k: v - before.get(k, 0) for k, v in tiny_lm.telemetry.items() if not k.endswith("_s")}
+            return out, spent, driver.generator.get_state()
+
+    free = generate(8, None)[0]
+    assert len(free) == 20
+    for i in (2, 7, 11):  # inside the first block, its last token, the second block
+        end = free.index(free[i])
+        every, blocks = generate(1, free[i]), generate(8, free[i])
+        assert every[0] == blocks[0] == free[: end + 1]
+        assert blocks[1] == every[1] and every[1]["kv.decode_steps"] == end + 1  # the question + end tokens
+        assert torch.equal(blocks[2], every[2])
+    assert generate(8, next(t for t in range(10**6) if t not in free))[0] == free  # never sampled: max_new tokens

@@ -1,4 +1,4 @@
-"""MUSIQ in plain PyTorch (tasks/_musiq.py) against pyiqa's layout and preprocessing rules: checkpoint
+"""MUSIQ in plain PyTorch (backbones/musiq.py) against pyiqa's layout and preprocessing rules: checkpoint
 names and shapes, TF-SAME padding, weight standardisation, the hashed positions, the multi-scale token
 counts, masking (padded tokens change nothing), and the imaging-quality task end to end."""
 
@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from harness import records, runner
 from harness.errors import UserError
-from harness.tasks import _musiq as mq
+from harness.backbones import musiq as mq
 from harness.tasks.vbench_imaging_quality import longer_512
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -63,3 +63,25 @@ def test_unreadable_records_are_skipped(needle_records, tmp_path):
     next(copy.glob("needle/*/*/*.json")).write_text("{truncated")
     recs = report.load(copy, "needle", None)
     assert len(recs) == 1
+
+
+def _rec(method, params, seed, value, task_params=None):
+    return {
+        "method": {"name": method, "params": {method: params}, "components": []},
+        "task": {"name": "t", "params": task_params or {}},
+        "model": {"id": "zoo:m"},
+        "seed": seed,
+        "limit": None,
+        "metrics": {"m": {"value": value}},
+        "provenance": {"calibrated": True},
+    }
+
+
+def test_seeds_of_one_configuration_share_a_row_and_configurations_do_not():
+    recs = [_rec("a", {"k": 1}, s, v) for s, v in ((0, 1.0), (1, 2.0), (2, 3.0))]
+    recs += [_rec("a", {"k": 2}, 0, 5.0), _rec("b", {}, 0, 7.0, {"length": 1}), _rec("b", {}, 0, 9.0, {"length": 2})]
+    lines = report.records_table(recs, ["m"]).splitlines()
+    assert lines[0].split("|")[1:-1] == [" method ", " m ", " seeds ", " calibrated "]
+    body = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    assert ["2.000 ± 1.000", "3"] in [row[1:3] for row in body]  # three seeds: mean ± sample sd, n = 3
+    assert sorted(row[1] for row in body) == ["2.000 ± 1.000", "5.000", "7.000", "9.000"]  # four configurations

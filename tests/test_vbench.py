@@ -265,3 +265,16 @@ def test_a_source_whose_videos_were_never_read_fails_its_effect_check(tmp_path):
     cells = runner.resolve(["vbench"], ["synthetic_videos"], None, {"scores": str(path), "compute": "false"}, {})
     with pytest.raises(NoEffect, match="no readable video"):
         runner.evaluate(cells, out=tmp_path / "out")
+
+
+def test_normalised_values_stay_in_range_and_the_aggregate_shows_its_counts(tmp_path):
+    """A proxy above VBench's Max normalises to 1, not more, and the record names the dimension; the
+    aggregate's unit lists its dimensions and each raw value says over how many videos."""
+    assert vb.normalized("motion_smoothness", 0.9999) == 1.0 and vb.normalized("motion_smoothness", 0.5) == 0.0
+    assert vb.outside_range({"motion_smoothness": 0.9999, "temporal_flickering": 0.9}) == ["motion_smoothness"]
+    rec = run("vbench", {"motions": "static,pan_left", "per_motion": "2"}, {"proxies": "true"}, tmp_path)
+    m, d = rec["metrics"], rec["details"]
+    assert all(0 <= v["value"] <= 1 for k, v in m.items() if k.startswith("norm@"))
+    assert d["videos"]["read"] == 4 and d["videos"]["static"] == 2
+    assert m["raw@temporal_flickering"]["n"] == 2 and d["videos"]["scored"]["dynamic_degree"] == 4
+    assert "3 of 16: dynamic_degree, motion_smoothness, temporal_flickering" in m["available_score"]["unit"]

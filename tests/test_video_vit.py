@@ -1,4 +1,4 @@
-"""The plain-PyTorch video ViT (tasks/_video_vit.py) against transformers' VideoMAE with the same
+"""The plain-PyTorch video ViT (backbones/video_vit.py) against transformers' VideoMAE with the same
 random weights mapped through `to_transformers`; checkpoint loading; UMT's position table; the
 human-action task end to end with --allow-uncalibrated and with a saved tiny checkpoint."""
 
@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from harness import runner
 from harness.errors import UserError
-from harness.tasks import _video_vit as vv
+from harness.backbones import video_vit as vv
 from harness.tasks.vbench_human_action import read_classes, umt_transform, video_label
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

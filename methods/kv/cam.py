@@ -5,7 +5,9 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run
+from harness.methods.kv._cache import LayerCache
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._run import Run
 
 
 def merge_probability(evicted_score: torch.Tensor, recent_mean: torch.Tensor) -> torch.Tensor:

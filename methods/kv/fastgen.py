@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, recent, window_attention
+from harness.methods.kv._cache import LayerCache
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._eviction import recent, window_attention
+from harness.methods.kv._run import Run
 
 _VOCAB_CLASSES: dict = {}  # tokenizer id -> (special-token mask, punctuation mask) over the vocabulary
 POLICIES = ("special", "special+punct", "special+punct+frequency", "special+punct+frequency+local")

@@ -5,7 +5,10 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, REFERENCE_BYTES, Run, quant_bytes, quantize_groups
+from harness.methods.kv._cache import LayerCache, REFERENCE_BYTES
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._quant import quant_bytes, quantize_groups
+from harness.methods.kv._run import Run
 
 OUTLIER_BYTES = REFERENCE_BYTES + 4  # an fp16 value and its int32 index
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, evict_outside_window
+from harness.methods.kv._cache import LayerCache
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._eviction import evict_outside_window
+from harness.methods.kv._run import Run
 
 
 def evict_heavy_recent(lc: LayerCache, m: int, heavy_share: float, score=None, lead: int = 0) -> None:

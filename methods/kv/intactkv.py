@@ -49,18 +49,19 @@ class IntactKV(LMMethod):
     @contextlib.contextmanager
     def apply(self, lm, ctx):
         with contextlib.ExitStack() as stack:
-            if getattr(lm, "kv_driver", None) is None:  # alone: bring the quantizer
+            if lm.kv_policy is None:  # alone: bring the quantizer
                 inner = params.build(registry.method(self.quantizer), {}, f"intactkv quantizer {self.quantizer}")
-                if getattr(inner, "budget_unit", None) != "bits":
+                if inner.budget_unit != "bits":
                     raise UserError(
                         f"intactkv: quantizer {self.quantizer!r} is not a quantizing kv method (kivi, gear)"
                     )
                 stack.enter_context(inner.apply(lm, ctx))
-            lm.kv_protect_prefix = self.pivots(lm)
+            policy = lm.kv_policy
+            saved, policy.protect_prefix = policy.protect_prefix, self.pivots(lm)
             try:
-                yield lm.kv_driver
+                yield policy
             finally:
-                del lm.kv_protect_prefix
+                policy.protect_prefix = saved
 
     def check_effect(self, lm, ctx, result) -> str | None:
         if not lm.telemetry["kv.protected_tokens"]:

@@ -5,7 +5,10 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, group_sum
+from harness.methods.kv._cache import LayerCache
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._eviction import group_sum
+from harness.methods.kv._run import Run
 from harness.methods.kv.h2o import evict_heavy_recent
 
 

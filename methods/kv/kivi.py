@@ -4,7 +4,10 @@ import math
 from dataclasses import dataclass, field
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, REFERENCE_BYTES, Run, quant_bytes, quantize_groups
+from harness.methods.kv._cache import LayerCache, REFERENCE_BYTES
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._quant import quant_bytes, quantize_groups
+from harness.methods.kv._run import Run
 
 
 def value_group(group: int, head_dim: int) -> int:

@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, keep_top, recent
+from harness.methods.kv._cache import LayerCache
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._eviction import keep_top, recent
+from harness.methods.kv._run import Run
 
 
 def nearest_kept(kept: torch.Tensor) -> torch.Tensor:

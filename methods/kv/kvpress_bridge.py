@@ -19,7 +19,10 @@ import torch
 
 from harness.errors import UserError, nearest
 from harness.registry import register_family
-from harness.methods.kv._common import REFERENCE_BYTES, Driver, KVMethod, kept_target, kv_loop
+from harness.methods.kv._cache import REFERENCE_BYTES
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._driver import Driver, input_ids, kv_loop
+from harness.methods.kv._eviction import kept_target
 
 INSTALL = (
     'kvpress is not installed: `pip install "harness-eval[kvpress]"` (kvpress 0.5.5; it installs '
@@ -72,13 +75,13 @@ class PressDriver(Driver):
         self.press = method.make_press()
 
     def start(self) -> PressRun:
-        return PressRun(float(self.lm.hints.get("kv_budget", self.method.budget)))
+        return PressRun(float(self.budget()))
 
-    def _step(self, run: PressRun, ids: list[int], all_logits: bool) -> torch.Tensor:
+    def _step(self, run: PressRun, ids: list[int] | torch.Tensor, all_logits: bool) -> torch.Tensor:
         dev = self.lm.device
         pos = torch.arange(run.next_pos, run.next_pos + len(ids), device=dev)
         out = self.lm.model(
-            input_ids=torch.tensor([ids], device=dev),
+            input_ids=input_ids(ids, dev),
             past_key_values=run.cache,
             use_cache=True,
             position_ids=pos[None],
@@ -96,7 +99,7 @@ class PressDriver(Driver):
             logits = self._step(run, ids, all_logits)
         return logits, run.held_bytes()
 
-    def decode_forward(self, run: PressRun, ids: list[int]) -> torch.Tensor:
+    def decode_forward(self, run: PressRun, ids: list[int] | torch.Tensor) -> torch.Tensor:
         return self._step(run, ids, True)
 
 

@@ -5,7 +5,10 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, evict_outside_window
+from harness.methods.kv._cache import LayerCache
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._eviction import evict_outside_window
+from harness.methods.kv._run import Run
 
 
 @register

@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, keep_top, window_attention
+from harness.methods.kv._cache import LayerCache
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._eviction import keep_top, window_attention
+from harness.methods.kv._run import Run
 
 
 def snapkv_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float, kernel: int, pooling: str) -> torch.Tensor:

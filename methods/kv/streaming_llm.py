@@ -5,7 +5,11 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run, rerotate, rerotation_angles, rotate
+from harness.attention import rotate
+from harness.methods.kv._cache import LayerCache
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._rerotation import rerotate, rerotation_angles
+from harness.methods.kv._run import Run
 
 
 @register

@@ -5,7 +5,9 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, REFERENCE_BYTES, Run
+from harness.methods.kv._cache import LayerCache, REFERENCE_BYTES
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._run import Run
 
 
 def low_rank_weight(w: torch.Tensor, rank: int, svd=None) -> torch.Tensor:

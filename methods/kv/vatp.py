@@ -3,7 +3,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.registry import register
-from harness.methods.kv._common import KVMethod, LayerCache, Run
+from harness.methods.kv._cache import LayerCache
+from harness.methods.kv._common import KVMethod
+from harness.methods.kv._run import Run
 from harness.methods.kv.h2o import evict_heavy_recent
 
 

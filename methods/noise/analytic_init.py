@@ -22,7 +22,9 @@ class AnalyticInit(NoisePrior):
     training latents. The noise eps itself is independent N(0, I).
 
     start_fraction: M/T. The paper's README compares M in {1.00, 0.94, 0.90, 0.86, 0.82}·T with the
-    baseline at 1.00; 0.90 here is this project's choice from that grid, not an official default."""
+    baseline at 1.00; 0.90 here is this project's choice from that grid, not an official default.
+    Its noise is `independent`'s: the two differ only in the toy's starting latent (toy_init_kl,
+    toy_mean_error); every noise statistic of the task is the same for both by construction."""
 
     name = "analytic_init"
     paper = "Identifying and Solving Conditional Image Leakage in Image-to-Video Diffusion Model (arXiv:2406.15735)"

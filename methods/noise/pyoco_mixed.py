@@ -16,7 +16,9 @@ class PyocoMixed(NoisePrior):
     eps_i = eps_shared + eps_ind_i, eps_shared ~ N(0, a²/(1+a²) I), eps_ind_i ~ N(0, 1/(1+a²) I).
     Marginals N(0, I); Corr(eps_i, eps_j) = a²/(1+a²) for i != j.
 
-    alpha: a (1, the value a third-party reimplementation attributes to the paper; unverified)."""
+    alpha: a (1, the value a third-party reimplementation attributes to the paper; unverified).
+    At a = 1 this is, in distribution, VideoFusion's noise with lam = 0.5 (both defaults): the two
+    rows of the reference records agree on every statistic by construction, not by coincidence."""
 
     name = "pyoco_mixed"
     paper = "Preserve Your Own Correlation: A Noise Prior for Video Diffusion Models (arXiv:2305.10474)"

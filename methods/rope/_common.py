@@ -1,9 +1,10 @@
 """Shared RoPE math of the long-context family and the one patch point they all use.
 
-Every method here is a function seq_len -> (inv_freq, attention_scaling). `RopeOverride` swaps
+Every method here is a function seq_len -> (inv_freq, attention_scaling). `rope_override` swaps
 the forward of each rotary-embedding module of the model for one that evaluates that function
-(at the batch's maximum position + 1, which is what dynamic variants need) and restores the
-original forward on exit. cos and sin are multiplied by attention_scaling, as in transformers,
+at each row's own length (its maximum position + 1, which is what dynamic variants need: never the
+longest row of a padded batch, so a row's numbers do not depend on what shares its batch) and
+restores the original forward on exit. cos and sin are multiplied by attention_scaling, as in transformers,
 so attention logits are scaled by its square."""
 
 from __future__ import annotations
@@ -76,6 +77,18 @@ def linear_ramp(low: float, high: float, n: int) -> torch.Tensor:
 
 
 FreqFn = Callable[[int], tuple[torch.Tensor, float]]
+
+
+def row_lengths(position_ids: torch.Tensor, lm=None) -> list[int]:
+    """Each row's sequence length for a length-dependent rule: its largest position + 1, or, while
+    the LM prefills the row's prompt in chunks, the whole prompt's (`LM.prefill_length`, per row)."""
+    own = (position_ids.max(dim=-1).values + 1).tolist()
+    whole = lm.prefill_length if lm is not None else None
+    if whole is None:
+        return own
+    return [max(a, int(b)) for a, b in zip(own, whole)]
+
+
 ROPE_CALLS = "patched_calls.rope"  # telemetry key: calls of the patched rotary embedding
 
 
@@ -96,21 +109,32 @@ def rope_override(model, freq_fn: FreqFn, keep_first: tuple[int, torch.Tensor] |
         raise ValueError("the model has no rotary embedding module: RoPE methods need a RoPE model")
     cache: dict[int, tuple[torch.Tensor, float]] = {}
 
+    def cos_sin(x, position_ids, seq_len: int):
+        if seq_len not in cache:
+            cache[seq_len] = freq_fn(seq_len)
+        inv, scaling = cache[seq_len]
+        inv = inv.to(x.device)[None, :, None].expand(position_ids.shape[0], -1, 1)
+        freqs = (inv @ position_ids[:, None, :].float()).transpose(1, 2)
+        if keep_first and keep_first[0] > 0:
+            first = keep_first[1].to(x.device)[None, :, None].expand(position_ids.shape[0], -1, 1)
+            first = (first @ position_ids[:, None, :].float()).transpose(1, 2)
+            freqs = torch.where((position_ids < keep_first[0])[..., None], first, freqs)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
+
     def make_forward(module):
         @torch.no_grad()
         def forward(x, position_ids):
-            seq_len = max(int(position_ids.max()) + 1, (lm and lm.prefill_length) or 0)
-            if seq_len not in cache:
-                cache[seq_len] = freq_fn(seq_len)
-            inv, scaling = cache[seq_len]
-            inv = inv.to(x.device)[None, :, None].expand(position_ids.shape[0], -1, 1)
-            freqs = (inv @ position_ids[:, None, :].float()).transpose(1, 2)
-            if keep_first and keep_first[0] > 0:
-                first = keep_first[1].to(x.device)[None, :, None].expand(position_ids.shape[0], -1, 1)
-                first = (first @ position_ids[:, None, :].float()).transpose(1, 2)
-                freqs = torch.where((position_ids < keep_first[0])[..., None], first, freqs)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            return (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
+            lengths = row_lengths(position_ids, lm)
+            if len(set(lengths)) == 1:
+                return cos_sin(x, position_ids, lengths[0])
+            parts = [None] * len(lengths)
+            for n in set(lengths):  # rows of one length share one evaluation of the rule
+                rows = [b for b, m in enumerate(lengths) if m == n]
+                cos, sin = cos_sin(x, position_ids[rows], n)
+                for i, b in enumerate(rows):
+                    parts[b] = (cos[i], sin[i])
+            return torch.stack([c for c, _ in parts]), torch.stack([s for _, s in parts])
 
         return forward
 

@@ -10,7 +10,7 @@ from harness.registry import register
 from harness.attention import AttentionInputs, AttentionMethod, attention_override, rotate, softmax_attend
 from harness.methods.rope._common import rope_shape
 
-PAIR_BUDGET = 1 << 15  # (query, slot) pairs per block of far queries (bounds memory at any length)
+PAIR_BUDGET = 1 << 13  # (query, slot) pairs per block of far queries (bounds memory at any length)
 TILE = 64  # (query, slot) pairs per small matmul against one chunk
 SELECTED = "longheads.selective_queries"  # telemetry: queries that attended through chunk selection
 
@@ -33,9 +33,10 @@ class LongHeads(AttentionMethod, LMMethod):
 
     The official prefill omits the query's own key (its selected keys stop one short), while its
     decoding step includes it; here every query includes itself, the one rule for prefill and
-    decoding, so generation with the KV cache equals full recomputation. Raw queries and keys are
-    cached (the representation of a chunk completed during decoding needs its queries), chunk
-    representations are cached per layer as chunks complete.
+    decoding, so generation with the KV cache equals full recomputation. Raw keys are cached, and
+    raw queries only from the first chunk whose representation is not computed yet (a chunk
+    completed during decoding needs its queries; older ones never again): memory stays that of the
+    KV cache. Chunk representations are cached per layer as chunks complete.
 
     chunk_size: w; None = L/16 (256 for a 4k Llama-2, the official `window_size`).
     atten_length: L; None = the model's original context (4096 for Llama-2, as officially).
@@ -50,7 +51,8 @@ class LongHeads(AttentionMethod, LMMethod):
     atten_length: int | None = field(default=None, metadata={"help": "attention window L; None = the original context"})
 
     def __post_init__(self):
-        self._queries: dict[int, torch.Tensor] = {}  # layer -> raw queries [b, h, Lk, d]
+        # layer -> (first kept key column c, raw queries of key columns c.. [b, h, Lk - c, d])
+        self._queries: dict[int, tuple[int, torch.Tensor]] = {}
         self._reps: dict[tuple[int, int], torch.Tensor] = {}  # (layer, row) -> [h, chunks, d]
         self._counter = None
 
@@ -90,13 +92,15 @@ class LongHeads(AttentionMethod, LMMethod):
     def attend(self, a: AttentionInputs, w: int, k: int) -> torch.Tensor:
         fresh = a.q.shape[2] == a.k.shape[2]
         if fresh:
-            self._queries[a.layer] = a.q
+            self._queries[a.layer] = (0, a.q)
             for key in [key for key in self._reps if key[0] == a.layer]:
                 del self._reps[key]
         else:
-            self._queries[a.layer] = torch.cat([self._queries[a.layer], a.q], dim=2)
-        queries = self._queries[a.layer]
+            c, kept = self._queries[a.layer]
+            self._queries[a.layer] = (c, torch.cat([kept, a.q], dim=2))
+        c, queries = self._queries[a.layer]
         out = torch.zeros_like(a.q)
+        needed = a.k.shape[2]  # the first key column whose query a future chunk representation needs
         for b in range(a.q.shape[0]):
             valid = a.mask(a.q.shape[2] - 1)[b, 0, 0]  # the row's real (non-padding) keys
             if not valid.any():
@@ -104,8 +108,15 @@ class LongHeads(AttentionMethod, LMMethod):
             base = a.k_pos[b][valid][0]
             t_q = a.q_pos[b] - base  # positions relative to the row's first token
             live = valid[a.k.shape[2] - a.q.shape[2] :]  # the queries' own tokens; padding ones stay zero
-            q_all = queries[b] if bool(valid.all()) else queries[b][:, valid]  # (a view without padding)
-            out[b][:, live] = self._row(a, b, valid, q_all, t_q[live], a.q[b][:, live], w, k)
+            # the row's kept queries (without padding) and how many of its tokens were dropped before
+            q_all = queries[b] if bool(valid.all()) else queries[b][:, valid[c:]]
+            dropped = int(valid[:c].sum())
+            out[b][:, live] = self._row(a, b, valid, (q_all, dropped), t_q[live], a.q[b][:, live], w, k)
+            have = self._reps[(a.layer, b)].shape[1] * w if (a.layer, b) in self._reps else 0
+            columns = valid.nonzero()[:, 0]
+            needed = min(needed, int(columns[have]) if have < len(columns) else a.k.shape[2])
+        if needed > c:  # queries of chunks already summarised are never read again
+            self._queries[a.layer] = (needed, queries[:, :, needed - c :])
         return out
 
     def _row(self, a, b, valid, q_all, t, q, w, k):
@@ -129,7 +140,9 @@ class LongHeads(AttentionMethod, LMMethod):
         return out
 
     def _chunk_reps(self, a, b, q_all, K, V, w) -> torch.Tensor:
-        """Representations of every complete chunk [h, chunks, d], computed once per chunk."""
+        """Representations of every complete chunk [h, chunks, d], computed once per chunk; q_all:
+        (the row's kept queries, how many of its first tokens' queries were dropped)."""
+        q_all, dropped = q_all
         h, n, d = K.shape
         done = self._reps.get((a.layer, b))
         have = 0 if done is None else done.shape[1]
@@ -138,7 +151,7 @@ class LongHeads(AttentionMethod, LMMethod):
             sl = slice(have * w, total * w)
             local = torch.arange(w, device=K.device).repeat(total - have)[None]
             cos, sin = a.rope(local)
-            qc = rotate(q_all[:, sl][None], cos, sin)[0].view(h, -1, w, d)
+            qc = rotate(q_all[:, sl.start - dropped : sl.stop - dropped][None], cos, sin)[0].view(h, -1, w, d)
             kc = rotate(K[:, sl][None], cos, sin)[0].view(h, -1, w, d)
             vc = V[:, sl].view(h, -1, w, d)
             inner = torch.softmax((qc @ kc.transpose(-1, -2)).float() * d**-0.5, -1).to(vc.dtype) @ vc
@@ -159,13 +172,14 @@ class LongHeads(AttentionMethod, LMMethod):
         times (one per slot). The (query, slot) pairs are then grouped by the (head, chunk) they
         read, in tiles of TILE pairs, and every tile is one small matmul against its chunk's w keys
         (and, after the softmax over the query's k·w logits, against the chunk's values): the data
-        moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values."""
+        moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values. Each
+        tile's chunk is gathered and rotated when the tile is built (every chunk rotates at the same
+        offsets 0 … w − 1): no rotated copy of the layer's keys is ever held, so memory stays that of
+        the KV cache plus one block's tiles."""
         h, n, d = K.shape
         chunks = -(-n // w)
-        pad = chunks * w - n
-        cos_o, sin_o = a.rope(torch.arange(w, device=K.device)[None])
-        Kl = rotate(torch.nn.functional.pad(K, (0, 0, 0, pad)).view(h * chunks, 1, w, d), cos_o, sin_o)[:, 0]
-        Vl = torch.nn.functional.pad(V, (0, 0, 0, pad)).view(h * chunks, w, d)
+        offsets = torch.arange(w, device=K.device)
+        cos_o, sin_o = a.rope(offsets[None])
         g = torch.arange(reps.shape[1], device=K.device)
         slots = torch.arange(k, device=K.device)
         head_base = (torch.arange(h, device=K.device) * chunks)[:, None, None]
@@ -183,13 +197,17 @@ class LongHeads(AttentionMethod, LMMethod):
             q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B*k]
             qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))[0]
             rows, tiles = _tile_rows((picked + head_base).reshape(-1), h * chunks)
+            # the tiles' chunks: head and key positions (the current chunk's missing tail clamps to
+            # the last key; the causal mask below removes it)
+            head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
+            Kt = rotate(K[head[:, None], at][:, None], cos_o, sin_o)[:, 0]  # [tiles, w, d]
             Qt = qr.new_zeros(tiles.shape[0] * TILE, d).index_copy_(0, rows, qr.reshape(-1, d))
-            logits = torch.bmm(Qt.view(-1, TILE, d), Kl[tiles].transpose(1, 2)).view(-1, w)[rows]
+            logits = torch.bmm(Qt.view(-1, TILE, d), Kt.transpose(1, 2)).view(-1, w)[rows]
             logits = logits.view(h, B, k, w).float() * a.scaling
             logits[:, :, -1].masked_fill_(torch.arange(w, device=K.device)[None, :] > (tb % w)[:, None], float("-inf"))
-            probs = torch.softmax(logits.view(h, B, k * w), -1).to(Vl.dtype).view(-1, w)
+            probs = torch.softmax(logits.view(h, B, k * w), -1).to(V.dtype).view(-1, w)
             Pt = probs.new_zeros(tiles.shape[0] * TILE, w).index_copy_(0, rows, probs)
-            out = torch.bmm(Pt.view(-1, TILE, w), Vl[tiles]).view(-1, d)[rows]
+            out = torch.bmm(Pt.view(-1, TILE, w), V[head[:, None], at]).view(-1, d)[rows]
             outs.append(out.view(h, B, k, d).sum(2))
         return torch.cat(outs, dim=1)
 

@@ -40,6 +40,9 @@ class SpS(LMMethod):
     draft: str = field(default="zoo:tiny-llama-draft", metadata={"help": "draft model (same tokenizer)"})
     gamma: int = 4
 
+    def draft_length(self) -> int:
+        return self.gamma
+
     def __post_init__(self):
         if self.gamma < 1:
             raise ValueError("gamma must be at least 1")

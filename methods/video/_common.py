@@ -3,15 +3,11 @@ remember how many of them the task could read, which is their effect check."""
 
 from __future__ import annotations
 
-from harness.interfaces import Method
+from harness import interfaces
 
 
-class VideoSource(Method):
-    kind = "video_source"
+class VideoSource(interfaces.VideoSource):
     family = "video"
-
-    def videos(self, ctx) -> list:
-        raise TypeError(f"{type(self).__name__} must define videos()")  # abstract: each subclass overrides it
 
     def note_loaded(self, readable: int, errors: list[dict]) -> None:
         self._readable, self._errors = getattr(self, "_readable", 0) + readable, errors

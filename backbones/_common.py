@@ -1,0 +1,53 @@
+"""Pieces shared by several backbones: the fc1 → exact GELU → fc2 MLP of the ViTs (DINO, MUSIQ,
+VideoMAE use the same parameter names), reading a checkpoint into a state dict, loading it with
+a clear error instead of a traceback, and per-channel input normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.errors import UserError
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def normalise(x: torch.Tensor, stats) -> torch.Tensor:
+    """(x - mean) / std per channel of [N, 3, H, W]; stats = (means, stds)."""
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
+    return (x - mean) / std
+
+
+def load_state(path, prefix: str = "") -> dict:
+    """A state dict from a plain checkpoint (weights only) or a TorchScript archive (OpenAI CLIP)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
+        state = state.get("state_dict", state.get("model"))  # wrapped checkpoints (ViCLIP: "model")
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def load_checked(net: nn.Module, state: dict, task: str, path, layout: str = "the expected layout") -> nn.Module:
+    """load_state_dict that names the file and the first mismatching keys instead of a traceback."""
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{task}: {path} does not match {layout} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return net
+
+
+def load_into(net: nn.Module, path, prefix: str, task: str) -> nn.Module:
+    return load_checked(net, load_state(path, prefix), task, path)

@@ -1,0 +1,165 @@
+"""Which methods a loaded model can take, decided from the model before a cell runs.
+
+Methods name what they replace (`Method.patches`): "rope" needs the model's rotary-embedding modules
+(harness.methods.rope's override), "attention" needs attention layers that the core's attention
+override (harness.attention) can replace: Llama-style layers with separate q_proj / k_proj / v_proj
+/ o_proj, a rotary embedding, full (not sliding-window) attention, no logit soft-capping and no
+per-head query/key norms, since the override computes plain softmax attention over the whole
+cache. A model that does not fit is refused with the reason (harness.errors.Refused: exit 2 in
+`harness eval`, a "refused" outcome in a sweep) instead of a traceback or a silently different
+model. Models with learned absolute positions (gpt2, opt) also get a clear error for a prompt
+longer than their position table, instead of an IndexError deep in the embedding."""
+
+from __future__ import annotations
+
+from harness.errors import Refused
+
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")  # gpt2, opt, gpt-j-style names
+
+
+def rotary_modules(model) -> list:
+    return [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
+
+
+def architecture(model) -> str:
+    return (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+
+
+def position_limit(model) -> int | None:
+    """The positions a model with learned absolute position embeddings has (None: not such a model)."""
+    import torch
+
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in POSITION_TABLES:
+            return int(getattr(model.config, "max_position_embeddings", None) or m.num_embeddings)
+    return None
+
+
+def position_encoding(model) -> str:
+    from harness.attention import ALIBI_CONFIG_FLAG
+
+    if getattr(model.config, ALIBI_CONFIG_FLAG, None) == "alibi":
+        return "alibi"
+    if rotary_modules(model):
+        return "rope"
+    return "learned" if position_limit(model) else "none"
+
+
+def rope_refusal(model) -> str | None:
+    """Why RoPE methods cannot act on this model (None: they can)."""
+    arch = architecture(model)
+    tables = [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding") and not hasattr(m, "inv_freq")]
+    if tables:  # gemma3: local and global bases in one module
+        return (
+            f"{arch}'s rotary embedding ({type(tables[0]).__name__}) keeps one frequency table per layer "
+            f"type, which the RoPE overrides (one table for every layer) do not handle"
+        )
+    rotary = rotary_modules(model)
+    if rotary and _rope_theta(model.config) is not None:
+        if _rope_layout(rotary[0]) == "interleaved":  # cohere, GPT-J style
+            return (
+                f"{arch} rotates interleaved dimension pairs (GPT-J style), not the rotate-half layout "
+                f"(Llama) that the RoPE and attention overrides compute"
+            )
+        return None
+    limit = position_limit(model)
+    what = f"learned absolute position embeddings ({limit} positions)" if limit else "no rotary position embedding"
+    return f"{architecture(model)} has {what}, no RoPE: methods that rescale or remap RoPE positions do not apply"
+
+
+def attention_refusal(model) -> str | None:
+    """Why the core's attention override cannot replace this model's attention (None: it can)."""
+    reason = rope_refusal(model)
+    if reason:
+        return reason
+    cfg, arch = model.config, architecture(model)
+    layers = [m for m in model.modules() if type(m).__name__.endswith("Attention")]
+    plain = [m for m in layers if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "layer_idx"))]
+    if not plain or len(plain) != getattr(cfg, "num_hidden_layers", len(plain)):
+        fused = sorted({a for m in layers for a in ("qkv_proj", "query_key_value", "c_attn", "Wqkv") if hasattr(m, a)})
+        detail = (
+            f"a fused q/k/v projection ({', '.join(fused)})"
+            if fused
+            else f"projections other than q_proj/k_proj/v_proj/o_proj ({_projections(layers)})"
+        )
+        return f"{arch}'s attention layers have {detail}; the attention override replaces Llama-style layers only"
+    if "sliding_attention" in (getattr(cfg, "layer_types", None) or []) or (
+        getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False
+    ):
+        return (
+            f"{arch} uses sliding-window attention (window {cfg.sliding_window}), which the attention "
+            f"override (full attention over the cache) would silently drop"
+        )
+    if getattr(cfg, "attn_logit_softcapping", None):
+        return f"{arch} soft-caps its attention logits, which the attention override would silently drop"
+    if any(hasattr(m, "q_norm") or hasattr(m, "k_norm") for m in plain):
+        return f"{arch} normalises queries and keys per head, which the attention override would skip"
+    return None
+
+
+def refusal(model, method) -> str | None:
+    """Why `method` (a class or an instance) cannot act on `model` (None: it can)."""
+    patches = getattr(method, "patches", frozenset())
+    reason = None
+    if "attention" in patches:
+        reason = attention_refusal(model)
+    elif "rope" in patches:
+        reason = rope_refusal(model)
+    return f"method {method.name} refuses {architecture(model)}: {reason}" if reason else None
+
+
+def check(loaded, cell) -> None:
+    """Refuse a cell whose methods or length the model cannot take, before it runs."""
+    model = loaded.model
+    if position_encoding(model) == "alibi" and not any(m.name == "alibi" for m in cell.methods):
+        # loaded plainly, the Llama class would rotate with a RoPE the model never saw
+        raise Refused(
+            f"{cell.model} was pretrained with ALiBi position biases: evaluate it with "
+            f"--method alibi (method {cell.method_name} would run it with RoPE)"
+        )
+    for m in cell.methods:
+        reason = refusal(model, m)
+        if reason:
+            raise Refused(reason)
+    limit, length = position_limit(model), cell.task.target_length()
+    if limit and length and length > limit:
+        raise Refused(too_long(model, length, limit))
+
+
+def too_long(model, length: int, limit: int) -> str:
+    return (
+        f"{architecture(model)} has learned absolute position embeddings for {limit} positions; "
+        f"a sequence of {length} tokens does not fit (lower the task's context length, or use a RoPE model)"
+    )
+
+
+def _rope_layout(rotary) -> str | None:
+    """ "half" when cos = cat(f, f) (Llama's rotate-half), "interleaved" when cos = f repeated in pairs;
+    None when the module cannot be run (the check then passes)."""
+    import torch
+
+    try:
+        if any(b.is_meta for b in rotary.buffers()):  # a skeleton (harness list): build it for real
+            rotary = type(rotary)(rotary.config)
+        cos, _ = rotary(torch.zeros(1, 1, 4), torch.arange(1, 4)[None])
+    except Exception:  # an unusual signature: nothing to say about its layout
+        return None
+    d = cos.shape[-1]
+    if d < 4 or torch.allclose(cos[..., : d // 2], cos[..., d // 2 :]):
+        return "half"
+    return "interleaved" if torch.allclose(cos[..., 0::2], cos[..., 1::2]) else None
+
+
+def _projections(layers) -> str:
+    """`PhiAttention: q_proj, k_proj, v_proj, dense`: the linear layers the model's attention has."""
+    import torch
+
+    if not layers:
+        return "no attention layers found"
+    names = [n for n, c in layers[0].named_children() if isinstance(c, torch.nn.Linear)]
+    return f"{type(layers[0]).__name__}: {', '.join(names) or 'no linear layers'}"
+
+
+def _rope_theta(cfg):
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    return rope.get("rope_theta", getattr(cfg, "rope_theta", None))

@@ -1,0 +1,52 @@
+"""A row's numbers do not depend on what shares its batch: for every `lm` method (its smoke
+configuration, on the zoo model: trained, so a changed rotation changes its numbers, where a
+random-init model barely notices), the log-likelihoods and greedy tokens of prompts of different
+lengths batched together (padded) equal those of each prompt alone. Length-dependent rules (dynamic
+NTK, LongRoPE's short/long switch) must use each row's own length, never the batch's longest."""
+
+import contextlib
+
+import pytest
+import torch
+
+from harness import params, registry
+from harness.interfaces import MethodContext
+from harness.lm import LM
+from harness.models import load
+
+ZOO = "zoo:tiny-llama"  # trained at 512 positions
+TARGET = 2048  # the task's longest context: 4x the trained length, so scaled methods act
+METHODS = sorted(n for n, c in registry.all_methods().items() if c.kind == "lm")
+
+
+def _lm(model: str, batch: int) -> LM:
+    return LM(load(model, "cpu"), batch_size=batch, prefill_chunk=0)
+
+
+def _outputs(lm, method, prompts, conts):
+    with method.apply(lm, MethodContext(target_length=TARGET, seed=0)) if method else contextlib.nullcontext():
+        ll = [r.logprob for r in lm.loglikelihood(list(zip(prompts, conts)))]
+        gen = lm.generate(prompts, 4)
+    return ll, gen
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_batched_rows_equal_rows_alone(name, tiny_model_with, tmp_path, monkeypatch):
+    cls = registry.method(name)
+    model = tiny_model_with(**cls.smoke_model_config) if cls.smoke_model_config else ZOO
+    args = {k: v.replace("{model}", model) for k, v in cls.smoke_args.items()}
+    monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
+    method = params.build(cls, args, name)
+    probe = _lm(model, 1)
+    if method.needs_fit(probe, MethodContext(target_length=TARGET)):
+        pytest.skip(f"{name} needs a fit stage (its artifact is tested by test_matrix)")
+    g = torch.Generator().manual_seed(0)
+    vocab = probe.tokenizer.vocab_size
+    lengths = (700, 60, 300)  # one row beyond the trained 512 positions, the others inside it
+    prompts = [torch.randint(30, vocab - 1, (n,), generator=g).tolist() for n in lengths]
+    conts = [torch.randint(30, vocab - 1, (3,), generator=g).tolist() for _ in lengths]
+    batched = _outputs(_lm(model, 3), method, prompts, conts)
+    alone = [_outputs(_lm(model, 1), method, [p], [c]) for p, c in zip(prompts, conts)]
+    for i in range(len(prompts)):
+        assert batched[0][i] == pytest.approx(alone[i][0][0], rel=1e-5, abs=1e-4), f"{name}: log-likelihood of row {i}"
+        assert batched[1][i] == alone[i][1][0], f"{name}: greedy tokens of row {i}"

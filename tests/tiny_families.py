@@ -1,0 +1,57 @@
+"""Tiny random checkpoints of real model families (AutoConfig -> from_config -> save_pretrained, with
+the zoo tokenizer): what the architecture tests and the generated architectures table load."""
+
+from __future__ import annotations
+
+import torch
+
+# family -> config fields beyond the shared tiny sizes (each family's own names where they differ)
+FAMILIES = {
+    "llama": {},
+    "qwen2": {},
+    "mistral": {"sliding_window": None},  # Mistral >= v0.2: full attention
+    "mistral-sw": {"sliding_window": 64},  # Mistral 7B v0.1 style sliding window
+    "gemma": {"head_dim": 16},
+    "gemma2": {"head_dim": 16, "sliding_window": 64},
+    "gemma3_text": {"head_dim": 16, "sliding_window": 64},
+    "cohere": {},
+    "phi3": {},
+    "gpt_neox": {"rotary_pct": 0.25},
+    "phi": {"partial_rotary_factor": 0.5},
+    "gpt2": {},
+    "opt": {"ffn_dim": 128, "word_embed_proj_dim": 64},
+}
+
+
+def make_family(folder, family: str, max_pos: int = 128, seed: int = 0) -> str:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.zoo.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    model_type = family.split("-")[0]
+    if model_type == "gpt2":
+        sizes = dict(n_embd=64, n_layer=2, n_head=4, n_positions=max_pos, n_inner=128)
+    else:
+        sizes = dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2 if model_type not in ("gpt_neox", "phi") else 4,
+            max_position_embeddings=max_pos,
+        )
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **sizes,
+        **FAMILIES[family],
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
