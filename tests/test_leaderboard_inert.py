@@ -4,7 +4,8 @@ ranking tables (st.table renders Markdown in its cells and headers)."""
 
 import re
 
-from tests.test_leaderboard import EVIL, app_test, metric, put, record
+from tests.leaderboard_data import EVIL, metric, put, record
+from tests.test_leaderboard_app import app_test
 
 # EVIL's Markdown and HTML left live (not backslash-escaped): its tag, its link, its emphasis
 LIVE = re.compile(r"(?<!\\)(<img|\]\(javascript|\*\*bold)")
