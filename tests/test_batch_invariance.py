@@ -16,7 +16,14 @@ from harness.models import load
 
 ZOO = "zoo:tiny-llama"  # trained at 512 positions
 TARGET = 2048  # the task's longest context: 4x the trained length, so scaled methods act
-METHODS = sorted(n for n, c in registry.all_methods().items() if c.kind == "lm")
+# the fast suite: rules that depend on the sequence length (the kv methods, which decode token by
+# token and take about a minute each here, run with every other lm method in the slow suite)
+FAST = {"dynamic_ntk", "yarn", "selfextend"}
+METHODS = [
+    n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+    for n, c in sorted(registry.all_methods().items())
+    if c.kind == "lm"
+]
 
 
 def _lm(model: str, batch: int) -> LM:
@@ -45,8 +52,10 @@ def test_batched_rows_equal_rows_alone(name, tiny_model_with, tmp_path, monkeypa
     lengths = (700, 60, 300)  # one row beyond the trained 512 positions, the others inside it
     prompts = [torch.randint(30, vocab - 1, (n,), generator=g).tolist() for n in lengths]
     conts = [torch.randint(30, vocab - 1, (3,), generator=g).tolist() for _ in lengths]
-    batched = _outputs(_lm(model, 3), method, prompts, conts)
-    alone = [_outputs(_lm(model, 1), method, [p], [c]) for p, c in zip(prompts, conts)]
+    lm = _lm(model, 3)
+    batched = _outputs(lm, method, prompts, conts)
+    lm.batch_size = 1
+    alone = [_outputs(lm, method, [p], [c]) for p, c in zip(prompts, conts)]
     for i in range(len(prompts)):
         assert batched[0][i] == pytest.approx(alone[i][0][0], rel=1e-5, abs=1e-4), f"{name}: log-likelihood of row {i}"
         assert batched[1][i] == alone[i][1][0], f"{name}: greedy tokens of row {i}"
