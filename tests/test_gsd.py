@@ -38,7 +38,7 @@ def test_merging_needs_matching_context_and_can_be_disabled():
     a, b = off.add(-1, 1, False), off.add(-1, 2, False)
     off.add(a, 5, False)
     assert off.add(b, 5, False) is not None and not off.pseudo
-    deep = TokenGraph(root=0, repeat_threshold=2)  # the root's own parent never matches
+    deep = TokenGraph(root=0, repeat_threshold=2)  # two preceding tokens must match
     a, b = deep.add(-1, 1, False), deep.add(-1, 2, False)
     deep.add(a, 5, False)
     c = deep.add(b, 1, False)
