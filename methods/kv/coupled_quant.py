@@ -28,18 +28,25 @@ def lookup(books: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return books.gather(1, idx[..., None].expand(*idx.shape, books.shape[-1]))
 
 
+def draw(p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One index per row of p [G, N] (non-negative, positive sums), drawn with probability ∝ p."""
+    c = p.cumsum(-1)
+    u = torch.rand(p.shape[0], 1, generator=gen, dtype=p.dtype) * c[:, -1:]
+    return torch.searchsorted(c, u, right=True).clamp_max(p.shape[1] - 1)
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator, weights: torch.Tensor | None = None):
     """Weighted k-means, one problem per group: x [G, N, c], weights [G, N] (positive; None: 1) ->
     centroids [G, k, c]. k-means++ seeding (next centre drawn ∝ w·D²), then `iters` Lloyd steps
     (centroid = w-weighted mean of its points; an empty cluster keeps its centroid)."""
     g, n, c = x.shape
     w = torch.ones(g, n, dtype=x.dtype) if weights is None else weights.to(x.dtype)
-    pick = torch.multinomial(w, 1, generator=gen)
+    pick = draw(w, gen)
     books = x.gather(1, pick[..., None].expand(g, 1, c))
     d2 = (x - books).square().sum(-1)
     for _ in range(1, k):
         p = w * d2
-        pick = torch.multinomial(torch.where(p.sum(-1, keepdim=True) > 0, p, w), 1, generator=gen)
+        pick = draw(torch.where(p.sum(-1, keepdim=True) > 0, p, w), gen)
         new = x.gather(1, pick[..., None].expand(g, 1, c))
         books, d2 = torch.cat([books, new], dim=1), torch.minimum(d2, (x - new).square().sum(-1))
     for _ in range(iters):
