@@ -91,6 +91,13 @@ class CoupledQuant(KVMethod):
     compresses = "both"
     budget_unit = "bits"
     smoke_args = {"coupling": "4", "bits": "4", "calib_sequences": "2", "calib_tokens": "64", "kmeans_iters": "3"}
+    ranges = {
+        "coupling": "[1, inf)",
+        "bits": "[1, 16]",
+        "calib_sequences": "[1, inf)",
+        "calib_tokens": "[1, inf)",
+        "kmeans_iters": "[1, inf)",
+    }  # checked by params.build before any model loads
     coupling: int = field(default=8, metadata={"help": "c: contiguous channels coded jointly"})
     bits: int = field(default=8, metadata={"help": "b: bits per group of c channels (b/c bits per channel)"})
     fisher: bool = field(default=True, metadata={"help": "Fisher-weighted k-means (else plain k-means)"})
