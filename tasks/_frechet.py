@@ -22,6 +22,11 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
 
 
 def frechet_distance(mu1, s1, mu2, s2) -> float:
-    """||mu1 - mu2||² + Tr(s1 + s2 - 2 (s1 s2)^{1/2})."""
+    """||mu1 - mu2||² + Tr(s1 + s2 - 2 (s1 s2)^{1/2}), clamped at 0.
+
+    The true distance is never negative, but round-off is: the square roots of round-off
+    eigenvalues (rank-deficient covariances, fewer clips than feature dimensions) add to the trace
+    term, so identical feature sets can come out at -1e-6 or below. A negative result is reported
+    as 0.0; the reference implementations (TF-GAN, scipy sqrtm) do not clamp and can print it."""
     d = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
-    return float(d @ d + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product(s1, s2))
+    return max(0.0, float(d @ d + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product(s1, s2)))

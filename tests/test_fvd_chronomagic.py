@@ -35,6 +35,17 @@ def test_frechet_distance_matches_scipy_sqrtm(n, d):
     assert abs(frechet_distance(mu, cov, mu, cov)) < 1e-7 * np.trace(cov)  # round-off of tiny eigenvalues
 
 
+@pytest.mark.parametrize("n,d", [(5, 400), (16, 400), (8, 64), (64, 32), (400, 16)])
+def test_frechet_distance_of_identical_feature_sets_is_never_negative(n, d):
+    """Identical sets: the distance is 0; round-off (here down to about -2e-3 unclamped for N < d) is
+    clamped, never printed as a negative FVD."""
+    feats = np.random.default_rng(n * d).normal(size=(n, d)) * 3
+    mu, cov = stats(feats)
+    value = frechet_distance(mu, cov, mu, cov)
+    assert 0.0 <= value < 1e-7 * np.trace(cov)
+    assert frechet_distance(*stats(feats), *stats(feats.copy())) >= 0.0
+
+
 def test_frechet_distance_of_known_gaussians():
     """N(0, I) vs N(m, s²I) in d dims: ||m||² + d(1 - s)²."""
     d, s = 8, 2.0
