@@ -71,7 +71,11 @@ class SpecAcceptance(Task):
     fixed γ the analytic τ = (1 − α̂^(γ+1)) / (1 − α̂) is reported next to the measured one.
 
     The target's forwards are counted by the LM's own forward hook, so τ is measured the same way
-    for every method (hf_assisted included), not taken from the method's telemetry."""
+    for every method (hf_assisted included), not taken from the method's telemetry.
+
+    Per-sample rows hold the output's token ids (`prediction_ids`) next to its text, and at
+    temperature 0 the autoregressive ids (`baseline_ids`): equality between methods is checked on
+    ids, since decoded text can hide a difference (special tokens are skipped, tokenizations merge)."""
 
     name = "spec_acceptance"
     version = "1"
@@ -253,10 +257,12 @@ class SpecAcceptance(Task):
                     "baseline_tokens_per_s": rate(base_runs),
                     "telemetry": {k: v for k, v in tel.items() if v},
                     "prediction": lm.decode(out),
+                    "prediction_ids": list(out),  # exact: text decoding can merge or drop tokens
                 }
                 row["speedup"] = row["tokens_per_s"] / row["baseline_tokens_per_s"]
-                if t == 0:
-                    row["lossless"] = int(out == base_runs[0][0])
+                if t == 0:  # equality on token ids, the autoregressive ids kept for a later re-check
+                    row["baseline_ids"] = list(base_runs[0][0])
+                    row["lossless"] = int(row["prediction_ids"] == row["baseline_ids"])
                     if not row["lossless"]:
                         row["first_difference"] = next(
                             (k for k, (a, b) in enumerate(zip(out, base_runs[0][0])) if a != b),

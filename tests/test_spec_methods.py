@@ -148,3 +148,17 @@ def test_prompt_file_errors_name_file_and_line(tmp_path, tiny_model):
     lm = LM(load(tiny_model, "cpu"))
     with pytest.raises(UserError, match=r"long\.txt line 2 has \d+ tokens"):
         SpecAcceptance(prompt_file=str(long), max_new_tokens=8).load_prompts(lm, 0, None)
+
+
+def test_sidecar_rows_hold_token_ids_and_losslessness_is_on_ids(tiny_model, tiny_lm, tmp_path):
+    """The per-sample rows carry the exact ids: at T=0 both the method's and autoregressive's equal
+    the target's own greedy continuation (computed here without the task), and decode to the text."""
+    path = _eval(tiny_model, tmp_path, temperatures="0", sampling_prefixes="0").path
+    rows = records.read_samples(path)
+    prompts = SpecAcceptance(prompts=2).load_prompts(tiny_lm, 0, 2)
+    assert len(rows) == len(prompts) == 2
+    for row, (pid, ids) in zip(rows, prompts):
+        greedy = tiny_lm.generate([ids], max_new_tokens=10)[0]
+        assert row["prompt_id"] == pid
+        assert row["prediction_ids"] == row["baseline_ids"] == list(greedy)
+        assert row["prediction"] == tiny_lm.decode(row["prediction_ids"]) and row["lossless"] == 1
