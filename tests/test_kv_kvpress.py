@@ -45,6 +45,28 @@ def test_matches_kvpress_press(tiny_lm, ids, ours, press):
             assert torch.allclose(ours_k, theirs, atol=1e-4)
 
 
+def test_bridge_ratio_keeps_the_requested_count_under_kvpress_arithmetic():
+    """kvpress's own compute_n_kept must turn the bridge's ratio into exactly the asked count, for
+    every (length, kept) pair up to 600 (1 - kept/n truncated one short in ~13 % of them)."""
+    utils = pytest.importorskip("kvpress.utils", reason="optional extra kvpress not installed")
+    from harness.methods.kv.kvpress_bridge import press_ratio
+
+    wrong = [(n, k) for n in range(1, 600) for k in range(1, n + 1) if utils.compute_n_kept(n, press_ratio(n, k)) != k]
+    assert not wrong, f"{len(wrong)} pairs keep another count, e.g. {wrong[:5]}"
+
+
+@pytest.mark.parametrize("press", ["KnormPress", "SnapKVPress"])
+def test_bridge_keeps_the_budget_in_tokens(tiny_lm, ids, press):
+    """End to end through the press: a token-count budget keeps exactly that many tokens per layer,
+    at prompt lengths and counts where int(n * (1 - (1 - kept / n))) is one short, and two where it is not."""
+    pytest.importorskip("kvpress", reason="optional extra kvpress not installed")
+    args = {"press_args": '{"window_size": 4}'} if press == "SnapKVPress" else {}
+    m = method(f"kvpress:{press}", **args)
+    for n, kept in [(96, 7), (60, 27), (61, 22), (63, 29), (66, 21), (70, 29), (96, 95)]:
+        run = run_with(tiny_lm, m, ids[:n], float(kept))
+        assert run.kept_tokens() == kept, (n, kept)
+
+
 def test_kvpress_bridge_runs_the_task(tiny_model, tmp_path):
     pytest.importorskip("kvpress", reason="optional extra kvpress not installed")
     from harness import records, runner

@@ -4,7 +4,8 @@ The press runs as kvpress's own pipeline does: its forward hooks compress the co
 inside transformers' DynamicCache, then the question and the answer are fed against that cache with
 positions continuing from the original context length (kvpress `pipeline.py`). The harness's
 budget is kvpress's `compression_ratio = 1 − budget` for presses that have one; presses without a
-ratio run at their own settings ("native"). Telemetry matches the kv engine's, so the
+ratio run at their own settings ("native"). The ratio is chosen so that kvpress's own arithmetic
+(int(n·(1 − ratio)) kept) keeps exactly the requested count (`press_ratio`). Telemetry matches the kv engine's, so the
 kv_compression task scores a press exactly as it scores the native methods."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -36,6 +38,21 @@ def _kvpress():
     except ImportError:
         raise UserError(INSTALL) from None
     return kvpress
+
+
+def press_ratio(n: int, kept: int) -> float:
+    """The compression ratio under which kvpress keeps exactly `kept` of `n` tokens.
+
+    kvpress truncates: a scorer press keeps int(n·(1 − ratio)) (`kvpress.utils.compute_n_kept`), and
+    1 − kept/n in floating point often lands a hair below the integer, so the press kept one token
+    fewer. This steps the ratio down from (n − kept)/n, one float at a time, until truncation gives
+    `kept` (presses that round, or that prune int(n·ratio), can still differ by one)."""
+    if kept >= n:
+        return 0.0
+    r = (n - kept) / n
+    while int(n * (1 - r)) < kept:
+        r = math.nextafter(r, 0.0)
+    return r
 
 
 class PressRun:
@@ -92,8 +109,8 @@ class PressDriver(Driver):
 
     def prefill_forward(self, run: PressRun, ids: list[int], all_logits: bool):
         if hasattr(self.press, "compression_ratio"):
-            ratio = 0.0 if run.dense else 1.0 - kept_target(run.budget, len(ids)) / len(ids)
-            self.press.compression_ratio = ratio
+            n = len(ids)
+            self.press.compression_ratio = 0.0 if run.dense else press_ratio(n, kept_target(run.budget, n))
         ctx = contextlib.nullcontext() if run.dense else self.press(self.lm.model)
         with ctx:
             logits = self._step(run, ids, all_logits)
