@@ -26,23 +26,40 @@ def test_kvpress_bridge_without_kvpress_says_how_to_install():
         registry.method("kvpress:SnapKVPress")
 
 
-@pytest.mark.parametrize("ours,press", [("snapkv", "SnapKVPress"), ("streaming_llm", "StreamingLLMPress")])
-def test_matches_kvpress_press(tiny_lm, ids, ours, press):
-    kvpress = pytest.importorskip("kvpress", reason="optional extra kvpress not installed")
-    budget = 0.25
-    run = run_with(tiny_lm, method(ours), ids, budget)
-    p = getattr(kvpress, press)(compression_ratio=1 - budget)
-    if press == "StreamingLLMPress":
-        p = kvpress.KeyRerotationPress(press=p)
+def press_cache(lm, ids, p):
     cache = DynamicCache()
-    with torch.no_grad(), p(tiny_lm.model):
-        tiny_lm.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+    with torch.no_grad(), p(lm.model):
+        lm.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+    return cache
+
+
+def assert_same_kept(cache, run):
     for layer, lc in zip(cache.layers, run.layers.values()):
         assert layer.keys.shape[2] == lc.n
         for h in range(lc.k.shape[1]):  # same kept set per head (kvpress's order is topk's)
             ours_k = lc.k[0, h][lc.k[0, h, :, 0].argsort()]
             theirs = layer.keys[0, h][layer.keys[0, h, :, 0].argsort()]
             assert torch.allclose(ours_k, theirs, atol=1e-4)
+
+
+def test_matches_kvpress_streaming_llm(tiny_lm, ids):
+    kvpress = pytest.importorskip("kvpress", reason="optional extra kvpress not installed")
+    run = run_with(tiny_lm, method("streaming_llm"), ids, 0.25)
+    p = kvpress.KeyRerotationPress(press=kvpress.StreamingLLMPress(compression_ratio=0.75))
+    assert_same_kept(press_cache(tiny_lm, ids, p), run)
+
+
+@pytest.mark.parametrize("window,kept", [(16, 8), (16, 16), (16, 17), (16, 40), (64, 24), (64, 64), (64, 80)])
+def test_matches_kvpress_snapkv(tiny_lm, ids, window, kept):
+    """Kept counts below, at and above the observation window: at or below it the window's own
+    tokens must win every tie with the best earlier tokens (kvpress pads them with max + 1), above
+    it the scores decide which earlier tokens stay."""
+    kvpress = pytest.importorskip("kvpress", reason="optional extra kvpress not installed")
+    from harness.methods.kv.kvpress_bridge import press_ratio
+
+    run = run_with(tiny_lm, method("snapkv", window_size=window), ids, float(kept))
+    p = kvpress.SnapKVPress(compression_ratio=press_ratio(len(ids), kept), window_size=window, kernel_size=5)
+    assert_same_kept(press_cache(tiny_lm, ids, p), run)
 
 
 def test_bridge_ratio_keeps_the_requested_count_under_kvpress_arithmetic():

@@ -15,7 +15,8 @@ from harness.methods.kv._run import Run
 def snapkv_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float, kernel: int, pooling: str) -> torch.Tensor:
     """Per-KV-head scores [1, H_kv, n]: the window queries' attention over the keys before the
     window (mean over window queries), pooled along the sequence, averaged over the KV head's
-    query heads; the window's own keys get the maximum score (they are always kept first)."""
+    query heads; the window's own keys score the maximum + 1 (kvpress `SnapKVPress`), so they are
+    always kept first and never tie with the best earlier token."""
     w = queries.shape[2]
     probs = window_attention(queries, keys, scaling)  # [1, H_kv, g, w, n]
     s = probs[..., : keys.shape[2] - w].mean(dim=3)  # [1, H_kv, g, n - w]
@@ -24,8 +25,8 @@ def snapkv_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float, ker
         pool = F.avg_pool1d if pooling == "avgpool" else F.max_pool1d
         s = pool(s.reshape(b * hkv * g, 1, n), kernel_size=kernel, stride=1, padding=kernel // 2).reshape(b, hkv, g, -1)
     s = s.mean(dim=2)
-    top = s.max() if s.numel() else torch.tensor(1.0)
-    return F.pad(s, (0, w), value=float(top))
+    top = float(s.max()) + 1 if s.numel() else 1.0
+    return F.pad(s, (0, w), value=top)
 
 
 @register
