@@ -8,7 +8,7 @@ import torch
 
 from harness import registry
 from harness.methods.kv._quant import quant_bytes, quantize_groups
-from harness.methods.kv.gear import outliers, power_low_rank
+from harness.methods.kv.gear import GEAR, power_low_rank
 from harness.methods.kv.svd_kv import low_rank_weight
 from tests import kv_helpers
 from tests.kv_helpers import N, method, run_with
@@ -69,16 +69,52 @@ def test_gear_low_rank_outliers_and_bytes(tiny_lm, ids):
     torch.manual_seed(0)
     a = torch.randn(1, 2, 64, 3) @ torch.randn(1, 2, 3, 16)  # exactly rank 3
     assert torch.allclose(power_low_rank(a, 3, 3, torch.Generator().manual_seed(0)), a, atol=1e-3)
-    x = torch.randn(1, 2, 5, 50)
-    s = outliers(x, 0.02)  # 1 top + 1 bottom of 100 per token
-    rows = x.permute(0, 2, 1, 3).reshape(5, 100)
-    for t in range(5):
-        kept = set(torch.nonzero(s.permute(0, 2, 1, 3).reshape(5, 100)[t]).flatten().tolist())
-        assert kept == {int(rows[t].argmax()), int(rows[t].argmin())}
     m = method("gear", streaming_gap=16, group_size=16)
     run = run_with(tiny_lm, m, ids[:90], 0.5)
     lc = run.layers[0]
     assert lc.state["done"] == 80 and m.layer_bytes(lc, run) < 2 * 90 * lc.k.shape[1] * lc.k.shape[-1] * 2
+
+
+@pytest.mark.parametrize("axis", ["channel", "token"])
+def test_gear_decomposition_matches_a_literal_transcription(axis):
+    """D + S against loops over the paper's definition and the official simulation
+    (`gears_channelQ` for keys, `gears_tokenQ` for values): per selection vector (a channel over the
+    tokens; a token over every head's channels) the top and bottom left/2 entries are the outliers,
+    set to the vector's mean before the min-max quantization of their group and given back exactly
+    after it. With rank r the low-rank part L has rank <= r per head and shrinks the error."""
+    gen = torch.Generator().manual_seed(4)
+    h, n, d, bits, group, left = 2, 32, 8, 2, 8, 0.125
+    x = torch.randn(1, h, n, d, generator=gen)
+    x[0, 1, 5, 3], x[0, 0, 7, 2] = 9.0, -9.0
+    gear = GEAR(bits=bits, group_size=group, left=left, streaming_gap=32)
+    got, count = gear.compress_block(x, axis, 0, None)
+    hd = [(hh, c) for hh in range(h) for c in range(d)]  # a token's hidden vector, in order
+    if axis == "channel":
+        vectors = [[(hh, t, c) for t in range(n)] for hh, c in hd]
+        groups = [[(hh, t, c) for t in range(g0, g0 + group)] for hh, c in hd for g0 in range(0, n, group)]
+    else:
+        vectors = [[(hh, t, c) for hh, c in hd] for t in range(n)]
+        groups = [[(hh, t, c) for hh, c in hd[g0 : g0 + group]] for t in range(n) for g0 in range(0, h * d, group)]
+    k = round(left / 2 * len(vectors[0]))
+    filled, ref, outlier = x[0].clone(), x[0].clone(), set()
+    for vec in vectors:
+        by_value = sorted(vec, key=lambda i: float(x[0][i]))
+        mean = sum(float(x[0][i]) for i in vec) / len(vec)
+        for i in by_value[:k] + by_value[-k:]:
+            filled[i] = mean
+            outlier.add(i)
+    for grp in groups:
+        lo, hi = min(float(filled[i]) for i in grp), max(float(filled[i]) for i in grp)
+        scale = (hi - lo) / (2**bits - 1)
+        for i in grp:
+            ref[i] = round((float(filled[i]) - lo) / scale) * scale + lo
+    for i in outlier:
+        ref[i] = x[0][i]
+    assert count == len(outlier) == k * 2 * len(vectors)
+    assert torch.allclose(got[0], ref, atol=1e-5)
+    low, _ = gear.compress_block(x, axis, 2, torch.Generator().manual_seed(0))
+    assert all(int(torch.linalg.matrix_rank(low[0, hh] - got[0, hh], atol=1e-4)) <= 2 for hh in range(h))
+    assert float((x - low).norm()) < float((x - got).norm())
 
 
 def test_svd_kv_is_the_eckart_young_truncation(tiny_lm, ids):

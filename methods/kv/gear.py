@@ -13,17 +13,38 @@ from harness.methods.kv._run import Run
 OUTLIER_BYTES = REFERENCE_BYTES + 4  # an fp16 value and its int32 index
 
 
-def outliers(x: torch.Tensor, frac: float) -> torch.Tensor:
-    """S: per token (over all heads' channels), the top and bottom frac/2 entries, else 0.
-    x [1, H, n, d] -> same shape."""
+def sparse_outliers(x: torch.Tensor, frac: float, axis: str) -> torch.Tensor:
+    """GEAR's outlier mask S (bool, shape of x [1, H, n, d]): along each selection vector the top and
+    bottom round(frac/2 · its length) entries. axis "channel" (keys): each channel of each head over
+    the tokens; "token" (values): each token over its whole hidden vector (every head's channels)."""
     b, h, n, d = x.shape
-    rows = x.permute(0, 2, 1, 3).reshape(b, n, h * d)
-    k = int(round(frac / 2 * h * d))
-    s = torch.zeros_like(rows)
+    rows = (
+        x.permute(0, 1, 3, 2).reshape(b, h * d, n) if axis == "channel" else x.permute(0, 2, 1, 3).reshape(b, n, h * d)
+    )
+    k = int(round(frac / 2 * rows.shape[-1]))
+    mask = torch.zeros_like(rows, dtype=torch.bool)
     if k:
-        for idx in (rows.topk(k, dim=-1).indices, (-rows).topk(k, dim=-1).indices):
-            s.scatter_(-1, idx, rows.gather(-1, idx))
-    return s.reshape(b, n, h, d).permute(0, 2, 1, 3)
+        for idx in (rows.topk(k, dim=-1).indices, rows.topk(k, dim=-1, largest=False).indices):
+            mask.scatter_(-1, idx, True)
+    if axis == "channel":
+        return mask.reshape(b, h, d, n).permute(0, 1, 3, 2)
+    return mask.reshape(b, n, h, d).permute(0, 2, 1, 3)
+
+
+def quantized_backbone(x: torch.Tensor, outlier: torch.Tensor, axis: str, bits: int, group: int) -> torch.Tensor:
+    """D with S restored: the outlier entries are set to their vector's mean (over the selection
+    vector, outliers included), the result is quantized (keys per channel in groups of `group`
+    tokens, values per token in groups of `group` channels of the hidden vector), and on
+    dequantization the outliers get their exact values back (sparse, full precision)."""
+    b, h, n, d = x.shape
+    if axis == "channel":
+        mean = x.mean(dim=2, keepdim=True)
+        dq = quantize_groups(torch.where(outlier, mean, x), bits, group, "token")
+    else:
+        mean = x.permute(0, 2, 1, 3).reshape(b, n, h * d).mean(-1).view(b, 1, n, 1)
+        flat = torch.where(outlier, mean, x).permute(0, 2, 1, 3).reshape(b, 1, n, h * d)
+        dq = quantize_groups(flat, bits, group, "channel").reshape(b, n, h, d).permute(0, 2, 1, 3)
+    return torch.where(outlier, x, dq)
 
 
 def power_low_rank(r_mat: torch.Tensor, rank: int, loops: int, generator) -> torch.Tensor:
@@ -49,10 +70,15 @@ class GEAR(KVMethod):
     `run_template_llama-3-8b.sh`: 2 bits, group 64, loop 3, prefill rank 4, decode rank 2, left
     0.02, streaming gap 64.
 
-    X ≈ D + L + S: S keeps each token's top and bottom left/2 fraction of entries (over all heads'
-    channels) exactly; D quantizes X − S (KCVT: keys per channel in groups of group_size tokens,
-    values per token in groups of group_size channels of the token's hidden vector); L is the
-    rank-r power-iteration approximation of the residual, per head. Tokens stay full precision in
+    X ≈ D + S + L (the paper's names). S, the sparse outliers: the top and bottom left/2 fraction of
+    entries of each channel for keys (over the block's tokens) and of each token for values (over
+    its hidden vector, every head's channels), kept in sparse full precision. D, the quantized
+    backbone: X with the outliers set to their vector's mean (as `gears_channelQ`/`gears_tokenQ`
+    do), quantized KCVT (keys per channel in groups of group_size tokens, values per token in groups
+    of group_size channels of the hidden vector); on dequantization the outliers get their exact
+    values back. L: the rank-r power-iteration approximation of the residual X − (D + S), per head
+    (`gearslkivi_*Q_new`). Outlier counts are round(left/2 · vector length) per side; the official
+    code uses int(left/2 · H·d) along both axes [we take the paper's per-vector fraction]. Tokens stay full precision in
     a streaming buffer and are compressed a block of streaming_gap at a time (prefill: every full
     block, rank `prefill_rank`; decoding: rank `rank`). Bytes: bits + fp16 scale and zero per group
     + outliers (fp16 value + int32 index) + the rank factors at fp16 + the fp16 buffer.
@@ -86,16 +112,11 @@ class GEAR(KVMethod):
             raise ValueError("streaming_gap must be a multiple of group_size (keys are grouped by tokens)")
 
     def compress_block(self, x: torch.Tensor, axis: str, rank: int, gen) -> tuple[torch.Tensor, int]:
-        """x [1, H, n, d] -> (D + L + S, outlier count)."""
-        s = outliers(x, self.left)
-        b, h, n, d = x.shape
-        if axis == "token":
-            dq = quantize_groups(x - s, self.bits, self.group_size, "token")
-        else:  # per token over the whole hidden vector of the token
-            flat = (x - s).permute(0, 2, 1, 3).reshape(b, 1, n, h * d)
-            dq = quantize_groups(flat, self.bits, self.group_size, "channel").reshape(b, n, h, d).permute(0, 2, 1, 3)
-        low = power_low_rank(x - s - dq, rank, self.loop, gen)
-        return dq + low + s, int((s != 0).sum())
+        """x [1, H, n, d] -> (D + S + L, outlier count); axis "channel" for keys, "token" for values."""
+        s = sparse_outliers(x, self.left, axis)
+        ds = quantized_backbone(x, s, axis, self.bits, self.group_size)
+        low = power_low_rank(x - ds, rank, self.loop, gen)
+        return ds + low, int(s.sum())
 
     def flush(self, lc: LayerCache, run: Run, rank: int) -> None:
         p = run.protect
@@ -104,8 +125,8 @@ class GEAR(KVMethod):
         if n <= 0:
             return
         k, v = lc.k.clone(), lc.v.clone()
-        k[:, :, a : a + n], ok = self.compress_block(k[:, :, a : a + n], "token", rank, run.generator)
-        v[:, :, a : a + n], ov = self.compress_block(v[:, :, a : a + n], "channel", rank, run.generator)
+        k[:, :, a : a + n], ok = self.compress_block(k[:, :, a : a + n], "channel", rank, run.generator)
+        v[:, :, a : a + n], ov = self.compress_block(v[:, :, a : a + n], "token", rank, run.generator)
         lc.replace(k=k, v=v)
         h, d = k.shape[1], k.shape[-1]
         lc.state["done"] += n
