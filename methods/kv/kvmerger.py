@@ -52,8 +52,22 @@ class KVMerger(KVMethod):
     (cosine ≥ `threshold`) to its nearest pivot joins that pivot's merging set, and the set
     becomes one state by the Gaussian kernel g_i = exp(−‖k_p − k_i‖²/(2σ²)), w_i = g_i/Σg:
     k = Σ w_i k_i, v = Σ w_i v_i. Tokens too dissimilar to any pivot are dropped. Compresses:
-    prefill only. The sets are the nearest-pivot runs of dissimilar-free neighbours, a
-    simplification of the paper's consecutive-similarity sets [our choice]."""
+    prefill only (the cache grows while decoding).
+
+    Simplified against the paper (Sections 4.1–4.2; no official code to compare with):
+    - Merging sets: the paper scans the keys and groups *consecutive* tokens whose adjacent keys
+      are similar above the threshold, then picks each set's pivot as its member of largest
+      aggregated attention. Here the pivots come first (top aggregated attention within the
+      budget, plus the recent window: `heavy_share`, H2O's split [our choice]) and every evicted
+      token joins its *nearest* pivot (left on ties) if its own key's cosine with the pivot's key
+      reaches the threshold; no chain of adjacent similarities is followed, so a set can hold
+      tokens on both sides of its pivot and skip dissimilar ones.
+    - Threshold: one value for every layer and head (0.75, the community file's); the paper
+      chooses the similarity threshold per layer from the persistent similarity pattern.
+    - σ: the set's RMS distance to its pivot (σ² = mean ‖k_p − k_i‖², the community file's
+      choice), not checked against the paper's definition. The pivot's own weight is g = 1.
+    - Aggregated attention: accumulated over every prompt query (H2O's score), summed over the KV
+      head's query heads (GQA)."""
 
     name = "kvmerger"
     paper = (

@@ -25,9 +25,22 @@ class Scissorhands(KVMethod):
     counts; the rest is dropped at prefill and whenever decoding pushes the cache over budget.
     The history is an exact sliding window: a ring of per-query indicators that moves with the
     tokens, and each slot's count, updated as a query enters the window and the one it replaces in
-    the ring leaves. recent_share is not given by the paper; 0.5 follows H2O's split [our choice].
-    Ties in the counts (common: they are integers) evict the oldest token [our choice; the
-    reference's topk leaves them to the device's kernel], so that CPU and GPU keep the same set."""
+    the ring leaves.
+
+    Simplified or chosen against the paper (Algorithm 2 and Section 4):
+    - Cadence: the paper lets the cache grow to B and then drops m tokens at once (so it holds
+      between B − m and B); here the cache is brought back to exactly B after every fed token or
+      chunk (m = the tokens over budget, usually 1). There is no `m` parameter.
+    - The first `global_tokens` are always kept (cold-compress's attention sinks; not in the paper).
+    - The recent window r is not given a value by the paper; recent_share = 0.5 of the budget
+      follows H2O's split [our choice].
+    - Counts are per KV head, summed over its query heads (GQA); with one query head per KV head
+      (the paper's MHA models) they are the paper's per-head counts.
+    - The uniform level 1/t uses t = the slots the query sees (tokens already evicted are not
+      counted), and at prefill the counts come from the last `history_window` prompt queries, then
+      one eviction to budget.
+    - Ties in the counts (common: they are integers) evict the oldest token [our choice; the
+      reference's topk leaves them to the device's kernel], so that CPU and GPU keep the same set."""
 
     name = "scissorhands"
     paper = (
