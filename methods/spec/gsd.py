@@ -123,6 +123,14 @@ class GSD(LMMethod):
     repeat_threshold: int = field(default=1, metadata={"help": "preceding tokens a merge must match; -1: no merging"})
     max_depth: int = field(default=8, metadata={"help": "draft levels"})
     max_nodes: int = field(default=100, metadata={"help": "nodes of the unrolled verification tree"})
+    ranges = {  # checked by params.build before any model loads
+        "n": "[1, inf)",
+        "sibling_threshold": "[0, 1]",
+        "prob_threshold": "[0, 1]",
+        "repeat_threshold": "[-1, inf)",
+        "max_depth": "[1, inf)",
+        "max_nodes": "[1, inf)",
+    }
 
     def __post_init__(self):
         if min(self.n, self.max_depth, self.max_nodes) < 1 or self.repeat_threshold < -1:
