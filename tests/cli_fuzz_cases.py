@@ -2,8 +2,8 @@
 a failing case is replayed by its index. Most lists follow one command's shape with hostile values
 (near-miss names, out-of-range and non-finite parameters, seeds past 2**63 or negative, devices
 that do not exist, --out at an existing file, malformed gate rules, unreadable or malicious
-checkpoints); a fifth are token soup. Words starting with "@" are placeholders the test replaces
-with paths it prepares (see PLACEHOLDERS)."""
+checkpoints); a fifth are token soup. Words starting with "@" stand for files the
+test prepares and substitutes (see PLACEHOLDERS)."""
 
 from __future__ import annotations
 

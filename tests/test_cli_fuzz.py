@@ -55,7 +55,7 @@ def hostile_checkpoints(base: Path, good: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """The placeholders' paths; prepared once per module (the checkpoints take a second)."""
+    """The paths the "@" words stand for; prepared once per module (the checkpoints take a second)."""
     base = tmp_path_factory.mktemp("fuzz")
     paths = {"@file": base / "file.txt", "@results": base / "results", "@empty": base / "empty", "@new": base / "new"}
     paths["@file"].write_text("keep me\n")

@@ -15,9 +15,10 @@ from harness.tasks.vbench_human_action import read_classes, umt_transform, video
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def hf_twin(c: vv.VideoViTConfig, state: dict):
+def hf_config(c: vv.VideoViTConfig):
+    """transformers' VideoMAE configuration with the shapes of ours."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.VideoMAEConfig(
+    return transformers.VideoMAEConfig(
         image_size=c.image,
         patch_size=c.patch,
         num_frames=c.frames,
@@ -32,7 +33,11 @@ def hf_twin(c: vv.VideoViTConfig, state: dict):
         layer_norm_eps=1e-6,
         hidden_act="gelu",
     )
-    hf = transformers.VideoMAEForVideoClassification(cfg).eval()
+
+
+def hf_twin(c: vv.VideoViTConfig, state: dict):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.VideoMAEForVideoClassification(hf_config(c)).eval()
     hf.fc_norm.eps = 1e-6  # transformers builds fc_norm with its default eps 1e-5
     missing, unexpected = hf.load_state_dict(vv.to_transformers(state), strict=False)
     assert not missing and not unexpected
@@ -81,21 +86,7 @@ def test_official_layouts_and_checkpoint_loading(tmp_path, monkeypatch):
     for c in (vv.VIDEOMAE_V2_G_SSV2, vv.UMT_L16_K400):  # full sizes, without allocating them
         with torch.device("meta"):
             ours = sum(p.numel() for p in vv.VideoViT(c).parameters())
-            hf = transformers.VideoMAEForVideoClassification(
-                transformers.VideoMAEConfig(
-                    image_size=c.image,
-                    patch_size=c.patch,
-                    num_frames=c.frames,
-                    tubelet_size=c.tubelet,
-                    hidden_size=c.dim,
-                    num_hidden_layers=c.depth,
-                    num_attention_heads=c.heads,
-                    intermediate_size=c.mlp_hidden,
-                    num_labels=c.num_classes,
-                    use_mean_pooling=True,
-                    qkv_bias=True,
-                )
-            )
+            hf = transformers.VideoMAEForVideoClassification(hf_config(c))
         extra = 16 * 14 * 14 * c.dim if c.position == "umt" else 0  # UMT's position table is a parameter
         assert ours == sum(p.numel() for p in hf.parameters()) + extra
     torch.manual_seed(1)
