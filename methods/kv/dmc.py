@@ -75,7 +75,8 @@ class DMC(KVMethod):
     paper = "Dynamic Memory Compression: Retrofitting LLMs for Accelerated Inference (arXiv:2403.09636)"
     compresses = "both"
     budget_unit = "native"
-    smoke_args = {"stage1_steps": "2", "stage2_steps": "3", "stage3_steps": "1", "fit_length": "128"}
+    # init_val 0 in the smoke cell: an untrained decision channel then merges about half the tokens
+    smoke_args = {"stage1_steps": "2", "stage2_steps": "3", "stage3_steps": "1", "fit_length": "128", "init_val": "0"}
     ranges = {
         "cr": "[1, inf)",
         "init_val": "[0, inf)",

@@ -78,6 +78,9 @@ class LookM(KVMethod):
     compresses = "prefill"
     accumulates = True
     ranges = {"heavy_share": "[0, 1]"}  # checked by params.build before any model loads
+    # the matrix's smoke model is a text-only Llama, which look_m refuses (no image tokens): its
+    # mechanism is tested on a tiny random LLaVA in tests/test_kv_look_m.py instead
+    smoke_not_with = ("kv_compression", "needle", "passkey", "perplexity", "spec_acceptance")
     budget: float = field(default=0.2, metadata={"help": "kept tokens (official: HH_R 0.1 + RECENT_R 0.1)"})
     heavy_share: float = field(default=0.5, metadata={"help": "text-prior top-k share of the budget (rest: recent)"})
     merge: str = field(default="pivot", metadata={"help": "pivot (default script), average, or none"})
