@@ -173,6 +173,8 @@ def _load_folder(
     warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the error below says it all
     try:
         tok = AutoTokenizer.from_pretrained(str(where), **hub)
+        if head == "causal_lm" and _image_text_to_text(where, hub):  # LLaVA family: a causal LM over text and images
+            auto = transformers.AutoModelForImageTextToText
         model = auto.from_pretrained(str(where), use_safetensors=not pickle, **kwargs)
     except (OSError, ValueError, ImportError, RuntimeError, pickle_module.UnpicklingError, SafetensorError) as e:
         # also a truncated or junk safetensors file, or a pickle torch's weights-only loader refuses
@@ -193,6 +195,18 @@ def _load_folder(
         tok.pad_token = tok.eos_token
     info = dict(info or {}, weights_format="pickle (--allow-pickle)" if pickle else "safetensors")
     return LoadedModel(model_id, model, tok, device, sha, zoo, info)
+
+
+def _image_text_to_text(where, hub: dict) -> bool:
+    """A vision-language checkpoint (e.g. LlavaForConditionalGeneration) that AutoModelForCausalLM
+    does not map but AutoModelForImageTextToText does: it generates text like a causal LM."""
+    from transformers import AutoConfig
+    from transformers.models.auto import modeling_auto as auto
+
+    kind = AutoConfig.from_pretrained(str(where), **hub).model_type
+    return (
+        kind not in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind in auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    )
 
 
 def _hub_folder(repo_id: str) -> Path | None:

@@ -61,6 +61,18 @@ if TYPE_CHECKING:
     from harness.methods.kv._run import Run
 
 
+def calibration_texts(lm, seed: int, sequences: int, tokens: int) -> torch.Tensor:
+    """[sequences, n] token ids of the zoo's synthetic corpus (a training-side seed, never
+    evaluation text), n = tokens capped at the model's context: the fit stages' calibration data."""
+    from harness.synthetic import Corpus
+
+    n = min(tokens, lm.model.config.max_position_embeddings)
+    corpus, ids = Corpus(seed), []
+    while len(ids) < n * sequences:
+        ids += lm.encode(" " + corpus.text(20))
+    return torch.tensor(ids[: n * sequences]).view(sequences, n)
+
+
 @dataclass
 class KVMethod(LMMethod):
     """Base of the kv family. Subclasses set `compresses` ("prefill", "decode" or "both"),
@@ -103,6 +115,17 @@ class KVMethod(LMMethod):
     def compress_decode(self, lc: LayerCache, run: "Run") -> None:
         """Back to the budget after a decoding forward; lc is one layer's cache, or every layer's
         ([L, H_kv, n, ...]) when the method sets `all_layers`."""
+
+    def attend_cache(self, lc: LayerCache, q, k, v, pos, run: "Run") -> torch.Tensor | None:
+        """A method that changes how a chunk enters the cache or how the cache is read (DMC's
+        merges, LESS's recurrent state) returns the layer's output [1, H, c, d] for the rotated
+        chunk q/k/v and its positions pos [1, H_kv, c] (run.append_attend is the engine's own step);
+        None: the engine appends and attends. Not called on dense runs."""
+        return None
+
+    def project_q(self, module, hidden: torch.Tensor, run: "Run"):
+        """Query projection (before RoPE): [b, c, H*d]."""
+        return module.q_proj(hidden)
 
     def project_kv(self, module, hidden: torch.Tensor, run: "Run"):
         """Key and value projections (before RoPE): [b, c, H_kv*d] each."""

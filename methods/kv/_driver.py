@@ -51,7 +51,7 @@ def _attention_forward(engine: _Engine, method: KVMethod, m):
             )
         b, c = hidden_states.shape[:2]
         shape = (b, c, -1, m.head_dim)
-        q = m.q_proj(hidden_states).view(shape).transpose(1, 2)
+        q = method.project_q(m, hidden_states, run).view(shape).transpose(1, 2)
         k, v = method.project_kv(m, hidden_states, run)
         k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
         cos, sin = run.shifted_rope(position_embeddings) if run.shift else position_embeddings

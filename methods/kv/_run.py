@@ -99,11 +99,11 @@ class Run:
                 self.store = SlotStore(k, self.n_layers)
             row = self.rows[layer]
             lc = self.layers[layer] = LayerCache(k, self.store, slice(row, row + 1))
-        n0, c = lc.n, q.shape[2]
+        c = q.shape[2]
         pos = torch.arange(self.next_pos, self.next_pos + c, device=k.device).expand(*k.shape[:2], c)
-        lc.append(k, v, pos)
-        stats = self.method.accumulates and not self.dense
-        out = self._explicit(lc, q, n0, scaling) if stats else self._sdpa(lc, q, n0, scaling)
+        out = None if self.dense else self.method.attend_cache(lc, q, k, v, pos, self)
+        if out is None:
+            out = self.append_attend(lc, q, k, v, pos)
         w = self.method.query_window()
         if self.phase == "prefill" and w and not self.dense:
             lc.queries = q[:, :, -w:] if lc.queries is None else torch.cat([lc.queries, q], dim=2)[:, :, -w:]
@@ -112,6 +112,16 @@ class Run:
             self.method.compress_decode(lc, self)
             self.policy_s += self.clock() - t0
         return out
+
+    def append_attend(self, lc: LayerCache, q, k, v, pos, lse: bool = False):
+        """The engine's own step: append the chunk, attend over the cache (explicitly, feeding
+        `observe`, when the method accumulates statistics); with lse also the log-sum-exp of the
+        logits per query [1, H, c] (explicit attention), for methods that add to the softmax."""
+        n0 = lc.n
+        lc.append(k, v, pos)
+        if lse or (self.method.accumulates and not self.dense):
+            return self._explicit(lc, q, n0, self.scaling, lse)
+        return self.sdpa(lc, q, n0, self.scaling)
 
     def compressing_decode(self) -> bool:
         return self.phase == "decode" and not self.dense and self.method.compresses in ("decode", "both")
@@ -143,7 +153,7 @@ class Run:
         for lc in self.layers.values():
             lc.n = everything.n
 
-    def _sdpa(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
+    def sdpa(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
         c = q.shape[2]
         mask = None
         if c > 1:  # the chunk's queries see the whole cache and the chunk causally
@@ -155,13 +165,13 @@ class Run:
             q, lc.k, lc.v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != lc.k.shape[1]
         )
 
-    def _explicit(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
+    def _explicit(self, lc: LayerCache, q, n0: int, scaling: float, lse: bool = False):
         b, h, c, d = q.shape
         hkv, n = lc.k.shape[1], lc.n
         g = h // hkv
         keys_t, values = lc.k.transpose(-1, -2), lc.v  # a KV head's query heads share one matmul
         step = max(1, STAT_ELEMENTS // (h * n))
-        outs = []
+        outs, lses = [], []
         for s in range(0, c, step):
             qs = q[:, :, s : s + step]
             cs = qs.shape[2]
@@ -175,13 +185,16 @@ class Run:
                     allowed = allowed & lc.valid[:, :, None, None, :]
                 logits = logits.masked_fill(~allowed, float("-inf"))
             probs = torch.softmax(logits, dim=-1)
+            if lse:
+                lses.append(torch.logsumexp(logits, dim=-1).view(b, h, cs))
             self.query_start = self.next_pos + s
             self.query_pos = torch.arange(self.query_start, self.query_start + cs, device=q.device)
             t0 = self.clock()
             self.method.observe(lc, probs, logits, self)
             self.policy_s += self.clock() - t0
             outs.append((probs.to(values.dtype).view(b, hkv, g * cs, n) @ values).view(b, h, cs, d))
-        return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        return (out, torch.cat(lses, dim=2)) if lse else out
 
     def compress_prefill(self) -> None:
         self.n_context = self.next_pos

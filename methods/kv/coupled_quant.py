@@ -8,9 +8,8 @@ import torch
 from harness.attention import _attention_modules
 from harness.errors import UserError
 from harness.registry import register
-from harness.synthetic import Corpus
 from harness.methods.kv._cache import LayerCache, REFERENCE_BYTES
-from harness.methods.kv._common import KVMethod
+from harness.methods.kv._common import KVMethod, calibration_texts
 from harness.methods.kv._run import Run
 
 FIT_TEXT_SEED = 240_503  # calibration corpus seed (< EVAL_SEED_BASE): never evaluation text
@@ -125,11 +124,7 @@ class CoupledQuant(KVMethod):
         return {k: getattr(self, k) for k in keys}
 
     def calibration_ids(self, lm) -> torch.Tensor:
-        n = min(self.calib_tokens, lm.model.config.max_position_embeddings)
-        corpus, ids = Corpus(FIT_TEXT_SEED), []
-        while len(ids) < n * self.calib_sequences:
-            ids += lm.encode(" " + corpus.text(20))
-        return torch.tensor(ids[: n * self.calib_sequences]).view(self.calib_sequences, n)
+        return calibration_texts(lm, FIT_TEXT_SEED, self.calib_sequences, self.calib_tokens)
 
     def fit_data_hash(self, lm, ctx) -> str:
         return hashlib.sha256(self.calibration_ids(lm).numpy().tobytes()).hexdigest()
