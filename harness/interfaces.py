@@ -186,6 +186,11 @@ class Task:
     generates: ClassVar[bool] = True  # False: scores text only, so decoding methods have nothing to act on
     needs_lm: ClassVar[bool] = True  # False: no model is loaded (ctx.lm is None); methods arrive in ctx.methods
 
+    def takes_chat_template(self) -> bool:
+        """Whether --apply-chat-template means something here: the task prompts a model for a
+        generation (LM.prompt_ids); a task scoring text as it is (perplexity) does not."""
+        return self.needs_lm and self.generates
+
     @classmethod
     def alias_params(cls, name: str) -> dict[str, str] | None:
         """Parameters a pattern alias stands for (None: `name` is not one of this task's aliases)."""

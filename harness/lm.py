@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from harness import compat
-from harness.errors import Refused
+from harness.errors import Refused, UserError
 from harness.models import LoadedModel
 
 
@@ -62,7 +62,15 @@ class KVRequest:
 
 
 class LM:
-    def __init__(self, loaded: LoadedModel, batch_size: int = 8, prefill_chunk: int | None = None):
+    def __init__(
+        self, loaded: LoadedModel, batch_size: int = 8, prefill_chunk: int | None = None, chat_template: bool = False
+    ):
+        if chat_template and not getattr(loaded.tokenizer, "chat_template", None):
+            raise UserError(
+                f"--apply-chat-template: the tokenizer of {loaded.id} has no chat template "
+                f"(base models and the zoo have none; drop the flag)"
+            )
+        self.chat_template = chat_template
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -145,6 +153,35 @@ class LM:
         if not hasattr(self, "_prefix"):
             self._prefix = self.tokenizer("", add_special_tokens=True)["input_ids"]
         return list(self._prefix)
+
+    def prompt_ids(self, user: str, answer: str = "") -> list[int]:
+        """A generation prompt: the task's text, then the beginning of the answer (e.g. "Answer:").
+        Plain: the tokenizer's prefix, then both as one text (as the zoo models were trained).
+        With the chat template: the template's user turn holding `user` and its generation prompt,
+        then `answer` as the start of the assistant's turn (lm-eval's gen_prefix)."""
+        if not self.chat_template:
+            return self.prompt_prefix() + self.encode(user + answer)
+        head, tail = self._chat_parts()
+        return self.encode(head + user + tail + answer.lstrip())  # rendered, then tokenized, as lm-eval
+
+    def prompt_format(self) -> dict:
+        """What the record keeps of how prompts were formed: the tokens before the task's text (BOS
+        for Llama-style tokenizers, none for the zoo v1 tokenizer; with the chat template, its
+        rendering up to the user's text) and whether the chat template wrapped them."""
+        prefix = self.encode(self._chat_parts()[0]) if self.chat_template else self.prompt_prefix()
+        return {"prefix_tokens": self.tokenizer.convert_ids_to_tokens(prefix), "chat_template": self.chat_template}
+
+    def _chat_parts(self) -> tuple[str, str]:
+        """The rendered template around a user turn's content (special tokens as text)."""
+        if not hasattr(self, "_chat"):
+            mark = "\x00HARNESS-USER-TURN\x00"
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True
+            )
+            if text.count(mark) != 1:
+                raise UserError(f"the chat template of {self.loaded.id} does not hold a user turn's text verbatim")
+            self._chat = tuple(text.split(mark))
+        return self._chat
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

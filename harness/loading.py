@@ -1,5 +1,5 @@
 """How a Hugging Face checkpoint is loaded: dtype, device map, quantization, attention kernel, remote
-code, and whether the hub may be reached. The options come from `harness eval` / `harness fit` flags
+code, whether the hub may be reached, and whether prompts go through its chat template. The options come from `harness eval` / `harness fit` flags
 or a grid file's `loading:` mapping, are forwarded to transformers' `from_pretrained`, and are part
 of the cell: the options that differ from their defaults enter the hashed config (so a bf16 run and a
 float32 run are different cells, while records made before these options existed keep their run
@@ -32,6 +32,9 @@ class LoadOptions:
     quantization: str | None = None  # "4bit" / "8bit" weights through bitsandbytes
     attn_implementation: str | None = None  # None: transformers' default (sdpa where available)
     trust_remote_code: bool = False
+    # generation prompts go through the tokenizer's chat template (a user turn, then the assistant's
+    # turn begun with the task's answer prefix, as lm-eval's --apply_chat_template with gen_prefix)
+    chat_template: bool = False
     allow_download: bool = False  # where the weights may come from: not part of the cell
 
     def __post_init__(self):
@@ -44,7 +47,7 @@ class LoadOptions:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise UserError(f"loading option {name} must be one of {', '.join(allowed)}, got {value!r}")
-        for name in ("trust_remote_code", "allow_download"):
+        for name in ("trust_remote_code", "chat_template", "allow_download"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"loading option {name} must be true or false, got {getattr(self, name)!r}")
 
@@ -99,6 +102,7 @@ class LoadOptions:
             quantization=quant,
             attn_implementation=getattr(a, "attn_implementation", None),
             trust_remote_code=bool(getattr(a, "trust_remote_code", False)),
+            chat_template=bool(getattr(a, "apply_chat_template", False)),
             allow_download=bool(getattr(a, "allow_download", False)),
         )
 
@@ -130,6 +134,11 @@ def add_arguments(p, trust_help: str = "allow a checkpoint's own Python code (pa
         help="transformers' attention kernel (default: its own choice)",
     )
     g.add_argument("--trust-remote-code", action="store_true", help=trust_help)
+    g.add_argument(
+        "--apply-chat-template",
+        action="store_true",
+        help="wrap generation prompts in the tokenizer's chat template (instruction-tuned models; part of the run id)",
+    )
     g.add_argument(
         "--allow-download",
         action="store_true",

@@ -126,6 +126,11 @@ def resolve(
             cell_loading = LoadOptions() if cell_model == "none" else loading or LoadOptions()
             if cell_model.startswith("zoo:"):  # the zoo has no remote code: the flag changes nothing
                 cell_loading = dataclasses.replace(cell_loading, trust_remote_code=False)
+            if cell_loading.chat_template and not task.takes_chat_template():
+                raise UserError(
+                    f"--apply-chat-template: task {tname} does not prompt a model for a generation "
+                    f"(it scores text as it is), so a chat template does not apply; drop the flag for it"
+                )
             cells.append(Cell(task, tname, methods, cell_model, seed, limit, cell_loading))
     return cells
 
@@ -247,7 +252,7 @@ def evaluate(
                 for c in cells[i:]:  # a method the model cannot take is refused before any cell runs
                     if c.task.needs_lm:
                         compat.check(loaded, c)
-            lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk)
+            lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk, cell.loading.chat_template)
             budget = (batch_size, memory_cap, log)
             cell_progress = _named(progress, name, lm) if progress is not None else None
             outcomes.append(_run_cell(cell, config, rid, path, loaded, lm, cell_progress, budget))
@@ -324,6 +329,7 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
     wall = time.perf_counter() - t0
     model = (
         dict(config["model"], zoo=loaded.zoo, label=models.label(loaded), config=models.facts(loaded))
+        | ({"prompt": lm.prompt_format()} if lm is not None else {})
         if loaded
         else dict(config["model"], zoo=False, label="no model")
     )

@@ -27,6 +27,15 @@ VT_QUESTION = (
 )
 
 
+def split_answer(query: str) -> tuple[str, str]:
+    """(question, answer prefix): a query ends with the start of its answer ("...\nAnswer: the
+    special magic number for K:"), which a chat template puts in the assistant's turn."""
+    at = query.rfind("Answer:")
+    while at > 0 and query[at - 1].isspace():
+        at -= 1
+    return (query[:at], query[at:]) if at > 0 else (query, "")
+
+
 def _and(keys: list[str]) -> str:
     return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
 
@@ -124,7 +133,9 @@ class Needle(Task):
         corpus, next_sentence = self._source(seed)
         rng = random.Random(seed)
         preamble, statements, query, refs = scenario(self.variant, corpus, rng, self.n, self.hops)
-        budget = length - self.max_new_tokens - len(lm.prompt_prefix())
+        question, answer = split_answer(query)
+        overhead = len(lm.prompt_ids(""))  # the tokenizer's prefix (and a chat template's turn markers)
+        budget = length - self.max_new_tokens - overhead
         fixed = len(lm.encode(preamble + "".join(" " + x for x in statements) + query))
         hay, used = [], 0
         while used < budget - fixed:  # tokenized a chunk at a time: one tokenizer call, not one per sentence
@@ -145,14 +156,14 @@ class Needle(Task):
                 parts.insert(at, text)
             first = parts.index(statements[0])
             before = preamble + "".join(" " + x for x in parts[:first])
-            ids = lm.prompt_prefix() + lm.encode(before + "".join(" " + x for x in parts[first:]) + query)
+            ids = lm.prompt_ids(before + "".join(" " + x for x in parts[first:]) + question, answer)
             if len(ids) <= budget or not hay:
                 break
             hay.pop()
         if len(ids) > budget:
             raise UserError(f"context_length {length} is too short for the needles and question")
         hay_start = len(lm.encode(preamble))
-        hay_tokens = len(ids) - len(lm.prompt_prefix()) - hay_start - len(lm.encode(query))
+        hay_tokens = len(ids) - overhead - hay_start - len(lm.encode(query))
         return {
             "ids": ids,
             "refs": refs,

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
 from harness.registry import register
-from harness.synthetic import PASSKEY_GARBAGE, passkey_prompt, sample_seed
+from harness.synthetic import PASSKEY_GARBAGE, PASSKEY_QUESTION, passkey_prompt, sample_seed
+
+# "What is the pass key? The pass key is": the question, then the answer begun (a chat template
+# puts the latter in the assistant's turn)
+ANSWER_START = PASSKEY_QUESTION[PASSKEY_QUESTION.index("?") + 1 :]
 
 
 @register
@@ -44,13 +48,15 @@ class Passkey(Task):
     def build(self, lm, length: int, seed: int) -> dict:
         rng = random.Random(seed)
         key = str(rng.randint(1, 50000))
-        budget = length - self.max_new_tokens - len(lm.prompt_prefix())
+        budget = length - self.max_new_tokens - len(lm.prompt_ids(""))
         per_repeat = len(lm.encode(" " + PASSKEY_GARBAGE))
         repeats = max(0, (budget - len(lm.encode(passkey_prompt(key, 0, 0)))) // per_repeat)
         fraction = rng.random()
         while True:
             before = round(fraction * repeats)
-            ids = lm.prompt_prefix() + lm.encode(passkey_prompt(key, before, repeats - before))
+            text = passkey_prompt(key, before, repeats - before)
+            cut = len(text) - len(ANSWER_START)  # "The pass key is" begins the answer
+            ids = lm.prompt_ids(text[:cut], text[cut:])
             if len(ids) <= budget or repeats == 0:
                 break
             repeats -= 1

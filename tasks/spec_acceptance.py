@@ -170,7 +170,7 @@ class SpecAcceptance(Task):
         room = getattr(lm.model.config, "max_position_embeddings", None)
         out = []
         for pid, text in raw[:limit]:
-            ids = lm.prompt_prefix() + lm.encode(text)
+            ids = lm.prompt_ids(text)
             if room and len(ids) + self.max_new_tokens > room:
                 raise UserError(
                     f"spec_acceptance: {where}{pid} has {len(ids)} tokens; with max_new_tokens "

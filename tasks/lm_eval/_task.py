@@ -82,6 +82,9 @@ class LMEvalTask(Task):
             return max(int(x) for x in lengths)
         return self.max_length
 
+    def takes_chat_template(self) -> bool:
+        return True  # lm-eval formats loglikelihood requests with the template too
+
     def run(self, ctx) -> TaskResult:
         from harness.tasks.lm_eval.family import go_offline
 
@@ -114,7 +117,8 @@ class LMEvalTask(Task):
                 gen_kwargs=self._gen,
                 bootstrap_iters=self.bootstrap_iters,
                 log_samples=True,
-                apply_chat_template=self.apply_chat_template,
+                # the task's own flag, or --apply-chat-template for every generation task
+                apply_chat_template=self.apply_chat_template or ctx.lm.chat_template,
                 system_instruction=self.system_instruction,
                 random_seed=seeds[0],
                 numpy_random_seed=seeds[1],
