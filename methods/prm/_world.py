@@ -90,11 +90,16 @@ class StepNet(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, outputs)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """The final normed states (the head applied where wanted: a language model's vocabulary
+        head at every position costs far more than the trunk)."""
         x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(ids))
 
 
 @dataclass
@@ -218,42 +223,41 @@ class WorldPRM(PRMScorer):
     def _net_new(self) -> StepNet:
         return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs)
 
-    def fit(self, lm, ctx, log=print):
-        torch.manual_seed(ctx.seed)
-        policy, rng = mathworld.Policy(), random.Random(ctx.seed)
-        data = []
+    def collect(self, policy, rng: random.Random, seed: int) -> tuple[list[Trajectory], int]:
+        """The labelled trajectories and the number of policy rollouts spent on labels: here
+        `samples` solutions per problem and `rollouts` completions at every prefix whose value is
+        not already exact (Math-Shepherd's estimation)."""
+        data, spent = [], 0
         for i in range(self.problems):
             prob = mathworld.problem(i)
             for j in range(self.samples):
-                steps = policy.sample(prob, mathworld.sample_seed(prob, j, salt=1 + ctx.seed))
+                steps = policy.sample(prob, mathworld.sample_seed(prob, j, salt=1 + seed))
                 q = mc_values(prob, steps, policy, self.rollouts, rng)
+                spent += self.rollouts * (len(steps) + 1 - mathworld.finished(prob, steps))
                 data.append(
                     Trajectory(
                         prob.text, [s.text for s in steps], q, mathworld.final_answer(prob, steps) == str(prob.answer)
                     )
                 )
+        return data, spent
+
+    def fit(self, lm, ctx, log=print):
+        torch.manual_seed(ctx.seed)
+        policy, rng = mathworld.Policy(), random.Random(ctx.seed)
+        data, spent = self.collect(policy, rng, ctx.seed)
         log(
             f"{self.name}: {len(data)} trajectories, {sum(len(t.steps) for t in data)} steps, "
-            f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}"
+            f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}, {spent} label rollouts"
         )
         net = self._net_new()
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.01)
         encoded = [encode(t.problem if self.read_problem else "", t.steps, self.max_len) for t in data]
-        trace = []
-        for epoch in range(self.epochs):
-            order = list(range(len(data)))
-            rng.shuffle(order)
-            total = 0.0
-            for b in range(0, len(order), self.batch):
-                chunk = order[b : b + self.batch]
-                out = net(_pad([encoded[i][0] for i in chunk]))
-                loss = torch.stack([self.loss(out[r, encoded[i][1]], data[i]) for r, i in enumerate(chunk)]).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(chunk)
-            trace.append(total / len(order))
-            log(f"{self.name}: epoch {epoch + 1}/{self.epochs} loss {trace[-1]:.4f}")
+
+        def batch_loss(chunk):
+            out = net(pad([encoded[i][0] for i in chunk]))
+            return torch.stack([self.loss(out[r, encoded[i][1]], data[i]) for r, i in enumerate(chunk)]).mean()
+
+        trace = train_loop(opt, len(data), batch_loss, self.epochs, self.batch, rng, log, self.name)
         self._net = net.eval()
         state = {k: v.contiguous() for k, v in net.state_dict().items()}
 
@@ -264,6 +268,7 @@ class WorldPRM(PRMScorer):
 
         return {
             "trajectories": len(data),
+            "label_rollouts": spent,
             "loss_trace": trace,
             "policy_accuracy": sum(t.correct for t in data) / len(data),
             "parameters": sum(p.numel() for p in net.parameters()),
@@ -284,26 +289,18 @@ class WorldPRM(PRMScorer):
         the same fitted PRM does not run the network again."""
         if self._net is None:
             raise UserError(f"{self.name} has no trained network: run `harness fit --method {self.name}` first")
-        path = _cache_dir() / f"{self.name}-{sha256_text(canonical([self._key, problem, solutions]))[:24]}.json"
-        cache = cache and self._key is not None
-        try:
-            if cache:
-                return [torch.tensor(o) for o in json.loads(path.read_text())]
-        except (OSError, ValueError):
-            pass
-        enc = [encode(problem if self.read_problem else "", steps, self.max_len) for steps in solutions]
-        out = []
-        with torch.no_grad():
-            for b in range(0, len(enc), 64):
-                chunk = enc[b : b + 64]
-                res = self._net(_pad([e[0] for e in chunk]))
-                out += [res[r, e[1]] for r, e in enumerate(chunk)]
-        if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps([o.tolist() for o in out]))
-            os.replace(tmp, path)
-        return out
+
+        def compute():
+            enc = [encode(problem if self.read_problem else "", steps, self.max_len) for steps in solutions]
+            out = []
+            with torch.no_grad():
+                for b in range(0, len(enc), 64):
+                    chunk = enc[b : b + 64]
+                    res = self._net(pad([e[0] for e in chunk]))
+                    out += [res[r, e[1]] for r, e in enumerate(chunk)]
+            return out
+
+        return cached_outputs(self.name, self._key if cache else None, problem, solutions, compute)
 
     def score(self, problem: str, solutions: list[list[str]]) -> list[list[float]]:
         return [self.read(o) for o in self.outputs_at_markers(problem, solutions)]
@@ -316,11 +313,50 @@ class WorldPRM(PRMScorer):
         raise TypeError(f"{type(self).__name__} must define loss()")  # abstract: each subclass overrides it
 
 
+def train_loop(opt, n_items: int, batch_loss, epochs: int, batch: int, rng: random.Random, log, name: str):
+    """`epochs` passes over the items in a fresh shuffled order each (from `rng`), one optimizer
+    step per `batch` items with loss batch_loss(indices); returns the mean loss of each epoch."""
+    trace = []
+    for epoch in range(epochs):
+        order = list(range(n_items))
+        rng.shuffle(order)
+        total = 0.0
+        for b in range(0, len(order), batch):
+            chunk = order[b : b + batch]
+            loss = batch_loss(chunk)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(chunk)
+        trace.append(total / max(1, n_items))
+        log(f"{name}: epoch {epoch + 1}/{epochs} loss {trace[-1]:.4f}")
+    return trace
+
+
+def cached_outputs(name: str, key: str | None, problem: str, solutions: list[list[str]], compute) -> list:
+    """compute() -> one tensor per solution, cached on disk by (artifact key, problem, solutions)
+    so re-reading the same fitted scorer (another aggregation) does not run it again; key None:
+    no cache (an unfitted network, or a search's fresh candidates)."""
+    path = _cache_dir() / f"{name}-{sha256_text(canonical([key, problem, solutions]))[:24]}.json"
+    try:
+        if key is not None:
+            return [torch.tensor(o) for o in json.loads(path.read_text())]
+    except (OSError, ValueError):
+        pass
+    out = compute()
+    if key is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([torch.as_tensor(o).tolist() for o in out]))
+        os.replace(tmp, path)
+    return out
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")) / "prm-scores"
 
 
-def _pad(seqs: list[list[int]]) -> torch.Tensor:
+def pad(seqs: list[list[int]]) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     return torch.tensor([s + [PAD] * (width - len(s)) for s in seqs], dtype=torch.long)
 
