@@ -5,7 +5,8 @@ EAGLE heads, ...) store what they learn content-addressed, so `harness fit` runs
 Key = hash(method name, the parameters that shape the fit, the fit code's version, the model's
 weights sha256, the fit data's hash). Folder: $HARNESS_ARTIFACTS or ~/.cache/harness/artifacts,
 one sub-folder per key holding meta.json (and whatever files the method writes), made atomically
-(written to a temporary folder, then renamed)."""
+(written to a temporary folder, then renamed). A task may cache what it computes from a model the
+same way (math_prm_bon's sampled pools: `key` over the sampling settings, model and data)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,21 @@ def root() -> Path:
     return Path(os.environ.get(ARTIFACTS_ENV, Path.home() / ".cache" / "harness" / "artifacts"))
 
 
+def key(fields: dict[str, Any]) -> str:
+    """The content address of whatever `fields` (JSON-ready) say shapes an artifact."""
+    return sha256_text(canonical(fields))[:16]
+
+
 def key_for(method, lm, ctx, model_sha: str | None) -> str:
-    return sha256_text(
-        canonical(
-            {
-                "method": method.fit_name or method.name,
-                "params": method.fit_params(lm, ctx),
-                "fit_version": method.fit_version,
-                "model": model_sha,
-                "data": method.fit_data_hash(lm, ctx),
-            }
-        )
-    )[:16]
+    return key(
+        {
+            "method": method.fit_name or method.name,
+            "params": method.fit_params(lm, ctx),
+            "fit_version": method.fit_version,
+            "model": model_sha,
+            "data": method.fit_data_hash(lm, ctx),
+        }
+    )
 
 
 def folder(k: str) -> Path:

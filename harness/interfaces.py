@@ -186,10 +186,20 @@ class Task:
     generates: ClassVar[bool] = True  # False: scores text only, so decoding methods have nothing to act on
     needs_lm: ClassVar[bool] = True  # False: no model is loaded (ctx.lm is None); methods arrive in ctx.methods
 
+    def uses_lm(self) -> bool:
+        """Whether this configuration runs a language model (ctx.lm), which the runner loads: the
+        class's `needs_lm`, unless the task's parameters decide it (math_prm_bon loads one only to
+        sample its own pools)."""
+        return self.needs_lm
+
+    def check_model(self, model: str | None, loading) -> None:
+        """Refuse, with a UserError before any model loads, a --model this configuration cannot
+        use (model: what the user named, None when nothing; loading: harness.loading.LoadOptions)."""
+
     def takes_chat_template(self) -> bool:
         """Whether --apply-chat-template means something here: the task prompts a model for a
         generation (LM.prompt_ids); a task scoring text as it is (perplexity) does not."""
-        return self.needs_lm and self.generates
+        return self.uses_lm() and self.generates
 
     @classmethod
     def alias_params(cls, name: str) -> dict[str, str] | None:

@@ -71,6 +71,7 @@ class LM:
                 f"(base models and the zoo have none; drop the flag)"
             )
         self.chat_template = chat_template
+        self._chats: dict[str | None, tuple[str, str]] = {}  # rendered template parts per system prompt
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -154,14 +155,18 @@ class LM:
             self._prefix = self.tokenizer("", add_special_tokens=True)["input_ids"]
         return list(self._prefix)
 
-    def prompt_ids(self, user: str, answer: str = "") -> list[int]:
+    def prompt_ids(self, user: str, answer: str = "", system: str | None = None) -> list[int]:
         """A generation prompt: the task's text, then the beginning of the answer (e.g. "Answer:").
         Plain: the tokenizer's prefix, then both as one text (as the zoo models were trained).
         With the chat template: the template's user turn holding `user` and its generation prompt,
-        then `answer` as the start of the assistant's turn (lm-eval's gen_prefix)."""
+        then `answer` as the start of the assistant's turn (lm-eval's gen_prefix).
+        system: a system prompt (search-and-learn's MATH CoT instruction): the template's system
+        turn before the user's (a template that refuses a system role gets it at the start of the
+        user's turn, a blank line between); plain, it is the text's start, a blank line before `user`."""
         if not self.chat_template:
-            return self.prompt_prefix() + self.encode(user + answer)
-        head, tail = self._chat_parts()
+            text = user + answer if system is None else system + "\n\n" + user + answer
+            return self.prompt_prefix() + self.encode(text)
+        head, tail = self._chat_parts(system)
         return self.encode(head + user + tail + answer.lstrip())  # rendered, then tokenized, as lm-eval
 
     def prompt_format(self) -> dict:
@@ -171,17 +176,26 @@ class LM:
         prefix = self.encode(self._chat_parts()[0]) if self.chat_template else self.prompt_prefix()
         return {"prefix_tokens": self.tokenizer.convert_ids_to_tokens(prefix), "chat_template": self.chat_template}
 
-    def _chat_parts(self) -> tuple[str, str]:
-        """The rendered template around a user turn's content (special tokens as text)."""
-        if not hasattr(self, "_chat"):
+    def _chat_parts(self, system: str | None = None) -> tuple[str, str]:
+        """The rendered template around a user turn's content (special tokens as text), after a
+        system turn when `system` is given."""
+        if system not in self._chats:
+            from jinja2.exceptions import TemplateError
+
             mark = "\x00HARNESS-USER-TURN\x00"
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True
-            )
+            user = [{"role": "user", "content": mark}]
+            try:
+                turns = user if system is None else [{"role": "system", "content": system}] + user
+                text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            except TemplateError:  # "System role not supported" (Gemma, Mistral v1): the user turn holds it
+                if system is None:
+                    raise
+                turns = [{"role": "user", "content": system + "\n\n" + mark}]
+                text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
             if text.count(mark) != 1:
                 raise UserError(f"the chat template of {self.loaded.id} does not hold a user turn's text verbatim")
-            self._chat = tuple(text.split(mark))
-        return self._chat
+            self._chats[system] = tuple(text.split(mark))
+        return self._chats[system]
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

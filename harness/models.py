@@ -244,6 +244,55 @@ def identity(spec: str, options: LoadOptions | None = None) -> tuple[str, str | 
     return spec, weights_sha256(folder) if folder else None
 
 
+def generation_refusal(spec: str) -> str | None:
+    """Why `spec` is not a causal LM that generates text, read from its config.json alone (no
+    weights load); None when it is one, or when its config cannot tell (loading then reports what
+    is wrong). A reward model or classifier checkpoint would otherwise load through
+    AutoModelForCausalLM with a freshly initialised LM head, and sample noise without a word."""
+    from transformers.models.auto import modeling_auto as auto
+
+    if spec == "none":
+        return "--model none names no model"
+    if spec.startswith("zoo:"):  # the zoo holds causal LMs only
+        return None
+    ref = spec[3:] if spec.startswith("hf:") else spec
+    found = Path(ref).expanduser() / "config.json"
+    if not found.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        from harness.loading import hub_cache
+
+        try:
+            cached = try_to_load_from_cache(ref, "config.json", cache_dir=str(hub_cache()))
+        except Exception:  # not a hub id either: loading says so
+            cached = None
+        if not isinstance(cached, str):
+            return None
+        found = Path(cached)
+    try:
+        cfg = json.loads(found.read_text())
+    except (OSError, ValueError):
+        return None
+    generating = set(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | set(
+        auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values()
+    )
+    archs = cfg.get("architectures") or []
+    if archs:
+        if any(a in generating or a.endswith("ForCausalLM") for a in archs):
+            return None
+        if "AutoModelForCausalLM" in (cfg.get("auto_map") or {}):  # remote code declaring a causal LM
+            return None
+        return f"{spec} is a {', '.join(archs)}, which has no text-generating head"
+    kind = cfg.get("model_type")
+    if (
+        kind
+        and kind not in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and kind not in (auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    ):
+        return f"{spec} is a {kind!r} model, which transformers cannot load as a causal LM"
+    return None
+
+
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 

@@ -4,7 +4,12 @@ A numeric parameter may declare its valid range, checked before any model loads:
 field's metadata, `field(default=4.0, metadata={"range": "[1, inf)"})`, or in a class-level
 `ranges = {"factor": "[1, inf)", "budget": "(0, 1]"}` (merged along the class's bases). A range is
 an interval in the usual notation: `[` `]` include the bound, `(` `)` exclude it, `inf` is
-unbounded; it applies to each element of a tuple. Non-finite floats (nan, inf) are always refused."""
+unbounded; it applies to each element of a tuple. Non-finite floats (nan, inf) are always refused.
+
+A parameter added after records were committed may declare `metadata={"omit_at_default": True}`:
+`to_dict` (the params hashed into run ids and written to records) leaves it out while it holds its
+default, so every earlier run id stays what it was; set to another value, it is there and keys
+the cell (as the non-default loading options are, harness.loading)."""
 
 from __future__ import annotations
 
@@ -123,7 +128,8 @@ def check_range(value, spec: str, where: str) -> None:
 
 
 def to_dict(obj) -> dict[str, Any]:
-    """JSON-ready resolved parameters (tuples become lists)."""
+    """JSON-ready resolved parameters (tuples become lists); an `omit_at_default` field at its
+    default is left out (see the module docstring)."""
 
     def clean(v):
         if isinstance(v, (tuple, list)):
@@ -132,7 +138,11 @@ def to_dict(obj) -> dict[str, Any]:
             return {k: clean(x) for k, x in v.items()}
         return v
 
-    return {f.name: clean(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init and f.repr}
+    return {
+        f.name: clean(getattr(obj, f.name))
+        for f in dataclasses.fields(obj)
+        if f.init and f.repr and not (f.metadata.get("omit_at_default") and getattr(obj, f.name) == f.default)
+    }
 
 
 def describe(cls) -> list[dict[str, Any]]:

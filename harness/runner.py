@@ -119,10 +119,11 @@ def resolve(
     for tname, tcls, alias in tasks:
         scoped = {**t_scoped.get(tcls.name, {}), **t_scoped.get(tname, {})}
         task = _build(tcls, scoped, t_plain, f"task {tname}", alias)
+        task.check_model(model, loading or LoadOptions())
         for combo in combos:
             check_combination(task, combo)
             methods = [_build(c, m_scoped.get(c.name, {}), m_plain, f"method {c.name}") for c in combo]
-            cell_model = model or (models.DEFAULT_MODEL if task.needs_lm else "none")
+            cell_model = model or (models.DEFAULT_MODEL if task.uses_lm() else "none")
             cell_loading = LoadOptions() if cell_model == "none" else loading or LoadOptions()
             if cell_model.startswith("zoo:"):  # the zoo has no remote code: the flag changes nothing
                 cell_loading = dataclasses.replace(cell_loading, trust_remote_code=False)
@@ -244,13 +245,13 @@ def evaluate(
         name = f"[{i + 1}/{len(cells)}] {cell.task_label} · {cell.method_name}"
         cell_progress = _named(progress, name) if progress is not None else None
         t0 = time.perf_counter()
-        if not cell.task.needs_lm:
+        if not cell.task.uses_lm():
             outcomes.append(_run_cell(cell, config, rid, path, None, None, cell_progress))
         else:
             if loaded is None:
                 loaded = models.load(cell.model, device, allow_pickle=allow_pickle, options=cell.loading)
                 for c in cells[i:]:  # a method the model cannot take is refused before any cell runs
-                    if c.task.needs_lm:
+                    if c.task.uses_lm():
                         compat.check(loaded, c)
             lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk, cell.loading.chat_template)
             budget = (batch_size, memory_cap, log)
@@ -286,6 +287,15 @@ def _with_rate(bar, lm):
         bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
 
 
+def _method_lm(method: Method, lm, loaded) -> tuple:
+    """(the LM, its weights sha256) a method acts on: methods of kind lm act on the cell's LM; the
+    others never do, even when the task runs one (math_prm_bon samples its pools with it), so a
+    verifier's fit artifact stays keyed without a model, as `harness fit` makes it."""
+    if method.kind != "lm" or lm is None:
+        return None, None
+    return lm, loaded.sha256
+
+
 def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress, budget=None) -> Outcome:
     import torch
 
@@ -299,7 +309,8 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
     try:
         with contextlib.ExitStack() as stack:
             for m in cell.methods:
-                artifact = fitting.attach_artifact(m, lm, mctx, loaded.sha256 if loaded else None, cell.model)
+                own, sha = _method_lm(m, lm, loaded)
+                artifact = fitting.attach_artifact(m, own, mctx, sha, cell.model)
                 components.append(
                     {
                         "name": m.name,
@@ -308,11 +319,11 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
                         "paper": m.paper,
                         "artifact": artifact,
                         "params": params.to_dict(m),
-                        "resolved": m.resolved(lm, mctx),
+                        "resolved": m.resolved(own, mctx),
                     }
                 )
-                if lm is not None:
-                    stack.enter_context(m.apply(lm, mctx))
+                if own is not None:
+                    stack.enter_context(m.apply(own, mctx))
             planned = budget_plan.plan_cell(cell, lm, budget) if lm is not None and budget else {}
             result = cell.task.run(
                 TaskContext(
@@ -320,7 +331,7 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
                 )
             )
             for m in cell.methods:  # inside the methods' contexts: their state is still there
-                reason = m.check_effect(lm, mctx, result)
+                reason = m.check_effect(_method_lm(m, lm, loaded)[0], mctx, result)
                 if reason:
                     raise NoEffect(f"{cell.method_name} on {cell.task_label}: {reason}; no record written")
     finally:

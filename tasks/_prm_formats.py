@@ -86,7 +86,8 @@ def load_problems(path: str) -> list[dict]:
     return out
 
 
-def _solution(pid, steps, text=None, answer=None, correct=None, scores=None) -> dict:
+def solution(pid, steps, text=None, answer=None, correct=None, scores=None) -> dict:
+    """A solution record as the task reads it (answer extracted from the text unless given)."""
     text = text if text is not None else "\n\n".join(steps)
     return {
         "problem_id": pid,
@@ -117,7 +118,7 @@ def load_harness(path: str, problems: list[dict]) -> dict[str, list[dict]]:
             raise UserError(f"solutions: {path} line {line}: 'scores' must be an object name -> [step scores]")
         ans = row.get("answer")
         pools.setdefault(pid, []).append(
-            _solution(pid, steps, row.get("solution"), None if ans is None else str(ans), row.get("correct"), scores)
+            solution(pid, steps, row.get("solution"), None if ans is None else str(ans), row.get("correct"), scores)
         )
     return pools
 
@@ -145,7 +146,7 @@ def load_prm800k(path: str, problems: list[dict]) -> dict[str, list[dict]]:
             if row.get(f"{k[8:]}_score") is not None
         }
         pools.setdefault(pid, []).append(
-            _solution(pid, list(steps), None, None if ans is None else str(ans), row.get("is_correct"), scores)
+            solution(pid, list(steps), None, None if ans is None else str(ans), row.get("is_correct"), scores)
         )
     return pools
 
@@ -171,7 +172,7 @@ def load_rlhflow(path: str, problems: list[dict] | None, step_sep: str):
         for j, text in enumerate(row["answers"]):
             text = text.replace("ки", "")
             pools.setdefault(pid, []).append(
-                _solution(
+                solution(
                     pid,
                     split_steps(text, step_sep.replace("ки", "") or "\n"),
                     text,
@@ -202,7 +203,7 @@ def load_pqm(path: str, problems: list[dict]) -> dict[str, list[dict]]:
             if isinstance(r, dict) and not isinstance(r.get("text"), str):
                 raise UserError(f"solutions (pqm): {path}: question {k}: a response has no 'text'")
             t = r["text"] if isinstance(r, dict) else str(r)
-            pools.setdefault(p["id"], []).append(_solution(p["id"], split_steps(t, "step_k"), t))
+            pools.setdefault(p["id"], []).append(solution(p["id"], split_steps(t, "step_k"), t))
     return pools
 
 
@@ -225,7 +226,7 @@ def load_sal(path: str):
         scores = row.get("scores") or [None] * len(row["completions"])
         for text, sc in zip(row["completions"], scores):
             pools.setdefault(pid, []).append(
-                _solution(pid, split_steps(text, "\n\n"), text, scores={"sal": [float(x) for x in sc]} if sc else {})
+                solution(pid, split_steps(text, "\n\n"), text, scores={"sal": [float(x) for x in sc]} if sc else {})
             )
     return probs, pools
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from harness import mathworld, params, registry
+from harness import models, mathworld, params, registry
 from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
 from harness.mathgrade import Grader
@@ -18,6 +18,11 @@ from harness.records import canonical, sha256_text
 from harness.registry import register
 from harness.tasks import _bon_metrics as bon
 from harness.tasks import _prm_formats as formats
+from harness.tasks import _sampled_pools as sampled
+
+# parameters of solutions=generate: added after records were committed, so at their defaults they
+# stay out of run ids (harness.params, omit_at_default); the record's details.pool names them all
+GENERATION = {"omit_at_default": True}
 
 
 @register
@@ -31,6 +36,20 @@ class MathPrmBon(Task):
     seeds). Answers are graded against the gold answer by harness.mathgrade (math-verify behind a
     process timeout, conservative fallbacks); a problem without a gold answer uses the solutions'
     given labels. Answer classes for voting are grader-equivalence classes, not raw strings.
+
+    `solutions=generate` samples the pools from the language model named by --model (a local
+    checkpoint folder, hf:<id> or zoo:<name>), as search-and-learn's best-of-N does (anchors-prm
+    §1.8), for the problems of `problems` (harness format: JSONL with "problem" and "answer", e.g.
+    a local MATH-500 file): `samples` solutions per problem at `temperature` and `top_p` (plain
+    sampling, top-k off), at most `max_new_tokens` new tokens each, seeded by --seed and the
+    problem's id. The prompt is the system prompt `prompt` ("sal": search-and-learn's Llama MATH
+    CoT prompt, asking for "## Step k:" steps and a final \boxed{} answer; "none"; or its own
+    text) and the problem: with --apply-chat-template as the template's system and user turns,
+    else as plain text (system prompt, blank line, problem, blank line). Steps are split on
+    `step_sep` and answers extracted by harness.mathgrade. The pool is cached as an artifact keyed
+    by the model's weights sha256, the problems, the prompt tokens and the sampling settings
+    (harness.artifacts), so another verifier on the same pool does not sample again; the record's
+    details.pool names the artifact, whether it was a cache hit, and every sampling setting.
 
     Metrics per N: accuracy@N — the exact expectation over uniform N-subsets of the correctness of
     the method's pick (argmax of the aggregated score, ties averaged; a "vote" method picks by
@@ -50,9 +69,13 @@ class MathPrmBon(Task):
     summary = "best-of-N reranking of sampled MATH solutions by PRMs/ORMs: accuracy@N, majority@N, pass@N"
     smoke_args = {"world_problems": "6", "world_samples": "8", "trials": "8", "bootstrap": "20"}
     problems: str = field(default="synthetic", metadata={"help": "problems JSONL, or 'synthetic'"})
-    solutions: str = field(default="synthetic", metadata={"help": "solutions file, or 'synthetic'"})
+    solutions: str = field(
+        default="synthetic", metadata={"help": "solutions file, 'synthetic', or 'generate' (sample from --model)"}
+    )
     format: str = field(default="harness", metadata={"help": "harness, prm800k, rlhflow, pqm or sal"})
-    step_sep: str = field(default="\\n\\n", metadata={"help": "step separator for rlhflow dumps (escapes allowed)"})
+    step_sep: str = field(
+        default="\\n\\n", metadata={"help": "step separator for rlhflow dumps and generated pools (escapes allowed)"}
+    )
     world_problems: int = field(default=200, metadata={"help": "synthetic world: problems"})
     world_samples: int = field(default=64, metadata={"help": "synthetic world: policy samples per problem"})
     n_max: int | None = field(default=None, metadata={"help": "largest N (None: the pool size)"})
@@ -60,16 +83,72 @@ class MathPrmBon(Task):
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples over problems"})
     grader_timeout: float = field(default=5.0, metadata={"help": "seconds per math-verify comparison"})
     math_verify: bool = field(default=True, metadata={"help": "use math-verify after the exact checks"})
+    samples: int = field(
+        default=16, metadata={"help": "generate: solutions sampled per problem", "range": "[1, inf)", **GENERATION}
+    )
+    temperature: float = field(
+        default=0.8, metadata={"help": "generate: sampling temperature", "range": "(0, inf)", **GENERATION}
+    )
+    top_p: float = field(
+        default=1.0, metadata={"help": "generate: nucleus sampling mass", "range": "(0, 1]", **GENERATION}
+    )
+    max_new_tokens: int = field(
+        default=2048, metadata={"help": "generate: new tokens per solution at most", "range": "[1, inf)", **GENERATION}
+    )
+    prompt: str = field(
+        default="sal",
+        metadata={"help": "generate: system prompt: 'sal' (search-and-learn's), 'none', or its text", **GENERATION},
+    )
 
     def __post_init__(self):
+        if self.generating:
+            if self.problems == "synthetic" or self.format != "harness":
+                raise ValueError(
+                    "solutions=generate samples pools for a problems file: give problems=FILE (JSONL with "
+                    "'problem' and 'answer', the harness format; format stays 'harness')"
+                )
+        else:
+            moved = [
+                f.name for f in fields(self) if f.metadata.get("omit_at_default") and getattr(self, f.name) != f.default
+            ]
+            if moved:
+                raise ValueError(
+                    f"{', '.join(moved)} {'applies' if len(moved) == 1 else 'apply'} only to solutions=generate"
+                )
         if self.format not in formats.FORMATS:
             raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}")
-        if (self.problems == "synthetic") != (self.solutions == "synthetic") and self.format == "harness":
+        if (
+            (self.problems == "synthetic") != (self.solutions == "synthetic")
+            and self.format == "harness"
+            and not self.generating
+        ):
             raise ValueError("problems and solutions are both 'synthetic' or both files")
         if min(self.world_problems, self.world_samples, self.trials) < 1 or self.bootstrap < 0:
             raise ValueError("world_problems, world_samples and trials must be positive")
         if self.n_max is not None and self.n_max < 1:
             raise ValueError("n_max must be positive")
+
+    @property
+    def generating(self) -> bool:
+        return self.solutions == "generate"
+
+    def uses_lm(self) -> bool:
+        return self.generating  # the model only samples the pools; the verifiers bring their own
+
+    def takes_chat_template(self) -> bool:
+        return self.generating
+
+    def check_model(self, model: str | None, loading) -> None:
+        if not self.generating:
+            return
+        if model is None or model == "none":
+            raise UserError(
+                "math_prm_bon: solutions=generate samples the pools from a language model: name it with "
+                "--model (a local checkpoint folder, hf:<id> from the local cache, or zoo:<name>)"
+            )
+        reason = models.generation_refusal(model)
+        if reason:
+            raise UserError(f"math_prm_bon: solutions=generate samples from a causal language model, but {reason}")
 
     @classmethod
     def report(cls, recs: list[dict]) -> str:
@@ -102,7 +181,24 @@ class MathPrmBon(Task):
         return "\n".join(lines)
 
     # -- data ----------------------------------------------------------------------------------
-    def load(self, seed: int) -> tuple[list[dict], dict[str, list[dict]], dict]:
+    def load(self, seed: int, ctx=None) -> tuple[list[dict], dict[str, list[dict]], dict]:
+        """(problems, pools by problem id, what the record keeps of where the pools came from);
+        ctx (its LM and --limit) only for solutions=generate."""
+        if self.generating:
+            probs = formats.load_problems(self.problems)
+            if ctx.limit:  # sample only what is evaluated
+                probs = probs[: ctx.limit]
+            setting = sampled.Sampling(
+                self.samples,
+                self.temperature,
+                self.top_p,
+                self.max_new_tokens,
+                seed,
+                sampled.system_prompt(self.prompt),
+            )
+            sep = self.step_sep.encode().decode("unicode_escape")
+            pools, pool = sampled.sampled_pools(ctx, probs, setting, sep)
+            return probs, pools, {"pool": pool}
         if self.solutions == "synthetic":
             base = mathworld.EVAL_SEED_BASE + 100_000 * seed
             probs, sols = mathworld.pools(self.world_problems, self.world_samples, base)
@@ -117,19 +213,19 @@ class MathPrmBon(Task):
                 "policy_version": mathworld.Policy().version,
                 "base_seed": base,
             }
-            return probs, pools, world
+            return probs, pools, {"world": world}
         sep = self.step_sep.encode().decode("unicode_escape")
         probs, pools = formats.load(
             self.format, None if self.problems == "synthetic" else self.problems, self.solutions, sep
         )
-        return probs, pools, {}
+        return probs, pools, {"world": {}}
 
     # -- evaluation ----------------------------------------------------------------------------
     def run(self, ctx) -> TaskResult:
         if len(ctx.methods) != 1:
             raise UserError("math_prm_bon evaluates one step_scorer method per cell")
         method = ctx.methods[0]
-        probs, pools, world = self.load(ctx.seed)
+        probs, pools, source = self.load(ctx.seed, ctx)
         if ctx.limit:
             probs = probs[: ctx.limit]
         if not probs:
@@ -175,7 +271,7 @@ class MathPrmBon(Task):
             "interval_level": 0.95,
             "trial_std": {k: float(v.std() / len(probs)) for k, v in trial_sums.items()},
             "scoring": scoring,
-            "world": world,
+            **source,
             "calibrated": True,
         }
         return TaskResult(metrics, samples, details, self._hash(probs, pools))
