@@ -269,10 +269,10 @@ def cmd_leaderboard(a) -> int:
         from harness import leaderboard
 
         app = Path(leaderboard.__file__).resolve().parent / "app.py"
-    cmd = [
+    cmd = [  # harness.leaderboard.serve: streamlit run, with the records parsed while the server starts
         sys.executable,
         "-m",
-        "streamlit",
+        "harness.leaderboard.serve",
         "run",
         str(app),
         "--server.port",

@@ -46,6 +46,7 @@ class Finding:
     regressed: bool
     changed: list = field(default_factory=list)
     rule: str = RULE_TOLERANCE  # which test decided: the tolerance alone, or tolerance + paired test
+    test: str | None = None  # the paired test's name (how its p-value reads: gate.p_text)
 
 
 def load_rules(path: str | None) -> dict:
@@ -156,8 +157,12 @@ def mcnemar_p(a: list[float], b: list[float]) -> float:
     return min(1.0, 2 * tail)
 
 
-def bootstrap_p(a: list[float], b: list[float], resamples: int = 10000, seed: int = 0) -> float:
-    """Two-sided paired bootstrap p-value for mean(b − a) ≠ 0."""
+BOOTSTRAP_RESAMPLES = 10000  # B of the paired bootstrap: its p-value is a multiple of 1/B
+
+
+def bootstrap_p(a: list[float], b: list[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
+    """Two-sided paired bootstrap p-value for mean(b − a) ≠ 0 (0.0 when no resample crosses zero:
+    then all it says is p < 1/B; p_text writes it so)."""
     d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
     if not d.any():
         return 1.0
@@ -172,6 +177,20 @@ def paired_test(a: list[float], b: list[float]) -> tuple[str, float]:
     if set(a) | set(b) <= {0, 1}:
         return "McNemar (exact)", mcnemar_p(a, b)
     return "paired bootstrap", bootstrap_p(a, b)
+
+
+def p_text(test: str | None, p: float | None, short: bool = False) -> str:
+    """A p-value as an honest statement: the bootstrap's p is estimated from B resamples, so a 0
+    means only p < 1/B ("p < 0.0001 (1/B, B = 10,000 resamples)"), never "p = 0"; McNemar's
+    exact p is printed as it is (below the smallest double it reads p < 1e-300)."""
+    if p is None:
+        return ""
+    if test == "paired bootstrap":
+        b = BOOTSTRAP_RESAMPLES
+        if p <= 0:
+            return f"p < {1 / b:g}" + ("" if short else f" (1/B, B = {b:,} resamples)")
+        return f"p = {p:.4g}" + ("" if short else f" (B = {b:,} resamples)")
+    return "p < 1e-300" if p <= 0 else f"p = {p:.4g}"
 
 
 def _samples(path: Path, rec: dict, field_name: str) -> dict:
@@ -212,7 +231,7 @@ def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], di
             tol = tolerance({**rules["default"], **rules["metrics"].get(name, {})}, float(bm["value"]))
             bv, cv = float(bm["value"]), float(cm["value"])
             worse = (bv - cv) if bm.get("direction") == "higher" else (cv - bv)
-            p, changed, rule = None, [], RULE_TOLERANCE
+            p, changed, rule, test = None, [], RULE_TOLERANCE, None
             if bm.get("sample_field"):
                 pairs = _paired(base[rid], cur[rid], bm["sample_field"])
                 if pairs:
@@ -236,6 +255,7 @@ def compare(baseline: str, current: str, rules: dict) -> tuple[list[Finding], di
                     regressed,
                     changed,
                     rule,
+                    test,
                 )
             )
     if not findings:
@@ -275,7 +295,7 @@ def print_report(findings, summary, rules) -> int:
                 fmt(_rel(f)),
                 fmt(f.tolerance),
                 f.rule,
-                fmt(f.p_value),
+                p_text(f.test, f.p_value, short=True).removeprefix("p = ") if f.p_value is not None else "",
                 "REGRESSION" if f.regressed else "holds",
             ]
             for f in moved

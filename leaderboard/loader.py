@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import math
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,9 @@ class Run:
     main_stderr: float | None
     direction: str
     started: str
+    config: str = ""  # the configuration: everything that defines the cell except its seed (an id)
+    params: dict = field(default_factory=dict)  # the method's parameters, flat ("budget", "a.budget")
+    main_n: int | None = None  # samples behind the main metric
 
     def metric(self, name: str) -> dict:
         m = self.record["metrics"].get(name)
@@ -65,6 +69,10 @@ class Results:
 
 def _num(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _count(x) -> int | None:
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 else None
 
 
 def _shape_error(rec: dict) -> str | None:
@@ -115,6 +123,37 @@ def record_family(rec: dict) -> str:
         comps = [{"name": n} for n in str(rec["method"]["name"]).split("+")]
     fams = sorted({method_family(c) for c in comps} - {"baseline"})
     return "+".join(fams) or "baseline"
+
+
+def config_key(rec: dict) -> str:
+    """What defines a configuration: task (name, version, params, limit), method (name, params) and
+    model (id, weights) — the run id's inputs less the seed. Runs that share it differ only in
+    their seed and are averaged as seeds; runs that do not are different configurations."""
+    task, method, model = rec["task"], rec["method"], rec["model"]
+    return records.canonical(
+        [
+            task.get("name"),
+            task.get("version"),
+            task.get("params"),
+            rec.get("limit"),
+            method.get("name"),
+            method.get("params"),
+            model.get("id"),
+            model.get("sha256"),
+        ]
+    )
+
+
+def flat_params(method: dict) -> dict:
+    """A method's parameters as one flat mapping: a single component's by their names, a composed
+    method's as component.name."""
+    params = method.get("params")
+    if not isinstance(params, dict):
+        return {}
+    comps = [(c, p) for c, p in params.items() if isinstance(p, dict)]
+    if len(comps) == 1:
+        return dict(comps[0][1])
+    return {f"{c}.{k}": v for c, p in comps for k, v in p.items()}
 
 
 def _variant_key(rec: dict) -> str:
@@ -205,10 +244,50 @@ def _load(root, schema: Schema | None) -> Results:
                 main_stderr=_num(m.get("stderr")),
                 direction=info.direction if info else "higher",
                 started=str(prov.get("started") or ""),
+                config=records.sha256_text(config_key(rec))[:16],
+                params=flat_params(rec["method"]),
+                main_n=_count(m.get("n")),
             )
         )
     res.runs.sort(key=lambda r: (r.bench, r.model, r.method, str(r.seed), r.run_id))
     return res
+
+
+_PRELOADED: dict[str, Results] = {}
+_PRELOADING: dict[str, threading.Thread] = {}
+
+
+def _key(root) -> str:
+    return str(Path(root).resolve())
+
+
+def preload(root, schema: Schema | None = None) -> Results:
+    """Load `root` now and keep it for the app's first session (`harness leaderboard` does this
+    while its server starts, so the first visitor does not wait for the parse)."""
+    res = load(root, schema)
+    _PRELOADED[_key(root)] = res
+    return res
+
+
+def preload_in_background(root, target) -> threading.Thread:
+    """Run target(root) (which calls preload) in a daemon thread; preloaded() waits for it."""
+    t = threading.Thread(target=target, args=(str(root),), name="leaderboard-preload", daemon=True)
+    _PRELOADING[_key(root)] = t
+    t.start()
+    return t
+
+
+def preloaded(root, schema: Schema | None = None) -> Results | None:
+    """The pre-loaded records of `root` (waiting for a preload under way), handed out once: later
+    loads read the folder again."""
+    t = _PRELOADING.pop(_key(root), None)
+    if t is not None:
+        t.join()
+    return _PRELOADED.pop(_key(root), None)
+
+
+def forget_preloaded() -> None:
+    _PRELOADED.clear()
 
 
 def load_samples(root, run: Run) -> tuple[list[dict], str | None]:

@@ -4,6 +4,7 @@ the `results` fixture with `results = leaderboard_data.results`."""
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -29,12 +30,17 @@ def record(
     seed=0,
     kind="lm",
     calibrated=True,
+    method_params=None,
 ):
     return {
         "schema_version": records.SCHEMA_VERSION,
-        "run_id": records.sha256_text(f"{task}{method}{params}{seed}{model}")[:16],
+        "run_id": records.sha256_text(f"{task}{method}{params}{method_params}{seed}{model}")[:16],
         "task": {"name": task, "version": "1", "params": params or {}, "alias": None},
-        "method": {"name": method, "params": {}, "components": [{"name": method, "kind": kind, "family": family}]},
+        "method": {
+            "name": method,
+            "params": {method: dict(method_params or {})},
+            "components": [{"name": method, "kind": kind, "family": family}],
+        },
         "model": {"id": model, "zoo": model.startswith("zoo:"), "label": "tiny"},
         "seed": seed,
         "limit": None,
@@ -172,3 +178,56 @@ def hostile(root: Path, outside: Path) -> dict[str, int]:
         "temporary file": 1,
         "foreign file": 1,
     }
+
+
+# -- reading the app's page under AppTest ------------------------------------------------------------
+_SPLIT = re.compile(r"(?<!\\)\|")
+
+
+def plain(text: str) -> str:
+    """Markdown-escaped text as the page shows it."""
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def walk(node):
+    """The app's elements in page order."""
+    kids = getattr(node, "children", None)
+    if kids is not None and not hasattr(node, "value"):
+        for k in sorted(kids):
+            yield from walk(kids[k])
+    else:
+        yield node
+
+
+def md_rows(text: str) -> list[dict] | None:
+    """A Markdown table's rows (raw cells, as written), or None when `text` is not one."""
+    lines = [line for line in str(text).strip().splitlines() if line.startswith("|")]
+    if len(lines) < 2 or not re.fullmatch(r"\|(:?-+:?\|)+", lines[1].replace(" ", "")):
+        return None
+    cells = lambda line: [c.strip() for c in _SPLIT.split(line.strip())[1:-1]]  # noqa: E731
+    head = [plain(c) for c in cells(lines[0])]
+    return [dict(zip(head, cells(line))) for line in lines[2:]]
+
+
+def boards(at) -> dict[str, list[dict]]:
+    """Ranking tables by the subheader above them: rows of raw cells (markdown as written), from
+    markdown tables or st.table frames (the app before issue 29)."""
+    out, head = {}, None
+    for el in walk(at.main):
+        kind = getattr(el, "type", "")
+        if kind == "subheader":
+            head = plain(el.value)
+        elif kind == "table" and head:
+            frame = el.value
+            out[head] = [
+                {"rank": str(i), **{str(k): str(v) for k, v in row.items()}}
+                for i, row in zip(frame.index, frame.to_dict("records"))
+            ]
+        elif kind == "markdown" and head and (rows := md_rows(el.value)) and "rank" in rows[0]:
+            out[head] = rows
+    return out
+
+
+def label(row: dict) -> str:
+    """A ranking row's configuration (the method column of the app before issue 29)."""
+    return plain(row.get("configuration", row.get("method", "")))

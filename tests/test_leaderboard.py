@@ -27,7 +27,11 @@ def test_schema_and_fallback_for_unknown_metrics():
     assert (acc.display, acc.direction, acc.number, acc.base) == ("Accuracy @ 1024", "higher", 1024, "accuracy")
     unknown = schema.metric("frobnication", {"direction": "lower", "unit": "ms"})
     assert (unknown.display, unknown.direction, unknown.unit) == ("frobnication", "lower", "ms")
-    assert schema.metric("ppl_ratio", {"direction": "higher"}).direction == "lower"  # the schema wins
+    assert schema.metric("ppl_ratio", {"direction": "lower"}).direction == "lower"  # the record's, as declared
+    info = schema.metric("needle_accuracy@dense", {"direction": "higher"})
+    assert info.display == "Needle accuracy (query-agnostic) (at dense)" and "compressed" in info.description
+    assert schema.metric("accuracy", {"direction": "higher"}, "needle").description.startswith("fraction of needles")
+    assert schema.metric("frobnication", {}).declared is False
     assert schema.task("vbench_temporal_flickering")["plots"] == ["vbench_radar"]
     rec = {"main_metric": "accuracy", "metrics": {"needle_accuracy": {}, "accuracy": {}}}
     assert schema.main_metric("kv_compression", rec) == "needle_accuracy"
@@ -42,9 +46,9 @@ def test_ranking_direction_seeds_and_win_rate(tmp_path):
     put(root, record("lat", "baseline", {"ms": metric(2.5, "lower")}, "ms", family="baseline"))
     schema = Schema.load()
     [board] = tables.overview(loader.load(root).runs, schema)
-    assert list(board.table["method"]) == ["b", "baseline", "a", "c"]  # c: mean of 2.0 and 4.0 = 3.0, ties a
-    assert board.table.set_index("method").loc["c", "seeds"] == 2
-    wr = tables.win_rates([board]).set_index("method")["mean win rate"]
+    assert [r["configuration"] for r in board.table] == ["b", "baseline", "a", "c"]  # c: mean of 2.0, 4.0 = 3.0
+    assert next(r for r in board.table if r["configuration"] == "c")["seeds"] == 2
+    wr = {r["configuration"]: r["mean win rate"] for r in tables.win_rates([board])}
     assert wr["b"] == 1.0 and wr["baseline"] == pytest.approx(2 / 3) and wr["a"] == pytest.approx((0 + 0.5) / 3)
 
 
@@ -62,11 +66,11 @@ def test_plots_render_every_family_and_skip_with_a_note(results):
     }
     for kind, rs in cases.items():
         assert rs, kind
-        chart, note = plots.BUILDERS[kind](rs, schema)
+        chart, note, *_ = plots.BUILDERS[kind](rs, schema)
         assert chart is not None and note is None, (kind, note)
         spec = chart.to_dict()
         assert spec.get("datasets") or spec.get("data"), kind
-        empty, why = plots.BUILDERS[kind](
+        empty, why, *_ = plots.BUILDERS[kind](
             cases["spec_bars"] if kind != "spec_bars" else cases["needle_heatmap"], schema
         )
         assert empty is None and why, kind
@@ -94,3 +98,34 @@ def test_compare_pairs_samples_and_reuses_the_gate_tests(tmp_path):
     assert c.p_value == gate.mcnemar_p([s["score"] for s in a_s], [s["score"] for s in b_s]) < 0.001
     cont = tables.compare(a, b, [dict(s, score=s["score"] + 0.1 * i) for i, s in enumerate(sa)], sb, "accuracy")
     assert cont.test == "paired bootstrap"
+
+
+def test_directions_come_from_the_records_and_every_shown_metric_is_described():
+    """One source for a metric's direction: the task that computed it, in the record (schema.yaml
+    declares none), and the committed records agree on it per metric name. Every main metric and
+    every metric a plot draws from the committed records has the schema's one-line description."""
+    import yaml
+
+    from harness.leaderboard.schema import SCHEMA_FILE
+    from tests.leaderboard_data import ROOT
+
+    data = yaml.safe_load(SCHEMA_FILE.read_text())
+    assert [k for k, e in data["metrics"].items() if "direction" in e] == []
+    runs = loader.load(ROOT / "results").runs
+    seen: dict[str, set] = {}
+    for r in runs:
+        for name, m in r.record["metrics"].items():
+            seen.setdefault(name, set()).add(m.get("direction"))
+    assert {n: d for n, d in seen.items() if len(d) != 1 or not d <= {"higher", "lower"}} == {}
+    schema = Schema.load()
+    shown = {(r.main_metric, r.task) for r in runs}
+    for task in {r.task for r in runs}:
+        mine = [r for r in runs if r.task == task]
+        for kind in plots.plots_for(task, mine, schema):
+            plot = plots.BUILDERS[kind](mine, schema)
+            if plot.chart is not None:
+                shown |= {(name, task) for name, _ in plot.metrics}
+    undescribed = sorted(
+        (name, task) for name, task in shown if not schema.metric(name, {"direction": "higher"}, task).description
+    )
+    assert undescribed == []

@@ -5,13 +5,12 @@ the CLI command's refusal."""
 import hashlib
 import json
 import os
-import re
 
 import pytest
 
 from harness.leaderboard import loader
 from tests import leaderboard_data
-from tests.leaderboard_data import APP, EVIL, ROOT, hostile, metric, put, record
+from tests.leaderboard_data import APP, EVIL, ROOT, boards, hostile, label, metric, plain, put, record
 
 results = leaderboard_data.results  # the fixture the leaderboard test files share
 
@@ -24,11 +23,6 @@ def app_test(root):
     at.run()
     assert not at.exception, at.exception
     return at
-
-
-def plain(text: str) -> str:
-    """Markdown-escaped text as the page shows it."""
-    return re.sub(r"\\(.)", r"\1", text)
 
 
 def _texts(at) -> str:
@@ -93,15 +87,16 @@ def test_app_overview(app_results):
     ):  # several committed variants get a [label]
         assert any(h == task or h.startswith(task + " [") for h in heads), (task, heads)
     assert "Mean win rate per method family" in heads
-    assert any("not for real LLMs" in c.value for c in at.caption)
-    table = at.table[0].value
-    assert list(table.columns[:2]) == ["method", "family"]
+    assert "not for real LLMs" in _texts(at)
+    ranking = boards(at)
+    assert ranking and all(list(rows[0])[:3] == ["rank", "configuration", "family"] for rows in ranking.values())
     # record text never becomes markup: no element allows HTML, and markdown carries it escaped
     assert not any(getattr(m.proto, "allow_html", False) for m in at.markdown)
     assert "<img" not in _texts(at).replace("\\<img", "")
     # filters narrow every table
     at.sidebar.multiselect(key="f_method").set_value(["yarn"]).run()
-    assert all(set(t.value["method"]) == {"yarn"} for t in at.table)
+    ranking = boards(at)
+    assert ranking and all({label(r).split(" (")[0] for r in rows} == {"yarn"} for rows in ranking.values())
 
 
 def test_app_task_view_draws_each_family_plot(app_results):
@@ -109,7 +104,7 @@ def test_app_task_view_draws_each_family_plot(app_results):
     at = app_test(root)
     at.sidebar.radio(key="view").set_value("task").run()
     wanted = {
-        "needle": "Needle accuracy by context length and depth",
+        "needle": "Needle accuracy by context length and depth, per method",
         "kv_compression": "Quality versus kept KV fraction",
         "spec_acceptance": "Speculative decoding: τ and speedup",
         "math_prm_bon": "Best-of-N accuracy versus N",
@@ -130,7 +125,7 @@ def test_app_run_detail_and_samples(app_results):
     at.sidebar.radio(key="view").set_value("run").run()
     labels = at.selectbox(key="run_pick").options
     evil = next(i for i, label in enumerate(labels) if "onerror" in label)
-    at.selectbox(key="run_pick").set_value(evil).run()
+    at.selectbox(key="run_pick").select_index(evil).run()
     assert not at.exception
     assert any("provenance.git_commit" in str(df.value.values) for df in at.dataframe)
     assert json.loads(at.json[-1].value)["prediction"] == EVIL  # shown as JSON text, not markup
@@ -153,8 +148,10 @@ def test_app_compare_view(app_results):
         for i, label in enumerate(labels)
         if label.startswith("needle [context_length=512,1024,2048") and "· pi ·" in label
     )
-    at.selectbox(key="cmp_a").set_value(ia).run()
-    at.selectbox(key="cmp_b").set_value(ib).run()
+    at.selectbox(key="cmp_a").select_index(ia).run()
+    labels_b = at.selectbox(key="cmp_b").options
+    ib = next(i for i, lab in enumerate(labels_b) if lab == labels[ib])
+    at.selectbox(key="cmp_b").select_index(ib).run()
     text = "\n".join(t.value for t in at.text)
     assert "McNemar (exact)" in text and "paired on 150 shared samples" in text and "significant at 0.05" in text
 

@@ -1,200 +1,80 @@
-"""The leaderboard in a real headless Chromium: `harness leaderboard` serves the committed results
-on a loopback port; the browser (driven over the Chrome DevTools Protocol) must show every
-committed reference result on the overview, and each view renders. A screenshot per view goes to
-the test's tmp_path (pytest keeps the last runs' under its basetemp), never into the working tree.
-Every check waits for its condition with a generous deadline: Streamlit renders client-side, in
-pieces, and a loaded machine renders slowly. Slow tests (`make test-slow`): Chromium and a
-Streamlit server take most of a minute to start on a loaded 2-core machine.
+"""The leaderboard in a real headless Chromium (driven over the DevTools protocol, tests/chromium.py):
+`harness leaderboard` serves a results folder on a loopback port.
 
-Chromium is Debian's `chromium`; when it is missing the set-up installs it with apt-get, and the
-test is skipped (with the reason) only when that is impossible here."""
+On the committed results: the overview shows every committed reference result, and each view
+renders. On the known-answers folder (tests/leaderboard_known.py), what the page *means*: the
+ranking order and grouping, grey ranks, the p-value text, the URL round trip (a shared URL opens
+the same filters; a view changed in the page lands in the URL), the CSV download of the filtered
+table, the compare view, the needle heatmap, a 40-method legend drawn in full with distinct marks,
+and hostile record text shown as text (no element, link or script made from it).
 
-import base64
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
+A screenshot per view goes to the test's tmp_path (pytest keeps the last runs' under its basetemp),
+never into the working tree. Every check waits for its condition with a generous deadline:
+Streamlit renders client-side, in pieces, and a loaded machine renders slowly. Slow tests
+(`make test-slow`): Chromium and a Streamlit server take most of a minute to start on a loaded
+2-core machine. Chromium is Debian's `chromium`, installed with apt-get when missing; the tests are
+skipped (with the reason) only when that is impossible here."""
+
+import csv
+import io
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from harness.leaderboard import loader
+from tests import chromium
+from tests.leaderboard_data import EVIL, metric, put, record
+from tests.leaderboard_known import HOSTILE_NOTE, LAT_ORDER, NEEDLE_ORDER, known_results
 
 ROOT = Path(__file__).resolve().parents[1]
-DEADLINE_S = 300  # per page: generous, a deadline for a condition rather than a timing assert
-
 pytestmark = pytest.mark.slow
 
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        if shutil.which(name):
-            return shutil.which(name)
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and apt-get cannot run here (not root or no apt)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if r.returncode != 0:
-            pytest.skip(f"chromium missing and `{' '.join(cmd)}` failed: {r.stderr.strip()[-300:]}")
-    path = shutil.which("chromium")
-    if not path:
-        pytest.skip("apt-get installed no chromium binary")
-    return path
+# the ranking tables of the page: per table its rows of cell texts, and per rank cell its colour
+TABLES_JS = """
+Array.from(document.querySelectorAll('[data-testid="stMarkdownContainer"] table')).map(t => ({
+  head: Array.from(t.querySelectorAll('thead th')).map(c => c.innerText.trim()),
+  rows: Array.from(t.querySelectorAll('tbody tr')).map(r => Array.from(r.children).map(c => c.innerText.trim())),
+  rank_colours: Array.from(t.querySelectorAll('tbody tr')).map(r => {
+    const c = r.children[0]; const s = c.querySelector('span') || c; return getComputedStyle(s).color; }),
+}))
+"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
-
-
-class CDP:
-    """The few DevTools Protocol calls the test needs, over the page's websocket."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.next = 0
-
-    def call(self, method: str, **params):
-        self.next += 1
-        self.ws.send(json.dumps({"id": self.next, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=DEADLINE_S))
-            if msg.get("id") == self.next:
-                if "error" in msg:
-                    raise AssertionError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def text(self) -> str:
-        r = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''", returnByValue=True)
-        return r.get("result", {}).get("value", "")
-
-    def open(self, url: str, expect: list[str], timeout: float = DEADLINE_S) -> str:
-        """Navigate and wait until the page text holds every expected string (Streamlit renders
-        client-side over its websocket, table by table) and the app has stopped running."""
-        self.call("Page.navigate", url=url)
-        end, text = time.time() + timeout, ""
-        while time.time() < end:
-            text = self.text()
-            running = self.call(
-                "Runtime.evaluate",
-                returnByValue=True,
-                expression=("!!document.querySelector('[data-testid=\"stStatusWidget\"]')"),
-            )["result"].get("value")
-            if all(e in text for e in expect) and not running:
-                time.sleep(1.0)  # let charts finish drawing before the screenshot
-                return self.text()
-            time.sleep(0.5)
-        missing = [e for e in expect if e not in text]
-        raise AssertionError(f"{url}: page never showed {missing}; page text starts: {text[:800]!r}")
-
-    def screenshot(self, path: Path) -> None:
-        height = (
-            self.call(
-                "Runtime.evaluate",
-                returnByValue=True,
-                expression=(
-                    "Math.max(document.body.scrollHeight, ...Array.from(document.querySelectorAll('section, div'))"
-                    ".map(e => e.scrollHeight))"
-                ),
-            )["result"].get("value")
-            or 1200
-        )
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            width=1400,
-            height=min(int(height), 6000),
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        time.sleep(0.5)
-        data = self.call("Page.captureScreenshot", format="png")["data"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
-
-
-def _stop_group(proc) -> None:
+def _browser():
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        return chromium.find_chromium()
+    except chromium.BrowserUnavailable as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
 def browser_app():
-    chromium = _chromium()
-    port = _free_port()
-    app = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "leaderboard", "--results", str(ROOT / "results"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    path = _browser()
+    with chromium.leaderboard_server(ROOT / "results") as (base, _, _up), chromium.chromium_page(path) as cdp:
+        yield cdp, base
+
+
+@pytest.fixture(scope="module")
+def known_app(tmp_path_factory):
+    path = _browser()
+    root = known_results(tmp_path_factory.mktemp("known") / "results")
+    put(
+        root,
+        record("evil", EVIL, {"accuracy": metric(0.5, sample_field="score")}, "accuracy"),
+        [{"id": "s0", "score": 1.0, "prediction": EVIL}],
     )
-    profile = tempfile.mkdtemp(prefix="board-chromium-")
-    browser = None
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/_stcore/health", DEADLINE_S)
-        browser = subprocess.Popen(
-            [
-                chromium,
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--remote-debugging-port=0",
-                "--remote-debugging-address=127.0.0.1",
-                f"--user-data-dir={profile}",
-                "--window-size=1400,1200",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        port_file = Path(profile) / "DevToolsActivePort"
-        end = time.time() + DEADLINE_S
-        while not (port_file.is_file() and port_file.read_text().strip()) and time.time() < end:
-            time.sleep(0.2)
-        devtools = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{devtools}/json/list", timeout=10) as r:
-            page = next(t for t in json.load(r) if t["type"] == "page")
-        from websockets.sync.client import connect
-
-        with connect(page["webSocketDebuggerUrl"], max_size=2**28, open_timeout=20) as ws:
-            cdp = CDP(ws)
-            cdp.call("Page.enable")
-            yield cdp, f"http://127.0.0.1:{port}"
-    finally:
-        for proc in (browser, app):  # each with every process it started
-            if proc is not None:
-                _stop_group(proc)
-        shutil.rmtree(profile, ignore_errors=True)
+    downloads = tmp_path_factory.mktemp("downloads")
+    with chromium.leaderboard_server(root) as (base, _, _up), chromium.chromium_page(path, downloads) as cdp:
+        cdp.call("Page.addScriptToEvaluateOnNewDocument", source="window.alert = () => { window.__alerted = true; };")
+        yield cdp, base, root, downloads
 
 
+def _table(cdp, containing: str) -> dict:
+    return next(t for t in cdp.js(TABLES_JS) if any(containing == r[1] for r in t["rows"]))
+
+
+# -- committed results --------------------------------------------------------------------------------
 def test_overview_in_chromium_shows_the_committed_results(browser_app, tmp_path):
     cdp, base = browser_app
     committed = loader.load(ROOT / "results")
@@ -214,9 +94,13 @@ def test_overview_in_chromium_shows_the_committed_results(browser_app, tmp_path)
 @pytest.mark.parametrize(
     "view,query,expect",
     [
-        ("task", "task=needle", ["Needle accuracy by context length and depth", "Metrics by number"]),
+        (
+            "task",
+            "show=needle",
+            ["Needle accuracy by context length and depth", "Metrics by number", "higher is better"],
+        ),
         ("run", "", ["Run detail", "Metrics", "Samples"]),
-        ("compare", "", ["Compare two runs", "shared samples"]),
+        ("compare", "", ["Compare two configurations", "shared samples", "Per-sample differences"]),
     ],
 )
 def test_each_view_renders_in_chromium(browser_app, tmp_path, view, query, expect):
@@ -225,3 +109,125 @@ def test_each_view_renders_in_chromium(browser_app, tmp_path, view, query, expec
     assert "Traceback" not in text and "Error" not in text.split("Samples")[0]
     cdp.screenshot(tmp_path / f"{view}.png")
     assert (tmp_path / f"{view}.png").stat().st_size > 10_000
+
+
+# -- known answers --------------------------------------------------------------------------------------
+def test_ranking_grouping_and_grey_ranks_in_chromium(known_app):
+    cdp, base, _, _ = known_app
+    cdp.open(f"{base}/?view=overview", ["yarn (factor=8)", "lat", "Mean win rate"])
+    needle = _table(cdp, "yarn (factor=4)")
+    col = {h: i for i, h in enumerate(needle["head"])}
+    assert [r[col["configuration"]] for r in needle["rows"]] == NEEDLE_ORDER  # two configurations: two rows
+    assert needle["rows"][0][col["seeds"]] == "3" and needle["rows"][0][col["Accuracy (fraction)"]] == "0.900"
+    assert [r[col["rank"]] for r in needle["rows"]] == ["1", "2", "3", "4"]
+    black, grey2, grey3, black4 = needle["rank_colours"]
+    assert grey2 == grey3 != black == black4  # ranks 2 and 3: intervals overlap, drawn grey
+    lat = _table(cdp, "b")
+    assert [r[1] for r in lat["rows"]] == LAT_ORDER
+
+
+def test_url_round_trip_in_chromium(known_app, tmp_path):
+    cdp, base, _, _ = known_app
+    text = cdp.open(f"{base}/?view=overview&method=yarn&method=pi", ["yarn (factor=8)", "records match the filters"])
+    assert "baseline" not in [r[1] for r in _table(cdp, "yarn (factor=4)")["rows"]]
+    assert "5 of 15 records match the filters" in text  # yarn's 3 + 1 runs and pi's 1
+    assert "method=yarn" in cdp.url() and "method=pi" in cdp.url()  # the URL keeps the filters
+    # change the view in the page: the URL follows, and opening that URL gives the same view
+    cdp.js(
+        "Array.from(document.querySelectorAll('[data-testid=\"stSidebar\"] label'))"
+        ".find(l => l.innerText.trim() === 'Task').click()"
+    )
+    end = time.time() + chromium.DEADLINE_S
+    while "view=task" not in cdp.url() and time.time() < end:
+        time.sleep(0.3)
+    shared = cdp.url()
+    assert "view=task" in shared and "method=yarn" in shared and "show=needle" in shared
+    cdp.call("Page.navigate", url="about:blank")
+    text = cdp.open(shared, ["Needle accuracy by context length and depth", "Rank by"])
+    assert "baseline" not in [r[1] for r in _table(cdp, "yarn (factor=4)")["rows"]]
+    assert cdp.url() == shared
+    cdp.screenshot(tmp_path / "shared.png")
+
+
+def test_compare_view_and_p_value_text_in_chromium(known_app, tmp_path):
+    cdp, base, root, _ = known_app
+    lat = {r.method: r for r in loader.load(root).runs if r.task == "lat"}
+    url = f"{base}/?view=compare&a={lat['b'].run_id}&b={lat['a'].run_id}&metric=latency"
+    text = cdp.open(url, ["paired bootstrap", "Per-sample differences"])
+    assert "p < 0.0001 (1/B, B = 10,000 resamples)" in text and "p = 0;" not in text
+    assert cdp.js("document.querySelectorAll('.vega-embed').length") >= 1  # the histogram of b − a
+    cdp.screenshot(tmp_path / "compare.png")
+
+
+def test_needle_heatmap_and_chart_meaning_in_chromium(known_app, tmp_path):
+    cdp, base, _, _ = known_app
+    text = cdp.open(f"{base}/?view=task&show=needle", ["Needle accuracy by context length and depth, per method"])
+    end = time.time() + 60
+    while cdp.js("document.querySelectorAll('.vega-embed svg, .vega-embed canvas').length") < 2 and time.time() < end:
+        time.sleep(0.3)
+    facets = cdp.js(
+        "Array.from(document.querySelectorAll('.vega-embed svg .role-title-text, .vega-embed svg .role-header-label text'))"
+        ".map(t => t.textContent)"
+    )
+    assert set(NEEDLE_ORDER) <= set(facets), facets
+    assert text.count("higher is better") >= 3 and "fraction of needles retrieved" in text
+    cdp.screenshot(tmp_path / "needle.png")
+
+
+def test_csv_download_in_chromium(known_app):
+    cdp, base, _, downloads = known_app
+    cdp.open(f"{base}/?view=overview&task=lat&method=b&method=c", ["Download the filtered table as CSV"])
+    cdp.js(
+        "Array.from(document.querySelectorAll('[data-testid=\"stDownloadButton\"] button'))"
+        ".find(b => b.innerText.includes('CSV')).click()"
+    )
+    target = downloads / "leaderboard.csv"
+    end = time.time() + 60
+    while not target.is_file() and time.time() < end:
+        time.sleep(0.2)
+    rows = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
+    assert [(r["task"], r["configuration"], r["rank"]) for r in rows] == [("lat", "b", "1"), ("lat", "c", "2")]
+    assert rows[1]["method_params"] == "note=" + HOSTILE_NOTE
+
+
+def test_forty_methods_legend_in_full_with_distinct_marks_in_chromium(tmp_path):
+    path = _browser()
+    root = tmp_path / "forty"
+    for i in range(40):
+        ms = {f"accuracy@{n}": metric(i / 40 / k) for n, k in ((512, 1), (1024, 2), (2048, 4))}
+        put(root, record("passkey", f"method{i:02d}_with_a_longer_name", ms, "accuracy@512"))
+    with chromium.leaderboard_server(root) as (base, _, _up), chromium.chromium_page(path) as cdp:
+        cdp.open(f"{base}/?view=task&show=passkey", ["Metrics by number", "fraction of passkeys"])
+        end = time.time() + 60
+        while cdp.js("document.querySelectorAll('.vega-embed svg .role-legend-label text').length") < 40:
+            assert time.time() < end, "the legend never listed 40 entries"
+            time.sleep(0.3)
+        legend = cdp.js(
+            """(() => {
+              const svg = document.querySelector('.vega-embed svg');
+              const box = document.querySelector('.vega-embed').getBoundingClientRect();
+              const labels = Array.from(svg.querySelectorAll('.role-legend-label text'));
+              const marks = Array.from(svg.querySelectorAll('.role-legend-symbol path'))
+                .map(p => (p.getAttribute('fill') || p.style.fill) + ' ' + p.getAttribute('d'));
+              const shown = labels.every(t => { const r = t.getBoundingClientRect();
+                return r.bottom <= box.bottom + 1 && r.right <= box.right + 1 && r.width > 0; });
+              return {labels: labels.map(t => t.textContent), marks, shown};
+            })()"""
+        )
+        cdp.screenshot(tmp_path / "forty.png")
+    assert sorted(legend["labels"]) == [f"method{i:02d}_with_a_longer_name" for i in range(40)]  # none cut
+    assert len(set(legend["marks"])) == 40  # every entry a distinct colour-and-marker pair
+    assert legend["shown"], "a legend entry lies outside the chart's box (cut off)"
+
+
+def test_hostile_record_text_stays_text_in_chromium(known_app):
+    cdp, base, _, _ = known_app
+    text = cdp.open(f"{base}/?view=overview&task=evil", ["onerror"])
+    assert "<img src=x onerror=alert(1)>**bold**[link](javascript:alert(1))" in text  # literally
+    made = cdp.js(
+        "[document.querySelectorAll('img[src=\"x\"]').length, document.querySelectorAll('a[href^=\"javascript\"]').length,"
+        " Array.from(document.querySelectorAll('strong')).filter(s => s.innerText === 'bold').length, !!window.__alerted]"
+    )
+    assert made == [0, 0, 0, False]
+    text = cdp.open(f"{base}/?view=run&task=evil", ["Samples", "onerror"])
+    assert cdp.js("document.querySelectorAll('img[src=\"x\"]').length") == 0 and not cdp.js("!!window.__alerted")
