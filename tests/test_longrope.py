@@ -39,11 +39,11 @@ def test_wrong_number_of_factors_is_a_user_error(tiny_lm):
 
 
 def test_start_tokens_keep_original_rotation(tiny_lm):
-    ids = torch.randint(30, 2000, (1, 60))
+    ids = torch.randint(30, 2000, (1, 160))  # longer than the original 128: the long factors
     lam = tuple(2.0 for _ in range(8))
     with torch.no_grad():
         plain = tiny_lm.model(input_ids=ids).logits
-        with LongRoPE(rescale_factors=lam, start_tokens=60, attention_scale="none").apply(
+        with LongRoPE(rescale_factors=lam, start_tokens=160, attention_scale="none").apply(
             tiny_lm, MethodContext(target_length=256)
         ):
             all_kept = tiny_lm.model(input_ids=ids).logits
@@ -111,3 +111,57 @@ def test_fit_then_eval_reuses_the_artifact(tiny_model, tmp_path, monkeypatch, ca
     key = out.strip().rsplit("artifact: ", 1)[1]
     assert rec["provenance"]["method_artifact"] == [key]
     assert rec["method"]["components"][0]["resolved"]["rescale_factors"] == [round(x, 4) for x in lam]
+
+
+SHORT = [1.0 + 0.02 * i for i in range(32)]
+LONG = [1.0 + 0.1 * i for i in range(32)]
+
+
+@pytest.mark.parametrize("seq_len", [1, 300, 512, 513, 2048])
+def test_short_and_long_factors_switch_as_transformers_longrope(seq_len):
+    """§3.3 / Phi-3: short factors while the sequence fits the original 512, long ones beyond."""
+    cfg = hf_config(
+        {"rope_type": "longrope", "short_factor": SHORT, "long_factor": LONG, "original_max_position_embeddings": 512},
+        max_pos=2048,
+    )
+    ref, att = ROPE_INIT_FUNCTIONS["longrope"](cfg, None, seq_len=seq_len)
+    method = LongRoPE(rescale_factors=tuple(LONG), short_factors=tuple(SHORT))
+    inv, scale = method.freq_fn(RopeShape(10000.0, 64, 512), 4.0)(seq_len)
+    torch.testing.assert_close(inv, ref)
+    assert scale == pytest.approx(att)
+
+
+def test_short_factors_default_to_the_models_own_frequencies():
+    inv, _ = LongRoPE(rescale_factors=tuple(LONG)).freq_fn(RopeShape(10000.0, 64, 512), 4.0)(512)
+    torch.testing.assert_close(inv, 1.0 / 10000.0 ** (torch.arange(0, 64, 2).float() / 64))
+
+
+def test_rows_switch_like_a_transformers_longrope_model(tiny_lm):
+    """The tiny model (original context 128) under longrope at s=2 gives the logits of the same
+    weights loaded as a transformers `longrope` model, below and above 128 tokens."""
+    from transformers import LlamaForCausalLM
+
+    model = tiny_lm.model
+    half = model.config.head_dim // 2 if getattr(model.config, "head_dim", None) else 8
+    short, long = [1.0 + 0.05 * i for i in range(half)], [1.5 + 0.2 * i for i in range(half)]
+    cfg = model.config.to_dict()
+    cfg.update(
+        max_position_embeddings=256,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": model.config.rope_parameters["rope_theta"],
+            "short_factor": short,
+            "long_factor": long,
+            "original_max_position_embeddings": 128,
+        },
+    )
+    ref = LlamaForCausalLM(type(model.config).from_dict(cfg)).eval()
+    ref.load_state_dict(model.state_dict())
+    method = LongRoPE(factor=2.0, rescale_factors=tuple(long), short_factors=tuple(short))
+    for n in (100, 128, 129, 200):
+        ids = torch.randint(30, 2000, (1, n), generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            want = ref(input_ids=ids).logits
+            with method.apply(tiny_lm, MethodContext(target_length=256)):
+                got = model(input_ids=ids).logits
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -25,15 +25,22 @@ class LongRoPE(RopeMethod, LMMethod):
 
     Non-uniform interpolation θ_i' = θ_i / λ_i with one rescale factor per frequency (monotone
     non-decreasing from high to low frequency), the first n̂ positions left un-interpolated, and
-    the attention scale √(1 + ln s / ln L) ("su") on cos and sin. Factors are given, or found by
+    the attention scale √(1 + ln s / ln L) ("su") on cos and sin. A sequence that fits the original
+    context L rotates with the short factors instead (§3.3: the factors are readjusted for short
+    lengths and picked by input length at inference), as Phi-3's config and transformers'
+    `longrope` type do: short_factor when seq_len ≤ L, long_factor otherwise; the rule is taken per
+    row from the row's length (the whole prompt's during chunked prefill), and the attention scale
+    applies in both regimes, as there. Long factors are given, or found by
     `harness fit`: the paper's evolutionary search (population 64, 32 parents, 16 mutations and
     16 crossovers per iteration, factors on a 0.01 grid in [1, 1.25·s], PI / NTK / YaRN seeds)
     minimising perplexity at the target length on training-side synthetic text. The mutation
     draw (each factor moves with probability 0.1 by a normal step of 0.05·s) is this project's
     choice where the paper gives none.
 
-    factor: s; None = target / original context. rescale_factors: λ (d/2 values) or None = from
-    the fit. start_tokens: n̂ (None = from the fit, or 0 with given factors).
+    factor: s; None = target / original context. rescale_factors: λ (d/2 values) for sequences
+    longer than L (Phi-3's long_factor), or None = from the fit. short_factors: λ for sequences of
+    at most L tokens (Phi-3's short_factor); None = 1.0 each, the model's own frequencies (the
+    paper's short-length search is not run by `harness fit`). start_tokens: n̂ (None = from the fit, or 0 with given factors).
     attention_scale: "su", "yarn" (0.1 ln s + 1) or "none". iterations: search iterations (40).
     """
 
@@ -61,6 +68,7 @@ class LongRoPE(RopeMethod, LMMethod):
     }  # checked by params.build before any model loads
     factor: float | None = field(default=None, metadata={"help": "scale s; None = derived from the task"})
     rescale_factors: tuple[float, ...] | None = field(default=None, metadata={"help": "λ_i; None = searched"})
+    short_factors: tuple[float, ...] | None = field(default=None, metadata={"help": "λ_i for seq_len <= L; None = 1"})
     start_tokens: int | None = None
     attention_scale: str = "su"
     population: int = 64
@@ -73,8 +81,9 @@ class LongRoPE(RopeMethod, LMMethod):
     def __post_init__(self):
         if self.attention_scale not in ("su", "yarn", "none"):
             raise ValueError("attention_scale must be su, yarn or none")
-        if self.rescale_factors is not None and any(x <= 0 for x in self.rescale_factors):
-            raise ValueError("rescale_factors must be positive")
+        for given in (self.rescale_factors, self.short_factors):
+            if given is not None and any(x <= 0 for x in given):
+                raise ValueError("rescale_factors and short_factors must be positive")
         if min(self.population, self.parents, self.iterations, self.search_windows) < 1:
             raise ValueError("population, parents, iterations and search_windows must be positive")
         self._found: tuple[list[float], int] | None = None
@@ -100,11 +109,22 @@ class LongRoPE(RopeMethod, LMMethod):
         factors, n = self._found
         return factors, n if self.start_tokens is None else self.start_tokens
 
+    def short(self, shape) -> list[float]:
+        if self.short_factors is None:
+            return [1.0] * (shape.dim // 2)
+        if len(self.short_factors) != shape.dim // 2:
+            raise UserError(
+                f"longrope: {len(self.short_factors)} short_factors given, the model's RoPE has "
+                f"{shape.dim // 2} frequencies"
+            )
+        return list(self.short_factors)
+
     def freq_fn(self, shape, s):
         lam, _ = self.factors(shape, s)
-        inv = inv_freq(shape.base, shape.dim) / torch.tensor(lam)
+        base = inv_freq(shape.base, shape.dim)
+        long, short = base / torch.tensor(lam), base / torch.tensor(self.short(shape))
         scaling = self.scale(s, shape.original_max)
-        return lambda seq_len: (inv, scaling)
+        return lambda seq_len: (long if seq_len > shape.original_max else short, scaling)
 
     def apply(self, lm, ctx):
         shape, s = self.resolve(lm, ctx)
@@ -121,7 +141,8 @@ class LongRoPE(RopeMethod, LMMethod):
         out = super().resolved(lm, ctx)
         shape, s = self.resolve(lm, ctx)
         lam, n = self.factors(shape, s)
-        return dict(out, rescale_factors=[round(x, 4) for x in lam], start_tokens=n)
+        short = [round(x, 4) for x in self.short(shape)]
+        return dict(out, rescale_factors=[round(x, 4) for x in lam], short_factors=short, start_tokens=n)
 
     # -- the fit stage: evolutionary search ----------------------------------------------------
     def needs_fit(self, lm, ctx) -> bool:
