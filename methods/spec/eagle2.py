@@ -16,12 +16,18 @@ class Eagle2(EagleBase):
     (EMNLP 2024, arXiv:2406.16858); the same head and fit stage as `eagle` (EAGLE-2 reuses EAGLE's
     weights), dynamic tree from SafeAILab/EAGLE cnets.py `topK_genrate`.
 
-    A node's value is its cumulative draft log-probability. The root gets its top_k children; at
-    each further level the top_k frontier nodes by value are expanded into top_k children each and
-    the best top_k of those k² become the next frontier. Finally the total_tokens best nodes of all
-    levels form the tree (a parent's value is never below its child's, so paths stay connected).
-    Verification as in `eagle`. Defaults from the EAGLE eval scripts: total_tokens 60, depth 5
-    (levels of the tree), top_k 10.
+    A node's value is its cumulative draft log-probability. The root gets its top_k children (level
+    1); then `depth` expansion rounds each expand the top_k frontier nodes by value into top_k
+    children each (k² candidates) and keep the best top_k of those as the next frontier, so
+    candidates reach depth + 1 levels below the root. Finally the total_tokens − 1 best candidates of
+    all levels are the draft nodes: with the root (the last accepted token) the verified tree has
+    total_tokens nodes, as `topK_genrate` keeps `self.total_tokens = total_token − 1` (a parent's
+    value is never below its child's, so paths stay connected). Verification as in `eagle`.
+
+    total_tokens: verified tree size counting the root (official `total_token`). depth: expansion
+    rounds (official `depth`; levels = depth + 1). top_k: children per node and frontier width.
+    Defaults from the EAGLE-2 eval scripts and Spec-Bench's inference_eagle2.py (`--total-token 60
+    --depth 5 --top-k 10`); `EaModel.from_pretrained` at the EAGLE-2 commit has total_token 59.
     """
 
     name = "eagle2"
@@ -36,9 +42,9 @@ class Eagle2(EagleBase):
     top_k: int = 10
 
     def __post_init__(self):
-        if min(self.total_tokens, self.depth, self.top_k) < 1:
-            raise ValueError("total_tokens, depth and top_k must be positive")
-        self.max_depth = self.depth
+        if min(self.depth, self.top_k) < 1 or self.total_tokens < 2:
+            raise ValueError("depth and top_k must be positive and total_tokens at least 2 (the root and a draft)")
+        self.max_depth = self.depth + 1  # levels below the root: the root's children + depth rounds
 
     def draft(self, state, root_logits, depth, tel) -> Tree:
         tokens, parents, values, level = [], [], [], []  # candidates of every level
@@ -61,7 +67,7 @@ class Eagle2(EagleBase):
             for c in frontier:
                 add(c, torch.log_softmax(logits[fed_node[c]].float(), -1), d)
             frontier = sorted(range(start, len(tokens)), key=lambda c: -values[c])[: self.top_k]
-        keep = set(sorted(range(len(tokens)), key=lambda c: (-values[c], level[c]))[: self.total_tokens])
+        keep = set(sorted(range(len(tokens)), key=lambda c: (-values[c], level[c]))[: self.total_tokens - 1])
         for c in list(keep):  # ties could drop a parent: keep every ancestor
             while parents[c] >= 0:
                 c = parents[c]
