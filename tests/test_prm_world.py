@@ -73,6 +73,44 @@ def test_pqm_loss_matches_formula(labels):
     assert float(got) == pytest.approx(_pqm_by_formula(q, labels, 4.0), rel=1e-6)
 
 
+def _official_ranking_loss(rewards, labels, has_neg, zeta):
+    """WindyLee0822/Process_Q_Model train_main.py PRMTrainer.ranking_loss, transcribed line by line
+    (args.zeta passed in); rewards [B, T], labels [B, T] in {1, 0}, has_neg [B]."""
+    pos_rewards_exp = torch.where(labels == 1, (rewards).exp(), 0)
+    neg_rewards_exp = torch.where(labels == 0, (rewards + zeta).exp(), 0).flip(dims=[-1])
+    neg_reward_sum = neg_rewards_exp.sum(-1)
+    pos_rewards_ = torch.where(labels == 1, (rewards).exp(), 0)
+    pos_rewards_cumsum = torch.cat([torch.zeros(rewards.shape[0], 1), pos_rewards_.cumsum(-1)[:, 1:]], dim=1)
+    reward_exp_cur = torch.where(labels == 1, pos_rewards_exp, 1)
+    reward_exp_cur = torch.cat([torch.zeros(rewards.shape[0], 1).exp(), reward_exp_cur], dim=-1)
+    pos_rewards_cumsum = torch.cat(
+        [torch.zeros(rewards.shape[0], 1), pos_rewards_cumsum + torch.zeros(rewards.shape[0], 1).exp()], dim=-1
+    )
+    loss = -torch.log(reward_exp_cur / (reward_exp_cur + pos_rewards_cumsum + neg_reward_sum[..., None] + 1e-5))
+    labels = torch.cat([has_neg[..., None], labels], dim=-1)
+    loss = (torch.where(labels == 1, loss, 0).sum(-1) / torch.where(labels == 1, 1, 0).sum(-1)).mean()
+    return loss
+
+
+@pytest.mark.parametrize("labels", [[1, 1, 0, 0], [1, 0, 1, 1], [0, 0], [1, 1, 1], [0, 1, 1, 0]])
+def test_pqm_official_variant_matches_the_released_ranking_loss(labels):
+    q = torch.tensor([0.3, -1.2, 2.0, 0.7][: len(labels)], dtype=torch.float64)
+    y = torch.tensor([labels])
+    want = _official_ranking_loss(q[None], y, torch.tensor([int(0 in labels)]), 4.0)
+    got = _world.pqm_loss(q, labels, 4.0, "official")
+    assert float(got) == pytest.approx(float(want), rel=1e-9)
+    if labels.count(1) > 1 or (labels.count(1) == 1 and labels[0] != 1):  # the variants differ here
+        assert float(got) != pytest.approx(float(_world.pqm_loss(q, labels, 4.0)), rel=1e-7)
+
+
+def test_pqm_default_is_the_papers_loss():
+    from harness.methods.prm.pqm import PQM
+
+    assert PQM().loss_variant == "paper" and PQM().zeta == 4.0
+    with pytest.raises(ValueError, match="loss_variant"):
+        PQM(loss_variant="nce")
+
+
 def test_scores_are_causal_in_the_steps():
     net = _world.StepNet(16, 1, 2, 256, 1).eval()
     a_ids, a_pos = _world.encode("P?", ["s1", "s2", "s3"], 256)

@@ -132,21 +132,37 @@ def best_of_k(q: list[float], k: int) -> list[float]:
     return [1 - (1 - v) ** k for v in q]
 
 
-def pqm_loss(qs: torch.Tensor, labels: list[float], zeta: float) -> torch.Tensor:
-    """PQM's comparative loss for one trajectory (anchors §4.4): every correct step must outrank
-    the earlier correct steps and the anchor Q_0 = 0, every wrong step sits ζ below; plus the anchor
-    term when there are wrong steps. Mean over the counted terms."""
+def pqm_loss(qs: torch.Tensor, labels: list[float], zeta: float, variant: str = "paper") -> torch.Tensor:
+    """PQM's comparative loss for one trajectory: every correct step must outrank the earlier
+    correct steps and the anchor Q_0 = 0, every wrong step sits ζ below; plus the anchor term when
+    there are wrong steps. Mean over the counted terms.
+
+    variant "paper": the paper's practical ranking loss (anchors-prm §4.4), a correct step's
+    denominator e^{Q_t} + e^{Q_0} + Σ_{earlier correct} e^{Q_c} + Σ_W e^{Q_w+ζ}. variant "official":
+    WindyLee0822/Process_Q_Model train_main.py `ranking_loss` as written: its cumulative sum of the
+    correct steps' e^{Q} is inclusive from the trajectory's second step on, so such a step's own
+    e^{Q_t} is counted twice in its denominator, and every denominator gets + 1e-5."""
+    if variant not in PQM_VARIANTS:
+        raise ValueError(f"PQM loss variant must be one of {', '.join(PQM_VARIANTS)}")
     correct = [i for i, y in enumerate(labels) if y >= 0.5]
     wrong = [i for i, y in enumerate(labels) if y < 0.5]
     zero = qs.new_zeros(())
-    wrong_mass = torch.logsumexp(qs[wrong] + zeta, 0) if wrong else None
+    wrong_mass = [torch.logsumexp(qs[wrong] + zeta, 0)] if wrong else []
+
+    def denominator(parts):
+        den = torch.logsumexp(torch.stack(parts), 0)
+        return torch.logaddexp(den, qs.new_tensor(math.log(1e-5))) if variant == "official" else den
+
     terms = []
     for j, t in enumerate(correct):
-        parts = [qs[t], zero] + [qs[c] for c in correct[:j]] + ([wrong_mass] if wrong else [])
-        terms.append(torch.logsumexp(torch.stack(parts), 0) - qs[t])
+        again = [qs[t]] if variant == "official" and t > 0 else []
+        terms.append(denominator([qs[t], zero] + [qs[c] for c in correct[:j]] + again + wrong_mass) - qs[t])
     if wrong:
-        terms.append(torch.logsumexp(torch.stack([zero, wrong_mass]), 0))
+        terms.append(denominator([zero] + wrong_mass))
     return torch.stack(terms).mean() if terms else qs.sum() * 0
+
+
+PQM_VARIANTS = ("paper", "official")
 
 
 @dataclass
