@@ -45,6 +45,7 @@ def methods(tiny_lm, tiny_model_with, tmp_path_factory):
         "sps": SpS(draft=draft, gamma=3),
         "specinfer": SpecInfer(drafts=(draft, tiny_model_with(seed=8)), expansion=(2, 2, 1)),
         "rest": REST(corpus=str(corpus), num_draft=8),
+        "rest_official": REST(corpus=str(corpus), num_draft=8, acceptance="official"),
         "hf_assisted": HFAssisted(draft=draft),
         "eagle": eagle,
         "eagle2": eagle2,
@@ -55,7 +56,7 @@ def methods(tiny_lm, tiny_model_with, tmp_path_factory):
 NAMES = ["sps", "specinfer", "rest", "hf_assisted", "eagle", "eagle2", "distillspec"]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + ["rest_official"])
 def test_greedy_output_equals_the_targets_greedy_output(tiny_lm, methods, name):
     prompts = [tiny_lm.encode(TEXT), tiny_lm.encode(" Hina tulskited.")]
     plain = tiny_lm.generate(prompts, max_new_tokens=14)
@@ -80,6 +81,15 @@ def _histogram_test(tiny_lm, method, seeds=60, temperature=0.1):
 def test_sampled_tokens_follow_the_targets_distribution(tiny_lm, methods, name):
     result = _histogram_test(tiny_lm, methods[name])
     assert result["groups"] and result["p_value"] > 1e-3, result
+
+
+def test_rest_released_sampling_rule_runs_and_drafts(tiny_lm, methods):
+    """REST's released sample-and-match rule decodes at T > 0 (its law is tested in
+    test_rest_acceptance.py; it is not the target's, so it is not in the distribution test)."""
+    before = tiny_lm.telemetry["accepted_draft_tokens"]
+    with methods["rest_official"].apply(tiny_lm, MethodContext()):
+        out = tiny_lm.generate([tiny_lm.encode(TEXT)], max_new_tokens=16, temperature=0.05, seed=3)[0]
+    assert len(out) == 16 and tiny_lm.telemetry["accepted_draft_tokens"] > before
 
 
 def test_distribution_test_rejects_a_broken_acceptance_rule(tiny_lm, methods, monkeypatch):

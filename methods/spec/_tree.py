@@ -136,14 +136,17 @@ def verify_tree(p: torch.Tensor, tree: Tree, temperature: float, generator=None)
     return path, [tree.tokens[j] for j in path] + [last]
 
 
-def tree_step(target, seq: list[int], tree: Tree, temperature: float, gen, tel, probs) -> tuple[list[int], list[int]]:
+def tree_step(
+    target, seq: list[int], tree: Tree, temperature: float, gen, tel, probs, verify=None
+) -> tuple[list[int], list[int]]:
     """Verify a draft tree after seq (committed tokens; the target caches all but the last ones)
-    in one forward, keep the accepted path in the cache, count telemetry. Returns (new tokens,
+    in one forward, keep the accepted path in the cache, count telemetry. verify(p, tree,
+    temperature, gen) -> (path, new tokens) replaces `verify_tree` when given. Returns (new tokens,
     accepted path node indices)."""
     tail = seq[target.length :]
     logits = tree_forward(target, tail, tree)[len(tail) - 1 :]
     tel["target_forwards"] += 1
-    path, new = verify_tree(probs(logits, temperature), tree, temperature, gen)
+    path, new = (verify or verify_tree)(probs(logits, temperature), tree, temperature, gen)
     keep_path(target, len(seq), path)
     tel["tree_nodes"] += len(tree)
     tel["accepted_draft_tokens"] += len(path)
