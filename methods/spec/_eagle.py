@@ -93,7 +93,9 @@ class HeadState:
 @dataclass
 class EagleBase(LMMethod):
     """Fit stage and decoding loop of EAGLE / EAGLE-2; subclasses define `draft(state, root_logits,
-    temperature) -> Tree` (the static tree or the dynamic one) and count head forwards there."""
+    depth, tel, temperature, gen) -> Tree` (the static tree or the dynamic one) and count head
+    forwards there. The verification is `verify_tree`: a node added with its draft distribution q
+    is accepted with min(1, p/q) (EAGLE-1), one added without q with probability p (EAGLE-2)."""
 
     family = "spec"
     patches = frozenset({"decoding"})
@@ -227,7 +229,8 @@ class EagleBase(LMMethod):
                     with torch.no_grad():
                         root_logits, _ = state.sync(seq, feats)
                     tel["draft_forwards"] += 1
-                    tree = self.draft(state, root_logits, min(self.max_depth, max_new - (len(seq) - len(prompt))), tel)
+                    depth = min(self.max_depth, max_new - (len(seq) - len(prompt)))
+                    tree = self.draft(state, root_logits, depth, tel, temperature, gen)
                     tail = len(seq) - target.length
                     new, path = tree_step(target, seq, tree, temperature, gen, tel, probs)
                     feats += list(captured["h"][:tail]) + [captured["h"][tail + j] for j in path]

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from harness.registry import register
+from harness.methods.spec._common import probs
 from harness.methods.spec._eagle import EagleBase
 from harness.methods.spec._tree import Tree
 
@@ -44,8 +47,16 @@ class Eagle(EagleBase):
     fit` on training-side synthetic text: v_w · SmoothL1(feature) + p_w · CE(target's token
     distribution), v_w = 1.0, p_w = 0.1, uniform input noise. EAGLE-1 drafts a static tree
     (`choices`: top-k rank paths, one head forward per level) verified in one target pass with a
-    tree mask; greedy at temperature 0, and above it EAGLE's recursive rejection with q treated as 1
-    (drafts are deterministic top-k picks), so the output keeps the target's distribution.
+    tree mask. Greedy at temperature 0 (a node's children are its top-k tokens). Above it, as
+    EAGLE-1's code (SafeAILab/EAGLE@2320d52 utils.py): a node's children are draws without
+    replacement from the draft distribution q (temperature-scaled), the j-th recorded with
+    q_j = q with the earlier draws zeroed and renormalised (q_j(x_j) = q(x_j) / (1 − Σ_{i<j} q(x_i)),
+    issue #74); verification tries them in order, accepting x with min(1, p(x)/q_j(x)) and after a
+    rejection continuing with p ← norm(max(p − q_j, 0)); if all fail, the token is drawn from that
+    residual. This is lossless. Where the released code draws the bonus token from softmax of the
+    raw target logits (temperature 1; fixed upstream in 2025, PR #215), here it comes from the
+    temperature-scaled p, so the output keeps the target's distribution. With sampling, a node's
+    child ranks in `choices` must be contiguous from 0 (rank j is the j-th draw).
     """
 
     name = "eagle"
@@ -61,14 +72,30 @@ class Eagle(EagleBase):
             raise ValueError("every choice needs non-negative ranks and its parent path among the choices")
         self.max_depth = max(map(len, self._paths))
 
-    def draft(self, state, root_logits, depth, tel) -> Tree:
+    def draft(self, state, root_logits, depth, tel, temperature=0.0, gen=None) -> Tree:
         tree, node, rows = Tree(), {(): -1}, {(): root_logits}
         for d in range(1, depth + 1):
             if d > 1:
                 logits, _ = state.forward_tree(tree)
                 tel["draft_forwards"] += 1
-                rows.update({p: logits[node[p]] for p in self._paths if len(p) == d - 1})
-            for p in (p for p in self._paths if len(p) == d):
-                token = int(rows[p[:-1]].topk(p[-1] + 1).indices[p[-1]])
-                node[p] = tree.add(node[p[:-1]], token)
+                rows.update({p: logits[node[p]] for p in self._paths if len(p) == d - 1 and p in node})
+            for parent in sorted({p[:-1] for p in self._paths if len(p) == d and p[:-1] in node}):
+                ranks = sorted(p[-1] for p in self._paths if p[:-1] == parent)
+                children = self._children(rows[parent], ranks[-1] + 1, temperature, gen)
+                for rank in (r for r in ranks if r < len(children)):  # fewer when q has fewer tokens
+                    node[parent + (rank,)] = tree.add(node[parent], *children[rank])
         return tree
+
+    @staticmethod
+    def _children(logits, k: int, temperature: float, gen) -> list[tuple[int, torch.Tensor | None]]:
+        """k children of a node: its top-k tokens (temperature 0, no q), or k draws without
+        replacement from q = probs(logits, temperature), each with its conditional q_j."""
+        if temperature <= 0:
+            return [(int(t), None) for t in logits.topk(k).indices]
+        q = probs(logits, temperature)
+        out = []
+        for token in torch.multinomial(q, min(k, int((q > 0).sum())), replacement=False, generator=gen).tolist():
+            out.append((token, q / q.sum()))
+            q = q.clone()
+            q[token] = 0
+        return out

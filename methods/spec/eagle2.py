@@ -22,7 +22,10 @@ class Eagle2(EagleBase):
     candidates reach depth + 1 levels below the root. Finally the total_tokens − 1 best candidates of
     all levels are the draft nodes: with the root (the last accepted token) the verified tree has
     total_tokens nodes, as `topK_genrate` keeps `self.total_tokens = total_token − 1` (a parent's
-    value is never below its child's, so paths stay connected). Verification as in `eagle`.
+    value is never below its child's, so paths stay connected). The picks are deterministic at
+    every temperature and verified with draft probability 1, as EAGLE-2's code does: a child x is
+    accepted with probability p(x), else p(x) is zeroed and p renormalised for the next sibling;
+    lossless per the maintainers (issues #171, #183, #221).
 
     total_tokens: verified tree size counting the root (official `total_token`). depth: expansion
     rounds (official `depth`; levels = depth + 1). top_k: children per node and frontier width.
@@ -46,7 +49,8 @@ class Eagle2(EagleBase):
             raise ValueError("depth and top_k must be positive and total_tokens at least 2 (the root and a draft)")
         self.max_depth = self.depth + 1  # levels below the root: the root's children + depth rounds
 
-    def draft(self, state, root_logits, depth, tel) -> Tree:
+    def draft(self, state, root_logits, depth, tel, temperature=0.0, gen=None) -> Tree:
+        # deterministic top-k at every temperature; verified with q = 1 (EAGLE-2's evaluate_posterior)
         tokens, parents, values, level = [], [], [], []  # candidates of every level
         fed, fed_node = Tree(), {}  # expanded candidates, as fed to the head
 
