@@ -161,3 +161,43 @@ def test_cam_decoding_over_all_layers_matches_a_slow_stream(merge_budget):
                 for q, value, _ in ref[i][h]:
                     assert torch.allclose(got[q][0], value, atol=1e-5) and float(got[q][1]) == q, (step, q)
     assert everything.state["ring"] != 0
+
+
+@pytest.mark.parametrize("merge_attention", ["current", "cumulative"])
+def test_cam_merge_probability_reads_the_chosen_attention(merge_attention):
+    """Two query chunks are observed (4 queries, then 1: the decoding step), then one token leaves.
+    Reference, written out from zyxxmu/cam `local_cam_mask` (per head, attn_score = the current
+    step's probabilities): merge_prob = attn_score[e] / mean(attn_score[e+1 : window end]), clamped;
+    "cumulative" reads the sum over every observed query instead (kvpress CAMPress)."""
+    gen = torch.Generator().manual_seed(2)
+    hkv, g, m, d = 2, 2, 10, 3
+    n = m + 1
+    lc = LayerCache(torch.zeros(1, hkv, 0, d))
+    lc.append(
+        torch.randn(1, hkv, n, d, generator=gen),
+        torch.randn(1, hkv, n, d, generator=gen),
+        torch.arange(n).expand(1, hkv, n),
+    )
+    cam = CaM(merge_budget=4, merge_attention=merge_attention)
+    chunks = [torch.rand(1, hkv, g, c, n, generator=gen).softmax(-1) for c in (4, 1)]
+    for probs in chunks:
+        cam.observe(lc, probs, None, None)
+    seen = []
+    cam.draw = lambda ev, mean, run: seen.append(merge_probability(ev, mean)) or CaM.draw(ev, mean, run)
+
+    class R:
+        target, generator = m, torch.Generator().manual_seed(3)
+
+    cam.compress_decode(lc, R)
+    e = cam.split(m)[0]
+    for h in range(hkv):
+        if merge_attention == "current":
+            attn_score = [sum(float(chunks[1][0, h, q, 0, j]) for q in range(g)) for j in range(n)]
+        else:
+            attn_score = [
+                sum(float(c[0, h, q, i, j]) for c in chunks for q in range(g) for i in range(c.shape[3]))
+                for j in range(n)
+            ]
+        mean_attn = sum(attn_score[e + 1 :]) / len(attn_score[e + 1 :])
+        merge_prob = min(1.0, max(0.0, attn_score[e] / mean_attn))
+        assert abs(float(seen[0][0, h, 0]) - merge_prob) < 1e-5, (h, merge_attention)

@@ -25,7 +25,11 @@ class CaM(KVMethod):
 
     Eviction base: the first tokens (half the budget, start_ratio) and the most recent (the other
     half). A token leaving the recent window is merged instead of lost: with probability
-    p = A[evicted]/mean(A over the recent window) (A: accumulated attention, clamped to [0, 1]),
+    p = A[evicted]/mean(A over the rest of the recent window), clamped to [0, 1], where A is
+    (`merge_attention`) "current": the attention each token receives from the newest query (the
+    current decoding step; at prefill the last prompt token), as zyxxmu/cam's Llama decoding code
+    (`local_cam_mask`) reads it, or "cumulative": the attention accumulated over every query so far
+    (kvpress `CAMPress`); summed over a KV head's query heads (the ratio is scale-free),
     M ~ Bernoulli(p), and M·v_evicted/merge_budget is added to the *values* of the next
     merge_budget tokens (keys unchanged). While decoding one token leaves per step (exact; the
     recent window is a ring of slots, every layer at once). At
@@ -45,11 +49,31 @@ class CaM(KVMethod):
     )
     start_share: float = field(default=0.5, metadata={"help": "share of the budget kept at the start"})
     merge_budget: int = field(default=32, metadata={"help": "next tokens whose values receive a merged value"})
+    merge_attention: str = field(
+        default="current",
+        metadata={
+            "help": "A in the merge probability: current (the newest query's attention, zyxxmu/cam) "
+            "or cumulative (accumulated attention, kvpress CAMPress)"
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if not 0 <= self.start_share <= 1 or self.merge_budget < 1:
             raise ValueError("start_share in [0, 1], merge_budget >= 1")
+        if self.merge_attention not in ("current", "cumulative"):
+            raise ValueError("merge_attention must be current or cumulative")
+
+    def observe(self, lc: LayerCache, probs: torch.Tensor, logits: torch.Tensor, run: Run) -> None:
+        """cumulative: add the chunk's column sums; current: the score becomes the newest query's
+        attention [1, H_kv, n] (the chunk's last query, summed over the KV head's query heads)."""
+        if self.merge_attention == "cumulative":
+            return super().observe(lc, probs, logits, run)
+        last = probs[:, :, :, -1].sum(dim=2)
+        if lc.score is None:
+            lc.add_score(last)
+        else:
+            lc.score.copy_(last)
 
     def split(self, m: int) -> tuple[int, int]:
         start = int(m * self.start_share)
