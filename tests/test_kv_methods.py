@@ -170,3 +170,51 @@ def test_fastgen_masks_heads_to_their_policy(tiny_lm, ids):
     for lc in run.layers.values():
         assert lc.valid is not None and len(lc.state["policies"]) == lc.k.shape[1]
         assert (lc.valid.sum(-1) <= 48).all()
+
+
+def test_fastgen_keeps_applying_each_heads_policy_while_decoding(tiny_lm):
+    """Each (layer, head) is given one of the four policies after the prefill; while 32 tokens of
+    words and punctuation are decoded, every head stays within the budget and keeps what its policy
+    says: a "special" head only special tokens, "+punct" only special or punctuation (and every
+    decoded punctuation token), "+frequency" at most heavy_hitter_frac of the budget of other
+    tokens, "+local" the newest tokens and no more than that many others outside its window."""
+    from harness.methods.kv.fastgen import POLICIES
+
+    tok = tiny_lm.tokenizer
+    n0, m = 64, 32
+    heavy, window = int(m * 0.3), m - int(m * 0.3)
+    vocab = {i: t.replace("▁", "").replace("Ġ", "") for t, i in tok.get_vocab().items()}
+    words = sorted(i for i, t in vocab.items() if t.isalpha() and i not in tok.all_special_ids)[:40]
+    puncts = sorted(i for i, t in vocab.items() if t in (",", ".", ";", "!", "?"))
+    ids = [tok.bos_token_id or words[0]] + [puncts[j % len(puncts)] if j % 6 == 5 else words[j % 40] for j in range(95)]
+    is_special = [p < 4 or ids[p] in tok.all_special_ids for p in range(len(ids))]
+    is_punct = [ids[p] in puncts for p in range(len(ids))]
+    fg = method("fastgen")
+    with fg.apply(tiny_lm, MethodContext()) as driver:
+        tiny_lm.kv_request = KVRequest(budget=float(m))
+        run = driver.start()
+        driver.prefill(run, ids[:n0], all_logits=False)
+        for i, lc in enumerate(run.layers.values()):
+            lc.state["policies"] = [POLICIES[2 * i], POLICIES[2 * i + 1]]
+        for step, t in enumerate(ids[n0:]):
+            driver.decode(run, [t])
+            newest = n0 + step
+            for lc in run.layers.values():
+                for h, policy in enumerate(lc.state["policies"]):
+                    kept = lc.pos[0, h][lc.valid[0, h]].tolist()
+                    other = [p for p in kept if not (is_special[p] or is_punct[p])]
+                    assert len(kept) <= m, (step, policy)
+                    if policy == "special":
+                        assert all(is_special[p] for p in kept), (step, policy)
+                    elif policy == "special+punct":
+                        assert not other and all(p in kept for p in range(n0, newest + 1) if is_punct[p]), step
+                    elif policy == "special+punct+frequency":
+                        assert len(other) <= heavy, (step, policy)
+                    else:
+                        assert newest in kept and len([p for p in other if p <= newest - window]) <= heavy, (
+                            step,
+                            len(kept),
+                            kept,
+                            other,
+                        )
+        tiny_lm.kv_request = KVRequest()

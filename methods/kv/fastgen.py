@@ -65,11 +65,15 @@ class FastGen(KVMethod):
     satisfies takes the last (cold-compress's fallback), never the full cache. Heads keep
     different counts (masked slots), so the kept fraction is at most the budget ("cap"). The
     profile uses the last `profile_window` queries' attention (SDPA-compatible) rather than the
-    full prefill matrix [our choice, as SnapKV's window]. Compresses: prefill only."""
+    full prefill matrix [our choice, as SnapKV's window]. While decoding each head keeps applying
+    its policy to the cache with the new tokens (the paper's generation phase): a "special" head
+    keeps only special tokens, "+punct" also punctuation, "+frequency" the top heavy hitters by
+    accumulated attention (H2O's score, over every query so far), "+local" the moving recent
+    window; all capped at the budget. Compresses: prefill and every decoding step."""
 
     name = "fastgen"
     paper = "Model Tells You What to Discard: Adaptive KV Cache Compression for LLMs (arXiv:2310.01801)"
-    compresses = "prefill"
+    compresses = "both"
     budget_unit = "cap"
     ranges = {
         "min_recovery": "(0, 1]",
@@ -77,6 +81,7 @@ class FastGen(KVMethod):
         "global_tokens": "[0, inf)",
         "profile_window": "[1, inf)",
     }  # checked by params.build before any model loads
+    accumulates = True  # the frequency policy ranks by accumulated attention while decoding
     min_recovery: float = field(default=0.9, metadata={"help": "attention mass a policy must recover (T)"})
     heavy_hitter_frac: float = field(default=0.3, metadata={"help": "heavy hitters' share of the budget"})
     global_tokens: int = 4
@@ -93,17 +98,40 @@ class FastGen(KVMethod):
         probs = window_attention(lc.queries[:, :, -w:], lc.k, run.scaling)  # [1, H, g, w, n]
         mass = probs.sum(dim=(2, 3))  # per key, per KV head
         total = mass.sum(-1, keepdim=True)
-        tok = torch.tensor(run.tokens[: lc.n], device=lc.k.device)[lc.pos[0]]  # [H, n] token ids per slot
-        special = (lc.pos < self.global_tokens) | self.special_ids(run, tok).unsqueeze(0)
-        punct = self.punct_ids(run, tok).unsqueeze(0)
-        local = recent(lc, m - int(m * self.heavy_hitter_frac))
-        masks = candidate_masks(special, punct, mass, local, int(m * self.heavy_hitter_frac), m)
+        masks = self.policy_masks(lc, run, mass, torch.ones_like(lc.pos, dtype=torch.bool))
         recovered = torch.stack([(mass * mk).sum(-1) / total.squeeze(-1) for mk in masks])  # [P, 1, H]
         ok = recovered >= self.min_recovery
         ok[-1] = True
         choice = ok.float().argmax(dim=0)  # first policy that recovers
-        chosen = torch.stack([masks[int(c)][0, h] for h, c in enumerate(choice[0])])[None]
         lc.state["policies"] = [POLICIES[int(c)] for c in choice[0]]
+        self.keep_masked(lc, masks)
+
+    def compress_decode(self, lc: LayerCache, run: Run) -> None:
+        """Each head's profiled policy, applied again to the cache with the fed tokens (Algorithm 1's
+        generation phase): a new token stays only if the head's policy keeps it (its class, a heavy
+        hitter by accumulated attention, or the local window, which moves), at most the budget.
+        Nothing to do when the prefill was not compressed (no profile)."""
+        if "policies" not in lc.state:
+            return
+        alive = lc.valid
+        freq = lc.score.masked_fill(~alive, float("-inf"))
+        self.keep_masked(lc, self.policy_masks(lc, run, freq, alive))
+
+    def policy_masks(self, lc: LayerCache, run: Run, freq: torch.Tensor, alive: torch.Tensor) -> list[torch.Tensor]:
+        """candidate_masks over the slots still held (`alive`), frequency ranked by `freq`."""
+        m = run.target
+        heavy = int(m * self.heavy_hitter_frac)
+        tok = torch.tensor(run.tokens[: int(lc.pos.max()) + 1], device=lc.k.device)[lc.pos[0]]  # [H, n] ids per slot
+        special = ((lc.pos < self.global_tokens) | self.special_ids(run, tok).unsqueeze(0)) & alive
+        punct = self.punct_ids(run, tok).unsqueeze(0) & alive
+        local = recent(lc, m - heavy) & alive
+        return candidate_masks(special, punct, freq, local, heavy, m)
+
+    @staticmethod
+    def keep_masked(lc: LayerCache, masks: list[torch.Tensor]) -> None:
+        """Keep each head's mask of its policy (lc.state["policies"]); heads keep different counts
+        (the `valid` slot masks the rest), slots no head holds are dropped."""
+        chosen = torch.stack([masks[POLICIES.index(p)][0, h] for h, p in enumerate(lc.state["policies"])])[None]
         keep = chosen.sum(-1).max()
         order = chosen.float().argsort(dim=-1, descending=True, stable=True)[:, :, : int(keep)].sort(-1).values
         valid = chosen.gather(2, order)
