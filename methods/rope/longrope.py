@@ -58,6 +58,7 @@ class LongRoPE(RopeMethod, LMMethod):
     ranges = {
         "factor": "[1, inf)",
         "rescale_factors": "[1, inf)",
+        "short_factors": "(0, inf)",  # positive, as the check below; Phi-3's are >= 1 but nothing requires it
         "start_tokens": "[0, inf)",
         "population": "[1, inf)",
         "parents": "[1, inf)",

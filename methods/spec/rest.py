@@ -166,6 +166,7 @@ class REST(LMMethod):
         "num_draft": "[1, inf)",
         "continuation": "[1, inf)",
         "max_matches": "[1, inf)",
+        "top_p": "(0, 1]",
     }  # checked by params.build before any model loads
     corpus: str = field(default="synthetic", metadata={"help": "'synthetic' or a local UTF-8 text file"})
     datastore_sentences: int = 20000
