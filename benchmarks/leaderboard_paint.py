@@ -51,8 +51,8 @@ GOALS = {"committed": 3.0, "synthetic": 5.0}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_times() -> dict[int, tuple[int, str, float]]:
-    """pid -> (process group, name, CPU seconds so far) of every live process."""
+def _proc_times() -> dict[int, tuple[int, str, float, int]]:
+    """pid -> (process group, name, CPU seconds so far, nice) of every live process."""
     out = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -60,7 +60,7 @@ def _proc_times() -> dict[int, tuple[int, str, float]]:
         try:
             head, tail = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)
             f = tail.split()
-            out[int(d)] = (int(f[2]), head.split("(", 1)[1], (int(f[11]) + int(f[12])) / TICK)
+            out[int(d)] = (int(f[2]), head.split("(", 1)[1], (int(f[11]) + int(f[12])) / TICK, int(f[16]))
         except (OSError, IndexError, ValueError):
             continue
     return out
@@ -69,23 +69,24 @@ def _proc_times() -> dict[int, tuple[int, str, float]]:
 def machine_load(exclude: set[int], seconds: float = 2.0) -> dict:
     """How busy the machine is apart from this benchmark: the load average (which counts this
     benchmark's own processes too), and over `seconds` the CPU used by every other process (in
-    CPUs: 1.0 = one core busy) with the five busiest by name."""
+    CPUs: 1.0 = one core busy) with the five busiest by name and nice value (a job at nice 19
+    yields the CPU to this benchmark's processes, at nice 0 it competes)."""
     t0 = _proc_times()
     time.sleep(seconds)
     t1 = _proc_times()
     others = []
-    for pid, (pgid, name, cpu) in t1.items():
+    for pid, (pgid, name, cpu, nice) in t1.items():
         if pgid in exclude or pid == os.getpid() or pid not in t0:
             continue
         used = (cpu - t0[pid][2]) / seconds
         if used > 0:
-            others.append((used, name))
+            others.append((used, name, nice))
     others.sort(reverse=True)
     return {
         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
-        "other_processes_cpus": round(sum(u for u, _ in others), 2),
-        "busiest_others": [{"process": n, "cpus": round(u, 2)} for u, n in others[:5]],
+        "other_processes_cpus": round(sum(u for u, _, _ in others), 2),
+        "busiest_others": [{"process": n, "cpus": round(u, 2), "nice": ni} for u, n, ni in others[:5] if u >= 0.01],
     }
 
 

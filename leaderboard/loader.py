@@ -254,7 +254,7 @@ def _load(root, schema: Schema | None) -> Results:
 
 
 _PRELOADED: dict[str, Results] = {}
-_PRELOADING: dict[str, threading.Thread] = {}
+_READY: dict[str, threading.Event] = {}  # set once a preload of that folder has finished (or failed)
 
 
 def _key(root) -> str:
@@ -264,15 +264,27 @@ def _key(root) -> str:
 def preload(root, schema: Schema | None = None) -> Results:
     """Load `root` now and keep it for the app's first session (`harness leaderboard` does this
     while its server starts, so the first visitor does not wait for the parse)."""
-    res = load(root, schema)
-    _PRELOADED[_key(root)] = res
-    return res
+    try:
+        res = load(root, schema)
+        _PRELOADED[_key(root)] = res
+        return res
+    finally:
+        if _key(root) in _READY:
+            _READY[_key(root)].set()
 
 
 def preload_in_background(root, target) -> threading.Thread:
-    """Run target(root) (which calls preload) in a daemon thread; preloaded() waits for it."""
-    t = threading.Thread(target=target, args=(str(root),), name="leaderboard-preload", daemon=True)
-    _PRELOADING[_key(root)] = t
+    """Run target(root) (which calls preload, then may warm other things) in a daemon thread;
+    preloaded() waits only until the preload itself is done."""
+    ready = _READY.setdefault(_key(root), threading.Event())
+
+    def run():
+        try:
+            target(str(root))
+        finally:
+            ready.set()
+
+    t = threading.Thread(target=run, name="leaderboard-preload", daemon=True)
     t.start()
     return t
 
@@ -280,9 +292,10 @@ def preload_in_background(root, target) -> threading.Thread:
 def preloaded(root, schema: Schema | None = None) -> Results | None:
     """The pre-loaded records of `root` (waiting for a preload under way), handed out once: later
     loads read the folder again."""
-    t = _PRELOADING.pop(_key(root), None)
-    if t is not None:
-        t.join()
+    ready = _READY.get(_key(root))
+    if ready is not None:
+        ready.wait()  # (the preload sets it through _READY: popped only afterwards)
+        _READY.pop(_key(root), None)
     return _PRELOADED.pop(_key(root), None)
 
 

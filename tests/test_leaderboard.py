@@ -129,3 +129,30 @@ def test_directions_come_from_the_records_and_every_shown_metric_is_described():
         (name, task) for name, task in shown if not schema.metric(name, {"direction": "higher"}, task).description
     )
     assert undescribed == []
+
+
+def test_preload_hands_the_records_to_the_first_session_without_waiting_for_the_rest(results, monkeypatch):
+    """`harness leaderboard` parses the records while its server starts (harness.leaderboard.serve):
+    the app's first load takes them as soon as the parse is done, not after the later imports."""
+    import os
+    import threading
+    import time
+
+    from harness import commands
+
+    release = threading.Event()
+
+    def warm(root):
+        loader.preload(root)
+        release.wait(30)  # stands for the slower imports that follow the parse
+
+    loader.preload_in_background(results, warm)
+    t0 = time.perf_counter()
+    got = loader.preloaded(results)
+    assert got is not None and len(got.runs) == committed_count() + 14 and time.perf_counter() - t0 < 25
+    assert loader.preloaded(results) is None  # handed out once: later loads read the folder again
+    release.set()
+    seen = {}
+    monkeypatch.setattr(os, "execve", lambda exe, cmd, env: seen.update(cmd=cmd, env=env))
+    commands.cmd_leaderboard(type("A", (), {"results": str(results), "port": 8599, "address": "127.0.0.1"})())
+    assert seen["cmd"][1:4] == ["-m", "harness.leaderboard.serve", "run"] and seen["env"]["HARNESS_RESULTS"]
