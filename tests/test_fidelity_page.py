@@ -1,14 +1,49 @@
 """The fidelity page (docs/reference/fidelity.md) and the `@pytest.mark.fidelity` markers it is
-generated from: the page is up to date and the markers are read without importing the tests."""
+generated from: every marker names registered methods and says what it compares with and how
+closely, the page is up to date, and the methods without an independent check are the list below."""
 
 from pathlib import Path
 
 import pytest
 
-from harness import docpages
+from harness import docpages, registry
 from harness.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
+MARKS = docpages.fidelity_marks(ROOT / "tests")
+
+# Registered methods that no test checks against an independent reference: the fine-tuned pi_ft
+# and yarn_ft, the trivial noise priors, the ORM, beam-search and precomputed-score scorers, and the
+# video sources. Covering one, or dropping a marker, changes this list on purpose.
+WITHOUT_FIDELITY_TEST = {
+    "beam_search",
+    "fixed",
+    "independent",
+    "orm",
+    "pi_ft",
+    "precomputed",
+    "synthetic_scenes",
+    "synthetic_videos",
+    "video_folder",
+    "yarn_ft",
+}
+
+
+def test_every_marker_names_registered_methods():
+    registry.load()
+    unknown = [(m["test"], name) for m in MARKS for name in m["methods"] if name not in registry.METHODS]
+    assert MARKS and all(m["methods"] for m in MARKS)
+    assert not unknown, f"fidelity markers naming no registered method: {unknown}"
+
+
+def test_every_marker_says_what_it_compares_with_and_how_closely():
+    vague = [m["test"] for m in MARKS if not m["reference"].strip() or not m["tolerance"].strip()]
+    assert not vague, f"fidelity markers without a reference or a tolerance: {vague}"
+
+
+def test_methods_without_a_fidelity_test_are_the_known_list():
+    registry.load()
+    assert set(registry.METHODS) - {n for m in MARKS for n in m["methods"]} == WITHOUT_FIDELITY_TEST
 
 
 def test_page_is_up_to_date():
