@@ -1,7 +1,8 @@
 """The generated pages of the docs site: the CLI reference from the argparse parser, the task and
 method tables from the registry, the result tables of every family from the committed records in
-results/ (through `harness report`'s tables), a coverage table, the README's tour table, and the
-reliability figures table of docs/reliability.md (from the slow tests' benchmarks/results/reliability/).
+results/ (through `harness report`'s tables), a coverage table, the fidelity table (from the tests'
+`@pytest.mark.fidelity` markers), the README's tour table, and the reliability figures table of
+docs/reliability.md (from the slow tests' benchmarks/results/reliability/).
 
     harness docs [--docs docs] [--results results] [--readme README.md] [--check]
     python -m harness.docsgen ...                                     # the same
@@ -22,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from harness import registry, report
-from harness.docpages import HEADER, cli_page, code, methods_page, tasks_page
+from harness.docpages import HEADER, cli_page, code, fidelity_page, methods_page, tasks_page
 from harness.errors import UserError
 
 # the repository (an editable install): the index beside harness/ is regenerated with its docs
@@ -245,8 +246,8 @@ def with_reliability_table(text: str, folder: Path) -> str:
 
 
 def render(results: Path) -> dict[str, str]:
-    """{path under docs/: content} of every generated page (the benchmark rows are read from
-    benchmarks/results/ beside the results folder)."""
+    """{path under docs/: content} of every generated page (the benchmark rows and the tests'
+    fidelity markers are read from benchmarks/results/ and tests/ beside the results folder)."""
     pages = {
         "reference/cli.md": cli_page(),
         "reference/tasks.md": tasks_page(),
@@ -254,7 +255,10 @@ def render(results: Path) -> dict[str, str]:
         "reference/coverage.md": coverage_page(results),
     }
     pages.update(results_pages(results))
-    prefill = prefill_page(Path(results).resolve().parent / "benchmarks" / "results")
+    root = Path(results).resolve().parent
+    if (root / "tests").is_dir():  # an installed copy without the tests has no fidelity page to write
+        pages["reference/fidelity.md"] = fidelity_page(root / "tests")
+    prefill = prefill_page(root / "benchmarks" / "results")
     if prefill:
         pages["reference/prefill.md"] = prefill
     return pages

@@ -11,6 +11,11 @@ from harness.attention import AttentionInputs
 from harness.methods.rope.alibi import ALiBi, alibi_attend, alibi_slopes
 
 
+@pytest.mark.fidelity(
+    "alibi",
+    reference="the paper's slopes 2^(−8k/H), interleaved for H not a power of two",
+    tolerance="float32 assert_close defaults",
+)
 def test_slopes_follow_the_paper():
     torch.testing.assert_close(alibi_slopes(8), torch.tensor([1 / 2**k for k in range(1, 9)]))
     # 12 heads: the 8 slopes of H=8, then slopes 1, 3, 5, 7 (0-based 0, 2, 4, 6) of H=16
@@ -18,6 +23,7 @@ def test_slopes_follow_the_paper():
     torch.testing.assert_close(alibi_slopes(12), torch.tensor(expected))
 
 
+@pytest.mark.fidelity("alibi", reference="slow loop: softmax(q·k/√d − m·(i − j))", tolerance="rel 1e-5, abs 1e-6")
 def test_attend_equals_slow_loop():
     torch.manual_seed(1)
     H, L, d = 4, 9, 8

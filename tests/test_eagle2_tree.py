@@ -57,6 +57,11 @@ def test_defaults_are_the_official_eval_settings():
     assert method.max_depth == 6  # the root's children plus five expansion rounds
 
 
+@pytest.mark.fidelity(
+    "eagle2",
+    reference="transcription of the official topK_genrate (SafeAILab/EAGLE@bfeb532 cnets.py)",
+    tolerance="exact tree",
+)
 @pytest.mark.parametrize("total_token,depth,top_k", [(60, 5, 10), (12, 4, 3), (30, 7, 4)])
 def test_dynamic_tree_equals_the_official_topk_genrate(total_token, depth, top_k):
     method, tel = Eagle2(total_tokens=total_token, depth=depth, top_k=top_k), Counter()

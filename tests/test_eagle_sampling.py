@@ -4,6 +4,7 @@ EAGLE-2 keeps deterministic top-k picks verified with q = 1."""
 
 from collections import Counter
 
+import pytest
 import torch
 
 from harness.methods.spec.eagle import Eagle
@@ -16,6 +17,9 @@ def _draft(method, temperature, seed=0):
     return method.draft(PathState(), logits_for(()), method.max_depth, Counter(), temperature, gen)
 
 
+@pytest.mark.fidelity(
+    "eagle", reference="SafeAILab/EAGLE@2320d52's draft probability p_j / (1 − Σ_{i<j} p_i)", tolerance="abs 1e-5"
+)
 def test_eagle_children_carry_the_released_conditional_draft_probability():
     """SafeAILab/EAGLE@2320d52 (anchors-scale §7): the j-th draw's recorded probability is
     p_j / (1 - sum_{i<j} p_i), p the node's draft distribution; earlier draws get no mass."""

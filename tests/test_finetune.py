@@ -33,6 +33,11 @@ def slow_s2(q, k, v, group, scaling):
     return out
 
 
+@pytest.mark.fidelity(
+    "longlora",
+    reference="slow loop of S²-Attn (the second half of the heads shifted by half a group)",
+    tolerance="rel 1e-7, abs 1e-9",
+)
 @pytest.mark.parametrize("h,group", [(4, 8), (2, 6)])
 def test_s2_attention_equals_slow_loop(h, group):
     torch.manual_seed(0)

@@ -53,6 +53,9 @@ def test_unrolled_tree_respects_the_node_cap_breadth_first():
     assert tree.tokens == [1, 2, 3] and tree.parents == [-1, -1, -1]
 
 
+@pytest.mark.fidelity(
+    "gsd", reference="the target's own greedy decoding (LM.generate without a method)", tolerance="exact tokens"
+)
 @pytest.mark.parametrize("self_draft", [False, True])
 def test_greedy_output_equals_the_targets_greedy_output(tiny_lm, tiny_model, tiny_model_with, self_draft):
     prompts = [tiny_lm.encode(TEXT), tiny_lm.encode(" Hina tulskited.")]
@@ -70,6 +73,11 @@ def test_greedy_output_equals_the_targets_greedy_output(tiny_lm, tiny_model, tin
         assert tel["accepted_draft_tokens"] > 0 and tel["forward_calls"] < sum(len(x) for x in spec)
 
 
+@pytest.mark.fidelity(
+    "gsd",
+    reference="the target's exact next-token distribution (histograms of sampled tokens)",
+    tolerance="G-test p > 0.001",
+)
 def test_sampled_tokens_follow_the_targets_distribution(tiny_lm, tiny_model_with):
     from types import SimpleNamespace
 

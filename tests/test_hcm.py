@@ -133,6 +133,11 @@ def slow_homer(model, ids, M, T, W, P, S, bias):
     return root, logits
 
 
+@pytest.mark.fidelity(
+    "hcm",
+    reference="slow float64 token-by-token HOMER: explicit attention and RoPE, pruning by sorting, the merge tree by recursion",
+    tolerance="rel 1e-4, abs 1e-5 (keys, values); 1e-4 (logits)",
+)
 @pytest.mark.parametrize("n_tokens,W,calibrated", [(110, 0, False), (140, 0, True), (110, 1, True)])
 def test_prefill_equals_slow_rule(model4, n_tokens, W, calibrated):
     M, T, P, S = 40, 40, 4, 3

@@ -2,6 +2,7 @@
 loops, the fitted codebooks' size and error, the pre-RoPE coding of the cached keys, the bytes
 formula, and a kv_compression cell end to end."""
 
+import pytest
 import torch
 
 from harness import fitting, records, registry, runner
@@ -32,6 +33,11 @@ def literal_nearest(x, books):
     return out
 
 
+@pytest.mark.fidelity(
+    "coupled_quant",
+    reference="literal loops over groups, points and centroids (nearest-centroid coding)",
+    tolerance="exact",
+)
 def test_encode_decode_match_literal_loops():
     gen = torch.Generator().manual_seed(1)
     x, books = torch.randn(3, 20, 4, generator=gen), torch.randn(3, 8, 4, generator=gen)
@@ -46,6 +52,11 @@ def test_encode_decode_match_literal_loops():
                 assert torch.equal(coded[b, t, 4 * g : 4 * g + 4], books[g, j])
 
 
+@pytest.mark.fidelity(
+    "coupled_quant",
+    reference="the weighted Lloyd step written out per cluster",
+    tolerance="float32 assert_close defaults",
+)
 def test_lloyd_step_is_the_weighted_mean_of_each_cluster():
     gen = torch.Generator().manual_seed(2)
     x, w = torch.randn(2, 30, 3, generator=gen), torch.rand(2, 30, generator=gen) + 0.1

@@ -2,6 +2,7 @@
 append-or-merge step against a literal transcription of the paper's recurrence on hand-built
 sequences, and the engine's token-by-token cache against the cache-free (hard-decision) form."""
 
+import pytest
 import torch
 
 from harness import registry
@@ -26,6 +27,11 @@ def literal_states(xs, alphas, omegas, window=None):
     return torch.tensor(out)
 
 
+@pytest.mark.fidelity(
+    "dmc",
+    reference="the paper's recurrence acc_i = α_i·acc_{i−1} + ω_i·x_i, one token at a time in Python",
+    tolerance="rel 1e-5, abs 1e-6",
+)
 def test_training_form_is_the_running_weighted_average():
     gen = torch.Generator().manual_seed(0)
     n, d = 9, 3
@@ -38,6 +44,11 @@ def test_training_form_is_the_running_weighted_average():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.fidelity(
+    "dmc",
+    reference="the paper's append-or-merge rule by hand (weighted average into the last slot)",
+    tolerance="float32 assert_close defaults",
+)
 def test_cache_step_appends_or_merges_as_the_paper_on_a_hand_built_sequence():
     gen = torch.Generator().manual_seed(1)
     n, d = 7, 2

@@ -42,6 +42,11 @@ def assert_same_kept(cache, run):
             assert torch.allclose(ours_k, theirs, atol=1e-4)
 
 
+@pytest.mark.fidelity(
+    "streaming_llm",
+    reference="kvpress KeyRerotationPress(StreamingLLMPress) on the same model and prompt",
+    tolerance="same kept tokens per head (keys abs 1e-4)",
+)
 def test_matches_kvpress_streaming_llm(tiny_lm, ids):
     kvpress = pytest.importorskip("kvpress", reason="optional extra kvpress not installed")
     run = run_with(tiny_lm, method("streaming_llm"), ids, 0.25)
@@ -49,6 +54,11 @@ def test_matches_kvpress_streaming_llm(tiny_lm, ids):
     assert_same_kept(press_cache(tiny_lm, ids, p), run)
 
 
+@pytest.mark.fidelity(
+    "snapkv",
+    reference="kvpress SnapKVPress (same model, prompt, window and kernel)",
+    tolerance="same kept tokens per head (keys abs 1e-4)",
+)
 @pytest.mark.parametrize("window,kept", [(16, 8), (16, 16), (16, 17), (16, 40), (64, 24), (64, 64), (64, 80)])
 def test_matches_kvpress_snapkv(tiny_lm, ids, window, kept):
     """Kept counts below, at and above the observation window: at or below it the window's own

@@ -4,6 +4,7 @@ builds against transformers' own keys and values, and the bytes at equal memory.
 
 import math
 
+import pytest
 import torch
 
 from harness import registry
@@ -37,6 +38,11 @@ def literal_output(q, keys, values, kept, phi_q, psi_k, scale):
     return torch.tensor([x / den for x in num])
 
 
+@pytest.mark.fidelity(
+    "less",
+    reference="the paper's output equation as explicit sums over the sparse cache and the evicted tokens",
+    tolerance="rel 1e-4, abs 1e-5",
+)
 def test_shared_normalizer_output_matches_the_papers_sum():
     gen = torch.Generator().manual_seed(0)
     h, n, d, scale = 2, 10, 6, 6**-0.5
@@ -65,6 +71,11 @@ def test_shared_normalizer_output_matches_the_papers_sum():
         torch.testing.assert_close(got[0, head, 0], want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.fidelity(
+    "less",
+    reference="H = Σ ψ(k)ᵀv, z = Σ ψ(k) token by token over transformers' keys and values of the evicted tokens",
+    tolerance="rel 1e-4, abs 1e-5",
+)
 def test_engine_state_is_the_sum_over_evicted_tokens_and_bytes_match_the_budget(tiny_lm, ids, eager):
     m = method("less", budget=0.5)
     cfg = tiny_lm.model.config

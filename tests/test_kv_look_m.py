@@ -14,6 +14,11 @@ from tests.kv_helpers import method, run_with
 registry.load()
 
 
+@pytest.mark.fidelity(
+    "look_m",
+    reference="literal loops: the text-prior kept set and the pivotal merge by cosine similarity",
+    tolerance="exact set; float32 assert_close defaults",
+)
 def test_kept_set_and_pivot_merge_match_literal_loops():
     gen = torch.Generator().manual_seed(0)
     n, d = 12, 4

@@ -12,6 +12,7 @@ from harness.methods.kv.cam import CaM, merge_probability
 from harness.methods.kv.kvmerger import gaussian_merge, nearest_kept
 
 
+@pytest.mark.fidelity("cam", reference="slow loop over tokens of the prefill merge rule", tolerance="abs 1e-6")
 def test_cam_prefill_merge_matches_a_slow_loop():
     torch.manual_seed(0)
     n, m, d = 40, 10, 3
@@ -66,6 +67,11 @@ def test_cam_decoding_merges_the_leaving_token_into_the_next_ones():
     assert torch.equal(lc.score, s0[:, :, keep])
 
 
+@pytest.mark.fidelity(
+    "kvmerger",
+    reference="slow loop of the Gaussian-kernel weighted merge onto the nearest kept token",
+    tolerance="abs 1e-5",
+)
 def test_kvmerger_gaussian_merge_matches_a_slow_loop():
     torch.manual_seed(1)
     n, d = 12, 4
@@ -89,6 +95,7 @@ def test_kvmerger_gaussian_merge_matches_a_slow_loop():
     assert target[0, 0].tolist() == [2, 2, 2, 2, 2, 7, 7, 7, 7, 7, 11, 11]  # nearest kept, left on ties
 
 
+@pytest.mark.fidelity("cam", reference="slow token-by-token stream of the decoding merge rule", tolerance="abs 1e-5")
 @pytest.mark.parametrize("merge_budget", [3, 7])
 def test_cam_decoding_over_all_layers_matches_a_slow_stream(merge_budget):
     """CaM while decoding, every layer at once with the recent window as a ring, against a slow
@@ -163,6 +170,11 @@ def test_cam_decoding_over_all_layers_matches_a_slow_stream(merge_budget):
     assert everything.state["ring"] != 0
 
 
+@pytest.mark.fidelity(
+    "cam",
+    reference="transcription of zyxxmu/cam local_cam_mask (current); kvpress CAMPress's accumulated attention (cumulative)",
+    tolerance="abs 1e-5",
+)
 @pytest.mark.parametrize("merge_attention", ["current", "cumulative"])
 def test_cam_merge_probability_reads_the_chosen_attention(merge_attention):
     """Two query chunks are observed (4 queries, then 1: the decoding step), then one token leaves.

@@ -24,6 +24,11 @@ def test_cache_holds_the_models_own_keys_and_values(tiny_lm, ids, eager):
         assert torch.allclose(lc.k, k, atol=1e-5) and torch.allclose(lc.v, v, atol=1e-5)
 
 
+@pytest.mark.fidelity(
+    "h2o",
+    reference="transformers' eager attention summed over queries; the heavy + recent kept set by a slow sort",
+    tolerance="abs 1e-4; exact kept set",
+)
 def test_h2o_score_is_accumulated_eager_attention(tiny_lm, ids, eager):
     run = scored_run(tiny_lm, method("h2o"), ids)
     for att, lc in zip(eager[0], run.layers.values()):
@@ -40,6 +45,11 @@ def test_h2o_score_is_accumulated_eager_attention(tiny_lm, ids, eager):
         assert sorted(lc.pos[0, h].tolist()) == sorted(rest + list(range(N - window, N)))
 
 
+@pytest.mark.fidelity(
+    "scissorhands",
+    reference="slow loop over transformers' eager attention (A ≥ 1/t in the history window)",
+    tolerance="exact counts",
+)
 def test_scissorhands_counts_are_windowed_persistence(tiny_lm, ids, eager):
     w = 30
     run = scored_run(tiny_lm, method("scissorhands", history_window=w), ids)
@@ -77,6 +87,11 @@ def test_running_statistics_equal_their_recomputation_while_decoding(tiny_lm, id
                 assert torch.allclose(value_l1(lc), lc.v.abs().sum(-1))
 
 
+@pytest.mark.fidelity(
+    "vatp",
+    reference="transformers' eager attention summed over queries times the values' L1 norm",
+    tolerance="abs 1e-4",
+)
 def test_vatp_scores_weight_attention_by_value_norm(tiny_lm, ids, eager):
     from harness.methods.kv.vatp import vatp_scores
 
@@ -87,6 +102,11 @@ def test_vatp_scores_weight_attention_by_value_norm(tiny_lm, ids, eager):
         assert torch.allclose(vatp_scores(lc, 5, 9), ref[..., 5:9], atol=1e-4)
 
 
+@pytest.mark.fidelity(
+    "snapkv",
+    reference="slow loop: observation-window softmax, mean, zero-padded average pooling, mean over each KV head's queries",
+    tolerance="abs 1e-6",
+)
 def test_snapkv_scores_match_a_slow_loop(tiny_lm, eager):
     torch.manual_seed(0)
     hq, hkv, n, d, w, kernel = 4, 2, 40, 8, 6, 5
@@ -107,6 +127,11 @@ def test_snapkv_scores_match_a_slow_loop(tiny_lm, eager):
     assert torch.all(got[..., n - w :] == got.max())
 
 
+@pytest.mark.fidelity(
+    "keyformer",
+    reference="the paper's softmax((x + ζ)/τ), ζ = −log(−log u), written out on the same draws",
+    tolerance="exact",
+)
 def test_keyformer_gumbel_probs_equal_the_formula_with_the_same_draws():
     """softmax((x + ζ)/τ), ζ = −log(−log u), u ~ U(0, 1) from the run's generator: the in-place
     computation gives exactly the out-of-place formula's numbers (the records depend on them)."""
@@ -117,6 +142,11 @@ def test_keyformer_gumbel_probs_equal_the_formula_with_the_same_draws():
         assert torch.equal(gumbel_probs(x, tau, torch.Generator().manual_seed(4)), ref)
 
 
+@pytest.mark.fidelity(
+    "keyformer",
+    reference="the Gumbel-max trick (argmax frequencies at τ → 0 equal softmax(x)); the τ schedule worked by hand",
+    tolerance="abs 0.03 (4000 draws)",
+)
 def test_keyformer_gumbel_scores_follow_the_gumbel_max_distribution():
     logits = torch.tensor([[1.0, 0.0, -1.0, 2.0]])
     gen = torch.Generator().manual_seed(0)
@@ -131,6 +161,11 @@ def test_keyformer_gumbel_scores_follow_the_gumbel_max_distribution():
     assert m.tau(R) == pytest.approx(1.5)  # τ_init + step·(τ_end − τ_init)/max_new
 
 
+@pytest.mark.fidelity(
+    "fastgen",
+    reference="the kept sets of the four policies (special, +punct, +frequency, +local) worked by hand",
+    tolerance="exact sets",
+)
 def test_fastgen_picks_the_first_policy_that_recovers_the_mass():
     n, m = 20, 8
     special = torch.zeros(1, 2, n, dtype=torch.bool)

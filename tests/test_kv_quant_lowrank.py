@@ -33,6 +33,11 @@ def test_quantization_round_trip_and_error_bound():
     assert quant_bytes(1024, 2, 32) == 1024 * 2 / 8 + 32 * 2 * 2
 
 
+@pytest.mark.fidelity(
+    "kivi",
+    reference="KIVI's streaming rule worked by hand (keys quantized in full groups of G tokens, the newest R values in full precision)",
+    tolerance="exact token counts",
+)
 def test_kivi_streams_keys_in_blocks_and_values_one_at_a_time(tiny_lm, ids):
     R = G = 16
     m = method("kivi", residual_length=R, group_size=G)
@@ -51,6 +56,9 @@ def test_kivi_streams_keys_in_blocks_and_values_one_at_a_time(tiny_lm, ids):
     assert m.layer_bytes(lc, run) == expect
 
 
+@pytest.mark.fidelity(
+    "intactkv", reference="transformers' own keys and values of the pivot tokens", tolerance="abs 1e-6"
+)
 def test_intactkv_keeps_the_pivot_prefix_lossless(tiny_lm, ids, eager):
     kivi = method("kivi", residual_length=16, group_size=16)
     plain = run_with(tiny_lm, kivi, ids, 0.5)
@@ -75,6 +83,11 @@ def test_gear_low_rank_outliers_and_bytes(tiny_lm, ids):
     assert lc.state["done"] == 80 and m.layer_bytes(lc, run) < 2 * 90 * lc.k.shape[1] * lc.k.shape[-1] * 2
 
 
+@pytest.mark.fidelity(
+    "gear",
+    reference="literal loops of the paper's definition and the official simulation (gears_channelQ / gears_tokenQ)",
+    tolerance="abs 1e-5",
+)
 @pytest.mark.parametrize("axis", ["channel", "token"])
 def test_gear_decomposition_matches_a_literal_transcription(axis):
     """D + S against loops over the paper's definition and the official simulation
@@ -117,6 +130,11 @@ def test_gear_decomposition_matches_a_literal_transcription(axis):
     assert float((x - low).norm()) < float((x - got).norm())
 
 
+@pytest.mark.fidelity(
+    "svd_kv",
+    reference="Eckart–Young: the squared error equals the sum of the dropped squared singular values (torch.linalg.svdvals)",
+    tolerance="rel 1e-3",
+)
 def test_svd_kv_is_the_eckart_young_truncation(tiny_lm, ids):
     w = tiny_lm.model.model.layers[0].self_attn.k_proj.weight.detach()
     s = torch.linalg.svdvals(w)

@@ -48,6 +48,11 @@ def test_streaming_llm_decodes_at_the_cache_length(tiny_lm, ids):
     assert lc.n == 24 and sorted(lc.pos[0, 0].tolist()) == [0, 1, 2, 3] + list(range(N - 19, N + 1))
 
 
+@pytest.mark.fidelity(
+    "streaming_llm",
+    reference="transformers' DynamicCache evicted and re-rotated to cache positions after every step (pos_shift)",
+    tolerance="logits abs 1e-4",
+)
 def test_streaming_llm_decoding_equals_rerotating_every_step(tiny_lm, ids):
     """The deferred window shift (RoPE of the fed tokens advanced, sinks re-rotated) gives the logits
     of pos_shift's re-rotation of every kept key at every step: transformers' own cache, evicted and

@@ -68,6 +68,11 @@ def test_needle_group_and_generation(tiny_model, tmp_path):
     assert rec["telemetry"]["generated_tokens"] > 0
 
 
+@pytest.mark.fidelity(
+    "baseline",
+    reference="lm-eval's own HFLM on the same checkpoint (log-likelihoods, rolling log-likelihoods, greedy generations)",
+    tolerance="rel 1e-5; exact greedy",
+)
 def test_adapter_matches_lm_eval_hf_model(tiny_model, tiny_lm):
     """Our LM adapter (baseline) and lm-eval's own HFLM give the same log-likelihoods, rolling
     log-likelihoods and greedy generations on the same checkpoint, truncation included."""

@@ -64,6 +64,11 @@ def inputs(q, k, v, q_pos, k_pos):
     return AttentionInputs(q[None], k[None], v[None], q_pos[None], k_pos[None], allowed, 1 / math.sqrt(d), rope)
 
 
+@pytest.mark.fidelity(
+    "longheads",
+    reference="slow per-head, per-query loop of the paper's chunk choice and in-window positions",
+    tolerance="rel 1e-5, abs 1e-6",
+)
 @pytest.mark.parametrize("w,n_chunks", [(4, 4), (3, 5)])
 def test_attend_equals_slow_loop_and_decoding_steps(w, n_chunks):
     torch.manual_seed(0)

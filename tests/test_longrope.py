@@ -14,6 +14,9 @@ from harness.methods.rope.longrope import LongRoPE
 from tests.test_rope_methods import hf_config
 
 
+@pytest.mark.fidelity(
+    "longrope", reference="transformers ROPE_INIT_FUNCTIONS['longrope']", tolerance="float32 assert_close defaults"
+)
 def test_given_factors_equal_transformers_longrope():
     lam = [1.0 + 0.1 * i for i in range(32)]
     cfg = hf_config(
@@ -117,6 +120,11 @@ SHORT = [1.0 + 0.02 * i for i in range(32)]
 LONG = [1.0 + 0.1 * i for i in range(32)]
 
 
+@pytest.mark.fidelity(
+    "longrope",
+    reference="transformers ROPE_INIT_FUNCTIONS['longrope'] below and above the original context",
+    tolerance="float32 assert_close defaults",
+)
 @pytest.mark.parametrize("seq_len", [1, 300, 512, 513, 2048])
 def test_short_and_long_factors_switch_as_transformers_longrope(seq_len):
     """§3.3 / Phi-3: short factors while the sequence fits the original 512, long ones beyond."""
@@ -136,6 +144,9 @@ def test_short_factors_default_to_the_models_own_frequencies():
     torch.testing.assert_close(inv, 1.0 / 10000.0 ** (torch.arange(0, 64, 2).float() / 64))
 
 
+@pytest.mark.fidelity(
+    "longrope", reference="a transformers longrope model with the same weights (logits)", tolerance="rel 1e-4, abs 1e-4"
+)
 def test_rows_switch_like_a_transformers_longrope_model(tiny_lm):
     """The tiny model (original context 128) under longrope at s=2 gives the logits of the same
     weights loaded as a transformers `longrope` model, below and above 128 tokens."""

@@ -58,6 +58,9 @@ def test_large_pool_ratio_uses_log_space():
     assert 0 <= v <= 1 and v == pytest.approx(1.0 if correct[-1] else v)  # the top sample is almost always in
 
 
+@pytest.mark.fidelity(
+    "majority", reference="a brute-force vote over every n-subset (ties average the tied classes)", tolerance="rel 1e-6"
+)
 @pytest.mark.parametrize("seed", range(4))
 def test_vote_matches_enumeration_per_subset(seed):
     rng = random.Random(seed)

@@ -20,6 +20,13 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.mark.fidelity(
+    "pyoco_mixed",
+    "pyoco_progressive",
+    "videofusion",
+    reference="the papers' frame correlations in closed form: α²/(1+α²) (mixed), (α/√(1+α²))^|i−j| (progressive), λ (VideoFusion)",
+    tolerance="abs 0.01 (lags 1, 2)",
+)
 @pytest.mark.parametrize(
     "prior,lag1,lag2",
     [
@@ -38,6 +45,9 @@ def test_temporal_correlation_matches_the_formula(prior, lag1, lag2):
     assert abs(float(x.var()) - 1) < 0.02 and abs(float(x.mean())) < 0.03  # N(0, 1) marginals
 
 
+@pytest.mark.fidelity(
+    "freenoise", reference="the official in-place shuffle loop replayed with the same permutations", tolerance="exact"
+)
 def test_freenoise_matches_the_official_in_place_chain():
     fn = FreeNoise(window_size=8, window_stride=2)
     x = fn.sample((20, 1, 4, 4), gen(1))
@@ -66,6 +76,11 @@ def test_freenoise_window_fusion_is_a_weighted_average():
     assert torch.isclose(marks[2, 0], torch.tensor((2 * 2 + 1 * 0) / 3.0))
 
 
+@pytest.mark.fidelity(
+    "integral_noise",
+    reference="the paper's conditional upsampling: each s×s block sums to s times its source pixel, unit variance",
+    tolerance="abs 1e-5; variance abs 0.02",
+)
 def test_conditional_upsampling_is_exact():
     x = torch.randn(3, 40, 40, generator=gen())
     u = conditional_upsample(x, 4, gen(1))
@@ -76,6 +91,13 @@ def test_conditional_upsampling_is_exact():
     assert abs(float((sub[:, :, 0, :, 0] * sub[:, :, 0, :, 1]).mean())) < 0.02  # sub-pixels uncorrelated
 
 
+@pytest.mark.fidelity(
+    "integral_noise",
+    "bilinear_warp",
+    "nearest_warp",
+    reference="an integer flow shifts the noise by exactly that many pixels",
+    tolerance="abs 1e-5",
+)
 @pytest.mark.parametrize("prior", [IntegralNoise(upsample=4), BilinearWarp(), NearestWarp()])
 def test_integer_motion_is_an_exact_shift(prior):
     x = torch.randn(2, 12, 12, generator=gen())
@@ -86,6 +108,12 @@ def test_integer_motion_is_an_exact_shift(prior):
     assert torch.allclose(y[:, 1:, :-2], x[:, :-1, 2:], atol=1e-5)
 
 
+@pytest.mark.fidelity(
+    "integral_noise",
+    "bilinear_warp",
+    reference="the closed-form half-pixel numbers: ∫-noise variance 1 and correlation 0.5 with each source pixel; bilinear variance 0.5",
+    tolerance="abs 0.02",
+)
 def test_half_pixel_shift_keeps_variance_only_for_integral_noise():
     """The reference notes' numbers: ∫-noise keeps variance 1 and correlates 0.5 with each of the
     two overlapped source pixels; bilinear interpolation halves the variance."""
@@ -108,6 +136,11 @@ def test_ground_truth_overlap_of_a_half_pixel_shift():
     assert inside.sum() == 8 * 8 - 8  # left column leaves the frame
 
 
+@pytest.mark.fidelity(
+    "analytic_init",
+    reference="the closed-form marginal of q(x_M): mean √ᾱ·m, variance ᾱ·v + 1 − ᾱ",
+    tolerance="abs 0.005",
+)
 def test_analytic_init_matches_the_noised_data_marginal():
     """For data with element mean m and per-element variance v, q(x_M) has mean sqrt(ab)·m and
     variance ab·v + 1 - ab; the init matches both, plain noise does not."""

@@ -76,6 +76,12 @@ def dca_rule(chunk_size, c):
     return rule
 
 
+@pytest.mark.fidelity(
+    "selfextend",
+    "dca",
+    reference="slow float64 loop over query–key pairs applying each paper's position rule with explicit RoPE",
+    tolerance="rel 1e-5, abs 1e-6",
+)
 @pytest.mark.parametrize(
     "attend,rule",
     [

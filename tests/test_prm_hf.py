@@ -77,6 +77,11 @@ def _logits(model, ids):
     return (out.logits if hasattr(out, "logits") else out[0])[0]
 
 
+@pytest.mark.fidelity(
+    "hf_prm",
+    reference="one unpadded forward per step, the step tag located independently (Math-Shepherd's convention)",
+    tolerance="abs 1e-5",
+)
 def test_step_tag_matches_per_step_reference(causal):
     folder, model, tok = causal
     prm = HFPRM(model=folder, convention="step_tag", device="cpu", batch_size=2)
@@ -94,6 +99,11 @@ def test_step_tag_matches_per_step_reference(causal):
     assert len(set(round(x, 6) for s in got for x in s)) > 1
 
 
+@pytest.mark.fidelity(
+    "hf_prm",
+    reference="RLHFlow's read-out: a chat-template forward per step, the logits at index −3",
+    tolerance="abs 1e-5",
+)
 def test_chat_matches_rlhflow_index_minus_3(causal):
     folder, model, tok = causal
     prm = HFPRM(model=folder, convention="chat", device="cpu", agg="mean")
@@ -115,6 +125,11 @@ def test_chat_matches_rlhflow_index_minus_3(causal):
     assert prm.aggregate(got[1]) == pytest.approx(sum(got[1]) / 3)
 
 
+@pytest.mark.fidelity(
+    "hf_prm",
+    reference="the model card's <extra_0> form: one forward, the softmax at the separators",
+    tolerance="abs 1e-5",
+)
 def test_token_classification_matches_reference(tmp_path):
     folder, model, tok = build(tmp_path / "tc", "token")
     prm = HFPRM(model=folder, convention="token_classification", device="cpu", batch_size=3, agg="product")
@@ -132,6 +147,11 @@ def test_token_classification_matches_reference(tmp_path):
         assert scores == pytest.approx(torch.softmax(logits[mask], -1)[:, 1].tolist(), abs=1e-5)
 
 
+@pytest.mark.fidelity(
+    "hf_orm",
+    reference="one unpadded chat-template forward per solution, the sequence-classification logit",
+    tolerance="abs 1e-5",
+)
 def test_orm_matches_reference(tmp_path):
     folder, model, tok = build(tmp_path / "orm", "seq")
     orm = HFORM(model=folder, device="cpu", batch_size=2)

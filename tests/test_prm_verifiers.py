@@ -28,6 +28,7 @@ def _ids_by_hand(problem, steps, extra):
     return ids + _world.tokens(extra)
 
 
+@pytest.mark.fidelity("genrm", reference="the softmax of the Yes logit written out with math.exp", tolerance="rel 1e-4")
 @pytest.mark.parametrize("normalize", ["vocab", "yes_no"])
 def test_genrm_direct_score_is_the_softmax_of_yes(normalize):
     torch.manual_seed(0)
@@ -70,6 +71,9 @@ def test_genrm_cot_averages_yes_over_the_sampled_rationales():
     assert 0 < score[0] < 1
 
 
+@pytest.mark.fidelity(
+    "vstar", reference="the DPO objective term by term with math.log and math.exp", tolerance="rel 1e-6"
+)
 def test_dpo_loss_matches_the_objective_written_out():
     pw, rw, pl, rl = [-3.0, -10.0, -1.5], [-4.0, -9.0, -2.5], [-7.0, -8.0, -1.0], [-5.0, -8.5, -3.0]
     beta = 0.1
@@ -80,6 +84,9 @@ def test_dpo_loss_matches_the_objective_written_out():
     assert float(got) == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.fidelity(
+    "vstar", reference="β·(log π − log π_ref) summed token by token with math.exp", tolerance="rel 1e-3, abs 1e-3"
+)
 def test_vstar_reward_is_beta_times_the_log_ratio_of_the_two_models():
     torch.manual_seed(2)
     m = VSTaR(beta=0.5, **SMALL)
@@ -101,6 +108,7 @@ def test_vstar_reward_is_beta_times_the_log_ratio_of_the_two_models():
     assert lik == pytest.approx(logp(m._nets["verifier"]), rel=1e-4)
 
 
+@pytest.mark.fidelity("mcts_labels", reference="a brute-force first-error scan", tolerance="exact")
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13])
 def test_binary_search_finds_the_brute_force_first_error(n):
     for err in range(1, n + 1):  # the prefix of m steps has MC 0 iff it contains step err

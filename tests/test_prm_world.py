@@ -13,6 +13,12 @@ from harness.methods.prm import _world
 from harness.methods.prm.pav import PAV, pav_steps
 
 
+@pytest.mark.fidelity(
+    "math_shepherd",
+    "pav",
+    reference="a stub completer of known success rate 1/4; hard, soft and Best-of-K labels worked by hand",
+    tolerance="exact; rel 1e-6",
+)
 def test_mc_values_hard_and_soft_with_a_stub_completer():
     prob = mathworld.problem(3)
     policy = mathworld.Policy()
@@ -44,6 +50,9 @@ def test_mc_values_of_the_real_policy_are_bounded_and_final_is_exact():
     assert len(q) == len(steps) + 1 and all(0 <= v <= 1 for v in q)
 
 
+@pytest.mark.fidelity(
+    "pav", reference="the effective reward Q^π(k) + α·(Q^μ(k) − Q^μ(k−1)) worked by hand", tolerance="rel 1e-6"
+)
 def test_pav_effective_reward():
     assert pav_steps([0.5, 0.6, 0.2], [0.7, 0.9, 0.4], 2.0) == pytest.approx([0.6 + 2 * 0.2, 0.2 + 2 * (-0.5)])
 
@@ -66,6 +75,7 @@ def _pqm_by_formula(q, labels, zeta):
     return sum(terms) / len(terms)
 
 
+@pytest.mark.fidelity("pqm", reference="the paper's comparative loss term by term with math.exp", tolerance="rel 1e-6")
 @pytest.mark.parametrize("labels", [[1, 1, 0, 0], [1, 0, 1, 1], [0, 0], [1, 1, 1]])
 def test_pqm_loss_matches_formula(labels):
     q = [0.3, -1.2, 2.0, 0.7][: len(labels)]
@@ -92,6 +102,9 @@ def _official_ranking_loss(rewards, labels, has_neg, zeta):
     return loss
 
 
+@pytest.mark.fidelity(
+    "pqm", reference="WindyLee0822/Process_Q_Model ranking_loss transcribed line by line", tolerance="rel 1e-9"
+)
 @pytest.mark.parametrize("labels", [[1, 1, 0, 0], [1, 0, 1, 1], [0, 0], [1, 1, 1], [0, 1, 1, 0]])
 def test_pqm_official_variant_matches_the_released_ranking_loss(labels):
     q = torch.tensor([0.3, -1.2, 2.0, 0.7][: len(labels)], dtype=torch.float64)

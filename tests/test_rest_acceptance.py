@@ -10,6 +10,7 @@ from harness.methods.spec._tree import Tree
 from harness.methods.spec.rest import REST, nucleus, sample_and_match
 
 
+@pytest.mark.fidelity("rest", reference="transformers TopPLogitsWarper", tolerance="float64 assert_close defaults")
 @pytest.mark.parametrize("top_p", [0.3, 0.8, 0.95])
 def test_nucleus_equals_transformers_top_p(top_p):
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
@@ -28,6 +29,11 @@ def _first_token_law(tree: Tree, p: torch.Tensor, top_p: float, draws: int = 800
 P_ROOT = torch.tensor([0.5, 0.3, 0.15, 0.05])
 
 
+@pytest.mark.fidelity(
+    "rest",
+    reference="the output law worked out from REST's released sample-and-match verification (one chain)",
+    tolerance="abs 0.02 (8000 draws)",
+)
 def test_released_rule_on_a_chain_gives_the_draft_a_second_chance():
     """One draft token x = 0 after the root: the released code accepts it when the root's draw
     equals it (pn(x)), and after a rejection draws the next token afresh from pn, which can be x
@@ -43,6 +49,11 @@ def test_released_rule_on_a_chain_gives_the_draft_a_second_chance():
     assert got[0] > P_ROOT[0] + 0.2  # not the target's distribution
 
 
+@pytest.mark.fidelity(
+    "rest",
+    reference="the output law worked out from REST's released sample-and-match verification (two candidates)",
+    tolerance="abs 0.02 (8000 draws)",
+)
 def test_released_rule_draws_once_per_candidate():
     """Two single-token candidates a = 0, b = 1: each draws its own token; a wins when its draw
     matches, else b when its own draw matches, else a fresh draw."""

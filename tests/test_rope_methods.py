@@ -32,6 +32,9 @@ def np_inv_freq(base, dim):
     return 1.0 / base ** (np.arange(0, dim, 2) / dim)
 
 
+@pytest.mark.fidelity(
+    "pi", reference="transformers ROPE_INIT_FUNCTIONS['linear']", tolerance="float32 assert_close defaults"
+)
 @pytest.mark.parametrize("factor", [1.0, 2.0, 4.0, 16.0])
 def test_pi_equals_transformers_linear(factor):
     ref, att = ROPE_INIT_FUNCTIONS["linear"](hf_config({"rope_type": "linear", "factor": factor}), None)
@@ -41,6 +44,7 @@ def test_pi_equals_transformers_linear(factor):
     np.testing.assert_allclose(inv.numpy(), np_inv_freq(10000.0, 64) / factor, rtol=1e-6)
 
 
+@pytest.mark.fidelity("ntk", reference="the NTK-aware base·α^(d/(d−2)) (bloc97) in numpy", tolerance="rel 1e-5")
 @pytest.mark.parametrize("alpha", [2.0, 8.0])
 def test_ntk_matches_formula(alpha):
     inv, scale = NTK().freq_fn(SHAPE, alpha)(10)
@@ -51,6 +55,9 @@ def test_ntk_matches_formula(alpha):
     assert inv[-1].item() == pytest.approx(np_inv_freq(10000.0, 64)[-1] / alpha, rel=1e-4)  # lowest ~ /alpha
 
 
+@pytest.mark.fidelity(
+    "dynamic_ntk", reference="transformers ROPE_INIT_FUNCTIONS['dynamic']", tolerance="float32 assert_close defaults"
+)
 @pytest.mark.parametrize("factor,seq_len", [(2.0, 100), (2.0, 512), (2.0, 1500), (4.0, 3000)])
 def test_dynamic_ntk_equals_transformers_dynamic(factor, seq_len):
     ref, _ = ROPE_INIT_FUNCTIONS["dynamic"](
@@ -62,6 +69,9 @@ def test_dynamic_ntk_equals_transformers_dynamic(factor, seq_len):
         np.testing.assert_allclose(inv.numpy(), np_inv_freq(10000.0, 64), rtol=1e-6)
 
 
+@pytest.mark.fidelity(
+    "yarn", reference="transformers ROPE_INIT_FUNCTIONS['yarn']", tolerance="float32 assert_close defaults"
+)
 @pytest.mark.parametrize("factor", [2.0, 4.0, 8.0, 32.0])
 def test_yarn_equals_transformers_yarn(factor):
     cfg = hf_config({"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": 512})
@@ -72,6 +82,11 @@ def test_yarn_equals_transformers_yarn(factor):
     assert scale == pytest.approx(0.1 * math.log(factor) + 1)
 
 
+@pytest.mark.fidelity(
+    "yarn",
+    reference="numpy re-derivation of jquesnelle/yarn's find_correction_range and linear ramp",
+    tolerance="rel 1e-5",
+)
 def test_yarn_matches_official_formula_independently():
     """numpy re-derivation of jquesnelle/yarn's find_correction_range + linear ramp mask."""
     s, L, b, d = 8.0, 512, 10000.0, 64
@@ -99,6 +114,13 @@ def test_factor_is_derived_from_task_length(tiny_lm):
     assert s == 1.0
 
 
+@pytest.mark.fidelity(
+    "pi",
+    "yarn",
+    "dynamic_ntk",
+    reference="a transformers model with that rope_type and the same weights (logits)",
+    tolerance="rel 1e-4, abs 1e-4",
+)
 @pytest.mark.parametrize(
     "method,rope",
     [
@@ -133,6 +155,9 @@ def test_rope_shape_reads_config(tiny_lm):
     assert shape == RopeShape(10000.0, 16, 128)
 
 
+@pytest.mark.fidelity(
+    "llama3", reference="transformers ROPE_INIT_FUNCTIONS['llama3']", tolerance="float32 assert_close defaults"
+)
 @pytest.mark.parametrize("factor,original", [(8.0, 8192), (4.0, 512), (2.0, 2048)])
 def test_llama3_equals_transformers_llama3(factor, original):
     from harness.methods.rope.llama3 import Llama3

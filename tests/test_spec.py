@@ -10,6 +10,11 @@ from harness.methods.spec.autoregressive import Autoregressive
 from harness.methods.spec.sps import SpS
 
 
+@pytest.mark.fidelity(
+    "sps",
+    reference="the target distribution p (Leviathan et al., Theorem 1) and the acceptance rate 1 − TV(p, q), Monte Carlo",
+    tolerance="4σ (40k draws)",
+)
 def test_acceptance_rule_preserves_the_target_distribution():
     """One draft token over a 4-token vocabulary: the emitted first token must follow p exactly
     (Leviathan et al., Theorem 1). Monte Carlo with 40k draws, 4-sigma bounds."""
@@ -40,6 +45,12 @@ def test_greedy_verification_accepts_the_matching_prefix():
     assert (out, k) == ([1, 2, 3, 4], 3)  # all accepted: the bonus token
 
 
+@pytest.mark.fidelity(
+    "sps",
+    "autoregressive",
+    reference="the target's own greedy decoding (LM.generate without a method)",
+    tolerance="exact tokens",
+)
 @pytest.mark.parametrize("gamma", [1, 3, 5])
 def test_sps_greedy_equals_target_greedy(tiny_lm, tiny_model_with, gamma):
     draft = tiny_model_with(seed=7)  # a different random model as the draft

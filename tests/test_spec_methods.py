@@ -56,6 +56,9 @@ def methods(tiny_lm, tiny_model_with, tmp_path_factory):
 NAMES = ["sps", "specinfer", "rest", "hf_assisted", "eagle", "eagle2", "distillspec"]
 
 
+@pytest.mark.fidelity(
+    *NAMES, reference="the target's own greedy decoding (LM.generate without a method)", tolerance="exact tokens"
+)
 @pytest.mark.parametrize("name", NAMES + ["rest_official"])
 def test_greedy_output_equals_the_targets_greedy_output(tiny_lm, methods, name):
     prompts = [tiny_lm.encode(TEXT), tiny_lm.encode(" Hina tulskited.")]
@@ -77,6 +80,11 @@ def _histogram_test(tiny_lm, method, seeds=60, temperature=0.1):
         return task._distribution_test(ctx, [("p", tiny_lm.encode(TEXT))], temperature)
 
 
+@pytest.mark.fidelity(
+    *NAMES,
+    reference="the target's exact next-token distribution (histograms of sampled tokens; a broken rule is the control)",
+    tolerance="G-test p > 0.001",
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_sampled_tokens_follow_the_targets_distribution(tiny_lm, methods, name):
     result = _histogram_test(tiny_lm, methods[name])

@@ -69,6 +69,11 @@ def _assert_matches(freq, p, n=8000):
     assert torch.all((freq - p).abs() < 4.5 * sigma), (freq, p)
 
 
+@pytest.mark.fidelity(
+    "specinfer",
+    reference="the target distribution p under multi-step speculative sampling, Monte Carlo",
+    tolerance="4.5σ (8000 draws)",
+)
 def test_multi_step_speculative_sampling_keeps_the_target_distribution():
     """SpecInfer: three children sampled from q (duplicates merged, each tried once per draw)."""
     p = torch.tensor([0.45, 0.25, 0.15, 0.1, 0.05])
@@ -83,6 +88,13 @@ def test_multi_step_speculative_sampling_keeps_the_target_distribution():
     _assert_matches(_first_token_histogram(p, tree_of), p)
 
 
+@pytest.mark.fidelity(
+    "eagle",
+    "eagle2",
+    "rest",
+    reference="the target distribution p for fixed top-k children verified with q = 1, Monte Carlo",
+    tolerance="4.5σ (8000 draws)",
+)
 def test_deterministic_children_with_q_as_one_keep_the_target_distribution():
     """EAGLE / REST: fixed top-k children, accepted with p(x), else p(x) <- 0 and renormalise."""
     p = torch.tensor([0.45, 0.25, 0.15, 0.1, 0.05])
@@ -109,6 +121,7 @@ def test_greedy_tree_verification_takes_the_longest_matching_path():
     assert path == [b, c] and new == [1, 2, 5]
 
 
+@pytest.mark.fidelity("rest", reference="brute-force suffix search over the datastore", tolerance="exact")
 def test_suffix_array_and_lookup_equal_brute_force():
     rng = random.Random(1)
     tokens = [rng.randrange(4) for _ in range(400)]
@@ -133,6 +146,9 @@ def test_rest_trie_keeps_most_frequent_nodes_with_their_parents():
     assert paths == {(1,), (1, 2), (1, 2, 3), (1, 2, 4)}  # counts 9, 8, 5, 3 beat (5,):2
 
 
+@pytest.mark.fidelity(
+    "distillspec", reference="FKL, RKL, JSD(β) and TVD written out with math.log", tolerance="abs 1e-9"
+)
 def test_divergences_equal_their_formulas():
     rng = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 7, generator=rng, dtype=torch.float64), torch.randn(3, 7, generator=rng, dtype=torch.float64)
@@ -155,6 +171,9 @@ def test_divergences_equal_their_formulas():
         assert abs(expect["tvd"] - (1 - sum(min(pi, qi) for pi, qi in zip(p, q)))) < 1e-12  # α = 1 − TV
 
 
+@pytest.mark.fidelity(
+    "sps", reference="the analytic τ = (1 − α^(γ+1)) / (1 − α) (Leviathan et al.)", tolerance="rel 3 %; α̂ abs 0.015"
+)
 def test_sps_tau_follows_the_analytic_formula():
     """Context-free p and q make acceptance i.i.d. with α = Σ min(p, q): tokens per verification
     step average (1 − α^(γ+1)) / (1 − α), and the α̂ the task derives from count_step telemetry
