@@ -18,6 +18,7 @@ import argparse
 import json
 import re
 import sys
+from importlib.metadata import entry_points
 from collections import Counter
 from pathlib import Path
 
@@ -254,6 +255,8 @@ def render(results: Path) -> dict[str, str]:
         "reference/coverage.md": coverage_page(results),
     }
     pages.update(results_pages(results))
+    for ep in entry_points(group="harness.docs"):  # pages generated outside the core (tasks' own tables)
+        pages.update(ep.load()())
     prefill = prefill_page(Path(results).resolve().parent / "benchmarks" / "results")
     if prefill:
         pages["reference/prefill.md"] = prefill
