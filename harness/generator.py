@@ -430,9 +430,12 @@ def latent_shape(settings: dict) -> tuple[int, int, int, int]:
 
 def _load(cls, path: Path, dtype, device: str, spec: str):
     try:
+        import transformers
+
         diffusers = require_diffusers()
-        diffusers.utils.logging.set_verbosity_error()  # deprecation notes and per-component progress bars
-        diffusers.utils.logging.disable_progress_bar()
+        for lib in (diffusers, transformers):  # deprecation notes, per-component and per-weight progress bars
+            lib.utils.logging.set_verbosity_error()
+            lib.utils.logging.disable_progress_bar()
         pipe = cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -91,6 +91,61 @@ def tiny_pipeline(tmp_path_factory):
     return root / "t2v"
 
 
+@pytest.fixture(scope="module")
+def tiny_animatediff(tmp_path_factory):
+    """The same tiny scale for AnimateDiff: a UNet2DConditionModel plus a MotionAdapter."""
+    from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = tmp_path_factory.mktemp("animatediff")
+    tok, n_vocab = _tokenizer(root / "tok")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        sample_size=SIZE,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=4,
+        norm_num_groups=2,
+    )
+    adapter = MotionAdapter(
+        block_out_channels=(8, 8), motion_layers_per_block=1, motion_norm_num_groups=2, motion_num_attention_heads=2
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        sample_size=SIZE,
+        norm_num_groups=2,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=n_vocab,
+            hidden_size=8,
+            intermediate_size=16,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    sched = DDIMScheduler(beta_schedule="linear", clip_sample=False)
+    pipe = AnimateDiffPipeline(
+        vae=vae, text_encoder=text, tokenizer=tok, unet=unet, motion_adapter=adapter, scheduler=sched
+    )
+    pipe.save_pretrained(root / "animatediff", safe_serialization=True)
+    return root / "animatediff"
+
+
 def _eval(pipe_dir, tmp_path, method="pyoco_mixed", task="vbench_temporal_flickering", method_args=None, **kw):
     cells = runner.resolve(
         [task], [method], f"diffusers:{pipe_dir}", dict(FAST), dict(method_args or {}), seed=0, limit=3
@@ -170,6 +225,17 @@ def test_the_priors_noise_is_what_the_pipeline_starts_from(tiny_pipeline, tmp_pa
     same, other = np.abs(luma(video) - luma(run(fixed))).mean(), np.abs(luma(video) - luma(run(indep))).mean()
     assert same < 2.0, same
     assert other > 4 * max(same, 0.5), (same, other)
+
+
+def test_animatediff_pipelines_generate_too(tiny_animatediff, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "artifacts"))
+    out = _eval(tiny_animatediff, tmp_path, method="pyoco_progressive")
+    rec = records.read(out.path)
+    gen = rec["provenance"]["generator"]
+    assert gen["pipeline"] == "AnimateDiffPipeline" and gen["videos"] == 3 and gen["generated_now"] == 3
+    assert gen["noise_prior"]["name"] == "pyoco_progressive" and rec["metrics"]["temporal_flickering"]["n"] == 3
+    frames = read_video(f"{gen['cache_folder']}/{records.read_samples(out.path)[0]['id']}.mp4")
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3)
 
 
 def _fake_pipeline(tmp_path, cls_name):
