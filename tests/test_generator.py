@@ -42,26 +42,11 @@ def _tokenizer(folder):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16), len(vocab)
 
 
-@pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+def _vae_and_text(n_vocab):
+    """A one-block VAE (scale factor 1) and a 2-layer CLIP text encoder, both random-init."""
+    from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    root = tmp_path_factory.mktemp("pipe")
-    tok, n_vocab = _tokenizer(root / "tok")
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        sample_size=SIZE,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=8,
-        attention_head_dim=4,
-        norm_num_groups=2,
-    )
     vae = AutoencoderKL(
         block_out_channels=(8,),
         in_channels=3,
@@ -85,65 +70,54 @@ def tiny_pipeline(tmp_path_factory):
             pad_token_id=1,
         )
     )
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
-    pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched)
-    pipe.save_pretrained(root / "t2v", safe_serialization=True)
-    return root / "t2v"
+    return vae, text
+
+
+def _unet_args(dims: str) -> dict:
+    """Two tiny blocks (one with cross-attention) for UNet3DConditionModel ("3D") or UNet2DConditionModel ("2D")."""
+    return dict(
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        sample_size=SIZE,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=(f"CrossAttnDownBlock{dims}", f"DownBlock{dims}"),
+        up_block_types=(f"UpBlock{dims}", f"CrossAttnUpBlock{dims}"),
+        cross_attention_dim=8,
+        attention_head_dim=4,
+        norm_num_groups=2,
+    )
+
+
+def _save_pipeline(root, kind: str):
+    """A tiny random-init pipeline saved with save_pretrained: "t2v" (TextToVideoSDPipeline,
+    UNet3DConditionModel) or "animatediff" (AnimateDiffPipeline, UNet2DConditionModel + MotionAdapter)."""
+    import diffusers
+
+    tok, n_vocab = _tokenizer(root / "tok")
+    torch.manual_seed(0)
+    vae, text = _vae_and_text(n_vocab)
+    parts = dict(vae=vae, text_encoder=text, tokenizer=tok, scheduler=diffusers.DDIMScheduler(clip_sample=False))
+    if kind == "t2v":
+        pipe = diffusers.TextToVideoSDPipeline(unet=diffusers.UNet3DConditionModel(**_unet_args("3D")), **parts)
+    else:
+        adapter = diffusers.MotionAdapter(
+            block_out_channels=(8, 8), motion_layers_per_block=1, motion_norm_num_groups=2, motion_num_attention_heads=2
+        )
+        unet = diffusers.UNet2DConditionModel(**_unet_args("2D"))
+        pipe = diffusers.AnimateDiffPipeline(unet=unet, motion_adapter=adapter, **parts)
+    pipe.save_pretrained(root / kind, safe_serialization=True)
+    return root / kind
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    return _save_pipeline(tmp_path_factory.mktemp("pipe"), "t2v")
 
 
 @pytest.fixture(scope="module")
 def tiny_animatediff(tmp_path_factory):
-    """The same tiny scale for AnimateDiff: a UNet2DConditionModel plus a MotionAdapter."""
-    from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    root = tmp_path_factory.mktemp("animatediff")
-    tok, n_vocab = _tokenizer(root / "tok")
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        sample_size=SIZE,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8,
-        attention_head_dim=4,
-        norm_num_groups=2,
-    )
-    adapter = MotionAdapter(
-        block_out_channels=(8, 8), motion_layers_per_block=1, motion_norm_num_groups=2, motion_num_attention_heads=2
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8,),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        latent_channels=4,
-        sample_size=SIZE,
-        norm_num_groups=2,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=n_vocab,
-            hidden_size=8,
-            intermediate_size=16,
-            num_attention_heads=2,
-            num_hidden_layers=2,
-            max_position_embeddings=16,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    sched = DDIMScheduler(beta_schedule="linear", clip_sample=False)
-    pipe = AnimateDiffPipeline(
-        vae=vae, text_encoder=text, tokenizer=tok, unet=unet, motion_adapter=adapter, scheduler=sched
-    )
-    pipe.save_pretrained(root / "animatediff", safe_serialization=True)
-    return root / "animatediff"
+    return _save_pipeline(tmp_path_factory.mktemp("animatediff"), "animatediff")
 
 
 def _eval(pipe_dir, tmp_path, method="pyoco_mixed", task="vbench_temporal_flickering", method_args=None, **kw):
