@@ -51,6 +51,8 @@ class VideoTask(Generated, Task):
                 "frames": int(frames.shape[0]),
                 "input_hash": hashlib.sha256(frames.tobytes()).hexdigest()[:16],
             }
+            if "prompt_id" in ref.meta:  # a generated video: the seed it was sampled with (VBench asks to record it)
+                row.update(prompt_id=ref.meta["prompt_id"], seed=ref.meta["seed"], sample_index=ref.meta["index"])
             row.update(self.score(ref, frames))
             rows.append(row)
         kept = [r for r in rows if r.get("value") is not None]

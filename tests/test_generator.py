@@ -144,6 +144,7 @@ def test_generates_the_benchmarks_prompts_scores_and_caches(tiny_pipeline, tmp_p
     first = vbench_prompts("temporal_flickering")[0].text
     assert [s["prompt"] for s in samples] == [first, first, vbench_prompts("temporal_flickering")[1].text]
     assert [s["id"] for s in samples][:2] == [f"{first}-0", f"{first}-1"]  # VBench's `<prompt>-<index>` naming
+    assert [s["sample_index"] for s in samples] == [0, 1, 0] and len({s["seed"] for s in samples}) == 3
     value = rec["metrics"]["temporal_flickering"]["value"]
     assert 0 <= value <= 1 and rec["metrics"]["temporal_flickering"]["n"] == 3
 
