@@ -19,6 +19,7 @@ import argparse
 import json
 import re
 import sys
+from importlib.metadata import entry_points
 from collections import Counter
 from pathlib import Path
 
@@ -258,6 +259,8 @@ def render(results: Path) -> dict[str, str]:
     root = Path(results).resolve().parent
     if (root / "tests").is_dir():  # an installed copy without the tests has no fidelity page to write
         pages["reference/fidelity.md"] = fidelity_page(root / "tests")
+    for ep in entry_points(group="harness.docs"):  # pages generated outside the core (tasks' own tables)
+        pages.update(ep.load()())
     prefill = prefill_page(root / "benchmarks" / "results")
     if prefill:
         pages["reference/prefill.md"] = prefill

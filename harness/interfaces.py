@@ -7,7 +7,10 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+
+if TYPE_CHECKING:
+    from harness.generator import GenerationRequest
 
 METHOD_KINDS = ("lm", "step_scorer", "video_source", "noise_prior")
 
@@ -129,6 +132,22 @@ class VideoSource(Method):
         """Called by the task after loading: `readable` videos decoded, `errors` for the others."""
 
 
+class NoiseSampler(Method):
+    """Samples the initial noise of a video diffusion model (kind noise_prior): `draw(shape,
+    generator, flows)` returns a float tensor of `shape` = [frames, channels, height, width] with
+    per-pixel N(0, 1) marginals. The noise_prior task scores the noise itself; a video task run
+    with a generator (`--model diffusers:PATH`, harness.generator) starts every video from it.
+    `generator_refusal` says why the prior cannot drive a plain generator (None: it can)."""
+
+    kind = "noise_prior"
+
+    def draw(self, shape, generator, flows=None):
+        raise TypeError(f"method {self.name} does not define draw()")
+
+    def generator_refusal(self) -> str | None:
+        return None
+
+
 @dataclass
 class MethodContext:
     """What a method may know about the run: the longest context the task will use, the seed."""
@@ -218,6 +237,12 @@ class Task:
     def run(self, ctx: "TaskContext") -> TaskResult:
         raise TypeError(f"task {self.name} does not define run()")
 
+    def generation_request(self) -> "GenerationRequest | None":
+        """What a video generator (`--model diffusers:PATH`) renders for this configuration: the
+        benchmark's own prompts and sampling rule (harness.generator.GenerationRequest); None (the
+        default): the task only scores videos it is given."""
+        return None
+
     @classmethod
     def report(cls, recs: list[dict]) -> str | None:
         """Markdown tables of this task's records for `harness report` and the docs site; None
@@ -233,6 +258,9 @@ class TaskContext:
     progress: Any = None  # callable(iterable, total=, desc=) -> iterable
     methods: list = field(default_factory=list)  # the cell's methods (tasks of non-lm kinds call them)
     model: str | None = None  # the --model the user gave (tasks that load their own models)
+    device: str = "auto"  # the --device the user gave (a generator model runs there)
+    loading: Any = None  # the cell's harness.loading.LoadOptions (a generator model's dtype)
+    notes: dict = field(default_factory=dict)  # what the core did for the task (the generator), for the record
 
     def iterate(self, items, total: int | None = None, desc: str = "") -> Iterator:
         if self.progress is None:

@@ -233,6 +233,10 @@ def identity(spec: str, options: LoadOptions | None = None) -> tuple[str, str | 
         return spec, None
     if spec.startswith("zoo:"):
         return spec, zoo.card(spec[4:]).get("sha256")
+    if spec.startswith("diffusers:"):  # a video generator (harness.generator): every component's weights
+        from harness import generator
+
+        return generator.identity(spec)
     ref = spec[3:] if spec.startswith("hf:") else spec
     path = Path(ref).expanduser()
     if path.exists():

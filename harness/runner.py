@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import compat, fitting, models, params, provenance, records, registry
+from harness import compat, fitting, generator, models, params, provenance, records, registry
 from harness import budget as budget_plan
 from harness.budget import duration
 from harness.errors import NoEffect, UserError, nearest
@@ -120,9 +120,15 @@ def resolve(
         scoped = {**t_scoped.get(tcls.name, {}), **t_scoped.get(tname, {})}
         task = _build(tcls, scoped, t_plain, f"task {tname}", alias)
         task.check_model(model, loading or LoadOptions())
+        if generator.is_spec(model):  # diffusers installed, a video pipeline, a prompt suite: before any weights
+            request = task.generation_request()
+            generator.check(model, request, tname, _generating_tasks() if request is None else ())
         for combo in combos:
-            check_combination(task, combo)
+            check_combination(task, combo, model)
             methods = [_build(c, m_scoped.get(c.name, {}), m_plain, f"method {c.name}") for c in combo]
+            for m in methods if generator.is_spec(model) else ():
+                if reason := m.generator_refusal():
+                    raise UserError(f"method {m.name} cannot drive --model {model}: {reason}")
             cell_model = model or (models.DEFAULT_MODEL if task.uses_lm() else "none")
             cell_loading = LoadOptions() if cell_model == "none" else loading or LoadOptions()
             if cell_model.startswith("zoo:"):  # the zoo has no remote code: the flag changes nothing
@@ -134,6 +140,20 @@ def resolve(
                 )
             cells.append(Cell(task, tname, methods, cell_model, seed, limit, cell_loading))
     return cells
+
+
+def _generating_tasks() -> list[str]:
+    """The registered tasks whose default configuration has a prompt suite a generator can render."""
+    registry.load()
+    out = []
+    for name, cls in sorted(registry.TASKS.items()):
+        if cls.generation_request is not Task.generation_request:
+            try:
+                if cls().generation_request() is not None:
+                    out.append(name)
+            except Exception:  # a task that cannot be built with its defaults has nothing to offer here
+                pass
+    return out
 
 
 def compose(spec: str) -> list[type[Method]]:
@@ -162,17 +182,31 @@ def build_methods(spec: str, args: dict[str, str], task: Task | None = None, hin
     return [_build(c, scoped.get(c.name, {}), plain, f"method {c.name}") for c in combo]
 
 
-def check_combination(task: Task | None, combo: list[type[Method]]) -> None:
+def accepted_kinds(task, model: str | None = None) -> tuple[str, ...]:
+    """The method kinds a task takes with this --model: with a video generator (`diffusers:`), a
+    task scoring video sources takes noise priors instead, which start the generator's videos."""
+    if generator.is_spec(model) and "video_source" in task.accepts:
+        return ("noise_prior",)
+    return tuple(task.accepts)
+
+
+def check_combination(task: Task | None, combo: list[type[Method]], model: str | None = None) -> None:
     """Refuse methods the task cannot use (wrong kind, decoding methods on a task that never
     generates) and compositions whose methods patch the same thing. None: a generating LM task."""
     if task is None:
         task = _LM_TASK
+    kinds = accepted_kinds(task, model)
     for c in combo:
-        if c.kind not in task.accepts:
-            ok = sorted(e["name"] for e in registry.entries("methods") if e["kind"] in task.accepts)
+        if c.kind not in kinds:
+            ok = sorted(e["name"] for e in registry.entries("methods") if e["kind"] in kinds)
+            hint = ""
+            if c.kind == "noise_prior" and "video_source" in kinds:
+                hint = f" (a noise prior starts a generator's videos: add --model {generator.PREFIX}PATH)"
+            elif generator.is_spec(model) and "noise_prior" in kinds:
+                hint = f" (with --model {model} the generator makes the videos; a noise prior starts them)"
             raise UserError(
                 f"method {c.name} is of kind {c.kind!r}, but task {task.name} accepts "
-                f"{' or '.join(task.accepts)} methods: {', '.join(ok)}"
+                f"{' or '.join(kinds)} methods: {', '.join(ok)}{hint}"
             )
         if "decoding" in getattr(c, "patches", ()) and not task.generates:
             raise UserError(
@@ -246,7 +280,7 @@ def evaluate(
         cell_progress = _named(progress, name) if progress is not None else None
         t0 = time.perf_counter()
         if not cell.task.uses_lm():
-            outcomes.append(_run_cell(cell, config, rid, path, None, None, cell_progress))
+            outcomes.append(_run_cell(cell, config, rid, path, None, None, cell_progress, device=device))
         else:
             if loaded is None:
                 loaded = models.load(cell.model, device, allow_pickle=allow_pickle, options=cell.loading)
@@ -287,6 +321,12 @@ def _with_rate(bar, lm):
         bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
 
 
+def _model_label(model: str) -> str:
+    if generator.is_spec(model):
+        return "diffusers video pipeline: the cell generated the videos it scored (provenance.generator)"
+    return "no model"
+
+
 def _method_lm(method: Method, lm, loaded) -> tuple:
     """(the LM, its weights sha256) a method acts on: methods of kind lm act on the cell's LM; the
     others never do, even when the task runs one (math_prm_bon samples its pools with it), so a
@@ -296,11 +336,13 @@ def _method_lm(method: Method, lm, loaded) -> tuple:
     return lm, loaded.sha256
 
 
-def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress, budget=None) -> Outcome:
+def _run_cell(
+    cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progress, budget=None, device: str = "auto"
+) -> Outcome:
     import torch
 
     started = datetime.now(timezone.utc)
-    device = loaded.device if loaded else "cpu"
+    requested, device = device, loaded.device if loaded else "cpu"
     provenance.reset_peak_memory(device)
     t0 = time.perf_counter()
     torch.manual_seed(cell.seed)
@@ -325,11 +367,17 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
                 if own is not None:
                     stack.enter_context(m.apply(own, mctx))
             planned = budget_plan.plan_cell(cell, lm, budget) if lm is not None and budget else {}
-            result = cell.task.run(
-                TaskContext(
-                    lm=lm, seed=cell.seed, limit=cell.limit, progress=progress, methods=cell.methods, model=cell.model
-                )
+            tctx = TaskContext(
+                lm=lm,
+                seed=cell.seed,
+                limit=cell.limit,
+                progress=progress,
+                methods=cell.methods,
+                model=cell.model,
+                device=requested,
+                loading=cell.loading,
             )
+            result = cell.task.run(tctx)
             for m in cell.methods:  # inside the methods' contexts: their state is still there
                 reason = m.check_effect(_method_lm(m, lm, loaded)[0], mctx, result)
                 if reason:
@@ -342,7 +390,7 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
         dict(config["model"], zoo=loaded.zoo, label=models.label(loaded), config=models.facts(loaded))
         | ({"prompt": lm.prompt_format()} if lm is not None else {})
         if loaded
-        else dict(config["model"], zoo=False, label="no model")
+        else dict(config["model"], zoo=False, label=_model_label(cell.model))
     )
     record = {
         "schema_version": records.SCHEMA_VERSION,
@@ -372,6 +420,7 @@ def _run_cell(cell: Cell, config: dict, rid: str, path: Path, loaded, lm, progre
             wall_time_s=round(wall, 3),
             **provenance.peak_memory(device),
             **planned.get("provenance", {}),
+            **tctx.notes,
             **result.provenance,
         ),
     }

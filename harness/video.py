@@ -137,8 +137,16 @@ class VideoRef:
         return self.loader(num_frames)
 
 
-def collect(ctx, limit: int | None = None) -> list[VideoRef]:
-    """The videos of the cell's video_source methods (a task accepts one source per cell)."""
+def collect(ctx, limit: int | None = None, request=None) -> list[VideoRef]:
+    """The videos of the cell's video_source methods (a task accepts one source per cell), or, with
+    a generator model (`--model diffusers:PATH`), the videos it renders for the task's `request`
+    (harness.generator.GenerationRequest) from the cell's noise prior."""
+    from harness import generator
+
+    if generator.is_spec(getattr(ctx, "model", None)):
+        if request is None:
+            raise UserError(f"this task has no prompt suite to generate from with --model {ctx.model}")
+        return generator.videos(ctx, request, limit)
     refs = []
     for m in ctx.methods:
         refs += m.videos(ctx)

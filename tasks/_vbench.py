@@ -14,13 +14,16 @@ import re
 import numpy as np
 
 from harness.interfaces import Metric, Task, TaskResult
+from harness.tasks._generation import Generated
 from harness.video import collect, load_all, require
 
 
 # -- the per-video loop ------------------------------------------------------------------------
-class VideoTask(Task):
-    """A task scoring each video of the cell's video source; subclasses define `score(ref, frames)`
-    returning a dict with at least `value` (or None to exclude the video, with a `reason`)."""
+class VideoTask(Generated, Task):
+    """A task scoring each video of the cell's video source, or of a generator (`--model
+    diffusers:PATH`) that renders the benchmark's prompts for its dimension; subclasses define
+    `score(ref, frames)` returning a dict with at least `value` (or None to exclude the video, with
+    a `reason`)."""
 
     accepts = ("video_source",)
     needs_lm = False
@@ -38,7 +41,7 @@ class VideoTask(Task):
 
     def run(self, ctx) -> TaskResult:
         limits = [n for n in (ctx.limit, getattr(self, "max_videos", 0)) if n]
-        refs = collect(ctx, min(limits) if limits else None)
+        refs = collect(ctx, min(limits) if limits else None, self.generation_request())
         loaded, errors = load_all(refs, ctx, self.num_frames, desc=self.name)
         rows = []
         for ref, frames in loaded:
@@ -48,6 +51,8 @@ class VideoTask(Task):
                 "frames": int(frames.shape[0]),
                 "input_hash": hashlib.sha256(frames.tobytes()).hexdigest()[:16],
             }
+            if "prompt_id" in ref.meta:  # a generated video: the seed it was sampled with (VBench asks to record it)
+                row.update(prompt_id=ref.meta["prompt_id"], seed=ref.meta["seed"], sample_index=ref.meta["index"])
             row.update(self.score(ref, frames))
             rows.append(row)
         kept = [r for r in rows if r.get("value") is not None]

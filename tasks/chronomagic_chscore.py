@@ -65,6 +65,10 @@ class ChronoMagicCHScore(VideoTask):
     as visibility — a PROXY (calibrated: false), selected with tracker=auto or lk."""
 
     name = "chronomagic_chscore"
+    benchmark_dimension = "chronomagic:chscore"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    backend = "Lucas-Kanade tracks by default (proxy); CoTracker2 with tracker=cotracker when the cotracker package and cotracker2.pth are installed"
+    fidelity = "proxy"
+    per_prompt_rule = 3  # ChronoMagic-Bench README: open-source models sample 3 videos per prompt (folders 1, 2, 3)
     version = "1"
     main_metric = "chscore"
     summary = "ChronoMagic CHScore (CoTracker2 when installed, else Lucas-Kanade PROXY)"
@@ -74,6 +78,10 @@ class ChronoMagicCHScore(VideoTask):
     threshold: float = field(default=0.1, metadata={"help": "jump threshold on the missing fraction"})
     tracker: str = field(default="auto", metadata={"help": "auto, cotracker or lk"})
     weights_dir: str = field(default="", metadata={"help": "folder with cotracker2.pth"})
+    prompt_subset: str = field(
+        default="1649",
+        metadata={"omit_at_default": True, "help": "generator: ChronoMagic-Bench prompts, 1649 (all) or 150"},
+    )
 
     def __post_init__(self):
         if self.tracker not in ("auto", "cotracker", "lk"):

@@ -39,6 +39,9 @@ class ChronoMagicMTScore(Task):
     to name the cell; the source's videos are matched by id."""
 
     name = "chronomagic_mtscore"
+    benchmark_dimension = "chronomagic:mtscore"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    backend = "exact aggregation of your InternVideo2-1B features (features=FILE.npz)"
+    fidelity = "external"
     version = "1"
     accepts = ("video_source",)
     needs_lm = False

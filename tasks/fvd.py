@@ -62,6 +62,9 @@ class FVD(Task):
     default) before this step; here the clip goes to 224² directly."""
 
     name = "fvd"
+    benchmark_dimension = "fvd:fvd"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    backend = "I3D in plain PyTorch (i3d_pretrained_400.pt); features=videomae: cd-FVD on VideoMAE-v2 ViT-g"
+    fidelity = "faithful"
     version = "1"
     accepts = ("video_source",)
     needs_lm = False

@@ -43,6 +43,11 @@ class VBenchAestheticQuality(BackboneTask):
     first); --allow-uncalibrated runs a random-init tower and head."""
 
     name = "vbench_aesthetic_quality"
+    benchmark_dimension = (
+        "vbench:aesthetic_quality"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "CLIP ViT-L/14 + LAION linear head in plain PyTorch (ViT-L-14.pt, sa_0_4_vit_l_14_linear.pth)"
+    fidelity = "faithful"
     version = "1"
     main_metric = "aesthetic_quality"
     summary = "VBench aesthetic quality (CLIP ViT-L/14 + LAION linear head in plain PyTorch; local weights)"

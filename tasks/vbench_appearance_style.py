@@ -30,6 +30,11 @@ class VBenchAppearanceStyle(BackboneTask):
     one `style=` text for every video. Needs ViT-B-32.pt; --allow-uncalibrated runs a random-init CLIP."""
 
     name = "vbench_appearance_style"
+    benchmark_dimension = (
+        "vbench:appearance_style"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "CLIP ViT-B/32 in plain PyTorch (ViT-B-32.pt)"
+    fidelity = "faithful"
     version = "1"
     main_metric = "appearance_style"
     summary = "VBench appearance style (CLIP ViT-B/32 image and text towers in plain PyTorch; local weights)"

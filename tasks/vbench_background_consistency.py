@@ -20,6 +20,11 @@ class VBenchBackgroundConsistency(ConsistencyTask):
     normalisation); frame-weighted. Needs ViT-B-32.pt; --allow-uncalibrated runs a random-init tower."""
 
     name = "vbench_background_consistency"
+    benchmark_dimension = (
+        "vbench:background_consistency"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "CLIP ViT-B/32 visual tower in plain PyTorch (backbones/clip.py; ViT-B-32.pt)"
+    fidelity = "faithful"
     version = "1"
     main_metric = "background_consistency"
     summary = "VBench background consistency (CLIP ViT-B/32 visual tower in plain PyTorch; local weights)"

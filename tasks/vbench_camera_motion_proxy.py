@@ -22,6 +22,11 @@ class VBenchCameraMotionProxy(VideoTask):
     false)."""
 
     name = "vbench_camera_motion_proxy"
+    benchmark_dimension = (
+        "vbench-i2v:camera_motion"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "Lucas-Kanade grid tracks instead of CoTracker2, VBench's rules"
+    fidelity = "proxy"
     version = "1"
     main_metric = "camera_motion"
     summary = "VBench-I2V camera motion, PROXY (Lucas-Kanade tracks instead of CoTracker2)"

@@ -21,6 +21,9 @@ class VBenchColor(DetectionTask):
     videos with an HSV-threshold detector (a proxy: calibrated false)."""
 
     name = "vbench_color"
+    benchmark_dimension = "vbench:color"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    backend = "VBench's rule on your GRiT dense captions (backend=file)"
+    fidelity = "external"
     version = "1"
     main_metric = "color"
     dimension = "color"

@@ -18,6 +18,11 @@ class VBenchDynamicDegreeProxy(VideoTask):
     values are not comparable with the leaderboard (the record says calibrated: false)."""
 
     name = "vbench_dynamic_degree_proxy"
+    benchmark_dimension = (
+        "vbench:dynamic_degree"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "Farneback flow instead of RAFT, VBench's thresholds"
+    fidelity = "proxy"
     version = "1"
     main_metric = "dynamic_degree"
     summary = "VBench dynamic degree, PROXY (Farneback flow instead of RAFT)"

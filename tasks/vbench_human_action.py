@@ -85,6 +85,9 @@ class VBenchHumanAction(BackboneTask):
     `arch=tiny` is a 2-layer configuration for those plumbing runs."""
 
     name = "vbench_human_action"
+    benchmark_dimension = "vbench:human_action"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    backend = "UMT ViT-L/16 Kinetics-400 in plain PyTorch"
+    fidelity = "faithful"
     version = "1"
     main_metric = "human_action"
     unit = "accuracy"

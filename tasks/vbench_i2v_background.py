@@ -43,6 +43,11 @@ class VBenchI2VBackground(Task):
     statistics are exact; without the file the task refuses, saying what is missing."""
 
     name = "vbench_i2v_background"
+    benchmark_dimension = (
+        "vbench-i2v:i2v_background"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "exact statistics on your DreamSim features (features=FILE.npz)"
+    fidelity = "external"
     version = "1"
     accepts = ("video_source",)
     needs_lm = False

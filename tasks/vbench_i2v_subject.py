@@ -36,6 +36,11 @@ class VBenchI2VSubject(BackboneTask):
     --allow-uncalibrated runs a random-init ViT."""
 
     name = "vbench_i2v_subject"
+    benchmark_dimension = (
+        "vbench-i2v:i2v_subject"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "DINO ViT-B/16 in plain PyTorch"
+    fidelity = "faithful"
     version = "1"
     main_metric = "i2v_subject"
     summary = "VBench-I2V video-image subject consistency (DINO ViT-B/16 in plain PyTorch; local weights)"

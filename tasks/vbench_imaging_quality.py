@@ -44,6 +44,11 @@ class VBenchImagingQuality(BackboneTask):
     --allow-uncalibrated runs a random-init MUSIQ (plumbing only)."""
 
     name = "vbench_imaging_quality"
+    benchmark_dimension = (
+        "vbench:imaging_quality"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "MUSIQ-SPAQ in plain PyTorch (backbones/musiq.py; musiq_spaq_ckpt-358bb6af.pth)"
+    fidelity = "faithful"
     version = "1"
     main_metric = "imaging_quality"
     summary = "VBench imaging quality (MUSIQ-SPAQ in plain PyTorch; local weights)"

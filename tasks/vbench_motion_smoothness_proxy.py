@@ -17,6 +17,11 @@ class VBenchMotionSmoothnessProxy(VideoTask):
     the formula is VBench's, the interpolator is not (calibrated: false)."""
 
     name = "vbench_motion_smoothness_proxy"
+    benchmark_dimension = (
+        "vbench:motion_smoothness"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "Farneback flow-warped midpoints instead of AMT-S"
+    fidelity = "proxy"
     version = "1"
     main_metric = "motion_smoothness"
     summary = "VBench motion smoothness, PROXY (Farneback interpolation instead of AMT-S)"

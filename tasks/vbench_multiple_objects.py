@@ -19,6 +19,11 @@ class VBenchMultipleObjects(DetectionTask):
     videos with an HSV-threshold detector (a proxy: calibrated false)."""
 
     name = "vbench_multiple_objects"
+    benchmark_dimension = (
+        "vbench:multiple_objects"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "VBench's rule on your GRiT detections (backend=file)"
+    fidelity = "external"
     version = "1"
     main_metric = "multiple_objects"
     dimension = "multiple_objects"

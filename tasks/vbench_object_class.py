@@ -20,6 +20,9 @@ class VBenchObjectClass(DetectionTask):
     videos with an HSV-threshold detector (a proxy: calibrated false)."""
 
     name = "vbench_object_class"
+    benchmark_dimension = "vbench:object_class"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    backend = "VBench's rule on your GRiT detections (backend=file)"
+    fidelity = "external"
     version = "1"
     main_metric = "object_class"
     dimension = "object_class"

@@ -18,6 +18,11 @@ class VBenchOverallConsistency(ViClipTask):
     backbones/viclip.py. Needs ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
 
     name = "vbench_overall_consistency"
+    benchmark_dimension = (
+        "vbench:overall_consistency"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "ViCLIP-L/14 in plain PyTorch (ViClip-InternVid-10M-FLT.pth)"
+    fidelity = "faithful"
     version = "1"
     main_metric = "overall_consistency"
     summary = "VBench overall consistency (ViCLIP ViT-L/14 in plain PyTorch; local weights)"

@@ -19,6 +19,9 @@ class VBenchScene(DetectionTask):
     videos with an HSV-threshold detector (a proxy: calibrated false)."""
 
     name = "vbench_scene"
+    benchmark_dimension = "vbench:scene"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    backend = "VBench's rule on your Tag2Text captions (backend=file)"
+    fidelity = "external"
     version = "1"
     main_metric = "scene"
     dimension = "scene"

@@ -21,6 +21,11 @@ class VBenchSpatialRelationship(DetectionTask):
     videos with an HSV-threshold detector (a proxy: calibrated false)."""
 
     name = "vbench_spatial_relationship"
+    benchmark_dimension = (
+        "vbench:spatial_relationship"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "VBench's rule on your GRiT detections (backend=file)"
+    fidelity = "external"
     version = "1"
     main_metric = "spatial_relationship"
     dimension = "spatial_relationship"

@@ -25,6 +25,11 @@ class VBenchSubjectConsistency(ConsistencyTask):
     dino_vitbase16_pretrain.pth; --allow-uncalibrated runs a random-init ViT."""
 
     name = "vbench_subject_consistency"
+    benchmark_dimension = (
+        "vbench:subject_consistency"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "DINO ViT-B/16 in plain PyTorch (backbones/dino.py; dino_vitbase16_pretrain.pth)"
+    fidelity = "faithful"
     version = "1"
     main_metric = "subject_consistency"
     summary = "VBench subject consistency (DINO ViT-B/16 in plain PyTorch; local weights)"

@@ -19,6 +19,12 @@ class VBenchTemporalFlickering(VideoTask):
     video."""
 
     name = "vbench_temporal_flickering"
+    benchmark_dimension = (
+        "vbench:temporal_flickering"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "pixel MAE, no model (exact); VBench's static filter on Farneback flow instead of RAFT"
+    fidelity = "faithful"
+    per_prompt_rule = 25  # VBench README: 25 videos per prompt, the static filter keeps at most 5
     version = "1"
     main_metric = "temporal_flickering"
     summary = "VBench temporal flickering (exact; static filter on classical flow)"

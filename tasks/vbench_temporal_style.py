@@ -18,6 +18,11 @@ class VBenchTemporalStyle(ViClipTask):
     backbones/viclip.py. Needs ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
 
     name = "vbench_temporal_style"
+    benchmark_dimension = (
+        "vbench:temporal_style"  # benchmark:dimension (the coverage table, the generator's prompt list)
+    )
+    backend = "ViCLIP-L/14 in plain PyTorch (ViClip-InternVid-10M-FLT.pth)"
+    fidelity = "faithful"
     version = "1"
     main_metric = "temporal_style"
     summary = "VBench temporal style (ViCLIP ViT-L/14 in plain PyTorch; local weights)"

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.interfaces import Method
+from harness.interfaces import NoiseSampler
 
 
-class NoisePrior(Method):
-    kind = "noise_prior"
+class NoisePrior(NoiseSampler):
     family = "noise"
     warps = False  # True: frames follow the flows (the task scores warping on them)
     requires_effect_corr = True  # check_effect: off-diagonal temporal correlation must be nonzero
@@ -39,6 +38,17 @@ class NoisePrior(Method):
     def denoise(self, x: torch.Tensor, fn) -> torch.Tensor:
         """How a denoiser `fn` (frames -> clean estimate) is applied to a clip; FreeNoise fuses windows."""
         return fn(x)
+
+    def generator_refusal(self) -> str | None:
+        """A text-to-video pipeline has no optical flow to warp along and starts at step T."""
+        if self.warps:
+            return f"{self.name} warps noise along optical flow, and a text-to-video generator has no flow to give it"
+        if self.start_fraction < 1:
+            return (
+                f"{self.name} starts sampling at step {self.start_fraction}·T from training-data statistics; "
+                f"the generator adapter starts every pipeline at T (start_fraction=1 makes it plain noise)"
+            )
+        return None
 
     def draw(self, shape, generator, flows=None) -> torch.Tensor:
         """What the task calls: sample, then remember the shape and lag-1 correlation for check_effect."""
