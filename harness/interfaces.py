@@ -77,6 +77,10 @@ class LMMethod(Method):
     # KV-cache methods: what their budget counts ("tokens" kept, "bits" per value, "bytes" against
     # the dense cache); None: the method manages no KV cache. The kv_compression task reads it.
     budget_unit: ClassVar[str | None] = None
+    # Decoding methods: whether the output is promised to be the target's own (speculative decoding:
+    # lossless). spec_acceptance fails a cell of the spec family that breaks the promise, and only
+    # reports agreement with the target's greedy output for a method that makes none (Co-LLM).
+    lossless: ClassVar[bool] = True
 
     def draft_length(self) -> int | None:
         """Speculative methods drafting a fixed-length chain: tokens drafted per step (γ), from which

@@ -67,7 +67,12 @@ class SpecAcceptance(Task):
     every prompt) and `lossless_sampling` (at the first positive temperature, G-tests of next-token histograms over
     `sampling_seeds` seeds at `sampling_prefixes` fixed prompts against the target's exact
     distribution do not reject at level `alpha`). For a method of the speculative family, which
-    promises the target's output, a violation fails the cell (no record). For chain drafts with a
+    promises the target's output, a violation fails the cell (no record); a decoding method that
+    makes no such promise (`lossless = False`: Co-LLM's learned deferral) gets the same checks as
+    measurements, next to `greedy_agreement` (the share of positions where its temperature-0 output
+    equals autoregressive greedy, over the longer of the two) and, when it defers tokens to the
+    target (telemetry `deferral_decisions`, `deferred_tokens`), `deferral_rate` (pooled over tokens).
+    For chain drafts with a
     fixed γ the analytic τ = (1 − α̂^(γ+1)) / (1 − α̂) is reported next to the measured one.
 
     The target's forwards are counted by the LM's own forward hook, so τ is measured the same way
@@ -119,15 +124,15 @@ class SpecAcceptance(Task):
     def report(cls, recs: list[dict]) -> str:
         """A row per record: τ ± its standard error over prompts per temperature, the chain methods'
         acceptance rate α̂ and their measured tokens per draft-and-verify step next to
-        (1 − α̂^(γ+1)) / (1 − α̂), the speedups over autoregressive, and the two losslessness checks
-        (the G-test's p value)."""
+        (1 − α̂^(γ+1)) / (1 − α̂), the speedups over autoregressive, the two losslessness checks
+        (the G-test's p value), the greedy agreement and a learned deferral's rate."""
         temps = sorted({t for r in recs for t in r["task"]["params"]["temperatures"]})
         keys = [f"{t:g}" for t in temps]
         head = (
             [f"τ T={k}" for k in keys]
             + [f"α̂ T={' / T='.join(keys)}", f"tokens per step: measured / analytic (chain) T={'; T='.join(keys)}"]
             + [f"speedup T={k}" for k in keys]
-            + ["lossless_greedy", "lossless_sampling (G-test)"]
+            + ["lossless_greedy", "greedy_agreement", "lossless_sampling (G-test)", "deferral_rate"]
         )
         lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
         for label, r in sorted(zip(report.variant_labels(recs), recs), key=lambda x: x[0]):
@@ -153,7 +158,7 @@ class SpecAcceptance(Task):
                 taus
                 + [alpha, steps]
                 + [get(f"speedup@T{k}") for k in keys]
-                + [get("lossless_greedy", "{:g}"), sampling]
+                + [get("lossless_greedy", "{:g}"), get("greedy_agreement"), sampling, get("deferral_rate", "{:.3f}")]
             )
             lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
         return "\n".join(lines)
@@ -263,6 +268,8 @@ class SpecAcceptance(Task):
                 if t == 0:  # equality on token ids, the autoregressive ids kept for a later re-check
                     row["baseline_ids"] = list(base_runs[0][0])
                     row["lossless"] = int(row["prediction_ids"] == row["baseline_ids"])
+                    same = sum(a == b for a, b in zip(out, base_runs[0][0]))
+                    row["greedy_agreement"] = same / max(len(out), len(base_runs[0][0]), 1)
                     if not row["lossless"]:
                         row["first_difference"] = next(
                             (k for k, (a, b) in enumerate(zip(out, base_runs[0][0])) if a != b),
@@ -280,7 +287,7 @@ class SpecAcceptance(Task):
 
     # -- metrics ---------------------------------------------------------------------------------
     def _summarise(self, ctx, rows, sampling, prompts) -> TaskResult:
-        spec = any(m.family == "spec" for m in ctx.methods)
+        spec = any(m.family == "spec" and getattr(m, "lossless", True) for m in ctx.methods)
         metrics, details = (
             {},
             {
@@ -321,6 +328,10 @@ class SpecAcceptance(Task):
             info["per_position_acceptance"] = {
                 str(i): tel[f"accepted_at_{i}"] / tel[f"tested_at_{i}"] for i in positions if tel[f"tested_at_{i}"]
             }
+            if tel["deferral_decisions"]:  # a learned deferral to the target (Co-LLM)
+                rate = tel["deferred_tokens"] / tel["deferral_decisions"]
+                metrics[f"deferral_rate@T{t:g}"] = Metric(rate, "lower", "fraction", tel["deferral_decisions"])
+                info["deferral_rate"] = rate
             details["per_temperature"][f"{t:g}"] = info
         chain = [k for k in metrics if k.startswith("acceptance_rate@")]
         if chain:
@@ -328,9 +339,17 @@ class SpecAcceptance(Task):
             metrics["acceptance_rate"] = Metric(
                 sum(metrics[k].value * metrics[k].n for k in chain) / max(verified, 1), "higher", "fraction", verified
             )
+        deferral = [k for k in metrics if k.startswith("deferral_rate@")]
+        if deferral:
+            decisions = sum(metrics[k].n for k in deferral)
+            rate = sum(metrics[k].value * metrics[k].n for k in deferral) / decisions
+            metrics["deferral_rate"] = Metric(rate, "lower", "fraction", decisions)
         greedy = [r for r in rows if "lossless" in r]
         if greedy:
             metrics["lossless_greedy"] = Metric.mean([r["lossless"] for r in greedy], "higher", "fraction", "lossless")
+            metrics["greedy_agreement"] = Metric.mean(
+                [r["greedy_agreement"] for r in greedy], "higher", "fraction", "greedy_agreement"
+            )
             if spec and not all(r["lossless"] for r in greedy):
                 bad = [r["id"] for r in greedy if not r["lossless"]]
                 raise NotLossless(f"temperature-0 output differs from autoregressive greedy on {', '.join(bad)}")
