@@ -53,20 +53,21 @@ class CoLLM(LMMethod):
     """Co-LLM — Shen et al., "Learning to Decode Collaboratively with Multiple Language Models"
     (ACL 2024, arXiv:2403.03870); implemented from the paper and notes on clinicalml/co-llm @d83ab8c.
 
-    A latent variable Z_t picks who writes token t: π_t = P(Z_t = 1) = σ(ω·h_t), h_t the base model's
-    last hidden state, ω one extra LM-head row (its logit outside the base softmax). `harness fit`
-    trains on training-side rows of the zoo's synthetic training mix, the assistant (the LM under evaluation) frozen:
-    (1) ω alone, from the mean output embedding, by BCE (positive weight `pos_weight`) on weak labels
-    Z_t = [assistant argmax = gold ≠ base argmax], `init_steps` at `init_lr`; (2) ω and every base
-    parameter by the marginal likelihood −mean_t log[(1 − π_t)·p_base(x_t) + π_t·p_asst(x_t)],
-    `epochs` over `fit_rows` rows of `fit_length` tokens, batch `batch`, lr `lr` linear with 4% warmup
-    (paper: batch 128; epochs 0 = the weak-label-only ablation). η is then chosen on `eta_examples`
-    validation rows among the π quantiles at deferral rates 0, 0.1, …, 1 by the accuracy of the
-    collaborative next-token pick against the gold token, teacher-forced (the paper scores decoded
-    answers; corpus text has none: this project's choice); ties go to the lower deferral rate.
-    Decoding: if π_t > η the assistant writes one token (its greedy one at T = 0), else the base
-    (argmax). NOT lossless: the output is neither model's own. At T > 0 the chosen model's token
-    is sampled (not in the paper). `eta` set by hand overrides the fitted one.
+    A latent variable Z_t picks who writes token t: π_t = P(Z_t = 1) = σ(ω·h_t), h_t the base
+    model's last hidden state, ω one extra LM-head row (its logit outside the base softmax).
+    `harness fit` trains on training-side rows of the zoo's training mix (harness.zoo.rows), the
+    assistant (the LM under evaluation) frozen: (1) ω alone, from the mean output embedding, by BCE
+    (positive weight `pos_weight`) on weak labels Z_t = [assistant argmax = gold ≠ base argmax],
+    `init_steps` at `init_lr`; (2) ω and every base parameter by the marginal likelihood
+    −mean_t log[(1 − π_t)·p_base(x_t) + π_t·p_asst(x_t)], `epochs` over `fit_rows` rows of
+    `fit_length` tokens, batch `batch` (paper: 128), lr `lr` linear with 4% warmup (epochs 0: the
+    weak-label-only ablation). η is then chosen on `eta_examples` validation rows among the π
+    quantiles at deferral rates 0, 0.1, …, 1 by the accuracy of the collaborative next-token pick
+    against the gold token, teacher-forced (the paper scores decoded answers; this project's
+    choice); ties go to the lower deferral rate. Defaults on the zoo pair: 87 CPU-s (228 s wall on
+    the shared 2-core machine). Decoding: if π_t > η the assistant writes one token (its greedy
+    one at T = 0), else the base (argmax). NOT lossless: the output is neither model's own. At
+    T > 0 the chosen model's token is sampled (not in the paper). `eta` overrides the fitted η.
 
     base: the base model that decides (zoo:tiny-llama-draft; same tokenizer as the assistant).
     """
