@@ -335,3 +335,22 @@ def test_fastgen_threshold_bisection_equals_a_brute_force_scan(tiny_lm):
                 assert kept == pytest.approx(max(feasible), abs=1e-6), (target, t)
             else:  # nothing fits: the cheapest choice, T = 0
                 assert t == 0.0
+
+
+def test_fastgen_target_rule_keeps_the_profiles_sizes_while_decoding(tiny_lm):
+    """budget_rule "target" while decoding: a "full" head keeps every token, the others at most the
+    profile's +local size (heavy_hitter_frac + recent_frac of the prompt), and "+local" heads the newest."""
+    ids = fastgen_prompt(tiny_lm, 176)
+    n0 = 160
+    run = run_with(tiny_lm, method("fastgen"), ids[:n0], 0.5, decode=ids[n0:])
+    size = round(0.6 * n0)
+    for lc in run.layers.values():
+        assert lc.state["sizes"] == (round(0.3 * n0), size)
+        for h, policy in enumerate(lc.state["policies"]):
+            kept = lc.pos[0, h][lc.valid[0, h]].tolist()
+            if policy == "full":
+                assert sorted(kept) == list(range(len(ids)))
+            else:
+                assert len(kept) <= size, policy
+            if policy.endswith("local"):
+                assert len(ids) - 1 in kept
