@@ -35,13 +35,36 @@ KV = [
 ]
 
 
-def run_method(lm, name: str, prompt: list[int], feed: list[int], budget: float):
+_FITTED: dict = {}  # method name -> (payload, folder): a fit stage runs once, on the CPU, and both sides use it
+
+
+def attach_fit(m, cpu_lm) -> None:
+    """Give a method with a fit stage (svd_kv's calibration) its artifact, fitted on the CPU."""
+    import tempfile
+    from pathlib import Path
+
+    from harness.interfaces import MethodContext
+
+    if not m.needs_fit(cpu_lm, MethodContext()):
+        return
+    if m.name not in _FITTED:
+        payload, write = m.fit(cpu_lm, MethodContext(), log=lambda msg: None)
+        folder = Path(tempfile.mkdtemp(prefix=f"kv_cross_device_{m.name}_"))
+        if write:
+            write(folder)
+        _FITTED[m.name] = (payload, folder)
+    m.use_artifact(*_FITTED[m.name])
+
+
+def run_method(lm, name: str, prompt: list[int], feed: list[int], budget: float, cpu_lm=None):
     """(logits of every fed token [steps, vocab] on the CPU, sorted kept positions per layer and head)."""
     from harness import params, registry
     from harness.interfaces import MethodContext
     from harness.lm import KVRequest
 
     methods = [params.build(registry.method(p), {}, p) for p in name.split("+")]
+    for m in methods:
+        attach_fit(m, cpu_lm or lm)
     with contextlib.ExitStack() as stack:
         for m in methods:
             stack.enter_context(m.apply(lm, MethodContext()))
@@ -92,7 +115,7 @@ def main() -> int:
     for name in a.methods.split(","):
         try:
             ref, kept_ref = run_method(lm, name, prompt, feed, a.budget)
-            got, kept_got = run_method(on_device, name, prompt, feed, a.budget)
+            got, kept_got = run_method(on_device, name, prompt, feed, a.budget, cpu_lm=lm)
         except UserError as e:
             print(f"kv_cross_device: {e}", file=sys.stderr)
             return 2

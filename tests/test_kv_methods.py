@@ -201,7 +201,7 @@ def test_fastgen_local_policy_takes_the_newest_when_the_window_overflows_the_roo
 
 
 def test_fastgen_masks_heads_to_their_policy(tiny_lm, ids):
-    run = run_with(tiny_lm, method("fastgen", min_recovery=0.5), ids, 0.5)
+    run = run_with(tiny_lm, method("fastgen", budget_rule="cap", min_recovery=0.5), ids, 0.5)
     for lc in run.layers.values():
         assert lc.valid is not None and len(lc.state["policies"]) == lc.k.shape[1]
         assert (lc.valid.sum(-1) <= 48).all()
@@ -224,7 +224,7 @@ def test_fastgen_keeps_applying_each_heads_policy_while_decoding(tiny_lm):
     ids = [tok.bos_token_id or words[0]] + [puncts[j % len(puncts)] if j % 6 == 5 else words[j % 40] for j in range(95)]
     is_special = [p < 4 or ids[p] in tok.all_special_ids for p in range(len(ids))]
     is_punct = [ids[p] in puncts for p in range(len(ids))]
-    fg = method("fastgen")
+    fg = method("fastgen", budget_rule="cap")
     with fg.apply(tiny_lm, MethodContext()) as driver:
         tiny_lm.kv_request = KVRequest(budget=float(m))
         run = driver.start()
@@ -253,3 +253,104 @@ def test_fastgen_keeps_applying_each_heads_policy_while_decoding(tiny_lm):
                             other,
                         )
         tiny_lm.kv_request = KVRequest()
+
+
+def fastgen_prompt(lm, n=160):
+    from harness.synthetic import EVAL_SEED_BASE, Corpus
+
+    ids, corpus = [], Corpus(EVAL_SEED_BASE + 7)
+    while len(ids) < n:
+        ids += lm.encode(" " + corpus.text(20))
+    return ids[:n]
+
+
+def test_fastgen_target_rule_keeps_the_budget(tiny_lm):
+    """budget_rule "target" (the default): the kept fraction after profiling is within 0.05 of the
+    budget, never above it, and rises with the budget; the threshold it chose is in the telemetry."""
+    ids = fastgen_prompt(tiny_lm)
+    kept = []
+    for budget in (0.25, 0.5, 0.95):
+        before = dict(tiny_lm.telemetry)
+        run = run_with(tiny_lm, method("fastgen"), ids, budget)
+        frac = run.kept_tokens() / len(ids)
+        assert budget - 0.05 <= frac <= budget + 1e-9, (budget, frac)
+        t = tiny_lm.telemetry
+        assert t[f"kv.fastgen_profiles@{budget:g}"] - before.get(f"kv.fastgen_profiles@{budget:g}", 0) == 1
+        assert t[f"kv.fastgen_kept@{budget:g}"] - before.get(f"kv.fastgen_kept@{budget:g}", 0) == pytest.approx(frac)
+        kept.append(frac)
+    assert kept == sorted(kept)
+
+
+def test_fastgen_cap_rule_is_the_budget_capped_profile(tiny_lm):
+    """budget_rule "cap": T = min_recovery, every head at most the budget (the earlier behaviour)."""
+    ids = fastgen_prompt(tiny_lm)
+    run = run_with(tiny_lm, method("fastgen", budget_rule="cap"), ids, 0.5)
+    assert run.kept_tokens() / len(ids) <= 0.5 + 1e-9
+    assert all("full" not in lc.state["policies"] for lc in run.layers.values())
+
+
+def test_fastgen_threshold_bisection_equals_a_brute_force_scan(tiny_lm):
+    """threshold_for against a scan of every threshold on a 0.0005 grid and at every recovery
+    value, each head's choice made by a plain loop: the same best kept fraction at most the target
+    (on a real profile of the zoo model and on random nested profiles)."""
+    from harness.methods.kv.fastgen import threshold_for
+
+    def literal_kept(recovered, sizes, t):
+        p, rest = recovered.shape[0], recovered.shape[1:].numel()
+        rec, siz, total = recovered.reshape(p, rest), sizes.reshape(p, rest), 0.0
+        for h in range(rest):
+            first = next((i for i in range(p) if float(rec[i, h]) >= t), p - 1)
+            total += float(siz[first, h])
+        return total / rest
+
+    fg = method("fastgen")
+    captured = {}
+    orig = type(fg).profile_prompt
+
+    def spy(self, run):
+        profiles = [self.profile(lc, run) for lc in run.layers.values()]
+        n = next(iter(run.layers.values())).n
+        captured["recovered"] = torch.cat([r for _, r, _ in profiles], dim=1)
+        captured["sizes"] = torch.cat([torch.stack([mk.sum(-1) for mk in m]) for m, _, _ in profiles], dim=1) / n
+        orig(self, run)
+
+    type(fg).profile_prompt = spy
+    try:
+        run_with(tiny_lm, fg, fastgen_prompt(tiny_lm), 0.5)
+    finally:
+        type(fg).profile_prompt = orig
+    g = torch.Generator().manual_seed(0)
+    cases = [(captured["recovered"], captured["sizes"].float())]
+    for _ in range(3):
+        rec = torch.rand(5, 4, 4, generator=g).sort(dim=0).values
+        rec[-1] = 1.0
+        cases.append((rec, torch.rand(5, 4, 4, generator=g).sort(dim=0).values))
+    for recovered, sizes in cases:
+        grid = sorted({i / 2000 for i in range(2001)} | {float(v) for v in recovered.flatten()})
+        for target in (0.1, 0.25, 0.5, 0.75, 0.95):
+            t, kept = threshold_for(recovered, sizes, target)
+            assert kept == pytest.approx(literal_kept(recovered, sizes, t), abs=1e-6)
+            feasible = [k for k in (literal_kept(recovered, sizes, x) for x in grid) if k <= target]
+            if feasible:
+                assert kept == pytest.approx(max(feasible), abs=1e-6), (target, t)
+            else:  # nothing fits: the cheapest choice, T = 0
+                assert t == 0.0
+
+
+def test_fastgen_target_rule_keeps_the_profiles_sizes_while_decoding(tiny_lm):
+    """budget_rule "target" while decoding: a "full" head keeps every token, the others at most the
+    profile's +local size (heavy_hitter_frac + recent_frac of the prompt), and "+local" heads the newest."""
+    ids = fastgen_prompt(tiny_lm, 176)
+    n0 = 160
+    run = run_with(tiny_lm, method("fastgen"), ids[:n0], 0.5, decode=ids[n0:])
+    size = round(0.6 * n0)
+    for lc in run.layers.values():
+        assert lc.state["sizes"] == (round(0.3 * n0), size)
+        for h, policy in enumerate(lc.state["policies"]):
+            kept = lc.pos[0, h][lc.valid[0, h]].tolist()
+            if policy == "full":
+                assert sorted(kept) == list(range(len(ids)))
+            else:
+                assert len(kept) <= size, policy
+            if policy.endswith("local"):
+                assert len(ids) - 1 in kept

@@ -73,6 +73,35 @@ def calibration_texts(lm, seed: int, sequences: int, tokens: int) -> torch.Tenso
     return torch.tensor(ids[: n * sequences]).view(sequences, n)
 
 
+def projection_outputs(lm, ids: torch.Tensor, batch: int = 4) -> dict[str, torch.Tensor]:
+    """ "<layer>.k" / "<layer>.v" -> the key / value projections' outputs without their bias (pre-RoPE)
+    [N, H_kv·d] of every token of ids [sequences, n], float32 on the CPU: a fit stage's calibration
+    activations."""
+    from harness.attention import _attention_modules
+
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def hook(key, bias):
+        def f(module, args, out):
+            seen.setdefault(key, []).append((out if bias is None else out - bias).detach().flatten(0, 1).float().cpu())
+
+        return f
+
+    handles = [
+        p.register_forward_hook(hook(f"{m.layer_idx}.{kv}", p.bias))
+        for m in _attention_modules(lm.model)
+        for kv, p in (("k", m.k_proj), ("v", m.v_proj))
+    ]
+    try:
+        with torch.no_grad():
+            for rows in ids.split(batch):
+                lm.model(input_ids=rows.to(lm.device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: torch.cat(v) for k, v in seen.items()}
+
+
 @dataclass
 class KVMethod(LMMethod):
     """Base of the kv family. Subclasses set `compresses` ("prefill", "decode" or "both"),
