@@ -6,10 +6,12 @@ VENV   ?= .venv
 PYTHON ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
 PY      = $(VENV)/bin/python
 HARNESS = $(VENV)/bin/harness
-# torch 2.13.0 is the CPU build available offline on these machines (a cp311 wheel: Python 3.11);
-# the pin in pyproject admits it, so installing the project afterwards pulls no second (CUDA)
-# build. Under another Python pip downloads the same version from PyPI (the CUDA build, ~3 GB).
-TORCH  ?= torch==2.13.0
+# torch 2.14.1 with torchvision 0.29.1: the pair whose wheels lie on these machines' disk for
+# Python 3.11 (a CUDA build that runs on the CPU), and the newest torchvision pair PyPI serves, which
+# open_clip, timm and pyiqa need (PyPI's torchvision does not import beside the 2.13.0 CPU build).
+# The pins in pyproject admit exactly these, so installing the project pulls no second build. Under
+# another Python pip downloads the same versions from PyPI (~3 GB).
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: help demo docs test test-slow gate install list bench bench-leaderboard bench-kv reference reference-long reference-video reference-kv prm-reference leaderboard clean
 
@@ -28,7 +30,7 @@ help:
 $(VENV)/.installed: pyproject.toml setup.py
 	@echo "install: $(VENV) with $(PYTHON) and the project's dependencies (about 1-2 minutes; log: $(VENV)/install.log)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q "$(TORCH)" && \
+	@{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q $(TORCH) && \
 	   $(PY) -m pip install -q -e ".[dev]"; } > $(VENV)/install.log 2>&1 || \
 	   { cat $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@touch $@

@@ -28,7 +28,7 @@ from harness.methods.kv._eviction import kept_target
 
 INSTALL = (
     'kvpress is not installed: `pip install "harness-eval[kvpress]"` (kvpress 0.5.5; it installs '
-    "beside torch 2.13 and transformers 5.2, see the README)"
+    "beside torch 2.14 and transformers 5.2, see the README)"
 )
 
 
