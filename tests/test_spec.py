@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.interfaces import MethodContext
-from harness.methods.spec._common import verify_chain
+from harness.methods.spec._common import probs, verify_chain, verify_greedy
 from harness.methods.spec.autoregressive import Autoregressive
 from harness.methods.spec.sps import SpS
 
@@ -43,6 +43,21 @@ def test_greedy_verification_accepts_the_matching_prefix():
     assert (out, k) == ([1, 2, 3], 2)
     out, k = verify_chain(p, one_hot([1, 2, 3]), [1, 2, 3])
     assert (out, k) == ([1, 2, 3, 4], 3)  # all accepted: the bonus token
+
+
+def test_greedy_fast_path_equals_speculative_sampling_on_one_hot_distributions():
+    """verify_greedy (sps at temperature 0, no distributions built) gives what verify_chain gives
+    with the one-hot p and q of temperature 0, on random logits and drafts of every prefix length."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        gamma = int(torch.randint(1, 6, (), generator=g))
+        logits = torch.randn(gamma + 1, 7, generator=g)
+        best = logits.argmax(-1).tolist()
+        # drafts that agree with the target's argmax for a random prefix, then may differ
+        agree = int(torch.randint(0, gamma + 1, (), generator=g))
+        draft = best[:agree] + torch.randint(0, 7, (gamma - agree,), generator=g).tolist()
+        q = torch.nn.functional.one_hot(torch.tensor(draft), 7).float()
+        assert verify_greedy(logits, draft) == verify_chain(probs(logits, 0.0), q, draft, g)
 
 
 @pytest.mark.fidelity(

@@ -143,7 +143,11 @@ def test_a_lossy_method_fails_the_cell_without_a_record(tiny_model, tmp_path, mo
     def wrong_bonus(p, q, draft, generator=None):  # accepts every draft token, then a non-argmax token
         return list(draft) + [(int(p[len(draft)].argmax()) + 1) % p.shape[-1]], len(draft)
 
+    def wrong_greedy_bonus(logits, draft):  # the same fault in sps's temperature-0 path
+        return wrong_bonus(logits, None, draft)
+
     monkeypatch.setattr(sps_module, "verify_chain", wrong_bonus)
+    monkeypatch.setattr(sps_module, "verify_greedy", wrong_greedy_bonus)
     with pytest.raises(NotLossless, match="differs from autoregressive greedy"):
         _eval(tiny_model, tmp_path, temperatures="0")
     assert not list(tmp_path.rglob("*.json"))

@@ -37,6 +37,16 @@ def verify_chain(p: torch.Tensor, q: torch.Tensor, draft: list[int], generator=N
     return out, len(draft)
 
 
+def verify_greedy(target_logits: torch.Tensor, draft: list[int]) -> tuple[list[int], int]:
+    """verify_chain at temperature 0 without building distributions: with one-hot p and q a draft
+    token is accepted iff it is the target's argmax, and the first rejection (or the bonus) takes
+    the target's argmax. target_logits: [γ+1, V]. Same (new tokens, accepted count); no random
+    draws (at temperature 0 none would change anything)."""
+    best = target_logits.argmax(-1).tolist()
+    accepted = next((i for i, x in enumerate(draft) if x != best[i]), len(draft))
+    return draft[:accepted] + [best[accepted]], accepted
+
+
 class CachedModel:
     """A causal LM stepped through a DynamicCache that can be cropped back after rejections."""
 

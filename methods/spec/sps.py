@@ -14,6 +14,7 @@ from harness.methods.spec._common import (
     load_draft,
     probs,
     verify_chain,
+    verify_greedy,
 )
 
 
@@ -57,6 +58,7 @@ class SpS(LMMethod):
 
         def generate_one(prompt, max_new, temperature, gen):
             target, draft, seq = CachedModel(lm.model), CachedModel(drafter), list(prompt)
+            greedy = temperature <= 0
             seq.append(int(probs(target.step(seq)[-1], temperature).multinomial(1, generator=gen)))
             tel["target_forwards"] += 1
             while len(seq) - len(prompt) < max_new and seq[-1] != eos:
@@ -65,15 +67,21 @@ class SpS(LMMethod):
                 chain, q = [], []
                 n_draft = min(self.gamma, max_new - (len(seq) - len(prompt)))
                 for k in range(n_draft):
-                    q.append(probs(q_logits, temperature))
-                    chain.append(int(q[-1].multinomial(1, generator=gen)))
+                    if greedy:  # the argmax, as sampling the one-hot distribution would give
+                        chain.append(int(q_logits.argmax()))
+                    else:
+                        q.append(probs(q_logits, temperature))
+                        chain.append(int(q[-1].multinomial(1, generator=gen)))
                     if k + 1 < n_draft:
                         q_logits = draft.step([chain[-1]])[-1]
                         tel["draft_forwards"] += 1
                 base = target.length  # seq[-1] is not cached yet
-                p = probs(target.step(seq[base:] + chain), temperature)
+                logits = target.step(seq[base:] + chain)
                 tel["target_forwards"] += 1
-                new, accepted = verify_chain(p, torch.stack(q), chain, gen)
+                if greedy:  # same tokens as verify_chain on one-hot p and q, without building them
+                    new, accepted = verify_greedy(logits, chain)
+                else:
+                    new, accepted = verify_chain(probs(logits, temperature), torch.stack(q), chain, gen)
                 count_step(tel, len(chain), accepted)
                 target.crop(base + 1 + accepted)
                 draft.crop(min(draft.length, base + 1 + accepted))
