@@ -57,7 +57,7 @@ class LookM(KVMethod):
     @ecf0f51 (`kv_token_merge/modify_llama.py`, default script `text_prior_pivot_merge`).
 
     Once, at prefill, per layer and KV head, and only when the prompt holds image tokens (the
-    model's `image_token_id` placeholders, e.g. LLaVA's 576 per image): the score is H2O's attention
+    model's `image_token_id` positions, 576 per image in LLaVA-1.5): the score is H2O's attention
     accumulated over the prefill queries; image tokens and the recent window get −65516 added, so
     text tokens fill the top-k first; kept = the top ⌊heavy_share·B⌋ plus the newest rest of the
     budget B (official HH_R = RECENT_R = 0.1 of the prompt: budget 0.2, heavy_share 0.5). Each
@@ -66,8 +66,8 @@ class LookM(KVMethod):
     Decoded tokens are appended without further eviction.
 
     Needs a vision-language model: transformers' LLaVA family (LlavaForConditionalGeneration), loaded
-    through the harness's model path. The harness's LM API is text-only: image placeholders enter
-    the model as their token embedding, not as vision-tower features (no pixel path yet), so the
+    through the harness's model path. The harness's LM API is text-only: image-token positions enter
+    the model as their token embedding, not as vision-tower features (the API passes no pixels), so the
     records this project can make (a tiny random-initialised LLaVA) test the mechanism only;
     quality numbers need a real checkpoint (e.g. llava-hf/llava-1.5-7b-hf) and image inputs."""
 
