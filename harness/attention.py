@@ -3,6 +3,10 @@ LongHeads, HCM, ...) register their attention rule into, the fused-kernel helper
 with (SDPA partials merged exactly by their log-sum-exp), and ALiBi, the position encoding of the
 zoo's ALiBi model.
 
+The override reads each layer's queries, keys and values through harness.projections (Llama's
+separate projections, Phi-3's qkv_proj, GPT-NeoX's and Falcon's query_key_value, the query/key norms
+of Qwen3, OLMo2 and Phi) and writes through the layer's own output projection.
+
 transformers rotates keys *before* caching them, but these methods give one key several
 positions (its own, a grouped one, a chunk-relative one). The override therefore caches keys
 *before* rotation and hands the method raw queries, raw keys, values and absolute positions; the
@@ -13,6 +17,7 @@ cached, generation with the KV cache computes exactly what a full recomputation 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -20,6 +25,7 @@ from typing import Callable
 import torch
 
 from harness.patching import patched_forwards
+from harness.projections import attention_modules, projections
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -224,9 +230,8 @@ def _allowed(attention_mask, lk: int) -> torch.Tensor | None:
 
 
 def _attention_modules(model):
-    return [
-        m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "layer_idx"))
-    ]
+    """The model's attention layers (harness.projections.attention_modules)."""
+    return attention_modules(model)
 
 
 def _rotary_module(model):
@@ -236,37 +241,44 @@ def _rotary_module(model):
     return found[0]
 
 
+def call_arguments(sig: inspect.Signature, m, args: tuple, kwargs: dict) -> dict:
+    """The arguments of a call of attention module m's own forward (signature `sig`), by name, its
+    **kwargs merged in: families name and order them differently (GPT-NeoX and Falcon pass
+    `layer_past`)."""
+    bound = sig.bind_partial(m, *args, **kwargs).arguments
+    for name, p in sig.parameters.items():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            bound = {**bound, **bound.pop(name, {})}
+    return bound
+
+
 @contextlib.contextmanager
 def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor], counter=None):
     """Replace every attention layer's forward; `attend` returns the output [b, h, Lq, d].
+    The layer's queries, keys and values come from its own projections through
+    harness.projections (fused or separate, with the family's query/key norms).
     counter: telemetry that counts the patched calls (the methods' effect check)."""
     from harness.compat import attention_refusal
     from harness.errors import Refused
 
     reason = attention_refusal(model)
-    if reason:  # a fused q/k/v, sliding windows, no RoPE...: refused, never a half-working patch
+    if reason:  # an unknown projection layout, sliding windows, no RoPE...: refused, never a half-working patch
         raise Refused(reason)
     modules = _attention_modules(model)
     rotary = _rotary_module(model)
     key_positions: dict[int, torch.Tensor] = {}
 
     def make_forward(m):
-        groups = m.config.num_attention_heads // m.config.num_key_value_heads
+        p, sig = projections(m), inspect.signature(type(m).forward)
+        groups = p.heads // p.kv_heads
 
-        def forward(
-            hidden_states,
-            position_embeddings=None,
-            attention_mask=None,
-            past_key_values=None,
-            cache_position=None,
-            position_ids=None,
-            **kwargs,
-        ):
+        def forward(*args, **kwargs):
+            a = call_arguments(sig, m, args, kwargs)
+            hidden_states, cache_position = a["hidden_states"], a.get("cache_position")
+            past_key_values = a.get("past_key_values", a.get("layer_past"))
             b, lq = hidden_states.shape[:2]
-            shape = (b, lq, -1, m.head_dim)
-            q = m.q_proj(hidden_states).view(shape).transpose(1, 2)
-            k = m.k_proj(hidden_states).view(shape).transpose(1, 2)
-            v = m.v_proj(hidden_states).view(shape).transpose(1, 2)
+            q, k, v = p.project(hidden_states)
+            position_ids = a.get("position_ids")
             if position_ids is None:
                 position_ids = cache_position[None]
             q_pos = position_ids.expand(b, -1)
@@ -285,13 +297,12 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
                 v,
                 q_pos,
                 k_pos,
-                _allowed(attention_mask, lk),
-                m.scaling,
+                _allowed(a.get("attention_mask"), lk),
+                p.scaling,
                 lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)),
                 m.layer_idx,
             )
-            out = attend(inputs).transpose(1, 2).reshape(b, lq, -1)
-            return m.o_proj(out), None
+            return p.output(attend(inputs)), None
 
         return forward
 

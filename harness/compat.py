@@ -1,11 +1,13 @@
 """Which methods a loaded model can take, decided from the model before a cell runs.
 
 Methods name what they replace (`Method.patches`): "rope" needs the model's rotary-embedding modules
-(harness.methods.rope's override), "attention" needs attention layers that the core's attention
-override (harness.attention) can replace: Llama-style layers with separate q_proj / k_proj / v_proj
-/ o_proj, a rotary embedding, full (not sliding-window) attention, no logit soft-capping and no
-per-head query/key norms, since the override computes plain softmax attention over the whole
-cache. A model that does not fit is refused with the reason (harness.errors.Refused: exit 2 in
+(harness.methods.rope's override); "attention" (the core's attention override, harness.attention)
+and "kv_cache" (the kv engine, harness.methods.kv) need attention layers whose projections
+harness.projections can read (separate q/k/v, Phi-3's qkv_proj, GPT-NeoX's and Falcon's
+query_key_value; per-head or whole-projection query/key norms), a rotate-half rotary embedding,
+full (not sliding-window) attention and no logit soft-capping, since both compute plain softmax
+attention over the whole cache; "prefill" (HCM, which runs the decoder layers itself) needs one of
+the plain pre-norm decoders it was written for. A model that does not fit is refused with the reason (harness.errors.Refused: exit 2 in
 `harness eval`, a "refused" outcome in a sweep) instead of a traceback or a silently different
 model. Models with learned absolute positions (gpt2, opt) also get a clear error for a prompt
 longer than their position table, instead of an IndexError deep in the embedding."""
@@ -67,33 +69,55 @@ def rope_refusal(model) -> str | None:
     return f"{architecture(model)} has {what}, no RoPE: methods that rescale or remap RoPE positions do not apply"
 
 
-def attention_refusal(model) -> str | None:
-    """Why the core's attention override cannot replace this model's attention (None: it can)."""
+ENGINES = {"attention": "the attention override", "kv_cache": "the kv engine"}
+# model types whose decoder a method that runs the layers itself ("prefill": HCM's hierarchical
+# merge) computes exactly: embeddings (unscaled) -> pre-norm layers (input_layernorm, attention,
+# residual, post_attention_layernorm, MLP, residual) -> norm -> lm_head
+PLAIN_DECODERS = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def attention_refusal(model, patch: str = "attention") -> str | None:
+    """Why the core's attention override (patch "attention") or the kv engine ("kv_cache") cannot
+    replace this model's attention layers (None: it can). Both compute plain softmax attention
+    over the whole cache between the layer's own projections (harness.projections), rotated by the
+    model's own rotary module in the rotate-half layout."""
+    engine = ENGINES[patch]
+    cfg, arch = model.config, architecture(model)
+    if patch == "kv_cache" and not rotary_modules(model):
+        limit = position_limit(model)
+        what = f"learned absolute position embeddings ({limit} positions)" if limit else "no rotary position embedding"
+        return f"{arch} has {what}, no RoPE: {engine} rotates the keys it caches with the model's RoPE"
     reason = rope_refusal(model)
     if reason:
         return reason
-    cfg, arch = model.config, architecture(model)
-    layers = [m for m in model.modules() if type(m).__name__.endswith("Attention")]
-    plain = [m for m in layers if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "layer_idx"))]
-    if not plain or len(plain) != getattr(cfg, "num_hidden_layers", len(plain)):
-        fused = sorted({a for m in layers for a in ("qkv_proj", "query_key_value", "c_attn", "Wqkv") if hasattr(m, a)})
-        detail = (
-            f"a fused q/k/v projection ({', '.join(fused)})"
-            if fused
-            else f"projections other than q_proj/k_proj/v_proj/o_proj ({_projections(layers)})"
-        )
-        return f"{arch}'s attention layers have {detail}; the attention override replaces Llama-style layers only"
+    from harness.projections import layout_refusal
+
+    layout = layout_refusal(model)
+    if layout:
+        return f"{arch}'s attention layers cannot be read by {engine}: {layout}"
     if "sliding_attention" in (getattr(cfg, "layer_types", None) or []) or (
         getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False
     ):
         return (
-            f"{arch} uses sliding-window attention (window {cfg.sliding_window}), which the attention "
-            f"override (full attention over the cache) would silently drop"
+            f"{arch} uses sliding-window attention (window {cfg.sliding_window}), which {engine} "
+            f"(full attention over the cache) would silently drop"
         )
     if getattr(cfg, "attn_logit_softcapping", None):
-        return f"{arch} soft-caps its attention logits, which the attention override would silently drop"
-    if any(hasattr(m, "q_norm") or hasattr(m, "k_norm") for m in plain):
-        return f"{arch} normalises queries and keys per head, which the attention override would skip"
+        return f"{arch} soft-caps its attention logits, which {engine} would silently drop"
+    if getattr(cfg, "no_rope_layers", None) is not None and not all(getattr(cfg, "no_rope_layers")):
+        return f"{arch} has layers without RoPE (no_rope_layers), which {engine} would rotate"
+    return None
+
+
+def prefill_refusal(model) -> str | None:
+    """Why a method that runs the decoder layers itself (HCM) cannot run this model's."""
+    cfg, arch = model.config, architecture(model)
+    if getattr(cfg, "model_type", None) not in PLAIN_DECODERS:
+        return (
+            f"{arch} ({getattr(cfg, 'model_type', '?')}) is not one of the decoders the hierarchical "
+            f"prefill runs layer by layer itself ({', '.join(PLAIN_DECODERS)}: unscaled embeddings, "
+            f"pre-norm attention and MLP with residuals)"
+        )
     return None
 
 
@@ -102,9 +126,24 @@ def refusal(model, method) -> str | None:
     patches = getattr(method, "patches", frozenset())
     reason = None
     if "attention" in patches:
-        reason = attention_refusal(model)
+        reason = attention_refusal(model, "attention")
+    elif "kv_cache" in patches and getattr(method, "engine", True):
+        reason = attention_refusal(model, "kv_cache")
     elif "rope" in patches:
         reason = rope_refusal(model)
+    if not reason and "prefill" in patches:
+        reason = prefill_refusal(model)
+    if not reason and getattr(method, "separate_projections", False):
+        from harness.projections import attention_modules, projections
+
+        p = projections(attention_modules(model)[0])
+        if p.layout != "separate" or p.out_name != "o_proj" or p.norms:
+            has = [f"a fused {p.fused_name}" if p.layout != "separate" else f"output {p.out_name}"]
+            has += ["query/key norms"] if p.norms else []
+            reason = (
+                f"it reads separate q_proj/k_proj/v_proj/o_proj linear layers itself (calibration or "
+                f"rewritten projections), and {p.name} has {' and '.join(has)}"
+            )
     return f"method {method.name} refuses {architecture(model)}: {reason}" if reason else None
 
 

@@ -18,6 +18,13 @@ FAMILIES = {
     "phi3": {},
     "gpt_neox": {"rotary_pct": 0.25},
     "phi": {"partial_rotary_factor": 0.5},
+    "phi-qknorm": {"partial_rotary_factor": 0.5, "qk_layernorm": True},  # per-head LayerNorms
+    "qwen3": {"head_dim": 32},  # per-head RMSNorm q_norm/k_norm; head_dim != hidden/heads
+    "olmo2": {},  # q_norm/k_norm over the whole projection
+    "persimmon": {"qk_layernorm": True, "partial_rotary_factor": 0.5},  # per-head query_key_value + norms
+    "falcon": {"multi_query": True},  # one key/value head in query_key_value
+    "falcon-gqa": {"new_decoder_architecture": True, "num_kv_heads": 2},  # Falcon-40B/180B layout
+    "falcon-mha": {"multi_query": False},  # [heads, 3, head_dim] like GPT-NeoX
     "gpt2": {},
     "opt": {"ffn_dim": 128, "word_embed_proj_dim": 64},
 }
@@ -32,13 +39,21 @@ def make_family(folder, family: str, max_pos: int = 128, seed: int = 0) -> str:
     model_type = family.split("-")[0]
     if model_type == "gpt2":
         sizes = dict(n_embd=64, n_layer=2, n_head=4, n_positions=max_pos, n_inner=128)
+    elif model_type == "falcon":
+        sizes = dict(
+            hidden_size=64,
+            ffn_hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=max_pos,
+        )
     else:
         sizes = dict(
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
             num_attention_heads=4,
-            num_key_value_heads=2 if model_type not in ("gpt_neox", "phi") else 4,
+            num_key_value_heads=2 if model_type not in ("gpt_neox", "phi", "persimmon") else 4,
             max_position_embeddings=max_pos,
         )
     cfg = AutoConfig.for_model(

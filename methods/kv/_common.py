@@ -56,6 +56,7 @@ from harness.methods.kv._driver import kv_loop
 from harness.methods.kv._eviction import group_sum
 
 from harness.interfaces import LMMethod
+from harness.projections import projections
 
 if TYPE_CHECKING:
     from harness.methods.kv._run import Run
@@ -116,6 +117,10 @@ class KVMethod(LMMethod):
     accumulates: ClassVar[bool] = False  # needs attention probabilities (observe)
     all_layers: ClassVar[bool] = False  # compress_decode gets every layer at once (Run.all_layers)
     positions: ClassVar[str] = "original"  # or "cache" (cache-relative, keys re-rotated)
+    # reads the layers' q_proj/k_proj/v_proj/o_proj linear layers itself (a fit stage's calibration,
+    # rewritten projections): refused on fused layouts and query/key norms (harness.compat)
+    separate_projections: ClassVar[bool] = False
+    engine: ClassVar[bool] = True  # runs in the kv engine's attention (harness.compat checks the layers)
     smoke_args: ClassVar[dict[str, str]] = {"budget": "0.5"}
     budget: float = field(default=0.5, metadata={"help": "kept tokens: <= 1 a fraction of the context, > 1 a count"})
 
@@ -153,12 +158,13 @@ class KVMethod(LMMethod):
         return None
 
     def project_q(self, module, hidden: torch.Tensor, run: "Run"):
-        """Query projection (before RoPE): [b, c, H*d]."""
-        return module.q_proj(hidden)
+        """Query projection (before norms and RoPE): [b, c, H*d], through the layer's own
+        projection whatever its layout (harness.projections)."""
+        return projections(module).q(hidden)
 
     def project_kv(self, module, hidden: torch.Tensor, run: "Run"):
-        """Key and value projections (before RoPE): [b, c, H_kv*d] each."""
-        return module.k_proj(hidden), module.v_proj(hidden)
+        """Key and value projections (before norms and RoPE): [b, c, H_kv*d] each."""
+        return projections(module).kv(hidden)
 
     def layer_bytes(self, lc: LayerCache, run: "Run") -> float:
         """Bytes this layer's cache would hold (fp16 elements for an uncompressed slot)."""

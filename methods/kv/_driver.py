@@ -5,6 +5,7 @@ context that installs both on an LM."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -12,9 +13,10 @@ import torch
 from harness.methods.kv._rerotation import effective_inv_freq
 from harness.methods.kv._run import Run
 
-from harness.attention import _attention_modules, _rotary_module, rotate
+from harness.attention import _attention_modules, _rotary_module, call_arguments, rotate
 from harness.errors import UserError
 from harness.patching import patched_forwards
+from harness.projections import projections
 from harness.provenance import device_clock
 
 if TYPE_CHECKING:
@@ -35,29 +37,22 @@ class _Engine:
 
 def _attention_forward(engine: _Engine, method: KVMethod, m):
     cls_forward = type(m).forward
+    p, sig = projections(m), inspect.signature(cls_forward)
 
-    def forward(
-        hidden_states,
-        position_embeddings=None,
-        attention_mask=None,
-        past_key_values=None,
-        cache_position=None,
-        **kwargs,
-    ):
+    def forward(*args, **kwargs):
         run = engine.run
         if run is None:
-            return cls_forward(
-                m, hidden_states, position_embeddings, attention_mask, past_key_values, cache_position, **kwargs
-            )
-        b, c = hidden_states.shape[:2]
-        shape = (b, c, -1, m.head_dim)
-        q = method.project_q(m, hidden_states, run).view(shape).transpose(1, 2)
+            return cls_forward(m, *args, **kwargs)
+        a = call_arguments(sig, m, args, kwargs)
+        hidden_states = a["hidden_states"]
+        q = method.project_q(m, hidden_states, run)
         k, v = method.project_kv(m, hidden_states, run)
-        k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
+        q, k, v = p.heads_of(q, k, v)  # [b, h, c, d], the family's query/key norms applied
+        position_embeddings = a["position_embeddings"]
         cos, sin = run.shifted_rope(position_embeddings) if run.shift else position_embeddings
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        out = run.attend(m.layer_idx, q, k, v, m.scaling)
-        return m.o_proj(out.transpose(1, 2).reshape(b, c, -1)), None
+        out = run.attend(m.layer_idx, q, k, v, p.scaling)
+        return p.output(out), None
 
     return forward
 
@@ -258,7 +253,7 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
     method.prepare(lm)
     modules = _attention_modules(lm.model) if patch else []
     if patch and not modules:
-        raise UserError(f"{method.name}: no Llama-style attention layers (q_proj/k_proj/v_proj/o_proj) found")
+        raise UserError(f"{method.name}: no attention layers with q/k/v projections found")
 
     @torch.no_grad()
     def generate_batch(ids, mask, max_new_tokens, temperature, top_p):

@@ -85,6 +85,8 @@ class CoupledQuant(KVMethod):
     channel; `resolved` reports it). Not implemented: the paper's optional full-precision window of
     recent tokens. The budget is not used (bits)."""
 
+    separate_projections = True  # (harness.compat refuses other layouts)
+
     name = "coupled_quant"
     paper = "KV Cache is 1 Bit Per Channel: Efficient Large Language Model Inference with Coupled Quantization (arXiv:2405.03917)"
     compresses = "both"

@@ -71,6 +71,8 @@ class DMC(KVMethod):
     achieved compression and the held-out LM loss with and without DMC. The budget is not used
     (budget_unit "native": the learned rate decides)."""
 
+    separate_projections = True  # (harness.compat refuses other layouts)
+
     name = "dmc"
     paper = "Dynamic Memory Compression: Retrofitting LLMs for Accelerated Inference (arXiv:2403.09636)"
     compresses = "both"

@@ -125,6 +125,7 @@ class KVPressMethod(KVMethod):
     """A kvpress press (built by the `kvpress:` family)."""
 
     press_name: ClassVar[str] = ""
+    engine: ClassVar[bool] = False  # the model's own attention runs (kvpress hooks it): no engine refusal
     budget: float = field(default=0.5, metadata={"help": "kept fraction; the press's compression_ratio = 1 - budget"})
     press_args: str = field(default="{}", metadata={"help": "JSON object of the press's own arguments"})
 

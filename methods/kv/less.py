@@ -90,6 +90,8 @@ class Less(KVMethod):
     cache keeps ⌈R(d + 1)/2d⌉ fewer tokens than the budget (the paper's "Baseline+" gives the
     policy R/2 extra tokens instead): LESS runs at the same bytes as the other kv methods."""
 
+    separate_projections = True  # (harness.compat refuses other layouts)
+
     name = "less"
     paper = "Get More with LESS: Synthesizing Recurrence with KV Cache Compression for Efficient LLM Inference (arXiv:2402.09398)"
     compresses = "both"

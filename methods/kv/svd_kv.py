@@ -56,6 +56,8 @@ class SVDKV(KVMethod):
     · H_kv·d) ("bytes" budget: the fraction of dense cache bytes). Compresses: every token, at
     projection time; every token stays."""
 
+    separate_projections = True  # (harness.compat refuses other layouts)
+
     name = "svd_kv"
     paper = "Effectively Compress KV Heads for LLM (arXiv:2406.07056)"
     compresses = "both"

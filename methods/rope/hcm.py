@@ -11,6 +11,7 @@ from harness.interfaces import LMMethod
 from harness.registry import register
 from harness.synthetic import Corpus
 from harness.attention import _rotary_module, rotate
+from harness.projections import projections
 from harness.methods.rope._common import rope_shape
 
 CALIBRATION_TEXT_SEED = 515151  # training-side text for the calibration bias (never evaluation text)
@@ -37,16 +38,16 @@ def attention_block(layer, rotary, h, pos):
     """One decoder layer's attention half (causal in sequence order, RoPE at `pos`), returning the
     new hidden states, this layer's rotated keys and values, and the significance metric: the last
     token's attention logits q·k/√d, max over heads."""
-    attn = layer.self_attn
+    p = projections(layer.self_attn)  # the layer's own projections and query/key norms (Qwen3)
     x = layer.input_layernorm(h)
-    n, hd = x.shape[1], attn.head_dim
-    q, k, v = (proj(x).view(1, n, -1, hd).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    hd = p.head_dim
+    q, k, v = p.project(x)
     cos, sin = rotary(x, pos[None])
     q, k = rotate(q, cos.to(q.dtype), sin.to(q.dtype)), rotate(k, cos.to(q.dtype), sin.to(q.dtype))
     rep = q.shape[1] // k.shape[1]
     kr, vr = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-    out = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=attn.scaling)
-    h = h + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
+    out = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=p.scaling)
+    h = h + p.output(out)
     metric = (q[0, :, -1:] @ kr[0].transpose(-1, -2))[:, 0] / math.sqrt(hd)
     return h, k, v, metric.max(0).values
 
