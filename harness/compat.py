@@ -83,7 +83,8 @@ def attention_refusal(model, patch: str = "attention") -> str | None:
     model's own rotary module in the rotate-half layout."""
     engine = ENGINES[patch]
     cfg, arch = model.config, architecture(model)
-    if patch == "kv_cache" and not rotary_modules(model):
+    tables = any(type(m).__name__.endswith("RotaryEmbedding") for m in model.modules())  # (gemma3's: no inv_freq)
+    if patch == "kv_cache" and not rotary_modules(model) and not tables:
         limit = position_limit(model)
         what = f"learned absolute position embeddings ({limit} positions)" if limit else "no rotary position embedding"
         return f"{arch} has {what}, no RoPE: {engine} rotates the keys it caches with the model's RoPE"

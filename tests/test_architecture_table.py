@@ -5,7 +5,8 @@ generated here and the test fails when it drifts; regenerate it with
 
     HARNESS_WRITE_DOCS=1 .venv/bin/python -m pytest tests/test_architecture_table.py
 
-(about 20 s on a loaded 2-core machine: not slow-marked, so the page cannot drift unnoticed)"""
+(20 families x 6 methods: 582 s on the 2-core machine while a training run held both cores; not
+slow-marked, so the page cannot drift unnoticed)"""
 
 import os
 from pathlib import Path
