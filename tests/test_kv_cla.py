@@ -212,7 +212,9 @@ def test_kv_compression_reports_bytes_per_token_for_the_dense_row(tiny_model_wit
     cfg = load(model, "cpu").model.config
     assert m["kv_bytes_per_token@dense"]["value"] == cla.kv_bytes_per_token(cfg)
     assert m["kv_bytes_fraction@dense"]["value"] == 1.0 and "nll@dense" in m
-    assert rec["method"]["resolved"]["cla"]["kv_bytes_per_token"] == cla.kv_bytes_per_token(cfg)
+    (component,) = rec["method"]["components"]
+    assert component["resolved"]["kv_bytes_per_token"] == cla.kv_bytes_per_token(cfg)
+    assert component["resolved"]["producing_layers"] == [0]  # the tiny model's 2 layers: one pair
 
 
 # -- (c) save and load -----------------------------------------------------------------------------
