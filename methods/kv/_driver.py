@@ -13,6 +13,7 @@ from harness.methods.kv._rerotation import effective_inv_freq
 from harness.methods.kv._run import Run
 
 from harness.attention import _attention_modules, _rotary_module, rotate
+from harness.cla import kv_source, reusing_layers
 from harness.errors import UserError
 from harness.patching import patched_forwards
 from harness.provenance import device_clock
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 PREFILL_CHUNK = 512  # queries per prefill forward
 PATCHED = "patched_calls.kv_attention"
+SHARED = "patched_calls.kv_shared_attention"  # Cross-Layer Attention reusers (harness.cla) reading a producer's cache
 # generated tokens between end-of-sequence checks (one host-device sync each) on an accelerator; on
 # the CPU reading a token costs nothing, so it checks every token and decodes nothing past the end
 EOS_CHECK_EVERY = 8
@@ -35,6 +37,7 @@ class _Engine:
 
 def _attention_forward(engine: _Engine, method: KVMethod, m):
     cls_forward = type(m).forward
+    source = kv_source(m)
 
     def forward(
         hidden_states,
@@ -52,6 +55,10 @@ def _attention_forward(engine: _Engine, method: KVMethod, m):
         b, c = hidden_states.shape[:2]
         shape = (b, c, -1, m.head_dim)
         q = method.project_q(m, hidden_states, run).view(shape).transpose(1, 2)
+        if source != m.layer_idx:  # a Cross-Layer Attention reuser: no K/V, reads its producer's cache
+            cos, sin = run.shifted_rope(position_embeddings) if run.shift else position_embeddings
+            out = run.attend_shared(source, rotate(q, cos, sin), m.scaling)
+            return m.o_proj(out.transpose(1, 2).reshape(b, c, -1)), None
         k, v = method.project_kv(m, hidden_states, run)
         k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
         cos, sin = run.shifted_rope(position_embeddings) if run.shift else position_embeddings
@@ -257,6 +264,7 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
     driver = driver or Driver(lm, method)
     method.prepare(lm)
     modules = _attention_modules(lm.model) if patch else []
+    reusers = reusing_layers(lm.model) if patch else []  # a CLA model's layers without K/V projections
     if patch and not modules:
         raise UserError(f"{method.name}: no Llama-style attention layers (q_proj/k_proj/v_proj/o_proj) found")
 
@@ -286,6 +294,7 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
         with (
             lm.batch_hooks(generate_batch=generate_batch, forward_logits=forward_logits),
             patched_forwards(modules, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, PATCHED),
+            patched_forwards(reusers, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, SHARED),
         ):
             yield driver
     finally:
