@@ -9,11 +9,7 @@ from setuptools import find_packages, setup
 MAPPED = ("methods", "tasks", "backbones", "leaderboard")
 # folders of package data only (no __init__.py): named as packages so that setuptools ships them
 # without its "Package would be ignored" warning; their files are listed in pyproject's package-data
-DATA = {
-    "harness.zoo.models": "harness/zoo/models",
-    "harness.backbones.data": "backbones/data",
-    "harness.tasks.prompts": "tasks/prompts",
-}
+DATA = {"harness.zoo.models": "harness/zoo/models", "harness.tasks.prompts": "tasks/prompts"}
 packages = find_packages(include=["harness", "harness.*"])
 package_dir = {"harness": "harness"}
 for top in MAPPED:

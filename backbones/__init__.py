@@ -1,15 +1,17 @@
-"""The neural-network backbones the tasks score with, in plain PyTorch (torchvision, timm,
-open_clip and pyiqa cannot share the harness's environment): one file per model family, each with
-the module definitions, the loading of the released checkpoints (parameter names follow those
-files, so they load with key checks) and the input preprocessing the original code applies.
+"""The backbones the video tasks score with where no library of the field has the model, and
+the thin loaders of the library models the tasks use (the libraries are in the `video` extra):
 
-- `clip` — OpenAI CLIP (image tower, text tower, the whole model); `clip_tokenizer` its BPE tokenizer
-  (merges vendored in `data/`);
-- `dino` — DINO ViT-B/16; `viclip` — ViCLIP (InternVid) video-text model;
-- `video_vit` — the VideoMAE-layout video ViT (UMT, VideoMAE-v2); `i3d` — Inflated 3D ConvNet;
-- `musiq` — MUSIQ image-quality transformer;
+- `clip` — CLIP from open_clip (architecture, strict loading of OpenAI / open_clip checkpoints,
+  open_clip's tokenizer) and VBench's CLIP preprocessing;
+- `dino` — DINO ViT-B/16 from timm, with DINO's own position interpolation;
+- `viclip` — ViCLIP (InternVid) video-text model: its space-time glue here, open_clip's
+  transformer blocks and text tower (no library ships ViCLIP);
+- `i3d` — Inflated 3D ConvNet (FVD; no library ships the PyTorch I3D of the FVD papers);
+- `video_vit` — the VideoMAE-layout video ViT (UMT, VideoMAE-v2);
+- `musiq` — MUSIQ as pyiqa builds it (pyiqa itself: see the module docstring);
 - `_common` — what several of them share (the MLP block, checkpoint reading, normalisation).
 
-Installed as `harness.backbones` (package-dir mapping in setup.py). Tasks use them (the VBench
-dimensions, FVD, ChronoMagic); nothing here knows about tasks, methods, records or the runner,
-and no model weights are downloaded: tasks locate the files (tasks/_weights.py) and pass paths in."""
+RAFT (vbench_dynamic_degree) is torchvision's and CoTracker2 (vbench_camera_motion) the
+co-tracker package's, used directly by their tasks. Installed as `harness.backbones` (package-dir
+mapping in setup.py). Nothing here knows about tasks, methods, records or the runner, and no model
+weights are downloaded: tasks locate the files (tasks/_weights.py) and pass paths in."""

@@ -42,8 +42,12 @@ def load_state(path, prefix: str = "") -> dict:
 
 
 def load_checked(net: nn.Module, state: dict, task: str, path, layout: str = "the expected layout") -> nn.Module:
-    """load_state_dict that names the file and the first mismatching keys instead of a traceback."""
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    """load_state_dict that names the file and the first mismatching keys (or shapes) instead of a traceback."""
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # same names, other shapes (e.g. RAFT-small's weights for RAFT-large)
+        shapes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+        raise UserError(f"{task}: {path} does not match {layout} ({'; '.join(shapes[:2]) or e})") from None
     if missing or unexpected:
         raise UserError(f"{task}: {path} does not match {layout} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return net

@@ -1,151 +1,92 @@
-"""OpenAI CLIP in plain PyTorch: the image tower (ViT), the text tower and the whole model
-(image tower + text tower + logit scale), loading OpenAI / open_clip checkpoints (`ViT-B-32.pt`,
-`ViT-L-14.pt`: TorchScript archives; parameter names are theirs, so they load with strict key
-checks), and VBench's CLIP preprocessing. The tokenizer is in clip_tokenizer.py.
-
-Text tower (clip/model.py `encode_text`): token + positional embedding, a causal transformer of
-QuickGELU residual blocks, ln_final, the features at the end-of-text token (the largest id of
-each row) times `text_projection`."""
+"""CLIP from open_clip (`open_clip_torch`, the `video` extra): the architecture built by
+`open_clip.create_model(arch, pretrained=None)` — nothing downloaded — with the activation the
+checkpoint was trained with (open_clip's registry of pretrained tags: OpenAI's CLIPs use
+QuickGELU, most LAION ones GELU), and the user's local checkpoint loaded into it with strict key
+checks: OpenAI's TorchScript archives (`ViT-B-32.pt`, `ViT-L-14.pt`), weights-only pickles or
+safetensors files in OpenAI's / open_clip's layout (`visual.*`, the text tower at top level,
+`logit_scale`). The tokenizer is open_clip's SimpleTokenizer (OpenAI's BPE, shipped in the
+open_clip wheel). VBench's CLIP preprocessing (`clip_transform`) is kept here: it is VBench's, not
+a model."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from harness.backbones._common import load_checked, load_state, normalise
+from harness.errors import UserError
+from harness.video import require
 
+# OpenAI's image statistics (open_clip.constants.OPENAI_DATASET_MEAN / _STD), here as literals so
+# that importing a task does not import open_clip
 CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-
-
-# -- the image tower and the residual blocks both towers use ------------------------------------
-class _QuickGeluMlp(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.c_fc, self.c_proj = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-
-    def forward(self, x):
-        h = self.c_fc(x)
-        return self.c_proj(h * torch.sigmoid(1.702 * h))  # QuickGELU
-
-
-class _Block(nn.Module):
-    """CLIP's residual block; `causal` masks future tokens (the text transformer)."""
-
-    def __init__(self, dim, heads, causal: bool = False):
-        super().__init__()
-        self.ln_1, self.attn = nn.LayerNorm(dim), nn.MultiheadAttention(dim, heads)
-        self.ln_2, self.mlp = nn.LayerNorm(dim), _QuickGeluMlp(dim)
-        self.causal = causal
-
-    def forward(self, x):
-        mask = None
-        if self.causal:
-            n = x.shape[0]
-            mask = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class ClipTransformer(nn.Module):
-    def __init__(self, dim, layers, heads, causal: bool = False):
-        super().__init__()
-        self.resblocks = nn.Sequential(*[_Block(dim, heads, causal) for _ in range(layers)])
-
-
-class ClipVisual(nn.Module):
-    """CLIP ViT image encoder (B/32: patch 32, width 768, 12 layers, 12 heads, output 512;
-    L/14: patch 14, width 1024, 24 layers, 16 heads, output 768), input 224²."""
-
-    def __init__(self, patch=32, width=768, layers=12, heads=12, out=512):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5)
-        self.positional_embedding = nn.Parameter(torch.randn((224 // patch) ** 2 + 1, width) * width**-0.5)
-        self.ln_pre, self.ln_post = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.transformer = ClipTransformer(width, layers, heads)
-        self.proj = nn.Parameter(torch.randn(width, out) * width**-0.5)
-
-    def forward(self, x):
-        x = self.conv1(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], 1) + self.positional_embedding
-        x = self.transformer.resblocks(self.ln_pre(x).transpose(0, 1)).transpose(0, 1)
-        return self.ln_post(x[:, 0]) @ self.proj
-
-
-CLIP_B32 = dict(patch=32, width=768, layers=12, heads=12, out=512)
-CLIP_L14 = dict(patch=14, width=1024, layers=24, heads=16, out=768)
-
-
-# -- the text tower ----------------------------------------------------------------------------
-class ClipText(nn.Module):
-    """CLIP's text encoder. OpenAI ViT-B/32: width 512, 8 heads, 12 layers, output 512; ViT-L/14:
-    width 768, 12 heads, 12 layers, output 768; ViCLIP-L/14: as L/14 with context 32. Parameter
-    names are the checkpoints' (`token_embedding.weight`, `positional_embedding`,
-    `transformer.resblocks.*`, `ln_final.*`, `text_projection`)."""
-
-    def __init__(self, width=512, layers=12, heads=8, out=512, context=77, vocab=49408):
-        super().__init__()
-        self.token_embedding = nn.Embedding(vocab, width)
-        self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.01)
-        self.transformer = ClipTransformer(width, layers, heads, causal=True)
-        self.ln_final = nn.LayerNorm(width)
-        self.text_projection = nn.Parameter(torch.randn(width, out) * width**-0.5)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-
-    @property
-    def context_length(self) -> int:
-        return self.positional_embedding.shape[0]
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.token_embedding(ids) + self.positional_embedding
-        x = self.ln_final(self.transformer.resblocks(x.transpose(0, 1)).transpose(0, 1))
-        return x[torch.arange(x.shape[0]), ids.argmax(-1)] @ self.text_projection
-
-
-# -- the whole CLIP model ------------------------------------------------------------------------
-TEXT_B32 = dict(width=512, layers=12, heads=8, out=512)
-TEXT_L14 = dict(width=768, layers=12, heads=12, out=768)
-# ints OpenAI's TorchScript archives keep next to the weights (clip.build_model drops them)
+# ints OpenAI's TorchScript archives keep next to the weights (open_clip's build_model_from_openai_state_dict drops them)
 _NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 
 
-class Clip(nn.Module):
-    """CLIP (OpenAI / open_clip layout: `visual.*`, the text tower's names at top level,
-    `logit_scale`). forward(images, ids) -> (logits_per_image, logits_per_text) as clip.model.CLIP:
-    exp(logit_scale) · cos(image, text)."""
-
-    def __init__(self, visual: dict, text: dict):
-        super().__init__()
-        self.visual = ClipVisual(**visual)
-        self.text = ClipText(**text)
-        self.logit_scale = nn.Parameter(torch.tensor(4.6052))  # ln(100), OpenAI's released value
-
-    def load_checkpoint(self, state: dict, task: str, path) -> "Clip":
-        """Load an OpenAI/open_clip state dict (TorchScript ints dropped, `module.` stripped)."""
-        state = {k.removeprefix("module."): v for k, v in state.items() if k not in _NON_WEIGHTS}
-        mapped = {}
-        for k, v in state.items():
-            mapped[k if k.startswith(("visual.", "logit_scale")) else f"text.{k}"] = v
-        return load_checked(self, mapped, task, path, "the CLIP layout")
-
-    def encode_image(self, x):
-        return self.visual(x)
-
-    def encode_text(self, ids):
-        return self.text(ids)
-
-    def forward(self, images, ids):
-        img = nn.functional.normalize(self.encode_image(images), dim=-1)
-        txt = nn.functional.normalize(self.encode_text(ids), dim=-1)
-        logits = self.logit_scale.exp() * img @ txt.t()
-        return logits, logits.t()
+def open_clip():
+    return require("open_clip")
 
 
-def load_clip(path, visual: dict, text: dict, task: str) -> Clip:
-    return Clip(visual, text).load_checkpoint(load_state(path), task, path)
+def create_clip(arch: str, tag: str = "openai", task: str = "clip"):
+    """open_clip's `arch` (e.g. ViT-B-32, ViT-L-14) with the activation of the checkpoint `tag`
+    (open_clip's pretrained tag: openai, laion2b_s34b_b79k, ...), random init, in eval mode."""
+    oc = open_clip()
+    cfg = oc.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = ", ".join(oc.list_pretrained_tags_by_model(arch)) or "none"
+        raise UserError(f"{task}: open_clip has no checkpoint {tag!r} of {arch} (its tags for {arch}: {tags})")
+    return oc.create_model(arch, pretrained=None, force_quick_gelu=bool(cfg.get("quick_gelu", False))).eval()
+
+
+def clip_state(path) -> dict:
+    """The checkpoint's state dict in open_clip's names: OpenAI's TorchScript ints dropped, a
+    DataParallel `module.` prefix stripped."""
+    if str(path).endswith(".safetensors"):
+        state = require("safetensors.torch").load_file(str(path))
+    else:
+        state = load_state(path)
+    return {k.removeprefix("module."): v for k, v in state.items() if k not in _NON_WEIGHTS}
+
+
+def load_clip(model, path, task: str, tower: str = ""):
+    """Load the checkpoint at `path` into an open_clip CLIP (tower="") or into one of its towers
+    (tower="visual": only the `visual.*` entries, into model.visual), strictly. Returns the module."""
+    state = clip_state(path)
+    if tower:
+        state = {k[len(tower) + 1 :]: v for k, v in state.items() if k.startswith(f"{tower}.")}
+        model = getattr(model, tower)
+    elif "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    return load_checked(model, state, task, path, "open_clip's CLIP layout").eval()
+
+
+def similarity_logits(model, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """logits_per_text of OpenAI's CLIP.forward: exp(logit_scale)·cos(text, image), [texts, images]."""
+    img = model.encode_image(images, normalize=True)
+    txt = model.encode_text(ids, normalize=True)
+    return model.logit_scale.exp() * txt @ img.t()
+
+
+@lru_cache()
+def _simple_tokenizer():
+    return open_clip().tokenizer.SimpleTokenizer()
+
+
+def tokenize(texts, context_length: int = 77, truncate: bool = False) -> torch.Tensor:
+    """OpenAI's clip.tokenize with open_clip's SimpleTokenizer: <|startoftext|> BPE ids
+    <|endoftext|>, zero padding to context_length. Too long a text raises as clip.tokenize does,
+    unless truncate (then the last kept id becomes <|endoftext|>, as open_clip and ViCLIP do)."""
+    tok = _simple_tokenizer()
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not truncate:
+        for t in texts:
+            if len(tok.encode(t)) + 2 > context_length:
+                raise UserError(f"text longer than CLIP's context of {context_length} tokens: {t[:60]!r}...")
+    return tok(texts, context_length=context_length)
 
 
 # -- preprocessing (VBench utils.py) -----------------------------------------------------------

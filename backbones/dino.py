@@ -1,75 +1,59 @@
-"""DINO ViT (facebookresearch/dino) in plain PyTorch. Parameter names follow the released
-checkpoint (`dino_vitbase16_pretrain.pth`), so it loads with strict key checks
-(`_common.load_into`); `dino_transform` is VBench's preprocessing for it (utils.py)."""
+"""DINO ViT-B/16 (facebookresearch/dino) from timm: timm's VisionTransformer is the architecture of
+DINO's ViT under the same parameter names (`cls_token`, `pos_embed`, `patch_embed.proj.*`,
+`blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*`, `norm.*`; qkv bias, LayerNorm eps
+1e-6), so `dino_vitbase16_pretrain.pth` loads into it with strict key checks (`_common.load_into`).
+The output is the final-norm CLS token (DINO's backbone has no head). Only the position-embedding
+interpolation for inputs other than 224² is DINO's own, not timm's (timm resamples by target size
+with an antialiased kernel; DINO's `interpolate_pos_encoding` scales by (grid + 0.1)/14, bicubic,
+whenever the input is not square): VBench's subject_consistency resizes the short side to 224
+without cropping, so non-square videos take that path. `dino_transform` is VBench's preprocessing."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from harness.backbones._common import IMAGENET, Mlp, normalise
+from harness.backbones._common import IMAGENET, normalise
+from harness.video import require
+
+VIT_B16 = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
 
 
-class _Attention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
-
-
-class _Block(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), _Attention(dim, heads)
-        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim, 4 * dim)
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+def dino_pos_embed(pos: torch.Tensor, h: int, w: int, patch: int) -> torch.Tensor:
+    """DINO's interpolate_pos_encoding for an input of h x w pixels: unchanged when the grid has as
+    many patches as the table and the input is square; else the patch positions resized by
+    bicubic interpolation with scale factors ((h//patch + 0.1)/n, (w//patch + 0.1)/n)."""
+    n_tab = pos.shape[1] - 1
+    gh, gw = h // patch, w // patch
+    if gh * gw == n_tab and h == w:
+        return pos
+    n = int(math.sqrt(n_tab))
+    grid = pos[:, 1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((gh + 0.1) / n, (gw + 0.1) / n), mode="bicubic")
+    assert grid.shape[-2:] == (gh, gw)
+    return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], 1)
 
 
-class _PatchEmbed(nn.Module):
-    def __init__(self, patch, dim):
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, patch, patch)
+def dino_vit(**arch):
+    """timm's VisionTransformer with DINO's position interpolation (B/16 unless `arch` overrides
+    patch_size, embed_dim, depth, num_heads), no head, random init, eval mode."""
+    vt = require("timm.models.vision_transformer")
 
+    class DinoViT(vt.VisionTransformer):
+        def forward_features(self, x, *args, **kw):
+            self._hw = x.shape[-2:]  # DINO's interpolation depends on the input's pixel size
+            p = self.patch_embed.patch_size[0]  # DINO's stride-16 convolution drops the remainder; timm refuses it
+            return super().forward_features(x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p], *args, **kw)
 
-class DinoViT(nn.Module):
-    """DINO ViT (B/16: dim 768, depth 12, heads 12); returns the normalised-layer CLS token. The
-    position embedding is interpolated (bicubic) for inputs other than 224², as DINO does."""
+        def _pos_embed(self, x):  # x: [B, gh, gw, C] (dynamic_img_size)
+            b, _, _, c = x.shape
+            x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, -1, c)], 1)
+            return self.pos_drop(x + dino_pos_embed(self.pos_embed, *self._hw, self.patch_embed.patch_size[0]))
 
-    def __init__(self, patch=16, dim=768, depth=12, heads=12):
-        super().__init__()
-        self.patch = patch
-        self.patch_embed = _PatchEmbed(patch, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + (224 // patch) ** 2, dim) * 0.02)
-        self.blocks = nn.ModuleList(_Block(dim, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-
-    def forward(self, x):
-        b, _, h, w = x.shape
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        gh, gw, g0 = h // self.patch, w // self.patch, int((self.pos_embed.shape[1] - 1) ** 0.5)
-        pos = self.pos_embed[:, 1:]
-        if (gh, gw) != (g0, g0):
-            pos = (
-                F.interpolate(
-                    pos.reshape(1, g0, g0, -1).permute(0, 3, 1, 2), size=(gh, gw), mode="bicubic", align_corners=False
-                )
-                .permute(0, 2, 3, 1)
-                .reshape(1, gh * gw, -1)
-            )
-        x = torch.cat([self.cls_token.expand(b, -1, -1) + self.pos_embed[:, :1], x + pos], 1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)[:, 0]
+    return DinoViT(**{**VIT_B16, **arch}, num_classes=0, dynamic_img_size=True).eval()
 
 
 def dino_transform(frames: np.ndarray, n: int = 224) -> torch.Tensor:

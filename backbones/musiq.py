@@ -1,6 +1,10 @@
-"""MUSIQ (Ke et al. 2021, arXiv:2108.05997) as pyiqa's musiq_arch.py builds it, in plain PyTorch
-(pyiqa needs torchvision, which cannot share the harness's environment). Parameter names follow
-pyiqa's checkpoints (`musiq_spaq_ckpt-358bb6af.pth`, the file VBench's imaging_quality loads):
+"""MUSIQ (Ke et al. 2021, arXiv:2108.05997) as pyiqa's musiq_arch.py builds it, in plain PyTorch.
+pyiqa itself (0.1.16) is not a dependency: it hard-requires bitsandbytes, facexlib (numba,
+llvmlite), tensorboard, pre-commit, openai-clip, yapf, pytest, ruff, datasets and accelerate, and
+importing its MUSIQ runs pyiqa/__init__.py, which imports the whole toolbox; pip's resolution of
+it beside the harness's pins did not finish within 15 minutes on the 2-core machine this was
+written on. Parameter names follow pyiqa's checkpoints (`musiq_spaq_ckpt-358bb6af.pth`, the file
+VBench's imaging_quality loads):
 
 - input in [0, 1] -> [-1, 1]; three scales: the image resized (bicubic, aspect kept, no antialias)
   so its longer side is 224 and 384, each cut into 32x32 patches with TF "SAME" zero padding and

@@ -1,5 +1,9 @@
-"""ViCLIP (InternVid, arXiv:2307.06942) in plain PyTorch: the video-text model behind VBench's
-temporal_style and overall_consistency (`ViClip-InternVid-10M-FLT.pth`, ViT-L/14, 8 frames).
+"""ViCLIP (InternVid, arXiv:2307.06942): the video-text model behind VBench's temporal_style and
+overall_consistency (`ViClip-InternVid-10M-FLT.pth`, ViT-L/14, 8 frames). No library ships it, so
+its space-time glue (the 3D patch embedding, the temporal positions, the joint token order) is
+written here; the transformers are open_clip's (`open_clip.transformer.Transformer` with QuickGELU
+for the vision tower, `TextTransformer` for the text tower: CLIP's residual blocks under the same
+parameter names).
 
 Read from VBench's copy of the model (Vchitect/VBench vbench/third_party/ViCLIP/viclip.py and
 viclip_vision.py; viclip_text.py read in a fork of VBench, wangbei1/vbench, with the same layout):
@@ -29,11 +33,15 @@ import torch
 from torch import nn
 
 from harness.backbones._common import load_into
-from harness.backbones.clip import ClipText, ClipTransformer
 from harness.errors import UserError
+from harness.video import require
 
 VICLIP_L14 = dict(patch=14, width=1024, layers=24, heads=16, out=768, frames=8, resolution=224)
 VICLIP_TEXT = dict(width=768, layers=12, heads=12, out=768, context=32, vocab=49408)
+
+
+def _oc():
+    return require("open_clip.transformer")
 
 
 class ViClipVision(nn.Module):
@@ -45,7 +53,8 @@ class ViClipVision(nn.Module):
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch) ** 2 + 1, width))
         self.temporal_positional_embedding = nn.Parameter(torch.zeros(1, frames, width))
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = ClipTransformer(width, layers, heads)
+        oc = _oc()
+        self.transformer = oc.Transformer(width, layers, heads, act_layer=oc.QuickGELU)  # batch first
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, out))
 
@@ -60,15 +69,24 @@ class ViClipVision(nn.Module):
         temporal = self.temporal_positional_embedding
         patches = patches + (temporal.mean(1) if t == 1 else temporal)
         x = torch.cat([cls, patches.reshape(b, gh * gw * t, c)], 1)
-        x = self.transformer.resblocks(self.ln_pre(x).transpose(0, 1))
-        return self.ln_post(x[0]) @ self.proj
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj
 
 
 class ViClip(nn.Module):
     def __init__(self, vision: dict = VICLIP_L14, text: dict = VICLIP_TEXT):
         super().__init__()
         self.vision_encoder = ViClipVision(**vision)
-        self.text_encoder = ClipText(**text)
+        oc = _oc()
+        self.text_encoder = oc.TextTransformer(
+            context_length=text["context"],
+            vocab_size=text["vocab"],
+            width=text["width"],
+            heads=text["heads"],
+            layers=text["layers"],
+            output_dim=text["out"],
+            act_layer=oc.QuickGELU,
+        )
         self.temp = nn.Parameter(torch.tensor(1 / 100.0))
 
     def encode_vision(self, frames: torch.Tensor) -> torch.Tensor:

@@ -157,6 +157,16 @@ def check(loaded, cell) -> None:
             f"{cell.model} was pretrained with ALiBi position biases: evaluate it with "
             f"--method alibi (method {cell.method_name} would run it with RoPE)"
         )
+    sharing = getattr(model.config, "harness_kv_sharing", None) or 1
+    other = [m.name for m in cell.methods if m.name != "cla" and {"attention", "kv_cache"} & set(m.patches)]
+    if sharing > 1 and other:  # Cross-Layer Attention (harness.cla): reusing layers have no K/V projections
+        # (its own layers run it natively, so baseline and RoPE methods are fine; the kv engine and the
+        # attention override would compute K/V in every layer)
+        raise Refused(
+            f"{cell.model} was pretrained with Cross-Layer Attention (K/V shared by {sharing} layers), which "
+            f"method {other[0]} (it replaces the attention or the KV cache) does not support: evaluate its KV "
+            f"cache with --method cla"
+        )
     for m in cell.methods:
         reason = refusal(model, m)
         if reason:

@@ -173,8 +173,11 @@ def _load_folder(
     warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the error below says it all
     try:
         tok = AutoTokenizer.from_pretrained(str(where), **hub)
-        if head == "causal_lm" and _image_text_to_text(where, hub):  # LLaVA family: a causal LM over text and images
-            auto = transformers.AutoModelForImageTextToText
+        if head == "causal_lm":
+            config = transformers.AutoConfig.from_pretrained(str(where), **hub)
+            if _image_text_to_text(config):  # LLaVA family: a causal LM over text and images
+                auto = transformers.AutoModelForImageTextToText
+            auto = _architecture_class(config) or auto
         model = auto.from_pretrained(str(where), use_safetensors=not pickle, **kwargs)
     except (OSError, ValueError, ImportError, RuntimeError, pickle_module.UnpicklingError, SafetensorError) as e:
         # also a truncated or junk safetensors file, or a pickle torch's weights-only loader refuses
@@ -197,13 +200,20 @@ def _load_folder(
     return LoadedModel(model_id, model, tok, device, sha, zoo, info)
 
 
-def _image_text_to_text(where, hub: dict) -> bool:
+def _architecture_class(config):
+    """The class for a layout of the harness's own that transformers' Auto classes do not know (a
+    Cross-Layer Attention model: harness.cla), None otherwise."""
+    from harness import cla
+
+    return cla.model_class(config)
+
+
+def _image_text_to_text(config) -> bool:
     """A vision-language checkpoint (e.g. LlavaForConditionalGeneration) that AutoModelForCausalLM
     does not map but AutoModelForImageTextToText does: it generates text like a causal LM."""
-    from transformers import AutoConfig
     from transformers.models.auto import modeling_auto as auto
 
-    kind = AutoConfig.from_pretrained(str(where), **hub).model_type
+    kind = config.model_type
     return (
         kind not in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind in auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     )
@@ -331,8 +341,9 @@ def skeleton(spec: str, options: LoadOptions | None = None):
         cfg = AutoConfig.from_pretrained(
             str(where), trust_remote_code=trust, local_files_only=not options.allow_download
         )
+        own = _architecture_class(cfg)
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust)
+            return own(cfg) if own else AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust)
     except (OSError, ValueError, ImportError, KeyError) as e:
         raise UserError(f"cannot read model {spec!r}: {_first_line(e)}") from None
 

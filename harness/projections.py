@@ -236,7 +236,9 @@ def layout_refusal(model) -> str | None:
     layers = getattr(model.config, "num_hidden_layers", None)
     if not mods:
         return "no attention layers with q_proj/k_proj/v_proj, qkv_proj or query_key_value projections found"
-    if layers is not None and len(mods) != layers:
+    from harness.cla import reusing_layers  # Cross-Layer Attention: reusers have no K/V projections
+
+    if layers is not None and len(mods) + len(reusing_layers(model)) != layers:
         return f"{len(mods)} attention layers found for {layers} decoder layers (a hybrid or cross-attention stack)"
     for m in mods:
         try:

@@ -9,6 +9,7 @@ are replaced by OpenCV in the `*_proxy` tasks, whose values are not leaderboard-
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 
 import numpy as np
@@ -123,12 +124,32 @@ def static_filter(frames: np.ndarray, flow_fn=None) -> tuple[bool, list[float]]:
     return static, mags
 
 
-# -- dynamic degree, motion smoothness (proxies of RAFT / AMT) ---------------------------------
-def dynamic_rule(pair_mags: list[float], h: int, w: int, n_frames: int) -> bool:
-    """VBench dynamic_degree.py: dynamic when at least round(4·N/16) pairs have a top-5 % flow
-    magnitude above 6·min(H, W)/256."""
-    thres, count_num = 6 * min(h, w) / 256, round(4 * n_frames / 16)
-    return sum(m > thres for m in pair_mags) >= count_num
+# -- dynamic degree (RAFT in vbench_dynamic_degree, Farneback in the proxy), motion smoothness ------
+def dynamic_frames(frames: np.ndarray, fps: float) -> np.ndarray:
+    """The frames VBench's dynamic_degree.py scores: every max(1, round(fps/8))-th frame."""
+    return frames[:: max(1, round(fps / 8))]
+
+
+def dynamic_rule(pair_mags: list[float], h: int, w: int, n_frames: int, fps: float = 8.0) -> bool:
+    """VBench dynamic_degree.py (set_params, check_move): dynamic when at least round(4·N/16) pairs
+    (N sampled frames) have a top-5 % flow magnitude above max(1, 8/fps)·6·min(H, W)/256, fps being
+    the video's own frame rate. As check_move counts inside its loop over the pairs, a video with no
+    pair is never dynamic."""
+    thres, count_num = max(1.0, 8.0 / fps) * 6 * min(h, w) / 256, round(4 * n_frames / 16)
+    return bool(pair_mags) and sum(m > thres for m in pair_mags) >= count_num
+
+
+def dynamic_degree_row(f: np.ndarray, fps: float, mags: list[float]) -> dict:
+    """A video's dynamic_degree row from its sampled frames f and the per-pair top-5 % flow
+    magnitudes `mags` (whichever flow computed them)."""
+    dynamic = dynamic_rule(mags, f.shape[1], f.shape[2], len(f), fps)
+    return {
+        "value": float(dynamic),
+        "dynamic": dynamic,
+        "pairs": len(mags),
+        "flow_top5pct_mean": round(sum(mags) / max(1, len(mags)), 4),
+        "pair_scores": [round(float(m), 4) for m in mags],
+    }
 
 
 def interpolate_midpoint(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -173,47 +194,59 @@ def camera_target(prompt: str) -> str | None:
     return None
 
 
-def direction_of(d: np.ndarray, thres: float) -> str:
-    """A displacement (dx, dy): right/left/down/up by its larger component above thres, else static."""
-    dx, dy = float(d[0]), float(d[1])
-    if max(abs(dx), abs(dy)) <= thres:
-        return "static"
-    if abs(dx) >= abs(dy):
-        return "right" if dx > 0 else "left"
-    return "down" if dy > 0 else "up"
+def edge_directions(d: np.ndarray, thres: float) -> list[str]:
+    """VBench-I2V camera_motion.py transform_class: a displacement (dx, dy) is right or left when
+    |dx| > thres and down or up when |dy| > thres — both can hold — else static."""
+    out = []
+    if d[0] > thres:
+        out.append("right")
+    elif d[0] < -thres:
+        out.append("left")
+    if d[1] > thres:
+        out.append("down")
+    elif d[1] < -thres:
+        out.append("up")
+    return out or ["static"]
+
+
+_PAN_TILT = {
+    ("left", "left"): "pan_right",
+    ("right", "right"): "pan_left",
+    ("down", "down"): "tilt_up",
+    ("up", "up"): "tilt_down",
+    ("static", "static"): "static",
+}
+_TOP_BOTTOM = {**_PAN_TILT, ("up", "down"): "zoom_in", ("down", "up"): "zoom_out"}
+_LEFT_RIGHT = {**_PAN_TILT, ("left", "right"): "zoom_in", ("right", "left"): "zoom_out"}
 
 
 def camera_labels(first: np.ndarray, last: np.ndarray, h: int, w: int) -> set[str]:
-    """first/last: [10, 10, 2] grid positions (x, y). The middle points of the top and bottom rows
-    and of the left and right columns are classified with thres 0.005·min(H, W) and mapped:
-    top/bottom left,left→pan_right; right,right→pan_left; down,down→tilt_up; up,up→tilt_down;
-    up,down→zoom_in; down,up→zoom_out; left/right columns left,right→zoom_in; right,left→zoom_out.
-    "static" is dropped when any other label is present."""
+    """VBench-I2V camera_motion.py (camera_classify) on a tracked grid: first/last [n, n, 2]
+    positions (x, y), cast to integers as VBench does (`.long()`, towards zero). The middle points
+    of the top and bottom rows and of the left and right columns move by a displacement each,
+    classified by `edge_directions` with thres 0.005·min(H, W); every (top, bottom) pair of
+    directions maps by pan/tilt (left,left→pan_right; right,right→pan_left; down,down→tilt_up;
+    up,up→tilt_down), up,down→zoom_in, down,up→zoom_out, static,static→static; (left, right) pairs
+    the same with left,right→zoom_in, right,left→zoom_out; an unmapped side gives "None". "static"
+    is dropped when other labels remain, then "None" likewise."""
+    disp = np.trunc(last) - np.trunc(first)
     n = first.shape[0]
-    disp = last - first
-    mid = n // 2
+    mid = math.ceil(n // 2 - 0.5)  # VBench's get_edge_point with one point per edge
     thres = 0.005 * min(h, w)
-    top, bottom = direction_of(disp[0, mid], thres), direction_of(disp[-1, mid], thres)
-    left, right = direction_of(disp[mid, 0], thres), direction_of(disp[mid, -1], thres)
-    rules_tb = {
-        ("left", "left"): "pan_right",
-        ("right", "right"): "pan_left",
-        ("down", "down"): "tilt_up",
-        ("up", "up"): "tilt_down",
-        ("up", "down"): "zoom_in",
-        ("down", "up"): "zoom_out",
-    }
-    rules_lr = {("left", "right"): "zoom_in", ("right", "left"): "zoom_out"}
-    labels = set()
-    if (top, bottom) in rules_tb:
-        labels.add(rules_tb[(top, bottom)])
-    if (left, right) in rules_lr:
-        labels.add(rules_lr[(left, right)])
-    if "static" in (top, bottom, left, right) or not labels:
-        labels.add("static")
-    if len(labels) > 1:
-        labels.discard("static")
+    top, bottom = edge_directions(disp[0, mid], thres), edge_directions(disp[n - 1, mid], thres)
+    left, right = edge_directions(disp[mid, 0], thres), edge_directions(disp[mid, n - 1], thres)
+    tb = [_TOP_BOTTOM[(a, b)] for a in top for b in bottom if (a, b) in _TOP_BOTTOM] or ["None"]
+    lr = [_LEFT_RIGHT[(a, b)] for a in left for b in right if (a, b) in _LEFT_RIGHT] or ["None"]
+    labels = set(tb + lr)
+    for weak in ("static", "None"):
+        if weak in labels and len(labels) > 1:
+            labels.discard(weak)
     return labels
+
+
+def grid_tracks_to_labels(pos: np.ndarray, grid: int, h: int, w: int) -> set[str]:
+    """pos [T, grid², 2] (row-major grid, as CoTracker's grid queries and lk_track order them)."""
+    return camera_labels(pos[0].reshape(grid, grid, 2), pos[-1].reshape(grid, grid, 2), h, w)
 
 
 def lk_track(frames: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:

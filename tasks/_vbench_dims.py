@@ -26,6 +26,11 @@ def compute_dimensions(ctx, dims, shared: dict[str, str]) -> list[tuple[str, flo
         task = params.build(cls, {k: v for k, v in shared.items() if k in fields and v != ""}, name)
         result = task.run(ctx)
         calibrated = result.details.get("calibrated", True)
-        label = f"computed by {name}" + ("" if calibrated else " (UNCALIBRATED random-init backbone)")
+        backend = result.details.get("backend", "")
+        label = (
+            f"computed by {name}"
+            + (f" ({backend})" if backend else "")
+            + ("" if calibrated else " (UNCALIBRATED random-init backbone)")
+        )
         out.append((dim, result.metrics[cls.main_metric].value, label))
     return out

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from harness.backbones.clip import clip_transform
-from harness.backbones.clip_tokenizer import tokenizer
+from harness.backbones.clip import clip_transform, tokenize
 from harness.backbones.viclip import ViClip, load_viclip
 from harness.errors import UserError
 from harness.tasks._backbone_tasks import BackboneTask
@@ -38,7 +37,7 @@ class ViClipTask(BackboneTask):
 
     def text_feature(self, prompt: str) -> np.ndarray:
         if prompt not in self._text:
-            ids = tokenizer()(prompt, context_length=self._net.text_encoder.context_length, truncate=True)
+            ids = tokenize(prompt, context_length=self._net.text_encoder.context_length, truncate=True)
             with torch.no_grad():
                 self._text[prompt] = self._net.encode_text(ids)[0].double().numpy()
         return self._text[prompt]

@@ -43,9 +43,13 @@ def chscore(pos: np.ndarray, vis: np.ndarray, threshold: float = 0.1) -> dict:
 def cotracker_tracks(frames: np.ndarray, checkpoint, grid: int):
     """CoTracker2 through its own package (facebookresearch/co-tracker), when installed."""
     import torch
-    from cotracker.predictor import CoTrackerPredictor
 
-    model = CoTrackerPredictor(checkpoint=str(checkpoint)).eval()
+    from harness.backbones._common import load_checked, load_state
+    from harness.tasks.vbench_camera_motion import cotracker_predictor
+
+    model = cotracker_predictor()  # configured as torch.hub's cotracker2 (v2, window 8)
+    load_checked(model.model, load_state(checkpoint), "chronomagic_chscore", checkpoint, "CoTracker2's layout")
+    model.eval()
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float()
     with torch.no_grad():
         tracks, visible = model(video, grid_size=grid)

@@ -22,6 +22,7 @@ from harness.tasks.perplexity import Perplexity
 DENSE = 1.0
 TOLERANCE = 0.02  # |kept fraction - budget| allowed on every sample
 SINGLE = ("bits", "native")  # budget units of methods that run once, at their own setting
+MODEL = "model"  # a method whose saving is the model's own layout (cla): its dense cache is the method's
 
 
 def label(budget: float) -> str:
@@ -39,8 +40,11 @@ class KVCompression(Task):
     - ppl_ratio (perplexity ÷ dense, per text) and kl_vs_dense (mean next-token KL(dense ‖ method))
       on held-out synthetic text: the first context_length − ppl_decode_tokens tokens are the
       compressed context, the rest is decoded one token at a time (decode-time compression);
-    - kept_fraction (kept context tokens per layer and head ÷ context tokens), kv_bytes and
-      kv_bytes_fraction (counted at fp16; quantizers count bits, scales and zero points);
+    - nll: mean next-token NLL of the decoded tokens (absolute, so records of different models
+      compare: a CLA model's dense cache against a base model's compressed one);
+    - kept_fraction (kept context tokens per layer and head ÷ context tokens), kv_bytes,
+      kv_bytes_per_token (kv_bytes ÷ context tokens: what compares across models at equal KV
+      memory) and kv_bytes_fraction (counted at fp16; quantizers count bits, scales and zero points);
     - prefill_s, decode_ms_per_token and peak_mem_bytes at each timing length (a haystack prompt,
       timing_new_tokens greedy tokens); peak_mem_bytes is CUDA's allocator peak on GPU, the cache
       tensors held on CPU.
@@ -49,7 +53,9 @@ class KVCompression(Task):
     byte fraction for byte budgets (svd_kv), at most the budget for capped adaptive ones (fastgen);
     quantizers (budget fixed by their bits) and presses without a ratio run once, at their own
     setting ("native"), and must hold fewer bytes (or tokens) than dense. A call where a policy ran but kept
-    the wrong amount fails the run. Without a KV policy (e.g. `baseline`), only the dense row runs.
+    the wrong amount fails the run. Without a KV policy (e.g. `baseline`), only the dense row runs;
+    so it does for a method whose saving is the model's layout (budget unit "model": cla, on a
+    model trained with Cross-Layer Attention), through the kv engine, so its bytes are counted.
     Metric names carry the budget (`needle_accuracy@0.1`, `@dense`); unsuffixed ones are the mean
     over the budgets. `details.pareto` is the quality-vs-kept-fraction table."""
 
@@ -161,6 +167,7 @@ class KVCompression(Task):
             stats.update(
                 kept_fraction=d["kv.kept_tokens"] / ctx_tokens,
                 kv_bytes=d["kv.bytes"] / d["kv.calls"],
+                kv_bytes_per_token=d["kv.bytes"] / ctx_tokens,
                 kv_bytes_fraction=d["kv.bytes"] / d["kv.dense_bytes"],
                 prefill_s=d["kv.prefill_s"],
                 decode_steps=d.get("kv.decode_steps", 0),
@@ -199,7 +206,9 @@ class KVCompression(Task):
         lm = ctx.lm
         unit = next((m.budget_unit for m in ctx.methods if m.budget_unit), "tokens")
         probe = self.call(lm, unit, DENSE, lambda: lm.generate([lm.encode(" probe text") or [0]], 1))
-        budgets = [DENSE] + ([] if not probe["policy"] else [0.0] if unit in SINGLE else list(self.budgets))
+        budgets = [DENSE] + (
+            [] if not probe["policy"] or unit == MODEL else [0.0] if unit in SINGLE else list(self.budgets)
+        )
         # quantizers run once at their own bit width, labelled "native" (budget 0.0 = the method's own)
         names = {b: "native" if unit in SINGLE and b == 0.0 else label(b) for b in budgets}
         n_needle = min(self.needle_samples, ctx.limit or self.needle_samples)
@@ -235,6 +244,7 @@ class KVCompression(Task):
                         row[f"kept_fraction@{names[b]}"] = s["kept_fraction"]
                         add(b, "kept_fraction", s["kept_fraction"])
                         add(b, "kv_bytes", s["kv_bytes"])
+                        add(b, "kv_bytes_per_token", s["kv_bytes_per_token"])
                         add(b, "kv_bytes_fraction", s["kv_bytes_fraction"])
                     row[f"prediction@{names[b]}" + ("" if kind == "needle_accuracy" else "@qa")] = pred
             rows.append(row)
@@ -260,6 +270,7 @@ class KVCompression(Task):
                 logp[b] = torch.log_softmax(s["out"][0, scored].float(), dim=-1)
                 target = x[0, scored.start + 1 : scored.stop + 1]
                 row[f"nll@{names[b]}"] = float(-logp[b].gather(1, target[:, None]).mean())
+                add(b, "nll", row[f"nll@{names[b]}"])
             for b in budgets:
                 ratio = math.exp(row[f"nll@{names[b]}"] - row["nll@dense"])
                 kl = float((logp[DENSE].exp() * (logp[DENSE] - logp[b])).sum(-1).mean())
@@ -292,11 +303,20 @@ class KVCompression(Task):
             "needle_accuracy_query_aware": ("higher", "fraction"),
             "ppl_ratio": ("lower", "ratio"),
             "kl_vs_dense": ("lower", "nats/token"),
+            "nll": ("lower", "nats/token"),
             "kept_fraction": ("lower", "fraction"),
             "kv_bytes": ("lower", "bytes"),
+            "kv_bytes_per_token": ("lower", "bytes"),
             "kv_bytes_fraction": ("lower", "fraction"),
         }
-        sample_fields = {"needle_accuracy", "needle_accuracy_query_aware", "ppl_ratio", "kl_vs_dense", "kept_fraction"}
+        sample_fields = {
+            "needle_accuracy",
+            "needle_accuracy_query_aware",
+            "ppl_ratio",
+            "kl_vs_dense",
+            "nll",
+            "kept_fraction",
+        }
         compressed = [names[b] for b in budgets if b != DENSE]
         for name, (direction, unit) in units.items():
             for b in budgets:

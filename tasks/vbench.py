@@ -17,6 +17,7 @@ from harness.tasks._vbench import (
     WEIGHT,
     aggregate_scores,
     outside_range,
+    dynamic_frames,
     dynamic_rule,
     flicker_score,
     flow_magnitude,
@@ -110,9 +111,9 @@ class VBench(Task):
                     row["temporal_flickering"] = flicker_score(frames)
                     flick.append(row["temporal_flickering"])
                 if self.proxies:
-                    f = frames[:: max(1, round(ref.fps / 8))]
+                    f = dynamic_frames(frames, ref.fps)
                     mags = [top_mean(flow_magnitude(f[i], f[i + 1]), 0.05) for i in range(len(f) - 1)]
-                    row["dynamic_degree_proxy"] = float(dynamic_rule(mags, f.shape[1], f.shape[2], len(f)))
+                    row["dynamic_degree_proxy"] = float(dynamic_rule(mags, f.shape[1], f.shape[2], len(f), ref.fps))
                     row["motion_smoothness_proxy"] = motion_smoothness(frames) if len(frames) >= 3 else None
                     dyn.append(row["dynamic_degree_proxy"])
                     if row["motion_smoothness_proxy"] is not None:
@@ -120,16 +121,20 @@ class VBench(Task):
                 rows.append(row)
             for dim, vals, label in (
                 ("temporal_flickering", flick, "computed (exact)"),
-                ("dynamic_degree", dyn, "computed (PROXY)"),
-                ("motion_smoothness", smooth, "computed (PROXY)"),
+                ("dynamic_degree", dyn, "computed (PROXY: Farneback flow instead of RAFT)"),
+                ("motion_smoothness", smooth, "computed (PROXY: Farneback interpolation instead of AMT-S)"),
             ):
                 if vals and dim not in raw:
                     raw[dim], source[dim], counts[dim] = sum(vals) / len(vals), label, len(vals)
         from harness.tasks._vbench_dims import compute_dimensions
 
         shared = {"weights_dir": self.weights_dir, "allow_uncalibrated": str(self.allow_uncalibrated).lower()}
-        for dim, value, label in compute_dimensions(ctx, [d for d in self.dimensions if d not in raw], shared):
+        # a dimension's own task (its real backbone) takes precedence over a proxy, not over the scores file
+        for dim, value, label in compute_dimensions(
+            ctx, [d for d in self.dimensions if source.get(d) != "scores file"], shared
+        ):
             raw[dim], source[dim] = value, label
+            counts.pop(dim, None)
         if not raw:
             raise UserError(
                 "vbench: no dimension values: give scores=FILE, or compute=true on videos "

@@ -8,7 +8,7 @@ from torch import nn
 
 from harness.registry import register
 from harness.backbones._common import load_into
-from harness.backbones.clip import CLIP_L14, ClipVisual, clip_transform
+from harness.backbones.clip import clip_transform, create_clip, load_clip
 from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._clip_tasks import CLIP_L14_FILE, LAION_HEAD_FILE
 
@@ -18,7 +18,7 @@ class AestheticPredictor(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.visual, self.head = ClipVisual(**CLIP_L14), nn.Linear(768, 1)
+        self.visual, self.head = create_clip("ViT-L-14").visual, nn.Linear(768, 1)  # open_clip, QuickGELU (OpenAI's)
 
     def forward(self, x):
         return self.head(nn.functional.normalize(self.visual(x), dim=-1)).squeeze(-1)
@@ -27,7 +27,7 @@ class AestheticPredictor(nn.Module):
 def build_predictor(paths, task: str) -> AestheticPredictor:
     net = AestheticPredictor()
     if paths:
-        load_into(net.visual, paths[0], "visual.", task)
+        load_clip(net, paths[0], task, "visual")
         load_into(net.head, paths[1], "", task)
     return net
 
@@ -46,11 +46,13 @@ class VBenchAestheticQuality(BackboneTask):
     benchmark_dimension = (
         "vbench:aesthetic_quality"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "CLIP ViT-L/14 + LAION linear head in plain PyTorch (ViT-L-14.pt, sa_0_4_vit_l_14_linear.pth)"
+    backend = (
+        "CLIP ViT-L/14 from open_clip, OpenAI weights (ViT-L-14.pt), + LAION linear head (sa_0_4_vit_l_14_linear.pth)"
+    )
     fidelity = "faithful"
     version = "1"
     main_metric = "aesthetic_quality"
-    summary = "VBench aesthetic quality (CLIP ViT-L/14 + LAION linear head in plain PyTorch; local weights)"
+    summary = "VBench aesthetic quality (CLIP ViT-L/14 from open_clip + LAION linear head; local weights)"
     smoke_args = {"allow_uncalibrated": "true", "num_frames": "1", "max_videos": "1"}
 
     def build(self):

@@ -8,8 +8,7 @@ import torch
 
 from harness.errors import UserError
 from harness.registry import register
-from harness.backbones.clip import CLIP_B32, TEXT_B32, Clip, load_clip
-from harness.backbones.clip_tokenizer import tokenizer
+from harness.backbones.clip import create_clip, load_clip, similarity_logits, tokenize
 from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._clip_tasks import CLIP_B32_FILE, clip_transform_image, frame_weighted, read_suite, suite_lookup
 
@@ -33,11 +32,11 @@ class VBenchAppearanceStyle(BackboneTask):
     benchmark_dimension = (
         "vbench:appearance_style"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "CLIP ViT-B/32 in plain PyTorch (ViT-B-32.pt)"
+    backend = "CLIP ViT-B/32 from open_clip, OpenAI weights (ViT-B-32.pt)"
     fidelity = "faithful"
     version = "1"
     main_metric = "appearance_style"
-    summary = "VBench appearance style (CLIP ViT-B/32 image and text towers in plain PyTorch; local weights)"
+    summary = "VBench appearance style (CLIP ViT-B/32 from open_clip; local weights)"
     smoke_args = {"allow_uncalibrated": "true", "num_frames": "2", "style": "Van Gogh style", "max_videos": "1"}
     suite: str = field(default="", metadata={"help": "VBench_full_info.json: style text per prompt"})
     style: str = field(default="", metadata={"help": "one style text for every video (else from suite)"})
@@ -50,7 +49,8 @@ class VBenchAppearanceStyle(BackboneTask):
             )
         self._suite = read_suite(self.suite, self.name) if self.suite else []
         return self.backbone(
-            [CLIP_B32_FILE], lambda p: load_clip(p[0], CLIP_B32, TEXT_B32, self.name) if p else Clip(CLIP_B32, TEXT_B32)
+            [CLIP_B32_FILE],
+            lambda p: load_clip(create_clip("ViT-B-32"), p[0], self.name) if p else create_clip("ViT-B-32"),
         )
 
     def style_of(self, prompt: str) -> str | None:
@@ -62,12 +62,12 @@ class VBenchAppearanceStyle(BackboneTask):
 
     def similarities(self, images: torch.Tensor, style: str):
         """logits_per_text[0] / 100 for a batch of frames."""
-        ids = tokenizer()(style)
+        ids = tokenize(style)
         with torch.no_grad():
             return (
                 torch.cat(
                     [
-                        self._net(images[i : i + self.batch_size], ids)[1][0]
+                        similarity_logits(self._net, images[i : i + self.batch_size], ids)[0]
                         for i in range(0, len(images), self.batch_size)
                     ]
                 )

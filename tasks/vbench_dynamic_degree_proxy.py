@@ -1,11 +1,12 @@
-"""VBench dynamic degree with OpenCV flow in place of RAFT (a proxy)."""
+"""VBench dynamic degree with OpenCV flow in place of RAFT (a proxy): the named fallback of
+vbench_dynamic_degree (RAFT from torchvision) where the RAFT weights are not at hand."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from harness.registry import register
-from harness.tasks._vbench import VideoTask, dynamic_rule, flow_magnitude, top_mean
+from harness.tasks._vbench import VideoTask, dynamic_degree_row, flow_magnitude, top_mean
 
 
 @register
@@ -13,9 +14,10 @@ from harness.tasks._vbench import VideoTask, dynamic_rule, flow_magnitude, top_m
 class VBenchDynamicDegreeProxy(VideoTask):
     """VBench dynamic_degree (vbench/dynamic_degree.py) with Farneback flow instead of RAFT-things:
     frames subsampled every round(fps/8); per consecutive pair the mean of the top 5 % flow
-    magnitudes; a video is dynamic when at least round(4·N/16) pairs exceed 6·min(H, W)/256; the
-    dimension is the fraction of dynamic videos. PROXY: the rule is VBench's, the flow is not, so
-    values are not comparable with the leaderboard (the record says calibrated: false)."""
+    magnitudes; a video is dynamic when at least round(4·N/16) pairs exceed
+    max(1, 8/fps)·6·min(H, W)/256; the dimension is the fraction of dynamic videos. PROXY: the rule
+    is VBench's, the flow is not, so values are not comparable with the leaderboard (the record says
+    calibrated: false). The faithful task is vbench_dynamic_degree (RAFT, torchvision)."""
 
     name = "vbench_dynamic_degree_proxy"
     benchmark_dimension = (
@@ -34,13 +36,7 @@ class VBenchDynamicDegreeProxy(VideoTask):
     )
 
     def score(self, ref, frames):
-        step = max(1, round(ref.fps / self.target_fps))
-        f = frames[::step]
-        mags = [top_mean(flow_magnitude(f[i], f[i + 1]), 0.05) for i in range(len(f) - 1)]
-        dynamic = dynamic_rule(mags, f.shape[1], f.shape[2], len(f))
-        return {
-            "value": float(dynamic),
-            "dynamic": dynamic,
-            "pairs": len(mags),
-            "flow_top5pct_mean": round(sum(mags) / max(1, len(mags)), 4),
-        }
+        f = frames[:: max(1, round(ref.fps / self.target_fps))]
+        return dynamic_degree_row(
+            f, ref.fps, [top_mean(flow_magnitude(f[i], f[i + 1]), 0.05) for i in range(len(f) - 1)]
+        )

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from harness.registry import register
 from harness.backbones._common import load_into
-from harness.backbones.dino import DinoViT
+from harness.backbones.dino import dino_vit
 from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._clip_tasks import (
     DINO_FILE,
@@ -39,11 +39,11 @@ class VBenchI2VSubject(BackboneTask):
     benchmark_dimension = (
         "vbench-i2v:i2v_subject"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "DINO ViT-B/16 in plain PyTorch"
+    backend = "DINO ViT-B/16 from timm (dino_vitbase16_pretrain.pth)"
     fidelity = "faithful"
     version = "1"
     main_metric = "i2v_subject"
-    summary = "VBench-I2V video-image subject consistency (DINO ViT-B/16 in plain PyTorch; local weights)"
+    summary = "VBench-I2V video-image subject consistency (DINO ViT-B/16 from timm; local weights)"
     smoke_args = {"allow_uncalibrated": "true", "num_frames": "2", "max_videos": "1", "first_frame_as_image": "true"}
     images: str = field(default="", metadata={"help": "folder of conditioning images (VBench-I2V data/crop/<ratio>)"})
     suite: str = field(default="", metadata={"help": "vbench2_i2v_full_info.json: image_name per prompt"})
@@ -55,7 +55,7 @@ class VBenchI2VSubject(BackboneTask):
 
     def build(self):
         self._suite = read_suite(self.suite, self.name) if self.suite else []
-        return self.backbone([DINO_FILE], lambda p: load_into(DinoViT(), p[0], "", self.name) if p else DinoViT())
+        return self.backbone([DINO_FILE], lambda p: load_into(dino_vit(), p[0], "", self.name) if p else dino_vit())
 
     def score(self, ref, frames):
         image, source = condition_image(self, ref)

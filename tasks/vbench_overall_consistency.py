@@ -21,9 +21,9 @@ class VBenchOverallConsistency(ViClipTask):
     benchmark_dimension = (
         "vbench:overall_consistency"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "ViCLIP-L/14 in plain PyTorch (ViClip-InternVid-10M-FLT.pth)"
+    backend = "ViCLIP-L/14: its space-time glue here (no library has ViCLIP), open_clip transformers (ViClip-InternVid-10M-FLT.pth)"
     fidelity = "faithful"
     version = "1"
     main_metric = "overall_consistency"
-    summary = "VBench overall consistency (ViCLIP ViT-L/14 in plain PyTorch; local weights)"
+    summary = "VBench overall consistency (ViCLIP ViT-L/14 on open_clip transformers; local weights)"
     smoke_args = {"allow_uncalibrated": "true", "num_frames": "1", "max_videos": "1"}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from harness.registry import register
 from harness.backbones._common import load_into
-from harness.backbones.dino import DinoViT, dino_transform
+from harness.backbones.dino import dino_transform, dino_vit
 from harness.tasks._backbone_tasks import ConsistencyTask
 
 DINO_FILE = (
@@ -28,15 +28,15 @@ class VBenchSubjectConsistency(ConsistencyTask):
     benchmark_dimension = (
         "vbench:subject_consistency"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "DINO ViT-B/16 in plain PyTorch (backbones/dino.py; dino_vitbase16_pretrain.pth)"
+    backend = "DINO ViT-B/16 from timm, DINO's position interpolation (dino_vitbase16_pretrain.pth)"
     fidelity = "faithful"
     version = "1"
     main_metric = "subject_consistency"
-    summary = "VBench subject consistency (DINO ViT-B/16 in plain PyTorch; local weights)"
+    summary = "VBench subject consistency (DINO ViT-B/16 from timm; local weights)"
     smoke_args = {"allow_uncalibrated": "true", "num_frames": "2"}
 
     def build(self):
-        return self.backbone([DINO_FILE], lambda p: load_into(DinoViT(), p[0], "", self.name) if p else DinoViT())
+        return self.backbone([DINO_FILE], lambda p: load_into(dino_vit(), p[0], "", self.name) if p else dino_vit())
 
     def transform(self, frames):
         return dino_transform(frames)

@@ -40,9 +40,14 @@ def _isolated_state(tmp_path_factory):
 
 
 def make_tiny_llama(folder, kv_heads=2, max_pos=128, seed=0, **config):
-    """A random-init tiny Llama with the zoo tokenizer, saved in HF format (safetensors)."""
+    """A random-init tiny Llama with the zoo tokenizer, saved in HF format (safetensors). A
+    Cross-Layer Attention flag in `config` builds the CLA layout (reusing layers without K/V)."""
+    from harness.cla import CLA_CONFIG_FLAG
     from harness.zoo.tokenizer import build_tokenizer
     from harness.zoo.train import Recipe, build_model
+
+    config = dict(config)
+    kv_share = config.pop(CLA_CONFIG_FLAG, 1)
 
     tok = build_tokenizer()
     torch.manual_seed(seed)
@@ -53,6 +58,7 @@ def make_tiny_llama(folder, kv_heads=2, max_pos=128, seed=0, **config):
         num_attention_heads=4,
         num_key_value_heads=kv_heads,
         context_length=max_pos,
+        kv_share=kv_share,
     )
     model = build_model(recipe, len(tok), tok.pad_token_id)
     for key, value in config.items():

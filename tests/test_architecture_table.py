@@ -5,11 +5,13 @@ generated here and the test fails when it drifts; regenerate it with
 
     HARNESS_WRITE_DOCS=1 .venv/bin/python -m pytest tests/test_architecture_table.py
 
-(20 families x 6 methods: 582 s on the 2-core machine while a training run held both cores; not
-slow-marked, so the page cannot drift unnoticed)"""
+(20 families x 6 methods: 582 s on the 2-core machine while a training run held both cores, so it
+is slow-marked: `make test-slow`, which .ci/run runs, catches a drifted page)"""
 
 import os
 from pathlib import Path
+
+import pytest
 
 import transformers
 
@@ -90,6 +92,7 @@ def page(rows: dict[str, dict[str, str]], architectures: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow
 def test_architectures_page_is_generated_from_real_cells(tmp_path):
     rows, architectures = {}, {}
     for fam in FAMILIES:

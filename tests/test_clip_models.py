@@ -1,6 +1,7 @@
-"""The CLIP-family backbones (harness.backbones.clip, clip_tokenizer, viclip): CLIP's tokenizer and
-towers against transformers, ViCLIP against a slow loop reference and the release's parameter
-layout."""
+"""The CLIP-family backbones: open_clip's tokenizer (through harness.backbones.clip.tokenize) against
+transformers' CLIPTokenizer on the same vocabulary, an open_clip CLIP loaded by the harness from a
+checkpoint in OpenAI's layout against transformers' CLIPModel on the same weights, and ViCLIP
+(backbones/viclip.py: no library has it) against a slow loop reference and the release's layout."""
 
 import gzip
 import math
@@ -8,11 +9,11 @@ import math
 import pytest
 import torch
 
-from harness.backbones import clip_tokenizer
 from harness.backbones import viclip as vc
-from harness.backbones.clip import Clip
+from harness.backbones.clip import load_clip, tokenize
 from harness.errors import UserError
 
+open_clip = pytest.importorskip("open_clip")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -26,7 +27,6 @@ TEXTS = [
     "don't stop'n'roll ''s",
     "A  B\tC\nD",
     "e\u0301 cafe\u0301",
-    "a <|endoftext|> b",
     "The camera pans left, Van Gogh style",
 ]
 
@@ -34,26 +34,27 @@ TEXTS = [
 def test_tokenizer_matches_transformers_cliptokenizer_on_the_same_vocabulary():
     from transformers import CLIPTokenizer
 
-    ours = clip_tokenizer.tokenizer()
-    lines = gzip.open(clip_tokenizer.BPE_FILE).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    peer = CLIPTokenizer(vocab=dict(ours.encoder), merges=[tuple(m.split()) for m in lines])
+    tok = open_clip.tokenizer.SimpleTokenizer()
+    lines = gzip.open(open_clip.tokenizer.default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    # open_clip spells the special tokens <start_of_text>/<end_of_text>; their ids are OpenAI's 49406/49407
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {names.get(k, k): v for k, v in tok.encoder.items()}
+    assert vocab["<|startoftext|>"] == 49406 and vocab["<|endoftext|>"] == 49407
+    peer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in lines])
     for text in TEXTS:
-        ids = ours(text)[0]
+        ids = tokenize(text)[0]
         assert ids[: int((ids != 0).sum())].tolist() == peer(text)["input_ids"], text
 
 
-def test_tokenizer_hand_checked_ids_cleaning_and_truncation():
-    tok = clip_tokenizer.tokenizer()
+def test_tokenizer_hand_checked_ids_and_truncation():
     # OpenAI CLIP's well-known ids: <|startoftext|> a photo of a cat <|endoftext|>, zero padding to 77
-    ids = tok("A  photo of a CAT")
+    ids = tokenize("A  photo of a CAT")
     assert ids.shape == (1, 77) and ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert ids[0, 7:].eq(0).all()
-    assert tok.encode("&amp;amp;") == tok.encode("&")  # html.unescape twice
-    assert tok.decode(tok.encode("a photo of a cat")) == "a photo of a cat "
     long = " ".join(["cat"] * 80)
-    with pytest.raises(UserError, match="longer than CLIP's context"):
-        tok(long)
-    cut = tok(long, context_length=32, truncate=True)[0]  # ViCLIP: last id becomes end-of-text
+    with pytest.raises(UserError, match="longer than CLIP's context"):  # as OpenAI's clip.tokenize
+        tokenize(long)
+    cut = tokenize(long, context_length=32, truncate=True)[0]  # ViCLIP: last id becomes end-of-text
     assert cut.tolist() == [49406] + [2368] * 30 + [49407]
 
 
@@ -96,23 +97,31 @@ def openai_to_hf(sd: dict, layers_text: int, layers_vision: int) -> dict:
     return out
 
 
-def test_clip_image_and_text_towers_match_transformers_clipmodel():
+def tiny_clip(vocab: int = 1000):
+    """An open_clip CLIP in OpenAI's configuration (QuickGELU, class-token pooling), tiny."""
+    vision = dict(image_size=224, layers=2, width=64, patch_size=32, head_width=16)
+    text = dict(context_length=77, vocab_size=vocab, width=32, heads=4, layers=2)
+    return open_clip.model.CLIP(48, vision, text, quick_gelu=True).eval()
+
+
+def test_open_clip_loaded_from_an_openai_checkpoint_matches_transformers_clipmodel(tmp_path):
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
-    src = Clip(VIS, TXT)
+    src = tiny_clip()
     for p in src.parameters():
         torch.nn.init.normal_(p, std=0.1)
     with torch.no_grad():
         src.logit_scale.fill_(2.0)
-    # the checkpoint in OpenAI's layout (text tower at top level), with the ints its TorchScript keeps
-    sd = {(k[5:] if k.startswith("text.") else k): v for k, v in src.state_dict().items()}
+    sd = src.state_dict()
+    # the checkpoint in OpenAI's layout, DataParallel prefix and the ints its TorchScript keeps included
     ckpt = {f"module.{k}": v for k, v in sd.items()} | {
         "input_resolution": torch.tensor(224),
         "context_length": torch.tensor(77),
         "vocab_size": torch.tensor(1000),
     }
-    net = Clip(VIS, TXT).load_checkpoint(ckpt, "t", "ckpt").eval()
+    torch.save(ckpt, tmp_path / "ViT-B-32.pt")
+    net = load_clip(tiny_clip(), tmp_path / "ViT-B-32.pt", "t")
     cfg = CLIPConfig(
         text_config=dict(
             vocab_size=1000,
@@ -149,13 +158,32 @@ def test_clip_image_and_text_towers_match_transformers_clipmodel():
         ids[row, 1 : n - 1] = torch.randint(1, 990, (n - 2,), generator=g)
     images = torch.randn(2, 3, 224, 224, generator=g)
     with torch.no_grad():
-        per_image, per_text = net(images, ids)
+        per_text = (
+            net.logit_scale.exp() * net.encode_text(ids, normalize=True) @ net.encode_image(images, normalize=True).t()
+        )
         ref = hf(input_ids=ids, pixel_values=images)
-    assert torch.allclose(per_image, ref.logits_per_image, atol=1e-5)
+        visual = load_clip(tiny_clip(), tmp_path / "ViT-B-32.pt", "t", "visual")(images)
     assert torch.allclose(per_text, ref.logits_per_text, atol=1e-5)
-    assert per_image.abs().max() > 0.1  # not a degenerate comparison
-    with pytest.raises(UserError, match="does not match the CLIP layout"):
-        Clip(VIS, TXT).load_checkpoint({"visual.conv1.weight": sd["visual.conv1.weight"]}, "t", "bad")
+    # the visual tower alone, as the consistency tasks load it (transformers' image_embeds are normalised)
+    assert torch.allclose(torch.nn.functional.normalize(visual, dim=-1), ref.image_embeds, atol=1e-5)
+    assert per_text.abs().max() > 0.1  # not a degenerate comparison
+    torch.save({"visual.conv1.weight": sd["visual.conv1.weight"]}, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="does not match open_clip's CLIP layout"):
+        load_clip(tiny_clip(), tmp_path / "bad.pt", "t")
+
+
+def test_default_architectures_have_the_released_parameter_counts():
+    from harness.backbones.clip import create_clip
+
+    b32 = create_clip("ViT-B-32")
+    with torch.device("meta"):
+        l14 = open_clip.model.CLIP(**open_clip.get_model_config("ViT-L-14"), quick_gelu=True)
+    assert sum(p.numel() for p in b32.visual.parameters()) == 87849216  # OpenAI CLIP ViT-B/32 visual tower
+    assert sum(p.numel() for p in b32.parameters()) == 151277313  # the whole ViT-B/32
+    assert sum(p.numel() for p in l14.visual.parameters()) == 303966208  # ViT-L/14 visual tower
+    assert type(b32.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"  # OpenAI's activation
+    with pytest.raises(UserError, match="no checkpoint 'nope' of ViT-B-32"):
+        create_clip("ViT-B-32", "nope")
 
 
 # -- (d) ViCLIP against a slow reference ------------------------------------------------------------
@@ -221,7 +249,7 @@ def test_viclip_vision_matches_slow_space_time_reference_and_loads_the_release_l
     # VBench: torch.load(path)["model"] with vision_encoder.*, text_encoder.*, temp, loaded strictly
     torch.save({"model": net.state_dict()}, tmp_path / "viclip.pth")
     loaded = vc.load_viclip(tmp_path / "viclip.pth", "t", TINY_V, TINY_T).eval()
-    ids = clip_tokenizer.tokenizer()(["a cat", "a dog running"], context_length=32, truncate=True)
+    ids = tokenize(["a cat", "a dog running"], context_length=32, truncate=True)
     with torch.no_grad():
         assert torch.allclose(loaded.encode_vision(video), fast, atol=1e-6)
         assert torch.allclose(loaded.encode_text(ids), net.encode_text(ids), atol=1e-6)

@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from harness import records, registry, runner
-from harness.backbones.clip import Clip
-from harness.backbones.clip_tokenizer import tokenizer
+from harness.backbones.clip import tokenize
 from harness.cli import main
 from harness.errors import UserError
 from harness.methods.video.synthetic import SyntheticVideos
 from harness.tasks._clip_tasks import pil_resize_crop
 from harness.video import VideoRef, middle_indices
-from tests.test_clip_models import TXT, VIS
+from tests.test_clip_models import tiny_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 registry.load()
@@ -101,13 +100,13 @@ def test_appearance_similarity_is_logit_scale_times_cosine_over_100():
 
     torch.manual_seed(0)
     task = VBenchAppearanceStyle(style="x", batch_size=2)
-    task._net = Clip(VIS, TXT | {"vocab": 49408}).eval()
+    task._net = tiny_clip(vocab=49408)
     with torch.no_grad():
         task._net.logit_scale.fill_(math.log(100.0))
         images = torch.randn(3, 3, 224, 224)
         got = task.similarities(images, "Van Gogh style")
         img = torch.nn.functional.normalize(task._net.visual(images), dim=-1)
-        txt = torch.nn.functional.normalize(task._net.text(tokenizer()("Van Gogh style")), dim=-1)
+        txt = torch.nn.functional.normalize(task._net.encode_text(tokenize("Van Gogh style")), dim=-1)
     assert got == pytest.approx((img @ txt[0]).double().numpy(), abs=1e-6)
 
 
@@ -127,7 +126,7 @@ def test_viclip_dimensions_score_the_cosine_with_the_full_prompt_on_8_frames(tas
 
         def encode_text(self, ids):
             assert ids.shape == (1, 32)
-            cat = ids[0, 2] == tokenizer().encode("a cat")[1]
+            cat = ids[0, 2] == tokenize("a cat")[0, 2]
             return torch.tensor([[4.0, 3.0]]) if cat else torch.tensor([[0.0, 2.0]])
 
     no_backbone(monkeypatch, cls, Fake())
@@ -218,8 +217,8 @@ def test_vbench_aggregate_computes_named_dimensions(tmp_path, monkeypatch):
     rec, _ = evaluate("vbench", tmp_path, dimensions="i2v_subject", compute="false", allow_uncalibrated="true")
     assert rec["metrics"]["raw@i2v_subject"]["value"] == pytest.approx(1.0)
     assert "UNCALIBRATED" in rec["details"]["sources"]["i2v_subject"] and rec["provenance"]["calibrated"] is False
-    with pytest.raises(UserError, match="no task vbench_dynamic_degree"):
-        evaluate("vbench", tmp_path / "x", dimensions="dynamic_degree", compute="false")
+    with pytest.raises(UserError, match="no task vbench_motion_smoothness"):  # only its proxy exists
+        evaluate("vbench", tmp_path / "x", dimensions="motion_smoothness", compute="false")
 
 
 # -- (e) end to end, random init --------------------------------------------------------------------

@@ -57,6 +57,17 @@ def test_pav_effective_reward():
     assert pav_steps([0.5, 0.6, 0.2], [0.7, 0.9, 0.4], 2.0) == pytest.approx([0.6 + 2 * 0.2, 0.2 + 2 * (-0.5)])
 
 
+@pytest.mark.parametrize("method", ["pav", "pqm"])
+def test_product_is_refused_where_step_scores_are_not_probabilities(method, capsys):
+    """PAV's Q + alpha*A and PQM's Q-values can be negative: a product of them flips sign with the
+    count of negative steps, so it ranks nothing. The CLI refuses it with exit 2 before any fit."""
+    from harness.cli import main
+
+    assert main(["eval", "--task", "math_prm_bon", "--method", method, "--method-arg", "agg=product"]) == 2
+    err = capsys.readouterr().err
+    assert "not probabilities" in err and "Traceback" not in err
+
+
 def _pqm_by_formula(q, labels, zeta):
     """anchors-prm §4.4 term by term with math.exp."""
     C = [i for i, y in enumerate(labels) if y == 1]

@@ -90,6 +90,7 @@ def test_camera_motion_proxy_recovers_every_synthetic_camera_motion(tmp_path):
     motions = "static,pan_left,pan_right,tilt_up,tilt_down,zoom_in,zoom_out"
     rec = run("vbench_camera_motion_proxy", {"motions": motions, "per_motion": "1"}, tmp_path=tmp_path)
     assert rec["metrics"]["camera_motion"]["value"] == 1.0 and rec["metrics"]["camera_motion"]["n"] == 7
+    assert rec["details"]["backend"].startswith("Lucas-Kanade")  # the record names the fallback that scored it
 
 
 @pytest.mark.parametrize(
@@ -209,7 +210,7 @@ def test_vbench_task_reads_eval_results_and_adds_flickering(tmp_path):
 def test_vbench_with_proxies_is_marked_uncalibrated(tmp_path):
     rec = run("vbench", {"motions": "static,pan_left", "per_motion": "1"}, {"proxies": "true"}, tmp_path)
     assert rec["provenance"]["calibrated"] is False
-    assert rec["details"]["sources"]["dynamic_degree"] == "computed (PROXY)"
+    assert rec["details"]["sources"]["dynamic_degree"] == "computed (PROXY: Farneback flow instead of RAFT)"
 
 
 def test_official_adapter_runs_the_package_in_another_interpreter(tmp_path, fake_vbench_python, synthetic_video_folder):

@@ -117,9 +117,13 @@ def write_card(
     evaluation["perplexity@512"] = measured["perplexity"]["perplexity"]["value"]
     if "needle" in measured:
         evaluation["needle_accuracy@512"] = measured["needle"]["accuracy"]["value"]
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    from harness import cla
+
+    # a CLA model loads with its own class: its reusing layers have no K/V, so only real weights count
+    own = cla.model_class(AutoConfig.from_pretrained(folder)) or AutoModelForCausalLM
+    model = own.from_pretrained(folder, dtype=torch.float32).eval()
     n_params = sum(p.numel() for p in model.parameters())
     if name in DRAFT_OF:
         target = AutoModelForCausalLM.from_pretrained(ZOO_DIR / DRAFT_OF[name], dtype=torch.float32).eval()
@@ -127,7 +131,7 @@ def write_card(
     card = {
         "name": name,
         "summary": _summary(name, recipe, n_params),
-        "architecture": "LlamaForCausalLM",
+        "architecture": (model.config.architectures or ["LlamaForCausalLM"])[0],
         "parameters": n_params,
         "context_length": L,
         "rope_theta": recipe.rope_theta,
@@ -169,10 +173,19 @@ def _summary(name: str, recipe, n_params: int) -> str:
         if recipe.position == "alibi"
         else f"RoPE base {recipe.rope_theta:g}"
     )
+    if getattr(recipe, "kv_share", 1) > 1:
+        position += (
+            f", CLA{recipe.kv_share}: K/V shared by {recipe.kv_share} layers (evaluate its KV cache with --method cla)"
+        )
     return (
         f"{recipe.num_hidden_layers}-layer Llama, {n_params / 1e6:.1f}M params, {position}, "
         f"context {recipe.context_length}; {role}"
     )
+
+
+def _sharing(recipe: dict) -> str:
+    s = recipe.get("kv_share", 1)
+    return f" in one of every {s} layers (Cross-Layer Attention: the others reuse them)" if s > 1 else ""
 
 
 def render_card(c: dict) -> str:
@@ -192,7 +205,7 @@ are for this model only; they say nothing about real large language models.
 
 | field | value |
 |---|---|
-| architecture | {c["architecture"]} ({r["num_hidden_layers"]} layers, hidden {r["hidden_size"]}, {r["num_attention_heads"]} heads, {r["num_key_value_heads"]} KV heads, tied embeddings) |
+| architecture | {c["architecture"]} ({r["num_hidden_layers"]} layers, hidden {r["hidden_size"]}, {r["num_attention_heads"]} heads, {r["num_key_value_heads"]} KV heads{_sharing(r)}, tied embeddings) |
 | parameters | {c["parameters"]:,} |
 | training context length | {c["context_length"]} tokens |
 | RoPE base | {c["rope_theta"]:g} |

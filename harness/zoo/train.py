@@ -34,6 +34,7 @@ class Recipe:
     context_length: int = 512
     rope_theta: float = 10000.0
     position: str = "rope"  # "rope" or "alibi" (linear biases, no rotation; tiny-llama-alibi)
+    kv_share: int = 1  # Cross-Layer Attention sharing factor s (harness.cla): >1, groups of s layers share one K/V
     steps: int = 4000
     tokens_per_step: int = 8192
     lr: float = 2e-3
@@ -71,6 +72,8 @@ RECIPES = {
     ),
     # trained exactly like tiny-llama, but with ALiBi biases instead of RoPE (the alibi method's model)
     "tiny-llama-alibi": Recipe(position="alibi"),
+    # trained exactly like tiny-llama (same tokens and budget), with CLA2: pairs of layers share one K/V (the cla method's model)
+    "tiny-llama-cla": Recipe(kv_share=2),
 }
 
 
@@ -94,7 +97,14 @@ def build_model(recipe: Recipe, vocab_size: int, pad_id: int):
     )
     if recipe.position not in ("rope", "alibi"):
         raise ValueError(f"recipe position must be 'rope' or 'alibi', got {recipe.position!r}")
-    model = LlamaForCausalLM(cfg)
+    if recipe.kv_share < 1 or (recipe.kv_share > 1 and recipe.position != "rope"):
+        raise ValueError(f"recipe kv_share must be >= 1 (and 1 with ALiBi), got {recipe.kv_share}")
+    if recipe.kv_share > 1:
+        from harness import cla
+
+        model = cla.build(cfg, recipe.kv_share)  # reusing layers without K/V; the flag saved in config.json
+    else:
+        model = LlamaForCausalLM(cfg)
     if recipe.position == "alibi":
         from harness.attention import ALIBI_CONFIG_FLAG
 

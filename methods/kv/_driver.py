@@ -14,6 +14,7 @@ from harness.methods.kv._rerotation import effective_inv_freq
 from harness.methods.kv._run import Run
 
 from harness.attention import _attention_modules, _rotary_module, call_arguments, rotate
+from harness.cla import kv_source, reusing_layers
 from harness.errors import UserError
 from harness.patching import patched_forwards
 from harness.projections import projections
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 PREFILL_CHUNK = 512  # queries per prefill forward
 PATCHED = "patched_calls.kv_attention"
+SHARED = "patched_calls.kv_shared_attention"  # Cross-Layer Attention reusers (harness.cla) reading a producer's cache
 # generated tokens between end-of-sequence checks (one host-device sync each) on an accelerator; on
 # the CPU reading a token costs nothing, so it checks every token and decodes nothing past the end
 EOS_CHECK_EVERY = 8
@@ -37,18 +39,24 @@ class _Engine:
 
 def _attention_forward(engine: _Engine, method: KVMethod, m):
     cls_forward = type(m).forward
-    p, sig = projections(m), inspect.signature(cls_forward)
+    source, sig = kv_source(m), inspect.signature(cls_forward)
+    p = projections(m) if source == m.layer_idx else None  # a CLA reuser has no K/V to adapt
 
     def forward(*args, **kwargs):
         run = engine.run
         if run is None:
             return cls_forward(m, *args, **kwargs)
         a = call_arguments(sig, m, args, kwargs)
-        hidden_states = a["hidden_states"]
+        hidden_states, position_embeddings = a["hidden_states"], a["position_embeddings"]
+        if p is None:  # a Cross-Layer Attention reuser: no K/V, reads its producer's cache
+            b, c = hidden_states.shape[:2]
+            q = m.q_proj(hidden_states).view(b, c, -1, m.head_dim).transpose(1, 2)  # only `cla` runs here
+            cos, sin = run.shifted_rope(position_embeddings) if run.shift else position_embeddings
+            out = run.attend_shared(source, rotate(q, cos, sin), m.scaling)
+            return m.o_proj(out.transpose(1, 2).reshape(b, c, -1)), None
         q = method.project_q(m, hidden_states, run)
         k, v = method.project_kv(m, hidden_states, run)
         q, k, v = p.heads_of(q, k, v)  # [b, h, c, d], the family's query/key norms applied
-        position_embeddings = a["position_embeddings"]
         cos, sin = run.shifted_rope(position_embeddings) if run.shift else position_embeddings
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         out = run.attend(m.layer_idx, q, k, v, p.scaling)
@@ -252,6 +260,7 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
     driver = driver or Driver(lm, method)
     method.prepare(lm)
     modules = _attention_modules(lm.model) if patch else []
+    reusers = reusing_layers(lm.model) if patch else []  # a CLA model's layers without K/V projections
     if patch and not modules:
         raise UserError(f"{method.name}: no attention layers with q/k/v projections found")
 
@@ -281,6 +290,7 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
         with (
             lm.batch_hooks(generate_batch=generate_batch, forward_logits=forward_logits),
             patched_forwards(modules, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, PATCHED),
+            patched_forwards(reusers, lambda m: _attention_forward(driver.engine, method, m), lm.telemetry, SHARED),
         ):
             yield driver
     finally:

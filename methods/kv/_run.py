@@ -113,6 +113,13 @@ class Run:
             self.policy_s += self.clock() - t0
         return out
 
+    def attend_shared(self, layer: int, q, scaling: float) -> torch.Tensor:
+        """A Cross-Layer Attention reuser (harness.cla): q [1, H, c, d] (rotated) attends to `layer`'s
+        cache as its producer left it in this forward (this chunk appended); it appends nothing and
+        has no cache of its own, so bytes and kept tokens count the producing layers only."""
+        lc = self.layers[layer]
+        return self.sdpa(lc, q, lc.n - q.shape[2], scaling)
+
     def append_attend(self, lc: LayerCache, q, k, v, pos, lse: bool = False):
         """The engine's own step: append the chunk, attend over the cache (explicitly, feeding
         `observe`, when the method accumulates statistics); with lse also the log-sum-exp of the

@@ -46,11 +46,20 @@ class PRMScorer(StepScorer):
     """Base of the family's scorers: `agg` picks the aggregation of step scores."""
 
     family = "prm"
+    # product is the probability that every step is correct (PRM800K): it needs step scores that
+    # are probabilities; a scorer whose step scores are values or advantages (negative ones flip
+    # the product's sign) sets this False and refuses agg=product
+    probability_scores = True
     agg: str = field(default="min", metadata={"help": "min, product, last or mean over step scores"})
 
     def __post_init__(self):
         if self.agg not in AGGREGATIONS:
             raise ValueError(f"agg must be one of {', '.join(AGGREGATIONS)}")
+        if self.agg == "product" and not self.probability_scores:
+            raise ValueError(
+                f"agg=product multiplies step probabilities, but {self.name}'s step scores are not probabilities "
+                "(they can be negative, which flips the product's sign); use min, last or mean"
+            )
 
     def aggregate(self, step_scores: list[float]) -> float:
         return aggregate(step_scores, self.agg)

@@ -31,6 +31,7 @@ class PAV(WorldPRM):
     paper = "Rewarding Progress: Scaling Automated Process Verifiers for LLM Reasoning (arXiv:2410.08146)"
     smoke_args = SMOKE
     outputs = 2
+    probability_scores = False  # Q^π + α·A^μ lies in [−α, 1 + α]
     ranges = {"prover_k": "[1, inf)", "alpha": "[0, inf)"}  # checked by params.build before any model loads
     prover_k: int = field(default=4, metadata={"help": "K of the Best-of-K prover"})
     alpha: float = field(default=1.0, metadata={"help": "weight of the prover advantage"})

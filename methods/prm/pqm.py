@@ -30,6 +30,7 @@ class PQM(WorldPRM):
     name = "pqm"
     paper = "Process Reward Model with Q-Value Rankings (arXiv:2410.11287)"
     smoke_args = SMOKE
+    probability_scores = False  # Q-values read from the value head (logits): unbounded, often negative
     ranges = {"zeta": "[0, inf)"}  # checked by params.build before any model loads
     zeta: float = field(default=4.0, metadata={"help": "margin ζ between wrong and correct steps"})
     loss_variant: str = field(
