@@ -158,7 +158,9 @@ def check(loaded, cell) -> None:
             f"--method alibi (method {cell.method_name} would run it with RoPE)"
         )
     sharing = getattr(model.config, "harness_kv_sharing", None) or 1
-    other = [m.name for m in cell.methods if m.name != "cla" and {"attention", "kv_cache"} & set(m.patches)]
+    other = [
+        m.name for m in cell.methods if m.name != "cla" and {"attention", "kv_cache"} & set(getattr(m, "patches", ()))
+    ]
     if sharing > 1 and other:  # Cross-Layer Attention (harness.cla): reusing layers have no K/V projections
         # (its own layers run it natively, so baseline and RoPE methods are fine; the kv engine and the
         # attention override would compute K/V in every layer)

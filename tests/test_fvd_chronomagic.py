@@ -154,13 +154,18 @@ def test_chscore_formula_on_mocked_tracks():
 
 
 def test_chscore_uses_cotracker_when_installed(tmp_path, monkeypatch):
+    """The task builds CoTracker's predictor untrained (checkpoint=None, as torch.hub's cotracker2),
+    loads the user's file into its network with the key check, and tracks on a grid of 30."""
     calls = {}
+    saved = torch.nn.Linear(2, 2)  # the fake network's weights, written as the user's checkpoint
 
     class Predictor:
-        def __init__(self, checkpoint):
+        def __init__(self, checkpoint=None, **kw):
             calls["checkpoint"] = checkpoint
+            self.model = torch.nn.Linear(2, 2)
 
         def eval(self):
+            calls["loaded"] = torch.equal(self.model.weight, saved.weight)
             return self
 
         def __call__(self, video, grid_size):
@@ -172,7 +177,7 @@ def test_chscore_uses_cotracker_when_installed(tmp_path, monkeypatch):
     mod.CoTrackerPredictor = Predictor
     monkeypatch.setitem(sys.modules, "cotracker", pkg)
     monkeypatch.setitem(sys.modules, "cotracker.predictor", mod)
-    (tmp_path / "cotracker2.pth").write_bytes(b"weights")
+    torch.save(saved.state_dict(), tmp_path / "cotracker2.pth")
     cells = runner.resolve(
         ["chronomagic_chscore"],
         ["synthetic_videos"],
@@ -181,7 +186,7 @@ def test_chscore_uses_cotracker_when_installed(tmp_path, monkeypatch):
         {"motions": "static", "per_motion": "1", "frames": "8", "size": "32"},
     )
     (out,) = runner.evaluate(cells, out=tmp_path / "out")
-    assert calls == {"checkpoint": str(tmp_path / "cotracker2.pth"), "grid": 30}
+    assert calls == {"checkpoint": None, "loaded": True, "grid": 30}
     assert out.record["details"]["backend"] == "cotracker2" and out.record["provenance"]["calibrated"] is True
 
 
