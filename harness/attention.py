@@ -229,11 +229,6 @@ def _allowed(attention_mask, lk: int) -> torch.Tensor | None:
     return m if m.dtype == torch.bool else m == 0
 
 
-def _attention_modules(model):
-    """The model's attention layers (harness.projections.attention_modules)."""
-    return attention_modules(model)
-
-
 def _rotary_module(model):
     found = [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
     if not found:
@@ -264,7 +259,7 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
     reason = attention_refusal(model)
     if reason:  # an unknown projection layout, sliding windows, no RoPE...: refused, never a half-working patch
         raise Refused(reason)
-    modules = _attention_modules(model)
+    modules = attention_modules(model)
     rotary = _rotary_module(model)
     key_positions: dict[int, torch.Tensor] = {}
 

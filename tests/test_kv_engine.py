@@ -8,7 +8,7 @@ import torch
 
 from harness import records, registry, runner
 from harness.interfaces import MethodContext
-from harness.attention import _attention_modules
+from harness.projections import attention_modules
 from harness.methods.kv import _driver, _run
 from harness.methods.kv._cache import LayerCache, SlotStore
 from harness.methods.kv._eviction import evict_outside_window
@@ -239,7 +239,7 @@ def test_layers_numbered_with_gaps_share_the_store_in_layer_order(tiny_lm, monke
         return out, run
 
     plain, _ = decoded()
-    modules = _attention_modules(tiny_lm.model)
+    modules = attention_modules(tiny_lm.model)
     for i, m in enumerate(modules):
         monkeypatch.setattr(m, "layer_idx", 2 * i + 1)
     gapped, run = decoded()

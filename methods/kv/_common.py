@@ -78,7 +78,7 @@ def projection_outputs(lm, ids: torch.Tensor, batch: int = 4) -> dict[str, torch
     """ "<layer>.k" / "<layer>.v" -> the key / value projections' outputs without their bias (pre-RoPE)
     [N, H_kv·d] of every token of ids [sequences, n], float32 on the CPU: a fit stage's calibration
     activations."""
-    from harness.attention import _attention_modules
+    from harness.projections import attention_modules
 
     seen: dict[str, list[torch.Tensor]] = {}
 
@@ -90,7 +90,7 @@ def projection_outputs(lm, ids: torch.Tensor, batch: int = 4) -> dict[str, torch
 
     handles = [
         p.register_forward_hook(hook(f"{m.layer_idx}.{kv}", p.bias))
-        for m in _attention_modules(lm.model)
+        for m in attention_modules(lm.model)
         for kv, p in (("k", m.k_proj), ("v", m.v_proj))
     ]
     try:

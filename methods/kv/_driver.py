@@ -13,7 +13,8 @@ import torch
 from harness.methods.kv._rerotation import effective_inv_freq
 from harness.methods.kv._run import Run
 
-from harness.attention import _attention_modules, _rotary_module, call_arguments, rotate
+from harness.attention import _rotary_module, call_arguments, rotate
+from harness.projections import attention_modules
 from harness.cla import kv_source, reusing_layers
 from harness.errors import UserError
 from harness.patching import patched_forwards
@@ -91,7 +92,7 @@ class Driver:
         self.lm, self.method, self.engine = lm, method, _Engine()
         self.rotary = _rotary_module(lm.model)
         # rows of the shared cache, in layer order: hybrid models number only some layers' attention
-        self.rows = {i: r for r, i in enumerate(sorted({m.layer_idx for m in _attention_modules(lm.model)}))} or {0: 0}
+        self.rows = {i: r for r, i in enumerate(sorted({m.layer_idx for m in attention_modules(lm.model)}))} or {0: 0}
         self.clock = device_clock(lm.device)
         # the random draws of a run (Keyformer's Gumbel noise, CaM's merges, GEAR's sketches, sampling):
         # reseeded at every start, so a row's numbers never depend on the rows run before it
@@ -259,7 +260,7 @@ def kv_loop(lm, method: KVMethod, driver: Driver | None = None):
     patch = driver is None
     driver = driver or Driver(lm, method)
     method.prepare(lm)
-    modules = _attention_modules(lm.model) if patch else []
+    modules = attention_modules(lm.model) if patch else []
     reusers = reusing_layers(lm.model) if patch else []  # a CLA model's layers without K/V projections
     if patch and not modules:
         raise UserError(f"{method.name}: no attention layers with q/k/v projections found")

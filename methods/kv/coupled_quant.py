@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.attention import _attention_modules
+from harness.projections import attention_modules
 from harness.errors import UserError
 from harness.registry import register
 from harness.methods.kv._cache import LayerCache, REFERENCE_BYTES
@@ -133,7 +133,7 @@ class CoupledQuant(KVMethod):
 
     def activations(self, lm) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """ "<layer>.k" / "<layer>.v" -> (pre-RoPE activations [N, H_kv·d], Fisher g² [N, H_kv·d])."""
-        mods = _attention_modules(lm.model)
+        mods = attention_modules(lm.model)
         seen: dict[str, list] = {}
 
         def hook(key):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.attention import _attention_modules
+from harness.projections import attention_modules
 from harness.errors import UserError
 from harness.lm import KVRequest
 from harness.registry import register
@@ -242,7 +242,7 @@ class Less(KVMethod):
     def fit(self, lm, ctx, log=print):
         torch.manual_seed(0)
         rows = self.collect(lm)
-        mods = {m.layer_idx: m for m in _attention_modules(lm.model)}
+        mods = {m.layer_idx: m for m in attention_modules(lm.model)}
         gen = torch.Generator().manual_seed(0)
         kernels, report = {}, {}
         n_val = max(1, round(0.1 * len(rows)))
