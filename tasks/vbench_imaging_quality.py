@@ -14,12 +14,7 @@ from harness.registry import register
 from harness.backbones.musiq import MUSIQ
 from harness.backbones.video_vit import checkpoint_state
 from harness.tasks._backbone_tasks import BackboneTask
-
-MUSIQ_FILE = (
-    "musiq_spaq_ckpt-358bb6af.pth",
-    "the MUSIQ-SPAQ checkpoint of pyiqa (chaofengc/IQA-PyTorch release "
-    "v0.1-weights), the file VBench's imaging_quality loads",
-)
+from harness.tasks._weights import file_of
 
 
 def longer_512(frames: np.ndarray) -> torch.Tensor:
@@ -40,14 +35,15 @@ class VBenchImagingQuality(BackboneTask):
     """VBench imaging_quality (vbench/imaging_quality.py): MUSIQ trained on SPAQ (pyiqa's musiq_arch,
     written here in plain PyTorch: backbones/musiq.py) scores every frame (0-100) after the 'longer'
     preprocessing (longer side capped at 512); a video's value is the mean frame score (0-100, in
-    the samples); the dimension is the mean over videos / 100. Needs musiq_spaq_ckpt-358bb6af.pth;
+    the samples); the dimension is the mean over videos / 100. Needs musiq_spaq of tasks/weights.toml;
     --allow-uncalibrated runs a random-init MUSIQ (plumbing only)."""
 
     name = "vbench_imaging_quality"
     benchmark_dimension = (
         "vbench:imaging_quality"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "MUSIQ-SPAQ in plain PyTorch (backbones/musiq.py; musiq_spaq_ckpt-358bb6af.pth)"
+    weight_files = ("musiq_spaq",)
+    backend = f"MUSIQ-SPAQ in plain PyTorch (backbones/musiq.py; {file_of('musiq_spaq')})"
     fidelity = "faithful"
     version = "1"
     main_metric = "imaging_quality"
@@ -69,7 +65,7 @@ class VBenchImagingQuality(BackboneTask):
                     )
             return net
 
-        return self.backbone([MUSIQ_FILE], make)
+        return self.backbone(list(self.weight_files), make)
 
     def score(self, ref, frames):
         x = longer_512(frames)
