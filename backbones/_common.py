@@ -1,4 +1,4 @@
-"""Pieces shared by several backbones: the fc1 → exact GELU → fc2 MLP of the ViTs (DINO, MUSIQ,
+"""Pieces shared by several backbones: the fc1 → exact GELU → fc2 MLP of the ViTs (DINO and
 VideoMAE use the same parameter names), reading a checkpoint into a state dict, loading it with
 a clear error instead of a traceback, and per-channel input normalisation."""
 
