@@ -12,6 +12,15 @@ HARNESS = $(VENV)/bin/harness
 # The pins in pyproject admit exactly these, so installing the project pulls no second build. Under
 # another Python pip downloads the same versions from PyPI (~3 GB).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# pyiqa, whose MUSIQ scores vbench_imaging_quality, goes in without its declared requirements: 0.1.16
+# hard-requires bitsandbytes, facexlib (numba, llvmlite), tensorboard, pre-commit, pytest, ruff,
+# openai-clip, yapf, datasets, accelerate, ... and pip's resolution of all that beside the pins did
+# not finish in 15 minutes on 2 cores. Importing pyiqa.archs.musiq_arch loads only torch,
+# torchvision, numpy, cv2, PIL, requests, scipy, yaml, tqdm and huggingface_hub (measured with
+# python -X importtime), which pyproject's video extra declares. Older releases are no leaner:
+# 0.1.11-0.1.14.1 pin transformers==4.37.2 (the project has 5.2), 0.1.10 imports every
+# architecture module (and its packages) on `import pyiqa`.
+PYIQA  ?= pyiqa==0.1.16
 
 .PHONY: help demo docs test test-slow gate install list bench bench-leaderboard bench-kv reference reference-long reference-video reference-kv prm-reference leaderboard clean
 
@@ -31,7 +40,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	@echo "install: $(VENV) with $(PYTHON) and the project's dependencies (about 1-2 minutes; log: $(VENV)/install.log)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q $(TORCH) && \
-	   $(PY) -m pip install -q -e ".[dev]"; } > $(VENV)/install.log 2>&1 || \
+	   $(PY) -m pip install -q -e ".[dev]" && $(PY) -m pip install -q --no-deps $(PYIQA); } > $(VENV)/install.log 2>&1 || \
 	   { cat $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@touch $@
 

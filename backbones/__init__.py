@@ -8,10 +8,9 @@ the thin loaders of the library models the tasks use (the libraries are in the `
   transformer blocks and text tower (no library ships ViCLIP);
 - `i3d` — Inflated 3D ConvNet (FVD; no library ships the PyTorch I3D of the FVD papers);
 - `video_vit` — the VideoMAE-layout video ViT (UMT, VideoMAE-v2);
-- `musiq` — MUSIQ as pyiqa builds it (pyiqa itself: see the module docstring);
 - `_common` — what several of them share (the MLP block, checkpoint reading, normalisation).
 
-RAFT (vbench_dynamic_degree) is torchvision's and CoTracker2 (vbench_camera_motion) the
-co-tracker package's, used directly by their tasks. Installed as `harness.backbones` (package-dir
+RAFT (vbench_dynamic_degree) is torchvision's, MUSIQ (vbench_imaging_quality) pyiqa's and
+CoTracker2 (vbench_camera_motion) the co-tracker package's, used directly by their tasks. Installed as `harness.backbones` (package-dir
 mapping in setup.py). Nothing here knows about tasks, methods, records or the runner, and no model
 weights are downloaded: tasks locate the files (tasks/_weights.py) and pass paths in."""

@@ -1,4 +1,4 @@
-"""Pieces shared by several backbones: the fc1 → exact GELU → fc2 MLP of the ViTs (DINO, MUSIQ,
+"""Pieces shared by several backbones: the fc1 → exact GELU → fc2 MLP of the ViTs (DINO and
 VideoMAE use the same parameter names), reading a checkpoint into a state dict, loading it with
 a clear error instead of a traceback, and per-channel input normalisation."""
 
@@ -28,12 +28,27 @@ def normalise(x: torch.Tensor, stats) -> torch.Tensor:
     return (x - mean) / std
 
 
+def read_checkpoint(path):
+    """What a weights file holds: a plain checkpoint read with weights_only, else a TorchScript
+    archive's state dict (OpenAI CLIP). UserError when it is neither (a truncated download, another
+    format, a pickle that needs code to load)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as first:
+        try:
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception:
+            reason = (str(first).strip().splitlines() or [type(first).__name__])[0]
+            raise UserError(
+                f"{path} is not a PyTorch checkpoint readable with torch.load(weights_only=True), nor a "
+                f"TorchScript archive ({reason}); a file holding objects other than tensors must be re-saved "
+                f"as a state dict with torch.save"
+            ) from None
+
+
 def load_state(path, prefix: str = "") -> dict:
     """A state dict from a plain checkpoint (weights only) or a TorchScript archive (OpenAI CLIP)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    state = read_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
         state = state.get("state_dict", state.get("model"))  # wrapped checkpoints (ViCLIP: "model")
     if prefix:

@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from harness.backbones._common import load_into
-from harness.errors import UserError
 from harness.video import require
 
 VICLIP_L14 = dict(patch=14, width=1024, layers=24, heads=16, out=768, frames=8, resolution=224)
@@ -99,11 +98,4 @@ class ViClip(nn.Module):
 
 def load_viclip(path, task: str, vision: dict = VICLIP_L14, text: dict = VICLIP_TEXT) -> ViClip:
     """`torch.load(path)["model"]` into ViClip, strictly (VBench's ViCLIP.__init__)."""
-    try:
-        return load_into(ViClip(vision, text), path, "", task)
-    except RuntimeError:  # neither a weights-only pickle nor TorchScript (e.g. pickled objects)
-        raise UserError(
-            f"{task}: {path} cannot be read with torch.load(weights_only=True): it holds objects "
-            f"other than tensors or is no PyTorch file; re-save its ['model'] state dict with "
-            f"torch.save to use it here"
-        ) from None
+    return load_into(ViClip(vision, text), path, "", task)  # an unreadable file: UserError (read_checkpoint)

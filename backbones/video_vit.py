@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.errors import UserError
-from harness.backbones._common import Mlp  # fc1 -> exact GELU -> fc2, the same in both layouts
+from harness.backbones._common import Mlp, read_checkpoint  # fc1 -> exact GELU -> fc2, the same in both layouts
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class VideoViT(nn.Module):
 def checkpoint_state(path) -> dict:
     """The state dict of an official checkpoint: the file itself, or its 'model' / 'module' entry
     (as cd-fvd's load_videomae_model unwraps it)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     for key in ("model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             return state[key]

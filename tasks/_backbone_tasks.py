@@ -1,11 +1,13 @@
 """The VBench dimensions computed from a backbone's per-frame features (the networks themselves are
-in harness.backbones): weights located in the local weights folder (tasks/_weights.py) or random
+in harness.backbones): weights located in the local weights folder (tasks/_weights.py; the files
+are named in tasks/weights.toml) or random
 init with allow_uncalibrated, features embedded in batches, and the frame-to-frame consistency
 dimensions (subject_/background_consistency)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -18,10 +20,16 @@ from harness.tasks._weights import locate
 @dataclass
 class BackboneTask(VideoTask):
     """A VBench dimension computed from a backbone's per-frame features (weights from the local
-    weights folder; random init only with allow_uncalibrated)."""
+    weights folder; random init only with allow_uncalibrated). `weight_files`: the keys of
+    tasks/weights.toml this task loads."""
+
+    weight_files: ClassVar[tuple[str, ...]] = ()
 
     weights_dir: str = field(default="", metadata={"help": "folder with the weights (default $HARNESS_VIDEO_WEIGHTS)"})
-    weights_sha256: str = field(default="", metadata={"help": "expected sha256 of the weights file"})
+    weights_sha256: str = field(
+        default="",
+        metadata={"help": "expected sha256 of the (first) weights file; overrides the published one (harness weights)"},
+    )
     allow_uncalibrated: bool = field(default=False, metadata={"help": "random-init backbone when weights are missing"})
     num_frames: int | None = field(default=None, metadata={"help": "frames sampled 'middle'; None = all (VBench)"})
     batch_size: int = 16
@@ -31,20 +39,15 @@ class BackboneTask(VideoTask):
         """Returns (net, facts); subclasses name their file and layout."""
         raise TypeError(f"{type(self).__name__} must define build()")  # abstract: each subclass overrides it
 
-    def backbone(self, files: list[tuple[str, str]], make):
-        """files: [(filename, where to get it)]; make(paths or None) -> module."""
+    def backbone(self, keys: list[str], make):
+        """keys: tasks/weights.toml entries (weights_sha256 applies to the first); make(paths or None) -> module."""
         paths, facts = [], {"calibrated": True, "weights": []}
-        for i, (filename, where) in enumerate(files):
-            path, f = locate(
-                self.name,
-                self.weights_dir,
-                filename,
-                self.weights_sha256 if i == 0 else "",
-                self.allow_uncalibrated,
-                where,
-            )
+        for i, key in enumerate(keys):
+            user_sha = self.weights_sha256 if i == 0 else ""
+            path, f = locate(self.name, self.weights_dir, key, user_sha, self.allow_uncalibrated)
             paths.append(path)
-            facts["weights"].append({"file": f["weights_file"], "sha256": f["weights_sha256"]})
+            checked = {"sha256_checked": f["sha256_checked"]} if path is not None else {}
+            facts["weights"].append({"file": f["weights_file"], "sha256": f["weights_sha256"], **checked})
             facts["calibrated"] &= f["calibrated"]
         torch.manual_seed(0)
         return make(paths if all(p is not None for p in paths) else None).eval(), facts

@@ -1,5 +1,5 @@
 """Shared pieces of the CLIP-family VBench tasks (aesthetic quality, appearance style, temporal
-style, overall consistency, the I2V dimensions): the weight files and where users get them, the
+style, overall consistency, the I2V dimensions): the
 PIL-path image transforms VBench applies to PIL images, the prompt-suite look-ups, and the
 frame-weighted aggregate."""
 
@@ -16,19 +16,6 @@ from harness.interfaces import Metric
 from harness.backbones._common import IMAGENET, normalise
 from harness.backbones.clip import CLIP_NORM
 from harness.video import IMAGE_EXTENSIONS, require
-
-CLIP_B32_FILE = ("ViT-B-32.pt", "OpenAI's CLIP ViT-B/32 release (the file clip.load('ViT-B/32') caches)")
-CLIP_L14_FILE = ("ViT-L-14.pt", "OpenAI's CLIP ViT-L/14 release (the file clip.load('ViT-L/14') caches)")
-LAION_HEAD_FILE = (
-    "sa_0_4_vit_l_14_linear.pth",
-    "LAION-AI/aesthetic-predictor on GitHub (the linear head VBench downloads for aesthetic_quality)",
-)
-VICLIP_FILE = (
-    "ViClip-InternVid-10M-FLT.pth",
-    "the InternVid release of ViCLIP ViT-L/14 (OpenGVLab/InternVideo, "
-    "ViCLIP; VBench caches it under ~/.cache/vbench/ViCLIP)",
-)
-DINO_FILE = ("dino_vitbase16_pretrain.pth", "the DINO ViT-B/16 checkpoint released with facebookresearch/dino")
 
 
 # -- PIL-path transforms (torchvision transforms on PIL images) ---------------------------------

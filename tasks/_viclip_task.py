@@ -13,7 +13,7 @@ from harness.backbones.clip import clip_transform, tokenize
 from harness.backbones.viclip import ViClip, load_viclip
 from harness.errors import UserError
 from harness.tasks._backbone_tasks import BackboneTask
-from harness.tasks._clip_tasks import VICLIP_FILE
+from harness.tasks._weights import file_of
 
 
 @dataclass
@@ -21,8 +21,14 @@ class ViClipTask(BackboneTask):
     """cos(ViCLIP video embedding, ViCLIP text embedding of the full prompt) per video: 8 frames
     sampled "middle" (VBench's get_frame_indices pads a shorter video with its last frame),
     clip_transform(224) on decord's uint8 frames (torchvision rounds the resized image back to
-    uint8); the dimension is the mean over videos. Needs
-    ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
+    uint8); the dimension is the mean over videos. Needs the viclip_internvid_10m_flt file of
+    tasks/weights.toml; --allow-uncalibrated runs a random-init ViCLIP."""
+
+    weight_files = ("viclip_internvid_10m_flt",)
+    backend = (
+        "ViCLIP-L/14: its space-time glue here (no library has ViCLIP), open_clip transformers "
+        f"({file_of('viclip_internvid_10m_flt')})"
+    )
 
     num_frames: int | None = field(
         default=8,
@@ -33,7 +39,7 @@ class ViClipTask(BackboneTask):
         if self.num_frames not in (1, 8):
             raise UserError(f"{self.name}: num_frames must be 8 (VBench) or 1; ViCLIP has 8 temporal positions")
         self._text = {}
-        return self.backbone([VICLIP_FILE], lambda p: load_viclip(p[0], self.name) if p else ViClip())
+        return self.backbone(list(self.weight_files), lambda p: load_viclip(p[0], self.name) if p else ViClip())
 
     def text_feature(self, prompt: str) -> np.ndarray:
         if prompt not in self._text:

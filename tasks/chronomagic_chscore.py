@@ -64,13 +64,14 @@ class ChronoMagicCHScore(VideoTask):
     fraction of unexplained missing points into five features (AMPR, MPVR, FCR, CMPV, MCMPV),
     normalise by fixed maxima, weight (0.35, 0.25, 0.15, 0.15, 0.10) and invert. Mean over videos.
 
-    Tracker: CoTracker2 when the `cotracker` package is importable and cotracker2.pth is in the
-    weights folder (tracker=auto or cotracker); otherwise OpenCV Lucas-Kanade tracks with LK's status
+    Tracker: CoTracker2 when the `cotracker` package is importable and its weights (cotracker2 in
+    tasks/weights.toml) are in the weights folder (tracker=auto or cotracker); otherwise OpenCV Lucas-Kanade tracks with LK's status
     as visibility — a PROXY (calibrated: false), selected with tracker=auto or lk."""
 
     name = "chronomagic_chscore"
     benchmark_dimension = "chronomagic:chscore"  # benchmark:dimension (the coverage table, the generator's prompt list)
-    backend = "Lucas-Kanade tracks by default (proxy); CoTracker2 with tracker=cotracker when the cotracker package and cotracker2.pth are installed"
+    weight_files = ("cotracker2",)
+    backend = "Lucas-Kanade tracks by default (proxy); CoTracker2 with tracker=cotracker when the cotracker package and its weights are installed"
     fidelity = "proxy"
     per_prompt_rule = 3  # ChronoMagic-Bench README: open-source models sample 3 videos per prompt (folders 1, 2, 3)
     version = "1"
@@ -81,7 +82,7 @@ class ChronoMagicCHScore(VideoTask):
     grid: int = field(default=30, metadata={"help": "grid points per side (official: 30)"})
     threshold: float = field(default=0.1, metadata={"help": "jump threshold on the missing fraction"})
     tracker: str = field(default="auto", metadata={"help": "auto, cotracker or lk"})
-    weights_dir: str = field(default="", metadata={"help": "folder with cotracker2.pth"})
+    weights_dir: str = field(default="", metadata={"help": "folder with the CoTracker2 weights"})
     prompt_subset: str = field(
         default="1649",
         metadata={"omit_at_default": True, "help": "generator: ChronoMagic-Bench prompts, 1649 (all) or 150"},
@@ -97,14 +98,7 @@ class ChronoMagicCHScore(VideoTask):
         try:
             import cotracker.predictor  # noqa: F401
 
-            path, _ = locate(
-                self.name,
-                self.weights_dir,
-                "cotracker2.pth",
-                "",
-                self.tracker == "auto",
-                "get it from the CoTracker project (facebookresearch/co-tracker)",
-            )
+            path, _ = locate(self.name, self.weights_dir, "cotracker2", "", self.tracker == "auto")
         except ImportError:
             if self.tracker == "cotracker":
                 from harness.errors import UserError

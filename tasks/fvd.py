@@ -12,20 +12,8 @@ from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
 from harness.registry import register
 from harness.tasks._frechet import frechet_distance, stats
-from harness.tasks._weights import locate
+from harness.tasks._weights import file_of, locate
 from harness.video import collect, load_all
-
-I3D_FILE = "i3d_pretrained_400.pt"
-VIDEOMAE_FILE = "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
-VIDEOMAE_SOURCE = (
-    "get it from the VideoMAEv2 model zoo (OpenGVLab, mae-g/vit_g_hybrid_pt_1200e_ssv2_ft.pth: "
-    "ViT-g hybrid pre-training, SSv2 fine-tuned), the file cd-fvd downloads"
-)
-I3D_SOURCE = (
-    "it is the PyTorch I3D state dict used by VideoGPT/TATS (InceptionI3d(400) layout); the "
-    "TF-hub I3D that the original FVD used has different weights, so values are comparable only "
-    "between runs of the same file"
-)
 
 
 def preprocess(frames: np.ndarray, num_frames: int, resolution: int) -> torch.Tensor:
@@ -44,7 +32,7 @@ class FVD(Task):
     in float64 with the symmetric eigen-decomposition square root. Protocol pinned to the reference
     code: 16 consecutive frames, squashed to 224², values in [-1, 1], the 400 Kinetics logits
     (averaged over time) as features, unbiased covariance (StyleGAN-V). I3D is written here in plain
-    PyTorch and loads `i3d_pretrained_400.pt` from the weights folder (sha256 recorded); without it
+    PyTorch and loads i3d_kinetics400 of tasks/weights.toml from the weights folder (sha256 recorded); without it
     only --allow-uncalibrated runs (random init, calibrated: false — numbers only check plumbing).
 
     The generated set is the cell's video source; `reference` is a folder of real videos,
@@ -56,14 +44,15 @@ class FVD(Task):
     VideoMAE-v2 ViT-g (hybrid pre-training, SSv2 fine-tuned; backbones/video_vit.py, plain PyTorch)
     `forward_features` (mean-pooled, fc_norm, 1408-d) of the first 16 frames squashed to 224² in
     [0, 1] without mean/std normalisation, biased covariance (÷N) in float64. It loads
-    vit_g_hybrid_pt_1200e_ssv2_ft.pth strictly (the 'model'/'module' entry when present, as cd-fvd);
+    videomae_v2_g_ssv2 (tasks/weights.toml) strictly (the 'model'/'module' entry when present, as cd-fvd);
     `arch=tiny` is a 2-layer random-init configuration for plumbing runs (--allow-uncalibrated,
     resolution=32). cd-fvd's own video loader first resizes clips to its `resolution` (256 by
     default) before this step; here the clip goes to 224² directly."""
 
     name = "fvd"
     benchmark_dimension = "fvd:fvd"  # benchmark:dimension (the coverage table, the generator's prompt list)
-    backend = "I3D in plain PyTorch (i3d_pretrained_400.pt); features=videomae: cd-FVD on VideoMAE-v2 ViT-g"
+    weight_files = ("i3d_kinetics400", "videomae_v2_g_ssv2")
+    backend = f"I3D in plain PyTorch ({file_of('i3d_kinetics400')}); features=videomae: cd-FVD on VideoMAE-v2 ViT-g"
     fidelity = "faithful"
     version = "1"
     accepts = ("video_source",)
@@ -108,19 +97,20 @@ class FVD(Task):
     def network(self):
         if self.features == "videomae":
             return self.videomae()
+        from harness.backbones._common import read_checkpoint
         from harness.backbones.i3d import InceptionI3d
 
         torch.manual_seed(0)
         net = InceptionI3d(400)
         path, facts = locate(
-            self.name, self.weights_dir, I3D_FILE, self.weights_sha256, self.allow_uncalibrated, I3D_SOURCE
+            self.name, self.weights_dir, "i3d_kinetics400", self.weights_sha256, self.allow_uncalibrated
         )
         if path is None:  # variance-preserving random init, so uncalibrated features still vary
             for m in net.modules():
                 if isinstance(m, torch.nn.Conv3d):
                     torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = read_checkpoint(path)
             missing, unexpected = net.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise UserError(
@@ -138,12 +128,7 @@ class FVD(Task):
             facts = {"weights_file": None, "weights_sha256": None, "calibrated": False}
         else:
             path, facts = locate(
-                self.name,
-                self.weights_dir,
-                VIDEOMAE_FILE,
-                self.weights_sha256,
-                self.allow_uncalibrated,
-                VIDEOMAE_SOURCE,
+                self.name, self.weights_dir, "videomae_v2_g_ssv2", self.weights_sha256, self.allow_uncalibrated
             )
             if path is not None:
                 load_video_vit(net, path, self.name)

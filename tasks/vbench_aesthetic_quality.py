@@ -10,7 +10,7 @@ from harness.registry import register
 from harness.backbones._common import load_into
 from harness.backbones.clip import clip_transform, create_clip, load_clip
 from harness.tasks._backbone_tasks import BackboneTask
-from harness.tasks._clip_tasks import CLIP_L14_FILE, LAION_HEAD_FILE
+from harness.tasks._weights import file_of
 
 
 class AestheticPredictor(nn.Module):
@@ -38,16 +38,18 @@ class VBenchAestheticQuality(BackboneTask):
     """VBench aesthetic_quality (vbench/aesthetic_quality.py): every frame through clip_transform(224)
     (bicubic resize of the short side without antialiasing, centre crop, CLIP normalisation), the
     CLIP ViT-L/14 image embedding L2-normalised, the LAION linear head
-    (`sa_0_4_vit_l_14_linear.pth`, Linear(768, 1)); per video mean(score/10); the dimension is the
-    mean over videos. Needs ViT-L-14.pt and sa_0_4_vit_l_14_linear.pth (weights_sha256 checks the
-    first); --allow-uncalibrated runs a random-init tower and head."""
+    (Linear(768, 1)); per video mean(score/10); the dimension is the mean over videos. Needs
+    clip_vit_l14_openai and laion_aesthetic_head of tasks/weights.toml (weights_sha256 overrides the
+    first's published hash); --allow-uncalibrated runs a random-init tower and head."""
 
     name = "vbench_aesthetic_quality"
     benchmark_dimension = (
         "vbench:aesthetic_quality"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
+    weight_files = ("clip_vit_l14_openai", "laion_aesthetic_head")
     backend = (
-        "CLIP ViT-L/14 from open_clip, OpenAI weights (ViT-L-14.pt), + LAION linear head (sa_0_4_vit_l_14_linear.pth)"
+        f"CLIP ViT-L/14 from open_clip, OpenAI weights ({file_of('clip_vit_l14_openai')}), "
+        f"+ LAION linear head ({file_of('laion_aesthetic_head')})"
     )
     fidelity = "faithful"
     version = "1"
@@ -56,7 +58,7 @@ class VBenchAestheticQuality(BackboneTask):
     smoke_args = {"allow_uncalibrated": "true", "num_frames": "1", "max_videos": "1"}
 
     def build(self):
-        return self.backbone([CLIP_L14_FILE, LAION_HEAD_FILE], lambda p: build_predictor(p, self.name))
+        return self.backbone(list(self.weight_files), lambda p: build_predictor(p, self.name))
 
     def score(self, ref, frames):
         s = self.embed(clip_transform(frames)) / 10

@@ -10,7 +10,8 @@ from harness.errors import UserError
 from harness.registry import register
 from harness.backbones.clip import create_clip, load_clip, similarity_logits, tokenize
 from harness.tasks._backbone_tasks import BackboneTask
-from harness.tasks._clip_tasks import CLIP_B32_FILE, clip_transform_image, frame_weighted, read_suite, suite_lookup
+from harness.tasks._weights import file_of
+from harness.tasks._clip_tasks import clip_transform_image, frame_weighted, read_suite, suite_lookup
 
 
 @register
@@ -26,13 +27,15 @@ class VBenchAppearanceStyle(BackboneTask):
 
     The style text is the prompt's `auxiliary_info.appearance_style` in VBench's suite (`suite=`,
     VBench_full_info.json; VBench's custom-input mode refuses this dimension for lack of it), or
-    one `style=` text for every video. Needs ViT-B-32.pt; --allow-uncalibrated runs a random-init CLIP."""
+    one `style=` text for every video. Needs OpenAI's ViT-B/32 weights (clip_vit_b32_openai in
+    tasks/weights.toml); --allow-uncalibrated runs a random-init CLIP."""
 
     name = "vbench_appearance_style"
     benchmark_dimension = (
         "vbench:appearance_style"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "CLIP ViT-B/32 from open_clip, OpenAI weights (ViT-B-32.pt)"
+    weight_files = ("clip_vit_b32_openai",)
+    backend = f"CLIP ViT-B/32 from open_clip, OpenAI weights ({file_of('clip_vit_b32_openai')})"
     fidelity = "faithful"
     version = "1"
     main_metric = "appearance_style"
@@ -49,7 +52,7 @@ class VBenchAppearanceStyle(BackboneTask):
             )
         self._suite = read_suite(self.suite, self.name) if self.suite else []
         return self.backbone(
-            [CLIP_B32_FILE],
+            list(self.weight_files),
             lambda p: load_clip(create_clip("ViT-B-32"), p[0], self.name) if p else create_clip("ViT-B-32"),
         )
 

@@ -13,16 +13,10 @@ import torch
 from harness.backbones._common import load_checked, load_state
 from harness.errors import UserError
 from harness.registry import register
-from harness.tasks._weights import locate
+from harness.tasks._weights import file_of, locate
 from harness.tasks.vbench_camera_motion_proxy import VBenchCameraMotionProxy
 
 COTRACKER_INSTALL = "pip install 'git+https://github.com/facebookresearch/co-tracker.git'"
-COTRACKER_FILE = (
-    "cotracker2.pth",
-    "the CoTracker2 checkpoint VBench-I2V loads through torch.hub "
-    "(huggingface.co/facebook/cotracker, file cotracker2.pth); without it, vbench_camera_motion_proxy "
-    "tracks with Lucas-Kanade (a proxy)",
-)
 
 
 def cotracker_predictor():
@@ -49,11 +43,12 @@ class VBenchCameraMotion(VBenchCameraMotionProxy):
     and last positions of the grid's edge midpoints classified by VBench's rules (see
     vbench_camera_motion_proxy); a video scores 1 when its prompt's target motion is among the
     labels. Needs the `cotracker` package (not on PyPI: pip install from
-    github.com/facebookresearch/co-tracker) and cotracker2.pth in the weights folder; the refusal
+    github.com/facebookresearch/co-tracker) and the cotracker2 file of tasks/weights.toml in the weights folder; the refusal
     names both and the fallback, vbench_camera_motion_proxy (Lucas-Kanade)."""
 
     name = "vbench_camera_motion"
-    backend = "CoTracker2 (the co-tracker package, installed from its repository, not run in CI; cotracker2.pth), VBench's rules"
+    weight_files = ("cotracker2",)
+    backend = f"CoTracker2 (the co-tracker package, installed from its repository, not run in CI; {file_of('cotracker2')}), VBench's rules"
     fidelity = "faithful"
     version = "1"
     summary = "VBench-I2V camera motion (CoTracker2, installed from its repository; local weights)"
@@ -61,15 +56,13 @@ class VBenchCameraMotion(VBenchCameraMotionProxy):
     smoke_args = {"grid": "10"}
     smoke_methods = ()  # CoTracker cannot be installed from PyPI: the refusal is tested in test_camera_motion.py
     weights_dir: str = field(
-        default="", metadata={"help": "folder with cotracker2.pth (default $HARNESS_VIDEO_WEIGHTS)"}
+        default="", metadata={"help": "folder with the CoTracker2 weights (default $HARNESS_VIDEO_WEIGHTS)"}
     )
-    weights_sha256: str = field(default="", metadata={"help": "expected sha256 of cotracker2.pth"})
+    weights_sha256: str = field(default="", metadata={"help": "expected sha256 of the CoTracker2 weights"})
 
     def run(self, ctx):
         self._model = cotracker_predictor()
-        path, facts = locate(
-            self.name, self.weights_dir, COTRACKER_FILE[0], self.weights_sha256, False, COTRACKER_FILE[1]
-        )
+        path, facts = locate(self.name, self.weights_dir, "cotracker2", self.weights_sha256, False)
         load_checked(self._model.model, load_state(path), self.name, path, "CoTracker2's layout")
         self._model.eval()
         result = super().run(ctx)

@@ -13,14 +13,8 @@ from harness.backbones._common import load_into
 from harness.registry import register
 from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._vbench import dynamic_degree_row, dynamic_frames, top_mean
+from harness.tasks._weights import file_of
 from harness.video import require
-
-RAFT_FILE = (
-    "raft_large_C_T_V1-22a6c225.pth",
-    "torchvision's Raft_Large_Weights.C_T_V1 (download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth): "
-    "the RAFT authors' raft-things.pth, which VBench loads, ported by torchvision to its own parameter names; without it, vbench_dynamic_degree_proxy scores with "
-    "Farneback flow (a proxy)",
-)
 
 
 def raft_large():
@@ -63,13 +57,14 @@ class VBenchDynamicDegree(BackboneTask):
     raft-things weights (torchvision's C_T_V1 port), 20 refinements; frames subsampled every
     max(1, round(fps/8)); per consecutive pair the mean of the top 5 % flow magnitudes; a video is
     dynamic when at least round(4·N/16) pairs exceed max(1, 8/fps)·6·min(H, W)/256; the dimension
-    is the fraction of dynamic videos. Needs raft_large_C_T_V1-22a6c225.pth; --allow-uncalibrated
+    is the fraction of dynamic videos. Needs raft_large_things of tasks/weights.toml; --allow-uncalibrated
     runs a random-init RAFT (numbers meaningless). Without the weights, vbench_dynamic_degree_proxy
     (Farneback flow, the same rule) is the fallback; each record's `backend` says which scored it."""
 
     name = "vbench_dynamic_degree"
     benchmark_dimension = "vbench:dynamic_degree"  # benchmark:dimension (the coverage table, the generator's prompts)
-    backend = "RAFT-large from torchvision, raft-things weights (raft_large_C_T_V1-22a6c225.pth), 20 refinements"
+    weight_files = ("raft_large_things",)
+    backend = f"RAFT-large from torchvision, raft-things weights ({file_of('raft_large_things')}), 20 refinements"
     fidelity = "faithful"
     version = "1"
     main_metric = "dynamic_degree"
@@ -80,7 +75,9 @@ class VBenchDynamicDegree(BackboneTask):
     batch_size: int = field(default=8, metadata={"help": "frame pairs per RAFT forward"})
 
     def build(self):
-        return self.backbone([RAFT_FILE], lambda p: load_into(raft_large(), p[0], "", self.name) if p else raft_large())
+        return self.backbone(
+            list(self.weight_files), lambda p: load_into(raft_large(), p[0], "", self.name) if p else raft_large()
+        )
 
     def score(self, ref, frames):
         f = dynamic_frames(frames, ref.fps)

@@ -14,15 +14,8 @@ from harness.backbones._common import IMAGENET
 from harness.backbones.video_vit import TINY_UMT, UMT_L16_K400, VideoViT, load_video_vit
 from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._vbench import action_label, human_action_correct
-from harness.tasks._weights import weights_root
+from harness.tasks._weights import entry, weights_root
 from harness.video import require
-
-UMT_FILE = (
-    "l16_ptk710_ftk710_ftk400_f16_res224.pth",
-    "the UMT ViT-L/16 Kinetics-400 checkpoint VBench uses (its pretrained/umt_model folder, from the "
-    "OpenGVLab/unmasked_teacher model zoo)",
-)
-CLASSES_FILE = "kinetics_400_categroies.txt"  # VBench's file name, misspelling included
 
 
 def read_classes(path: Path) -> list[str]:
@@ -79,7 +72,7 @@ class VBenchHumanAction(BackboneTask):
     passes every frame to the 16-frame network, which works only for 16-frame videos. The resize is
     UMT's video_transforms on numpy frames (cv2 INTER_LINEAR), as VBench's load_video hands them over.
 
-    Needs l16_ptk710_ftk710_ftk400_f16_res224.pth and VBench's class list kinetics_400_categroies.txt
+    Needs umt_l16_k400 and VBench's class list kinetics400_classes of tasks/weights.toml
     ("<name>\\t<index>" lines) in the weights folder. --allow-uncalibrated runs a random-init network
     (and, without the class list, class names "class <i>", which never match: plumbing only);
     `arch=tiny` is a 2-layer configuration for those plumbing runs."""
@@ -87,6 +80,7 @@ class VBenchHumanAction(BackboneTask):
     name = "vbench_human_action"
     benchmark_dimension = "vbench:human_action"  # benchmark:dimension (the coverage table, the generator's prompt list)
     backend = "UMT ViT-L/16 Kinetics-400 in plain PyTorch"
+    weight_files = ("umt_l16_k400", "kinetics400_classes")
     fidelity = "faithful"
     version = "1"
     main_metric = "human_action"
@@ -121,18 +115,18 @@ class VBenchHumanAction(BackboneTask):
             torch.manual_seed(0)
             net, facts = make(None).eval(), {"calibrated": False, "weights": []}
         else:
-            net, facts = self.backbone([UMT_FILE], make)
+            net, facts = self.backbone(list(self.weight_files[:1]), make)
         self._classes, facts["classes_file"] = self.classes()  # after the weights: name the big file first
         return net, facts
 
     def classes(self) -> tuple[list[str], str | None]:
-        path = weights_root(self.weights_dir) / CLASSES_FILE
+        spec = entry("kinetics400_classes", self.name)
+        path = weights_root(self.weights_dir) / spec.file
         if path.is_file():
             return read_classes(path), str(path)
         if not self.allow_uncalibrated:
             raise UserError(
-                f"{self.name} needs VBench's Kinetics-400 class list: put {CLASSES_FILE} in "
-                f"{path.parent} (it ships with VBench's UMT weights; lines '<name>\\t<index>')"
+                f"{self.name} needs VBench's Kinetics-400 class list: put {spec.file} in {path.parent}: {spec.where()}"
             )
         return [f"class {i}" for i in range(400)], None
 

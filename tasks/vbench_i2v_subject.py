@@ -9,13 +9,13 @@ from harness.backbones._common import load_into
 from harness.backbones.dino import dino_vit
 from harness.tasks._backbone_tasks import BackboneTask
 from harness.tasks._clip_tasks import (
-    DINO_FILE,
     condition_image,
     dino_transform_image_internet,
     dino_transform_internet,
     read_suite,
 )
 from harness.tasks._vbench import i2v_score
+from harness.tasks._weights import file_of
 
 
 @register
@@ -32,14 +32,15 @@ class VBenchI2VSubject(BackboneTask):
     `suite=` vbench2_i2v_full_info.json, else the prompt + an image extension), or the one the
     video source supplies (synthetic_videos: the first frame); `first_frame_as_image` falls back on
     each video's own first frame (a self-consistency check, not VBench-I2V's protocol; the row says
-    so). Needs dino_vitbase16_pretrain.pth;
+    so). Needs the dino_vitb16 file of tasks/weights.toml;
     --allow-uncalibrated runs a random-init ViT."""
 
     name = "vbench_i2v_subject"
     benchmark_dimension = (
         "vbench-i2v:i2v_subject"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "DINO ViT-B/16 from timm (dino_vitbase16_pretrain.pth)"
+    weight_files = ("dino_vitb16",)
+    backend = f"DINO ViT-B/16 from timm ({file_of('dino_vitb16')})"
     fidelity = "faithful"
     version = "1"
     main_metric = "i2v_subject"
@@ -55,7 +56,9 @@ class VBenchI2VSubject(BackboneTask):
 
     def build(self):
         self._suite = read_suite(self.suite, self.name) if self.suite else []
-        return self.backbone([DINO_FILE], lambda p: load_into(dino_vit(), p[0], "", self.name) if p else dino_vit())
+        return self.backbone(
+            list(self.weight_files), lambda p: load_into(dino_vit(), p[0], "", self.name) if p else dino_vit()
+        )
 
     def score(self, ref, frames):
         image, source = condition_image(self, ref)

@@ -1,4 +1,15 @@
-"""VBench imaging quality (MUSIQ-SPAQ in plain PyTorch)."""
+"""VBench imaging quality (pyiqa's MUSIQ trained on SPAQ).
+
+MUSIQ is pyiqa's own `pyiqa.archs.musiq_arch.MUSIQ`, the network VBench's imaging_quality builds
+through `pyiqa.create_metric('musiq-spaq')`. pyiqa 0.1.16 is installed by the Makefile with
+`pip install --no-deps`: its declared requirements (bitsandbytes, facexlib, tensorboard,
+pre-commit, pytest, ruff, openai-clip, yapf, datasets, accelerate, ...) are not needed by MUSIQ and
+made pip's resolution beside the project's pins run past 15 minutes; importing
+`pyiqa.archs.musiq_arch` loads only torch, torchvision, numpy, cv2, PIL, requests, scipy, yaml,
+tqdm and huggingface_hub (measured with `python -X importtime` on pyiqa 0.1.16), all declared in
+the video extra. `MUSIQ(pretrained=False)` builds the network without downloading anything, with
+the one-score head of the SPAQ/KonIQ checkpoints; the harness loads the local
+checkpoint itself (the `params` entry of pyiqa's files, strict key check)."""
 
 from __future__ import annotations
 
@@ -8,18 +19,34 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from harness.backbones._common import load_checked
+from harness.backbones.video_vit import checkpoint_state
 from harness.errors import UserError
 from harness.interfaces import Metric
 from harness.registry import register
-from harness.backbones.musiq import MUSIQ
-from harness.backbones.video_vit import checkpoint_state
 from harness.tasks._backbone_tasks import BackboneTask
+from harness.tasks._weights import file_of
 
-MUSIQ_FILE = (
-    "musiq_spaq_ckpt-358bb6af.pth",
-    "the MUSIQ-SPAQ checkpoint of pyiqa (chaofengc/IQA-PyTorch release "
-    "v0.1-weights), the file VBench's imaging_quality loads",
-)
+PYIQA = "pyiqa==0.1.16"
+
+
+def musiq():
+    """pyiqa's MUSIQ, untrained, with SPAQ's one-score head (pretrained=False: no download, num_class 1)."""
+    try:
+        from pyiqa.archs.musiq_arch import MUSIQ
+    except ImportError as e:
+        raise UserError(
+            f"vbench_imaging_quality scores with pyiqa's MUSIQ, which needs the package {e.name!r}: "
+            f"pip install --no-deps {PYIQA} (make install does; its other declared requirements are not "
+            f"needed) and pip install 'harness-eval[video]'"
+        ) from None
+    return MUSIQ(pretrained=False)
+
+
+def load_musiq(path, task: str):
+    """pyiqa's MUSIQ with the checkpoint at `path` (pyiqa's files nest the weights under `params`), strictly."""
+    state = checkpoint_state(path)
+    return load_checked(musiq(), state.get("params", state), task, path, "pyiqa's MUSIQ layout")
 
 
 def longer_512(frames: np.ndarray) -> torch.Tensor:
@@ -37,44 +64,33 @@ def longer_512(frames: np.ndarray) -> torch.Tensor:
 @register
 @dataclass
 class VBenchImagingQuality(BackboneTask):
-    """VBench imaging_quality (vbench/imaging_quality.py): MUSIQ trained on SPAQ (pyiqa's musiq_arch,
-    written here in plain PyTorch: backbones/musiq.py) scores every frame (0-100) after the 'longer'
+    """VBench imaging_quality (vbench/imaging_quality.py): MUSIQ trained on SPAQ (pyiqa's
+    musiq_arch.MUSIQ, the network VBench uses) scores every frame (0-100) after the 'longer'
     preprocessing (longer side capped at 512); a video's value is the mean frame score (0-100, in
-    the samples); the dimension is the mean over videos / 100. Needs musiq_spaq_ckpt-358bb6af.pth;
-    --allow-uncalibrated runs a random-init MUSIQ (plumbing only)."""
+    the samples); the dimension is the mean over videos / 100. Needs musiq_spaq of tasks/weights.toml
+    and pyiqa (installed with --no-deps by make install); --allow-uncalibrated runs a random-init
+    MUSIQ (plumbing only)."""
 
     name = "vbench_imaging_quality"
     benchmark_dimension = (
         "vbench:imaging_quality"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "MUSIQ-SPAQ in plain PyTorch (backbones/musiq.py; musiq_spaq_ckpt-358bb6af.pth)"
+    weight_files = ("musiq_spaq",)
+    backend = f"MUSIQ-SPAQ from pyiqa ({PYIQA}; {file_of('musiq_spaq')})"
     fidelity = "faithful"
     version = "1"
     main_metric = "imaging_quality"
-    summary = "VBench imaging quality (MUSIQ-SPAQ in plain PyTorch; local weights)"
+    summary = "VBench imaging quality (MUSIQ-SPAQ from pyiqa; local weights)"
     smoke_args = {"allow_uncalibrated": "true", "num_frames": "1"}
     num_frames: int | None = field(default=None, metadata={"help": "frames sampled 'middle'; None = all (VBench)"})
 
     def build(self):
-        def make(paths):
-            net = MUSIQ()
-            if paths:
-                state = checkpoint_state(paths[0])
-                state = state.get("params", state)  # pyiqa training checkpoints nest the weights
-                missing, unexpected = net.load_state_dict(state, strict=False)
-                if missing or unexpected:
-                    raise UserError(
-                        f"{self.name}: {paths[0]} does not match pyiqa's MUSIQ layout "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-                    )
-            return net
-
-        return self.backbone([MUSIQ_FILE], make)
+        return self.backbone(list(self.weight_files), lambda p: load_musiq(p[0], self.name) if p else musiq())
 
     def score(self, ref, frames):
         x = longer_512(frames)
         with torch.no_grad():
-            s = [float(self._net(x[i : i + 1])[0]) for i in range(len(x))]
+            s = [float(self._net(x[i : i + 1])[0, 0]) for i in range(len(x))]
         return {"value": float(np.mean(s)), "frame_scores": [round(v, 4) for v in s]}
 
     def aggregate(self, rows):

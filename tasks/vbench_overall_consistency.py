@@ -15,13 +15,12 @@ class VBenchOverallConsistency(ViClipTask):
     overall_consistency prompt list): ViCLIP ViT-L/14 (InternVid-10M-FLT), 8 frames sampled
     "middle", clip_transform(224); per video cos(video embedding, text embedding of the full
     prompt); the dimension is the mean over videos. The architecture and what is unverified: see
-    backbones/viclip.py. Needs ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
+    backbones/viclip.py. Needs the ViCLIP weights (tasks/weights.toml); --allow-uncalibrated runs a random-init ViCLIP."""
 
     name = "vbench_overall_consistency"
     benchmark_dimension = (
         "vbench:overall_consistency"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "ViCLIP-L/14: its space-time glue here (no library has ViCLIP), open_clip transformers (ViClip-InternVid-10M-FLT.pth)"
     fidelity = "faithful"
     version = "1"
     main_metric = "overall_consistency"

@@ -8,11 +8,7 @@ from harness.registry import register
 from harness.backbones._common import load_into
 from harness.backbones.dino import dino_transform, dino_vit
 from harness.tasks._backbone_tasks import ConsistencyTask
-
-DINO_FILE = (
-    "dino_vitbase16_pretrain.pth",
-    "the DINO ViT-B/16 checkpoint released with facebookresearch/dino (the file VBench's --load_ckpt_from_local uses)",
-)
+from harness.tasks._weights import file_of
 
 
 @register
@@ -22,13 +18,14 @@ class VBenchSubjectConsistency(ConsistencyTask):
     frame (short side resized to 224, no crop, ImageNet normalisation), L2-normalised; frame i >= 1
     scores (max(0, cos(f_i-1, f_i)) + max(0, cos(f_0, f_i)))/2; the dimension is frame-weighted
     (`subject_consistency`), `per_video` the mean of the per-video means. Needs
-    dino_vitbase16_pretrain.pth; --allow-uncalibrated runs a random-init ViT."""
+    the dino_vitb16 file of tasks/weights.toml; --allow-uncalibrated runs a random-init ViT."""
 
     name = "vbench_subject_consistency"
     benchmark_dimension = (
         "vbench:subject_consistency"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "DINO ViT-B/16 from timm, DINO's position interpolation (dino_vitbase16_pretrain.pth)"
+    weight_files = ("dino_vitb16",)
+    backend = f"DINO ViT-B/16 from timm, DINO's position interpolation ({file_of('dino_vitb16')})"
     fidelity = "faithful"
     version = "1"
     main_metric = "subject_consistency"
@@ -36,7 +33,9 @@ class VBenchSubjectConsistency(ConsistencyTask):
     smoke_args = {"allow_uncalibrated": "true", "num_frames": "2"}
 
     def build(self):
-        return self.backbone([DINO_FILE], lambda p: load_into(dino_vit(), p[0], "", self.name) if p else dino_vit())
+        return self.backbone(
+            list(self.weight_files), lambda p: load_into(dino_vit(), p[0], "", self.name) if p else dino_vit()
+        )
 
     def transform(self, frames):
         return dino_transform(frames)

@@ -15,13 +15,12 @@ class VBenchTemporalStyle(ViClipTask):
     frames sampled "middle", clip_transform(224); per video cos(video embedding, text embedding of
     the full prompt); the dimension is the mean over videos. The prompt comes from the video
     source (VBench naming `<prompt>-<index>.mp4`). The architecture and what is unverified: see
-    backbones/viclip.py. Needs ViClip-InternVid-10M-FLT.pth; --allow-uncalibrated runs a random-init ViCLIP."""
+    backbones/viclip.py. Needs the ViCLIP weights (tasks/weights.toml); --allow-uncalibrated runs a random-init ViCLIP."""
 
     name = "vbench_temporal_style"
     benchmark_dimension = (
         "vbench:temporal_style"  # benchmark:dimension (the coverage table, the generator's prompt list)
     )
-    backend = "ViCLIP-L/14: its space-time glue here (no library has ViCLIP), open_clip transformers (ViClip-InternVid-10M-FLT.pth)"
     fidelity = "faithful"
     version = "1"
     main_metric = "temporal_style"

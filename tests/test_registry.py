@@ -126,8 +126,8 @@ def _fresh(code: str) -> str:
 
 def test_list_and_lookup_import_only_what_they_need():
     """`harness list` reads the index: no torch, no method or task module (but the import-light
-    module of the `harness lm-eval` subcommand); looking one method up imports its own module and
-    not its siblings'."""
+    modules of the `harness lm-eval` and `harness weights` subcommands); looking one method up
+    imports its own module and not its siblings'."""
     out = _fresh(
         "import sys, contextlib, io\n"
         "from harness.cli import main\n"
@@ -135,7 +135,7 @@ def test_list_and_lookup_import_only_what_they_need():
         "assert 'yarn' in f.getvalue() and 'kvpress:<name>' in f.getvalue()\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('harness.methods.', 'harness.tasks.'))))"
     )
-    assert eval(out) == ["harness.tasks.lm_eval", "harness.tasks.lm_eval.__main__"]
+    assert eval(out) == ["harness.tasks._weights", "harness.tasks.lm_eval", "harness.tasks.lm_eval.__main__"]
     out = _fresh(
         "import sys\nfrom harness import registry\nregistry.method('snapkv'); registry.task('needle_128k')\n"
         "print(sorted(m for m in sys.modules if m.startswith(('harness.methods.', 'harness.tasks.'))))"

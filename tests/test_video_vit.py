@@ -11,6 +11,7 @@ from harness import runner
 from harness.errors import UserError
 from harness.backbones import video_vit as vv
 from harness.tasks.vbench_human_action import read_classes, umt_transform, video_label
+from harness.tasks._weights import file_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -167,8 +168,10 @@ def test_human_action_end_to_end(tmp_path, monkeypatch):
         net.head.weight.zero_()
         net.head.bias.fill_(-20.0)
         net.head.bias[7] = 20.0
-    torch.save(net.state_dict(), tmp_path / ha.UMT_FILE[0])
-    (tmp_path / ha.CLASSES_FILE).write_text("".join(f"{'Walking' if i == 7 else f'c{i}'}\t{i}\n" for i in range(400)))
+    torch.save(net.state_dict(), tmp_path / file_of("umt_l16_k400"))
+    (tmp_path / file_of("kinetics400_classes")).write_text(
+        "".join(f"{'Walking' if i == 7 else f'c{i}'}\t{i}\n" for i in range(400))
+    )
     from harness.methods.video.synthetic import SyntheticVideos
     from harness.video import VideoRef
 
