@@ -123,6 +123,8 @@ class KVCompression(Task):
             raise ValueError("ppl_decode_tokens must be in [1, context_length)")
         if min(self.needle_samples, self.ppl_samples, self.timing_new_tokens, self.max_new_tokens) < 1:
             raise ValueError("sample counts and token counts must be positive")
+        if not 0 < self.rank_bytes <= 1:  # the CLI's range check says so first; this guards the Python API
+            raise ValueError(f"rank_bytes must be in (0, 1], got {self.rank_bytes}")
 
     def target_length(self) -> int:
         return max(self.context_length, *self.timing_lengths)

@@ -93,3 +93,9 @@ def test_a_real_cell_on_the_zoo_model_ranks_its_025_row(tmp_path):
     assert abs(row["kv_bytes_fraction"] - 0.25) <= 0.02
     assert rec["metrics"]["needle_accuracy_at_memory"] == rec["metrics"]["needle_accuracy@0.25"]
     assert rec["metrics"]["kv_bytes_fraction@0.5"]["value"] > 0.3  # the next row up is over the bound
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, 1.01])
+def test_the_python_api_refuses_rank_bytes_outside_0_1(value):
+    with pytest.raises(ValueError, match="rank_bytes"):
+        KVCompression(rank_bytes=value)
