@@ -137,7 +137,7 @@ def variant_labels(recs: list[dict]) -> list[str]:
     return labels
 
 
-def _over_seeds(values: list) -> str:
+def over_seeds(values: list) -> str:
     """One cell for the runs of one configuration: the value, or mean ± sample sd over the seeds."""
     vals = [v for v in values if isinstance(v, (int, float))]
     if len(vals) < 2:
@@ -147,6 +147,23 @@ def _over_seeds(values: list) -> str:
     return f"{fmt(mean)} ± {fmt(sd)}"
 
 
+def seed_groups(recs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(label, records) per configuration, sorted by label: records that differ only in their seed
+    share a group (task version and params, method and params, model, limit), labelled by
+    variant_labels."""
+    groups: dict[tuple, tuple[str, list[dict]]] = {}
+    for label, r in sorted(zip(variant_labels(recs), recs), key=lambda x: x[0]):
+        key = (
+            label,
+            r["task"].get("version"),
+            json.dumps(r["task"].get("params"), sort_keys=True),
+            r["model"]["id"],
+            r.get("limit"),
+        )
+        groups.setdefault(key, (label, []))[1].append(r)
+    return list(groups.values())
+
+
 def records_table(recs: list[dict], metrics: list[str] | None = None) -> str:
     """One row per configuration: the method (with the parameters that tell its records apart), the
     given metrics (default: each record's main metric) and whether the number is calibrated. Runs of
@@ -154,20 +171,17 @@ def records_table(recs: list[dict], metrics: list[str] | None = None) -> str:
     `seeds` column says how many (the spread is the seeds', never the configurations')."""
     rows = sorted(zip(variant_labels(recs), recs), key=lambda x: x[0])
     if metrics:
-        groups: dict[tuple, list[tuple[str, dict]]] = {}
-        for label, r in rows:  # the configuration: everything but the seed
-            key = (label, json.dumps(r["task"].get("params"), sort_keys=True), r["model"]["id"], r.get("limit"))
-            groups.setdefault(key, []).append((label, r))
-        seeded = any(len(g) > 1 for g in groups.values())
+        groups = seed_groups(recs)
+        seeded = any(len(g) > 1 for _, g in groups)
         head = ["method", *metrics, *(["seeds"] if seeded else []), "calibrated"]
         body = [
             [
-                g[0][0],
-                *(_over_seeds([r["metrics"].get(m, {}).get("value") for _, r in g]) for m in metrics),
-                *([str(len({r.get("seed") for _, r in g}))] if seeded else []),
-                str(all(r["provenance"].get("calibrated", True) for _, r in g)).lower(),
+                label,
+                *(over_seeds([r["metrics"].get(m, {}).get("value") for r in g]) for m in metrics),
+                *([str(len({r.get("seed") for r in g}))] if seeded else []),
+                str(all(r["provenance"].get("calibrated", True) for r in g)).lower(),
             ]
-            for g in groups.values()
+            for label, g in groups
         ]
     else:
         head = ["method", "main metric", "value", "n", "calibrated"]
