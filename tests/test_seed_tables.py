@@ -24,7 +24,9 @@ def _rec(method="yarn", seed=0, values=None, params=None, device="cpu", torch="2
 
 
 def _rows(text: str) -> dict[str, list[str]]:
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    lines = text.splitlines()
+    heads = {i - 1 for i, line in enumerate(lines) if line.startswith("|---")}
+    rows = [line for i, line in enumerate(lines) if line.startswith("| ") and i not in heads]
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("|")[1:-1]] for line in rows)}
 
 
@@ -100,3 +102,49 @@ def test_aggregate_groups_by_everything_but_the_seed():
         ([0], seeds.Spread(5.0, None, 1)),
         ([0], seeds.Spread(7.0, None, 1)),
     ]
+
+
+def _spec(method, seed, per_temp, gamma=4, **metrics):
+    """A spec_acceptance record: per_temp = {"0": (new tokens, target forwards, prompts), ...}."""
+    rec = _rec(method, seed, values={}, params={"gamma": gamma})
+    rec["task"] = {"name": "spec_acceptance", "version": "1", "params": {"temperatures": [0.0, 1.0]}}
+    rec["details"] = {
+        "per_temperature": {
+            k: {"new_tokens": t, "target_forwards": f, "prompts": p} for k, (t, f, p) in per_temp.items()
+        }
+    }
+    rec["metrics"] = {k: {"value": v, "n": 1} for k, v in metrics.items()}
+    return rec
+
+
+def test_spec_tau_is_pooled_per_temperature_over_prompts_and_seeds_and_ranked_per_temperature():
+    from harness.tasks.spec_acceptance import SpecAcceptance
+
+    # sps: seed 0 has τ 100/50 = 2.0, seed 1 60/40 = 1.5; pooled 160/90 = 1.78 (the mean of the two
+    # seeds' τ would be 1.75; the per-prompt mean in tau@T0 is ignored)
+    sps = [
+        _spec("sps", 0, {"0": (100, 50, 4), "1": (40, 40, 4)}, **{"tau@T0": 3.0}),
+        _spec("sps", 1, {"0": (60, 40, 4), "1": (44, 40, 4)}, **{"tau@T0": 3.0}),
+    ]
+    eagle = [_spec("eagle", 0, {"0": (95, 50, 4), "1": (70, 35, 4)})]
+    text = SpecAcceptance.report(sps + eagle)
+    t0 = _rows(text.split("**T = 0**", 1)[1].split("**T = 1**", 1)[0])
+    t1 = _rows(text.split("**T = 1**", 1)[1].split("**Losslessness**", 1)[0])
+    assert t0 == {
+        "1": ["`eagle`", "1.90", "4", "—", "—", "—", "—"],
+        "2": ["`sps`", "1.78", "8 (4 × 2)", "0.35", "—", "—", "—"],
+    }
+    assert [t1["1"][:3], t1["2"][:3]] == [["`eagle`", "2.00", "4"], ["`sps`", "1.05", "8 (4 × 2)"]]
+    assert "Seeds: 1 to 2 per cell (0, 1)" in text
+
+
+def test_spec_configurations_are_not_pooled_and_old_records_keep_their_own_tau():
+    from harness.tasks import _spec_report
+
+    a, b = _spec("sps", 0, {"0": (100, 50, 4)}, gamma=4), _spec("sps", 1, {"0": (10, 10, 4)}, gamma=2)
+    assert [_spec_report.pooled_tau([r], "0") for r in (a, b)] == [(2.0, 4), (1.0, 4)]
+    assert len(_rows(_spec_report.tables([a, b]).split("**T = 1**")[0])) == 2  # two rows: gamma differs
+    old = _spec("sps", 0, {}, **{"tau@T0": 1.9})
+    old["details"]["per_temperature"]["0"] = {"tau_pooled": 1.6}  # written before the totals
+    assert _spec_report.pooled_tau([old], "0") == (1.6, 1)
+    assert _spec_report.pooled_tau([old, dict(old, seed=1)], "0") is None  # not recoverable: no cell

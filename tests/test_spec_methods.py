@@ -129,13 +129,21 @@ def _eval(tiny_model, tmp_path, **task_args):
 
 
 def test_task_record_holds_tau_acceptance_speedup_and_losslessness(tiny_model, tmp_path):
-    rec = records.read(_eval(tiny_model, tmp_path, temperatures="0,0.1").path)  # 0.1: peaked enough to test
+    path = _eval(tiny_model, tmp_path, temperatures="0,0.1").path  # 0.1: peaked enough to test
+    rec = records.read(path)
     m = rec["metrics"]
     assert m["tau"]["value"] >= 1 and m["lossless_greedy"]["value"] == 1 and m["lossless_sampling"]["value"] == 1
     assert m["speedup"]["value"] > 0 and 0 <= m["acceptance_rate"]["value"] <= 1
     assert rec["details"]["sampling_test"]["groups"]
     info = rec["details"]["per_temperature"]["0"]
     assert info["gamma"] == 4 and info["tau_analytic"] >= 1 and "1" in info["per_position_acceptance"]
+    rows = [r for r in records.read_samples(path) if r["temperature"] == 0]  # the totals Spec-Bench pools
+    assert (info["new_tokens"], info["target_forwards"], info["prompts"]) == (
+        sum(r["new_tokens"] for r in rows),
+        sum(r["target_forwards"] for r in rows),
+        len(rows),
+    )
+    assert info["tau_pooled"] == info["new_tokens"] / info["target_forwards"]
     assert rec["details"]["threads"] == 1
 
 
