@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness import report, seeds
 from harness.errors import NoEffect
 from harness.lm import KVRequest
 from harness.interfaces import Metric, Task, TaskResult
@@ -110,16 +111,18 @@ class KVCompression(Task):
 
     @classmethod
     def report(cls, recs: list[dict]) -> str:
-        """One table per context length, a row per method: its budgets, then per budget the kept and
-        byte fractions, needle accuracies, ppl ratio, KL vs dense and decode time ÷ dense at that
-        length. The dense line under each table is the median over the records (each measures its
-        own dense run)."""
+        """One table per context length, a row per configuration (seeds averaged: mean ± sd, see
+        harness/seeds.py): its budgets, then per budget the kept and byte fractions, needle
+        accuracies, ppl ratio, KL vs dense and decode time ÷ dense at that length. The dense line
+        under each table is the median over the records (each measures its own dense run)."""
         by_len: dict[int, list[dict]] = {}
         for rec in recs:
             by_len.setdefault(int(rec["task"]["params"]["context_length"]), []).append(rec)
-        out = []
+        names = dict(zip(map(id, recs), report.variant_labels(recs, task_params=False)))
+        envs, out = seeds.Environments(recs), []
         for n in sorted(by_len):
-            rows = sorted(by_len[n], key=lambda r: r["method"]["name"])
+            rows = by_len[n]
+            groups = sorted(seeds.group(rows), key=lambda g: names[id(g.records[0])])  # seeds averaged
             out += [
                 f"**{n} tokens**",
                 "",
@@ -128,19 +131,20 @@ class KVCompression(Task):
                 + " | decode ms/token (÷ dense) |",
                 "|---" * (len(cls.REPORT_COLUMNS) + 3) + "|",
             ]
-            for rec in rows:
-                m, budgets = rec["metrics"], [b for b in rec["details"]["budgets"] if b != "dense"]
+            for g in groups:
+                budgets = [b for b in g.records[0]["details"]["budgets"] if b != "dense"]
                 cells = [
-                    " / ".join(f.format(m[f"{key}@{b}"]["value"]) for b in budgets) for _, key, f in cls.REPORT_COLUMNS
+                    " / ".join(g.metric(f"{key}@{b}").text(f.format) for b in budgets)
+                    for _, key, f in cls.REPORT_COLUMNS
                 ]
-                ratio = " / ".join(f"{m[f'decode_time_ratio@{n}@{b}']['value']:.2f}" for b in budgets)
-                out.append(
-                    f"| `{rec['method']['name']}` | {' / '.join(budgets)} | " + " | ".join(cells) + f" | {ratio} |"
-                )
+                ratio = " / ".join(g.metric(f"decode_time_ratio@{n}@{b}").text("{:.2f}".format) for b in budgets)
+                name = f"`{names[id(g.records[0])]}`{envs.mark(g.records)}"
+                out.append(f"| {name} | {' / '.join(budgets)} | " + " | ".join(cells) + f" | {ratio} |")
             needle = statistics.median(r["metrics"]["needle_accuracy@dense"]["value"] for r in rows)
             dense_ms = statistics.median(r["metrics"][f"decode_ms_per_token@{n}@dense"]["value"] for r in rows)
             out += ["", f"dense (median over the records): needle {needle:.2f}, ms/token {dense_ms:.1f}", ""]
-        return "\n".join(out).rstrip()
+        note = seeds.seeds_line([len(g.seeds) for g in seeds.group(recs)], [r.get("seed") for r in recs])
+        return "\n".join(["\n".join(out).rstrip(), *seeds.notes(note, envs.legend())])
 
     # -- one call through the policy -----------------------------------------------------------
     def call(self, lm, unit: str, budget: float, fn, question: int = 0, decode: int | None = None) -> dict:

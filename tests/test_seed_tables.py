@@ -148,3 +148,25 @@ def test_spec_configurations_are_not_pooled_and_old_records_keep_their_own_tau()
     old["details"]["per_temperature"]["0"] = {"tau_pooled": 1.6}  # written before the totals
     assert _spec_report.pooled_tau([old], "0") == (1.6, 1)
     assert _spec_report.pooled_tau([old, dict(old, seed=1)], "0") is None  # not recoverable: no cell
+
+
+def _kv(method, seed, needle, budgets=("0.5",), device="cpu"):
+    rec = _rec(method, seed, values={}, params={"window": 8}, device=device)
+    rec["task"] = {"name": "kv_compression", "version": "1", "params": {"context_length": 256}}
+    rec["details"] = {"budgets": [*budgets, "dense"]}
+    keys = ("kept_fraction", "kv_bytes_fraction", "needle_accuracy_query_aware", "ppl_ratio", "kl_vs_dense")
+    rec["metrics"] = {f"{k}@{b}": {"value": 0.5} for k in keys for b in budgets}
+    rec["metrics"] |= {f"needle_accuracy@{b}": {"value": needle} for b in budgets}
+    rec["metrics"] |= {f"decode_time_ratio@256@{b}": {"value": 1.0} for b in budgets}
+    rec["metrics"] |= {"needle_accuracy@dense": {"value": 1.0}, "decode_ms_per_token@256@dense": {"value": 2.0}}
+    return rec
+
+
+def test_kv_rows_are_configurations_with_seeds_averaged():
+    from harness.tasks.kv_compression import KVCompression
+
+    recs = [_kv("snapkv", 0, 0.4), _kv("snapkv", 1, 0.6), _kv("h2o", 0, 0.9, device="cuda")]
+    rows = _rows(KVCompression.report(recs))
+    assert set(rows) == {"`snapkv`", "`h2o`†"}
+    assert rows["`snapkv`"][3] == "0.50 ± 0.14" and rows["`h2o`†"][3] == "0.90"
+    assert "Seeds: 1 to 2 per cell (0, 1)" in KVCompression.report(recs)
