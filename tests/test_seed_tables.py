@@ -170,3 +170,49 @@ def test_kv_rows_are_configurations_with_seeds_averaged():
     assert set(rows) == {"`snapkv`", "`h2o`†"}
     assert rows["`snapkv`"][3] == "0.50 ± 0.14" and rows["`h2o`†"][3] == "0.90"
     assert "Seeds: 1 to 2 per cell (0, 1)" in KVCompression.report(recs)
+
+
+def _prm(method, seed, acc, agg="min", grid=(1, 2)):
+    rec = _rec(method, seed, values={}, params={"agg": agg})
+    rec["task"] = {"name": "math_prm_bon", "version": "1", "params": {"world_problems": 200}}
+    metrics = {"accuracy": acc, "pass": [a + 0.2 for a in acc], "majority": [a + 0.1 for a in acc]}
+    rec["metrics"] = {f"{k}@{n}": {"value": v} for k, vs in metrics.items() for n, v in zip(grid, vs)}
+    rec["metrics"]["accuracy"] = {"value": acc[-1], "n": 200}
+    rec["details"] = {"grid": list(grid), "intervals": {f"accuracy@{grid[-1]}": [acc[-1] - 0.1, acc[-1] + 0.1]}}
+    return rec
+
+
+def test_prm_curves_pool_the_seeds_of_a_configuration_only():
+    from harness.tasks import _prm_report
+    from harness.tasks.math_prm_bon import MathPrmBon
+
+    recs = [_prm("orm", 0, [0.5, 0.4]), _prm("orm", 1, [0.5, 0.6]), _prm("orm", 0, [0.3, 0.3], agg="last")]
+    rows = _rows(MathPrmBon.report(recs))
+    assert rows["orm (agg=min)"] == ["0.500 ± 0.000", "0.500 ± 0.141", "0.400–0.600 (mean of 2 seeds' CIs)", "—"]
+    assert rows["orm (agg=last)"][:2] == ["0.300", "0.300"]
+    assert rows["oracle pass@N"][:2] == ["0.700 ± 0.000", "0.700 ± 0.141"]  # one record per seed, averaged
+    grid, base, groups = _prm_report.curves(recs)
+    assert grid == [1, 2] and sorted(r["seed"] for r in base) == [0, 1] and len(groups) == 2
+
+
+def test_prm_curves_script_draws_the_mean_with_an_sd_band(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "prm_curves.py"
+    spec = importlib.util.spec_from_file_location("prm_curves", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    fig, ax = plt.subplots()
+    script.draw(ax, [1, 2], [seeds.Spread(0.5, None, 2), seeds.Spread(0.5, 0.1, 2)], label="x")
+    assert list(ax.lines[0].get_ydata()) == [0.5, 0.5] and len(ax.collections) == 1  # the ± sd band
+    script.draw(ax, [1, 2], [seeds.Spread(0.5, None, 1), None], label="y")
+    assert list(ax.lines[1].get_xdata()) == [1] and len(ax.collections) == 1  # one seed: no band
+    plt.close(fig)
+    script.plot([_prm("orm", s, [0.5, 0.4 + s / 10]) for s in (0, 1)], tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
