@@ -182,7 +182,7 @@ def records_table(recs: list[dict], metrics: list[str]) -> str:
     head = ["method", *metrics, *(["seeds"] if seeded else []), "calibrated"]
     body = []
     for g in groups:
-        cells = [(s.text(fmt) if (s := g.metric(m)) else "") for m in metrics]
+        cells = [g.text(m, fmt, missing="") for m in metrics]
         body.append(
             [
                 label[id(g.records[0])] + envs.mark(g.records),

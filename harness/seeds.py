@@ -74,6 +74,11 @@ class SeedGroup:
     def metric(self, name: str, field: str = "value") -> Spread | None:
         return spread(r["metrics"].get(name, {}).get(field) for r in self.records)
 
+    def text(self, name: str, fmt: Callable[[float], str], missing: str = "—") -> str:
+        """The metric's cell: mean, or mean ± sd over several seeds; `missing` where no record has it."""
+        s = self.metric(name)
+        return s.text(fmt) if s else missing
+
 
 def group(recs: Iterable[dict], ignore_task: Iterable[str] = ()) -> list[SeedGroup]:
     """Records grouped by configuration, in first-seen order."""

@@ -134,10 +134,9 @@ class KVCompression(Task):
             for g in groups:
                 budgets = [b for b in g.records[0]["details"]["budgets"] if b != "dense"]
                 cells = [
-                    " / ".join(g.metric(f"{key}@{b}").text(f.format) for b in budgets)
-                    for _, key, f in cls.REPORT_COLUMNS
+                    " / ".join(g.text(f"{key}@{b}", f.format) for b in budgets) for _, key, f in cls.REPORT_COLUMNS
                 ]
-                ratio = " / ".join(g.metric(f"decode_time_ratio@{n}@{b}").text("{:.2f}".format) for b in budgets)
+                ratio = " / ".join(g.text(f"decode_time_ratio@{n}@{b}", "{:.2f}".format) for b in budgets)
                 name = f"`{names[id(g.records[0])]}`{envs.mark(g.records)}"
                 out.append(f"| {name} | {' / '.join(budgets)} | " + " | ".join(cells) + f" | {ratio} |")
             needle = statistics.median(r["metrics"]["needle_accuracy@dense"]["value"] for r in rows)
