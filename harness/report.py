@@ -227,8 +227,21 @@ def _md(head: list[str], body: list[list[str]]) -> str:
     return "\n".join([f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + [f"| {' | '.join(row)} |" for row in body])
 
 
+def heatmap_cells(recs: list[dict]) -> dict[str, dict[tuple[float, int], list[float]]]:
+    """{panel label: {(depth, length): [correct, n]}}: a panel per method and parameters, its
+    records' (seeds') samples pooled."""
+    cells: dict[str, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+    for label, rec in zip(variant_labels(recs, task_params=False), recs):
+        for c in rec.get("details", {}).get("grid", []):
+            acc = cells[label][(round(c["depth"], 1), c["context_length"])]
+            acc[0] += c["accuracy"] * c["n"]
+            acc[1] += c["n"]
+    return cells
+
+
 def heatmaps(recs: list[dict], path: Path, title: str) -> Path:
-    """One depth x length panel per method (needle grids), saved as a PNG."""
+    """One depth x length panel per method and parameters (needle grids; a method's records with
+    different parameters are different panels, its seeds pooled over their samples), saved as a PNG."""
     try:
         import matplotlib
 
@@ -236,12 +249,7 @@ def heatmaps(recs: list[dict], path: Path, title: str) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("heatmaps need matplotlib: pip install 'harness-eval[plots]'") from None
-    cells: dict[str, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
-    for rec in recs:
-        for c in rec.get("details", {}).get("grid", []):
-            acc = cells[rec["method"]["name"]][(round(c["depth"], 1), c["context_length"])]
-            acc[0] += c["accuracy"] * c["n"]
-            acc[1] += c["n"]
+    cells = heatmap_cells(recs)
     if not cells:
         raise UserError("no needle grids (details.grid) in these records")
     methods = sorted(cells)

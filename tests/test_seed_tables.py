@@ -216,3 +216,16 @@ def test_prm_curves_script_draws_the_mean_with_an_sd_band(tmp_path):
     plt.close(fig)
     script.plot([_prm("orm", s, [0.5, 0.4 + s / 10]) for s in (0, 1)], tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_needle_heatmap_panels_are_configurations_with_their_seeds_pooled():
+    def needle(seed, factor, acc):
+        rec = _rec(seed=seed, values={}, params={"factor": factor})
+        rec["details"] = {"grid": [{"depth": 50.0, "context_length": 64, "accuracy": acc, "n": 2}]}
+        return rec
+
+    cells = report.heatmap_cells([needle(0, 2.0, 1.0), needle(1, 2.0, 0.5), needle(0, 4.0, 0.0)])
+    assert {k: dict(v) for k, v in cells.items()} == {
+        "yarn (factor=2.0)": {(50.0, 64): [3.0, 4]},
+        "yarn (factor=4.0)": {(50.0, 64): [0.0, 2]},
+    }
