@@ -85,3 +85,20 @@ def test_seeds_of_one_configuration_share_a_row_and_configurations_do_not():
     body = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2 : lines.index("")]]
     assert ["2.000 ± 1.000", "3"] in [row[1:3] for row in body]  # three seeds: mean ± sample sd, n = 3
     assert sorted(row[1] for row in body) == ["2.000 ± 1.000", "5.000", "7.000", "9.000"]  # four configurations
+
+
+def test_cli_report_puts_two_seeds_of_one_configuration_in_one_cell(needle_records, tmp_path, capsys):
+    import json
+    import shutil
+
+    copy = tmp_path / "r"
+    shutil.copytree(needle_records, copy)
+    path = next(p for p in copy.glob("perplexity/*/pi/*.json"))
+    rec = json.loads(path.read_text())
+    moved = {k: dict(v, value=v["value"] + 2) if k.startswith("perplexity@") else v for k, v in rec["metrics"].items()}
+    (path.parent / f"{'f' * 16}.json").write_text(json.dumps(dict(rec, seed=1, run_id="f" * 16, metrics=moved)))
+    assert cli.main(["report", "--task", "perplexity", "--results", str(copy)]) == 0
+    out = capsys.readouterr().out
+    (pi,) = [line for line in out.splitlines() if line.startswith("| pi |")]
+    assert pi.count("± 1.41") == 2  # both lengths: mean ± sd of (v, v + 2)
+    assert "Seeds: 1 to 2 per cell (0, 1)" in out
