@@ -28,6 +28,23 @@ def attach_artifact(method: Method, lm, mctx: MethodContext, model_sha: str | No
     return key
 
 
+def cost(key: str) -> dict | None:
+    """What the fit behind an artifact cost (wall and CPU seconds, device, threads), for the record
+    of every cell that uses it: the methods table reads training costs from committed records."""
+    from harness import artifacts
+
+    payload = artifacts.load(key) or {}
+    if "fit_seconds" not in payload:
+        return None
+    env = payload.get("provenance", {})
+    return {
+        "seconds": payload["fit_seconds"],
+        "cpu_seconds": payload.get("fit_cpu_seconds"),
+        "device": env.get("gpu") or env.get("device"),
+        "threads": env.get("threads"),
+    }
+
+
 def fit(
     method_name: str,
     model: str,

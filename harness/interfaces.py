@@ -182,6 +182,21 @@ class Metric:
         stderr = math.sqrt(max(var, 0.0) / n) if n > 1 else None
         return cls(mean, direction, unit, n, stderr, n, s, ss, sample_field)
 
+    @classmethod
+    def ratio(cls, numerators, denominators, direction: str, unit: str = "") -> "Metric":
+        """Σ numerators / Σ denominators over the samples (a pooled rate, as Spec-Bench pools accepted
+        tokens over all decoding steps, so long outputs weigh by their length), with the delta-method
+        standard error of a ratio estimator. No sufficient statistics of a mean: pooling two such
+        metrics needs their sums, not their values."""
+        ys, xs = [float(v) for v in numerators], [float(v) for v in denominators]
+        n, total = len(ys), sum(xs)
+        value = sum(ys) / total if total else float("nan")
+        stderr = None
+        if n > 1 and total:
+            resid = [y - value * x for y, x in zip(ys, xs)]
+            stderr = math.sqrt(sum(e * e for e in resid) / (n - 1) / n) / (total / n)
+        return cls(value, direction, unit, n, stderr)
+
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 

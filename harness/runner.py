@@ -360,6 +360,7 @@ def _run_cell(
                         "family": m.family,
                         "paper": m.paper,
                         "artifact": artifact,
+                        **({"fit": fitting.cost(artifact)} if artifact else {}),
                         "params": params.to_dict(m),
                         "resolved": m.resolved(own, mctx),
                     }

@@ -95,7 +95,7 @@ def _checks_table(groups: list[tuple[str, seeds.SeedGroup]], envs: seeds.Environ
         body.append(
             [
                 f"`{label}`{envs.mark(g.records)}",
-                _over_seeds((m.get("lossless_greedy", {}).get("value") for m in ms), "{:g}"),
+                _over_seeds(m.get("lossless_greedy", {}).get("value") for m in ms),
                 _over_seeds(m.get("greedy_agreement", {}).get("value") for m in ms),
                 sampling,
                 _over_seeds((m.get("deferral_rate", {}).get("value") for m in ms), "{:.3f}"),
