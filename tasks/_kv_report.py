@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 
-from harness import report
+from harness import report, seeds
 
 COLUMNS = (  # (header, per-budget metric, format)
     ("kept fraction", "kept_fraction", "{:.2f}"),
@@ -44,7 +44,7 @@ def _ranked_row(recs: list[dict], rank_bytes) -> str:
     return " / ".join(sorted(shown))
 
 
-def table(recs: list[dict], n: int, rank_bytes) -> list[str]:
+def table(recs: list[dict], n: int, rank_bytes, envs: seeds.Environments) -> list[str]:
     groups = report.seed_groups(recs)
     models = {r["model"]["id"] for r in recs}
     means = {i: _mean(g, MAIN) for i, (_, g) in enumerate(groups)}
@@ -65,7 +65,7 @@ def table(recs: list[dict], n: int, rank_bytes) -> list[str]:
     ]
     for i in order:
         label, g = groups[i]
-        label = f"`{label}`" + (f" ({g[0]['model']['id']})" if len(models) > 1 else "")
+        label = f"`{label}`" + (f" ({g[0]['model']['id']})" if len(models) > 1 else "") + envs.mark(g)
         rank = str(1 + sum(means[j] > means[i] for j in ranked)) if means[i] is not None else "—"
         budgets = [b for b in g[0]["details"]["budgets"] if b != "dense"]
         cells = [" / ".join(_cell(g, f"{key}@{b}", form) for b in budgets) for _, key, form in COLUMNS]
@@ -102,7 +102,8 @@ def markdown(recs: list[dict]) -> str:
     for rec in recs:
         params = rec["task"]["params"]
         tables.setdefault((int(params["context_length"]), params.get("rank_bytes")), []).append(rec)
-    out = []
+    out, envs = [], seeds.Environments(recs)  # rows from another device or torch version are marked
     for n, rank_bytes in sorted(tables, key=lambda k: (k[0], k[1] is None, k[1] or 0)):
-        out += table(tables[(n, rank_bytes)], n, rank_bytes)
-    return "\n".join(out).rstrip()
+        out += table(tables[(n, rank_bytes)], n, rank_bytes, envs)
+    note = seeds.seeds_line([len(g.seeds) for g in seeds.group(recs)], [r.get("seed") for r in recs])
+    return "\n".join(["\n".join(out).rstrip(), *seeds.notes(note, envs.legend())])

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import data, registry, report
+from harness import data, registry
 from harness.errors import NoEffect, UserError
 from harness.interfaces import MethodContext, Metric, Task, TaskResult
 from harness.provenance import device_clock
 from harness.registry import register
 from harness.synthetic import Corpus, sample_seed
+from harness.tasks import _spec_report
 from harness.tasks._spec_lossless import distribution_test
 
 
@@ -126,46 +127,12 @@ class SpecAcceptance(Task):
 
     @classmethod
     def report(cls, recs: list[dict]) -> str:
-        """A row per record: τ ± its standard error over prompts per temperature, the chain methods'
-        acceptance rate α̂ and their measured tokens per draft-and-verify step next to
-        (1 − α̂^(γ+1)) / (1 − α̂), the speedups over autoregressive, the two losslessness checks
-        (the G-test's p value), the greedy agreement and a learned deferral's rate."""
-        temps = sorted({t for r in recs for t in r["task"]["params"]["temperatures"]})
-        keys = [f"{t:g}" for t in temps]
-        head = (
-            [f"τ T={k}" for k in keys]
-            + [f"α̂ T={' / T='.join(keys)}", f"tokens per step: measured / analytic (chain) T={'; T='.join(keys)}"]
-            + [f"speedup T={k}" for k in keys]
-            + ["lossless_greedy", "greedy_agreement", "lossless_sampling (G-test)", "deferral_rate"]
-        )
-        lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-        for label, r in sorted(zip(report.variant_labels(recs), recs), key=lambda x: x[0]):
-            m, per = r["metrics"], r["details"].get("per_temperature", {})
-
-            def get(name, f="{:.2f}", m=m):
-                return f.format(m[name]["value"]) if name in m else "—"
-
-            taus = [
-                f"{get(f'tau@T{k}')} ± {m[f'tau@T{k}'].get('stderr') or 0:.2f}" if f"tau@T{k}" in m else "—"
-                for k in keys
-            ]
-            alpha = " / ".join(get(f"acceptance_rate@T{k}") for k in keys)
-            steps = "; ".join(
-                f"{per[k]['tau_per_step']:.2f} / {per[k]['tau_analytic']:.2f}"
-                if "tau_per_step" in per.get(k, {})
-                else "—"
-                for k in keys
-            )
-            p = r["details"].get("sampling_test", {}).get("p_value")
-            sampling = get("lossless_sampling", "{:g}") + (f" (p = {p:.2f})" if p is not None else "")
-            cells = (
-                taus
-                + [alpha, steps]
-                + [get(f"speedup@T{k}") for k in keys]
-                + [get("lossless_greedy", "{:g}"), get("greedy_agreement"), sampling, get("deferral_rate", "{:.3f}")]
-            )
-            lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        """Per temperature, a ranked table of τ pooled over prompts and seeds (new tokens ÷ target
+        forwards, as Spec-Bench) with n = prompts × seeds, the sd of τ over seeds, the chain
+        methods' pooled α̂, tokens per step measured / (1 − α̂^(γ+1)) / (1 − α̂), the speedup; then
+        the losslessness checks (the G-test's p value), greedy agreement and a learned deferral's
+        rate, a row per configuration (tasks/_spec_report.py)."""
+        return _spec_report.tables(recs)
 
     # -- prompts -------------------------------------------------------------------------------
     def load_prompts(self, lm, seed: int, limit: int | None) -> list[tuple[str, list[int]]]:

@@ -33,7 +33,7 @@ def test_table_regroups_the_grid_by_length(needle_records):
         for L in lengths:
             cells = [c for c in rec["details"]["grid"] if c["context_length"] == L]
             expected = sum(c["accuracy"] * c["n"] for c in cells) / sum(c["n"] for c in cells)
-            assert rows[rec["method"]["name"]][L] == pytest.approx(expected)
+            assert rows[rec["method"]["name"]][L].value == pytest.approx(expected)
 
 
 def test_perplexity_columns_come_from_per_length_metrics(needle_records):
@@ -82,7 +82,7 @@ def test_seeds_of_one_configuration_share_a_row_and_configurations_do_not():
     recs += [_rec("a", {"k": 2}, 0, 5.0), _rec("b", {}, 0, 7.0, {"length": 1}), _rec("b", {}, 0, 9.0, {"length": 2})]
     lines = report.records_table(recs, ["m"]).splitlines()
     assert lines[0].split("|")[1:-1] == [" method ", " m ", " seeds ", " calibrated "]
-    body = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    body = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2 : lines.index("")]]
     assert ["2.000 ± 1.000", "3"] in [row[1:3] for row in body]  # three seeds: mean ± sample sd, n = 3
     assert sorted(row[1] for row in body) == ["2.000 ± 1.000", "5.000", "7.000", "9.000"]  # four configurations
 
@@ -130,3 +130,20 @@ def test_kv_report_ranks_configurations_at_equal_memory_and_averages_their_seeds
     assert body[2][8] == "1.00 / 0.50 / 1.00 / 1.00"  # per-budget needle: means over the seeds
     (old,) = [line for line in v1.splitlines() if "`h2o`" in line]
     assert old.startswith("| — | `h2o` | 1 | — | none (task version 1) |")
+
+
+def test_cli_report_puts_two_seeds_of_one_configuration_in_one_cell(needle_records, tmp_path, capsys):
+    import json
+    import shutil
+
+    copy = tmp_path / "r"
+    shutil.copytree(needle_records, copy)
+    path = next(p for p in copy.glob("perplexity/*/pi/*.json"))
+    rec = json.loads(path.read_text())
+    moved = {k: dict(v, value=v["value"] + 2) if k.startswith("perplexity@") else v for k, v in rec["metrics"].items()}
+    (path.parent / f"{'f' * 16}.json").write_text(json.dumps(dict(rec, seed=1, run_id="f" * 16, metrics=moved)))
+    assert cli.main(["report", "--task", "perplexity", "--results", str(copy)]) == 0
+    out = capsys.readouterr().out
+    (pi,) = [line for line in out.splitlines() if line.startswith("| pi |")]
+    assert pi.count("± 1.41") == 2  # both lengths: mean ± sd of (v, v + 2)
+    assert "Seeds: 1 to 2 per cell (0, 1)" in out
