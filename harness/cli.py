@@ -127,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
         "fit",
         help="run a method's fit stage (training or search) and cache its artifact",
         description="Methods that must be trained or searched first (e.g. longrope without "
-        "given factors) store their artifact content-addressed; eval then reuses it.",
+        "given factors) store their artifact content-addressed; eval then reuses it (`eval "
+        "--fit-seed N` the one made with --seed N).",
     )
     ft.add_argument("--method", required=True)
     ft.add_argument("--model", default=DEFAULT_MODEL)

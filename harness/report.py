@@ -150,8 +150,8 @@ def _over_seeds(values: list) -> str:
 def records_table(recs: list[dict], metrics: list[str] | None = None) -> str:
     """One row per configuration: the method (with the parameters that tell its records apart), the
     given metrics (default: each record's main metric) and whether the number is calibrated. Runs of
-    one configuration that differ only in their seed share a row: mean ± sd over the seeds, and a
-    `seeds` column says how many (the spread is the seeds', never the configurations')."""
+    one configuration that differ only in their seed or fit seed share a row: mean ± sd over the
+    seeds, and a `seeds` column says how many (the spread is the seeds', never the configurations')."""
     rows = sorted(zip(variant_labels(recs), recs), key=lambda x: x[0])
     if metrics:
         groups: dict[tuple, list[tuple[str, dict]]] = {}
@@ -164,7 +164,8 @@ def records_table(recs: list[dict], metrics: list[str] | None = None) -> str:
             [
                 g[0][0],
                 *(_over_seeds([r["metrics"].get(m, {}).get("value") for _, r in g]) for m in metrics),
-                *([str(len({r.get("seed") for _, r in g}))] if seeded else []),
+                # a run's seeds: its evaluation seed and the seed of the fit it loaded
+                *([str(len({(r.get("seed"), r.get("fit_seed", 0)) for _, r in g}))] if seeded else []),
                 str(all(r["provenance"].get("calibrated", True) for _, r in g)).lower(),
             ]
             for g in groups.values()
