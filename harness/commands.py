@@ -117,6 +117,8 @@ def cmd_eval(a) -> int:
         loading,
         fit_seed=a.fit_seed,
     )
+    if a.fit_seed and not any(c.fit_seed for c in cells):
+        raise UserError(f"--fit-seed {a.fit_seed}: none of the methods {', '.join(a.method)} has a fit stage")
     progress = None
     if not a.no_progress:
         from tqdm.auto import tqdm

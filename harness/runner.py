@@ -158,8 +158,16 @@ def resolve(
                     f"--apply-chat-template: task {tname} does not prompt a model for a generation "
                     f"(it scores text as it is), so a chat template does not apply; drop the flag for it"
                 )
-            cells.append(Cell(task, tname, methods, cell_model, seed, limit, cell_loading, fit_seed))
+            # a cell without a fit stage has no fit seed: it would only copy the cell at fit seed 0
+            cell_fit_seed = fit_seed if any(has_fit_stage(m) for m in methods) else 0
+            cells.append(Cell(task, tname, methods, cell_model, seed, limit, cell_loading, cell_fit_seed))
     return cells
+
+
+def has_fit_stage(method: Method) -> bool:
+    """Whether the method's class has a fit stage at all (whether this configuration needs one is
+    `needs_fit`, which may need the model)."""
+    return type(method).fit is not Method.fit
 
 
 def _generating_tasks() -> list[str]:
