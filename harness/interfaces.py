@@ -154,7 +154,9 @@ class NoiseSampler(Method):
 
 @dataclass
 class MethodContext:
-    """What a method may know about the run: the longest context the task will use, the seed."""
+    """What a method may know about the run: the longest context the task will use, the seed. The
+    fit hooks (needs_fit, fit_params, fit_data_hash, fit) see the fit's seed (`harness fit
+    --seed`, `harness eval --fit-seed`); apply, resolved and check_effect the evaluation's."""
 
     target_length: int | None = None
     seed: int = 0

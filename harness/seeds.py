@@ -69,7 +69,11 @@ class SeedGroup:
 
     @property
     def seeds(self) -> list:
-        return sorted({r.get("seed") for r in self.records}, key=repr)
+        """The distinct runs: the seed, paired with the fit seed where that is not 0 (a method's
+        training seed is a seed of the configuration too)."""
+        return sorted(
+            {(r.get("seed"), r["fit_seed"]) if r.get("fit_seed") else r.get("seed") for r in self.records}, key=repr
+        )
 
     def metric(self, name: str, field: str = "value") -> Spread | None:
         return spread(r["metrics"].get(name, {}).get(field) for r in self.records)
