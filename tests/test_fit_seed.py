@@ -113,7 +113,8 @@ def test_eval_loads_the_fit_of_its_fit_seed_and_the_record_says_which(store, tmp
     # one configuration: its runs at two fit seeds are two seeds in the report's table
     main = runs[0, 0].record["main_metric"]
     table = report.records_table([runs[0, 0].record, runs[0, 1].record], [main])
-    head, *_, row = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
+    lines = [line for line in table.splitlines() if line.startswith("|")]  # the notes under it aside
+    head, *_, row = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     assert row[head.index("seeds")] == "2"
 
 
