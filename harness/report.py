@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness import records
 from harness.errors import UserError
+from harness.zoo.registry import generation_mark, model_key
 
 METRIC_AT = {"needle": "accuracy", "passkey": "accuracy", "perplexity": "perplexity"}
 
@@ -66,9 +67,9 @@ def per_length(rec: dict, metric: str) -> dict[int, tuple[float, int]]:
 def table(recs: list[dict], metric: str) -> tuple[list[int], dict[str, dict[int, float]]]:
     best: dict[tuple[str, str, int], tuple[float, int]] = {}
     for rec in recs:
-        label = rec["method"]["name"] + ("" if len(recs_models(recs)) == 1 else f" ({rec['model']['id']})")
+        label = rec["method"]["name"] + _model_mark(rec, recs)
         for L, (value, n) in per_length(rec, metric).items():
-            key = (label, rec["model"]["id"], L)
+            key = (label, model_key(rec["model"]), L)
             if key not in best or n > best[key][1]:
                 best[key] = (value, n)
     rows: dict[str, dict[int, float]] = defaultdict(dict)
@@ -79,7 +80,16 @@ def table(recs: list[dict], metric: str) -> tuple[list[int], dict[str, dict[int,
 
 
 def recs_models(recs: list[dict]) -> set[str]:
-    return {r["model"]["id"] for r in recs}
+    """The models of the records, an older zoo generation's marked apart (harness.zoo.registry)."""
+    return {model_key(r["model"]) for r in recs}
+
+
+def _model_mark(rec: dict, recs: list[dict]) -> str:
+    """What a row label adds after the method: the model when the table has several, else the zoo
+    generation when the record's is older than the current one (" (zoo v1)")."""
+    if len(recs_models(recs)) > 1:
+        return f" ({model_key(rec['model'])})"
+    return generation_mark(rec["model"])
 
 
 def markdown(task: str, recs: list[dict], metric: str | None = None) -> str:
@@ -133,7 +143,7 @@ def variant_labels(recs: list[dict]) -> list[str]:
         mine = _flat(r)
         differ = sorted(k for k in mine if len({repr(f.get(k)) for f in flats}) > 1)
         bits = [f"{k.split('.', 1)[-1] if '.' in k else k}={mine[k]}" for k in differ]
-        labels.append(r["method"]["name"] + (f" ({', '.join(bits)})" if bits else ""))
+        labels.append(r["method"]["name"] + (f" ({', '.join(bits)})" if bits else "") + generation_mark(r["model"]))
     return labels
 
 
@@ -156,7 +166,7 @@ def records_table(recs: list[dict], metrics: list[str] | None = None) -> str:
     if metrics:
         groups: dict[tuple, list[tuple[str, dict]]] = {}
         for label, r in rows:  # the configuration: everything but the seed
-            key = (label, json.dumps(r["task"].get("params"), sort_keys=True), r["model"]["id"], r.get("limit"))
+            key = (label, json.dumps(r["task"].get("params"), sort_keys=True), model_key(r["model"]), r.get("limit"))
             groups.setdefault(key, []).append((label, r))
         seeded = any(len(g) > 1 for g in groups.values())
         head = ["method", *metrics, *(["seeds"] if seeded else []), "calibrated"]

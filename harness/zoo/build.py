@@ -11,8 +11,8 @@ import torch
 
 from harness.models import file_sha256
 from harness.synthetic import EVAL_SEED_BASE, Corpus
-from harness.zoo.registry import ZOO_DIR
-from harness.zoo.train import RECIPES, quick_needle_accuracy, train
+from harness.zoo.registry import ZOO_DIR, ZOO_VERSION
+from harness.zoo.train import RECIPES, load_teacher, quick_needle_accuracy, train
 
 TRAIN_THREADS = 2  # fixed, so that CPU float reductions (and so the weights) are reproducible
 DRAFT_OF = {"tiny-llama-draft": "tiny-llama"}
@@ -41,11 +41,15 @@ def _evaluate_lm(folder: Path, tasks: list[tuple[str, dict[str, str]]], device: 
 @torch.no_grad()
 def draft_agreement(draft, target, tokenizer, n_tokens: int = 8192, window: int = 512) -> float:
     """Fraction of positions where draft and target agree on the greedy next token, on held-out
-    synthetic text (evaluation seeds), in windows of the training context."""
+    synthetic text (evaluation seeds), in windows of the training context, each starting with the
+    tokenizer's prefix (BOS for v2; none for v1) as the models were trained."""
     corpus, ids = Corpus(EVAL_SEED_BASE + 7), []
+    prefix = tokenizer("", add_special_tokens=True)["input_ids"]
     while len(ids) < n_tokens:
         ids += tokenizer(" " + corpus.text(50), add_special_tokens=False)["input_ids"]
-    ids = torch.tensor(ids[: n_tokens - n_tokens % window]).view(-1, window)
+    body = window - len(prefix)
+    rows = [prefix + ids[i : i + body] for i in range(0, n_tokens - n_tokens % window - body + 1, body)]
+    ids = torch.tensor(rows[: n_tokens // window])
     agree = total = 0
     for row in ids.split(4):
         a = draft(input_ids=row).logits.argmax(-1)
@@ -78,9 +82,10 @@ def train_and_save(
     folder = out_dir or ZOO_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(TRAIN_THREADS)
-    tok = build_tokenizer()
+    tok = build_tokenizer(ZOO_VERSION)
+    teacher = load_teacher(recipe, device)  # before the clock starts: a missing teacher fails at once
     t0 = time.time()
-    log(f"training {name}: {recipe}")
+    log(f"training {name} (zoo v{ZOO_VERSION}): {recipe}")
 
     def progress(entry, model):
         if entry["step"] % 500 == 0 and entry["step"]:  # a cheap retrieval probe, for the log only
@@ -91,10 +96,15 @@ def train_and_save(
             model.train()
         log(json.dumps(entry))
 
-    model, curve = train(recipe, tok, log_path=folder / "loss_curve.jsonl", progress=progress, device=device)
+    model, curve = train(
+        recipe, tok, log_path=folder / "loss_curve.jsonl", progress=progress, device=device, teacher=teacher
+    )
     train_s = time.time() - t0
     model.to("cpu")
+    model.config.zoo_version = ZOO_VERSION  # saved in config.json: loaders tell the generations apart
     model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return write_card(name, folder, recipe, curve, train_s, log, device)
@@ -104,9 +114,9 @@ def write_card(
     name: str, folder: Path, recipe, curve: list[dict], train_s: float, log=print, device: str = "cpu"
 ) -> Path:
     """Measure a saved zoo model through the harness's own tasks and write card.json + README.md."""
-    from harness.zoo.tokenizer import build_tokenizer
+    from transformers import AutoTokenizer
 
-    tok = build_tokenizer()
+    tok = AutoTokenizer.from_pretrained(folder)  # the folder's own: the card describes what was saved
     sha = file_sha256(folder / "model.safetensors")
     L = recipe.context_length
     evaluation: dict = {}
@@ -128,14 +138,18 @@ def write_card(
     if name in DRAFT_OF:
         target = AutoModelForCausalLM.from_pretrained(ZOO_DIR / DRAFT_OF[name], dtype=torch.float32).eval()
         evaluation["greedy_agreement_with_target"] = draft_agreement(model, target, tok)
+    version = int(getattr(model.config, "zoo_version", None) or 1)
     card = {
         "name": name,
+        "zoo_version": version,
         "summary": _summary(name, recipe, n_params),
         "architecture": (model.config.architectures or ["LlamaForCausalLM"])[0],
         "parameters": n_params,
         "context_length": L,
         "rope_theta": recipe.rope_theta,
         "vocab_size": len(tok),
+        "tokenizer": TOKENIZERS.get(version, "see tokenizer.json"),
+        "bos": BOS.get(version, "see tokenizer.json"),
         "recipe": asdict(recipe),
         "training_seconds": round(train_s),
         "train_threads": TRAIN_THREADS,
@@ -151,13 +165,40 @@ def write_card(
             "greedy_agreement_with_target": "argmax next-token agreement with the target "
             "on 8192 held-out synthetic tokens",
         },
-        "data": "harness.synthetic corpus, training seeds < 1,000,000 (evaluation uses seeds >= 1,000,000)",
+        "data": _data(recipe),
         "sha256": sha,
     }
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     (folder / "README.md").write_text(render_card(card))
     log(json.dumps({"name": name, "evaluation": evaluation, "sha256": sha}))
     return folder
+
+
+TOKENIZERS = {
+    1: "word-level synthetic tokenizer (unknown words become <unk>)",
+    2: "byte-level BPE, 4,096 tokens, digits one per token (harness/zoo/tokenizer_v2.json)",
+}
+BOS = {
+    1: "none: rows and prompts start with the text",
+    2: "<s> first in every training row and prompt (the tokenizer's post-processor; lm-eval's default)",
+}
+_SEEDS = "training seeds < 1,000,000 (evaluation uses seeds >= 1,000,000)"
+
+
+def _data(recipe) -> str:
+    """The card's data line: the corpus alone (round 1's mix) or the v2 sources and shares."""
+    if not (recipe.prose_frac or recipe.foreign_frac or recipe.noise_frac or recipe.plain_frac):
+        return f"harness.synthetic corpus, {_SEEDS}"
+    corpus = max(0.0, 1 - recipe.prose_frac - recipe.foreign_frac - recipe.noise_frac)
+    text = (
+        f"harness.synthetic corpus and harness.zoo.generators: {recipe.plain_frac:.0%} plain corpus rows; "
+        f"needle haystacks {corpus:.0%} corpus, {recipe.prose_frac:.0%} prose-like English, "
+        f"{recipe.foreign_frac:.0%} other scripts, {recipe.noise_frac:.0%} character noise; "
+        f"{recipe.random_fact_frac:.0%} of the fact rows with random-string keys and values; {_SEEDS}"
+    )
+    if recipe.distill_from:
+        text += f"; distilled from {recipe.distill_from} (KL weight {recipe.distill_weight:g})"
+    return text
 
 
 def _device_name(device: str) -> str:
@@ -209,7 +250,9 @@ are for this model only; they say nothing about real large language models.
 | parameters | {c["parameters"]:,} |
 | training context length | {c["context_length"]} tokens |
 | RoPE base | {c["rope_theta"]:g} |
-| vocabulary | {c["vocab_size"]} (word-level synthetic tokenizer) |
+| zoo version | {c.get("zoo_version", 1)} |
+| vocabulary | {c["vocab_size"]} ({c.get("tokenizer", TOKENIZERS[1])}) |
+| BOS | {c.get("bos", BOS[1])} |
 | data | {c["data"]} |
 | seed | {r["seed"]} |
 | steps | {r["steps"]} x {r["tokens_per_step"]} tokens, length curriculum {r["curriculum"]} |
