@@ -346,3 +346,17 @@ def test_needle_on_a_prose_haystack():
     for L in (512, 1024):
         assert res.metrics[f"accuracy@{L}"].n == 40
         assert res.metrics[f"accuracy@{L}"].value >= 0.8, L
+
+
+def test_a_zoo_models_record_names_its_generation(tmp_path):
+    """The record of a run on a zoo model carries model.zoo_version; the leaderboard keys it by it."""
+    from harness import records, runner
+    from harness.leaderboard import loader
+
+    args = {"context_length": "96", "depths": "1", "samples_per_depth": "1", "max_new_tokens": "2"}
+    cells = runner.resolve(["needle"], ["baseline"], "zoo:tiny-llama-draft", args, {}, limit=1)
+    rec = records.read(runner.evaluate(cells, device="cpu", out=tmp_path)[0].path)
+    version = zoo.version_of(zoo.card("tiny-llama-draft"))
+    assert rec["model"]["zoo"] is True and rec["model"]["zoo_version"] == version
+    (run,) = loader.load(tmp_path).runs
+    assert run.model == "zoo:tiny-llama-draft" + ("" if version == zoo.ZOO_VERSION else f" (zoo v{version})")
