@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import string
 
-from harness.synthetic import Corpus
+from harness.synthetic import EVAL_SEED_BASE, Corpus
 
 _NOUNS = """
 time year people way day man woman child world life hand part place case week company system
@@ -181,7 +181,8 @@ class Filler:
         self.rng = random.Random(seed)
         self.names = [n for n in SOURCES if weights.get(n, 0) > 0]
         self.weights = [weights[n] for n in self.names]
-        self.sources = {n: SOURCES[n](seed + i + 11) for i, n in enumerate(self.names)}
+        # below EVAL_SEED_BASE like every training seed, so no training corpus text is evaluation text
+        self.sources = {n: SOURCES[n]((seed + i + 11) % EVAL_SEED_BASE) for i, n in enumerate(self.names)}
 
     def source(self):
         """A sentence function of one source (a row's haystack keeps to one source)."""
