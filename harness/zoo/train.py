@@ -2,8 +2,9 @@
 
 Recipe (why): a model this small only finds the retrieval circuit with *dense* supervision, so
 every training row hides several key->value facts in haystack text and then asks for many of
-them, with the loss concentrated on the answer tokens (multi-query associative recall). Keys are
-single tokens and values three digit-chunk tokens, so answering is a look-up plus a short copy.
+them, with the loss concentrated on the answer tokens (multi-query associative recall). In v1 keys
+were single tokens and values three digit-chunk tokens; in v2 a key is a few BPE pieces and a
+value seven digit tokens: either way answering is a look-up plus a short copy.
 A length curriculum starts with short rows, where the look-up is easy to discover, and ends at
 the model's full training context. The remaining loss weight trains ordinary language modelling
 on the haystack, which the perplexity task and the draft model rely on.
