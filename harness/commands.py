@@ -315,13 +315,14 @@ def cmd_zoo(a) -> int:
             rows.append(
                 [
                     f"zoo:{name}",
+                    _generation(zoo, c, name),
                     c.get("architecture"),
                     _fmt(c.get("parameters")),
                     c.get("context_length"),
                     ", ".join(f"{k}={_fmt(v)}" for k, v in ev.items()),
                 ]
             )
-        print(format_table(["model", "architecture", "parameters", "context", "measured"], rows))
+        print(format_table(["model", "zoo", "architecture", "parameters", "context", "measured"], rows))
         return 0
     if a.zoo_cmd == "card":
         zoo.card(a.name)  # clear error for an unknown name
@@ -338,6 +339,14 @@ def cmd_zoo(a) -> int:
         device=models.pick_device(a.device),
     )
     return 0
+
+
+def _generation(zoo, card: dict, name: str) -> str:
+    """The committed model's zoo generation, and what to do when the recipe has moved on."""
+    v = zoo.version_of(card)
+    if v >= zoo.ZOO_VERSION:
+        return f"v{v}"
+    return f"v{v} — recipe is now v{zoo.ZOO_VERSION}, retrain with `harness zoo train {name}`"
 
 
 def _batch_size(v: str):

@@ -26,6 +26,7 @@ from pathlib import Path
 from harness import registry, report
 from harness.docpages import HEADER, cli_page, code, fidelity_page, methods_page, tasks_page
 from harness.errors import UserError
+from harness.zoo.registry import model_key
 
 # the repository (an editable install): the index beside harness/ is regenerated with its docs
 _ROOT = Path(__file__).resolve().parent.parent
@@ -92,8 +93,8 @@ def results_pages(results: Path) -> dict[str, str]:
             [HEADER.format(src=f"the records in results/ (family {slug})").rstrip(), "", f"# Results: {title}", ""],
         )
         for model in sorted(report.recs_models(recs)):
-            mine = [r for r in recs if r["model"]["id"] == model]
-            flag = f" --model {model}" if model != "none" else ""
+            mine = [r for r in recs if model_key(r["model"]) == model]  # one zoo generation per section
+            flag = f" --model {mine[0]['model']['id']}" if model != "none" else ""
             body += [
                 f"### `{task}`" + (f" on `{model}`" if model != "none" else ""),
                 "",

@@ -150,7 +150,8 @@ class LM:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def prompt_prefix(self) -> list[int]:
-        """Special tokens the tokenizer puts before a text (BOS for Llama tokenizers, none for the zoo)."""
+        """Special tokens the tokenizer puts before a text (BOS for Llama tokenizers and the zoo v2 BPE,
+        none for the zoo v1 word-level tokenizer): zoo models were trained with exactly this prefix."""
         if not hasattr(self, "_prefix"):
             self._prefix = self.tokenizer("", add_special_tokens=True)["input_ids"]
         return list(self._prefix)

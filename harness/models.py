@@ -358,6 +358,16 @@ def label(loaded) -> str:
     return "Hugging Face checkpoint"
 
 
+def zoo_version(loaded) -> dict:
+    """{"zoo_version": N} for a zoo model (its config's, 1 when it records none), else {}: the
+    record names the zoo generation, so results of old and new zoo models never mix silently."""
+    if not loaded.zoo:
+        return {}
+    from harness.zoo.registry import version_of
+
+    return {"zoo_version": version_of(loaded.model.config)}
+
+
 def facts(loaded) -> dict:
     """What the record keeps of the loaded model's configuration."""
     cfg = loaded.model.config

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness import records, seeds
 from harness.errors import UserError
+from harness.zoo.registry import generation_mark, model_key
 
 METRIC_AT = {"needle": "accuracy", "passkey": "accuracy", "perplexity": "perplexity"}
 
@@ -88,7 +89,8 @@ def table(recs: list[dict], metric: str) -> tuple[list[int], dict[str, dict[int,
     labels = variant_labels(recs, task_params=False)
     found: dict[tuple[str, int], dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
     for label, rec in zip(labels, recs):
-        label += f" ({rec['model']['id']})" if many_models else ""
+        if many_models:  # the model key carries the generation mark that the label would repeat
+            label = label.removesuffix(generation_mark(rec["model"])) + f" ({model_key(rec['model'])})"
         key = seeds.config_key(rec, ignore_task=("context_length",))
         for L, (value, n) in per_length(rec, metric).items():
             runs = found[(label, L)][key]
@@ -103,7 +105,16 @@ def table(recs: list[dict], metric: str) -> tuple[list[int], dict[str, dict[int,
 
 
 def recs_models(recs: list[dict]) -> set[str]:
-    return {r["model"]["id"] for r in recs}
+    """The models of the records, an older zoo generation's marked apart (harness.zoo.registry)."""
+    return {model_key(r["model"]) for r in recs}
+
+
+def _model_mark(rec: dict, recs: list[dict]) -> str:
+    """What a row label adds after the method: the model when the table has several, else the zoo
+    generation when the record's is older than the current one (" (zoo v1)")."""
+    if len(recs_models(recs)) > 1:
+        return f" ({model_key(rec['model'])})"
+    return generation_mark(rec["model"])
 
 
 def markdown(task: str, recs: list[dict], metric: str | None = None) -> str:
@@ -134,7 +145,8 @@ def markdown(task: str, recs: list[dict], metric: str | None = None) -> str:
             + " |"
         )
     used = [r.get("seed") for c in cells for r in c.records]
-    return "\n".join(lines + seeds.notes(seeds.seeds_line([c.spread.n for c in cells], used), envs.legend()))
+    note = seeds.seeds_line([c.spread.n for c in cells], used)
+    return "\n".join(lines + seeds.notes(note, envs.legend(), generation_note(recs)))
 
 
 def fmt(v) -> str:
@@ -159,14 +171,30 @@ def variant_labels(recs: list[dict], task_params: bool = True) -> list[str]:
     by_method: dict[str, list[dict]] = defaultdict(list)
     for r in recs:
         by_method[r["method"]["name"]].append(_flat(r, task_params))
+    mixed = len({generation_mark(r["model"]) for r in recs}) > 1  # else one note says it (generation_note)
     labels = []
     for r in recs:
         flats = by_method[r["method"]["name"]]
         mine = _flat(r, task_params)
         differ = sorted(k for k in mine if len({repr(f.get(k)) for f in flats}) > 1)
         bits = [f"{k.split('.', 1)[-1] if '.' in k else k}={mine[k]}" for k in differ]
-        labels.append(r["method"]["name"] + (f" ({', '.join(bits)})" if bits else ""))
+        mark = generation_mark(r["model"]) if mixed else ""
+        labels.append(r["method"]["name"] + (f" ({', '.join(bits)})" if bits else "") + mark)
     return labels
+
+
+def generation_note(recs: list[dict]) -> str:
+    """The line under a table whose records all come from an older zoo generation (rows are marked
+    one by one only where generations mix)."""
+    marks = {generation_mark(r["model"]) for r in recs}
+    if len(marks) != 1 or not (mark := marks.pop()):
+        return ""
+    from harness.zoo.registry import ZOO_VERSION
+
+    return (
+        f"Every row comes from a{mark.strip(' ()').replace('zoo', ' zoo')} model, an older zoo generation than the "
+        f"current recipes (v{ZOO_VERSION}); records of the two generations are never pooled."
+    )
 
 
 def records_table(recs: list[dict], metrics: list[str]) -> str:
@@ -192,7 +220,7 @@ def records_table(recs: list[dict], metrics: list[str]) -> str:
             ]
         )
     note = seeds.seeds_line([len(g.seeds) for g in groups], [r.get("seed") for r in recs])
-    return "\n".join([_md(head, body), *seeds.notes(note, envs.legend())])
+    return "\n".join([_md(head, body), *seeds.notes(note, envs.legend(), generation_note(recs))])
 
 
 def over_seeds(values: list, form=None) -> str:

@@ -438,7 +438,8 @@ def _run_cell(
             lm.close()
     wall = time.perf_counter() - t0
     model = (
-        dict(config["model"], zoo=loaded.zoo, label=models.label(loaded), config=models.facts(loaded))
+        dict(config["model"], zoo=loaded.zoo, **models.zoo_version(loaded))
+        | dict(label=models.label(loaded), config=models.facts(loaded))
         | ({"prompt": lm.prompt_format()} if lm is not None else {})
         if loaded
         else dict(config["model"], zoo=False, label=_model_label(cell.model))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import records, resultsdir
+from harness.zoo.registry import model_key
 from harness.leaderboard.schema import Schema
 
 MAX_RECORD_BYTES = records.MAX_RECORD_BYTES
@@ -234,7 +235,7 @@ def _load(root, schema: Schema | None) -> Results:
                 bench=bench,
                 method=str(rec["method"]["name"]),
                 family=record_family(rec),
-                model=model["id"],
+                model=model_key(model),  # "zoo:tiny-llama (zoo v1)" for an older zoo generation
                 zoo=bool(model.get("zoo")) or str(model["id"]).startswith("zoo:"),
                 model_label=str(model.get("label") or ""),
                 calibrated=prov.get("calibrated", True) is not False,

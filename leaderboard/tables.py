@@ -56,7 +56,7 @@ def filter_runs(runs: list[Run], tasks=(), methods=(), families=(), models=()) -
         if (not tasks or r.task in tasks)
         and (not methods or r.method in methods)
         and (not families or r.family in families)
-        and (not models or r.model in models)
+        and (not models or r.model in models or r.record["model"]["id"] in models)  # an id: every zoo generation
     ]
 
 

@@ -35,7 +35,7 @@ def make_family(folder, family: str, max_pos: int = 128, seed: int = 0) -> str:
 
     from harness.zoo.tokenizer import build_tokenizer
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(1)  # pinned: random-init fixtures, their token ids must not move with the zoo generation
     model_type = family.split("-")[0]
     if model_type == "gpt2":
         sizes = dict(n_embd=64, n_layer=2, n_head=4, n_positions=max_pos, n_inner=128)

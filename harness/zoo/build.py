@@ -11,15 +11,17 @@ import torch
 
 from harness.models import file_sha256
 from harness.synthetic import EVAL_SEED_BASE, Corpus
-from harness.zoo.registry import ZOO_DIR
-from harness.zoo.train import RECIPES, quick_needle_accuracy, train
+from harness.zoo.registry import ZOO_DIR, ZOO_VERSION
+from harness.zoo.train import RECIPES, load_teacher, quick_needle_accuracy, train
 
+PROSE_HAYSTACK = Path(__file__).resolve().parents[2] / "tests" / "data" / "prose_haystack.txt"  # a source checkout's
 TRAIN_THREADS = 2  # fixed, so that CPU float reductions (and so the weights) are reproducible
 DRAFT_OF = {"tiny-llama-draft": "tiny-llama"}
 
 
 def _evaluate_lm(folder: Path, tasks: list[tuple[str, dict[str, str]]], device: str = "cpu") -> dict:
-    """Run harness tasks on a saved folder through the normal evaluation path."""
+    """Run harness tasks on a saved folder through the normal evaluation path; a label
+    "task/variant" runs `task` and keys its metrics by the whole label."""
     from harness import params, registry
     from harness.interfaces import TaskContext
     from harness.lm import LM
@@ -30,22 +32,27 @@ def _evaluate_lm(folder: Path, tasks: list[tuple[str, dict[str, str]]], device: 
     lm = LM(load(str(folder), device), batch_size=8)
     out = {}
     with position_encoding(lm.model):
-        for name, args in tasks:
+        for label, args in tasks:
+            name = label.split("/")[0]  # "needle/prose": the needle task, keyed apart
             cls, alias = registry.task(name)
             task = params.build(cls, {**alias, **args}, f"task {name}")
             res = task.run(TaskContext(lm=lm, seed=0))
-            out[name] = {k: v.to_dict() for k, v in res.metrics.items()}
+            out[label] = {k: v.to_dict() for k, v in res.metrics.items()}
     return out
 
 
 @torch.no_grad()
 def draft_agreement(draft, target, tokenizer, n_tokens: int = 8192, window: int = 512) -> float:
     """Fraction of positions where draft and target agree on the greedy next token, on held-out
-    synthetic text (evaluation seeds), in windows of the training context."""
+    synthetic text (evaluation seeds), in windows of the training context, each starting with the
+    tokenizer's prefix (BOS for v2; none for v1) as the models were trained."""
     corpus, ids = Corpus(EVAL_SEED_BASE + 7), []
+    prefix = tokenizer("", add_special_tokens=True)["input_ids"]
     while len(ids) < n_tokens:
         ids += tokenizer(" " + corpus.text(50), add_special_tokens=False)["input_ids"]
-    ids = torch.tensor(ids[: n_tokens - n_tokens % window]).view(-1, window)
+    body = window - len(prefix)
+    rows = [prefix + ids[i : i + body] for i in range(0, n_tokens - n_tokens % window - body + 1, body)]
+    ids = torch.tensor(rows[: n_tokens // window])
     agree = total = 0
     for row in ids.split(4):
         a = draft(input_ids=row).logits.argmax(-1)
@@ -78,9 +85,10 @@ def train_and_save(
     folder = out_dir or ZOO_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(TRAIN_THREADS)
-    tok = build_tokenizer()
+    tok = build_tokenizer(ZOO_VERSION)
+    teacher = load_teacher(recipe, device)  # before the clock starts: a missing teacher fails at once
     t0 = time.time()
-    log(f"training {name}: {recipe}")
+    log(f"training {name} (zoo v{ZOO_VERSION}): {recipe}")
 
     def progress(entry, model):
         if entry["step"] % 500 == 0 and entry["step"]:  # a cheap retrieval probe, for the log only
@@ -91,10 +99,15 @@ def train_and_save(
             model.train()
         log(json.dumps(entry))
 
-    model, curve = train(recipe, tok, log_path=folder / "loss_curve.jsonl", progress=progress, device=device)
+    model, curve = train(
+        recipe, tok, log_path=folder / "loss_curve.jsonl", progress=progress, device=device, teacher=teacher
+    )
     train_s = time.time() - t0
     model.to("cpu")
+    model.config.zoo_version = ZOO_VERSION  # saved in config.json: loaders tell the generations apart
     model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return write_card(name, folder, recipe, curve, train_s, log, device)
@@ -104,19 +117,30 @@ def write_card(
     name: str, folder: Path, recipe, curve: list[dict], train_s: float, log=print, device: str = "cpu"
 ) -> Path:
     """Measure a saved zoo model through the harness's own tasks and write card.json + README.md."""
-    from harness.zoo.tokenizer import build_tokenizer
+    from transformers import AutoTokenizer
 
-    tok = build_tokenizer()
+    tok = AutoTokenizer.from_pretrained(folder)  # the folder's own: the card describes what was saved
     sha = file_sha256(folder / "model.safetensors")
     L = recipe.context_length
     evaluation: dict = {}
     tasks = [("perplexity", {"context_length": str(L), "n_tokens": "16384"})]
     if name not in DRAFT_OF:
         tasks.append(("needle", {"context_length": str(L), "depths": "10", "samples_per_depth": "20"}))
+        if PROSE_HAYSTACK.is_file() and recipe.prose_frac:  # v2: retrieval on text it never saw
+            lengths = f"{L},{2 * L}"
+            tasks.append(
+                (
+                    "needle/prose",
+                    {"context_length": lengths, "samples_per_depth": "10", "haystack": str(PROSE_HAYSTACK)},
+                )
+            )
     measured = _evaluate_lm(folder, tasks, device)
     evaluation["perplexity@512"] = measured["perplexity"]["perplexity"]["value"]
     if "needle" in measured:
         evaluation["needle_accuracy@512"] = measured["needle"]["accuracy"]["value"]
+    for key, m in measured.get("needle/prose", {}).items():
+        if key.startswith("accuracy@"):
+            evaluation[f"needle_accuracy_prose@{key.split('@')[1]}"] = m["value"]
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from harness import cla
@@ -128,14 +152,18 @@ def write_card(
     if name in DRAFT_OF:
         target = AutoModelForCausalLM.from_pretrained(ZOO_DIR / DRAFT_OF[name], dtype=torch.float32).eval()
         evaluation["greedy_agreement_with_target"] = draft_agreement(model, target, tok)
+    version = int(getattr(model.config, "zoo_version", None) or 1)
     card = {
         "name": name,
+        "zoo_version": version,
         "summary": _summary(name, recipe, n_params),
         "architecture": (model.config.architectures or ["LlamaForCausalLM"])[0],
         "parameters": n_params,
         "context_length": L,
         "rope_theta": recipe.rope_theta,
         "vocab_size": len(tok),
+        "tokenizer": TOKENIZERS.get(version, "see tokenizer.json"),
+        "bos": BOS.get(version, "see tokenizer.json"),
         "recipe": asdict(recipe),
         "training_seconds": round(train_s),
         "train_threads": TRAIN_THREADS,
@@ -147,17 +175,46 @@ def write_card(
         "evaluation_protocol": {
             "needle": "harness task needle, context_length=512, 10 depths x 20 samples, "
             "default template, greedy, seed 0",
+            "needle_accuracy_prose": "harness task needle, haystack=tests/data/prose_haystack.txt (hand-written "
+            "English prose), context_length=512,1024, 10 depths x 10 samples each, greedy, seed 0",
             "perplexity": "harness task perplexity, 16384 held-out synthetic tokens, window 512, stride 256, seed 0",
             "greedy_agreement_with_target": "argmax next-token agreement with the target "
             "on 8192 held-out synthetic tokens",
         },
-        "data": "harness.synthetic corpus, training seeds < 1,000,000 (evaluation uses seeds >= 1,000,000)",
+        "data": _data(recipe),
         "sha256": sha,
     }
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     (folder / "README.md").write_text(render_card(card))
     log(json.dumps({"name": name, "evaluation": evaluation, "sha256": sha}))
     return folder
+
+
+TOKENIZERS = {
+    1: "word-level synthetic tokenizer (unknown words become <unk>)",
+    2: "byte-level BPE, 4,096 tokens, digits one per token (harness/zoo/tokenizer_v2.json)",
+}
+BOS = {
+    1: "none: rows and prompts start with the text",
+    2: "<s> first in every training row and prompt (the tokenizer's post-processor; lm-eval's default)",
+}
+_SEEDS = "training seeds < 1,000,000 (evaluation uses seeds >= 1,000,000)"
+
+
+def _data(recipe) -> str:
+    """The card's data line: the corpus alone (round 1's mix) or the v2 sources and shares."""
+    if not (recipe.prose_frac or recipe.foreign_frac or recipe.noise_frac or recipe.plain_frac):
+        return f"harness.synthetic corpus, {_SEEDS}"
+    corpus = max(0.0, 1 - recipe.prose_frac - recipe.foreign_frac - recipe.noise_frac)
+    text = (
+        f"harness.synthetic corpus and harness.zoo.generators: {recipe.plain_frac:.0%} plain corpus rows; "
+        f"needle haystacks {corpus:.0%} corpus, {recipe.prose_frac:.0%} prose-like English, "
+        f"{recipe.foreign_frac:.0%} other scripts, {recipe.noise_frac:.0%} character noise; "
+        f"{recipe.random_fact_frac:.0%} of the fact rows with random-string keys and values; {_SEEDS}"
+    )
+    if recipe.distill_from:
+        text += f"; distilled from {recipe.distill_from} (KL weight {recipe.distill_weight:g})"
+    return text
 
 
 def _device_name(device: str) -> str:
@@ -200,7 +257,7 @@ def render_card(c: dict) -> str:
 
 {c["summary"]}.
 
-**A tiny reference model trained by this project on its own synthetic corpus.** Its numbers
+**A tiny reference model trained by this project on its own synthetic text.** Its numbers
 are for this model only; they say nothing about real large language models.
 
 | field | value |
@@ -209,7 +266,9 @@ are for this model only; they say nothing about real large language models.
 | parameters | {c["parameters"]:,} |
 | training context length | {c["context_length"]} tokens |
 | RoPE base | {c["rope_theta"]:g} |
-| vocabulary | {c["vocab_size"]} (word-level synthetic tokenizer) |
+| zoo version | {c.get("zoo_version", 1)} |
+| vocabulary | {c["vocab_size"]} ({c.get("tokenizer", TOKENIZERS[1])}) |
+| BOS | {c.get("bos", BOS[1])} |
 | data | {c["data"]} |
 | seed | {r["seed"]} |
 | steps | {r["steps"]} x {r["tokens_per_step"]} tokens, length curriculum {r["curriculum"]} |

@@ -2,11 +2,19 @@
 
 Recipe (why): a model this small only finds the retrieval circuit with *dense* supervision, so
 every training row hides several key->value facts in haystack text and then asks for many of
-them, with the loss concentrated on the answer tokens (multi-query associative recall). Keys are
-single tokens and values three digit-chunk tokens, so answering is a look-up plus a short copy.
+them, with the loss concentrated on the answer tokens (multi-query associative recall). In v1 keys
+were single tokens and values three digit-chunk tokens; in v2 a key is a few BPE pieces and a
+value seven digit tokens: either way answering is a look-up plus a short copy.
 A length curriculum starts with short rows, where the look-up is easy to discover, and ends at
 the model's full training context. The remaining loss weight trains ordinary language modelling
 on the haystack, which the perplexity task and the draft model rely on.
+
+Round 2 (ZOO_VERSION 2, issue 24) keeps that recipe and varies the data so that retrieval stops
+depending on the corpus' vocabulary: a byte-level BPE (harness.zoo.tokenizer) with BOS first,
+haystacks from several generators (prose-like English, other scripts, character noise, the
+corpus), keys and values that are random strings, and a fifth of plain corpus rows for language
+modelling. The draft model is distilled from tiny-llama (KL to its next-token distribution, as
+DistillSpec does), mostly on plain text, since speculative decoding needs its greedy agreement.
 """
 
 from __future__ import annotations
@@ -49,6 +57,14 @@ class Recipe:
     copy_frac: float = 0.25  # rows of a random token span repeated (induction warm-up)
     passkey_frac: float = 0.05  # rows in the PI/LongLoRA passkey format
     lm_weight: float = 0.1  # loss weight of non-answer tokens
+    # v2 data (harness.zoo.rows); all 0 gives round 1's corpus-only rows, which fitting methods use
+    plain_frac: float = 0.0  # rows of plain corpus text (language modelling only)
+    prose_frac: float = 0.0  # needle-row haystacks of prose-like English (harness.zoo.generators)
+    foreign_frac: float = 0.0  # ... of text in other scripts
+    noise_frac: float = 0.0  # ... of random characters (the corpus takes the rest)
+    random_fact_frac: float = 0.0  # needle and drill rows whose keys and values are random strings
+    distill_from: str = ""  # a zoo model to distil from (KL to its next-token distribution), e.g. the draft's target
+    distill_weight: float = 1.0  # share of the KL term in the loss (the rest: the weighted cross-entropy)
     seed: int = 0
     data_workers: int = 0  # >0: batches built in parallel processes, seeded per step
     extra: dict = field(default_factory=dict)
@@ -60,24 +76,25 @@ class Recipe:
         return self.curriculum[min(int(step / cut * len(self.curriculum)), len(self.curriculum) - 1)]
 
 
+# Round 2's data mix (issue 24): the round-1 row shapes, plus plain rows, varied haystacks and facts.
+# 3,200 steps of 8,192 tokens fit the 90-minute budget on 2 CPU threads (about 1.6 s a step).
+V2_DATA = dict(plain_frac=0.2, prose_frac=0.4, foreign_frac=0.1, noise_frac=0.15, random_fact_frac=0.7, steps=3200)
+
 RECIPES = {
-    "tiny-llama": Recipe(),
+    "tiny-llama": Recipe(**V2_DATA),
+    # as wide as its target (hidden 192), 2 layers, distilled from tiny-llama on mostly plain text:
+    # speculative decoding gains only from greedy agreement with the target on ordinary text
     "tiny-llama-draft": Recipe(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        steps=1000,
+        **{**V2_DATA, "steps": 1200, "plain_frac": 0.8}, num_hidden_layers=2, distill_from="tiny-llama"
     ),
     # trained exactly like tiny-llama, but with ALiBi biases instead of RoPE (the alibi method's model)
-    "tiny-llama-alibi": Recipe(position="alibi"),
+    "tiny-llama-alibi": Recipe(**V2_DATA, position="alibi"),
     # trained exactly like tiny-llama (same tokens and budget), with CLA2: pairs of layers share one K/V (the cla method's model)
-    "tiny-llama-cla": Recipe(kv_share=2),
+    "tiny-llama-cla": Recipe(**V2_DATA, kv_share=2),
 }
 
 
-def build_model(recipe: Recipe, vocab_size: int, pad_id: int):
+def build_model(recipe: Recipe, vocab_size: int, pad_id: int, bos_id: int = 2, eos_id: int = 3):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
@@ -91,8 +108,8 @@ def build_model(recipe: Recipe, vocab_size: int, pad_id: int):
         rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
         tie_word_embeddings=True,
         pad_token_id=pad_id,
-        bos_token_id=2,
-        eos_token_id=3,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
         attn_implementation="sdpa",
     )
     if recipe.position not in ("rope", "alibi"):
@@ -110,6 +127,25 @@ def build_model(recipe: Recipe, vocab_size: int, pad_id: int):
 
         setattr(model.config, ALIBI_CONFIG_FLAG, "alibi")  # saved in config.json; the alibi method checks it
     return model
+
+
+def load_teacher(recipe: Recipe, device: str = "cpu"):
+    """The committed zoo model a recipe distils from (None if it distils from none). It must be of
+    the current zoo generation: a v1 teacher speaks another tokenizer."""
+    if not recipe.distill_from:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    from harness.errors import UserError
+    from harness.zoo.registry import ZOO_DIR, ZOO_VERSION, card, version_of
+
+    name = recipe.distill_from
+    if version_of(card(name)) != ZOO_VERSION:
+        raise UserError(
+            f"this recipe distils from {name}, whose committed model is zoo v{version_of(card(name))}: "
+            f"train it first (`harness zoo train {name}`)"
+        )
+    return AutoModelForCausalLM.from_pretrained(ZOO_DIR / name, dtype=torch.float32).to(device).eval()
 
 
 def position_encoding(model):
@@ -130,8 +166,10 @@ def lr_at(recipe: Recipe, step: int) -> float:
     return recipe.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def weighted_loss(model, ids, amask, lm_weight: float):
-    """Next-token cross-entropy, answer tokens at weight 1 and the rest at lm_weight.
+def weighted_loss(model, ids, amask, lm_weight: float, teacher=None, distill_weight: float = 1.0):
+    """Next-token cross-entropy, answer tokens at weight 1 and the rest at lm_weight; with a
+    teacher, (1 - distill_weight) of that plus distill_weight x the same-weighted KL(teacher ||
+    model) of the next-token distributions (DistillSpec's forward KL).
     Returns (loss, per-token ce, answer mask of the targets)."""
     logits = model(input_ids=ids).logits[:, :-1].float()
     target, tmask = ids[:, 1:], amask[:, 1:].float()
@@ -139,18 +177,39 @@ def weighted_loss(model, ids, amask, lm_weight: float):
         logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none"
     ).view_as(tmask)
     w = tmask + lm_weight * (1 - tmask)
-    return (ce * w).sum() / w.sum(), ce, tmask
+    loss = (ce * w).sum() / w.sum()
+    if teacher is not None:
+        with torch.no_grad():
+            t_logp = torch.log_softmax(teacher(input_ids=ids).logits[:, :-1].float(), -1)
+        kl = (t_logp.exp() * (t_logp - torch.log_softmax(logits, -1))).sum(-1)
+        loss = (1 - distill_weight) * loss + distill_weight * (kl * w).sum() / w.sum()
+    return loss, ce, tmask
 
 
-def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str = "cpu", progress=None, model=None):
-    """Train (or continue training) a model; returns (model, loss log)."""
+def train(
+    recipe: Recipe,
+    tokenizer,
+    log_path: Path | None = None,
+    device: str = "cpu",
+    progress=None,
+    model=None,
+    teacher=None,
+):
+    """Train (or continue training) a model; returns (model, loss log). teacher: the model to
+    distil from (recipe.distill_from names it; the caller loads it), same tokenizer."""
     torch.manual_seed(recipe.seed)
     if device == "cpu":
         torch.use_deterministic_algorithms(True)
         # NaN-filling every new tensor (the deterministic mode's default) costs ~40 % of a step here
         torch.utils.deterministic.fill_uninitialized_memory = False
-    model = model or build_model(recipe, len(tokenizer), tokenizer.pad_token_id)
+    model = model or build_model(
+        recipe, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    )
     model.to(device).train()
+    if teacher is not None:
+        if teacher.config.vocab_size != model.config.vocab_size:
+            raise ValueError("the teacher's vocabulary differs from the model's: distillation needs one tokenizer")
+        teacher.to(device).eval()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -161,7 +220,7 @@ def train(recipe: Recipe, tokenizer, log_path: Path | None = None, device: str =
     log, t0 = [], time.time()
     logf = open(log_path, "w") if log_path else None
     with position_encoding(model), _batches(recipe, tokenizer) as batches:
-        _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress)
+        _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress, teacher)
     if logf:
         logf.close()
     model.eval()
@@ -184,11 +243,9 @@ def _one_batch(args):
     return ids.numpy(), amask.numpy()
 
 
-def _init_worker():
+def _init_worker(tokenizer):
     global _WORKER_TOKENIZER
-    from harness.zoo.tokenizer import build_tokenizer
-
-    _WORKER_TOKENIZER = build_tokenizer()
+    _WORKER_TOKENIZER = tokenizer  # the caller's (pickled): a v1 model's fine-tune keeps its own
 
 
 _WORKER_TOKENIZER = None
@@ -208,18 +265,18 @@ def _batches(recipe: Recipe, tokenizer):
         return
     import multiprocessing as mp
 
-    with mp.get_context("spawn").Pool(recipe.data_workers, initializer=_init_worker) as pool:
+    with mp.get_context("spawn").Pool(recipe.data_workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
         it = pool.imap(_one_batch, ((recipe, s) for s in range(recipe.steps)), chunksize=4)
         yield ((torch.from_numpy(i), torch.from_numpy(m)) for i, m in it)
 
 
-def _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress) -> None:
+def _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress, teacher=None) -> None:
     for step, (ids, amask) in enumerate(batches):
         length = ids.shape[1]
         ids, amask = ids.to(device), amask.to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(recipe, step)
-        loss, ce, tmask = weighted_loss(model, ids, amask, recipe.lm_weight)
+        loss, ce, tmask = weighted_loss(model, ids, amask, recipe.lm_weight, teacher, recipe.distill_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -316,7 +373,7 @@ def _main() -> None:
             model.train()
         print(json.dumps(entry), flush=True)
 
-    model, log = train(recipe, tok, device=a.device, progress=progress)
+    model, log = train(recipe, tok, device=a.device, progress=progress, teacher=load_teacher(recipe, a.device))
     acc = quick_needle_accuracy(model, tok, recipe.context_length, per_depth=a.eval_per_depth, device=a.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"result": a.set, "needle_acc": acc, "params": n_params, "final": log[-1]}), flush=True)
