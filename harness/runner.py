@@ -346,7 +346,7 @@ def _run_cell(
     provenance.reset_peak_memory(device)
     t0 = time.perf_counter()
     torch.manual_seed(cell.seed)
-    mctx = MethodContext(target_length=cell.task.target_length(), seed=cell.seed)
+    mctx = MethodContext(target_length=cell.task.target_length(), seed=cell.seed, world_version=cell.task.math_world())
     components = []
     try:
         with contextlib.ExitStack() as stack:

@@ -113,13 +113,13 @@ class Trajectory:
 def mc_values(prob, steps, policy, rollouts: int, rng: random.Random, completer=None) -> list[float]:
     """q̂ per prefix by `rollouts` completions (completer(prob, prefix, rng) -> finished steps)."""
     completer = completer or policy.complete
-    gold = str(prob.answer)
+    world, gold = mathworld.world_of(prob), str(prob.answer)
     out = []
     for k in range(len(steps) + 1):
-        if k == len(steps) and mathworld.finished(prob, steps):
-            out.append(float(mathworld.final_answer(prob, steps) == gold))
+        if k == len(steps) and world.finished(prob, steps):
+            out.append(float(world.final_answer(prob, steps) == gold))
             continue
-        hits = sum(mathworld.final_answer(prob, completer(prob, steps[:k], rng)) == gold for _ in range(rollouts))
+        hits = sum(world.final_answer(prob, completer(prob, steps[:k], rng)) == gold for _ in range(rollouts))
         out.append(hits / rollouts)
     return out
 
@@ -223,44 +223,41 @@ class WorldPRM(PRMScorer):
             "max_len",
             "read_problem",
         )
-        return dict({k: getattr(self, k) for k in keep}, **self.label_params(), seed=ctx.seed)
+        return dict({k: getattr(self, k) for k in keep}, **self.label_params(), seed=ctx.seed, **world_key(ctx))
 
     def label_params(self) -> dict:
         return {}
 
     def fit_data_hash(self, lm, ctx) -> str:
-        policy = mathworld.Policy()
-        return hashlib.sha256(
-            canonical(
-                {"world": "harness.mathworld", "policy": policy.__dict__, "problem_seeds": [0, self.problems]}
-            ).encode()
-        ).hexdigest()
+        return world_data_hash(ctx, self.problems)
 
     def _net_new(self) -> StepNet:
         return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs)
 
-    def collect(self, policy, rng: random.Random, seed: int) -> tuple[list[Trajectory], int]:
+    def collect(self, world, policy, rng: random.Random, seed: int) -> tuple[list[Trajectory], int]:
         """The labelled trajectories and the number of policy rollouts spent on labels: here
-        `samples` solutions per problem and `rollouts` completions at every prefix whose value is
-        not already exact (Math-Shepherd's estimation)."""
+        `samples` solutions per problem of `world` (a harness.mathworld.world module) and
+        `rollouts` completions at every prefix whose value is not already exact (Math-Shepherd's
+        estimation)."""
         data, spent = [], 0
         for i in range(self.problems):
-            prob = mathworld.problem(i)
+            prob = world.problem(i)
             for j in range(self.samples):
-                steps = policy.sample(prob, mathworld.sample_seed(prob, j, salt=1 + seed))
+                steps = policy.sample(prob, world.sample_seed(prob, j, salt=1 + seed))
                 q = mc_values(prob, steps, policy, self.rollouts, rng)
-                spent += self.rollouts * (len(steps) + 1 - mathworld.finished(prob, steps))
+                spent += self.rollouts * (len(steps) + 1 - world.finished(prob, steps))
                 data.append(
                     Trajectory(
-                        prob.text, [s.text for s in steps], q, mathworld.final_answer(prob, steps) == str(prob.answer)
+                        prob.text, [s.text for s in steps], q, world.final_answer(prob, steps) == str(prob.answer)
                     )
                 )
         return data, spent
 
     def fit(self, lm, ctx, log=print):
         torch.manual_seed(ctx.seed)
-        policy, rng = mathworld.Policy(), random.Random(ctx.seed)
-        data, spent = self.collect(policy, rng, ctx.seed)
+        world = mathworld.world(ctx.world_version)
+        policy, rng = world.Policy(), random.Random(ctx.seed)
+        data, spent = self.collect(world, policy, rng, ctx.seed)
         log(
             f"{self.name}: {len(data)} trajectories, {sum(len(t.steps) for t in data)} steps, "
             f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}, {spent} label rollouts"
@@ -327,6 +324,20 @@ class WorldPRM(PRMScorer):
 
     def loss(self, out: torch.Tensor, traj: Trajectory) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} must define loss()")  # abstract: each subclass overrides it
+
+
+def world_key(ctx) -> dict:
+    """The world version for a fit's parameters: absent for version 1, so the keys of artifacts
+    fit before version 2 existed stay what they were."""
+    return {} if ctx.world_version == 1 else {"world_version": ctx.world_version}
+
+
+def world_data_hash(ctx, problems: int) -> str:
+    """The fit data's identity: the world (module and policy) and the training problem seeds."""
+    world = mathworld.world(ctx.world_version)
+    return hashlib.sha256(
+        canonical({"world": world.__name__, "policy": world.Policy().__dict__, "problem_seeds": [0, problems]}).encode()
+    ).hexdigest()
 
 
 def train_loop(opt, n_items: int, batch_loss, epochs: int, batch: int, rng: random.Random, log, name: str):
