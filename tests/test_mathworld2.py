@@ -6,6 +6,7 @@ separates right from wrong steps of held-out problems (AUROC printed with -s).""
 from collections import Counter
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from harness import fitting, mathworld, params, registry, runner
 from harness.interfaces import MethodContext
@@ -149,3 +150,38 @@ def test_beam_search_runs_on_world_2():
     single = sum(s["answer"] == gold[s["problem_id"]] for s in sols) / 8  # a random sample's expected hits
     # the checker sees slips only (not a carried amount copied wrong, nor a left-out operation)
     assert bs.searches == 30 and None not in found and hits > single, (hits, single)
+
+
+def step_auroc(method, n_problems=100, samples=4) -> tuple[float, float]:
+    """(step AUROC, solution AUROC) of a fitted world verifier on held-out (evaluation-side)
+    world-2 problems: step scores against step_ok (the prefix has not erred), each solution's
+    aggregated score against its final correctness. The ORM reads its one output at every step
+    end as the prefix's score."""
+    policy = W2.Policy()
+    steps_y, steps_s, sols_y, sols_s = [], [], [], []
+    for prob in W2.problems(n_problems, mathworld.EVAL_SEED_BASE):
+        sols = [policy.sample(prob, W2.sample_seed(prob, j)) for j in range(samples)]
+        outs = method.outputs_at_markers(prob.text, [[s.text for s in st] for st in sols], cache=False)
+        for st, out in zip(sols, outs):
+            per_step = out[1:, 0].tolist() if method.name == "orm" else method.read(out)
+            steps_y += W2.step_ok(prob, st)
+            steps_s += per_step
+            sols_y.append(W2.final_answer(prob, st) == str(prob.answer))
+            sols_s.append(method.aggregate(method.read(out)))
+    return roc_auc_score(steps_y, steps_s), roc_auc_score(sols_y, sols_s)
+
+
+CHEAP = {"problems": 120, "samples": 4, "rollouts": 2, "epochs": 3}
+
+
+@pytest.mark.slow  # five fits and their scoring: minutes on a loaded 2-core machine
+@pytest.mark.parametrize(
+    "name,args",
+    [("math_shepherd", {}), ("math_shepherd", {"estimation": "soft"}), ("pav", {}), ("pqm", {}), ("orm", {})],
+)
+def test_fit_stages_separate_right_from_wrong_steps_on_world_2(name, args):
+    m = registry.method(name)(**CHEAP, **args)
+    m.fit(None, MethodContext(seed=0, world_version=2), log=lambda msg: None)
+    step, solution = step_auroc(m)
+    print(f"{name} {args}: held-out world-2 step AUROC {step:.3f}, solution AUROC {solution:.3f}")
+    assert step > 0.55 and solution > 0.55

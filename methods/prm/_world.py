@@ -63,12 +63,24 @@ def encode(problem: str, steps: list[str], max_len: int) -> tuple[list[int], lis
     return ids, [i for i, t in enumerate(ids) if t in (STEP, PROBLEM_END)]
 
 
-class _Block(nn.Module):
-    """Pre-norm causal self-attention + MLP (right padding: real positions never see the pads)."""
+def rotary(x: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (RoFormer, arXiv:2104.09864) of [B, H, T, D] queries or keys:
+    the dot product of two rotated vectors depends on their positions' difference only."""
+    half = x.shape[-1] // 2
+    freqs = 10000.0 ** (-torch.arange(half, dtype=x.dtype, device=x.device) / half)
+    ang = torch.arange(x.shape[2], dtype=x.dtype, device=x.device)[:, None] * freqs[None]
+    cos, sin = ang.cos(), ang.sin()
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], -1)
 
-    def __init__(self, d: int, heads: int):
+
+class _Block(nn.Module):
+    """Pre-norm causal self-attention + MLP (right padding: real positions never see the pads);
+    rope: rotary positions on the queries and keys."""
+
+    def __init__(self, d: int, heads: int, rope: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.rope = heads, rope
         self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
@@ -76,24 +88,36 @@ class _Block(nn.Module):
     def forward(self, x):
         b, t, d = x.shape
         q, k, v = self.qkv(self.n1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rope:
+            q, k = rotary(q), rotary(k)
         a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(self.n2(x))
 
 
+POSITIONS = ("learned", "rope")
+
+
 class StepNet(nn.Module):
-    def __init__(self, d_model: int, layers: int, heads: int, max_len: int, outputs: int):
+    """positions: "learned" absolute embeddings (up to max_len), or "rope" rotary positions in
+    every attention layer (relative: a check learnt at one place of a solution holds at others)."""
+
+    def __init__(self, d_model: int, layers: int, heads: int, max_len: int, outputs: int, positions: str = "learned"):
         super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}")
         self.tok = nn.Embedding(VOCAB, d_model, padding_idx=PAD)
-        self.pos = nn.Embedding(max_len, d_model)
-        self.blocks = nn.ModuleList(_Block(d_model, heads) for _ in range(layers))
+        self.pos = nn.Embedding(max_len, d_model) if positions == "learned" else None
+        self.blocks = nn.ModuleList(_Block(d_model, heads, positions == "rope") for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, outputs)
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """The final normed states (the head applied where wanted: a language model's vocabulary
         head at every position costs far more than the trunk)."""
-        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        x = self.tok(ids)
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(ids.shape[1], device=ids.device))
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
@@ -197,11 +221,18 @@ class WorldPRM(PRMScorer):
         default=False,
         metadata={"help": "feed the problem text too (2x the tokens); off: the steps, which quote their cues, only"},
     )
+    # added after records were committed: at its default it stays out of run ids and fit keys
+    positions: str = field(
+        default="learned",
+        metadata={"help": "learned (absolute position embeddings) or rope (rotary, relative)", "omit_at_default": True},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if min(self.problems, self.samples, self.rollouts, self.epochs, self.batch, self.d_model, self.layers) < 1:
             raise ValueError("problems, samples, rollouts, epochs, batch, d_model and layers must be positive")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}")
         self._net: StepNet | None = None
         self._key: str | None = None  # the artifact key (scores are cached under it)
 
@@ -223,7 +254,10 @@ class WorldPRM(PRMScorer):
             "max_len",
             "read_problem",
         )
-        return dict({k: getattr(self, k) for k in keep}, **self.label_params(), seed=ctx.seed, **world_key(ctx))
+        moved = {"positions": self.positions} if self.positions != "learned" else {}
+        return dict(
+            {k: getattr(self, k) for k in keep}, **self.label_params(), **moved, seed=ctx.seed, **world_key(ctx)
+        )
 
     def label_params(self) -> dict:
         return {}
@@ -232,7 +266,7 @@ class WorldPRM(PRMScorer):
         return world_data_hash(ctx, self.problems)
 
     def _net_new(self) -> StepNet:
-        return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs)
+        return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs, self.positions)
 
     def collect(self, world, policy, rng: random.Random, seed: int) -> tuple[list[Trajectory], int]:
         """The labelled trajectories and the number of policy rollouts spent on labels: here
