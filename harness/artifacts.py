@@ -3,10 +3,11 @@ EAGLE heads, ...) store what they learn content-addressed, so `harness fit` runs
 `harness eval` of the same method, parameters, model and data reuses it. Records name the key.
 
 Key = hash(method name, the parameters that shape the fit, the fit code's version, the model's
-weights sha256, the fit data's hash). Folder: $HARNESS_ARTIFACTS or ~/.cache/harness/artifacts,
-one sub-folder per key holding meta.json (and whatever files the method writes), made atomically
-(written to a temporary folder, then renamed). A task may cache what it computes from a model the
-same way (math_prm_bon's sampled pools: `key` over the sampling settings, model and data)."""
+weights sha256, the fit data's hash, and the fit seed when it is not 0). Folder: $HARNESS_ARTIFACTS
+or ~/.cache/harness/artifacts, one sub-folder per key holding meta.json (and whatever files the
+method writes), made atomically (written to a temporary folder, then renamed). A task may cache
+what it computes from a model the same way (math_prm_bon's sampled pools: `key` over the sampling
+settings, model and data)."""
 
 from __future__ import annotations
 
@@ -32,15 +33,17 @@ def key(fields: dict[str, Any]) -> str:
 
 
 def key_for(method, lm, ctx, model_sha: str | None) -> str:
-    return key(
-        {
-            "method": method.fit_name or method.name,
-            "params": method.fit_params(lm, ctx),
-            "fit_version": method.fit_version,
-            "model": model_sha,
-            "data": method.fit_data_hash(lm, ctx),
-        }
-    )
+    """`ctx` is the fit's context (harness.fitting.fit_context): its seed is the fit seed."""
+    fields = {
+        "method": method.fit_name or method.name,
+        "params": method.fit_params(lm, ctx),
+        "fit_version": method.fit_version,
+        "model": model_sha,
+        "data": method.fit_data_hash(lm, ctx),
+    }
+    if ctx.seed:  # fit seed 0 adds nothing: every key made before fit seeds existed stays valid
+        fields["fit_seed"] = ctx.seed
+    return key(fields)
 
 
 def folder(k: str) -> Path:

@@ -76,6 +76,14 @@ def parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--limit", type=int, default=None, help="at most N samples per cell")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--fit-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="load the methods' fit artifacts made by `harness fit --seed N` (default 0); a "
+        "non-zero fit seed is part of the run id, so fit seeds spread like --seed",
+    )
     ev.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ev.add_argument(
         "--batch-size",
@@ -119,14 +127,24 @@ def parser() -> argparse.ArgumentParser:
         "fit",
         help="run a method's fit stage (training or search) and cache its artifact",
         description="Methods that must be trained or searched first (e.g. longrope without "
-        "given factors) store their artifact content-addressed; eval then reuses it.",
+        "given factors) store their artifact content-addressed; eval then reuses it (`eval "
+        "--fit-seed N` the one made with --seed N).",
     )
     ft.add_argument("--method", required=True)
     ft.add_argument("--model", default=DEFAULT_MODEL)
     ft.add_argument("--task", default=None, help="task whose longest context is the target length")
     ft.add_argument("--task-arg", action="append", default=[], metavar="K=V")
     ft.add_argument("--method-arg", action="append", default=[], metavar="K=V")
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument(
+        "--seed",
+        "--fit-seed",
+        dest="seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the fit's seed (training data, initialisation, sampling); a non-zero seed is part of "
+        "the artifact's key, and `harness eval --fit-seed N` loads it (default 0)",
+    )
     ft.add_argument("--device", default="auto")
     ft.add_argument("--overwrite", action="store_true", help="refit even if the artifact exists")
     ft.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt (pickle) weights (see eval)")

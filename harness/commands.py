@@ -94,6 +94,7 @@ def cmd_eval(a) -> int:
 
     models.pick_device(a.device)  # a bad --device, --seed or --out is a user error before any work starts
     params.check_seed(a.seed)
+    params.check_seed(a.fit_seed, "--fit-seed")
     records.check_out_folder(a.out or records.default_out())
     loading = LoadOptions.from_args(a)
     loading.check()
@@ -106,8 +107,18 @@ def cmd_eval(a) -> int:
             raise UserError("--allow-uncalibrated: none of these tasks loads backbone weights")
         task_args.setdefault("allow_uncalibrated", "true")
     cells = runner.resolve(
-        a.task, a.method, a.model, task_args, params.parse_kv(a.method_arg, "--method-arg"), a.seed, a.limit, loading
+        a.task,
+        a.method,
+        a.model,
+        task_args,
+        params.parse_kv(a.method_arg, "--method-arg"),
+        a.seed,
+        a.limit,
+        loading,
+        fit_seed=a.fit_seed,
     )
+    if a.fit_seed and not any(c.fit_seed for c in cells):
+        raise UserError(f"--fit-seed {a.fit_seed}: none of the methods {', '.join(a.method)} has a fit stage")
     progress = None
     if not a.no_progress:
         from tqdm.auto import tqdm

@@ -181,7 +181,30 @@ def _methods_by_family() -> dict[str, list]:
     return dict(sorted(by_family.items()))
 
 
-def methods_page() -> str:
+def _training(cls, fits: list[dict]) -> str:
+    """The methods table's training cell: no fit stage, or what the fits behind committed records
+    cost (wall seconds, CPU seconds of all threads, device)."""
+    from harness.interfaces import Method
+
+    if cls.fit is Method.fit:
+        return "—"
+    if not fits:
+        return "fit stage; no committed record gives its cost yet"
+    wall = sorted(f["seconds"] for f in fits)
+    cpu = sorted(f["cpu_seconds"] for f in fits if f.get("cpu_seconds") is not None)
+    span = lambda xs: f"{xs[0]:,.0f}" if xs[0] == xs[-1] else f"{xs[0]:,.0f}–{xs[-1]:,.0f}"
+    where = sorted({f"{f.get('device')}, {f.get('threads')} threads" for f in fits})
+    return (
+        f"fit: {span(wall)} s"
+        + (f" ({span(cpu)} CPU-s)" if cpu else "")
+        + f" on {'; '.join(where)}"
+        + (f"; {len(fits)} fits" if len(fits) > 1 else "")
+    )
+
+
+def methods_page(fits: dict[str, list[dict]] | None = None) -> str:
+    """fits: {method: [the fit cost of each distinct artifact behind committed records]}."""
+    fits = fits or {}
     by_family = _methods_by_family()
     out = [
         HEADER.format(src="the method registry (harness.registry.METHODS)"),
@@ -199,13 +222,13 @@ def methods_page() -> str:
         out += [
             f"## {fam}",
             "",
-            "| method | kind | paper | what it is | parameters (defaults) |",
-            "|---|---|---|---|---|",
+            "| method | kind | paper | what it is | training (measured) | parameters (defaults) |",
+            "|---|---|---|---|---|---|",
         ]
         for name, cls in by_family[fam]:
             out.append(
                 f"| `{name}` | {cls.kind} | {cell(cls.paper) or '—'} | {cell(paragraph(cls))} | "
-                f"{_params_inline(params.describe(cls)) or '—'} |"
+                f"{cell(_training(cls, fits.get(name, [])))} | {_params_inline(params.describe(cls)) or '—'} |"
             )
         out.append("")
     bridges = [(p, f) for p, f in sorted(registry.FAMILIES.items()) if f.table == "method"]

@@ -118,6 +118,18 @@ def results_pages(results: Path) -> dict[str, str]:
     return {f"reference/results/{slug}.md": "\n".join(lines).rstrip() + "\n" for slug, lines in pages.items()}
 
 
+def fit_costs(results: Path) -> dict[str, list[dict]]:
+    """{method: the fit cost of each distinct artifact that committed records used} (records made
+    before records carried fit costs contribute nothing)."""
+    out: dict[str, dict[str, dict]] = {}
+    for rs in load_results(results).values():
+        for r in rs:
+            for c in r["method"].get("components", []):
+                if c.get("fit"):
+                    out.setdefault(c["name"], {})[c["artifact"]] = c["fit"]
+    return {name: list(by_key.values()) for name, by_key in out.items()}
+
+
 def coverage_page(results: Path) -> str:
     registry.load()
     recs = load_results(results)
@@ -252,7 +264,7 @@ def render(results: Path) -> dict[str, str]:
     pages = {
         "reference/cli.md": cli_page(),
         "reference/tasks.md": tasks_page(),
-        "reference/methods.md": methods_page(),
+        "reference/methods.md": methods_page(fit_costs(results)),
         "reference/coverage.md": coverage_page(results),
     }
     pages.update(results_pages(results))

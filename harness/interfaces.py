@@ -156,7 +156,9 @@ class NoiseSampler(Method):
 class MethodContext:
     """What a method may know about the run: the longest context the task will use, the seed, and
     the version of the synthetic math world (harness.mathworld) the task's problems come from
-    (verifiers that train on that world fit on the same version)."""
+    (verifiers that train on that world fit on the same version). The fit hooks (needs_fit,
+    fit_params, fit_data_hash, fit) see the fit's seed (`harness fit --seed`, `harness eval
+    --fit-seed`); apply, resolved and check_effect the evaluation's."""
 
     target_length: int | None = None
     seed: int = 0
@@ -184,6 +186,21 @@ class Metric:
         var = (ss - n * mean * mean) / (n - 1) if n > 1 else float("nan")
         stderr = math.sqrt(max(var, 0.0) / n) if n > 1 else None
         return cls(mean, direction, unit, n, stderr, n, s, ss, sample_field)
+
+    @classmethod
+    def ratio(cls, numerators, denominators, direction: str, unit: str = "") -> "Metric":
+        """Σ numerators / Σ denominators over the samples (a pooled rate, as Spec-Bench pools accepted
+        tokens over all decoding steps, so long outputs weigh by their length), with the delta-method
+        standard error of a ratio estimator. No sufficient statistics of a mean: pooling two such
+        metrics needs their sums, not their values."""
+        ys, xs = [float(v) for v in numerators], [float(v) for v in denominators]
+        n, total = len(ys), sum(xs)
+        value = sum(ys) / total if total else float("nan")
+        stderr = None
+        if n > 1 and total:
+            resid = [y - value * x for y, x in zip(ys, xs)]
+            stderr = math.sqrt(sum(e * e for e in resid) / (n - 1) / n) / (total / n)
+        return cls(value, direction, unit, n, stderr)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

@@ -1,9 +1,11 @@
-"""Evaluate one cell (task + params, methods + params, model, seed, limit) and write its record."""
+"""Evaluate one cell (task + params, methods + params, model, seed, fit seed, limit) and write its
+record."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -13,6 +15,7 @@ from harness import compat, fitting, generator, models, params, provenance, reco
 from harness import budget as budget_plan
 from harness.budget import duration
 from harness.errors import NoEffect, UserError, nearest
+from harness.grid import arg_value
 from harness.interfaces import Method, MethodContext, Task, TaskContext
 from harness.loading import LoadOptions
 
@@ -38,6 +41,7 @@ class Cell:
     seed: int = 0
     limit: int | None = None
     loading: LoadOptions = field(default_factory=LoadOptions)  # its non-default options enter the run id
+    fit_seed: int = 0  # the seed of the fit whose artifact the methods load (harness fit --seed)
 
     @property
     def method_name(self) -> str:
@@ -54,7 +58,22 @@ class Cell:
             },
             "seed": self.seed,
             "limit": self.limit,
+            # only when non-zero: every run id made before fit seeds existed stays the same
+            **({"fit_seed": self.fit_seed} if self.fit_seed else {}),
         }
+
+    def fit_flags(self) -> list[str]:
+        """`harness fit` flags that give the methods' fit this cell's target length (or synthetic
+        math world): the task (when it has a target length or a world version other than 1) with
+        the task arguments that differ from its name's defaults."""
+        if self.task.target_length() is None and self.task.math_world() == 1:
+            return []
+        cls, alias = registry.task(self.task_label)
+        default = params.to_dict(params.build(cls, alias or {}, f"task {self.task_label}"))
+        mine = params.to_dict(self.task)
+        return ["--task", self.task_label] + [
+            f"--task-arg {shlex.quote(f'{k}={arg_value(v)}')}" for k, v in mine.items() if default.get(k) != v
+        ]
 
 
 def _split_args(args: dict[str, str], owners: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
@@ -87,10 +106,12 @@ def resolve(
     seed: int = 0,
     limit: int | None = None,
     loading: LoadOptions | None = None,
+    fit_seed: int = 0,
 ) -> list[Cell]:
     """Validate everything the user asked for, before any model is loaded."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of samples, got {limit}")
+    params.check_seed(fit_seed, "--fit-seed")
     tasks = []
     for tname in task_names:
         cls, alias = registry.task(tname)
@@ -138,8 +159,16 @@ def resolve(
                     f"--apply-chat-template: task {tname} does not prompt a model for a generation "
                     f"(it scores text as it is), so a chat template does not apply; drop the flag for it"
                 )
-            cells.append(Cell(task, tname, methods, cell_model, seed, limit, cell_loading))
+            # a cell without a fit stage has no fit seed: it would only copy the cell at fit seed 0
+            cell_fit_seed = fit_seed if any(has_fit_stage(m) for m in methods) else 0
+            cells.append(Cell(task, tname, methods, cell_model, seed, limit, cell_loading, cell_fit_seed))
     return cells
+
+
+def has_fit_stage(method: Method) -> bool:
+    """Whether the method's class has a fit stage at all (whether this configuration needs one is
+    `needs_fit`, which may need the model)."""
+    return type(method).fit is not Method.fit
 
 
 def _generating_tasks() -> list[str]:
@@ -269,6 +298,7 @@ def evaluate(
     loaded = None
     located = [locate(cell, out) for cell in cells]
     todo = [overwrite or not records.finished(path, rid) for _, rid, path in located]
+    _check_fits([c for c, t in zip(cells, todo) if t and not c.task.uses_lm()], None)
     walls: list[float] = []
     for i, (cell, (config, rid, path)) in enumerate(zip(cells, located)):
         if not todo[i]:
@@ -287,6 +317,7 @@ def evaluate(
                 for c in cells[i:]:  # a method the model cannot take is refused before any cell runs
                     if c.task.uses_lm():
                         compat.check(loaded, c)
+                _check_fits([c for c, t in zip(cells[i:], todo[i:]) if t and c.task.uses_lm()], loaded)
             lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk, cell.loading.chat_template)
             budget = (batch_size, memory_cap, log)
             cell_progress = _named(progress, name, lm) if progress is not None else None
@@ -299,6 +330,26 @@ def evaluate(
                 f"left for {left} more cell(s)"
             )
     return outcomes
+
+
+def _method_context(cell: Cell) -> MethodContext:
+    return MethodContext(target_length=cell.task.target_length(), seed=cell.seed, world_version=cell.task.math_world())
+
+
+def _check_fits(cells: list[Cell], loaded) -> None:
+    """A missing fit artifact (any fit seed) stops the run before any cell runs, naming the
+    `harness fit` command that makes it (UserError, exit 2)."""
+    from harness.lm import LM
+
+    lm = LM(loaded) if loaded is not None and cells else None
+    try:
+        for cell in cells:
+            for m in cell.methods:
+                own, sha = _method_lm(m, lm, loaded)
+                fitting.require_artifact(m, own, _method_context(cell), sha, cell.model, cell.fit_seed, cell.fit_flags)
+    finally:
+        if lm is not None:
+            lm.close()
 
 
 def _named(progress, name: str, lm=None):
@@ -346,13 +397,13 @@ def _run_cell(
     provenance.reset_peak_memory(device)
     t0 = time.perf_counter()
     torch.manual_seed(cell.seed)
-    mctx = MethodContext(target_length=cell.task.target_length(), seed=cell.seed, world_version=cell.task.math_world())
+    mctx = _method_context(cell)
     components = []
     try:
         with contextlib.ExitStack() as stack:
             for m in cell.methods:
                 own, sha = _method_lm(m, lm, loaded)
-                artifact = fitting.attach_artifact(m, own, mctx, sha, cell.model)
+                artifact = fitting.attach_artifact(m, own, mctx, sha, cell.model, cell.fit_seed, cell.fit_flags)
                 components.append(
                     {
                         "name": m.name,
@@ -360,6 +411,7 @@ def _run_cell(
                         "family": m.family,
                         "paper": m.paper,
                         "artifact": artifact,
+                        **({"fit": fitting.cost(artifact)} if artifact else {}),
                         "params": params.to_dict(m),
                         "resolved": m.resolved(own, mctx),
                     }
@@ -403,6 +455,7 @@ def _run_cell(
         "method": dict(config["method"], components=components),
         "model": model,
         "seed": cell.seed,
+        "fit_seed": cell.fit_seed,
         "limit": cell.limit,
         "main_metric": cell.task.main_metric,
         "metrics": {k: v.to_dict() for k, v in result.metrics.items()},

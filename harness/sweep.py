@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness.errors import NoEffect, Refused, UserError
 
-from harness.grid import FIT_KEYS, Spec, arg_value, expand, load_grid
+from harness.grid import Spec, arg_value, expand, fit_runs, load_grid
 
 
 def run_cell(spec: Spec) -> dict:
@@ -33,7 +33,15 @@ def run_cell(spec: Spec) -> dict:
         torch.set_num_threads(spec.threads)
     loading = LoadOptions.from_mapping(spec.loading, "grid")
     cells = runner.resolve(
-        spec.tasks, spec.methods, spec.model, spec.task_args, spec.method_args, spec.seed, spec.limit, loading
+        spec.tasks,
+        spec.methods,
+        spec.model,
+        spec.task_args,
+        spec.method_args,
+        spec.seed,
+        spec.limit,
+        loading,
+        spec.fit_seed,
     )
     try:
         outcome = runner.evaluate(
@@ -275,13 +283,7 @@ def sweep(
     records.check_out_folder(out)
     check_devices(executor, device, devices)
     specs = expand(grid, grid_path, out, device)
-    fits = grid.get("fit") or []
-    if not isinstance(fits, list) or not all(
-        isinstance(f, dict) and set(f) <= FIT_KEYS and "method" in f for f in fits
-    ):
-        raise UserError(
-            f"grid {grid_path}: 'fit' must be a list of {{method, task, model, task_args, method_args, seed}} mappings"
-        )
+    fits = fit_runs(grid, grid_path, specs)
     finished = [records.finished(Path(s.path), Path(s.path).stem) for s in specs]
     pending = [s for s, f in zip(specs, finished) if not f]
     skipped = [s for s, f in zip(specs, finished) if f]
@@ -295,14 +297,14 @@ def sweep(
         return summarize([], skipped) | {"cells": len(specs), "failed": 0}
     if pending:
         default_model = (grid.get("models") or [None])[0] if isinstance(grid.get("models"), list) else None
-        for f in fits:
+        for f, fit_seed in fits:
             fitting.fit(
                 f["method"],
                 f.get("model") or default_model or "zoo:tiny-llama",
                 f.get("task"),
                 {k: arg_value(v) for k, v in (f.get("task_args") or {}).items()},
                 {k: arg_value(v) for k, v in (f.get("method_args") or {}).items()},
-                f.get("seed", 0),
+                fit_seed,
                 device,
                 log=lambda m: None,
             )

@@ -137,8 +137,11 @@ class Schema:
         return self._task_cache[name]
 
     def main_metric(self, task: str, record: dict) -> str | None:
-        metrics = record.get("metrics") or {}
+        """The task's declared main metric (this file's, else the record's), even where the record
+        lacks it: such a record is then listed unranked (kv_compression leaves its equal-memory
+        metric out when no row fits), never ranked on whatever metric comes first. Only a record
+        that declares none falls back to its first metric."""
         for candidate in (self.task(task).get("main_metric"), record.get("main_metric")):
-            if isinstance(candidate, str) and isinstance(metrics.get(candidate), dict):
+            if isinstance(candidate, str) and candidate:
                 return candidate
-        return next(iter(metrics), None)
+        return next(iter(record.get("metrics") or {}), None)

@@ -309,6 +309,9 @@ def board_notes(board: Board) -> list[str]:
         lo, hi = min(n[0] for n in ns), max(n[1] for n in ns)
         shown = f"n = {lo}" if lo == hi else f"n = {lo}–{hi}"
         notes.append(f"few samples: {shown} per configuration; the intervals are wide and the order is fragile")
+    missing = [row["configuration"] for row in t if row["value"] is None and not row["degenerate"]]
+    if missing:
+        notes.append(f"not ranked, their records hold no {board.metric}: {', '.join(missing)}")
     for row in t:
         if row["degenerate"]:
             notes.append(

@@ -4,9 +4,10 @@ table, as `harness report --task math_prm_bon` prints it) and a PNG.
     python scripts/prm_curves.py [RESULTS_DIR] [--png FILE]
 
 Reads every record under RESULTS_DIR/math_prm_bon (written by `harness eval ... --out`), one curve
-per (method, parameters): accuracy@N of the method's own pick, with majority@N and pass@N (the same
-for every method on the same data) drawn once. Needs matplotlib for the PNG (pinned in the `plots`
-extra)."""
+per configuration (method and parameters): accuracy@N of the method's own pick, with majority@N and
+pass@N (the same for every method on the same data) drawn once. A configuration run with several
+seeds is one curve, the mean over its seeds with a ± sd band (tasks/_prm_report.py); configurations
+are never pooled. Needs matplotlib for the PNG (pinned in the `plots` extra)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from harness.tasks import _prm_report
 from harness.tasks.math_prm_bon import MathPrmBon
-from harness.tasks.math_prm_bon import report_label as label
 
 
 def load(root: Path) -> list[dict]:
@@ -27,9 +28,15 @@ def load(root: Path) -> list[dict]:
     return recs
 
 
-def curve(rec: dict, metric: str) -> tuple[list[int], list[float]]:
-    grid = rec["details"]["grid"]
-    return grid, [rec["metrics"][f"{metric}@{n}"]["value"] for n in grid if f"{metric}@{n}" in rec["metrics"]]
+def draw(ax, grid: list[int], spreads: list, fmt: str | None = None, **style) -> None:
+    """One curve: the mean over the seeds at each N, a ± sd band where there are several seeds."""
+    pts = [(n, s) for n, s in zip(grid, spreads) if s is not None]
+    xs, means = [n for n, _ in pts], [s.mean for _, s in pts]
+    line = ax.plot(xs, means, *([fmt] if fmt else []), **style)[0]
+    if any(s.sd for _, s in pts):
+        sd = [s.sd or 0.0 for _, s in pts]
+        lo, hi = [m - d for m, d in zip(means, sd)], [m + d for m, d in zip(means, sd)]
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
 
 
 def plot(recs: list[dict], out: Path) -> None:
@@ -40,22 +47,29 @@ def plot(recs: list[dict], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(12, 6))
     ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i % 20) for i in range(40)])
-    base = max(recs, key=lambda r: len(r["details"]["grid"]))
+    grid, base, groups = _prm_report.curves(recs)
     for metric, style in (("pass", "k:"), ("majority", "k--")):
-        ax.plot(*curve(base, metric), style, label=f"{metric}@N", linewidth=2)
-    for rec in sorted(recs, key=label):
-        name = rec["method"]["name"]
+        draw(ax, grid, _prm_report.curve(base, metric, grid), style, label=f"{metric}@N", linewidth=2)
+    for label, g in groups:
+        name = g.records[0]["method"]["name"]
         special = {
             "precomputed": {"color": "green", "linewidth": 2.5},  # the oracle ceiling
             "beam_search": {"color": "red", "linestyle": "-.", "linewidth": 2},
         }.get(name, {"linewidth": 1})
         if name != "majority":
-            ax.plot(*curve(rec, "accuracy"), marker="o", markersize=3, label=label(rec), **special)
+            seeded = f" ({len(g.seeds)} seeds)" if len(g.seeds) > 1 else ""
+            spreads = _prm_report.curve(g.records, "accuracy", grid)
+            draw(ax, grid, spreads, marker="o", markersize=3, label=label + seeded, **special)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("N (solutions per problem)")
     ax.set_ylabel("accuracy")
-    n = base["metrics"]["accuracy"]["n"]
-    ax.set_title(f"math_prm_bon, synthetic math world ({n} problems; stochastic-program policy, not an LLM)")
+    n = base[0]["metrics"]["accuracy"]["n"]
+    seeds = sorted({r.get("seed") for r in recs}, key=repr)
+    ax.set_title(
+        f"math_prm_bon, synthetic math world ({n} problems; stochastic-program policy, not an LLM)\n"
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        + (" (mean ± sd over the seeds)" if len(seeds) > 1 else "")
+    )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()

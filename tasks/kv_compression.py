@@ -3,9 +3,9 @@ dense cache measured in the same run."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
-import statistics
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +17,7 @@ from harness.provenance import device_clock
 from harness.registry import register
 from harness.synthetic import sample_seed
 from harness.tasks.needle import Needle, depth_grid
+from harness.tasks import _kv_report
 from harness.tasks.perplexity import Perplexity
 
 DENSE = 1.0
@@ -27,6 +28,17 @@ MODEL = "model"  # a method whose saving is the model's own layout (cla): its de
 
 def label(budget: float) -> str:
     return "dense" if budget == DENSE else f"{budget:g}"
+
+
+def equal_memory_row(fractions: dict[str, float], rank_bytes: float) -> tuple[str, float] | None:
+    """The compressed row (budget label, byte fraction) that holds the most KV bytes without
+    exceeding rank_bytes of the dense cache's, or None when no row fits. fractions: each compressed
+    row's kv_bytes_fraction (quantizers' with their scales and zero points). The bound is strict
+    (only float noise is forgiven): token rows round their kept tokens up a little (0.5005 of the
+    bytes at budget 0.5 on 512 tokens), so rank_bytes belongs between budgets, as the default 0.3
+    sits above 0.25 and the 2-bit quantizers (about 0.26) and below the 4-bit ones (about 0.37)."""
+    inside = [(name, f) for name, f in fractions.items() if f <= rank_bytes + 1e-12]
+    return max(inside, key=lambda row: row[1]) if inside else None
 
 
 @register
@@ -57,11 +69,19 @@ class KVCompression(Task):
     so it does for a method whose saving is the model's layout (budget unit "model": cla, on a
     model trained with Cross-Layer Attention), through the kv engine, so its bytes are counted.
     Metric names carry the budget (`needle_accuracy@0.1`, `@dense`); unsuffixed ones are the mean
-    over the budgets. `details.pareto` is the quality-vs-kept-fraction table."""
+    over the budgets. `details.pareto` is the quality-vs-kept-fraction table.
+
+    The main metric, needle_accuracy_at_memory, compares methods at equal KV memory: the needle
+    accuracy of the compressed row that holds the most KV bytes without exceeding rank_bytes of the
+    dense cache's (`equal_memory_row`; at the defaults the 0.25 row of a token method, a 2-bit
+    quantizer's native row). `details.ranked_row` names that row (budget label and byte fraction).
+    Where no row fits (a 4-bit quantizer, a dense-only run, DMC's native rate) the metric is absent
+    and ranked_row is None: the record is listed unranked, never ranked on an average over budgets
+    (version 1's main metric, which let a quantizer's single row outrank the evictions' 0.1 rows)."""
 
     name = "kv_compression"
-    version = "1"
-    main_metric = "needle_accuracy"
+    version = "2"
+    main_metric = "needle_accuracy_at_memory"
     summary = (
         "KV-cache compression: needle (query-agnostic/aware), ppl ratio, KL, kept fraction, bytes, latency vs dense"
     )
@@ -74,6 +94,7 @@ class KVCompression(Task):
         "timing_lengths": "128",
         "timing_new_tokens": "3",
         "max_new_tokens": "4",
+        "rank_bytes": "0.6",  # so the smoke's one budget (0.5) is the ranked row of token methods
     }
     context_length: int = field(default=4096, metadata={"help": "tokens of the needle prompts and scored texts"})
     budgets: tuple[float, ...] = field(
@@ -85,6 +106,13 @@ class KVCompression(Task):
     timing_lengths: tuple[int, ...] = field(default=(4096, 16384), metadata={"help": "context lengths timed"})
     timing_new_tokens: int = 32
     max_new_tokens: int = 12
+    rank_bytes: float = field(
+        default=0.3,
+        metadata={
+            "range": "(0, 1]",
+            "help": "main metric: needle accuracy of the row with the most KV bytes up to this fraction of dense's",
+        },
+    )
 
     def __post_init__(self):
         if not self.budgets or any(not 0 < b for b in self.budgets) or DENSE in self.budgets:
@@ -95,52 +123,17 @@ class KVCompression(Task):
             raise ValueError("ppl_decode_tokens must be in [1, context_length)")
         if min(self.needle_samples, self.ppl_samples, self.timing_new_tokens, self.max_new_tokens) < 1:
             raise ValueError("sample counts and token counts must be positive")
+        if not 0 < self.rank_bytes <= 1:  # the CLI's range check says so first; this guards the Python API
+            raise ValueError(f"rank_bytes must be in (0, 1], got {self.rank_bytes}")
 
     def target_length(self) -> int:
         return max(self.context_length, *self.timing_lengths)
 
-    REPORT_COLUMNS = (
-        ("kept fraction", "kept_fraction", "{:.2f}"),
-        ("bytes fraction", "kv_bytes_fraction", "{:.2f}"),
-        ("needle", "needle_accuracy", "{:.2f}"),
-        ("needle (query-aware)", "needle_accuracy_query_aware", "{:.2f}"),
-        ("ppl ratio", "ppl_ratio", "{:.2f}"),
-        ("KL vs dense", "kl_vs_dense", "{:.3f}"),
-    )
-
     @classmethod
     def report(cls, recs: list[dict]) -> str:
-        """One table per context length, a row per method: its budgets, then per budget the kept and
-        byte fractions, needle accuracies, ppl ratio, KL vs dense and decode time ÷ dense at that
-        length. The dense line under each table is the median over the records (each measures its
-        own dense run)."""
-        by_len: dict[int, list[dict]] = {}
-        for rec in recs:
-            by_len.setdefault(int(rec["task"]["params"]["context_length"]), []).append(rec)
-        out = []
-        for n in sorted(by_len):
-            rows = sorted(by_len[n], key=lambda r: r["method"]["name"])
-            out += [
-                f"**{n} tokens**",
-                "",
-                "| method | budgets | "
-                + " | ".join(c for c, _, _ in cls.REPORT_COLUMNS)
-                + " | decode ms/token (÷ dense) |",
-                "|---" * (len(cls.REPORT_COLUMNS) + 3) + "|",
-            ]
-            for rec in rows:
-                m, budgets = rec["metrics"], [b for b in rec["details"]["budgets"] if b != "dense"]
-                cells = [
-                    " / ".join(f.format(m[f"{key}@{b}"]["value"]) for b in budgets) for _, key, f in cls.REPORT_COLUMNS
-                ]
-                ratio = " / ".join(f"{m[f'decode_time_ratio@{n}@{b}']['value']:.2f}" for b in budgets)
-                out.append(
-                    f"| `{rec['method']['name']}` | {' / '.join(budgets)} | " + " | ".join(cells) + f" | {ratio} |"
-                )
-            needle = statistics.median(r["metrics"]["needle_accuracy@dense"]["value"] for r in rows)
-            dense_ms = statistics.median(r["metrics"][f"decode_ms_per_token@{n}@dense"]["value"] for r in rows)
-            out += ["", f"dense (median over the records): needle {needle:.2f}, ms/token {dense_ms:.1f}", ""]
-        return "\n".join(out).rstrip()
+        """One table per context length, a row per configuration (seeds averaged), ranked by the
+        needle accuracy at equal KV memory, with the row it was read from (tasks/_kv_report.py)."""
+        return _kv_report.markdown(recs)
 
     # -- one call through the policy -----------------------------------------------------------
     def call(self, lm, unit: str, budget: float, fn, question: int = 0, decode: int | None = None) -> dict:
@@ -359,5 +352,19 @@ class KVCompression(Task):
                 m = metrics.get(f"{name}@{n}")
                 entry[name] = m.value if m else (1.0 if b == DENSE and name.startswith(("kept", "kv_")) else None)
             pareto.append(entry)
+        fractions = {
+            n: metrics[f"kv_bytes_fraction@{n}"].value for n in compressed if f"kv_bytes_fraction@{n}" in metrics
+        }
+        row = equal_memory_row(fractions, self.rank_bytes)
+        if row:  # first, so that it is the record's first metric too
+            metrics = {
+                "needle_accuracy_at_memory": dataclasses.replace(metrics[f"needle_accuracy@{row[0]}"]),
+                **metrics,
+            }
+        details = {
+            "pareto": pareto,
+            "budgets": [names[b] for b in budgets],
+            "ranked_row": {"budget": row[0], "kv_bytes_fraction": row[1]} if row else None,
+        }
         data_hash = hashlib.sha256("".join(r.get("input_hash", r["id"]) for r in rows).encode()).hexdigest()
-        return TaskResult(metrics, rows, {"pareto": pareto, "budgets": [names[b] for b in budgets]}, data_hash)
+        return TaskResult(metrics, rows, details, data_hash)

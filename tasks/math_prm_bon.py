@@ -10,13 +10,14 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from harness import models, mathworld, params, registry
+from harness import models, mathworld
 from harness.errors import UserError
 from harness.interfaces import Metric, Task, TaskResult
 from harness.mathgrade import Grader
 from harness.records import canonical, sha256_text
 from harness.registry import register
 from harness.tasks import _bon_metrics as bon
+from harness.tasks import _prm_report
 from harness.tasks import _prm_formats as formats
 from harness.tasks import _sampled_pools as sampled
 
@@ -166,33 +167,11 @@ class MathPrmBon(Task):
 
     @classmethod
     def report(cls, recs: list[dict]) -> str:
-        """accuracy@N of each method's own pick (a row per method and parameters), under the oracle
-        pass@N and majority@N rows (the same for every method on the same data), with the 95 %
-        interval and weighted majority at each row's largest N."""
-        grid = max((r["details"]["grid"] for r in recs), key=len)
-        lines = [
-            "| method | "
-            + " | ".join(f"N={n}" for n in grid)
-            + " | 95% CI at its largest N |"
-            + " weighted majority at its largest N |",
-            "|" + "---|" * (len(grid) + 3),
-        ]
-        base = next(r for r in recs if r["details"]["grid"] == grid)
-        for name, metric, rec in [("oracle pass@N", "pass", base), ("majority@N", "majority", base)] + [
-            (report_label(r), "accuracy", r) for r in sorted(recs, key=report_label)
-        ]:
-            vals = {n: rec["metrics"].get(f"{metric}@{n}", {}).get("value") for n in grid}
-            ci = rec["details"]["intervals"].get(f"{metric}@{rec['details']['grid'][-1]}")
-            cells = [f"{vals[n]:.3f}" if vals[n] is not None else "—" for n in grid]
-            wm = rec["metrics"].get(f"weighted_majority@{rec['details']['grid'][-1]}") if metric == "accuracy" else None
-            lines.append(
-                f"| {name} | "
-                + " | ".join(cells)
-                + f" | {ci[0]:.3f}–{ci[1]:.3f} | "
-                + (f"{wm['value']:.3f}" if wm else "—")
-                + " |"
-            )
-        return "\n".join(lines)
+        """accuracy@N of each configuration's own pick (a row per method and parameters, its seeds
+        as mean ± sd per N), under the oracle pass@N and majority@N rows (the same for every method
+        on the same data), with the 95 % interval and weighted majority at each row's largest N
+        (tasks/_prm_report.py)."""
+        return _prm_report.tables(recs)
 
     # -- data ----------------------------------------------------------------------------------
     def load(self, seed: int, ctx=None) -> tuple[list[dict], dict[str, list[dict]], dict]:
@@ -359,17 +338,3 @@ class MathPrmBon(Task):
             for p in probs
         ]
         return hashlib.sha256(canonical(content).encode()).hexdigest()
-
-
-def report_label(rec: dict) -> str:
-    """A record's method and the parameters it was given that differ from the method's defaults
-    (agg and estimation always)."""
-    name = rec["method"]["name"]
-    p = rec["method"]["params"].get(name, {})
-    try:
-        defaults = params.to_dict(registry.method(name)(**({"model": "x"} if "model" in p else {})))
-    except (UserError, TypeError, ValueError):  # a method this install lacks, or one that needs arguments
-        defaults = {}
-    bits = [f"{k}={v}" for k, v in p.items() if k in ("agg", "estimation") or (k in defaults and defaults[k] != v)]
-    bits.sort(key=lambda b: b.startswith("agg="))
-    return name + (f" ({', '.join(bits)})" if bits else "")

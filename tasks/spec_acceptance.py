@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import data, registry, report
+from harness import data, registry
 from harness.errors import NoEffect, UserError
 from harness.interfaces import MethodContext, Metric, Task, TaskResult
 from harness.provenance import device_clock
 from harness.registry import register
 from harness.synthetic import Corpus, sample_seed
+from harness.tasks import _spec_report
 from harness.tasks._spec_lossless import distribution_test
 
 
@@ -57,8 +58,12 @@ class SpecAcceptance(Task):
     """Speculative decoding on prompts from the synthetic corpus (held-out seeds) or a local file,
     at temperature 0 and/or 1.
 
-    Metrics: `tau` (new tokens per target forward, the prefill's token and each step's bonus token
-    included, so autoregressive decoding = 1, as Spec-Bench's #mean accepted tokens); for chain
+    Metrics, per temperature T (never averaged across temperatures, as Spec-Bench reports them):
+    `tau@T` (new tokens per target forward, the prefill's token and each step's bonus token
+    included, so autoregressive decoding = 1, as Spec-Bench's #mean accepted tokens), pooled over
+    prompts: Σ new tokens / Σ target forwards, so a short degenerate output cannot outweigh the
+    rest (n = prompts; the totals are in `details.per_temperature` so seeds pool exactly). The main
+    metric is `tau@T0`, the greedy setting every paper reports; a run without T = 0 is unranked. For chain
     drafts `acceptance_rate` (α̂ = accepted / verified draft tokens) with per-position n-α (EAGLE's
     alpha.py) in details; draft and target forward counts; `speedup` = mean tokens/s of the method /
     mean tokens/s of the `autoregressive` method timed in the same run (Spec-Bench: `warmups` full
@@ -83,8 +88,8 @@ class SpecAcceptance(Task):
     ids, since decoded text can hide a difference (special tokens are skipped, tokenizations merge)."""
 
     name = "spec_acceptance"
-    version = "1"
-    main_metric = "tau"
+    version = "2"  # 2: tau pooled per temperature; no mixed-temperature tau or speedup
+    main_metric = "tau@T0"
     summary = "speculative decoding: tau, acceptance, speedup vs autoregressive, losslessness (Spec-Bench protocol)"
     smoke_args = {
         "prompts": "2",
@@ -122,46 +127,12 @@ class SpecAcceptance(Task):
 
     @classmethod
     def report(cls, recs: list[dict]) -> str:
-        """A row per record: τ ± its standard error over prompts per temperature, the chain methods'
-        acceptance rate α̂ and their measured tokens per draft-and-verify step next to
-        (1 − α̂^(γ+1)) / (1 − α̂), the speedups over autoregressive, the two losslessness checks
-        (the G-test's p value), the greedy agreement and a learned deferral's rate."""
-        temps = sorted({t for r in recs for t in r["task"]["params"]["temperatures"]})
-        keys = [f"{t:g}" for t in temps]
-        head = (
-            [f"τ T={k}" for k in keys]
-            + [f"α̂ T={' / T='.join(keys)}", f"tokens per step: measured / analytic (chain) T={'; T='.join(keys)}"]
-            + [f"speedup T={k}" for k in keys]
-            + ["lossless_greedy", "greedy_agreement", "lossless_sampling (G-test)", "deferral_rate"]
-        )
-        lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-        for label, r in sorted(zip(report.variant_labels(recs), recs), key=lambda x: x[0]):
-            m, per = r["metrics"], r["details"].get("per_temperature", {})
-
-            def get(name, f="{:.2f}", m=m):
-                return f.format(m[name]["value"]) if name in m else "—"
-
-            taus = [
-                f"{get(f'tau@T{k}')} ± {m[f'tau@T{k}'].get('stderr') or 0:.2f}" if f"tau@T{k}" in m else "—"
-                for k in keys
-            ]
-            alpha = " / ".join(get(f"acceptance_rate@T{k}") for k in keys)
-            steps = "; ".join(
-                f"{per[k]['tau_per_step']:.2f} / {per[k]['tau_analytic']:.2f}"
-                if "tau_per_step" in per.get(k, {})
-                else "—"
-                for k in keys
-            )
-            p = r["details"].get("sampling_test", {}).get("p_value")
-            sampling = get("lossless_sampling", "{:g}") + (f" (p = {p:.2f})" if p is not None else "")
-            cells = (
-                taus
-                + [alpha, steps]
-                + [get(f"speedup@T{k}") for k in keys]
-                + [get("lossless_greedy", "{:g}"), get("greedy_agreement"), sampling, get("deferral_rate", "{:.3f}")]
-            )
-            lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        """Per temperature, a ranked table of τ pooled over prompts and seeds (new tokens ÷ target
+        forwards, as Spec-Bench) with n = prompts × seeds, the sd of τ over seeds, the chain
+        methods' pooled α̂, tokens per step measured / (1 − α̂^(γ+1)) / (1 − α̂), the speedup; then
+        the losslessness checks (the G-test's p value), greedy agreement and a learned deferral's
+        rate, a row per configuration (tasks/_spec_report.py)."""
+        return _spec_report.tables(recs)
 
     # -- prompts -------------------------------------------------------------------------------
     def load_prompts(self, lm, seed: int, limit: int | None) -> list[tuple[str, list[int]]]:
@@ -298,20 +269,22 @@ class SpecAcceptance(Task):
                 "per_temperature": {},
             },
         )
-        metrics["tau"] = Metric.mean([r["tau"] for r in rows], "higher", "tokens/forward", "tau")
         for key, unit in (("target_forwards", "forwards"), ("draft_forwards", "forwards")):
             metrics[key] = Metric.mean([r[key] for r in rows], "lower", unit, key)
-        base = sum(r["baseline_tokens_per_s"] for r in rows) / len(rows)
-        metrics["speedup"] = Metric(sum(r["tokens_per_s"] for r in rows) / len(rows) / base, "higher", "x", len(rows))
         for t in self.temperatures:
             sub = [r for r in rows if r["temperature"] == t]
             tel = sum((Counter(r["telemetry"]) for r in sub), Counter())
-            tokens = sum(r["new_tokens"] for r in sub)
+            tau = Metric.ratio(
+                [r["new_tokens"] for r in sub], [r["target_forwards"] for r in sub], "higher", "tokens/forward"
+            )
             info = {
-                "tau_pooled": tokens / max(sum(r["target_forwards"] for r in sub), 1),
+                "tau_pooled": tau.value,
+                "new_tokens": sum(r["new_tokens"] for r in sub),
+                "target_forwards": sum(r["target_forwards"] for r in sub),
+                "prompts": len(sub),
                 "speedup": (sum(r["tokens_per_s"] for r in sub) / sum(r["baseline_tokens_per_s"] for r in sub)),
             }
-            metrics[f"tau@T{t:g}"] = Metric.mean([r["tau"] for r in sub], "higher", "tokens/forward")
+            metrics[f"tau@T{t:g}"] = tau
             metrics[f"speedup@T{t:g}"] = Metric(info["speedup"], "higher", "x", len(sub))
             if tel["draft_tokens"]:  # a chain of draft tokens
                 verified = tel["accepted_draft_tokens"] + tel["rejections"]

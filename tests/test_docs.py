@@ -110,3 +110,30 @@ def test_mkdocs_builds_strictly(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "reference" / "methods" / "index.html").is_file()
+
+
+def test_methods_table_gives_training_costs_read_from_records(tmp_path):
+    """The methods table's training column: a fitted method shows what its fits cost, read from the
+    records' components (one entry per distinct artifact); a method without a fit stage shows a dash;
+    a fitted method without a costed record says so instead of inventing a number."""
+    src = next(p for p in (ROOT / "results" / "spec_acceptance").rglob("eagle/*.json") if ".samples" not in p.name)
+    rec = json.loads(src.read_text())
+    costs = [{"seconds": 100.0, "cpu_seconds": 190.0, "device": "cpu", "threads": 2}, None]
+    for i, cost in enumerate(costs + [costs[0]]):  # the third record reuses the first's artifact
+        r = json.loads(json.dumps(rec))
+        (c,) = [c for c in r["method"]["components"] if c["name"] == "eagle"]
+        c["artifact"] = f"art{i % 2}"
+        c.pop("fit", None)
+        if cost:
+            c["fit"] = cost
+        folder = tmp_path / "spec_acceptance" / "m" / "eagle"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"r{i}.json").write_text(json.dumps(r))
+        shutil.copy(src.parent / rec["samples_file"], folder / rec["samples_file"])
+    fits = docsgen.fit_costs(tmp_path)
+    assert fits == {"eagle": [costs[0]]}
+    page = docsgen.methods_page(fits)
+    row = lambda name: next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))  # noqa: E731
+    assert "fit: 100 s (190 CPU-s) on cpu, 2 threads" in row("eagle")
+    assert "no committed record gives its cost yet" in row("distillspec")
+    assert "| — |" in row("baseline") and "fit" not in row("baseline").split("|")[5]

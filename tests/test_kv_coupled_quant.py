@@ -140,6 +140,8 @@ def test_kv_compression_cell_runs_end_to_end(tiny_model, tmp_path, monkeypatch):
     (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
     rec = records.read(out.path)
     assert rec["provenance"]["method_artifact"]
+    fit = rec["method"]["components"][0]["fit"]  # what the fit cost, for the methods table
+    assert fit["seconds"] > 0 and fit["cpu_seconds"] > 0 and fit["device"] == "cpu" and fit["threads"] >= 1
     frac = rec["metrics"]["kv_bytes_fraction@native"]["value"]
     assert abs(frac - (8 / 4) / 16) < 1e-9  # 2 bits per channel of fp16's 16
     assert rec["metrics"]["ppl_ratio@native"]["value"] > 0

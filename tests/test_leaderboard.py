@@ -34,8 +34,39 @@ def test_schema_and_fallback_for_unknown_metrics():
     assert schema.metric("frobnication", {}).declared is False
     assert schema.task("vbench_temporal_flickering")["plots"] == ["vbench_radar"]
     rec = {"main_metric": "accuracy", "metrics": {"needle_accuracy": {}, "accuracy": {}}}
-    assert schema.main_metric("kv_compression", rec) == "needle_accuracy"
+    assert schema.main_metric("kv_compression", rec) == "needle_accuracy_at_memory"  # declared here, though absent
     assert schema.main_metric("unknown_task", rec) == "accuracy"
+    assert schema.main_metric("unknown_task", {"main_metric": "gone", "metrics": {"accuracy": {}}}) == "gone"
+    assert schema.main_metric("unknown_task", {"metrics": {"x": {}, "accuracy": {}}}) == "x"  # declares none
+
+
+def test_a_record_without_its_main_metric_is_listed_unranked_not_ranked_on_its_first_metric(tmp_path):
+    """kv_compression leaves needle_accuracy_at_memory out where no row fits rank_bytes (gear's 4-bit
+    row): that configuration is listed last, rank —, with a note; the others rank on the metric."""
+    root = tmp_path / "r"
+    for method, acc in (("snapkv", 0.5), ("kivi", 1.0), ("gear", None)):
+        ms = {"kept_fraction": metric(0.25, "lower"), "needle_accuracy": metric(0.9)}  # gear's first: 0.25
+        if acc is not None:
+            ms["needle_accuracy_at_memory"] = metric(acc)
+        ranked_row = {"budget": "0.25", "kv_bytes_fraction": 0.25} if acc is not None else None
+        rec = record("kv_compression", method, ms, "needle_accuracy_at_memory", details={"ranked_row": ranked_row})
+        put(root, rec)
+    put(root, record("lat", "a", {"ms": metric(2.0, "lower"), "other": metric(1.0)}, "latency"))
+    runs = loader.load(root).runs
+    gear = next(r for r in runs if r.method == "gear")
+    assert (gear.main_metric, gear.main_value) == ("needle_accuracy_at_memory", None)
+    boards = {b.bench: b for b in tables.overview(runs, Schema.load())}
+    kv = boards["kv_compression"]
+    assert kv.metric == "needle_accuracy_at_memory"
+    assert [(r["configuration"], r["rank"], r["value"]) for r in kv.table] == [
+        ("kivi", 1, 1.0),
+        ("snapkv", 2, 0.5),
+        ("gear", None, None),
+    ]
+    assert "| — | gear |" in kv.markdown()
+    assert any("not ranked" in n and "gear" in n for n in kv.notes)
+    lat = boards["lat"]  # declared by the record alone, and absent: unranked too
+    assert lat.metric == "latency" and [r["rank"] for r in lat.table] == [None]
 
 
 def test_ranking_direction_seeds_and_win_rate(tmp_path):

@@ -100,7 +100,7 @@ def test_error_rates_propagation_and_grading():
 
 
 def test_world_version_is_a_task_parameter_that_keys_the_fits(tmp_path, monkeypatch):
-    from tasks.math_prm_bon import MathPrmBon
+    from harness.tasks.math_prm_bon import MathPrmBon
 
     assert "world_version" not in params.to_dict(MathPrmBon())  # committed run ids stay the same
     assert params.to_dict(MathPrmBon(world_version=2))["world_version"] == 2

@@ -129,10 +129,18 @@ def _eval(tiny_model, tmp_path, **task_args):
 
 
 def test_task_record_holds_tau_acceptance_speedup_and_losslessness(tiny_model, tmp_path):
-    rec = records.read(_eval(tiny_model, tmp_path, temperatures="0,0.1").path)  # 0.1: peaked enough to test
+    out = _eval(tiny_model, tmp_path, temperatures="0,0.1")  # 0.1: peaked enough to test
+    rec = records.read(out.path)
     m = rec["metrics"]
-    assert m["tau"]["value"] >= 1 and m["lossless_greedy"]["value"] == 1 and m["lossless_sampling"]["value"] == 1
-    assert m["speedup"]["value"] > 0 and 0 <= m["acceptance_rate"]["value"] <= 1
+    assert m["lossless_greedy"]["value"] == 1 and m["lossless_sampling"]["value"] == 1
+    assert rec["main_metric"] == "tau@T0" and "tau" not in m and "speedup" not in m  # never across temperatures
+    assert m["speedup@T0"]["value"] > 0 and 0 <= m["acceptance_rate"]["value"] <= 1
+    rows = records.read_samples(out.path)
+    for t in ("0", "0.1"):  # τ pooled over the prompts: their new tokens over their target forwards
+        sub = [r for r in rows if f"{r['temperature']:g}" == t]
+        pooled = sum(r["new_tokens"] for r in sub) / sum(r["target_forwards"] for r in sub)
+        assert m[f"tau@T{t}"]["value"] == pytest.approx(pooled) and m[f"tau@T{t}"]["n"] == len(sub) == 2
+        assert rec["details"]["per_temperature"][t]["new_tokens"] == sum(r["new_tokens"] for r in sub)
     assert rec["details"]["sampling_test"]["groups"]
     info = rec["details"]["per_temperature"]["0"]
     assert info["gamma"] == 4 and info["tau_analytic"] >= 1 and "1" in info["per_position_acceptance"]
@@ -184,3 +192,15 @@ def test_sidecar_rows_hold_token_ids_and_losslessness_is_on_ids(tiny_model, tiny
         assert row["prompt_id"] == pid
         assert row["prediction_ids"] == row["baseline_ids"] == list(greedy)
         assert row["prediction"] == tiny_lm.decode(row["prediction_ids"]) and row["lossless"] == 1
+
+
+def test_pooled_ratio_and_its_delta_method_error_against_hand_computation():
+    """Metric.ratio: Σy / Σx, not the mean of the ratios (which a short degenerate sample can
+    dominate), with the ratio estimator's standard error sqrt(Σ(y - R x)² / (n - 1) / n) / x̄."""
+    from harness.interfaces import Metric
+
+    m = Metric.ratio([2, 4, 9], [1, 2, 3], "higher")
+    assert m.value == pytest.approx(15 / 6) and m.n == 3
+    assert m.stderr == pytest.approx(((0.25 + 1 + 2.25) / 2 / 3) ** 0.5 / 2)
+    assert m.value != pytest.approx((2 + 2 + 3) / 3)
+    assert Metric.ratio([3], [2], "higher").stderr is None

@@ -63,12 +63,15 @@ class DMC(KVMethod):
     and slot i biased by log(1 − α_{i+1}) for later queries, loss = LM loss + max(0, (1 − 1/CR) −
     mean hard α) (straight-through); three stages as the official script: `stage1_steps` fading the
     decision channel out of q·k (scale max(0, 1 − it/(0.8·T₁))), `stage2_steps` raising the CR target
-    linearly 1 → `cr`, `stage3_steps` at `cr`. Scaled to the zoo [our choice]: 20 + 160 + 60 steps of
+    linearly 1 → `cr`, `stage3_steps` at `cr`. Scaled to the zoo [our choice]: 20 + 800 + 200 steps of
     one `fit_length`-token row (the paper: 250 + 6000 + 2000 steps of 1024 × 4096 tokens); AdamW
     (0.9, 0.95), wd 0.1, clip 1, lr 2e-4 cosine to 2e-5 (the paper's 3e-5 → 3e-6 rescaled by the zoo's
-    pre-training peak, as the long-context fine-tunes do). On zoo:tiny-llama this took ~4 CPU minutes
-    ("trained on the zoo for ~4 minutes", `fit_cpu_seconds` in the artifact); the artifact reports the
-    achieved compression and the held-out LM loss with and without DMC. The budget is not used
+    pre-training peak, as the long-context fine-tunes do). The artifact reports the achieved
+    compression and the held-out LM loss with and without DMC. Measured on zoo:tiny-llama (CPU, 2
+    threads): the defaults take ~8 CPU minutes and reach 1.20x on held-out text (target 2x; loss
+    3.99 → 4.12); the earlier 20 + 160 + 60 steps reached 1.03x, and lr 2e-3 at those steps 1.30x
+    with loss 4.52. The merge rate trails the CR target through stage 2, so on this model the
+    learned rate, not `cr`, is what the records measure. The budget is not used
     (budget_unit "native": the learned rate decides)."""
 
     separate_projections = True  # (harness.compat refuses other layouts)
@@ -96,8 +99,8 @@ class DMC(KVMethod):
     temperature: float = field(default=0.1, metadata={"help": "Gumbel-sigmoid τ (--dmc-temp)"})
     window: int = field(default=12, metadata={"help": "training merge window (--dmc-window-size)"})
     stage1_steps: int = 20
-    stage2_steps: int = 160
-    stage3_steps: int = 60
+    stage2_steps: int = 800
+    stage3_steps: int = 200
     fit_length: int = field(default=512, metadata={"help": "tokens per training row"})
     lr: float = field(default=2e-4, metadata={"help": "peak lr (paper 3e-5, rescaled to the zoo)"})
     weight_decay: float = 0.1

@@ -6,7 +6,8 @@
 model_args: model (zoo:<name>, hf:<id> or a folder; default zoo:tiny-llama), method (a method
 or a `+` composition of `lm` methods; default baseline), max_length (the context the run targets:
 RoPE methods derive their scale from it; truncation and rolling windows use it), max_gen_toks,
-seed, device, trust_remote_code, and any method parameter (`factor=4`, or `yarn.factor=4` to
+seed, fit_seed (the seed of the fit artifacts the methods load, as `harness eval --fit-seed`),
+device, trust_remote_code, and any method parameter (`factor=4`, or `yarn.factor=4` to
 target one method of a composition). `tokenizer`/`pretrained` are accepted and left to the tasks
 that read them from metadata (RULER). Each method's effect check runs when lm-eval asks for the
 model info after evaluating; a method that did nothing fails the run, as in `harness eval`.
@@ -20,7 +21,7 @@ import contextlib
 
 from lm_eval.api.registry import register_model
 
-from harness.errors import NoEffect
+from harness.errors import NoEffect, UserError
 from harness.interfaces import MethodContext, TaskResult
 from harness.tasks.lm_eval._adapter import HarnessAdapter
 
@@ -33,6 +34,7 @@ ADAPTER_ARGS = (
     "max_length",
     "max_gen_toks",
     "seed",
+    "fit_seed",
     "trust_remote_code",
     "tokenizer",
     "pretrained",
@@ -51,14 +53,16 @@ class HarnessModel(HarnessAdapter):
         max_length: int | None = None,
         max_gen_toks: int = 256,
         seed: int = 0,
+        fit_seed: int = 0,
         trust_remote_code: bool = False,
         tokenizer=None,
         pretrained=None,
         **method_args,
     ):
-        from harness import fitting, models
+        from harness import fitting, models, params
         from harness.lm import LM
 
+        self.fit_seed = params.check_seed(_int_arg(fit_seed, "fit_seed"), "model_args fit_seed")
         self.methods = build_methods(str(method), method_args)
         self.loaded = models.load(str(model), _device(device), bool(trust_remote_code))
         lm = LM(self.loaded, _batch_size(batch_size))
@@ -67,7 +71,7 @@ class HarnessModel(HarnessAdapter):
         self._stack = contextlib.ExitStack()
         self.components = []
         for m in self.methods:  # entered for the model's lifetime: every lm-eval request sees them
-            artifact = fitting.attach_artifact(m, lm, self.mctx, self.loaded.sha256, str(model))
+            artifact = fitting.attach_artifact(m, lm, self.mctx, self.loaded.sha256, str(model), self.fit_seed)
             self.components.append(
                 {"name": m.name, "params": _params(m), "artifact": artifact, "resolved": m.resolved(lm, self.mctx)}
             )
@@ -86,6 +90,7 @@ class HarnessModel(HarnessAdapter):
             "harness_model_sha256": self.loaded.sha256,
             "harness_model_label": models.label(self.loaded),
             "harness_method": "+".join(m.name for m in self.methods),
+            "harness_fit_seed": self.fit_seed,
             "harness_methods": self.components,
             "harness_telemetry": dict(self.lm.telemetry),
         }
@@ -104,6 +109,14 @@ def _arg_string(value) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)
+
+
+def _int_arg(value, name: str) -> int:
+    """A whole-number model_arg (lm-eval passes `fit_seed=1` as 1, a typo as text): UserError else."""
+    try:
+        return int(str(value))
+    except ValueError:
+        raise UserError(f"model_args {name} must be an integer, got {value!r}") from None
 
 
 def _device(device) -> str:
