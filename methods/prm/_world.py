@@ -9,8 +9,9 @@ estimation HE = 1[q̂ > 0] and soft estimation SE = q̂; PAV's Best-of-K prover 
 Q^μ = 1 − (1 − q̂)^K; PQM's step labels = HE; the ORM's label = the final correctness.
 
 Network: a small causal Transformer (d 32, 2 layers by default; learned absolute positions, or
-rotary ones with positions=rope) over words (hashed), digits and punctuation, with a marker token after the problem and after each step; heads read at the markers,
-so the score of step k depends only on what precedes it (what PRM-guided search needs). By default
+rotary ones with positions=rope) over words (hashed), digits and punctuation, with a marker token
+after the problem and after each step; heads read at the markers, so the score of step k depends
+only on what precedes it (what PRM-guided search needs). By default
 it reads the steps only (`read_problem=false`): the steps quote their cues, and on this shared
 2-core machine the problem text doubled the cost; errors that misquote the problem (half of the
 misreads) are then invisible to it."""
