@@ -111,7 +111,8 @@ def fit(
     loading=None,
 ) -> tuple[str, dict]:
     """Run a method's fit stage at `seed` (the task, when given, supplies the target context
-    length). A non-zero seed is part of the artifact's key (harness.artifacts.key_for)."""
+    length and the synthetic math world's version). A non-zero seed is part of the artifact's key
+    (harness.artifacts.key_for)."""
     from harness import artifacts
     from harness.lm import LM
 
@@ -121,10 +122,11 @@ def fit(
         raise UserError("fit one method at a time (no '+' compositions)")
     cls = registry.method(method_name)
     method = params.build(cls, method_args, f"method {method_name}")
-    target = None
+    target, world = None, 1
     if task_name:
         tcls, alias = registry.task(task_name)
-        target = params.build(tcls, {**alias, **task_args}, f"task {task_name}").target_length()
+        task = params.build(tcls, {**alias, **task_args}, f"task {task_name}")
+        target, world = task.target_length(), task.math_world()
     elif task_args:
         raise UserError("--task-arg needs --task")
     if cls.kind == "lm":
@@ -132,7 +134,7 @@ def fit(
         lm, model_id, sha, dev = LM(loaded), loaded.id, loaded.sha256, loaded.device
     else:  # other kinds train their own models (a PRM): no LM, as in their tasks' evaluation
         lm, model_id, sha, dev = None, "none", None, models.pick_device(device)
-    mctx = MethodContext(target_length=target, seed=seed)
+    mctx = MethodContext(target_length=target, seed=seed, world_version=world)
     if not method.needs_fit(lm, mctx):
         raise UserError(f"method {method_name} with these parameters has no fit stage to run")
     key = artifacts.key_for(method, lm, mctx, sha)

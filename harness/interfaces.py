@@ -154,12 +154,15 @@ class NoiseSampler(Method):
 
 @dataclass
 class MethodContext:
-    """What a method may know about the run: the longest context the task will use, the seed. The
-    fit hooks (needs_fit, fit_params, fit_data_hash, fit) see the fit's seed (`harness fit
-    --seed`, `harness eval --fit-seed`); apply, resolved and check_effect the evaluation's."""
+    """What a method may know about the run: the longest context the task will use, the seed, and
+    the version of the synthetic math world (harness.mathworld) the task's problems come from
+    (verifiers that train on that world fit on the same version). The fit hooks (needs_fit,
+    fit_params, fit_data_hash, fit) see the fit's seed (`harness fit --seed`, `harness eval
+    --fit-seed`); apply, resolved and check_effect the evaluation's."""
 
     target_length: int | None = None
     seed: int = 0
+    world_version: int = 1
 
 
 @dataclass
@@ -249,6 +252,11 @@ class Task:
     def target_length(self) -> int | None:
         """Longest context this task will feed the model (methods derive scale factors from it)."""
         return None
+
+    def math_world(self) -> int:
+        """Version of the synthetic math world (harness.mathworld) this task evaluates on; methods
+        that train on that world read it from MethodContext.world_version."""
+        return 1
 
     def workload(self, limit: int | None) -> list[tuple[int, int]] | None:
         """(prompt tokens, generated tokens) of each sample the task will run, for the memory check,

@@ -22,12 +22,19 @@ flawed process). `complete(prefix)` continues a partial solution: the Monte Carl
 Math-Shepherd / PAV labels and the proposal distribution of PRM-guided beam search.
 
 Seeds: problems and samples below 1,000,000 are training-side; evaluation uses seeds at or above
-it (`EVAL_SEED_BASE`), so fits never see evaluation problems."""
+it (`EVAL_SEED_BASE`), so fits never see evaluation problems.
+
+Versions: this module is world version 1; harness.mathworld2 is version 2 (steps that show their
+arithmetic, varied correct solutions). `world(version)` is the one place every reader of the world
+(the task's pools and oracle, the verifiers' fit stages, the step-label sources, beam search) gets
+its module from, so all of them see the same version; both modules offer the same names."""
 
 from __future__ import annotations
 
 import math
 import random
+import re
+import sys
 from dataclasses import dataclass
 
 EVAL_SEED_BASE = 1_000_000
@@ -76,6 +83,7 @@ class Problem:
     ops: list[Op]
     level: int
     difficulty: float  # the policy's per-problem error multiplier
+    version: int = 1  # the world it belongs to (world_of)
 
     @property
     def answer(self) -> int:
@@ -99,25 +107,24 @@ class Problem:
         }
 
 
-def problem(seed: int) -> Problem:
-    rng = random.Random(seed)
-    level = rng.randint(1, 5)
-    v = start = rng.randint(3, 10 + 6 * level)
+def draw_ops(rng: random.Random, level: int, v: int, kinds: list[str], add_hi: int, mul_cap: int, mul_hi: int):
+    """level + 1 operations from the start amount v, each drawn from `kinds` until it fits: adds
+    up to add_hi, subtractions leaving at least 2, multipliers up to mul_hi of amounts up to
+    mul_cap, exact divisions leaving at least 2, algebra clues with y in 1-9."""
     ops = []
     for _ in range(level + 1):
-        kinds = ["add", "sub", "mul", "alg"] + (["div"] * 2)
         while True:
             kind = rng.choice(kinds)
             if kind == "add":
-                op = Op(kind, rng.randint(2, 5 + 5 * level))
+                op = Op(kind, rng.randint(2, add_hi))
             elif kind == "sub":
                 if v < 4:
                     continue
                 op = Op(kind, rng.randint(1, v - 2))
             elif kind == "mul":
-                if v > 60:
+                if v > mul_cap:
                     continue
-                op = Op(kind, rng.randint(2, 4 if level < 3 else 6))
+                op = Op(kind, rng.randint(2, mul_hi))
             elif kind == "div":
                 divs = [d for d in range(2, 10) if v % d == 0 and v // d >= 2]
                 if not divs:
@@ -130,6 +137,15 @@ def problem(seed: int) -> Problem:
             break
         ops.append(op)
         v = op.apply(v)
+    return ops
+
+
+def problem(seed: int) -> Problem:
+    rng = random.Random(seed)
+    level = rng.randint(1, 5)
+    v = start = rng.randint(3, 10 + 6 * level)
+    kinds = ["add", "sub", "mul", "alg"] + (["div"] * 2)
+    ops = draw_ops(rng, level, v, kinds, 5 + 5 * level, 60, 4 if level < 3 else 6)
     difficulty = math.exp(rng.gauss(0.0, 0.8))
     return Problem(f"w{seed}", seed, rng.choice(NAMES), rng.choice(ITEMS), start, ops, level, difficulty)
 
@@ -145,8 +161,23 @@ class Step:
     error: str | None = None
 
 
+class Writer:
+    """What the worlds' policies share: next_step(prob, prefix, rng) is theirs; completing and
+    sampling run it until the problem's world says the solution is finished."""
+
+    def complete(self, prob: Problem, prefix: list, rng: random.Random) -> list:
+        """Continue a partial solution to the end (prefix steps are kept as written)."""
+        steps = list(prefix)
+        while not world_of(prob).finished(prob, steps):
+            steps.append(self.next_step(prob, steps, rng))
+        return steps
+
+    def sample(self, prob: Problem, seed: int) -> list:
+        return self.complete(prob, [], random.Random(seed))
+
+
 @dataclass
-class Policy:
+class Policy(Writer):
     """The stochastic solution writer (see the module docstring). Rates are per step, before the
     per-problem difficulty and size factors."""
 
@@ -206,16 +237,6 @@ class Policy:
             s = Step(s.text + f" The answer is \\boxed{{{s.value}}}.", s.value, s.error)
         return s
 
-    def complete(self, prob: Problem, prefix: list[Step], rng: random.Random) -> list[Step]:
-        """Continue a partial solution to the end (prefix steps are kept as written)."""
-        steps = list(prefix)
-        while not finished(prob, steps):
-            steps.append(self.next_step(prob, steps, rng))
-        return steps
-
-    def sample(self, prob: Problem, seed: int) -> list[Step]:
-        return self.complete(prob, [], random.Random(seed))
-
 
 def finished(prob: Problem, steps: list[Step]) -> bool:
     """All operations done, or the policy gave up."""
@@ -232,7 +253,7 @@ def solution_record(prob: Problem, steps: list[Step], idx: int) -> dict:
         "sample_idx": idx,
         "steps": [s.text for s in steps],
         "solution": "\n\n".join(s.text for s in steps),
-        "answer": final_answer(prob, steps),
+        "answer": world_of(prob).final_answer(prob, steps),
         "step_errors": [s.error for s in steps],
     }
 
@@ -241,9 +262,56 @@ def sample_seed(prob: Problem, idx: int, salt: int = 0) -> int:
     return (prob.seed * 1009 + idx * 7919 + salt * 104729) % (2**62)
 
 
-def pools(n_problems: int, n_samples: int, base_seed: int, policy: Policy | None = None):
-    """(problem records, solution records) for n problems with n samples each."""
-    policy = policy or Policy()
-    probs = problems(n_problems, base_seed)
+def pools(n_problems: int, n_samples: int, base_seed: int, policy=None, version: int = 1):
+    """(problem records, solution records) for n problems of world `version` with n samples each
+    (by its Policy unless one is given)."""
+    w = world(version)
+    policy = policy or w.Policy()
+    probs = w.problems(n_problems, base_seed)
     sols = [solution_record(p, policy.sample(p, sample_seed(p, j)), j) for p in probs for j in range(n_samples)]
     return [p.record() for p in probs], sols
+
+
+def step_ok(prob: Problem, steps: list[Step]) -> list[bool]:
+    """Per step: the amount it wrote equals the error-free amount after that operation."""
+    gold, v = [], prob.start
+    for op in prob.ops:
+        v = op.apply(v)
+        gold.append(v)
+    return [s.value is not None and i < len(gold) and s.value == gold[i] for i, s in enumerate(steps)]
+
+
+def reference_solution(prob: Problem) -> list[str]:
+    """The error-free solution (the policy with every error rate at 0)."""
+    clean = Policy(slip=0, wrong_op=0, misread=0, carry=0, algebra=0, truncate=0)
+    return [s.text for s in clean.sample(prob, 0)]
+
+
+VERSIONS = (1, 2)
+
+
+def world(version: int = 1):
+    """The module of world `version` (see the module docstring): problem(seed), problems(n, base),
+    Policy (sample, complete, next_step), finished, final_answer, step_ok, reference_solution,
+    solution_record, pools, sample_seed, EVAL_SEED_BASE."""
+    if version == 1:
+        return sys.modules[__name__]
+    if version == 2:
+        from harness import mathworld2
+
+        return mathworld2
+    raise ValueError(f"world version must be one of {', '.join(map(str, VERSIONS))}, not {version}")
+
+
+def world_of(prob: Problem):
+    return world(prob.version)
+
+
+def lookup(record: dict) -> Problem | None:
+    """The world problem a problem record was made from (by its id "w<seed>" or "w2-<seed>",
+    checked against its text), or None when it is not a world problem."""
+    m = re.fullmatch(r"w(2-)?(\d+)", str(record.get("id")))
+    if not m:
+        return None
+    prob = world(2 if m.group(1) else 1).problem(int(m.group(2)))
+    return prob if prob.text == record.get("problem") else None

@@ -63,9 +63,10 @@ class Cell:
         }
 
     def fit_flags(self) -> list[str]:
-        """`harness fit` flags that give the methods' fit this cell's target length: the task (when
-        it has a target length) with the task arguments that differ from its name's defaults."""
-        if self.task.target_length() is None:
+        """`harness fit` flags that give the methods' fit this cell's target length (or synthetic
+        math world): the task (when it has a target length or a world version other than 1) with
+        the task arguments that differ from its name's defaults."""
+        if self.task.target_length() is None and self.task.math_world() == 1:
             return []
         cls, alias = registry.task(self.task_label)
         default = params.to_dict(params.build(cls, alias or {}, f"task {self.task_label}"))
@@ -332,7 +333,7 @@ def evaluate(
 
 
 def _method_context(cell: Cell) -> MethodContext:
-    return MethodContext(target_length=cell.task.target_length(), seed=cell.seed)
+    return MethodContext(target_length=cell.task.target_length(), seed=cell.seed, world_version=cell.task.math_world())
 
 
 def _check_fits(cells: list[Cell], loaded) -> None:

@@ -23,7 +23,7 @@ from harness.tasks import _sampled_pools as sampled
 
 # parameters of solutions=generate: added after records were committed, so at their defaults they
 # stay out of run ids (harness.params, omit_at_default); the record's details.pool names them all
-GENERATION = {"omit_at_default": True}
+GENERATION = {"omit_at_default": True, "generation": True}
 
 
 @register
@@ -34,7 +34,8 @@ class MathPrmBon(Task):
     Input: `problems` and `solutions` files (format `harness`, see the README, or an importer:
     prm800k, rlhflow, pqm, sal), or "synthetic" for the project's synthetic math world
     (harness.mathworld: `world_problems` problems, `world_samples` policy samples each, evaluation
-    seeds). Answers are graded against the gold answer by harness.mathgrade (math-verify behind a
+    seeds; `world_version` 2 is harness.mathworld2, whose steps show their arithmetic — the world
+    PRMs then fit on version 2 too, through MethodContext.world_version). Answers are graded against the gold answer by harness.mathgrade (math-verify behind a
     process timeout, conservative fallbacks); a problem without a gold answer uses the solutions'
     given labels. Answer classes for voting are grader-equivalence classes, not raw strings.
 
@@ -79,6 +80,14 @@ class MathPrmBon(Task):
     )
     world_problems: int = field(default=200, metadata={"help": "synthetic world: problems"})
     world_samples: int = field(default=64, metadata={"help": "synthetic world: policy samples per problem"})
+    # added after records were committed: at its default it stays out of run ids (harness.params)
+    world_version: int = field(
+        default=1,
+        metadata={
+            "help": "synthetic world version (harness.mathworld.world): its pools, and the world the verifiers fit on",
+            "omit_at_default": True,
+        },
+    )
     n_max: int | None = field(default=None, metadata={"help": "largest N (None: the pool size)"})
     trials: int = field(default=200, metadata={"help": "Monte Carlo subsets per N for the voting metrics"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples over problems"})
@@ -110,12 +119,14 @@ class MathPrmBon(Task):
                 )
         else:
             moved = [
-                f.name for f in fields(self) if f.metadata.get("omit_at_default") and getattr(self, f.name) != f.default
+                f.name for f in fields(self) if f.metadata.get("generation") and getattr(self, f.name) != f.default
             ]
             if moved:
                 raise ValueError(
                     f"{', '.join(moved)} {'applies' if len(moved) == 1 else 'apply'} only to solutions=generate"
                 )
+        if self.world_version not in mathworld.VERSIONS:
+            raise ValueError(f"world_version must be one of {', '.join(map(str, mathworld.VERSIONS))}")
         if self.format not in formats.FORMATS:
             raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}")
         if (
@@ -132,6 +143,9 @@ class MathPrmBon(Task):
     @property
     def generating(self) -> bool:
         return self.solutions == "generate"
+
+    def math_world(self) -> int:
+        return self.world_version
 
     def uses_lm(self) -> bool:
         return self.generating  # the model only samples the pools; the verifiers bring their own
@@ -180,19 +194,20 @@ class MathPrmBon(Task):
             return probs, pools, {"pool": pool}
         if self.solutions == "synthetic":
             base = mathworld.EVAL_SEED_BASE + 100_000 * seed
-            probs, sols = mathworld.pools(self.world_problems, self.world_samples, base)
+            world = mathworld.world(self.world_version)
+            probs, sols = world.pools(self.world_problems, self.world_samples, base)
             pools: dict[str, list[dict]] = {}
             for s in sols:
                 # the world's hidden step labels, as precomputed scores: a perfect process verifier
                 oracle = [0.0 if e else 1.0 for e in s["step_errors"]]
                 pools.setdefault(s["problem_id"], []).append(dict(s, correct=None, scores={"oracle_steps": oracle}))
-            world = {
-                "generator": "harness.mathworld",
+            about = {
+                "generator": world.__name__,
                 "policy": "stochastic program (not an LM)",
-                "policy_version": mathworld.Policy().version,
+                "policy_version": world.Policy().version,
                 "base_seed": base,
             }
-            return probs, pools, {"world": world}
+            return probs, pools, {"world": about}
         sep = self.step_sep.encode().decode("unicode_escape")
         probs, pools = formats.load(
             self.format, None if self.problems == "synthetic" else self.problems, self.solutions, sep

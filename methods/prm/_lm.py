@@ -9,17 +9,25 @@ step marker; log π(y|x) sums the log-probabilities of every token after the pro
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 
 import torch
 
-from harness import mathworld
 from harness.errors import UserError
 from harness.methods.prm._common import PRMScorer
-from harness.methods.prm._world import PAD, VOCAB, StepNet, WorldPRM, cached_outputs, encode, pad, train_loop
-from harness.records import canonical
+from harness.methods.prm._world import (
+    PAD,
+    VOCAB,
+    StepNet,
+    WorldPRM,
+    cached_outputs,
+    encode,
+    pad,
+    train_loop,
+    world_data_hash,
+    world_key,
+)
 
 
 def token_logprobs(net: StepNet, ids: torch.Tensor) -> torch.Tensor:
@@ -42,34 +50,24 @@ class Sample:
     problem: str
     steps: list[str]
     correct: bool
-    gold_values: list[int]  # the reference solution's amount after each operation
-    values: list[int | None]  # the amounts the solution wrote
+    steps_ok: list[bool]  # per step: still on a right path (the world's step_ok)
 
 
-def world_samples(problems: int, samples: int, seed: int) -> list[list[Sample]]:
-    """Per training-side problem, `samples` policy solutions labelled by final-answer match (the
-    generator's pool; the same seeds as the world PRMs' fits)."""
-    policy = mathworld.Policy()
+def world_samples(world, problems: int, samples: int, seed: int) -> list[list[Sample]]:
+    """Per training-side problem of `world` (a harness.mathworld.world module), `samples` policy
+    solutions labelled by final-answer match (the generator's pool; the same seeds as the world
+    PRMs' fits)."""
+    policy = world.Policy()
     out = []
     for i in range(problems):
-        prob = mathworld.problem(i)
-        gold, v = [], prob.start
-        for op in prob.ops:
-            v = op.apply(v)
-            gold.append(v)
+        prob = world.problem(i)
         pool = []
         for j in range(samples):
-            steps = policy.sample(prob, mathworld.sample_seed(prob, j, salt=1 + seed))
-            ok = mathworld.final_answer(prob, steps) == str(prob.answer)
-            pool.append(Sample(prob.text, [s.text for s in steps], ok, gold, [s.value for s in steps]))
+            steps = policy.sample(prob, world.sample_seed(prob, j, salt=1 + seed))
+            ok = world.final_answer(prob, steps) == str(prob.answer)
+            pool.append(Sample(prob.text, [s.text for s in steps], ok, world.step_ok(prob, steps)))
         out.append(pool)
     return out
-
-
-def reference_solution(prob: mathworld.Problem) -> list[str]:
-    """The error-free solution (the policy with every error rate at 0): D_SFT's demonstrations."""
-    clean = mathworld.Policy(slip=0, wrong_op=0, misread=0, carry=0, algebra=0, truncate=0)
-    return [s.text for s in clean.sample(prob, 0)]
 
 
 @dataclass
@@ -101,27 +99,24 @@ class WorldLM(PRMScorer):
 
     def fit_params(self, lm, ctx) -> dict:
         keep = ("problems", "samples", "epochs", "lr", "batch", "d_model", "layers", "heads", "max_len")
-        return dict({k: getattr(self, k) for k in keep}, **self.label_params(), seed=ctx.seed)
+        return dict({k: getattr(self, k) for k in keep}, **self.label_params(), seed=ctx.seed, **world_key(ctx))
 
     def label_params(self) -> dict:
         return {}
 
     def fit_data_hash(self, lm, ctx) -> str:
-        world = {
-            "world": "harness.mathworld",
-            "policy": mathworld.Policy().__dict__,
-            "problem_seeds": [0, self.problems],
-        }
-        return hashlib.sha256(canonical(world).encode()).hexdigest()
+        return world_data_hash(ctx, self.problems)
 
     def new_net(self) -> StepNet:
         return StepNet(self.d_model, self.layers, self.heads, self.max_len, VOCAB)
 
-    reserve = 0  # positions kept free after the solution (a verification prompt)
+    def reserved(self, steps: list[str]) -> int:
+        """Positions kept free after the solution (a verification prompt)."""
+        return 0
 
     def encode(self, problem: str, steps: list[str]) -> tuple[list[int], int]:
         """(ids, index of the first solution token); a long problem is cut from its start."""
-        ids, marks = encode(problem, steps, self.max_len - self.reserve)
+        ids, marks = encode(problem, steps, self.max_len - self.reserved(steps))
         return ids, marks[0] + 1
 
     def train(self, net: StepNet, n_items: int, batch_loss, rng: random.Random, log, epochs: int | None = None):

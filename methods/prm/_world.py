@@ -8,9 +8,10 @@ final prefix of a finished solution, or of one the policy gave up, is its own co
 estimation HE = 1[q̂ > 0] and soft estimation SE = q̂; PAV's Best-of-K prover value
 Q^μ = 1 − (1 − q̂)^K; PQM's step labels = HE; the ORM's label = the final correctness.
 
-Network: a small causal Transformer (d 32, 2 layers by default) over words (hashed), digits and
-punctuation, with a marker token after the problem and after each step; heads read at the markers,
-so the score of step k depends only on what precedes it (what PRM-guided search needs). By default
+Network: a small causal Transformer (d 32, 2 layers by default; learned absolute positions, or
+rotary ones with positions=rope) over words (hashed), digits and punctuation, with a marker token
+after the problem and after each step; heads read at the markers, so the score of step k depends
+only on what precedes it (what PRM-guided search needs). By default
 it reads the steps only (`read_problem=false`): the steps quote their cues, and on this shared
 2-core machine the problem text doubled the cost; errors that misquote the problem (half of the
 misreads) are then invisible to it."""
@@ -63,12 +64,24 @@ def encode(problem: str, steps: list[str], max_len: int) -> tuple[list[int], lis
     return ids, [i for i, t in enumerate(ids) if t in (STEP, PROBLEM_END)]
 
 
-class _Block(nn.Module):
-    """Pre-norm causal self-attention + MLP (right padding: real positions never see the pads)."""
+def rotary(x: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (RoFormer, arXiv:2104.09864) of [B, H, T, D] queries or keys:
+    the dot product of two rotated vectors depends on their positions' difference only."""
+    half = x.shape[-1] // 2
+    freqs = 10000.0 ** (-torch.arange(half, dtype=x.dtype, device=x.device) / half)
+    ang = torch.arange(x.shape[2], dtype=x.dtype, device=x.device)[:, None] * freqs[None]
+    cos, sin = ang.cos(), ang.sin()
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], -1)
 
-    def __init__(self, d: int, heads: int):
+
+class _Block(nn.Module):
+    """Pre-norm causal self-attention + MLP (right padding: real positions never see the pads);
+    rope: rotary positions on the queries and keys."""
+
+    def __init__(self, d: int, heads: int, rope: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.rope = heads, rope
         self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
@@ -76,24 +89,36 @@ class _Block(nn.Module):
     def forward(self, x):
         b, t, d = x.shape
         q, k, v = self.qkv(self.n1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rope:
+            q, k = rotary(q), rotary(k)
         a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(self.n2(x))
 
 
+POSITIONS = ("learned", "rope")
+
+
 class StepNet(nn.Module):
-    def __init__(self, d_model: int, layers: int, heads: int, max_len: int, outputs: int):
+    """positions: "learned" absolute embeddings (up to max_len), or "rope" rotary positions in
+    every attention layer (relative: a check learnt at one place of a solution holds at others)."""
+
+    def __init__(self, d_model: int, layers: int, heads: int, max_len: int, outputs: int, positions: str = "learned"):
         super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}")
         self.tok = nn.Embedding(VOCAB, d_model, padding_idx=PAD)
-        self.pos = nn.Embedding(max_len, d_model)
-        self.blocks = nn.ModuleList(_Block(d_model, heads) for _ in range(layers))
+        self.pos = nn.Embedding(max_len, d_model) if positions == "learned" else None
+        self.blocks = nn.ModuleList(_Block(d_model, heads, positions == "rope") for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, outputs)
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """The final normed states (the head applied where wanted: a language model's vocabulary
         head at every position costs far more than the trunk)."""
-        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        x = self.tok(ids)
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(ids.shape[1], device=ids.device))
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
@@ -113,13 +138,13 @@ class Trajectory:
 def mc_values(prob, steps, policy, rollouts: int, rng: random.Random, completer=None) -> list[float]:
     """q̂ per prefix by `rollouts` completions (completer(prob, prefix, rng) -> finished steps)."""
     completer = completer or policy.complete
-    gold = str(prob.answer)
+    world, gold = mathworld.world_of(prob), str(prob.answer)
     out = []
     for k in range(len(steps) + 1):
-        if k == len(steps) and mathworld.finished(prob, steps):
-            out.append(float(mathworld.final_answer(prob, steps) == gold))
+        if k == len(steps) and world.finished(prob, steps):
+            out.append(float(world.final_answer(prob, steps) == gold))
             continue
-        hits = sum(mathworld.final_answer(prob, completer(prob, steps[:k], rng)) == gold for _ in range(rollouts))
+        hits = sum(world.final_answer(prob, completer(prob, steps[:k], rng)) == gold for _ in range(rollouts))
         out.append(hits / rollouts)
     return out
 
@@ -197,11 +222,18 @@ class WorldPRM(PRMScorer):
         default=False,
         metadata={"help": "feed the problem text too (2x the tokens); off: the steps, which quote their cues, only"},
     )
+    # added after records were committed: at its default it stays out of run ids and fit keys
+    positions: str = field(
+        default="learned",
+        metadata={"help": "learned (absolute position embeddings) or rope (rotary, relative)", "omit_at_default": True},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if min(self.problems, self.samples, self.rollouts, self.epochs, self.batch, self.d_model, self.layers) < 1:
             raise ValueError("problems, samples, rollouts, epochs, batch, d_model and layers must be positive")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}")
         self._net: StepNet | None = None
         self._key: str | None = None  # the artifact key (scores are cached under it)
 
@@ -223,44 +255,44 @@ class WorldPRM(PRMScorer):
             "max_len",
             "read_problem",
         )
-        return dict({k: getattr(self, k) for k in keep}, **self.label_params(), seed=ctx.seed)
+        moved = {"positions": self.positions} if self.positions != "learned" else {}
+        return dict(
+            {k: getattr(self, k) for k in keep}, **self.label_params(), **moved, seed=ctx.seed, **world_key(ctx)
+        )
 
     def label_params(self) -> dict:
         return {}
 
     def fit_data_hash(self, lm, ctx) -> str:
-        policy = mathworld.Policy()
-        return hashlib.sha256(
-            canonical(
-                {"world": "harness.mathworld", "policy": policy.__dict__, "problem_seeds": [0, self.problems]}
-            ).encode()
-        ).hexdigest()
+        return world_data_hash(ctx, self.problems)
 
     def _net_new(self) -> StepNet:
-        return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs)
+        return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs, self.positions)
 
-    def collect(self, policy, rng: random.Random, seed: int) -> tuple[list[Trajectory], int]:
+    def collect(self, world, policy, rng: random.Random, seed: int) -> tuple[list[Trajectory], int]:
         """The labelled trajectories and the number of policy rollouts spent on labels: here
-        `samples` solutions per problem and `rollouts` completions at every prefix whose value is
-        not already exact (Math-Shepherd's estimation)."""
+        `samples` solutions per problem of `world` (a harness.mathworld.world module) and
+        `rollouts` completions at every prefix whose value is not already exact (Math-Shepherd's
+        estimation)."""
         data, spent = [], 0
         for i in range(self.problems):
-            prob = mathworld.problem(i)
+            prob = world.problem(i)
             for j in range(self.samples):
-                steps = policy.sample(prob, mathworld.sample_seed(prob, j, salt=1 + seed))
+                steps = policy.sample(prob, world.sample_seed(prob, j, salt=1 + seed))
                 q = mc_values(prob, steps, policy, self.rollouts, rng)
-                spent += self.rollouts * (len(steps) + 1 - mathworld.finished(prob, steps))
+                spent += self.rollouts * (len(steps) + 1 - world.finished(prob, steps))
                 data.append(
                     Trajectory(
-                        prob.text, [s.text for s in steps], q, mathworld.final_answer(prob, steps) == str(prob.answer)
+                        prob.text, [s.text for s in steps], q, world.final_answer(prob, steps) == str(prob.answer)
                     )
                 )
         return data, spent
 
     def fit(self, lm, ctx, log=print):
         torch.manual_seed(ctx.seed)
-        policy, rng = mathworld.Policy(), random.Random(ctx.seed)
-        data, spent = self.collect(policy, rng, ctx.seed)
+        world = mathworld.world(ctx.world_version)
+        policy, rng = world.Policy(), random.Random(ctx.seed)
+        data, spent = self.collect(world, policy, rng, ctx.seed)
         log(
             f"{self.name}: {len(data)} trajectories, {sum(len(t.steps) for t in data)} steps, "
             f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}, {spent} label rollouts"
@@ -327,6 +359,20 @@ class WorldPRM(PRMScorer):
 
     def loss(self, out: torch.Tensor, traj: Trajectory) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} must define loss()")  # abstract: each subclass overrides it
+
+
+def world_key(ctx) -> dict:
+    """The world version for a fit's parameters: absent for version 1, so the keys of artifacts
+    fit before version 2 existed stay what they were."""
+    return {} if ctx.world_version == 1 else {"world_version": ctx.world_version}
+
+
+def world_data_hash(ctx, problems: int) -> str:
+    """The fit data's identity: the world (module and policy) and the training problem seeds."""
+    world = mathworld.world(ctx.world_version)
+    return hashlib.sha256(
+        canonical({"world": world.__name__, "policy": world.Policy().__dict__, "problem_seeds": [0, problems]}).encode()
+    ).hexdigest()
 
 
 def train_loop(opt, n_items: int, batch_loss, epochs: int, batch: int, rng: random.Random, log, name: str):

@@ -89,10 +89,11 @@ class BeamSearch(PRMScorer):
     def search(self, problem: dict, n: int, seed: int) -> str | None:
         """The answer beam search finds with budget n (None: no beam reached an answer)."""
         prob = _world_problem(problem)
-        policy, rng = mathworld.Policy(), random.Random(seed)
+        world = mathworld.world_of(prob)
+        policy, rng = world.Policy(), random.Random(seed)
         budget, m = n, min(self.beam_width, n)
-        beams: list[list[mathworld.Step]] = [[] for _ in range(n)]
-        done: list[tuple[float, list[mathworld.Step]]] = []
+        beams: list[list] = [[] for _ in range(n)]  # the world's Steps
+        done: list[tuple[float, list]] = []
         while beams:
             cands = [b + [policy.next_step(prob, b, rng)] for b in beams]
             outs = self.inner.outputs_at_markers(problem["problem"], [[s.text for s in c] for c in cands], cache=False)
@@ -100,25 +101,24 @@ class BeamSearch(PRMScorer):
             live = []
             for sc, i in sorted(scored, key=lambda t: -t[0]):
                 c = cands[i]
-                if mathworld.finished(prob, c):
+                if world.finished(prob, c):
                     done.append((sc, c))
                 elif len(live) < max(1, budget // m):
                     live.append(c)
             beams = [live[i % len(live)] for i in range(budget)] if live else []  # back to N beams
         self.searches += 1
         best = max(done, key=lambda t: t[0])[1]
-        return mathworld.final_answer(prob, best)
+        return world.final_answer(prob, best)
 
     def check_effect(self, lm, ctx, result) -> str | None:
         return None if self.searches else "beam_search ran no search"
 
 
 def _world_problem(problem: dict) -> mathworld.Problem:
-    pid = str(problem["id"])
-    prob = mathworld.problem(int(pid[1:])) if pid[:1] == "w" and pid[1:].isdigit() else None
-    if prob is None or prob.text != problem["problem"]:
+    prob = mathworld.lookup(problem)
+    if prob is None:
         raise UserError(
             "beam_search runs on the synthetic world only (it needs the world's policy to propose "
-            f"steps); problem {pid!r} is not one of its problems"
+            f"steps); problem {str(problem['id'])!r} is not one of its problems"
         )
     return prob

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness import mathworld
 from harness.registry import register
 from harness.methods.prm._lm import Sample, WorldLM, weighted_nll, world_samples
 from harness.methods.prm._world import pad, tokens
@@ -18,15 +19,12 @@ CHECK, OK, OFF, STOP = tokens("Check:"), tokens("ok")[0], tokens("off")[0], toke
 
 def grader_rationale(s: Sample) -> list[int]:
     """The reference-guided grader's rationale (the paper's stronger LLM shown the reference
-    solution; here the world's reference amounts): "Check:" then per step "ok" when the amount the
-    step wrote equals the reference amount, else "off", then ".". Its verdict (last step ok) always
+    solution; here the world's own step labels, harness.mathworld's step_ok: in version 1 the
+    amount the step wrote equals the reference amount): "Check:" then per step "ok" or "off", then
+    ".". Its verdict (last step ok) always
     equals the final-answer label, so the paper's filter (keep rationales whose verdict matches the
     label) keeps all of them."""
-    marks = [
-        OK if v is not None and i < len(s.gold_values) and v == s.gold_values[i] else OFF
-        for i, v in enumerate(s.values)
-    ]
-    return CHECK + marks + [STOP]
+    return CHECK + [OK if ok else OFF for ok in s.steps_ok] + [STOP]
 
 
 def yes_probability(logits: torch.Tensor, normalize: str) -> torch.Tensor:
@@ -59,7 +57,6 @@ class GenRM(WorldLM):
     smoke_args = {k: v for k, v in SMOKE.items() if k != "rollouts"} | {"cot": "true", "votes": "2"}
     ranges = WorldLM.ranges | {"votes": "[1, inf)", "aux_weight": "[0, inf)", "temperature": "(0, inf)"}
     main_net = "verifier"
-    reserve = len(CHECK) + 8 + len(VERIFY_PROMPT) + 1  # rationale (≤ 6 steps + ".") , question, verdict
     cot: bool = field(default=False, metadata={"help": "GenRM-CoT: sample rationales and average P(Yes)"})
     votes: int = field(default=32, metadata={"help": "GenRM-CoT: K sampled rationales per solution"})
     temperature: float = field(default=1.0, metadata={"help": "GenRM-CoT: rationale sampling temperature"})
@@ -74,10 +71,15 @@ class GenRM(WorldLM):
     def label_params(self) -> dict:
         return {"cot": self.cot, "aux_weight": self.aux_weight}
 
+    def reserved(self, steps: list[str]) -> int:
+        # the rationale ("Check:", a mark per step, "."), the question and the verdict; room for 7
+        # marks at least (world version 1 writes at most 6 steps), more for longer solutions
+        return len(CHECK) + max(8, len(steps) + 1) + len(VERIFY_PROMPT) + 1
+
     def fit(self, lm, ctx, log=print):
         torch.manual_seed(ctx.seed)
         rng = random.Random(ctx.seed)
-        pools = world_samples(self.problems, self.samples, ctx.seed)
+        pools = world_samples(mathworld.world(ctx.world_version), self.problems, self.samples, ctx.seed)
         items = []  # (ids, per-token weights, is_verify)
         for s in (s for pool in pools for s in pool):
             ids, start = self.encode(s.problem, s.steps)

@@ -82,7 +82,7 @@ class MCTSLabels(WorldPRM):
 
     def tree(self, prob: mathworld.Problem, policy, rng) -> tuple[list[_Node], int]:
         """The nodes of one problem's search and the rollouts spent."""
-        gold, nodes, pool, seen = str(prob.answer), [], [], set()
+        world, gold, nodes, pool, seen = mathworld.world_of(prob), str(prob.answer), [], [], set()
         spent = 0
 
         def add(node: _Node) -> _Node:
@@ -98,7 +98,7 @@ class MCTSLabels(WorldPRM):
                 raise _BudgetSpent
             spent += self.k
             outs = [policy.complete(prob, prefix, rng) for _ in range(self.k)]
-            hits = [mathworld.final_answer(prob, o) == gold for o in outs]
+            hits = [world.final_answer(prob, o) == gold for o in outs]
             node = add(_Node(list(prefix), sum(hits) / self.k))
             for o, hit in zip(outs, hits):
                 if hit:
@@ -129,10 +129,10 @@ class MCTSLabels(WorldPRM):
             pass
         return nodes, spent
 
-    def collect(self, policy, rng, seed):
+    def collect(self, world, policy, rng, seed):
         data, spent = [], 0
         for i in range(self.problems):
-            prob = mathworld.problem(i)
+            prob = world.problem(i)
             nodes, used = self.tree(prob, policy, rng)
             spent += used
             for n in nodes:

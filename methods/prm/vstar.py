@@ -9,7 +9,7 @@ from torch import nn
 
 from harness import mathworld
 from harness.registry import register
-from harness.methods.prm._lm import WorldLM, reference_solution, sequence_logprob, weighted_nll, world_samples
+from harness.methods.prm._lm import WorldLM, sequence_logprob, weighted_nll, world_samples
 from harness.methods.prm._world import sigmoid, train_loop
 from harness.methods.prm.math_shepherd import SMOKE
 
@@ -64,7 +64,8 @@ class VSTaR(WorldLM):
     def fit(self, lm, ctx, log=print):
         torch.manual_seed(ctx.seed)
         rng = random.Random(ctx.seed)
-        demos = [self.encode(p.text, reference_solution(p)) for p in map(mathworld.problem, range(self.problems))]
+        world = mathworld.world(ctx.world_version)
+        demos = [self.encode(p.text, world.reference_solution(p)) for p in map(world.problem, range(self.problems))]
         ref = self.new_net()
         weights = [[0.0] * start + [1.0] * (len(ids) - start) for ids, start in demos]
         sft_opt = torch.optim.AdamW(ref.parameters(), lr=self.lr, weight_decay=0.01)
@@ -80,7 +81,7 @@ class VSTaR(WorldLM):
         )
         ref.eval()
         pairs = []  # ((ids⁺, start⁺), (ids⁻, start⁻))
-        for pool in world_samples(self.problems, self.samples, ctx.seed):
+        for pool in world_samples(world, self.problems, self.samples, ctx.seed):
             good = [self.encode(s.problem, s.steps) for s in pool if s.correct]
             bad = [self.encode(s.problem, s.steps) for s in pool if not s.correct]
             found = [(g, b) for g in good for b in bad]
