@@ -42,6 +42,15 @@ def eager(tiny_lm, ids):
     return out.attentions, [(layer.keys, layer.values) for layer in cache.layers]
 
 
+@pytest.fixture(scope="module")
+def zoo_lm():
+    """The trained zoo:tiny-llama: what retrieval checks need (the random tiny_lm retrieves nothing)."""
+    from harness.lm import LM
+    from harness.models import load
+
+    return LM(load("zoo:tiny-llama", "cpu"), batch_size=4)
+
+
 def scored_run(lm, m, ids, budget=0.5):
     """Prefill with the method's statistics but no eviction: its per-token scores, uncompressed."""
     orig = type(m).compress_prefill

@@ -13,7 +13,7 @@ from tests import kv_helpers
 from tests.kv_helpers import method, run_with
 
 registry.load()
-ids, eager = kv_helpers.ids, kv_helpers.eager
+ids, eager, zoo_lm = kv_helpers.ids, kv_helpers.eager, kv_helpers.zoo_lm
 
 SMALL = {"calib_sequences": 2, "calib_tokens": 64, "kmeans_iters": 4}
 
@@ -91,7 +91,7 @@ def test_error_falls_with_bits_and_vanishes_at_one_centroid_per_point():
 
 
 def fitted(lm, tmp_path, **args):
-    m = method("coupled_quant", **SMALL, **args)
+    m = method("coupled_quant", **{**SMALL, **args})
     payload, write = m.fit(lm, MethodContext(), log=lambda s: None)
     write(tmp_path)
     m.use_artifact(payload, tmp_path)
@@ -145,3 +145,39 @@ def test_kv_compression_cell_runs_end_to_end(tiny_model, tmp_path, monkeypatch):
     frac = rec["metrics"]["kv_bytes_fraction@native"]["value"]
     assert abs(frac - (8 / 4) / 16) < 1e-9  # 2 bits per channel of fp16's 16
     assert rec["metrics"]["ppl_ratio@native"]["value"] > 0
+
+
+def test_calibration_rows_hold_the_needle_prompts_digits_and_question(tiny_lm):
+    """Codebooks only code well what calibration showed them: haystack-only text has no digit and
+    no question word, whose keys then sit far from every centroid (the needle was lost)."""
+    from harness.synthetic import ANSWER_PREFIX, QUESTION, Corpus
+
+    m = method("coupled_quant", calib_sequences=2, calib_tokens=256)
+    seen = set(m.calibration_ids(tiny_lm).flatten().tolist())
+    key, _ = Corpus(7).fact()
+    asked = tiny_lm.encode(QUESTION.format(key=key) + ANSWER_PREFIX.format(key=key))
+    missing = set(asked) - seen - set(tiny_lm.encode(f" {key}:")) - set(tiny_lm.encode(f" {key}"))  # any key
+    assert not missing, [tiny_lm.tokenizer.decode([t]) for t in missing]
+    digits = [t for t in seen if tiny_lm.tokenizer.decode([t]).strip().isdigit()]
+    assert len(digits) >= 8  # 7-digit values: groups of digits and single trailing ones
+
+
+def test_needle_survives_four_bits_per_channel_on_the_zoo_model(zoo_lm, tmp_path):
+    """The reported bug: CQ-2c8b (4 bits per channel) was lossless on filler text (KL 0.006) but
+    dropped every needle's last digit, since its codebooks had never seen a digit. Greedy answers
+    under the codebooks must retrieve what dense retrieves."""
+    from harness.lm import KVRequest
+    from harness.tasks.needle import Needle
+
+    m, _ = fitted(zoo_lm, tmp_path, coupling=2, bits=8, calib_sequences=2, calib_tokens=512)
+    needle = Needle(context_length=(512,), max_new_tokens=8)
+    found = {1.0: 0, 0.5: 0}
+    for i, depth in enumerate((10.0, 50.0, 90.0)):
+        b = needle.build(zoo_lm, 512, depth, 500 + i)
+        for budget in found:
+            with m.apply(zoo_lm, MethodContext()) as driver:
+                zoo_lm.kv_request = KVRequest(budget=budget)
+                out = zoo_lm.tokenizer.decode(driver.generate_one(b["ids"], 6, 0.0, 1.0))
+                zoo_lm.kv_request = KVRequest()
+            found[budget] += b["refs"][0] in out
+    assert found[1.0] == 3 and found[0.5] == found[1.0], found

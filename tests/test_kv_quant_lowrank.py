@@ -17,7 +17,7 @@ from tests import kv_helpers
 from tests.kv_helpers import N, method, run_with
 
 registry.load()
-ids, eager = kv_helpers.ids, kv_helpers.eager  # the module fixtures the kv test files share
+ids, eager, zoo_lm = kv_helpers.ids, kv_helpers.eager, kv_helpers.zoo_lm  # the module fixtures the kv test files share
 
 
 def test_quantization_round_trip_and_error_bound():
@@ -131,14 +131,6 @@ def test_gear_decomposition_matches_a_literal_transcription(axis):
     low, _ = gear.compress_block(x, axis, 2, torch.Generator().manual_seed(0))
     assert all(int(torch.linalg.matrix_rank(low[0, hh] - got[0, hh], atol=1e-4)) <= 2 for hh in range(h))
     assert float((x - low).norm()) < float((x - got).norm())
-
-
-@pytest.fixture(scope="module")
-def zoo_lm():
-    from harness.lm import LM
-    from harness.models import load
-
-    return LM(load("zoo:tiny-llama", "cpu"), batch_size=4)
 
 
 def held_out_text(lm, n=256):

@@ -9,7 +9,7 @@ from harness.projections import attention_modules
 from harness.errors import UserError
 from harness.registry import register
 from harness.methods.kv._cache import LayerCache, REFERENCE_BYTES
-from harness.methods.kv._common import KVMethod, calibration_texts
+from harness.methods.kv._common import KVMethod, calibration_rows
 from harness.methods.kv._run import Run
 
 FIT_TEXT_SEED = 240_503  # calibration corpus seed (< EVAL_SEED_BASE): never evaluation text
@@ -77,7 +77,8 @@ class CoupledQuant(KVMethod):
     each token's group weighted by gᵀg, g = ∂L/∂(group) of the LM loss (the paper's main variant).
 
     Fit (`harness fit`): `calib_sequences` × `calib_tokens` tokens (capped at the model's context)
-    of the zoo's synthetic corpus instead of the paper's 16 × 2048 WikiText-2 tokens; one backward
+    of rows shaped like the zoo's training data (haystack, key->value facts, questions, answers:
+    `calibration_rows`) instead of the paper's 16 × 2048 WikiText-2 tokens; one backward
     pass for the Fisher weights; the codebooks are the artifact. Every token of the cache is coded
     (keys before RoPE, in the projection; IntactKV's protected prefix stays lossless); simulated
     exactly on CPU (fake quantization) with bytes counted as b bits per group. Not counted: the
@@ -126,7 +127,7 @@ class CoupledQuant(KVMethod):
         return {k: getattr(self, k) for k in keys}
 
     def calibration_ids(self, lm) -> torch.Tensor:
-        return calibration_texts(lm, FIT_TEXT_SEED, self.calib_sequences, self.calib_tokens)
+        return calibration_rows(lm, FIT_TEXT_SEED, self.calib_sequences, self.calib_tokens)
 
     def fit_data_hash(self, lm, ctx) -> str:
         return hashlib.sha256(self.calibration_ids(lm).numpy().tobytes()).hexdigest()
