@@ -82,3 +82,17 @@ def run_with(lm, m, ids, budget, decode=(), modifier=None):
             driver.decode(run, [t])
         lm.kv_request = KVRequest()
     return run
+
+
+def assert_holds_needle_tokens(lm, ids) -> None:
+    """Calibration ids [sequences, n] hold a needle question's tokens (any key) and enough digit
+    tokens: a fit calibrated on haystack alone never sees them, and codes or summarises them badly."""
+    from harness.synthetic import ANSWER_PREFIX, QUESTION, Corpus
+
+    seen = set(ids.flatten().tolist())
+    key, _ = Corpus(7).fact()
+    asked = lm.encode(QUESTION.format(key=key) + ANSWER_PREFIX.format(key=key))
+    missing = set(asked) - seen - set(lm.encode(f" {key}:")) - set(lm.encode(f" {key}"))  # any key
+    assert not missing, [lm.tokenizer.decode([t]) for t in missing]
+    digits = [t for t in seen if lm.tokenizer.decode([t]).strip().isdigit()]
+    assert len(digits) >= 8  # 7-digit values: groups of digits and single trailing ones

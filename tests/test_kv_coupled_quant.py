@@ -150,16 +150,8 @@ def test_kv_compression_cell_runs_end_to_end(tiny_model, tmp_path, monkeypatch):
 def test_calibration_rows_hold_the_needle_prompts_digits_and_question(tiny_lm):
     """Codebooks only code well what calibration showed them: haystack-only text has no digit and
     no question word, whose keys then sit far from every centroid (the needle was lost)."""
-    from harness.synthetic import ANSWER_PREFIX, QUESTION, Corpus
-
     m = method("coupled_quant", calib_sequences=2, calib_tokens=256)
-    seen = set(m.calibration_ids(tiny_lm).flatten().tolist())
-    key, _ = Corpus(7).fact()
-    asked = tiny_lm.encode(QUESTION.format(key=key) + ANSWER_PREFIX.format(key=key))
-    missing = set(asked) - seen - set(tiny_lm.encode(f" {key}:")) - set(tiny_lm.encode(f" {key}"))  # any key
-    assert not missing, [tiny_lm.tokenizer.decode([t]) for t in missing]
-    digits = [t for t in seen if tiny_lm.tokenizer.decode([t]).strip().isdigit()]
-    assert len(digits) >= 8  # 7-digit values: groups of digits and single trailing ones
+    kv_helpers.assert_holds_needle_tokens(tiny_lm, m.calibration_ids(tiny_lm))
 
 
 def test_needle_survives_four_bits_per_channel_on_the_zoo_model(zoo_lm, tmp_path):
