@@ -597,14 +597,17 @@ def compare(a: Run | list[Run], b: Run | list[Run], samples_a, samples_b, metric
         pairing = f"different seeds: A seed {ra.seed} against B seed {rb.seed}, paired on the sample id"
     ids, x, y, pa, pb, seeds = [], [], [], [], [], []
     for seed, ra, rb in plan:
-        xa = {s.get("id"): s for s in rows_a.get(ra.run_id, []) if _num(s.get(field_name)) is not None}
-        xb = {s.get("id"): s for s in rows_b.get(rb.run_id, []) if _num(s.get(field_name)) is not None}
+        # each run's own per-sample field: a derived metric (kv_compression's needle accuracy at equal
+        # memory) reads another budget's row in each configuration (0.25 for one, native for another)
+        fa, fb = (f if isinstance(f := r.metric(metric).get("sample_field"), str) else field_name for r in (ra, rb))
+        xa = {s.get("id"): s for s in rows_a.get(ra.run_id, []) if _num(s.get(fa)) is not None}
+        xb = {s.get("id"): s for s in rows_b.get(rb.run_id, []) if _num(s.get(fb)) is not None}
         for i in xa:
             if i in xb and isinstance(i, (str, int)):
                 ids.append(i)
                 seeds.append(seed)
-                x.append(float(xa[i][field_name]))
-                y.append(float(xb[i][field_name]))
+                x.append(float(xa[i][fa]))
+                y.append(float(xb[i][fb]))
                 pa.append(str(xa[i].get("prediction", "")))
                 pb.append(str(xb[i].get("prediction", "")))
     if not ids:

@@ -131,6 +131,21 @@ def test_compare_pairs_samples_and_reuses_the_gate_tests(tmp_path):
     assert cont.test == "paired bootstrap"
 
 
+def test_compare_reads_each_configurations_own_sample_field(tmp_path):
+    """A derived main metric (kv_compression's needle accuracy at equal memory) names another row's
+    per-sample field in each configuration: a token method's 0.25 row against a quantizer's native
+    row. Each side is read from its own field (before, B's samples were looked up under A's field,
+    none matched, and the compare view showed no paired test)."""
+    root = tmp_path / "r"
+    a_s = [{"id": f"s{i}", "hit@0.25": 1.0 if i < 5 else 0.0} for i in range(20)]
+    b_s = [{"id": f"s{i}", "hit@native": 1.0 if i < 15 else 0.0} for i in range(20)]
+    put(root, record("needle", "a", {"at_memory": metric(0.25, sample_field="hit@0.25")}, "at_memory"), a_s)
+    put(root, record("needle", "b", {"at_memory": metric(0.75, sample_field="hit@native")}, "at_memory"), b_s)
+    a, b = loader.load(root).runs
+    c = tables.compare(a, b, loader.load_samples(root, a)[0], loader.load_samples(root, b)[0], "at_memory")
+    assert c.n_paired == 20 and len(c.changed) == 10 and c.p_value is not None
+
+
 def test_directions_come_from_the_records_and_every_shown_metric_is_described():
     """One source for a metric's direction: the task that computed it, in the record (schema.yaml
     declares none), and the committed records agree on it per metric name. Every main metric and
