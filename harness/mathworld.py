@@ -175,6 +175,11 @@ class Writer:
     def sample(self, prob: Problem, seed: int) -> list:
         return self.complete(prob, [], random.Random(seed))
 
+    @staticmethod
+    def _rate(base: float, prob: Problem, size: int) -> float:
+        """A per-step error rate: the base rate grown by the problem's difficulty and the operand's size."""
+        return min(0.9, base * prob.difficulty * (1 + math.log10(1 + abs(size)) / 2))
+
 
 @dataclass
 class Policy(Writer):
@@ -188,9 +193,6 @@ class Policy(Writer):
     algebra: float = 0.06
     truncate: float = 0.01
     version: str = "1"
-
-    def _rate(self, base: float, prob: Problem, size: int) -> float:
-        return min(0.9, base * prob.difficulty * (1 + math.log10(1 + abs(size)) / 2))
 
     def step(self, prob: Problem, i: int, prev: int, rng: random.Random) -> Step:
         """Step i (0-based) applied to the previously written amount `prev`."""

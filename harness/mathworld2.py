@@ -164,7 +164,7 @@ class Policy(Writer):
     version: str = "2"
 
     def _hit(self, base: float, prob: Problem, size: int, rng: random.Random) -> bool:
-        return rng.random() < min(0.9, base * prob.difficulty * (1 + math.log10(1 + abs(size)) / 2))
+        return rng.random() < self._rate(base, prob, size)
 
     def next_step(self, prob: Problem, prefix: list[Step], rng: random.Random) -> Step:
         """The step after `prefix`; with probability `truncate` the policy gives up instead."""
