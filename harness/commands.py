@@ -334,7 +334,7 @@ def cmd_zoo(a) -> int:
     build.train_and_save(
         a.name,
         out_dir=Path(a.out) if a.out else None,
-        log=print,
+        log=lambda text: print(text, flush=True),  # a redirected log stays current
         overrides=params.parse_kv(a.set, "--set"),
         device=models.pick_device(a.device),
     )

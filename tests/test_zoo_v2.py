@@ -332,6 +332,7 @@ def test_train_and_save_records_the_generation(tmp_path):
     assert card["zoo_version"] == 2 and card["vocab_size"] == 4096 and card["bos"].startswith("<s>")
     assert {"needle_accuracy@512", "needle_accuracy_prose@128", "needle_accuracy_prose@256"} <= set(card["evaluation"])
     assert "byte-level BPE" in (folder / "README.md").read_text()
+    assert not (folder / "checkpoint.pt").exists()  # a finished run leaves no checkpoint behind
 
 
 # -- needle on prose the model never saw ---------------------------------------------------------------

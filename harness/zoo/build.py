@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import torch
 from harness.models import file_sha256
 from harness.synthetic import EVAL_SEED_BASE, Corpus
 from harness.zoo.registry import ZOO_DIR, ZOO_VERSION
-from harness.zoo.train import RECIPES, load_teacher, quick_needle_accuracy, train
+from harness.zoo.registry import card as zoo_card
+from harness.zoo.train import CHECKPOINT, RECIPES, load_teacher, quick_needle_accuracy, train
 
 PROSE_HAYSTACK = Path(__file__).resolve().parents[2] / "tests" / "data" / "prose_haystack.txt"  # a source checkout's
 TRAIN_THREADS = 2  # fixed, so that CPU float reductions (and so the weights) are reproducible
@@ -86,8 +86,7 @@ def train_and_save(
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(TRAIN_THREADS)
     tok = build_tokenizer(ZOO_VERSION)
-    teacher = load_teacher(recipe, device)  # before the clock starts: a missing teacher fails at once
-    t0 = time.time()
+    teacher = load_teacher(recipe, device)  # a missing teacher fails at once
     log(f"training {name} (zoo v{ZOO_VERSION}): {recipe}")
 
     def progress(entry, model):
@@ -99,10 +98,23 @@ def train_and_save(
             model.train()
         log(json.dumps(entry))
 
+    # an interrupted run resumes from here (same recipe, device and teacher weights)
+    checkpoint = folder / CHECKPOINT
+    identity = {"device": device, "zoo_version": ZOO_VERSION}
+    if recipe.distill_from:
+        identity["teacher_sha256"] = zoo_card(recipe.distill_from)["sha256"]
     model, curve = train(
-        recipe, tok, log_path=folder / "loss_curve.jsonl", progress=progress, device=device, teacher=teacher
+        recipe,
+        tok,
+        log_path=folder / "loss_curve.jsonl",
+        progress=progress,
+        device=device,
+        teacher=teacher,
+        checkpoint=checkpoint,
+        identity=identity,
+        notify=log,
     )
-    train_s = time.time() - t0
+    train_s = curve[-1]["elapsed_s"]  # training time over every resumed part, waits between them excluded
     model.to("cpu")
     model.config.zoo_version = ZOO_VERSION  # saved in config.json: loaders tell the generations apart
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -110,6 +122,7 @@ def train_and_save(
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
+    checkpoint.unlink(missing_ok=True)
     return write_card(name, folder, recipe, curve, train_s, log, device)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ import torch
 
 from harness.synthetic import needle_sentence, query_text
 from harness.zoo.rows import RowMaker
+
+CHECKPOINT = "checkpoint.pt"  # in the output folder while a run is unfinished (git-ignored)
 
 
 @dataclass
@@ -194,9 +197,18 @@ def train(
     progress=None,
     model=None,
     teacher=None,
+    checkpoint: Path | None = None,
+    identity: dict | None = None,
+    checkpoint_every: int = 100,
+    notify=None,
 ):
     """Train (or continue training) a model; returns (model, loss log). teacher: the model to
-    distil from (recipe.distill_from names it; the caller loads it), same tokenizer."""
+    distil from (recipe.distill_from names it; the caller loads it), same tokenizer.
+
+    checkpoint: a file that the run saves every `checkpoint_every` steps (weights, optimiser, data
+    stream, log) and resumes from when it already holds a run of the same recipe and `identity`
+    (what else the result depends on: device, teacher). A resumed run on the CPU gives the same
+    weights as an uninterrupted one. notify(text) hears whether the run resumed."""
     torch.manual_seed(recipe.seed)
     if device == "cpu":
         torch.use_deterministic_algorithms(True)
@@ -217,14 +229,68 @@ def train(
         lr=recipe.lr,
         betas=(0.9, 0.95),
     )
-    log, t0 = [], time.time()
+    run = _Run(recipe, model, opt, checkpoint, {"recipe": asdict(recipe), **(identity or {})}, checkpoint_every)
+    resumed = run.resume(device)
+    if notify:
+        notify(f"resuming from {checkpoint} at step {run.start}" if resumed else f"checkpoints: {checkpoint}")
     logf = open(log_path, "w") if log_path else None
-    with position_encoding(model), _batches(recipe, tokenizer) as batches:
-        _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress, teacher)
+    if logf:
+        logf.writelines(json.dumps(e) + "\n" for e in run.log)  # a resumed run's curve so far
+    with position_encoding(model), _batches(recipe, tokenizer, run) as batches:
+        _train_loop(model, recipe, batches, opt, device, run, logf, progress, teacher)
     if logf:
         logf.close()
     model.eval()
-    return model, log
+    return model, run.log
+
+
+class _Run:
+    """Where a training run stands (first step, log, clock, data stream) and its checkpoint file."""
+
+    def __init__(self, recipe, model, opt, path: Path | None, identity: dict, every: int):
+        self.recipe, self.model, self.opt, self.path, self.identity, self.every = (
+            recipe,
+            model,
+            opt,
+            path,
+            identity,
+            every,
+        )
+        self.start, self.log, self.t0 = 0, [], time.time()
+        self.maker = None  # the sequential data stream's RowMaker (its state is checkpointed)
+        self.maker_state = None
+
+    def resume(self, device: str) -> bool:
+        if not (self.path and self.path.is_file()):
+            return False
+        state = torch.load(self.path, map_location=device, weights_only=False)
+        if state.get("identity") != json.loads(json.dumps(self.identity)):
+            return False  # another recipe, device or teacher: start over (the file is replaced)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["torch_rng"])
+        self.start, self.log, self.maker_state = state["step"], state["log"], state["maker"]
+        self.t0 = time.time() - state["elapsed_s"]
+        return True
+
+    def save(self, step: int) -> None:
+        """After `step` finished: the next run starts at step + 1."""
+        if not self.path or (step + 1) % self.every or step + 1 >= self.recipe.steps:
+            return
+        maker = None if self.maker is None else {k: v for k, v in vars(self.maker).items() if k != "tok"}
+        state = {
+            "identity": json.loads(json.dumps(self.identity)),
+            "step": step + 1,
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "maker": maker,
+            "log": self.log,
+            "elapsed_s": time.time() - self.t0,
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)  # atomic: an interrupted save leaves the previous checkpoint
 
 
 def step_seed(recipe: Recipe, step: int) -> int:
@@ -252,26 +318,30 @@ _WORKER_TOKENIZER = None
 
 
 @contextlib.contextmanager
-def _batches(recipe: Recipe, tokenizer):
-    """One (ids, answer mask) batch per step. Building rows is Python-bound (~0.4 s a step), so a
-    GPU waits on it: with data_workers > 0 a process pool builds them ahead, each step from its own
-    seed (deterministic, but a different data stream from the sequential default)."""
+def _batches(recipe: Recipe, tokenizer, run: _Run):
+    """One (ids, answer mask) batch per step from run.start on. Building rows is Python-bound
+    (~0.4 s a step), so a GPU waits on it: with data_workers > 0 a process pool builds them ahead,
+    each step from its own seed (deterministic, but a different data stream from the sequential
+    default, whose RowMaker state is checkpointed instead)."""
+    steps = range(run.start, recipe.steps)
     if recipe.data_workers <= 0:
-        maker = RowMaker(tokenizer, recipe.seed)
+        run.maker = maker = RowMaker(tokenizer, recipe.seed)
+        if run.maker_state:
+            vars(maker).update(run.maker_state)
         yield (
             maker.batch(recipe.length_at(s), max(1, recipe.tokens_per_step // recipe.length_at(s)), recipe)
-            for s in range(recipe.steps)
+            for s in steps
         )
         return
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(recipe.data_workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
-        it = pool.imap(_one_batch, ((recipe, s) for s in range(recipe.steps)), chunksize=4)
+        it = pool.imap(_one_batch, ((recipe, s) for s in steps), chunksize=4)
         yield ((torch.from_numpy(i), torch.from_numpy(m)) for i, m in it)
 
 
-def _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress, teacher=None) -> None:
-    for step, (ids, amask) in enumerate(batches):
+def _train_loop(model, recipe, batches, opt, device, run: _Run, logf, progress, teacher=None) -> None:
+    for step, (ids, amask) in enumerate(batches, start=run.start):
         length = ids.shape[1]
         ids, amask = ids.to(device), amask.to(device)
         for g in opt.param_groups:
@@ -291,14 +361,15 @@ def _train_loop(model, recipe, batches, opt, device, log, logf, t0, progress, te
                 "answer_loss": round(ans, 4),
                 "lm_loss": round(lm, 4),
                 "lr": lr_at(recipe, step),
-                "elapsed_s": round(time.time() - t0, 1),
+                "elapsed_s": round(time.time() - run.t0, 1),
             }
-            log.append(entry)
+            run.log.append(entry)
             if logf:
                 logf.write(json.dumps(entry) + "\n")
                 logf.flush()
             if progress:
                 progress(entry, model)
+        run.save(step)
 
 
 @torch.no_grad()
