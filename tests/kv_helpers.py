@@ -96,3 +96,23 @@ def assert_holds_needle_tokens(lm, ids) -> None:
     assert not missing, [lm.tokenizer.decode([t]) for t in missing]
     digits = [t for t in seen if lm.tokenizer.decode([t]).strip().isdigit()]
     assert len(digits) >= 8  # 7-digit values: groups of digits and single trailing ones
+
+
+def needles_found(lm, m, budgets, depths=(10.0, 50.0, 90.0)) -> dict[float, int]:
+    """budget -> how many zoo needle prompts at 512 tokens (one per depth) method m's greedy answer
+    retrieves; budget 1.0 is the dense cache."""
+    from harness.interfaces import MethodContext
+    from harness.lm import KVRequest
+    from harness.tasks.needle import Needle
+
+    needle = Needle(context_length=(512,), max_new_tokens=8)
+    found = dict.fromkeys(budgets, 0)
+    for i, depth in enumerate(depths):
+        b = needle.build(lm, 512, depth, 500 + i)
+        for budget in found:
+            with m.apply(lm, MethodContext()) as driver:
+                lm.kv_request = KVRequest(budget=budget)
+                out = lm.tokenizer.decode(driver.generate_one(b["ids"], 6, 0.0, 1.0))
+                lm.kv_request = KVRequest()
+            found[budget] += b["refs"][0] in out
+    return found

@@ -158,18 +158,6 @@ def test_needle_survives_four_bits_per_channel_on_the_zoo_model(zoo_lm, tmp_path
     """The reported bug: CQ-2c8b (4 bits per channel) was lossless on filler text (KL 0.006) but
     dropped every needle's last digit, since its codebooks had never seen a digit. Greedy answers
     under the codebooks must retrieve what dense retrieves."""
-    from harness.lm import KVRequest
-    from harness.tasks.needle import Needle
-
     m, _ = fitted(zoo_lm, tmp_path, coupling=2, bits=8, calib_sequences=2, calib_tokens=512)
-    needle = Needle(context_length=(512,), max_new_tokens=8)
-    found = {1.0: 0, 0.5: 0}
-    for i, depth in enumerate((10.0, 50.0, 90.0)):
-        b = needle.build(zoo_lm, 512, depth, 500 + i)
-        for budget in found:
-            with m.apply(zoo_lm, MethodContext()) as driver:
-                zoo_lm.kv_request = KVRequest(budget=budget)
-                out = zoo_lm.tokenizer.decode(driver.generate_one(b["ids"], 6, 0.0, 1.0))
-                zoo_lm.kv_request = KVRequest()
-            found[budget] += b["refs"][0] in out
+    found = kv_helpers.needles_found(zoo_lm, m, (1.0, 0.5))
     assert found[1.0] == 3 and found[0.5] == found[1.0], found

@@ -213,11 +213,15 @@ def test_svd_kv_weights_variant_is_the_eckart_young_truncation_of_the_weights(ti
 
 
 def test_svd_kv_calibrated_beats_the_weights_on_held_out_activations(zoo_lm, tmp_path):
-    """On held-out text of the zoo model, at every rank, the calibrated projection reconstructs the
-    keys and values at most as badly as the weight SVD's, and both errors fall as the rank rises."""
+    """On held-out rows of the calibration's kind (evaluation seeds) on the zoo model, at every rank,
+    the calibrated projection reconstructs the keys and values at most as badly as the weight
+    SVD's, and both errors fall as the rank rises."""
+    from harness.methods.kv._common import calibration_rows
+    from harness.synthetic import EVAL_SEED_BASE
+
     cal = calibrated_svd_kv(zoo_lm, tmp_path, calib_sequences=8, calib_tokens=256)
     wts = method("svd_kv", calibration="weights")
-    held = kv_inputs(zoo_lm, [held_out_text(zoo_lm)])
+    held = kv_inputs(zoo_lm, calibration_rows(zoo_lm, EVAL_SEED_BASE + 11, 2, 256).tolist())
     for layer, module in enumerate(zoo_lm.model.model.layers):
         attn = module.self_attn
         for kv, i in (("k", 0), ("v", 1)):
@@ -230,6 +234,20 @@ def test_svd_kv_calibrated_beats_the_weights_on_held_out_activations(zoo_lm, tmp
                 ]
                 assert all(a >= b - 1e-6 for a, b in zip(errs[name], errs[name][1:])), (layer, kv, name, errs)
             assert all(c <= w + 1e-6 for c, w in zip(errs["activations"], errs["weights"])), (layer, kv, errs)
+
+
+def test_svd_kv_calibrates_on_rows_with_needle_questions_and_digits(tiny_lm):
+    """Calibrated on haystack alone (the first version), the bases had never seen a question or a
+    digit, and at a quarter of the bytes the zoo needle fell from 0.83 (dense) to 0.25."""
+    kv_helpers.assert_holds_needle_tokens(
+        tiny_lm, method("svd_kv", calib_sequences=2, calib_tokens=256).calibration_ids(tiny_lm)
+    )
+
+
+def test_svd_kv_keeps_the_needle_at_a_quarter_of_the_bytes_on_the_zoo_model(zoo_lm, tmp_path):
+    m = calibrated_svd_kv(zoo_lm, tmp_path, calib_sequences=8, calib_tokens=512)
+    found = kv_helpers.needles_found(zoo_lm, m, (1.0, 0.25))
+    assert found[1.0] == 3 and found[0.25] == found[1.0], found
 
 
 def test_svd_kv_calibrated_kl_falls_as_the_budget_rises(zoo_lm, tmp_path):

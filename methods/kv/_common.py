@@ -62,28 +62,17 @@ if TYPE_CHECKING:
     from harness.methods.kv._run import Run
 
 
-def calibration_texts(lm, seed: int, sequences: int, tokens: int) -> torch.Tensor:
-    """[sequences, n] token ids of the zoo's synthetic corpus (a training-side seed, never
-    evaluation text), n = tokens capped at the model's context: the fit stages' calibration data."""
-    from harness.synthetic import Corpus
-
-    n = min(tokens, lm.model.config.max_position_embeddings)
-    corpus, ids = Corpus(seed), []
-    while len(ids) < n * sequences:
-        ids += lm.encode(" " + corpus.text(20))
-    return torch.tensor(ids[: n * sequences]).view(sequences, n)
-
-
 CALIB_FACTS, CALIB_QUERIES = 4, 2  # per calibration row: key->value facts, then questions with answers
 
 
 def calibration_rows(lm, seed: int, sequences: int, tokens: int) -> torch.Tensor:
     """[sequences, n] token ids shaped like the zoo's training rows (harness.zoo.rows: preamble,
     haystack with key->value facts, questions with their answers), n = tokens capped at the model's
-    context. Why not `calibration_texts`: haystack alone holds no digits, no question and no answer
-    prefix, so codebooks fit on it have no centroid near those tokens' keys (a needle's last digit
-    coded at 40 % relative error in layer 0) and lose the needle while staying lossless on filler
-    text; the paper's WikiText-2 calibration is general text, numbers included."""
+    context: the fit stages' calibration data (training-side seeds, never evaluation text). Why not
+    haystack text alone (the first version): it holds no digits, no question and no answer prefix,
+    so codebooks or bases fit on it have no centroid or direction near those tokens' keys (a
+    needle's last digit coded at 40 % relative error in layer 0) and lose the needle while staying
+    lossless on filler text; the papers calibrate on general text, numbers included."""
     from harness.zoo.rows import RowMaker
 
     n = min(tokens, lm.model.config.max_position_embeddings)
