@@ -42,7 +42,9 @@ class MathPrmBon(Task):
     `solutions=generate` samples the pools from the language model named by --model (a local
     checkpoint folder, hf:<id> or zoo:<name>), as search-and-learn's best-of-N does (anchors-prm
     §1.8), for the problems of `problems` (harness format: JSONL with "problem" and "answer", e.g.
-    a local MATH-500 file): `samples` solutions per problem at `temperature` and `top_p` (plain
+    a local MATH-500 file), or for `world_problems` problems of the synthetic world
+    (`problems=synthetic`; e.g. zoo:tiny-math with `prompt=none`, the format it was trained on):
+    `samples` solutions per problem at `temperature` and `top_p` (plain
     sampling, top-k off), at most `max_new_tokens` new tokens each, seeded by --seed and the
     problem's id. The prompt is the system prompt `prompt` ("sal": search-and-learn's Llama MATH
     CoT prompt, asking for "## Step k:" steps and a final \boxed{} answer; "none"; or its own
@@ -112,10 +114,10 @@ class MathPrmBon(Task):
 
     def __post_init__(self):
         if self.generating:
-            if self.problems == "synthetic" or self.format != "harness":
+            if self.format != "harness":
                 raise ValueError(
-                    "solutions=generate samples pools for a problems file: give problems=FILE (JSONL with "
-                    "'problem' and 'answer', the harness format; format stays 'harness')"
+                    "solutions=generate samples pools for a problems file (JSONL with 'problem' and 'answer', "
+                    "the harness format) or for problems=synthetic: format stays 'harness'"
                 )
         else:
             moved = [
@@ -178,7 +180,10 @@ class MathPrmBon(Task):
         """(problems, pools by problem id, what the record keeps of where the pools came from);
         ctx (its LM and --limit) only for solutions=generate."""
         if self.generating:
-            probs = formats.load_problems(self.problems)
+            world = mathworld.world(self.world_version)
+            synthetic = self.problems == "synthetic"  # the world's evaluation problems, solved by the LM
+            base = mathworld.EVAL_SEED_BASE + 100_000 * seed
+            probs = world.pools(self.world_problems, 0, base)[0] if synthetic else formats.load_problems(self.problems)
             if ctx.limit:  # sample only what is evaluated
                 probs = probs[: ctx.limit]
             setting = sampled.Sampling(
@@ -191,6 +196,12 @@ class MathPrmBon(Task):
             )
             sep = self.step_sep.encode().decode("unicode_escape")
             pools, pool = sampled.sampled_pools(ctx, probs, setting, sep)
+            if synthetic:
+                pool["world"] = {
+                    "generator": world.__name__,
+                    "base_seed": base,
+                    "policy": f"the LM ({ctx.lm.loaded.id})",
+                }
             return probs, pools, {"pool": pool}
         if self.solutions == "synthetic":
             base = mathworld.EVAL_SEED_BASE + 100_000 * seed

@@ -113,6 +113,23 @@ def test_limit_samples_only_the_evaluated_problems(tiny_model, problems, tmp_pat
     assert len(generate_calls) == 1 and len(records.read_samples(done.path)) == 1
 
 
+def test_world_problems_solved_by_the_lm(tiny_model, tmp_path, monkeypatch, generate_calls):
+    """problems=synthetic with solutions=generate: the world's evaluation problems, each prompted as
+    tiny-math is trained (prefix, problem, blank line: prompt=none), N samples of the LM each."""
+    from harness import mathworld
+
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "art"))
+    rec, rows = _eval(tiny_model, "synthetic", tmp_path / "out", world_version="2", world_problems="3", prompt="none")
+    base = mathworld.EVAL_SEED_BASE
+    probs = mathworld.world(2).pools(3, 0, base)[0]
+    assert [r["id"] for r in rows] == [p["id"] for p in probs] and [r["n"] for r in rows] == [N] * 3
+    lm = LM(models.load(tiny_model, "cpu"))
+    assert [batch[0] for batch in generate_calls] == [lm.prompt_ids(p["problem"], "\n\n") for p in probs]
+    pool = rec["details"]["pool"]
+    assert pool["world"]["base_seed"] == base and pool["world"]["generator"] == "harness.mathworld2"
+    assert pool["system_prompt"] is None and "oracle_steps" not in rows[0]
+
+
 def test_default_cells_keep_their_params_and_run_ids():
     plain = params.to_dict(MathPrmBon())
     assert not {"samples", "temperature", "top_p", "max_new_tokens", "prompt"} & set(plain)
@@ -130,8 +147,8 @@ def test_clear_errors_before_any_work(tiny_model, problems, tmp_path, generate_c
     (classifier / "config.json").write_text(json.dumps(cfg | {"architectures": ["LlamaForSequenceClassification"]}))
     with pytest.raises(UserError, match="LlamaForSequenceClassification, which has no text-generating head"):
         runner.resolve(["math_prm_bon"], ["majority"], str(classifier), _args(problems), {})
-    with pytest.raises(UserError, match="problems=FILE"):
-        runner.resolve(["math_prm_bon"], ["majority"], tiny_model, {"solutions": "generate"}, {})
+    with pytest.raises(UserError, match="format stays 'harness'"):
+        runner.resolve(["math_prm_bon"], ["majority"], tiny_model, _args(problems, format="sal"), {})
     with pytest.raises(UserError, match="temperature applies only to solutions=generate"):
         runner.resolve(["math_prm_bon"], ["majority"], None, {"temperature": "0.5"}, {})
     with pytest.raises(UserError, match="out of range"):

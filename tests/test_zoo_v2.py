@@ -366,10 +366,11 @@ def test_a_zoo_models_record_names_its_generation(tmp_path):
     assert run.model == "zoo:tiny-llama-draft" + ("" if version == zoo.ZOO_VERSION else f" (zoo v{version})")
 
 
-def test_v2_recipes_fit_the_zoos_40_mb(tok):
-    """Every v2 recipe's float32 weights together stay within test_zoo's 40 MB for the committed zoo."""
+def test_v2_recipes_fit_the_zoos_48_mb(tok):
+    """Every v2 recipe's float32 weights together stay within test_zoo's 48 MB for the committed zoo
+    (four models of about 10 MB and the 7 MB draft: a clone stays small)."""
     total = 0
     for recipe in RECIPES.values():
         model = build_model(recipe, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
         total += 4 * sum(p.numel() for p in model.parameters())
-    assert total <= 40 * 1024 * 1024, total / 2**20
+    assert total <= 48 * 1024 * 1024, total / 2**20

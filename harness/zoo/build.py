@@ -19,8 +19,9 @@ TRAIN_THREADS = 2  # fixed, so that CPU float reductions (and so the weights) ar
 DRAFT_OF = {"tiny-llama-draft": "tiny-llama"}
 
 
-def _evaluate_lm(folder: Path, tasks: list[tuple[str, dict[str, str]]], device: str = "cpu") -> dict:
-    """Run harness tasks on a saved folder through the normal evaluation path; a label
+def _evaluate_lm(folder: Path, tasks: list[tuple], device: str = "cpu") -> dict:
+    """Run harness tasks on a saved folder through the normal evaluation path: (label, task args)
+    or (label, task args, method name) for a task that takes a method (math_prm_bon); a label
     "task/variant" runs `task` and keys its metrics by the whole label."""
     from harness import params, registry
     from harness.interfaces import TaskContext
@@ -32,11 +33,12 @@ def _evaluate_lm(folder: Path, tasks: list[tuple[str, dict[str, str]]], device: 
     lm = LM(load(str(folder), device), batch_size=8)
     out = {}
     with position_encoding(lm.model):
-        for label, args in tasks:
+        for label, args, *method in tasks:
             name = label.split("/")[0]  # "needle/prose": the needle task, keyed apart
             cls, alias = registry.task(name)
             task = params.build(cls, {**alias, **args}, f"task {name}")
-            res = task.run(TaskContext(lm=lm, seed=0))
+            methods = [params.build(registry.method(m), {}, f"method {m}") for m in method]
+            res = task.run(TaskContext(lm=lm, seed=0, methods=methods))
             out[label] = {k: v.to_dict() for k, v in res.metrics.items()}
     return out
 
@@ -90,7 +92,7 @@ def train_and_save(
     log(f"training {name} (zoo v{ZOO_VERSION}): {recipe}")
 
     def progress(entry, model):
-        if entry["step"] % 500 == 0 and entry["step"]:  # a cheap retrieval probe, for the log only
+        if entry["step"] % 500 == 0 and entry["step"] and recipe.data == "zoo":  # a retrieval probe, log only
             model.eval()
             entry["probe_needle_acc"] = quick_needle_accuracy(
                 model, tok, recipe.context_length, per_depth=2, device=device
@@ -137,7 +139,9 @@ def write_card(
     L = recipe.context_length
     evaluation: dict = {}
     tasks = [("perplexity", {"context_length": str(L), "n_tokens": "16384"})]
-    if name not in DRAFT_OF:
+    if recipe.data == "math":  # the math policy: its solutions to held-out world problems
+        tasks = [("math_prm_bon", MATH_POLICY_EVAL, "majority")]
+    elif name not in DRAFT_OF:
         tasks.append(("needle", {"context_length": str(L), "depths": "10", "samples_per_depth": "20"}))
         if PROSE_HAYSTACK.is_file() and recipe.prose_frac:  # v2: retrieval on text it never saw
             lengths = f"{L},{2 * L}"
@@ -148,7 +152,14 @@ def write_card(
                 )
             )
     measured = _evaluate_lm(folder, tasks, device)
-    evaluation["perplexity@512"] = measured["perplexity"]["perplexity"]["value"]
+    if "perplexity" in measured:
+        evaluation["perplexity@512"] = measured["perplexity"]["perplexity"]["value"]
+    if "math_prm_bon" in measured:
+        m = measured["math_prm_bon"]
+        n = max(int(k.split("@")[1]) for k in m if k.startswith("pass@"))
+        evaluation["solution_accuracy"] = m["accuracy@1"]["value"]  # a sampled solution is right
+        evaluation[f"majority@{n}"] = m[f"majority@{n}"]["value"]
+        evaluation[f"pass@{n}"] = m[f"pass@{n}"]["value"]
     if "needle" in measured:
         evaluation["needle_accuracy@512"] = measured["needle"]["accuracy"]["value"]
     for key, m in measured.get("needle/prose", {}).items():
@@ -193,6 +204,10 @@ def write_card(
             "perplexity": "harness task perplexity, 16384 held-out synthetic tokens, window 512, stride 256, seed 0",
             "greedy_agreement_with_target": "argmax next-token agreement with the target "
             "on 8192 held-out synthetic tokens",
+            "solution_accuracy": "harness task math_prm_bon, "
+            + " ".join(f"{k}={v}" for k, v in MATH_POLICY_EVAL.items())
+            + ", method majority, seed 0: the fraction of sampled solutions whose answer is right "
+            "(accuracy@1), majority vote and pass over all samples of a problem",
         },
         "data": _data(recipe),
         "sha256": sha,
@@ -202,6 +217,19 @@ def write_card(
     log(json.dumps({"name": name, "evaluation": evaluation, "sha256": sha}))
     return folder
 
+
+# tiny-math's card: 8 sampled solutions to each of 50 held-out world-v2 problems, in its training format
+MATH_POLICY_EVAL = {
+    "problems": "synthetic",
+    "solutions": "generate",
+    "world_version": "2",
+    "world_problems": "50",
+    "samples": "8",
+    "temperature": "0.8",
+    "max_new_tokens": "384",
+    "prompt": "none",
+    "bootstrap": "0",
+}
 
 TOKENIZERS = {
     1: "word-level synthetic tokenizer (unknown words become <unk>)",
@@ -215,7 +243,13 @@ _SEEDS = "training seeds < 1,000,000 (evaluation uses seeds >= 1,000,000)"
 
 
 def _data(recipe) -> str:
-    """The card's data line: the corpus alone (round 1's mix) or the v2 sources and shares."""
+    """The card's data line: the corpus alone (round 1's mix), the v2 sources and shares, or the
+    math world (tiny-math)."""
+    if recipe.data == "math":
+        return (
+            "harness.zoo.math_rows: synthetic math world v2 problems, each with one solution of the world's "
+            f"stochastic policy (errors at the world's rates), packed; {_SEEDS}"
+        )
     if not (recipe.prose_frac or recipe.foreign_frac or recipe.noise_frac or recipe.plain_frac):
         return f"harness.synthetic corpus, {_SEEDS}"
     corpus = max(0.0, 1 - recipe.prose_frac - recipe.foreign_frac - recipe.noise_frac)
@@ -238,6 +272,8 @@ def _device_name(device: str) -> str:
 
 def _summary(name: str, recipe, n_params: int) -> str:
     role = "draft model for speculative decoding" if name in DRAFT_OF else "reference model"
+    if recipe.data == "math":
+        role = "the math world's language-model policy (step-by-step solutions)"
     position = (
         "ALiBi biases (evaluate with --method alibi)"
         if recipe.position == "alibi"

@@ -100,7 +100,7 @@ def build_word_tokenizer():
 
 
 BPE_FILE = Path(__file__).parent / "tokenizer_v2.json"
-BPE_VOCAB = 4096  # embeddings 4,096 x 192: below v1's 4,548 x 192, within the zoo's 40 MB
+BPE_VOCAB = 4096  # embeddings 4,096 x 192: below v1's 4,548 x 192, within the zoo's 48 MB
 BPE_SPECIALS = ["<pad>", "<s>", "</s>"]  # no <unk>: byte-level, every string encodes
 BPE_TEXT_SENTENCES = 60_000  # ~2.6 MB of training text: the merges settle, training takes seconds
 

@@ -68,6 +68,7 @@ class Recipe:
     random_fact_frac: float = 0.0  # needle and drill rows whose keys and values are random strings
     distill_from: str = ""  # a zoo model to distil from (KL to its next-token distribution), e.g. the draft's target
     distill_weight: float = 1.0  # share of the KL term in the loss (the rest: the weighted cross-entropy)
+    data: str = "zoo"  # "zoo": the rows above; "math": world-v2 problems and policy solutions (tiny-math)
     seed: int = 0
     data_workers: int = 0  # >0: batches built in parallel processes, seeded per step
     extra: dict = field(default_factory=dict)
@@ -94,7 +95,21 @@ RECIPES = {
     "tiny-llama-alibi": Recipe(**V2_DATA, position="alibi"),
     # trained exactly like tiny-llama (same tokens and budget), with CLA2: pairs of layers share one K/V (the cla method's model)
     "tiny-llama-cla": Recipe(**V2_DATA, kv_share=2),
+    # the math world's LM policy (issue 25): tiny-llama's shape, trained on world-v2 problems and the
+    # world policy's solutions (harness.zoo.math_rows), full-length packed rows from the first step
+    "tiny-math": Recipe(data="math", steps=2400, curriculum=(512,), curriculum_frac=0.0),
 }
+
+
+def row_maker(recipe: Recipe, tokenizer, seed: int):
+    """The recipe's training-row source: RowMaker (the zoo's rows) or MathRowMaker (tiny-math)."""
+    if recipe.data == "math":
+        from harness.zoo.math_rows import MathRowMaker
+
+        return MathRowMaker(tokenizer, seed)
+    if recipe.data != "zoo":
+        raise ValueError(f"recipe data must be 'zoo' or 'math', not {recipe.data!r}")
+    return RowMaker(tokenizer, seed)
 
 
 def build_model(recipe: Recipe, vocab_size: int, pad_id: int, bos_id: int = 2, eos_id: int = 3):
@@ -304,7 +319,7 @@ def step_seed(recipe: Recipe, step: int) -> int:
 def _one_batch(args):
     recipe, step = args
     length = recipe.length_at(step)
-    maker = RowMaker(_WORKER_TOKENIZER, step_seed(recipe, step))
+    maker = row_maker(recipe, _WORKER_TOKENIZER, step_seed(recipe, step))
     ids, amask = maker.batch(length, max(1, recipe.tokens_per_step // length), recipe)
     return ids.numpy(), amask.numpy()
 
@@ -325,7 +340,7 @@ def _batches(recipe: Recipe, tokenizer, run: _Run):
     default, whose RowMaker state is checkpointed instead)."""
     steps = range(run.start, recipe.steps)
     if recipe.data_workers <= 0:
-        run.maker = maker = RowMaker(tokenizer, recipe.seed)
+        run.maker = maker = row_maker(recipe, tokenizer, recipe.seed)
         if run.maker_state:
             vars(maker).update(run.maker_state)
         yield (
