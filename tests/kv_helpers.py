@@ -112,7 +112,7 @@ def needles_found(lm, m, budgets, depths=(10.0, 50.0, 90.0)) -> dict[float, int]
         for budget in found:
             with m.apply(lm, MethodContext()) as driver:
                 lm.kv_request = KVRequest(budget=budget)
-                out = lm.tokenizer.decode(driver.generate_one(b["ids"], 6, 0.0, 1.0))
+                out = lm.tokenizer.decode(driver.generate_one(b["ids"], 10, 0.0, 1.0))  # v2: a digit a token
                 lm.kv_request = KVRequest()
             found[budget] += b["refs"][0] in out
     return found

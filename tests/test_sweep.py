@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from harness import grid, records, runner, sweep
+from harness.zoo import registry as zoo
 from harness.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,5 +253,13 @@ def test_committed_grids_reproduce_every_committed_record():
         out = g.get("out", "results")
         produced |= {str(Path(s.path).resolve()) for s in grid.expand(g, path, str(ROOT / out))}
     committed = {str(p.resolve()) for p in (ROOT / "results").rglob("*.json")}
-    missing = sorted(committed - produced)
+    # records made with a zoo model's older generation (weights now only in git history) cannot be
+    # produced by today's grids; they are kept until regenerated, marked "(zoo vN)" wherever shown
+    older = set()
+    for p in committed:
+        model = json.loads(Path(p).read_text())["model"]
+        if model.get("zoo") and model["sha256"] != zoo.card(model["id"].removeprefix("zoo:"))["sha256"]:
+            assert zoo.generation_mark(model), p  # a retrained model of the same generation: regenerate
+            older.add(p)
+    missing = sorted(committed - older - produced)
     assert not missing, f"committed records that no grid in grids/ produces: {missing}"

@@ -105,7 +105,7 @@ def test_parallel_batches_are_seeded_per_step():
 
     recipe = T.Recipe(steps=3, tokens_per_step=256, curriculum=(64,), data_workers=2)
     tok = build_tokenizer()
-    with T._batches(recipe, tok) as batches:
+    with T._batches(recipe, tok, T._Run(recipe, None, None, None, {}, 100)) as batches:
         pooled = list(batches)
     T._WORKER_TOKENIZER = tok
     alone = [T._one_batch((recipe, s)) for s in range(3)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import models
+from harness import models, params, registry
 from harness.zoo import registry as zoo
 from harness.zoo.rows import RowMaker
 from harness.zoo.tokenizer import BPE_FILE, build_tokenizer
@@ -81,11 +81,15 @@ def test_bpe_training_reproduces_the_committed_file():
     assert json.loads(train_bpe().to_str()) == json.loads(BPE_FILE.read_text())
 
 
+V1_VOCAB_SHA256 = "066410660265bc96f2000e70e24c77c6cf29db3b677269b678168d18b358e1f5"  # round 1's tiny-llama's
+
+
 def test_v1_tokenizer_is_still_the_word_level_one():
-    assert (
-        build_tokenizer(1).get_vocab()
-        == json.loads((zoo.ZOO_DIR / "tiny-llama" / "tokenizer.json").read_text())["model"]["vocab"]
-    )
+    """The v1 tokenizer is the one the v1 models were trained with (the vocabulary of round 1's
+    committed tiny-llama, hashed: that model has been retrained on v2)."""
+    vocab = build_tokenizer(1).get_vocab()
+    assert len(vocab) == 4548
+    assert hashlib.sha256(json.dumps(vocab, sort_keys=True).encode()).hexdigest() == V1_VOCAB_SHA256
     with pytest.raises(ValueError, match="version 9"):
         build_tokenizer(9)
 
@@ -301,7 +305,8 @@ def test_card_template_names_the_tokenizer():
     from harness.zoo.build import render_card
 
     card = json.loads((zoo.ZOO_DIR / "tiny-llama" / "card.json").read_text())
-    assert "word-level synthetic tokenizer" in render_card(card)  # a v1 card (no zoo_version) stays v1
+    v1 = {k: v for k, v in card.items() if k not in ("zoo_version", "tokenizer", "bos")}
+    assert "word-level synthetic tokenizer" in render_card(v1)  # a v1 card (no zoo_version) stays v1
     v2 = dict(card, zoo_version=2, tokenizer="byte-level BPE, 4,096 tokens", bos="<s> first")
     text = render_card(v2)
     assert "word-level" not in text and "byte-level BPE" in text and "| zoo version | 2 |" in text
@@ -338,18 +343,22 @@ def test_train_and_save_records_the_generation(tmp_path):
 # -- needle on prose the model never saw ---------------------------------------------------------------
 @pytest.mark.slow
 def test_needle_on_a_prose_haystack():
-    """tiny-llama on hand-written English prose (tests/data/prose_haystack.txt), 512 and 1k tokens."""
-    from harness.interfaces import TaskContext
+    """tiny-llama on hand-written English prose (tests/data/prose_haystack.txt) it never saw: at its
+    training length 512 (0.94 on the card's 100 prompts; v1 scored 0.00), and at 1k, twice that,
+    through yarn (about 0.7; alone the model scores 0.00 there, as any RoPE model past its length)."""
+    from harness.interfaces import MethodContext, TaskContext
     from harness.lm import LM
     from harness.tasks.needle import Needle
 
     if zoo.version_of(zoo.card("tiny-llama")) < 2:
         pytest.skip("the committed zoo:tiny-llama is zoo v1 (closed word-level vocabulary): retrain it")
     lm = LM(models.load("zoo:tiny-llama", "cpu"))
-    res = Needle(context_length=(512, 1024), haystack=str(PROSE), samples_per_depth=4).run(TaskContext(lm=lm))
-    for L in (512, 1024):
-        assert res.metrics[f"accuracy@{L}"].n == 40
-        assert res.metrics[f"accuracy@{L}"].value >= 0.8, L
+    res = Needle(context_length=(512,), haystack=str(PROSE), samples_per_depth=4).run(TaskContext(lm=lm))
+    assert res.metrics["accuracy"].n == 40 and res.metrics["accuracy"].value >= 0.8
+    yarn = params.build(registry.method("yarn"), {}, "method yarn")
+    with yarn.apply(lm, MethodContext(target_length=1024)):
+        res = Needle(context_length=(1024,), haystack=str(PROSE), samples_per_depth=4).run(TaskContext(lm=lm))
+    assert res.metrics["accuracy"].n == 40 and res.metrics["accuracy"].value >= 0.5
 
 
 def test_a_zoo_models_record_names_its_generation(tmp_path):
