@@ -245,7 +245,7 @@ def train(
         betas=(0.9, 0.95),
     )
     run = _Run(recipe, model, opt, checkpoint, {"recipe": asdict(recipe), **(identity or {})}, checkpoint_every)
-    resumed = run.resume(device)
+    resumed = run.resume()
     if notify:
         notify(f"resuming from {checkpoint} at step {run.start}" if resumed else f"checkpoints: {checkpoint}")
     logf = open(log_path, "w") if log_path else None
@@ -275,10 +275,11 @@ class _Run:
         self.maker = None  # the sequential data stream's RowMaker (its state is checkpointed)
         self.maker_state = None
 
-    def resume(self, device: str) -> bool:
+    def resume(self) -> bool:
         if not (self.path and self.path.is_file()):
             return False
-        state = torch.load(self.path, map_location=device, weights_only=False)
+        # on the CPU: the RNG state must stay a CPU tensor; load_state_dict moves the rest to the model
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
         if state.get("identity") != json.loads(json.dumps(self.identity)):
             return False  # another recipe, device or teacher: start over (the file is replaced)
         self.model.load_state_dict(state["model"])
