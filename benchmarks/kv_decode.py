@@ -3,7 +3,7 @@ budget, as a ratio to the dense cache through the same loop (the kv engine at bu
 in this process, and the share of decoding time spent in the method's own bookkeeping (scores,
 eviction, re-rotation, quantization: `kv.policy_s`). Not a test: run it niced.
 
-    nice -n 10 python benchmarks/kv_decode.py [--model zoo:tiny-llama] [--context 16384] [--budget 0.1]
+    nice -n 10 python benchmarks/kv_decode.py [--model zoo:tiny-llama] [--context 16384[,32768...]] [--budget 0.1]
                                               [--steps 32] [--blocks 4] [--methods streaming_llm,snapkv,h2o]
                                               [--device cpu|cuda]
 
@@ -11,7 +11,13 @@ Goals (issue 4): decode time ≤ 0.4 × dense for the eviction methods at 16k an
 bookkeeping ≤ 20 % of decode time. The dense cache is prefilled once; each method prefills the same
 prompt, then its decoding and the dense cache's alternate in `--blocks` blocks of steps/blocks
 tokens, so that both see the same load on a shared machine: the ratio is the method's total
-decoding time over the dense cache's in the interleaved blocks."""
+decoding time over the dense cache's in the interleaved blocks.
+
+The floor (issue 18): decoding one token is memory-bound on a GPU, so a cache that keeps a fraction
+of the tokens can at best take dense time x (weight bytes + kept KV bytes) / (weight bytes + full KV
+bytes), the bytes each step must read. `floor` is that fraction, `vs_floor` = vs_dense / floor
+(goal: at most 1.3). Weight bytes count every parameter a step reads: all but the input embedding,
+of which it reads one row (unless tied to the output head)."""
 
 from __future__ import annotations
 
@@ -61,9 +67,11 @@ def main() -> None:
     from harness.models import load
     from harness.synthetic import EVAL_SEED_BASE, Corpus
 
+    from prefill import describe, header  # (this folder)
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="zoo:tiny-llama")
-    ap.add_argument("--context", type=int, default=16384)
+    ap.add_argument("--context", default="16384", help="context lengths, comma-separated")
     ap.add_argument("--budget", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--blocks", type=int, default=4)
@@ -80,56 +88,90 @@ def main() -> None:
         if str(lm.device).startswith("cuda")
         else f"cpu, {args.threads} thread(s)"
     )
-    corpus, prompt = Corpus(EVAL_SEED_BASE + 7), []
-    while len(prompt) < args.context:
-        prompt += lm.encode(" " + corpus.text(50))
-    prompt = prompt[: args.context]
+    corpus, text = Corpus(EVAL_SEED_BASE + 7), []
+    contexts = [int(c) for c in args.context.split(",")]
+    while len(text) < max(contexts):
+        text += lm.encode(" " + corpus.text(50))
     build = lambda name: params.build(registry.method(name), {}, name)  # noqa: E731
     from harness.interfaces import MethodContext
     from harness.lm import KVRequest
 
-    # the dense cache: budget 1.0
-    with build("snapkv").apply(lm, MethodContext()) as driver, lm.kv_request_for(KVRequest(budget=1.0)):
-        run = driver.start()
-        dense = [run, driver.prefill(run, prompt, all_logits=False)[-1]]
-    print(
-        f"model {args.model} (zoo: a tiny reference model, not a real LLM), context {args.context}, "
-        f"budget {args.budget}, {args.steps} steps in {args.blocks} blocks interleaved with the dense cache's, "
-        f"{where}"
-    )
-    print(f"{'method':<14} {'kept':>6} {'ms/token':>9} {'dense ms':>9} {'vs dense':>9} {'bookkeeping':>12}")
+    what = describe(lm)
+    weights = weight_bytes(lm.model)
     rows = []
-    for name in args.methods.split(","):
-        ms, dense_ms, share, kept = interleaved(lm, build(name), prompt, args.budget, dense, args.steps, args.blocks)
-        print(f"{name:<14} {kept:>6} {ms:>9.2f} {dense_ms:>9.2f} {ms / dense_ms:>9.2f} {share:>11.1%}", flush=True)
-        rows.append(
-            {
-                "method": name,
-                "kept_tokens": kept,
-                "ms_per_token": round(ms, 3),
-                "dense_ms_per_token": round(dense_ms, 3),
-                "vs_dense": round(ms / dense_ms, 3),
-                "bookkeeping_share": round(share, 3),
-            }
+    for context in contexts:
+        prompt = text[:context]
+        # the dense cache: budget 1.0
+        with build("snapkv").apply(lm, MethodContext()) as driver, lm.kv_request_for(KVRequest(budget=1.0)):
+            run = driver.start()
+            dense = [run, driver.prefill(run, prompt, all_logits=False)[-1]]
+        full_kv = kv_bytes(lm.model, context)
+        print(
+            f"model {args.model} ({what}), context {context}, budget {args.budget}, {args.steps} steps in "
+            f"{args.blocks} blocks interleaved with the dense cache's, {where}; weights read per step "
+            f"{weights / 2**30:.2f} GiB, full KV {full_kv / 2**30:.2f} GiB"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "model": args.model,
-                    "note": "zoo model: a tiny reference model, not a real LLM",
-                    "device": where,
-                    "torch": torch.__version__,
-                    "load_average": os.getloadavg(),
-                    "context": args.context,
-                    "budget": args.budget,
-                    "steps": args.steps,
-                    "blocks": args.blocks,
-                    "rows": rows,
-                },
-                f,
-                indent=1,
+        print(
+            f"{'method':<14} {'kept':>6} {'ms/token':>9} {'dense ms':>9} {'vs dense':>9} {'floor':>6} "
+            f"{'vs floor':>9} {'bookkeeping':>12}"
+        )
+        for name in args.methods.split(","):
+            ms, dense_ms, share, kept = interleaved(
+                lm, build(name), prompt, args.budget, dense, args.steps, args.blocks
             )
+            floor = (weights + full_kv * kept / context) / (weights + full_kv)
+            print(
+                f"{name:<14} {kept:>6} {ms:>9.2f} {dense_ms:>9.2f} {ms / dense_ms:>9.2f} {floor:>6.2f} "
+                f"{ms / dense_ms / floor:>9.2f} {share:>11.1%}",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "method": name,
+                    "context": context,
+                    "kept_tokens": kept,
+                    "ms_per_token": round(ms, 3),
+                    "dense_ms_per_token": round(dense_ms, 3),
+                    "vs_dense": round(ms / dense_ms, 3),
+                    "floor": round(floor, 3),
+                    "vs_floor": round(ms / dense_ms / floor, 3),
+                    "bookkeeping_share": round(share, 3),
+                }
+            )
+            if args.json:  # after each row: a run stopped at its time limit keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(
+                        {
+                            **header(args.model, lm, where),
+                            "load_average": os.getloadavg(),
+                            "weight_bytes_per_step": weights,
+                            "budget": args.budget,
+                            "steps": args.steps,
+                            "blocks": args.blocks,
+                            "rows": rows,
+                        },
+                        f,
+                        indent=1,
+                    )
+        del dense, run
+        if str(lm.device).startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the parameters one decoding step reads: all but the input embedding's unread rows."""
+    emb = model.get_input_embeddings().weight
+    tied = emb is model.get_output_embeddings().weight
+    return sum(p.numel() * p.element_size() for p in model.parameters() if tied or p is not emb)
+
+
+def kv_bytes(model, context: int) -> int:
+    """Bytes of the full KV cache at `context` tokens in the model's dtype."""
+    c = model.config
+    head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    elem = next(model.parameters()).element_size()
+    return 2 * c.num_hidden_layers * kv_heads * head * context * elem
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 the harness runs it (`LM.prefill`: chunks of --prefill-chunk tokens through the KV cache) for each
 method, divided by the baseline's tokens/s at the same length, measured alternately in this process
 (median of --repeats after a warm-up).
-Peak memory: on a GPU, PyTorch's peak allocation during the forward; on CPU, the peak of the bytes
-PyTorch allocated during one more (untimed) forward, from the profiler's allocation events, since
-the process's resident set cannot be reset per method. Not a test: run `make bench` or this file.
+Peak memory: the peak of the bytes allocated during the prefill beyond what was allocated before it
+(the weights): on a GPU from PyTorch's allocator statistics; on CPU from the profiler's allocation
+events of one more (untimed) prefill, since the process's resident set cannot be reset per method. Not a test: run `make bench` or this file.
 
     python benchmarks/prefill.py [--lengths 8192,32768] [--device auto] [--json FILE]
                                  [--clock wall|cpu] [--threads N] [--prefill-chunk N]
@@ -54,18 +54,21 @@ def cpu_peak_bytes(lm, method, length: int, ids: torch.Tensor) -> int:
 
 @torch.no_grad()
 def prefill(lm, method, length: int, ids: torch.Tensor, clock=time.perf_counter) -> tuple[float, int | None]:
-    """Seconds for the chunked prefill of `ids` with the method applied, and the peak GPU bytes."""
+    """Seconds for the chunked prefill of `ids` with the method applied, and the peak GPU bytes it
+    allocated beyond those allocated before it."""
     from harness.interfaces import MethodContext
 
     with method.apply(lm, MethodContext(target_length=length)):
-        if lm.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
         _sync(lm.device)
+        if lm.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
         t0 = clock()
         lm.prefill(ids, torch.ones_like(ids))
         _sync(lm.device)
         seconds = clock() - t0
-        peak = torch.cuda.max_memory_allocated() if lm.device.startswith("cuda") else None
+        peak = torch.cuda.max_memory_allocated() - before if lm.device.startswith("cuda") else None
     return seconds, peak
 
 
@@ -93,6 +96,12 @@ def main() -> None:
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
     lm = LM(load(a.model, device), prefill_chunk=a.prefill_chunk)
     methods = {n: registry.method(n)() for n in a.methods.split(",")}
+    dev = (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else f"cpu, {torch.get_num_threads()} threads, {a.clock} clock"
+    )
+    what = describe(lm)
     rows = []
     for length in (int(x) for x in a.lengths.split(",")):
         ids = torch.randint(
@@ -124,12 +133,19 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    dev = (
-        torch.cuda.get_device_name()
-        if device.startswith("cuda")
-        else f"cpu, {torch.get_num_threads()} threads, {a.clock} clock"
-    )
-    print(f"\n{a.model} (embedded zoo model) on {dev}\n")
+        if a.json:  # after each length: a run stopped at its time limit keeps what it measured
+            with open(a.json, "w") as f:
+                json.dump(
+                    {
+                        **header(a.model, lm, dev),
+                        "prefill_chunk": lm.prefill_chunk,
+                        "rows": rows,
+                        "memory_slope": memory_slopes(rows),
+                    },
+                    f,
+                    indent=1,
+                )
+    print(f"\n{a.model} ({what}) on {dev}\n")
     print("| method | length | tokens/s | slowdown vs baseline | peak memory vs baseline |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -140,20 +156,20 @@ def main() -> None:
         print("\nPeak memory vs context, log-log slope (1 = linear):")
         for name, slope in slopes.items():
             print(f"  {name}: {slope:.2f}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(
-                {
-                    "model": a.model,
-                    "device": dev,
-                    "torch": torch.__version__,
-                    "prefill_chunk": lm.prefill_chunk,
-                    "rows": rows,
-                    "memory_slope": slopes,
-                },
-                f,
-                indent=1,
-            )
+
+
+def header(model: str, lm, device: str) -> dict:
+    """What ran, for a benchmark's JSON: the model as named and what it is, device, torch, dtype."""
+    dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+    return {"model": model, "model_is": describe(lm), "device": device, "torch": torch.__version__, "dtype": dtype}
+
+
+def describe(lm) -> str:
+    """What the model is, for the reader of the table: the zoo's label, or the shapes of a
+    benchmarks/random_checkpoint.py checkpoint."""
+    if lm.loaded.zoo:
+        return "embedded zoo model, not a real LLM"
+    return getattr(lm.model.config, "benchmark_shape", None) or "checkpoint"
 
 
 def memory_slopes(rows: list[dict]) -> dict[str, float]:

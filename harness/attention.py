@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -89,8 +90,8 @@ def attend_lse(
     if not torch.is_grad_enabled() and q.dtype in (torch.float32, torch.float16, torch.bfloat16):
         try:
             return _fused_lse(q, k, v, scaling, allowed)
-        except (RuntimeError, AttributeError):  # an op missing or refusing these shapes
-            pass
+        except (RuntimeError, AttributeError) as e:  # an op missing or refusing these shapes
+            _warn_fallback(e)
     logits = ((q @ k.transpose(2, 3)) * scaling).float()
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
@@ -98,10 +99,21 @@ def attend_lse(
     return torch.nan_to_num(torch.softmax(logits, dim=-1)).to(v.dtype) @ v, lse
 
 
+_FELL_BACK: list[str] = []
+
+
+def _warn_fallback(e: Exception) -> None:
+    """Say once per process that the slow path runs: its speed and memory are not the fused ones."""
+    if not _FELL_BACK:
+        _FELL_BACK.append(str(e))
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        warnings.warn(f"fused attention with log-sum-exp unavailable ({first}); using explicit logits", stacklevel=3)
+
+
 def _fused_lse(q, k, v, scaling, allowed):
     bias = None
     if allowed is not None and not bool(allowed.all()):  # an additive mask
-        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+        bias = additive_mask(allowed, q.dtype, align=8 if q.device.type == "cuda" else 1)
     if q.device.type == "cpu":  # (strided keys and values are fine, and a copy costs more)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, False, attn_mask=bias, scale=scaling
@@ -116,6 +128,15 @@ def _fused_lse(q, k, v, scaling, allowed):
         )[:2]
         return out, _no_keys_to_neginf(lse[..., : q.shape[2]].float(), allowed, bias)  # LSE padded to 32s
     raise RuntimeError(f"no fused attention with log-sum-exp on {q.device.type}")
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype, align: int = 1) -> torch.Tensor:
+    """0 where allowed, -inf elsewhere, its rows `align` elements apart in memory: CUDA's
+    memory-efficient kernel refuses a bias whose row stride is not a multiple of 8 (a key count of
+    511 failed there and fell back to explicit logits), so the rows are padded and the view sliced."""
+    lk = allowed.shape[-1]
+    padded = torch.zeros((*allowed.shape[:-1], -(-lk // align) * align), dtype=dtype, device=allowed.device)
+    return padded[..., :lk].masked_fill_(~allowed, float("-inf"))
 
 
 def _no_keys_to_neginf(lse, allowed, bias):

@@ -199,9 +199,11 @@ def prefill_page(bench: Path) -> str | None:
     for f in files:
         d = json.loads(f.read_text())
         chunk = f", prefill chunk {d['prefill_chunk']}" if d.get("prefill_chunk") is not None else ""
+        what = f" ({d['model_is']})" if d.get("model_is") else ""
         out += [
-            f"## `{f.name}`: {d.get('model')} on {d.get('device')}{chunk}",
+            f"## `{f.name}`: {d.get('model')}{what} on {d.get('device')}{chunk}",
             "",
+            *([d["note"], ""] if d.get("note") else []),
             "| method | length | tokens/s | time vs baseline | peak memory | memory vs baseline |",
             "|---|---|---|---|---|---|",
         ]

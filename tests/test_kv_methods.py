@@ -354,3 +354,13 @@ def test_fastgen_target_rule_keeps_the_profiles_sizes_while_decoding(tiny_lm):
                 assert len(kept) <= size, policy
             if policy.endswith("local"):
                 assert len(ids) - 1 in kept
+
+
+def test_fastgen_classifies_ids_past_the_tokenizer_as_plain_tokens():
+    """Models pad their embedding past the tokenizer's vocabulary (Llama 3: 128,256 rows), and a
+    random or weak model generates such ids: they are neither special nor punctuation (seen on a
+    random Llama-3-shaped model, where the lookup ran off the tokenizer's table)."""
+    from harness.methods.kv.fastgen import _lookup
+
+    table = torch.tensor([True, False, False, True])
+    assert _lookup(table, torch.tensor([[0, 3, 4, 100, 1]])).tolist() == [[True, True, False, False, False]]

@@ -243,3 +243,33 @@ def test_float32_blocks_use_the_fused_path_exactly(method, chunk, monkeypatch):
         got = attend(inputs)[0, 0]
     assert calls, "the uniform keys should have used the fused kernel"
     torch.testing.assert_close(got.double(), slow_attention(q, k, v, rule, 1 / math.sqrt(d)), rtol=1e-4, atol=1e-5)
+
+
+def test_additive_mask_rows_are_aligned_for_the_cuda_kernel():
+    """CUDA's memory-efficient kernel refuses a bias whose row stride is not a multiple of 8 (seen
+    on an H100 with 511 keys): the mask's rows are padded and the view sliced; values unchanged."""
+    from harness.attention import additive_mask
+
+    allowed = torch.rand(1, 1, 5, 511) > 0.3
+    bias = additive_mask(allowed, torch.bfloat16, align=8)
+    assert bias.shape == allowed.shape and bias.stride(-2) % 8 == 0
+    assert (bias[allowed] == 0).all() and (bias[~allowed] == float("-inf")).all()
+    assert additive_mask(allowed, torch.float32).stride(-2) == 511  # no padding unless asked
+
+
+def test_falling_back_from_the_fused_kernel_warns_once(monkeypatch):
+    """The explicit path is slower and larger: a benchmark or a long run must not take it silently."""
+    from harness import attention
+
+    def refuse(*_):
+        raise RuntimeError("kernel refused these shapes\nmore detail")
+
+    monkeypatch.setattr(attention, "_fused_lse", refuse)
+    monkeypatch.setattr(attention, "_FELL_BACK", [])
+    q = k = v = torch.randn(1, 2, 4, 8)
+    with pytest.warns(UserWarning, match="kernel refused these shapes") as seen:
+        with torch.no_grad():
+            out, _ = attention.attend_lse(q, k, v, 0.3, None)
+            attention.attend_lse(q, k, v, 0.3, None)
+    assert len(seen) == 1
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3))

@@ -268,7 +268,14 @@ class FastGen(KVMethod):
         return _VOCAB_CLASSES[key]
 
     def special_ids(self, run: Run, tok: torch.Tensor) -> torch.Tensor:
-        return self._classes(run)[0].to(tok.device)[tok]
+        return _lookup(self._classes(run)[0], tok)
 
     def punct_ids(self, run: Run, tok: torch.Tensor) -> torch.Tensor:
-        return self._classes(run)[1].to(tok.device)[tok]
+        return _lookup(self._classes(run)[1], tok)
+
+
+def _lookup(table: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+    """table[tok], False for ids past the tokenizer's vocabulary: models pad their embedding beyond
+    it (Llama 3, Qwen2), and a model can generate such an id, which has no text to classify."""
+    table = table.to(tok.device)
+    return table[tok.clamp(max=len(table) - 1)] & (tok < len(table))
