@@ -8,7 +8,8 @@
 #
 # The machine's own torch is used; transformers and tokenizers come from wheels in .whl/ when the
 # machine's versions differ from the project's pins (pip download, see the device notes). Results:
-# $OUT/prefill_gpu.json, $OUT/kv_decode_gpu.json and the log; each benchmark writes its JSON as it
+# $OUT/prefill_gpu.json, $OUT/kv_decode_gpu.json, kv_profile.<context>.txt (the ops of 4 dense
+# decoding steps: the dense step was 30x its floor on the first run) and the log; each benchmark writes its JSON as it
 # goes and has its own time limit, so a slow one keeps what it measured and the next still runs.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
@@ -33,5 +34,5 @@ timeout "${PREFILL_S:-210}" python3 benchmarks/prefill.py --model $ck --device "
     --lengths "$LENGTHS" --json "$OUT/prefill_gpu.json"
 echo "prefill exit $?"
 timeout "${DECODE_S:-270}" python3 benchmarks/kv_decode.py --model $ck --device "$DEVICE" \
-    --context "$CONTEXTS" --json "$OUT/kv_decode_gpu.json"
+    --context "$CONTEXTS" --json "$OUT/kv_decode_gpu.json" --profile "$OUT/kv_profile"
 echo "kv_decode exit $?"

@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (timings then synchronize the GPU at each reading)")
     ap.add_argument("--methods", default=",".join(EVICTION))
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument(
+        "--profile", default=None, help="write a table of the ops of 4 dense decoding steps at each context here"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     registry.load()
@@ -105,6 +108,8 @@ def main() -> None:
         with build("snapkv").apply(lm, MethodContext()) as driver, lm.kv_request_for(KVRequest(budget=1.0)):
             run = driver.start()
             dense = [run, driver.prefill(run, prompt, all_logits=False)[-1]]
+            if args.profile:  # (inside: the engine's attention is patched in only here)
+                profile_dense(lm, driver, dense, f"{args.profile}.{context}.txt")
         full_kv = kv_bytes(lm.model, context)
         print(
             f"model {args.model} ({what}), context {context}, budget {args.budget}, {args.steps} steps in "
@@ -156,6 +161,21 @@ def main() -> None:
         del dense, run
         if str(lm.device).startswith("cuda"):
             torch.cuda.empty_cache()
+
+
+def profile_dense(lm, driver, dense, path: str) -> None:
+    """The ops of 4 dense decoding steps by device (then CPU) time, for finding where a step's time
+    goes when it is far above its memory-bound floor."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = str(lm.device).startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as p:
+        dense[1], _ = timed_block(lm, driver, dense[0], dense[1], 4)
+    table = p.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=40)
+    with open(path, "w") as f:
+        f.write(table)
+    print(table[:4000])
 
 
 def weight_bytes(model) -> int:
