@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Issue 18's GPU benchmarks in one call on a lent GPU machine: prefill of the attention-overriding
+# Issue 18's GPU benchmarks in one call on a lent GPU machine: first whether SelfExtend's and DCA's
+# fused partials match their explicit reference on the device (benchmarks/gpu_fused_check.py), then
+# prefill of the attention-overriding
 # methods against the baseline at 8k, 32k and 128k, and KV-eviction decoding against its
 # memory-bound floor at 32k and 128k, on a random-initialised model with Llama-3-8B's shapes in
 # bfloat16 (benchmarks/random_checkpoint.py; 4 of its 32 layers, so that the run fits a short lease).
@@ -28,6 +30,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile
 export PYTHONPATH=$site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+timeout 60 python3 benchmarks/gpu_fused_check.py --device "$DEVICE" | tee "$OUT/fused_check.txt"
 ck=/tmp/llama-3-8b-shapes
 python3 benchmarks/random_checkpoint.py --out $ck --layers "$LAYERS" --device "$DEVICE" ${SHAPE_SET:-} || exit 1
 timeout "${PREFILL_S:-210}" python3 benchmarks/prefill.py --model $ck --device "$DEVICE" \
