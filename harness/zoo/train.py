@@ -379,12 +379,12 @@ def _train_loop(model, recipe, batches, opt, device, run: _Run, logf, progress, 
                 "lr": lr_at(recipe, step),
                 "elapsed_s": round(time.time() - run.t0, 1),
             }
+            if progress:  # before writing: what it adds (the retrieval probe) belongs in the curve too
+                progress(entry, model)
             run.log.append(entry)
             if logf:
                 logf.write(json.dumps(entry) + "\n")
                 logf.flush()
-            if progress:
-                progress(entry, model)
         run.save(step)
 
 
