@@ -18,6 +18,7 @@ skipped (with the reason) only when that is impossible here."""
 import csv
 import io
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -81,9 +82,13 @@ def test_overview_in_chromium_shows_the_committed_results(browser_app, tmp_path)
     assert committed.runs and not committed.skipped
     tasks = sorted({r.task for r in committed.runs})
     methods = sorted({r.method for r in committed.runs})  # every committed method, in its task's table
-    best = max((r for r in committed.runs if r.task == "needle"), key=lambda r: r.main_value)
+    seeds = defaultdict(list)  # a configuration's row shows the mean over its seeds
+    for r in committed.runs:
+        if r.task == "needle":
+            seeds[r.config].append(r.main_value)
+    best = max(sum(v) / len(v) for v in seeds.values())
     expect = (
-        ["Overview", "Mean win rate", "zoo model", "not for real LLMs", f"{best.main_value:.3f}"] + tasks + methods
+        ["Overview", "Mean win rate", "zoo model", "not for real LLMs", f"{best:.3f}"] + tasks + methods
     )  # the schema's format of the main metric
     text = cdp.open(f"{base}/?view=overview", expect)  # waits until all of it has rendered
     assert [m for m in methods if m not in text] == []
