@@ -63,6 +63,7 @@ def interleaved(lm, m, prompt: list[int], budget: float, dense, steps: int, bloc
 
 def main() -> None:
     from harness import params, registry
+    from harness.budget import kv_bytes
     from harness.lm import LM
     from harness.models import load
     from harness.synthetic import EVAL_SEED_BASE, Corpus
@@ -110,7 +111,7 @@ def main() -> None:
             dense = [run, driver.prefill(run, prompt, all_logits=False)[-1]]
             if args.profile:  # (inside: the engine's attention is patched in only here)
                 profile_dense(lm, driver, dense, f"{args.profile}.{context}.txt")
-        full_kv = kv_bytes(lm.model, context)
+        full_kv = kv_bytes(lm.model.config, context, next(lm.model.parameters()).element_size())
         print(
             f"model {args.model} ({what}), context {context}, budget {args.budget}, {args.steps} steps in "
             f"{args.blocks} blocks interleaved with the dense cache's, {where}; weights read per step "
@@ -183,15 +184,6 @@ def weight_bytes(model) -> int:
     emb = model.get_input_embeddings().weight
     tied = emb is model.get_output_embeddings().weight
     return sum(p.numel() * p.element_size() for p in model.parameters() if tied or p is not emb)
-
-
-def kv_bytes(model, context: int) -> int:
-    """Bytes of the full KV cache at `context` tokens in the model's dtype."""
-    c = model.config
-    head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    elem = next(model.parameters()).element_size()
-    return 2 * c.num_hidden_layers * kv_heads * head * context * elem
 
 
 if __name__ == "__main__":
