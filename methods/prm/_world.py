@@ -127,6 +127,39 @@ class StepNet(nn.Module):
         return self.head(self.hidden(ids))
 
 
+class BackboneNet(nn.Module):
+    """A pretrained causal LM's trunk (transformers' AutoModel, no vocabulary head) with a linear
+    head on its last hidden states: the papers' PRMs are their policy's LM with a value head, fine-
+    tuned whole (Math-Shepherd on Mistral-7B/DeepSeek-Math, PQM and PAV likewise). Right padding
+    and causal attention: a marker's output never sees the pads or later steps."""
+
+    def __init__(self, trunk: nn.Module, outputs: int):
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Linear(trunk.config.hidden_size, outputs)
+        nn.init.zeros_(self.head.weight)  # starts at logit 0 for every step: the trunk's features, unbiased
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(input_ids=ids).last_hidden_state)
+
+
+def encode_text(tokenizer, problem: str, steps: list[str], max_len: int) -> tuple[list[int], list[int]]:
+    """A backbone's token ids and marker positions: the problem and a blank line (with the
+    tokenizer's BOS: math_prm_bon's `prompt=none` text, tiny-math's training format), then each step
+    and a blank line; the markers are the last tokens of the problem's part and of each step's
+    (its blank line, where Math-Shepherd reads its step tag). Segments are tokenised one by one,
+    the same at fit and at scoring. A problem too long to fit is cut from its start."""
+    body, ends = [], []
+    for s in steps:
+        body += tokenizer(s + "\n\n", add_special_tokens=False)["input_ids"]
+        ends.append(len(body) - 1)
+    if len(body) >= max_len - 1:
+        raise UserError(f"a solution of {len(body)} tokens does not fit the PRM's max_len {max_len}")
+    head = tokenizer(problem + "\n\n")["input_ids"][-(max_len - len(body)) :]
+    return head + body, [len(head) - 1] + [len(head) + e for e in ends]
+
+
 @dataclass
 class Trajectory:
     problem: str
@@ -228,13 +261,29 @@ class WorldPRM(PRMScorer):
         metadata={"help": "learned (absolute position embeddings) or rope (rotary, relative)", "omit_at_default": True},
     )
 
+    backbone: str = field(
+        default="",
+        metadata={
+            "help": "a causal LM to fine-tune with a linear head at each step's end (zoo:NAME or a local folder), "
+            "as the papers' PRMs start from their policy's LM; empty: the small StepNet from scratch "
+            "(d_model, layers, heads and positions then do not apply)",
+            "omit_at_default": True,
+        },
+    )
+    backbone_lr: float = field(
+        default=3e-4, metadata={"help": "learning rate when fine-tuning a backbone", "omit_at_default": True}
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if min(self.problems, self.samples, self.rollouts, self.epochs, self.batch, self.d_model, self.layers) < 1:
             raise ValueError("problems, samples, rollouts, epochs, batch, d_model and layers must be positive")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}")
-        self._net: StepNet | None = None
+        if not self.backbone_lr > 0:
+            raise ValueError("backbone_lr must be positive")
+        self._net: nn.Module | None = None
+        self._tokenizer = None  # the backbone's
         self._key: str | None = None  # the artifact key (scores are cached under it)
 
     # -- fit hooks ------------------------------------------------------------------------------
@@ -256,6 +305,11 @@ class WorldPRM(PRMScorer):
             "read_problem",
         )
         moved = {"positions": self.positions} if self.positions != "learned" else {}
+        if self.backbone:  # the backbone's identity is its weights, whatever the spec's spelling
+            from harness import models
+
+            spec, sha = models.identity(self.backbone)
+            moved.update(backbone=spec, backbone_sha256=sha, backbone_lr=self.backbone_lr)
         return dict(
             {k: getattr(self, k) for k in keep}, **self.label_params(), **moved, seed=ctx.seed, **world_key(ctx)
         )
@@ -266,8 +320,21 @@ class WorldPRM(PRMScorer):
     def fit_data_hash(self, lm, ctx) -> str:
         return world_data_hash(ctx, self.problems)
 
-    def _net_new(self) -> StepNet:
-        return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs, self.positions)
+    def _net_new(self) -> nn.Module:
+        if not self.backbone:
+            return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs, self.positions)
+        from harness import models
+
+        loaded = models.load(self.backbone, device="cpu", head="base")
+        self._tokenizer = loaded.tokenizer
+        return BackboneNet(loaded.model.float(), self.outputs)
+
+    def encode(self, problem: str, steps: list[str]) -> tuple[list[int], list[int]]:
+        """Token ids and marker positions for this PRM's network (read_problem: with the problem)."""
+        problem = problem if self.read_problem else ""
+        if self.backbone:
+            return encode_text(self._tokenizer, problem, steps, self.max_len)
+        return encode(problem, steps, self.max_len)
 
     def collect(self, world, policy, rng: random.Random, seed: int) -> tuple[list[Trajectory], int]:
         """The labelled trajectories and the number of policy rollouts spent on labels: here
@@ -298,8 +365,8 @@ class WorldPRM(PRMScorer):
             f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}, {spent} label rollouts"
         )
         net = self._net_new()
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=0.01)
-        encoded = [encode(t.problem if self.read_problem else "", t.steps, self.max_len) for t in data]
+        opt = torch.optim.AdamW(net.parameters(), lr=self.backbone_lr if self.backbone else self.lr, weight_decay=0.01)
+        encoded = [self.encode(t.problem, t.steps) for t in data]
 
         def batch_loss(chunk):
             out = net(pad([encoded[i][0] for i in chunk]))
@@ -339,7 +406,7 @@ class WorldPRM(PRMScorer):
             raise UserError(f"{self.name} has no trained network: run `harness fit --method {self.name}` first")
 
         def compute():
-            enc = [encode(problem if self.read_problem else "", steps, self.max_len) for steps in solutions]
+            enc = [self.encode(problem, steps) for steps in solutions]
             out = []
             with torch.no_grad():
                 for b in range(0, len(enc), 64):

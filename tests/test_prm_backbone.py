@@ -1,0 +1,74 @@
+"""World PRMs fine-tuned from a pretrained causal LM (`backbone=`), as the papers' PRMs start from
+their policy's LM: markers, causality under right padding, the fit key and the artifact round trip."""
+
+import pytest
+import torch
+
+from harness import artifacts, fitting, params, registry
+from harness.interfaces import MethodContext
+from harness.methods.prm._world import encode_text
+
+BACKBONE = "zoo:tiny-llama"
+TINY = {"problems": "3", "samples": "2", "rollouts": "2", "epochs": "1", "batch": "4", "backbone": BACKBONE}
+STEPS = ["Multiply 8 by 2: 8 * 2 = 16.", "She buys 31 more, so 16 + 31 = 47.", "47 * 4 = 188."]
+
+
+def _shepherd(**kw):
+    return registry.method("math_shepherd")(**kw)
+
+
+def test_markers_are_the_last_token_of_the_problem_and_of_each_step():
+    m = _shepherd(backbone=BACKBONE, read_problem=True)
+    m._net_new()
+    tok = m._tokenizer
+    ids, marks = m.encode("Juno has 8 beads. How many?", STEPS)
+    assert ids[0] == tok.bos_token_id and len(marks) == len(STEPS) + 1
+    assert tok.decode(ids[: marks[0] + 1], skip_special_tokens=True) == "Juno has 8 beads. How many?\n\n"
+    for k in range(1, len(marks)):  # each marker closes one step and its blank line
+        assert tok.decode(ids[marks[k - 1] + 1 : marks[k] + 1]) == STEPS[k - 1] + "\n\n"
+    cut, cut_marks = encode_text(tok, "word " * 400, STEPS, 96)  # a long problem is cut from its start
+    assert len(cut) == 96 and cut_marks[-1] == 95
+
+
+def test_backbone_outputs_match_a_separate_forward_of_each_prefix():
+    """The batched, right-padded network's output at a step's marker equals the head on the trunk's
+    last state of that prefix run alone (causal: later steps and pads change nothing)."""
+    m = _shepherd(backbone=BACKBONE)
+    net = m._net_new().eval()
+    torch.nn.init.normal_(net.head.weight)  # a non-zero head, so the check reads the trunk
+    a, b = m.encode("", STEPS), m.encode("", STEPS[:2] + ["Give up."])
+    with torch.no_grad():
+        batch = net(torch.tensor([a[0], b[0] + [0] * (len(a[0]) - len(b[0]))]))
+        for k, mark in enumerate(a[1]):
+            alone = net.head(net.trunk(input_ids=torch.tensor([a[0][: mark + 1]])).last_hidden_state[0, -1])
+            assert torch.allclose(batch[0, mark], alone, atol=1e-4)
+        assert torch.allclose(batch[0, a[1][:3]], batch[1, b[1][:3]], atol=1e-4)
+        assert not torch.allclose(batch[0, a[1][3]], batch[1, b[1][3]], atol=1e-4)
+
+
+def test_backbone_keys_the_fit_only_when_chosen():
+    plain, lm = _shepherd(), _shepherd(backbone=BACKBONE)
+    assert "backbone" not in params.to_dict(plain) and "backbone_lr" not in params.to_dict(plain)
+    assert "backbone" not in plain.fit_params(None, MethodContext())
+    key = lm.fit_params(None, MethodContext())
+    assert key["backbone"] == BACKBONE and len(key["backbone_sha256"]) == 64 and key["backbone_lr"] == 3e-4
+    with pytest.raises(ValueError, match="backbone_lr"):
+        _shepherd(backbone_lr=0)
+
+
+def test_fit_fine_tunes_the_backbone_and_the_artifact_scores_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "art"))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    key, payload = fitting.fit(
+        "math_shepherd", "none", "math_prm_bon", {"world_version": "2"}, TINY, log=lambda s: None
+    )
+    assert payload["fit_params"]["backbone"] == BACKBONE and payload["trajectories"] == 6
+    fitted = _shepherd(**{k: (v if k == "backbone" else int(v)) for k, v in TINY.items()})
+    fitted.use_artifact(payload, artifacts.folder(key))
+    fresh = _shepherd(backbone=BACKBONE)._net_new()
+    trunk, start = fitted._net.trunk.state_dict(), fresh.trunk.state_dict()
+    assert any(not torch.equal(trunk[k], start[k]) for k in start)  # the whole LM is fine-tuned
+    assert fitted._net.head.weight.abs().sum() > 0
+    scores = fitted.score("", [STEPS, STEPS[:2]])
+    assert [len(s) for s in scores] == [3, 2] and all(0 < x < 1 for s in scores for x in s)
+    assert scores[0][:2] == pytest.approx(scores[1], abs=1e-5)
