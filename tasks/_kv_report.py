@@ -67,17 +67,24 @@ def table(recs: list[dict], n: int, rank_bytes, envs: seeds.Environments) -> lis
         label, g = groups[i]
         label = f"`{label}`" + (f" ({g[0]['model']['id']})" if len(models) > 1 else "") + envs.mark(g)
         rank = str(1 + sum(means[j] > means[i] for j in ranked)) if means[i] is not None else "—"
-        budgets = [b for b in g[0]["details"]["budgets"] if b != "dense"]
+        # a dense-only record (baseline, or cla, whose saving is its model's layout) shows its dense row
+        budgets = [b for b in g[0]["details"]["budgets"] if b != "dense"] or ["dense"]
         cells = [" / ".join(_cell(g, f"{key}@{b}", form) for b in budgets) for _, key, form in COLUMNS]
         ratio = " / ".join(_cell(g, f"decode_time_ratio@{n}@{b}", "{:.2f}") for b in budgets)
         main = report.over_seeds([r["metrics"].get(MAIN, {}).get("value") for r in g]) or "—"
         seeds = len({r.get("seed") for r in g})
         out.append(
-            f"| {rank} | {label} | {seeds} | {main} | {_ranked_row(g, rank_bytes)} | {' / '.join(budgets) or 'dense only'} | "
+            f"| {rank} | {label} | {seeds} | {main} | {_ranked_row(g, rank_bytes)} | {' / '.join(budgets)} | "
             + " | ".join(cells)
             + f" | {ratio} |"
         )
     needle = statistics.median(r["metrics"]["needle_accuracy@dense"]["value"] for r in recs)
+    # absolute numbers that compare across models (byte fractions and ratios are each model's own)
+    absolute = [
+        form.format(statistics.median(vals))
+        for key, form in (("kv_bytes_per_token@dense", "{:.0f} KV bytes/token"), ("nll@dense", "nll {:.3f}"))
+        if (vals := [r["metrics"][key]["value"] for r in recs if key in r["metrics"]])
+    ]
     dense_ms = [
         r["metrics"][f"decode_ms_per_token@{n}@dense"]["value"]
         for r in recs
@@ -90,6 +97,7 @@ def table(recs: list[dict], n: int, rank_bytes, envs: seeds.Environments) -> lis
         "without one are unranked (—). Per-budget cells are means over the seeds.",
         "",
         f"dense (median over the records): needle {needle:.2f}"
+        + "".join(f", {a}" for a in absolute)
         + (f", ms/token {statistics.median(dense_ms):.1f}" if dense_ms else ""),
         "",
     ]

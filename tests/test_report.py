@@ -132,6 +132,24 @@ def test_kv_report_ranks_configurations_at_equal_memory_and_averages_their_seeds
     assert old.startswith("| — | `h2o` | 1 | — | none (task version 1) |")
 
 
+def test_kv_report_shows_a_dense_only_record_and_absolute_numbers_that_compare_across_models():
+    """cla's saving is its model's layout, so its record has the dense row only: the row shows that
+    row's cells, and the dense line gives KV bytes/token and nll, which compare across models."""
+    from harness.tasks.kv_compression import KVCompression
+
+    rec = _kv("snapkv", 0, 1.0)
+    rec["metrics"] |= {"kv_bytes_per_token@dense": {"value": 1536.0}, "nll@dense": {"value": 2.8293}}
+    rec["metrics"] |= {"kept_fraction@dense": {"value": 1.0}, "needle_accuracy@dense": {"value": 0.75}}
+    del rec["metrics"]["needle_accuracy_at_memory"]  # no row within rank_bytes: unranked
+    rec["method"] = {"name": "cla", "params": {"cla": {}}}
+    rec["details"] = {"budgets": ["dense"], "ranked_row": None}
+    text = KVCompression.report([rec])
+    (row,) = [line for line in text.splitlines() if "`cla`" in line]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[:8] == ["—", "`cla`", "1", "—", "none within 0.3", "dense", "1.00", "–"] and cells[8] == "0.75"
+    assert "dense (median over the records): needle 0.75, 1536 KV bytes/token, nll 2.829" in text
+
+
 def test_cli_report_puts_two_seeds_of_one_configuration_in_one_cell(needle_records, tmp_path, capsys):
     import json
     import shutil
