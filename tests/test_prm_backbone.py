@@ -72,3 +72,11 @@ def test_fit_fine_tunes_the_backbone_and_the_artifact_scores_the_same(tmp_path, 
     scores = fitted.score("", [STEPS, STEPS[:2]])
     assert [len(s) for s in scores] == [3, 2] and all(0 < x < 1 for s in scores for x in s)
     assert scores[0][:2] == pytest.approx(scores[1], abs=1e-5)
+
+
+def test_an_unknown_backbone_is_a_user_error_before_any_work(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "art"))
+    assert main(["fit", "--method", "math_shepherd", "--method-arg", "backbone=zoo:nope"]) == 2
+    assert "unknown zoo model 'nope'" in capsys.readouterr().err and not (tmp_path / "art").exists()
