@@ -75,8 +75,8 @@ class WorldLM(PRMScorer):
     """Base of the LM verifiers trained on the synthetic world: one score per solution (so `agg`
     has no effect), networks saved as safetensors, scores cached like the world PRMs'."""
 
-    # the world PRMs' ranges, less their rollouts (checked by params.build before any model loads)
-    ranges = {k: v for k, v in WorldPRM.ranges.items() if k != "rollouts"}
+    # the world PRMs' ranges, less their rollouts and backbone (checked by params.build before any model loads)
+    ranges = {k: v for k, v in WorldPRM.ranges.items() if k not in ("rollouts", "backbone_lr")}
     problems: int = field(default=200, metadata={"help": "training problems (training-side seeds)"})
     samples: int = field(default=8, metadata={"help": "policy samples per training problem"})
     epochs: int = 4

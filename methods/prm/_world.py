@@ -240,6 +240,7 @@ class WorldPRM(PRMScorer):
         "heads": "[1, inf)",
         "max_len": "[1, inf)",
         "lr": "(0, inf)",
+        "backbone_lr": "(0, inf)",
     }  # checked by params.build before any model loads
     problems: int = field(default=200, metadata={"help": "training problems (training-side seeds)"})
     samples: int = field(default=8, metadata={"help": "policy samples per training problem"})
