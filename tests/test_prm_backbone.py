@@ -26,6 +26,8 @@ def test_markers_are_the_last_token_of_the_problem_and_of_each_step():
     assert tok.decode(ids[: marks[0] + 1], skip_special_tokens=True) == "Juno has 8 beads. How many?\n\n"
     for k in range(1, len(marks)):  # each marker closes one step and its blank line
         assert tok.decode(ids[marks[k - 1] + 1 : marks[k] + 1]) == STEPS[k - 1] + "\n\n"
+    joint = tok("Juno has 8 beads. How many?\n\n" + "".join(s + "\n\n" for s in STEPS))["input_ids"]
+    assert ids == joint  # segment by segment is how the LM tokenises the joined text here
     cut, cut_marks = encode_text(tok, "word " * 400, STEPS, 96)  # a long problem is cut from its start
     assert len(cut) == 96 and cut_marks[-1] == 95
 

@@ -130,8 +130,11 @@ class StepNet(nn.Module):
 class BackboneNet(nn.Module):
     """A pretrained causal LM's trunk (transformers' AutoModel, no vocabulary head) with a linear
     head on its last hidden states: the papers' PRMs are their policy's LM with a value head, fine-
-    tuned whole (Math-Shepherd on Mistral-7B/DeepSeek-Math, PQM and PAV likewise). Right padding
-    and causal attention: a marker's output never sees the pads or later steps."""
+    tuned whole (Math-Shepherd on Mistral-7B/DeepSeek-Math, PQM and PAV likewise). Math-Shepherd
+    reads P('+') against P('-') from the vocabulary head at its tag: a sigmoid of (e₊ − e₋)·h, the
+    same function class as this linear head (PQM's is a scalar value head, as here); only the
+    initialisation differs. Right padding and causal attention: a marker's output never sees the
+    pads or later steps."""
 
     def __init__(self, trunk: nn.Module, outputs: int):
         super().__init__()
@@ -149,7 +152,8 @@ def encode_text(tokenizer, problem: str, steps: list[str], max_len: int) -> tupl
     tokenizer's BOS: math_prm_bon's `prompt=none` text, tiny-math's training format), then each step
     and a blank line; the markers are the last tokens of the problem's part and of each step's
     (its blank line, where Math-Shepherd reads its step tag). Segments are tokenised one by one,
-    the same at fit and at scoring. A problem too long to fit is cut from its start."""
+    the same at fit and at scoring; on world-v2 solutions with the zoo tokenizer that equals
+    tokenising the joined text (tested). A problem too long to fit is cut from its start."""
     body, ends = [], []
     for s in steps:
         body += tokenizer(s + "\n\n", add_special_tokens=False)["input_ids"]
@@ -272,7 +276,9 @@ class WorldPRM(PRMScorer):
         },
     )
     backbone_lr: float = field(
-        default=3e-4, metadata={"help": "learning rate when fine-tuning a backbone", "omit_at_default": True}
+        # [our choice for zoo-sized backbones; RLHFlow's Math-Shepherd replication uses 2e-6 on 7B models]
+        default=3e-4,
+        metadata={"help": "learning rate when fine-tuning a backbone", "omit_at_default": True},
     )
 
     def __post_init__(self):
