@@ -1,13 +1,13 @@
 """Best-of-N curves from math_prm_bon records: a Markdown table on stdout (the task's own report
 table, as `harness report --task math_prm_bon` prints it) and a PNG.
 
-    python scripts/prm_curves.py [RESULTS_DIR] [--png FILE]
+    python scripts/prm_curves.py [RESULTS_DIR] [--png FILE] [--model ID] [--world-version N]
 
 Reads every record under RESULTS_DIR/math_prm_bon (written by `harness eval ... --out`), one curve
 per configuration (method and parameters): accuracy@N of the method's own pick, with majority@N and
 pass@N (the same for every method on the same data) drawn once. A configuration run with several
 seeds is one curve, the mean over its seeds with a ± sd band (tasks/_prm_report.py); configurations
-are never pooled. Needs matplotlib for the PNG (pinned in the `plots` extra)."""
+are never pooled, nor are pools (a figure draws one: --model and --world-version choose it). Needs matplotlib for the PNG (pinned in the `plots` extra)."""
 
 from __future__ import annotations
 
@@ -65,8 +65,13 @@ def plot(recs: list[dict], out: Path) -> None:
     ax.set_ylabel("accuracy")
     n = base[0]["metrics"]["accuracy"]["n"]
     seeds = sorted({r.get("seed") for r in recs}, key=repr)
+    version, source = _prm_report.pool_key(recs[0])
+    policy = {
+        "synthetic": "the world's stochastic-program policy, not an LLM",
+        "generate": f"pools sampled from {recs[0]['model']['id']}",
+    }.get(source, "solutions from files")
     ax.set_title(
-        f"math_prm_bon, synthetic math world ({n} problems; stochastic-program policy, not an LLM)\n"
+        f"math_prm_bon, synthetic math world v{version} ({n} problems; {policy})\n"
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
         + (" (mean ± sd over the seeds)" if len(seeds) > 1 else "")
     )
@@ -80,11 +85,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="results")
     ap.add_argument("--png", default=None)
+    ap.add_argument("--model", default=None, help="only the records made with this model id (none: the world's policy)")
+    ap.add_argument("--world-version", type=int, default=None, help="only the records on this world version")
     a = ap.parse_args()
     recs = load(Path(a.root))
+    if a.model:
+        recs = [r for r in recs if r["model"]["id"] == a.model]
+    if a.world_version:
+        recs = [r for r in recs if _prm_report.pool_key(r)[0] == a.world_version]
     if not recs:
-        raise SystemExit(f"no math_prm_bon records under {a.root}")
+        raise SystemExit(f"no math_prm_bon records under {a.root} for the model and world version asked for")
     print(MathPrmBon.report(recs))
+    split = _prm_report.pools(recs)
+    if a.png and len(split) > 1:  # one figure is one pool: its oracle and majority curves are the pool's
+        keys = ", ".join(f"world v{v} ({src})" for (v, src), _ in split)
+        raise SystemExit(f"the records hold several pools ({keys}): choose one with --model and --world-version")
     if a.png:
         plot(recs, Path(a.png))
 

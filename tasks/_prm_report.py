@@ -1,4 +1,5 @@
-"""math_prm_bon's report and curves (issue 23): one curve per configuration, its seeds pooled as
+"""math_prm_bon's report and curves (issue 23): one table per pool (world version and source of the
+solutions), one curve per configuration, its seeds pooled as
 mean ± sample sd per N (harness/seeds.py); different configurations never share a curve. The
 oracle pass@N and majority@N rows depend only on the pools, so they are taken once per seed from
 the records on the widest N grid and averaged over the seeds the same way."""
@@ -52,7 +53,39 @@ def _interval(records: list[dict], metric: str) -> str:
     return f"{lo:.3f}–{hi:.3f}" + (f" (mean of {len(ivs)} seeds' CIs)" if len(ivs) > 1 else "")
 
 
+def pool_key(rec: dict) -> tuple[int, str]:
+    """What a record ranks its verifiers on: the world version (1 where the record predates the
+    parameter) and where the solutions came from (the world's stochastic policy, sampled from the
+    record's model, or files). Records of different pools never share a table or a curve."""
+    p = rec["task"]["params"]
+    source = p.get("solutions", "synthetic")
+    return int(p.get("world_version", 1)), source if source in ("synthetic", "generate") else "files"
+
+
+def pool_title(key: tuple[int, str]) -> str:
+    version, source = key
+    return {
+        "synthetic": f"synthetic math world v{version}, pools of the world's stochastic policy",
+        "generate": f"synthetic math world v{version} problems, pools sampled from the model",
+        "files": "problems and solutions from files",
+    }[source]
+
+
+def pools(recs: list[dict]) -> list[tuple[tuple[int, str], list[dict]]]:
+    out: dict[tuple[int, str], list[dict]] = {}
+    for r in recs:
+        out.setdefault(pool_key(r), []).append(r)
+    return sorted(out.items())
+
+
 def tables(recs: list[dict]) -> str:
+    split = pools(recs)
+    if len(split) == 1:
+        return pool_table(recs)
+    return "\n\n".join(f"**{pool_title(key)}** ({len(rs)} records)\n\n{pool_table(rs)}" for key, rs in split)
+
+
+def pool_table(recs: list[dict]) -> str:
     grid, base, groups = curves(recs)
     envs = seeds.Environments(recs)
     head = ["method", *(f"N={n}" for n in grid), "95% CI at its largest N", "weighted majority at its largest N"]

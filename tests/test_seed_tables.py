@@ -198,6 +198,22 @@ def test_prm_curves_pool_the_seeds_of_a_configuration_only():
     assert grid == [1, 2] and sorted(r["seed"] for r in base) == [0, 1] and len(groups) == 2
 
 
+def test_prm_report_gives_each_pool_its_own_table():
+    from harness.tasks.math_prm_bon import MathPrmBon
+
+    v1 = [_prm("orm", 0, [0.5, 0.4]), _prm("majority", 0, [0.5, 0.6])]
+    v2 = [_prm("orm", 0, [0.6, 0.9]), _prm("majority", 0, [0.6, 0.7])]
+    for r in v2:
+        r["task"]["params"]["world_version"] = 2
+    text = MathPrmBon.report(v1 + v2)
+    first, second = text.split("**synthetic math world v2")
+    assert "**synthetic math world v1" in first
+    # each pool's oracle row is its own (v1: 0.6 at N=2, v2: 1.1), never an average over pools
+    assert _rows(first)["oracle pass@N"][1] == "0.600" and _rows(second)["oracle pass@N"][1] == "1.100"
+    assert _rows(second)["orm (agg=min)"][:2] == ["0.600", "0.900"] and "0.400" not in second
+    assert "world v" not in MathPrmBon.report(v1)  # one pool: the table alone, as before
+
+
 def test_prm_curves_script_draws_the_mean_with_an_sd_band(tmp_path):
     import importlib.util
     from pathlib import Path
