@@ -47,3 +47,36 @@ def test_unknown_row_source_is_refused(tok):
 
     with pytest.raises(ValueError, match="'zoo' or 'math'"):
         row_maker(dataclasses.replace(RECIPES["tiny-math"], data="wiki"), tok, 0)
+
+
+def test_the_committed_tiny_math_knows_the_worlds_arithmetic():
+    """The committed policy model assigns low probability to the world policy's slips: scoring a
+    prefix by the least likely token of its steps so far separates prefixes that erred from those
+    that did not on held-out problems (AUROC 0.843 on these 20 problems x 3 samples, 0.857 on 60 x 4). This is the
+    information a PRM fine-tuned from it (backbone=zoo:tiny-math) has to extract."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    world = mathworld.world(2)
+    policy = world.Policy()
+    loaded = models.load("zoo:tiny-math", device="cpu")
+    tok, net = loaded.tokenizer, loaded.model.float().eval()
+    labels, scores = [], []
+    for prob in world.problems(20, mathworld.EVAL_SEED_BASE):
+        for j in range(3):
+            steps = policy.sample(prob, world.sample_seed(prob, j))
+            ids, spans = tok(prob.text + "\n\n")["input_ids"], []
+            for s in steps:
+                t = tok(s.text + "\n\n", add_special_tokens=False)["input_ids"]
+                spans.append((len(ids), len(ids) + len(t)))
+                ids += t
+            with torch.no_grad():
+                logp = torch.log_softmax(net(torch.tensor([ids])).logits[0], -1)
+            token_logp = logp[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]  # log p(ids[i + 1])
+            least = 0.0
+            for a, b in spans:
+                least = min(least, token_logp[a - 1 : b - 1].min().item())
+                scores.append(least)
+            labels += world.step_ok(prob, steps)
+    assert 0 < sum(labels) < len(labels)
+    assert roc_auc_score(labels, scores) > 0.75, roc_auc_score(labels, scores)
