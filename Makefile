@@ -22,7 +22,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # architecture module (and its packages) on `import pyiqa`.
 PYIQA  ?= pyiqa==0.1.16
 
-.PHONY: help demo docs test test-slow gate install list bench bench-leaderboard bench-kv reference reference-long reference-video reference-kv prm-reference leaderboard clean
+.PHONY: help demo docs test test-slow gate install list bench bench-leaderboard bench-kv reference reference-long reference-video reference-kv prm-reference prm-reference-v2 leaderboard clean
 
 help:
 	@echo "make demo         a 1-minute tour: needle retrieval of 5 RoPE methods on zoo:tiny-llama (out/demo)"
@@ -148,7 +148,14 @@ prm-reference: install
 	nice -n 10 $(HARNESS) fit --method beam_search --method-arg prm_args=estimation=soft
 	nice -n 10 $(HARNESS) eval --task math_prm_bon --method beam_search --method-arg prm_args=estimation=soft \
 	    --task-arg n_max=16 --out results
-	$(PY) scripts/prm_curves.py results --png docs/prm_curves.png
+	$(PY) scripts/prm_curves.py results --model none --world-version 1 --png docs/prm_curves.png
+
+# The world-v2 reference (issue 25): PRMs fine-tuned from zoo:tiny-math on the world policy's pools and on
+# pools sampled from zoo:tiny-math, seeds 0-2 (grids/prm_v2.yaml; about an hour on the 2-core CPU).
+prm-reference-v2: install
+	OMP_NUM_THREADS=1 nice -n 10 $(HARNESS) sweep grids/prm_v2.yaml --workers 2 --threads 1
+	$(PY) scripts/prm_curves.py results --model none --world-version 2 --png docs/prm_curves_v2.png
+	$(PY) scripts/prm_curves.py results --model zoo:tiny-math --world-version 2 --png docs/prm_curves_tiny_math.png
 
 # The committed kv_compression records: the fits, then every cell of grids/kv.yaml (about 1.5 hours niced
 # on the shared 2-core CPU; finished cells are skipped when it runs again).
