@@ -6,6 +6,8 @@ the records on the widest N grid and averaged over the seeds the same way."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from harness import params, registry, seeds
 from harness.errors import UserError
 
@@ -16,10 +18,17 @@ def report_label(rec: dict) -> str:
     name = rec["method"]["name"]
     p = rec["method"]["params"].get(name, {})
     try:
-        defaults = params.to_dict(registry.method(name)(**({"model": "x"} if "model" in p else {})))
+        method = registry.method(name)(**({"model": "x"} if "model" in p else {}))
+        defaults, known = params.to_dict(method), {f.name for f in dataclasses.fields(method)}
     except (UserError, TypeError, ValueError):  # a method this install lacks, or one that needs arguments
-        defaults = {}
-    bits = [f"{k}={v}" for k, v in p.items() if k in ("agg", "estimation") or (k in defaults and defaults[k] != v)]
+        defaults, known = {}, set()
+    # a parameter left out of records at its default (omit_at_default, e.g. backbone) is in a record
+    # only when it was set: it is shown then
+    bits = [
+        f"{k}={v}"
+        for k, v in p.items()
+        if k in ("agg", "estimation") or (k in known and (k not in defaults or defaults[k] != v))
+    ]
     bits.sort(key=lambda b: b.startswith("agg="))
     return name + (f" ({', '.join(bits)})" if bits else "")
 

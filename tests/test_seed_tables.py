@@ -248,3 +248,13 @@ def test_needle_heatmap_panels_are_configurations_with_their_seeds_pooled():
         "yarn (factor=2.0)": {(50.0, 64): [3.0, 4]},
         "yarn (factor=4.0)": {(50.0, 64): [0.0, 2]},
     }
+
+
+def test_prm_labels_name_a_parameter_that_records_leave_out_at_its_default():
+    from harness.tasks import _prm_report
+
+    scratch = _prm("math_shepherd", 0, [0.5, 0.4])
+    tuned = _prm("math_shepherd", 0, [0.5, 0.4])
+    tuned["method"]["params"]["math_shepherd"]["backbone"] = "zoo:tiny-math"  # omit_at_default: present only when set
+    assert "backbone" not in _prm_report.report_label(scratch)
+    assert "backbone=zoo:tiny-math" in _prm_report.report_label(tuned)
