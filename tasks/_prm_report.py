@@ -68,6 +68,8 @@ def pool_key(rec: dict) -> tuple[int, str]:
     record's model, or files). Records of different pools never share a table or a curve."""
     p = rec["task"]["params"]
     source = p.get("solutions", "synthetic")
+    if source == "generate" and p.get("problems", "synthetic") != "synthetic":
+        return 0, "generate from files"  # a problems file (e.g. MATH-500): the world version plays no part
     return int(p.get("world_version", 1)), source if source in ("synthetic", "generate") else "files"
 
 
@@ -76,6 +78,7 @@ def pool_title(key: tuple[int, str]) -> str:
     return {
         "synthetic": f"synthetic math world v{version}, pools of the world's stochastic policy",
         "generate": f"synthetic math world v{version} problems, pools sampled from the model",
+        "generate from files": "problems from a file, pools sampled from the model",
         "files": "problems and solutions from files",
     }[source]
 

@@ -212,6 +212,9 @@ def test_prm_report_gives_each_pool_its_own_table():
     assert _rows(first)["oracle pass@N"][1] == "0.600" and _rows(second)["oracle pass@N"][1] == "1.100"
     assert _rows(second)["orm (agg=min)"][:2] == ["0.600", "0.900"] and "0.400" not in second
     assert "world v" not in MathPrmBon.report(v1)  # one pool: the table alone, as before
+    sampled = _prm("orm", 0, [0.5, 0.4])
+    sampled["task"]["params"] |= {"solutions": "generate", "problems": "math500.jsonl", "world_version": 2}
+    assert "**problems from a file, pools sampled from the model**" in MathPrmBon.report(v1 + [sampled])
 
 
 def test_prm_curves_script_draws_the_mean_with_an_sd_band(tmp_path):
