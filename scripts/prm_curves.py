@@ -65,13 +65,10 @@ def plot(recs: list[dict], out: Path) -> None:
     ax.set_ylabel("accuracy")
     n = base[0]["metrics"]["accuracy"]["n"]
     seeds = sorted({r.get("seed") for r in recs}, key=repr)
-    version, source = _prm_report.pool_key(recs[0])
-    policy = {
-        "synthetic": "the world's stochastic-program policy, not an LLM",
-        "generate": f"pools sampled from {recs[0]['model']['id']}",
-    }.get(source, "solutions from files")
+    key = _prm_report.pool_key(recs[0])
+    sampler = f" {recs[0]['model']['id']}" if key[1].startswith("generate") else ""
     ax.set_title(
-        f"math_prm_bon, synthetic math world v{version} ({n} problems; {policy})\n"
+        f"math_prm_bon: {_prm_report.pool_title(key)}{sampler} ({n} problems)\n"
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
         + (" (mean ± sd over the seeds)" if len(seeds) > 1 else "")
     )
@@ -98,7 +95,7 @@ def main() -> None:
     print(MathPrmBon.report(recs))
     split = _prm_report.pools(recs)
     if a.png and len(split) > 1:  # one figure is one pool: its oracle and majority curves are the pool's
-        keys = ", ".join(f"world v{v} ({src})" for (v, src), _ in split)
+        keys = "; ".join(_prm_report.pool_title(key) for key, _ in split)
         raise SystemExit(f"the records hold several pools ({keys}): choose one with --model and --world-version")
     if a.png:
         plot(recs, Path(a.png))
