@@ -105,30 +105,20 @@ RESULTS ?= results
 leaderboard: install
 	$(HARNESS) leaderboard --results $(RESULTS)
 
-# The committed reference records in results/ (zoo:tiny-llama, long-context family).
-LC_METHODS = --method baseline --method pi --method ntk --method dynamic_ntk --method yarn \
-             --method llama3 --method selfextend --method dca --method longrope
-LENGTHS    = context_length=512,1024,2048 --task-arg samples_per_depth=5
+# The committed reference records in results/ (zoo:tiny-llama, long-context family): 512-2k, seeds 0-2.
 reference: install
-	$(HARNESS) fit --method longrope --task needle --task-arg context_length=512,1024,2048   # one artifact for every 2048-token task
-	$(HARNESS) eval --task needle --task-arg $(LENGTHS) $(LC_METHODS) --out results
-	$(HARNESS) eval --task passkey --task-arg context_length=512,1024,2048 $(LC_METHODS) --out results
-	$(HARNESS) eval --task perplexity --task-arg context_length=512,1024,2048 $(LC_METHODS) --out results
+	$(HARNESS) sweep grids/long_context.yaml
 
-# The longer runs (made on a lent GPU: `make reference-long DEVICE=cuda`; they also run on CPU, slowly).
+# The longer runs: 4k-8k on CPU in hours (reference-long); LongRoPE's 4k/8k search, 32k and 128k
+# want a GPU (`make reference-scale DEVICE=cuda`; they run on CPU too, slowly).
 DEVICE ?= auto
-TF_METHODS = --method baseline --method pi --method ntk --method dynamic_ntk --method yarn \
-             --method llama3 --method selfextend --method dca
 reference-long: install
-	$(HARNESS) fit --method longrope --task needle --task-arg context_length=4096,8192 --device $(DEVICE)
-	$(HARNESS) eval --task needle --task-arg context_length=4096,8192 --task-arg samples_per_depth=5 $(LC_METHODS) --device $(DEVICE) --out results
-	$(HARNESS) eval --task passkey --task-arg context_length=4096,8192 $(LC_METHODS) --device $(DEVICE) --out results
-	$(HARNESS) eval --task perplexity --task-arg context_length=4096,8192 $(LC_METHODS) --device $(DEVICE) --out results
-	$(HARNESS) eval --task needle --task-arg context_length=32768 --task-arg samples_per_depth=1 $(TF_METHODS) --device $(DEVICE) --out results
-	for t in needle passkey perplexity; do $(HARNESS) eval --model zoo:tiny-llama-alibi --method alibi --task $$t \
-	    --task-arg context_length=512,1024,2048,4096,8192 $$( [ $$t = needle ] && echo --task-arg samples_per_depth=5 ) \
-	    --device $(DEVICE) --out results; done
+	OMP_NUM_THREADS=1 nice -n 10 $(HARNESS) sweep grids/long_context_long.yaml --workers 2 --threads 1 --device $(DEVICE)
 	$(HARNESS) report --task needle --model zoo:tiny-llama --heatmaps docs/needle_heatmaps_tiny_llama.png
+
+.PHONY: reference-scale
+reference-scale: install
+	$(HARNESS) sweep grids/long_context_scale.yaml --device $(DEVICE)
 
 # The committed math_prm_bon curves (synthetic math world, 200 problems x 64 samples): fit the
 # world PRMs, evaluate every scorer and aggregation, draw the plot.
