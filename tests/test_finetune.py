@@ -2,6 +2,7 @@
 query-key pairs, the merged LoRA weights against the unmerged LoRA forward, and short fits through
 `harness fit` that change the weights, are deterministic, and are reused by `harness eval`."""
 
+import contextlib
 import json
 import math
 
@@ -160,3 +161,27 @@ def test_scale_is_fixed_by_the_fit_length(tiny_lm):
 
     m = PIFinetuned(fit_length=512)
     assert m.resolve(tiny_lm, MethodContext(target_length=4096))[1] == 4.0  # 512 / 128, not 4096 / 128
+
+
+@pytest.mark.parametrize("full_attn", [False, True])
+def test_full_attn_trains_under_the_attention_that_evaluation_uses(tiny_lm, full_attn):
+    """`full_attn` (official `use_full_attn`): the training forward equals the evaluation forward
+    (merged LoRA, full attention, PI positions); under S²-Attn (the default) a 512-token row split
+    into groups of 128 attends differently."""
+    m = LongLoRA(fit_length=512, full_attn=full_attn)
+    ctx = MethodContext(target_length=512)
+    shape, s = m.resolve(tiny_lm, ctx)
+    trainable, patches = m.training_setup(tiny_lm, ctx, shape, s)
+    with torch.no_grad():
+        for name, t in trainable.items():
+            if name.endswith("lora_B"):
+                t.normal_(0, 0.05)  # B starts at zero; make the update visible
+    ids = torch.randint(30, 2000, (1, 512))
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        for p in patches():
+            stack.enter_context(p)
+        training = tiny_lm.model(input_ids=ids).logits
+    m._trained = {name: t.detach().clone() for name, t in trainable.items()}
+    with torch.no_grad(), m.apply(tiny_lm, ctx):
+        evaluation = tiny_lm.model(input_ids=ids).logits
+    assert torch.allclose(training, evaluation, rtol=1e-4, atol=1e-4) == full_attn

@@ -82,7 +82,8 @@ class LongLoRA(FinetunedRope, PI):
     Fine-tuning at fit_length tokens with Position-Interpolated RoPE (s = fit_length / L), where
     attention is S²-Attn (groups of group_size_ratio · fit_length tokens, half the heads shifted by
     half a group), LoRA (rank 8, alpha 16, no dropout) on q/k/v/o, and the embeddings and norms
-    trainable (`trainable_params="embed,norm"`). Evaluation merges W + (alpha/r)·BA into the weights,
+    trainable (`trainable_params="embed,norm"`); `full_attn` trains under plain causal attention
+    instead (`use_full_attn`). Evaluation merges W + (alpha/r)·BA into the weights,
     swaps in the trained embeddings and norms and uses full attention with the same PI positions,
     as in the paper. Training loop, data, optimiser and the rescaled learning rate:
     methods/rope/_finetune.py (the paper: 1000 steps, lr 2e-5, 20 warm-up steps, constant).
@@ -100,6 +101,12 @@ class LongLoRA(FinetunedRope, PI):
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha/r)"})
     group_size_ratio: float = field(default=0.25, metadata={"help": "S²-Attn group size / fit_length"})
+    # the official fine-tune.py's `use_full_attn`: LoRA trained under plain causal attention, the
+    # paper's ablation of S²-Attn; left out of run ids at its default (records made before it)
+    full_attn: bool = field(
+        default=False,
+        metadata={"omit_at_default": True, "help": "train with full attention instead of S²-Attn (use_full_attn)"},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,7 +132,7 @@ class LongLoRA(FinetunedRope, PI):
         group, scale = self.group(), self.lora_alpha / self.lora_rank
         return trainable, lambda: [
             rope_override(lm.model, self.freq_fn(shape, s)),
-            attention_override(lm.model, lambda a: s2_attend(a, group)),
+            *([] if self.full_attn else [attention_override(lm.model, lambda a: s2_attend(a, group))]),
             lora_forwards(lm, factors, scale),
         ]
 
