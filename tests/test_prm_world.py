@@ -209,3 +209,36 @@ def test_beam_search_with_a_step_checker_beats_single_samples():
     assert bs.searches == 12 and hits > single and hits >= 9
     with pytest.raises(Exception, match="synthetic world only"):
         bs.search({"id": "x1", "problem": "2+2?"}, 4, 0)
+
+
+def test_two_processes_wanting_the_same_scores_compute_them_once(tmp_path, monkeypatch):
+    """A sweep's two workers scoring one fitted PRM (its `min` and `last` cells) at the same time:
+    the second waits for the first's scores instead of computing them again. Threads stand in for
+    the processes (flock locks conflict between two opens in one process too). The first compute
+    waits up to 5 s for a second, concurrent one: without the lock one starts and the count is 2."""
+    import threading
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    calls, started, second, got = [], threading.Event(), threading.Event(), []
+
+    def compute():
+        calls.append(1)
+        if len(calls) == 1:
+            started.set()
+            second.wait(timeout=5)
+        else:
+            second.set()
+        return [torch.tensor([0.25, 0.5])]
+
+    def score():
+        got.append(_world.cached_outputs("pav", "k" * 16, "problem", [["a step"]], compute))
+
+    first = threading.Thread(target=score)
+    first.start()
+    started.wait(timeout=60)
+    other = threading.Thread(target=score)
+    other.start()
+    first.join()
+    other.join()
+    assert len(calls) == 1
+    assert len(got) == 2 and all(torch.equal(g[0], torch.tensor([0.25, 0.5])) for g in got)

@@ -18,6 +18,7 @@ misreads) are then invisible to it."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -472,20 +473,24 @@ def train_loop(opt, n_items: int, batch_loss, epochs: int, batch: int, rng: rand
 def cached_outputs(name: str, key: str | None, problem: str, solutions: list[list[str]], compute) -> list:
     """compute() -> one tensor per solution, cached on disk by (artifact key, problem, solutions)
     so re-reading the same fitted scorer (another aggregation) does not run it again; key None:
-    no cache (an unfitted network, or a search's fresh candidates)."""
+    no cache (an unfitted network, or a search's fresh candidates). An exclusive lock per entry
+    makes a second process that wants the same scores (a sweep worker running the fit's other
+    aggregation at the same time) wait for them instead of computing them again."""
+    if key is None:
+        return compute()
     path = _cache_dir() / f"{name}-{sha256_text(canonical([key, problem, solutions]))[:24]}.json"
-    try:
-        if key is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
             return [torch.tensor(o) for o in json.loads(path.read_text())]
-    except (OSError, ValueError):
-        pass
-    out = compute()
-    if key is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        except (OSError, ValueError):
+            pass
+        out = compute()
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps([torch.as_tensor(o).tolist() for o in out]))
         os.replace(tmp, path)
-    return out
+        return out
 
 
 def _cache_dir() -> Path:
