@@ -66,16 +66,17 @@ def plot(recs: list[dict], out: Path) -> None:
     n = base[0]["metrics"]["accuracy"]["n"]
     seeds = sorted({r.get("seed") for r in recs}, key=repr)
     key = _prm_report.pool_key(recs[0])
-    sampler = f" {recs[0]['model']['id']}" if key[1].startswith("generate") else ""
+    sampler = f"{recs[0]['model']['id']}, " if key[1].startswith("generate") else ""
     ax.set_title(
-        f"math_prm_bon: {_prm_report.pool_title(key)}{sampler} ({n} problems)\n"
+        f"math_prm_bon: {_prm_report.pool_title(key)}\n{sampler}{n} problems, "
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-        + (" (mean ± sd over the seeds)" if len(seeds) > 1 else "")
+        + (" (mean ± sd over the seeds)" if len(seeds) > 1 else ""),
+        fontsize=10,
     )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # the legend sits outside the axes
 
 
 def main() -> None:
