@@ -185,3 +185,17 @@ def test_full_attn_trains_under_the_attention_that_evaluation_uses(tiny_lm, full
     with torch.no_grad(), m.apply(tiny_lm, ctx):
         evaluation = tiny_lm.model(input_ids=ids).logits
     assert torch.allclose(training, evaluation, rtol=1e-4, atol=1e-4) == full_attn
+
+
+def test_low_rank_false_trains_every_weight_without_lora(tiny_lm):
+    """`low_rank=false` (official `low_rank_training=False`): every model weight trains, no LoRA
+    factor exists, and S²-Attn still shapes training (full_attn stays off)."""
+    ctx = MethodContext(target_length=512)
+    full = LongLoRA(fit_length=512, low_rank=False)
+    trainable, patches = full.training_setup(tiny_lm, ctx, *full.resolve(tiny_lm, ctx))
+    assert set(trainable) == {n for n, _ in tiny_lm.model.named_parameters()}
+    assert len(patches()) == 2  # PI RoPE and S²-Attn, no LoRA forwards
+    lora = LongLoRA(fit_length=512)
+    trainable, patches = lora.training_setup(tiny_lm, ctx, *lora.resolve(tiny_lm, ctx))
+    assert any(".lora_A" in n for n in trainable) and not any(".mlp." in n for n in trainable)
+    assert len(patches()) == 3

@@ -83,9 +83,9 @@ class LongLoRA(FinetunedRope, PI):
     attention is S²-Attn (groups of group_size_ratio · fit_length tokens, half the heads shifted by
     half a group), LoRA (rank 8, alpha 16, no dropout) on q/k/v/o, and the embeddings and norms
     trainable (`trainable_params="embed,norm"`); `full_attn` trains under plain causal attention
-    instead (`use_full_attn`). Evaluation merges W + (alpha/r)·BA into the weights,
-    swaps in the trained embeddings and norms and uses full attention with the same PI positions,
-    as in the paper. Training loop, data, optimiser and the rescaled learning rate:
+    instead (`use_full_attn`), `low_rank=false` trains every weight (`low_rank_training`), the
+    paper's ablations. Evaluation merges W + (alpha/r)·BA into the weights, swaps in the trained
+    embeddings and norms and uses full attention with the same PI positions, as in the paper. Training loop, data, optimiser and the rescaled learning rate:
     methods/rope/_finetune.py (the paper: 1000 steps, lr 2e-5, 20 warm-up steps, constant).
     """
 
@@ -107,6 +107,11 @@ class LongLoRA(FinetunedRope, PI):
         default=False,
         metadata={"omit_at_default": True, "help": "train with full attention instead of S²-Attn (use_full_attn)"},
     )
+    # the official `low_rank_training`: false trains every weight (no LoRA) under S²-Attn
+    low_rank: bool = field(
+        default=True,
+        metadata={"omit_at_default": True, "help": "LoRA on q/k/v/o plus embeddings and norms; false: every weight"},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,15 +130,14 @@ class LongLoRA(FinetunedRope, PI):
     def training_setup(self, lm, ctx, shape, s):
         from harness.methods.rope._common import rope_override
 
-        factors = lora_factors(lm, self.lora_rank, seed=ctx.seed)
         own = dict(lm.model.named_parameters())
-        trainable = dict(factors)
-        trainable.update({n: p for n, p in own.items() if "embed" in n or "norm" in n})
+        factors = lora_factors(lm, self.lora_rank, seed=ctx.seed) if self.low_rank else {}
+        trainable = dict(factors, **{n: p for n, p in own.items() if not self.low_rank or "embed" in n or "norm" in n})
         group, scale = self.group(), self.lora_alpha / self.lora_rank
         return trainable, lambda: [
             rope_override(lm.model, self.freq_fn(shape, s)),
             *([] if self.full_attn else [attention_override(lm.model, lambda a: s2_attend(a, group))]),
-            lora_forwards(lm, factors, scale),
+            *([lora_forwards(lm, factors, scale)] if factors else []),
         ]
 
     def eval_weights(self, lm) -> dict[str, torch.Tensor]:
