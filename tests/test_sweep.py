@@ -266,8 +266,8 @@ def test_committed_grids_reproduce_every_committed_record():
 
 
 # Records made from a commit with uncommitted changes, waiting to be regenerated from a clean one by
-# their grid (issue 23): round 1's GPU runs at 4k-32k and of the ALiBi model (grids/long_context_long.yaml),
-# longlora's fine-tune (grids/long_context_finetuned.yaml) and the PRM curves (grids/prm.yaml). The
+# their grid (issue 23): round 1's GPU runs at 4k-32k and of the ALiBi model (grids/long_context_long.yaml
+# and long_context_scale.yaml) and the world-v1 PRM curves (grids/prm.yaml). The
 # list only shrinks: a new dirty record fails, and so does an entry whose record is now clean or gone.
 DIRTY_UNTIL_REGENERATED = {
     "math_prm_bon/none/majority/c205a07c42caa9ee.json",
@@ -293,7 +293,6 @@ DIRTY_UNTIL_REGENERATED = {
     "needle/zoo_tiny-llama/dynamic_ntk/b614340298f8e999.json",
     "needle/zoo_tiny-llama/llama3/a48e47489363d511.json",
     "needle/zoo_tiny-llama/llama3/c82cb640ea974510.json",
-    "needle/zoo_tiny-llama/longlora/8fb045dd0432c039.json",
     "needle/zoo_tiny-llama/ntk/72ad909867bc2cf9.json",
     "needle/zoo_tiny-llama/ntk/c6fe6ba7a26ea1c7.json",
     "needle/zoo_tiny-llama/pi/3870f5cf1daf81f7.json",
@@ -307,7 +306,6 @@ DIRTY_UNTIL_REGENERATED = {
     "passkey/zoo_tiny-llama/dca/6716a30a90e28abc.json",
     "passkey/zoo_tiny-llama/dynamic_ntk/b11d11af535364c2.json",
     "passkey/zoo_tiny-llama/llama3/a5af5e9f8a665757.json",
-    "passkey/zoo_tiny-llama/longlora/cc31e27787598239.json",
     "passkey/zoo_tiny-llama/ntk/2308f407ad57f08f.json",
     "passkey/zoo_tiny-llama/pi/819b42ba58372e11.json",
     "passkey/zoo_tiny-llama/selfextend/68ad3c40d23d5d02.json",
@@ -317,7 +315,6 @@ DIRTY_UNTIL_REGENERATED = {
     "perplexity/zoo_tiny-llama/dca/34b7c9b520ca9edd.json",
     "perplexity/zoo_tiny-llama/dynamic_ntk/1328a9a4b5e2779b.json",
     "perplexity/zoo_tiny-llama/llama3/57ea8902b7ab931a.json",
-    "perplexity/zoo_tiny-llama/longlora/b3308d9f0d3e754f.json",
     "perplexity/zoo_tiny-llama/ntk/4ea161ecaf508c5e.json",
     "perplexity/zoo_tiny-llama/pi/ad5834e4dc7e75b8.json",
     "perplexity/zoo_tiny-llama/selfextend/b1efd008469d7fdc.json",
