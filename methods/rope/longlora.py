@@ -85,8 +85,9 @@ class LongLoRA(FinetunedRope, PI):
     trainable (`trainable_params="embed,norm"`); `full_attn` trains under plain causal attention
     instead (`use_full_attn`), `low_rank=false` trains every weight (`low_rank_training`), the
     paper's ablations. Evaluation merges W + (alpha/r)·BA into the weights, swaps in the trained
-    embeddings and norms and uses full attention with the same PI positions, as in the paper. Training loop, data, optimiser and the rescaled learning rate:
-    methods/rope/_finetune.py (the paper: 1000 steps, lr 2e-5, 20 warm-up steps, constant).
+    embeddings and norms and uses full attention with the same PI positions, as in the paper.
+    Training loop, data, optimiser and the rescaled learning rate: methods/rope/_finetune.py (the
+    paper: 1000 steps, lr 2e-5, 20 warm-up steps, constant).
     """
 
     name = "longlora"
