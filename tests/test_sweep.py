@@ -267,23 +267,8 @@ def test_committed_grids_reproduce_every_committed_record():
 
 # Records made from a commit with uncommitted changes, waiting to be regenerated from a clean one by
 # their grid (issue 23): round 1's GPU runs at 4k-32k and of the ALiBi model (grids/long_context_long.yaml
-# and long_context_scale.yaml) and the world-v1 PRM curves (grids/prm.yaml). The
-# list only shrinks: a new dirty record fails, and so does an entry whose record is now clean or gone.
+# and long_context_scale.yaml). The list only shrinks: a new dirty record fails, and so does an entry whose record is now clean or gone.
 DIRTY_UNTIL_REGENERATED = {
-    "math_prm_bon/none/majority/c205a07c42caa9ee.json",
-    "math_prm_bon/none/math_shepherd/0c12613a2d52a5f5.json",
-    "math_prm_bon/none/math_shepherd/387e01c75ab3b7ab.json",
-    "math_prm_bon/none/math_shepherd/5d619f0b492c893b.json",
-    "math_prm_bon/none/math_shepherd/5e48fba06bda6ab3.json",
-    "math_prm_bon/none/math_shepherd/702540ed49323cfe.json",
-    "math_prm_bon/none/math_shepherd/7828c34a44d6ef70.json",
-    "math_prm_bon/none/math_shepherd/79de2cd8c20d9f07.json",
-    "math_prm_bon/none/math_shepherd/8924b0a3c8b5719d.json",
-    "math_prm_bon/none/math_shepherd/a04d1673943e25f4.json",
-    "math_prm_bon/none/orm/909484d76c6dbfc7.json",
-    "math_prm_bon/none/pav/800cd353da28608d.json",
-    "math_prm_bon/none/pav/805a8e4235cb669d.json",
-    "math_prm_bon/none/pav/89679c00e4031247.json",
     "needle/zoo_tiny-llama-alibi/alibi/68d3f537a0bbe6c2.json",
     "needle/zoo_tiny-llama/baseline/2500dadcb7fa2cb7.json",
     "needle/zoo_tiny-llama/baseline/41cf0c2b28bcb0a1.json",
