@@ -85,7 +85,9 @@ class WorldLM(PRMScorer):
     d_model: int = 32
     layers: int = 2
     heads: int = 4
-    max_len: int = 256
+    # the world PRMs' context: world v1's evaluation pools hold solutions of up to 268 tokens, which
+    # with the problem and GenRM's verification prompt do not fit 256 (tests/test_prm_verifiers.py)
+    max_len: int = 512
 
     def __post_init__(self):
         super().__post_init__()
