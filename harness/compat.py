@@ -57,7 +57,7 @@ def rope_refusal(model) -> str | None:
             f"type, which the RoPE overrides (one table for every layer) do not handle"
         )
     rotary = rotary_modules(model)
-    if rotary and _rope_theta(model.config) is not None:
+    if rotary and _rope_theta(model.config.get_text_config()) is not None:  # LLaVA: its language model's
         if _rope_layout(rotary[0]) == "interleaved":  # cohere, GPT-J style
             return (
                 f"{arch} rotates interleaved dimension pairs (GPT-J style), not the rotate-half layout "
@@ -82,7 +82,7 @@ def attention_refusal(model, patch: str = "attention") -> str | None:
     over the whole cache between the layer's own projections (harness.projections), rotated by the
     model's own rotary module in the rotate-half layout."""
     engine = ENGINES[patch]
-    cfg, arch = model.config, architecture(model)
+    cfg, arch = model.config.get_text_config(), architecture(model)  # a vision-language model: its language model's
     tables = any(type(m).__name__.endswith("RotaryEmbedding") for m in model.modules())  # (gemma3's: no inv_freq)
     if patch == "kv_cache" and not rotary_modules(model) and not tables:
         limit = position_limit(model)

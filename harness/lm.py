@@ -146,6 +146,15 @@ class LM:
         rope = getattr(cfg, "rope_parameters", None) or {}
         return int(rope.get("original_max_position_embeddings") or cfg.max_position_embeddings)
 
+    @property
+    def image_token_id(self) -> int | None:
+        """The token a vision-language model (transformers' LLaVA family) puts where an image's
+        features go; None for a text-only model."""
+        cfg = self.model.config
+        token = getattr(cfg, "image_token_id", None)
+        token = getattr(cfg, "image_token_index", None) if token is None else token
+        return None if token is None else int(token)
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 

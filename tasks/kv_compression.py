@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.errors import NoEffect
+from harness.errors import NoEffect, UserError
 from harness.lm import KVRequest
 from harness.interfaces import Metric, Task, TaskResult
 from harness.provenance import device_clock
@@ -69,7 +69,9 @@ class KVCompression(Task):
     so it does for a method whose saving is the model's layout (budget unit "model": cla, on a
     model trained with Cross-Layer Attention), through the kv engine, so its bytes are counted.
     Metric names carry the budget (`needle_accuracy@0.1`, `@dense`); unsuffixed ones are the mean
-    over the budgets. `details.pareto` is the quality-vs-kept-fraction table.
+    over the budgets. `details.pareto` is the quality-vs-kept-fraction table. `image_tokens` puts
+    that many image placeholders after BOS in every context (`with_image`), for the multimodal
+    policies (look_m) on a vision-language model; no pixels pass, so it tests their mechanism.
 
     The main metric, needle_accuracy_at_memory, compares methods at equal KV memory: the needle
     accuracy of the compressed row that holds the most KV bytes without exceeding rank_bytes of the
@@ -106,6 +108,13 @@ class KVCompression(Task):
     timing_lengths: tuple[int, ...] = field(default=(4096, 16384), metadata={"help": "context lengths timed"})
     timing_new_tokens: int = 32
     max_new_tokens: int = 12
+    image_tokens: int = field(
+        default=0,
+        metadata={
+            "omit_at_default": True,
+            "help": "image placeholders (a vision-language model's image token) after BOS in every context",
+        },
+    )
     rank_bytes: float = field(
         default=0.3,
         metadata={
@@ -123,6 +132,8 @@ class KVCompression(Task):
             raise ValueError("ppl_decode_tokens must be in [1, context_length)")
         if min(self.needle_samples, self.ppl_samples, self.timing_new_tokens, self.max_new_tokens) < 1:
             raise ValueError("sample counts and token counts must be positive")
+        if self.image_tokens < 0:
+            raise ValueError("image_tokens must be 0 or more")
         if not 0 < self.rank_bytes <= 1:  # the CLI's range check says so first; this guards the Python API
             raise ValueError(f"rank_bytes must be in (0, 1], got {self.rank_bytes}")
 
@@ -195,8 +206,23 @@ class KVCompression(Task):
             )
 
     # -- the run ---------------------------------------------------------------------------------
+    def with_image(self, lm, ids: list[int]) -> list[int]:
+        """ids with `image_tokens` image tokens after the prompt prefix, where a LLaVA prompt holds
+        its image (576 tokens per image in LLaVA-1.5). The harness's LM API passes no pixels, so
+        they enter the model as the image token's embedding: a multimodal KV policy (look_m) sees
+        the prompt layout it acts on, but the numbers say nothing of image understanding."""
+        if not self.image_tokens:
+            return ids
+        at = len(lm.prompt_prefix()) if ids[: len(lm.prompt_prefix())] == lm.prompt_prefix() else 0
+        return ids[:at] + [lm.image_token_id] * self.image_tokens + ids[at:]
+
     def run(self, ctx) -> TaskResult:
         lm = ctx.lm
+        if self.image_tokens and lm.image_token_id is None:
+            raise UserError(
+                f"kv_compression: image_tokens={self.image_tokens} needs a vision-language model with an "
+                f"image token (transformers' LLaVA family); {type(lm.model).__name__} has none"
+            )
         unit = next((m.budget_unit for m in ctx.methods if m.budget_unit), "tokens")
         probe = self.call(lm, unit, DENSE, lambda: lm.generate([lm.encode(" probe text") or [0]], 1))
         budgets = [DENSE] + (
@@ -216,6 +242,7 @@ class KVCompression(Task):
             b_ = needle.build(
                 lm, self.context_length, depth, sample_seed(ctx.seed, "kv", self.context_length, depth, i)
             )
+            b_["ids"] = self.with_image(lm, b_["ids"])
             row = {
                 "id": f"needle-{i}",
                 "depth": depth,
@@ -248,6 +275,7 @@ class KVCompression(Task):
             seq = ids[i * self.context_length : (i + 1) * self.context_length]
             if len(seq) <= self.ppl_decode_tokens:
                 break
+            seq = self.with_image(lm, seq)
             row = {
                 "id": f"text-{i}",
                 "tokens": len(seq),
@@ -274,6 +302,7 @@ class KVCompression(Task):
 
         for T in self.timing_lengths:
             b_ = needle.build(lm, T, 50.0, sample_seed(ctx.seed, "kv-timing", T))
+            b_["ids"] = self.with_image(lm, b_["ids"])
             row = {"id": f"timing-{T}", "prompt_tokens": len(b_["ids"])}
             for b in budgets:
                 s = self.call(lm, unit, b, lambda: lm.generate([b_["ids"]], self.timing_new_tokens))

@@ -117,3 +117,31 @@ def test_text_only_model_is_refused_with_one_clear_message(tiny_lm):
 
     with pytest.raises(UserError, match="vision-language model"):
         method("look_m").prepare(tiny_lm)
+
+
+def test_kv_compression_with_image_tokens_runs_look_m_on_llava(tiny_llava, tmp_path):
+    """The task's `image_tokens` puts the image placeholders where a LLaVA prompt has them, so
+    look_m evicts through the CLI's path: each context's cache holds the budget, image tokens
+    evicted first, and the record names the option."""
+    from harness import records, runner
+
+    args = dict(registry.TASKS["kv_compression"].smoke_args, image_tokens="24")
+    cells = runner.resolve(["kv_compression"], ["look_m"], str(tiny_llava), args, {}, limit=1)
+    (out,) = runner.evaluate(cells, device="cpu", out=tmp_path)
+    rec = records.read(out.path)
+    assert rec["task"]["params"]["image_tokens"] == 24
+    assert abs(rec["metrics"]["kept_fraction@0.5"]["value"] - 0.5) <= 0.02
+    del args["image_tokens"]  # text-only prompts: look_m leaves the cache alone, which the task refuses
+    cells = runner.resolve(["kv_compression"], ["look_m"], str(tiny_llava), args, {}, limit=1)
+    with pytest.raises(Exception, match="kept 1.000 of the tokens"):
+        runner.evaluate(cells, device="cpu", out=tmp_path / "text")
+
+
+def test_image_tokens_on_a_text_only_model_is_one_clear_error(tiny_model, tmp_path):
+    from harness import runner
+    from harness.errors import UserError
+
+    args = dict(registry.TASKS["kv_compression"].smoke_args, image_tokens="8")
+    cells = runner.resolve(["kv_compression"], ["snapkv"], tiny_model, args, {}, limit=1)
+    with pytest.raises(UserError, match="vision-language model"):
+        runner.evaluate(cells, device="cpu", out=tmp_path)

@@ -66,7 +66,8 @@ class LookM(KVMethod):
     Decoded tokens are appended without further eviction.
 
     Needs a vision-language model: transformers' LLaVA family (LlavaForConditionalGeneration), loaded
-    through the harness's model path. The harness's LM API is text-only: image-token positions enter
+    through the harness's model path, and prompts that hold image tokens (kv_compression's
+    `--task-arg image_tokens=576`: one LLaVA-1.5 image's worth after BOS). The harness's LM API is text-only: image-token positions enter
     the model as their token embedding, not as vision-tower features (the API passes no pixels), so the
     records this project can make (a tiny random-initialised LLaVA) test the mechanism only;
     quality numbers need a real checkpoint (e.g. llava-hf/llava-1.5-7b-hf) and image inputs."""
@@ -93,15 +94,13 @@ class LookM(KVMethod):
         self._merged = 0
 
     def prepare(self, lm) -> None:
-        cfg = lm.model.config
-        token = getattr(cfg, "image_token_id", None)
-        token = getattr(cfg, "image_token_index", None) if token is None else token
+        token = lm.image_token_id
         if token is None:
             raise UserError(
                 f"look_m needs a vision-language model with image tokens (transformers' LLaVA family); "
                 f"{type(lm.model).__name__} has no image_token_id"
             )
-        self._image_token, self._merged = int(token), 0
+        self._image_token, self._merged = token, 0
 
     def compress_prefill(self, lc: LayerCache, run: Run) -> None:
         ids = torch.tensor(run.tokens, device=lc.pos.device)
