@@ -120,25 +120,12 @@ reference-long: install
 reference-scale: install
 	$(HARNESS) sweep grids/long_context_scale.yaml --device $(DEVICE)
 
-# The committed math_prm_bon curves (synthetic math world, 200 problems x 64 samples): fit the
-# world PRMs, evaluate every scorer and aggregation, draw the plot.
-PRM_AGGS   = min product last mean
-PRM_BIG    = --method-arg estimation=soft --method-arg read_problem=true --method-arg epochs=8
-PRM_FITTED = "math_shepherd --method-arg estimation=hard" "math_shepherd --method-arg estimation=soft" pav pqm
+# The committed world-v1 math_prm_bon curves (grids/prm.yaml: 200 problems x 64 samples, seed 0; the
+# world PRMs, the issue-27 verifiers and every aggregation; GenRM-CoT on its own 50 x 16 pool):
+# fit, evaluate, draw the plot.
 prm-reference: install
-	for m in $(PRM_FITTED) orm; do nice -n 10 $(HARNESS) fit --method $$m || exit 1; done
-	nice -n 10 $(HARNESS) eval --task math_prm_bon --method majority --out results
-	for m in $(PRM_FITTED); do for a in $(PRM_AGGS); do \
-	    nice -n 10 $(HARNESS) eval --task math_prm_bon --method $$m --method-arg agg=$$a --out results || exit 1; done; done
-	nice -n 10 $(HARNESS) eval --task math_prm_bon --method orm --out results
-	nice -n 10 $(HARNESS) eval --task math_prm_bon --method precomputed --method-arg key=oracle_steps --method-arg agg=min --out results
-	nice -n 10 $(HARNESS) fit --method math_shepherd $(PRM_BIG)
-	for a in min last; do nice -n 10 $(HARNESS) eval --task math_prm_bon --method math_shepherd $(PRM_BIG) \
-	    --method-arg agg=$$a --out results || exit 1; done
-	nice -n 10 $(HARNESS) fit --method beam_search --method-arg prm_args=estimation=soft
-	nice -n 10 $(HARNESS) eval --task math_prm_bon --method beam_search --method-arg prm_args=estimation=soft \
-	    --task-arg n_max=16 --out results
-	$(PY) scripts/prm_curves.py results --model none --world-version 1 --png docs/prm_curves.png
+	OMP_NUM_THREADS=1 nice -n 10 $(HARNESS) sweep grids/prm.yaml --workers 2 --threads 1
+	$(PY) scripts/prm_curves.py results --model none --world-version 1 --problems 200 --png docs/prm_curves.png
 
 # The world-v2 reference (issue 25): PRMs fine-tuned from zoo:tiny-math on the world policy's pools and on
 # pools sampled from zoo:tiny-math, seeds 0-2 (grids/prm_v2.yaml; about an hour on the 2-core CPU).

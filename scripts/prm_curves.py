@@ -63,12 +63,11 @@ def plot(recs: list[dict], out: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("N (solutions per problem)")
     ax.set_ylabel("accuracy")
-    n = base[0]["metrics"]["accuracy"]["n"]
     seeds = sorted({r.get("seed") for r in recs}, key=repr)
     key = _prm_report.pool_key(recs[0])
     sampler = f"{recs[0]['model']['id']}, " if key[1].startswith("generate") else ""
     ax.set_title(
-        f"math_prm_bon: {_prm_report.pool_title(key)}\n{sampler}{n} problems, "
+        f"math_prm_bon: {_prm_report.pool_title(key)}\n{sampler}"
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
         + (" (mean ± sd over the seeds)" if len(seeds) > 1 else ""),
         fontsize=10,
@@ -85,19 +84,24 @@ def main() -> None:
     ap.add_argument("--png", default=None)
     ap.add_argument("--model", default=None, help="only the records made with this model id (none: the world's policy)")
     ap.add_argument("--world-version", type=int, default=None, help="only the records on this world version")
+    ap.add_argument("--problems", type=int, default=None, help="only the records on pools of this many problems")
     a = ap.parse_args()
     recs = load(Path(a.root))
     if a.model:
         recs = [r for r in recs if r["model"]["id"] == a.model]
     if a.world_version:
         recs = [r for r in recs if _prm_report.pool_key(r)[0] == a.world_version]
+    if a.problems:
+        recs = [r for r in recs if _prm_report.pool_key(r)[2].startswith(f"{a.problems} problems ")]
     if not recs:
-        raise SystemExit(f"no math_prm_bon records under {a.root} for the model and world version asked for")
+        raise SystemExit(f"no math_prm_bon records under {a.root} for the model, world version and pool size asked for")
     print(MathPrmBon.report(recs))
     split = _prm_report.pools(recs)
     if a.png and len(split) > 1:  # one figure is one pool: its oracle and majority curves are the pool's
         keys = "; ".join(_prm_report.pool_title(key) for key, _ in split)
-        raise SystemExit(f"the records hold several pools ({keys}): choose one with --model and --world-version")
+        raise SystemExit(
+            f"the records hold several pools ({keys}): choose one with --model, --world-version and --problems"
+        )
     if a.png:
         plot(recs, Path(a.png))
 

@@ -62,25 +62,32 @@ def _interval(records: list[dict], metric: str) -> str:
     return f"{lo:.3f}–{hi:.3f}" + (f" (mean of {len(ivs)} seeds' CIs)" if len(ivs) > 1 else "")
 
 
-def pool_key(rec: dict) -> tuple[int, str]:
+def pool_key(rec: dict) -> tuple[int, str, str]:
     """What a record ranks its verifiers on: the world version (1 where the record predates the
-    parameter) and where the solutions came from (the world's stochastic policy, sampled from the
-    record's model, or files). Records of different pools never share a table or a curve."""
+    parameter), where the solutions came from (the world's stochastic policy, sampled from the
+    record's model, or files) and, for the world's problems, the pool's size (a GenRM-CoT cell runs
+    on 50 problems x 16 samples: other problems, other majority and pass@N). Records of different
+    pools never share a table or a curve."""
     p = rec["task"]["params"]
     source = p.get("solutions", "synthetic")
     if source == "generate" and p.get("problems", "synthetic") != "synthetic":
-        return 0, "generate from files"  # a problems file (e.g. MATH-500): the world version plays no part
-    return int(p.get("world_version", 1)), source if source in ("synthetic", "generate") else "files"
+        return 0, "generate from files", ""  # a problems file (e.g. MATH-500): the world version plays no part
+    if source not in ("synthetic", "generate"):
+        return int(p.get("world_version", 1)), "files", ""
+    problems = min(p.get("world_problems", 200), rec.get("limit") or float("inf"))
+    samples = p.get("world_samples", 64) if source == "synthetic" else p.get("samples")
+    return int(p.get("world_version", 1)), source, f"{problems} problems x {samples} samples"
 
 
-def pool_title(key: tuple[int, str]) -> str:
-    version, source = key
-    return {
+def pool_title(key: tuple[int, str, str]) -> str:
+    version, source, size = key
+    title = {
         "synthetic": f"synthetic math world v{version}, pools of the world's stochastic policy",
         "generate": f"synthetic math world v{version} problems, pools sampled from the model",
         "generate from files": "problems from a file, pools sampled from the model",
         "files": "problems and solutions from files",
     }[source]
+    return f"{title} ({size})" if size else title
 
 
 def pools(recs: list[dict]) -> list[tuple[tuple[int, str], list[dict]]]:

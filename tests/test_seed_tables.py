@@ -215,6 +215,14 @@ def test_prm_report_gives_each_pool_its_own_table():
     sampled = _prm("orm", 0, [0.5, 0.4])
     sampled["task"]["params"] |= {"solutions": "generate", "problems": "math500.jsonl", "world_version": 2}
     assert "**problems from a file, pools sampled from the model**" in MathPrmBon.report(v1 + [sampled])
+    # a smaller pool of the same world (the GenRM-CoT cell's 50 problems x 16 samples) is another pool
+    small = [_prm("genrm", 0, [0.4, 0.3]), _prm("majority", 0, [0.45, 0.5])]
+    for r in small:
+        r["task"]["params"] |= {"world_problems": 50, "world_samples": 16}
+    text = MathPrmBon.report(v1 + small)
+    big, little = text.split("(50 problems x 16 samples)**")
+    assert "(200 problems x 64 samples)**" in big and "genrm" not in big
+    assert _rows(little)["oracle pass@N"][1] == "0.500" and _rows(big)["oracle pass@N"][1] == "0.600"
 
 
 def test_prm_curves_script_draws_the_mean_with_an_sd_band(tmp_path):
