@@ -22,7 +22,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # architecture module (and its packages) on `import pyiqa`.
 PYIQA  ?= pyiqa==0.1.16
 
-.PHONY: help demo docs test test-slow gate install list bench bench-leaderboard bench-kv reference reference-long reference-video reference-kv prm-reference prm-reference-v2 leaderboard clean
+.PHONY: help demo docs test test-slow gate install list bench bench-leaderboard bench-kv bench-look-m reference reference-long reference-video reference-kv prm-reference prm-reference-v2 leaderboard clean
 
 help:
 	@echo "make demo         a 1-minute tour: needle retrieval of 5 RoPE methods on zoo:tiny-llama (out/demo)"
@@ -138,6 +138,10 @@ prm-reference-v2: install
 # on the shared 2-core CPU; finished cells are skipped when it runs again).
 reference-kv: install
 	OMP_NUM_THREADS=2 nice -n 10 $(HARNESS) sweep grids/kv.yaml --workers 1 --threads 2
+
+# LOOK-M's mechanism on a tiny random LLaVA: which kept slots are image tokens (seconds)
+bench-look-m: install
+	$(PY) benchmarks/look_m_mechanism.py --json benchmarks/results/look_m_tiny_llava.json
 
 bench-kv: install
 	nice -n 10 $(PY) benchmarks/kv_decode.py --context 16384 --budget 0.1 --json benchmarks/results/kv_decode_cpu.json

@@ -53,37 +53,16 @@ def test_kept_set_and_pivot_merge_match_literal_loops():
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory):
-    """A random-initialised LLaVA (CLIP vision tower, Llama text model), saved as a checkpoint folder."""
-    from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    """A random-initialised LLaVA (CLIP vision tower, Llama text model), saved as a checkpoint folder:
+    the one benchmarks/look_m_mechanism.py measures."""
+    import importlib.util
+    from pathlib import Path
 
-    from harness.zoo import registry as zoo
-
-    folder, _ = zoo.verified_folder("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    cfg = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"), image_seq_length=16
-    )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-llava")
-    LlavaForConditionalGeneration(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "look_m_mechanism.py"
+    spec = importlib.util.spec_from_file_location("look_m_mechanism", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
 
 
 def test_tiny_llava_loads_and_look_m_evicts_image_tokens_first(tiny_llava):
