@@ -279,23 +279,7 @@ DIRTY_UNTIL_REGENERATED = {
     "needle/zoo_tiny-llama/selfextend/5685a24f944490a5.json",
     "needle/zoo_tiny-llama/yarn/ec42ab72bceca0c4.json",
     "passkey/zoo_tiny-llama-alibi/alibi/f73347649b55f756.json",
-    "passkey/zoo_tiny-llama/baseline/adad1f375138be60.json",
-    "passkey/zoo_tiny-llama/dca/6716a30a90e28abc.json",
-    "passkey/zoo_tiny-llama/dynamic_ntk/b11d11af535364c2.json",
-    "passkey/zoo_tiny-llama/llama3/a5af5e9f8a665757.json",
-    "passkey/zoo_tiny-llama/ntk/2308f407ad57f08f.json",
-    "passkey/zoo_tiny-llama/pi/819b42ba58372e11.json",
-    "passkey/zoo_tiny-llama/selfextend/68ad3c40d23d5d02.json",
-    "passkey/zoo_tiny-llama/yarn/23271c278edb70d9.json",
     "perplexity/zoo_tiny-llama-alibi/alibi/1cc79d13cbb78509.json",
-    "perplexity/zoo_tiny-llama/baseline/dc2b76006fd4d962.json",
-    "perplexity/zoo_tiny-llama/dca/34b7c9b520ca9edd.json",
-    "perplexity/zoo_tiny-llama/dynamic_ntk/1328a9a4b5e2779b.json",
-    "perplexity/zoo_tiny-llama/llama3/57ea8902b7ab931a.json",
-    "perplexity/zoo_tiny-llama/ntk/4ea161ecaf508c5e.json",
-    "perplexity/zoo_tiny-llama/pi/ad5834e4dc7e75b8.json",
-    "perplexity/zoo_tiny-llama/selfextend/b1efd008469d7fdc.json",
-    "perplexity/zoo_tiny-llama/yarn/a1c9e9ae3e294a72.json",
 }
 
 
