@@ -90,8 +90,8 @@ def pool_title(key: tuple[int, str, str]) -> str:
     return f"{title} ({size})" if size else title
 
 
-def pools(recs: list[dict]) -> list[tuple[tuple[int, str], list[dict]]]:
-    out: dict[tuple[int, str], list[dict]] = {}
+def pools(recs: list[dict]) -> list[tuple[tuple[int, str, str], list[dict]]]:
+    out: dict[tuple[int, str, str], list[dict]] = {}
     for r in recs:
         out.setdefault(pool_key(r), []).append(r)
     return sorted(out.items())
