@@ -269,7 +269,6 @@ def test_committed_grids_reproduce_every_committed_record():
 # their grid (issue 23): round 1's GPU runs at 4k-32k and of the ALiBi model (grids/long_context_long.yaml
 # and long_context_scale.yaml). The list only shrinks: a new dirty record fails, and so does an entry whose record is now clean or gone.
 DIRTY_UNTIL_REGENERATED = {
-    "needle/zoo_tiny-llama-alibi/alibi/68d3f537a0bbe6c2.json",
     "needle/zoo_tiny-llama/baseline/41cf0c2b28bcb0a1.json",
     "needle/zoo_tiny-llama/dca/ee76ae743f992497.json",
     "needle/zoo_tiny-llama/dynamic_ntk/580420bbd7490048.json",
@@ -278,8 +277,6 @@ DIRTY_UNTIL_REGENERATED = {
     "needle/zoo_tiny-llama/pi/3870f5cf1daf81f7.json",
     "needle/zoo_tiny-llama/selfextend/5685a24f944490a5.json",
     "needle/zoo_tiny-llama/yarn/ec42ab72bceca0c4.json",
-    "passkey/zoo_tiny-llama-alibi/alibi/f73347649b55f756.json",
-    "perplexity/zoo_tiny-llama-alibi/alibi/1cc79d13cbb78509.json",
 }
 
 
