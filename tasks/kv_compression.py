@@ -70,7 +70,7 @@ class KVCompression(Task):
     model trained with Cross-Layer Attention), through the kv engine, so its bytes are counted.
     Metric names carry the budget (`needle_accuracy@0.1`, `@dense`); unsuffixed ones are the mean
     over the budgets. `details.pareto` is the quality-vs-kept-fraction table. `image_tokens` puts
-    that many image placeholders after BOS in every context (`with_image`), for the multimodal
+    that many image tokens (the model's image_token_id) after BOS in every context (`with_image`), for the multimodal
     policies (look_m) on a vision-language model; no pixels pass, so it tests their mechanism.
 
     The main metric, needle_accuracy_at_memory, compares methods at equal KV memory: the needle
@@ -112,7 +112,7 @@ class KVCompression(Task):
         default=0,
         metadata={
             "omit_at_default": True,
-            "help": "image placeholders (a vision-language model's image token) after BOS in every context",
+            "help": "copies of a vision-language model's image token after BOS in every context",
         },
     )
     rank_bytes: float = field(
@@ -213,7 +213,8 @@ class KVCompression(Task):
         the prompt layout it acts on, but the numbers say nothing of image understanding."""
         if not self.image_tokens:
             return ids
-        at = len(lm.prompt_prefix()) if ids[: len(lm.prompt_prefix())] == lm.prompt_prefix() else 0
+        prefix = lm.prompt_prefix()
+        at = len(prefix) if ids[: len(prefix)] == prefix else 0
         return ids[:at] + [lm.image_token_id] * self.image_tokens + ids[at:]
 
     def run(self, ctx) -> TaskResult:

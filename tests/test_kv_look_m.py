@@ -99,7 +99,7 @@ def test_text_only_model_is_refused_with_one_clear_message(tiny_lm):
 
 
 def test_kv_compression_with_image_tokens_runs_look_m_on_llava(tiny_llava, tmp_path):
-    """The task's `image_tokens` puts the image placeholders where a LLaVA prompt has them, so
+    """The task's `image_tokens` puts image tokens where a LLaVA prompt has them, so
     look_m evicts through the CLI's path: each context's cache holds the budget, image tokens
     evicted first, and the record names the option."""
     from harness import records, runner
