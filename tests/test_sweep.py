@@ -267,7 +267,7 @@ def test_committed_grids_reproduce_every_committed_record():
 
 # Records made from a commit with uncommitted changes, waiting to be regenerated from a clean one by
 # their grid (issue 23): round 1's GPU runs at 4k-32k and of the ALiBi model (grids/long_context_long.yaml
-# and long_context_scale.yaml). The list only shrinks: a new dirty record fails, and so does an entry whose record is now clean or gone.
+# and long_context_32k.yaml). The list only shrinks: a new dirty record fails, and so does an entry whose record is now clean or gone.
 DIRTY_UNTIL_REGENERATED = {
     "needle/zoo_tiny-llama/baseline/41cf0c2b28bcb0a1.json",
     "needle/zoo_tiny-llama/dca/ee76ae743f992497.json",
