@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
-from harness import compat
+from harness import compat, journal
 from harness.errors import Refused, UserError
 from harness.models import LoadedModel
 
@@ -91,6 +92,9 @@ class LM:
         self.forward_logits_hook = None
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.telemetry: Counter = Counter()
+        # The cell's journal of finished generation batches while the runner keeps one (a killed run
+        # resumes from it: harness.journal); None: nothing is journaled.
+        self.journal: journal.Journal | None = None
         # What the task asks of a KV-cache method for the current calls (set with kv_request_for).
         self.kv_request = KVRequest()
         # The KV-cache method managing this LM's cache, while one is applied (two would conflict).
@@ -230,6 +234,17 @@ class LM:
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=self.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
+            key = None
+            if self.journal is not None and journal.replayable(self, temperature, seed):
+                key = journal.batch_key(
+                    chunk, max_new_tokens, temperature, top_p, None if seed is None else seed + start
+                )
+                done = self.journal.take(key)
+                if done is not None:  # finished by an earlier attempt of this cell (harness.journal)
+                    out.extend(done["rows"])
+                    self.telemetry.update(done["telemetry"])
+                    continue
+            before, t0 = Counter(self.telemetry), time.perf_counter()
             if seed is not None:
                 torch.manual_seed(seed + start)
             decode = self.generate_batch_hook or self._generate_batch
@@ -244,6 +259,8 @@ class LM:
                 out.append(row)
             self.telemetry["prompt_tokens"] += int(mask.sum())
             self.telemetry["generated_tokens"] += sum(len(r) for r in out[-len(chunk) :])
+            if key is not None:
+                self.journal.add(key, out[-len(chunk) :], self.telemetry - before, time.perf_counter() - t0)
         return out
 
     def _split_on_oom(self, run, rows: slice, pad):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import compat, fitting, generator, models, params, provenance, records, registry
+from harness import compat, fitting, generator, journal, models, params, provenance, records, registry
 from harness import budget as budget_plan
 from harness.budget import duration
 from harness.errors import NoEffect, UserError, nearest
@@ -321,6 +321,11 @@ def evaluate(
             lm = LM(loaded, 8 if batch_size == "auto" else int(batch_size), prefill_chunk, cell.loading.chat_template)
             budget = (batch_size, memory_cap, log)
             cell_progress = _named(progress, name, lm) if progress is not None else None
+            lm.journal = journal.open_for(
+                path, dict(provenance.environment(loaded.device), run_id=rid), _peak(loaded.device), fresh=overwrite
+            )
+            if lm.journal is not None and lm.journal.note:
+                log(f"{name}: {lm.journal.note}")
             outcomes.append(_run_cell(cell, config, rid, path, loaded, lm, cell_progress, budget))
         walls.append(time.perf_counter() - t0)
         left = sum(todo[i + 1 :])
@@ -434,10 +439,16 @@ def _run_cell(
                 reason = m.check_effect(_method_lm(m, lm, loaded)[0], mctx, result)
                 if reason:
                     raise NoEffect(f"{cell.method_name} on {cell.task_label}: {reason}; no record written")
+    except BaseException:
+        if lm is not None and lm.journal is not None:  # kept: a rerun of the cell resumes from it
+            lm.journal.close(finished=False)
+        raise
     finally:
         if lm is not None:
             lm.close()
     wall = time.perf_counter() - t0
+    memory = provenance.peak_memory(device)
+    timing = journal.timing(lm.journal.replayed if lm is not None and lm.journal else [], wall, memory)
     model = (
         dict(config["model"], zoo=loaded.zoo, **models.zoo_version(loaded))
         | dict(label=models.label(loaded), config=models.facts(loaded))
@@ -471,12 +482,17 @@ def _run_cell(
             model_sha256=loaded.sha256 if loaded else None,
             calibrated=result.details.get("calibrated", True),
             started=started.isoformat(timespec="seconds"),
-            wall_time_s=round(wall, 3),
-            **provenance.peak_memory(device),
+            **timing,
             **planned.get("provenance", {}),
             **tctx.notes,
             **result.provenance,
         ),
     }
     records.write(path, record, result.samples)
+    if lm is not None and lm.journal is not None:
+        lm.journal.close(finished=True)
     return Outcome(cell, path, record, samples=result.samples)
+
+
+def _peak(device: str):
+    return lambda: provenance.peak_memory(device)
