@@ -373,7 +373,11 @@ def _with_rate(bar, lm):
     t0 = time.perf_counter()
     for item in bar:
         yield item
-        tokens = sum(lm.telemetry[k] for k in ("prompt_tokens", "generated_tokens", "scored_tokens"))
+        done = lm.journal.replayed if lm.journal else []  # replayed batches cost no time here
+        tokens = sum(
+            lm.telemetry[k] - sum(e["telemetry"].get(k, 0) for e in done)
+            for k in ("prompt_tokens", "generated_tokens", "scored_tokens")
+        )
         bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
 
 
