@@ -54,7 +54,12 @@ class Journal:
         self._load()
         self._file = None
 
+    @property
+    def _tmp(self) -> Path:
+        return self.path.with_name(self.path.name + ".tmp")
+
     def _load(self) -> None:
+        self._tmp.unlink(missing_ok=True)  # a rewrite a kill interrupted (the journal itself is intact)
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -85,12 +90,11 @@ class Journal:
     def add(self, key: str, rows: list[list[int]], telemetry: Counter, seconds: float) -> None:
         if self._file is None:  # the first new batch rewrites the file: earlier entries, then this
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
+            with open(self._tmp, "w", encoding="utf-8") as f:
                 f.write(json.dumps({"journal": self.identity}) + "\n")
                 for entry in self.found.values():
                     f.write(json.dumps(entry) + "\n")
-            os.replace(tmp, self.path)
+            os.replace(self._tmp, self.path)
             self._file = open(self.path, "a", encoding="utf-8")
         memory = {k: v for k, v in self.peak_memory().items() if k in MEMORY}
         entry = {"key": key, "rows": rows, "telemetry": dict(telemetry), "seconds": round(seconds, 3), **memory}
@@ -105,6 +109,7 @@ class Journal:
             self._file = None
         if finished:
             self.path.unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
 
 
 def timing(replayed: list[dict], wall: float, memory: dict) -> dict:

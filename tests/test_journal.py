@@ -120,7 +120,10 @@ def test_a_line_cut_short_by_a_kill_is_dropped(tmp_path):
     j.close(finished=False)
     part = journal.path_for(path)
     part.write_text(part.read_text()[:-9])  # the second batch's line, cut short
+    stale = part.with_name(part.name + ".tmp")  # and a rewrite the kill interrupted
+    stale.write_text("{")
     again = journal.open_for(path, identity, lambda: {"max_rss_bytes": 9})
+    assert not stale.exists()
     assert again.take("k1")["rows"] == [[1, 2]]
     assert again.take("k2") is None
     fields = journal.timing(again.replayed, 10.0, {"max_rss_bytes": 4, "max_rss_scope": "cell"})
