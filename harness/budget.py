@@ -121,8 +121,12 @@ class Plan:
         )
 
 
-def plan(lm, workload: list[tuple[int, int]], requested: int | str, cap_bytes: int | None) -> Plan:
-    """Choose the batch size and estimate the time of a workload [(prompt tokens, new tokens)]."""
+def plan(
+    lm, workload: list[tuple[int, int]], requested: int | str, cap_bytes: int | None, resumed: int | None = None
+) -> Plan:
+    """Choose the batch size and estimate the time of a workload [(prompt tokens, new tokens)].
+    resumed: the batch size of the earlier attempt a resumed cell replays (harness.journal); auto
+    keeps it, since batches of another size would not be found in the journal."""
     import torch
 
     cfg = lm.model.config
@@ -149,6 +153,8 @@ def plan(lm, workload: list[tuple[int, int]], requested: int | str, cap_bytes: i
                 f"{longest:,} tokens, over the memory cap of {_gib(cap)} (at most {fits} fit); "
                 f"use --batch-size auto or a smaller batch"
             )
+    elif resumed:
+        batch, rule = min(resumed, fits), f"auto: {min(resumed, fits)}, the batch of the attempt this run resumes"
     elif not is_long:
         batch, rule = min(SHORT_BATCH, fits), f"auto: {SHORT_BATCH} for prompts ≤ {LONG_PROMPT:,} tokens"
         if batch < SHORT_BATCH:
@@ -251,7 +257,7 @@ def plan_cell(cell, lm, budget) -> dict:
         return {}
     saved = dict(lm.telemetry)
     try:
-        made = plan(lm, work, requested, cap)
+        made = plan(lm, work, requested, cap, lm.journal.batch_size() if lm.journal else None)
     finally:  # in place: methods hold this Counter
         lm.telemetry.clear()
         lm.telemetry.update(saved)

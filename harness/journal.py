@@ -80,6 +80,10 @@ class Journal:
         if self.found:
             self.note = f"resuming: {len(self.found)} batch(es) finished by an earlier attempt ({self.path.name})"
 
+    def batch_size(self) -> int | None:
+        """The batch size of the earlier attempt (its largest batch), None when nothing was found."""
+        return max((len(e["rows"]) for e in self.found.values()), default=None)
+
     def take(self, key: str) -> dict | None:
         """The journaled entry of a batch (rows, telemetry, seconds), or None."""
         entry = self.found.get(key)

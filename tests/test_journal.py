@@ -126,6 +126,7 @@ def test_a_line_cut_short_by_a_kill_is_dropped(tmp_path):
     assert not stale.exists()
     assert again.take("k1")["rows"] == [[1, 2]]
     assert again.take("k2") is None
+    assert again.batch_size() == 1  # a resumed cell keeps the earlier attempt's batch (harness.budget)
     fields = journal.timing(again.replayed, 10.0, {"max_rss_bytes": 4, "max_rss_scope": "cell"})
     assert fields == {
         "wall_time_s": 11.5,

@@ -158,6 +158,18 @@ def test_auto_batch_long_prompts_measure_and_estimate(loaded, monkeypatch):
     lm.close()
 
 
+def test_auto_batch_of_a_resumed_cell_is_the_earlier_attempts(loaded, monkeypatch):
+    """A resumed cell replays batches by their prompts: re-measuring could pick another size, and
+    none of the journaled batches would be found again."""
+    monkeypatch.setattr(budget, "LONG_PROMPT", 64)
+    lm = LM(loaded, batch_size=1, prefill_chunk=64)
+    for resumed in (1, 3):
+        plan = budget.plan(lm, [(300, 8)] * 4, "auto", None, resumed=resumed)
+        assert plan.batch_size == resumed and "resumes" in plan.batch_rule
+    assert budget.plan(lm, [(300, 8)] * 4, 2, None, resumed=3).batch_size == 2  # a size asked for stays
+    lm.close()
+
+
 def test_extrapolation_is_warned_and_recorded(tiny_model, tmp_path):
     logs = []
     cells = runner.resolve(
