@@ -12,6 +12,7 @@
         seeds: [0, 1]
         fit_seed: [0, 1]         # the fits the methods load (harness fit --seed), crossed like seeds
         loading: {dtype: bfloat16, attn_implementation: eager}   # as eval's loading flags (harness.loading)
+        batch_size: auto         # as eval's --batch-size (default 8; auto measures for long prompts)
 
 Within a block, task_args / method_args follow `harness eval`: `key` goes to every task or method
 that has it, `name.key` to one. A `fit:` entry's `fit_seed` (or `seed`; a number or a list) says
@@ -28,7 +29,19 @@ from harness import params
 from harness.errors import UserError
 from harness.loading import LoadOptions
 
-BLOCK_KEYS = {"tasks", "methods", "models", "seeds", "fit_seed", "limit", "task_args", "method_args", "grid", "loading"}
+BLOCK_KEYS = {
+    "tasks",
+    "methods",
+    "models",
+    "seeds",
+    "fit_seed",
+    "limit",
+    "task_args",
+    "method_args",
+    "grid",
+    "loading",
+    "batch_size",
+}
 TOP_KEYS = BLOCK_KEYS - {"tasks", "methods", "grid"} | {"out", "fit", "runs"}
 FIT_KEYS = {"method", "task", "model", "task_args", "method_args", "seed", "fit_seed"}
 SEED_KEYS = ("seeds", "fit_seed", "seed")
@@ -114,7 +127,7 @@ class Spec:
     index: int  # which cell of resolve(tasks, methods, ...) this is
     out: str
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | str = 8  # or "auto"
     threads: int | None = None
     loading: dict | None = None  # harness.loading.LoadOptions fields
     label: str = ""
@@ -138,7 +151,7 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
         unknown = set(block) - BLOCK_KEYS
         if unknown:
             raise _err(path, where, f"unknown key(s) {sorted(unknown)} (allowed: {sorted(BLOCK_KEYS)})")
-        merged = {k: grid[k] for k in ("models", "seeds", "fit_seed", "limit", "loading") if k in grid}
+        merged = {k: grid[k] for k in ("models", "seeds", "fit_seed", "limit", "loading", "batch_size") if k in grid}
         merged.update(block)
         tasks = [str(t) for t in _names(merged, "tasks", path, where)]
         methods = [str(m) for m in _names(merged, "methods", path, where)]
@@ -149,6 +162,9 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
             raise _err(path, where, f"limit must be an integer, got {limit!r}")
         loading = LoadOptions.from_mapping(merged.get("loading"), f"grid {path}: {where}")
+        batch = merged.get("batch_size", batch_size)
+        if batch != "auto" and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+            raise _err(path, where, f"batch_size must be a positive integer or auto, got {batch!r}")
         base_t = {**_args(grid, "task_args", path, "task_args"), **_args(block, "task_args", path, where)}
         base_m = {**_args(grid, "method_args", path, "method_args"), **_args(block, "method_args", path, where)}
         axes = block.get("grid") or {}
@@ -186,7 +202,7 @@ def expand(grid: dict, path, out: str, device: str = "auto", batch_size: int = 8
                         i,
                         str(out),
                         device,
-                        batch_size,
+                        batch,
                         loading=merged.get("loading"),
                         label=label,
                         path=str(rec_path),
