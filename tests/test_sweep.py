@@ -40,6 +40,8 @@ def grid_file(tmp_path, model, methods=("baseline", "pi"), seeds=(0,), **extra) 
         ("runs: [{tasks: [needle], methods: [baseline], seeds: [a]}]\n", "seeds must be integers"),
         ("runs: [{tasks: [needle], methods: [baseline], grid: {depth: [1]}}]\n", "must start with task. or method."),
         ("runs: [{tasks: [needle], methods: baseline, frobnicate: 1}]\n", "unknown key(s) ['frobnicate']"),
+        ("runs: [{tasks: [needle], methods: [baseline], batch_size: 0}]\n", "batch_size must be a positive"),
+        ("batch_size: many\nruns: [{tasks: [needle], methods: [baseline]}]\n", "batch_size must be a positive"),
     ],
 )
 def test_bad_grid_exits_2_naming_the_problem(tmp_path, capsys, text, problem):
@@ -67,6 +69,21 @@ def test_expansion_crosses_grid_axes_and_matches_eval_paths(tiny_model, tmp_path
         ["needle"], ["yarn"], tiny_model, {k: str(v) for k, v in NEEDLE.items()}, {"yarn.factor": "4"}, seed=1
     )[0]
     assert str(runner.locate(cell, tmp_path / "out")[2]) in {s.path for s in specs}
+
+
+def test_batch_size_from_the_grid_or_its_block(tiny_model, tmp_path):
+    """A 128k prompt at the default batch of 8 exceeds a 24 GiB machine's memory cap: a grid says
+    `batch_size: auto` (or a number) at its top or per block, as eval's --batch-size."""
+    g = yaml.safe_load(grid_file(tmp_path, tiny_model, methods=["baseline"]).read_text())
+    g["batch_size"] = "auto"
+    g["runs"].append({"tasks": ["needle"], "methods": ["yarn"], "batch_size": 2})
+    path = tmp_path / "batch.yaml"
+    path.write_text(yaml.safe_dump(g))
+    specs = grid.expand(grid.load_grid(path), path, str(tmp_path / "out"))
+    assert {(s.methods[0], s.batch_size) for s in specs} == {("baseline", "auto"), ("yarn", 2)}
+    g.pop("batch_size")
+    path.write_text(yaml.safe_dump(g))
+    assert {s.batch_size for s in grid.expand(grid.load_grid(path), path, str(tmp_path / "out"))} == {8, 2}
 
 
 def test_local_sweep_skips_finished_cells_on_rerun(tiny_model, tmp_path, capsys):
@@ -265,30 +282,12 @@ def test_committed_grids_reproduce_every_committed_record():
     assert not missing, f"committed records that no grid in grids/ produces: {missing}"
 
 
-# Records made from a commit with uncommitted changes, waiting to be regenerated from a clean one by
-# their grid (issue 23): round 1's GPU runs at 4k-32k and of the ALiBi model (grids/long_context_long.yaml
-# and long_context_32k.yaml). The list only shrinks: a new dirty record fails, and so does an entry whose record is now clean or gone.
-DIRTY_UNTIL_REGENERATED = {
-    "needle/zoo_tiny-llama/baseline/41cf0c2b28bcb0a1.json",
-    "needle/zoo_tiny-llama/dca/ee76ae743f992497.json",
-    "needle/zoo_tiny-llama/dynamic_ntk/580420bbd7490048.json",
-    "needle/zoo_tiny-llama/llama3/a48e47489363d511.json",
-    "needle/zoo_tiny-llama/ntk/72ad909867bc2cf9.json",
-    "needle/zoo_tiny-llama/pi/3870f5cf1daf81f7.json",
-    "needle/zoo_tiny-llama/selfextend/5685a24f944490a5.json",
-    "needle/zoo_tiny-llama/yarn/ec42ab72bceca0c4.json",
-}
-
-
 def test_committed_records_come_from_clean_commits():
-    dirty = {
+    """Issue 23: a committed number must say exactly what ran, so every record comes from a commit
+    without uncommitted changes (git_dirty false; null, a tree without git, cannot be checked)."""
+    unclean = sorted(
         str(p.relative_to(ROOT / "results"))
         for p in (ROOT / "results").rglob("*.json")
-        if json.loads(p.read_text())["provenance"]["git_dirty"]
-    }
-    assert not dirty - DIRTY_UNTIL_REGENERATED, (
-        f"records made from a dirty tree: {sorted(dirty - DIRTY_UNTIL_REGENERATED)}"
+        if json.loads(p.read_text())["provenance"]["git_dirty"] is not False
     )
-    assert not DIRTY_UNTIL_REGENERATED - dirty, (
-        f"regenerated or removed: take them off DIRTY_UNTIL_REGENERATED: {sorted(DIRTY_UNTIL_REGENERATED - dirty)}"
-    )
+    assert not unclean, f"records not made from a clean commit (regenerate them by their grid): {unclean}"
