@@ -138,10 +138,10 @@ def test_a_line_cut_short_by_a_kill_is_dropped(tmp_path):
 
 
 def test_batches_a_replay_could_change_are_not_journaled(tmp_path):
-    class Stub:
+    class PlainLM:  # what replayable reads of an LM
         generate_batch_hook = forward_logits_hook = kv_policy = None
 
-    lm = Stub()
+    lm = PlainLM()
     assert journal.replayable(lm, temperature=0.0, seed=None)
     assert journal.replayable(lm, temperature=0.7, seed=3)
     assert not journal.replayable(lm, temperature=0.7, seed=None)  # later batches' random stream would shift
