@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -322,7 +323,10 @@ def evaluate(
             budget = (batch_size, memory_cap, log)
             cell_progress = _named(progress, name, lm) if progress is not None else None
             lm.journal = journal.open_for(
-                path, dict(provenance.environment(loaded.device), run_id=rid), _peak(loaded.device), fresh=overwrite
+                path,
+                dict(provenance.environment(loaded.device), run_id=rid),
+                functools.partial(provenance.peak_memory, loaded.device),
+                fresh=overwrite,
             )
             if lm.journal is not None and lm.journal.note:
                 log(f"{name}: {lm.journal.note}")
@@ -443,13 +447,11 @@ def _run_cell(
                 reason = m.check_effect(_method_lm(m, lm, loaded)[0], mctx, result)
                 if reason:
                     raise NoEffect(f"{cell.method_name} on {cell.task_label}: {reason}; no record written")
-    except BaseException:
-        if lm is not None and lm.journal is not None:  # kept: a rerun of the cell resumes from it
-            lm.journal.close(finished=False)
-        raise
     finally:
         if lm is not None:
             lm.close()
+            if lm.journal is not None:  # kept until the record is written: a rerun resumes from it
+                lm.journal.close(finished=False)
     wall = time.perf_counter() - t0
     memory = provenance.peak_memory(device)
     timing = journal.timing(lm.journal.replayed if lm is not None and lm.journal else [], wall, memory)
@@ -496,7 +498,3 @@ def _run_cell(
     if lm is not None and lm.journal is not None:
         lm.journal.close(finished=True)
     return Outcome(cell, path, record, samples=result.samples)
-
-
-def _peak(device: str):
-    return lambda: provenance.peak_memory(device)
