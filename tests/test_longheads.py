@@ -91,11 +91,12 @@ def test_attend_equals_slow_loop_and_decoding_steps(w, n_chunks):
 
 
 def test_small_tiles_and_blocks_equal_the_slow_loop(monkeypatch):
-    """Tiles of 3 (query, slot) pairs, so a chunk that many queries pick spans several tiles, and
-    blocks of 5 far queries: the same numbers as the slow loop."""
+    """Tiles of 3 (query, slot) pairs, so a chunk that many queries pick spans several tiles, two
+    tiles per matmul, and blocks of 5 far queries: the same numbers as the slow loop."""
     from harness.methods.rope import longheads
 
     monkeypatch.setattr(longheads, "TILE", 3)
+    monkeypatch.setattr(longheads, "TILE_BATCH", 2)  # several matmuls per block
     monkeypatch.setattr(longheads, "PAIR_BUDGET", 5 * 2 * 4)  # h = 2 heads, k = 4 slots
     torch.manual_seed(1)
     h, N, d = 2, 41, 8

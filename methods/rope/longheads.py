@@ -13,6 +13,7 @@ from harness.methods.rope._common import rope_shape
 
 PAIR_BUDGET = 1 << 13  # (query, slot) pairs per block of far queries (bounds memory at any length)
 TILE = 64  # (query, slot) pairs per small matmul against one chunk
+TILE_BATCH = 64  # tiles per batched matmul: bounds the padded copies of a block's pairs
 SELECTED = "longheads.selective_queries"  # telemetry: queries that attended through chunk selection
 
 
@@ -177,8 +178,11 @@ class LongHeads(AttentionMethod, LMMethod):
         (and, after the softmax over the query's k·w logits, against the chunk's values): the data
         moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values. Each
         tile's chunk is gathered and rotated when the tile is built (every chunk rotates at the same
-        offsets 0 … w − 1): no rotated copy of the layer's keys is ever held, so memory stays that of
-        the KV cache plus one block's tiles."""
+        offsets 0 … w − 1): no rotated copy of the layer's keys is ever held. A block's pairs are held
+        compactly (each query's k·w logits); the padded tile rows exist for TILE_BATCH tiles at a
+        time (a chunk that few queries pick still fills a TILE-row tile, which made the padded copies
+        of a whole block 0.4× the KV cache at 8k): memory stays that of the KV cache plus one block's
+        pairs."""
         h, n, d = K.shape
         chunks = -(-n // w)
         offsets = torch.arange(w, device=K.device)
@@ -203,14 +207,33 @@ class LongHeads(AttentionMethod, LMMethod):
             # the tiles' chunks: head and key positions (the current chunk's missing tail clamps to
             # the last key; the causal mask below removes it)
             head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
-            Kt = rotate(K[head[:, None], at][:, None], cos_o, sin_o)[:, 0]  # [tiles, w, d]
-            Qt = qr.new_zeros(tiles.shape[0] * TILE, d).index_copy_(0, rows, qr.reshape(-1, d))
-            logits = torch.bmm(Qt.view(-1, TILE, d), Kt.transpose(1, 2)).view(-1, w)[rows]
-            logits = logits.view(h, B, k, w).float() * a.scaling
+            order = rows.argsort()  # pairs in tile order: a run of tiles is a slice of them
+            spans = torch.searchsorted(
+                rows[order], torch.arange(0, tiles.shape[0] + TILE_BATCH, TILE_BATCH, device=K.device) * TILE
+            )
+            spans = list(zip(range(0, tiles.shape[0], TILE_BATCH), spans.tolist(), spans[1:].tolist()))
+
+            def tiled(pairs, right, width):
+                """pairs [n_pairs, x] in tile order times each tile's right(t0, t1) [t1 - t0, x, width],
+                TILE_BATCH tiles per matmul: only those tiles' padded rows ever exist."""
+                out = pairs.new_empty(pairs.shape[0], width)
+                for t0, p0, p1 in spans:
+                    t1 = min(t0 + TILE_BATCH, tiles.shape[0])
+                    local = rows[order[p0:p1]] - t0 * TILE
+                    padded = pairs.new_zeros((t1 - t0) * TILE, pairs.shape[1]).index_copy_(0, local, pairs[p0:p1])
+                    out[p0:p1] = torch.bmm(padded.view(t1 - t0, TILE, -1), right(t0, t1)).view(-1, out.shape[1])[local]
+                return out
+
+            def keys(t0, t1):  # each tile's chunk, gathered and rotated at offsets 0 ... w - 1: [tiles, d, w]
+                return rotate(K[head[t0:t1, None], at[t0:t1]][:, None], cos_o, sin_o)[:, 0].transpose(1, 2)
+
+            logits = torch.empty(order.shape[0], w, dtype=torch.float32, device=K.device)
+            logits[order] = tiled(qr.reshape(-1, d)[order], keys, w).float() * a.scaling
+            logits = logits.view(h, B, k, w)
             logits[:, :, -1].masked_fill_(torch.arange(w, device=K.device)[None, :] > (tb % w)[:, None], float("-inf"))
             probs = torch.softmax(logits.view(h, B, k * w), -1).to(V.dtype).view(-1, w)
-            Pt = probs.new_zeros(tiles.shape[0] * TILE, w).index_copy_(0, rows, probs)
-            out = torch.bmm(Pt.view(-1, TILE, w), V[head[:, None], at]).view(-1, d)[rows]
+            out = torch.empty(order.shape[0], d, dtype=V.dtype, device=V.device)
+            out[order] = tiled(probs[order], lambda t0, t1: V[head[t0:t1, None], at[t0:t1]], d)
             outs.append(out.view(h, B, k, d).sum(2))
         return torch.cat(outs, dim=1)
 
