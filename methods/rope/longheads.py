@@ -11,7 +11,7 @@ from harness.registry import register
 from harness.attention import AttentionInputs, AttentionMethod, attention_override, rotate
 from harness.methods.rope._common import rope_shape
 
-PAIR_BUDGET = 1 << 13  # (query, slot) pairs per block of far queries (bounds memory at any length)
+PAIR_BUDGET = 1 << 14  # (query, slot) pairs per block of far queries (bounds memory at any length)
 TILE = 64  # (query, slot) pairs per small matmul against one chunk
 TILE_BATCH = 64  # tiles per batched matmul: bounds the padded copies of a block's pairs
 SELECTED = "longheads.selective_queries"  # telemetry: queries that attended through chunk selection
@@ -202,7 +202,7 @@ class LongHeads(AttentionMethod, LMMethod):
             # in chunk order: the first chunk, the picked ones (all between), the previous, the current
             picked = torch.cat([fixed[..., :1], top.sort(-1).values, fixed[..., 1:]], -1)  # [h, B, k]
             q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B*k]
-            qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))[0]
+            qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))
             rows, tiles = _tile_rows((picked + head_base).reshape(-1), h * chunks)
             # the tiles' chunks: head and key positions (the current chunk's missing tail clamps to
             # the last key; the causal mask below removes it)
@@ -227,13 +227,19 @@ class LongHeads(AttentionMethod, LMMethod):
             def keys(t0, t1):  # each tile's chunk, gathered and rotated at offsets 0 ... w - 1: [tiles, d, w]
                 return rotate(K[head[t0:t1, None], at[t0:t1]][:, None], cos_o, sin_o)[:, 0].transpose(1, 2)
 
-            logits = torch.empty(order.shape[0], w, dtype=torch.float32, device=K.device)
-            logits[order] = tiled(qr.reshape(-1, d)[order], keys, w).float() * a.scaling
-            logits = logits.view(h, B, k, w)
+            # every pair-sized tensor is dropped as soon as the next is made: at most two at a time
+            # (they, not the tiles, are a block's memory)
+            qr = qr.reshape(-1, d)[order]
+            sorted_logits = tiled(qr, keys, w).float().mul_(a.scaling)
+            del qr
+            logits = torch.empty_like(sorted_logits).index_copy_(0, order, sorted_logits).view(h, B, k, w)
+            del sorted_logits
             logits[:, :, -1].masked_fill_(torch.arange(w, device=K.device)[None, :] > (tb % w)[:, None], float("-inf"))
-            probs = torch.softmax(logits.view(h, B, k * w), -1).to(V.dtype).view(-1, w)
-            out = torch.empty(order.shape[0], d, dtype=V.dtype, device=V.device)
-            out[order] = tiled(probs[order], lambda t0, t1: V[head[t0:t1, None], at[t0:t1]], d)
+            probs = torch.softmax(logits.view(h, B, k * w), -1).to(V.dtype).view(-1, w)[order]
+            del logits
+            sorted_out = tiled(probs, lambda t0, t1: V[head[t0:t1, None], at[t0:t1]], d)
+            del probs
+            out = torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)
             outs.append(out.view(h, B, k, d).sum(2))
         return torch.cat(outs, dim=1)
 
