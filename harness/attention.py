@@ -20,7 +20,7 @@ import contextlib
 import inspect
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -52,6 +52,20 @@ class AttentionInputs:
     scaling: float
     rope: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # positions [b, L] -> cos, sin
     layer: int = 0  # the attention layer's index (methods that keep per-layer state)
+
+    def row(self, b: int) -> AttentionInputs:
+        """The inputs of batch row b alone (a batch of one)."""
+        one = slice(b, b + 1)
+        allowed = None if self.allowed is None else self.allowed[one]
+        return replace(
+            self,
+            q=self.q[one],
+            k=self.k[one],
+            v=self.v[one],
+            q_pos=self.q_pos[one],
+            k_pos=self.k_pos[one],
+            allowed=allowed,
+        )
 
     def mask(self, s: int = 0, e: int | None = None) -> torch.Tensor:
         """allowed[:, :, s:e] [b, 1, e - s, Lk]; without padding only this block of the causal mask
@@ -122,7 +136,7 @@ def _fused_lse(q, k, v, scaling, allowed):
     if q.device.type == "cuda":
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if bias is not None:
-            bias = bias.expand(q.shape[0], q.shape[1], -1, -1)
+            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], -1)  # (a key-padding row: one for every query)
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
             q, k, v, bias, True, 0.0, False, scale=scaling
         )[:2]
@@ -180,8 +194,21 @@ def banded_attend(
     flash partials), keys past the block's causal limit are skipped, and no L x L matrix ever
     exists. `period`: cut blocks where q_pos // period changes (DCA's chunks), so that a block's
     keys are all uniform and no part needs a rule mask."""
+    if a.q.shape[0] > 1 and not bool((a.q_pos == a.q_pos[:1]).all()):
+        # Rows at different positions (padding shifts them) take different rules for one key index,
+        # so few keys would be uniform across the batch and most parts would need a rule mask over
+        # the whole context (DCA at 16k, batch 2, 3 tokens of padding: 1.4x the unpadded time): one
+        # row at a time, each with uniform keys of its own.
+        return torch.cat([banded_attend(a.row(b), rule, queries, key_positions, period) for b in range(a.q.shape[0])])
     lq, lk = a.q.shape[2], a.k.shape[2]
     past = lk - lq  # query i sits at key index past + i
+    # With padding, a key within a block's causal limit is seen by every real query of the block
+    # unless it is padding: transformers' mask is causal and key padding, so the last query's row
+    # (the newest token, whose causal range is every key) says which keys are padding. Those parts
+    # take that row [b, 1, 1, keys] instead of the block's [b, 1, queries, keys] mask, whose float
+    # copy for the fused kernel was b x 512 x keys per part (512 MiB a part at 32k, batch 8).
+    # Only padding queries' outputs can differ, and nothing real reads them.
+    key_padding = None if a.allowed is None else a.allowed[:, :, -1:]
 
     def keys(r: int, k0: int, k1: int) -> torch.Tensor:
         return rotate(a.k[:, :, k0:k1], *a.rope(key_positions(r, a.k_pos[:, k0:k1])))
@@ -198,16 +225,11 @@ def banded_attend(
         parts = []
         for k0, k1 in _runs(first[0], 0, x0) + _runs(first[0], x1, ke):
             r = int(first[0, k0])
-            unmasked = a.allowed is None and k1 - 1 <= past + s  # the block's first query sees them all
-            parts.append(
-                attend_lse(
-                    queries(r, q, qp),
-                    keys(r, k0, k1),
-                    a.v[:, :, k0:k1],
-                    a.scaling,
-                    None if unmasked else allowed[..., k0:k1],
-                )
-            )
+            if k1 - 1 > past + s:  # past the block's first query: the block's own mask
+                mask = allowed[..., k0:k1]
+            else:  # the block's first query sees them all: padding aside, every query does
+                mask = None if key_padding is None else key_padding[..., k0:k1]
+            parts.append(attend_lse(queries(r, q, qp), keys(r, k0, k1), a.v[:, :, k0:k1], a.scaling, mask))
         if x1 > x0:  # where the rule changes within the block: one masked part per rule
             ids = rule(qp[:, :, None], a.k_pos[:, None, x0:x1]).unsqueeze(1)  # [b, 1, n, x1 - x0]
             for r in range(int(first[:, x0:x1].min()), int(last[:, x0:x1].max()) + 1):  # (the rule is monotone)

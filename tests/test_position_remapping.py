@@ -163,6 +163,36 @@ def test_generation_with_cache_equals_full_recomputation(tiny_lm, padding, metho
             assert got == seq[len(prompt) :]
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("method", [SelfExtend(group_size=3, window_size=10), DCA(chunk_size=24, local_window=4)])
+def test_padded_batch_masks_far_keys_by_one_row(tiny_lm, method, side, monkeypatch):
+    """In a padded batch (left as generate pads, right as loglikelihood does), the keys within a
+    query block's causal limit take the key-padding row [b, 1, 1, keys], not the block's queries x
+    keys mask; every real token's logits equal those of its row run alone."""
+    from harness import attention
+
+    monkeypatch.setattr(attention, "QUERY_CHUNK", 8)
+    shapes = []
+    real = attention.attend_lse
+    monkeypatch.setattr(
+        attention, "attend_lse", lambda q, k, v, s, m: shapes.append((q.shape[2], m)) or real(q, k, v, s, m)
+    )
+    long = tiny_lm.encode(" The cost saim tulskited over the wal. Hina tulskited a dool.") * 3
+    rows = [long, long[7:]]
+    pad = tiny_lm.tokenizer.pad_token_id
+    fill = [[pad] * (len(long) - len(r)) for r in rows]
+    ids = torch.tensor([f + r if side == "left" else r + f for r, f in zip(rows, fill)])
+    mask = torch.tensor(
+        [[0] * len(f) + [1] * len(r) if side == "left" else [1] * len(r) + [0] * len(f) for r, f in zip(rows, fill)]
+    )
+    with torch.no_grad(), method.apply(tiny_lm, MethodContext()):
+        batch = tiny_lm.forward_logits(ids, mask)
+        alone = [tiny_lm.forward_logits(torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))[0] for r in rows]
+    assert any(n > 1 and m is not None and m.shape[2] == 1 for n, m in shapes)
+    for b, expected in enumerate(alone):
+        torch.testing.assert_close(batch[b][mask[b].bool()], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_dca_defaults(tiny_lm):
     assert DCA().resolved(tiny_lm, MethodContext()) == {"chunk_size": 96, "local_window": 16, "chunk_len": 80}
 
