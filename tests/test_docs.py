@@ -74,6 +74,19 @@ def test_the_reliability_table_is_regenerated_from_the_slow_tests_figures(tmp_pa
     assert docsgen.with_reliability_table("# no block\n", figures) == "# no block\n"
 
 
+def test_the_readme_prefill_summary_is_read_from_the_benchmark(tmp_path):
+    def row(method, length, slowdown, memory):
+        return {"method": method, "length": length, "slowdown_vs_baseline": slowdown, "peak_mem_vs_baseline": memory}
+
+    rows = [row("baseline", 8192, 1.0, 1.0), row("dca", 8192, 1.234, 1.05), row("baseline", 32768, 1.0, 1.0)]
+    path = tmp_path / "prefill_cpu.json"
+    path.write_text(json.dumps({"rows": rows, "memory_slope": {"baseline": 0.981}}))
+    lines = docsgen.prefill_summary(path).splitlines()
+    assert lines[0].startswith("| method | time vs baseline 8k / 32k | peak memory vs baseline 8k / 32k |")
+    assert lines[2] == "| baseline | 1.00x / 1.00x | 1.00x / 1.00x | 0.98 |"
+    assert lines[3] == "| dca | 1.23x / – | 1.05x / – | – |"  # a length it was not measured at, no slope
+
+
 def test_the_zoo_table_is_read_from_the_cards():
     from harness.zoo import registry as zoo
 
