@@ -208,21 +208,7 @@ class LongHeads(AttentionMethod, LMMethod):
             # the last key; the causal mask below removes it)
             head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
             order = rows.argsort()  # pairs in tile order: a run of tiles is a slice of them
-            spans = torch.searchsorted(
-                rows[order], torch.arange(0, tiles.shape[0] + TILE_BATCH, TILE_BATCH, device=K.device) * TILE
-            )
-            spans = list(zip(range(0, tiles.shape[0], TILE_BATCH), spans.tolist(), spans[1:].tolist()))
-
-            def tiled(pairs, right, width):
-                """pairs [n_pairs, x] in tile order times each tile's right(t0, t1) [t1 - t0, x, width],
-                TILE_BATCH tiles per matmul: only those tiles' padded rows ever exist."""
-                out = pairs.new_empty(pairs.shape[0], width)
-                for t0, p0, p1 in spans:
-                    t1 = min(t0 + TILE_BATCH, tiles.shape[0])
-                    local = rows[order[p0:p1]] - t0 * TILE
-                    padded = pairs.new_zeros((t1 - t0) * TILE, pairs.shape[1]).index_copy_(0, local, pairs[p0:p1])
-                    out[p0:p1] = torch.bmm(padded.view(t1 - t0, TILE, -1), right(t0, t1)).view(-1, out.shape[1])[local]
-                return out
+            layout = (rows, order, tiles.shape[0], _tile_batch_starts(rows[order], tiles.shape[0]))
 
             def keys(t0, t1):  # each tile's chunk, gathered and rotated at offsets 0 ... w - 1: [tiles, d, w]
                 return rotate(K[head[t0:t1, None], at[t0:t1]][:, None], cos_o, sin_o)[:, 0].transpose(1, 2)
@@ -230,18 +216,39 @@ class LongHeads(AttentionMethod, LMMethod):
             # every pair-sized tensor is dropped as soon as the next is made: at most two at a time
             # (they, not the tiles, are a block's memory)
             qr = qr.reshape(-1, d)[order]
-            sorted_logits = tiled(qr, keys, w).float().mul_(a.scaling)
+            sorted_logits = _tiled(qr, keys, w, layout).float().mul_(a.scaling)
             del qr
             logits = torch.empty_like(sorted_logits).index_copy_(0, order, sorted_logits).view(h, B, k, w)
             del sorted_logits
             logits[:, :, -1].masked_fill_(torch.arange(w, device=K.device)[None, :] > (tb % w)[:, None], float("-inf"))
             probs = torch.softmax(logits.view(h, B, k * w), -1).to(V.dtype).view(-1, w)[order]
             del logits
-            sorted_out = tiled(probs, lambda t0, t1: V[head[t0:t1, None], at[t0:t1]], d)
+            sorted_out = _tiled(probs, lambda t0, t1: V[head[t0:t1, None], at[t0:t1]], d, layout)
             del probs
             out = torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)
             outs.append(out.view(h, B, k, d).sum(2))
         return torch.cat(outs, dim=1)
+
+
+def _tiled(pairs: torch.Tensor, right, width: int, layout) -> torch.Tensor:
+    """pairs [n_pairs, x], in tile order, times each tile's right(t0, t1) [t1 - t0, x, width],
+    TILE_BATCH tiles per matmul, so that only those tiles' padded rows ever exist; layout: every
+    pair's row in the padded layout (_tile_rows), the pairs' tile order, the number of tiles and
+    the first pair of each run of TILE_BATCH tiles (_tile_batch_starts)."""
+    rows, order, n_tiles, starts = layout
+    out = pairs.new_empty(pairs.shape[0], width)
+    for t0, p0, p1 in zip(range(0, n_tiles, TILE_BATCH), starts, starts[1:]):
+        t1 = min(t0 + TILE_BATCH, n_tiles)
+        local = rows[order[p0:p1]] - t0 * TILE
+        padded = pairs.new_zeros((t1 - t0) * TILE, pairs.shape[1]).index_copy_(0, local, pairs[p0:p1])
+        out[p0:p1] = torch.bmm(padded.view(t1 - t0, TILE, -1), right(t0, t1)).view(-1, width)[local]
+    return out
+
+
+def _tile_batch_starts(sorted_rows: torch.Tensor, n_tiles: int) -> list[int]:
+    """The first pair (in tile order) of each run of TILE_BATCH tiles, and the pair count last."""
+    bounds = torch.arange(0, n_tiles + TILE_BATCH, TILE_BATCH, device=sorted_rows.device) * TILE
+    return torch.searchsorted(sorted_rows, bounds).tolist()
 
 
 def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
