@@ -214,7 +214,7 @@ def _fastest_batch(lm, candidates: list[int], timing: _Timing) -> tuple[int, str
     best = max(rates.values())
     batch = min(b for b, r in rates.items() if r >= 0.9 * best)
     shown = ", ".join(f"{b}: {r:,.0f}" for b, r in sorted(rates.items()))
-    return batch, f"auto: fastest that fits, tokens/s at {timing.n2:,} tokens {shown}"
+    return batch, f"auto: smallest within 10 % of the fastest that fits, tokens/s at {timing.n2:,} tokens {shown}"
 
 
 def _time_prefill(lm, batch: int, n: int) -> float:
