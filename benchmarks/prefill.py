@@ -7,7 +7,12 @@ Peak memory: the peak of the bytes allocated during the prefill beyond what was 
 events of one more (untimed) prefill, since the process's resident set cannot be reset per method. Not a test: run `make bench` or this file.
 
     python benchmarks/prefill.py [--lengths 8192,32768] [--device auto] [--json FILE]
-                                 [--clock wall|cpu] [--threads N] [--prefill-chunk N]
+                                 [--clock wall|cpu] [--threads N] [--prefill-chunk N] [--merge]
+
+--merge keeps the rows of the --json file at the lengths this run does not measure (an earlier
+run's, of the same model on the same device, clock and threads): the long lengths cost hours on
+a CPU, so they can be measured in a run of their own. Each length's ratios still come from one
+run (its baseline alternated with the methods); the file lists every run's command and commit.
 
 --clock cpu times the process's CPU seconds instead of wall seconds (CPU only): on a machine
 shared with other jobs, wall time mostly measures the scheduler; with --threads 1 the CPU
@@ -24,7 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -73,7 +80,7 @@ def prefill(lm, method, length: int, ids: torch.Tensor, clock=time.perf_counter)
 
 
 def main() -> None:
-    from harness import registry
+    from harness import provenance, registry
     from harness.lm import LM
     from harness.models import load, pick_device
 
@@ -87,7 +94,12 @@ def main() -> None:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU seconds (CPU only)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
     ap.add_argument("--prefill-chunk", type=int, default=None, help="tokens per prefill forward (default: the LM's)")
+    ap.add_argument("--merge", action="store_true", help="keep --json's rows at the lengths not measured here")
     a = ap.parse_args()
+    lengths = [int(x) for x in a.lengths.split(",")]
+    if a.merge and not a.json:
+        ap.error("--merge needs --json FILE: the file whose rows at other lengths are kept")
+    earlier = json.loads(Path(a.json).read_text()) if a.merge and Path(a.json).is_file() else None
     if a.threads:
         torch.set_num_threads(a.threads)
     device = pick_device(a.device)
@@ -102,8 +114,20 @@ def main() -> None:
         else f"cpu, {torch.get_num_threads()} threads, {a.clock} clock"
     )
     what = describe(lm)
+    run = {**header(a.model, lm, dev), "prefill_chunk": lm.prefill_chunk}
+    if earlier and (mismatch := [k for k, v in run.items() if earlier.get(k) != v]):
+        ap.error(
+            f"--merge: {a.json} was measured with another "
+            + ", ".join(f"{k} ({earlier.get(k)!r}, here {run[k]!r})" for k in mismatch)
+            + "; its ratios would not compare with this run's. Write another file, or rerun every length."
+        )
+    commit = provenance.git_state()
+    command = " ".join(["python", *sys.argv]) + f" (commit {(commit['git_commit'] or '?')[:7]}"
+    command += ", uncommitted changes)" if commit["git_dirty"] else ")"
+    kept = [r for r in (earlier or {}).get("rows", []) if r["length"] not in lengths]
+    commands = [*(earlier or {}).get("commands", []), command]
     rows = []
-    for length in (int(x) for x in a.lengths.split(",")):
+    for length in lengths:
         ids = torch.randint(
             10, lm.model.config.vocab_size, (1, length), device=device, generator=torch.Generator(device).manual_seed(0)
         )
@@ -138,24 +162,16 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), flush=True)
         if a.json:  # after each length: a run stopped at its time limit keeps what it measured
-            with open(a.json, "w") as f:
-                json.dump(
-                    {
-                        **header(a.model, lm, dev),
-                        "prefill_chunk": lm.prefill_chunk,
-                        "rows": rows,
-                        "memory_slope": memory_slopes(rows),
-                    },
-                    f,
-                    indent=1,
-                )
+            every = sorted(kept + rows, key=lambda r: r["length"])  # stable: each length's methods in run order
+            out = {**run, "commands": commands, "rows": every, "memory_slope": memory_slopes(every)}
+            Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
     print(f"\n{a.model} ({what}) on {dev}\n")
     print("| method | length | tokens/s | slowdown vs baseline | peak memory vs baseline |")
     print("|---|---|---|---|---|")
     for r in rows:
         mem = f"{r['peak_mem_vs_baseline']:.2f}x" if r["peak_mem_vs_baseline"] else "n/a"
         print(f"| {r['method']} | {r['length']} | {r['tokens_per_s']:,} | {r['slowdown_vs_baseline']:.2f}x | {mem} |")
-    slopes = memory_slopes(rows)
+    slopes = memory_slopes(kept + rows)
     if slopes:
         print("\nPeak memory vs context, log-log slope (1 = linear):")
         for name, slope in slopes.items():
