@@ -80,20 +80,27 @@ def attach_artifact(
 
 
 def cost(key: str) -> dict | None:
-    """What the fit behind an artifact cost (wall and CPU seconds, device, threads), for the record
-    of every cell that uses it: the methods table reads training costs from committed records."""
+    """What the fit behind an artifact cost (wall and CPU seconds, device, threads; with the fits of
+    the artifacts it reused), for the record of every cell that uses it: the methods table reads training costs from committed records."""
     from harness import artifacts
 
     payload = artifacts.load(key) or {}
     if "fit_seconds" not in payload:
         return None
     env = payload.get("provenance", {})
-    return {
+    out = {
         "seconds": payload["fit_seconds"],
         "cpu_seconds": payload.get("fit_cpu_seconds"),
         "device": env.get("gpu") or env.get("device"),
         "threads": env.get("threads"),
     }
+    # artifacts the fit loaded instead of training them (beam_search's PRM): their fits are part of
+    # this one's cost, else a fit that found its inputs ready reads as free
+    for inner in filter(None, map(cost, payload.get("reused_artifacts", []))):
+        for k in ("seconds", "cpu_seconds"):
+            if out[k] is not None and inner[k] is not None:
+                out[k] = round(out[k] + inner[k], 1)
+    return out
 
 
 def fit(

@@ -233,3 +233,23 @@ def test_lm_eval_model_loads_the_fit_of_its_fit_seed(tiny_model, store):
     for bad in (-1, 2**63, "two"):
         with pytest.raises(UserError, match="model_args fit_seed must be an integer"):
             HarnessModel(model=tiny_model, method="svd_kv", device="cpu", fit_seed=bad, **args)
+
+
+def test_a_fit_that_reuses_an_artifact_costs_that_artifact_fit_too(store):
+    """beam_search's fit loads its PRM's artifact when one exists: its own fit then takes no time,
+    and the cost its records carry must add the PRM's training (the methods table read 0 s)."""
+    prm_args = ",".join(f"{k}={v}" for k, v in PAV.items())
+    pav_key, pav = _fit(0)
+    key, payload = fitting.fit(
+        "beam_search", "none", None, {}, {"prm": "pav", "prm_args": prm_args}, log=lambda m: None
+    )
+    assert payload["prm_artifact"] == pav_key and payload["reused_artifacts"] == [pav_key]
+    cost = fitting.cost(key)
+    assert cost["seconds"] == round(payload["fit_seconds"] + pav["fit_seconds"], 1)
+    assert cost["cpu_seconds"] == round(payload["fit_cpu_seconds"] + pav["fit_cpu_seconds"], 1)
+
+    # a PRM that beam_search's fit trains itself is in its own fit time already: nothing is added
+    fresh = prm_args.replace("epochs=1", "epochs=2")
+    key, payload = fitting.fit("beam_search", "none", None, {}, {"prm": "pav", "prm_args": fresh}, log=lambda m: None)
+    assert "reused_artifacts" not in payload and artifacts.load(payload["prm_artifact"]) is not None
+    assert fitting.cost(key)["seconds"] == payload["fit_seconds"]

@@ -63,7 +63,8 @@ class BeamSearch(PRMScorer):
 
     def fit(self, lm, ctx, log=print):
         key = artifacts.key_for(self.inner, lm, ctx, None)
-        if artifacts.load(key) is None:
+        reused = artifacts.load(key) is not None
+        if not reused:
             log(f"beam_search: training its PRM {self.prm} first (artifact {key})")
             payload, write = self.inner.fit(lm, ctx, log=log)
             artifacts.save(
@@ -77,7 +78,8 @@ class BeamSearch(PRMScorer):
                 ),
                 write,
             )
-        return {"prm_artifact": key}, None
+        # a reused PRM cost its own fit: the record's fit cost adds it (harness.fitting.cost)
+        return {"prm_artifact": key, **({"reused_artifacts": [key]} if reused else {})}, None
 
     def use_artifact(self, payload, folder) -> None:
         key = payload["prm_artifact"]
