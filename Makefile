@@ -110,7 +110,7 @@ reference: install
 	$(HARNESS) sweep grids/long_context.yaml
 
 # The longer runs: 4k-8k on CPU in hours (reference-long); 32k on CPU in about 1.5 h
-# (reference-32k); 128k on CPU in 5-10 h, resumable (reference-128k); LongRoPE's 4k/8k search wants
+# (reference-32k); 128k on CPU in 4-6 h, over an hour a cell, resumable (reference-128k); LongRoPE's 4k/8k search wants
 # a GPU (`make reference-scale DEVICE=cuda`; it runs on CPU too, slowly).
 DEVICE ?= auto
 reference-long: install
