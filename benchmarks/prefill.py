@@ -4,7 +4,7 @@ method, divided by the baseline's tokens/s at the same length, measured alternat
 (median of --repeats after a warm-up).
 Peak memory: the peak of the bytes allocated during the prefill beyond what was allocated before it
 (the weights): on a GPU from PyTorch's allocator statistics; on CPU from the profiler's allocation
-events of one more (untimed) prefill, since the process's resident set cannot be reset per method. Not a test: run `make bench` or this file.
+events of one more (untimed) prefill, since the process's resident set cannot be reset per method. Not a test: run this file.
 
     python benchmarks/prefill.py [--lengths 8192,32768] [--device auto] [--json FILE]
                                  [--clock wall|cpu] [--threads N] [--prefill-chunk N] [--merge]

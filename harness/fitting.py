@@ -80,8 +80,9 @@ def attach_artifact(
 
 
 def cost(key: str) -> dict | None:
-    """What the fit behind an artifact cost (wall and CPU seconds, device, threads; with the fits of
-    the artifacts it reused), for the record of every cell that uses it: the methods table reads training costs from committed records."""
+    """What the fit behind an artifact cost (wall and CPU seconds, device, threads; the fits of the
+    artifacts it reused included), for the record of every cell that uses it: the methods table
+    reads training costs from committed records."""
     from harness import artifacts
 
     payload = artifacts.load(key) or {}
