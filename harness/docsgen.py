@@ -362,6 +362,12 @@ def generate(
     page = Path(docs) / "zoo.md"
     if page.is_file():
         wanted[page] = with_block(page.read_text(), ZOO_BEGIN, zoo_table())
+    page = Path(docs) / "benchmarks.md"  # the README's prefill summary again, beside how it was run
+    if page.is_file():
+        bench = Path(results).resolve().parent / "benchmarks" / "results" / README_PREFILL
+        wanted[page] = with_block(
+            page.read_text(), README_PREFILL_BEGIN, prefill_summary(bench) if bench.is_file() else None
+        )
     page = Path(docs) / "reliability.md"
     if page.is_file():
         figures = Path(results).resolve().parent / "benchmarks" / "results" / "reliability"
