@@ -54,9 +54,11 @@ def cpu_peak_bytes(lm, method, length: int, ids: torch.Tensor) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     sums = {"current": 0, "peak": 0}
-    window = [profile(activities=[ProfilerActivity.CPU], profile_memory=True)]
+    window = []
 
     def close():
+        if not window:
+            return
         window[0].stop()
         events = window[0].profiler.kineto_results.events()
         for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
@@ -65,12 +67,12 @@ def cpu_peak_bytes(lm, method, length: int, ids: torch.Tensor) -> int:
 
     def next_window(*_):
         close()
-        window[0] = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        window[:] = [profile(activities=[ProfilerActivity.CPU], profile_memory=True)]
         window[0].start()
 
     hook = lm.model.register_forward_pre_hook(next_window)
     try:
-        window[0].start()
+        next_window()
         prefill(lm, method, length, ids)
         close()
     finally:
