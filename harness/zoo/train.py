@@ -89,7 +89,7 @@ RECIPES = {
     # as wide as its target (hidden 192), 2 layers, distilled from tiny-llama on mostly plain text:
     # speculative decoding gains only from greedy agreement with the target on ordinary text.
     # 1,200 steps (30 min) reached greedy agreement 0.594, short of issue 24's 0.6; 2,400 steps
-    # (1.5-1.8 s each with the teacher's forward) stay within the 90-minute budget
+    # (median 1.9 s each with the teacher's forward, 2.2 s at 512 tokens) reach 0.607 in 82 minutes
     "tiny-llama-draft": Recipe(
         **{**V2_DATA, "steps": 2400, "plain_frac": 0.8}, num_hidden_layers=2, distill_from="tiny-llama"
     ),
