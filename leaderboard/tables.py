@@ -288,7 +288,7 @@ class Board:
                 str(row["seeds"]),
                 "yes" if row["calibrated"] else "no",
             ]
-            cells += ["degenerate baseline: not ranked" if row["degenerate"] else ""] if has_note else []
+            cells += ["not ranked (see the notes)" if row["degenerate"] else ""] if has_note else []
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -314,9 +314,7 @@ def board_notes(board: Board) -> list[str]:
         notes.append(f"not ranked, their records hold no {board.metric}: {', '.join(missing)}")
     for row in t:
         if row["degenerate"]:
-            notes.append(
-                f"{row['configuration']} is not ranked on {board.metric} (degenerate baseline): {row['degenerate']}"
-            )
+            notes.append(f"{row['configuration']} is not ranked on {board.metric}: {row['degenerate']}")
     if not all(r["calibrated"] for r in t):
         notes.append("uncalibrated: some scorers ran with random-init or proxy weights (calibrated = no)")
     return notes

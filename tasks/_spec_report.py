@@ -68,15 +68,30 @@ def _temperature_table(key: str, groups: list[tuple[str, seeds.SeedGroup]], envs
             steps,
             speedup,
         ]
-        rows.append((-tau[0], label, f"`{label}`{envs.mark(g.records)}", cells))
-    rows.sort(key=lambda x: x[:2])
+        name = f"`{label}`{envs.mark(g.records)}" + (" (lossy)" if lossy(g.records) else "")
+        rows.append((lossy(g.records), -tau[0], label, name, cells))
+    rows.sort(key=lambda x: x[:3])
     head = ["rank", "method", "τ pooled", "n (prompts × seeds)", "sd of τ over seeds", "α̂ pooled"]
     head += ["tokens per step: measured / analytic (chain)", "speedup"]
-    return [
+    ranks = [str(i) for i in range(1, sum(not row[0] for row in rows) + 1)] + ["—"] * sum(row[0] for row in rows)
+    out = [
         f"**T = {key}**: τ = new tokens ÷ target forwards, pooled over prompts and seeds (Spec-Bench); ranked",
         "",
-        report._md(head, [[str(i), name, *cells] for i, (_, _, name, cells) in enumerate(rows, start=1)]),
+        report._md(head, [[rank, name, *cells] for rank, (_, _, _, name, cells) in zip(ranks, rows)]),
     ]
+    if any(row[0] for row in rows):
+        out += [
+            "",
+            "(lossy): its greedy output differs from the target's (`lossless_greedy` < 1), so its τ counts "
+            "tokens the target never verified; listed last, not ranked against the lossless decoders.",
+        ]
+    return out
+
+
+def lossy(recs: list[dict]) -> bool:
+    """A configuration whose greedy output differed from the target's on some prompt (Co-LLM's
+    deferral by design; a lossless method that breaks its promise fails its cell instead)."""
+    return any(r["metrics"].get("lossless_greedy", {}).get("value", 1.0) < 1.0 for r in recs)
 
 
 def _checks_table(groups: list[tuple[str, seeds.SeedGroup]], envs: seeds.Environments) -> list[str]:

@@ -138,6 +138,17 @@ def test_spec_tau_is_pooled_per_temperature_over_prompts_and_seeds_and_ranked_pe
     assert "Seeds: 1 to 2 per cell (0, 1)" in text
 
 
+def test_a_lossy_decoder_is_listed_last_and_not_ranked_on_tau():
+    from harness.tasks import _spec_report
+
+    sps = _spec("sps", 0, {"0": (100, 50, 4)}, lossless_greedy=1.0)
+    co_llm = _spec("co_llm", 0, {"0": (100, 5, 4)}, lossless_greedy=0.0)  # τ 20: the target ran on deferral only
+    text = _spec_report.tables([co_llm, sps])
+    t0 = _rows(text.split("**T = 0**", 1)[1].split("**Losslessness**", 1)[0])
+    assert t0["1"][:2] == ["`sps`", "2.00"] and t0["—"][:2] == ["`co_llm` (lossy)", "20.00"]
+    assert "not ranked against the lossless decoders" in text
+
+
 def test_spec_configurations_are_not_pooled_and_old_records_keep_their_own_tau():
     from harness.tasks import _spec_report
 
