@@ -36,6 +36,10 @@ class Method:
     fit_name: ClassVar[str | None] = None  # methods sharing one fit (eagle, eagle2) share this; else name
     smoke_args: ClassVar[dict[str, str]] = {}  # a seconds-long configuration (matrix test)
     smoke_model_config: ClassVar[dict] = {}  # config fields the matrix test's tiny model needs
+    # params that name a model the method loads besides the LM (a draft, a base, a backbone, a
+    # checkpoint): their weights' sha256 enter the run id and the record (`method.models`), so a
+    # retrained draft under the same name gets a new record instead of being skipped as finished
+    model_params: ClassVar[tuple[str, ...]] = ()
 
     def needs_fit(self, lm, ctx: "MethodContext") -> bool:
         return False

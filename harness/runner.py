@@ -49,9 +49,12 @@ class Cell:
         return "+".join(m.name for m in self.methods)
 
     def config(self, model_sha: str | None) -> dict:
+        method = {"name": self.method_name, "params": {m.name: params.to_dict(m) for m in self.methods}}
+        if weights := method_models(self.methods, self.loading):
+            method["models"] = weights  # only when present: every other run id stays the same
         return {
             "task": {"name": self.task.name, "version": self.task.version, "params": params.to_dict(self.task)},
-            "method": {"name": self.method_name, "params": {m.name: params.to_dict(m) for m in self.methods}},
+            "method": method,
             "model": {
                 "id": self.model,
                 "sha256": model_sha,
@@ -75,6 +78,21 @@ class Cell:
         return ["--task", self.task_label] + [
             f"--task-arg {shlex.quote(f'{k}={arg_value(v)}')}" for k, v in mine.items() if default.get(k) != v
         ]
+
+
+def method_models(methods: list[Method], loading: LoadOptions) -> dict[str, str | None]:
+    """{"<method>.<param>[<i>]": weights sha256} of the models the methods name (`model_params`)
+    besides the LM; an unknown name is refused here, before any model loads."""
+    out = {}
+    for m in methods:
+        for name in m.model_params:
+            value = getattr(m, name)
+            specs = [value] if isinstance(value, str) else list(value)
+            for i, spec in enumerate(specs):
+                if spec:
+                    key = f"{m.name}.{name}" + (f"[{i}]" if not isinstance(value, str) else "")
+                    out[key] = models.identity(spec, loading)[1]
+    return out
 
 
 def _split_args(args: dict[str, str], owners: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:

@@ -2,9 +2,9 @@
 seed picked silently, never configurations pooled; mark the device when rows differ).
 
 A configuration is everything in a record's config except its seed: task (name, version, params),
-method (name, params), model (id, weights hash, loading options) and limit. Records of one
-configuration form one row (or one cell): each metric as the mean ± sample sd over the seeds, with
-the number of seeds stated. Records of different configurations stay apart.
+method (name, params, the weights of the models it names), model (id, weights hash, loading
+options) and limit. Records of one configuration form one row (or one cell): each metric as the
+mean ± sample sd over the seeds, with the number of seeds stated. Records of different configurations stay apart.
 
 An environment is where a record ran: its device (the GPU's name on CUDA) and torch version. When
 the rows of one table come from more than one, the minority environments get a mark and a legend
@@ -30,7 +30,8 @@ def config(rec: dict, ignore_task: Iterable[str] = ()) -> dict:
             "version": rec["task"].get("version"),
             "params": {k: v for k, v in (rec["task"].get("params") or {}).items() if k not in skip},
         },
-        "method": {"name": rec["method"]["name"], "params": rec["method"].get("params")},
+        "method": {"name": rec["method"]["name"], "params": rec["method"].get("params")}
+        | ({"models": rec["method"]["models"]} if rec["method"].get("models") else {}),
         "model": {"id": model.get("id"), "sha256": model.get("sha256"), "loading": model.get("loading")},
         "limit": rec.get("limit"),
     }

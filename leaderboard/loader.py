@@ -142,6 +142,7 @@ def config_key(rec: dict) -> str:
             model.get("id"),
             model.get("sha256"),
         ]
+        + ([method["models"]] if method.get("models") else [])  # a draft's weights, as in the run id
     )
 
 

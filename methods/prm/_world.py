@@ -268,6 +268,7 @@ class WorldPRM(PRMScorer):
         metadata={"help": "learned (absolute position embeddings) or rope (rotary, relative)", "omit_at_default": True},
     )
 
+    model_params = ("backbone",)
     backbone: str = field(
         default="",
         metadata={

@@ -29,6 +29,7 @@ class HFORM(StepScorer):
     paper = "Training Verifiers to Solve Math Word Problems (arXiv:2110.14168)"
     smoke_args = {"model": "{model}"}
     ranges = {"batch_size": "[1, inf)", "positive_index": "[0, inf)"}  # checked by params.build before any model loads
+    model_params = ("model",)
     model: str = field(default="", metadata={"help": "ORM checkpoint: local folder or hf:id"})
     positive_index: int = 1
     batch_size: int = 8

@@ -39,6 +39,7 @@ class HFPRM(PRMScorer):
     # the zoo tokenizer of the matrix test's tiny model: "!" never occurs in the synthetic world's text
     smoke_args = {"model": "{model}", "step_tag": " !", "good_token": ";", "bad_token": "="}
     ranges = {"batch_size": "[1, inf)", "positive_index": "[0, inf)"}  # checked by params.build before any model loads
+    model_params = ("model",)
     model: str = field(default="", metadata={"help": "PRM checkpoint: local folder or hf:id"})
     convention: str = field(default="step_tag", metadata={"help": "step_tag, token_classification or chat"})
     step_tag: str = field(default=" ки", metadata={"help": "step_tag: the tag after each step"})

@@ -94,6 +94,7 @@ class CoLLM(LMMethod):
         "fit_length": "[2, inf)",
         "eta_examples": "[1, inf)",
     }
+    model_params = ("base",)
     base: str = field(default="zoo:tiny-llama-draft", metadata={"help": "base model (the LM is the assistant)"})
     eta: float | None = field(default=None, metadata={"help": "deferral threshold (None: chosen at fit)"})
     pos_weight: float = field(default=8.0, metadata={"help": "BCE weight of weak-label positives"})

@@ -116,6 +116,7 @@ class GSD(LMMethod):
     paper = "Graph-Structured Speculative Decoding (arXiv:2407.16207)"
     patches = frozenset({"decoding"})
     smoke_args = {"draft": "{model}", "max_depth": "3", "max_nodes": "12"}
+    model_params = ("draft",)
     draft: str = field(default="zoo:tiny-llama-draft", metadata={"help": "draft model (same tokenizer)"})
     n: int = field(default=4, metadata={"help": "top-n draft proposals per node"})
     sibling_threshold: float = field(default=0.2, metadata={"help": "keep p >= this x best sibling p"})

@@ -36,6 +36,7 @@ class HFAssisted(LMMethod):
         "num_assistant_tokens": "[1, inf)",
         "assistant_confidence_threshold": "[0, 1]",
     }  # checked by params.build before any model loads
+    model_params = ("draft",)
     draft: str = field(default="zoo:tiny-llama-draft", metadata={"help": "assistant model (same tokenizer)"})
     num_assistant_tokens: int = field(default=4, metadata={"help": "draft tokens per step (HF default 20)"})
     num_assistant_tokens_schedule: str = field(

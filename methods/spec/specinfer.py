@@ -31,6 +31,7 @@ class SpecInfer(LMMethod):
     paper = "SpecInfer: Tree-based Speculative Inference and Verification (arXiv:2305.09781)"
     patches = frozenset({"decoding"})
     smoke_args = {"drafts": "{model}", "expansion": "2,1"}
+    model_params = ("drafts",)
     drafts: tuple[str, ...] = field(default=("zoo:tiny-llama-draft",), metadata={"help": "draft models, merged"})
     expansion: tuple[int, ...] = field(default=(1, 1, 3, 1, 1, 1, 1, 1), metadata={"help": "children per level"})
 

@@ -38,6 +38,7 @@ class SpS(LMMethod):
     patches = frozenset({"decoding"})
     smoke_args = {"draft": "{model}"}  # the matrix test drafts with the model under test
     ranges = {"gamma": "[1, inf)"}  # checked by params.build before any model loads
+    model_params = ("draft",)
     draft: str = field(default="zoo:tiny-llama-draft", metadata={"help": "draft model (same tokenizer)"})
     gamma: int = 4
 
