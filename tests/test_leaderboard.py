@@ -177,6 +177,21 @@ def test_directions_come_from_the_records_and_every_shown_metric_is_described():
     assert undescribed == []
 
 
+def test_every_task_s_declared_main_metric_is_in_its_committed_records():
+    """A board ranks by the schema's main metric: one its records do not hold leaves the whole
+    board unranked (spec_acceptance declared `tau`, its records carry tau@T0 and tau@T1)."""
+    from tests.leaderboard_data import ROOT
+
+    schema, held = Schema.load(), {}
+    for r in loader.load(ROOT / "results").runs:
+        held.setdefault(r.task, set()).update(r.record["metrics"])
+    declared = {t: schema.task(t).get("main_metric") for t in held}
+    assert {t: m for t, m in declared.items() if m and m not in held[t]} == {}
+    spec = [r for r in loader.load(ROOT / "results").runs if r.task == "spec_acceptance"]
+    ranked = [row for b in tables.overview(spec, schema) for row in b.table if row["rank"] is not None]
+    assert len(ranked) >= 10  # every lossless decoder of grids/spec.yaml; co_llm unranked
+
+
 def test_preload_hands_the_records_to_the_first_session_without_waiting_for_the_rest(results, monkeypatch):
     """`harness leaderboard` parses the records while its server starts (harness.leaderboard.serve):
     the app's first load takes them as soon as the parse is done, not after the later imports."""
