@@ -43,6 +43,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def running_peak(prof, sums: dict) -> dict:
+    """Adds a stopped profile's allocation (+) and free (-) events, in time order, to the running
+    sum in sums["current"] and keeps its maximum in sums["peak"]."""
+    events = prof.profiler.kineto_results.events()
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
+        sums["current"] += nbytes
+        sums["peak"] = max(sums["peak"], sums["current"])
+    return sums
+
+
 @torch.no_grad()
 def cpu_peak_bytes(lm, method, length: int, ids: torch.Tensor) -> int:
     """Peak of the bytes allocated during one prefill on CPU: the running sum of the profiler's
@@ -57,13 +67,9 @@ def cpu_peak_bytes(lm, method, length: int, ids: torch.Tensor) -> int:
     window = []
 
     def close():
-        if not window:
-            return
-        window[0].stop()
-        events = window[0].profiler.kineto_results.events()
-        for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
-            sums["current"] += nbytes
-            sums["peak"] = max(sums["peak"], sums["current"])
+        if window:
+            window[0].stop()
+            running_peak(window[0], sums)
 
     def next_window(*_):
         close()

@@ -11,7 +11,8 @@ tiny-math (no fine-tuning), with world-v2 policy samples:
    has not erred): on the last hidden state at each step's end, and on that state plus (1)'s score;
    step AUROC on --eval problems x 4, and best-of-N (solution score: the min or the last of its
    prefix scores) with PRM-weighted voting, against majority, on --eval problems x --pool samples
-   (--trials random subsets per N, seed 0).
+   (the argmax's expectation exactly, the votes over --trials seeded subsets per N; the estimators
+   of math_prm_bon).
 
     python benchmarks/prm_probe.py [--train 400] [--eval 100] [--pool 64] [--trials 100]
 """
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
-from collections import Counter
 
 import numpy as np
 import torch
@@ -69,29 +68,24 @@ def pools(world, tok, net, base: int, problems: int, samples: int) -> list[list[
 
 def best_of_n(scored: list[list[tuple[float, str | None, bool]]], grid, trials: int) -> list[tuple]:
     """(N, accuracy of the argmax pick, its share of picks without an answer, accuracy of
-    PRM-weighted voting (weights σ(score)), of majority)."""
-    rng, rows = random.Random(0), []
+    PRM-weighted voting (weights σ(score)), of majority), with math_prm_bon's own estimators: the
+    argmax exactly, the votes over `trials` seeded subsets per problem and N."""
+    from harness.tasks import _bon_metrics as bon
+
+    rows = []
     for n in grid:
-        best = weighted = majority = unanswered = 0.0
-        for _ in range(trials):
-            for pool in scored:
-                sub = rng.sample(pool, n)
-                pick = max(sub, key=lambda x: x[0])
-                best += pick[2]
-                unanswered += pick[1] is None
-                votes, weights = Counter(), Counter()
-                for score, answer, _ in sub:
-                    if answer is not None:
-                        votes[answer] += 1
-                        weights[answer] += 1 / (1 + math.exp(-score))
-                for tally, acc in ((votes, "majority"), (weights, "weighted")):
-                    if tally:
-                        top = max(tally.items(), key=lambda kv: kv[1])[0]
-                        hit = any(right for _, answer, right in sub if answer == top)
-                        majority += hit if acc == "majority" else 0
-                        weighted += hit if acc == "weighted" else 0
-        total = trials * len(scored)
-        rows.append((n, best / total, unanswered / total, weighted / total, majority / total))
+        best = unanswered = weighted = majority = 0.0
+        for p, pool in enumerate(scored):
+            scores, answers, right = zip(*pool)
+            names = sorted({x for x in answers if x is not None})
+            classes = [names.index(x) if x is not None else -1 for x in answers]
+            class_right = [any(r for x, r in zip(answers, right) if x == c) for c in names]
+            idx = bon.subsets(len(pool), n, trials, bon.subset_seed(0, str(p), n))
+            best += bon.expected_argmax(scores, right, n)
+            unanswered += bon.expected_argmax(scores, [x is None for x in answers], n)
+            weighted += bon.vote(classes, class_right, [1 / (1 + math.exp(-x)) for x in scores], idx).mean()
+            majority += bon.vote(classes, class_right, [1.0] * len(pool), idx).mean()
+        rows.append((n, *(float(v) / len(scored) for v in (best, unanswered, weighted, majority))))
     return rows
 
 
@@ -105,7 +99,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=400, help="training-side problems (4 samples each)")
     ap.add_argument("--eval", type=int, default=100, help="evaluation-side problems")
     ap.add_argument("--pool", type=int, default=64, help="samples per evaluation problem")
-    ap.add_argument("--trials", type=int, default=100, help="random subsets per N")
+    ap.add_argument("--trials", type=int, default=100, help="seeded subsets per N for the votes")
     a = ap.parse_args()
     torch.set_num_threads(1)
     world = mathworld.world(2)
@@ -131,7 +125,7 @@ def main() -> None:
         probes[name] = LogisticRegression(max_iter=3000).fit(np.concatenate([x(s) for p in train for s in p]), y)
         held = np.concatenate([x(s) for p in evals for s in p[:4]])
         print(f"| logistic probe: {name} | {roc_auc_score(y_eval, probes[name].decision_function(held)):.3f} |")
-    print(f"\nbest-of-N on {a.eval} held-out problems x {a.pool} samples, {a.trials} subsets per N\n")
+    print(f"\nbest-of-N on {a.eval} held-out problems x {a.pool} samples, votes over {a.trials} subsets per N\n")
     print("| verifier | aggregation | N | best-of-N | its picks without an answer | PRM-weighted vote | majority |")
     print("|---|---|---|---|---|---|---|")
     verifiers = [("least likely token (no training)", "last", lambda s: np.array(s["least"]))]

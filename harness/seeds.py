@@ -4,7 +4,8 @@ seed picked silently, never configurations pooled; mark the device when rows dif
 A configuration is everything in a record's config except its seed: task (name, version, params),
 method (name, params, the weights of the models it names), model (id, weights hash, loading
 options) and limit. Records of one configuration form one row (or one cell): each metric as the
-mean ± sample sd over the seeds, with the number of seeds stated. Records of different configurations stay apart.
+mean ± sample sd over the seeds, with the number of seeds stated. Records of different
+configurations stay apart.
 
 An environment is where a record ran: its device (the GPU's name on CUDA) and torch version. When
 the rows of one table come from more than one, the minority environments get a mark and a legend

@@ -181,7 +181,8 @@ def view_overview(runs, schema) -> None:
     st.subheader("Mean win rate per method family")
     st.caption(
         "On each task variant, the share of the other configurations of the family (and the baseline) "
-        "that a configuration beats, averaged over the variants where it ran (configurations the schema does not rank on the metric excluded)."
+        "that a configuration beats, averaged over the variants where it ran (configurations the schema "
+        "does not rank on the metric excluded)."
     )
     wins = tables.win_rates(boards)
     if wins:

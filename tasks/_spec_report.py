@@ -68,16 +68,16 @@ def _temperature_table(key: str, groups: list[tuple[str, seeds.SeedGroup]], envs
             steps,
             speedup,
         ]
-        name = f"`{label}`{envs.mark(g.records)}" + (" (lossy)" if lossy(g.records) else "")
-        rows.append((lossy(g.records), -tau[0], label, name, cells))
-    rows.sort(key=lambda x: x[:3])
+        unranked = lossy(g.records)
+        rows.append((unranked, -tau[0], label, f"`{label}`{envs.mark(g.records)}" + " (lossy)" * unranked, cells))
+    rows.sort(key=lambda x: x[:3])  # lossy rows last, so the others' positions are their ranks
     head = ["rank", "method", "τ pooled", "n (prompts × seeds)", "sd of τ over seeds", "α̂ pooled"]
     head += ["tokens per step: measured / analytic (chain)", "speedup"]
-    ranks = [str(i) for i in range(1, sum(not row[0] for row in rows) + 1)] + ["—"] * sum(row[0] for row in rows)
+    body = [["—" if row[0] else str(i), row[3], *row[4]] for i, row in enumerate(rows, start=1)]
     out = [
         f"**T = {key}**: τ = new tokens ÷ target forwards, pooled over prompts and seeds (Spec-Bench); ranked",
         "",
-        report._md(head, [[rank, name, *cells] for rank, (_, _, _, name, cells) in zip(ranks, rows)]),
+        report._md(head, body),
     ]
     if any(row[0] for row in rows):
         out += [

@@ -21,12 +21,7 @@ def _whole_profile_peak(bench, lm, method, length, ids) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         bench.prefill(lm, method, length, ids)
-    current = peak = 0
-    events = prof.profiler.kineto_results.events()
-    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
-        current += nbytes
-        peak = max(peak, current)
-    return peak
+    return bench.running_peak(prof, {"current": 0, "peak": 0})["peak"]  # one window over the whole prefill
 
 
 def test_windowed_cpu_peak_equals_one_profile(tiny_model):
