@@ -29,6 +29,9 @@ class MetricInfo:
     base: str | None = None  # the pattern's stem: "accuracy@{N}" -> "accuracy"
     description: str = ""  # one line: what the metric measures ("" when the schema has none)
     degenerate: tuple = ()  # ((method, why its value is trivial here), ...): not ranked on this metric
+    # ((other metric, bound, why), ...): a configuration whose records hold that metric below the
+    # bound is not ranked on this one (a lossy decoder's τ), whatever the method's name
+    unranked_below: tuple = ()
     declared: bool = True  # False: no record declared a direction ("higher" is assumed)
 
     def fmt(self, value) -> str:
@@ -53,6 +56,17 @@ class MetricInfo:
 
     def degenerate_for(self, method: str) -> str | None:
         return next((why for m, why in self.degenerate if m == method), None)
+
+    def unranked_for(self, records: list[dict]) -> str | None:
+        """Why a configuration with these records is not ranked on this metric, read from the
+        records themselves: some record holds one of `unranked_below`'s metrics below its bound."""
+        for other, bound, why in self.unranked_below:
+            values = [(r.get("metrics") or {}).get(other) for r in records]
+            if any(
+                isinstance(v, dict) and isinstance(v.get("value"), (int, float)) and v["value"] < bound for v in values
+            ):
+                return why
+        return None
 
 
 _NUMBERED = re.compile(r"^(?P<base>.+?)@(?P<n>-?\d+(?:\.\d+)?)$")
@@ -120,6 +134,9 @@ class Schema:
             if isinstance(degenerate, dict)
             else (),
             declared=direction in ("higher", "lower"),
+            unranked_below=tuple(
+                (str(c["metric"]), float(c["below"]), str(c["why"])) for c in entry.get("unranked_below") or ()
+            ),
         )
         self._metric_cache[key] = info
         return info

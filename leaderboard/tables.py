@@ -165,7 +165,8 @@ COLUMNS = [
 def ranked(runs: list[Run], schema: Schema, metric: str | None = None, labels: dict | None = None) -> list[dict]:
     """One benchmark's runs (same task variant and model), one row per configuration, best first.
     Seeds of a configuration are averaged (seeds = how many). A configuration that the schema
-    declares degenerate on this metric is listed last, unranked, with the reason."""
+    declares degenerate on this metric, or whose records fail the metric's `unranked_below` bounds,
+    is listed last, unranked, with the reason."""
     metric = metric or (runs[0].main_metric if runs else None) or ""
     labels = labels if labels is not None else config_labels(runs)
     groups: dict[str, list[Run]] = defaultdict(list)
@@ -197,7 +198,7 @@ def ranked(runs: list[Run], schema: Schema, metric: str | None = None, labels: d
                 "seeds": len(rs),
                 "calibrated": all(r.calibrated for r in rs),
                 "resolved": None,
-                "degenerate": info.degenerate_for(rs[0].method) or "",
+                "degenerate": info.degenerate_for(rs[0].method) or info.unranked_for([r.record for r in rs]) or "",
                 "config": cid,
                 "params": rs[0].params,
                 "run_ids": [r.run_id for r in rs],

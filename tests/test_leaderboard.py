@@ -192,6 +192,19 @@ def test_every_task_s_declared_main_metric_is_in_its_committed_records():
     assert len(ranked) >= 10  # every lossless decoder of grids/spec.yaml; co_llm unranked
 
 
+def test_a_lossy_decoder_is_unranked_on_tau_by_its_own_records_whatever_its_name(tmp_path):
+    """τ of a decoder whose greedy output differs from the target's counts tokens the target never
+    verified: the schema's `unranked_below` reads that from the records (lossless_greedy < 1), so
+    a user's own lossy method is not ranked either, while a lossless one with a lower τ is."""
+    for method, tau, lossless in (("my_lossy", 9.0, 0.0), ("sps", 2.0, 1.0), ("eagle", 2.5, 1.0)):
+        ms = {"tau@T0": metric(tau, "higher", n=8), "lossless_greedy": metric(lossless, "higher", n=8)}
+        put(tmp_path, record("spec_acceptance", method, ms, "tau@T0", family="spec"))
+    rows = tables.ranked(loader.load(tmp_path).runs, Schema.load(), "tau@T0")
+    assert [(r["method"], r["rank"]) for r in rows] == [("eagle", 1), ("sps", 2), ("my_lossy", None)]
+    assert "lossless_greedy < 1" in rows[-1]["degenerate"]
+    assert not rows[0]["degenerate"] and not rows[1]["degenerate"]
+
+
 def test_preload_hands_the_records_to_the_first_session_without_waiting_for_the_rest(results, monkeypatch):
     """`harness leaderboard` parses the records while its server starts (harness.leaderboard.serve):
     the app's first load takes them as soon as the parse is done, not after the later imports."""
