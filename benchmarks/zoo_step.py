@@ -33,7 +33,15 @@ def main() -> None:
     names = args.recipes.split(",")
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
-        raise SystemExit(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+        ap.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")]
+    except ValueError:
+        ap.error(f"--lengths takes integers separated by commas, got {args.lengths!r}")
+    if any(not 1 <= n <= 8192 for n in lengths):
+        ap.error("--lengths must lie in [1, 8192] (a step holds 8,192 tokens)")
     torch.set_num_threads(TRAIN_THREADS)
     torch.use_deterministic_algorithms(True)  # as train() runs on the CPU
     torch.utils.deterministic.fill_uninitialized_memory = False
@@ -52,7 +60,7 @@ def main() -> None:
         + " |"
     )
     print("|---" * (2 * len(names)) + "|")
-    for length in (int(x) for x in args.lengths.split(",")):
+    for length in lengths:
         x = torch.randint(3, len(tok), (8192 // length, length))
         times: dict[str, list[float]] = {n: [] for n in names}
         for rep in range(args.reps + 1):
