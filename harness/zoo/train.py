@@ -206,6 +206,30 @@ def weighted_loss(model, ids, amask, lm_weight: float, teacher=None, distill_wei
     return loss, ce, tmask
 
 
+def optimizer(recipe: Recipe, model) -> torch.optim.AdamW:
+    """The recipe's AdamW: weight decay on matrices only (not on norms or biases), betas 0.9/0.95."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+        betas=(0.9, 0.95),
+    )
+
+
+def train_step(model, recipe: Recipe, opt, ids, amask, step: int, teacher=None):
+    """One optimizer step as training runs it (the step's learning rate, the weighted loss, gradient
+    clipping at 1.0); returns weighted_loss's (loss, per-token ce, answer mask)."""
+    for g in opt.param_groups:
+        g["lr"] = lr_at(recipe, step)
+    loss, ce, tmask = weighted_loss(model, ids, amask, recipe.lm_weight, teacher, recipe.distill_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss, ce, tmask
+
+
 def train(
     recipe: Recipe,
     tokenizer,
@@ -239,13 +263,7 @@ def train(
         if teacher.config.vocab_size != model.config.vocab_size:
             raise ValueError("the teacher's vocabulary differs from the model's: distillation needs one tokenizer")
         teacher.to(device).eval()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-        betas=(0.9, 0.95),
-    )
+    opt = optimizer(recipe, model)
     run = _Run(recipe, model, opt, checkpoint, {"recipe": asdict(recipe), **(identity or {})}, checkpoint_every)
     resumed = run.resume()
     if notify:
@@ -362,13 +380,7 @@ def _train_loop(model, recipe, batches, opt, device, run: _Run, logf, progress, 
     for step, (ids, amask) in enumerate(batches, start=run.start):
         length = ids.shape[1]
         ids, amask = ids.to(device), amask.to(device)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(recipe, step)
-        loss, ce, tmask = weighted_loss(model, ids, amask, recipe.lm_weight, teacher, recipe.distill_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss, ce, tmask = train_step(model, recipe, opt, ids, amask, step, teacher)
         if step % 25 == 0 or step == recipe.steps - 1:
             ans = (ce * tmask).sum().item() / max(1.0, tmask.sum().item())
             lm = (ce * (1 - tmask)).sum().item() / max(1.0, (1 - tmask).sum().item())
