@@ -215,6 +215,17 @@ def _folder_lock(folder: Path):
         os.close(fd)
 
 
+def any_below(records: list[dict], metric: str, bound: float) -> bool:
+    """Whether some record holds `metric` with a numeric value below `bound`: the one test behind
+    "these records say the configuration is lossy" (the spec report's rows and the leaderboard's
+    `unranked_below`); a record without the metric is not below."""
+    for r in records:
+        v = (r.get("metrics") or {}).get(metric)
+        if isinstance(v, dict) and isinstance(v.get("value"), (int, float)) and v["value"] < bound:
+            return True
+    return False
+
+
 def read(path: Path) -> dict:
     """A complete, valid record or ValueError naming what is wrong."""
     try:

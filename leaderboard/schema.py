@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from harness.records import any_below
+
 SCHEMA_FILE = Path(__file__).with_name("schema.yaml")
 
 
@@ -60,13 +62,7 @@ class MetricInfo:
     def unranked_for(self, records: list[dict]) -> str | None:
         """Why a configuration with these records is not ranked on this metric, read from the
         records themselves: some record holds one of `unranked_below`'s metrics below its bound."""
-        for other, bound, why in self.unranked_below:
-            values = [(r.get("metrics") or {}).get(other) for r in records]
-            if any(
-                isinstance(v, dict) and isinstance(v.get("value"), (int, float)) and v["value"] < bound for v in values
-            ):
-                return why
-        return None
+        return next((why for other, bound, why in self.unranked_below if any_below(records, other, bound)), None)
 
 
 _NUMBERED = re.compile(r"^(?P<base>.+?)@(?P<n>-?\d+(?:\.\d+)?)$")

@@ -8,7 +8,7 @@ to it. A second table holds the losslessness checks, seeds averaged."""
 
 from __future__ import annotations
 
-from harness import report, seeds
+from harness import records, report, seeds
 
 
 def pooled_tau(recs: list[dict], key: str) -> tuple[float, int] | None:
@@ -88,10 +88,14 @@ def _temperature_table(key: str, groups: list[tuple[str, seeds.SeedGroup]], envs
     return out
 
 
+# the leaderboard's schema states the same rule for τ (`unranked_below`; a test holds them equal)
+LOSSY = ("lossless_greedy", 1.0)
+
+
 def lossy(recs: list[dict]) -> bool:
     """A configuration whose greedy output differed from the target's on some prompt (Co-LLM's
     deferral by design; a lossless method that breaks its promise fails its cell instead)."""
-    return any(r["metrics"].get("lossless_greedy", {}).get("value", 1.0) < 1.0 for r in recs)
+    return records.any_below(recs, *LOSSY)
 
 
 def _checks_table(groups: list[tuple[str, seeds.SeedGroup]], envs: seeds.Environments) -> list[str]:

@@ -205,6 +205,20 @@ def test_a_lossy_decoder_is_unranked_on_tau_by_its_own_records_whatever_its_name
     assert not rows[0]["degenerate"] and not rows[1]["degenerate"]
 
 
+def test_the_spec_report_and_the_leaderboard_call_the_same_records_lossy():
+    """The spec report lists a lossy decoder last (tasks._spec_report.LOSSY) and the leaderboard's
+    schema leaves it unranked on τ (`unranked_below`): one rule, stated twice, held equal here."""
+    from tasks._spec_report import LOSSY, lossy
+
+    info = Schema.load().metric("tau@T0", {"direction": "higher"})
+    assert LOSSY in [(m, b) for m, b, _ in info.unranked_below]
+    for values in ([1.0, 1.0], [1.0, 0.75], [0.0], [], [None], ["n/a", 1.0]):
+        recs = [{"metrics": {"lossless_greedy": {"value": v}}} for v in values] + [{"metrics": {}}]
+        assert (
+            lossy(recs) == (info.unranked_for(recs) is not None) == any(isinstance(v, float) and v < 1 for v in values)
+        ), values
+
+
 def test_preload_hands_the_records_to_the_first_session_without_waiting_for_the_rest(results, monkeypatch):
     """`harness leaderboard` parses the records while its server starts (harness.leaderboard.serve):
     the app's first load takes them as soon as the parse is done, not after the later imports."""
