@@ -282,6 +282,33 @@ def test_committed_grids_reproduce_every_committed_record():
     assert not missing, f"committed records that no grid in grids/ produces: {missing}"
 
 
+# the commit from which records name the models their methods load (method.models, in the run id)
+METHOD_MODELS = "7ed8b187d15c3a708553bbe0030b145440146b5d"
+
+
+def test_committed_records_say_what_a_later_commit_changed_in_them():
+    """A record must say exactly what ran: one whose git_commit predates method.models, and which
+    holds it, was changed after its run, and its provenance names that commit and what it did."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+    if git("cat-file", "-e", METHOD_MODELS + "^{commit}").returncode != 0:
+        pytest.skip("this checkout has no git history to date the records' commits by")
+    silent = []
+    for p in sorted((ROOT / "results").rglob("*.json")):
+        rec = json.loads(p.read_text())
+        prov = rec["provenance"]
+        for change in prov.get("amended", []):
+            assert set(change) == {"commit", "what"} and change["what"], p
+            assert git("merge-base", "--is-ancestor", prov["git_commit"], change["commit"]).returncode == 0, p
+        if "models" in rec["method"] and METHOD_MODELS not in [c["commit"] for c in prov.get("amended", [])]:
+            if git("merge-base", "--is-ancestor", METHOD_MODELS, prov["git_commit"]).returncode != 0:
+                silent.append(str(p.relative_to(ROOT / "results")))  # written before the field existed
+    assert not silent, f"records changed after their run without saying so: {silent}"
+
+
 def test_committed_records_come_from_clean_commits():
     """Issue 23: a committed number must say exactly what ran, so every record comes from a commit
     without uncommitted changes (git_dirty false; null, a tree without git, cannot be checked)."""
