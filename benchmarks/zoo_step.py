@@ -6,9 +6,8 @@ measured as wall time on shared machines. This times one optimizer step of each 
 through the trainer's own `train_step` (weighted loss, backward, gradient clipping, the recipe's
 AdamW; a distilling recipe's teacher included) with `harness zoo train`'s thread count,
 deterministic mode and attention override, on the same random batch of 8,192 tokens at each
-curriculum length; the
-recipes take turns, so a change in the machine's load reaches all of them. It reports the median
-of --reps steps per recipe and length, and each recipe's ratio to the first.
+length; the recipes take turns, so a change in the machine's load reaches all of them. It reports
+the median of --reps steps per recipe and length, and each recipe's ratio to the first.
 
     python benchmarks/zoo_step.py [--recipes tiny-llama,tiny-llama-alibi] [--lengths 64,128,256,512] [--reps 5]
 """
