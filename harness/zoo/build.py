@@ -153,7 +153,7 @@ def write_card(
             )
     measured = _evaluate_lm(folder, tasks, device)
     if "perplexity" in measured:
-        evaluation["perplexity@512"] = measured["perplexity"]["perplexity"]["value"]
+        evaluation[f"perplexity@{L}"] = measured["perplexity"]["perplexity"]["value"]
     if "math_prm_bon" in measured:
         m = measured["math_prm_bon"]
         n = max(int(k.split("@")[1]) for k in m if k.startswith("pass@"))
@@ -161,7 +161,7 @@ def write_card(
         evaluation[f"majority@{n}"] = m[f"majority@{n}"]["value"]
         evaluation[f"pass@{n}"] = m[f"pass@{n}"]["value"]
     if "needle" in measured:
-        evaluation["needle_accuracy@512"] = measured["needle"]["accuracy"]["value"]
+        evaluation[f"needle_accuracy@{L}"] = measured["needle"]["accuracy"]["value"]
     for key, m in measured.get("needle/prose", {}).items():
         if key.startswith("accuracy@"):
             evaluation[f"needle_accuracy_prose@{key.split('@')[1]}"] = m["value"]
@@ -197,11 +197,11 @@ def write_card(
         "final": curve[-1],
         "evaluation": evaluation,
         "evaluation_protocol": {
-            "needle": "harness task needle, context_length=512, 10 depths x 20 samples, "
+            "needle": f"harness task needle, context_length={L}, 10 depths x 20 samples, "
             "default template, greedy, seed 0",
             "needle_accuracy_prose": "harness task needle, haystack=tests/data/prose_haystack.txt (hand-written "
-            "English prose), context_length=512,1024, 10 depths x 10 samples each, greedy, seed 0",
-            "perplexity": "harness task perplexity, 16384 held-out synthetic tokens, window 512, stride 256, seed 0",
+            f"English prose), context_length={L},{2 * L}, 10 depths x 10 samples each, greedy, seed 0",
+            "perplexity": f"harness task perplexity, 16384 held-out synthetic tokens, window {L}, stride {L // 2}, seed 0",
             "greedy_agreement_with_target": "argmax next-token agreement with the target "
             "on 8192 held-out synthetic tokens",
             "solution_accuracy": "harness task math_prm_bon, "
