@@ -52,7 +52,7 @@ def main() -> None:
     for n in names:
         r = RECIPES[n]
         m = build_model(r, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id).train()
-        models[n] = (m, optimizer(r, m), load_teacher(r))
+        models[n] = (m, r, optimizer(r, m), load_teacher(r))
     print(f"{TRAIN_THREADS} threads, torch {torch.__version__}, median of {args.reps} steps of 8,192 tokens")
     print(
         "| length | "
@@ -68,10 +68,10 @@ def main() -> None:
         times: dict[str, list[float]] = {n: [] for n in names}
         for rep in range(args.reps + 1):
             for n in names:  # in turns: a load change reaches every recipe
-                m, opt, teacher = models[n]
+                m, r, opt, teacher = models[n]
                 with position_encoding(m):
                     t = time.perf_counter()
-                    train_step(m, RECIPES[n], opt, x, answers, RECIPES[n].warmup, teacher)
+                    train_step(m, r, opt, x, answers, r.warmup, teacher)
                     if rep:  # the first step of each shape warms up
                         times[n].append(time.perf_counter() - t)
         med = {n: statistics.median(v) for n, v in times.items()}
