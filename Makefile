@@ -135,9 +135,11 @@ prm-reference: install
 	$(PY) scripts/prm_curves.py results --model none --world-version 1 --problems 200 --png docs/prm_curves.png
 
 # The world-v2 reference (issue 25): PRMs fine-tuned from zoo:tiny-math on the world policy's pools and on
-# pools sampled from zoo:tiny-math, seeds 0-2 (grids/prm_v2.yaml; about an hour on the 2-core CPU).
+# pools sampled from zoo:tiny-math, seeds 0-2 (grids/prm_v2.yaml; about an hour on the 2-core CPU), and the
+# same PRMs reading tiny-math's token log-probabilities too (grids/prm_v2_logprobs.yaml; about an hour more).
 prm-reference-v2: install
 	OMP_NUM_THREADS=1 nice -n 10 $(HARNESS) sweep grids/prm_v2.yaml --workers 2 --threads 1
+	OMP_NUM_THREADS=1 nice -n 10 $(HARNESS) sweep grids/prm_v2_logprobs.yaml --workers 2 --threads 1
 	$(PY) scripts/prm_curves.py results --model none --world-version 2 --png docs/prm_curves_v2.png
 	$(PY) scripts/prm_curves.py results --model zoo:tiny-math --world-version 2 --png docs/prm_curves_tiny_math.png
 

@@ -6,7 +6,7 @@ import torch
 
 from harness import artifacts, fitting, params, registry
 from harness.interfaces import MethodContext
-from harness.methods.prm._world import encode_text
+from harness.methods.prm._world import encode_text, least_logprobs
 
 BACKBONE = "zoo:tiny-llama"
 TINY = {"problems": "3", "samples": "2", "rollouts": "2", "epochs": "1", "batch": "4", "backbone": BACKBONE}
@@ -82,3 +82,55 @@ def test_an_unknown_backbone_is_a_user_error_before_any_work(tmp_path, monkeypat
     monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "art"))
     assert main(["fit", "--method", "math_shepherd", "--method-arg", "backbone=zoo:nope"]) == 2
     assert "unknown zoo model 'nope'" in capsys.readouterr().err and not (tmp_path / "art").exists()
+
+
+def test_least_logprobs_match_a_literal_transcription():
+    """least_logprobs (read_logprobs' inputs) against each token's probability from a separate
+    forward of its own prefix: the least likely token of every step, then the running minimum;
+    the shorter solution is right-padded in the batch."""
+    m = _shepherd(backbone=BACKBONE, read_problem=True, read_logprobs=True)
+    m._net_new()
+    problem = "Juno has 8 beads. How many?"
+    solutions = [m.encode(problem, STEPS), m.encode(problem, STEPS[:1] + ["Give up."])]
+    got = least_logprobs(m._lm, solutions)
+    for (ids, marks), rows in zip(solutions, got):
+        assert rows.shape == (len(marks), 2) and rows[0].tolist() == [0.0, 0.0]
+        least_so_far = 0.0
+        for k in range(1, len(marks)):
+            logps = []
+            for t in range(marks[k - 1] + 1, marks[k] + 1):  # the step's tokens, its blank line included
+                with torch.no_grad():
+                    logits = m._lm(input_ids=torch.tensor([ids[:t]])).logits[0, -1]
+                logps.append(float(torch.log_softmax(logits.double(), -1)[ids[t]]))
+            least_so_far = min(least_so_far, min(logps))
+            assert rows[k].tolist() == pytest.approx([min(logps), least_so_far], abs=1e-4)
+    assert least_logprobs(m._lm, [m.encode(problem, [])])[0].tolist() == [[0.0, 0.0]]  # the policy stopped at once
+
+
+def test_read_logprobs_needs_a_backbone_and_keys_the_fit_only_when_chosen():
+    with pytest.raises(ValueError, match="read_logprobs"):
+        _shepherd(read_logprobs=True)
+    assert "read_logprobs" not in params.to_dict(_shepherd(backbone=BACKBONE))
+    assert "read_logprobs" not in _shepherd(backbone=BACKBONE).fit_params(None, MethodContext())
+    assert _shepherd(backbone=BACKBONE, read_logprobs=True).fit_params(None, MethodContext())["read_logprobs"]
+
+
+def test_read_logprobs_fit_trains_its_second_head_and_the_artifact_scores_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ARTIFACTS", str(tmp_path / "art"))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    args = dict(TINY, read_logprobs="true")
+    key, payload = fitting.fit(
+        "math_shepherd", "none", "math_prm_bon", {"world_version": "2"}, args, log=lambda s: None
+    )
+    assert payload["fit_params"]["read_logprobs"] is True
+    built = {k: (v if k == "backbone" else int(v)) for k, v in TINY.items()}
+    fitted = _shepherd(**built, read_logprobs=True)
+    fitted.use_artifact(payload, artifacts.folder(key))
+    assert fitted._net.logprob_head.weight.abs().sum() > 0
+    assert "_lm" not in dict(fitted._net.named_modules())  # the frozen LM is not part of the saved network
+    scores = fitted.score("", [STEPS, STEPS[:2]])
+    assert [len(s) for s in scores] == [3, 2] and scores[0][:2] == pytest.approx(scores[1], abs=1e-5)
+    with torch.no_grad():  # the second head's reading is part of the scores
+        fitted._net.logprob_head.weight.zero_()
+    without = [fitted.read(o) for o in fitted.outputs_at_markers("", [STEPS], cache=False)]
+    assert without[0] != pytest.approx(scores[0], abs=1e-6)

@@ -76,7 +76,7 @@ class WorldLM(PRMScorer):
     has no effect), networks saved as safetensors, scores cached like the world PRMs'."""
 
     # the world PRMs' ranges, less their rollouts and backbone (checked by params.build before any model loads)
-    ranges = {k: v for k, v in WorldPRM.ranges.items() if k not in ("rollouts", "backbone_lr")}
+    ranges = {k: v for k, v in WorldPRM.ranges.items() if k not in ("rollouts", "backbone_lr", "logprob_lr")}
     problems: int = field(default=200, metadata={"help": "training problems (training-side seeds)"})
     samples: int = field(default=8, metadata={"help": "policy samples per training problem"})
     epochs: int = 4

@@ -138,12 +138,17 @@ class BackboneNet(nn.Module):
     initialisation differs. Right padding and causal attention: a marker's output never sees the
     pads or later steps."""
 
-    def __init__(self, trunk: nn.Module, outputs: int):
+    def __init__(self, trunk: nn.Module, outputs: int, logprob_inputs: int = 0):
         super().__init__()
         self.trunk = trunk
         self.head = nn.Linear(trunk.config.hidden_size, outputs)
         nn.init.zeros_(self.head.weight)  # starts at logit 0 for every step: the trunk's features, unbiased
         nn.init.zeros_(self.head.bias)
+        # read_logprobs (a documented deviation): a second linear head on the LM's token
+        # log-probabilities at each marker (least_logprobs), added to the first; zero-initialised too
+        self.logprob_head = nn.Linear(logprob_inputs, outputs, bias=False) if logprob_inputs else None
+        if self.logprob_head is not None:
+            nn.init.zeros_(self.logprob_head.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(input_ids=ids).last_hidden_state)
@@ -164,6 +169,33 @@ def encode_text(tokenizer, problem: str, steps: list[str], max_len: int) -> tupl
         raise UserError(f"a solution of {len(body)} tokens does not fit the PRM's max_len {max_len}")
     head = tokenizer(problem + "\n\n")["input_ids"][-(max_len - len(body)) :]
     return head + body, [len(head) - 1] + [len(head) + e for e in ends]
+
+
+LOGPROB_INPUTS = 2  # least_logprobs' columns
+
+
+def least_logprobs(lm: nn.Module, encoded: list[tuple[list[int], list[int]]], batch: int = 32) -> list[torch.Tensor]:
+    """Per encoded solution (ids, marker positions as encode_text gives them): [K + 1, 2], at each
+    step's marker the log-probability under the causal LM `lm` of the least likely token of that
+    step (its tokens after the previous marker up to its own, the blank line included) and of the
+    whole solution so far; zeros at the problem's marker. On the synthetic world a slip is a token
+    the policy's LM did not expect (`benchmarks/prm_probe.py`: this alone separates erred from clean
+    prefixes at a held-out step AUROC of 0.86). Right-padded causal batches: pads never reach a real
+    position."""
+    out = []
+    with torch.no_grad():
+        for b in range(0, len(encoded), batch):
+            chunk = encoded[b : b + batch]
+            ids = pad([e[0] for e in chunk])
+            logp = torch.log_softmax(lm(input_ids=ids).logits.float(), dim=-1)
+            tok = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # tok[:, t - 1] = log p(ids[t] | ids[<t])
+            for r, (_, marks) in enumerate(chunk):
+                step = (
+                    torch.stack([tok[r, a:z].min() for a, z in zip(marks, marks[1:])]) if len(marks) > 1 else tok[r, :0]
+                )
+                prefix = torch.cummin(step, 0).values
+                out.append(torch.cat([torch.zeros(1, LOGPROB_INPUTS), torch.stack([step, prefix], 1)]))
+    return out
 
 
 @dataclass
@@ -247,6 +279,7 @@ class WorldPRM(PRMScorer):
         "max_len": "[1, inf)",
         "lr": "(0, inf)",
         "backbone_lr": "(0, inf)",
+        "logprob_lr": "(0, inf)",
     }  # checked by params.build before any model loads
     problems: int = field(default=200, metadata={"help": "training problems (training-side seeds)"})
     samples: int = field(default=8, metadata={"help": "policy samples per training problem"})
@@ -283,6 +316,22 @@ class WorldPRM(PRMScorer):
         default=3e-4,
         metadata={"help": "learning rate when fine-tuning a backbone", "omit_at_default": True},
     )
+    read_logprobs: bool = field(
+        # a documented deviation (docs/families/prm.md): the papers' PRMs read the hidden state only
+        default=False,
+        metadata={
+            "help": "with a backbone: a second head also reads the backbone LM's own (frozen) log-probability of "
+            "the least likely token of each step and of the solution so far, where the policy LM keeps its "
+            "arithmetic check",
+            "omit_at_default": True,
+        },
+    )
+    logprob_lr: float = field(
+        # [our choice: two weights on inputs of a few units; at a fine-tuning rate they hardly move in the
+        # default fit's ~100 optimizer steps (at 3e-3 they reached 0.1: a slip's -8 moved a score by 0.8 logits)]
+        default=0.05,
+        metadata={"help": "learning rate of read_logprobs' second head", "omit_at_default": True},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -292,7 +341,12 @@ class WorldPRM(PRMScorer):
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}")
         if not self.backbone_lr > 0:
             raise ValueError("backbone_lr must be positive")
+        if self.read_logprobs and not self.backbone:
+            raise ValueError(
+                "read_logprobs reads a backbone LM's token probabilities: give backbone=zoo:NAME or a folder"
+            )
         self._net: nn.Module | None = None
+        self._lm: nn.Module | None = None  # read_logprobs: the frozen backbone LM, outside the saved state
         self._tokenizer = None  # the backbone's
         self._key: str | None = None  # the artifact key (scores are cached under it)
 
@@ -320,6 +374,7 @@ class WorldPRM(PRMScorer):
 
             spec, sha = models.identity(self.backbone)
             moved.update(backbone=spec, backbone_sha256=sha, backbone_lr=self.backbone_lr)
+            moved.update({"read_logprobs": True, "logprob_lr": self.logprob_lr} if self.read_logprobs else {})
         return dict(
             {k: getattr(self, k) for k in keep}, **self.label_params(), **moved, seed=ctx.seed, **world_key(ctx)
         )
@@ -337,7 +392,18 @@ class WorldPRM(PRMScorer):
 
         loaded = models.load(self.backbone, device="cpu", head="base")
         self._tokenizer = loaded.tokenizer
-        return BackboneNet(loaded.model.float(), self.outputs)
+        if self.read_logprobs:
+            self._lm = models.load(self.backbone, device="cpu").model.float().eval().requires_grad_(False)
+        return BackboneNet(loaded.model.float(), self.outputs, LOGPROB_INPUTS if self.read_logprobs else 0)
+
+    def marker_outputs(self, net: nn.Module, encoded: list[tuple[list[int], list[int]]], logprobs=None) -> list:
+        """Per encoded solution: the head outputs [K + 1, outputs] at its markers (plus, with
+        read_logprobs, the second head's reading of its least_logprobs rows)."""
+        res = net(pad([e[0] for e in encoded]))
+        outs = [res[r, e[1]] for r, e in enumerate(encoded)]
+        if logprobs is None:
+            return outs
+        return [o + net.logprob_head(f) for o, f in zip(outs, logprobs)]
 
     def encode(self, problem: str, steps: list[str]) -> tuple[list[int], list[int]]:
         """Token ids and marker positions for this PRM's network (read_problem: with the problem)."""
@@ -375,12 +441,18 @@ class WorldPRM(PRMScorer):
             f"policy accuracy {sum(t.correct for t in data) / len(data):.3f}, {spent} label rollouts"
         )
         net = self._net_new()
-        opt = torch.optim.AdamW(net.parameters(), lr=self.backbone_lr if self.backbone else self.lr, weight_decay=0.01)
+        extra = getattr(net, "logprob_head", None)  # read_logprobs' second head learns at its own rate
+        groups = [{"params": [p for n, p in net.named_parameters() if not n.startswith("logprob_head.")]}]
+        groups += [{"params": list(extra.parameters()), "lr": self.logprob_lr}] if extra is not None else []
+        opt = torch.optim.AdamW(groups, lr=self.backbone_lr if self.backbone else self.lr, weight_decay=0.01)
         encoded = [self.encode(t.problem, t.steps) for t in data]
+        logprobs = least_logprobs(self._lm, encoded) if self.read_logprobs else None
 
         def batch_loss(chunk):
-            out = net(pad([encoded[i][0] for i in chunk]))
-            return torch.stack([self.loss(out[r, encoded[i][1]], data[i]) for r, i in enumerate(chunk)]).mean()
+            outs = self.marker_outputs(
+                net, [encoded[i] for i in chunk], [logprobs[i] for i in chunk] if logprobs else None
+            )
+            return torch.stack([self.loss(o, data[i]) for o, i in zip(outs, chunk)]).mean()
 
         trace = train_loop(opt, len(data), batch_loss, self.epochs, self.batch, rng, log, self.name)
         self._net = net.eval()
@@ -421,8 +493,8 @@ class WorldPRM(PRMScorer):
             with torch.no_grad():
                 for b in range(0, len(enc), 64):
                     chunk = enc[b : b + 64]
-                    res = self._net(pad([e[0] for e in chunk]))
-                    out += [res[r, e[1]] for r, e in enumerate(chunk)]
+                    logprobs = least_logprobs(self._lm, chunk) if self.read_logprobs else None
+                    out += self.marker_outputs(self._net, chunk, logprobs)
             return out
 
         return cached_outputs(self.name, self._key if cache else None, problem, solutions, compute)
