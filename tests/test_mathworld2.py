@@ -2,7 +2,8 @@
 arithmetic, errors at stated per-step rates that propagate; every reader of the world reaches it
 through harness.mathworld.world; and each world fit stage, trained on it at small settings,
 separates right from wrong steps of held-out problems better than chance (AUROC printed with -s;
-the default-size networks do not learn the arithmetic check itself: see the numbers below)."""
+the default-size networks do not learn the arithmetic check itself: see the numbers below), and
+far better once they can read the policy LM's token probabilities (read_logprobs)."""
 
 from collections import Counter
 
@@ -190,6 +191,35 @@ def test_fit_stages_separate_right_from_wrong_steps_on_world_2(name, args):
     # step end, which it was not trained for: not asserted). Better than chance, far from a
     # verifier that checks the arithmetic (the brief's 0.75 is not reached by the default fit).
     assert solution > 0.58 and (name == "orm" or step > 0.56)
+
+
+READING_LOGPROBS = {"backbone": "zoo:tiny-math", "read_problem": True, "read_logprobs": True}
+
+
+@pytest.mark.slow  # five fine-tunings of zoo:tiny-math at the default fit: about 11 CPU minutes each
+@pytest.mark.parametrize(
+    "name,args,step_bound,solution_bound",
+    [
+        ("math_shepherd", {}, 0.78, 0.72),
+        ("math_shepherd", {"estimation": "soft"}, 0.64, 0.72),
+        ("pav", {}, 0.64, 0.72),
+        ("pqm", {}, 0.78, 0.72),
+        ("orm", {}, None, 0.56),
+    ],
+)
+def test_fit_stages_reading_the_policy_lm_check_the_steps_on_world_2(name, args, step_bound, solution_bound):
+    """Issue 25: with the policy LM's token probabilities in reach (read_logprobs, a documented
+    deviation), every fit stage's verifier checks held-out steps far better than chance."""
+    m = registry.method(name)(**READING_LOGPROBS, **args)
+    m.fit(None, MethodContext(seed=0, world_version=2), log=lambda msg: None)
+    step, solution = step_auroc(m)
+    print(f"{name} {args} read_logprobs: held-out world-2 step AUROC {step:.3f}, solution AUROC {solution:.3f}")
+    # measured (seed 0; the fits of grids/prm_v2_logprobs.yaml), step / solution AUROC: math_shepherd
+    # hard 0.836 / 0.771, soft 0.691 / 0.768, pav 0.693 / 0.766, pqm 0.839 / 0.791, orm 0.433 / 0.606
+    # (without read_logprobs: 0.698 / 0.669, 0.540 / 0.694, 0.584 / 0.689, 0.685 / 0.636, 0.430 / 0.656).
+    # Soft labels and PAV's advantages are values, not "has this prefix erred": their step AUROC
+    # against step_ok is lower by construction. The ORM's one outcome head is not a step verifier.
+    assert solution > solution_bound and (step_bound is None or step > step_bound)
 
 
 def test_rope_positions_are_relative_and_key_the_fit_only_when_chosen():
