@@ -27,22 +27,16 @@ import torch
 
 
 def features(tok, net, prob, steps) -> tuple[list[np.ndarray], list[float]]:
-    """Per step: the last hidden state at the step's end, and the least likely token of the prefix.
-    The text is the backbone PRMs' (problem, blank line, each step and a blank line)."""
-    from harness.methods.prm._world import encode_text
+    """Per step: the last hidden state at the step's end, and the least likely token of the prefix
+    (read_logprobs' own feature, methods/prm/_world.least_logprobs). The text is the backbone PRMs'
+    (problem, blank line, each step and a blank line)."""
+    from harness.methods.prm._world import encode_text, least_logprobs
 
     ids, marks = encode_text(tok, prob.text, [s.text for s in steps], max_len=1 << 20)
-    spans = [(a + 1, b + 1) for a, b in zip(marks, marks[1:])]  # each step's tokens, its blank line included
     with torch.no_grad():
-        out = net(torch.tensor([ids]), output_hidden_states=True)
-    hidden = out.hidden_states[-1][0]
-    token_logp = torch.log_softmax(out.logits[0].float(), -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
-    states, least, running = [], [], 0.0
-    for a, b in spans:
-        running = min(running, token_logp[a - 1 : b - 1].min().item())  # log p(ids[i]) is at i - 1
-        states.append(hidden[b - 1].numpy())
-        least.append(running)
-    return states, least
+        hidden = net(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+    least = least_logprobs(net, [(ids, marks)])[0][1:, 1]  # the running minimum at each step's marker
+    return [hidden[m].numpy() for m in marks[1:]], least.tolist()
 
 
 def pools(world, tok, net, base: int, problems: int, samples: int) -> list[list[dict]]:

@@ -19,6 +19,7 @@ misreads) are then invisible to it."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -390,11 +391,16 @@ class WorldPRM(PRMScorer):
             return StepNet(self.d_model, self.layers, self.heads, self.max_len, self.outputs, self.positions)
         from harness import models
 
-        loaded = models.load(self.backbone, device="cpu", head="base")
+        if not self.read_logprobs:
+            loaded = models.load(self.backbone, device="cpu", head="base")
+            self._tokenizer = loaded.tokenizer
+            return BackboneNet(loaded.model.float(), self.outputs)
+        # one load: the causal LM stays frozen for least_logprobs, a copy of its trunk trains
+        loaded = models.load(self.backbone, device="cpu")
         self._tokenizer = loaded.tokenizer
-        if self.read_logprobs:
-            self._lm = models.load(self.backbone, device="cpu").model.float().eval().requires_grad_(False)
-        return BackboneNet(loaded.model.float(), self.outputs, LOGPROB_INPUTS if self.read_logprobs else 0)
+        self._lm = loaded.model.float().eval().requires_grad_(False)
+        trunk = copy.deepcopy(self._lm.base_model).requires_grad_(True)
+        return BackboneNet(trunk, self.outputs, LOGPROB_INPUTS)
 
     def marker_outputs(self, net: nn.Module, encoded: list[tuple[list[int], list[int]]], logprobs=None) -> list:
         """Per encoded solution: the head outputs [K + 1, outputs] at its markers (plus, with
