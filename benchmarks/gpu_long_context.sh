@@ -10,7 +10,7 @@
 #
 # The machine's own torch is used; transformers and tokenizers come from wheels in .whl/ when the
 # machine's versions differ from the project's pins (pip download, see the device notes). Results:
-# $OUT/prefill_gpu.json, $OUT/kv_decode_gpu.json, kv_profile.<context>.txt (the ops of 4 dense
+# $OUT/prefill_gpu.json, $OUT/kv_decode_gpu.json, $OUT/gqa_attention_gpu.json, kv_profile.<context>.txt (the ops of 4 dense
 # decoding steps: the dense step was 30x its floor on the first run) and the log; each benchmark writes its JSON as it
 # goes and has its own time limit, so a slow one keeps what it measured and the next still runs.
 set -u
@@ -31,6 +31,9 @@ export PYTHONPATH=$site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 timeout 60 python3 benchmarks/gpu_fused_check.py --device "$DEVICE" | tee "$OUT/fused_check.txt"
+# the kv engine's grouped-query attention against SDPA's enable_gqa (the engine's path of the first run)
+timeout 90 python3 benchmarks/gqa_attention.py --device "$DEVICE" --dtype "${GQA_DTYPE:-bfloat16}" \
+    --contexts "$CONTEXTS" --chunk 2048 --json "$OUT/gqa_attention_gpu.json" | tee "$OUT/gqa_attention.txt"
 ck=/tmp/llama-3-8b-shapes
 python3 benchmarks/random_checkpoint.py --out $ck --layers "$LAYERS" --device "$DEVICE" ${SHAPE_SET:-} || exit 1
 timeout "${PREFILL_S:-210}" python3 benchmarks/prefill.py --model $ck --device "$DEVICE" \

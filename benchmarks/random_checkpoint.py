@@ -48,7 +48,8 @@ def build(out: Path, shape: str, layers: int | None, dtype: str, device: str, ov
     theta = fields.pop("rope_theta")
     config = transformers.AutoConfig.for_model(model_type, **fields)
     config.rope_parameters = {"rope_type": "default", "rope_theta": theta}
-    config.benchmark_shape = f"{shape}, {config.num_hidden_layers} layers, random weights"
+    changed = "".join(f", {k}={v}" for k, v in overrides.items())  # (the label says what was changed)
+    config.benchmark_shape = f"{shape}, {config.num_hidden_layers} layers{changed}, random weights"
     torch.manual_seed(0)
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))

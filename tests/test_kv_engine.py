@@ -59,6 +59,32 @@ def test_chunked_prefill_equals_one_pass(tiny_lm, monkeypatch):
     assert torch.allclose(whole, chunked, atol=1e-4)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("c, n0", [(1, 9), (5, 0), (5, 9)])
+@pytest.mark.parametrize("held", [False, True])
+def test_cache_attention_equals_a_softmax_per_query_head(groups, c, n0, held):
+    """The engine's grouped-query attention (a KV head's query heads as extra queries, a chunk in
+    two fused parts merged by log-sum-exp) against a literal loop: every query head, every query,
+    a softmax over the slots it may see (those before the chunk, its own chunk causally, held)."""
+    g = torch.Generator().manual_seed(groups * 100 + c * 10 + n0 + held)
+    hkv, d, n = 2, 8, n0 + c
+    q = torch.randn(1, hkv * groups, c, d, generator=g)
+    k, v = torch.randn(1, hkv, n, d, generator=g), torch.randn(1, hkv, n, d, generator=g)
+    valid = None
+    if held:
+        valid = torch.rand(1, hkv, n, generator=g) > 0.4
+        valid[:, :, n0:] = True  # the chunk's own tokens are always held
+    with torch.no_grad():
+        out = _run.cache_attention(q, k, v, n0, 0.3, valid)
+    for head in range(hkv * groups):
+        kv = head // groups
+        for i in range(c):
+            seen = [s for s in range(n0 + i + 1) if valid is None or bool(valid[0, kv, s])]
+            weights = torch.softmax(torch.stack([q[0, head, i] @ k[0, kv, s] * 0.3 for s in seen]), 0)
+            expected = sum(w * v[0, kv, s] for w, s in zip(weights, seen))
+            assert torch.allclose(out[0, head, i], expected, atol=1e-5), (head, i)
+
+
 def run_prefill(lm, m, ids, budget):
     """Prefill through the engine; returns the Run (caches compressed)."""
     with m.apply(lm, MethodContext()) as driver:
