@@ -43,8 +43,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 @dataclass
 class AttentionInputs:
     q: torch.Tensor  # [b, h, Lq, d] queries, not rotated
-    k: torch.Tensor  # [b, h, Lk, d] keys, not rotated (KV heads already repeated)
-    v: torch.Tensor  # [b, h, Lk, d]
+    k: torch.Tensor  # [b, h_kv, Lk, d] keys, not rotated (a grouped-query model's KV heads: not repeated)
+    v: torch.Tensor  # [b, h_kv, Lk, d]
     q_pos: torch.Tensor  # [b, Lq] absolute positions
     k_pos: torch.Tensor  # [b, Lk]
     allowed: torch.Tensor | None  # [b, 1, Lq, Lk] bool: causal and padding mask; None: causal by
@@ -66,6 +66,16 @@ class AttentionInputs:
             k_pos=self.k_pos[one],
             allowed=allowed,
         )
+
+    def repeated(self) -> AttentionInputs:
+        """These inputs with a copy of its KV head's keys and values for every query head [b, h, Lk,
+        d], for rules that treat query heads one by one (LongHeads' chunk choice, LongLoRA's shifted
+        heads, ALiBi's slopes). A copy of the layer's whole cache, g times over: rules that attend
+        through attend_lse do without it."""
+        g = self.q.shape[1] // self.k.shape[1]
+        if g == 1:
+            return self
+        return replace(self, k=self.k.repeat_interleave(g, dim=1), v=self.v.repeat_interleave(g, dim=1))
 
     def mask(self, s: int = 0, e: int | None = None) -> torch.Tensor:
         """allowed[:, :, s:e] [b, 1, e - s, Lk]; without padding only this block of the causal mask
@@ -97,10 +107,17 @@ def attend_lse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, allowed: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention and its log-sum-exp per query (to merge partial attentions exactly);
-    allowed None: every query sees every key.
+    allowed None: every query sees every key. Keys and values may have fewer heads than the queries
+    (grouped-query attention): a KV head's g query heads then attend as g·Lq queries of that head,
+    so that no repeated copy of the keys exists and the kernel reads each key once.
     PyTorch's fused kernels return the LSE and never build a logits matrix: the flash kernel on
     CPU, the memory-efficient one on CUDA (both private aten ops, so any failure falls back). The
     explicit computation is the reference (tests/test_position_remapping.py) and the autograd path."""
+    g = q.shape[1] // k.shape[1]
+    if g > 1:
+        b, h, lq, d = q.shape
+        out, lse = attend_lse(q.reshape(b, h // g, g * lq, d), k, v, scaling, _grouped_mask(allowed, g, lq))
+        return out.reshape(b, h, lq, -1), lse.reshape(b, h, lq)
     if not torch.is_grad_enabled() and q.dtype in (torch.float32, torch.float16, torch.bfloat16):
         try:
             return _fused_lse(q, k, v, scaling, allowed)
@@ -111,6 +128,17 @@ def attend_lse(
         logits = logits.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)
     return torch.nan_to_num(torch.softmax(logits, dim=-1)).to(v.dtype) @ v, lse
+
+
+def _grouped_mask(allowed: torch.Tensor | None, g: int, lq: int) -> torch.Tensor | None:
+    """allowed [b, 1 or h, Lq or 1, Lk] for queries laid out [b, h_kv, g·Lq, d] (row j·Lq + i: the
+    KV head's j-th query head, query i)."""
+    if allowed is None or (allowed.shape[1] == 1 and allowed.shape[2] == 1):  # one row for every query
+        return allowed
+    if allowed.shape[1] == 1:
+        return allowed.repeat(1, 1, g, 1)
+    b, h, lk = allowed.shape[0], allowed.shape[1], allowed.shape[-1]
+    return allowed.expand(b, h, lq, lk).reshape(b, h // g, g * lq, lk)
 
 
 _FELL_BACK: list[str] = []
@@ -308,7 +336,6 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
 
     def make_forward(m):
         p, sig = projections(m), inspect.signature(type(m).forward)
-        groups = p.heads // p.kv_heads
 
         def forward(*args, **kwargs):
             a = call_arguments(sig, m, args, kwargs)
@@ -327,8 +354,6 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
             k_pos = q_pos if past == 0 else torch.cat([key_positions[m.layer_idx], q_pos], dim=1)
             key_positions[m.layer_idx] = k_pos
             lk = k.shape[2]
-            if groups > 1:  # (a copy of the whole cache's keys and values: only when needed)
-                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             inputs = AttentionInputs(
                 q,
                 k,
@@ -373,6 +398,7 @@ def alibi_attend(a: AttentionInputs) -> torch.Tensor:
     The bias goes to the fused kernel as an additive mask (−inf where the causal or padding mask
     forbids), built for a block of queries at a time so that no [queries x keys] tensor of the
     whole prompt exists; a query no key may see gets zeros."""
+    a = a.repeated()  # (the slopes are per query head)
     b, h, lq, lk = a.q.shape[0], a.q.shape[1], a.q.shape[2], a.k.shape[2]
     slopes = alibi_slopes(h).to(a.q.device, torch.float32)[None, :, None, None]
     step = max(1, min(lq, BIAS_ELEMENTS // max(1, b * h * lk)))

@@ -303,3 +303,39 @@ def test_falling_back_from_the_fused_kernel_warns_once(monkeypatch):
             attention.attend_lse(q, k, v, 0.3, None)
     assert len(seen) == 1
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3))
+
+
+@pytest.mark.parametrize(
+    "attend,rule",
+    [(lambda a: SelfExtend.attend(a, 3, 8), selfextend_rule(3, 8)), (lambda a: DCA.attend(a, 9, 7), dca_rule(9, 7))],
+)
+@pytest.mark.parametrize("chunk", [1024, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the fused kernel; the explicit path
+def test_grouped_query_heads_equal_the_slow_loop_per_head(attend, rule, chunk, dtype, monkeypatch):
+    """A grouped-query model's KV heads reach the rule unrepeated (3 query heads per KV head here):
+    every query head equals the slow loop over its own KV head, for all queries and for the last
+    10 after a cached prefix (their mask rows go with each query head)."""
+    from harness import attention
+
+    monkeypatch.setattr(attention, "QUERY_CHUNK", chunk)
+    torch.manual_seed(1)
+    L, d, groups, kv_heads = 37, 16, 3, 2
+    q = torch.randn(kv_heads * groups, L, d, dtype=torch.float64)
+    k, v = (torch.randn(kv_heads, L, d, dtype=torch.float64) for _ in range(2))
+    _, single = random_inputs(L, d, dtype)
+    causal = torch.ones(L, L, dtype=torch.bool).tril()[None, None]
+    expected = torch.stack(
+        [slow_attention(q[h], k[h // groups], v[h // groups], rule, 1 / math.sqrt(d)) for h in range(len(q))]
+    )
+    for s in (0, 27):
+        inputs = AttentionInputs(
+            q[None, :, s:].to(dtype),
+            k[None].to(dtype),
+            v[None].to(dtype),
+            single.q_pos[:, s:],
+            single.q_pos,
+            causal[:, :, s:],
+            1 / math.sqrt(d),
+            single.rope,
+        )
+        torch.testing.assert_close(attend(inputs)[0].double(), expected[:, s:], rtol=1e-5, atol=1e-5)

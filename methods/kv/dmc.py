@@ -199,7 +199,7 @@ class DMC(KVMethod):
         groups = cfg.num_attention_heads // cfg.num_key_value_heads
 
         def attend(a: AttentionInputs) -> torch.Tensor:
-            q, k, v = a.q, a.k[:, ::groups], a.v[:, ::groups]  # the KV heads (repeated in a.k)
+            q, k, v = a.q, a.k, a.v  # k, v: the KV heads
             logit, omega = decisions(q, k, self.init_val, groups)
             if state["hard"]:
                 x = torch.where(logit > 0, 1e4, -1e4)

@@ -92,6 +92,7 @@ class LongHeads(AttentionMethod, LMMethod):
 
     # -- the rule ------------------------------------------------------------------------------
     def attend(self, a: AttentionInputs, w: int, k: int) -> torch.Tensor:
+        a = a.repeated()  # every head picks its own chunks
         fresh = a.q.shape[2] == a.k.shape[2]
         if fresh:
             self._queries[a.layer] = (0, a.q)

@@ -22,6 +22,7 @@ def s2_attend(a: AttentionInputs, group: int) -> torch.Tensor:
     b, h, n, d = a.q.shape
     if n % group:
         raise ValueError(f"S²-Attn needs the sequence ({n}) to be a multiple of the group size ({group})")
+    a = a.repeated()  # the shift moves half of the query heads (official: after repeat_kv)
     cos, sin = a.rope(a.q_pos)
     q, k, v = rotate(a.q, cos, sin), rotate(a.k, cos, sin), a.v
     half = h // 2
