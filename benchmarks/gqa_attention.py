@@ -1,5 +1,5 @@
-"""The kv engine's attention over its cache with grouped-query heads (methods/kv/_run.py:
-cache_attention) against SDPA's own grouped-query path (`enable_gqa=True` with a chunk x cache
+"""The kv engine's attention over its cache with grouped-query heads (harness/attention.py:
+chunk_attend) against SDPA's own grouped-query path (`enable_gqa=True` with a chunk x cache
 causal mask, the engine's path until issue 18's GPU run found its dense decoding 30x its
 memory-bound time), timed alternately in this process on random tensors with Llama-3-8B's heads
 (32 query heads, 8 KV heads, dimension 128). Cases: a decoding step (one query after n − 1 cached
@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from harness.methods.kv._run import cache_attention
+from harness.attention import chunk_attend
 
 
 def sdpa_gqa(q, k, v, n0: int, scaling: float, valid=None):
@@ -87,7 +87,7 @@ def main() -> None:
                     valid[:, :, n - c :] = True
                 calls = {
                     "enable_gqa": lambda: sdpa_gqa(q, k, v, n - c, scaling, valid),
-                    "engine": lambda: cache_attention(q, k, v, n - c, scaling, valid),
+                    "engine": lambda: chunk_attend(q, k, v, n - c, scaling, valid),
                 }
                 times, peaks, outs = {name: [] for name in calls}, {}, {}
                 with torch.no_grad():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from harness import records, registry, runner
+from harness.attention import chunk_attend
 from harness.interfaces import MethodContext
 from harness.projections import attention_modules
 from harness.methods.kv import _driver, _run
@@ -62,7 +63,7 @@ def test_chunked_prefill_equals_one_pass(tiny_lm, monkeypatch):
 @pytest.mark.parametrize("groups", [1, 3])
 @pytest.mark.parametrize("c, n0", [(1, 9), (5, 0), (5, 9)])
 @pytest.mark.parametrize("held", [False, True])
-def test_cache_attention_equals_a_softmax_per_query_head(groups, c, n0, held):
+def test_chunk_attend_equals_a_softmax_per_query_head(groups, c, n0, held):
     """The engine's grouped-query attention (a KV head's query heads as extra queries, a chunk in
     two fused parts merged by log-sum-exp) against a literal loop: every query head, every query,
     a softmax over the slots it may see (those before the chunk, its own chunk causally, held)."""
@@ -75,7 +76,7 @@ def test_cache_attention_equals_a_softmax_per_query_head(groups, c, n0, held):
         valid = torch.rand(1, hkv, n, generator=g) > 0.4
         valid[:, :, n0:] = True  # the chunk's own tokens are always held
     with torch.no_grad():
-        out = _run.cache_attention(q, k, v, n0, 0.3, valid)
+        out = chunk_attend(q, k, v, n0, 0.3, valid)
     for head in range(hkv * groups):
         kv = head // groups
         for i in range(c):

@@ -70,11 +70,16 @@ def inputs(q, k, v, q_pos, k_pos):
     tolerance="rel 1e-5, abs 1e-6",
 )
 @pytest.mark.parametrize("w,n_chunks", [(4, 4), (3, 5)])
-def test_attend_equals_slow_loop_and_decoding_steps(w, n_chunks):
+@pytest.mark.parametrize("groups", [1, 3])  # query heads per KV head (grouped-query models)
+def test_attend_equals_slow_loop_and_decoding_steps(w, n_chunks, groups):
     torch.manual_seed(0)
     h, N, d = 2, 47, 8
-    q, k, v = (torch.randn(h, N, d, dtype=torch.float64) for _ in range(3))
-    expected = slow_longheads(q, k, v, w, n_chunks, 1 / math.sqrt(d))
+    q = torch.randn(h * groups, N, d, dtype=torch.float64)
+    k, v = (torch.randn(h, N, d, dtype=torch.float64) for _ in range(2))
+    # the slow loop reads each query head's own KV head
+    expected = slow_longheads(
+        q, k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0), w, n_chunks, 1 / math.sqrt(d)
+    )
     method = LongHeads()
     pos = torch.arange(N)
     full = method.attend(inputs(q, k, v, pos, pos), w, n_chunks)[0]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from harness.interfaces import MethodContext
+from harness import attention
 from harness.attention import AttentionInputs
 from harness.methods.rope.dca import DCA
 from harness.methods.rope.longheads import LongHeads
@@ -339,3 +340,30 @@ def test_grouped_query_heads_equal_the_slow_loop_per_head(attend, rule, chunk, d
             single.rope,
         )
         torch.testing.assert_close(attend(inputs)[0].double(), expected[:, s:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_heads,mask_rows", [(1, 5), (2, 5), (6, 5), (2, 1), (None, None)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the fused kernel; the explicit path
+def test_attend_lse_with_grouped_keys_equals_a_softmax_per_query_head(mask_heads, mask_rows, dtype):
+    """attend_lse with 3 query heads per KV head and a mask for every head, one per KV head, one per
+    query head or one row for every query: output and log-sum-exp equal a literal softmax per query
+    head over the keys it may see."""
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 6, 5, 8, generator=g, dtype=dtype)
+    k, v = (torch.randn(1, 2, 7, 8, generator=g, dtype=dtype) for _ in range(2))
+    allowed = None
+    if mask_heads is not None:
+        allowed = torch.rand(1, mask_heads, mask_rows, 7, generator=g) > 0.4
+        allowed[..., 0] = True  # every query sees a key
+    with torch.no_grad():
+        out, lse = attention.attend_lse(q, k, v, 0.5, allowed)
+    for h in range(6):
+        for i in range(5):
+            seen = torch.ones(7, dtype=torch.bool)
+            if allowed is not None:
+                seen = allowed[0, h * mask_heads // 6, i if mask_rows > 1 else 0]
+            logits = (k[0, h // 3, seen] @ q[0, h, i]) * 0.5
+            torch.testing.assert_close(
+                out[0, h, i], torch.softmax(logits, 0) @ v[0, h // 3, seen], rtol=1e-5, atol=1e-5
+            )
+            torch.testing.assert_close(lse[0, h, i].to(dtype), torch.logsumexp(logits, 0), rtol=1e-5, atol=1e-5)

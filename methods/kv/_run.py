@@ -8,8 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
-from harness.attention import attend_lse, merge_partials
+from harness.attention import chunk_attend
 from harness.methods.kv._cache import REFERENCE_BYTES, LayerCache, SlotStore
 from harness.methods.kv._eviction import kept_target
 from harness.methods.kv._rerotation import rerotation_angles
@@ -18,33 +17,6 @@ if TYPE_CHECKING:
     from harness.methods.kv._common import KVMethod
 
 STAT_ELEMENTS = 1 << 24  # logits materialised at once when a method needs attention probabilities
-
-
-def cache_attention(q, k, v, n0: int, scaling: float, valid=None) -> torch.Tensor:
-    """q [1, H, c, d], the queries of the tokens at cache slots n0 … n0 + c − 1, over the cache
-    k/v [1, H_kv, n, d]: every slot before n0, and the chunk's own slots causally; valid [1, H_kv,
-    n] (bool) masks the slots a head does not hold.
-
-    A KV head's g = H / H_kv query heads attend as g·c queries of that head, so the kernel reads
-    each cached key once. SDPA's enable_gqa reads it once per query head (a decoding step at 32k
-    with Llama-3-8B's 32 / 8 heads: 3.7x this time on CPU), and with a mask CUDA's dispatch has no
-    fused kernel for it: the math path, which builds the logits in float32. A chunk attends in two fused
-    parts merged by their log-sum-exp, the slots before it (no causal mask) and its own
-    (causal), so that no chunk x cache mask is ever built."""
-    b, h, c, d = q.shape
-    hkv, n = k.shape[1], k.shape[2]
-    g = h // hkv
-    grouped = q.reshape(b, hkv, g * c, d)  # row j·c + i: the KV head's j-th query head, query i
-    held = None if valid is None else valid[:, :, None, :]
-    if c == 1:  # decoding: the query sees every slot held
-        return F.scaled_dot_product_attention(grouped, k, v, attn_mask=held, scale=scaling).reshape(b, h, c, d)
-    causal = (torch.arange(n - n0, device=q.device)[None, :] <= torch.arange(c, device=q.device)[:, None]).repeat(g, 1)
-    parts = [
-        attend_lse(grouped, k[:, :, n0:], v[:, :, n0:], scaling, causal if held is None else causal & held[..., n0:])
-    ]
-    if n0:
-        parts.append(attend_lse(grouped, k[:, :, :n0], v[:, :, :n0], scaling, None if held is None else held[..., :n0]))
-    return (parts[0][0] if len(parts) == 1 else merge_partials(parts)).reshape(b, h, c, d)
 
 
 class Run:
@@ -189,7 +161,7 @@ class Run:
             lc.n = everything.n
 
     def sdpa(self, lc: LayerCache, q, n0: int, scaling: float) -> torch.Tensor:
-        return cache_attention(q, lc.k, lc.v, n0, scaling, lc.valid)
+        return chunk_attend(q, lc.k, lc.v, n0, scaling, lc.valid)
 
     def _explicit(self, lc: LayerCache, q, n0: int, scaling: float, lse: bool = False):
         b, h, c, d = q.shape

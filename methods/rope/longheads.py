@@ -3,12 +3,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.attention import AttentionInputs, AttentionMethod, attention_override, rotate
+from harness.attention import AttentionInputs, AttentionMethod, attend_lse, attention_override, chunk_attend, rotate
 from harness.methods.rope._common import rope_shape
 
 PAIR_BUDGET = 1 << 14  # (query, slot) pairs per block of far queries (bounds memory at any length)
@@ -36,9 +35,10 @@ class LongHeads(AttentionMethod, LMMethod):
     The official prefill omits the query's own key (its selected keys stop one short), while its
     decoding step includes it; here every query includes itself, the one rule for prefill and
     decoding, so generation with the KV cache equals full recomputation. Raw keys are cached, and
-    raw queries only from the first chunk whose representation is not computed yet (a chunk
-    completed during decoding needs its queries; older ones never again): memory stays that of the
-    KV cache. Chunk representations are cached per layer as chunks complete.
+    a chunk's representation is computed per layer as soon as the chunk is complete, so raw queries
+    are kept only for the chunk in progress (a chunk completed during decoding needs its queries;
+    older ones never again): memory stays that of the KV cache. A grouped-query model's KV heads
+    are not repeated: each query head picks its chunks and reads them from its KV head.
 
     chunk_size: w; None = L/16 (256 for a 4k Llama-2, the official `window_size`).
     atten_length: L; None = the model's original context (4096 for Llama-2, as officially).
@@ -92,7 +92,6 @@ class LongHeads(AttentionMethod, LMMethod):
 
     # -- the rule ------------------------------------------------------------------------------
     def attend(self, a: AttentionInputs, w: int, k: int) -> torch.Tensor:
-        a = a.repeated()  # every head picks its own chunks
         fresh = a.q.shape[2] == a.k.shape[2]
         if fresh:
             self._queries[a.layer] = (0, a.q)
@@ -123,24 +122,28 @@ class LongHeads(AttentionMethod, LMMethod):
         return out
 
     def _row(self, a, b, valid, q_all, t, q, w, k):
-        K, V = (a.k[b], a.v[b]) if bool(valid.all()) else (a.k[b][:, valid], a.v[b][:, valid])  # [h, n, d]
+        # [h_kv, n, d]: a grouped-query model's KV heads, each read by its query heads (h / h_kv)
+        K, V = (a.k[b], a.v[b]) if bool(valid.all()) else (a.k[b][:, valid], a.v[b][:, valid])
         L = w * k
         out = torch.empty_like(q)
+        # every completed chunk is summarised now, so that only the queries of the chunk in progress
+        # are kept (lazily, the queries of a whole trained window were, per layer: a second cache)
+        reps = self._chunk_reps(a, b, q_all, K, V, w)
         near = t < L
-        if near.any():  # inside the trained window: plain attention
+        if near.any():  # inside the trained window: plain attention, through the fused kernel
             tn = t[near]
             m = int(tn.max()) + 1  # these queries see only the first m keys
             kr = rotate(K[None, :, :m], *a.rope(torch.arange(m, device=K.device)[None]))
             qr = rotate(q[:, near][None], *a.rope(tn[None]))
-            allowed = (torch.arange(m, device=K.device)[None, :] <= tn[:, None])[None, None]
-            # the fused kernel: explicit logits here were queries x keys x heads floats (6 GB beyond
-            # the weights at 8k on Llama-3-8B's shapes); every query sees key 0, so no row is empty
-            out[:, near] = F.scaled_dot_product_attention(qr, kr, V[None, :, :m], attn_mask=allowed, scale=a.scaling)[0]
+            if int(tn[0]) == m - len(tn):  # the last len(tn) keys' own queries (positions are increasing)
+                out[:, near] = chunk_attend(qr, kr, V[None, :, :m], m - len(tn), a.scaling)[0]
+            else:  # (gaps in the positions) every query sees key 0, so no row is empty
+                allowed = (torch.arange(m, device=K.device)[None, :] <= tn[:, None])[None, None]
+                out[:, near] = attend_lse(qr, kr, V[None, :, :m], a.scaling, allowed)[0][0]
         far = ~near
         if far.any():
             if self._counter is not None and a.layer == 0:
                 self._counter[SELECTED] += int(far.sum())
-            reps = self._chunk_reps(a, b, q_all, K, V, w)
             out[:, far] = self._selective(a, q[:, far], t[far], K, V, reps, w, k)
         return out
 
@@ -148,7 +151,8 @@ class LongHeads(AttentionMethod, LMMethod):
         """Representations of every complete chunk [h, chunks, d], computed once per chunk; q_all:
         (the row's kept queries, how many of its first tokens' queries were dropped)."""
         q_all, dropped = q_all
-        h, n, d = K.shape
+        hkv, n, d = K.shape
+        h = q_all.shape[0]
         done = self._reps.get((a.layer, b))
         have = 0 if done is None else done.shape[1]
         total = n // w
@@ -156,13 +160,15 @@ class LongHeads(AttentionMethod, LMMethod):
             sl = slice(have * w, total * w)
             local = torch.arange(w, device=K.device).repeat(total - have)[None]
             cos, sin = a.rope(local)
-            qc = rotate(q_all[:, sl.start - dropped : sl.stop - dropped][None], cos, sin)[0].view(h, -1, w, d)
-            kc = rotate(K[:, sl][None], cos, sin)[0].view(h, -1, w, d)
-            vc = V[:, sl].view(h, -1, w, d)
+            # [h_kv, query heads per KV head, chunks, w, d]: a query head's chunk against its KV head's
+            qc = rotate(q_all[:, sl.start - dropped : sl.stop - dropped][None], cos, sin)[0]
+            qc = qc.view(hkv, h // hkv, -1, w, d)
+            kc = rotate(K[:, sl][None], cos, sin)[0].view(hkv, 1, -1, w, d)
+            vc = V[:, sl].view(hkv, 1, -1, w, d)
             inner = torch.softmax((qc @ kc.transpose(-1, -2)).float() * d**-0.5, -1).to(vc.dtype) @ vc
-            summary = inner.mean(-2, keepdim=True)  # [h, g, 1, d]
+            summary = inner.mean(-2, keepdim=True)  # [h_kv, h / h_kv, chunks, 1, d]
             weights = torch.softmax((summary @ kc.transpose(-1, -2)).float() * d**-0.5, -1).to(kc.dtype)
-            new = (weights @ kc)[:, :, 0]
+            new = (weights @ kc)[..., 0, :].reshape(h, -1, d)
             done = new if done is None else torch.cat([done, new], dim=1)
             self._reps[(a.layer, b)] = done
         return done
@@ -184,7 +190,7 @@ class LongHeads(AttentionMethod, LMMethod):
         time (a chunk that few queries pick still fills a TILE-row tile: a whole block's padded
         copies, 2.3× its pairs, made LongHeads' peak 1.46× the baseline's at 8k on the zoo model):
         memory stays that of the KV cache plus one block's pairs."""
-        h, n, d = K.shape
+        (h, _, d), (hkv, n, _) = q.shape, K.shape
         chunks = -(-n // w)
         offsets = torch.arange(w, device=K.device)
         cos_o, sin_o = a.rope(offsets[None])
@@ -205,9 +211,9 @@ class LongHeads(AttentionMethod, LMMethod):
             q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B*k]
             qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))
             rows, tiles = _tile_rows((picked + head_base).reshape(-1), h * chunks)
-            # the tiles' chunks: head and key positions (the current chunk's missing tail clamps to
-            # the last key; the causal mask below removes it)
-            head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
+            # the tiles' chunks: KV head (a query head's) and key positions (the current chunk's
+            # missing tail clamps to the last key; the causal mask below removes it)
+            head, at = tiles // chunks // (h // hkv), ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
             order = rows.argsort()  # pairs in tile order: a run of tiles is a slice of them
             layout = (rows, order, tiles.shape[0], _tile_batch_starts(rows[order], tiles.shape[0]))
 
