@@ -180,7 +180,7 @@ class LongHeads(AttentionMethod, LMMethod):
         RoPE depends only on the query-key distance, so the key at slot s, offset o (position
         s·w + o) against the query at q_at gives the logit of the key rotated at o against the query
         rotated at q_at − s·w: keys rotate once, at their in-chunk offsets, and each query rotates k
-        times (one per slot). The (query, slot) pairs are then grouped by the (head, chunk) they
+        times (one per slot). The (query, slot) pairs are then grouped by the (KV head, chunk) they
         read, in tiles of TILE pairs, and every tile is one small matmul against its chunk's w keys
         (and, after the softmax over the query's k·w logits, against the chunk's values): the data
         moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values. Each
@@ -196,7 +196,9 @@ class LongHeads(AttentionMethod, LMMethod):
         cos_o, sin_o = a.rope(offsets[None])
         g = torch.arange(reps.shape[1], device=K.device)
         slots = torch.arange(k, device=K.device)
-        head_base = (torch.arange(h, device=K.device) * chunks)[:, None, None]
+        # pairs group by the (KV head, chunk) whose keys they read, so a KV head's query heads share
+        # its chunks' tiles (per query head, each of them padded its own)
+        head_base = (torch.arange(h, device=K.device) // (h // hkv) * chunks)[:, None, None]
         block = max(1, PAIR_BUDGET // (h * k))
         outs = []
         for s in range(0, q.shape[1], block):
@@ -210,10 +212,10 @@ class LongHeads(AttentionMethod, LMMethod):
             picked = torch.cat([fixed[..., :1], top.sort(-1).values, fixed[..., 1:]], -1)  # [h, B, k]
             q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B*k]
             qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))
-            rows, tiles = _tile_rows((picked + head_base).reshape(-1), h * chunks)
+            rows, tiles = _tile_rows((picked + head_base).reshape(-1), hkv * chunks)
             # the tiles' chunks: KV head (a query head's) and key positions (the current chunk's
             # missing tail clamps to the last key; the causal mask below removes it)
-            head, at = tiles // chunks // (h // hkv), ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
+            head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
             order = rows.argsort()  # pairs in tile order: a run of tiles is a slice of them
             layout = (rows, order, tiles.shape[0], _tile_batch_starts(rows[order], tiles.shape[0]))
 
