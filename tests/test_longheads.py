@@ -100,8 +100,9 @@ def test_small_tiles_and_blocks_equal_the_slow_loop(monkeypatch):
     tiles per matmul, and blocks of 5 far queries: the same numbers as the slow loop."""
     from harness.methods.rope import longheads
 
-    monkeypatch.setattr(longheads, "TILE", 3)
-    monkeypatch.setattr(longheads, "TILE_BATCH", 2)  # several matmuls per block
+    monkeypatch.setattr(longheads, "TILE_MIN", 3)
+    monkeypatch.setattr(longheads, "TILE_MAX", 3)
+    monkeypatch.setattr(longheads, "TILE_ROWS", 6)  # two tiles per matmul: several matmuls per block
     monkeypatch.setattr(longheads, "PAIR_BUDGET", 5 * 2 * 4)  # h = 2 heads, k = 4 slots
     torch.manual_seed(1)
     h, N, d = 2, 41, 8

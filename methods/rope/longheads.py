@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -11,8 +12,12 @@ from harness.attention import AttentionInputs, AttentionMethod, attend_lse, atte
 from harness.methods.rope._common import rope_shape
 
 PAIR_BUDGET = 1 << 14  # (query, slot) pairs per block of far queries (bounds memory at any length)
-TILE = 64  # (query, slot) pairs per small matmul against one chunk
-TILE_BATCH = 64  # tiles per batched matmul: bounds the padded copies of a block's pairs
+# (query, slot) pairs per small matmul against one chunk: per block, the power of two nearest the
+# mean number of pairs that read a (KV head, chunk), within these bounds (64 for every block made
+# many tiles mostly padding with Llama-3's 8k window; 256 took the prefill at 16k from 1.59x to
+# 1.36x the baseline's time on a grouped-query model, where a zoo model's chunks have few pairs)
+TILE_MIN, TILE_MAX = 16, 256
+TILE_ROWS = 4096  # padded rows per batched matmul (TILE_ROWS // tile tiles): bounds a block's padded copies
 SELECTED = "longheads.selective_queries"  # telemetry: queries that attended through chunk selection
 
 
@@ -181,13 +186,13 @@ class LongHeads(AttentionMethod, LMMethod):
         s·w + o) against the query at q_at gives the logit of the key rotated at o against the query
         rotated at q_at − s·w: keys rotate once, at their in-chunk offsets, and each query rotates k
         times (one per slot). The (query, slot) pairs are then grouped by the (KV head, chunk) they
-        read, in tiles of TILE pairs, and every tile is one small matmul against its chunk's w keys
+        read, in tiles (of a size per block: _tile_rows), and every tile is one small matmul against its chunk's w keys
         (and, after the softmax over the query's k·w logits, against the chunk's values): the data
         moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values. Each
         tile's chunk is gathered and rotated when the tile is built (every chunk rotates at the same
         offsets 0 … w − 1): no rotated copy of the layer's keys is ever held. A block's pairs are held
-        compactly (each query's k·w logits); the padded tile rows exist for TILE_BATCH tiles at a
-        time (a chunk that few queries pick still fills a TILE-row tile: a whole block's padded
+        compactly (each query's k·w logits); the padded tile rows exist for TILE_ROWS rows at a
+        time (a chunk that few queries pick still fills a whole tile: a whole block's padded
         copies, 2.3× its pairs, made LongHeads' peak 1.46× the baseline's at 8k on the zoo model):
         memory stays that of the KV cache plus one block's pairs."""
         (h, _, d), (hkv, n, _) = q.shape, K.shape
@@ -212,12 +217,20 @@ class LongHeads(AttentionMethod, LMMethod):
             picked = torch.cat([fixed[..., :1], top.sort(-1).values, fixed[..., 1:]], -1)  # [h, B, k]
             q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B*k]
             qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))
-            rows, tiles = _tile_rows((picked + head_base).reshape(-1), hkv * chunks)
+            tile, rows, tiles = _tile_rows((picked + head_base).reshape(-1), hkv * chunks)
             # the tiles' chunks: KV head (a query head's) and key positions (the current chunk's
             # missing tail clamps to the last key; the causal mask below removes it)
             head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
             order = rows.argsort()  # pairs in tile order: a run of tiles is a slice of them
-            layout = (rows, order, tiles.shape[0], _tile_batch_starts(rows[order], tiles.shape[0]))
+            per = max(1, TILE_ROWS // tile)  # tiles per matmul
+            layout = (
+                rows,
+                order,
+                tiles.shape[0],
+                tile,
+                per,
+                _tile_batch_starts(rows[order], tiles.shape[0], tile, per),
+            )
 
             def keys(t0, t1):  # each tile's chunk, gathered and rotated at offsets 0 ... w - 1: [tiles, d, w]
                 return rotate(K[head[t0:t1, None], at[t0:t1]][:, None], cos_o, sin_o)[:, 0].transpose(1, 2)
@@ -240,35 +253,38 @@ class LongHeads(AttentionMethod, LMMethod):
 
 
 def _tiled(pairs: torch.Tensor, right, width: int, layout) -> torch.Tensor:
-    """pairs [n_pairs, x], in tile order, times each tile's right(t0, t1) [t1 - t0, x, width],
-    TILE_BATCH tiles per matmul, so that only those tiles' padded rows ever exist; layout: every
-    pair's row in the padded layout (_tile_rows), the pairs' tile order, the number of tiles and
-    the first pair of each run of TILE_BATCH tiles (_tile_batch_starts)."""
-    rows, order, n_tiles, starts = layout
+    """pairs [n_pairs, x], in tile order, times each tile's right(t0, t1) [t1 - t0, x, width], `per`
+    tiles per matmul, so that only those tiles' padded rows ever exist; layout: every pair's row in
+    the padded layout (_tile_rows), the pairs' tile order, the number of tiles, the tile size, the
+    tiles per matmul and the first pair of each run of them (_tile_batch_starts)."""
+    rows, order, n_tiles, tile, per, starts = layout
     out = pairs.new_empty(pairs.shape[0], width)
-    for t0, p0, p1 in zip(range(0, n_tiles, TILE_BATCH), starts, starts[1:]):
-        t1 = min(t0 + TILE_BATCH, n_tiles)
-        local = rows[order[p0:p1]] - t0 * TILE
-        padded = pairs.new_zeros((t1 - t0) * TILE, pairs.shape[1]).index_copy_(0, local, pairs[p0:p1])
-        out[p0:p1] = torch.bmm(padded.view(t1 - t0, TILE, -1), right(t0, t1)).view(-1, width)[local]
+    for t0, p0, p1 in zip(range(0, n_tiles, per), starts, starts[1:]):
+        t1 = min(t0 + per, n_tiles)
+        local = rows[order[p0:p1]] - t0 * tile
+        padded = pairs.new_zeros((t1 - t0) * tile, pairs.shape[1]).index_copy_(0, local, pairs[p0:p1])
+        out[p0:p1] = torch.bmm(padded.view(t1 - t0, tile, -1), right(t0, t1)).view(-1, width)[local]
     return out
 
 
-def _tile_batch_starts(sorted_rows: torch.Tensor, n_tiles: int) -> list[int]:
-    """The first pair (in tile order) of each run of TILE_BATCH tiles, and the pair count last."""
-    bounds = torch.arange(0, n_tiles + TILE_BATCH, TILE_BATCH, device=sorted_rows.device) * TILE
+def _tile_batch_starts(sorted_rows: torch.Tensor, n_tiles: int, tile: int, per: int) -> list[int]:
+    """The first pair (in tile order) of each run of `per` tiles, and the pair count last."""
+    bounds = torch.arange(0, n_tiles + per, per, device=sorted_rows.device) * tile
     return torch.searchsorted(sorted_rows, bounds).tolist()
 
 
-def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lay items out by group, each group padded to whole tiles of TILE rows: returns every item's
-    row in that layout [n_items] and every tile's group [n_tiles]."""
+def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Lay items out by group, each group padded to whole tiles: returns the tile size (the power of
+    two nearest the mean count of the groups used, within TILE_MIN … TILE_MAX), every item's row in
+    that layout [n_items] and every tile's group [n_tiles]."""
     order = group.argsort()
     counts = torch.bincount(group, minlength=n_groups)
-    tiles_per = (counts + TILE - 1) // TILE
-    tile_start = (torch.cumsum(tiles_per, 0) - tiles_per) * TILE  # first row of each group
+    mean = group.shape[0] / max(1, int((counts > 0).sum()))
+    tile = int(min(TILE_MAX, max(TILE_MIN, 2 ** round(math.log2(max(mean, 1.0))))))
+    tiles_per = (counts + tile - 1) // tile
+    tile_start = (torch.cumsum(tiles_per, 0) - tiles_per) * tile  # first row of each group
     item_start = torch.cumsum(counts, 0) - counts  # its first item in sorted order
     gs = group[order]
     rows = torch.empty_like(group)
     rows[order] = tile_start[gs] + torch.arange(group.shape[0], device=group.device) - item_start[gs]
-    return rows, torch.repeat_interleave(torch.arange(n_groups, device=group.device), tiles_per)
+    return tile, rows, torch.repeat_interleave(torch.arange(n_groups, device=group.device), tiles_per)
