@@ -70,9 +70,9 @@ class AttentionInputs:
 
     def repeated(self) -> AttentionInputs:
         """These inputs with a copy of its KV head's keys and values for every query head [b, h, Lk,
-        d], for rules that treat query heads one by one (LongHeads' chunk choice, LongLoRA's shifted
-        heads, ALiBi's slopes). A copy of the layer's whole cache, g times over: rules that attend
-        through attend_lse do without it."""
+        d], for rules that treat query heads one by one (LongLoRA's shifted heads, ALiBi's slopes).
+        A copy of the layer's whole cache, g times over: rules that attend through attend_lse or
+        chunk_attend, or index a query head's KV head (LongHeads), do without it."""
         g = self.q.shape[1] // self.k.shape[1]
         if g == 1:
             return self
