@@ -1,7 +1,7 @@
 """The kv engine's attention over its cache with grouped-query heads (harness/attention.py:
 chunk_attend) against SDPA's own grouped-query path (`enable_gqa=True` with a chunk x cache
-causal mask, the engine's path until issue 18's GPU run found its dense decoding 30x its
-memory-bound time), timed alternately in this process on random tensors with Llama-3-8B's heads
+causal mask: the engine's path when issue 18's GPU run measured its dense decoding at 30x its
+memory-bound time, a cause not confirmed there), timed alternately in this process on random tensors with Llama-3-8B's heads
 (32 query heads, 8 KV heads, dimension 128). Cases: a decoding step (one query after n − 1 cached
 slots) and a prefill chunk (--chunk queries after n − chunk slots), each with every slot held and
 with a per-head held mask (head-adaptive eviction: a tenth of the slots per head). Not a test.

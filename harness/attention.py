@@ -207,7 +207,7 @@ def chunk_attend(q, k, v, n0: int, scaling: float, valid=None) -> torch.Tensor:
 
     Grouped-query heads go through the grouped layout (attend_lse: a KV head's query heads as extra
     queries of that head), so each key is read once. SDPA's enable_gqa read it once per query head
-    (a decoding step at 32k with Llama-3-8B's 32 / 8 heads: 3.7x this time on CPU), and with a mask
+    (a decoding step at 32k with Llama-3-8B's 32 / 8 heads: about 3.5x this time on CPU), and with a mask
     CUDA's dispatch has no fused kernel for it: the math path, which builds the logits in float32.
     A chunk attends in two fused parts merged by their log-sum-exp, the keys before it (no causal
     mask) and its own (causal), so that no chunk x context mask is ever built."""

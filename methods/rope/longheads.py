@@ -186,8 +186,8 @@ class LongHeads(AttentionMethod, LMMethod):
         s·w + o) against the query at q_at gives the logit of the key rotated at o against the query
         rotated at q_at − s·w: keys rotate once, at their in-chunk offsets, and each query rotates k
         times (one per slot). The (query, slot) pairs are then grouped by the (KV head, chunk) they
-        read, in tiles (of a size per block: _tile_rows), and every tile is one small matmul against its chunk's w keys
-        (and, after the softmax over the query's k·w logits, against the chunk's values): the data
+        read, in tiles (of a size per block: _tile_rows), and every tile is one small matmul against
+        its chunk's w keys (and, after the softmax over the query's k·w logits, against the chunk's values): the data
         moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values. Each
         tile's chunk is gathered and rotated when the tile is built (every chunk rotates at the same
         offsets 0 … w − 1): no rotated copy of the layer's keys is ever held. A block's pairs are held
@@ -217,20 +217,11 @@ class LongHeads(AttentionMethod, LMMethod):
             picked = torch.cat([fixed[..., :1], top.sort(-1).values, fixed[..., 1:]], -1)  # [h, B, k]
             q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B*k]
             qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))
-            tile, rows, tiles = _tile_rows((picked + head_base).reshape(-1), hkv * chunks)
+            layout, tiles = _tile_layout((picked + head_base).reshape(-1), hkv * chunks)
             # the tiles' chunks: KV head (a query head's) and key positions (the current chunk's
             # missing tail clamps to the last key; the causal mask below removes it)
             head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
-            order = rows.argsort()  # pairs in tile order: a run of tiles is a slice of them
-            per = max(1, TILE_ROWS // tile)  # tiles per matmul
-            layout = (
-                rows,
-                order,
-                tiles.shape[0],
-                tile,
-                per,
-                _tile_batch_starts(rows[order], tiles.shape[0], tile, per),
-            )
+            order = layout[1]  # pairs in tile order
 
             def keys(t0, t1):  # each tile's chunk, gathered and rotated at offsets 0 ... w - 1: [tiles, d, w]
                 return rotate(K[head[t0:t1, None], at[t0:t1]][:, None], cos_o, sin_o)[:, 0].transpose(1, 2)
@@ -255,8 +246,8 @@ class LongHeads(AttentionMethod, LMMethod):
 def _tiled(pairs: torch.Tensor, right, width: int, layout) -> torch.Tensor:
     """pairs [n_pairs, x], in tile order, times each tile's right(t0, t1) [t1 - t0, x, width], `per`
     tiles per matmul, so that only those tiles' padded rows ever exist; layout: every pair's row in
-    the padded layout (_tile_rows), the pairs' tile order, the number of tiles, the tile size, the
-    tiles per matmul and the first pair of each run of them (_tile_batch_starts)."""
+    the padded layout, the pairs' tile order, the number of tiles, the tile size, the tiles per
+    matmul and the first pair of each run of them (_tile_layout)."""
     rows, order, n_tiles, tile, per, starts = layout
     out = pairs.new_empty(pairs.shape[0], width)
     for t0, p0, p1 in zip(range(0, n_tiles, per), starts, starts[1:]):
@@ -267,10 +258,17 @@ def _tiled(pairs: torch.Tensor, right, width: int, layout) -> torch.Tensor:
     return out
 
 
-def _tile_batch_starts(sorted_rows: torch.Tensor, n_tiles: int, tile: int, per: int) -> list[int]:
-    """The first pair (in tile order) of each run of `per` tiles, and the pair count last."""
-    bounds = torch.arange(0, n_tiles + per, per, device=sorted_rows.device) * tile
-    return torch.searchsorted(sorted_rows, bounds).tolist()
+def _tile_layout(group: torch.Tensor, n_groups: int) -> tuple[tuple, torch.Tensor]:
+    """_tiled's layout of items laid out by group (_tile_rows): every item's row, the items in tile
+    order (a run of tiles is a slice of them), the number of tiles, the tile size, the tiles per
+    matmul (TILE_ROWS rows) and the first item of each run of them, the item count last; and every
+    tile's group."""
+    tile, rows, tiles = _tile_rows(group, n_groups)
+    order = rows.argsort()
+    per = max(1, TILE_ROWS // tile)
+    bounds = torch.arange(0, tiles.shape[0] + per, per, device=rows.device) * tile
+    starts = torch.searchsorted(rows[order], bounds).tolist()
+    return (rows, order, tiles.shape[0], tile, per, starts), tiles
 
 
 def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
