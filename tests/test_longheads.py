@@ -58,7 +58,7 @@ def inputs(q, k, v, q_pos, k_pos):
 
     def rope(p):
         cs = [rope_at(float(x), d) for x in p[0]]
-        return torch.stack([c for c, _ in cs])[None], torch.stack([s for _, s in cs])[None]
+        return tuple(torch.stack([x[j] for x in cs])[None].to(q.dtype) for j in (0, 1))  # as the model's rope
 
     allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]
     return AttentionInputs(q[None], k[None], v[None], q_pos[None], k_pos[None], allowed, 1 / math.sqrt(d), rope)
@@ -95,21 +95,26 @@ def test_attend_equals_slow_loop_and_decoding_steps(w, n_chunks, groups):
     torch.testing.assert_close(torch.cat(got, dim=1), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_small_tiles_and_blocks_equal_the_slow_loop(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: the fused kernel's path
+def test_small_tiles_and_blocks_equal_the_slow_loop(monkeypatch, dtype):
     """Tiles of 3 (query, slot) pairs, so a chunk that many queries pick spans several tiles, two
-    tiles per matmul, and blocks of 5 far queries: the same numbers as the slow loop."""
+    tiles per fused call, and blocks of 5 far queries, so a block's own-chunk part spans two chunks:
+    the same numbers as the slow loop."""
     from harness.methods.rope import longheads
 
     monkeypatch.setattr(longheads, "TILE_MIN", 3)
     monkeypatch.setattr(longheads, "TILE_MAX", 3)
-    monkeypatch.setattr(longheads, "TILE_ROWS", 6)  # two tiles per matmul: several matmuls per block
-    monkeypatch.setattr(longheads, "PAIR_BUDGET", 5 * 2 * 4)  # h = 2 heads, k = 4 slots
+    # a budget of 250 elements: blocks of 250 // (h = 2 heads x 3 slots x d = 8) = 5 queries, and
+    # 250 // 8 = 31 rows per call: two tiles (3 padded rows, 4 keys and 4 values each)
+    monkeypatch.setattr(longheads, "FAR_BUDGET", 0.0)
+    monkeypatch.setattr(longheads, "MIN_BUDGET", 250)
     torch.manual_seed(1)
     h, N, d = 2, 41, 8
     q, k, v = (torch.randn(h, N, d, dtype=torch.float64) for _ in range(3))
     pos = torch.arange(N)
-    got = LongHeads().attend(inputs(q, k, v, pos, pos), 4, 4)[0]
-    torch.testing.assert_close(got, slow_longheads(q, k, v, 4, 4, 1 / math.sqrt(d)), rtol=1e-5, atol=1e-6)
+    got = LongHeads().attend(inputs(*(x.to(dtype) for x in (q, k, v)), pos, pos), 4, 4)[0]
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(got.double(), slow_longheads(q, k, v, 4, 4, 1 / math.sqrt(d)), **tol)
 
 
 def test_within_the_window_is_the_plain_model(tiny_lm):

@@ -8,16 +8,29 @@ import torch
 from harness.errors import UserError
 from harness.interfaces import LMMethod
 from harness.registry import register
-from harness.attention import AttentionInputs, AttentionMethod, attend_lse, attention_override, chunk_attend, rotate
+from harness.attention import (
+    AttentionInputs,
+    AttentionMethod,
+    attend_lse,
+    attention_override,
+    chunk_attend,
+    merge_partials,
+    rotate,
+)
 from harness.methods.rope._common import rope_shape
 
-PAIR_BUDGET = 1 << 14  # (query, slot) pairs per block of far queries (bounds memory at any length)
-# (query, slot) pairs per small matmul against one chunk: per block, the power of two nearest the
-# mean number of pairs that read a (KV head, chunk), within these bounds (64 for every block made
-# many tiles mostly padding with Llama-3's 8k window; 256 took the prefill at 16k from 1.59x to
-# 1.36x the baseline's time on a grouped-query model, where a zoo model's chunks have few pairs)
+# elements of a block's pair-sized tensors (each far query's rotated copy per slot, its outputs) and
+# of a call's tiles: FAR_BUDGET times the call's queries [h, Lq, d], so that they scale with the
+# prefill chunk as the model's own activations do (a fixed 2^14 pairs made blocks of 32 queries with
+# Llama-3-8B's heads: thousands of small kernel launches per layer on a GPU), and at least
+# MIN_BUDGET, so that a decoding step is not cut into tiny calls
+FAR_BUDGET, MIN_BUDGET = 4.0, 1 << 22
+# (query, slot) pairs per tile (a batch entry of a fused call, against one chunk): per block, the
+# power of two nearest the mean number of pairs that read a (KV head, chunk), within these bounds
+# (64 for every block made many tiles mostly padding with Llama-3's 8k window; 256 took the prefill
+# at 16k from 1.59x to 1.36x the baseline's time on a grouped-query model, where a zoo model's
+# chunks have few pairs; both measured on the explicit-logits tiles before the fused ones)
 TILE_MIN, TILE_MAX = 16, 256
-TILE_ROWS = 4096  # padded rows per batched matmul (TILE_ROWS // tile tiles): bounds a block's padded copies
 SELECTED = "longheads.selective_queries"  # telemetry: queries that attended through chunk selection
 
 
@@ -149,7 +162,7 @@ class LongHeads(AttentionMethod, LMMethod):
         if far.any():
             if self._counter is not None and a.layer == 0:
                 self._counter[SELECTED] += int(far.sum())
-            out[:, far] = self._selective(a, q[:, far], t[far], K, V, reps, w, k)
+            out[:, far] = self._selective(a, q[:, far], t[far], K, V, reps, w, k, a.q.shape[2])
         return out
 
     def _chunk_reps(self, a, b, q_all, K, V, w) -> torch.Tensor:
@@ -179,93 +192,117 @@ class LongHeads(AttentionMethod, LMMethod):
         return done
 
     @staticmethod
-    def _selective(a, q, t, K, V, reps, w, k):
-        """Attention of far queries over their k picked chunks, without gathering k·w keys per query.
+    def _selective(a, q, t, K, V, reps, w, k, lq):
+        """Attention of far queries over their k picked chunks, on the fused kernel, without
+        gathering k·w keys per query.
 
         RoPE depends only on the query-key distance, so the key at slot s, offset o (position
         s·w + o) against the query at q_at gives the logit of the key rotated at o against the query
-        rotated at q_at − s·w: keys rotate once, at their in-chunk offsets, and each query rotates k
-        times (one per slot). The (query, slot) pairs are then grouped by the (KV head, chunk) they
-        read, in tiles (of a size per block: _tile_rows), and every tile is one small matmul against
-        its chunk's w keys (and, after the softmax over the query's k·w logits, against the chunk's values): the data
-        moved per query is k·(d + w) numbers, not the 2·k·w·d of gathered keys and values. Each
-        tile's chunk is gathered and rotated when the tile is built (every chunk rotates at the same
-        offsets 0 … w − 1): no rotated copy of the layer's keys is ever held. A block's pairs are held
-        compactly (each query's k·w logits); the padded tile rows exist for TILE_ROWS rows at a
-        time (a chunk that few queries pick still fills a whole tile: a whole block's padded
-        copies, 2.3× its pairs, made LongHeads' peak 1.46× the baseline's at 8k on the zoo model):
-        memory stays that of the KV cache plus one block's pairs."""
-        (h, _, d), (hkv, n, _) = q.shape, K.shape
+        rotated at q_at − s·w: keys rotate once, at their in-chunk offsets, and each query rotates
+        once per slot. A query's k slots are k partial attentions over disjoint keys, merged exactly
+        by their log-sum-exp (merge_partials). The k − 1 slots before its own chunk see all w keys:
+        those (query, slot) pairs are grouped by the (KV head, chunk) they read, in tiles (of a size
+        per block: _tile_rows), and a batch of tiles is one fused call (attend_lse) against each
+        tile's chunk, gathered and rotated at offsets 0 … w − 1 when the batch is made: no rotated
+        copy of the layer's keys and no logits are ever held. The own chunk is seen causally: its
+        queries attend to it apart (_own_chunk). The data moved per query is k·(d + w) numbers, not
+        the 2·k·w·d of gathered keys and values.
+
+        Memory: a block of far queries holds its pairs' rotated queries and outputs, at most
+        `budget` elements each (FAR_BUDGET times the call's queries, so they scale with the prefill
+        chunk as the model's own activations do), and a batch of tiles the same (its padded rows,
+        keys and values): memory stays that of the KV cache plus one block's pairs."""
+        (h, nq, d), (hkv, n, _) = q.shape, K.shape
+        if nq > 1 and not bool((t[1:] > t[:-1]).all()):
+            raise ValueError("longheads: the far queries' positions must increase (one token per position)")
+        budget = max(MIN_BUDGET, int(FAR_BUDGET * lq * h * d))
         chunks = -(-n // w)
         offsets = torch.arange(w, device=K.device)
         cos_o, sin_o = a.rope(offsets[None])
         g = torch.arange(reps.shape[1], device=K.device)
-        slots = torch.arange(k, device=K.device)
+        slots = torch.arange(k - 1, device=K.device)
         # pairs group by the (KV head, chunk) whose keys they read, so a KV head's query heads share
         # its chunks' tiles (per query head, each of them padded its own)
         head_base = (torch.arange(h, device=K.device) // (h // hkv) * chunks)[:, None, None]
-        block = max(1, PAIR_BUDGET // (h * k))
+        block = max(1, budget // (h * (k - 1) * d))
         outs = []
-        for s in range(0, q.shape[1], block):
+        for s in range(0, nq, block):
             qb, tb = q[:, s : s + block], t[s : s + block]
             B, cur = tb.shape[0], tb // w
             score = torch.einsum("hqd,hgd->hqg", qb, reps)
             candidate = (g[None, :] >= 1) & (g[None, :] <= cur[:, None] - 2)
             top = score.masked_fill(~candidate[None], float("-inf")).topk(k - 3, dim=-1).indices
-            fixed = torch.stack([torch.zeros_like(cur), cur - 1, cur], -1)[None].expand(h, -1, -1)
-            # in chunk order: the first chunk, the picked ones (all between), the previous, the current
-            picked = torch.cat([fixed[..., :1], top.sort(-1).values, fixed[..., 1:]], -1)  # [h, B, k]
-            q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B*k]
-            qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k, -1).reshape(1, h, B * k, d), *a.rope(q_at))
-            layout, tiles = _tile_layout((picked + head_base).reshape(-1), hkv * chunks)
-            # the tiles' chunks: KV head (a query head's) and key positions (the current chunk's
-            # missing tail clamps to the last key; the causal mask below removes it)
-            head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None]).clamp_max(n - 1)
-            order = layout[1]  # pairs in tile order
+            ends = torch.stack([torch.zeros_like(cur), cur - 1], -1)[None].expand(h, -1, -1)
+            # in chunk order: the first chunk, the picked ones (all between), the previous one
+            picked = torch.cat([ends[..., :1], top.sort(-1).values, ends[..., 1:]], -1)  # [h, B, k - 1]
+            q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B·(k − 1)]
+            qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k - 1, -1).reshape(1, h, -1, d), *a.rope(q_at))
+            layout, tiles = _tile_layout((picked + head_base).reshape(-1), hkv * chunks, budget // d, w)
+            # the tiles' chunks: KV head (a query head's) and key positions
+            head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None])
 
-            def keys(t0, t1):  # each tile's chunk, gathered and rotated at offsets 0 ... w - 1: [tiles, d, w]
-                return rotate(K[head[t0:t1, None], at[t0:t1]][:, None], cos_o, sin_o)[:, 0].transpose(1, 2)
+            def keys(t0, t1):  # each tile's chunk, rotated at offsets 0 ... w - 1: [tiles, 1, w, d]
+                return rotate(K[head[t0:t1, None], at[t0:t1]][:, None], cos_o, sin_o)
 
-            # every pair-sized tensor is dropped as soon as the next is made: at most two at a time
-            # (they, not the tiles, are a block's memory)
-            qr = qr.reshape(-1, d)[order]
-            sorted_logits = _tiled(qr, keys, w, layout).float().mul_(a.scaling)
+            def values(t0, t1):
+                return V[head[t0:t1, None], at[t0:t1]][:, None]
+
+            out, lse = _tiled_attend(qr.reshape(-1, d), keys, values, layout, a.scaling)
             del qr
-            logits = torch.empty_like(sorted_logits).index_copy_(0, order, sorted_logits).view(h, B, k, w)
-            del sorted_logits
-            logits[:, :, -1].masked_fill_(torch.arange(w, device=K.device)[None, :] > (tb % w)[:, None], float("-inf"))
-            probs = torch.softmax(logits.view(h, B, k * w), -1).to(V.dtype).view(-1, w)[order]
-            del logits
-            sorted_out = _tiled(probs, lambda t0, t1: V[head[t0:t1, None], at[t0:t1]], d, layout)
-            del probs
-            out = torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)
-            outs.append(out.view(h, B, k, d).sum(2))
+            out, lse = out.view(h, B, k - 1, -1), lse.view(h, B, k - 1)
+            own = _own_chunk(a, qb, tb, K, V, w, cos_o, sin_o)
+            outs.append(merge_partials([(out[:, :, i], lse[:, :, i]) for i in range(k - 1)] + [own]))
         return torch.cat(outs, dim=1)
 
 
-def _tiled(pairs: torch.Tensor, right, width: int, layout) -> torch.Tensor:
-    """pairs [n_pairs, x], in tile order, times each tile's right(t0, t1) [t1 - t0, x, width], `per`
-    tiles per matmul, so that only those tiles' padded rows ever exist; layout: every pair's row in
-    the padded layout, the pairs' tile order, the number of tiles, the tile size, the tiles per
-    matmul and the first pair of each run of them (_tile_layout)."""
+def _own_chunk(a, q, t, K, V, w, cos_o, sin_o):
+    """The last slot: each query [h, B, d] (positions t, increasing) over its own chunk's keys up to
+    itself; query and keys rotate at their offsets in the chunk (their distance is that of slot
+    k − 1 against the query at (k − 1)·w + offset); one fused call per chunk the block spans.
+    Returns the output [h, B, d] and log-sum-exp [h, B]."""
+    cur, off = t // w, t % w
+    outs, lses, i0 = [], [], 0
+    for c, count in zip(*(x.tolist() for x in torch.unique_consecutive(cur, return_counts=True))):
+        o = off[i0 : i0 + count]
+        m = int(o[-1]) + 1  # the chunk's keys up to its last query
+        qr = rotate(q[None, :, i0 : i0 + count], *a.rope(o[None]))
+        kc = rotate(K[None, :, c * w : c * w + m], cos_o[:, :m], sin_o[:, :m])
+        causal = (torch.arange(m, device=K.device)[None, :] <= o[:, None])[None, None]
+        out, lse = attend_lse(qr, kc, V[None, :, c * w : c * w + m], a.scaling, causal)
+        outs.append(out[0])
+        lses.append(lse[0])
+        i0 += count
+    return torch.cat(outs, dim=1), torch.cat(lses, dim=1)
+
+
+def _tiled_attend(pairs: torch.Tensor, keys, values, layout, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused attention of every pair [n_pairs, d] (in pair order) over its tile's keys and values:
+    keys(t0, t1) and values(t0, t1) [t1 − t0, 1, w, d] for tiles t0 … t1 − 1, `per` tiles per call,
+    so that only those tiles' padded rows, keys and values exist at a time. Returns each pair's
+    output [n_pairs, d_v] and log-sum-exp [n_pairs]; layout: _tile_layout's."""
     rows, order, n_tiles, tile, per, starts = layout
-    out = pairs.new_empty(pairs.shape[0], width)
+    out, lse = None, pairs.new_empty(pairs.shape[0], dtype=torch.float32)
     for t0, p0, p1 in zip(range(0, n_tiles, per), starts, starts[1:]):
         t1 = min(t0 + per, n_tiles)
-        local = rows[order[p0:p1]] - t0 * tile
-        padded = pairs.new_zeros((t1 - t0) * tile, pairs.shape[1]).index_copy_(0, local, pairs[p0:p1])
-        out[p0:p1] = torch.bmm(padded.view(t1 - t0, tile, -1), right(t0, t1)).view(-1, width)[local]
-    return out
+        idx = order[p0:p1]  # these tiles' pairs
+        local = rows[idx] - t0 * tile
+        padded = pairs.new_zeros((t1 - t0) * tile, pairs.shape[1]).index_copy_(0, local, pairs[idx])
+        o, l = attend_lse(padded.view(t1 - t0, 1, tile, -1), keys(t0, t1), values(t0, t1), scaling, None)
+        if out is None:
+            out = o.new_empty(pairs.shape[0], o.shape[-1])
+        out[idx] = o.reshape(-1, o.shape[-1])[local]
+        lse[idx] = l.reshape(-1)[local].float()
+    return out, lse
 
 
-def _tile_layout(group: torch.Tensor, n_groups: int) -> tuple[tuple, torch.Tensor]:
-    """_tiled's layout of items laid out by group (_tile_rows): every item's row, the items in tile
-    order (a run of tiles is a slice of them), the number of tiles, the tile size, the tiles per
-    matmul (TILE_ROWS rows) and the first item of each run of them, the item count last; and every
-    tile's group."""
+def _tile_layout(group: torch.Tensor, n_groups: int, rows_budget: int, w: int) -> tuple[tuple, torch.Tensor]:
+    """_tiled_attend's layout of items laid out by group (_tile_rows): every item's row, the items
+    in tile order (a run of tiles is a slice of them), the number of tiles, the tile size, the
+    tiles per call (a tile holds its padded rows and its chunk's w keys and w values: as many as
+    rows_budget rows allow) and the first item of each run of them; and every tile's group."""
     tile, rows, tiles = _tile_rows(group, n_groups)
     order = rows.argsort()
-    per = max(1, TILE_ROWS // tile)
+    per = max(1, rows_budget // (tile + 2 * w))
     bounds = torch.arange(0, tiles.shape[0] + per, per, device=rows.device) * tile
     starts = torch.searchsorted(rows[order], bounds).tolist()
     return (rows, order, tiles.shape[0], tile, per, starts), tiles
