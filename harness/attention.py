@@ -192,12 +192,16 @@ def _no_keys_to_neginf(lse, allowed, bias):
 def merge_partials(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Combine attentions over disjoint key sets, given each one's output and log-sum-exp: the
     result equals one softmax over the union (a query no key may see gets zeros)."""
-    lse = torch.stack([p[1] for p in parts])  # [n, b, h, Lq]
-    top = lse.max(dim=0).values.nan_to_num(neginf=0.0)
-    w = torch.exp(lse - top)  # exp(-inf) = 0 for empty parts
-    total = w.sum(dim=0).clamp_min(torch.finfo(w.dtype).tiny)
-    out = sum(wi[..., None] * o.float() for wi, (o, _) in zip(w, parts))
-    return (out / total[..., None]).to(parts[0][0].dtype)
+    return merge_stacked(torch.stack([p[0] for p in parts], -2), torch.stack([p[1] for p in parts], -1))
+
+
+def merge_stacked(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """merge_partials of parts stacked along out's second-to-last dimension [..., n, d], with their
+    log-sum-exp [..., n] (LongHeads' k chunks per query: one merge, not one op per part)."""
+    top = lse.max(dim=-1, keepdim=True).values.nan_to_num(neginf=0.0)
+    w = torch.exp(lse.float() - top)  # exp(-inf) = 0 for empty parts
+    w = w / w.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    return (w.unsqueeze(-2) @ out.float()).squeeze(-2).to(out.dtype)
 
 
 def chunk_attend(q, k, v, n0: int, scaling: float, valid=None) -> torch.Tensor:

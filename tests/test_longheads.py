@@ -104,10 +104,11 @@ def test_small_tiles_and_blocks_equal_the_slow_loop(monkeypatch, dtype):
 
     monkeypatch.setattr(longheads, "TILE_MIN", 3)
     monkeypatch.setattr(longheads, "TILE_MAX", 3)
-    # a budget of 250 elements: blocks of 250 // (h = 2 heads x 3 slots x d = 8) = 5 queries, and
-    # 250 // 8 = 31 rows per call: two tiles (3 padded rows, 4 keys and 4 values each)
-    monkeypatch.setattr(longheads, "FAR_BUDGET", 0.0)
-    monkeypatch.setattr(longheads, "MIN_BUDGET", 250)
+    # a budget of 0.375 x 41 queries x 2 heads x 8 = 246 elements: blocks of 246 // (2 heads x
+    # 3 slots x 8) = 5 queries, and 246 // 8 = 30 rows per call: two tiles (3 padded rows, 4 keys
+    # and 4 values each)
+    monkeypatch.setattr(longheads, "FAR_BUDGET", 0.375)
+    monkeypatch.setattr(longheads, "CACHE_SHARE", 10**9)
     torch.manual_seed(1)
     h, N, d = 2, 41, 8
     q, k, v = (torch.randn(h, N, d, dtype=torch.float64) for _ in range(3))

@@ -14,7 +14,7 @@ from harness.attention import (
     attend_lse,
     attention_override,
     chunk_attend,
-    merge_partials,
+    merge_stacked,
     rotate,
 )
 from harness.methods.rope._common import rope_shape
@@ -22,9 +22,10 @@ from harness.methods.rope._common import rope_shape
 # elements of a block's pair-sized tensors (each far query's rotated copy per slot, its outputs) and
 # of a call's tiles: FAR_BUDGET times the call's queries [h, Lq, d], so that they scale with the
 # prefill chunk as the model's own activations do (a fixed 2^14 pairs made blocks of 32 queries with
-# Llama-3-8B's heads: thousands of small kernel launches per layer on a GPU), and at least
-# MIN_BUDGET, so that a decoding step is not cut into tiny calls
-FAR_BUDGET, MIN_BUDGET = 4.0, 1 << 22
+# Llama-3-8B's heads: thousands of small kernel launches per layer on a GPU), or 1/CACHE_SHARE of
+# the layer's cached keys if more, so that a decoding step is not cut into calls of a tile or two
+# (a fixed floor of 2^22 took the zoo's peak at 8k to 1.4x the baseline's: its chunks are small)
+FAR_BUDGET, CACHE_SHARE = 4.0, 8
 # (query, slot) pairs per tile (a batch entry of a fused call, against one chunk): per block, the
 # power of two nearest the mean number of pairs that read a (KV head, chunk), within these bounds
 # (64 for every block made many tiles mostly padding with Llama-3's 8k window; 256 took the prefill
@@ -200,7 +201,7 @@ class LongHeads(AttentionMethod, LMMethod):
         s·w + o) against the query at q_at gives the logit of the key rotated at o against the query
         rotated at q_at − s·w: keys rotate once, at their in-chunk offsets, and each query rotates
         once per slot. A query's k slots are k partial attentions over disjoint keys, merged exactly
-        by their log-sum-exp (merge_partials). The k − 1 slots before its own chunk see all w keys:
+        by their log-sum-exp (merge_stacked). The k − 1 slots before its own chunk see all w keys:
         those (query, slot) pairs are grouped by the (KV head, chunk) they read, in tiles (of a size
         per block: _tile_rows), and a batch of tiles is one fused call (attend_lse) against each
         tile's chunk, gathered and rotated at offsets 0 … w − 1 when the batch is made: no rotated
@@ -215,10 +216,13 @@ class LongHeads(AttentionMethod, LMMethod):
         (h, nq, d), (hkv, n, _) = q.shape, K.shape
         if nq > 1 and not bool((t[1:] > t[:-1]).all()):
             raise ValueError("longheads: the far queries' positions must increase (one token per position)")
-        budget = max(MIN_BUDGET, int(FAR_BUDGET * lq * h * d))
-        chunks = -(-n // w)
-        offsets = torch.arange(w, device=K.device)
-        cos_o, sin_o = a.rope(offsets[None])
+        budget = max(int(FAR_BUDGET * lq * h * d), n * hkv * d // CACHE_SHARE)
+        chunks = n // w  # the complete ones: the only ones a tile reads (a query's own attends apart)
+        cos_o, sin_o = a.rope(torch.arange(w, device=K.device)[None])
+
+        def by_chunk(x):  # [h_kv, chunks, w, d], a view: a whole chunk is one index (not w of them)
+            return x[:, : chunks * w].unflatten(1, (chunks, w))
+
         g = torch.arange(reps.shape[1], device=K.device)
         slots = torch.arange(k - 1, device=K.device)
         # pairs group by the (KV head, chunk) whose keys they read, so a KV head's query heads share
@@ -238,20 +242,19 @@ class LongHeads(AttentionMethod, LMMethod):
             q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B·(k − 1)]
             qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k - 1, -1).reshape(1, h, -1, d), *a.rope(q_at))
             layout, tiles = _tile_layout((picked + head_base).reshape(-1), hkv * chunks, budget // d, w)
-            # the tiles' chunks: KV head (a query head's) and key positions
-            head, at = tiles // chunks, ((tiles % chunks)[:, None] * w + offsets[None])
+            head, chunk = tiles // chunks, tiles % chunks  # the tiles' chunks (all complete)
 
             def keys(t0, t1):  # each tile's chunk, rotated at offsets 0 ... w - 1: [tiles, 1, w, d]
-                return rotate(K[head[t0:t1, None], at[t0:t1]][:, None], cos_o, sin_o)
+                return rotate(by_chunk(K)[head[t0:t1], chunk[t0:t1]][:, None], cos_o, sin_o)
 
             def values(t0, t1):
-                return V[head[t0:t1, None], at[t0:t1]][:, None]
+                return by_chunk(V)[head[t0:t1], chunk[t0:t1]][:, None]
 
             out, lse = _tiled_attend(qr.reshape(-1, d), keys, values, layout, a.scaling)
             del qr
-            out, lse = out.view(h, B, k - 1, -1), lse.view(h, B, k - 1)
-            own = _own_chunk(a, qb, tb, K, V, w, cos_o, sin_o)
-            outs.append(merge_partials([(out[:, :, i], lse[:, :, i]) for i in range(k - 1)] + [own]))
+            own_out, own_lse = _own_chunk(a, qb, tb, K, V, w, cos_o, sin_o)
+            out = torch.cat([out.view(h, B, k - 1, -1), own_out[:, :, None]], 2)
+            outs.append(merge_stacked(out, torch.cat([lse.view(h, B, k - 1), own_lse[..., None]], -1)))
         return torch.cat(outs, dim=1)
 
 
@@ -280,38 +283,39 @@ def _tiled_attend(pairs: torch.Tensor, keys, values, layout, scaling: float) -> 
     keys(t0, t1) and values(t0, t1) [t1 − t0, 1, w, d] for tiles t0 … t1 − 1, `per` tiles per call,
     so that only those tiles' padded rows, keys and values exist at a time. Returns each pair's
     output [n_pairs, d_v] and log-sum-exp [n_pairs]; layout: _tile_layout's."""
-    rows, order, n_tiles, tile, per, starts = layout
+    source, order, sorted_rows, n_tiles, tile, per, starts = layout
     out, lse = None, pairs.new_empty(pairs.shape[0], dtype=torch.float32)
     for t0, p0, p1 in zip(range(0, n_tiles, per), starts, starts[1:]):
         t1 = min(t0 + per, n_tiles)
-        idx = order[p0:p1]  # these tiles' pairs
-        local = rows[idx] - t0 * tile
-        padded = pairs.new_zeros((t1 - t0) * tile, pairs.shape[1]).index_copy_(0, local, pairs[idx])
+        padded = pairs[source[t0 * tile : t1 * tile]]  # one gather (a padding row's output is dropped)
         o, l = attend_lse(padded.view(t1 - t0, 1, tile, -1), keys(t0, t1), values(t0, t1), scaling, None)
         if out is None:
             out = o.new_empty(pairs.shape[0], o.shape[-1])
-        out[idx] = o.reshape(-1, o.shape[-1])[local]
-        lse[idx] = l.reshape(-1)[local].float()
+        local = sorted_rows[p0:p1] - t0 * tile  # these tiles' pairs, in tile order: their rows here
+        out.index_copy_(0, order[p0:p1], o.reshape(-1, o.shape[-1])[local])
+        lse.index_copy_(0, order[p0:p1], l.reshape(-1)[local].float())
     return out, lse
 
 
 def _tile_layout(group: torch.Tensor, n_groups: int, rows_budget: int, w: int) -> tuple[tuple, torch.Tensor]:
-    """_tiled_attend's layout of items laid out by group (_tile_rows): every item's row, the items
-    in tile order (a run of tiles is a slice of them), the number of tiles, the tile size, the
-    tiles per call (a tile holds its padded rows and its chunk's w keys and w values: as many as
-    rows_budget rows allow) and the first item of each run of them; and every tile's group."""
-    tile, rows, tiles = _tile_rows(group, n_groups)
-    order = rows.argsort()
+    """_tiled_attend's layout of items laid out by group (_tile_rows): the item each padded row
+    copies (a padding row, item 0), the items in tile order (a run of tiles is a slice of them) and
+    their rows, the number of tiles, the tile size, the tiles per call (a tile holds its padded rows
+    and its chunk's w keys and w values: as many as rows_budget rows allow) and the first item of
+    each run of them; and every tile's group."""
+    tile, order, sorted_rows, tiles = _tile_rows(group, n_groups)
+    source = torch.zeros(tiles.shape[0] * tile, dtype=torch.long, device=group.device)
+    source[sorted_rows] = order
     per = max(1, rows_budget // (tile + 2 * w))
-    bounds = torch.arange(0, tiles.shape[0] + per, per, device=rows.device) * tile
-    starts = torch.searchsorted(rows[order], bounds).tolist()
-    return (rows, order, tiles.shape[0], tile, per, starts), tiles
+    bounds = torch.arange(0, tiles.shape[0] + per, per, device=group.device) * tile
+    starts = torch.searchsorted(sorted_rows, bounds).tolist()
+    return (source, order, sorted_rows, tiles.shape[0], tile, per, starts), tiles
 
 
-def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lay items out by group, each group padded to whole tiles: returns the tile size (the power of
-    two nearest the mean count of the groups used, within TILE_MIN … TILE_MAX), every item's row in
-    that layout [n_items] and every tile's group [n_tiles]."""
+    two nearest the mean count of the groups used, within TILE_MIN … TILE_MAX), the items in layout
+    order, their rows in that layout (increasing) and every tile's group [n_tiles]."""
     order = group.argsort()
     counts = torch.bincount(group, minlength=n_groups)
     mean = group.shape[0] / max(1, int((counts > 0).sum()))
@@ -320,6 +324,5 @@ def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[int, torch.Tensor, t
     tile_start = (torch.cumsum(tiles_per, 0) - tiles_per) * tile  # first row of each group
     item_start = torch.cumsum(counts, 0) - counts  # its first item in sorted order
     gs = group[order]
-    rows = torch.empty_like(group)
-    rows[order] = tile_start[gs] + torch.arange(group.shape[0], device=group.device) - item_start[gs]
-    return tile, rows, torch.repeat_interleave(torch.arange(n_groups, device=group.device), tiles_per)
+    rows = tile_start[gs] + torch.arange(group.shape[0], device=group.device) - item_start[gs]
+    return tile, order, rows, torch.repeat_interleave(torch.arange(n_groups, device=group.device), tiles_per)
