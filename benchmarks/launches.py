@@ -1,0 +1,133 @@
+"""Ops dispatched and host syncs per prefill, per method, against the baseline in the same run:
+what a GPU's time depends on when a method's attention is cut into many small calls. Counted on
+the CPU, so that a machine without a GPU can see it: LongHeads' first GPU run (an H100,
+2026-12-05) took 68.8x the baseline's time at 32k with Llama-3-8B's heads while its CPU prefill
+was near the baseline's, since a CPU pays little per op and a GPU about 5-20 microseconds per
+kernel launch.
+
+Every aten op dispatched during one prefill (`LM.prefill`: chunks of --prefill-chunk tokens, the
+GPU default 2,048 unless set) is counted, views aside; a GPU runs about one kernel for each. A host sync is an
+op whose result the host reads before it can go on (a GPU's queue drains there): `.item()`,
+`int()` and `bool()` of a tensor, `.tolist()`, and the ops whose output size depends on the data
+(nonzero, unique, masked_select, boolean indexing, repeat_interleave by a tensor).
+
+The counts depend on the heads, the trained window, the context and the prefill chunk, not on
+the hidden or head size: a random model with Llama-3-8B's 32 query and 8 KV heads, its 8k window
+and one layer, but narrow, counts what the 8B model's layer would at a fraction of the CPU time:
+
+    python benchmarks/random_checkpoint.py --out /tmp/l3-heads --layers 1 --dtype float32 \\
+        --set hidden_size=512 --set intermediate_size=1024 --set vocab_size=4096
+    python benchmarks/launches.py --model /tmp/l3-heads [--lengths 16384,32768] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prefill import describe, header, prefill  # noqa: E402  (the same prefill as the timed benchmark)
+
+SIZE_FROM_DATA = {"nonzero", "_unique2", "unique_consecutive", "unique_dim", "masked_select", "_local_scalar_dense"}
+
+
+class Counting(TorchDispatchMode):
+    """Counts the aten ops dispatched (views aside), and those that sync the host (SIZE_FROM_DATA, boolean
+    indexing, repeat_interleave by a tensor) plus `.tolist()` calls, which dispatch nothing on CPU
+    but copy to the host on a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.syncs = Counter(), Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if not func.is_view:  # (a view launches nothing)
+            self.ops[name] += 1
+        if name in SIZE_FROM_DATA or (
+            name == "repeat_interleave" and isinstance(args[0], torch.Tensor) and len(args) == 1
+        ):
+            self.syncs[name] += 1
+        elif name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]):
+            self.syncs["index (bool)"] += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self._tolist = torch.Tensor.tolist
+        counter = self.syncs
+
+        def tolist(t):
+            counter["tolist"] += 1
+            return self._tolist(t)
+
+        torch.Tensor.tolist = tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+
+@torch.no_grad()
+def count(lm, method, length: int, ids: torch.Tensor) -> Counting:
+    with Counting() as c:
+        prefill(lm, method, length, ids)
+    return c
+
+
+def main() -> None:
+    from harness import provenance, registry
+    from harness.lm import ACCELERATOR_PREFILL_CHUNK, LM
+    from harness.models import load
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="a checkpoint folder (benchmarks/random_checkpoint.py) or zoo:NAME")
+    ap.add_argument("--lengths", default="16384")
+    ap.add_argument("--methods", default="baseline,selfextend,dca,longheads")
+    ap.add_argument("--prefill-chunk", type=int, default=ACCELERATOR_PREFILL_CHUNK, help="tokens per forward")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
+    a = ap.parse_args()
+    lm = LM(load(a.model, "cpu"), prefill_chunk=a.prefill_chunk)
+    methods = {n: registry.method(n)() for n in a.methods.split(",")}
+    if "baseline" not in methods:
+        ap.error("--methods must include baseline: the counts are reported against it")
+    commit = provenance.git_state()
+    command = " ".join(["python", *sys.argv]) + f" (commit {(commit['git_commit'] or '?')[:7]}"
+    command += ", uncommitted changes)" if commit["git_dirty"] else ")"
+    rows = []
+    for length in (int(x) for x in a.lengths.split(",")):
+        ids = torch.randint(10, lm.model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+        counts = {name: count(lm, m, length, ids) for name, m in methods.items()}
+        base = counts["baseline"]
+        for name, c in counts.items():
+            ops, syncs = sum(c.ops.values()), sum(c.syncs.values())
+            rows.append(
+                {
+                    "method": name,
+                    "length": length,
+                    "ops": ops,
+                    "ops_vs_baseline": round(ops / sum(base.ops.values()), 2),
+                    "host_syncs": syncs,
+                    "top_ops": dict(c.ops.most_common(8)),
+                    "syncs_by_kind": dict(c.syncs.most_common()),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+        if a.json:
+            run = {**header(a.model, lm, "cpu (ops counted, not timed)"), "prefill_chunk": lm.prefill_chunk}
+            Path(a.json).write_text(json.dumps({**run, "command": command, "rows": rows}, indent=1) + "\n")
+    print(f"\n{a.model} ({describe(lm)}), prefill chunk {lm.prefill_chunk}\n")
+    print("| method | length | ops | ops vs baseline | host syncs |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['length']} | {r['ops']:,} | {r['ops_vs_baseline']:.2f}x | {r['host_syncs']:,} |")
+
+
+if __name__ == "__main__":
+    main()
