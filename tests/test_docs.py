@@ -87,6 +87,24 @@ def test_the_readme_prefill_summary_is_read_from_the_benchmark(tmp_path):
     assert lines[3] == "| dca | 1.23x / – | 1.05x / – | – |"  # a length it was not measured at, no slope
 
 
+def test_the_launches_table_is_read_from_the_benchmark(tmp_path):
+    def row(method, length, ops, ratio, syncs):
+        return {"method": method, "length": length, "ops": ops, "ops_vs_baseline": ratio, "host_syncs": syncs}
+
+    rows = [
+        row("baseline", 16384, 624, 1.0, 2),
+        row("longheads", 16384, 4798, 7.689, 270),
+        row("baseline", 32768, 1256, 1.0, 2),
+    ]
+    path = tmp_path / "launches_cpu.json"
+    path.write_text(json.dumps({"rows": rows}))
+    lines = docsgen.launches_table(path).splitlines()
+    assert lines[0] == "| method | ops per prefill 16k / 32k | vs baseline 16k / 32k | host syncs 16k / 32k |"
+    assert lines[2] == "| baseline | 624 / 1,256 | 1.00x / 1.00x | 2 / 2 |"
+    assert lines[3] == "| longheads | 4,798 / – | 7.69x / – | 270 / – |"  # a length it was not counted at
+    assert docsgen.launches_table(tmp_path / "absent.json") is None
+
+
 def test_the_zoo_table_is_read_from_the_cards():
     from harness.zoo import registry as zoo
 
