@@ -19,12 +19,12 @@ from harness.attention import (
 )
 from harness.methods.rope._common import rope_shape
 
-# elements of a block's pair-sized tensors (each far query's rotated copy per slot, its outputs) and
-# of a call's tiles: FAR_BUDGET times the call's queries [h, Lq, d], so that they scale with the
-# prefill chunk as the model's own activations do (a fixed 2^14 pairs made blocks of 32 queries with
-# Llama-3-8B's heads: thousands of small kernel launches per layer on a GPU), or 1/CACHE_SHARE of
-# the layer's cached keys if more, so that a decoding step is not cut into calls of a tile or two
-# (a fixed floor of 2^22 took the zoo's peak at 8k to 1.4x the baseline's: its chunks are small)
+# elements of a block's pair-sized tensor (each far query's output per slot) and of a call's tiles
+# (their rotated queries, keys and values): FAR_BUDGET times the call's queries [h, Lq, d], so that
+# they scale with the prefill chunk as the model's own activations do (a fixed 2^14 pairs made blocks
+# of 32 queries with Llama-3-8B's heads: thousands of small kernel launches per layer on a GPU), or
+# 1/CACHE_SHARE of the layer's cached keys if more, so that a decoding step is not cut into calls of
+# a tile or two (a fixed floor of 2^22 took the zoo's peak at 8k to 1.4x the baseline's)
 FAR_BUDGET, CACHE_SHARE = 4.0, 8
 # (query, slot) pairs per tile (a batch entry of a fused call, against one chunk): per block, the
 # power of two nearest the mean number of pairs that read a (KV head, chunk), within these bounds
@@ -209,22 +209,23 @@ class LongHeads(AttentionMethod, LMMethod):
         queries attend to it apart (_own_chunk). The data moved per query is k·(d + w) numbers, not
         the 2·k·w·d of gathered keys and values.
 
-        Memory: a block of far queries holds its pairs' rotated queries and outputs, at most
-        `budget` elements each (FAR_BUDGET times the call's queries, so they scale with the prefill
-        chunk as the model's own activations do), and a batch of tiles the same (its padded rows,
-        keys and values): memory stays that of the KV cache plus one block's pairs."""
+        Memory: a block of far queries holds its pairs' outputs, at most `budget` elements
+        (FAR_BUDGET times the call's queries, so that they scale with the prefill chunk as the
+        model's own activations do), and a call its tiles' rotated queries, keys and values, as
+        many: a query is rotated for a slot only in the call that reads it. Memory stays that of
+        the KV cache plus one block's outputs."""
         (h, nq, d), (hkv, n, _) = q.shape, K.shape
         if nq > 1 and not bool((t[1:] > t[:-1]).all()):
             raise ValueError("longheads: the far queries' positions must increase (one token per position)")
         budget = max(int(FAR_BUDGET * lq * h * d), n * hkv * d // CACHE_SHARE)
         chunks = n // w  # the complete ones: the only ones a tile reads (a query's own attends apart)
-        cos_o, sin_o = a.rope(torch.arange(w, device=K.device)[None])
+        cos_t, sin_t = a.rope(torch.arange(k * w, device=K.device)[None])  # every position in the window
+        cos_o, sin_o = cos_t[:, :w], sin_t[:, :w]
 
         def by_chunk(x):  # [h_kv, chunks, w, d], a view: a whole chunk is one index (not w of them)
             return x[:, : chunks * w].unflatten(1, (chunks, w))
 
         g = torch.arange(reps.shape[1], device=K.device)
-        slots = torch.arange(k - 1, device=K.device)
         # pairs group by the (KV head, chunk) whose keys they read, so a KV head's query heads share
         # its chunks' tiles (per query head, each of them padded its own)
         head_base = (torch.arange(h, device=K.device) // (h // hkv) * chunks)[:, None, None]
@@ -232,17 +233,22 @@ class LongHeads(AttentionMethod, LMMethod):
         outs = []
         for s in range(0, nq, block):
             qb, tb = q[:, s : s + block], t[s : s + block]
-            B, cur = tb.shape[0], tb // w
+            B, cur, off = tb.shape[0], tb // w, tb % w
             score = torch.einsum("hqd,hgd->hqg", qb, reps)
             candidate = (g[None, :] >= 1) & (g[None, :] <= cur[:, None] - 2)
             top = score.masked_fill(~candidate[None], float("-inf")).topk(k - 3, dim=-1).indices
             ends = torch.stack([torch.zeros_like(cur), cur - 1], -1)[None].expand(h, -1, -1)
             # in chunk order: the first chunk, the picked ones (all between), the previous one
             picked = torch.cat([ends[..., :1], top.sort(-1).values, ends[..., 1:]], -1)  # [h, B, k - 1]
-            q_at = ((k - 1 - slots)[None, :] * w + (tb % w)[:, None]).reshape(1, -1)  # [1, B·(k − 1)]
-            qr = rotate(qb[None, :, :, None].expand(-1, -1, -1, k - 1, -1).reshape(1, h, -1, d), *a.rope(q_at))
             layout, tiles = _tile_layout((picked + head_base).reshape(-1), hkv * chunks, budget // d, w)
             head, chunk = tiles // chunks, tiles % chunks  # the tiles' chunks (all complete)
+            qflat = qb.reshape(h * B, d)
+            # a (query, slot) pair's position in the window, the same for every head: [B · (k − 1)]
+            at = ((k - 1 - torch.arange(k - 1, device=K.device)) * w + off[:, None]).reshape(-1)
+
+            def queries(pairs):  # pairs i = (query head · B + query) · (k − 1) + slot: rotated queries
+                p = at[pairs % at.shape[0]]
+                return rotate(qflat[pairs // (k - 1)][None, None], cos_t[:, p], sin_t[:, p])[0, 0]
 
             def keys(t0, t1):  # each tile's chunk, rotated at offsets 0 ... w - 1: [tiles, 1, w, d]
                 return rotate(by_chunk(K)[head[t0:t1], chunk[t0:t1]][:, None], cos_o, sin_o)
@@ -250,11 +256,11 @@ class LongHeads(AttentionMethod, LMMethod):
             def values(t0, t1):
                 return by_chunk(V)[head[t0:t1], chunk[t0:t1]][:, None]
 
-            out, lse = _tiled_attend(qr.reshape(-1, d), keys, values, layout, a.scaling)
-            del qr
-            own_out, own_lse = _own_chunk(a, qb, tb, K, V, w, cos_o, sin_o)
-            out = torch.cat([out.view(h, B, k - 1, -1), own_out[:, :, None]], 2)
-            outs.append(merge_stacked(out, torch.cat([lse.view(h, B, k - 1), own_lse[..., None]], -1)))
+            out = V.new_empty(h, B, k, V.shape[-1])  # [.., slot, :]: the k partial attentions
+            lse = torch.empty(h, B, k, device=V.device)
+            _tiled_attend(queries, keys, values, layout, a.scaling, out.view(-1, out.shape[-1]), lse.view(-1), k)
+            out[:, :, -1], lse[:, :, -1] = _own_chunk(a, qb, tb, K, V, w, cos_o, sin_o)
+            outs.append(merge_stacked(out, lse))
         return torch.cat(outs, dim=1)
 
 
@@ -268,7 +274,7 @@ def _own_chunk(a, q, t, K, V, w, cos_o, sin_o):
     for c, count in zip(*(x.tolist() for x in torch.unique_consecutive(cur, return_counts=True))):
         o = off[i0 : i0 + count]
         m = int(o[-1]) + 1  # the chunk's keys up to its last query
-        qr = rotate(q[None, :, i0 : i0 + count], *a.rope(o[None]))
+        qr = rotate(q[None, :, i0 : i0 + count], cos_o[:, o], sin_o[:, o])
         kc = rotate(K[None, :, c * w : c * w + m], cos_o[:, :m], sin_o[:, :m])
         causal = (torch.arange(m, device=K.device)[None, :] <= o[:, None])[None, None]
         out, lse = attend_lse(qr, kc, V[None, :, c * w : c * w + m], a.scaling, causal)
@@ -278,23 +284,22 @@ def _own_chunk(a, q, t, K, V, w, cos_o, sin_o):
     return torch.cat(outs, dim=1), torch.cat(lses, dim=1)
 
 
-def _tiled_attend(pairs: torch.Tensor, keys, values, layout, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused attention of every pair [n_pairs, d] (in pair order) over its tile's keys and values:
-    keys(t0, t1) and values(t0, t1) [t1 − t0, 1, w, d] for tiles t0 … t1 − 1, `per` tiles per call,
-    so that only those tiles' padded rows, keys and values exist at a time. Returns each pair's
-    output [n_pairs, d_v] and log-sum-exp [n_pairs]; layout: _tile_layout's."""
+def _tiled_attend(queries, keys, values, layout, scaling: float, out, lse, k: int) -> None:
+    """Fused attention of every (query, slot) pair over its tile's keys and values, `per` tiles per
+    call, so that only those tiles' padded rows, keys and values exist at a time: queries(pairs)
+    gives the pairs' rotated queries [n, d], keys(t0, t1) and values(t0, t1) [t1 − t0, 1, w, d] for
+    tiles t0 … t1 − 1. Pair i's output and log-sum-exp go to row i + i // (k − 1) of out [n_rows,
+    d_v] and lse [n_rows]: every k-th row, a query's own-chunk slot, is left to the caller. No
+    rotated query exists beyond the call's rows. layout: _tile_layout's."""
     source, order, sorted_rows, n_tiles, tile, per, starts = layout
-    out, lse = None, pairs.new_empty(pairs.shape[0], dtype=torch.float32)
     for t0, p0, p1 in zip(range(0, n_tiles, per), starts, starts[1:]):
         t1 = min(t0 + per, n_tiles)
-        padded = pairs[source[t0 * tile : t1 * tile]]  # one gather (a padding row's output is dropped)
+        padded = queries(source[t0 * tile : t1 * tile])  # (a padding row's output is dropped)
         o, l = attend_lse(padded.view(t1 - t0, 1, tile, -1), keys(t0, t1), values(t0, t1), scaling, None)
-        if out is None:
-            out = o.new_empty(pairs.shape[0], o.shape[-1])
         local = sorted_rows[p0:p1] - t0 * tile  # these tiles' pairs, in tile order: their rows here
-        out.index_copy_(0, order[p0:p1], o.reshape(-1, o.shape[-1])[local])
-        lse.index_copy_(0, order[p0:p1], l.reshape(-1)[local].float())
-    return out, lse
+        dest = order[p0:p1] + order[p0:p1] // (k - 1)
+        out.index_copy_(0, dest, o.reshape(-1, o.shape[-1])[local])
+        lse.index_copy_(0, dest, l.reshape(-1)[local].float())
 
 
 def _tile_layout(group: torch.Tensor, n_groups: int, rows_budget: int, w: int) -> tuple[tuple, torch.Tensor]:
