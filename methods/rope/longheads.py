@@ -186,9 +186,9 @@ class LongHeads(AttentionMethod, LMMethod):
             # per 2,048-token prefill chunk with Llama-3-8B's heads)
             qc = rotate(q_all[:, sl.start - dropped : sl.stop - dropped][None], cos, sin)[0]
             qc = qc.view(hkv, g, c, w, d).transpose(1, 2).reshape(hkv * c, 1, g * w, d)
-            kc = rotate(K[:, sl][None], cos, sin)[0].view(hkv * c, 1, w, d)
+            kc = rotate(K[:, sl][None], cos, sin)[0].reshape(hkv * c, 1, w, d)
             inner = F.scaled_dot_product_attention(qc, kc, V[:, sl].reshape(hkv * c, 1, w, -1), scale=d**-0.5)
-            summary = inner.view(hkv * c, g, w, -1).mean(-2, keepdim=True)  # [h_kv · chunks, g, 1, d]
+            summary = inner.reshape(hkv * c, g, w, -1).mean(-2, keepdim=True)  # [h_kv · chunks, g, 1, d]
             weights = torch.softmax((summary @ kc.transpose(-1, -2)).float() * d**-0.5, -1).to(kc.dtype)
             new = (weights @ kc).view(hkv, c, g, d).transpose(1, 2).reshape(h, c, d)
             done = new if done is None else torch.cat([done, new], dim=1)
