@@ -209,8 +209,9 @@ class LongHeads(AttentionMethod, LMMethod):
         per block: _tile_rows), and a batch of tiles is one fused call (attend_lse) against each
         tile's chunk, gathered and rotated at offsets 0 … w − 1 when the batch is made: no rotated
         copy of the layer's keys and no logits are ever held. The own chunk is seen causally: its
-        queries attend to it apart (_own_chunk). The data moved per query is k·(d + w) numbers, not
-        the 2·k·w·d of gathered keys and values.
+        queries attend to it apart (_own_chunk). The data moved per query is its k rotated copies and
+        outputs, 2·k·d numbers, plus its share of the tiles' chunks, not 2·k·w·d of gathered keys and
+        values.
 
         Memory: a block of far queries holds its pairs' outputs, at most `budget` elements
         (FAR_BUDGET times the call's queries, so that they scale with the prefill chunk as the
