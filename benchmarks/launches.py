@@ -32,7 +32,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prefill import describe, header, prefill  # noqa: E402  (the same prefill as the timed benchmark)
+from prefill import command_line, describe, header, prefill  # noqa: E402  (the same prefill as the timed benchmark)
 
 SIZE_FROM_DATA = {"nonzero", "_unique2", "unique_consecutive", "unique_dim", "masked_select", "_local_scalar_dense"}
 
@@ -82,7 +82,7 @@ def count(lm, method, length: int, ids: torch.Tensor) -> Counting:
 
 
 def main() -> None:
-    from harness import provenance, registry
+    from harness import registry
     from harness.lm import ACCELERATOR_PREFILL_CHUNK, LM
     from harness.models import load
 
@@ -97,9 +97,7 @@ def main() -> None:
     methods = {n: registry.method(n)() for n in a.methods.split(",")}
     if "baseline" not in methods:
         ap.error("--methods must include baseline: the counts are reported against it")
-    commit = provenance.git_state()
-    command = " ".join(["python", *sys.argv]) + f" (commit {(commit['git_commit'] or '?')[:7]}"
-    command += ", uncommitted changes)" if commit["git_dirty"] else ")"
+    command = command_line()
     rows = []
     for length in (int(x) for x in a.lengths.split(",")):
         ids = torch.randint(10, lm.model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))

@@ -107,7 +107,7 @@ def prefill(lm, method, length: int, ids: torch.Tensor, clock=time.perf_counter)
 
 
 def main() -> None:
-    from harness import provenance, registry
+    from harness import registry
     from harness.lm import LM
     from harness.models import load, pick_device
 
@@ -148,9 +148,7 @@ def main() -> None:
             + ", ".join(f"{k} ({earlier.get(k)!r}, here {run[k]!r})" for k in mismatch)
             + "; its ratios would not compare with this run's. Write another file, or rerun every length."
         )
-    commit = provenance.git_state()
-    command = " ".join(["python", *sys.argv]) + f" (commit {(commit['git_commit'] or '?')[:7]}"
-    command += ", uncommitted changes)" if commit["git_dirty"] else ")"
+    command = command_line()
     kept = [r for r in (earlier or {}).get("rows", []) if r["length"] not in lengths]
     commands = [*(earlier or {}).get("commands", []), command]
     rows = []
@@ -203,6 +201,15 @@ def main() -> None:
         print("\nPeak memory vs context, log-log slope (1 = linear):")
         for name, slope in slopes.items():
             print(f"  {name}: {slope:.2f}")
+
+
+def command_line() -> str:
+    """This run's command and commit, for a benchmark's JSON (marked when the tree had changes)."""
+    from harness import provenance
+
+    commit = provenance.git_state()
+    command = " ".join(["python", *sys.argv]) + f" (commit {(commit['git_commit'] or '?')[:7]}"
+    return command + (", uncommitted changes)" if commit["git_dirty"] else ")")
 
 
 def header(model: str, lm, device: str) -> dict:
