@@ -29,7 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prefill import command_line, describe, header, prefill  # noqa: E402  (the same prefill as the timed benchmark)
@@ -37,10 +38,22 @@ from prefill import command_line, describe, header, prefill  # noqa: E402  (the 
 SIZE_FROM_DATA = {"nonzero", "_unique2", "unique_consecutive", "unique_dim", "masked_select", "_local_scalar_dense"}
 
 
+class Host(torch.Tensor):
+    """A tensor that would be on the host if the model were on a GPU: what `.cpu()` returns while
+    counting, and everything computed from it alone (torch_function carries the type to the results).
+    Its ops launch nothing on a GPU, and reading it drains no queue."""
+
+
 class Counting(TorchDispatchMode):
     """Counts the aten ops dispatched (views aside), and those that sync the host (SIZE_FROM_DATA, boolean
     indexing, repeat_interleave by a tensor) plus `.tolist()` calls, which dispatch nothing on CPU
-    but copy to the host on a GPU."""
+    but copy to the host on a GPU.
+
+    The model runs on the CPU here, so the host's own tensors (positions a method copied with
+    `.cpu()` to choose its blocks from) would count as the GPU's: `.cpu()` gives a Host tensor
+    instead, counted as one sync, and the ops on Host tensors alone are neither ops nor syncs. An op
+    that mixes a Host tensor of one element or more dimensions with a model tensor raises, as CUDA
+    would (a CPU index into a GPU tensor aside, which CUDA copies over)."""
 
     def __init__(self):
         super().__init__()
@@ -48,6 +61,14 @@ class Counting(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
+        tensors = [t for t in _flat(args, kwargs) if isinstance(t, torch.Tensor)]
+        host = [isinstance(t, Host) for t in tensors]
+        if tensors and all(host):  # (new_empty and the like would lose the type: kept here)
+            return tree_map(
+                lambda t: t.as_subclass(Host) if isinstance(t, torch.Tensor) else t, func(*args, **(kwargs or {}))
+            )
+        if any(host) and name != "index" and any(isinstance(t, Host) and t.dim() for t in tensors):
+            raise RuntimeError(f"{func.__name__} mixes host and model tensors (on a GPU: a device mismatch)")
         if not func.is_view:  # (a view launches nothing)
             self.ops[name] += 1
         if name in SIZE_FROM_DATA or (
@@ -59,19 +80,35 @@ class Counting(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):
-        self._tolist = torch.Tensor.tolist
-        counter = self.syncs
+        self._tolist, self._cpu = torch.Tensor.tolist, torch.Tensor.cpu
+        counter, tolist_, cpu_ = self.syncs, self._tolist, self._cpu
 
         def tolist(t):
-            counter["tolist"] += 1
-            return self._tolist(t)
+            if not isinstance(t, Host):
+                counter["tolist"] += 1
+            return tolist_(t)
 
-        torch.Tensor.tolist = tolist
+        def cpu(t, *args, **kwargs):
+            if isinstance(t, Host):
+                return t
+            counter["cpu"] += 1
+            with _disable_current_modes():  # (the copy is the sync, not an op)
+                return cpu_(t, *args, **kwargs).clone().as_subclass(Host)
+
+        torch.Tensor.tolist, torch.Tensor.cpu = tolist, cpu
         return super().__enter__()
 
     def __exit__(self, *exc):
-        torch.Tensor.tolist = self._tolist
+        torch.Tensor.tolist, torch.Tensor.cpu = self._tolist, self._cpu
         return super().__exit__(*exc)
+
+
+def _flat(args, kwargs):
+    for x in (*args, *(kwargs or {}).values()):
+        if isinstance(x, (list, tuple)):
+            yield from x
+        else:
+            yield x
 
 
 @torch.no_grad()

@@ -53,6 +53,19 @@ class AttentionInputs:
     scaling: float
     rope: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # positions [b, L] -> cos, sin
     layer: int = 0  # the attention layer's index (methods that keep per-layer state)
+    # (q_pos, k_pos) on the CPU, or what gives them when asked (the override's HostPositions); None: copied
+    host: tuple[torch.Tensor, torch.Tensor] | Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def on_host(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """q_pos and k_pos on the CPU, for the rules that choose their query blocks and parts from
+        the positions: each value a GPU tensor gives the host (a part's bounds, a rule id) drains
+        the GPU's queue first, and SelfExtend's blocks read a dozen. On the CPU they are the
+        positions themselves."""
+        if self.host is None:
+            self.host = (self.q_pos.cpu(), self.k_pos.cpu())
+        elif callable(self.host):
+            self.host = self.host()
+        return self.host
 
     def row(self, b: int) -> AttentionInputs:
         """The inputs of batch row b alone (a batch of one)."""
@@ -66,6 +79,7 @@ class AttentionInputs:
             q_pos=self.q_pos[one],
             k_pos=self.k_pos[one],
             allowed=allowed,
+            host=None if self.host is None else tuple(t[one] for t in self.on_host()),
         )
 
     def repeated(self) -> AttentionInputs:
@@ -101,7 +115,11 @@ def softmax_attend(logits: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor)
     return probs.nan_to_num_().to(v.dtype) @ v  # a fully masked (padding) row gives zeros
 
 
-QUERY_CHUNK = 512  # queries per block: logits are never materialised for the whole L x L at once
+# Queries per block of banded_attend: no part's mask spans the whole prompt. A whole GPU prefill
+# chunk (2,048 tokens) is one block: each block costs the GPU about 200 kernel launches whatever its
+# size, and blocks of 512 made SelfExtend 10x the baseline's launches at 32k with Llama-3-8B's heads
+# (benchmarks/launches.py). The CPU prefills 512 tokens per forward, so its blocks are unchanged.
+QUERY_CHUNK = 2048
 
 
 def attend_lse(
@@ -156,7 +174,8 @@ def _warn_fallback(e: Exception) -> None:
 
 def _fused_lse(q, k, v, scaling, allowed):
     bias = None
-    if allowed is not None and not bool(allowed.all()):  # an additive mask
+    # an additive mask, even when every key is allowed: reading whether one is would sync a GPU
+    if allowed is not None:
         bias = additive_mask(allowed, q.dtype, align=8 if q.device.type == "cuda" else 1)
     if q.device.type == "cpu":  # (strided keys and values are fine, and a copy costs more)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -252,7 +271,8 @@ def banded_attend(
     flash partials), keys past the block's causal limit are skipped, and no L x L matrix ever
     exists. `period`: cut blocks where q_pos // period changes (DCA's chunks), so that a block's
     keys are all uniform and no part needs a rule mask."""
-    if a.q.shape[0] > 1 and not bool((a.q_pos == a.q_pos[:1]).all()):
+    q_host, k_host = a.on_host()  # the blocks and parts are chosen on the host: no GPU sync per bound
+    if a.q.shape[0] > 1 and not bool((q_host == q_host[:1]).all()):
         # Rows at different positions (padding shifts them) take different rules for one key index,
         # so few keys would be uniform across the batch and most parts would need a rule mask over
         # the whole context (DCA at 16k, batch 2, 3 tokens of padding: 1.4x the unpadded time): one
@@ -272,28 +292,34 @@ def banded_attend(
         return rotate(a.k[:, :, k0:k1], *a.rope(key_positions(r, a.k_pos[:, k0:k1])))
 
     outs = []
-    for s, e in _query_blocks(a.q_pos[0], period):
+    for s, e in _query_blocks(q_host[0], period):
         q, qp, ke = a.q[:, :, s:e], a.q_pos[:, s:e], past + e
-        allowed, kp = a.mask(s, e), a.k_pos[:, None, :ke]
-        first = rule(qp.min(dim=1).values[:, None, None], kp)[:, 0]  # [b, ke]
-        last = rule(qp.max(dim=1).values[:, None, None], kp)[:, 0]
+        allowed, kp, qh = a.mask(s, e), k_host[:, None, :ke], q_host[:, s:e]
+        first = rule(qh.min(dim=1).values[:, None, None], kp)[:, 0]  # [b, ke], on the host
+        last = rule(qh.max(dim=1).values[:, None, None], kp)[:, 0]
         uniform = ((first == last) & (first == first[:1])).all(dim=0)
         mixed = (~uniform).nonzero()[:, 0].tolist()
         x0, x1 = (mixed[0], mixed[-1] + 1) if mixed else (ke, ke)
-        parts = []
+        parts, rotated = [], {}
+
+        def rotated_queries(r: int) -> torch.Tensor:  # once per rule and block (a run and the band share them)
+            if r not in rotated:
+                rotated[r] = queries(r, q, qp)
+            return rotated[r]
+
         for k0, k1 in _runs(first[0], 0, x0) + _runs(first[0], x1, ke):
             r = int(first[0, k0])
             if k1 - 1 > past + s:  # past the block's first query: the block's own mask
                 mask = allowed[..., k0:k1]
             else:  # the block's first query sees them all: padding aside, every query does
                 mask = None if key_padding is None else key_padding[..., k0:k1]
-            parts.append(attend_lse(queries(r, q, qp), keys(r, k0, k1), a.v[:, :, k0:k1], a.scaling, mask))
+            parts.append(attend_lse(rotated_queries(r), keys(r, k0, k1), a.v[:, :, k0:k1], a.scaling, mask))
         if x1 > x0:  # where the rule changes within the block: one masked part per rule
             ids = rule(qp[:, :, None], a.k_pos[:, None, x0:x1]).unsqueeze(1)  # [b, 1, n, x1 - x0]
             for r in range(int(first[:, x0:x1].min()), int(last[:, x0:x1].max()) + 1):  # (the rule is monotone)
                 parts.append(
                     attend_lse(
-                        queries(r, q, qp),
+                        rotated_queries(r),
                         keys(r, x0, x1),
                         a.v[:, :, x0:x1],
                         a.scaling,
@@ -348,6 +374,37 @@ def call_arguments(sig: inspect.Signature, m, args: tuple, kwargs: dict) -> dict
     return bound
 
 
+class HostPositions:
+    """Each layer's key positions on the CPU (AttentionInputs.on_host), kept only for the calls
+    that ask: one copy of a forward's positions, which its layers share, and per layer a buffer
+    that doubles when full, so that a decoding step appends its position instead of copying the
+    whole history (32 layers x 1 MB per token at 128k)."""
+
+    def __init__(self):
+        self.of: torch.Tensor | None = None  # the forward's position_ids, and their copy
+        self.copy: torch.Tensor | None = None
+        self.kept: dict[int, tuple[torch.Tensor, int]] = {}  # layer -> (buffer [b, capacity], length)
+
+    def forget(self, layer: int) -> None:  # a new sequence: nothing kept is its
+        self.kept.pop(layer, None)
+
+    def get(self, layer: int, position_ids, q_pos, k_pos) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.of is not position_ids:
+            self.of, self.copy = position_ids, position_ids.cpu()
+        q = self.copy.expand(q_pos.shape[0], -1)
+        buf, n = self.kept.get(layer, (None, 0))
+        past = k_pos.shape[1] - q.shape[1]
+        if buf is None or n != past or buf.shape[0] != q.shape[0]:  # a call that did not ask came between
+            buf, n = (k_pos[:, :past].cpu() if past else q.new_empty(q.shape[0], 0)), past
+        if buf.shape[1] < n + q.shape[1]:
+            grown = buf.new_empty(buf.shape[0], max(2 * buf.shape[1], n + q.shape[1]))
+            grown[:, :n] = buf[:, :n]
+            buf = grown
+        buf[:, n : n + q.shape[1]] = q
+        self.kept[layer] = (buf, n + q.shape[1])
+        return q, buf[:, : n + q.shape[1]]
+
+
 @contextlib.contextmanager
 def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor], counter=None):
     """Replace every attention layer's forward; `attend` returns the output [b, h, Lq, d].
@@ -363,6 +420,7 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
     modules = attention_modules(model)
     rotary = _rotary_module(model)
     key_positions: dict[int, torch.Tensor] = {}
+    host = HostPositions()
 
     def make_forward(m):
         p, sig = projections(m), inspect.signature(type(m).forward)
@@ -383,6 +441,8 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
                 k, v = past_key_values.update(k, v, m.layer_idx, {"cache_position": cache_position})
             k_pos = q_pos if past == 0 else torch.cat([key_positions[m.layer_idx], q_pos], dim=1)
             key_positions[m.layer_idx] = k_pos
+            if past == 0:
+                host.forget(m.layer_idx)
             lk = k.shape[2]
             inputs = AttentionInputs(
                 q,
@@ -394,6 +454,7 @@ def attention_override(model, attend: Callable[[AttentionInputs], torch.Tensor],
                 p.scaling,
                 lambda pos: tuple(t.to(q.dtype) for t in rotary(q, pos)),
                 m.layer_idx,
+                lambda: host.get(m.layer_idx, position_ids, q_pos, k_pos),
             )
             return p.output(attend(inputs)), None
 

@@ -367,3 +367,36 @@ def test_attend_lse_with_grouped_keys_equals_a_softmax_per_query_head(mask_heads
                 out[0, h, i], torch.softmax(logits, 0) @ v[0, h // 3, seen], rtol=1e-5, atol=1e-5
             )
             torch.testing.assert_close(lse[0, h, i].to(dtype), torch.logsumexp(logits, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_positions_on_the_host_follow_the_cache(tiny_lm):
+    """AttentionInputs.on_host() gives each call's query and key positions whichever calls before
+    it asked (the others keep nothing), and never a previous sequence's: sequence B's second call
+    has as many keys before it as sequence A kept."""
+    from transformers import DynamicCache
+
+    schedule = {  # per sequence: (its positions' offset, [(tokens, ask) per forward])
+        "A": (0, [(8, True), (8, True)]),
+        "B": (100, [(16, False), (4, True)]),
+        "C": (7, [(8, True), (8, False), (4, True), (1, True), (1, True)]),
+    }
+    asked = []
+
+    def attend(a):
+        if ask:
+            q_host, k_host = a.on_host()
+            assert q_host.device.type == k_host.device.type == "cpu"
+            assert torch.equal(q_host, a.q_pos) and torch.equal(k_host, a.k_pos), (name, a.layer)
+            asked.append(a.layer)
+        return attention.chunk_attend(a.q, a.k, a.v, a.k.shape[2] - a.q.shape[2], a.scaling)
+
+    with attention.attention_override(tiny_lm.model, attend), torch.no_grad():
+        for name, (offset, forwards) in schedule.items():
+            cache, start = DynamicCache(config=tiny_lm.model.config), 0
+            for tokens, ask in forwards:
+                positions = torch.arange(start, start + tokens)[None] + offset
+                tiny_lm.model(
+                    input_ids=torch.randint(5, 200, (1, tokens)), position_ids=positions, past_key_values=cache
+                )
+                start += tokens
+    assert len(asked) == 7 * tiny_lm.model.config.num_hidden_layers
