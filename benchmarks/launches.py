@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_map
 
@@ -44,6 +45,22 @@ class Host(torch.Tensor):
     Its ops launch nothing on a GPU, and reading it drains no queue."""
 
 
+FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.empty, torch.full, torch.tensor, torch.eye}
+
+
+class HostFactories(TorchFunctionMode):
+    """A factory called without a device makes a host tensor on a GPU machine too: a Host one here."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        made = func in FACTORIES and not any(
+            isinstance(x, torch.Tensor) for x in args
+        )  # (a tensor's copy keeps its place)
+        if not made or (kwargs or {}).get("device") is not None:
+            return func(*args, **(kwargs or {}))
+        with _disable_current_modes():  # (made on the host: not an op of the GPU's)
+            return func(*args, **(kwargs or {})).as_subclass(Host)
+
+
 class Counting(TorchDispatchMode):
     """Counts the aten ops dispatched (views aside), and those that sync the host (SIZE_FROM_DATA, boolean
     indexing, repeat_interleave by a tensor) plus `.tolist()` calls, which dispatch nothing on CPU
@@ -51,7 +68,8 @@ class Counting(TorchDispatchMode):
 
     The model runs on the CPU here, so the host's own tensors (positions a method copied with
     `.cpu()` to choose its blocks from) would count as the GPU's: `.cpu()` gives a Host tensor
-    instead, counted as one sync, and the ops on Host tensors alone are neither ops nor syncs. An op
+    instead, counted as one sync, the ops on Host tensors alone are neither ops nor syncs, and
+    `.to(device)` of a Host tensor is an upload: one op, no sync, a model tensor again. An op
     that mixes a Host tensor of one element or more dimensions with a model tensor raises, as CUDA
     would (a CPU index into a GPU tensor aside, which CUDA copies over)."""
 
@@ -80,26 +98,42 @@ class Counting(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):
-        self._tolist, self._cpu = torch.Tensor.tolist, torch.Tensor.cpu
-        counter, tolist_, cpu_ = self.syncs, self._tolist, self._cpu
+        self._tolist, self._cpu, self._to = torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.to
+        counter, tolist_, cpu_, to_, ops = self.syncs, self._tolist, self._cpu, self._to, self.ops
 
+        # (the originals run without torch_function: HostFactories would hand them back to these)
         def tolist(t):
             if not isinstance(t, Host):
                 counter["tolist"] += 1
-            return tolist_(t)
+            with torch._C.DisableTorchFunction():
+                return tolist_(t)
 
         def cpu(t, *args, **kwargs):
             if isinstance(t, Host):
                 return t
             counter["cpu"] += 1
-            with _disable_current_modes():  # (the copy is the sync, not an op)
+            with torch._C.DisableTorchFunction(), _disable_current_modes():  # (the copy is the sync, not an op)
                 return cpu_(t, *args, **kwargs).clone().as_subclass(Host)
 
-        torch.Tensor.tolist, torch.Tensor.cpu = tolist, cpu
+        def to(t, *args, **kwargs):
+            with torch._C.DisableTorchFunction():
+                out = to_(t, *args, **kwargs)
+            named = kwargs.get("device") is not None or any(isinstance(x, (str, torch.device)) for x in args)
+            if not isinstance(t, Host):
+                return out
+            if not named:
+                return out.as_subclass(Host)
+            ops["upload"] += 1  # a copy to the device: launched, but nothing waits for it
+            return out.as_subclass(torch.Tensor)
+
+        torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.to = tolist, cpu, to
+        self._factories = HostFactories()
+        self._factories.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
-        torch.Tensor.tolist, torch.Tensor.cpu = self._tolist, self._cpu
+        torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.to = self._tolist, self._cpu, self._to
+        self._factories.__exit__(*exc)
         return super().__exit__(*exc)
 
 

@@ -33,10 +33,13 @@ def test_host_copies_are_neither_ops_nor_syncs(bench):
         assert isinstance(h, bench.Host)
         (h * 2 > 5).nonzero().tolist()  # on the host: nothing
         assert isinstance(h.new_empty(3), bench.Host)  # (factories keep the type)
+        assert isinstance(torch.arange(3), bench.Host)  # a factory without a device: the host's
+        up = torch.arange(3).to(x.device)  # one upload: a model tensor, launched, nothing waits
+        assert not isinstance(up, bench.Host) and not isinstance(torch.arange(3, device=x.device), bench.Host)
         (x * 2).tolist()  # one op, and a sync to read it
         (x > 5).nonzero()  # one op whose size the host must read
     assert dict(c.syncs) == {"cpu": 1, "tolist": 1, "nonzero": 1}
-    assert dict(c.ops) == {"mul": 1, "gt": 1, "nonzero": 1}
+    assert dict(c.ops) == {"upload": 1, "arange": 1, "mul": 1, "gt": 1, "nonzero": 1}
 
 
 def test_mixing_host_and_model_tensors_raises(bench):
@@ -49,11 +52,11 @@ def test_mixing_host_and_model_tensors_raises(bench):
         x[h.long()[:3]]  # and CUDA copies a host index over
 
 
-def test_banded_methods_sync_once_per_forward(bench, tiny_model):
+def test_remapping_methods_read_only_host_copies(bench, tiny_model):
     """SelfExtend and DCA choose their query blocks and parts from host positions: beyond the
     baseline's syncs, one copy of the positions per forward, whatever the number of blocks and
-    parts (they read a dozen values per block from the GPU before). LongHeads, whose chunk choice
-    is data-dependent, still syncs per block, but must not mix host and model tensors either."""
+    parts (they read a dozen values per block from the GPU before). LongHeads' chunk choice is
+    data-dependent: it also copies each block's counts of pairs per chunk, and reads nothing else."""
     from harness import attention, registry
     from harness.lm import LM
     from harness.models import load
@@ -69,6 +72,7 @@ def test_banded_methods_sync_once_per_forward(bench, tiny_model):
             c = bench.count(lm, registry.method(name)(), 512, ids)
             assert c.syncs["cpu"] == forwards, name
             assert c.syncs - Counter(cpu=forwards) == base.syncs, name
-        bench.count(lm, registry.method("longheads")(), 512, ids)
+        c = bench.count(lm, registry.method("longheads")(), 512, ids)
+        assert c.syncs["cpu"] > forwards and c.syncs - Counter(cpu=c.syncs["cpu"]) == base.syncs
     finally:
         attention.QUERY_CHUNK = old

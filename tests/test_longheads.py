@@ -137,3 +137,14 @@ def test_defaults_follow_the_official_ratio(tiny_lm):
         "chunks_per_head": 16,
         "atten_length": 128,
     }
+
+
+def test_positions_that_do_not_increase_are_refused():
+    """Chunks, the window split and the own-chunk calls are read from the positions on the host,
+    which must increase along the row (the harness and generate() never give anything else)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 12, 8, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(12)
+    pos[5], pos[6] = pos[6], pos[5]
+    with pytest.raises(ValueError, match="must increase"):
+        LongHeads(chunk_size=2, atten_length=6).attend(inputs(q, k, v, pos, pos), 2, 3)

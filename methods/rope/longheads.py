@@ -122,49 +122,61 @@ class LongHeads(AttentionMethod, LMMethod):
             self._queries[a.layer] = (c, torch.cat([kept, a.q], dim=2))
         c, queries = self._queries[a.layer]
         out = torch.zeros_like(a.q)
-        needed = a.k.shape[2]  # the first key column whose query a future chunk representation needs
+        lq, lk = a.q.shape[2], a.k.shape[2]
+        needed = lk  # the first key column whose query a future chunk representation needs
+        q_host, k_host = a.on_host()  # positions decide the split and the chunks: read on the host
         for b in range(a.q.shape[0]):
-            valid = a.mask(a.q.shape[2] - 1)[b, 0, 0]  # the row's real (non-padding) keys
+            # the row's real (non-padding) keys, on the host: all of them without a padding mask
+            valid = torch.ones(lk, dtype=torch.bool) if a.allowed is None else a.mask(lq - 1)[b, 0, 0].cpu()
             if not valid.any():
                 continue
-            base = a.k_pos[b][valid][0]
-            t_q = a.q_pos[b] - base  # positions relative to the row's first token
-            live = valid[a.k.shape[2] - a.q.shape[2] :]  # the queries' own tokens; padding ones stay zero
-            # the row's kept queries (without padding) and how many of its tokens were dropped before
-            q_all = queries[b] if bool(valid.all()) else queries[b][:, valid[c:]]
-            dropped = int(valid[:c].sum())
-            out[b][:, live] = self._row(a, b, valid, (q_all, dropped), t_q[live], a.q[b][:, live], w, k)
+            base = int(k_host[b][valid][0])
+            live = valid[lk - lq :]  # the queries' own tokens; padding ones stay zero
+            t = q_host[b][live] - base  # positions relative to the row's first token
+            if len(t) > 1 and not bool((t[1:] > t[:-1]).all()):
+                raise ValueError("longheads: the positions must increase (one token per position)")
+            if bool(valid.all()):  # (no padding: no boolean indexing, each a sync on a GPU)
+                q_all, K, V, q, rows = queries[b], a.k[b], a.v[b], a.q[b], slice(None)
+                t_dev = a.q_pos[b] - base
+            else:  # the row's kept queries, keys and values, without padding
+                on = valid.to(a.k.device)
+                q_all, K, V = queries[b][:, on[c:]], a.k[b][:, on], a.v[b][:, on]
+                rows = on[lk - lq :]
+                q, t_dev = a.q[b][:, rows], a.q_pos[b][rows] - base
+            dropped = int(valid[:c].sum())  # (how many of its tokens' queries were dropped before)
+            out[b][:, rows] = self._row(a, b, (q_all, dropped), (t_dev, t), q, K, V, w, k)
             have = self._reps[(a.layer, b)].shape[1] * w if (a.layer, b) in self._reps else 0
             columns = valid.nonzero()[:, 0]
-            needed = min(needed, int(columns[have]) if have < len(columns) else a.k.shape[2])
+            needed = min(needed, int(columns[have]) if have < len(columns) else lk)
         if needed > c:  # queries of chunks already summarised are never read again
             self._queries[a.layer] = (needed, queries[:, :, needed - c :])
         return out
 
-    def _row(self, a, b, valid, q_all, t, q, w, k):
-        # [h_kv, n, d]: a grouped-query model's KV heads, each read by its query heads (h / h_kv)
-        K, V = (a.k[b], a.v[b]) if bool(valid.all()) else (a.k[b][:, valid], a.v[b][:, valid])
+    def _row(self, a, b, q_all, t, q, K, V, w, k):
+        """One row's queries q [h, Lq, d] at positions t (on the device, and on the host), over its
+        keys and values K, V [h_kv, n, d]: a grouped-query model's KV heads, each read by its query
+        heads (h / h_kv)."""
+        t, t_host = t
         L = w * k
         out = torch.empty_like(q)
         # every completed chunk is summarised now, so that only the queries of the chunk in progress
         # are kept (lazily, the queries of a whole trained window were, per layer: a second cache)
         reps = self._chunk_reps(a, b, q_all, K, V, w)
-        near = t < L
-        if near.any():  # inside the trained window: plain attention, through the fused kernel
-            tn = t[near]
-            m = int(tn.max()) + 1  # these queries see only the first m keys
+        near = int((t_host < L).sum())  # (the positions increase: the first `near` queries)
+        if near:  # inside the trained window: plain attention, through the fused kernel
+            m = int(t_host[near - 1]) + 1  # these queries see only the first m keys
             kr = rotate(K[None, :, :m], *a.rope(torch.arange(m, device=K.device)[None]))
-            qr = rotate(q[:, near][None], *a.rope(tn[None]))
-            if int(tn[0]) == m - len(tn):  # the last len(tn) keys' own queries (positions are increasing)
-                out[:, near] = chunk_attend(qr, kr, V[None, :, :m], m - len(tn), a.scaling)[0]
+            qr = rotate(q[:, :near][None], *a.rope(t[None, :near]))
+            if int(t_host[0]) == m - near:  # the last `near` keys' own queries
+                out[:, :near] = chunk_attend(qr, kr, V[None, :, :m], m - near, a.scaling)[0]
             else:  # (gaps in the positions) every query sees key 0, so no row is empty
-                allowed = (torch.arange(m, device=K.device)[None, :] <= tn[:, None])[None, None]
-                out[:, near] = attend_lse(qr, kr, V[None, :, :m], a.scaling, allowed)[0][0]
-        far = ~near
-        if far.any():
+                allowed = (torch.arange(m, device=K.device)[None, :] <= t[:near, None])[None, None]
+                out[:, :near] = attend_lse(qr, kr, V[None, :, :m], a.scaling, allowed)[0][0]
+        if near < len(t_host):
             if self._counter is not None and a.layer == 0:
-                self._counter[SELECTED] += int(far.sum())
-            out[:, far] = self._selective(a, q[:, far], t[far], K, V, reps, w, k, a.q.shape[2])
+                self._counter[SELECTED] += len(t_host) - near
+            far = (t[near:], t_host[near:])
+            out[:, near:] = self._selective(a, q[:, near:], far, K, V, reps, w, k, a.q.shape[2])
         return out
 
     def _chunk_reps(self, a, b, q_all, K, V, w) -> torch.Tensor:
@@ -218,9 +230,7 @@ class LongHeads(AttentionMethod, LMMethod):
         model's own activations do), and a call its tiles' rotated queries, keys and values, as
         many: a query is rotated for a slot only in the call that reads it. Memory stays that of
         the KV cache plus one block's outputs."""
-        (h, nq, d), (hkv, n, _) = q.shape, K.shape
-        if nq > 1 and not bool((t[1:] > t[:-1]).all()):
-            raise ValueError("longheads: the far queries' positions must increase (one token per position)")
+        (h, nq, d), (hkv, n, _), (t, t_host) = q.shape, K.shape, t
         budget = max(int(FAR_BUDGET * lq * h * d), n * hkv * d // CACHE_SHARE)
         chunks = n // w  # the complete ones: the only ones a tile reads (a query's own attends apart)
         cos_t, sin_t = a.rope(torch.arange(k * w, device=K.device)[None])  # every position in the window
@@ -236,7 +246,7 @@ class LongHeads(AttentionMethod, LMMethod):
         block = max(1, budget // (h * (k - 1) * d))
         outs = []
         for s in range(0, nq, block):
-            qb, tb = q[:, s : s + block], t[s : s + block]
+            qb, tb, tb_host = q[:, s : s + block], t[s : s + block], t_host[s : s + block]
             B, cur, off = tb.shape[0], tb // w, tb % w
             score = torch.einsum("hqd,hgd->hqg", qb, reps)
             candidate = (g[None, :] >= 1) & (g[None, :] <= cur[:, None] - 2)
@@ -244,15 +254,19 @@ class LongHeads(AttentionMethod, LMMethod):
             ends = torch.stack([torch.zeros_like(cur), cur - 1], -1)[None].expand(h, -1, -1)
             # in chunk order: the first chunk, the picked ones (all between), the previous one
             picked = torch.cat([ends[..., :1], top.sort(-1).values, ends[..., 1:]], -1)  # [h, B, k - 1]
-            layout, tiles = _tile_layout((picked + head_base).reshape(-1), hkv * chunks, budget // d, w)
+            # pair i = (query head · B + query) · (k − 1) + slot; its output goes to row i + i // (k − 1)
+            # of out (every k-th row, a query's own-chunk slot, is _own_chunk's)
+            layout = _tile_layout((picked + head_base).reshape(-1), hkv * chunks, budget // d, w, k)
+            source, tiles = layout[0], layout[-1]
             head, chunk = tiles // chunks, tiles % chunks  # the tiles' chunks (all complete)
             qflat = qb.reshape(h * B, d)
             # a (query, slot) pair's position in the window, the same for every head: [B · (k − 1)]
             at = ((k - 1 - torch.arange(k - 1, device=K.device)) * w + off[:, None]).reshape(-1)
+            query_of, at_of = source // (k - 1), at[source % at.shape[0]]  # each padded row's
 
-            def queries(pairs):  # pairs i = (query head · B + query) · (k − 1) + slot: rotated queries
-                p = at[pairs % at.shape[0]]
-                return rotate(qflat[pairs // (k - 1)][None, None], cos_t[:, p], sin_t[:, p])[0, 0]
+            def queries(r0, r1):  # padded rows r0 … r1 − 1: their pairs' rotated queries
+                p = at_of[r0:r1]
+                return rotate(qflat[query_of[r0:r1]][None, None], cos_t[:, p], sin_t[:, p])[0, 0]
 
             def keys(t0, t1):  # each tile's chunk, rotated at offsets 0 ... w - 1: [tiles, 1, w, d]
                 return rotate(by_chunk(K)[head[t0:t1], chunk[t0:t1]][:, None], cos_o, sin_o)
@@ -260,10 +274,12 @@ class LongHeads(AttentionMethod, LMMethod):
             def values(t0, t1):
                 return by_chunk(V)[head[t0:t1], chunk[t0:t1]][:, None]
 
-            out = V.new_empty(h, B, k, V.shape[-1])  # [.., slot, :]: the k partial attentions
-            lse = torch.empty(h, B, k, device=V.device)
-            _tiled_attend(queries, keys, values, layout, a.scaling, out.view(-1, out.shape[-1]), lse.view(-1), k)
-            out[:, :, -1], lse[:, :, -1] = _own_chunk(a, qb, tb, K, V, w, cos_o, sin_o)
+            # [.., slot, :]: the k partial attentions, and a spare last row that padding rows write to
+            out_rows = V.new_empty(h * B * k + 1, V.shape[-1])
+            lse_rows = torch.empty(h * B * k + 1, device=V.device)
+            _tiled_attend(queries, keys, values, layout, a.scaling, out_rows, lse_rows)
+            out, lse = out_rows[:-1].view(h, B, k, -1), lse_rows[:-1].view(h, B, k)
+            out[:, :, -1], lse[:, :, -1] = _own_chunk(a, qb, (tb, tb_host), K, V, w, cos_o, sin_o)
             outs.append(merge_stacked(out, lse))
         return torch.cat(outs, dim=1)
 
@@ -273,11 +289,12 @@ def _own_chunk(a, q, t, K, V, w, cos_o, sin_o):
     itself; query and keys rotate at their offsets in the chunk (their distance is that of slot
     k − 1 against the query at (k − 1)·w + offset); one fused call per chunk the block spans.
     Returns the output [h, B, d] and log-sum-exp [h, B]."""
-    cur, off = t // w, t % w
+    t, t_host = t  # (on the device, and on the host: the calls' bounds)
+    off = t % w
     outs, lses, i0 = [], [], 0
-    for c, count in zip(*(x.tolist() for x in torch.unique_consecutive(cur, return_counts=True))):
+    for c, count in zip(*(x.tolist() for x in torch.unique_consecutive(t_host // w, return_counts=True))):
         o = off[i0 : i0 + count]
-        m = int(o[-1]) + 1  # the chunk's keys up to its last query
+        m = int(t_host[i0 + count - 1]) % w + 1  # the chunk's keys up to its last query
         qr = rotate(q[None, :, i0 : i0 + count], cos_o[:, o], sin_o[:, o])
         kc = rotate(K[None, :, c * w : c * w + m], cos_o[:, :m], sin_o[:, :m])
         causal = (torch.arange(m, device=K.device)[None, :] <= o[:, None])[None, None]
@@ -288,50 +305,51 @@ def _own_chunk(a, q, t, K, V, w, cos_o, sin_o):
     return torch.cat(outs, dim=1), torch.cat(lses, dim=1)
 
 
-def _tiled_attend(queries, keys, values, layout, scaling: float, out, lse, k: int) -> None:
+def _tiled_attend(queries, keys, values, layout, scaling: float, out, lse) -> None:
     """Fused attention of every (query, slot) pair over its tile's keys and values, `per` tiles per
-    call, so that only those tiles' padded rows, keys and values exist at a time: queries(pairs)
-    gives the pairs' rotated queries [n, d], keys(t0, t1) and values(t0, t1) [t1 − t0, 1, w, d] for
-    tiles t0 … t1 − 1. Pair i's output and log-sum-exp go to row i + i // (k − 1) of out [n_rows,
-    d_v] and lse [n_rows]: every k-th row, a query's own-chunk slot, is left to the caller. No
-    rotated query exists beyond the call's rows. layout: _tile_layout's."""
-    source, order, sorted_rows, n_tiles, tile, per, starts = layout
-    for t0, p0, p1 in zip(range(0, n_tiles, per), starts, starts[1:]):
+    call, so that only those tiles' padded rows, keys and values exist at a time: queries(r0, r1)
+    gives padded rows r0 … r1 − 1's rotated queries [r1 − r0, d], keys(t0, t1) and values(t0, t1)
+    [t1 − t0, 1, w, d] for tiles t0 … t1 − 1. Each padded row's output and log-sum-exp go to its row
+    of out [n_rows, d_v] and lse [n_rows] (a padding row's to the spare last one). No rotated query
+    exists beyond the call's rows, and the host reads nothing. layout: _tile_layout's."""
+    _, dest, n_tiles, tile, per, _ = layout
+    for t0 in range(0, n_tiles, per):
         t1 = min(t0 + per, n_tiles)
-        padded = queries(source[t0 * tile : t1 * tile])  # (a padding row's output is dropped)
-        o, l = attend_lse(padded.view(t1 - t0, 1, tile, -1), keys(t0, t1), values(t0, t1), scaling, None)
-        local = sorted_rows[p0:p1] - t0 * tile  # these tiles' pairs, in tile order: their rows here
-        dest = order[p0:p1] + order[p0:p1] // (k - 1)
-        out.index_copy_(0, dest, o.reshape(-1, o.shape[-1])[local])
-        lse.index_copy_(0, dest, l.reshape(-1)[local].float())
+        r0, r1 = t0 * tile, t1 * tile
+        o, l = attend_lse(queries(r0, r1).view(t1 - t0, 1, tile, -1), keys(t0, t1), values(t0, t1), scaling, None)
+        out.index_copy_(0, dest[r0:r1], o.reshape(-1, o.shape[-1]))
+        lse.index_copy_(0, dest[r0:r1], l.reshape(-1).float())
 
 
-def _tile_layout(group: torch.Tensor, n_groups: int, rows_budget: int, w: int) -> tuple[tuple, torch.Tensor]:
-    """_tiled_attend's layout of items laid out by group (_tile_rows): the item each padded row
-    copies (a padding row, item 0), the items in tile order (a run of tiles is a slice of them) and
-    their rows, the number of tiles, the tile size, the tiles per call (a tile holds its padded rows
-    and its chunk's w keys and w values: as many as rows_budget rows allow) and the first item of
-    each run of them; and every tile's group."""
-    tile, order, sorted_rows, tiles = _tile_rows(group, n_groups)
-    source = torch.zeros(tiles.shape[0] * tile, dtype=torch.long, device=group.device)
-    source[sorted_rows] = order
-    per = max(1, rows_budget // (tile + 2 * w))
-    bounds = torch.arange(0, tiles.shape[0] + per, per, device=group.device) * tile
-    starts = torch.searchsorted(sorted_rows, bounds).tolist()
-    return (source, order, sorted_rows, tiles.shape[0], tile, per, starts), tiles
+def _tile_layout(group: torch.Tensor, n_groups: int, rows_budget: int, w: int, k: int) -> tuple:
+    """_tiled_attend's layout of pairs laid out by group (_tile_rows): the pair each padded row
+    copies (a padding row: pair 0) and the row of out it writes (a pair's, i + i // (k − 1); a
+    padding row's, the spare last one), the number of tiles, the tile size, the tiles per call (a
+    tile holds its padded rows and its chunk's w keys and w values: as many as rows_budget rows
+    allow) and every tile's group."""
+    tile, order, rows, tiles = _tile_rows(group, n_groups)
+    n = tiles.shape[0] * tile
+    source = torch.zeros(n, dtype=torch.long, device=group.device)
+    source[rows] = order
+    dest = torch.full((n,), group.shape[0] // (k - 1) * k, dtype=torch.long, device=group.device)
+    dest[rows] = order + order // (k - 1)
+    return source, dest, tiles.shape[0], tile, max(1, rows_budget // (tile + 2 * w)), tiles
 
 
 def _tile_rows(group: torch.Tensor, n_groups: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lay items out by group, each group padded to whole tiles: returns the tile size (the power of
     two nearest the mean count of the groups used, within TILE_MIN … TILE_MAX), the items in layout
-    order, their rows in that layout (increasing) and every tile's group [n_tiles]."""
+    order, their rows in that layout (increasing) and every tile's group [n_tiles]. The groups'
+    counts are the one value read from the device: the sizes are reckoned on the host (a GPU's
+    queue drains at each read)."""
+    dev = group.device
     order = group.argsort()
-    counts = torch.bincount(group, minlength=n_groups)
+    counts = torch.bincount(group, minlength=n_groups).cpu()
     mean = group.shape[0] / max(1, int((counts > 0).sum()))
     tile = int(min(TILE_MAX, max(TILE_MIN, 2 ** round(math.log2(max(mean, 1.0))))))
     tiles_per = (counts + tile - 1) // tile
-    tile_start = (torch.cumsum(tiles_per, 0) - tiles_per) * tile  # first row of each group
+    tile_start = (torch.cumsum(tiles_per, 0) - tiles_per) * tile  # each group's first row
     item_start = torch.cumsum(counts, 0) - counts  # its first item in sorted order
     gs = group[order]
-    rows = tile_start[gs] + torch.arange(group.shape[0], device=group.device) - item_start[gs]
-    return tile, order, rows, torch.repeat_interleave(torch.arange(n_groups, device=group.device), tiles_per)
+    rows = tile_start.to(dev)[gs] + torch.arange(group.shape[0], device=dev) - item_start.to(dev)[gs]
+    return tile, order, rows, torch.repeat_interleave(torch.arange(n_groups), tiles_per).to(dev)
