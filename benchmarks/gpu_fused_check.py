@@ -1,6 +1,6 @@
-"""On a GPU, do SelfExtend's and DCA's fused partials (SDPA calls merged by log-sum-exp, CUDA's
-memory-efficient kernel with an additive mask) compute what their explicit-logits reference
-computes? The CPU suite checks this on CPU only (tests/test_position_remapping.py); this runs the
+"""On a GPU, do SelfExtend's, DCA's and LongHeads' fused partials (SDPA calls merged by
+log-sum-exp, CUDA's memory-efficient kernel with an additive mask; LongHeads' tiles of (query,
+chunk) pairs) compute what their explicit-logits reference computes? The CPU suite checks this on CPU only (tests/test_position_remapping.py); this runs the
 same comparison on the device, at key counts that are not multiples of 8, and says whether any
 partial fell back to explicit logits. Not a test: the GPU script runs it first.
 
@@ -40,6 +40,7 @@ def inputs(length: int, heads: int, d: int, device: str, dtype, seed: int):
 def main() -> None:
     from harness import attention
     from harness.methods.rope.dca import DCA
+    from harness.methods.rope.longheads import LongHeads
     from harness.methods.rope.selfextend import SelfExtend
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -49,6 +50,8 @@ def main() -> None:
     rules = {
         "selfextend": lambda x: SelfExtend.attend(x, 8, 512),  # G 8, W 512: both parts in play
         "dca": lambda x: DCA.attend(x, 1024, 768),  # chunk 768 < length: all three mappings
+        # w 128, k 8: queries past 1,024 pick 8 chunks (a fresh instance each time: it keeps state)
+        "longheads": lambda x: LongHeads(chunk_size=128, atten_length=1024).attend(x, 128, 8),
     }
     print(f"{'method':<11} {'dtype':<9} {'rel. error':>11} fell back")
     worst = {}

@@ -116,9 +116,10 @@ def softmax_attend(logits: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor)
 
 
 # Queries per block of banded_attend: no part's mask spans the whole prompt. A whole GPU prefill
-# chunk (2,048 tokens) is one block: each block costs the GPU about 200 kernel launches whatever its
-# size, and blocks of 512 made SelfExtend 10x the baseline's launches at 32k with Llama-3-8B's heads
-# (benchmarks/launches.py). The CPU prefills 512 tokens per forward, so its blocks are unchanged.
+# chunk (2,048 tokens) is one block: each block costs the GPU over a hundred kernel launches
+# whatever its size, and blocks of 512 made SelfExtend 10x the baseline's launches at 32k with
+# Llama-3-8B's heads (benchmarks/launches.py). The CPU prefills 512 tokens per forward, so its
+# blocks are unchanged.
 QUERY_CHUNK = 2048
 
 
