@@ -52,9 +52,8 @@ class HostFactories(TorchFunctionMode):
     """A factory called without a device makes a host tensor on a GPU machine too: a Host one here."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        made = func in FACTORIES and not any(
-            isinstance(x, torch.Tensor) for x in args
-        )  # (a tensor's copy keeps its place)
+        # (torch.tensor of a tensor copies it where it is)
+        made = func in FACTORIES and not any(isinstance(x, torch.Tensor) for x in args)
         if not made or (kwargs or {}).get("device") is not None:
             return func(*args, **(kwargs or {}))
         with _disable_current_modes():  # (made on the host: not an op of the GPU's)
@@ -70,8 +69,7 @@ class Counting(TorchDispatchMode):
     `.cpu()` to choose its blocks from) would count as the GPU's: `.cpu()` gives a Host tensor
     instead, counted as one sync, the ops on Host tensors alone are neither ops nor syncs, and
     `.to(device)` of a Host tensor is an upload: one op, no sync, a model tensor again. An op
-    that mixes a Host tensor of one element or more dimensions with a model tensor raises, as CUDA
-    would (a CPU index into a GPU tensor aside, which CUDA copies over)."""
+    that mixes a Host tensor of one dimension or more with a model tensor raises, as CUDA would (a CPU index into a GPU tensor aside, which CUDA copies over)."""
 
     def __init__(self):
         super().__init__()
