@@ -52,7 +52,7 @@ def test_mixing_host_and_model_tensors_raises(bench):
         x[h.long()[:3]]  # and CUDA copies a host index over
 
 
-def test_remapping_methods_read_only_host_copies(bench, tiny_model):
+def test_remapping_methods_read_only_host_copies(bench, tiny_model, monkeypatch):
     """SelfExtend and DCA choose their query blocks and parts from host positions: beyond the
     baseline's syncs, one copy of the positions per forward, whatever the number of blocks and
     parts (they read a dozen values per block from the GPU before). LongHeads' chunk choice is
@@ -65,14 +65,10 @@ def test_remapping_methods_read_only_host_copies(bench, tiny_model):
     ids = torch.randint(5, 200, (1, 512), generator=torch.Generator().manual_seed(0))  # 4x the trained 128
     base = bench.count(lm, registry.method("baseline")(), 512, ids)
     forwards = 512 // 64
-    old = attention.QUERY_CHUNK
-    attention.QUERY_CHUNK = 16  # 4 blocks per forward, each with several parts
-    try:
-        for name in ("selfextend", "dca"):
-            c = bench.count(lm, registry.method(name)(), 512, ids)
-            assert c.syncs["cpu"] == forwards, name
-            assert c.syncs - Counter(cpu=forwards) == base.syncs, name
-        c = bench.count(lm, registry.method("longheads")(), 512, ids)
-        assert c.syncs["cpu"] > forwards and c.syncs - Counter(cpu=c.syncs["cpu"]) == base.syncs
-    finally:
-        attention.QUERY_CHUNK = old
+    monkeypatch.setattr(attention, "QUERY_CHUNK", 16)  # 4 blocks per forward, each with several parts
+    for name in ("selfextend", "dca"):
+        c = bench.count(lm, registry.method(name)(), 512, ids)
+        assert c.syncs["cpu"] == forwards, name
+        assert c.syncs - Counter(cpu=forwards) == base.syncs, name
+    c = bench.count(lm, registry.method("longheads")(), 512, ids)
+    assert c.syncs["cpu"] > forwards and c.syncs - Counter(cpu=c.syncs["cpu"]) == base.syncs

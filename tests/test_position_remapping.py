@@ -382,7 +382,7 @@ def test_positions_on_the_host_follow_the_cache(tiny_lm):
     }
     asked = []
 
-    def attend(a):
+    def attend(a):  # (reads the loop's current sequence `name` and forward's `ask`)
         if ask:
             q_host, k_host = a.on_host()
             assert q_host.device.type == k_host.device.type == "cpu"
