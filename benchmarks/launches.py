@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prefill import command_line, describe, header, prefill  # noqa: E402  (the same prefill as the timed benchmark)
@@ -69,7 +69,8 @@ class Counting(TorchDispatchMode):
     `.cpu()` to choose its blocks from) would count as the GPU's: `.cpu()` gives a Host tensor
     instead, counted as one sync, the ops on Host tensors alone are neither ops nor syncs, and
     `.to(device)` of a Host tensor is an upload: one op, no sync, a model tensor again. An op
-    that mixes a Host tensor of one dimension or more with a model tensor raises, as CUDA would (a CPU index into a GPU tensor aside, which CUDA copies over)."""
+    that mixes a Host tensor of one dimension or more with a model tensor raises, as CUDA would
+    (a CPU index into a GPU tensor aside, which CUDA copies over)."""
 
     def __init__(self):
         super().__init__()
@@ -77,7 +78,7 @@ class Counting(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
-        tensors = [t for t in _flat(args, kwargs) if isinstance(t, torch.Tensor)]
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         host = [isinstance(t, Host) for t in tensors]
         if tensors and all(host):  # (new_empty and the like would lose the type: kept here)
             return tree_map(
@@ -133,14 +134,6 @@ class Counting(TorchDispatchMode):
         torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.to = self._tolist, self._cpu, self._to
         self._factories.__exit__(*exc)
         return super().__exit__(*exc)
-
-
-def _flat(args, kwargs):
-    for x in (*args, *(kwargs or {}).values()):
-        if isinstance(x, (list, tuple)):
-            yield from x
-        else:
-            yield x
 
 
 @torch.no_grad()

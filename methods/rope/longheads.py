@@ -126,28 +126,30 @@ class LongHeads(AttentionMethod, LMMethod):
         needed = lk  # the first key column whose query a future chunk representation needs
         q_host, k_host = a.on_host()  # positions decide the split and the chunks: read on the host
         for b in range(a.q.shape[0]):
-            # the row's real (non-padding) keys, on the host: all of them without a padding mask
-            valid = torch.ones(lk, dtype=torch.bool) if a.allowed is None else a.mask(lq - 1)[b, 0, 0].cpu()
-            if not valid.any():
+            # the row's real (non-padding) keys, on the host; None: every key (no padding mask, or none
+            # padded), so that a decoding step does no work over the whole context on the host
+            valid = None if a.allowed is None else a.mask(lq - 1)[b, 0, 0].cpu()
+            if valid is not None and bool(valid.all()):
+                valid = None
+            if valid is not None and not valid.any():
                 continue
-            base = int(k_host[b][valid][0])
-            live = valid[lk - lq :]  # the queries' own tokens; padding ones stay zero
-            t = q_host[b][live] - base  # positions relative to the row's first token
-            if len(t) > 1 and not bool((t[1:] > t[:-1]).all()):
-                raise ValueError("longheads: the positions must increase (one token per position)")
-            if bool(valid.all()):  # (no padding: no boolean indexing, each a sync on a GPU)
-                q_all, K, V, q, rows = queries[b], a.k[b], a.v[b], a.q[b], slice(None)
-                t_dev = a.q_pos[b] - base
-            else:  # the row's kept queries, keys and values, without padding
+            if valid is None:  # (no boolean indexing either: each is a sync on a GPU)
+                base = int(k_host[b, 0])
+                q_all, K, V, q, rows, dropped = queries[b], a.k[b], a.v[b], a.q[b], slice(None), c
+                t, t_dev = q_host[b] - base, a.q_pos[b] - base  # positions relative to the row's first token
+            else:  # the row's kept queries, keys and values, without padding; padding queries stay zero
+                base = int(k_host[b][valid][0])
                 on = valid.to(a.k.device)
                 q_all, K, V = queries[b][:, on[c:]], a.k[b][:, on], a.v[b][:, on]
                 rows = on[lk - lq :]
-                q, t_dev = a.q[b][:, rows], a.q_pos[b][rows] - base
-            dropped = int(valid[:c].sum())  # (how many of its tokens' queries were dropped before)
+                q, t_dev, t = a.q[b][:, rows], a.q_pos[b][rows] - base, q_host[b][valid[lk - lq :]] - base
+                dropped = int(valid[:c].sum())  # (how many of its tokens' queries were dropped before)
+            if len(t) > 1 and not bool((t[1:] > t[:-1]).all()):
+                raise ValueError("longheads: the positions must increase (one token per position)")
             out[b][:, rows] = self._row(a, b, (q_all, dropped), (t_dev, t), q, K, V, w, k)
             have = self._reps[(a.layer, b)].shape[1] * w if (a.layer, b) in self._reps else 0
-            columns = valid.nonzero()[:, 0]
-            needed = min(needed, int(columns[have]) if have < len(columns) else lk)
+            if have < (lk if valid is None else int(valid.sum())):  # the have-th real key's query is needed
+                needed = min(needed, have if valid is None else int(valid.nonzero()[have, 0]))
         if needed > c:  # queries of chunks already summarised are never read again
             self._queries[a.layer] = (needed, queries[:, :, needed - c :])
         return out
