@@ -266,7 +266,8 @@ class LongHeads(AttentionMethod, LMMethod):
             at = ((k - 1 - torch.arange(k - 1, device=K.device)) * w + off[:, None]).reshape(-1)
             # every pair's rotated query, in pair order [h · B · (k − 1), d], rotated once per block:
             # rotating a call's padded rows as it gathered them took eight launches per call on a
-            # GPU, and the prefill at 8k on the zoo model from 1.13x to 1.35x the baseline's time
+            # GPU, and the zoo's prefill at 8k to about 1.38x the baseline's time, against about
+            # 1.23x (medians of a three-round A/B: docs/benchmarks.md, item 8)
             pairs = qb[:, :, None].expand(h, B, k - 1, d).reshape(1, h, B * (k - 1), d)
             pairs = rotate(pairs, cos_t[:, at], sin_t[:, at]).view(-1, d)
 
