@@ -229,7 +229,7 @@ class LongHeads(AttentionMethod, LMMethod):
 
         Memory: a block of far queries holds its pairs' rotated queries and their outputs, each at
         most `budget` elements (FAR_BUDGET times the call's queries, so that they scale with the
-        prefill chunk as the model's own activations do), and a call its tiles' queries and rotated
+        prefill chunk as the model's own activations do), and a call its tiles' queries, rotated
         keys and values, as many. Memory stays that of the KV cache plus one block's pairs. (Keys
         rotated once per block, not per call, were a rotated copy of the layer's keys: the zoo's
         peak at 8k went from 0.96x to 1.19x the baseline's.)"""
